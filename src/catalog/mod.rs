@@ -1,0 +1,118 @@
+//! The catalog: the appliance's memory in SQLite (DESIGN §8). The only module that holds SQL.
+//!
+//! WAL mode, one connection behind a mutex (one writer), `synchronous=FULL` so a committed
+//! transaction survives power loss. It is not the truth about the bucket: everything in it can be
+//! rebuilt from the bucket's manifests and catalog backups. Table groups get a file each
+//! (`settings.rs` for gateway identity and integrity events; volumes, files, tapes and jobs
+//! follow as their gateways arrive).
+
+mod schema;
+pub mod settings;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+pub use schema::CURRENT_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "catalog schema version {found} is newer than this tidegate understands (up to \
+         {supported}); run the newer tidegate that wrote it"
+    )]
+    TooNew { found: u32, supported: u32 },
+    #[error("catalog: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) and migrates the catalog at `path`.
+    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        let open_err = |source| CatalogError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(%mode, "catalog could not switch to WAL mode");
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        schema::migrate(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn schema_version(&self) -> Result<u32, CatalogError> {
+        schema::version(&self.conn())
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-applied change: every write is a
+        // single statement or a transaction that SQLite rolls back.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_migrates_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.schema_version().unwrap(), CURRENT_VERSION);
+        drop(c);
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.schema_version().unwrap(), CURRENT_VERSION);
+        let mode: String = c
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", CURRENT_VERSION + 1)
+                .unwrap();
+        }
+        let err = Catalog::open(&path).unwrap_err();
+        assert!(matches!(err, CatalogError::TooNew { .. }), "{err}");
+    }
+}

@@ -1,0 +1,36 @@
+//! Schema versions: numbered migrations applied in order, the version kept in
+//! `PRAGMA user_version` (STYLE: persisted formats carry a version).
+//!
+//! Invariant: a migration runs inside the same transaction that bumps `user_version`, so a crash
+//! leaves the catalog at the old version or the new one, never between. A catalog newer than this
+//! build is refused rather than misread.
+
+use rusqlite::Connection;
+
+use crate::catalog::CatalogError;
+
+/// Migrations, in order; entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
+
+pub fn version(conn: &Connection) -> Result<u32, CatalogError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+pub fn migrate(conn: &mut Connection) -> Result<u32, CatalogError> {
+    let found = version(conn)?;
+    if found > CURRENT_VERSION {
+        return Err(CatalogError::TooNew {
+            found,
+            supported: CURRENT_VERSION,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as u32 + 1)?;
+        tx.commit()?;
+    }
+    version(conn)
+}

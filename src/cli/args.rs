@@ -1,0 +1,114 @@
+//! The command line, as typed (clap derive). Parsing only; `cli::run` turns it into actions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::ByteSize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidegate",
+    version,
+    about = "A storage gateway between on-premise clients and an S3-compatible bucket",
+    after_help = "Exit status: 0 ok, 1 runtime failure, 2 usage or configuration error."
+)]
+pub struct Cli {
+    /// Config file [default: DATA_DIR/tidegate.toml if it exists, else the embedded default]
+    #[arg(long, global = true, env = "TIDEGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data dir for the embedded default and for configs that do not set gateway.data_dir
+    /// [default: $XDG_DATA_HOME/tidegate, else ./tidegate-data]
+    #[arg(long, global = true, env = "TIDEGATE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (with no config: the embedded default, a local-directory bucket).
+    Serve,
+    /// Show the gateway's health: bucket, key, daemon, cache, upload buffer, integrity.
+    Status,
+    /// Pair this appliance with a bucket and a key, and write its config.
+    Activate(Box<ActivateArgs>),
+    /// Print the Glacier SHA-256 tree hash of files, like sha256sum ("-" for stdin).
+    Treehash {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Measure the speed of the codec and its primitives.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Read back and verify every chunk in the bucket.
+    Scrub,
+    /// Low-level chunk access, for debugging and tests.
+    #[command(subcommand, hide = true)]
+    Chunk(ChunkCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Seal/open 1 MiB chunks and the tree hash, with ratios to their primitives.
+    Codec {
+        /// A couple of iterations only: shows every step runs, says nothing about speed.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChunkCommand {
+    /// Store a file (up to 64 MiB) as one chunk and print its id.
+    Put { file: PathBuf },
+    /// Fetch and verify a chunk, writing it to stdout or a file.
+    Get {
+        id: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    /// Gateway name.
+    #[arg(long, default_value = crate::config::defaults::NAME)]
+    pub name: String,
+    /// s3://bucket[/prefix] or file:///absolute/dir
+    #[arg(long, value_name = "URL")]
+    pub bucket: String,
+    /// S3 endpoint, e.g. http://127.0.0.1:3900 (default: AWS).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Virtual-hosted-style addressing (bucket.endpoint/key) instead of path style.
+    #[arg(long)]
+    pub virtual_hosted: bool,
+    /// TOML file with access_key_id and secret_access_key (mode 0600); referenced, not copied.
+    /// Without it the AWS environment variables are used.
+    #[arg(long, value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// Key file; created (0600) if missing. Give an existing one to re-pair after recovery.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub cache_path: Option<PathBuf>,
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<ByteSize>,
+    #[arg(long, value_name = "DIR")]
+    pub upload_buffer_path: Option<PathBuf>,
+    #[arg(long, value_name = "SIZE")]
+    pub upload_buffer_size: Option<ByteSize>,
+    /// Upload bandwidth limit, bytes per second (e.g. 50MiB).
+    #[arg(long, value_name = "RATE")]
+    pub upload_limit: Option<ByteSize>,
+    #[arg(long, value_name = "RATE")]
+    pub download_limit: Option<ByteSize>,
+}

@@ -1,0 +1,85 @@
+//! `tidegate activate`: builds the config file from the flags and pairs bucket and key.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::cli::args::ActivateArgs;
+use crate::config::defaults;
+use crate::config::file::{BucketSection, DiskSection, FileConfig, GatewaySection};
+use crate::store::keycheck::Pairing;
+
+pub fn run(args: ActivateArgs, config: Option<&Path>, data_dir: &Path) -> Result<ExitCode> {
+    let config_path = config
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| data_dir.join(defaults::CONFIG_FILE));
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let disk = |path: Option<std::path::PathBuf>, size: Option<crate::config::ByteSize>| {
+        (path.is_some() || size.is_some()).then(|| DiskSection {
+            path: path.as_deref().map(absolute),
+            size,
+        })
+    };
+    let file = FileConfig {
+        gateway: Some(GatewaySection {
+            name: Some(args.name),
+            data_dir: Some(data_dir.to_path_buf()),
+            key_file: args.key_file.as_deref().map(absolute),
+        }),
+        bucket: Some(BucketSection {
+            url: args.bucket,
+            endpoint: args.endpoint,
+            region: args.region,
+            path_style: args.virtual_hosted.then_some(false),
+            credentials_file: args.credentials_file.as_deref().map(absolute),
+            upload_limit: args.upload_limit,
+            download_limit: args.download_limit,
+            ..BucketSection::default()
+        }),
+        cache: disk(args.cache_path, args.cache_size),
+        upload_buffer: disk(args.upload_buffer_path, args.upload_buffer_size),
+    };
+    let text = format!(
+        "# Written by `tidegate activate`; see docs/operations.md for every key.\n{}",
+        toml::to_string(&file).context("rendering the config")?
+    );
+    let rt = crate::cli::runtime()?;
+    let done = rt.block_on(crate::daemon::activate::activate(
+        &text,
+        &config_path,
+        data_dir,
+    ))?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "activated gateway {} (id {})",
+        done.config.name, done.gateway_id
+    )?;
+    writeln!(out, "  config:  {}", done.config_path.display())?;
+    writeln!(
+        out,
+        "  bucket:  {} ({})",
+        done.config.bucket.location,
+        match done.pairing {
+            Pairing::Created => "paired with this key",
+            Pairing::Verified => "already paired with this key",
+        }
+    )?;
+    writeln!(
+        out,
+        "  key:     {} (fingerprint {}{})",
+        done.config.key_file.display(),
+        done.fingerprint,
+        if done.key_created { ", new" } else { "" }
+    )?;
+    if done.key_created {
+        writeln!(
+            out,
+            "Back up the key file now: without it nothing in the bucket can be read."
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

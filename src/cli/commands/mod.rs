@@ -1,0 +1,9 @@
+//! One file per subcommand: each parses nothing, prints its own output, returns an exit code.
+
+pub mod activate;
+pub mod bench;
+pub mod chunk;
+pub mod scrub;
+pub mod serve;
+pub mod status;
+pub mod treehash;

@@ -1,0 +1,138 @@
+//! `tidegate status`: a plain report; exit status 1 when something needs attention.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::config::{ByteSize, Config, Origin};
+use crate::daemon::status::{self, AreaStatus};
+use crate::store::keycheck::Pairing;
+
+pub fn run(config: Config) -> Result<ExitCode> {
+    let rt = crate::cli::runtime()?;
+    let s = rt.block_on(status::gather(config));
+    let mut out = std::io::stdout().lock();
+    let c = &s.config;
+    writeln!(
+        out,
+        "gateway:        {}{}",
+        c.name,
+        match (&s.gateway_id, s.activated_unix) {
+            (Some(id), Some(at)) => format!(" (id {id}, activated {})", rfc3339(at)),
+            _ => " (not activated yet)".to_owned(),
+        }
+    )?;
+    writeln!(
+        out,
+        "config:         {}",
+        match &c.origin {
+            Origin::File(p) => p.display().to_string(),
+            Origin::Embedded => format!("embedded default (data dir {})", c.data_dir.display()),
+        }
+    )?;
+    writeln!(
+        out,
+        "daemon:         {}",
+        match &s.daemon {
+            Some(r) => format!("running (pid {}, since {})", r.pid, rfc3339(r.started_unix)),
+            None => "not running".to_owned(),
+        }
+    )?;
+    writeln!(
+        out,
+        "bucket:         {} (endpoint {}): {}",
+        s.bucket,
+        s.endpoint,
+        match &s.bucket_state {
+            Ok(Pairing::Verified | Pairing::Created) => "reachable, key check ok".to_owned(),
+            Err(e) => format!("PROBLEM: {e}"),
+        }
+    )?;
+    writeln!(
+        out,
+        "key file:       {} ({})",
+        c.key_file.display(),
+        match &s.key {
+            Ok(fp) => format!("fingerprint {fp}"),
+            Err(e) => format!("PROBLEM: {e}"),
+        }
+    )?;
+    writeln!(
+        out,
+        "catalog:        {} ({})",
+        c.catalog_path().display(),
+        s.catalog_schema
+            .map_or("not created yet".to_owned(), |v| format!("schema v{v}"))
+    )?;
+    writeln!(out, "cache:          {}", area(&s.cache))?;
+    writeln!(out, "upload buffer:  {}", area(&s.upload_buffer))?;
+    writeln!(
+        out,
+        "integrity:      {}",
+        match &s.integrity.last {
+            None => "no verification failures recorded".to_owned(),
+            Some(last) => format!(
+                "PROBLEM: {} verification failure(s); last {} at {}: {}",
+                s.integrity.count,
+                last.object,
+                rfc3339(last.at_unix),
+                last.reason
+            ),
+        }
+    )?;
+    Ok(if s.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn area(a: &AreaStatus) -> String {
+    match a.used {
+        Some(used) => format!(
+            "{}  {} of {} used",
+            a.path.display(),
+            ByteSize(used),
+            ByteSize(a.capacity)
+        ),
+        None => format!(
+            "{}  {} (not created yet)",
+            a.path.display(),
+            ByteSize(a.capacity)
+        ),
+    }
+}
+
+/// UTC time as RFC 3339, from the days-from-civil algorithm (no date crate needed for this).
+fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_435_200), "2026-11-23T12:00:00Z");
+    }
+}

@@ -1,0 +1,67 @@
+//! The binary's edge below `main`: turns the typed command line into a `Config` and calls the
+//! daemon or a command. anyhow is allowed here and in `main.rs` only (STYLE: errors).
+
+pub mod args;
+mod commands;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::config::{Config, defaults};
+pub use args::Cli;
+use args::Command;
+
+/// Marks an error as a usage/config problem: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let data_dir = data_dir(&cli)?;
+    match cli.command {
+        Command::Treehash { files } => commands::treehash::run(&files),
+        Command::Bench { what } => commands::bench::run(what),
+        Command::Activate(args) => commands::activate::run(*args, cli.config.as_deref(), &data_dir),
+        Command::Serve => commands::serve::run(load_config(cli.config.as_deref(), &data_dir)?),
+        Command::Status => commands::status::run(load_config(cli.config.as_deref(), &data_dir)?),
+        Command::Scrub => commands::scrub::run(load_config(cli.config.as_deref(), &data_dir)?),
+        Command::Chunk(cmd) => {
+            commands::chunk::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
+        }
+    }
+}
+
+fn data_dir(cli: &Cli) -> Result<PathBuf> {
+    let cwd = std::env::current_dir()?;
+    Ok(match &cli.data_dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => defaults::data_dir(
+            std::env::var_os("XDG_DATA_HOME").as_deref().map(Path::new),
+            &cwd,
+        ),
+    })
+}
+
+/// `--config` (which must exist), else `DATA_DIR/tidegate.toml` if present, else the embedded
+/// default.
+fn load_config(explicit: Option<&Path>, data_dir: &Path) -> Result<Config> {
+    let path = match explicit {
+        Some(p) if !p.exists() => {
+            return Err(UsageError(format!("config file {} does not exist", p.display())).into());
+        }
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(data_dir.join(defaults::CONFIG_FILE)).filter(|p| p.exists()),
+    };
+    Ok(match path {
+        Some(p) => Config::load(&p, data_dir)?,
+        None => Config::embedded(data_dir)?,
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

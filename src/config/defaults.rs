@@ -1,0 +1,54 @@
+//! The embedded default and every default value, in one place so docs/operations.md can list them.
+//!
+//! With no config file, `tidegate serve` runs entirely under one data dir: the catalog, the key
+//! file, the cache, the upload buffer and a local-directory bucket. Tests point the data dir at a
+//! temporary directory; nothing is ever written into the source tree unless the operator runs
+//! from it.
+
+use std::path::{Path, PathBuf};
+
+pub const NAME: &str = "tidegate";
+pub const REGION: &str = "us-east-1";
+pub const LOCAL_BUCKET_DIR: &str = "bucket";
+pub const CONFIG_FILE: &str = "tidegate.toml";
+pub const CACHE_SIZE: u64 = 1 << 30;
+pub const UPLOAD_BUFFER_SIZE: u64 = 1 << 30;
+pub const MIN_DISK_SIZE: u64 = 64 << 20;
+/// object_store's own default is 10 retries within 3 minutes; a gateway's uploader retries again
+/// on top, so a single request gives up sooner and the caller decides.
+pub const MAX_RETRIES: u32 = 5;
+pub const RETRY_TIMEOUT_SECS: u64 = 60;
+pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+pub const PART_SIZE: u64 = 16 << 20;
+
+/// The data dir when none is given on the command line or in `TIDEGATE_DATA_DIR`:
+/// `$XDG_DATA_HOME/tidegate` when XDG_DATA_HOME is set, else `./tidegate-data`.
+pub fn data_dir(xdg_data_home: Option<&Path>, cwd: &Path) -> PathBuf {
+    match xdg_data_home.filter(|p| p.is_absolute()) {
+        Some(xdg) => xdg.join("tidegate"),
+        None => cwd.join("tidegate-data"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dir_follows_xdg() {
+        let cwd = Path::new("/home/op/work");
+        assert_eq!(
+            data_dir(Some(Path::new("/home/op/.local/share")), cwd),
+            Path::new("/home/op/.local/share/tidegate")
+        );
+        // The XDG spec says relative values are to be ignored.
+        assert_eq!(
+            data_dir(Some(Path::new("rel")), cwd),
+            Path::new("/home/op/work/tidegate-data")
+        );
+        assert_eq!(
+            data_dir(None, cwd),
+            Path::new("/home/op/work/tidegate-data")
+        );
+    }
+}

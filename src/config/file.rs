@@ -1,0 +1,89 @@
+//! The TOML configuration as an operator writes it: every key optional where a default exists,
+//! unknown keys rejected so a typo is an error rather than a silently ignored setting.
+//!
+//! This is only the shape of the file; `config::Config` is what the rest of the program reads
+//! after validation. `tidegate activate` writes this same shape, so what it writes always loads.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::size::ByteSize;
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<DiskSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_buffer: Option<DiskSection>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Catalog, run files and (by default) the key file, cache and upload buffer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSection {
+    /// `s3://bucket[/prefix]` or `file:///absolute/dir`.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); on by default when an endpoint is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// A TOML file with `access_key_id` and `secret_access_key`; without it (and without the
+    /// inline keys) the usual AWS environment variables are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// Bytes per second; absent means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_limit: Option<ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_limit: Option<ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_timeout_secs: Option<u64>,
+    /// Objects at least this large go up as multipart uploads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipart_threshold: Option<ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ByteSize>,
+}
+
+/// The credentials file named by `bucket.credentials_file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsFile {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}

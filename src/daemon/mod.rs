@@ -1,0 +1,254 @@
+//! The composition root (garage `server.rs`): opens catalog → key → store → cache areas in that
+//! order, starts what is configured, and shuts down on SIGTERM/SIGINT (mini-redis style).
+//!
+//! Owns start-up order and run files (`run/lock`, `run/ready.toml`); owns no product logic.
+//! Invariant: the readiness file exists only while a daemon that passed every start-up check
+//! (key check included) is serving; a start that fails leaves no readiness file behind.
+
+pub mod activate;
+pub mod scrub;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tidegate_cache::{Area, AreaError};
+
+use crate::catalog::settings::keys as setting;
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::{Config, ConfigError};
+use crate::store::keycheck::{self, Pairing};
+use crate::store::{Bucket, ChunkStore, Codec, KeyError, MasterKey, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("key file {key_file} does not match the bucket: {source}")]
+    WrongKey {
+        key_file: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Area(#[from] AreaError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another tidegate daemon is running on {data_dir} (pid {pid})")]
+    AlreadyRunning { data_dir: PathBuf, pid: String },
+    #[error(
+        "the catalog in {data_dir} belongs to bucket {catalog}, but the config names {config}; \
+         point the config back at {catalog} or use a new data dir"
+    )]
+    BucketMismatch {
+        data_dir: PathBuf,
+        catalog: String,
+        config: String,
+    },
+    #[error("{0}")]
+    NotActivated(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// The readiness file a running daemon keeps in `run/`: tests and `status` read it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ready {
+    pub pid: u32,
+    pub started_unix: i64,
+    pub config: String,
+}
+
+impl Ready {
+    pub fn path(config: &Config) -> PathBuf {
+        config.run_dir().join("ready.toml")
+    }
+
+    /// The readiness file of a daemon that is still alive, if any.
+    pub fn read(config: &Config) -> Option<Ready> {
+        let text = std::fs::read_to_string(Self::path(config)).ok()?;
+        let ready: Ready = toml::from_str(&text).ok()?;
+        Path::new(&format!("/proc/{}", ready.pid))
+            .exists()
+            .then_some(ready)
+    }
+}
+
+/// Everything the gateways stand on, opened and checked.
+#[derive(Debug)]
+pub struct Engine {
+    pub config: Config,
+    pub catalog: Arc<Catalog>,
+    pub chunks: Arc<ChunkStore>,
+    pub cache: Area,
+    pub upload_buffer: Area,
+    pub pairing: Pairing,
+}
+
+impl Engine {
+    /// Opens the engine. The embedded default activates itself on first start (new key, key
+    /// check in its local bucket); a configured gateway must have been activated.
+    pub async fn open(config: Config) -> Result<Self, DaemonError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+            "creating data dir {}",
+            config.data_dir.display()
+        )))?;
+        let catalog = Arc::new(Catalog::open(&config.catalog_path())?);
+        let bucket_url = config.bucket.location.to_string();
+        if let Some(recorded) = catalog.setting(setting::BUCKET_URL)?
+            && recorded != bucket_url
+        {
+            return Err(DaemonError::BucketMismatch {
+                data_dir: config.data_dir.clone(),
+                catalog: recorded,
+                config: bucket_url,
+            });
+        }
+        let embedded = config.is_embedded();
+        let key = if embedded && !config.key_file.exists() {
+            let key = MasterKey::generate()?;
+            key.create_file(&config.key_file)?;
+            tracing::info!(key_file = %config.key_file.display(), "created a new key for the embedded default");
+            key
+        } else {
+            MasterKey::load(&config.key_file)?
+        };
+        let bucket = Arc::new(Bucket::open(&config.bucket, embedded)?);
+        bucket.check().await?;
+        let codec = Codec::new(key);
+        let pairing = keycheck::ensure(&bucket, &codec, embedded)
+            .await
+            .map_err(|e| match e {
+                StoreError::WrongKey { .. } => DaemonError::WrongKey {
+                    key_file: config.key_file.clone(),
+                    source: e,
+                },
+                StoreError::NotActivated { .. } => DaemonError::NotActivated(format!(
+                    "{e}; the config {} names it",
+                    match &config.origin {
+                        crate::config::Origin::File(p) => p.display().to_string(),
+                        crate::config::Origin::Embedded => "embedded default".to_owned(),
+                    }
+                )),
+                other => DaemonError::Store(other),
+            })?;
+        if catalog.setting(setting::GATEWAY_ID)?.is_none() {
+            activate::record_identity(&catalog, &config, codec.key())?;
+        }
+        let cache = Area::open(&config.cache.path, config.cache.size.bytes())?;
+        let upload_buffer = Area::open(
+            &config.upload_buffer.path,
+            config.upload_buffer.size.bytes(),
+        )?;
+        Ok(Self {
+            chunks: Arc::new(ChunkStore::new(bucket, codec)),
+            config,
+            catalog,
+            cache,
+            upload_buffer,
+            pairing,
+        })
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    let run_dir = config.run_dir();
+    std::fs::create_dir_all(&run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
+    let _lock = lock(&config)?;
+    // A stale readiness file from a killed daemon must not announce this one early.
+    let ready_path = Ready::path(&config);
+    let _ = std::fs::remove_file(&ready_path);
+
+    let engine = Engine::open(config).await?;
+    tracing::info!(
+        gateway = %engine.config.name,
+        bucket = %engine.chunks.bucket().describe(),
+        pairing = ?engine.pairing,
+        "engine open"
+    );
+
+    let ready = Ready {
+        pid: std::process::id(),
+        started_unix: unix_now(),
+        config: match &engine.config.origin {
+            crate::config::Origin::File(p) => p.display().to_string(),
+            crate::config::Origin::Embedded => "embedded".to_owned(),
+        },
+    };
+    write_atomically(
+        &ready_path,
+        toml::to_string(&ready).unwrap_or_default().as_bytes(),
+    )?;
+    tracing::info!(ready = %ready_path.display(), "tidegate ready");
+
+    wait_for_shutdown().await?;
+    tracing::info!("shutting down");
+    let _ = std::fs::remove_file(&ready_path);
+    Ok(())
+}
+
+/// Holds `run/lock` for the daemon's lifetime: one daemon per data dir.
+fn lock(config: &Config) -> Result<std::fs::File, DaemonError> {
+    let path = config.run_dir().join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("opening {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            use std::io::Write;
+            file.set_len(0).map_err(io("truncating lock file"))?;
+            write!(file, "{}", std::process::id()).map_err(io("writing lock file"))?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::AlreadyRunning {
+            data_dir: config.data_dir.clone(),
+            pid: std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(format!("locking {}", path.display()))(e)),
+    }
+}
+
+async fn wait_for_shutdown() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<(), DaemonError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,103 @@
+//! What `tidegate status` reports, gathered without changing anything: no directory, catalog,
+//! key or bucket object is created by looking.
+
+use std::path::PathBuf;
+
+use tidegate_cache::Area;
+
+use crate::catalog::Catalog;
+use crate::catalog::settings::{IntegritySummary, keys as setting};
+use crate::config::{Config, DiskConfig};
+use crate::daemon::Ready;
+use crate::store::keycheck::{self, Pairing};
+use crate::store::{Bucket, Codec, MasterKey};
+
+#[derive(Debug)]
+pub struct Status {
+    pub config: Config,
+    pub gateway_id: Option<String>,
+    pub activated_unix: Option<i64>,
+    pub daemon: Option<Ready>,
+    pub bucket: String,
+    pub endpoint: String,
+    /// `Ok` when the bucket answered and the key opened its key check.
+    pub bucket_state: Result<Pairing, String>,
+    pub key: Result<String, String>,
+    pub catalog_schema: Option<u32>,
+    pub cache: AreaStatus,
+    pub upload_buffer: AreaStatus,
+    pub integrity: IntegritySummary,
+}
+
+#[derive(Debug)]
+pub struct AreaStatus {
+    pub path: PathBuf,
+    pub capacity: u64,
+    pub used: Option<u64>,
+}
+
+impl Status {
+    /// True when nothing needs the operator's attention.
+    pub fn healthy(&self) -> bool {
+        self.bucket_state.is_ok() && self.key.is_ok() && self.integrity.count == 0
+    }
+}
+
+pub async fn gather(config: Config) -> Status {
+    let catalog = config
+        .catalog_path()
+        .exists()
+        .then(|| Catalog::open(&config.catalog_path()).ok())
+        .flatten();
+    let setting = |key| catalog.as_ref().and_then(|c| c.setting(key).ok().flatten());
+    let key = MasterKey::load(&config.key_file);
+    let bucket_state = match (&key, Bucket::open(&config.bucket, false)) {
+        (_, Err(e)) => Err(e.to_string()),
+        (Err(_), Ok(bucket)) => bucket
+            .check()
+            .await
+            .map_err(|e| e.to_string())
+            .and(Err("reachable; no usable key to check it with".to_owned())),
+        (Ok(key), Ok(bucket)) => match bucket.check().await {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => keycheck::ensure(&bucket, &Codec::new(key.clone()), false)
+                .await
+                .map_err(|e| e.to_string()),
+        },
+    };
+    Status {
+        gateway_id: setting(setting::GATEWAY_ID),
+        activated_unix: setting(setting::ACTIVATED_AT).and_then(|t| t.parse().ok()),
+        daemon: Ready::read(&config),
+        bucket: config.bucket.location.to_string(),
+        endpoint: config
+            .bucket
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        bucket_state,
+        key: key.map(|k| k.fingerprint()).map_err(|e| e.to_string()),
+        catalog_schema: catalog.as_ref().and_then(|c| c.schema_version().ok()),
+        cache: area_status(&config.cache),
+        upload_buffer: area_status(&config.upload_buffer),
+        integrity: catalog
+            .as_ref()
+            .and_then(|c| c.integrity_summary().ok())
+            .unwrap_or_default(),
+        config,
+    }
+}
+
+fn area_status(disk: &DiskConfig) -> AreaStatus {
+    // Only measure an area that exists; opening would create it.
+    let used = disk
+        .path
+        .is_dir()
+        .then(|| Area::open(&disk.path, disk.size.bytes()).ok()?.used().ok())
+        .flatten();
+    AreaStatus {
+        path: disk.path.clone(),
+        capacity: disk.size.bytes(),
+        used,
+    }
+}

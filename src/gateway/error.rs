@@ -1,0 +1,59 @@
+//! `GatewayError`: the protocol-neutral failure kinds. Each front end maps every kind in one
+//! exhaustive match (STYLE: errors), so adding a kind breaks the build until each decides.
+//! The lower error is kept as the source.
+
+use crate::catalog::CatalogError;
+use crate::store::StoreError;
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("not empty: {0}")]
+    NotEmpty(String),
+    #[error("read-only: {0}")]
+    ReadOnly(String),
+    /// Cache or upload buffer full.
+    #[error("no space: {0}")]
+    NoSpace(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// A GCM tag or checksum failed: never retried into a wrong answer.
+    #[error("{0}")]
+    Corrupt(#[source] Source),
+    /// The bucket cannot be reached; the operation may succeed later.
+    #[error("{0}")]
+    Unavailable(#[source] Source),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("{0}")]
+    Internal(#[source] Source),
+}
+
+impl From<StoreError> for GatewayError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt(_) | StoreError::WrongKey { .. } => Self::Corrupt(Box::new(e)),
+            StoreError::NotFound { .. } => Self::Internal(Box::new(e)),
+            StoreError::Unreachable { .. } | StoreError::Other { .. } => {
+                Self::Unavailable(Box::new(e))
+            }
+            StoreError::NoSuchBucket { .. }
+            | StoreError::AccessDenied { .. }
+            | StoreError::NotActivated { .. }
+            | StoreError::Setup { .. } => Self::Unavailable(Box::new(e)),
+        }
+    }
+}
+
+impl From<CatalogError> for GatewayError {
+    fn from(e: CatalogError) -> Self {
+        Self::Internal(Box::new(e))
+    }
+}

@@ -1,0 +1,213 @@
+//! The store's contract suite (garage `src/db/test.rs` style): one function that every bucket
+//! backend must pass, run by unit tests on `file://` and by the integration tests on a real S3
+//! server (Garage).
+//!
+//! Test support only; nothing on the data path calls it. It writes under a fresh prefix of its own
+//! and deletes what it wrote, so it can run against a bucket that holds other data.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::store::frame::CorruptReason;
+use crate::store::{Bucket, ChunkRef, ChunkStore, Codec, FrameError, MasterKey, StoreError};
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Object operations: put/get/range/head/list/delete, missing objects, multipart.
+/// `large` is the size of the object that must go up as a multipart upload.
+pub async fn objects(bucket: &Bucket, run: &str, large: usize) -> Result<(), String> {
+    let p = format!("contract/{run}");
+    let small = pattern(10_000, 1);
+    let key = format!("{p}/small");
+    bucket
+        .put(&key, small.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let back = bucket.get(&key).await.map_err(|e| e.to_string())?;
+    ensure!(back == small, "get returned different bytes");
+    let range = bucket
+        .get_range(&key, 100..1100)
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        range == small.slice(100..1100),
+        "ranged get returned the wrong bytes"
+    );
+    ensure!(
+        bucket.head(&key).await.map_err(|e| e.to_string())? == Some(10_000),
+        "head size"
+    );
+
+    let missing = format!("{p}/missing");
+    match bucket.get(&missing).await {
+        Err(StoreError::NotFound { key, .. }) => ensure!(key == missing, "NotFound names {key}"),
+        other => return Err(format!("get of a missing object gave {other:?}")),
+    }
+    ensure!(
+        bucket
+            .head(&missing)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none(),
+        "head of a missing object"
+    );
+    bucket
+        .delete(&missing)
+        .await
+        .map_err(|e| format!("deleting a missing object must succeed: {e}"))?;
+
+    // Overwrite replaces the whole object.
+    let other = pattern(300, 9);
+    bucket
+        .put(&key, other.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        bucket.get(&key).await.map_err(|e| e.to_string())? == other,
+        "overwrite"
+    );
+
+    let big = pattern(large, 3);
+    let big_key = format!("{p}/large");
+    bucket
+        .put(&big_key, big.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        bucket.get(&big_key).await.map_err(|e| e.to_string())? == big,
+        "multipart object read back differently"
+    );
+    let tail = (large as u64 - 5000)..(large as u64);
+    ensure!(
+        bucket
+            .get_range(&big_key, tail.clone())
+            .await
+            .map_err(|e| e.to_string())?
+            == big.slice(large - 5000..),
+        "ranged get across parts"
+    );
+
+    for i in 0..5 {
+        bucket
+            .put(&format!("{p}/dir/{i}"), Bytes::from(vec![i; 10]))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut listed: Vec<String> = bucket
+        .list(&format!("{p}/dir/"))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    listed.sort();
+    let want: Vec<String> = (0..5).map(|i| format!("{p}/dir/{i}")).collect();
+    ensure!(listed == want, "list gave {listed:?}");
+
+    for o in bucket
+        .list(&format!("{p}/"))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        bucket.delete(&o.key).await.map_err(|e| e.to_string())?;
+    }
+    ensure!(
+        bucket
+            .list(&format!("{p}/"))
+            .await
+            .map_err(|e| e.to_string())?
+            .is_empty(),
+        "objects left after delete"
+    );
+    Ok(())
+}
+
+/// Chunks through the codec: round trip, zero chunks, dedup, and a tampered object reported as
+/// corrupt with its name. `tamper` overwrites an object with the given bytes behind the store's
+/// back (a file write for `file://`, a raw PUT for S3).
+pub async fn chunks(bucket: Arc<Bucket>) -> Result<(), String> {
+    let codec = Codec::new(MasterKey::generate().map_err(|e| e.to_string())?);
+    let store = ChunkStore::new(bucket.clone(), codec);
+    let data = pattern(1 << 20, 7);
+    let ChunkRef::Stored(id) = store.put(data.clone()).await.map_err(|e| e.to_string())? else {
+        return Err("non-zero data stored as a zero chunk".into());
+    };
+    ensure!(
+        store.get(id).await.map_err(|e| e.to_string())? == data,
+        "chunk read back differently"
+    );
+    ensure!(
+        store
+            .put(pattern(1 << 20, 7))
+            .await
+            .map_err(|e| e.to_string())?
+            == ChunkRef::Stored(id),
+        "equal data must get the same id"
+    );
+    let zero = store
+        .put(Bytes::from(vec![0u8; 1 << 20]))
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(zero == ChunkRef::Zero, "zero chunk was stored");
+
+    // Tamper: flip one byte in the middle of the stored frame.
+    let key = id.object_key();
+    let mut raw = bucket.get(&key).await.map_err(|e| e.to_string())?.to_vec();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x40;
+    bucket
+        .put(&key, raw.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    match store.get(id).await {
+        Err(StoreError::Corrupt(FrameError::Corrupt { object, reason })) => {
+            ensure!(object == key, "corruption named {object}, not {key}");
+            ensure!(reason == CorruptReason::Authentication, "reason {reason}");
+        }
+        other => return Err(format!("tampered chunk gave {other:?}")),
+    }
+    ensure!(store.corrupt_reads() == 1, "corruption not counted");
+    bucket.delete(&key).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BucketConfig;
+
+    #[tokio::test]
+    async fn local_directory_passes_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = BucketConfig::local(dir.path().join("bucket"));
+        cfg.multipart_threshold = 5 << 20;
+        cfg.part_size = 5 << 20;
+        let bucket = Arc::new(Bucket::open(&cfg, true).unwrap());
+        bucket.check().await.unwrap();
+        objects(&bucket, "local", 12 << 20).await.unwrap();
+        chunks(bucket).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn missing_local_bucket_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = BucketConfig::local(dir.path().join("nope"));
+        let err = Bucket::open(&cfg, false).unwrap_err();
+        assert!(matches!(err, StoreError::NoSuchBucket { .. }), "{err}");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,109 @@
+//! Object naming in the bucket (DESIGN §2) and the chunk id type.
+//!
+//! Owns every object key the gateway writes; no other module formats a key by hand, so the
+//! bucket layout changes in one place. Keys are relative to the gateway's bucket root (the
+//! configured prefix is applied by the bucket, not here), which is also what a frame's AAD binds:
+//! a bucket can move to another prefix without its chunks failing verification.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The key-check object: a sealed known value that tells a wrong key at start-up.
+pub const KEYCHECK: &str = "gateway/keycheck";
+
+/// Where chunks live; chunk objects are `chunks/<64 hex digits>`.
+pub const CHUNKS_PREFIX: &str = "chunks/";
+
+/// A chunk's content address: keyed BLAKE3 of its plaintext under the gateway's dedup key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn object_key(&self) -> String {
+        format!("{CHUNKS_PREFIX}{self}")
+    }
+
+    /// Parses a chunk object key back into its id; `None` for anything else under the prefix.
+    pub fn from_object_key(key: &str) -> Option<Self> {
+        key.strip_prefix(CHUNKS_PREFIX)?.parse().ok()
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({self})")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a chunk id (expected 64 hex digits)")]
+pub struct BadChunkId;
+
+impl FromStr for ChunkId {
+    type Err = BadChunkId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_hex::<32>(s).map(ChunkId).ok_or(BadChunkId)
+    }
+}
+
+/// Lower-case hex, the form used in object keys, key files and fingerprints.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// Parses exactly `N` bytes of hex (either case); `None` on any other input.
+pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != N * 2 {
+        return None;
+    }
+    let nibble = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let text = hex(&bytes);
+        assert_eq!(&text[..6], "000102");
+        assert_eq!(parse_hex::<256>(&text).unwrap().to_vec(), bytes);
+        assert_eq!(parse_hex::<2>("ABcd"), Some([0xab, 0xcd]));
+        for bad in ["abc", "zz", "0g", "+1", "abcd "] {
+            assert_eq!(parse_hex::<2>(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_keys_round_trip() {
+        let id = ChunkId([0x5a; 32]);
+        let key = id.object_key();
+        assert!(key.starts_with("chunks/5a5a"));
+        assert_eq!(ChunkId::from_object_key(&key), Some(id));
+        assert_eq!(ChunkId::from_object_key("chunks/xyz"), None);
+        assert_eq!(ChunkId::from_object_key(KEYCHECK), None);
+    }
+}

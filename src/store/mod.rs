@@ -1,0 +1,423 @@
+//! The bucket side of the gateway: the only module that talks to the bucket (DESIGN §1).
+//!
+//! `Bucket` wraps `object_store` for a `file://` directory or an `s3://` bucket, adding the
+//! gateway's own policy: multipart above a threshold, bandwidth limits, retries with backoff
+//! (object_store's, bounded by config) and errors that say in one line whether the endpoint is
+//! unreachable, the bucket missing or the credentials refused. `frame` seals chunks, `chunks`
+//! stores them by content address, `keycheck` pairs a bucket with a key, `treehash` hashes
+//! archives. Invariant: data read back through `ChunkStore` has passed its frame's
+//! authentication; anything else is a `StoreError::Corrupt` naming the object, never data.
+
+pub mod bench;
+pub mod chunks;
+#[doc(hidden)]
+pub mod contract;
+pub mod frame;
+pub mod keycheck;
+pub mod keys;
+pub mod limit;
+pub mod master;
+pub mod treehash;
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    WriteMultipart,
+};
+
+use crate::config::{BucketConfig, BucketLocation, Credentials};
+pub use chunks::{ChunkRef, ChunkStore};
+pub use frame::{Codec, FrameError};
+pub use keys::ChunkId;
+pub use master::{KeyError, MasterKey};
+
+/// How many multipart parts of one object are in flight at once.
+const PART_CONCURRENCY: usize = 4;
+/// Connection set-up bound: an unreachable endpoint should be reported in seconds, not minutes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{bucket}: object {key} not found")]
+    NotFound { bucket: String, key: String },
+    #[error("{bucket}: endpoint {endpoint} is unreachable ({detail})")]
+    Unreachable {
+        bucket: String,
+        endpoint: String,
+        detail: String,
+    },
+    #[error("{bucket}: the bucket does not exist{at}")]
+    NoSuchBucket { bucket: String, at: String },
+    #[error("{bucket}: access denied; check the access key and secret ({detail})")]
+    AccessDenied { bucket: String, detail: String },
+    #[error(transparent)]
+    Corrupt(FrameError),
+    #[error(
+        "{bucket}: the key (fingerprint {fingerprint}) does not open {key}: \
+         this bucket is paired with another key"
+    )]
+    WrongKey {
+        bucket: String,
+        key: &'static str,
+        fingerprint: String,
+    },
+    #[error(
+        "{bucket}: no {key} object; this bucket has not been activated (run `tidegate activate`)"
+    )]
+    NotActivated { bucket: String, key: &'static str },
+    #[error("{bucket}: cannot open the bucket: {detail}")]
+    Setup { bucket: String, detail: String },
+    #[error("{bucket}: {op} {key}: {detail}")]
+    Other {
+        bucket: String,
+        op: &'static str,
+        key: String,
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// True for failures that may pass by themselves (network, server), as opposed to a missing
+    /// object, refused credentials or corrupt data.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. } | Self::Other { .. })
+    }
+}
+
+/// Size and key of an object, as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// One bucket (and prefix): the store every gateway writes through.
+#[derive(Debug)]
+pub struct Bucket {
+    inner: Arc<dyn ObjectStore>,
+    /// The same bucket with retries off, for start-up checks that should answer quickly.
+    probe: Arc<dyn ObjectStore>,
+    describe: String,
+    endpoint: String,
+    upload_limit: Option<limit::RateLimiter>,
+    download_limit: Option<limit::RateLimiter>,
+    multipart_threshold: u64,
+    part_size: usize,
+}
+
+impl Bucket {
+    /// Builds the client; no request is sent (see [`Bucket::check`]). A missing `file://`
+    /// directory is created only when `create_local` is set (the embedded default).
+    pub fn open(cfg: &BucketConfig, create_local: bool) -> Result<Self, StoreError> {
+        let describe = cfg.location.to_string();
+        let setup = |detail: String| StoreError::Setup {
+            bucket: describe.clone(),
+            detail,
+        };
+        let (inner, probe, endpoint): (Arc<dyn ObjectStore>, Arc<dyn ObjectStore>, String) =
+            match &cfg.location {
+                BucketLocation::Local { dir } => {
+                    if !dir.is_dir() {
+                        if create_local {
+                            std::fs::create_dir_all(dir)
+                                .map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
+                        } else {
+                            return Err(StoreError::NoSuchBucket {
+                                bucket: describe,
+                                at: format!(" (no directory {})", dir.display()),
+                            });
+                        }
+                    }
+                    let fs = LocalFileSystem::new_with_prefix(dir)
+                        .map_err(|e| setup(one_line(&e)))?
+                        .with_automatic_cleanup(true);
+                    let fs: Arc<dyn ObjectStore> = Arc::new(fs);
+                    (fs.clone(), fs, "local directory".to_owned())
+                }
+                BucketLocation::S3 { bucket, prefix } => {
+                    let retry = RetryConfig {
+                        backoff: BackoffConfig::default(),
+                        max_retries: usize::try_from(cfg.max_retries).unwrap_or(usize::MAX),
+                        retry_timeout: cfg.retry_timeout,
+                    };
+                    let no_retry = RetryConfig {
+                        backoff: BackoffConfig::default(),
+                        max_retries: 0,
+                        retry_timeout: CONNECT_TIMEOUT,
+                    };
+                    let build = |retry: RetryConfig| {
+                        let store = s3_builder(cfg, bucket)
+                            .with_retry(retry)
+                            .build()
+                            .map_err(|e| setup(one_line(&e)))?;
+                        Ok::<Arc<dyn ObjectStore>, StoreError>(if prefix.is_empty() {
+                            Arc::new(store)
+                        } else {
+                            Arc::new(PrefixStore::new(store, prefix.as_str()))
+                        })
+                    };
+                    let endpoint = cfg
+                        .endpoint
+                        .clone()
+                        .unwrap_or_else(|| format!("AWS S3 ({})", cfg.region));
+                    (build(retry)?, build(no_retry)?, endpoint)
+                }
+            };
+        Ok(Self {
+            inner,
+            probe,
+            describe,
+            endpoint,
+            upload_limit: cfg.upload_limit.map(limit::RateLimiter::new),
+            download_limit: cfg.download_limit.map(limit::RateLimiter::new),
+            multipart_threshold: cfg.multipart_threshold,
+            part_size: usize::try_from(cfg.part_size).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// A bucket over any object store, for tests that inject failures (as mountpoint's
+    /// `failure_client` does) or wrap the store to tamper with it.
+    pub fn from_object_store(store: Arc<dyn ObjectStore>, describe: &str) -> Self {
+        Self {
+            inner: store.clone(),
+            probe: store,
+            describe: describe.to_owned(),
+            endpoint: "test store".to_owned(),
+            upload_limit: None,
+            download_limit: None,
+            multipart_threshold: crate::config::defaults::MULTIPART_THRESHOLD,
+            part_size: usize::try_from(crate::config::defaults::PART_SIZE).unwrap_or(usize::MAX),
+        }
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// One quick request (a listing, no retries) that tells whether the endpoint answers, the
+    /// bucket exists and the credentials are accepted.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let prefix = ObjectPath::from("gateway");
+        self.probe
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.classify(e, "list", "gateway/"))
+    }
+
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        if let Some(limit) = &self.upload_limit {
+            limit.acquire(data.len() as u64).await;
+        }
+        let path = ObjectPath::from(key);
+        if (data.len() as u64) < self.multipart_threshold {
+            self.inner
+                .put(&path, PutPayload::from_bytes(data))
+                .await
+                .map_err(|e| self.classify(e, "put", key))?;
+            return Ok(());
+        }
+        let upload = self
+            .inner
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.classify(e, "start multipart upload of", key))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
+        let mut rest = data;
+        while !rest.is_empty() {
+            writer
+                .wait_for_capacity(PART_CONCURRENCY)
+                .await
+                .map_err(|e| self.classify(e, "upload part of", key))?;
+            let piece = rest.split_to(self.part_size.min(rest.len()));
+            writer.put(piece);
+        }
+        // On failure WriteMultipart's drop aborts the upload, so no parts are left behind.
+        writer
+            .finish()
+            .await
+            .map_err(|e| self.classify(e, "complete multipart upload of", key))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let path = ObjectPath::from(key);
+        let result = self
+            .inner
+            .get(&path)
+            .await
+            .map_err(|e| self.classify(e, "get", key))?;
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| self.classify(e, "get", key))?;
+        if let Some(limit) = &self.download_limit {
+            limit.acquire(bytes.len() as u64).await;
+        }
+        Ok(bytes)
+    }
+
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        if let Some(limit) = &self.download_limit {
+            limit.acquire(range.end.saturating_sub(range.start)).await;
+        }
+        self.inner
+            .get_range(&ObjectPath::from(key), range)
+            .await
+            .map_err(|e| self.classify(e, "get range of", key))
+    }
+
+    /// Size of an object, or `None` if it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.inner.head(&ObjectPath::from(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(e) => match self.classify(e, "head", key) {
+                StoreError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Deletes an object; deleting one that does not exist succeeds (S3 semantics).
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&ObjectPath::from(key)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.classify(e, "delete", key) {
+                StoreError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Every object under `prefix` (a key prefix ending in `/`), in no particular order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let path = ObjectPath::from(prefix.trim_end_matches('/'));
+        self.inner
+            .list(Some(&path))
+            .map_ok(|meta| ObjectInfo {
+                key: meta.location.to_string(),
+                size: meta.size,
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.classify(e, "list", prefix))
+    }
+
+    /// Maps an object_store error to what the operator needs to know, on one line.
+    fn classify(&self, e: object_store::Error, op: &'static str, key: &str) -> StoreError {
+        let bucket = self.describe.clone();
+        let detail = one_line(&e);
+        let has = |needle: &str| detail.contains(needle);
+        if has("NoSuchBucket") {
+            return StoreError::NoSuchBucket {
+                bucket,
+                at: format!(" at {}", self.endpoint),
+            };
+        }
+        match e {
+            object_store::Error::NotFound { .. } => StoreError::NotFound {
+                bucket,
+                key: key.to_owned(),
+            },
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => {
+                StoreError::AccessDenied { bucket, detail }
+            }
+            _ if has("InvalidAccessKeyId")
+                || has("SignatureDoesNotMatch")
+                || has("AccessDenied")
+                || has("Forbidden")
+                || has("403") =>
+            {
+                StoreError::AccessDenied { bucket, detail }
+            }
+            _ if has("error sending request")
+                || has("onnection refused")
+                || has("dns error")
+                || has("timed out")
+                || has("onnection reset") =>
+            {
+                StoreError::Unreachable {
+                    bucket,
+                    endpoint: self.endpoint.clone(),
+                    detail: innermost(&e),
+                }
+            }
+            _ => StoreError::Other {
+                bucket,
+                op,
+                key: key.to_owned(),
+                detail,
+            },
+        }
+    }
+}
+
+fn s3_builder(cfg: &BucketConfig, bucket: &str) -> AmazonS3Builder {
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(&cfg.region)
+        .with_virtual_hosted_style_request(!cfg.path_style)
+        .with_client_options(ClientOptions::new().with_connect_timeout(CONNECT_TIMEOUT));
+    if let Some(endpoint) = &cfg.endpoint {
+        b = b
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    if let Credentials::Static {
+        access_key_id,
+        secret_access_key,
+    } = &cfg.credentials
+    {
+        b = b
+            .with_access_key_id(access_key_id)
+            .with_secret_access_key(secret_access_key);
+    }
+    b
+}
+
+/// The error and its sources on one line, bounded, for logs and messages.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() > 400 {
+        let mut cut: String = text.chars().take(400).collect();
+        cut.push('…');
+        cut
+    } else {
+        text
+    }
+}
+
+/// The root cause alone (e.g. "Connection refused (os error 111)").
+fn innermost(e: &dyn std::error::Error) -> String {
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last.split_whitespace().collect::<Vec<_>>().join(" ")
+}
