@@ -1,0 +1,94 @@
+//! The layer rules of DESIGN §1 and STYLE.md, checked on the source: only `store` talks to the
+//! bucket and holds the crypto crates, only `catalog` holds SQL, the cache crate knows nothing
+//! of tidegate, and no front end imports another.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Files under src/ (outside `allowed`) that mention `needle` in code.
+fn offenders(needle: &str, allowed: &[&str]) -> Vec<String> {
+    let src = root().join("src");
+    rust_files(&src)
+        .into_iter()
+        .filter(|p| {
+            let rel = p.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            !allowed.iter().any(|a| rel.starts_with(a))
+        })
+        .filter(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .any(|l| l.contains(needle))
+        })
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+#[test]
+fn only_store_talks_to_the_bucket_and_holds_crypto() {
+    for krate in [
+        "object_store::",
+        "aws_lc_rs::",
+        "aes_gcm::",
+        "blake3::",
+        "lz4_flex::",
+    ] {
+        let bad = offenders(krate, &["store/"]);
+        assert!(bad.is_empty(), "{krate} used outside store/: {bad:?}");
+    }
+}
+
+#[test]
+fn only_catalog_holds_sql() {
+    let bad = offenders("rusqlite", &["catalog/"]);
+    assert!(bad.is_empty(), "rusqlite used outside catalog/: {bad:?}");
+}
+
+#[test]
+fn gateway_knows_no_front_end_and_config_is_a_leaf() {
+    let bad = offenders("crate::frontend", &["frontend/", "daemon/", "cli/"]);
+    assert!(bad.is_empty(), "{bad:?}");
+    let src = root().join("src/config");
+    for file in rust_files(&src) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for layer in [
+            "crate::store",
+            "crate::catalog",
+            "crate::gateway",
+            "crate::daemon",
+            "crate::cli",
+        ] {
+            assert!(!text.contains(layer), "{} imports {layer}", file.display());
+        }
+    }
+}
+
+#[test]
+fn the_cache_crate_knows_nothing_of_tidegate() {
+    for file in rust_files(&root().join("cache/src")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("tidegate::"), "{}", file.display());
+    }
+    let manifest = std::fs::read_to_string(root().join("cache/Cargo.toml")).unwrap();
+    assert!(
+        !manifest.contains("tidegate ="),
+        "cache crate depends on tidegate"
+    );
+}

@@ -1,0 +1,95 @@
+//! A tidegate daemon under test: spawned with its own data dir, waited for through its
+//! readiness file (bounded, never a fixed sleep), killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Gateway {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts `tidegate serve` (embedded default unless `config` is given). Returns the daemon's
+    /// stderr as the error if it exits before becoming ready.
+    pub fn start(data_dir: &Path, config: Option<&Path>) -> Result<Gateway, String> {
+        std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+        let log = data_dir.with_extension("log");
+        let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let mut cmd = super::tidegate(data_dir);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(file)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut gw = Gateway {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        gw.wait_ready(Duration::from_secs(60))?;
+        Ok(gw)
+    }
+
+    pub fn ready_file(&self) -> PathBuf {
+        self.data_dir.join("run/ready.toml")
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let pid = self.pid();
+        while start.elapsed() < limit {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!(
+                    "tidegate exited with {status}: {}",
+                    self.log_text()
+                ));
+            }
+            if std::fs::read_to_string(self.ready_file())
+                .is_ok_and(|t| t.contains(&format!("pid = {pid}")))
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "tidegate not ready after {limit:?}: {}",
+            self.log_text()
+        ))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().ok()?.code()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
