@@ -1,6 +1,9 @@
 //! tidegate's integration tests: one binary (one link step), real processes, real clients.
 //! See docs/testing.md for what each module covers and how to run one test.
 
+// All of this binary is test code, helpers included; a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod layering;
 mod store;
