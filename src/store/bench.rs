@@ -373,8 +373,8 @@ impl AesGcmAlternative {
     }
 }
 
-/// Incompressible bytes (xorshift64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+/// Deterministic incompressible bytes (xorshift64); also the tests' data generator.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {

@@ -286,6 +286,7 @@ fn aad(header: &[u8], object: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::bench::noise;
     use proptest::prelude::*;
 
     fn codec(byte: u8) -> Codec {
@@ -298,18 +299,6 @@ mod tests {
             .copied()
             .cycle()
             .take(len)
-            .collect()
-    }
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()[0]
-            })
             .collect()
     }
 

@@ -313,6 +313,30 @@ fn activate_pairs_a_real_s3_bucket_and_refuses_a_second_key() {
     let out = activate(&second, &["--key-file", key.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("already paired"), "{}", stdout(&out));
+
+    // No credentials in the config: the usual AWS environment variables are used.
+    let third = dir.path().join("third");
+    let out = run(tidegate(&third)
+        .args(["activate", "--bucket", "s3://tidegate-test/gw-env"])
+        .args(["--endpoint", &garage.endpoint, "--region", "garage"])
+        .env("AWS_ACCESS_KEY_ID", &garage.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &garage.secret_key));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = std::fs::read_to_string(third.join("tidegate.toml")).unwrap();
+    assert!(
+        !config.contains(&garage.secret_key),
+        "secret copied into the config"
+    );
+    let status = run(tidegate(&third)
+        .arg("status")
+        .env("AWS_ACCESS_KEY_ID", &garage.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", "0".repeat(64)));
+    assert_eq!(status.status.code(), Some(1), "{}", stdout(&status));
+    assert!(
+        stdout(&status).contains("access denied"),
+        "{}",
+        stdout(&status)
+    );
 }
 
 #[test]

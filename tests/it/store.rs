@@ -3,6 +3,8 @@
 
 use crate::support::garage::Garage;
 use crate::support::{error_lines, free_port, run, stderr, tidegate};
+use std::os::unix::fs::PermissionsExt;
+
 use tidegate::store::{Bucket, StoreError, contract};
 
 #[test]
@@ -62,37 +64,6 @@ fn bucket_errors_are_one_clear_line() {
     // The same three through the CLI: exit 1 and exactly one error line saying what is wrong.
     let dir = tempfile::tempdir().unwrap();
     let creds = garage.credentials_file(dir.path());
-    let cases = [
-        (
-            "s3://no-such-bucket",
-            garage.endpoint.clone(),
-            "does not exist",
-        ),
-        (
-            "s3://tidegate-test",
-            format!("http://127.0.0.1:{}", free_port()),
-            "unreachable",
-        ),
-    ];
-    for (i, (url, endpoint, want)) in cases.iter().enumerate() {
-        let data = dir.path().join(format!("d{i}"));
-        let out = run(tidegate(&data)
-            .args([
-                "activate",
-                "--bucket",
-                url,
-                "--endpoint",
-                endpoint,
-                "--region",
-                "garage",
-            ])
-            .arg("--credentials-file")
-            .arg(&creds));
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        let lines = error_lines(&out);
-        assert_eq!(lines.len(), 1, "{}", stderr(&out));
-        assert!(lines[0].contains(want), "{}", lines[0]);
-    }
     let bad_creds = dir.path().join("bad-creds.toml");
     std::fs::write(
         &bad_creds,
@@ -103,25 +74,31 @@ fn bucket_errors_are_one_clear_line() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(
-        &bad_creds,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let out = run(tidegate(&dir.path().join("d3"))
-        .args([
-            "activate",
-            "--bucket",
-            "s3://tidegate-test",
-            "--endpoint",
+    std::fs::set_permissions(&bad_creds, PermissionsExt::from_mode(0o600)).unwrap();
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let cases = [
+        (
+            "s3://no-such-bucket",
             &garage.endpoint,
-            "--region",
-            "garage",
-        ])
-        .arg("--credentials-file")
-        .arg(&bad_creds));
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let lines = error_lines(&out);
-    assert_eq!(lines.len(), 1, "{}", stderr(&out));
-    assert!(lines[0].contains("access denied"), "{}", lines[0]);
+            &creds,
+            "does not exist",
+        ),
+        ("s3://tidegate-test", &closed, &creds, "unreachable"),
+        (
+            "s3://tidegate-test",
+            &garage.endpoint,
+            &bad_creds,
+            "access denied",
+        ),
+    ];
+    for (i, (url, endpoint, creds, want)) in cases.into_iter().enumerate() {
+        let out = run(tidegate(&dir.path().join(format!("d{i}")))
+            .args(["activate", "--bucket", url, "--endpoint", endpoint])
+            .args(["--region", "garage", "--credentials-file"])
+            .arg(creds));
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let lines = error_lines(&out);
+        assert_eq!(lines.len(), 1, "{}", stderr(&out));
+        assert!(lines[0].contains(want), "{}", lines[0]);
+    }
 }
