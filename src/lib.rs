@@ -18,5 +18,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod frontend;
 pub mod gateway;
+pub mod scsi;
 pub mod store;

@@ -1,0 +1,3 @@
+//! Front ends: each speaks one protocol and calls `gateway` (or `scsi`), never another front end.
+
+pub mod iscsi;
