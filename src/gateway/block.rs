@@ -114,7 +114,7 @@ impl BlockDevice for MemDisk {
     fn write(&self, lba: u64, data: Bytes, _fua: bool) -> BoxFuture<'_, Result<(), GatewayError>> {
         Box::pin(async move {
             let bs = self.block_size as usize;
-            if data.len() % bs != 0 {
+            if !data.len().is_multiple_of(bs) {
                 return Err(GatewayError::InvalidArgument(format!(
                     "{} bytes is not a whole number of {bs}-byte blocks",
                     data.len()
