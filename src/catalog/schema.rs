@@ -10,7 +10,10 @@ use rusqlite::Connection;
 use crate::catalog::CatalogError;
 
 /// Migrations, in order; entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_volumes.sql"),
+];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
 

@@ -48,6 +48,9 @@ pub enum Command {
     },
     /// Read back and verify every chunk in the bucket.
     Scrub,
+    /// Create, list and delete block volumes (served over iSCSI by `serve`).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Low-level chunk access, for debugging and tests.
     #[command(subcommand, hide = true)]
     Chunk(ChunkCommand),
@@ -61,6 +64,32 @@ pub enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume; a running daemon exposes it within a second or two.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Size, a whole number of MiB up to 32TiB (e.g. 100GiB, 2TiB).
+        #[arg(long)]
+        size: ByteSize,
+        #[arg(long, value_enum, default_value_t = VolumeModeArg::Cached)]
+        mode: VolumeModeArg,
+    },
+    /// List volumes with their iSCSI target names.
+    List,
+    /// Delete a volume and its chunk map (its bucket chunks are freed by garbage collection).
+    Delete { name: String },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum VolumeModeArg {
+    /// The bucket is the source of truth; the local cache holds the hot set.
+    Cached,
+    /// The local disk is the source of truth, backed up to the bucket (not supported yet).
+    Stored,
 }
 
 #[derive(Debug, Subcommand)]

@@ -27,6 +27,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve => commands::serve::run(load_config(cli.config.as_deref(), &data_dir)?),
         Command::Status => commands::status::run(load_config(cli.config.as_deref(), &data_dir)?),
         Command::Scrub => commands::scrub::run(load_config(cli.config.as_deref(), &data_dir)?),
+        Command::Volume(cmd) => {
+            commands::volume::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
+        }
         Command::Chunk(cmd) => {
             commands::chunk::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
         }

@@ -8,6 +8,7 @@
 pub mod activate;
 pub mod scrub;
 pub mod status;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -64,7 +64,10 @@ impl MemDisk {
         Self {
             identity: DeviceIdentity {
                 name: name.to_owned(),
-                serial: format!("MEM{:016x}", u64::from_le_bytes(uuid[..8].try_into().unwrap_or([0; 8]))),
+                serial: format!(
+                    "MEM{:016x}",
+                    u64::from_le_bytes(uuid[..8].try_into().unwrap_or([0; 8]))
+                ),
                 uuid,
             },
             block_size,

@@ -3,5 +3,6 @@
 
 pub mod block;
 pub mod error;
+pub mod volumes;
 
 pub use error::GatewayError;

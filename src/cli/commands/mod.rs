@@ -7,3 +7,4 @@ pub mod scrub;
 pub mod serve;
 pub mod status;
 pub mod treehash;
+pub mod volume;

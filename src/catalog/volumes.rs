@@ -1,0 +1,248 @@
+//! Volumes and their chunk maps.
+//!
+//! Invariant: a chunk-map row is written only after its chunk is in the bucket (the uploader
+//! calls `set_chunk` after the PUT returned), so the map never points at data that is not there.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::catalog::{Catalog, CatalogError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeMode {
+    Cached,
+    Stored,
+}
+
+impl VolumeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cached => "cached",
+            Self::Stored => "stored",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cached" => Some(Self::Cached),
+            "stored" => Some(Self::Stored),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRow {
+    pub id: i64,
+    pub name: String,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    pub chunk_size: u64,
+    pub mode: VolumeMode,
+    pub serial: String,
+    pub uuid: [u8; 16],
+    pub created_unix: i64,
+}
+
+/// What a new volume is made of; the catalog assigns the id.
+#[derive(Debug, Clone)]
+pub struct NewVolume<'a> {
+    pub name: &'a str,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    pub chunk_size: u64,
+    pub mode: VolumeMode,
+    pub serial: &'a str,
+    pub uuid: [u8; 16],
+    pub created_unix: i64,
+}
+
+fn as_i64(v: u64) -> Result<i64, CatalogError> {
+    i64::try_from(v)
+        .map_err(|_| CatalogError::Sql(rusqlite::Error::IntegralValueOutOfRange(0, i64::MAX)))
+}
+
+fn row_to_volume(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRow> {
+    let uuid: Vec<u8> = r.get(7)?;
+    let mode: String = r.get(5)?;
+    let conv = |i: usize| rusqlite::Error::IntegralValueOutOfRange(i, -1);
+    Ok(VolumeRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        size_bytes: u64::try_from(r.get::<_, i64>(2)?).map_err(|_| conv(2))?,
+        block_size: u32::try_from(r.get::<_, i64>(3)?).map_err(|_| conv(3))?,
+        chunk_size: u64::try_from(r.get::<_, i64>(4)?).map_err(|_| conv(4))?,
+        mode: VolumeMode::parse(&mode).ok_or_else(|| conv(5))?,
+        serial: r.get(6)?,
+        uuid: uuid.try_into().map_err(|_| conv(7))?,
+        created_unix: r.get(8)?,
+    })
+}
+
+const COLUMNS: &str =
+    "id, name, size_bytes, block_size, chunk_size, mode, serial, uuid, created_unix";
+
+impl Catalog {
+    pub fn create_volume(&self, v: &NewVolume<'_>) -> Result<VolumeRow, CatalogError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO volumes (name, size_bytes, block_size, chunk_size, mode, serial, uuid, created_unix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                v.name,
+                as_i64(v.size_bytes)?,
+                i64::from(v.block_size),
+                as_i64(v.chunk_size)?,
+                v.mode.as_str(),
+                v.serial,
+                v.uuid.as_slice(),
+                v.created_unix
+            ],
+        )?;
+        let id = conn.last_insert_rowid();
+        Ok(conn.query_row(
+            &format!("SELECT {COLUMNS} FROM volumes WHERE id = ?1"),
+            [id],
+            row_to_volume,
+        )?)
+    }
+
+    pub fn volumes(&self) -> Result<Vec<VolumeRow>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM volumes ORDER BY name"))?;
+        let rows = stmt.query_map([], row_to_volume)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn volume_by_name(&self, name: &str) -> Result<Option<VolumeRow>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM volumes WHERE name = ?1"),
+                [name],
+                row_to_volume,
+            )
+            .optional()?)
+    }
+
+    pub fn volume_by_id(&self, id: i64) -> Result<Option<VolumeRow>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM volumes WHERE id = ?1"),
+                [id],
+                row_to_volume,
+            )
+            .optional()?)
+    }
+
+    /// Deletes a volume and its chunk map; returns whether it existed.
+    pub fn delete_volume(&self, name: &str) -> Result<bool, CatalogError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM volumes WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    pub fn chunk(&self, volume: i64, index: u64) -> Result<Option<[u8; 32]>, CatalogError> {
+        let id: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                "SELECT chunk_id FROM volume_chunks WHERE volume_id = ?1 AND chunk_index = ?2",
+                params![volume, as_i64(index)?],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(id.and_then(|v| v.try_into().ok()))
+    }
+
+    /// Records where a chunk's data now is; `None` removes the row (the chunk is all zeros).
+    /// Does nothing for a volume that no longer exists (deleted while its upload was in flight).
+    pub fn set_chunk(
+        &self,
+        volume: i64,
+        index: u64,
+        chunk: Option<&[u8; 32]>,
+    ) -> Result<(), CatalogError> {
+        let conn = self.conn();
+        match chunk {
+            Some(id) => conn.execute(
+                "INSERT INTO volume_chunks (volume_id, chunk_index, chunk_id)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM volumes WHERE id = ?1)
+                 ON CONFLICT (volume_id, chunk_index) DO UPDATE SET chunk_id = excluded.chunk_id",
+                params![volume, as_i64(index)?, id.as_slice()],
+            )?,
+            None => conn.execute(
+                "DELETE FROM volume_chunks WHERE volume_id = ?1 AND chunk_index = ?2",
+                params![volume, as_i64(index)?],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Chunk indexes of a volume that hold data, in `[from, to)`, ascending.
+    pub fn mapped_chunks(&self, volume: i64, from: u64, to: u64) -> Result<Vec<u64>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT chunk_index FROM volume_chunks
+             WHERE volume_id = ?1 AND chunk_index >= ?2 AND chunk_index < ?3 ORDER BY chunk_index",
+        )?;
+        let rows = stmt.query_map(params![volume, as_i64(from)?, as_i64(to)?], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        rows.map(|r| Ok(u64::try_from(r?).unwrap_or(0))).collect()
+    }
+
+    /// Number of mapped chunks and the bytes they represent, per volume id.
+    pub fn volume_usage(&self, volume: i64) -> Result<u64, CatalogError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT count(*) FROM volume_chunks WHERE volume_id = ?1",
+            [volume],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(name: &str) -> NewVolume<'_> {
+        NewVolume {
+            name,
+            size_bytes: 1 << 30,
+            block_size: 512,
+            chunk_size: 1 << 20,
+            mode: VolumeMode::Cached,
+            serial: "S1",
+            uuid: [9; 16],
+            created_unix: 5,
+        }
+    }
+
+    #[test]
+    fn volumes_and_chunk_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let v = c.create_volume(&new("a")).unwrap();
+        assert_eq!(c.volume_by_name("a").unwrap().unwrap(), v);
+        assert!(c.create_volume(&new("a")).is_err(), "names are unique");
+        assert_eq!(c.chunk(v.id, 3).unwrap(), None);
+        c.set_chunk(v.id, 3, Some(&[1; 32])).unwrap();
+        c.set_chunk(v.id, 3, Some(&[2; 32])).unwrap();
+        c.set_chunk(v.id, 7, Some(&[3; 32])).unwrap();
+        assert_eq!(c.chunk(v.id, 3).unwrap(), Some([2; 32]));
+        assert_eq!(c.mapped_chunks(v.id, 0, 100).unwrap(), vec![3, 7]);
+        c.set_chunk(v.id, 3, None).unwrap();
+        assert_eq!(c.mapped_chunks(v.id, 0, 100).unwrap(), vec![7]);
+        assert!(c.delete_volume("a").unwrap());
+        assert_eq!(
+            c.chunk(v.id, 7).unwrap(),
+            None,
+            "map deleted with the volume"
+        );
+        // An upload finishing after the delete records nothing.
+        c.set_chunk(v.id, 1, Some(&[4; 32])).unwrap();
+        assert_eq!(c.chunk(v.id, 1).unwrap(), None);
+    }
+}

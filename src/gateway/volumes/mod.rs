@@ -1,0 +1,188 @@
+//! Block volumes (DESIGN §4): creation rules, the LBA → chunk mapping, and (in `volume.rs`) the
+//! `BlockDevice` each volume presents over the write-back cache.
+//!
+//! Chunk size is 1 MiB (docs/decisions/0002): the unit of upload, dedup and cache fill. A volume
+//! is a sequence of chunks `v<id>/<index as 16 hex digits>` in the cache; the catalog's chunk map
+//! says which bucket chunk holds each index, and an index with no entry reads as zeros and costs
+//! nothing in the bucket. Limits: 32 volumes per gateway, 32 TiB each.
+
+use std::sync::Arc;
+
+use crate::catalog::Catalog;
+use crate::catalog::volumes::{NewVolume, VolumeMode, VolumeRow};
+use crate::gateway::GatewayError;
+
+pub const CHUNK_SIZE: u64 = 1 << 20;
+pub const BLOCK_SIZE: u32 = 512;
+pub const MAX_VOLUMES: usize = 32;
+pub const MAX_VOLUME_SIZE: u64 = 32 << 40;
+/// Volumes are sized in whole 1 MiB chunks so no chunk is partly outside its volume.
+pub const SIZE_GRANULARITY: u64 = CHUNK_SIZE;
+
+/// The cache object holding chunk `index` of volume `id`.
+pub fn object_name(volume: i64, index: u64) -> String {
+    format!("v{volume}/{index:016x}")
+}
+
+/// Inverse of `object_name`; `None` for anything that is not a volume chunk.
+pub fn parse_object_name(name: &str) -> Option<(i64, u64)> {
+    let (vol, index) = name.strip_prefix('v')?.split_once('/')?;
+    if index.len() != 16 {
+        return None;
+    }
+    Some((vol.parse().ok()?, u64::from_str_radix(index, 16).ok()?))
+}
+
+/// Volume names become part of iSCSI target names (RFC 3720 §3.2.6.3.1: lower case, digits,
+/// '-', '.'), so they are limited to those.
+pub fn validate_name(name: &str) -> Result<(), GatewayError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !name.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(GatewayError::InvalidArgument(format!(
+            "volume name {name:?}: use 1 to 64 characters of a-z, 0-9, '-' and '.', starting \
+             with a letter or digit"
+        )))
+    }
+}
+
+#[derive(Debug)]
+pub struct CreateVolume<'a> {
+    pub name: &'a str,
+    pub size_bytes: u64,
+    pub mode: VolumeMode,
+}
+
+/// Creates a volume in the catalog. A running daemon picks it up and exposes it as a target.
+pub fn create(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<VolumeRow, GatewayError> {
+    validate_name(req.name)?;
+    if req.mode == VolumeMode::Stored {
+        return Err(GatewayError::InvalidArgument(
+            "stored volumes are not supported yet; use --mode cached".into(),
+        ));
+    }
+    if req.size_bytes == 0 || req.size_bytes > MAX_VOLUME_SIZE {
+        return Err(GatewayError::InvalidArgument(format!(
+            "volume size must be between 1 MiB and 32 TiB, not {} bytes",
+            req.size_bytes
+        )));
+    }
+    if !req.size_bytes.is_multiple_of(SIZE_GRANULARITY) {
+        return Err(GatewayError::InvalidArgument(format!(
+            "volume size must be a whole number of MiB, not {} bytes",
+            req.size_bytes
+        )));
+    }
+    let existing = catalog.volumes()?;
+    if existing.iter().any(|v| v.name == req.name) {
+        return Err(GatewayError::AlreadyExists(format!("volume {}", req.name)));
+    }
+    if existing.len() >= MAX_VOLUMES {
+        return Err(GatewayError::InvalidArgument(format!(
+            "a gateway holds at most {MAX_VOLUMES} volumes"
+        )));
+    }
+    let uuid_hex = crate::store::master::random_hex::<16>()
+        .map_err(|e| GatewayError::Internal(Box::new(e)))?;
+    let uuid = crate::store::keys::parse_hex::<16>(&uuid_hex)
+        .ok_or_else(|| GatewayError::InvalidArgument("random id".into()))?;
+    let serial = format!("TDG{}", &uuid_hex[..20].to_ascii_uppercase());
+    Ok(catalog.create_volume(&NewVolume {
+        name: req.name,
+        size_bytes: req.size_bytes,
+        block_size: BLOCK_SIZE,
+        chunk_size: CHUNK_SIZE,
+        mode: req.mode,
+        serial: &serial,
+        uuid,
+        created_unix: crate::daemon::unix_now(),
+    })?)
+}
+
+pub fn delete(catalog: &Catalog, name: &str) -> Result<(), GatewayError> {
+    if catalog.delete_volume(name)? {
+        Ok(())
+    } else {
+        Err(GatewayError::NotFound(format!("volume {name}")))
+    }
+}
+
+/// A volume with its bucket usage, for listings.
+#[derive(Debug, Clone)]
+pub struct VolumeInfo {
+    pub row: VolumeRow,
+    /// Chunks holding data in the bucket (each up to CHUNK_SIZE before compression).
+    pub mapped_chunks: u64,
+}
+
+pub fn list(catalog: &Arc<Catalog>) -> Result<Vec<VolumeInfo>, GatewayError> {
+    catalog
+        .volumes()?
+        .into_iter()
+        .map(|row| {
+            Ok(VolumeInfo {
+                mapped_chunks: catalog.volume_usage(row.id)?,
+                row,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_round_trip() {
+        for (v, i) in [(1, 0), (32, 0x1f_ffff), (7, u64::MAX)] {
+            assert_eq!(parse_object_name(&object_name(v, i)), Some((v, i)));
+        }
+        for bad in [
+            "x1/0000000000000000",
+            "v1/00",
+            "v/0000000000000000",
+            "v1-0000000000000000",
+        ] {
+            assert_eq!(parse_object_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn creation_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("c.db")).unwrap();
+        fn ok(name: &str, size_bytes: u64) -> CreateVolume<'_> {
+            CreateVolume {
+                name,
+                size_bytes,
+                mode: VolumeMode::Cached,
+            }
+        }
+        create(&c, &ok("vol-1", 1 << 30)).unwrap();
+        create(&c, &ok("big", 32 << 40)).unwrap();
+        for (req, why) in [
+            (ok("vol-1", 1 << 30), "duplicate"),
+            (ok("Vol", 1 << 30), "upper case"),
+            (ok("a b", 1 << 30), "space"),
+            (ok("-x", 1 << 30), "leading dash"),
+            (ok("huge", (32 << 40) + (1 << 20)), "over 32 TiB"),
+            (ok("odd", (1 << 20) + 512), "not whole MiB"),
+            (ok("zero", 0), "zero"),
+        ] {
+            assert!(create(&c, &req).is_err(), "{why}");
+        }
+        for i in 2..MAX_VOLUMES {
+            let name = format!("v{i}");
+            create(&c, &ok(&name, 1 << 20)).unwrap();
+        }
+        assert!(create(&c, &ok("one-too-many", 1 << 20)).is_err());
+        assert!(delete(&c, "nope").is_err());
+        delete(&c, "vol-1").unwrap();
+    }
+}
