@@ -31,7 +31,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (with no config: the embedded default, a local-directory bucket).
-    Serve,
+    Serve {
+        /// Overrides iscsi.listen (e.g. 127.0.0.1:0 for any free port; see run/ready.toml).
+        #[arg(long, value_name = "IP:PORT")]
+        iscsi_listen: Option<std::net::SocketAddr>,
+    },
     /// Show the gateway's health: bucket, key, daemon, cache, upload buffer, integrity.
     Status,
     /// Pair this appliance with a bucket and a key, and write its config.

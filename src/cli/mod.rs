@@ -24,7 +24,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Treehash { files } => commands::treehash::run(&files),
         Command::Bench { what } => commands::bench::run(what),
         Command::Activate(args) => commands::activate::run(*args, cli.config.as_deref(), &data_dir),
-        Command::Serve => commands::serve::run(load_config(cli.config.as_deref(), &data_dir)?),
+        Command::Serve { iscsi_listen } => {
+            let mut config = load_config(cli.config.as_deref(), &data_dir)?;
+            if let Some(listen) = iscsi_listen {
+                config.iscsi.listen = listen;
+            }
+            commands::serve::run(config)
+        }
         Command::Status => commands::status::run(load_config(cli.config.as_deref(), &data_dir)?),
         Command::Scrub => commands::scrub::run(load_config(cli.config.as_deref(), &data_dir)?),
         Command::Volume(cmd) => {

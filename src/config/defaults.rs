@@ -20,6 +20,8 @@ pub const MAX_RETRIES: u32 = 5;
 pub const RETRY_TIMEOUT_SECS: u64 = 60;
 pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
 pub const PART_SIZE: u64 = 16 << 20;
+/// Loopback by default: exposing volumes on the network is a decision the operator makes.
+pub const ISCSI_LISTEN: &str = "127.0.0.1:3260";
 
 /// The data dir when none is given on the command line or in `TIDEGATE_DATA_DIR`:
 /// `$XDG_DATA_HOME/tidegate` when XDG_DATA_HOME is set, else `./tidegate-data`.

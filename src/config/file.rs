@@ -21,6 +21,30 @@ pub struct FileConfig {
     pub cache: Option<DiskSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_buffer: Option<DiskSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iscsi: Option<IscsiSection>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiSection {
+    /// `ip:port` to listen on; port 0 picks a free one (reported in run/ready.toml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The portal address given to initiators in discovery; required when `listen` is a
+    /// wildcard address, since a wildcard is not reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// CHAP the initiator must pass (12 to 16 character secret), for every volume target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap_secret: Option<String>,
+    /// Mutual CHAP: what the gateway proves itself with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -11,13 +11,14 @@ pub mod file;
 pub mod size;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use size::ByteSize;
 
-use file::{BucketSection, CredentialsFile, DiskSection, FileConfig};
+use file::{BucketSection, CredentialsFile, DiskSection, FileConfig, IscsiSection};
 
 /// Where the configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,32 @@ pub struct Config {
     pub bucket: BucketConfig,
     pub cache: DiskConfig,
     pub upload_buffer: DiskConfig,
+    pub iscsi: IscsiConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IscsiConfig {
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub chap: Option<ChapSecrets>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChapSecrets {
+    pub user: String,
+    pub secret: String,
+    pub mutual: Option<(String, String)>,
+}
+
+impl fmt::Debug for ChapSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ChapSecrets {{ user: {:?}, mutual: {} }}",
+            self.user,
+            self.mutual.is_some()
+        )
+    }
 }
 
 impl Config {
@@ -250,6 +277,7 @@ impl Config {
                 ));
             }
         };
+        let iscsi = iscsi_config(file.iscsi.unwrap_or_default())?;
         Ok(Self {
             origin,
             name,
@@ -258,6 +286,7 @@ impl Config {
             bucket,
             cache,
             upload_buffer,
+            iscsi,
         })
     }
 }
@@ -389,6 +418,89 @@ fn bucket_config(s: BucketSection, data_dir: &Path) -> Result<BucketConfig, Conf
         ),
         multipart_threshold,
         part_size,
+    })
+}
+
+fn iscsi_config(s: IscsiSection) -> Result<IscsiConfig, ConfigError> {
+    let addr = |key: &str, v: &str| {
+        v.parse::<SocketAddr>()
+            .map_err(|_| ConfigError::new(key, format!("{v:?} is not an ip:port address")))
+    };
+    let listen = addr(
+        "iscsi.listen",
+        s.listen.as_deref().unwrap_or(defaults::ISCSI_LISTEN),
+    )?;
+    let advertise = s
+        .advertise
+        .as_deref()
+        .map(|v| addr("iscsi.advertise", v))
+        .transpose()?;
+    if advertise.is_some_and(|a| a.ip().is_unspecified()) {
+        return Err(ConfigError::new(
+            "iscsi.advertise",
+            "must be an address initiators can reach, not a wildcard",
+        ));
+    }
+    if listen.ip().is_unspecified() && advertise.is_none() {
+        return Err(ConfigError::new(
+            "iscsi.advertise",
+            "missing: iscsi.listen is a wildcard address, so say which address initiators use",
+        ));
+    }
+    let secret = |key: &str, v: &str| {
+        // RFC 7143 §12.1.3 wants 96-bit secrets at least; open-iscsi accepts up to 16 bytes.
+        if (12..=16).contains(&v.len()) {
+            Ok(())
+        } else {
+            Err(ConfigError::new(
+                key,
+                "a CHAP secret must be 12 to 16 characters",
+            ))
+        }
+    };
+    let mutual_without_chap = s.chap_user.is_none() && s.mutual_chap_user.is_some();
+    let chap = match (s.chap_user, s.chap_secret) {
+        (None, None) => None,
+        (Some(user), Some(pass)) => {
+            secret("iscsi.chap_secret", &pass)?;
+            let mutual = match (s.mutual_chap_user, s.mutual_chap_secret) {
+                (None, None) => None,
+                (Some(u), Some(p)) => {
+                    secret("iscsi.mutual_chap_secret", &p)?;
+                    if p == pass {
+                        return Err(ConfigError::new(
+                            "iscsi.mutual_chap_secret",
+                            "must differ from iscsi.chap_secret",
+                        ));
+                    }
+                    Some((u, p))
+                }
+                (Some(_), None) => {
+                    return Err(ConfigError::new("iscsi.mutual_chap_secret", "missing"));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::new("iscsi.mutual_chap_user", "missing"));
+                }
+            };
+            Some(ChapSecrets {
+                user,
+                secret: pass,
+                mutual,
+            })
+        }
+        (Some(_), None) => return Err(ConfigError::new("iscsi.chap_secret", "missing")),
+        (None, Some(_)) => return Err(ConfigError::new("iscsi.chap_user", "missing")),
+    };
+    if mutual_without_chap {
+        return Err(ConfigError::new(
+            "iscsi.chap_user",
+            "mutual CHAP needs one-way CHAP set too",
+        ));
+    }
+    Ok(IscsiConfig {
+        listen,
+        advertise,
+        chap,
     })
 }
 
@@ -597,6 +709,21 @@ path = "/var/cache/tidegate"
                 Some(3),
             ),
             ("[cache\n", "cache", Some(1)),
+            (
+                "[bucket]\nurl = \"s3://bucket\"\n[iscsi]\nlisten = \"0.0.0.0:3260\"\n",
+                "iscsi.advertise",
+                None,
+            ),
+            (
+                "[bucket]\nurl = \"s3://bucket\"\n[iscsi]\nlisten = \"nope\"\n",
+                "iscsi.listen",
+                Some(4),
+            ),
+            (
+                "[bucket]\nurl = \"s3://bucket\"\n[iscsi]\nchap_user = \"u\"\nchap_secret = \"short\"\n",
+                "iscsi.chap_secret",
+                Some(5),
+            ),
         ];
         for (text, key, line) in cases {
             let e = load(text).unwrap_err();

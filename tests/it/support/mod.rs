@@ -1,8 +1,10 @@
 //! Shared test rig: resolving client tools, running the tidegate binary, a real Garage S3
 //! server, and a daemon started and waited for by its readiness file.
 
+pub mod cunit;
 pub mod garage;
 pub mod gateway;
+pub mod tgt;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
