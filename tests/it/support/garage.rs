@@ -11,6 +11,7 @@ use tidegate::store::master::random_hex;
 
 pub struct Garage {
     child: Child,
+    conf: PathBuf,
     pub dir: tempfile::TempDir,
     pub endpoint: String,
     pub bucket: String,
@@ -66,6 +67,7 @@ impl Garage {
                 .expect("starting garage");
             let mut g = Garage {
                 child,
+                conf: conf.clone(),
                 dir,
                 endpoint: format!("http://127.0.0.1:{s3}"),
                 bucket,
@@ -81,6 +83,40 @@ impl Garage {
             );
         }
         panic!("garage did not start after 3 attempts");
+    }
+
+    /// Kills the server (an outage); `restart` brings it back with the same data and ports.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("garage.log"))
+            .expect("log file");
+        self.child = Command::new(super::tool("garage"))
+            .args([
+                "-c",
+                self.conf.to_str().expect("utf-8 path"),
+                "server",
+                "--single-node",
+                "--default-bucket",
+            ])
+            .env("GARAGE_DEFAULT_ACCESS_KEY", &self.access_key)
+            .env("GARAGE_DEFAULT_SECRET_KEY", &self.secret_key)
+            .env("GARAGE_DEFAULT_BUCKET", &self.bucket)
+            .env("RUST_LOG", "garage=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("restarting garage");
+        assert!(
+            self.wait_ready(Duration::from_secs(60)),
+            "garage did not come back"
+        );
     }
 
     fn wait_ready(&mut self, limit: Duration) -> bool {

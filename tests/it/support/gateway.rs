@@ -15,6 +15,15 @@ impl Gateway {
     /// Starts `tidegate serve` (embedded default unless `config` is given). Returns the daemon's
     /// stderr as the error if it exits before becoming ready.
     pub fn start(data_dir: &Path, config: Option<&Path>) -> Result<Gateway, String> {
+        Self::start_with(data_dir, config, &[])
+    }
+
+    /// Like `start`, with extra `serve` arguments (e.g. `--iscsi-listen 127.0.0.1:0`).
+    pub fn start_with(
+        data_dir: &Path,
+        config: Option<&Path>,
+        args: &[&str],
+    ) -> Result<Gateway, String> {
         std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
         let log = data_dir.with_extension("log");
         let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
@@ -24,6 +33,7 @@ impl Gateway {
         }
         let child = cmd
             .arg("serve")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().map_err(|e| e.to_string())?)
             .stderr(file)
@@ -65,6 +75,28 @@ impl Gateway {
             "tidegate not ready after {limit:?}: {}",
             self.log_text()
         ))
+    }
+
+    /// A value from the readiness file, e.g. `iscsi` (the bound portal address).
+    pub fn ready_value(&self, key: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.ready_file()).ok()?;
+        let table: toml::Table = toml::from_str(&text).ok()?;
+        table.get(key)?.as_str().map(str::to_owned)
+    }
+
+    /// A value from the live status file the daemon rewrites every second.
+    pub fn status_value(&self, key: &str) -> Option<i64> {
+        let text = std::fs::read_to_string(self.data_dir.join("run/status.toml")).ok()?;
+        let table: toml::Table = toml::from_str(&text).ok()?;
+        table.get(key)?.as_integer()
+    }
+
+    /// SIGKILL: a crash, no clean-up.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -4,7 +4,9 @@
 // Used by iscsi_volume.rs, which lands with the volume target.
 #[allow(dead_code)]
 pub mod cunit;
+#[allow(dead_code)]
 pub mod garage;
+#[allow(dead_code)]
 pub mod gateway;
 #[allow(dead_code)]
 pub mod tgt;

@@ -1,0 +1,263 @@
+//! Cached volumes over iSCSI with real initiators: libiscsi's conformance suite against tgt as a
+//! reference, qemu-img/qemu-io moving images and patterns, crashes, bucket outages and a dropped
+//! cache.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::garage::Garage;
+use crate::support::gateway::Gateway;
+use crate::support::tgt::Tgt;
+use crate::support::{cunit, noise, run, stderr, stdout, tidegate, tool};
+
+const MIB: u64 = 1 << 20;
+
+fn create_volume(data_dir: &Path, config: Option<&Path>, name: &str, size: &str) {
+    let mut cmd = tidegate(data_dir);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = run(cmd.args(["volume", "create", "--name", name, "--size", size]));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn start(data_dir: &Path, config: Option<&Path>) -> Gateway {
+    Gateway::start_with(data_dir, config, &["--iscsi-listen", "127.0.0.1:0"]).unwrap()
+}
+
+fn url(gw: &Gateway, volume: &str) -> String {
+    let portal = gw.ready_value("iscsi").expect("iscsi portal in run/ready.toml");
+    format!("iscsi://{portal}/iqn.2026-11.org.tidegate:tidegate.{volume}/0")
+}
+
+/// Waits (bounded) until the volume's target answers: the daemon picks new volumes up by
+/// watching the catalog.
+fn wait_for_target(url: &str) {
+    let start = Instant::now();
+    loop {
+        let out = Command::new(tool("iscsi-inq")).arg(url).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{url} never answered: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn qemu_io(url: &str, commands: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(tool("qemu-io"));
+    cmd.args(["-f", "raw"]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    cmd.arg(url).output().unwrap()
+}
+
+/// qemu-io prints "Pattern verification failed" (and still exits 0) on a mismatch.
+fn assert_pattern(url: &str, pattern: u8, offset: u64, len: u64) {
+    let out = qemu_io(url, &[&format!("read -P 0x{pattern:02x} {offset} {len}")]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success() && !text.contains("failed") && !text.contains("error"),
+        "pattern 0x{pattern:02x} at {offset}+{len}: {text}"
+    );
+}
+
+fn wait_drained(gw: &Gateway, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if gw.status_value("dirty_bytes") == Some(0) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "upload did not drain: dirty_bytes = {:?}",
+            gw.status_value("dirty_bytes")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn conformance_no_regressions_against_tgt() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 256 * MIB;
+    let tgt = Tgt::start(size);
+    let data = dir.path().join("data");
+    create_volume(&data, None, "conformance", "256MiB");
+    let gw = start(&data, None);
+    let ours = url(&gw, "conformance");
+    wait_for_target(&ours);
+
+    let mut regressions = Vec::new();
+    let mut remaining = Vec::new();
+    for family in ["SCSI", "iSCSI"] {
+        let reference = cunit::run(family, &tgt.url(), &dir.path().join(format!("tgt-{family}")));
+        let tidegate = cunit::run(family, &ours, &dir.path().join(format!("tidegate-{family}")));
+        assert!(!tidegate.is_empty(), "{family}: no results from tidegate");
+        for (test, &passed) in &tidegate {
+            if !passed {
+                let tgt_passed = reference.get(test).copied().unwrap_or(false);
+                remaining.push(format!("{family}.{test} (tgt: {})", if tgt_passed { "pass" } else { "fail" }));
+                if tgt_passed {
+                    regressions.push(format!("{family}.{test}"));
+                }
+            }
+        }
+        for (test, &passed) in &reference {
+            if passed && !tidegate.contains_key(test) {
+                regressions.push(format!("{family}.{test} (did not run on tidegate)"));
+            }
+        }
+        let passed = tidegate.values().filter(|p| **p).count();
+        let tgt_passed = reference.values().filter(|p| **p).count();
+        eprintln!("{family}: tidegate {passed}/{} passed, tgt {tgt_passed}/{}", tidegate.len(), reference.len());
+    }
+    eprintln!("tests tidegate fails:\n  {}", remaining.join("\n  "));
+    assert!(regressions.is_empty(), "tests tgt passes and tidegate fails:\n  {}", regressions.join("\n  "));
+}
+
+#[test]
+fn qemu_img_round_trip_is_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // 64 MiB: noise, a zero gap, noise again, a compressible tail.
+    let mut raw = noise(24 * MIB as usize, 11);
+    raw.resize(40 * MIB as usize, 0);
+    raw.extend(noise(16 * MIB as usize, 12));
+    raw.extend(b"tidegate ".iter().copied().cycle().take(8 * MIB as usize));
+    let source_raw = dir.path().join("source.raw");
+    std::fs::write(&source_raw, &raw).unwrap();
+    let image = dir.path().join("source.qcow2");
+    let qemu_img = tool("qemu-img");
+    let out = run(Command::new(&qemu_img)
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&source_raw)
+        .arg(&image));
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    create_volume(&data, None, "image", "64MiB");
+    let gw = start(&data, None);
+    let target = url(&gw, "image");
+    wait_for_target(&target);
+    let out = run(Command::new(&qemu_img)
+        .args(["convert", "-n", "-f", "qcow2", "-O", "raw"])
+        .arg(&image)
+        .arg(&target));
+    assert!(out.status.success(), "qemu-img to iSCSI: {}", stderr(&out));
+    let back = dir.path().join("back.raw");
+    let out = run(Command::new(&qemu_img)
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(&target)
+        .arg(&back));
+    assert!(out.status.success(), "qemu-img from iSCSI: {}", stderr(&out));
+    let back = std::fs::read(&back).unwrap();
+    assert_eq!(back.len(), raw.len());
+    assert!(back == raw, "image read back differs");
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_and_reach_the_bucket() {
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run(tidegate(&data)
+        .args(["activate", "--bucket", "s3://tidegate-test/crash", "--endpoint", &garage.endpoint])
+        .args(["--region", "garage", "--credentials-file"])
+        .arg(garage.credentials_file(dir.path())));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // activate wrote DATA_DIR/tidegate.toml, which every later command finds by itself.
+    let config = data.join("tidegate.toml");
+    create_volume(&data, Some(&config), "crash", "64MiB");
+    let gw = start(&data, Some(&config));
+    let target = url(&gw, "crash");
+    wait_for_target(&target);
+
+    // Acknowledged by SYNCHRONIZE CACHE (qemu-io flush) and by FUA writes (-f).
+    let out = qemu_io(&target, &["write -P 0x77 0 4M", "flush", "write -f -P 0x99 8M 1M", "write -f -P 0x31 20M 4k"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    gw.kill9();
+
+    let gw = start(&data, Some(&config));
+    let target = url(&gw, "crash");
+    wait_for_target(&target);
+    assert_pattern(&target, 0x77, 0, 4 * MIB);
+    assert_pattern(&target, 0x99, 8 * MIB, MIB);
+    assert_pattern(&target, 0x31, 20 * MIB, 4096);
+    assert_pattern(&target, 0x00, 30 * MIB, MIB);
+
+    // The bucket catches up; then the volume reads back whole with the cache dropped.
+    wait_drained(&gw, Duration::from_secs(120));
+    assert_eq!(gw.stop(), Some(0));
+    std::fs::remove_dir_all(data.join("cache")).unwrap();
+    let gw = start(&data, Some(&config));
+    let target = url(&gw, "crash");
+    wait_for_target(&target);
+    assert_pattern(&target, 0x77, 0, 4 * MIB);
+    assert_pattern(&target, 0x99, 8 * MIB, MIB);
+    assert_pattern(&target, 0x31, 20 * MIB, 4096);
+    assert_eq!(gw.stop(), Some(0));
+}
+
+#[test]
+fn bucket_outage_holds_writes_then_drains_without_loss() {
+    let mut garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run(tidegate(&data)
+        .args(["activate", "--bucket", "s3://tidegate-test/outage", "--endpoint", &garage.endpoint])
+        .args(["--region", "garage", "--credentials-file"])
+        .arg(garage.credentials_file(dir.path()))
+        .args(["--cache-size", "64MiB", "--upload-buffer-size", "64MiB"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = data.join("tidegate.toml");
+    create_volume(&data, Some(&config), "outage", "192MiB");
+    let gw = start(&data, Some(&config));
+    let target = url(&gw, "outage");
+    wait_for_target(&target);
+
+    // 160 MiB of incompressible data: more than the 64 MiB upload buffer holds.
+    let source = dir.path().join("source.raw");
+    std::fs::write(&source, noise(160 * MIB as usize, 99)).unwrap();
+    garage.stop();
+    let mut writer: Child = Command::new(tool("qemu-img"))
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(&source)
+        .arg(&target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // The writer fills the buffer and is then held (not failed).
+    let start_wait = Instant::now();
+    while gw.status_value("writers_waiting").unwrap_or(0) == 0 {
+        assert!(writer.try_wait().unwrap().is_none(), "writer finished or failed during the outage");
+        assert!(start_wait.elapsed() < Duration::from_secs(120), "writes never backed up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(writer.try_wait().unwrap().is_none(), "a held writer must not fail");
+
+    garage.restart();
+    let status = writer.wait().unwrap();
+    assert!(status.success(), "writer failed after the bucket came back");
+    wait_drained(&gw, Duration::from_secs(300));
+
+    // Nothing lost: compare through the target, then once more from the bucket alone.
+    let back = dir.path().join("back.raw");
+    let out = run(Command::new(tool("qemu-img"))
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(&target)
+        .arg(&back));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let back = std::fs::read(&back).unwrap();
+    let source = std::fs::read(&source).unwrap();
+    assert!(back[..source.len()] == source[..], "data differs after the outage");
+    assert!(back[source.len()..].iter().all(|&b| b == 0));
+    assert_eq!(gw.stop(), Some(0));
+}
