@@ -101,16 +101,7 @@ impl Journal {
         for &id in &ids[..keep_from] {
             std::fs::remove_file(segment_path(dir, id))?;
         }
-        let mut journal = Self {
-            dir: dir.to_path_buf(),
-            segment_bytes,
-            segments: VecDeque::new(),
-            next_seq: 1,
-            synced_seq: 0,
-            dir_version: 1,
-            dir_synced: 0,
-            total_bytes: 0,
-        };
+        let mut journal = Self::detached(dir, segment_bytes);
         let mut prev_seq: Option<u64> = None;
         let mut torn = false;
         for &id in &ids[keep_from..] {
@@ -180,6 +171,20 @@ impl Journal {
             journal.mark_synced(&plan);
         }
         Ok(journal)
+    }
+
+    /// An empty journal with no files yet: a stand-in while `open` replays into the index.
+    pub(crate) fn detached(dir: &Path, segment_bytes: u64) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            segments: VecDeque::new(),
+            next_seq: 1,
+            synced_seq: 0,
+            dir_version: 1,
+            dir_synced: 0,
+            total_bytes: 0,
+        }
     }
 
     fn create_segment(&mut self, id: u64) -> std::io::Result<()> {

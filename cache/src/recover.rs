@@ -17,7 +17,7 @@ pub(crate) fn open(config: &CacheConfig) -> Result<State, CacheError> {
     if config.object_size == 0 || config.object_size > u64::from(u32::MAX) {
         return bad("object_size must be between 1 byte and 4 GiB");
     }
-    if !config.page_size.is_power_of_two() || config.object_size % config.page_size != 0 {
+    if !config.page_size.is_power_of_two() || !config.object_size.is_multiple_of(config.page_size) {
         return bad("page_size must be a power of two dividing object_size");
     }
     if config.upload_concurrency == 0 {
@@ -54,41 +54,38 @@ pub(crate) fn open(config: &CacheConfig) -> Result<State, CacheError> {
         name: String::new(),
         source,
     })?;
-    // The journal is opened before the state exists; replayed records are collected first.
-    let mut records: Vec<(u64, String, u64, Vec<u8>, Option<u32>)> = Vec::new();
+    let mut state = State::new(
+        Journal::detached(buffer.path(), segment_bytes),
+        files,
+        config.object_size,
+        config.cache_capacity,
+    );
+    let mut replayed = 0u64;
+    // Applied as read, so replay needs memory for one segment, not for the whole journal.
     let journal = Journal::open(buffer.path(), segment_bytes, |rec| {
-        let (data, discard) = match rec.op {
-            record::Op::Write(d) => (d.to_vec(), None),
-            record::Op::Discard(l) => (Vec::new(), Some(l)),
+        let len = match rec.op {
+            record::Op::Write(d) => d.len() as u64,
+            record::Op::Discard(l) => u64::from(l),
         };
-        let end = rec
+        if rec
             .offset
-            .checked_add(data.len().max(discard.unwrap_or(0) as usize) as u64);
-        if end.is_none_or(|e| e > config.object_size) {
+            .checked_add(len)
+            .is_none_or(|e| e > config.object_size)
+        {
             // Written under another object_size: refusing beats silently truncating data.
             return Err(std::io::Error::other(format!(
                 "journal record {} for {:?} lies outside object_size",
                 rec.seq, rec.name
             )));
         }
-        records.push((rec.seq, rec.name.to_owned(), rec.offset, data, discard));
-        Ok(())
+        replayed += 1;
+        state.apply(rec.name, rec.offset, rec.op, rec.seq)
     })
     .map_err(|source| CacheError::Journal {
         what: "replaying",
         source,
     })?;
-    let mut state = State::new(journal, files, config.object_size, config.cache_capacity);
-    let replayed = records.len();
-    for (seq, name, offset, data, discard) in records {
-        let op = match discard {
-            Some(l) => record::Op::Discard(l),
-            None => record::Op::Write(&data),
-        };
-        state
-            .apply(&name, offset, op, seq)
-            .map_err(|source| CacheError::CacheFile { name, source })?;
-    }
+    state.journal = journal;
     tracing::info!(
         records = replayed,
         dirty_objects = state.dirty_names.len(),
