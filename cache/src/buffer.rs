@@ -162,7 +162,12 @@ impl Journal {
             journal.next_seq = p + 1;
             journal.synced_seq = p;
         }
-        let next_id = ids.last().map_or(0, |&id| id + 1);
+        // Right after the last retained segment: a gap would make the next open take the
+        // retained ones for reclaimed leftovers.
+        let next_id = match journal.segments.back() {
+            Some(s) => s.id + 1,
+            None => ids.last().map_or(0, |&id| id + 1),
+        };
         journal.create_segment(next_id)?;
         // The cut and the new segment must be durable before any new record is acknowledged:
         // otherwise a later replay could stop at the old torn tail and miss the new records.
@@ -323,4 +328,81 @@ impl Journal {
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}{SEGMENT_SUFFIX}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Op;
+
+    fn open(dir: &Path, seen: &mut Vec<u64>) -> Journal {
+        Journal::open(dir, 256, |r| {
+            seen.push(r.seq);
+            Ok(())
+        })
+        .unwrap()
+    }
+
+    fn append(j: &mut Journal, n: usize) {
+        for _ in 0..n {
+            let seq = j.next_seq();
+            let rec = Record {
+                seq,
+                name: "o",
+                offset: 0,
+                op: Op::Write(&[1; 60]),
+            };
+            j.append(&record::encode(&rec).unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn torn_middle_segment_cuts_the_journal_and_later_records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path(), &mut Vec::new());
+        append(&mut j, 12); // 97-byte records, two per 256-byte segment
+        assert!(j.segments.len() >= 5);
+        let middle = j.segments[2].id;
+        drop(j);
+        let path = segment_path(dir.path(), middle);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut j = open(dir.path(), &mut seen);
+        let kept = seen.len() as u64;
+        assert_eq!(seen, (1..=kept).collect::<Vec<_>>());
+        assert!(kept < 12);
+        append(&mut j, 3);
+        drop(j);
+        let mut seen = Vec::new();
+        let j = open(dir.path(), &mut seen);
+        assert_eq!(seen, (1..=kept + 3).collect::<Vec<_>>());
+        assert_eq!(j.next_seq(), kept + 4);
+    }
+
+    #[test]
+    fn reclaim_deletes_oldest_segments_only_below_the_needed_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path(), &mut Vec::new());
+        append(&mut j, 8);
+        let before = j.total_bytes();
+        j.reclaim(5, false).unwrap();
+        assert!(j.total_bytes() < before);
+        assert!(
+            j.segments
+                .iter()
+                .all(|s| s.last_seq == 0 || s.last_seq >= 5)
+        );
+        j.reclaim(9, true).unwrap();
+        assert_eq!(j.segments.len(), 1);
+        drop(j);
+        let mut seen = Vec::new();
+        open(dir.path(), &mut seen);
+        assert!(seen.is_empty());
+    }
 }
