@@ -443,3 +443,45 @@ async fn concurrent_misses_share_one_fetch_and_never_overwrite_local_data() {
     );
     cache.close().await;
 }
+
+/// Not a timing assertion: prints what group commit buys on this disk. Run with
+/// `cargo nextest run -p tidegate-cache --run-ignored only flush_figures -- --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, prints figures"]
+async fn flush_figures() {
+    for tasks in [1usize, 8, 32] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 1 << 30, 1 << 30);
+        cfg.object_size = 1 << 20;
+        cfg.upload_delay = Duration::from_secs(3600);
+        let cache = Cache::open(cfg, Arc::new(MemSink::default())).unwrap();
+        let per_task = 2000 / tasks;
+        let start = std::time::Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_task {
+                        let off = ((t * per_task + i) % 256) as u64 * 4096;
+                        cache
+                            .write_durable(&format!("v1/{t}"), off, &[7; 4096])
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let s = cache.stats();
+        println!(
+            "{tasks:>2} tasks: {:.0} durable 4 KiB writes/s, {} flushes, {} fsyncs",
+            (tasks * per_task) as f64 / secs,
+            s.flushes,
+            s.fsyncs
+        );
+        cache.close().await;
+    }
+}
