@@ -24,11 +24,13 @@
 //! - *Uploader* (`upload.rs`): uploads objects idle for `upload_delay` (at once when the buffer
 //!   is half full, writers wait or `drain` runs), oldest dirty first, `upload_concurrency` at a
 //!   time, retrying transient failures forever with capped exponential backoff.
+//! - *Misses* (`fetch.rs`): one fetch task per object, shared by readers and the uploader.
 //! - *Recovery* (`recover.rs`): replay every retained record in seq order; the first torn record
 //!   ends the journal (it is cut there, durably), so recovery yields a prefix of the writes that
 //!   contains every acknowledged one.
 
 mod buffer;
+mod fetch;
 mod index;
 mod layout;
 mod ranges;
@@ -43,12 +45,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 pub use layout::{Area, AreaError, LAYOUT_VERSION};
 pub use sink::{BoxFuture, Sink, SinkError, SinkErrorKind};
 
+use fetch::fetch_shared;
 use index::State;
 use record::{Op, Record};
 
@@ -557,72 +560,4 @@ impl Drop for Pin<'_> {
         }
         st.forget_if_empty(self.name);
     }
-}
-
-/// The object's bucket content, fetched once for all concurrent callers and filled into the
-/// cache where it holds nothing newer. The fetch runs in its own task, so a cancelled caller
-/// never strands the others.
-async fn fetch_shared(inner: &Arc<Inner>, name: &str) -> Result<Bytes, CacheError> {
-    let mut rx = {
-        let mut st = inner.state();
-        if st.closed {
-            return Err(CacheError::Closed);
-        }
-        match st.fetching.get(name) {
-            Some(rx) => rx.clone(),
-            None => {
-                let (tx, rx) = watch::channel(None);
-                st.fetching.insert(name.to_owned(), rx.clone());
-                tokio::spawn(fetch_task(inner.clone(), name.to_owned(), tx));
-                rx
-            }
-        }
-    };
-    let result = rx
-        .wait_for(Option::is_some)
-        .await
-        .map_err(|_| CacheError::Closed)?
-        .clone();
-    match result {
-        Some(Ok(base)) => Ok(base),
-        Some(Err(source)) => Err(CacheError::Sink {
-            name: name.to_owned(),
-            source,
-        }),
-        None => Err(CacheError::Closed),
-    }
-}
-
-async fn fetch_task(
-    inner: Arc<Inner>,
-    name: String,
-    tx: watch::Sender<Option<Result<Bytes, SinkError>>>,
-) {
-    let size = inner.config.object_size;
-    let result = match inner.sink.fetch(&name).await {
-        Ok(Some(b)) if b.len() as u64 == size => Ok(b),
-        Ok(Some(b)) => Err(SinkError::new(
-            SinkErrorKind::Corrupt,
-            format!("object is {} bytes, expected {size}", b.len()),
-        )),
-        Ok(None) => Ok(Bytes::from(vec![0u8; size as usize])),
-        Err(e) => Err(e),
-    };
-    let mut st = inner.state();
-    st.fetching.remove(&name);
-    if st.closed {
-        return;
-    }
-    let result = match result {
-        Ok(base) => match st.fill(&name, &base) {
-            Ok(()) => Ok(base),
-            Err(e) => Err(SinkError::new(
-                SinkErrorKind::Other,
-                format!("filling the cache file: {e}"),
-            )),
-        },
-        Err(e) => Err(e),
-    };
-    drop(st);
-    let _ = tx.send(Some(result));
 }

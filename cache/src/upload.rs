@@ -12,7 +12,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
-use crate::{CacheError, Inner, fetch_shared};
+use crate::fetch::fetch_shared;
+use crate::{CacheError, Inner};
 
 pub(crate) async fn run(inner: Arc<Inner>) {
     let mut jobs = JoinSet::new();
