@@ -1,13 +1,563 @@
 //! tidegate-cache: the write-back cache and upload buffer on the appliance's local disks.
 //!
-//! It caches and buffers byte ranges of named objects and knows nothing of volumes, files or
-//! tapes; dirty ranges go to a sink that the gateway implements. Key invariant (once the write
-//! path lands): a write is acknowledged only after its bytes and its index entry are durable.
+//! It caches and buffers byte ranges of named objects (each at most `object_size` bytes) and
+//! knows nothing of volumes, files or tapes; dirty objects go to a [`Sink`] the gateway
+//! implements.
 //!
-//! For now the crate owns the on-disk area itself: a directory with a versioned layout marker and
-//! a configured capacity, so a gateway never mistakes another program's directory (or a future
-//! layout) for its cache.
+//! **Durability invariant:** a write is acknowledged as durable (by [`Cache::flush`] or a `fua`
+//! write) only once its bytes and its index entry are on disk. The journal record *is* the index
+//! entry: replay rebuilds the dirty index from the journal alone.
+//!
+//! Design, in short:
+//! - *Upload buffer* (`buffer.rs`, format in `record.rs`): segment files of CRC32C-checked
+//!   records `{seq, write|discard, name, offset, data}`. A write appends its record (page cache
+//!   only) and updates the cache file and index under one lock, so journal order and cache
+//!   content agree. `flush` is a group commit: flushes that arrive while an fsync runs share the
+//!   next one. Segments are reclaimed oldest first once every object they touched has been
+//!   uploaded past their records. When the buffer is full, writers wait (never fail or drop).
+//! - *Cache* (`index.rs`): one sparse file per object plus, in memory, the byte ranges it holds
+//!   (byte ranges, not a page bitmap, so a partial-page write never needs the base first; the
+//!   bucket being down must not stall writes). A miss fetches the whole object once for all
+//!   concurrent readers and fills only the ranges not held locally. Clean objects are evicted
+//!   LRU; dirty, uploading and pinned ones never (so dirty data may push the cache past its
+//!   capacity; it is bounded by the upload buffer). Clean data is not kept across a restart.
+//! - *Uploader* (`upload.rs`): uploads objects idle for `upload_delay` (at once when the buffer
+//!   is half full, writers wait or `drain` runs), oldest dirty first, `upload_concurrency` at a
+//!   time, retrying transient failures forever with capped exponential backoff.
+//! - *Misses* (`fetch.rs`): one fetch task per object, shared by readers and the uploader.
+//! - *Recovery* (`recover.rs`): replay every retained record in seq order; the first torn record
+//!   ends the journal (it is cut there, durably), so recovery yields a prefix of the writes that
+//!   contains every acknowledged one.
 
+mod buffer;
+mod fetch;
+mod index;
 mod layout;
+mod ranges;
+mod record;
+mod recover;
+mod sink;
+mod upload;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 pub use layout::{Area, AreaError, LAYOUT_VERSION};
+pub use sink::{BoxFuture, Sink, SinkError, SinkErrorKind};
+
+use fetch::fetch_shared;
+use index::State;
+use record::{Op, Record};
+
+/// Validated settings of one cache instance.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub cache_dir: PathBuf,
+    pub cache_capacity: u64,
+    pub buffer_dir: PathBuf,
+    pub buffer_capacity: u64,
+    /// Size of every object in bytes (1 MiB for volumes).
+    pub object_size: u64,
+    /// Bytes; must be a power of two dividing `object_size`. Validity is tracked per byte range,
+    /// so this is only the unit callers should align to.
+    pub page_size: u64,
+    pub upload_concurrency: usize,
+    /// How long an object stays idle before it is uploaded.
+    pub upload_delay: Duration,
+    /// First and largest wait between retries of a failed upload.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+impl CacheConfig {
+    /// Defaults for volumes: 1 MiB objects, 4 KiB pages, 4 uploads, 1 s idle, 100 ms..5 s retry.
+    pub fn new(
+        cache_dir: PathBuf,
+        cache_capacity: u64,
+        buffer_dir: PathBuf,
+        buffer_capacity: u64,
+    ) -> Self {
+        Self {
+            cache_dir,
+            cache_capacity,
+            buffer_dir,
+            buffer_capacity,
+            object_size: 1 << 20,
+            page_size: 4096,
+            upload_concurrency: 4,
+            upload_delay: Duration::from_secs(1),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A point-in-time view for `status`.
+#[derive(Debug, Clone, Default)]
+pub struct CacheStats {
+    pub cache_bytes: u64,
+    pub dirty_bytes: u64,
+    pub buffer_bytes: u64,
+    pub buffer_capacity: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub uploads: u64,
+    pub upload_errors: u64,
+    pub oldest_dirty_age: Option<Duration>,
+    pub writers_waiting: u64,
+    /// Journal fsyncs run by `flush` (group commit makes this smaller than the flush count).
+    pub fsyncs: u64,
+    pub flushes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("opening the {which} area")]
+    Area {
+        which: &'static str,
+        #[source]
+        source: AreaError,
+    },
+    #[error("invalid cache config: {reason}")]
+    Config { reason: &'static str },
+    #[error("upload buffer journal I/O while {what}")]
+    Journal {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cache file I/O for object {name:?}")]
+    CacheFile {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object {name:?}: range {offset}+{len} lies outside the object size {object_size}")]
+    OutOfRange {
+        name: String,
+        offset: u64,
+        len: u64,
+        object_size: u64,
+    },
+    #[error("object name {name:?} is empty or longer than {max} bytes")]
+    InvalidName { name: String, max: usize },
+    #[error("fetching object {name:?} from the bucket")]
+    Sink {
+        name: String,
+        #[source]
+        source: SinkError,
+    },
+    #[error("the cache is closed")]
+    Closed,
+}
+
+impl CacheError {
+    /// The sink's error kind, so the front end can tell "medium error" from "retry".
+    pub fn sink_kind(&self) -> Option<SinkErrorKind> {
+        match self {
+            Self::Sink { source, .. } => Some(source.kind),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    uploads: AtomicU64,
+    upload_errors: AtomicU64,
+    fsyncs: AtomicU64,
+    flushes: AtomicU64,
+}
+
+struct Inner {
+    config: CacheConfig,
+    sink: Arc<dyn Sink>,
+    state: Mutex<State>,
+    /// Serialises fsyncs; a flush queued behind one finds its records already synced.
+    sync_lock: tokio::sync::Mutex<()>,
+    /// Journal space was reclaimed.
+    space: Notify,
+    /// An upload finished (for `drain`).
+    uploaded: Notify,
+    /// Something the uploader may act on changed.
+    wake: Notify,
+    counters: Counters,
+}
+
+impl Inner {
+    /// The index. A panic while holding it is a bug; the state is still used rather than
+    /// turning every later call into a panic.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Stops the background tasks when the last handle goes away.
+struct Tasks {
+    inner: Arc<Inner>,
+    uploader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.inner.state().closed = true;
+        if let Some(h) = self
+            .uploader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            h.abort();
+        }
+        // Wake waiters so they observe `closed` instead of hanging.
+        self.inner.space.notify_waiters();
+        self.inner.uploaded.notify_waiters();
+    }
+}
+
+/// The write-back cache. Cheap to clone; the last clone dropped stops the background tasks
+/// (dirty data stays in the journal for the next `open`).
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+    tasks: Arc<Tasks>,
+}
+
+impl Cache {
+    /// Opens or creates both areas, replays the journal and starts the uploader. Must be called
+    /// inside a tokio runtime.
+    pub fn open(config: CacheConfig, sink: Arc<dyn Sink>) -> Result<Self, CacheError> {
+        let state = recover::open(&config)?;
+        let inner = Arc::new(Inner {
+            config,
+            sink,
+            state: Mutex::new(state),
+            sync_lock: tokio::sync::Mutex::new(()),
+            space: Notify::new(),
+            uploaded: Notify::new(),
+            wake: Notify::new(),
+            counters: Counters::default(),
+        });
+        let uploader = tokio::spawn(upload::run(inner.clone()));
+        let tasks = Arc::new(Tasks {
+            inner: inner.clone(),
+            uploader: Mutex::new(Some(uploader)),
+        });
+        Ok(Self { inner, tasks })
+    }
+
+    /// Writes `data` at `offset` of object `name`. Returns once reads see it; durable after the
+    /// next `flush`. Waits while the upload buffer is full.
+    pub async fn write(&self, name: &str, offset: u64, data: &[u8]) -> Result<(), CacheError> {
+        self.append(name, offset, Op::Write(data)).await
+    }
+
+    /// `write` followed by a flush covering it (SCSI FUA).
+    pub async fn write_durable(
+        &self,
+        name: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), CacheError> {
+        self.write(name, offset, data).await?;
+        self.flush().await
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros. Journaled and made durable like a write.
+    pub async fn discard(&self, name: &str, offset: u64, len: u64) -> Result<(), CacheError> {
+        let l = u32::try_from(len).map_err(|_| self.out_of_range(name, offset, len))?;
+        self.append(name, offset, Op::Discard(l)).await
+    }
+
+    fn out_of_range(&self, name: &str, offset: u64, len: u64) -> CacheError {
+        CacheError::OutOfRange {
+            name: name.to_owned(),
+            offset,
+            len,
+            object_size: self.inner.config.object_size,
+        }
+    }
+
+    fn check(&self, name: &str, offset: u64, len: u64) -> Result<(), CacheError> {
+        if name.is_empty() || name.len() > record::MAX_NAME_LEN {
+            return Err(CacheError::InvalidName {
+                name: name.to_owned(),
+                max: record::MAX_NAME_LEN,
+            });
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= self.inner.config.object_size => Ok(()),
+            _ => Err(self.out_of_range(name, offset, len)),
+        }
+    }
+
+    async fn append(&self, name: &str, offset: u64, op: Op<'_>) -> Result<(), CacheError> {
+        let len = match op {
+            Op::Write(d) => d.len() as u64,
+            Op::Discard(l) => u64::from(l),
+        };
+        self.check(name, offset, len)?;
+        let payload = match op {
+            Op::Write(d) => d.len(),
+            Op::Discard(_) => 0,
+        };
+        let rec_len = record::record_len(name.len(), payload)
+            .ok_or_else(|| self.out_of_range(name, offset, len))? as u64;
+        let inner = &self.inner;
+        let capacity = inner.config.buffer_capacity;
+        let mut waiting = WaitGuard {
+            inner,
+            counted: false,
+        };
+        loop {
+            let space = inner.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let mut st = inner.state();
+                if st.closed {
+                    return Err(CacheError::Closed);
+                }
+                let mut fits = st.journal.total_bytes() + st.journal.cost(rec_len) <= capacity;
+                if !fits {
+                    let needed = st.needed_from();
+                    st.journal
+                        .reclaim(needed, true)
+                        .map_err(|source| CacheError::Journal {
+                            what: "reclaiming",
+                            source,
+                        })?;
+                    fits = st.journal.total_bytes() + st.journal.cost(rec_len) <= capacity;
+                }
+                if fits {
+                    let seq = st.journal.next_seq();
+                    let encoded = record::encode(&Record {
+                        seq,
+                        name,
+                        offset,
+                        op,
+                    })
+                    .ok_or_else(|| self.out_of_range(name, offset, len))?;
+                    st.journal
+                        .append(&encoded)
+                        .map_err(|source| CacheError::Journal {
+                            what: "appending",
+                            source,
+                        })?;
+                    st.apply(name, offset, op, seq)
+                        .map_err(|source| CacheError::CacheFile {
+                            name: name.to_owned(),
+                            source,
+                        })?;
+                    break;
+                }
+                if !waiting.counted {
+                    waiting.counted = true;
+                    st.writers_waiting += 1;
+                }
+            }
+            // The uploader treats waiting writers as urgency and uploads at once.
+            inner.wake.notify_one();
+            space.await;
+        }
+        drop(waiting);
+        inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Returns once every write that returned before this call is durable in the journal.
+    /// Concurrent flushes share one fsync (group commit).
+    pub async fn flush(&self) -> Result<(), CacheError> {
+        let inner = &self.inner;
+        inner.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        let target = {
+            let st = inner.state();
+            if st.closed {
+                return Err(CacheError::Closed);
+            }
+            st.journal.next_seq() - 1
+        };
+        let _leader = inner.sync_lock.lock().await;
+        let plan = {
+            let st = inner.state();
+            if st.journal.synced_seq() >= target {
+                return Ok(());
+            }
+            match st.journal.sync_plan() {
+                Some(p) => p,
+                None => return Ok(()),
+            }
+        };
+        let plan = tokio::task::spawn_blocking(move || plan.run().map(|()| plan))
+            .await
+            .map_err(|e| CacheError::Journal {
+                what: "syncing",
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| CacheError::Journal {
+                what: "syncing",
+                source,
+            })?;
+        inner.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        inner.state().journal.mark_synced(&plan);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` of `name`, fetching the object on a miss.
+    pub async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Bytes, CacheError> {
+        self.check(name, offset, len)?;
+        let range = offset..offset + len;
+        let file_err = |source| CacheError::CacheFile {
+            name: name.to_owned(),
+            source,
+        };
+        {
+            let mut st = self.inner.state();
+            if st.closed {
+                return Err(CacheError::Closed);
+            }
+            let obj = st.touch(name);
+            if obj.known.covers(range.clone()) {
+                self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return st
+                    .read(name, range, None)
+                    .map(Bytes::from)
+                    .map_err(file_err);
+            }
+            // Pinned: not evicted, so what it holds only grows until the overlay below.
+            obj.pins += 1;
+        }
+        self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let pin = Pin {
+            inner: &self.inner,
+            name,
+        };
+        let base = fetch_shared(&self.inner, name).await?;
+        let st = self.inner.state();
+        let out = st.read(name, range, Some(&base)).map_err(file_err)?;
+        drop(st);
+        drop(pin);
+        Ok(Bytes::from(out))
+    }
+
+    /// Starts fetching `name` into the cache in the background (read-ahead).
+    pub fn prefetch(&self, name: &str) {
+        let inner = self.inner.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = fetch_shared(&inner, &name).await {
+                tracing::debug!(object = %name, error = %e, "prefetch failed");
+            }
+        });
+    }
+
+    /// Waits until nothing is dirty. Uploads everything at once, ignoring `upload_delay`; while
+    /// the bucket is down this waits for it.
+    pub async fn drain(&self) -> Result<(), CacheError> {
+        let inner = &self.inner;
+        inner.state().draining += 1;
+        let _guard = DrainGuard { inner };
+        loop {
+            let done = inner.uploaded.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            {
+                let st = inner.state();
+                if st.closed {
+                    return Err(CacheError::Closed);
+                }
+                if st.dirty_names.is_empty() {
+                    return Ok(());
+                }
+            }
+            inner.wake.notify_one();
+            done.await;
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let st = self.inner.state();
+        let c = &self.inner.counters;
+        CacheStats {
+            cache_bytes: st.cache_bytes,
+            dirty_bytes: st.dirty_bytes(),
+            buffer_bytes: st.journal.total_bytes(),
+            buffer_capacity: self.inner.config.buffer_capacity,
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            uploads: c.uploads.load(Ordering::Relaxed),
+            upload_errors: c.upload_errors.load(Ordering::Relaxed),
+            oldest_dirty_age: st.oldest_dirty().map(|t| t.elapsed()),
+            writers_waiting: st.writers_waiting,
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            flushes: c.flushes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the background tasks and waits for the uploader to end. Dirty data stays in the
+    /// journal; writes that were not flushed may or may not survive, as after a crash.
+    pub async fn close(self) {
+        let handle = {
+            self.inner.state().closed = true;
+            self.tasks
+                .uploader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+        };
+        if let Some(h) = handle {
+            h.abort();
+            let _ = h.await;
+        }
+    }
+}
+
+/// Counts a writer as waiting for journal space until it is done or cancelled.
+struct WaitGuard<'a> {
+    inner: &'a Inner,
+    counted: bool,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            let mut st = self.inner.state();
+            st.writers_waiting = st.writers_waiting.saturating_sub(1);
+        }
+    }
+}
+
+struct DrainGuard<'a> {
+    inner: &'a Inner,
+}
+
+impl Drop for DrainGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.inner.state();
+        st.draining = st.draining.saturating_sub(1);
+    }
+}
+
+/// A reader's pin on an object (see `index::Object::pins`), released even if cancelled.
+struct Pin<'a> {
+    inner: &'a Inner,
+    name: &'a str,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut st = self.inner.state();
+        if let Some(obj) = st.objects.get_mut(self.name) {
+            obj.pins = obj.pins.saturating_sub(1);
+        }
+        st.forget_if_empty(self.name);
+    }
+}

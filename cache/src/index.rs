@@ -1,0 +1,314 @@
+//! The in-memory index: per object which byte ranges the cache file holds, what is dirty since
+//! which journal seq, LRU order; plus the cache files themselves and eviction.
+//!
+//! Owns `State`, which lives behind one mutex in `Cache`. Nothing here awaits or fsyncs; file
+//! I/O under the lock is page-cache reads and writes only. Invariants: a dirty, uploading or
+//! pinned object is never evicted; `known` only grows while an object is pinned or uploading, so
+//! a base fetched from the bucket stays valid for the ranges it does not cover; the journal
+//! record of a write is appended under the same lock as its cache-file write, so journal order
+//! and cache content agree.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::buffer::Journal;
+use crate::ranges::RangeSet;
+use crate::record::Op;
+use crate::sink::SinkError;
+
+/// A shared fetch: `None` until the fetch task has filled the cache with the result.
+pub(crate) type FetchRx = watch::Receiver<Option<Result<Bytes, SinkError>>>;
+
+#[derive(Debug)]
+pub(crate) struct Dirty {
+    /// Oldest journal seq whose effect is not yet in the bucket (conservative: may be older).
+    pub(crate) since_seq: u64,
+    /// Seq of the newest record for this object.
+    pub(crate) last_seq: u64,
+    pub(crate) first_at: Instant,
+    pub(crate) last_write_at: Instant,
+    /// Bytes written since the object was last clean (for `dirty_bytes`).
+    pub(crate) ranges: RangeSet,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Object {
+    pub(crate) known: RangeSet,
+    pub(crate) dirty: Option<Dirty>,
+    pub(crate) uploading: bool,
+    /// Readers between their miss and their overlay read.
+    pub(crate) pins: u32,
+    tick: u64,
+    pub(crate) retry_at: Option<Instant>,
+    pub(crate) backoff: Duration,
+}
+
+impl Object {
+    fn evictable(&self) -> bool {
+        self.dirty.is_none() && !self.uploading && self.pins == 0
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) journal: Journal,
+    pub(crate) objects: HashMap<String, Object>,
+    pub(crate) dirty_names: HashSet<String>,
+    lru: BTreeMap<u64, String>,
+    next_tick: u64,
+    pub(crate) cache_bytes: u64,
+    pub(crate) fetching: HashMap<String, FetchRx>,
+    pub(crate) uploading: usize,
+    pub(crate) draining: usize,
+    pub(crate) writers_waiting: u64,
+    pub(crate) closed: bool,
+    files: ObjectFiles,
+    object_size: u64,
+    capacity: u64,
+}
+
+impl State {
+    pub(crate) fn new(
+        journal: Journal,
+        files: ObjectFiles,
+        object_size: u64,
+        capacity: u64,
+    ) -> Self {
+        Self {
+            journal,
+            objects: HashMap::new(),
+            dirty_names: HashSet::new(),
+            lru: BTreeMap::new(),
+            next_tick: 0,
+            cache_bytes: 0,
+            fetching: HashMap::new(),
+            uploading: 0,
+            draining: 0,
+            writers_waiting: 0,
+            closed: false,
+            files,
+            object_size,
+            capacity,
+        }
+    }
+
+    /// The entry for `name`, created empty if absent, moved to the LRU's young end.
+    pub(crate) fn touch(&mut self, name: &str) -> &mut Object {
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        let obj = self.objects.entry(name.to_owned()).or_default();
+        self.lru.remove(&obj.tick);
+        obj.tick = tick;
+        self.lru.insert(tick, name.to_owned());
+        obj
+    }
+
+    /// Applies a journaled write or discard (seq `seq`) to the cache file and the index.
+    pub(crate) fn apply(
+        &mut self,
+        name: &str,
+        offset: u64,
+        op: Op<'_>,
+        seq: u64,
+    ) -> std::io::Result<()> {
+        let len = match op {
+            Op::Write(d) => d.len() as u64,
+            Op::Discard(l) => u64::from(l),
+        };
+        match op {
+            Op::Write(d) => self.files.write(name, offset, d)?,
+            // Zeros are written, not punched: the cache file must read back what the journal says.
+            Op::Discard(l) => self.files.write(name, offset, &vec![0u8; l as usize])?,
+        }
+        let now = Instant::now();
+        let obj = self.touch(name);
+        let before = obj.known.len();
+        obj.known.insert(offset..offset + len);
+        let grown = obj.known.len() - before;
+        let dirty = obj.dirty.get_or_insert_with(|| Dirty {
+            since_seq: seq,
+            last_seq: seq,
+            first_at: now,
+            last_write_at: now,
+            ranges: RangeSet::default(),
+        });
+        dirty.last_seq = seq;
+        dirty.last_write_at = now;
+        dirty.ranges.insert(offset..offset + len);
+        self.cache_bytes += grown;
+        self.dirty_names.insert(name.to_owned());
+        self.evict()
+    }
+
+    /// Fills the ranges of `name` the cache does not hold from `base` (the bucket's content).
+    pub(crate) fn fill(&mut self, name: &str, base: &[u8]) -> std::io::Result<()> {
+        let size = self.object_size;
+        let gaps = self.touch(name).known.gaps(0..size);
+        for g in &gaps {
+            self.files
+                .write(name, g.start, &base[g.start as usize..g.end as usize])?;
+        }
+        let obj = self.touch(name);
+        let before = obj.known.len();
+        obj.known = RangeSet::full(size);
+        self.cache_bytes += size - before;
+        self.evict()
+    }
+
+    /// Bytes `range` of `name`: locally held ranges from the cache file, the rest from `base`
+    /// (zeros if `base` is `None`; callers pass `None` only when the range is fully held).
+    pub(crate) fn read(
+        &self,
+        name: &str,
+        range: Range<u64>,
+        base: Option<&[u8]>,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut out = match base {
+            Some(b) => b[range.start as usize..range.end as usize].to_vec(),
+            None => vec![0u8; (range.end - range.start) as usize],
+        };
+        if let Some(obj) = self.objects.get(name) {
+            for c in obj.known.intersect(range.clone()) {
+                let at = (c.start - range.start) as usize;
+                self.files
+                    .read(name, c.start, &mut out[at..at + (c.end - c.start) as usize])?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The oldest journal seq still needed by some dirty object.
+    pub(crate) fn needed_from(&self) -> u64 {
+        self.dirty_names
+            .iter()
+            .filter_map(|n| self.objects.get(n)?.dirty.as_ref().map(|d| d.since_seq))
+            .min()
+            .unwrap_or_else(|| self.journal.next_seq())
+    }
+
+    /// Marks an upload of `name` that captured the state up to `seq` as done.
+    pub(crate) fn uploaded(&mut self, name: &str, seq: u64) {
+        if let Some(obj) = self.objects.get_mut(name)
+            && let Some(d) = &mut obj.dirty
+        {
+            if d.last_seq <= seq {
+                obj.dirty = None;
+                self.dirty_names.remove(name);
+            } else {
+                // Writes that arrived during the upload keep it dirty; which of the newer
+                // seqs touched it is not tracked, so keep everything after the capture.
+                d.since_seq = d.since_seq.max(seq + 1);
+            }
+        }
+    }
+
+    /// Drops an empty clean entry (a reader's failed miss) so the map does not grow.
+    pub(crate) fn forget_if_empty(&mut self, name: &str) {
+        if let Some(obj) = self.objects.get(name)
+            && obj.evictable()
+            && obj.known.len() == 0
+        {
+            self.lru.remove(&obj.tick);
+            self.objects.remove(name);
+        }
+    }
+
+    pub(crate) fn dirty_bytes(&self) -> u64 {
+        self.dirty_names
+            .iter()
+            .filter_map(|n| Some(self.objects.get(n)?.dirty.as_ref()?.ranges.len()))
+            .sum()
+    }
+
+    pub(crate) fn oldest_dirty(&self) -> Option<Instant> {
+        self.dirty_names
+            .iter()
+            .filter_map(|n| Some(self.objects.get(n)?.dirty.as_ref()?.first_at))
+            .min()
+    }
+
+    /// Evicts clean objects, least recently used first, until the cache fits its capacity.
+    pub(crate) fn evict(&mut self) -> std::io::Result<()> {
+        if self.cache_bytes <= self.capacity {
+            return Ok(());
+        }
+        let mut victims = Vec::new();
+        let mut freed = 0;
+        for (&tick, name) in &self.lru {
+            if self.cache_bytes - freed <= self.capacity {
+                break;
+            }
+            if let Some(obj) = self.objects.get(name)
+                && obj.evictable()
+            {
+                freed += obj.known.len();
+                victims.push((tick, name.clone()));
+            }
+        }
+        for (tick, name) in victims {
+            self.lru.remove(&tick);
+            if let Some(obj) = self.objects.remove(&name) {
+                self.cache_bytes -= obj.known.len();
+            }
+            self.files.remove(&name)?;
+        }
+        Ok(())
+    }
+}
+
+/// One sparse file per object under `<cache_dir>/objects`, named by the hex of the object name
+/// (names are opaque and may hold `/`).
+#[derive(Debug)]
+pub(crate) struct ObjectFiles {
+    dir: PathBuf,
+}
+
+impl ObjectFiles {
+    /// Starts with an empty directory: clean data is not trusted across restarts (its validity
+    /// map lived in memory); replay rewrites every dirty range.
+    pub(crate) fn reset(cache_dir: &Path) -> std::io::Result<Self> {
+        let dir = cache_dir.join("objects");
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        let mut file = String::with_capacity(name.len() * 2);
+        for b in name.bytes() {
+            file.push_str(&format!("{b:02x}"));
+        }
+        self.dir.join(file)
+    }
+
+    fn write(&self, name: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(self.path(name))?;
+        f.write_all_at(data, offset)
+    }
+
+    fn read(&self, name: &str, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        File::open(self.path(name))?.read_exact_at(out, offset)
+    }
+
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(name)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The uploader: a task that picks dirty objects and uploads them through the sink.
+//!
+//! Owns scheduling and retry; the index says what is dirty. Invariants: at most one upload per
+//! object at a time and at most `upload_concurrency` overall; an upload marks clean only the
+//! records up to the seq captured together with the content it sent; failures are retried
+//! forever (capped exponential backoff), dirty data is never given up.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use crate::fetch::fetch_shared;
+use crate::{CacheError, Inner};
+
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let mut jobs = JoinSet::new();
+    loop {
+        let wake = inner.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let next = schedule(&inner, &mut jobs);
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut wake => {}
+            _ = sleep => {}
+            Some(_) = jobs.join_next() => {}
+        }
+    }
+}
+
+/// Starts every upload that is due and allowed; returns when the next one becomes due.
+fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
+    let cfg = &inner.config;
+    let mut st = inner.state();
+    if st.closed {
+        return None;
+    }
+    let now = Instant::now();
+    let urgent = st.writers_waiting > 0
+        || st.draining > 0
+        || st.journal.total_bytes() > cfg.buffer_capacity / 2;
+    let mut due = Vec::new();
+    let mut next: Option<Instant> = None;
+    for name in &st.dirty_names {
+        let Some(obj) = st.objects.get(name) else {
+            continue;
+        };
+        let Some(d) = &obj.dirty else { continue };
+        if obj.uploading {
+            continue;
+        }
+        let mut at = if urgent {
+            now
+        } else {
+            d.last_write_at + cfg.upload_delay
+        };
+        if let Some(r) = obj.retry_at {
+            at = at.max(r);
+        }
+        if at <= now {
+            due.push((d.since_seq, name.clone()));
+        } else {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    }
+    // Oldest first: that is what lets FIFO reclaim free the oldest segment soonest.
+    due.sort_unstable();
+    for (_, name) in due {
+        if st.uploading >= cfg.upload_concurrency {
+            break;
+        }
+        if let Some(obj) = st.objects.get_mut(&name) {
+            obj.uploading = true;
+            st.uploading += 1;
+            jobs.spawn(upload_one(inner.clone(), name));
+        }
+    }
+    next
+}
+
+async fn upload_one(inner: Arc<Inner>, name: String) {
+    let result = match content(&inner, &name).await {
+        Ok((data, seq)) => inner
+            .sink
+            .upload(&name, data)
+            .await
+            .map(|()| seq)
+            .map_err(|source| CacheError::Sink {
+                name: name.clone(),
+                source,
+            }),
+        Err(e) => Err(e),
+    };
+    let mut st = inner.state();
+    if st.closed {
+        return;
+    }
+    st.uploading -= 1;
+    let Some(obj) = st.objects.get_mut(&name) else {
+        return;
+    };
+    obj.uploading = false;
+    match result {
+        Ok(seq) => {
+            obj.retry_at = None;
+            obj.backoff = inner.config.retry_initial;
+            st.uploaded(&name, seq);
+            inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
+            let needed = st.needed_from();
+            // Sealing the active segment is left to writers that need the space.
+            if let Err(e) = st.journal.reclaim(needed, false) {
+                tracing::warn!(error = %e, "journal reclaim failed");
+            }
+            if let Err(e) = st.evict() {
+                tracing::warn!(error = %e, "cache eviction failed");
+            }
+        }
+        Err(e) => {
+            let wait = obj
+                .backoff
+                .max(inner.config.retry_initial)
+                .min(inner.config.retry_max);
+            obj.retry_at = Some(Instant::now() + wait);
+            obj.backoff = wait.saturating_mul(2).min(inner.config.retry_max);
+            inner.counters.upload_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(object = %name, error = %e, retry_in = ?wait, "upload failed");
+        }
+    }
+    drop(st);
+    inner.space.notify_waiters();
+    inner.uploaded.notify_waiters();
+    inner.wake.notify_one();
+}
+
+/// The object's full content and the journal seq it reflects, taken under one lock.
+async fn content(inner: &Arc<Inner>, name: &str) -> Result<(Bytes, u64), CacheError> {
+    let size = inner.config.object_size;
+    let file_err = |source| CacheError::CacheFile {
+        name: name.to_owned(),
+        source,
+    };
+    {
+        let st = inner.state();
+        if let Some(obj) = st.objects.get(name)
+            && obj.known.covers(0..size)
+        {
+            let seq = obj.dirty.as_ref().map_or(0, |d| d.last_seq);
+            return Ok((
+                Bytes::from(st.read(name, 0..size, None).map_err(file_err)?),
+                seq,
+            ));
+        }
+    }
+    // Parts never written here and not cached come from the bucket; the object is marked
+    // uploading, so it is not evicted and its local ranges stay newer than this base.
+    let base = fetch_shared(inner, name).await?;
+    let st = inner.state();
+    let seq = st
+        .objects
+        .get(name)
+        .and_then(|o| o.dirty.as_ref())
+        .map_or(0, |d| d.last_seq);
+    Ok((
+        Bytes::from(st.read(name, 0..size, Some(&base)).map_err(file_err)?),
+        seq,
+    ))
+}

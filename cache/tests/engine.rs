@@ -1,0 +1,487 @@
+//! The cache engine through its public API: a model-based test against a plain in-memory disk,
+//! torn-journal recovery, back-pressure with the bucket down, and group commit.
+
+// clippy's allow-unwrap-in-tests covers #[test] fns only, not this binary's helpers.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use tidegate_cache::{BoxFuture, Cache, CacheConfig, Sink, SinkError, SinkErrorKind};
+
+/// A bucket in a map that can be switched to answer `Unavailable`.
+#[derive(Default)]
+struct MemSink {
+    objects: Mutex<HashMap<String, Bytes>>,
+    down: AtomicBool,
+}
+
+impl MemSink {
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+    fn get(&self, name: &str) -> Option<Bytes> {
+        self.objects.lock().unwrap().get(name).cloned()
+    }
+    fn check_up(&self) -> Result<(), SinkError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SinkError::new(SinkErrorKind::Unavailable, "bucket down"));
+        }
+        Ok(())
+    }
+}
+
+impl Sink for MemSink {
+    fn fetch(&self, name: &str) -> BoxFuture<'_, Result<Option<Bytes>, SinkError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            // Yield like a network call would, so other operations interleave with this one.
+            tokio::task::yield_now().await;
+            self.check_up().map(|()| self.get(&name))
+        })
+    }
+    fn upload(&self, name: &str, data: Bytes) -> BoxFuture<'_, Result<(), SinkError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            self.check_up().map(|()| {
+                self.objects.lock().unwrap().insert(name, data);
+            })
+        })
+    }
+}
+
+const OBJ: u64 = 64 << 10;
+
+fn config(dir: &Path, cache_capacity: u64, buffer_capacity: u64) -> CacheConfig {
+    let mut c = CacheConfig::new(
+        dir.join("cache"),
+        cache_capacity,
+        dir.join("buffer"),
+        buffer_capacity,
+    );
+    c.object_size = OBJ;
+    c.upload_delay = Duration::ZERO;
+    c.retry_initial = Duration::from_millis(1);
+    c.retry_max = Duration::from_millis(20);
+    c
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Write {
+        obj: u8,
+        offset: u64,
+        len: u64,
+        byte: u8,
+    },
+    Read {
+        obj: u8,
+        offset: u64,
+        len: u64,
+    },
+    Discard {
+        obj: u8,
+        offset: u64,
+        len: u64,
+    },
+    Flush,
+    CrashAndRecover,
+    Drain,
+    SinkDown,
+    SinkUp,
+}
+
+fn range() -> impl Strategy<Value = (u64, u64)> {
+    // Mostly unaligned, sometimes whole pages, up to a quarter object.
+    (0..OBJ, 1..=(OBJ / 4)).prop_map(|(o, l)| (o, l.min(OBJ - o)))
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0..6u8, range(), any::<u8>()).prop_map(|(obj, (offset, len), byte)| Step::Write { obj, offset, len, byte }),
+        5 => (0..6u8, range()).prop_map(|(obj, (offset, len))| Step::Read { obj, offset, len }),
+        1 => (0..6u8, range()).prop_map(|(obj, (offset, len))| Step::Discard { obj, offset, len }),
+        1 => Just(Step::Flush),
+        1 => Just(Step::CrashAndRecover),
+        1 => Just(Step::Drain),
+        1 => Just(Step::SinkDown),
+        1 => Just(Step::SinkUp),
+    ]
+}
+
+fn name(obj: u8) -> String {
+    format!("v1/{obj:016x}")
+}
+
+async fn run_model(steps: Vec<Step>) {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for four objects in the cache and two to three in the buffer: eviction and
+    // back-pressure both happen.
+    let cfg = config(dir.path(), 4 * OBJ, 3 * OBJ);
+    let sink = Arc::new(MemSink::default());
+    let mut cache = Cache::open(cfg.clone(), sink.clone()).unwrap();
+    let mut model: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut down = false;
+    for step in steps {
+        match step {
+            Step::Write {
+                obj,
+                offset,
+                len,
+                byte,
+            } => {
+                let data = vec![byte; len as usize];
+                let n = name(obj);
+                let w = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    cache.write(&n, offset, &data),
+                )
+                .await;
+                if let Ok(r) = w {
+                    r.unwrap();
+                } else {
+                    // Blocked on a full buffer: only possible while the bucket is down. The
+                    // cancelled write was not applied; bring the bucket back and redo it.
+                    assert!(down, "a write blocked while the bucket was up");
+                    sink.set_down(false);
+                    down = false;
+                    cache.write(&n, offset, &data).await.unwrap();
+                }
+                let m = model.entry(n).or_insert_with(|| vec![0; OBJ as usize]);
+                m[offset as usize..(offset + len) as usize].fill(byte);
+            }
+            Step::Discard { obj, offset, len } => {
+                let n = name(obj);
+                let w = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    cache.discard(&n, offset, len),
+                )
+                .await;
+                if let Ok(r) = w {
+                    r.unwrap();
+                } else {
+                    assert!(down, "a discard blocked while the bucket was up");
+                    sink.set_down(false);
+                    down = false;
+                    cache.discard(&n, offset, len).await.unwrap();
+                }
+                let m = model.entry(n).or_insert_with(|| vec![0; OBJ as usize]);
+                m[offset as usize..(offset + len) as usize].fill(0);
+            }
+            Step::Read { obj, offset, len } => {
+                let n = name(obj);
+                match cache.read(&n, offset, len).await {
+                    Ok(got) => {
+                        let zeros = vec![0; OBJ as usize];
+                        let want = &model.get(&n).unwrap_or(&zeros)
+                            [offset as usize..(offset + len) as usize];
+                        assert!(
+                            got[..] == want[..],
+                            "read {n} {offset}+{len} differs from the model"
+                        );
+                    }
+                    Err(e) => assert!(
+                        down && e.sink_kind() == Some(SinkErrorKind::Unavailable),
+                        "read failed with the bucket up: {e}"
+                    ),
+                }
+            }
+            Step::Flush => cache.flush().await.unwrap(),
+            Step::CrashAndRecover => {
+                // No flush, no close: the process dies; the page cache keeps what was written.
+                drop(cache);
+                cache = Cache::open(cfg.clone(), sink.clone()).unwrap();
+            }
+            Step::Drain => {
+                sink.set_down(false);
+                down = false;
+                tokio::time::timeout(Duration::from_secs(30), cache.drain())
+                    .await
+                    .expect("drain finishes with the bucket up")
+                    .unwrap();
+                for (n, want) in &model {
+                    let got = sink
+                        .get(n)
+                        .unwrap_or_else(|| Bytes::from(vec![0; OBJ as usize]));
+                    assert!(
+                        got[..] == want[..],
+                        "bucket object {n} differs from the model after drain"
+                    );
+                }
+                assert_eq!(cache.stats().dirty_bytes, 0);
+            }
+            Step::SinkDown => {
+                sink.set_down(true);
+                down = true;
+            }
+            Step::SinkUp => {
+                sink.set_down(false);
+                down = false;
+            }
+        }
+    }
+    let stats = cache.stats();
+    assert!(stats.buffer_bytes <= stats.buffer_capacity, "{stats:?}");
+    cache.close().await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn cache_matches_a_plain_model(steps in prop::collection::vec(step(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run_model(steps));
+    }
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut segs: Vec<_> = std::fs::read_dir(dir.join("buffer"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    segs
+}
+
+/// Record layout of the torn test's writes: 32-byte header, 19-byte name, 100 bytes, CRC.
+const TORN_RECORD: u64 = 32 + 19 + 100 + 4;
+const TORN_WRITES: u64 = 40;
+
+/// Writes `TORN_WRITES` distinct records, flushes, closes, then damages the journal with
+/// `damage`; reopening must yield exactly the first `expect` writes, and keep new ones.
+async fn torn_case(damage: impl FnOnce(&Path), expect: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 64 * OBJ, 16 * OBJ);
+    // Nothing reaches the bucket: every write survives only through the journal.
+    cfg.upload_delay = Duration::from_secs(3600);
+    let sink = Arc::new(MemSink::default());
+    let cache = Cache::open(cfg.clone(), sink.clone()).unwrap();
+    for i in 0..TORN_WRITES {
+        cache
+            .write(&name((i % 4) as u8), i * 100, &[i as u8 + 1; 100])
+            .await
+            .unwrap();
+    }
+    cache.flush().await.unwrap();
+    cache.close().await;
+    let segs = segments(dir.path());
+    damage(segs.last().unwrap());
+    let cache = Cache::open(cfg.clone(), sink.clone()).unwrap();
+    let mut present = Vec::new();
+    for i in 0..TORN_WRITES {
+        let got = cache
+            .read(&name((i % 4) as u8), i * 100, 100)
+            .await
+            .unwrap();
+        if got[..] == [i as u8 + 1; 100] {
+            present.push(i);
+        } else {
+            assert!(got.iter().all(|&b| b == 0), "write {i} came back garbled");
+        }
+    }
+    assert_eq!(
+        present,
+        (0..expect).collect::<Vec<_>>(),
+        "recovery is not the expected prefix"
+    );
+    // Writes after recovery survive the next recovery: the cut was made durable.
+    cache.write_durable("after", 0, &[9; 10]).await.unwrap();
+    drop(cache);
+    let cache = Cache::open(cfg, sink).unwrap();
+    assert_eq!(&cache.read("after", 0, 10).await.unwrap()[..], &[9; 10]);
+    assert_eq!(
+        cache.read(&name(0), 0, 100).await.unwrap()[0],
+        if expect > 0 { 1 } else { 0 }
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn torn_tail_recovers_exactly_the_records_before_it(cut in 0..(16 + TORN_WRITES * TORN_RECORD)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let expect = cut.saturating_sub(16) / TORN_RECORD;
+        rt.block_on(torn_case(|seg| {
+            std::fs::OpenOptions::new().write(true).open(seg).unwrap().set_len(cut).unwrap();
+        }, expect));
+    }
+
+    #[test]
+    fn flipped_byte_ends_the_journal_at_its_record(record in 0..TORN_WRITES, at in 0..TORN_RECORD, bit in 0..8u8) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(torn_case(|seg| {
+            let mut bytes = std::fs::read(seg).unwrap();
+            bytes[(16 + record * TORN_RECORD + at) as usize] ^= 1 << bit;
+            std::fs::write(seg, bytes).unwrap();
+        }, record));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_waits_while_bucket_is_down_then_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 64 * OBJ, 3 * OBJ);
+    let sink = Arc::new(MemSink::default());
+    sink.set_down(true);
+    let cache = Cache::open(cfg, sink.clone()).unwrap();
+    let writer = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            for i in 0..8u8 {
+                cache
+                    .write(&name(i), 0, &vec![i + 1; OBJ as usize])
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut writer = writer;
+    // The buffer holds about three objects; the writer must be waiting, not failing.
+    let mut waited = false;
+    for _ in 0..200 {
+        if cache.stats().writers_waiting > 0 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        waited,
+        "no writer waited for buffer space: {:?}",
+        cache.stats()
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut writer)
+            .await
+            .is_err(),
+        "the write completed while the bucket was down and the buffer full"
+    );
+    assert!(cache.stats().upload_errors > 0);
+    sink.set_down(false);
+    tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .unwrap()
+        .unwrap();
+    cache.drain().await.unwrap();
+    for i in 0..8u8 {
+        assert_eq!(
+            sink.get(&name(i)).unwrap()[..],
+            vec![i + 1; OBJ as usize][..]
+        );
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.writers_waiting, 0);
+    assert!(stats.buffer_bytes <= stats.buffer_capacity);
+    cache.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_flushes_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 64 * OBJ, 16 * OBJ);
+    cfg.upload_delay = Duration::from_secs(3600);
+    let cache = Cache::open(cfg, Arc::new(MemSink::default())).unwrap();
+    for i in 0..16u64 {
+        cache.write(&name(1), i * 4096, &[7; 4096]).await.unwrap();
+    }
+    let flushes: Vec<_> = (0..16)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.flush().await.unwrap() })
+        })
+        .collect();
+    for f in flushes {
+        f.await.unwrap();
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.flushes, 16);
+    assert!(stats.fsyncs < stats.flushes, "{stats:?}");
+    cache.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_share_one_fetch_and_never_overwrite_local_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 64 * OBJ, 16 * OBJ);
+    let sink = Arc::new(MemSink::default());
+    sink.objects
+        .lock()
+        .unwrap()
+        .insert(name(3), Bytes::from(vec![5; OBJ as usize]));
+    let cache = Cache::open(cfg, sink.clone()).unwrap();
+    cache.write(&name(3), 10, &[8; 10]).await.unwrap();
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.read(&name(3), 0, 30).await.unwrap() })
+        })
+        .collect();
+    for r in reads {
+        let got = r.await.unwrap();
+        assert_eq!(&got[..10], &[5; 10]);
+        assert_eq!(&got[10..20], &[8; 10]);
+        assert_eq!(&got[20..], &[5; 10]);
+    }
+    cache.drain().await.unwrap();
+    let up = sink.get(&name(3)).unwrap();
+    assert_eq!(
+        &up[5..25],
+        &[[5; 5], [8; 5]]
+            .concat()
+            .iter()
+            .chain([8u8; 5].iter())
+            .chain([5u8; 5].iter())
+            .copied()
+            .collect::<Vec<_>>()[..]
+    );
+    cache.close().await;
+}
+
+/// Not a timing assertion: prints what group commit buys on this disk. Run with
+/// `cargo nextest run -p tidegate-cache --run-ignored only flush_figures -- --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, prints figures"]
+async fn flush_figures() {
+    for tasks in [1usize, 8, 32] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 1 << 30, 1 << 30);
+        cfg.object_size = 1 << 20;
+        cfg.upload_delay = Duration::from_secs(3600);
+        let cache = Cache::open(cfg, Arc::new(MemSink::default())).unwrap();
+        let per_task = 2000 / tasks;
+        let start = std::time::Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_task {
+                        let off = ((t * per_task + i) % 256) as u64 * 4096;
+                        cache
+                            .write_durable(&format!("v1/{t}"), off, &[7; 4096])
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let s = cache.stats();
+        println!(
+            "{tasks:>2} tasks: {:.0} durable 4 KiB writes/s, {} flushes, {} fsyncs",
+            (tasks * per_task) as f64 / secs,
+            s.flushes,
+            s.fsyncs
+        );
+        cache.close().await;
+    }
+}
