@@ -360,7 +360,7 @@ mod tests {
             (
                 vec![0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0],
                 vec![],
-                Ok(4096),
+                Ok(4 + 8 * opcodes::DISK_COMMANDS.len()),
             ),
             (
                 vec![0x5e, 5, 0, 0, 0, 0, 0, 0, 0xff, 0],
@@ -482,6 +482,10 @@ mod tests {
             .await;
             assert_eq!(sense_of(&r), Some((5, 0x26, 0x04)));
             assert_eq!(pr(&d, &a, 2, ty, 0xa, 0).await, Status::Good);
+            // Registrants hear of the release of a registrants-only or all-registrants type.
+            let r = run(&d, &b, &[0], &[]).await;
+            let expect_ua = (ty >= 5).then_some((6, 0x2a, 0x04));
+            assert_eq!(sense_of(&r), expect_ua, "{ty}");
             assert!(can(&d, &b, true).await);
         }
     }
@@ -499,10 +503,9 @@ mod tests {
             pr(&d, &a, 0, 0, 0x99, 0x1).await,
             Status::ReservationConflict
         );
-        assert_eq!(
-            pr(&d, &nexus("c"), 1, 1, 0xc, 0).await,
-            Status::ReservationConflict
-        );
+        let c = nexus("c");
+        clear_ua(&d, &c).await;
+        assert_eq!(pr(&d, &c, 1, 1, 0xc, 0).await, Status::ReservationConflict);
         assert_eq!(pr(&d, &b, 1, 1, 0xb, 0).await, Status::Good);
         assert_eq!(pr(&d, &a, 1, 1, 0xa, 0).await, Status::ReservationConflict);
         let keys = run(&d, &a, &[0x5e, 0, 0, 0, 0, 0, 0, 0, 0xff, 0], &[]).await;
@@ -555,6 +558,7 @@ mod tests {
             Status::Good
         );
         // PR OUT while an SPC-2 reservation is held: conflict.
+        clear_ua(&d, &a).await;
         assert_eq!(pr(&d, &a, 6, 0, 0, 1).await, Status::ReservationConflict);
     }
 

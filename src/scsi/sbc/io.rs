@@ -296,3 +296,334 @@ fn shift(mut s: Sense, base: usize) -> Sense {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::Status;
+    use super::super::testkit::*;
+
+    fn pattern(blocks: usize, seed: u8) -> Vec<u8> {
+        (0..blocks * BS)
+            .map(|i| seed.wrapping_add((i % 251) as u8))
+            .collect()
+    }
+
+    /// Expected outcome of one command: data-in, an empty GOOD, or CHECK CONDITION.
+    #[derive(Debug)]
+    enum Want {
+        Good,
+        Data(Vec<u8>),
+        Check(u8, u8, u8),
+    }
+
+    async fn table(steps: Vec<(Vec<u8>, Vec<u8>, Want)>) {
+        let d = disk();
+        let a = nexus("a");
+        clear_ua(&d, &a).await;
+        for (i, (cdb, out, want)) in steps.into_iter().enumerate() {
+            let r = run(&d, &a, &cdb, &out).await;
+            match want {
+                Want::Good => {
+                    assert_eq!(
+                        r.status,
+                        Status::Good,
+                        "step {i} {cdb:02x?} {:?}",
+                        sense_of(&r)
+                    );
+                    assert!(r.data_in.is_empty(), "step {i}");
+                }
+                Want::Data(d) => {
+                    assert_eq!(
+                        r.status,
+                        Status::Good,
+                        "step {i} {cdb:02x?} {:?}",
+                        sense_of(&r)
+                    );
+                    assert_eq!(r.data_in.as_ref(), &d[..], "step {i} {cdb:02x?}");
+                }
+                Want::Check(k, asc, ascq) => {
+                    assert_eq!(sense_of(&r), Some((k, asc, ascq)), "step {i} {cdb:02x?}");
+                }
+            }
+        }
+    }
+
+    const OOB: Want = Want::Check(5, 0x21, 0);
+    const BAD_CDB: Want = Want::Check(5, 0x24, 0);
+    const SHORT: Want = Want::Check(5, 0x0e, 0x03);
+    const MISCOMPARE: Want = Want::Check(0x0e, 0x1d, 0);
+
+    #[tokio::test]
+    async fn read_write_paths() {
+        let last = (BLOCKS - 1) as u32;
+        let p2 = pattern(2, 7);
+        let six = vec![0x0a, 0, 0, 5, 1, 0];
+        let mut read6 = six.clone();
+        read6[0] = 0x08;
+        let mut w16fua = cdb16(0x8a, 100, 1);
+        w16fua[1] = 0x08;
+        table(vec![
+            (cdb10(0x2a, 10, 2), p2.clone(), Want::Good),
+            (cdb10(0x28, 10, 2), vec![], Want::Data(p2.clone())),
+            (cdb16(0x88, 10, 2), vec![], Want::Data(p2.clone())),
+            (cdb10(0x28, 12, 1), vec![], Want::Data(vec![0; BS])),
+            // READ(12)/WRITE(12)
+            (
+                vec![0xaa, 0, 0, 0, 0, 20, 0, 0, 0, 1, 0, 0],
+                pattern(1, 3),
+                Want::Good,
+            ),
+            (
+                vec![0xa8, 0, 0, 0, 0, 20, 0, 0, 0, 1, 0, 0],
+                vec![],
+                Want::Data(pattern(1, 3)),
+            ),
+            // 6-byte forms; READ(6) length 0 is 256 blocks.
+            (six.clone(), pattern(1, 9), Want::Good),
+            (read6.clone(), vec![], Want::Data(pattern(1, 9))),
+            (w16fua, pattern(1, 1), Want::Good),
+            // Zero-length transfers touch nothing, even at the last LBA + 1.
+            (cdb10(0x2a, BLOCKS as u32, 0), vec![], Want::Good),
+            (cdb10(0x28, BLOCKS as u32, 0), vec![], Want::Data(vec![])),
+            (cdb10(0x28, BLOCKS as u32 + 1, 0), vec![], OOB),
+            // Range checks.
+            (cdb10(0x28, last, 2), vec![], OOB),
+            (cdb10(0x2a, last, 2), pattern(2, 0), OOB),
+            (cdb16(0x88, u64::MAX, 1), vec![], OOB),
+            (cdb16(0x8a, u64::MAX - 1, 4), pattern(4, 0), OOB),
+            // Data-out shorter than the CDB: refused and nothing written; longer: cut.
+            (cdb10(0x2a, 30, 2), pattern(1, 5), SHORT),
+            (cdb10(0x28, 30, 1), vec![], Want::Data(vec![0; BS])),
+            (cdb10(0x2a, 30, 1), pattern(2, 5), Want::Good),
+            (
+                cdb10(0x28, 30, 2),
+                vec![],
+                Want::Data([pattern(1, 5), vec![0; BS]].concat()),
+            ),
+            // Protection information is not supported.
+            (
+                {
+                    let mut c = cdb10(0x28, 0, 1);
+                    c[1] = 0x20;
+                    c
+                },
+                vec![],
+                BAD_CDB,
+            ),
+            // SYNCHRONIZE CACHE and PRE-FETCH check their range.
+            (cdb10(0x35, 0, 0), vec![], Want::Good),
+            (cdb16(0x91, last as u64, 2), vec![], OOB),
+            (cdb10(0x34, 0, 8), vec![], Want::Good),
+            (cdb16(0x90, BLOCKS, 1), vec![], OOB),
+        ])
+        .await;
+    }
+
+    #[tokio::test]
+    async fn read6_zero_means_256_blocks() {
+        let d = disk();
+        let a = nexus("a");
+        clear_ua(&d, &a).await;
+        let r = run(&d, &a, &[0x08, 0, 0, 0, 0, 0], &[]).await;
+        assert_eq!(r.data_in.len(), 256 * BS);
+    }
+
+    #[tokio::test]
+    async fn verify_and_write_and_verify() {
+        let p = pattern(2, 11);
+        let mut other = p.clone();
+        other[BS + 3] ^= 0xff;
+        let bytchk = |op: u8, lba: u32, n: u16, b: u8| {
+            let mut c = cdb10(op, lba, n);
+            c[1] = b << 1;
+            c
+        };
+        table(vec![
+            (bytchk(0x2e, 40, 2, 1), p.clone(), Want::Good),
+            (bytchk(0x2e, 50, 1, 0), pattern(1, 2), Want::Good),
+            (cdb10(0x28, 50, 1), vec![], Want::Data(pattern(1, 2))),
+            (bytchk(0x2f, 40, 2, 0), vec![], Want::Good),
+            (bytchk(0x2f, 40, 2, 1), p.clone(), Want::Good),
+            (bytchk(0x2f, 40, 2, 1), other.clone(), MISCOMPARE),
+            (bytchk(0x2f, 40, 2, 1), pattern(1, 11), SHORT),
+            (bytchk(0x2f, (BLOCKS - 1) as u32, 2, 0), vec![], OOB),
+            (bytchk(0x2f, 0, 0, 1), vec![], Want::Good),
+            // BYTCHK 11b: one block compared against each block in the range.
+            (bytchk(0x2f, 60, 3, 3), vec![0; BS], Want::Good),
+            (bytchk(0x2f, 40, 2, 3), vec![0; BS], MISCOMPARE),
+            (bytchk(0x2e, (BLOCKS - 1) as u32, 2, 1), pattern(2, 0), OOB),
+        ])
+        .await;
+    }
+
+    #[tokio::test]
+    async fn verify_miscompare_reports_offset() {
+        let d = disk();
+        let a = nexus("a");
+        clear_ua(&d, &a).await;
+        let p = pattern(2, 1);
+        run(&d, &a, &cdb10(0x2a, 0, 2), &p).await;
+        let mut other = p.clone();
+        other[BS + 9] ^= 1;
+        let mut c = cdb16(0x8f, 0, 2);
+        c[1] = 0x02;
+        let r = run(&d, &a, &c, &other).await;
+        let s = r.sense.expect("sense");
+        assert_eq!(s[0], 0xf0, "VALID set");
+        assert_eq!(
+            u32::from_be_bytes([s[3], s[4], s[5], s[6]]) as usize,
+            BS + 9
+        );
+    }
+
+    #[tokio::test]
+    async fn write_same_and_unmap() {
+        let blk = pattern(1, 42);
+        let ws10 = |lba: u32, n: u16, unmap: bool| {
+            let mut c = cdb10(0x41, lba, n);
+            c[1] = if unmap { 0x08 } else { 0 };
+            c
+        };
+        let lba_status = |lba: u64| {
+            let mut c = cdb16(0x9e, lba, 24); // room for one descriptor
+            c[1] = 0x12;
+            c
+        };
+        let status_desc = |lba: u64, n: u32, dealloc: bool| {
+            let mut v = vec![0, 0, 0, 20, 0, 0, 0, 0];
+            v.extend_from_slice(&lba.to_be_bytes());
+            v.extend_from_slice(&n.to_be_bytes());
+            v.extend_from_slice(&[u8::from(dealloc), 0, 0, 0]);
+            v
+        };
+        let unmap_list = |descs: &[(u64, u32)]| {
+            let mut v = vec![0u8; 8];
+            let n = (descs.len() * 16) as u16;
+            v[0..2].copy_from_slice(&(n + 6).to_be_bytes());
+            v[2..4].copy_from_slice(&n.to_be_bytes());
+            for &(lba, blocks) in descs {
+                v.extend_from_slice(&lba.to_be_bytes());
+                v.extend_from_slice(&blocks.to_be_bytes());
+                v.extend_from_slice(&[0; 4]);
+            }
+            v
+        };
+        let unmap_cdb = |len: u16| {
+            let mut c = vec![0x42, 0, 0, 0, 0, 0, 0];
+            c.extend_from_slice(&len.to_be_bytes());
+            c.push(0);
+            c
+        };
+        let l1 = unmap_list(&[(100, 4), (110, 2)]);
+        let l_oob = unmap_list(&[(100, 1), (BLOCKS, 1)]);
+        let mut ndob = cdb16(0x93, 200, 4);
+        ndob[1] = 0x09;
+        table(vec![
+            (ws10(0, 8, false), blk.clone(), Want::Good),
+            (cdb10(0x28, 7, 1), vec![], Want::Data(blk.clone())),
+            (lba_status(0), vec![], Want::Data(status_desc(0, 8, false))),
+            (
+                lba_status(8),
+                vec![],
+                Want::Data(status_desc(8, (BLOCKS - 8) as u32, true)),
+            ),
+            // WRITE SAME UNMAP with zeros deallocates; reads return zeros (LBPRZ).
+            (ws10(2, 4, true), vec![0; BS], Want::Good),
+            (cdb10(0x28, 2, 1), vec![], Want::Data(vec![0; BS])),
+            (lba_status(2), vec![], Want::Data(status_desc(2, 4, true))),
+            // UNMAP bit with non-zero data writes the data.
+            (ws10(2, 1, true), blk.clone(), Want::Good),
+            (lba_status(2), vec![], Want::Data(status_desc(2, 1, false))),
+            // WSNZ, data-out size, range, limits.
+            (ws10(0, 0, false), blk.clone(), BAD_CDB),
+            (ws10(0, 1, false), pattern(2, 0), SHORT),
+            (ws10(0, 1, false), vec![], SHORT),
+            (ws10((BLOCKS - 1) as u32, 2, false), blk.clone(), OOB),
+            (ndob.clone(), vec![], Want::Good),
+            (
+                lba_status(200),
+                vec![],
+                Want::Data(status_desc(200, (BLOCKS - 200) as u32, true)),
+            ),
+            (lba_status(BLOCKS), vec![], OOB),
+            // UNMAP: parameter list length rules, range checks, then effect.
+            (cdb10(0x2a, 100, 12), pattern(12, 1), Want::Good),
+            (unmap_cdb(0), vec![], Want::Good),
+            (unmap_cdb(4), vec![0; 4], Want::Check(5, 0x1a, 0)),
+            (unmap_cdb(l_oob.len() as u16), l_oob.clone(), OOB),
+            (unmap_cdb(l1.len() as u16), l1[..20].to_vec(), SHORT),
+            (
+                lba_status(100),
+                vec![],
+                Want::Data(status_desc(100, 12, false)),
+            ),
+            (unmap_cdb(l1.len() as u16), l1.clone(), Want::Good),
+            (
+                lba_status(100),
+                vec![],
+                Want::Data(status_desc(100, 4, true)),
+            ),
+            (
+                lba_status(104),
+                vec![],
+                Want::Data(status_desc(104, 6, false)),
+            ),
+            (cdb10(0x28, 110, 1), vec![], Want::Data(vec![0; BS])),
+        ])
+        .await;
+    }
+
+    #[tokio::test]
+    async fn compare_and_write_paths() {
+        let old = pattern(1, 1);
+        let new = pattern(1, 2);
+        let caw = |lba: u64, n: u8| {
+            let mut c = cdb16(0x89, lba, 0);
+            c[10..14].fill(0);
+            c[13] = n;
+            c
+        };
+        let mut wrong = old.clone();
+        wrong[17] ^= 0x80;
+        table(vec![
+            (cdb10(0x2a, 5, 1), old.clone(), Want::Good),
+            (caw(5, 1), [old.clone(), new.clone()].concat(), Want::Good),
+            (cdb10(0x28, 5, 1), vec![], Want::Data(new.clone())),
+            (caw(5, 1), [old.clone(), pattern(1, 3)].concat(), MISCOMPARE),
+            (cdb10(0x28, 5, 1), vec![], Want::Data(new.clone())),
+            (caw(5, 1), old.clone(), SHORT),
+            (caw(BLOCKS - 1, 2), pattern(4, 0), OOB),
+            (caw(0, 0), vec![], Want::Good),
+            (caw(5, 1), [wrong, new.clone()].concat(), MISCOMPARE),
+        ])
+        .await;
+        // The miscompare offset is in the INFORMATION field.
+        let d = disk();
+        let a = nexus("a");
+        clear_ua(&d, &a).await;
+        let mut c = vec![0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+        c[9] = 1;
+        let mut expect = vec![0u8; BS];
+        expect[100] = 1;
+        let r = run(&d, &a, &c, &[expect, vec![9; BS]].concat()).await;
+        let s = r.sense.expect("sense");
+        assert_eq!(u32::from_be_bytes([s[3], s[4], s[5], s[6]]), 100);
+    }
+
+    #[tokio::test]
+    async fn read_capacity_reports_thin_provisioning() {
+        let d = disk();
+        let a = nexus("a");
+        clear_ua(&d, &a).await;
+        let r = run(&d, &a, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).await;
+        assert_eq!(r.data_in.as_ref(), &[0, 0, 0x07, 0xff, 0, 0, 2, 0]);
+        let mut c = cdb16(0x9e, 0, 32);
+        c[1] = 0x10;
+        let r = run(&d, &a, &c, &[]).await;
+        assert_eq!(
+            &r.data_in[..12],
+            &[0, 0, 0, 0, 0, 0, 0x07, 0xff, 0, 0, 2, 0]
+        );
+        assert_eq!(r.data_in[14] & 0xc0, 0xc0);
+    }
+}
