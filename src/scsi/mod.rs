@@ -87,6 +87,11 @@ pub trait LogicalUnit: Send + Sync {
     fn reset(&self) {}
     /// The nexus is gone (session closed): release what only that nexus held (RESERVE(6)).
     fn nexus_lost(&self, _nexus: &Nexus) {}
+    /// Bytes of data-out this CDB asks for (the SCSI transfer length of SAM-5 §5.4.3), so the
+    /// transport can report write residuals; `None` when the unit cannot tell (bad CDB).
+    fn data_out_length(&self, _cdb: &[u8]) -> Option<u64> {
+        None
+    }
 }
 
 /// The logical units of one target, by LUN. Answers REPORT LUNS itself and rejects unknown LUNs.
@@ -158,6 +163,18 @@ impl LunMap {
             _ => ScsiResponse::check(sense::LUN_NOT_SUPPORTED),
         };
         Box::pin(std::future::ready(resp))
+    }
+
+    /// `LogicalUnit::data_out_length` of the unit at `lun` (0 for REPORT LUNS and unknown LUNs,
+    /// which take no data-out).
+    pub fn data_out_length(&self, lun: u64, cdb: &[u8]) -> Option<u64> {
+        if cdb.first() == Some(&cdb::op::REPORT_LUNS) {
+            return Some(0);
+        }
+        match self.luns.get(&lun) {
+            Some(unit) => unit.data_out_length(cdb),
+            None => Some(0),
+        }
     }
 
     fn report_luns(&self, select: u8, alloc: u32) -> ScsiResponse {

@@ -235,6 +235,25 @@ impl LogicalUnit for Disk {
     fn nexus_lost(&self, nexus: &Nexus) {
         self.state().nexus_lost(nexus);
     }
+
+    fn data_out_length(&self, cdb: &[u8]) -> Option<u64> {
+        use Command::*;
+        let bs = u64::from(self.dev.block_size());
+        let blocks = |n: u32| u64::from(n).checked_mul(bs);
+        match cdb::parse(cdb).ok()? {
+            Write { ext, .. } | WriteAndVerify { ext, .. } => blocks(ext.blocks),
+            Verify { bytchk: 0, .. } => Some(0),
+            Verify { ext, bytchk: 1 } => blocks(ext.blocks),
+            Verify { .. } => Some(bs),
+            WriteSame { ndob: true, .. } => Some(0),
+            WriteSame { .. } => Some(bs),
+            CompareAndWrite { ext, .. } => blocks(ext.blocks)?.checked_mul(2),
+            Unmap { param_len }
+            | ModeSelect { param_len, .. }
+            | PersistentReserveOut { param_len, .. } => Some(u64::from(param_len)),
+            _ => Some(0),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -587,6 +606,24 @@ mod tests {
         assert_eq!(now[6] & 0x04, 0);
         // Writes still work (now forced unit access).
         assert!(can(&d, &a, true).await);
+    }
+
+    #[test]
+    fn data_out_length_per_command() {
+        let d = disk();
+        let cases: [(Vec<u8>, Option<u64>); 7] = [
+            (cdb10(0x2a, 0, 3), Some(3 * 512)),
+            (cdb10(0x28, 0, 3), Some(0)),
+            (cdb16(0x89, 0, 0).tap(|c| c[13] = 2), Some(2048)),
+            (cdb10(0x41, 0, 9), Some(512)),
+            (vec![0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], Some(24)),
+            (cdb10(0x2f, 0, 4), Some(0)),
+            (vec![0xff; 16], None),
+        ];
+        for (mut c, want) in cases {
+            c.resize(16, 0);
+            assert_eq!(d.data_out_length(&c), want, "{c:02x?}");
+        }
     }
 
     #[tokio::test]
