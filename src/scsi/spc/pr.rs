@@ -420,3 +420,131 @@ fn preempt(st: &mut LuState, nexus: &Nexus, _key: u64, sa_key: u64, ty: PrType) 
     }
     Ok(Bytes::new())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nexus(i: &str) -> Nexus {
+        Nexus {
+            initiator_port: format!("iqn.test:{i},i,0x1"),
+            initiator_name: format!("iqn.test:{i}"),
+            target_port: "iqn.test:t,t,0x1".into(),
+            relative_port: 1,
+        }
+    }
+
+    fn params(key: u64, sa_key: u64, flags: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 24];
+        p[..8].copy_from_slice(&key.to_be_bytes());
+        p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        p[20] = flags;
+        p
+    }
+
+    /// Runs PR OUT and condenses the outcome: Ok, "conflict", or the (ASC, ASCQ).
+    fn out(
+        st: &mut LuState,
+        n: &Nexus,
+        sa: u8,
+        ty: u8,
+        key: u64,
+        sa_key: u64,
+    ) -> Result<(), (u8, u8)> {
+        let p = params(key, sa_key, 0);
+        match pr_out(st, n, sa, 0, ty, 24, &p) {
+            Ok(_) => Ok(()),
+            Err(r) => Err(r.sense.map_or((0x18, 0), |s| (s[12], s[13]))),
+        }
+    }
+
+    const CONFLICT: Result<(), (u8, u8)> = Err((0x18, 0));
+
+    #[test]
+    fn register_sequence_and_generation() {
+        let mut st = LuState::default();
+        let (a, b) = (nexus("a"), nexus("b"));
+        // (nexus, service action, type, key, sa key, expected, generation after)
+        let steps: [(&Nexus, u8, u8, u64, u64, Result<(), (u8, u8)>, u32); 12] = [
+            (&a, sa::REGISTER, 0, 0, 0, Ok(()), 0),
+            (&a, sa::REGISTER, 0, 5, 1, CONFLICT, 0),
+            (&a, sa::REGISTER, 0, 0, 1, Ok(()), 1),
+            (&a, sa::REGISTER, 0, 1, 2, Ok(()), 2),
+            (&a, sa::REGISTER, 0, 1, 3, CONFLICT, 2),
+            (&b, sa::REGISTER_AND_IGNORE, 0, 77, 9, Ok(()), 3),
+            (&b, sa::RESERVE, 2, 9, 0, Err((0x24, 0)), 3),
+            (&b, sa::RESERVE, 1, 8, 0, CONFLICT, 3),
+            (&b, sa::RESERVE, 1, 9, 0, Ok(()), 3),
+            (&a, sa::RESERVE, 1, 2, 0, CONFLICT, 3),
+            // Unregistering the holder of a WE reservation releases it.
+            (&b, sa::REGISTER, 0, 9, 0, Ok(()), 4),
+            (&a, sa::RESERVE, 3, 2, 0, Ok(()), 4),
+        ];
+        for (i, (n, sa, ty, key, sa_key, want, generation)) in steps.into_iter().enumerate() {
+            assert_eq!(out(&mut st, n, sa, ty, key, sa_key), want, "step {i}");
+            assert_eq!(st.pr.generation, generation, "step {i}");
+        }
+    }
+
+    #[test]
+    fn parameter_list_errors() {
+        let mut st = LuState::default();
+        let a = nexus("a");
+        let p = params(0, 1, 0);
+        // (service action, param len, data, flags, asc)
+        let cases: [(u8, u32, &[u8], u8, u8); 5] = [
+            (sa::REGISTER, 23, &p, 0, 0x1a),
+            (sa::REGISTER, 24, &p[..10], 0, 0x0e),
+            (sa::REGISTER, 24, &p, 0x08, 0x26),
+            (sa::REGISTER, 24, &p, 0x04, 0x26),
+            (7, 24, &p, 0, 0x24),
+        ];
+        for (sa, len, data, flags, asc) in cases {
+            let mut d = data.to_vec();
+            if d.len() > 20 {
+                d[20] = flags;
+            }
+            let r = pr_out(&mut st, &a, sa, 0, 0, len, &d).expect_err("must fail");
+            assert_eq!(
+                r.sense.expect("sense")[12],
+                asc,
+                "sa {sa} len {len} flags {flags}"
+            );
+        }
+        assert!(!st.pr.in_use());
+    }
+
+    #[test]
+    fn report_capabilities_and_aptpl() {
+        let mut st = LuState::default();
+        let a = nexus("a");
+        assert!(pr_out(&mut st, &a, sa::REGISTER, 0, 0, 24, &params(0, 1, 0x01)).is_ok());
+        let caps = pr_in(&st, 2, 255).expect("caps");
+        assert_eq!(caps.as_ref(), &[0, 8, 0x01, 0x81, 0xea, 0x01, 0, 0]);
+        let r = pr_in(&st, 9, 255).expect_err("bad sa");
+        assert_eq!(r.sense.expect("sense")[12], 0x24);
+        // READ KEYS truncates to the allocation length but keeps the true length field.
+        let keys = pr_in(&st, 0, 8).expect("keys");
+        assert_eq!(keys.as_ref(), &[0, 0, 0, 1, 0, 0, 0, 8]);
+    }
+
+    #[test]
+    fn preempt_all_registrants_with_zero_key_takes_over() {
+        let mut st = LuState::default();
+        let (a, b, c) = (nexus("a"), nexus("b"), nexus("c"));
+        for (n, k) in [(&a, 1), (&b, 2), (&c, 3)] {
+            assert_eq!(out(&mut st, n, sa::REGISTER, 0, 0, k), Ok(()));
+        }
+        assert_eq!(out(&mut st, &b, sa::RESERVE, 7, 2, 0), Ok(()));
+        // Without a reservation-holder match a zero key is invalid; here it takes over.
+        assert_eq!(out(&mut st, &a, sa::PREEMPT, 1, 1, 0), Ok(()));
+        assert_eq!(st.pr.regs.len(), 1);
+        assert!(st.pr.is_holder(&a));
+        assert_eq!(st.take_ua(&b), Some(sense::REGISTRATIONS_PREEMPTED));
+        assert_eq!(st.take_ua(&c), Some(sense::REGISTRATIONS_PREEMPTED));
+        // Preempting a key nobody holds is a conflict; a zero key with no AR reservation is
+        // an invalid parameter.
+        assert_eq!(out(&mut st, &a, sa::PREEMPT, 1, 1, 42), CONFLICT);
+        assert_eq!(out(&mut st, &a, sa::PREEMPT, 1, 1, 0), Err((0x26, 0)));
+    }
+}
