@@ -458,14 +458,15 @@ mod tests {
         }
     }
 
-    const CONFLICT: Result<(), (u8, u8)> = Err((0x18, 0));
+    type Outcome = Result<(), (u8, u8)>;
+    const CONFLICT: Outcome = Err((0x18, 0));
 
     #[test]
     fn register_sequence_and_generation() {
         let mut st = LuState::default();
         let (a, b) = (nexus("a"), nexus("b"));
         // (nexus, service action, type, key, sa key, expected, generation after)
-        let steps: [(&Nexus, u8, u8, u64, u64, Result<(), (u8, u8)>, u32); 12] = [
+        let steps: [(&Nexus, u8, u8, u64, u64, Outcome, u32); 12] = [
             (&a, sa::REGISTER, 0, 0, 0, Ok(()), 0),
             (&a, sa::REGISTER, 0, 5, 1, CONFLICT, 0),
             (&a, sa::REGISTER, 0, 0, 1, Ok(()), 1),
