@@ -536,6 +536,7 @@ mod tests {
             (lba_status(2), vec![], Want::Data(status_desc(2, 1, false))),
             // WSNZ, data-out size, range, limits.
             (ws10(0, 0, false), blk.clone(), BAD_CDB),
+            (ws10(BLOCKS as u32 + 1, 0, false), blk.clone(), OOB),
             (ws10(0, 1, false), pattern(2, 0), SHORT),
             (ws10(0, 1, false), vec![], SHORT),
             (ws10((BLOCKS - 1) as u32, 2, false), blk.clone(), OOB),
