@@ -257,6 +257,13 @@ impl Disk {
         data: &Bytes,
     ) -> CmdResult {
         if ext.blocks == 0 {
+            // Zero blocks is a no-op (SBC-4 §5.3), but only without data: data-out for N=0
+            // means the initiator wrapped a count past 255 into the one-byte field (libiscsi
+            // 1.19's CompareAndWrite tests do exactly that), and answering GOOD would report
+            // a write that never happened.
+            if !data.is_empty() {
+                return Err(Sense::invalid_cdb_field(13, None).into());
+            }
             return Ok(Bytes::new());
         }
         if ext.blocks > u32::from(limits::MAX_COMPARE_AND_WRITE_BLOCKS) {
@@ -595,6 +602,7 @@ mod tests {
             (caw(5, 1), old.clone(), SHORT),
             (caw(BLOCKS - 1, 2), pattern(4, 0), OOB),
             (caw(0, 0), vec![], Want::Good),
+            (caw(0, 0), pattern(2, 0), BAD_CDB),
             (caw(5, 1), [wrong, new.clone()].concat(), MISCOMPARE),
         ])
         .await;
