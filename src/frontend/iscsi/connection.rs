@@ -505,6 +505,7 @@ impl Conn<'_> {
         let tx = self.tx.clone();
         let session = self.session.clone();
         let max_segment = self.params.initiator_max_recv_data_segment_bytes;
+        let max_burst = self.params.max_burst_bytes;
         let itt = cmd.itt;
         let handle = tokio::spawn(async move {
             let resp = dispatch(&luns, &req).await;
@@ -512,9 +513,14 @@ impl Conn<'_> {
                 // Aborted while running: no response for an aborted task (§11.5.1).
                 return;
             }
-            for (pdu, consumes) in
-                response_pdus(lun_to_wire(req.lun), itt, expected_in, resp, max_segment)
-            {
+            for (pdu, consumes) in response_pdus(
+                lun_to_wire(req.lun),
+                itt,
+                expected_in,
+                resp,
+                max_segment,
+                max_burst,
+            ) {
                 let _ = tx.send(Out::Pdu(pdu, consumes));
             }
         });

@@ -252,14 +252,13 @@ impl<'a> Login<'a> {
                 },
             }
         }
-        if let (Some(chap), Some(cfg)) = (self.chap.as_mut(), self.chap_cfg.as_ref()) {
-            if self.stage == 0 {
-                match chap.step(&pairs, cfg) {
-                    Ok(keys) => reply.extend(keys),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "chap authentication failed");
-                        return self.fail(req, status::AUTH_FAILURE);
-                    }
+        if let (Some(chap), Some(cfg), 0) = (self.chap.as_mut(), self.chap_cfg.as_ref(), self.stage)
+        {
+            match chap.step(&pairs, cfg) {
+                Ok(keys) => reply.extend(keys),
+                Err(e) => {
+                    tracing::warn!(error = %e, "chap authentication failed");
+                    return self.fail(req, status::AUTH_FAILURE);
                 }
             }
         }

@@ -206,10 +206,8 @@ pub async fn serve_with_stats(
                 }
             },
             Some(done) = conns.join_next(), if !conns.is_empty() => {
-                if let Err(e) = done {
-                    if e.is_panic() {
-                        tracing::error!(error = %e, "iscsi connection task panicked");
-                    }
+                if let Some(e) = done.as_ref().err().filter(|e| e.is_panic()) {
+                    tracing::error!(error = %e, "iscsi connection task panicked");
                 }
             }
         }

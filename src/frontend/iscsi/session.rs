@@ -28,6 +28,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 struct CmdWindow {
     exp: u32,
+    /// The highest MaxCmdSN advertised; initiators ignore a lower one (§4.2.2.1), so the
+    /// window we enforce never shrinks below it.
+    max: u32,
     /// Received CmdSNs above `exp` (commands arriving out of order over several connections).
     ahead: BTreeSet<u32>,
 }
@@ -61,18 +64,30 @@ impl Session {
         }
     }
 
-    /// ExpCmdSN and MaxCmdSN as they stand now.
+    /// ExpCmdSN and MaxCmdSN as they stand now. The window shrinks by the tasks in flight, so
+    /// a session never has more than about `CMD_WINDOW` commands queued (flow control,
+    /// §4.2.2.1).
     pub fn window(&self) -> (u32, u32) {
-        let w = lock(&self.window);
-        (w.exp, w.exp.wrapping_add(CMD_WINDOW - 1))
+        let in_flight = u32::try_from(lock(&self.tasks).len()).unwrap_or(u32::MAX);
+        let mut w = lock(&self.window);
+        let want = w
+            .exp
+            .wrapping_add(CMD_WINDOW.saturating_sub(in_flight))
+            .wrapping_sub(1);
+        if sn_lt(w.max, want) {
+            w.max = want;
+        }
+        (w.exp, w.max)
     }
 
     /// Admits a non-immediate command numbered `cmd_sn`; false means it lies outside the window
     /// or is a duplicate and must be dropped silently (§3.2.2.1).
     pub fn admit(&self, cmd_sn: u32) -> bool {
         let mut w = lock(&self.window);
-        let max = w.exp.wrapping_add(CMD_WINDOW - 1);
-        let in_window = cmd_sn.wrapping_sub(w.exp) <= max.wrapping_sub(w.exp);
+        let max = w.max;
+        // MaxCmdSN = ExpCmdSN - 1 means an empty window.
+        let size = max.wrapping_sub(w.exp).wrapping_add(1);
+        let in_window = cmd_sn.wrapping_sub(w.exp) < size;
         if !in_window || !w.ahead.insert(cmd_sn) {
             return false;
         }
@@ -116,10 +131,8 @@ impl Session {
             .map(|(itt, _)| *itt)
             .collect();
         for itt in &tags {
-            if let Some(t) = tasks.remove(itt) {
-                if let Some(a) = t.abort {
-                    a.abort();
-                }
+            if let Some(a) = tasks.remove(itt).and_then(|t| t.abort) {
+                a.abort();
             }
         }
         tags
@@ -199,6 +212,7 @@ impl Sessions {
             params: s.params,
             window: Mutex::new(CmdWindow {
                 exp: s.cmd_sn,
+                max: s.cmd_sn.wrapping_add(CMD_WINDOW - 1),
                 ahead: BTreeSet::new(),
             }),
             tasks: Mutex::new(HashMap::new()),

@@ -62,17 +62,22 @@ pub async fn dispatch(luns: &LunMap, req: &ScsiRequest) -> ScsiResponse {
 pub type Outgoing = (Pdu, bool);
 
 /// The Data-In PDUs and/or SCSI Response for a completed command (§11.4, §11.7).
+/// Each Data-In PDU holds at most `max_segment` bytes (the initiator's
+/// MaxRecvDataSegmentLength) and each Data-In sequence (ended by the F bit) at most `max_burst`
+/// bytes (MaxBurstLength, §13.13); DataSN runs on across sequences.
 pub fn response_pdus(
     lun: [u8; 8],
     itt: u32,
     expected_in: u32,
     resp: ScsiResponse,
     max_segment: u32,
+    max_burst: u32,
 ) -> Vec<Outgoing> {
     let residual = Residual::of(expected_in, resp.data_in.len());
     let mut data = resp.data_in;
     data.truncate(usize::try_from(expected_in).unwrap_or(usize::MAX));
     let seg = usize::try_from(max_segment.max(512)).unwrap_or(8192);
+    let burst = usize::try_from(max_burst.max(512)).unwrap_or(262_144);
     let status = resp.status as u8;
     // Status may ride on the last Data-In only when there is no sense (§11.7.3).
     let status_in_data = !data.is_empty() && resp.sense.is_none();
@@ -80,7 +85,9 @@ pub fn response_pdus(
     let mut offset = 0usize;
     let mut data_sn = 0u32;
     while offset < data.len() {
-        let end = data.len().min(offset + seg);
+        // A PDU never straddles a burst boundary, so every sequence ends exactly on one.
+        let burst_end = (offset / burst + 1) * burst;
+        let end = data.len().min(offset + seg).min(burst_end);
         let last = end == data.len();
         let with_status = last && status_in_data;
         out.push((
@@ -90,7 +97,7 @@ pub fn response_pdus(
                 data_sn,
                 offset: u32::try_from(offset).unwrap_or(u32::MAX),
                 data: data.slice(offset..end),
-                final_bit: last,
+                final_bit: last || end == burst_end,
                 status: with_status.then_some((status, residual)),
             }),
             with_status,
@@ -338,7 +345,7 @@ mod tests {
     #[test]
     fn short_read_gives_underflow_in_final_data_in() {
         let resp = ScsiResponse::good(Bytes::from(vec![7u8; 1000]));
-        let pdus = response_pdus([0; 8], 1, 4096, resp, 512);
+        let pdus = response_pdus([0; 8], 1, 4096, resp, 512, 1 << 20);
         assert_eq!(pdus.len(), 2);
         let (last, status) = &pdus[1];
         assert!(*status);
@@ -348,13 +355,25 @@ mod tests {
     }
 
     #[test]
+    fn long_read_ends_a_sequence_at_each_max_burst() {
+        let resp = ScsiResponse::good(Bytes::from(vec![1u8; 5000]));
+        let pdus = response_pdus([0; 8], 1, 5000, resp, 1024, 2048);
+        let finals: Vec<bool> = pdus.iter().map(|(p, _)| p.final_bit()).collect();
+        let lens: Vec<usize> = pdus.iter().map(|(p, _)| p.data.len()).collect();
+        assert_eq!(lens, vec![1024, 1024, 1024, 1024, 904]);
+        assert_eq!(finals, vec![false, true, false, true, true]);
+        let sns: Vec<u32> = pdus.iter().map(|(p, _)| p.u32_at(36)).collect();
+        assert_eq!(sns, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
     fn check_condition_sends_separate_response_with_sense() {
         let resp = ScsiResponse {
             status: Status::CheckCondition,
             data_in: Bytes::new(),
             sense: Some(Bytes::from_static(&SENSE_LUN_NOT_SUPPORTED)),
         };
-        let pdus = response_pdus([0; 8], 1, 96, resp, 8192);
+        let pdus = response_pdus([0; 8], 1, 96, resp, 8192, 1 << 20);
         assert_eq!(pdus.len(), 1);
         assert_eq!(pdus[0].0.bhs[3], 2);
         assert_eq!(&pdus[0].0.data[..2], &[0, 18]);
