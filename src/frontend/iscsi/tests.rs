@@ -24,9 +24,11 @@ const BLOCKS: u64 = 8192; // 4 MiB
 /// Every wait on the server or a client is bounded by this.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A minimal SBC disk over `MemDisk`: just enough for the libiscsi tools and test suites.
+/// A minimal SBC disk over `MemDisk`: just enough for the libiscsi tools and test suites,
+/// plus RESERVE(6)/RELEASE(6) so the suites can watch resets and nexus loss reach the unit.
 struct TestDisk {
     disk: MemDisk,
+    reserved_by: std::sync::Mutex<Option<crate::scsi::Nexus>>,
 }
 
 fn sense(key: u8, asc: u8, ascq: u8) -> ScsiResponse {
@@ -113,6 +115,31 @@ impl LogicalUnit for TestDisk {
     fn execute<'a>(&'a self, req: &'a ScsiRequest) -> BoxFuture<'a, ScsiResponse> {
         Box::pin(async move {
             let c = &req.cdb[..];
+            {
+                let mut holder = self.reserved_by.lock().unwrap();
+                let other = holder.as_ref().is_some_and(|h| *h != *req.nexus);
+                // SPC-2 §7.21: INQUIRY, REPORT LUNS and RELEASE from others pass a reservation.
+                if other && !matches!(c[0], 0x12 | 0xa0 | 0x17) {
+                    return ScsiResponse {
+                        status: Status::ReservationConflict,
+                        data_in: Bytes::new(),
+                        sense: None,
+                    };
+                }
+                match c[0] {
+                    0x16 => {
+                        *holder = Some((*req.nexus).clone());
+                        return ScsiResponse::good(Bytes::new());
+                    }
+                    0x17 => {
+                        if !other {
+                            *holder = None;
+                        }
+                        return ScsiResponse::good(Bytes::new());
+                    }
+                    _ => {}
+                }
+            }
             match c[0] {
                 0x00 | 0x35 | 0x91 => ScsiResponse::good(Bytes::new()),
                 0x12 => self.inquiry(c),
@@ -147,6 +174,17 @@ impl LogicalUnit for TestDisk {
             }
         })
     }
+
+    fn reset(&self) {
+        *self.reserved_by.lock().unwrap() = None;
+    }
+
+    fn nexus_lost(&self, nexus: &crate::scsi::Nexus) {
+        let mut holder = self.reserved_by.lock().unwrap();
+        if holder.as_ref() == Some(nexus) {
+            *holder = None;
+        }
+    }
 }
 
 struct Server {
@@ -163,6 +201,7 @@ impl Server {
             0,
             Arc::new(TestDisk {
                 disk: MemDisk::new("test", BLOCK, BLOCKS),
+                reserved_by: std::sync::Mutex::new(None),
             }),
         );
         let registry = Arc::new(Registry::new());
@@ -693,7 +732,7 @@ async fn test_cu(server: &Server, test: &str) -> (u32, u32, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn iscsi_test_cu_iscsi_family_passes() {
+async fn iscsi_test_cu_iscsi_family_and_transport_suites_pass() {
     let server = Server::start(None).await;
     // The write residual tests need the SCSI layer to report how much data-out a CDB wanted,
     // which `ScsiResponse` cannot carry yet; they are left out until it can.
@@ -705,6 +744,16 @@ async fn iscsi_test_cu_iscsi_family_passes() {
         "iSCSI.iSCSIResiduals.Read10Residuals",
         "iSCSI.iSCSIResiduals.Read12Residuals",
         "iSCSI.iSCSIResiduals.Read16Residuals",
+        // SCSI suites that exercise the transport through the test disk: concurrent commands,
+        // R2T-driven writes, and resets / logout / nexus loss reaching the unit (RESERVE(6)).
+        "SCSI.Read10.Simple",
+        "SCSI.Read10.Async",
+        "SCSI.Write10.Simple",
+        "SCSI.Write10.Async",
+        "SCSI.Write16.Simple",
+        "SCSI.Write10.BeyondEol",
+        "SCSI.ReadCapacity16.Simple",
+        "ALL.Reserve6",
     ] {
         let (ran, failed, out) = test_cu(&server, test).await;
         assert!(ran >= 1, "{test} did not run: {out}");
