@@ -168,7 +168,14 @@ impl Chap {
                 };
                 let resp = decode_binary(resp)?;
                 let want = md5_response(self.id, cfg.secret.as_bytes(), &self.challenge);
-                if name != cfg.user || resp.as_slice() != want.as_slice() {
+                // Compare without an early exit so timing says nothing about the secret.
+                let same = resp.len() == want.len()
+                    && resp
+                        .iter()
+                        .zip(want.iter())
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0;
+                if name != cfg.user || !same {
                     return Err(ChapError::Mismatch);
                 }
                 let mut reply = Vec::new();

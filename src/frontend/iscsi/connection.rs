@@ -29,9 +29,11 @@ use super::pdu::{
     self, DataOut, Digests, Pdu, PduError, RESERVED_TAG, Request, RequestError, ScsiCommand,
     lun_to_wire,
 };
-use super::session::{JoinError, NewSession, Session, TaskInfo};
-use super::task::{WriteState, dispatch, response_pdus};
-use crate::scsi::{Nexus, ScsiRequest};
+use super::session::{AddTask, JoinError, NewSession, Session, TaskInfo};
+use super::task::{
+    MAX_TRANSFER_BYTES, SENSE_INVALID_FIELD_IN_CDB, WriteState, dispatch, response_pdus,
+};
+use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Status};
 
 /// A login that stalls this long between PDUs is abandoned.
 const LOGIN_PDU_TIMEOUT: Duration = Duration::from_secs(30);
@@ -431,9 +433,30 @@ impl Conn<'_> {
             lun: cmd.lun,
             abort: None,
         };
-        if !self.session.add_task(cmd.itt, info) {
-            // §11.2.1.8: task tags are unique among a session's active tasks.
-            self.reject(RejectReason::InvalidPduField, &pdu.bhs);
+        match self.session.add_task(cmd.itt, info) {
+            AddTask::Added => {}
+            AddTask::DuplicateTag => {
+                self.reject(RejectReason::InvalidPduField, &pdu.bhs);
+                return;
+            }
+            AddTask::Full => {
+                let resp = ScsiResponse {
+                    status: Status::TaskSetFull,
+                    data_in: Bytes::new(),
+                    sense: None,
+                };
+                self.respond(&cmd, resp);
+                return;
+            }
+        }
+        if cmd.expected_len > MAX_TRANSFER_BYTES {
+            self.session.finish_task(cmd.itt);
+            let resp = ScsiResponse {
+                status: Status::CheckCondition,
+                data_in: Bytes::new(),
+                sense: Some(Bytes::from_static(&SENSE_INVALID_FIELD_IN_CDB)),
+            };
+            self.respond(&cmd, resp);
             return;
         }
         if cmd.write && cmd.expected_len > 0 {
@@ -449,6 +472,22 @@ impl Conn<'_> {
             self.reject(RejectReason::ProtocolError, &pdu.bhs);
         } else {
             self.execute(cmd, Bytes::new());
+        }
+    }
+
+    /// Answers a command at once, without running it.
+    fn respond(&self, cmd: &ScsiCommand, resp: ScsiResponse) {
+        let expected_in = if cmd.read { cmd.expected_len } else { 0 };
+        let pdus = response_pdus(
+            lun_to_wire(cmd.lun),
+            cmd.itt,
+            expected_in,
+            resp,
+            self.params.initiator_max_recv_data_segment_bytes,
+            self.params.max_burst_bytes,
+        );
+        for (pdu, consumes) in pdus {
+            self.send(pdu, consumes);
         }
     }
 

@@ -35,6 +35,17 @@ struct CmdWindow {
     ahead: BTreeSet<u32>,
 }
 
+/// Tasks one session may have in flight, window plus immediate commands.
+const MAX_TASKS: usize = 2 * CMD_WINDOW as usize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddTask {
+    Added,
+    DuplicateTag,
+    /// Answer TASK SET FULL (SAM-5 §5.3.1).
+    Full,
+}
+
 /// A task the session knows about, for ABORT TASK and friends.
 #[derive(Debug)]
 pub struct TaskInfo {
@@ -101,13 +112,18 @@ impl Session {
         true
     }
 
-    pub fn add_task(&self, itt: u32, info: TaskInfo) -> bool {
+    /// Registers a task; a tag already in use is refused (§11.2.1.8).
+    pub fn add_task(&self, itt: u32, info: TaskInfo) -> AddTask {
         let mut t = lock(&self.tasks);
         if t.contains_key(&itt) {
-            return false;
+            return AddTask::DuplicateTag;
+        }
+        // Immediate commands bypass the CmdSN window, so the window alone cannot bound them.
+        if t.len() >= MAX_TASKS {
+            return AddTask::Full;
         }
         t.insert(itt, info);
-        true
+        AddTask::Added
     }
 
     pub fn set_abort(&self, itt: u32, abort: AbortHandle) {

@@ -14,6 +14,16 @@ use super::pdu::target::{self, DataIn, R2t, RejectReason, Residual};
 use super::pdu::{Pdu, RESERVED_TAG, ScsiCommand, lun_to_wire};
 use crate::scsi::{LunMap, ScsiRequest, ScsiResponse, Status};
 
+/// The largest data transfer one command may ask for, in bytes. Larger commands are refused
+/// with INVALID FIELD IN CDB before any buffer is allocated; the SCSI layer's Block Limits VPD
+/// should advertise no more than this.
+pub const MAX_TRANSFER_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Sense data for ILLEGAL REQUEST / INVALID FIELD IN CDB (SPC-4 §4.5.6, ASC 24h/00h).
+pub const SENSE_INVALID_FIELD_IN_CDB: [u8; 18] = [
+    0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x00, 0, 0, 0, 0,
+];
+
 /// Sense data for ILLEGAL REQUEST / LOGICAL UNIT NOT SUPPORTED (SPC-4 §4.5.3, ASC 25h/00h).
 const SENSE_LUN_NOT_SUPPORTED: [u8; 18] = [
     0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x25, 0x00, 0, 0, 0, 0,
@@ -151,8 +161,10 @@ impl WriteState {
         if !cmd.final_bit && params.initial_r2t {
             return Err(RejectReason::ProtocolError);
         }
-        let mut buf = BytesMut::zeroed(usize::try_from(edtl).unwrap_or(0));
-        buf[..cmd.immediate_data.len()].copy_from_slice(&cmd.immediate_data);
+        // Data arrives in order, so the buffer grows with what was actually sent rather than
+        // trusting the initiator's EDTL for an up-front allocation.
+        let mut buf = BytesMut::with_capacity(cmd.immediate_data.len());
+        buf.extend_from_slice(&cmd.immediate_data);
         Ok(Self {
             unsolicited_done: cmd.final_bit || imm >= params.first_burst_bytes,
             cmd,
@@ -229,8 +241,8 @@ impl WriteState {
             return Err(RejectReason::ProtocolError);
         }
         self.next_data_sn = self.next_data_sn.wrapping_add(1);
-        let (start, stop) = (d.offset as usize, end as usize);
-        self.buf[start..stop].copy_from_slice(&d.data);
+        debug_assert_eq!(self.buf.len(), d.offset as usize);
+        self.buf.extend_from_slice(&d.data);
         self.received = end;
         if solicited {
             if Some(end) == self.burst_end || d.final_bit {

@@ -196,6 +196,10 @@ struct Server {
 
 impl Server {
     async fn start(chap: Option<ChapConfig>) -> Self {
+        Self::start_with(chap, None).await
+    }
+
+    async fn start_with(chap: Option<ChapConfig>, discovery_chap: Option<ChapConfig>) -> Self {
         let mut luns = LunMap::new();
         luns.insert(
             0,
@@ -220,7 +224,7 @@ impl Server {
         let portal = PortalConfig {
             advertise: addr,
             tpgt: 1,
-            discovery_chap: None,
+            discovery_chap,
         };
         let stats = Arc::new(Stats::default());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -850,5 +854,47 @@ async fn send_targets_in_normal_session_names_only_its_target() {
     );
     let text = c.text("X-Unknown=1\0").await;
     assert!(text.contains("X-Unknown=NotUnderstood"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_chap_guards_send_targets() {
+    let server = Server::start_with(None, Some(chap_config(false))).await;
+    let out = run(
+        "iscsi-ls",
+        args(&[&format!("iscsi://{}", server.addr)]),
+        vec![],
+    )
+    .await;
+    assert!(
+        !out.stdout.contains(IQN),
+        "anonymous discovery listed targets: {}",
+        out.stdout
+    );
+    let url = format!("iscsi://alice%alicesecret12@{}", server.addr);
+    let out = run("iscsi-ls", args(&[&url]), vec![]).await;
+    assert!(out.ok, "iscsi-ls with chap: {} {}", out.stdout, out.stderr);
+    assert!(out.stdout.contains(IQN), "{}", out.stdout);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_with_huge_edtl_is_refused_without_allocating() {
+    let server = Server::start(None).await;
+    let mut c = Raw::connect(server.addr).await;
+    assert_eq!(c.login(IQN).await.bhs[36], 0);
+    let cmd = c.command(
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+        0xa0,
+        u32::MAX,
+        Bytes::new(),
+    );
+    c.send(&cmd).await;
+    let p = c.recv().await.expect("closed");
+    assert_eq!((p.opcode_byte(), p.bhs[3]), (0x21, 2));
+    assert_eq!(p.data[2 + 12], 0x24);
+    // The connection still works.
+    let (_, status, _, _) = c.read10(0, 1, 512).await;
+    assert_eq!(status, 0);
     server.stop().await;
 }
