@@ -2,12 +2,15 @@
 //! UNMAP, GET LBA STATUS and COMPARE AND WRITE (SBC-4 §5).
 //!
 //! Invariants: byte counts are computed with checked arithmetic; a command is validated in
-//! full (range, limits, data-out length) before its first device call; data-out shorter
-//! than the CDB asks for is refused without writing anything (FCP-4 option b, which libiscsi
-//! accepts), longer data-out is cut to the CDB's length.
+//! full (range, limits, data-out length) before its first device call. Data-out longer than
+//! the CDB asks for is cut to the CDB's length; shorter data-out writes only the whole blocks
+//! that came for WRITE and WRITE AND VERIFY (see `write_blocks`), and is refused with
+//! INVALID FIELD IN INFORMATION UNIT for commands whose data-out is a parameter list or a
+//! comparison buffer (VERIFY, WRITE SAME, UNMAP, COMPARE AND WRITE).
 
 use bytes::Bytes;
 
+use super::super::ScsiResponse;
 use super::super::cdb::Extent;
 use super::super::sense::{self, Sense};
 use super::super::spc::CmdResult;
@@ -63,16 +66,32 @@ impl Disk {
     }
 
     pub(super) async fn write(&self, ext: Extent, fua: bool, data: &Bytes) -> CmdResult {
+        self.write_blocks(ext, fua, data).await?;
+        Ok(Bytes::new())
+    }
+
+    /// WRITE's body; returns the blocks written. Data-out shorter than the CDB (iSCSI EDTL
+    /// below the SCSI transfer length) writes the whole blocks that came and reports GOOD,
+    /// the transport flagging the residual overflow (FCP-4 §9.4.2 option a, RFC 7143
+    /// §11.4.5.1; libiscsi 1.19 requires this, later versions accept it).
+    async fn write_blocks(
+        &self,
+        ext: Extent,
+        fua: bool,
+        data: &Bytes,
+    ) -> Result<u32, ScsiResponse> {
         let need = self.check_transfer(ext)?;
-        let payload = Self::data_out(data, need)?;
-        if ext.blocks == 0 {
-            return Ok(Bytes::new());
+        let bs = self.bytes_for(1)?.max(1);
+        let have = data.len().min(need) / bs;
+        if have == 0 {
+            return Ok(0);
         }
+        let payload = data.slice(..have * bs);
         // With WCE cleared (caching mode page) every write must be durable before GOOD.
         let fua = fua || !self.state().wce;
         let _shared = self.writes.read().await;
         self.dev.write(ext.lba, payload, fua).await?;
-        Ok(Bytes::new())
+        Ok(u32::try_from(have).unwrap_or(u32::MAX))
     }
 
     pub(super) async fn write_and_verify(
@@ -81,12 +100,16 @@ impl Disk {
         bytchk: bool,
         data: &Bytes,
     ) -> CmdResult {
-        self.write(ext, false, data).await?;
-        if ext.blocks > 0 {
-            let back = self.read(ext).await?;
+        let written = self.write_blocks(ext, false, data).await?;
+        if written > 0 {
+            let back = self
+                .read(Extent {
+                    lba: ext.lba,
+                    blocks: written,
+                })
+                .await?;
             if bytchk {
-                let need = back.len();
-                compare(&data[..need], &back)?;
+                compare(data.get(..back.len()).unwrap_or_default(), &back)?;
             }
         }
         Ok(Bytes::new())
@@ -398,9 +421,19 @@ mod tests {
             (cdb10(0x2a, last, 2), pattern(2, 0), OOB),
             (cdb16(0x88, u64::MAX, 1), vec![], OOB),
             (cdb16(0x8a, u64::MAX - 1, 4), pattern(4, 0), OOB),
-            // Data-out shorter than the CDB: refused and nothing written; longer: cut.
-            (cdb10(0x2a, 30, 2), pattern(1, 5), SHORT),
-            (cdb10(0x28, 30, 1), vec![], Want::Data(vec![0; BS])),
+            // Data-out shorter than the CDB writes the whole blocks that came; longer is cut.
+            (cdb10(0x2a, 30, 2), pattern(1, 5), Want::Good),
+            (
+                cdb10(0x28, 30, 2),
+                vec![],
+                Want::Data([pattern(1, 5), vec![0; BS]].concat()),
+            ),
+            (cdb10(0x2a, 40, 2), vec![7; BS + 200], Want::Good),
+            (
+                cdb10(0x28, 40, 2),
+                vec![],
+                Want::Data([vec![7; BS], vec![0; BS]].concat()),
+            ),
             (cdb10(0x2a, 30, 1), pattern(2, 5), Want::Good),
             (
                 cdb10(0x28, 30, 2),

@@ -286,7 +286,7 @@ pub fn pr_out(
                 }
                 // PREEMPT AND ABORT would also abort the preempted nexuses' tasks; commands
                 // here complete one at a time per LU call, so there is nothing queued to abort.
-                (_, Some(ty)) => preempt(st, nexus, key, sa_key, ty),
+                (_, Some(ty)) => preempt(st, nexus, sa_key, ty),
                 _ => Err(Sense::invalid_cdb_field(1, Some(4)).into()),
             }
         }
@@ -372,7 +372,7 @@ fn release(st: &mut LuState, nexus: &Nexus, ty: PrType) -> CmdResult {
 }
 
 /// PREEMPT (§5.13.11.4): removes registrations by key and may take over the reservation.
-fn preempt(st: &mut LuState, nexus: &Nexus, _key: u64, sa_key: u64, ty: PrType) -> CmdResult {
+fn preempt(st: &mut LuState, nexus: &Nexus, sa_key: u64, ty: PrType) -> CmdResult {
     let res = st.pr.res.clone();
     let holder_key = res
         .as_ref()
