@@ -281,6 +281,14 @@ struct Conn<'a> {
     tx: mpsc::UnboundedSender<Out>,
     writes: HashMap<u32, WriteState>,
     next_ttt: u32,
+    text_pending: Option<PendingText>,
+}
+
+/// The unsent rest of a long text answer.
+struct PendingText {
+    itt: u32,
+    ttt: u32,
+    rest: Bytes,
 }
 
 /// What the reader does after handling a PDU.
@@ -317,6 +325,7 @@ async fn full_feature(
         tx,
         writes: HashMap::new(),
         next_ttt: 1,
+        text_pending: None,
     };
     let mut closed = session.subscribe_closed();
     let mut shutdown = shared.shutdown.clone();
@@ -408,7 +417,7 @@ impl Conn<'_> {
         };
         let discovery = matches!(self.session.kind, SessionKind::Discovery);
         match req {
-            Request::Text(t) => self.text(t),
+            Request::Text(t) => self.text(t, &pdu.bhs),
             Request::Logout(l) => return self.logout(l),
             Request::NopOut(n) => self.nop_out(n),
             // §4.3: a discovery session carries only Text and Logout (and keep-alive NOPs).
