@@ -99,7 +99,7 @@ pub(crate) async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Sha
     };
     shared.stats.logins.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, initiator = %session.initiator_name, tsih = session.tsih, "login complete");
-    full_feature(
+    let exit = full_feature(
         stream,
         buf,
         peer,
@@ -110,6 +110,11 @@ pub(crate) async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Sha
         stat_sn,
     )
     .await;
+    if exit != Flow::LoggedOut {
+        // ERL 0 has no connection recovery (RFC 7143 §7.1.4.3, §6.3.5): a connection that
+        // ends without logging out takes its session and every task in it down.
+        session.close();
+    }
     shared.sessions.leave(&session, cid);
 }
 
@@ -292,10 +297,13 @@ struct PendingText {
 }
 
 /// What the reader does after handling a PDU.
-#[derive(PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Continue,
+    /// Close the connection (and, at ERL 0, its session).
     Close,
+    /// Close only this connection after a clean logout.
+    LoggedOut,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -308,7 +316,7 @@ async fn full_feature(
     cid: u16,
     params: Params,
     stat_sn: u32,
-) {
+) -> Flow {
     let digests = Digests {
         header: params.header_digest,
         data: params.data_digest,
@@ -329,7 +337,7 @@ async fn full_feature(
     };
     let mut closed = session.subscribe_closed();
     let mut shutdown = shared.shutdown.clone();
-    loop {
+    let exit = loop {
         tokio::select! {
             read = read_pdu(&mut rd, &mut buf, digests, OUR_MAX_RECV_DATA_SEGMENT_BYTES) => {
                 let flow = match read {
@@ -350,22 +358,22 @@ async fn full_feature(
                         Flow::Close
                     }
                 };
-                if flow == Flow::Close {
-                    break;
+                if flow != Flow::Continue {
+                    break flow;
                 }
             }
-            _ = closed.wait_for(|c| *c) => break,
+            _ = closed.wait_for(|c| *c) => break Flow::Close,
             _ = shutdown.wait_for(|c| *c) => {
                 // Ask the initiator to log out (§11.9.1 event 1) before we go.
                 conn.send(target::async_message(1, 0), false);
-                break;
+                break Flow::Close;
             }
             _ = tokio::time::sleep(NOP_IN_INTERVAL) => {
                 let ttt = conn.alloc_ttt();
                 conn.send(target::nop_in([0; 8], RESERVED_TAG, ttt, Bytes::new()), false);
             }
         }
-    }
+    };
     let _ = conn.tx.send(Out::Close);
     drop(conn);
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut writer)
@@ -374,6 +382,7 @@ async fn full_feature(
     {
         writer.abort();
     }
+    exit
 }
 
 impl Conn<'_> {

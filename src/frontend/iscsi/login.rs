@@ -70,7 +70,6 @@ struct First {
     isid: [u8; 6],
     tsih: u16,
     cid: u16,
-    itt: u32,
     cmd_sn: u32,
 }
 
@@ -194,14 +193,15 @@ impl<'a> Login<'a> {
                 isid: req.isid,
                 tsih: req.tsih,
                 cid: req.cid,
-                itt: req.itt,
                 cmd_sn: req.cmd_sn,
             });
             self.stage = req.csg;
         }
-        let same_login = self.first.as_ref().is_some_and(|f| {
-            f.isid == req.isid && f.tsih == req.tsih && f.cid == req.cid && f.itt == req.itt
-        });
+        // ISID, TSIH and CID name the login being negotiated; the ITT may change per PDU.
+        let same_login = self
+            .first
+            .as_ref()
+            .is_some_and(|f| f.isid == req.isid && f.tsih == req.tsih && f.cid == req.cid);
         if !same_login {
             return self.fail(req, status::INITIATOR_ERROR);
         }

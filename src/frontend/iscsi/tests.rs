@@ -541,10 +541,11 @@ impl Raw {
         self.text_pdus(keys).await.0
     }
 
-    async fn logout(&mut self, reason: u8) -> Pdu {
+    async fn logout(&mut self, reason: u8, cid: u16) -> Pdu {
         let mut p = Pdu::new(Opcode::Logout);
         p.bhs[0] |= 0x40;
         p.bhs[1] = 0x80 | reason;
+        p.bhs[20..22].copy_from_slice(&cid.to_be_bytes());
         self.itt += 1;
         p.set_u32(16, self.itt);
         p.set_u32(24, self.cmd_sn);
@@ -855,7 +856,7 @@ async fn second_connection_joins_session_and_logout_closes_it() {
     assert_eq!((status, data), (0, vec![9u8; 1024]));
     a.cmd_sn = b.cmd_sn;
     // A session logout answers, then closes both connections.
-    let resp = a.logout(0).await;
+    let resp = a.logout(0, 0).await;
     assert_eq!((resp.opcode_byte(), resp.bhs[2]), (0x26, 0));
     assert!(a.recv().await.is_none());
     assert!(b.recv().await.is_none());
@@ -969,5 +970,32 @@ async fn login_with_same_isid_reinstates_the_session() {
     assert!(a.recv().await.is_none());
     let (_, status, _, _) = b.read10(0, 1, 512).await;
     assert_eq!(status, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_logout_keeps_session_but_a_dropped_connection_ends_it() {
+    let server = Server::start(None).await;
+    let mut a = Raw::connect(server.addr).await;
+    let resp = a.login_with(IQN, "MaxConnections=4\0", 0, 0).await;
+    let tsih = u16::from_be_bytes([resp.bhs[14], resp.bhs[15]]);
+    let mut b = Raw::connect(server.addr).await;
+    b.cmd_sn = a.cmd_sn;
+    assert_eq!(b.login_with(IQN, "", tsih, 1).await.bhs[36], 0);
+    // Logging out connection 1 (reason 1) leaves connection 0 and the session working.
+    let resp = b.logout(1, 1).await;
+    assert_eq!((resp.opcode_byte(), resp.bhs[2]), (0x26, 0));
+    assert!(b.recv().await.is_none());
+    let (_, status, _, _) = a.read10(0, 1, 512).await;
+    assert_eq!(status, 0);
+    // At ERL 0 a connection that just drops takes the session with it.
+    let mut c = Raw::connect(server.addr).await;
+    c.cmd_sn = a.cmd_sn;
+    assert_eq!(c.login_with(IQN, "", tsih, 2).await.bhs[36], 0);
+    drop(c);
+    assert!(
+        a.recv().await.is_none(),
+        "session survived a dropped connection"
+    );
     server.stop().await;
 }

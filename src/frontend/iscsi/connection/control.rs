@@ -183,7 +183,7 @@ impl Conn<'_> {
                 self.session.close();
                 return Flow::Close;
             }
-            1 if l.cid == self.cid => (0, Flow::Close),
+            1 if l.cid == self.cid => (0, Flow::LoggedOut),
             1 => (1, Flow::Continue),
             // ERL 0: connection recovery is not supported (§11.14.1).
             2 => (2, Flow::Continue),
