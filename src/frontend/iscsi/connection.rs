@@ -91,31 +91,29 @@ fn hex(bytes: &[u8]) -> String {
 pub(crate) async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let Some((session, cid, conn_params, stat_sn)) =
-        login_phase(&mut stream, &mut buf, peer, &shared).await
-    else {
+    let Some(joined) = login_phase(&mut stream, &mut buf, peer, &shared).await else {
         shared.stats.logins_failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
     shared.stats.logins.fetch_add(1, Ordering::Relaxed);
+    let (session, cid) = (joined.session.clone(), joined.cid);
     tracing::debug!(%peer, initiator = %session.initiator_name, tsih = session.tsih, "login complete");
-    let exit = full_feature(
-        stream,
-        buf,
-        peer,
-        &shared,
-        &session,
-        cid,
-        conn_params,
-        stat_sn,
-    )
-    .await;
+    let exit = full_feature(stream, buf, peer, &shared, joined).await;
     if exit != Flow::LoggedOut {
         // ERL 0 has no connection recovery (RFC 7143 §7.1.4.3, §6.3.5): a connection that
         // ends without logging out takes its session and every task in it down.
         session.close();
     }
     shared.sessions.leave(&session, cid);
+}
+
+/// A connection that finished login, attached to its session.
+struct Joined {
+    session: Arc<Session>,
+    cid: u16,
+    params: Params,
+    /// The StatSN of the first full-feature response.
+    stat_sn: u32,
 }
 
 async fn send_raw(stream: &mut TcpStream, pdu: &Pdu) -> bool {
@@ -130,7 +128,7 @@ async fn login_phase(
     buf: &mut BytesMut,
     peer: SocketAddr,
     shared: &Shared,
-) -> Option<(Arc<Session>, u16, Params, u32)> {
+) -> Option<Joined> {
     let mut login = Login::new(&shared.registry, &shared.portal);
     loop {
         let read = tokio::time::timeout(
@@ -189,7 +187,12 @@ async fn login_phase(
                     shared.sessions.leave(&session, est.cid);
                     return None;
                 }
-                return Some((session, est.cid, conn_params, est.next_stat_sn));
+                return Some(Joined {
+                    session,
+                    cid: est.cid,
+                    params: conn_params,
+                    stat_sn: est.next_stat_sn,
+                });
             }
         }
     }
@@ -306,17 +309,20 @@ enum Flow {
     LoggedOut,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn full_feature(
     stream: TcpStream,
     mut buf: BytesMut,
     peer: SocketAddr,
     shared: &Shared,
-    session: &Arc<Session>,
-    cid: u16,
-    params: Params,
-    stat_sn: u32,
+    joined: Joined,
 ) -> Flow {
+    let Joined {
+        session,
+        cid,
+        params,
+        stat_sn,
+    } = joined;
+    let session = &session;
     let digests = Digests {
         header: params.header_digest,
         data: params.data_digest,
@@ -528,8 +534,7 @@ impl Conn<'_> {
     fn data_out(&mut self, d: DataOut, pdu: &Pdu) {
         let Some(mut w) = self.writes.remove(&d.itt) else {
             if !self.session.has_task(d.itt) {
-                // The task was aborted; its in-flight data is discarded (§4.2.3.3 of SAM
-                // semantics as mapped by RFC 7143 §11.5.1).
+                // The task was aborted; Data-Out still in flight for it is discarded.
                 return;
             }
             self.reject(RejectReason::InvalidPduField, &pdu.bhs);

@@ -148,7 +148,7 @@ impl Conn<'_> {
         self.send(target::text_response(itt, false, ttt, part), true);
     }
 
-    /// SendTargets (§13.3 of RFC 7143 Appendix C): every target on a discovery session, only
+    /// SendTargets (RFC 7143 §13.3, Appendix C): every target on a discovery session, only
     /// the session's own on a normal one, each with the advertised portal address.
     fn send_targets(&self, value: &str, reply: &mut Vec<(String, String)>) {
         let own = self.session.target_iqn();
