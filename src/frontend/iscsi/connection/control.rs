@@ -35,8 +35,15 @@ impl Conn<'_> {
                     1
                 }
             }
-            2 | 4 => {
+            // ABORT TASK SET covers this I_T nexus; CLEAR TASK SET every nexus (SAM-5 §7.3, §7.5).
+            2 => {
                 self.session.abort_tasks(|_, task| task.lun == t.lun);
+                0
+            }
+            4 => {
+                for s in self.same_target_sessions() {
+                    s.abort_tasks(|_, task| task.lun == t.lun);
+                }
                 0
             }
             5 => match target.luns.get(t.lun) {
