@@ -91,26 +91,29 @@ fn hex(bytes: &[u8]) -> String {
 pub(crate) async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let Some((session, cid, conn_params, stat_sn)) =
-        login_phase(&mut stream, &mut buf, peer, &shared).await
-    else {
+    let Some(joined) = login_phase(&mut stream, &mut buf, peer, &shared).await else {
         shared.stats.logins_failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
     shared.stats.logins.fetch_add(1, Ordering::Relaxed);
+    let (session, cid) = (joined.session.clone(), joined.cid);
     tracing::debug!(%peer, initiator = %session.initiator_name, tsih = session.tsih, "login complete");
-    full_feature(
-        stream,
-        buf,
-        peer,
-        &shared,
-        &session,
-        cid,
-        conn_params,
-        stat_sn,
-    )
-    .await;
+    let exit = full_feature(stream, buf, peer, &shared, joined).await;
+    if exit != Flow::LoggedOut {
+        // ERL 0 has no connection recovery (RFC 7143 §7.1.4.3, §6.3.5): a connection that
+        // ends without logging out takes its session and every task in it down.
+        session.close();
+    }
     shared.sessions.leave(&session, cid);
+}
+
+/// A connection that finished login, attached to its session.
+struct Joined {
+    session: Arc<Session>,
+    cid: u16,
+    params: Params,
+    /// The StatSN of the first full-feature response.
+    stat_sn: u32,
 }
 
 async fn send_raw(stream: &mut TcpStream, pdu: &Pdu) -> bool {
@@ -125,7 +128,7 @@ async fn login_phase(
     buf: &mut BytesMut,
     peer: SocketAddr,
     shared: &Shared,
-) -> Option<(Arc<Session>, u16, Params, u32)> {
+) -> Option<Joined> {
     let mut login = Login::new(&shared.registry, &shared.portal);
     loop {
         let read = tokio::time::timeout(
@@ -184,7 +187,12 @@ async fn login_phase(
                     shared.sessions.leave(&session, est.cid);
                     return None;
                 }
-                return Some((session, est.cid, conn_params, est.next_stat_sn));
+                return Some(Joined {
+                    session,
+                    cid: est.cid,
+                    params: conn_params,
+                    stat_sn: est.next_stat_sn,
+                });
             }
         }
     }
@@ -281,26 +289,40 @@ struct Conn<'a> {
     tx: mpsc::UnboundedSender<Out>,
     writes: HashMap<u32, WriteState>,
     next_ttt: u32,
+    text_pending: Option<PendingText>,
+}
+
+/// The unsent rest of a long text answer.
+struct PendingText {
+    itt: u32,
+    ttt: u32,
+    rest: Bytes,
 }
 
 /// What the reader does after handling a PDU.
-#[derive(PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Continue,
+    /// Close the connection (and, at ERL 0, its session).
     Close,
+    /// Close only this connection after a clean logout.
+    LoggedOut,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn full_feature(
     stream: TcpStream,
     mut buf: BytesMut,
     peer: SocketAddr,
     shared: &Shared,
-    session: &Arc<Session>,
-    cid: u16,
-    params: Params,
-    stat_sn: u32,
-) {
+    joined: Joined,
+) -> Flow {
+    let Joined {
+        session,
+        cid,
+        params,
+        stat_sn,
+    } = joined;
+    let session = &session;
     let digests = Digests {
         header: params.header_digest,
         data: params.data_digest,
@@ -317,10 +339,11 @@ async fn full_feature(
         tx,
         writes: HashMap::new(),
         next_ttt: 1,
+        text_pending: None,
     };
     let mut closed = session.subscribe_closed();
     let mut shutdown = shared.shutdown.clone();
-    loop {
+    let exit = loop {
         tokio::select! {
             read = read_pdu(&mut rd, &mut buf, digests, OUR_MAX_RECV_DATA_SEGMENT_BYTES) => {
                 let flow = match read {
@@ -341,22 +364,22 @@ async fn full_feature(
                         Flow::Close
                     }
                 };
-                if flow == Flow::Close {
-                    break;
+                if flow != Flow::Continue {
+                    break flow;
                 }
             }
-            _ = closed.wait_for(|c| *c) => break,
+            _ = closed.wait_for(|c| *c) => break Flow::Close,
             _ = shutdown.wait_for(|c| *c) => {
                 // Ask the initiator to log out (§11.9.1 event 1) before we go.
                 conn.send(target::async_message(1, 0), false);
-                break;
+                break Flow::Close;
             }
             _ = tokio::time::sleep(NOP_IN_INTERVAL) => {
                 let ttt = conn.alloc_ttt();
                 conn.send(target::nop_in([0; 8], RESERVED_TAG, ttt, Bytes::new()), false);
             }
         }
-    }
+    };
     let _ = conn.tx.send(Out::Close);
     drop(conn);
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut writer)
@@ -365,6 +388,7 @@ async fn full_feature(
     {
         writer.abort();
     }
+    exit
 }
 
 impl Conn<'_> {
@@ -408,7 +432,7 @@ impl Conn<'_> {
         };
         let discovery = matches!(self.session.kind, SessionKind::Discovery);
         match req {
-            Request::Text(t) => self.text(t),
+            Request::Text(t) => self.text(t, &pdu.bhs),
             Request::Logout(l) => return self.logout(l),
             Request::NopOut(n) => self.nop_out(n),
             // §4.3: a discovery session carries only Text and Logout (and keep-alive NOPs).
@@ -510,8 +534,7 @@ impl Conn<'_> {
     fn data_out(&mut self, d: DataOut, pdu: &Pdu) {
         let Some(mut w) = self.writes.remove(&d.itt) else {
             if !self.session.has_task(d.itt) {
-                // The task was aborted; its in-flight data is discarded (§4.2.3.3 of SAM
-                // semantics as mapped by RFC 7143 §11.5.1).
+                // The task was aborted; Data-Out still in flight for it is discarded.
                 return;
             }
             self.reject(RejectReason::InvalidPduField, &pdu.bhs);

@@ -70,7 +70,6 @@ struct First {
     isid: [u8; 6],
     tsih: u16,
     cid: u16,
-    itt: u32,
     cmd_sn: u32,
 }
 
@@ -194,14 +193,15 @@ impl<'a> Login<'a> {
                 isid: req.isid,
                 tsih: req.tsih,
                 cid: req.cid,
-                itt: req.itt,
                 cmd_sn: req.cmd_sn,
             });
             self.stage = req.csg;
         }
-        let same_login = self.first.as_ref().is_some_and(|f| {
-            f.isid == req.isid && f.tsih == req.tsih && f.cid == req.cid && f.itt == req.itt
-        });
+        // ISID, TSIH and CID name the login being negotiated; the ITT may change per PDU.
+        let same_login = self
+            .first
+            .as_ref()
+            .is_some_and(|f| f.isid == req.isid && f.tsih == req.tsih && f.cid == req.cid);
         if !same_login {
             return self.fail(req, status::INITIATOR_ERROR);
         }
@@ -358,6 +358,47 @@ mod tests {
             Step::Continue(p) | Step::Fail(p) | Step::Complete(p, _) => p,
         };
         (pdu.bhs[36], pdu.bhs[37])
+    }
+
+    use proptest::prelude::Strategy as _;
+
+    proptest::proptest! {
+        #[test]
+        fn login_never_panics_on_any_request_sequence(
+            steps in proptest::collection::vec(
+                (proptest::prelude::any::<u8>(),
+                 proptest::collection::vec(
+                     (proptest::sample::select(vec![
+                         "InitiatorName", "TargetName", "SessionType", "AuthMethod", "CHAP_A",
+                         "CHAP_N", "CHAP_R", "CHAP_I", "CHAP_C", "MaxBurstLength",
+                         "HeaderDigest", "MaxRecvDataSegmentLength", "X-Odd",
+                     ]),
+                     proptest::prop_oneof![
+                         proptest::sample::select(vec![
+                             "iqn.t", "Discovery", "Normal", "CHAP,None", "None", "5", "u",
+                             "0x00", "0b", "CRC32C", "4294967296", "",
+                         ]).prop_map(str::to_owned),
+                         "[ -~]{0,12}",
+                     ]),
+                     0..6)),
+                1..6),
+            chap in proptest::prelude::any::<bool>(),
+        ) {
+            let (reg, portal) = setup(chap.then(|| ChapConfig {
+                user: "u".into(),
+                secret: "s".into(),
+                mutual: Some(("t".into(), "m".into())),
+            }));
+            let mut l = Login::new(&reg, &portal);
+            for (flags, pairs) in steps {
+                let text: String = pairs.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                let mut r = req((flags >> 2) & 3, flags & 3, flags & 0x80 != 0, &text);
+                r.cont = flags & 0x40 != 0;
+                if matches!(l.handle(&r), Step::Fail(_) | Step::Complete(..)) {
+                    break;
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod chap;
 mod connection;
 mod login;
 mod params;
+/// The PDU codec is public so integration tests (`tests/it/malformed.rs`) can build PDUs.
 pub mod pdu;
 mod session;
 mod task;

@@ -580,6 +580,19 @@ mod tests {
         }
 
         #[test]
+        fn request_parse_never_panics(bhs in proptest::collection::vec(any::<u8>(), BHS_LEN),
+                                      op in proptest::sample::select(vec![0u8, 1, 2, 3, 4, 5, 6, 0x10, 0x3f]),
+                                      ahs in proptest::collection::vec(any::<u8>(), 0..40),
+                                      data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut b = [0u8; BHS_LEN];
+            b.copy_from_slice(&bhs);
+            b[0] = (b[0] & 0x40) | op;
+            let ahs_len = ahs.len() / 4 * 4;
+            let pdu = Pdu { bhs: b, ahs: Bytes::from(ahs[..ahs_len].to_vec()), data: Bytes::from(data) };
+            let _ = Request::parse(&pdu);
+        }
+
+        #[test]
         fn encode_decode_round_trips(bhs in proptest::collection::vec(any::<u8>(), BHS_LEN),
                                      ahs_words in 0usize..8,
                                      data in proptest::collection::vec(any::<u8>(), 0..300),

@@ -378,6 +378,59 @@ mod tests {
         assert_eq!(sns, vec![0, 1, 2, 3, 4]);
     }
 
+    struct Echo;
+    impl crate::scsi::LogicalUnit for Echo {
+        fn execute<'a>(&'a self, req: &'a ScsiRequest) -> crate::scsi::BoxFuture<'a, ScsiResponse> {
+            Box::pin(async move { ScsiResponse::good(req.cdb.clone()) })
+        }
+    }
+
+    fn request(lun: u64, cdb: &[u8]) -> ScsiRequest {
+        ScsiRequest {
+            lun,
+            cdb: Bytes::copy_from_slice(cdb),
+            data_out: Bytes::new(),
+            expected_in: 4096,
+            nexus: std::sync::Arc::new(crate::scsi::Nexus {
+                initiator_port: "i".into(),
+                initiator_name: "i".into(),
+                target_port: "t".into(),
+                relative_port: 1,
+            }),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn dispatch_report_luns_unknown_lun_and_inquiry() {
+        let mut luns = LunMap::new();
+        luns.insert(0, std::sync::Arc::new(Echo));
+        luns.insert(300, std::sync::Arc::new(Echo));
+        let mut cdb = [0u8; 12];
+        cdb[0] = 0xa0;
+        cdb[9] = 255;
+        let r = block_on(dispatch(&luns, &request(7, &cdb)));
+        assert_eq!(
+            &r.data_in[..],
+            &[
+                0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x41, 0x2c, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        let r = block_on(dispatch(&luns, &request(7, &[0x00; 6])));
+        assert_eq!(r.status, Status::CheckCondition);
+        assert_eq!(r.sense.unwrap()[12], 0x25);
+        let r = block_on(dispatch(&luns, &request(7, &[0x12, 0, 0, 0, 36, 0])));
+        assert_eq!(r.data_in[0], 0x7f);
+        let r = block_on(dispatch(&luns, &request(300, &[0x12, 0, 0, 0, 36, 0])));
+        assert_eq!(r.data_in[0], 0x12);
+    }
+
     #[test]
     fn check_condition_sends_separate_response_with_sense() {
         let resp = ScsiResponse {

@@ -189,6 +189,7 @@ impl LogicalUnit for TestDisk {
 
 struct Server {
     addr: SocketAddr,
+    registry: Arc<Registry>,
     stats: Arc<Stats>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -230,7 +231,7 @@ impl Server {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_with_stats(
             listener,
-            registry,
+            registry.clone(),
             portal,
             stats.clone(),
             async move {
@@ -239,6 +240,7 @@ impl Server {
         ));
         Self {
             addr,
+            registry,
             stats,
             stop: Some(stop),
             task,
@@ -485,8 +487,13 @@ impl Raw {
         p.set_u32(16, 0);
         p.bhs[20..22].copy_from_slice(&cid.to_be_bytes());
         p.set_u32(24, self.cmd_sn);
+        let session = if target.is_empty() {
+            "SessionType=Discovery".to_owned()
+        } else {
+            format!("SessionType=Normal\0TargetName={target}")
+        };
         p.data = Bytes::from(format!(
-            "InitiatorName=iqn.2026-11.org.tidegate:raw\0SessionType=Normal\0TargetName={target}\0\
+            "InitiatorName=iqn.2026-11.org.tidegate:raw\0{session}\0\
              InitialR2T=No\0ImmediateData=Yes\0MaxRecvDataSegmentLength=8192\0\
              FirstBurstLength=8192\0MaxBurstLength=16384\0{extra}"
         ));
@@ -500,7 +507,8 @@ impl Raw {
         resp
     }
 
-    async fn text(&mut self, keys: &str) -> String {
+    /// A text exchange, following continuations; returns the answer and its PDU count.
+    async fn text_pdus(&mut self, keys: &str) -> (String, usize) {
         let mut p = Pdu::new(Opcode::Text);
         p.bhs[0] |= 0x40;
         p.bhs[1] = 0x80;
@@ -509,16 +517,35 @@ impl Raw {
         p.set_u32(20, RESERVED_TAG);
         p.set_u32(24, self.cmd_sn);
         p.data = Bytes::from(keys.to_owned());
-        self.send(&p).await;
-        let r = self.recv().await.expect("no text response");
-        assert_eq!(r.opcode_byte(), 0x24);
-        String::from_utf8_lossy(&r.data).into_owned()
+        let mut answer = Vec::new();
+        let mut count = 0;
+        loop {
+            self.send(&p).await;
+            let r = self.recv().await.expect("no text response");
+            assert_eq!(r.opcode_byte(), 0x24);
+            assert!(
+                r.data.len() <= 8192,
+                "text pdu beyond MaxRecvDataSegmentLength"
+            );
+            answer.extend_from_slice(&r.data);
+            count += 1;
+            if r.final_bit() {
+                return (String::from_utf8_lossy(&answer).into_owned(), count);
+            }
+            p.set_u32(20, r.u32_at(20));
+            p.data = Bytes::new();
+        }
     }
 
-    async fn logout(&mut self, reason: u8) -> Pdu {
+    async fn text(&mut self, keys: &str) -> String {
+        self.text_pdus(keys).await.0
+    }
+
+    async fn logout(&mut self, reason: u8, cid: u16) -> Pdu {
         let mut p = Pdu::new(Opcode::Logout);
         p.bhs[0] |= 0x40;
         p.bhs[1] = 0x80 | reason;
+        p.bhs[20..22].copy_from_slice(&cid.to_be_bytes());
         self.itt += 1;
         p.set_u32(16, self.itt);
         p.set_u32(24, self.cmd_sn);
@@ -829,7 +856,7 @@ async fn second_connection_joins_session_and_logout_closes_it() {
     assert_eq!((status, data), (0, vec![9u8; 1024]));
     a.cmd_sn = b.cmd_sn;
     // A session logout answers, then closes both connections.
-    let resp = a.logout(0).await;
+    let resp = a.logout(0, 0).await;
     assert_eq!((resp.opcode_byte(), resp.bhs[2]), (0x26, 0));
     assert!(a.recv().await.is_none());
     assert!(b.recv().await.is_none());
@@ -896,5 +923,79 @@ async fn write_with_huge_edtl_is_refused_without_allocating() {
     // The connection still works.
     let (_, status, _, _) = c.read10(0, 1, 512).await;
     assert_eq!(status, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_targets_longer_than_one_pdu_is_continued() {
+    let server = Server::start(None).await;
+    // Targets come and go while serving; ~300 entries need several Text Response PDUs.
+    for i in 0..300 {
+        server.registry.add(TargetEntry {
+            iqn: format!("iqn.2026-11.org.tidegate:volume-{i:04}"),
+            luns: Arc::new(LunMap::new()),
+            chap: None,
+        });
+    }
+    let out = run(
+        "iscsi-ls",
+        args(&[&format!("iscsi://{}", server.addr)]),
+        vec![],
+    )
+    .await;
+    assert!(out.ok, "iscsi-ls: {} {}", out.stdout, out.stderr);
+    for i in [0, 150, 299] {
+        let name = format!("iqn.2026-11.org.tidegate:volume-{i:04}");
+        assert!(out.stdout.contains(&name), "{name} missing");
+    }
+    assert_eq!(out.stdout.matches("Target:").count(), 302, "{}", out.stdout);
+    // An initiator with a small MaxRecvDataSegmentLength gets the answer in parts.
+    let mut c = Raw::connect(server.addr).await;
+    assert_eq!(c.login("").await.bhs[36], 0);
+    let (text, pdus) = c.text_pdus("SendTargets=All\0").await;
+    assert!(pdus >= 3, "answer fit in {pdus} pdus");
+    assert_eq!(text.matches("TargetName=").count(), 302);
+    assert!(text.contains("TargetName=iqn.2026-11.org.tidegate:volume-0299\0TargetAddress="));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_same_isid_reinstates_the_session() {
+    let server = Server::start(None).await;
+    let mut a = Raw::connect(server.addr).await;
+    assert_eq!(a.login(IQN).await.bhs[36], 0);
+    let mut b = Raw::connect(server.addr).await;
+    assert_eq!(b.login(IQN).await.bhs[36], 0);
+    // The old session's connection is closed (§6.3.5); the new one works.
+    assert!(a.recv().await.is_none());
+    let (_, status, _, _) = b.read10(0, 1, 512).await;
+    assert_eq!(status, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_logout_keeps_session_but_a_dropped_connection_ends_it() {
+    let server = Server::start(None).await;
+    let mut a = Raw::connect(server.addr).await;
+    let resp = a.login_with(IQN, "MaxConnections=4\0", 0, 0).await;
+    let tsih = u16::from_be_bytes([resp.bhs[14], resp.bhs[15]]);
+    let mut b = Raw::connect(server.addr).await;
+    b.cmd_sn = a.cmd_sn;
+    assert_eq!(b.login_with(IQN, "", tsih, 1).await.bhs[36], 0);
+    // Logging out connection 1 (reason 1) leaves connection 0 and the session working.
+    let resp = b.logout(1, 1).await;
+    assert_eq!((resp.opcode_byte(), resp.bhs[2]), (0x26, 0));
+    assert!(b.recv().await.is_none());
+    let (_, status, _, _) = a.read10(0, 1, 512).await;
+    assert_eq!(status, 0);
+    // At ERL 0 a connection that just drops takes the session with it.
+    let mut c = Raw::connect(server.addr).await;
+    c.cmd_sn = a.cmd_sn;
+    assert_eq!(c.login_with(IQN, "", tsih, 2).await.bhs[36], 0);
+    drop(c);
+    assert!(
+        a.recv().await.is_none(),
+        "session survived a dropped connection"
+    );
     server.stop().await;
 }

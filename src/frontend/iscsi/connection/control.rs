@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use super::{Conn, Flow, Out};
+use bytes::Bytes;
+
+use super::{Conn, Flow, Out, PendingText};
 use crate::frontend::iscsi::login::SessionKind;
 use crate::frontend::iscsi::params;
 use crate::frontend::iscsi::pdu::target::{self, RejectReason};
@@ -33,8 +35,15 @@ impl Conn<'_> {
                     1
                 }
             }
-            2 | 4 => {
+            // ABORT TASK SET covers this I_T nexus; CLEAR TASK SET every nexus (SAM-5 §7.3, §7.5).
+            2 => {
                 self.session.abort_tasks(|_, task| task.lun == t.lun);
+                0
+            }
+            4 => {
+                for s in self.same_target_sessions() {
+                    s.abort_tasks(|_, task| task.lun == t.lun);
+                }
                 0
             }
             5 => match target.luns.get(t.lun) {
@@ -102,10 +111,19 @@ impl Conn<'_> {
         self.send(target::nop_in(n.lun_raw, n.itt, RESERVED_TAG, data), true);
     }
 
-    pub(super) fn text(&mut self, t: TextRequest) {
+    pub(super) fn text(&mut self, t: TextRequest, bhs: &[u8]) {
         if !self.admit(t.immediate, t.cmd_sn) {
             return;
         }
+        // An empty request carrying our TTT asks for the next part of a long answer (§11.11.2).
+        if t.ttt != RESERVED_TAG {
+            match self.text_pending.take() {
+                Some(p) if p.itt == t.itt && p.ttt == t.ttt => self.send_text_part(t.itt, p.rest),
+                _ => self.reject(RejectReason::InvalidPduField, bhs),
+            }
+            return;
+        }
+        self.text_pending = None;
         let mut reply: Vec<(String, String)> = Vec::new();
         for (key, value) in params::parse(&t.data) {
             if key == "SendTargets" {
@@ -114,14 +132,30 @@ impl Conn<'_> {
                 reply.push((key, "NotUnderstood".into()));
             }
         }
-        let mut data = params::encode(&reply);
-        data.truncate(
-            usize::try_from(self.params.initiator_max_recv_data_segment_bytes).unwrap_or(0),
-        );
-        self.send(target::text_response(t.itt, true, RESERVED_TAG, data), true);
+        self.send_text_part(t.itt, params::encode(&reply));
     }
 
-    /// SendTargets (§13.3 of RFC 7143 Appendix C): every target on a discovery session, only
+    /// Sends as much of a text answer as the initiator can take in one PDU; the rest waits for
+    /// its continuation request (C bit and a TTT, §11.11.2).
+    fn send_text_part(&mut self, itt: u32, data: Bytes) {
+        let max = usize::try_from(self.params.initiator_max_recv_data_segment_bytes)
+            .unwrap_or(usize::MAX)
+            .max(512);
+        if data.len() <= max {
+            self.send(target::text_response(itt, true, RESERVED_TAG, data), true);
+            return;
+        }
+        let ttt = self.alloc_ttt();
+        let part = data.slice(..max);
+        self.text_pending = Some(PendingText {
+            itt,
+            ttt,
+            rest: data.slice(max..),
+        });
+        self.send(target::text_response(itt, false, ttt, part), true);
+    }
+
+    /// SendTargets (RFC 7143 §13.3, Appendix C): every target on a discovery session, only
     /// the session's own on a normal one, each with the advertised portal address.
     fn send_targets(&self, value: &str, reply: &mut Vec<(String, String)>) {
         let own = self.session.target_iqn();
@@ -156,7 +190,7 @@ impl Conn<'_> {
                 self.session.close();
                 return Flow::Close;
             }
-            1 if l.cid == self.cid => (0, Flow::Close),
+            1 if l.cid == self.cid => (0, Flow::LoggedOut),
             1 => (1, Flow::Continue),
             // ERL 0: connection recovery is not supported (§11.14.1).
             2 => (2, Flow::Continue),
