@@ -448,6 +448,12 @@ impl Cache {
         Ok(Bytes::from(out))
     }
 
+    /// True while `name` holds data not yet in the bucket (dirty, or being uploaded).
+    pub fn is_dirty(&self, name: &str) -> bool {
+        let st = self.inner.state();
+        st.dirty_names.contains(name) || st.objects.get(name).is_some_and(|o| o.uploading)
+    }
+
     /// Starts fetching `name` into the cache in the background (read-ahead).
     pub fn prefetch(&self, name: &str) {
         let inner = self.inner.clone();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tidegate_cache::{Area, AreaError};
+use tidegate_cache::{Cache, CacheConfig, CacheError};
 
 use crate::catalog::settings::keys as setting;
 use crate::catalog::{Catalog, CatalogError};
@@ -39,7 +39,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
-    Area(#[from] AreaError),
+    Cache(#[from] CacheError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -72,6 +72,9 @@ pub struct Ready {
     pub pid: u32,
     pub started_unix: i64,
     pub config: String,
+    /// The bound iSCSI portal, `ip:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iscsi: Option<String>,
 }
 
 impl Ready {
@@ -95,8 +98,6 @@ pub struct Engine {
     pub config: Config,
     pub catalog: Arc<Catalog>,
     pub chunks: Arc<ChunkStore>,
-    pub cache: Area,
-    pub upload_buffer: Area,
     pub pairing: Pairing,
 }
 
@@ -150,17 +151,10 @@ impl Engine {
         if catalog.setting(setting::GATEWAY_ID)?.is_none() {
             activate::record_identity(&catalog, &config, codec.key())?;
         }
-        let cache = Area::open(&config.cache.path, config.cache.size.bytes())?;
-        let upload_buffer = Area::open(
-            &config.upload_buffer.path,
-            config.upload_buffer.size.bytes(),
-        )?;
         Ok(Self {
             chunks: Arc::new(ChunkStore::new(bucket, codec)),
             config,
             catalog,
-            cache,
-            upload_buffer,
             pairing,
         })
     }
@@ -182,25 +176,125 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         pairing = ?engine.pairing,
         "engine open"
     );
+    let config = engine.config.clone();
+    let sink = Arc::new(crate::gateway::volumes::sink::BucketSink::new(
+        engine.catalog.clone(),
+        engine.chunks.clone(),
+    ));
+    let cache = Arc::new(Cache::open(cache_config(&config), sink)?);
+
+    let registry = Arc::new(crate::frontend::iscsi::Registry::new());
+    let volumes = Arc::new(volumes::VolumeService::new(
+        config.clone(),
+        engine.catalog.clone(),
+        cache.clone(),
+        registry.clone(),
+    ));
+    volumes.sync()?;
+    let listener = tokio::net::TcpListener::bind(config.iscsi.listen)
+        .await
+        .map_err(io(format!(
+            "listening for iSCSI on {}",
+            config.iscsi.listen
+        )))?;
+    let bound = listener
+        .local_addr()
+        .map_err(io("reading the iSCSI listener's address"))?;
+    let portal = crate::frontend::iscsi::PortalConfig {
+        advertise: config.iscsi.advertise.unwrap_or(bound),
+        tpgt: 1,
+        discovery_chap: None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut iscsi_stop = stop_rx.clone();
+    let iscsi = tokio::spawn(crate::frontend::iscsi::serve(
+        listener,
+        registry,
+        portal,
+        async move {
+            let _ = iscsi_stop.changed().await;
+        },
+    ));
+    let mut sync_stop = stop_rx.clone();
+    let sync_volumes = volumes.clone();
+    let status_cache = cache.clone();
+    let status_path = config.run_dir().join("status.toml");
+    let housekeeping = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = sync_stop.changed() => break,
+            }
+            if let Err(e) = sync_volumes.sync() {
+                tracing::warn!(error = %e, "volume sync failed");
+            }
+            let _ = write_atomically(&status_path, live_status(&status_cache).as_bytes());
+        }
+    });
 
     let ready = Ready {
         pid: std::process::id(),
         started_unix: unix_now(),
-        config: match &engine.config.origin {
+        config: match &config.origin {
             crate::config::Origin::File(p) => p.display().to_string(),
             crate::config::Origin::Embedded => "embedded".to_owned(),
         },
+        iscsi: Some(bound.to_string()),
     };
+    let _ = write_atomically(
+        &config.run_dir().join("status.toml"),
+        live_status(&cache).as_bytes(),
+    );
     write_atomically(
         &ready_path,
         toml::to_string(&ready).unwrap_or_default().as_bytes(),
     )?;
-    tracing::info!(ready = %ready_path.display(), "tidegate ready");
+    tracing::info!(ready = %ready_path.display(), iscsi = %bound, "tidegate ready");
 
     wait_for_shutdown().await?;
     tracing::info!("shutting down");
     let _ = std::fs::remove_file(&ready_path);
+    let _ = stop_tx.send(true);
+    let _ = iscsi.await;
+    let _ = housekeeping.await;
+    // Everything acknowledged is made durable in the upload buffer; uploads resume next start.
+    if let Err(e) = cache.flush().await {
+        tracing::error!(error = %e, "flushing the cache at shutdown");
+    }
     Ok(())
+}
+
+fn cache_config(config: &Config) -> CacheConfig {
+    let mut c = CacheConfig::new(
+        config.cache.path.clone(),
+        config.cache.size.bytes(),
+        config.upload_buffer.path.clone(),
+        config.upload_buffer.size.bytes(),
+    );
+    c.object_size = crate::gateway::volumes::CHUNK_SIZE;
+    c
+}
+
+/// The daemon's live figures, rewritten every second for `status` and tests (TOML, flat).
+fn live_status(cache: &Cache) -> String {
+    let s = cache.stats();
+    format!(
+        "updated_unix = {}\ncache_bytes = {}\ndirty_bytes = {}\nbuffer_bytes = {}\n\
+         buffer_capacity = {}\nhits = {}\nmisses = {}\nuploads = {}\nupload_errors = {}\n\
+         writers_waiting = {}\noldest_dirty_secs = {}\n",
+        unix_now(),
+        s.cache_bytes,
+        s.dirty_bytes,
+        s.buffer_bytes,
+        s.buffer_capacity,
+        s.hits,
+        s.misses,
+        s.uploads,
+        s.upload_errors,
+        s.writers_waiting,
+        s.oldest_dirty_age.map_or(0, |d| d.as_secs()),
+    )
 }
 
 /// Holds `run/lock` for the daemon's lifetime: one daemon per data dir.

@@ -27,6 +27,25 @@ pub struct Status {
     pub cache: AreaStatus,
     pub upload_buffer: AreaStatus,
     pub integrity: IntegritySummary,
+    /// The running daemon's live figures (`run/status.toml`), if it is running.
+    pub live: Option<LiveStatus>,
+    pub volumes: Vec<crate::gateway::volumes::VolumeInfo>,
+}
+
+/// What a running daemon reports about its cache and upload buffer.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct LiveStatus {
+    pub updated_unix: i64,
+    pub cache_bytes: u64,
+    pub dirty_bytes: u64,
+    pub buffer_bytes: u64,
+    pub buffer_capacity: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub uploads: u64,
+    pub upload_errors: u64,
+    pub writers_waiting: u64,
+    pub oldest_dirty_secs: u64,
 }
 
 #[derive(Debug)]
@@ -39,7 +58,10 @@ pub struct AreaStatus {
 impl Status {
     /// True when nothing needs the operator's attention.
     pub fn healthy(&self) -> bool {
-        self.bucket_state.is_ok() && self.key.is_ok() && self.integrity.count == 0
+        self.bucket_state.is_ok()
+            && self.key.is_ok()
+            && self.integrity.count == 0
+            && self.live.as_ref().is_none_or(|l| l.writers_waiting == 0)
     }
 }
 
@@ -47,7 +69,11 @@ pub async fn gather(config: Config) -> Status {
     let catalog = config
         .catalog_path()
         .exists()
-        .then(|| Catalog::open(&config.catalog_path()).ok())
+        .then(|| {
+            Catalog::open(&config.catalog_path())
+                .ok()
+                .map(std::sync::Arc::new)
+        })
         .flatten();
     let setting = |key| catalog.as_ref().and_then(|c| c.setting(key).ok().flatten());
     let key = MasterKey::load(&config.key_file);
@@ -65,10 +91,21 @@ pub async fn gather(config: Config) -> Status {
                 .map_err(|e| e.to_string()),
         },
     };
+    let daemon = Ready::read(&config);
+    let live = daemon
+        .as_ref()
+        .and_then(|_| std::fs::read_to_string(config.run_dir().join("status.toml")).ok())
+        .and_then(|t| toml::from_str(&t).ok());
+    let volumes = catalog
+        .as_ref()
+        .and_then(|c| crate::gateway::volumes::list(c).ok())
+        .unwrap_or_default();
     Status {
+        live,
+        volumes,
         gateway_id: setting(setting::GATEWAY_ID),
         activated_unix: setting(setting::ACTIVATED_AT).and_then(|t| t.parse().ok()),
-        daemon: Ready::read(&config),
+        daemon,
         bucket: config.bucket.location.to_string(),
         endpoint: config
             .bucket

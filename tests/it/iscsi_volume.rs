@@ -27,7 +27,9 @@ fn start(data_dir: &Path, config: Option<&Path>) -> Gateway {
 }
 
 fn url(gw: &Gateway, volume: &str) -> String {
-    let portal = gw.ready_value("iscsi").expect("iscsi portal in run/ready.toml");
+    let portal = gw
+        .ready_value("iscsi")
+        .expect("iscsi portal in run/ready.toml");
     format!("iscsi://{portal}/iqn.2026-11.org.tidegate:tidegate.{volume}/0")
 }
 
@@ -97,13 +99,24 @@ fn conformance_no_regressions_against_tgt() {
     let mut regressions = Vec::new();
     let mut remaining = Vec::new();
     for family in ["SCSI", "iSCSI"] {
-        let reference = cunit::run(family, &tgt.url(), &dir.path().join(format!("tgt-{family}")));
-        let tidegate = cunit::run(family, &ours, &dir.path().join(format!("tidegate-{family}")));
+        let reference = cunit::run(
+            family,
+            &tgt.url(),
+            &dir.path().join(format!("tgt-{family}")),
+        );
+        let tidegate = cunit::run(
+            family,
+            &ours,
+            &dir.path().join(format!("tidegate-{family}")),
+        );
         assert!(!tidegate.is_empty(), "{family}: no results from tidegate");
         for (test, &passed) in &tidegate {
             if !passed {
                 let tgt_passed = reference.get(test).copied().unwrap_or(false);
-                remaining.push(format!("{family}.{test} (tgt: {})", if tgt_passed { "pass" } else { "fail" }));
+                remaining.push(format!(
+                    "{family}.{test} (tgt: {})",
+                    if tgt_passed { "pass" } else { "fail" }
+                ));
                 if tgt_passed {
                     regressions.push(format!("{family}.{test}"));
                 }
@@ -116,10 +129,18 @@ fn conformance_no_regressions_against_tgt() {
         }
         let passed = tidegate.values().filter(|p| **p).count();
         let tgt_passed = reference.values().filter(|p| **p).count();
-        eprintln!("{family}: tidegate {passed}/{} passed, tgt {tgt_passed}/{}", tidegate.len(), reference.len());
+        eprintln!(
+            "{family}: tidegate {passed}/{} passed, tgt {tgt_passed}/{}",
+            tidegate.len(),
+            reference.len()
+        );
     }
     eprintln!("tests tidegate fails:\n  {}", remaining.join("\n  "));
-    assert!(regressions.is_empty(), "tests tgt passes and tidegate fails:\n  {}", regressions.join("\n  "));
+    assert!(
+        regressions.is_empty(),
+        "tests tgt passes and tidegate fails:\n  {}",
+        regressions.join("\n  ")
+    );
 }
 
 #[test]
@@ -155,7 +176,11 @@ fn qemu_img_round_trip_is_byte_identical() {
         .args(["convert", "-f", "raw", "-O", "raw"])
         .arg(&target)
         .arg(&back));
-    assert!(out.status.success(), "qemu-img from iSCSI: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "qemu-img from iSCSI: {}",
+        stderr(&out)
+    );
     let back = std::fs::read(&back).unwrap();
     assert_eq!(back.len(), raw.len());
     assert!(back == raw, "image read back differs");
@@ -167,7 +192,13 @@ fn acknowledged_writes_survive_kill_9_and_reach_the_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = run(tidegate(&data)
-        .args(["activate", "--bucket", "s3://tidegate-test/crash", "--endpoint", &garage.endpoint])
+        .args([
+            "activate",
+            "--bucket",
+            "s3://tidegate-test/crash",
+            "--endpoint",
+            &garage.endpoint,
+        ])
         .args(["--region", "garage", "--credentials-file"])
         .arg(garage.credentials_file(dir.path())));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -179,7 +210,15 @@ fn acknowledged_writes_survive_kill_9_and_reach_the_bucket() {
     wait_for_target(&target);
 
     // Acknowledged by SYNCHRONIZE CACHE (qemu-io flush) and by FUA writes (-f).
-    let out = qemu_io(&target, &["write -P 0x77 0 4M", "flush", "write -f -P 0x99 8M 1M", "write -f -P 0x31 20M 4k"]);
+    let out = qemu_io(
+        &target,
+        &[
+            "write -P 0x77 0 4M",
+            "flush",
+            "write -f -P 0x99 8M 1M",
+            "write -f -P 0x31 20M 4k",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     gw.kill9();
 
@@ -210,7 +249,13 @@ fn bucket_outage_holds_writes_then_drains_without_loss() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = run(tidegate(&data)
-        .args(["activate", "--bucket", "s3://tidegate-test/outage", "--endpoint", &garage.endpoint])
+        .args([
+            "activate",
+            "--bucket",
+            "s3://tidegate-test/outage",
+            "--endpoint",
+            &garage.endpoint,
+        ])
         .args(["--region", "garage", "--credentials-file"])
         .arg(garage.credentials_file(dir.path()))
         .args(["--cache-size", "64MiB", "--upload-buffer-size", "64MiB"]));
@@ -237,11 +282,20 @@ fn bucket_outage_holds_writes_then_drains_without_loss() {
     // The writer fills the buffer and is then held (not failed).
     let start_wait = Instant::now();
     while gw.status_value("writers_waiting").unwrap_or(0) == 0 {
-        assert!(writer.try_wait().unwrap().is_none(), "writer finished or failed during the outage");
-        assert!(start_wait.elapsed() < Duration::from_secs(120), "writes never backed up");
+        assert!(
+            writer.try_wait().unwrap().is_none(),
+            "writer finished or failed during the outage"
+        );
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(120),
+            "writes never backed up"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(writer.try_wait().unwrap().is_none(), "a held writer must not fail");
+    assert!(
+        writer.try_wait().unwrap().is_none(),
+        "a held writer must not fail"
+    );
 
     garage.restart();
     let status = writer.wait().unwrap();
@@ -257,7 +311,10 @@ fn bucket_outage_holds_writes_then_drains_without_loss() {
     assert!(out.status.success(), "{}", stderr(&out));
     let back = std::fs::read(&back).unwrap();
     let source = std::fs::read(&source).unwrap();
-    assert!(back[..source.len()] == source[..], "data differs after the outage");
+    assert!(
+        back[..source.len()] == source[..],
+        "data differs after the outage"
+    );
     assert!(back[source.len()..].iter().all(|&b| b == 0));
     assert_eq!(gw.stop(), Some(0));
 }

@@ -67,6 +67,44 @@ pub fn run(config: Config) -> Result<ExitCode> {
     )?;
     writeln!(out, "cache:          {}", area(&s.cache))?;
     writeln!(out, "upload buffer:  {}", area(&s.upload_buffer))?;
+    if let Some(l) = &s.live {
+        let lookups = l.hits + l.misses;
+        writeln!(
+            out,
+            "live:           {} cached, {} dirty (oldest {} s), upload buffer {} of {}, \
+             hit ratio {}, {} uploads, {} upload errors",
+            ByteSize(l.cache_bytes),
+            ByteSize(l.dirty_bytes),
+            l.oldest_dirty_secs,
+            ByteSize(l.buffer_bytes),
+            ByteSize(l.buffer_capacity),
+            if lookups == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.1}%", 100.0 * l.hits as f64 / lookups as f64)
+            },
+            l.uploads,
+            l.upload_errors
+        )?;
+        if l.writers_waiting > 0 {
+            writeln!(
+                out,
+                "PROBLEM:        {} writer(s) held: the upload buffer is full of data not yet in \
+                 the bucket (is the bucket reachable?)",
+                l.writers_waiting
+            )?;
+        }
+    }
+    for v in &s.volumes {
+        writeln!(
+            out,
+            "volume:         {} {} ({}, {} in bucket)",
+            v.row.name,
+            ByteSize(v.row.size_bytes),
+            v.row.mode.as_str(),
+            ByteSize(v.mapped_chunks * v.row.chunk_size)
+        )?;
+    }
     writeln!(
         out,
         "integrity:      {}",

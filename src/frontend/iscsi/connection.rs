@@ -30,9 +30,7 @@ use super::pdu::{
     lun_to_wire,
 };
 use super::session::{AddTask, JoinError, NewSession, Session, TaskInfo};
-use super::task::{
-    MAX_TRANSFER_BYTES, SENSE_INVALID_FIELD_IN_CDB, WriteState, dispatch, response_pdus,
-};
+use super::task::{MAX_TRANSFER_BYTES, SENSE_INVALID_FIELD_IN_CDB, WriteState, response_pdus};
 use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Status};
 
 /// A login that stalls this long between PDUs is abandoned.
@@ -506,6 +504,7 @@ impl Conn<'_> {
             lun_to_wire(cmd.lun),
             cmd.itt,
             expected_in,
+            None,
             resp,
             self.params.initiator_max_recv_data_segment_bytes,
             self.params.max_burst_bytes,
@@ -571,8 +570,12 @@ impl Conn<'_> {
         let max_segment = self.params.initiator_max_recv_data_segment_bytes;
         let max_burst = self.params.max_burst_bytes;
         let itt = cmd.itt;
+        let write = (!cmd.read).then(|| {
+            let spdtl = luns.data_out_length(req.lun, &req.cdb).unwrap_or(0);
+            (cmd.expected_len, spdtl)
+        });
         let handle = tokio::spawn(async move {
-            let resp = dispatch(&luns, &req).await;
+            let resp = luns.execute(&req).await;
             if !session.finish_task(itt) {
                 // Aborted while running: no response for an aborted task (§11.5.1).
                 return;
@@ -581,6 +584,7 @@ impl Conn<'_> {
                 lun_to_wire(req.lun),
                 itt,
                 expected_in,
+                write,
                 resp,
                 max_segment,
                 max_burst,

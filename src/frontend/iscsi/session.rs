@@ -53,6 +53,9 @@ pub struct TaskInfo {
     pub abort: Option<AbortHandle>,
 }
 
+/// How many completed task tags a session remembers for ABORT TASK answers.
+const COMPLETED_REMEMBERED: usize = 256;
+
 #[derive(Debug)]
 pub struct Session {
     pub tsih: u16,
@@ -63,6 +66,10 @@ pub struct Session {
     pub params: Params,
     window: Mutex<CmdWindow>,
     tasks: Mutex<HashMap<u32, TaskInfo>>,
+    /// Tags of the last tasks that completed with a response, newest last: an ABORT TASK for one
+    /// of them must say "task does not exist", not "function complete" (which §11.5.1 keeps for
+    /// commands the target never received).
+    completed: Mutex<std::collections::VecDeque<u32>>,
     connections: Mutex<BTreeSet<u16>>,
     closed: watch::Sender<bool>,
 }
@@ -134,7 +141,20 @@ impl Session {
 
     /// Forgets a finished task; false when it was aborted meanwhile.
     pub fn finish_task(&self, itt: u32) -> bool {
-        lock(&self.tasks).remove(&itt).is_some()
+        let finished = lock(&self.tasks).remove(&itt).is_some();
+        if finished {
+            let mut done = lock(&self.completed);
+            if done.len() >= COMPLETED_REMEMBERED {
+                done.pop_front();
+            }
+            done.push_back(itt);
+        }
+        finished
+    }
+
+    /// Whether `itt` named a task that completed recently (its response went out).
+    pub fn recently_completed(&self, itt: u32) -> bool {
+        lock(&self.completed).contains(&itt)
     }
 
     /// Aborts the tasks matching `pred`, returning their tags (so connections can drop any
@@ -232,6 +252,7 @@ impl Sessions {
                 ahead: BTreeSet::new(),
             }),
             tasks: Mutex::new(HashMap::new()),
+            completed: Mutex::new(std::collections::VecDeque::new()),
             connections: Mutex::new(BTreeSet::from([cid])),
             closed,
         });

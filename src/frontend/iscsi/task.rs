@@ -1,6 +1,6 @@
 //! One SCSI task's data transfer (RFC 7143 §3.2.4.2, §11.7, §11.8): gathering write data from
 //! immediate data, unsolicited Data-Out and solicited bursts (R2T), and turning a SCSI response
-//! into Data-In PDUs and a status with residuals. Also the interim LUN dispatch.
+//! into Data-In PDUs and a status with residuals.
 //!
 //! Pure bookkeeping: no sockets. Invariants: write data lands only inside the expected transfer
 //! length and each R2T asks for at most MaxBurstLength bytes with one outstanding at a time
@@ -12,61 +12,19 @@ use bytes::{Bytes, BytesMut};
 use super::params::Params;
 use super::pdu::target::{self, DataIn, R2t, RejectReason, Residual};
 use super::pdu::{Pdu, RESERVED_TAG, ScsiCommand, lun_to_wire};
-use crate::scsi::{LunMap, ScsiRequest, ScsiResponse, Status};
+use crate::scsi::ScsiResponse;
+#[cfg(test)]
+use crate::scsi::Status;
 
 /// The largest data transfer one command may ask for, in bytes. Larger commands are refused
 /// with INVALID FIELD IN CDB before any buffer is allocated; the SCSI layer's Block Limits VPD
 /// should advertise no more than this.
-pub const MAX_TRANSFER_BYTES: u32 = 16 * 1024 * 1024;
+pub const MAX_TRANSFER_BYTES: u32 = 32 * 1024 * 1024;
 
 /// Sense data for ILLEGAL REQUEST / INVALID FIELD IN CDB (SPC-4 §4.5.6, ASC 24h/00h).
 pub const SENSE_INVALID_FIELD_IN_CDB: [u8; 18] = [
     0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x00, 0, 0, 0, 0,
 ];
-
-/// Sense data for ILLEGAL REQUEST / LOGICAL UNIT NOT SUPPORTED (SPC-4 §4.5.3, ASC 25h/00h).
-const SENSE_LUN_NOT_SUPPORTED: [u8; 18] = [
-    0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x25, 0x00, 0, 0, 0, 0,
-];
-
-/// Interim stand-in for `LunMap::execute` (owned by the SCSI layer): REPORT LUNS
-/// (SPC-4 §6.33) and unknown LUNs are answered here, the rest goes to the unit.
-pub async fn dispatch(luns: &LunMap, req: &ScsiRequest) -> ScsiResponse {
-    let opcode = req.cdb.first().copied().unwrap_or(0);
-    if opcode == 0xa0 {
-        let list: Vec<u64> = luns.luns().collect();
-        let list_len = u32::try_from(list.len() * 8).unwrap_or(u32::MAX);
-        let mut out = Vec::with_capacity(8 + list.len() * 8);
-        out.extend_from_slice(&list_len.to_be_bytes());
-        out.extend_from_slice(&[0; 4]);
-        for lun in list {
-            out.extend_from_slice(&lun_to_wire(lun));
-        }
-        let alloc = req
-            .cdb
-            .get(6..10)
-            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        out.truncate(usize::try_from(alloc).unwrap_or(usize::MAX));
-        return ScsiResponse::good(Bytes::from(out));
-    }
-    match luns.get(req.lun) {
-        Some(unit) => unit.execute(req).await,
-        // SPC-4 §6.6.2: INQUIRY to an absent LUN answers peripheral qualifier 011b.
-        None if opcode == 0x12 => {
-            let mut data = vec![0u8; 36];
-            data[0] = 0x7f;
-            data[2] = 0x06;
-            data[3] = 0x02;
-            data[4] = 31;
-            ScsiResponse::good(Bytes::from(data))
-        }
-        None => ScsiResponse {
-            status: Status::CheckCondition,
-            data_in: Bytes::new(),
-            sense: Some(Bytes::from_static(&SENSE_LUN_NOT_SUPPORTED)),
-        },
-    }
-}
 
 /// A PDU to send and whether it carries a status (and so consumes a StatSN).
 pub type Outgoing = (Pdu, bool);
@@ -75,15 +33,21 @@ pub type Outgoing = (Pdu, bool);
 /// Each Data-In PDU holds at most `max_segment` bytes (the initiator's
 /// MaxRecvDataSegmentLength) and each Data-In sequence (ended by the F bit) at most `max_burst`
 /// bytes (MaxBurstLength, §13.13); DataSN runs on across sequences.
+/// `write` is `(expected data transfer length, SCSI transfer length)` for a write: its residual
+/// compares what the initiator meant to send with what the CDB asked for (§11.4.5.1), not data-in.
 pub fn response_pdus(
     lun: [u8; 8],
     itt: u32,
     expected_in: u32,
+    write: Option<(u32, u64)>,
     resp: ScsiResponse,
     max_segment: u32,
     max_burst: u32,
 ) -> Vec<Outgoing> {
-    let residual = Residual::of(expected_in, resp.data_in.len());
+    let residual = match write {
+        Some((edtl, spdtl)) => Residual::of(edtl, usize::try_from(spdtl).unwrap_or(usize::MAX)),
+        None => Residual::of(expected_in, resp.data_in.len()),
+    };
     let mut data = resp.data_in;
     data.truncate(usize::try_from(expected_in).unwrap_or(usize::MAX));
     let seg = usize::try_from(max_segment.max(512)).unwrap_or(8192);
@@ -357,7 +321,7 @@ mod tests {
     #[test]
     fn short_read_gives_underflow_in_final_data_in() {
         let resp = ScsiResponse::good(Bytes::from(vec![7u8; 1000]));
-        let pdus = response_pdus([0; 8], 1, 4096, resp, 512, 1 << 20);
+        let pdus = response_pdus([0; 8], 1, 4096, None, resp, 512, 1 << 20);
         assert_eq!(pdus.len(), 2);
         let (last, status) = &pdus[1];
         assert!(*status);
@@ -369,7 +333,7 @@ mod tests {
     #[test]
     fn long_read_ends_a_sequence_at_each_max_burst() {
         let resp = ScsiResponse::good(Bytes::from(vec![1u8; 5000]));
-        let pdus = response_pdus([0; 8], 1, 5000, resp, 1024, 2048);
+        let pdus = response_pdus([0; 8], 1, 5000, None, resp, 1024, 2048);
         let finals: Vec<bool> = pdus.iter().map(|(p, _)| p.final_bit()).collect();
         let lens: Vec<usize> = pdus.iter().map(|(p, _)| p.data.len()).collect();
         assert_eq!(lens, vec![1024, 1024, 1024, 1024, 904]);
@@ -378,67 +342,16 @@ mod tests {
         assert_eq!(sns, vec![0, 1, 2, 3, 4]);
     }
 
-    struct Echo;
-    impl crate::scsi::LogicalUnit for Echo {
-        fn execute<'a>(&'a self, req: &'a ScsiRequest) -> crate::scsi::BoxFuture<'a, ScsiResponse> {
-            Box::pin(async move { ScsiResponse::good(req.cdb.clone()) })
-        }
-    }
-
-    fn request(lun: u64, cdb: &[u8]) -> ScsiRequest {
-        ScsiRequest {
-            lun,
-            cdb: Bytes::copy_from_slice(cdb),
-            data_out: Bytes::new(),
-            expected_in: 4096,
-            nexus: std::sync::Arc::new(crate::scsi::Nexus {
-                initiator_port: "i".into(),
-                initiator_name: "i".into(),
-                target_port: "t".into(),
-                relative_port: 1,
-            }),
-        }
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
-
-    #[test]
-    fn dispatch_report_luns_unknown_lun_and_inquiry() {
-        let mut luns = LunMap::new();
-        luns.insert(0, std::sync::Arc::new(Echo));
-        luns.insert(300, std::sync::Arc::new(Echo));
-        let mut cdb = [0u8; 12];
-        cdb[0] = 0xa0;
-        cdb[9] = 255;
-        let r = block_on(dispatch(&luns, &request(7, &cdb)));
-        assert_eq!(
-            &r.data_in[..],
-            &[
-                0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x41, 0x2c, 0, 0, 0, 0, 0, 0
-            ]
-        );
-        let r = block_on(dispatch(&luns, &request(7, &[0x00; 6])));
-        assert_eq!(r.status, Status::CheckCondition);
-        assert_eq!(r.sense.unwrap()[12], 0x25);
-        let r = block_on(dispatch(&luns, &request(7, &[0x12, 0, 0, 0, 36, 0])));
-        assert_eq!(r.data_in[0], 0x7f);
-        let r = block_on(dispatch(&luns, &request(300, &[0x12, 0, 0, 0, 36, 0])));
-        assert_eq!(r.data_in[0], 0x12);
-    }
-
     #[test]
     fn check_condition_sends_separate_response_with_sense() {
         let resp = ScsiResponse {
             status: Status::CheckCondition,
             data_in: Bytes::new(),
-            sense: Some(Bytes::from_static(&SENSE_LUN_NOT_SUPPORTED)),
+            sense: Some(Bytes::from_static(&[
+                0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x25, 0, 0, 0, 0, 0,
+            ])),
         };
-        let pdus = response_pdus([0; 8], 1, 96, resp, 8192, 1 << 20);
+        let pdus = response_pdus([0; 8], 1, 96, None, resp, 8192, 1 << 20);
         assert_eq!(pdus.len(), 1);
         assert_eq!(pdus[0].0.bhs[3], 2);
         assert_eq!(&pdus[0].0.data[..2], &[0, 18]);

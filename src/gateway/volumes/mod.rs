@@ -6,6 +6,9 @@
 //! says which bucket chunk holds each index, and an index with no entry reads as zeros and costs
 //! nothing in the bucket. Limits: 32 volumes per gateway, 32 TiB each.
 
+pub mod sink;
+pub mod volume;
+
 use std::sync::Arc;
 
 use crate::catalog::Catalog;

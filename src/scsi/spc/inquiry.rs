@@ -22,8 +22,11 @@ pub const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
 
 /// Limits advertised in VPD B0h, in bytes so they hold for any block size.
 pub mod limits {
-    /// Largest READ/WRITE accepted: bounds the buffer one command can make us allocate.
-    pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+    /// Largest READ/WRITE accepted: bounds the buffer one command can make us allocate. 32 MiB
+    /// because initiators do send that much in one command regardless of this page (libiscsi's
+    /// WRITE SAME tests write 65536 blocks at once; tgt has no limit at all); the iSCSI layer
+    /// grows a command's buffer only as data arrives.
+    pub const MAX_TRANSFER_BYTES: u64 = 32 << 20;
     /// The size the cache handles best (its write granularity).
     pub const OPTIMAL_TRANSFER_BYTES: u64 = 1 << 20;
     pub const OPTIMAL_GRANULARITY_BYTES: u64 = 4096;
@@ -184,7 +187,7 @@ mod tests {
 
     #[test]
     fn limits_scale_with_block_size() {
-        let cases = [(512, 16384, 8, 524288), (4096, 2048, 1, 65536)];
+        let cases = [(512, 65536, 8, 524288), (4096, 8192, 1, 65536)];
         for (bs, max_xfer, gran, unmap) in cases {
             let l = BlockLimits::new(bs);
             assert_eq!(

@@ -1,14 +1,9 @@
 //! Shared test rig: resolving client tools, running the tidegate binary, a real Garage S3
 //! server, and a daemon started and waited for by its readiness file.
 
-// Used by iscsi_volume.rs, which lands with the volume target.
-#[allow(dead_code)]
 pub mod cunit;
-#[allow(dead_code)]
 pub mod garage;
-#[allow(dead_code)]
 pub mod gateway;
-#[allow(dead_code)]
 pub mod tgt;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! tgt (Debian's `tgt`), the reference iSCSI target, with one file-backed LUN, on its own port
 //! and control port so tests never touch a system tgtd.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -84,10 +84,6 @@ impl Tgt {
 
     pub fn url(&self) -> String {
         format!("iscsi://127.0.0.1:{}/{}/1", self.port, self.iqn)
-    }
-
-    pub fn disk(&self) -> PathBuf {
-        self.dir.path().join("disk.img")
     }
 }
 

@@ -28,8 +28,15 @@ impl Conn<'_> {
         let response = match t.function {
             1 => {
                 let aborted = self.session.abort_tasks(|itt, _| itt == t.referenced_tag);
-                if !aborted.is_empty() || sn_lt(t.ref_cmd_sn, t.cmd_sn) {
-                    // Found, or already completed (RefCmdSN below this request's CmdSN).
+                if !aborted.is_empty() {
+                    0
+                } else if self.session.recently_completed(t.referenced_tag) {
+                    // It already answered: nothing was aborted (what tgt does and libiscsi's
+                    // AbortTaskSimpleAsync expects).
+                    1
+                } else if sn_lt(t.ref_cmd_sn, t.cmd_sn) {
+                    // Never received although below this request's CmdSN: consider it received
+                    // and aborted (§11.5.1).
                     0
                 } else {
                     1

@@ -1,0 +1,90 @@
+//! The cache's sink for volume chunks: where a cached chunk comes from and goes to.
+//!
+//! `upload` seals and PUTs the chunk, then records it in the chunk map — in that order, so the
+//! map never points at a chunk that is not in the bucket (catalog::volumes invariant). An
+//! all-zero chunk removes its map row instead: it reads as zeros and costs nothing.
+//! `fetch` resolves the map and reads the chunk back, verified; a map entry whose chunk is
+//! missing or fails verification is `Corrupt`, never zeros.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidegate_cache::{BoxFuture, Sink, SinkError, SinkErrorKind};
+
+use crate::catalog::Catalog;
+use crate::gateway::volumes::parse_object_name;
+use crate::store::{ChunkId, ChunkRef, ChunkStore, StoreError};
+
+#[derive(Debug)]
+pub struct BucketSink {
+    catalog: Arc<Catalog>,
+    chunks: Arc<ChunkStore>,
+}
+
+impl BucketSink {
+    pub fn new(catalog: Arc<Catalog>, chunks: Arc<ChunkStore>) -> Self {
+        Self { catalog, chunks }
+    }
+}
+
+fn not_ours(name: &str) -> SinkError {
+    SinkError::new(
+        SinkErrorKind::Other,
+        format!("{name:?} is not a volume chunk"),
+    )
+}
+
+fn catalog_error(e: crate::catalog::CatalogError) -> SinkError {
+    SinkError::new(SinkErrorKind::Other, e.to_string())
+}
+
+fn store_error(e: StoreError) -> SinkError {
+    let kind = match &e {
+        // A chunk the map points at must exist and verify; anything else is damage.
+        StoreError::Corrupt(_) | StoreError::NotFound { .. } | StoreError::WrongKey { .. } => {
+            SinkErrorKind::Corrupt
+        }
+        StoreError::Unreachable { .. }
+        | StoreError::NoSuchBucket { .. }
+        | StoreError::AccessDenied { .. }
+        | StoreError::NotActivated { .. }
+        | StoreError::Setup { .. }
+        | StoreError::Other { .. } => SinkErrorKind::Unavailable,
+    };
+    SinkError::new(kind, e.to_string())
+}
+
+impl Sink for BucketSink {
+    fn fetch(&self, name: &str) -> BoxFuture<'_, Result<Option<Bytes>, SinkError>> {
+        let parsed = parse_object_name(name);
+        let name = name.to_owned();
+        Box::pin(async move {
+            let (volume, index) = parsed.ok_or_else(|| not_ours(&name))?;
+            match self.catalog.chunk(volume, index).map_err(catalog_error)? {
+                None => Ok(None),
+                Some(id) => self
+                    .chunks
+                    .get(ChunkId(id))
+                    .await
+                    .map(Some)
+                    .map_err(store_error),
+            }
+        })
+    }
+
+    fn upload(&self, name: &str, data: Bytes) -> BoxFuture<'_, Result<(), SinkError>> {
+        let parsed = parse_object_name(name);
+        let name = name.to_owned();
+        Box::pin(async move {
+            let (volume, index) = parsed.ok_or_else(|| not_ours(&name))?;
+            let stored = self.chunks.put(data).await.map_err(store_error)?;
+            let id = match &stored {
+                ChunkRef::Zero => None,
+                ChunkRef::Stored(id) => Some(&id.0),
+            };
+            self.catalog
+                .set_chunk(volume, index, id)
+                .map_err(catalog_error)
+        })
+    }
+}

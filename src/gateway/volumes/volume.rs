@@ -1,0 +1,255 @@
+//! One cached volume as a `BlockDevice`: LBAs → 1 MiB chunks → the write-back cache.
+//!
+//! Owns the mapping and read-ahead; durability is the cache's (a write is durable once `flush`
+//! returns or, with FUA, once the write returns). Sequential reads (a read starting where the
+//! previous one ended) prefetch the next chunks so a stream does not wait on the bucket chunk by
+//! chunk.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tidegate_cache::{Cache, CacheError};
+
+use crate::catalog::Catalog;
+use crate::catalog::volumes::VolumeRow;
+use crate::gateway::GatewayError;
+use crate::gateway::block::{BlockDevice, BoxFuture, DeviceIdentity};
+use crate::gateway::volumes::object_name;
+
+/// Chunks fetched ahead of a sequential reader.
+const READ_AHEAD_CHUNKS: u64 = 4;
+/// Consecutive sequential reads before read-ahead starts (a lone read is not a stream).
+const SEQUENTIAL_AFTER: u32 = 2;
+
+pub struct Volume {
+    row: VolumeRow,
+    identity: DeviceIdentity,
+    cache: Arc<Cache>,
+    catalog: Arc<Catalog>,
+    stream: Mutex<Stream>,
+}
+
+#[derive(Default)]
+struct Stream {
+    next_offset: u64,
+    run: u32,
+    prefetched_to: u64,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("row", &self.row)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One piece of an I/O that falls inside a single chunk.
+struct Segment {
+    chunk: u64,
+    offset: u64,
+    len: u64,
+}
+
+impl Volume {
+    pub fn new(row: VolumeRow, cache: Arc<Cache>, catalog: Arc<Catalog>) -> Self {
+        Self {
+            identity: DeviceIdentity {
+                name: row.name.clone(),
+                serial: row.serial.clone(),
+                uuid: row.uuid,
+            },
+            row,
+            cache,
+            catalog,
+            stream: Mutex::new(Stream::default()),
+        }
+    }
+
+    pub fn row(&self) -> &VolumeRow {
+        &self.row
+    }
+
+    fn byte_range(&self, lba: u64, blocks: u64) -> Result<(u64, u64), GatewayError> {
+        let bs = u64::from(self.row.block_size);
+        let end = lba.checked_add(blocks).filter(|&e| e <= self.num_blocks());
+        match (end, lba.checked_mul(bs), blocks.checked_mul(bs)) {
+            (Some(_), Some(offset), Some(len)) => Ok((offset, len)),
+            _ => Err(GatewayError::OutOfRange(format!(
+                "blocks {lba}+{blocks} beyond the end of volume {} ({} blocks)",
+                self.row.name,
+                self.num_blocks()
+            ))),
+        }
+    }
+
+    fn segments(&self, offset: u64, len: u64) -> impl Iterator<Item = Segment> + '_ {
+        let chunk_size = self.row.chunk_size;
+        let end = offset + len;
+        let mut pos = offset;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let chunk = pos / chunk_size;
+            let within = pos % chunk_size;
+            let take = (chunk_size - within).min(end - pos);
+            pos += take;
+            Some(Segment {
+                chunk,
+                offset: within,
+                len: take,
+            })
+        })
+    }
+
+    fn name(&self, chunk: u64) -> String {
+        object_name(self.row.id, chunk)
+    }
+
+    /// Notes a read and, when it continues a stream, prefetches the chunks ahead of it.
+    fn read_ahead(&self, offset: u64, len: u64) {
+        let chunk_size = self.row.chunk_size;
+        let last_chunk = self.row.size_bytes.div_ceil(chunk_size);
+        let from_chunk = {
+            let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+            if offset == s.next_offset {
+                s.run = s.run.saturating_add(1);
+            } else {
+                s.run = 1;
+                s.prefetched_to = 0;
+            }
+            s.next_offset = offset + len;
+            if s.run < SEQUENTIAL_AFTER {
+                return;
+            }
+            let next = (offset + len).div_ceil(chunk_size);
+            let from = next.max(s.prefetched_to);
+            let to = (next + READ_AHEAD_CHUNKS).min(last_chunk);
+            if from >= to {
+                return;
+            }
+            s.prefetched_to = to;
+            from..to
+        };
+        for chunk in from_chunk {
+            self.cache.prefetch(&self.name(chunk));
+        }
+    }
+}
+
+/// The cache reports where data could not come from; the front end needs to know whether that
+/// is damage (MEDIUM ERROR) or an outage (retry later).
+fn cache_error(e: CacheError) -> GatewayError {
+    use tidegate_cache::SinkErrorKind;
+    match e.sink_kind() {
+        Some(SinkErrorKind::Corrupt) => GatewayError::Corrupt(Box::new(e)),
+        Some(SinkErrorKind::Unavailable) => GatewayError::Unavailable(Box::new(e)),
+        Some(SinkErrorKind::Other) | None => GatewayError::Internal(Box::new(e)),
+    }
+}
+
+impl BlockDevice for Volume {
+    fn identity(&self) -> &DeviceIdentity {
+        &self.identity
+    }
+
+    fn block_size(&self) -> u32 {
+        self.row.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.row.size_bytes / u64::from(self.row.block_size)
+    }
+
+    fn read(&self, lba: u64, blocks: u32) -> BoxFuture<'_, Result<Bytes, GatewayError>> {
+        Box::pin(async move {
+            let (offset, len) = self.byte_range(lba, u64::from(blocks))?;
+            self.read_ahead(offset, len);
+            let reads = self.segments(offset, len).map(|s| {
+                let name = self.name(s.chunk);
+                async move { self.cache.read(&name, s.offset, s.len).await }
+            });
+            let parts = futures::future::try_join_all(reads)
+                .await
+                .map_err(cache_error)?;
+            if parts.len() == 1 {
+                return Ok(parts.into_iter().next().unwrap_or_default());
+            }
+            let mut out = BytesMut::with_capacity(len as usize);
+            for p in parts {
+                out.extend_from_slice(&p);
+            }
+            Ok(out.freeze())
+        })
+    }
+
+    fn write(&self, lba: u64, data: Bytes, fua: bool) -> BoxFuture<'_, Result<(), GatewayError>> {
+        Box::pin(async move {
+            let bs = u64::from(self.row.block_size);
+            if !(data.len() as u64).is_multiple_of(bs) {
+                return Err(GatewayError::InvalidArgument(format!(
+                    "{} bytes is not a whole number of blocks",
+                    data.len()
+                )));
+            }
+            let (offset, len) = self.byte_range(lba, data.len() as u64 / bs)?;
+            let mut at = 0usize;
+            for s in self.segments(offset, len) {
+                let piece = &data[at..at + s.len as usize];
+                at += s.len as usize;
+                self.cache
+                    .write(&self.name(s.chunk), s.offset, piece)
+                    .await
+                    .map_err(cache_error)?;
+            }
+            if fua {
+                self.cache.flush().await.map_err(cache_error)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), GatewayError>> {
+        Box::pin(async move { self.cache.flush().await.map_err(cache_error) })
+    }
+
+    fn unmap(&self, lba: u64, blocks: u64) -> BoxFuture<'_, Result<(), GatewayError>> {
+        Box::pin(async move {
+            let (offset, len) = self.byte_range(lba, blocks)?;
+            for s in self.segments(offset, len) {
+                self.cache
+                    .discard(&self.name(s.chunk), s.offset, s.len)
+                    .await
+                    .map_err(cache_error)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Mapped at chunk granularity: a chunk is mapped when the bucket holds it or the cache has
+    /// data for it not yet uploaded.
+    fn lba_status(&self, lba: u64) -> BoxFuture<'_, Result<(bool, u64), GatewayError>> {
+        Box::pin(async move {
+            let (offset, _) = self.byte_range(lba, 1)?;
+            let bs = u64::from(self.row.block_size);
+            let chunk_size = self.row.chunk_size;
+            let chunks = self.row.size_bytes.div_ceil(chunk_size);
+            let first = offset / chunk_size;
+            // Look a bounded distance ahead: GET LBA STATUS may describe a shorter run.
+            let horizon = (first + 1024).min(chunks);
+            let mapped_in_bucket = self.catalog.mapped_chunks(self.row.id, first, horizon)?;
+            let is_mapped = |chunk: u64| {
+                mapped_in_bucket.binary_search(&chunk).is_ok()
+                    || self.cache.is_dirty(&self.name(chunk))
+            };
+            let state = is_mapped(first);
+            let mut end = first + 1;
+            while end < horizon && is_mapped(end) == state {
+                end += 1;
+            }
+            let run_blocks = (end * chunk_size - offset) / bs;
+            Ok((state, run_blocks.max(1)))
+        })
+    }
+}
