@@ -37,9 +37,6 @@ use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Status};
 
 /// A login that stalls this long between PDUs is abandoned.
 const LOGIN_PDU_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle time after which we ping the initiator with a NOP-In (§11.19), keeping NATs and dead
-/// peer detection honest.
-const NOP_IN_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a closing connection waits for its last responses to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -343,9 +340,16 @@ async fn full_feature(
     };
     let mut closed = session.subscribe_closed();
     let mut shutdown = shared.shutdown.clone();
+    // Far-future stand-in when pings are off, so the select arm never fires.
+    let ping_every = shared
+        .portal
+        .nop_in_interval
+        .unwrap_or(Duration::from_secs(365 * 24 * 3600));
+    let mut ping_outstanding = false;
     let exit = loop {
         tokio::select! {
             read = read_pdu(&mut rd, &mut buf, digests, OUR_MAX_RECV_DATA_SEGMENT_BYTES) => {
+                ping_outstanding = false;
                 let flow = match read {
                     Ok(Read::Pdu(pdu)) => conn.handle(pdu),
                     Ok(Read::Eof) => Flow::Close,
@@ -374,7 +378,12 @@ async fn full_feature(
                 conn.send(target::async_message(1, 0), false);
                 break Flow::Close;
             }
-            _ = tokio::time::sleep(NOP_IN_INTERVAL) => {
+            _ = tokio::time::sleep(ping_every) => {
+                if ping_outstanding {
+                    tracing::warn!(%peer, "closing connection: initiator silent after nop-in ping");
+                    break Flow::Close;
+                }
+                ping_outstanding = true;
                 let ttt = conn.alloc_ttt();
                 conn.send(target::nop_in([0; 8], RESERVED_TAG, ttt, Bytes::new()), false);
             }

@@ -197,10 +197,14 @@ struct Server {
 
 impl Server {
     async fn start(chap: Option<ChapConfig>) -> Self {
-        Self::start_with(chap, None).await
+        Self::start_with(chap, None, None).await
     }
 
-    async fn start_with(chap: Option<ChapConfig>, discovery_chap: Option<ChapConfig>) -> Self {
+    async fn start_with(
+        chap: Option<ChapConfig>,
+        discovery_chap: Option<ChapConfig>,
+        nop_in_interval: Option<Duration>,
+    ) -> Self {
         let mut luns = LunMap::new();
         luns.insert(
             0,
@@ -226,6 +230,7 @@ impl Server {
             advertise: addr,
             tpgt: 1,
             discovery_chap,
+            nop_in_interval,
         };
         let stats = Arc::new(Stats::default());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -886,7 +891,7 @@ async fn send_targets_in_normal_session_names_only_its_target() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_chap_guards_send_targets() {
-    let server = Server::start_with(None, Some(chap_config(false))).await;
+    let server = Server::start_with(None, Some(chap_config(false)), None).await;
     let out = run(
         "iscsi-ls",
         args(&[&format!("iscsi://{}", server.addr)]),
@@ -997,5 +1002,31 @@ async fn connection_logout_keeps_session_but_a_dropped_connection_ends_it() {
         a.recv().await.is_none(),
         "session survived a dropped connection"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_is_pinged_and_a_silent_one_is_closed() {
+    let server = Server::start_with(None, None, Some(Duration::from_millis(200))).await;
+    // A silent initiator gets one ping, then its connection is closed.
+    let mut silent = Raw::connect(server.addr).await;
+    assert_eq!(silent.login(IQN).await.bhs[36], 0);
+    let ping = silent.recv().await.expect("no ping");
+    assert_eq!((ping.opcode_byte(), ping.itt()), (0x20, RESERVED_TAG));
+    assert!(silent.recv().await.is_none());
+    // A live one answers each ping and keeps its connection.
+    let mut live = Raw::connect(server.addr).await;
+    assert_eq!(live.login(IQN).await.bhs[36], 0);
+    for _ in 0..4 {
+        let ping = live.recv().await.expect("closed a responsive initiator");
+        assert_eq!((ping.opcode_byte(), ping.itt()), (0x20, RESERVED_TAG));
+        let mut pong = Pdu::new(Opcode::NopOut);
+        pong.bhs[0] |= 0x40;
+        pong.bhs[1] = 0x80;
+        pong.set_u32(16, RESERVED_TAG);
+        pong.set_u32(20, ping.u32_at(20));
+        pong.set_u32(24, live.cmd_sn);
+        live.send(&pong).await;
+    }
     server.stop().await;
 }
