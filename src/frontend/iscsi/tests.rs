@@ -15,8 +15,10 @@ use tokio::sync::oneshot;
 
 use super::pdu::{self, Digests, Opcode, Pdu, RESERVED_TAG};
 use super::{ChapConfig, PortalConfig, Registry, Stats, TargetEntry, serve_with_stats};
-use crate::gateway::block::{BlockDevice, BoxFuture, MemDisk};
-use crate::scsi::{LogicalUnit, LunMap, ScsiRequest, ScsiResponse, Status};
+// The test unit is a disk over the gateway's in-memory device, as the SCSI layer's own tests
+// use it; production code here reaches the gateway only through `crate::scsi`.
+use crate::gateway::block::{BlockDevice, MemDisk};
+use crate::scsi::{BoxFuture, LogicalUnit, LunMap, ScsiRequest, ScsiResponse, Status};
 
 const IQN: &str = "iqn.2026-11.org.tidegate:test";
 const BLOCK: u32 = 512;
