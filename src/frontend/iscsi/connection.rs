@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -31,7 +34,8 @@ use super::pdu::{
 };
 use super::session::{AddTask, JoinError, NewSession, Session, TaskInfo};
 use super::task::{
-    MAX_TRANSFER_BYTES, SENSE_INVALID_FIELD_IN_CDB, WriteState, dispatch, response_pdus,
+    MAX_TRANSFER_BYTES, SENSE_INTERNAL_TARGET_FAILURE, SENSE_INVALID_FIELD_IN_CDB, WriteState,
+    dispatch, response_pdus,
 };
 use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Status};
 
@@ -581,7 +585,19 @@ impl Conn<'_> {
         let max_burst = self.params.max_burst_bytes;
         let itt = cmd.itt;
         let handle = tokio::spawn(async move {
-            let resp = dispatch(&luns, &req).await;
+            // A unit that panics must still answer the initiator, or the task would hang until
+            // the initiator times out; it gets INTERNAL TARGET FAILURE (SPC-4 ASC 44h/00h).
+            let resp = match AssertUnwindSafe(dispatch(&luns, &req)).catch_unwind().await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    tracing::error!(lun = req.lun, "logical unit panicked executing a command");
+                    ScsiResponse {
+                        status: Status::CheckCondition,
+                        data_in: Bytes::new(),
+                        sense: Some(Bytes::from_static(&SENSE_INTERNAL_TARGET_FAILURE)),
+                    }
+                }
+            };
             if !session.finish_task(itt) {
                 // Aborted while running: no response for an aborted task (§11.5.1).
                 return;

@@ -172,6 +172,8 @@ impl LogicalUnit for TestDisk {
                     self.rw(req, be(&c[2..10]), be(&c[10..14]), c[0] != 0x88)
                         .await
                 }
+                // A deliberately broken opcode, to check a unit's panic reaches nobody else.
+                0xc0 => panic!("test unit panics on opcode c0h"),
                 _ => sense(0x05, 0x20, 0),
             }
         })
@@ -1030,5 +1032,56 @@ async fn idle_connection_is_pinged_and_a_silent_one_is_closed() {
         pong.set_u32(24, live.cmd_sn);
         live.send(&pong).await;
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_well_framed_pdus_never_take_the_target_down() {
+    let server = Server::start(None).await;
+    // A unit that panics answers HARDWARE ERROR instead of hanging the task.
+    let mut c = Raw::connect(server.addr).await;
+    assert_eq!(c.login(IQN).await.bhs[36], 0);
+    let cmd = c.command(&[0xc0; 6], 0x80, 0, Bytes::new());
+    c.send(&cmd).await;
+    let p = c.recv().await.expect("closed");
+    assert_eq!(
+        (p.opcode_byte(), p.bhs[3], p.data[2 + 2] & 0x0f),
+        (0x21, 2, 0x04)
+    );
+    // Deterministic noise: every initiator opcode with random flags, fields and data.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let ops = [0x00u8, 0x01, 0x02, 0x04, 0x05, 0x06, 0x10, 0x1c];
+    for _ in 0..400 {
+        let mut p = Pdu::new(Opcode::NopOut);
+        for chunk in p.bhs.chunks_mut(8) {
+            chunk.copy_from_slice(&next().to_le_bytes());
+        }
+        p.bhs[0] = (p.bhs[0] & 0x40) | ops[(next() % ops.len() as u64) as usize];
+        // Keep task tags and LUNs small so commands often hit live state.
+        p.bhs[8..16].copy_from_slice(&[0, (next() % 2) as u8, 0, 0, 0, 0, 0, 0]);
+        p.set_u32(16, (next() % 8) as u32);
+        p.set_u32(24, c.cmd_sn + (next() % 3) as u32);
+        p.ahs = Bytes::new();
+        p.data = Bytes::from(vec![0x5a; (next() % 600) as usize]);
+        if c.stream
+            .write_all(&p.to_bytes(Digests::default()))
+            .await
+            .is_err()
+        {
+            c = Raw::connect(server.addr).await;
+            assert_eq!(c.login(IQN).await.bhs[36], 0);
+        }
+    }
+    drop(c);
+    let mut d = Raw::connect(server.addr).await;
+    assert_eq!(d.login(IQN).await.bhs[36], 0);
+    let (_, status, _, _) = d.read10(0, 1, 512).await;
+    assert_eq!(status, 0);
     server.stop().await;
 }
