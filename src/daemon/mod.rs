@@ -204,6 +204,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         advertise: config.iscsi.advertise.unwrap_or(bound),
         tpgt: 1,
         discovery_chap: None,
+        nop_in_interval: Some(crate::frontend::iscsi::PortalConfig::DEFAULT_NOP_IN_INTERVAL),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut iscsi_stop = stop_rx.clone();

@@ -106,6 +106,16 @@ fn decode_base64(s: &str) -> Result<Vec<u8>, ChapError> {
     Ok(out)
 }
 
+/// Fills `buf` from the kernel's CSPRNG. The crypto crates belong to `store` alone (the
+/// layering test enforces it) and front ends may not import `store`, so the challenge comes
+/// straight from /dev/urandom, which never blocks once the system is up.
+fn fill_random(buf: &mut [u8]) -> Result<(), ChapError> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|_| ChapError::Random)
+}
+
 pub fn encode_hex(b: &[u8]) -> String {
     let mut s = String::with_capacity(2 + b.len() * 2);
     s.push_str("0x");
@@ -125,7 +135,7 @@ fn find<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 impl Chap {
     pub fn new() -> Result<Self, ChapError> {
         let mut random = [0u8; CHALLENGE_BYTES + 1];
-        aws_lc_rs::rand::fill(&mut random).map_err(|_| ChapError::Random)?;
+        fill_random(&mut random)?;
         let mut challenge = [0u8; CHALLENGE_BYTES];
         challenge.copy_from_slice(&random[1..]);
         Ok(Self {
@@ -283,6 +293,12 @@ mod tests {
             &cfg,
         );
         assert_eq!(err, Err(ChapError::Reflected));
+    }
+
+    #[test]
+    fn challenges_differ_between_logins() {
+        let (a, b) = (Chap::new().unwrap(), Chap::new().unwrap());
+        assert_ne!(a.challenge, b.challenge);
     }
 
     #[test]

@@ -12,16 +12,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 mod control;
+mod setup;
+
+use setup::{Joined, login_phase};
 
 use super::Shared;
-use super::login::{Established, Login, SessionKind, Step, status};
-use super::params::{LOGIN_MAX_DATA_BYTES, OUR_MAX_RECV_DATA_SEGMENT_BYTES, Params};
+use super::login::SessionKind;
+use super::params::{OUR_MAX_RECV_DATA_SEGMENT_BYTES, Params};
 use super::pdu::target::{
     self, EXP_CMD_SN_OFFSET, MAX_CMD_SN_OFFSET, RejectReason, STAT_SN_OFFSET,
 };
@@ -29,15 +35,15 @@ use super::pdu::{
     self, DataOut, Digests, Pdu, PduError, RESERVED_TAG, Request, RequestError, ScsiCommand,
     lun_to_wire,
 };
-use super::session::{AddTask, JoinError, NewSession, Session, TaskInfo};
-use super::task::{MAX_TRANSFER_BYTES, SENSE_INVALID_FIELD_IN_CDB, WriteState, response_pdus};
-use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Status};
+use super::session::{AddTask, Session, TaskInfo};
+use super::task::{
+    MAX_TRANSFER_BYTES, SENSE_INTERNAL_TARGET_FAILURE, SENSE_INVALID_FIELD_IN_CDB, WriteState,
+    response_pdus,
+};
+use crate::scsi::{ScsiRequest, ScsiResponse, Status};
 
 /// A login that stalls this long between PDUs is abandoned.
 const LOGIN_PDU_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle time after which we ping the initiator with a NOP-In (§11.19), keeping NATs and dead
-/// peer detection honest.
-const NOP_IN_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a closing connection waits for its last responses to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -81,10 +87,6 @@ async fn read_pdu<R: AsyncRead + Unpin>(
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Serves one accepted connection to its end.
 pub(crate) async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
@@ -103,139 +105,6 @@ pub(crate) async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Sha
         session.close();
     }
     shared.sessions.leave(&session, cid);
-}
-
-/// A connection that finished login, attached to its session.
-struct Joined {
-    session: Arc<Session>,
-    cid: u16,
-    params: Params,
-    /// The StatSN of the first full-feature response.
-    stat_sn: u32,
-}
-
-async fn send_raw(stream: &mut TcpStream, pdu: &Pdu) -> bool {
-    stream
-        .write_all(&pdu.to_bytes(Digests::default()))
-        .await
-        .is_ok()
-}
-
-async fn login_phase(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    peer: SocketAddr,
-    shared: &Shared,
-) -> Option<Joined> {
-    let mut login = Login::new(&shared.registry, &shared.portal);
-    loop {
-        let read = tokio::time::timeout(
-            LOGIN_PDU_TIMEOUT,
-            read_pdu(stream, buf, Digests::default(), LOGIN_MAX_DATA_BYTES),
-        )
-        .await;
-        let pdu = match read {
-            Ok(Ok(Read::Pdu(p))) => p,
-            Ok(Ok(Read::Eof)) => return None,
-            Ok(Ok(Read::Bad(e))) => {
-                tracing::warn!(%peer, error = %e, "closing connection: bad pdu during login");
-                return None;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "read failed during login");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!(%peer, "closing connection: login timed out");
-                return None;
-            }
-        };
-        let Ok(Request::Login(req)) = Request::parse(&pdu) else {
-            // §6.3: only Login PDUs are valid before full feature phase.
-            tracing::warn!(%peer, opcode = pdu.opcode_byte(), "closing connection: non-login pdu during login");
-            return None;
-        };
-        match login.handle(&req) {
-            Step::Continue(resp) => {
-                if !send_raw(stream, &resp).await {
-                    return None;
-                }
-            }
-            Step::Fail(resp) => {
-                tracing::warn!(%peer, class = resp.bhs[36], detail = resp.bhs[37], "login refused");
-                let _ = send_raw(stream, &resp).await;
-                return None;
-            }
-            Step::Complete(mut resp, est) => {
-                let attached = attach(shared, &est);
-                let (session, conn_params) = match attached {
-                    Ok(x) => x,
-                    Err(st) => {
-                        tracing::warn!(%peer, class = st.0, detail = st.1, "login refused");
-                        resp.bhs[1] &= 0x7f;
-                        resp.bhs[36] = st.0;
-                        resp.bhs[37] = st.1;
-                        resp.data = Bytes::new();
-                        let _ = send_raw(stream, &resp).await;
-                        return None;
-                    }
-                };
-                resp.bhs[14..16].copy_from_slice(&session.tsih.to_be_bytes());
-                if !send_raw(stream, &resp).await {
-                    shared.sessions.leave(&session, est.cid);
-                    return None;
-                }
-                return Some(Joined {
-                    session,
-                    cid: est.cid,
-                    params: conn_params,
-                    stat_sn: est.next_stat_sn,
-                });
-            }
-        }
-    }
-}
-
-/// Creates the session or joins an existing one (§5.3); returns the connection's parameters.
-fn attach(shared: &Shared, est: &Established) -> Result<(Arc<Session>, Params), (u8, u8)> {
-    if est.tsih != 0 {
-        let session = shared
-            .sessions
-            .join(est.tsih, est.isid, &est.initiator_name, est.cid)
-            .map_err(|e| match e {
-                JoinError::NoSuchSession => status::SESSION_DOES_NOT_EXIST,
-                JoinError::TooManyConnections => status::TOO_MANY_CONNECTIONS,
-            })?;
-        // Session-wide values come from the leading login; digests and the receive limit are
-        // per connection (§13).
-        let mut p = session.params.clone();
-        p.header_digest = est.params.header_digest;
-        p.data_digest = est.params.data_digest;
-        p.initiator_max_recv_data_segment_bytes = est.params.initiator_max_recv_data_segment_bytes;
-        return Ok((session, p));
-    }
-    let target_name = match &est.kind {
-        SessionKind::Discovery => "",
-        SessionKind::Normal(t) => t.iqn.as_str(),
-    };
-    let nexus = Nexus {
-        initiator_port: format!("{},i,0x{}", est.initiator_name, hex(&est.isid)),
-        initiator_name: est.initiator_name.clone(),
-        target_port: format!("{},t,0x{:04x}", target_name, shared.portal.tpgt),
-        relative_port: 1,
-    };
-    let session = shared.sessions.create(
-        NewSession {
-            isid: est.isid,
-            initiator_name: est.initiator_name.clone(),
-            kind: est.kind.clone(),
-            params: est.params.clone(),
-            cmd_sn: est.cmd_sn,
-            nexus,
-        },
-        est.cid,
-    );
-    Ok((session, est.params.clone()))
 }
 
 async fn writer<W: AsyncWrite + Unpin>(
@@ -341,9 +210,16 @@ async fn full_feature(
     };
     let mut closed = session.subscribe_closed();
     let mut shutdown = shared.shutdown.clone();
+    // Far-future stand-in when pings are off, so the select arm never fires.
+    let ping_every = shared
+        .portal
+        .nop_in_interval
+        .unwrap_or(Duration::from_secs(365 * 24 * 3600));
+    let mut ping_outstanding = false;
     let exit = loop {
         tokio::select! {
             read = read_pdu(&mut rd, &mut buf, digests, OUR_MAX_RECV_DATA_SEGMENT_BYTES) => {
+                ping_outstanding = false;
                 let flow = match read {
                     Ok(Read::Pdu(pdu)) => conn.handle(pdu),
                     Ok(Read::Eof) => Flow::Close,
@@ -372,7 +248,12 @@ async fn full_feature(
                 conn.send(target::async_message(1, 0), false);
                 break Flow::Close;
             }
-            _ = tokio::time::sleep(NOP_IN_INTERVAL) => {
+            _ = tokio::time::sleep(ping_every) => {
+                if ping_outstanding {
+                    tracing::warn!(%peer, "closing connection: initiator silent after nop-in ping");
+                    break Flow::Close;
+                }
+                ping_outstanding = true;
                 let ttt = conn.alloc_ttt();
                 conn.send(target::nop_in([0; 8], RESERVED_TAG, ttt, Bytes::new()), false);
             }
@@ -575,7 +456,19 @@ impl Conn<'_> {
             (cmd.expected_len, spdtl)
         });
         let handle = tokio::spawn(async move {
-            let resp = luns.execute(&req).await;
+            // A unit that panics must still answer the initiator, or the task would hang until
+            // the initiator times out; it gets INTERNAL TARGET FAILURE (SPC-4 ASC 44h/00h).
+            let resp = match AssertUnwindSafe(luns.execute(&req)).catch_unwind().await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    tracing::error!(lun = req.lun, "logical unit panicked executing a command");
+                    ScsiResponse {
+                        status: Status::CheckCondition,
+                        data_in: Bytes::new(),
+                        sense: Some(Bytes::from_static(&SENSE_INTERNAL_TARGET_FAILURE)),
+                    }
+                }
+            };
             if !session.finish_task(itt) {
                 // Aborted while running: no response for an aborted task (§11.5.1).
                 return;

@@ -331,6 +331,7 @@ mod tests {
             advertise: "127.0.0.1:3260".parse().unwrap(),
             tpgt: 1,
             discovery_chap: None,
+            nop_in_interval: None,
         };
         (reg, portal)
     }

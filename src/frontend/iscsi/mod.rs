@@ -113,6 +113,15 @@ pub struct PortalConfig {
     pub tpgt: u16,
     /// CHAP required for discovery sessions, if set.
     pub discovery_chap: Option<ChapConfig>,
+    /// Idle time after which the target pings the initiator with a NOP-In (RFC 7143 §11.19);
+    /// a connection that stays silent for a second interval is deemed dead and closed, which
+    /// ends its session (ERL 0) and releases what its nexus held. `None` disables pings.
+    pub nop_in_interval: Option<Duration>,
+}
+
+impl PortalConfig {
+    /// The usual idle ping interval: long enough not to disturb a busy initiator.
+    pub const DEFAULT_NOP_IN_INTERVAL: Duration = Duration::from_secs(30);
 }
 
 /// Counters for `status` and tests. All monotonic except `sessions` (live count, read through

@@ -26,6 +26,11 @@ pub const SENSE_INVALID_FIELD_IN_CDB: [u8; 18] = [
     0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x00, 0, 0, 0, 0,
 ];
 
+/// Sense data for HARDWARE ERROR / INTERNAL TARGET FAILURE (SPC-4 §4.5.6, ASC 44h/00h).
+pub const SENSE_INTERNAL_TARGET_FAILURE: [u8; 18] = [
+    0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0,
+];
+
 /// A PDU to send and whether it carries a status (and so consumes a StatSN).
 pub type Outgoing = (Pdu, bool);
 
