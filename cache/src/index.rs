@@ -269,7 +269,13 @@ impl State {
 #[derive(Debug)]
 pub(crate) struct ObjectFiles {
     dir: PathBuf,
+    /// Open files by object name: opening and closing a file per 4 KiB I/O would cost more than
+    /// the I/O itself. Bounded; emptied when full (re-opening is cheap, leaking fds is not).
+    open: std::sync::Mutex<HashMap<String, std::sync::Arc<File>>>,
 }
+
+/// Most object files held open at once.
+const OPEN_FILES: usize = 512;
 
 impl ObjectFiles {
     /// Starts with an empty directory: clean data is not trusted across restarts (its validity
@@ -281,31 +287,56 @@ impl ObjectFiles {
             _ => {}
         }
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            open: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     fn path(&self, name: &str) -> PathBuf {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut file = String::with_capacity(name.len() * 2);
         for b in name.bytes() {
-            file.push_str(&format!("{b:02x}"));
+            file.push(char::from(HEX[usize::from(b >> 4)]));
+            file.push(char::from(HEX[usize::from(b & 0x0f)]));
         }
         self.dir.join(file)
     }
 
+    /// The object's file, opened (and created) once and kept open.
+    fn file(&self, name: &str) -> std::io::Result<std::sync::Arc<File>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = open.get(name) {
+            return Ok(f.clone());
+        }
+        let f = std::sync::Arc::new(
+            OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(false)
+                .open(self.path(name))?,
+        );
+        if open.len() >= OPEN_FILES {
+            open.clear();
+        }
+        open.insert(name.to_owned(), f.clone());
+        Ok(f)
+    }
+
     fn write(&self, name: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        let f = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(self.path(name))?;
-        f.write_all_at(data, offset)
+        self.file(name)?.write_all_at(data, offset)
     }
 
     fn read(&self, name: &str, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        File::open(self.path(name))?.read_exact_at(out, offset)
+        self.file(name)?.read_exact_at(out, offset)
     }
 
     fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         match std::fs::remove_file(self.path(name)) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => Ok(()),

@@ -339,7 +339,7 @@ impl Cache {
                 }
                 if fits {
                     let seq = st.journal.next_seq();
-                    let encoded = record::encode(&Record {
+                    let encoded = record::encode_parts(&Record {
                         seq,
                         name,
                         offset,

@@ -70,29 +70,56 @@ pub(crate) fn decode_segment_header(buf: &[u8]) -> Result<u64, Decode> {
     Ok(u64::from_le_bytes(arr(&h[8..16])))
 }
 
-/// Encodes a record; `None` if the name or payload is too long for the format.
-pub(crate) fn encode(rec: &Record<'_>) -> Option<Vec<u8>> {
+/// A record in three pieces — header and name, the payload (borrowed, not copied), the CRC — so
+/// a write reaches the journal with one vectored write and no copy of its data.
+pub(crate) struct Encoded<'a> {
+    pub head: Vec<u8>,
+    pub payload: &'a [u8],
+    pub crc: [u8; 4],
+}
+
+impl Encoded<'_> {
+    pub(crate) fn len(&self) -> usize {
+        self.head.len() + self.payload.len() + self.crc.len()
+    }
+}
+
+/// Encodes a record without copying its payload; `None` if the name or payload is too long.
+pub(crate) fn encode_parts<'a>(rec: &Record<'a>) -> Option<Encoded<'a>> {
     if rec.name.len() > MAX_NAME_LEN {
         return None;
     }
-    let (kind, data_len, payload): (u8, u32, &[u8]) = match rec.op {
+    let (kind, data_len, payload): (u8, u32, &'a [u8]) = match rec.op {
         Op::Write(d) => (1, u32::try_from(d.len()).ok()?, d),
         Op::Discard(len) => (2, len, &[]),
     };
     let total = record_len(rec.name.len(), payload.len())?;
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&RECORD_MAGIC);
-    out.extend_from_slice(&u32::try_from(total).ok()?.to_le_bytes());
-    out.extend_from_slice(&rec.seq.to_le_bytes());
-    out.push(kind);
-    out.push(0);
-    out.extend_from_slice(&u16::try_from(rec.name.len()).ok()?.to_le_bytes());
-    out.extend_from_slice(&rec.offset.to_le_bytes());
-    out.extend_from_slice(&data_len.to_le_bytes());
-    out.extend_from_slice(rec.name.as_bytes());
-    out.extend_from_slice(payload);
-    let crc = crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
+    let mut head = Vec::with_capacity(FIXED + rec.name.len());
+    head.extend_from_slice(&RECORD_MAGIC);
+    head.extend_from_slice(&u32::try_from(total).ok()?.to_le_bytes());
+    head.extend_from_slice(&rec.seq.to_le_bytes());
+    head.push(kind);
+    head.push(0);
+    head.extend_from_slice(&u16::try_from(rec.name.len()).ok()?.to_le_bytes());
+    head.extend_from_slice(&rec.offset.to_le_bytes());
+    head.extend_from_slice(&data_len.to_le_bytes());
+    head.extend_from_slice(rec.name.as_bytes());
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    digest.update(&head);
+    digest.update(payload);
+    // CRC32C is 32 bits wide; crc-fast returns it in a u64, so the truncation is exact.
+    let crc = (digest.finalize() as u32).to_le_bytes();
+    Some(Encoded { head, payload, crc })
+}
+
+/// Encodes a record into one buffer; `None` if the name or payload is too long for the format.
+#[cfg(test)]
+pub(crate) fn encode(rec: &Record<'_>) -> Option<Vec<u8>> {
+    let parts = encode_parts(rec)?;
+    let mut out = Vec::with_capacity(parts.len());
+    out.extend_from_slice(&parts.head);
+    out.extend_from_slice(parts.payload);
+    out.extend_from_slice(&parts.crc);
     Some(out)
 }
 
