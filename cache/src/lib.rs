@@ -317,6 +317,10 @@ impl Cache {
             inner,
             counted: false,
         };
+        // Whether the uploader needs to hear of this write: it sleeps until the earliest due
+        // upload, so only a newly dirty object or a filling buffer changes its plan. Waking it
+        // on every write made it rescan all dirty objects thousands of times a second.
+        let wake_uploader;
         loop {
             let space = inner.space.notified();
             tokio::pin!(space);
@@ -346,6 +350,7 @@ impl Cache {
                         op,
                     })
                     .ok_or_else(|| self.out_of_range(name, offset, len))?;
+                    let was_dirty = st.dirty_names.contains(name);
                     st.journal
                         .append(&encoded)
                         .map_err(|source| CacheError::Journal {
@@ -357,6 +362,8 @@ impl Cache {
                             name: name.to_owned(),
                             source,
                         })?;
+                    wake_uploader =
+                        !was_dirty || waiting.counted || st.journal.total_bytes() > capacity / 2;
                     break;
                 }
                 if !waiting.counted {
@@ -369,7 +376,9 @@ impl Cache {
             space.await;
         }
         drop(waiting);
-        inner.wake.notify_one();
+        if wake_uploader {
+            inner.wake.notify_one();
+        }
         Ok(())
     }
 

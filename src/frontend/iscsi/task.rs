@@ -104,6 +104,9 @@ pub enum Progress {
     Complete,
 }
 
+/// Largest write buffer reserved before the data has arrived.
+const UPFRONT_RESERVE: u32 = 4 << 20;
+
 /// Write data being gathered for one command.
 #[derive(Debug)]
 pub struct WriteState {
@@ -130,9 +133,11 @@ impl WriteState {
         if !cmd.final_bit && params.initial_r2t {
             return Err(RejectReason::ProtocolError);
         }
-        // Data arrives in order, so the buffer grows with what was actually sent rather than
-        // trusting the initiator's EDTL for an up-front allocation.
-        let mut buf = BytesMut::with_capacity(cmd.immediate_data.len());
+        // Reserve what the initiator says it will send, up to a bound: growing by doubling would
+        // copy a large write two more times, while a lying EDTL can only make us reserve the
+        // bound (EDTL itself is capped at MAX_TRANSFER_BYTES before we get here).
+        let reserve = usize::try_from(edtl.min(UPFRONT_RESERVE)).unwrap_or(0);
+        let mut buf = BytesMut::with_capacity(reserve.max(cmd.immediate_data.len()));
         buf.extend_from_slice(&cmd.immediate_data);
         Ok(Self {
             unsolicited_done: cmd.final_bit || imm >= params.first_burst_bytes,
