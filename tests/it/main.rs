@@ -7,5 +7,6 @@
 mod cli;
 mod iscsi_volume;
 mod layering;
+mod malformed;
 mod store;
 mod support;
