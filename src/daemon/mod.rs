@@ -277,25 +277,9 @@ fn cache_config(config: &Config) -> CacheConfig {
     c
 }
 
-/// The daemon's live figures, rewritten every second for `status` and tests (TOML, flat).
+/// The daemon's live figures, rewritten every second for `status` and tests.
 fn live_status(cache: &Cache) -> String {
-    let s = cache.stats();
-    format!(
-        "updated_unix = {}\ncache_bytes = {}\ndirty_bytes = {}\nbuffer_bytes = {}\n\
-         buffer_capacity = {}\nhits = {}\nmisses = {}\nuploads = {}\nupload_errors = {}\n\
-         writers_waiting = {}\noldest_dirty_secs = {}\n",
-        unix_now(),
-        s.cache_bytes,
-        s.dirty_bytes,
-        s.buffer_bytes,
-        s.buffer_capacity,
-        s.hits,
-        s.misses,
-        s.uploads,
-        s.upload_errors,
-        s.writers_waiting,
-        s.oldest_dirty_age.map_or(0, |d| d.as_secs()),
-    )
+    toml::to_string(&status::LiveStatus::new(&cache.stats(), unix_now())).unwrap_or_default()
 }
 
 /// Holds `run/lock` for the daemon's lifetime: one daemon per data dir.

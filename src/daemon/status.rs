@@ -32,8 +32,8 @@ pub struct Status {
     pub volumes: Vec<crate::gateway::volumes::VolumeInfo>,
 }
 
-/// What a running daemon reports about its cache and upload buffer.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// What a running daemon reports about its cache and upload buffer (`run/status.toml`).
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 pub struct LiveStatus {
     pub updated_unix: i64,
     pub cache_bytes: u64,
@@ -46,6 +46,24 @@ pub struct LiveStatus {
     pub upload_errors: u64,
     pub writers_waiting: u64,
     pub oldest_dirty_secs: u64,
+}
+
+impl LiveStatus {
+    pub fn new(s: &tidegate_cache::CacheStats, updated_unix: i64) -> Self {
+        Self {
+            updated_unix,
+            cache_bytes: s.cache_bytes,
+            dirty_bytes: s.dirty_bytes,
+            buffer_bytes: s.buffer_bytes,
+            buffer_capacity: s.buffer_capacity,
+            hits: s.hits,
+            misses: s.misses,
+            uploads: s.uploads,
+            upload_errors: s.upload_errors,
+            writers_waiting: s.writers_waiting,
+            oldest_dirty_secs: s.oldest_dirty_age.map_or(0, |d| d.as_secs()),
+        }
+    }
 }
 
 #[derive(Debug)]

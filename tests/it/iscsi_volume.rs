@@ -22,6 +22,34 @@ fn create_volume(data_dir: &Path, config: Option<&Path>, name: &str, size: &str)
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Activates a gateway in `data` on the Garage bucket under `prefix`; returns its config path.
+fn activate_on(
+    garage: &Garage,
+    dir: &Path,
+    data: &Path,
+    prefix: &str,
+    extra: &[&str],
+) -> std::path::PathBuf {
+    let out = run(tidegate(data)
+        .args([
+            "activate",
+            "--bucket",
+            &format!("s3://{}/{prefix}", garage.bucket),
+        ])
+        .args([
+            "--endpoint",
+            &garage.endpoint,
+            "--region",
+            "garage",
+            "--credentials-file",
+        ])
+        .arg(garage.credentials_file(dir))
+        .args(extra));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // activate wrote DATA_DIR/tidegate.toml, which every later command finds by itself.
+    data.join("tidegate.toml")
+}
+
 fn start(data_dir: &Path, config: Option<&Path>) -> Gateway {
     Gateway::start_with(data_dir, config, &["--iscsi-listen", "127.0.0.1:0"]).unwrap()
 }
@@ -191,19 +219,7 @@ fn acknowledged_writes_survive_kill_9_and_reach_the_bucket() {
     let garage = Garage::start();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = run(tidegate(&data)
-        .args([
-            "activate",
-            "--bucket",
-            "s3://tidegate-test/crash",
-            "--endpoint",
-            &garage.endpoint,
-        ])
-        .args(["--region", "garage", "--credentials-file"])
-        .arg(garage.credentials_file(dir.path())));
-    assert!(out.status.success(), "{}", stderr(&out));
-    // activate wrote DATA_DIR/tidegate.toml, which every later command finds by itself.
-    let config = data.join("tidegate.toml");
+    let config = activate_on(&garage, dir.path(), &data, "crash", &[]);
     create_volume(&data, Some(&config), "crash", "64MiB");
     let gw = start(&data, Some(&config));
     let target = url(&gw, "crash");
@@ -248,19 +264,13 @@ fn bucket_outage_holds_writes_then_drains_without_loss() {
     let mut garage = Garage::start();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = run(tidegate(&data)
-        .args([
-            "activate",
-            "--bucket",
-            "s3://tidegate-test/outage",
-            "--endpoint",
-            &garage.endpoint,
-        ])
-        .args(["--region", "garage", "--credentials-file"])
-        .arg(garage.credentials_file(dir.path()))
-        .args(["--cache-size", "64MiB", "--upload-buffer-size", "64MiB"]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let config = data.join("tidegate.toml");
+    let config = activate_on(
+        &garage,
+        dir.path(),
+        &data,
+        "outage",
+        &["--cache-size", "64MiB", "--upload-buffer-size", "64MiB"],
+    );
     create_volume(&data, Some(&config), "outage", "192MiB");
     let gw = start(&data, Some(&config));
     let target = url(&gw, "outage");
