@@ -328,3 +328,69 @@ fn bucket_outage_holds_writes_then_drains_without_loss() {
     assert!(back[source.len()..].iter().all(|&b| b == 0));
     assert_eq!(gw.stop(), Some(0));
 }
+
+#[test]
+fn chap_from_the_config_is_required_and_mutual_chap_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let out = run(tidegate(&data).args([
+        "activate",
+        "--bucket",
+        &format!("file://{}", bucket.display()),
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = data.join("tidegate.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[iscsi]\nchap_user = \"alice\"\nchap_secret = \"alicesecret1\"\n\
+         mutual_chap_user = \"gateway\"\nmutual_chap_secret = \"gatewaysecret\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    create_volume(&data, None, "secure", "16MiB");
+    let gw = start(&data, None);
+    let portal = gw.ready_value("iscsi").unwrap();
+    let target = "iqn.2026-11.org.tidegate:tidegate.secure/0";
+    let inq = |url: String| Command::new(tool("iscsi-inq")).arg(url).output().unwrap();
+
+    let anonymous = inq(format!("iscsi://{portal}/{target}"));
+    assert!(
+        !anonymous.status.success(),
+        "logged in without CHAP: {}",
+        stdout(&anonymous)
+    );
+    let wrong = inq(format!("iscsi://alice%wrongsecret1@{portal}/{target}"));
+    assert!(!wrong.status.success(), "logged in with a wrong secret");
+
+    // One-way CHAP, then mutual: the initiator checks the gateway's answer too.
+    let start = Instant::now();
+    loop {
+        let ok = inq(format!("iscsi://alice%alicesecret1@{portal}/{target}"));
+        if ok.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "CHAP login failed: {}",
+            stderr(&ok)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mutual = inq(format!(
+        "iscsi://alice%alicesecret1@{portal}/{target}?target_user=gateway&target_password=gatewaysecret"
+    ));
+    assert!(
+        mutual.status.success(),
+        "mutual CHAP failed: {}",
+        stderr(&mutual)
+    );
+    let bad_mutual = inq(format!(
+        "iscsi://alice%alicesecret1@{portal}/{target}?target_user=gateway&target_password=notthesecret"
+    ));
+    assert!(
+        !bad_mutual.status.success(),
+        "initiator accepted a gateway with the wrong secret"
+    );
+    assert_eq!(gw.stop(), Some(0));
+}
