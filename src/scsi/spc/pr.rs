@@ -129,6 +129,16 @@ impl PrState {
     fn bump(&mut self) {
         self.generation = self.generation.wrapping_add(1);
     }
+
+    /// Every registered nexus but `nexus`: who gets the unit attention when `nexus` changes the
+    /// reservation.
+    fn other_registrants(&self, nexus: &Nexus) -> Vec<Nexus> {
+        self.regs
+            .iter()
+            .filter(|r| &r.nexus != nexus)
+            .map(|r| r.nexus.clone())
+            .collect()
+    }
 }
 
 /// PERSISTENT RESERVE IN (SPC-4 §6.15).
@@ -271,13 +281,7 @@ pub fn pr_out(
                 (sa::RESERVE, Some(ty)) => reserve(st, nexus, ty),
                 (sa::RELEASE, Some(ty)) => release(st, nexus, ty),
                 (sa::CLEAR, _) => {
-                    let others: Vec<Nexus> = st
-                        .pr
-                        .regs
-                        .iter()
-                        .filter(|r| &r.nexus != nexus)
-                        .map(|r| r.nexus.clone())
-                        .collect();
+                    let others = st.pr.other_registrants(nexus);
                     st.pr.regs.clear();
                     st.pr.res = None;
                     st.pr.bump();
@@ -359,13 +363,7 @@ fn release(st: &mut LuState, nexus: &Nexus, ty: PrType) -> CmdResult {
     }
     st.pr.res = None;
     if res.ty.registrants_have_access() {
-        let others: Vec<Nexus> = st
-            .pr
-            .regs
-            .iter()
-            .filter(|r| &r.nexus != nexus)
-            .map(|r| r.nexus.clone())
-            .collect();
+        let others = st.pr.other_registrants(nexus);
         st.queue_ua_all(&others, sense::RESERVATIONS_RELEASED);
     }
     Ok(Bytes::new())
@@ -408,13 +406,7 @@ fn preempt(st: &mut LuState, nexus: &Nexus, sa_key: u64, ty: PrType) -> CmdResul
             ty,
         });
         if type_changed {
-            let others: Vec<Nexus> = st
-                .pr
-                .regs
-                .iter()
-                .filter(|r| &r.nexus != nexus)
-                .map(|r| r.nexus.clone())
-                .collect();
+            let others = st.pr.other_registrants(nexus);
             st.queue_ua_all(&others, sense::RESERVATIONS_RELEASED);
         }
     }
