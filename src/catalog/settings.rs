@@ -50,10 +50,12 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn record_integrity_event(&self, event: &IntegrityEvent) -> Result<(), CatalogError> {
+    /// Records that `object` failed verification, stamped with the current time.
+    pub fn record_integrity_event(&self, object: &str, reason: &str) -> Result<(), CatalogError> {
         self.conn().execute(
-            "INSERT INTO integrity_events (at_unix, object, reason) VALUES (?1, ?2, ?3)",
-            rusqlite::params![event.at_unix, event.object, event.reason],
+            "INSERT INTO integrity_events (at_unix, object, reason)
+             VALUES (CAST(strftime('%s', 'now') AS INTEGER), ?1, ?2)",
+            rusqlite::params![object, reason],
         )?;
         Ok(())
     }
@@ -97,15 +99,16 @@ mod tests {
         assert_eq!(c.setting(keys::GATEWAY_NAME).unwrap().as_deref(), Some("b"));
         assert_eq!(c.integrity_summary().unwrap(), IntegritySummary::default());
         for i in 0..3 {
-            c.record_integrity_event(&IntegrityEvent {
-                at_unix: i,
-                object: format!("chunks/{i}"),
-                reason: "x".into(),
-            })
-            .unwrap();
+            c.record_integrity_event(&format!("chunks/{i}"), "x")
+                .unwrap();
         }
         let s = c.integrity_summary().unwrap();
         assert_eq!(s.count, 3);
-        assert_eq!(s.last.unwrap().object, "chunks/2");
+        let last = s.last.unwrap();
+        assert_eq!(last.object, "chunks/2");
+        assert!(
+            last.at_unix > 1_700_000_000,
+            "stamped with the current time"
+        );
     }
 }

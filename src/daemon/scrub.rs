@@ -5,8 +5,7 @@
 
 use futures::StreamExt;
 
-use crate::catalog::settings::IntegrityEvent;
-use crate::daemon::{DaemonError, Engine, unix_now};
+use crate::daemon::{DaemonError, Engine};
 use crate::store::StoreError;
 use crate::store::keys::{CHUNKS_PREFIX, ChunkId};
 
@@ -43,11 +42,9 @@ pub async fn scrub(
         match outcome {
             Ok(n) => report.bytes += n,
             Err(StoreError::Corrupt(e)) => {
-                engine.catalog.record_integrity_event(&IntegrityEvent {
-                    at_unix: unix_now(),
-                    object: key.clone(),
-                    reason: e.to_string(),
-                })?;
+                engine
+                    .catalog
+                    .record_integrity_event(&key, &e.to_string())?;
                 report.corrupt.push(e.to_string());
             }
             Err(e) => report.unreadable.push(format!("{key}: {e}")),

@@ -98,10 +98,17 @@ fn assert_pattern(url: &str, pattern: u8, offset: u64, len: u64) {
     );
 }
 
+/// Waits until a status written after this call reports nothing dirty (the file is rewritten
+/// every second, so an older one may predate the writes being waited for).
 fn wait_drained(gw: &Gateway, limit: Duration) {
+    let called = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let start = Instant::now();
     loop {
-        if gw.status_value("dirty_bytes") == Some(0) {
+        let fresh = gw.status_value("updated_unix").is_some_and(|t| t > called);
+        if fresh && gw.status_value("dirty_bytes") == Some(0) {
             return;
         }
         assert!(
@@ -111,6 +118,13 @@ fn wait_drained(gw: &Gateway, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// With the daemon stopped after a drain, removes the cache and the upload buffer: everything in
+/// them is in the bucket, so reads afterwards can only be served from the bucket.
+fn drop_local_copies(data: &Path) {
+    std::fs::remove_dir_all(data.join("cache")).unwrap();
+    std::fs::remove_dir_all(data.join("upload-buffer")).unwrap();
 }
 
 #[test]
@@ -246,10 +260,11 @@ fn acknowledged_writes_survive_kill_9_and_reach_the_bucket() {
     assert_pattern(&target, 0x31, 20 * MIB, 4096);
     assert_pattern(&target, 0x00, 30 * MIB, MIB);
 
-    // The bucket catches up; then the volume reads back whole with the cache dropped.
+    // The bucket catches up; then the volume reads back whole with the cache (and the drained
+    // upload buffer) dropped.
     wait_drained(&gw, Duration::from_secs(120));
     assert_eq!(gw.stop(), Some(0));
-    std::fs::remove_dir_all(data.join("cache")).unwrap();
+    drop_local_copies(&data);
     let gw = start(&data, Some(&config));
     let target = url(&gw, "crash");
     wait_for_target(&target);
@@ -391,6 +406,58 @@ fn chap_from_the_config_is_required_and_mutual_chap_works() {
     assert!(
         !bad_mutual.status.success(),
         "initiator accepted a gateway with the wrong secret"
+    );
+    assert_eq!(gw.stop(), Some(0));
+}
+
+#[test]
+fn a_tampered_chunk_is_a_read_error_and_shows_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    create_volume(&data, None, "tamper", "16MiB");
+    let gw = start(&data, None);
+    let target = url(&gw, "tamper");
+    wait_for_target(&target);
+    let out = qemu_io(&target, &["write -P 0x42 0 1M", "flush"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_drained(&gw, Duration::from_secs(60));
+    assert_eq!(gw.stop(), Some(0));
+
+    // Flip one byte of the only chunk in the local-directory bucket, and drop the local copies so
+    // the next read must come from the bucket.
+    let chunks: Vec<_> = std::fs::read_dir(data.join("bucket/chunks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    let mut raw = std::fs::read(&chunks[0]).unwrap();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x10;
+    std::fs::write(&chunks[0], raw).unwrap();
+    drop_local_copies(&data);
+
+    let gw = start(&data, None);
+    let target = url(&gw, "tamper");
+    wait_for_target(&target);
+    let out = qemu_io(&target, &["read -P 0x42 0 4k"]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("read failed"),
+        "tampered data was served: {text}"
+    );
+    // The rest of the volume (never written) still reads as zeros.
+    assert_pattern(&target, 0x00, 2 * MIB, MIB);
+    let status = run(tidegate(&data).arg("status"));
+    assert_eq!(status.status.code(), Some(1), "{}", stdout(&status));
+    let name = chunks[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        stdout(&status).contains(&format!("chunks/{name}")),
+        "{}",
+        stdout(&status)
     );
     assert_eq!(gw.stop(), Some(0));
 }

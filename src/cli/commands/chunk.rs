@@ -5,11 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use crate::catalog::settings::IntegrityEvent;
 use crate::cli::UsageError;
 use crate::cli::args::ChunkCommand;
 use crate::config::Config;
-use crate::daemon::{Engine, unix_now};
+use crate::daemon::Engine;
 use crate::store::{ChunkId, ChunkRef, StoreError};
 
 const MAX_CHUNK: u64 = 64 << 20;
@@ -44,11 +43,9 @@ pub fn run(cmd: ChunkCommand, config: Config) -> Result<ExitCode> {
                 let data = match engine.chunks.get(id).await {
                     Ok(d) => d,
                     Err(StoreError::Corrupt(e)) => {
-                        engine.catalog.record_integrity_event(&IntegrityEvent {
-                            at_unix: unix_now(),
-                            object: id.object_key(),
-                            reason: e.to_string(),
-                        })?;
+                        engine
+                            .catalog
+                            .record_integrity_event(&id.object_key(), &e.to_string())?;
                         return Err(e.into());
                     }
                     Err(e) => return Err(e.into()),

@@ -60,14 +60,25 @@ impl Sink for BucketSink {
         let name = name.to_owned();
         Box::pin(async move {
             let (volume, index) = parsed.ok_or_else(|| not_ours(&name))?;
-            match self.catalog.chunk(volume, index).map_err(catalog_error)? {
-                None => Ok(None),
-                Some(id) => self
-                    .chunks
-                    .get(ChunkId(id))
-                    .await
-                    .map(Some)
-                    .map_err(store_error),
+            let Some(id) = self.catalog.chunk(volume, index).map_err(catalog_error)? else {
+                return Ok(None);
+            };
+            let id = ChunkId(id);
+            match self.chunks.get(id).await {
+                Ok(data) => Ok(Some(data)),
+                Err(e) => {
+                    let e = store_error(e);
+                    if e.kind == SinkErrorKind::Corrupt {
+                        // Counted where `status` looks, not only in this process's memory.
+                        if let Err(db) = self
+                            .catalog
+                            .record_integrity_event(&id.object_key(), &e.message)
+                        {
+                            tracing::error!(error = %db, "recording an integrity failure");
+                        }
+                    }
+                    Err(e)
+                }
             }
         })
     }
