@@ -70,6 +70,11 @@ impl Config {
         self.data_dir.join("catalog.db")
     }
 
+    /// Snapshot stage files and other transient local work.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.data_dir.join("staging")
+    }
+
     /// Pid and readiness files of a running daemon.
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")

@@ -6,7 +6,11 @@
 //! (key check included) is serving; a start that fails leaves no readiness file behind.
 
 pub mod activate;
+pub mod backup;
+pub mod offline;
+pub mod recover;
 pub mod scrub;
+pub mod snapshots;
 pub mod status;
 pub mod volumes;
 
@@ -151,12 +155,25 @@ impl Engine {
         if catalog.setting(setting::GATEWAY_ID)?.is_none() {
             activate::record_identity(&catalog, &config, codec.key())?;
         }
+        let pins = Arc::new(CatalogPins(catalog.clone()));
         Ok(Self {
-            chunks: Arc::new(ChunkStore::new(bucket, codec)),
+            chunks: Arc::new(ChunkStore::new(bucket, codec).with_pins(pins)),
             config,
             catalog,
             pairing,
         })
+    }
+}
+
+/// Pins chunks in the catalog before they are uploaded (see `catalog::gc`).
+#[derive(Debug)]
+struct CatalogPins(Arc<Catalog>);
+
+impl crate::store::ChunkPins for CatalogPins {
+    fn pin(&self, id: &crate::store::ChunkId) -> Result<(), String> {
+        self.0
+            .pin_chunk(&id.0, unix_now())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -216,6 +233,27 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             let _ = iscsi_stop.changed().await;
         },
     ));
+    let gateway_id = engine
+        .catalog
+        .setting(setting::GATEWAY_ID)?
+        .unwrap_or_default();
+    let snapshots = tokio::spawn(
+        Arc::new(snapshots::SnapshotService {
+            catalog: engine.catalog.clone(),
+            chunks: engine.chunks.clone(),
+            volumes: volumes.clone(),
+            gateway_id: gateway_id.clone(),
+            staging_dir: config.staging_dir(),
+        })
+        .run(stop_rx.clone()),
+    );
+    let backups = tokio::spawn(backup_loop(
+        engine.catalog.clone(),
+        engine.chunks.clone(),
+        gateway_id.clone(),
+        config.staging_dir(),
+        stop_rx.clone(),
+    ));
     let mut sync_stop = stop_rx.clone();
     let sync_volumes = volumes.clone();
     let status_cache = cache.clone();
@@ -259,11 +297,51 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = stop_tx.send(true);
     let _ = iscsi.await;
     let _ = housekeeping.await;
+    let _ = snapshots.await;
+    let _ = backups.await;
     // Everything acknowledged is made durable in the upload buffer; uploads resume next start.
     if let Err(e) = cache.flush().await {
         tracing::error!(error = %e, "flushing the cache at shutdown");
     }
+    match backup::take(
+        &engine.catalog,
+        &engine.chunks,
+        &gateway_id,
+        &config.staging_dir(),
+    )
+    .await
+    {
+        Ok(key) => tracing::info!(%key, "catalog backed up"),
+        Err(e) => tracing::warn!(error = %e, "backing up the catalog at shutdown"),
+    }
     Ok(())
+}
+
+/// Backs the catalog up to the bucket whenever it changed, at most every `backup::INTERVAL`.
+async fn backup_loop(
+    catalog: Arc<Catalog>,
+    chunks: Arc<ChunkStore>,
+    gateway_id: String,
+    scratch: PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut saved = None;
+    loop {
+        let marker = catalog.change_marker().ok();
+        if marker.is_some() && marker != saved {
+            match backup::take(&catalog, &chunks, &gateway_id, &scratch).await {
+                Ok(key) => {
+                    tracing::debug!(%key, "catalog backed up");
+                    saved = marker;
+                }
+                Err(e) => tracing::warn!(error = %e, "backing up the catalog"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backup::INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 fn cache_config(config: &Config) -> CacheConfig {

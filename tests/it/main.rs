@@ -8,5 +8,6 @@ mod cli;
 mod iscsi_volume;
 mod layering;
 mod malformed;
+mod snapshots;
 mod store;
 mod support;

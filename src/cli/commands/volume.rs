@@ -20,20 +20,42 @@ pub fn run(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
     let catalog = Arc::new(Catalog::open(&config.catalog_path())?);
     let mut out = std::io::stdout().lock();
     match cmd {
-        VolumeCommand::Create { name, size, mode } => {
+        VolumeCommand::Create {
+            name,
+            size,
+            from_snapshot,
+            mode,
+        } => {
             let mode = match mode {
                 VolumeModeArg::Cached => VolumeMode::Cached,
                 VolumeModeArg::Stored => VolumeMode::Stored,
             };
-            let row = volumes::create(
-                &catalog,
-                &CreateVolume {
-                    name: &name,
-                    size_bytes: size.bytes(),
-                    mode,
-                },
-            )
-            .map_err(usage)?;
+            let row = match (from_snapshot, size) {
+                (Some(snapshot), _) => {
+                    let rt = crate::cli::runtime()?;
+                    let engine = rt.block_on(crate::daemon::Engine::open(config.clone()))?;
+                    rt.block_on(crate::gateway::volumes::snapshot::restore(
+                        &engine.catalog,
+                        &engine.chunks,
+                        &snapshot,
+                        &name,
+                        mode,
+                    ))
+                    .map_err(usage)?
+                }
+                (None, Some(size)) => volumes::create(
+                    &catalog,
+                    &CreateVolume {
+                        name: &name,
+                        size_bytes: size.bytes(),
+                        mode,
+                    },
+                )
+                .map_err(usage)?,
+                (None, None) => {
+                    return Err(UsageError("give --size or --from-snapshot".into()).into());
+                }
+            };
             writeln!(
                 out,
                 "created volume {} ({}, {}), target {}",

@@ -6,7 +6,9 @@
 //! says which bucket chunk holds each index, and an index with no entry reads as zeros and costs
 //! nothing in the bucket. Limits: 32 volumes per gateway, 32 TiB each.
 
+pub mod manifest;
 pub mod sink;
+pub mod snapshot;
 pub mod volume;
 
 use std::sync::Arc;
@@ -62,40 +64,49 @@ pub struct CreateVolume<'a> {
     pub mode: VolumeMode,
 }
 
-/// Creates a volume in the catalog. A running daemon picks it up and exposes it as a target.
-pub fn create(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<VolumeRow, GatewayError> {
-    validate_name(req.name)?;
-    if req.mode == VolumeMode::Stored {
-        return Err(GatewayError::InvalidArgument(
-            "stored volumes are not supported yet; use --mode cached".into(),
-        ));
-    }
-    if req.size_bytes == 0 || req.size_bytes > MAX_VOLUME_SIZE {
+/// Checks a new volume's name and size against the rules and the volumes already there.
+pub fn check_new(catalog: &Catalog, name: &str, size_bytes: u64) -> Result<(), GatewayError> {
+    validate_name(name)?;
+    if size_bytes == 0 || size_bytes > MAX_VOLUME_SIZE {
         return Err(GatewayError::InvalidArgument(format!(
-            "volume size must be between 1 MiB and 32 TiB, not {} bytes",
-            req.size_bytes
+            "volume size must be between 1 MiB and 32 TiB, not {size_bytes} bytes"
         )));
     }
-    if !req.size_bytes.is_multiple_of(SIZE_GRANULARITY) {
+    if !size_bytes.is_multiple_of(SIZE_GRANULARITY) {
         return Err(GatewayError::InvalidArgument(format!(
-            "volume size must be a whole number of MiB, not {} bytes",
-            req.size_bytes
+            "volume size must be a whole number of MiB, not {size_bytes} bytes"
         )));
     }
     let existing = catalog.volumes()?;
-    if existing.iter().any(|v| v.name == req.name) {
-        return Err(GatewayError::AlreadyExists(format!("volume {}", req.name)));
+    if existing.iter().any(|v| v.name == name) {
+        return Err(GatewayError::AlreadyExists(format!("volume {name}")));
     }
     if existing.len() >= MAX_VOLUMES {
         return Err(GatewayError::InvalidArgument(format!(
             "a gateway holds at most {MAX_VOLUMES} volumes"
         )));
     }
+    Ok(())
+}
+
+/// A fresh identity for a new volume: its SCSI serial and its UUID (VPD 80h / 83h).
+pub fn new_identity() -> Result<(String, [u8; 16]), GatewayError> {
     let uuid_hex = crate::store::master::random_hex::<16>()
         .map_err(|e| GatewayError::Internal(Box::new(e)))?;
     let uuid = crate::store::keys::parse_hex::<16>(&uuid_hex)
         .ok_or_else(|| GatewayError::InvalidArgument("random id".into()))?;
-    let serial = format!("TDG{}", &uuid_hex[..20].to_ascii_uppercase());
+    Ok((format!("TDG{}", &uuid_hex[..20].to_ascii_uppercase()), uuid))
+}
+
+/// Creates an empty volume in the catalog. A running daemon picks it up and exposes it.
+pub fn create(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<VolumeRow, GatewayError> {
+    if req.mode == VolumeMode::Stored {
+        return Err(GatewayError::InvalidArgument(
+            "stored volumes are not supported yet; use --mode cached".into(),
+        ));
+    }
+    check_new(catalog, req.name, req.size_bytes)?;
+    let (serial, uuid) = new_identity()?;
     Ok(catalog.create_volume(&NewVolume {
         name: req.name,
         size_bytes: req.size_bytes,
@@ -105,6 +116,8 @@ pub fn create(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<VolumeRow, Ga
         serial: &serial,
         uuid,
         created_unix: crate::daemon::unix_now(),
+        local_path: None,
+        origin_snapshot: None,
     })?)
 }
 
