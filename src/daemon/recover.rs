@@ -181,7 +181,7 @@ pub async fn recover(
             newest_of.insert(row.volume_name.clone(), row);
         }
         for (name, row) in newest_of {
-            snapshot::restore(&catalog, &chunks, &row.id, &name, VolumeMode::Cached)
+            snapshot::restore(&catalog, &chunks, &row.id, &name, VolumeMode::Cached, None)
                 .await
                 .map_err(gateway)?;
         }

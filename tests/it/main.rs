@@ -10,4 +10,5 @@ mod layering;
 mod malformed;
 mod snapshots;
 mod store;
+mod stored_volumes;
 mod support;

@@ -42,8 +42,20 @@ fn restore(data: &Path, config: Option<&Path>, snapshot: &str, name: &str) {
     assert!(out.status.success(), "restore: {}", stderr(&out));
 }
 
+/// Fills `path` with `mib` MiB of random data (incompressible, never deduplicated); returns it.
+pub(crate) fn random_file(path: &Path, mib: u64) -> Vec<u8> {
+    let out = Command::new("dd")
+        .args(["if=/dev/urandom", "bs=1M", "status=none"])
+        .arg(format!("count={mib}"))
+        .arg(format!("of={}", path.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::read(path).unwrap()
+}
+
 /// Reads a whole LUN over iSCSI into memory (qemu-img, a real initiator).
-fn read_lun(target: &str, scratch: &Path) -> Vec<u8> {
+pub(crate) fn read_lun(target: &str, scratch: &Path) -> Vec<u8> {
     static READS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = scratch.join(format!("read-{n}.raw"));
@@ -297,19 +309,9 @@ fn garbage_collection_frees_only_what_nothing_references() {
     wait_for_target(&keep);
     wait_for_target(&gone);
     // Unique random chunks so nothing is shared by accident.
-    let random_file = |name: &str, mib: u64| {
-        let path = dir.path().join(name);
-        let out = Command::new("dd")
-            .args(["if=/dev/urandom", "bs=1M", "status=none"])
-            .arg(format!("count={mib}"))
-            .arg(format!("of={}", path.display()))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        path
-    };
-    let keep_data = random_file("keep.raw", 4);
-    let gone_data = random_file("gone.raw", 6);
+    let (keep_data, gone_data) = (dir.path().join("keep.raw"), dir.path().join("gone.raw"));
+    random_file(&keep_data, 4);
+    random_file(&gone_data, 6);
     for (t, file, n) in [(&keep, &keep_data, 4), (&gone, &gone_data, 6)] {
         let w = qemu_io(t, &[&format!("write -s {} 0 {n}M", file.display())]);
         assert!(w.status.success(), "{}", stderr(&w));

@@ -25,6 +25,8 @@ pub fn run(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
             size,
             from_snapshot,
             mode,
+            local_path,
+            preserve_existing,
         } => {
             let mode = match mode {
                 VolumeModeArg::Cached => VolumeMode::Cached,
@@ -40,21 +42,21 @@ pub fn run(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
                         &snapshot,
                         &name,
                         mode,
+                        local_path.as_deref(),
                     ))
                     .map_err(usage)?
                 }
-                (None, Some(size)) => volumes::create(
+                (None, size) => volumes::create(
                     &catalog,
                     &CreateVolume {
                         name: &name,
-                        size_bytes: size.bytes(),
+                        size_bytes: size.map(ByteSize::bytes),
                         mode,
+                        local_path: local_path.as_deref(),
+                        preserve_existing,
                     },
                 )
                 .map_err(usage)?,
-                (None, None) => {
-                    return Err(UsageError("give --size or --from-snapshot".into()).into());
-                }
             };
             writeln!(
                 out,
