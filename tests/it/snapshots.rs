@@ -462,3 +462,76 @@ fn a_lost_gateway_is_recovered_from_its_bucket_and_key() {
     assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
     assert!(!other.join("tidegate.toml").exists());
 }
+
+/// Scheduled snapshots: the first is taken at once, later ones when due (made due here by
+/// moving the schedule's last run back in the catalog), and only the newest `keep` remain.
+#[test]
+fn scheduled_snapshots_are_taken_and_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    create_volume(&data, None, "sched", "8MiB");
+    let gw = start(&data, None);
+    let target = url(&gw, "sched");
+    wait_for_target(&target);
+    let out = run(tidegate(&data).args([
+        "snapshot", "schedule", "sched", "--every", "1h", "--keep", "2",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let too_often = run(tidegate(&data).args(["snapshot", "schedule", "sched", "--every", "10s"]));
+    assert_eq!(too_often.status.code(), Some(2), "{}", stderr(&too_often));
+
+    let scheduled = || -> Vec<String> {
+        let out = run(tidegate(&data).args(["snapshot", "list", "sched"]));
+        stdout(&out)
+            .lines()
+            .filter(|l| l.contains("[scheduled]") && l.contains("complete"))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    };
+    let wait_for = |n: usize| {
+        let start = std::time::Instant::now();
+        loop {
+            let got = scheduled();
+            if got.len() == n {
+                return got;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{n} scheduled snapshots: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let first = wait_for(1);
+    let make_due = || {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+                 c.execute('UPDATE snapshot_schedules SET last_unix = 0'); c.commit()",
+            )
+            .arg(data.join("catalog.db"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    assert!(qemu_io(&target, &["write -P 0x01 0 1M"]).status.success());
+    make_due();
+    let two = wait_for(2);
+    assert!(two.contains(&first[0]));
+    make_due();
+    // A third run prunes the oldest: two remain, the first is gone.
+    let start = std::time::Instant::now();
+    loop {
+        let got = scheduled();
+        if got.len() == 2 && !got.contains(&first[0]) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pruning: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(gw.stop(), Some(0));
+}
