@@ -69,6 +69,22 @@ impl Catalog {
         }
     }
 
+    /// Turns a stored volume into a cached one over the chunks it has in the bucket (recovery
+    /// on a machine without its local disk). Returns whether it was a stored volume.
+    pub fn stored_to_cached(&self, volume: i64) -> Result<bool, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE volumes SET mode = 'cached', local_path = NULL WHERE id = ?1 AND mode = 'stored'",
+            [volume],
+        )?;
+        tx.execute("DELETE FROM stored_dirty WHERE volume_id = ?1", [volume])?;
+        tx.execute("DELETE FROM stored_pending WHERE volume_id = ?1", [volume])?;
+        tx.execute("DELETE FROM settings WHERE key = ?1", [scan_key(volume)])?;
+        tx.commit()?;
+        Ok(changed > 0)
+    }
+
     fn index_rows(&self, sql: &str, volume: i64, chunks: &[u64]) -> Result<(), CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;

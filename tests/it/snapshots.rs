@@ -400,6 +400,24 @@ fn a_lost_gateway_is_recovered_from_its_bucket_and_key() {
     let config = activate_on(&garage, dir.path(), &data, "dr", &["--key-file", &key_arg]);
     create_volume(&data, Some(&config), "vm", "32MiB");
     create_volume(&data, Some(&config), "db", "16MiB");
+    // A stored volume whose local disk is lost with the appliance.
+    let disk = data.join("local.img");
+    let out = run(tidegate(&data)
+        .args(["--config"])
+        .arg(&config)
+        .args([
+            "volume",
+            "create",
+            "--name",
+            "local",
+            "--mode",
+            "stored",
+            "--size",
+            "8MiB",
+            "--local-path",
+        ])
+        .arg(&disk));
+    assert!(out.status.success(), "{}", stderr(&out));
     let gw = start(&data, Some(&config));
     let (vm, db) = (url(&gw, "vm"), url(&gw, "db"));
     wait_for_target(&vm);
@@ -408,7 +426,16 @@ fn a_lost_gateway_is_recovered_from_its_bucket_and_key() {
     assert!(qemu_io(&db, &["write -P 0x22 1M 2M"]).status.success());
     let snap = snapshot(&data, Some(&config), "vm");
     assert!(qemu_io(&vm, &["write -P 0x33 4M 8M"]).status.success());
+    let local = url(&gw, "local");
+    wait_for_target(&local);
+    assert!(
+        qemu_io(&local, &["write -P 0x44 2M 3M", "flush"])
+            .status
+            .success()
+    );
     wait_drained(&gw, Duration::from_secs(120));
+    crate::stored_volumes::wait_shipped(&gw, "local", Duration::from_secs(120));
+    let local_before = read_lun(&local, dir.path());
     let vm_before = read_lun(&vm, dir.path());
     let db_before = read_lun(&db, dir.path());
     assert_eq!(gw.stop(), Some(0));
@@ -437,6 +464,12 @@ fn a_lost_gateway_is_recovered_from_its_bucket_and_key() {
     assert!(
         read_lun(&db, dir.path()) == db_before,
         "db reads differently after recovery"
+    );
+    let local = url(&gw, "local");
+    wait_for_target(&local);
+    assert!(
+        read_lun(&local, dir.path()) == local_before,
+        "the stored volume reads differently after recovery"
     );
     restore(&fresh, Some(&config), &snap, "vm-then");
     let then = url(&gw, "vm-then");

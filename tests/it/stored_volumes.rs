@@ -22,7 +22,7 @@ fn same(got: &[u8], want: &[u8], what: &str) {
 }
 
 /// Waits until the daemon reports the stored volume fully in the bucket (and downloaded).
-fn wait_shipped(gw: &Gateway, volume: &str, limit: Duration) {
+pub(crate) fn wait_shipped(gw: &Gateway, volume: &str, limit: Duration) {
     let start = Instant::now();
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -167,6 +167,34 @@ fn a_stored_volume_keeps_its_disk_and_ships_it_to_the_bucket() {
         &std::fs::read(&disk2).unwrap(),
         &expected,
         "the download filled the new disk",
+    );
+
+    // With no daemon running, a snapshot still holds the local disk's latest writes, shipped
+    // or not.
+    let w = qemu_io(&target, &["write -P 0x77 0 1M", "flush"]);
+    assert!(w.status.success(), "{}", stderr(&w));
+    expected[..MIB as usize].fill(0x77);
+    gw.kill9();
+    let snap = cli(&data, &["snapshot", "create", "st"]);
+    let snap = snap.split_whitespace().next().unwrap().to_owned();
+    cli(
+        &data,
+        &[
+            "volume",
+            "create",
+            "--name",
+            "st-off",
+            "--from-snapshot",
+            &snap,
+        ],
+    );
+    let gw = start(&data, None);
+    let offline = url(&gw, "st-off");
+    wait_for_target(&offline);
+    same(
+        &read_lun(&offline, dir.path()),
+        &expected,
+        "an offline snapshot of a stored volume",
     );
     assert_eq!(gw.stop(), Some(0));
 }
