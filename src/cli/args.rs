@@ -35,6 +35,9 @@ pub enum Command {
         /// Overrides iscsi.listen (e.g. 127.0.0.1:0 for any free port; see run/ready.toml).
         #[arg(long, value_name = "IP:PORT")]
         iscsi_listen: Option<std::net::SocketAddr>,
+        /// Overrides api.listen (the management API and /metrics; see run/ready.toml).
+        #[arg(long, value_name = "IP:PORT")]
+        api_listen: Option<std::net::SocketAddr>,
     },
     /// Show the gateway's health: bucket, key, daemon, cache, upload buffer, integrity.
     Status,

@@ -22,6 +22,9 @@ pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
 pub const PART_SIZE: u64 = 16 << 20;
 /// Loopback by default: exposing volumes on the network is a decision the operator makes.
 pub const ISCSI_LISTEN: &str = "127.0.0.1:3260";
+/// The management API and /metrics: loopback unless configured.
+pub const API_LISTEN: &str = "127.0.0.1:8733";
+pub const API_TOKEN_FILE: &str = "api.token";
 
 /// The data dir when none is given on the command line or in `TIDEGATE_DATA_DIR`:
 /// `$XDG_DATA_HOME/tidegate` when XDG_DATA_HOME is set, else `./tidegate-data`.

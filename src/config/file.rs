@@ -23,6 +23,19 @@ pub struct FileConfig {
     pub upload_buffer: Option<DiskSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iscsi: Option<IscsiSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSection>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// `ip:port` of the management API and /metrics; port 0 picks a free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The bearer token file (created 0600 at first start if missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

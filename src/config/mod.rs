@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use size::ByteSize;
 
-use file::{BucketSection, CredentialsFile, DiskSection, FileConfig, IscsiSection};
+use file::{ApiSection, BucketSection, CredentialsFile, DiskSection, FileConfig, IscsiSection};
 
 /// Where the configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,13 @@ pub struct Config {
     pub cache: DiskConfig,
     pub upload_buffer: DiskConfig,
     pub iscsi: IscsiConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +290,7 @@ impl Config {
             }
         };
         let iscsi = iscsi_config(file.iscsi.unwrap_or_default())?;
+        let api = api_config(file.api.unwrap_or_default(), &data_dir)?;
         Ok(Self {
             origin,
             name,
@@ -292,8 +300,24 @@ impl Config {
             cache,
             upload_buffer,
             iscsi,
+            api,
         })
     }
+}
+
+fn api_config(s: ApiSection, data_dir: &Path) -> Result<ApiConfig, ConfigError> {
+    let listen = s.listen.as_deref().unwrap_or(defaults::API_LISTEN);
+    Ok(ApiConfig {
+        listen: listen.parse().map_err(|_| {
+            ConfigError::new(
+                "api.listen",
+                format!("{listen:?} is not an ip:port address"),
+            )
+        })?,
+        token_file: s
+            .token_file
+            .unwrap_or_else(|| data_dir.join(defaults::API_TOKEN_FILE)),
+    })
 }
 
 fn validate_name(name: &str) -> Result<(), ConfigError> {

@@ -7,6 +7,7 @@
 
 pub mod activate;
 pub mod backup;
+pub mod management;
 pub mod offline;
 pub mod recover;
 pub mod scrub;
@@ -79,6 +80,9 @@ pub struct Ready {
     /// The bound iSCSI portal, `ip:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iscsi: Option<String>,
+    /// The bound management API and /metrics, `ip:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }
 
 impl Ready {
@@ -255,6 +259,34 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         config.staging_dir(),
         stop_rx.clone(),
     ));
+    if let Err(e) = management::apply_saved_bandwidth(&engine.catalog, &engine.chunks) {
+        tracing::warn!(error = %e, "applying saved bandwidth limits");
+    }
+    let token = api_token(&config.api.token_file)?;
+    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(io(format!(
+            "listening for the API on {}",
+            config.api.listen
+        )))?;
+    let api_bound = api_listener
+        .local_addr()
+        .map_err(io("reading the API listener's address"))?;
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(crate::frontend::api::serve(
+        api_listener,
+        Arc::new(management::DaemonManagement {
+            config: config.clone(),
+            catalog: engine.catalog.clone(),
+            chunks: engine.chunks.clone(),
+            cache: cache.clone(),
+            volumes: volumes.clone(),
+        }),
+        token,
+        async move {
+            let _ = api_stop.changed().await;
+        },
+    ));
     let mut sync_stop = stop_rx.clone();
     let sync_volumes = volumes.clone();
     let status_cache = cache.clone();
@@ -284,6 +316,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             crate::config::Origin::Embedded => "embedded".to_owned(),
         },
         iscsi: Some(bound.to_string()),
+        api: Some(api_bound.to_string()),
     };
     let _ = write_atomically(
         &config.run_dir().join("status.toml"),
@@ -300,6 +333,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&ready_path);
     let _ = stop_tx.send(true);
     let _ = iscsi.await;
+    let _ = api.await;
     let _ = housekeeping.await;
     let _ = snapshots.await;
     let _ = backups.await;
@@ -320,6 +354,35 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         Err(e) => tracing::warn!(error = %e, "backing up the catalog at shutdown"),
     }
     Ok(())
+}
+
+/// The API's bearer token: read from its file, or created there (0600) on first start.
+fn api_token(path: &Path) -> Result<String, DaemonError> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let token = text.trim().to_owned();
+        if token.len() >= 16 {
+            return Ok(token);
+        }
+        return Err(DaemonError::Io {
+            what: format!("API token file {}", path.display()),
+            source: std::io::Error::other("holds fewer than 16 characters"),
+        });
+    }
+    let token = crate::store::master::random_hex::<32>()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("creating API token file {}", path.display())))?;
+    writeln!(file, "{token}").map_err(io(format!("writing {}", path.display())))?;
+    tracing::info!(token_file = %path.display(), "created the API token");
+    Ok(token)
 }
 
 /// Backs the catalog up to the bucket whenever it changed, at most every `backup::INTERVAL`.

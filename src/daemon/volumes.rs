@@ -30,7 +30,7 @@ use tidegate_cache::Cache;
 use crate::catalog::Catalog;
 use crate::catalog::volumes::VolumeMode;
 use crate::frontend::iscsi::{ChapConfig, Registry, TargetEntry};
-use crate::gateway::block::BlockDevice;
+use crate::gateway::block::{BlockDevice, Counted, IoCounters};
 use crate::gateway::volumes::snapshot::Capture;
 use crate::gateway::volumes::stored::{StoredProgress, StoredVolume};
 use crate::gateway::volumes::volume::Volume;
@@ -52,6 +52,7 @@ pub struct VolumeService {
 struct Served {
     iqn: String,
     name: String,
+    io: Arc<IoCounters>,
     capture: Arc<dyn Capture>,
     /// A stored volume and the switch that stops its background uploads.
     stored: Option<(Arc<StoredVolume>, tokio::sync::watch::Sender<bool>)>,
@@ -132,8 +133,10 @@ impl VolumeService {
                     (v.clone(), v.clone(), Some((v, stop)))
                 }
             };
+            let counted = Counted::new(device);
+            let io = counted.counters.clone();
             let mut luns = LunMap::new();
-            luns.insert(0, Arc::new(Disk::new(device)));
+            luns.insert(0, Arc::new(Disk::new(Arc::new(counted))));
             self.registry.add(TargetEntry {
                 iqn: iqn.clone(),
                 luns: Arc::new(luns),
@@ -145,6 +148,7 @@ impl VolumeService {
                 Served {
                     iqn,
                     name: row.name.clone(),
+                    io,
                     capture,
                     stored,
                 },
@@ -157,6 +161,15 @@ impl VolumeService {
     pub fn volume(&self, id: i64) -> Option<Arc<dyn Capture>> {
         let served = self.served.lock().unwrap_or_else(|p| p.into_inner());
         served.get(&id).map(|s| s.capture.clone())
+    }
+
+    /// I/O counters of each served volume, by name.
+    pub fn io(&self) -> Vec<(String, Arc<IoCounters>)> {
+        let served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        served
+            .values()
+            .map(|s| (s.name.clone(), s.io.clone()))
+            .collect()
     }
 
     /// Background progress of each stored volume, by name.

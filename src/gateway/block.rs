@@ -155,3 +155,91 @@ impl BlockDevice for MemDisk {
         })
     }
 }
+
+/// I/O counted per device since start (for metrics: IOPS and throughput per volume).
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    pub reads: std::sync::atomic::AtomicU64,
+    pub read_bytes: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
+    pub write_bytes: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+}
+
+/// A device that counts what passes through it.
+pub struct Counted {
+    inner: std::sync::Arc<dyn BlockDevice>,
+    pub counters: std::sync::Arc<IoCounters>,
+}
+
+impl Counted {
+    pub fn new(inner: std::sync::Arc<dyn BlockDevice>) -> Self {
+        Self {
+            inner,
+            counters: std::sync::Arc::new(IoCounters::default()),
+        }
+    }
+
+    fn count<T>(
+        &self,
+        r: &Result<T, GatewayError>,
+        ops: &std::sync::atomic::AtomicU64,
+        bytes: &std::sync::atomic::AtomicU64,
+        n: u64,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match r {
+            Ok(_) => {
+                ops.fetch_add(1, Relaxed);
+                bytes.fetch_add(n, Relaxed);
+            }
+            Err(_) => {
+                self.counters.errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+impl BlockDevice for Counted {
+    fn identity(&self) -> &DeviceIdentity {
+        self.inner.identity()
+    }
+
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+
+    fn read(&self, lba: u64, blocks: u32) -> BoxFuture<'_, Result<Bytes, GatewayError>> {
+        Box::pin(async move {
+            let r = self.inner.read(lba, blocks).await;
+            let n = r.as_ref().map_or(0, |b| b.len() as u64);
+            self.count(&r, &self.counters.reads, &self.counters.read_bytes, n);
+            r
+        })
+    }
+
+    fn write(&self, lba: u64, data: Bytes, fua: bool) -> BoxFuture<'_, Result<(), GatewayError>> {
+        Box::pin(async move {
+            let n = data.len() as u64;
+            let r = self.inner.write(lba, data, fua).await;
+            self.count(&r, &self.counters.writes, &self.counters.write_bytes, n);
+            r
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), GatewayError>> {
+        self.inner.flush()
+    }
+
+    fn unmap(&self, lba: u64, blocks: u64) -> BoxFuture<'_, Result<(), GatewayError>> {
+        self.inner.unmap(lba, blocks)
+    }
+
+    fn lba_status(&self, lba: u64) -> BoxFuture<'_, Result<(bool, u64), GatewayError>> {
+        self.inner.lba_status(lba)
+    }
+}

@@ -5,27 +5,48 @@
 //! the long-run rate holds for any mix of object sizes. The arithmetic (`Bucket::take`) is a pure
 //! function of time so it is tested without sleeping.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
-
-/// A rate limit shared by all transfers in one direction.
+/// A rate limit shared by all transfers in one direction; `None` is unlimited. The rate can be
+/// changed while transfers run (bandwidth schedules, the API): the next transfer sees it.
 #[derive(Debug)]
 pub struct RateLimiter {
-    state: Mutex<TokenBucket>,
+    state: Mutex<Option<TokenBucket>>,
 }
 
 impl RateLimiter {
     /// `rate` bytes per second, with one second's worth of burst.
-    pub fn new(rate: u64) -> Self {
+    pub fn new(rate: Option<u64>) -> Self {
         Self {
-            state: Mutex::new(TokenBucket::new(rate, rate, Instant::now())),
+            state: Mutex::new(rate.map(|r| TokenBucket::new(r, r, Instant::now()))),
         }
     }
 
-    /// Waits until `bytes` may be transferred at the configured rate.
+    fn state(&self) -> std::sync::MutexGuard<'_, Option<TokenBucket>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current rate in bytes per second, `None` when unlimited.
+    pub fn rate(&self) -> Option<u64> {
+        self.state().as_ref().map(|b| b.rate as u64)
+    }
+
+    /// Changes the rate; a debt already owed is forgiven, so a lowered limit applies at once
+    /// and a raised one is not held back by the old one.
+    pub fn set_rate(&self, rate: Option<u64>) {
+        let mut state = self.state();
+        if state.as_ref().map(|b| b.rate as u64) != rate {
+            *state = rate.map(|r| TokenBucket::new(r, r, Instant::now()));
+        }
+    }
+
+    /// Waits until `bytes` may be transferred at the current rate.
     pub async fn acquire(&self, bytes: u64) {
-        let wait = self.state.lock().await.take(bytes, Instant::now());
+        let wait = self
+            .state()
+            .as_mut()
+            .map_or(Duration::ZERO, |b| b.take(bytes, Instant::now()));
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -96,5 +117,24 @@ mod tests {
         let later = t0 + Duration::from_secs(3600);
         assert_eq!(b.take(100, later), Duration::ZERO);
         assert_eq!(b.take(50, later), Duration::from_millis(500));
+    }
+
+    /// Whether `acquire` would wait (a future that is ready at once did not sleep).
+    fn waits(l: &RateLimiter, bytes: u64) -> bool {
+        use futures::FutureExt;
+        l.acquire(bytes).now_or_never().is_none()
+    }
+
+    #[tokio::test]
+    async fn rates_change_live_and_none_is_unlimited() {
+        let l = RateLimiter::new(None);
+        assert_eq!(l.rate(), None);
+        assert!(!waits(&l, 1 << 30), "unlimited never waits");
+        l.set_rate(Some(1 << 20));
+        assert_eq!(l.rate(), Some(1 << 20));
+        assert!(!waits(&l, 1 << 20), "a full burst is free");
+        assert!(waits(&l, 1 << 19), "beyond the burst it waits");
+        l.set_rate(None);
+        assert!(!waits(&l, 1 << 30), "lifted: no wait, no debt carried over");
     }
 }

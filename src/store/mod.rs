@@ -21,6 +21,7 @@ pub mod treehash;
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -102,6 +103,33 @@ pub struct ObjectInfo {
     pub modified_unix: i64,
 }
 
+#[derive(Debug, Default)]
+struct Traffic {
+    puts: AtomicU64,
+    put_bytes: AtomicU64,
+    gets: AtomicU64,
+    get_bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Traffic {
+    fn count(&self, requests: &AtomicU64, bytes: &AtomicU64, len: usize) {
+        requests.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+}
+
+/// Bucket traffic since start (object PUTs/GETs, not counting retries and listings).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficCounts {
+    pub puts: u64,
+    pub put_bytes: u64,
+    pub gets: u64,
+    pub get_bytes: u64,
+    /// Failed requests (after retries), of any kind.
+    pub errors: u64,
+}
+
 /// One bucket (and prefix): the store every gateway writes through.
 #[derive(Debug)]
 pub struct Bucket {
@@ -110,8 +138,9 @@ pub struct Bucket {
     probe: Arc<dyn ObjectStore>,
     describe: String,
     endpoint: String,
-    upload_limit: Option<limit::RateLimiter>,
-    download_limit: Option<limit::RateLimiter>,
+    upload_limit: limit::RateLimiter,
+    download_limit: limit::RateLimiter,
+    traffic: Traffic,
     multipart_threshold: u64,
     part_size: usize,
 }
@@ -179,8 +208,9 @@ impl Bucket {
             probe,
             describe,
             endpoint,
-            upload_limit: cfg.upload_limit.map(limit::RateLimiter::new),
-            download_limit: cfg.download_limit.map(limit::RateLimiter::new),
+            upload_limit: limit::RateLimiter::new(cfg.upload_limit),
+            download_limit: limit::RateLimiter::new(cfg.download_limit),
+            traffic: Traffic::default(),
             multipart_threshold: cfg.multipart_threshold,
             part_size: usize::try_from(cfg.part_size).unwrap_or(usize::MAX),
         })
@@ -194,8 +224,9 @@ impl Bucket {
             probe: store,
             describe: describe.to_owned(),
             endpoint: "test store".to_owned(),
-            upload_limit: None,
-            download_limit: None,
+            upload_limit: limit::RateLimiter::new(None),
+            download_limit: limit::RateLimiter::new(None),
+            traffic: Traffic::default(),
             multipart_threshold: crate::config::defaults::MULTIPART_THRESHOLD,
             part_size: usize::try_from(crate::config::defaults::PART_SIZE).unwrap_or(usize::MAX),
         }
@@ -221,9 +252,9 @@ impl Bucket {
     }
 
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        if let Some(limit) = &self.upload_limit {
-            limit.acquire(data.len() as u64).await;
-        }
+        self.upload_limit.acquire(data.len() as u64).await;
+        self.traffic
+            .count(&self.traffic.puts, &self.traffic.put_bytes, data.len());
         let path = ObjectPath::from(key);
         if (data.len() as u64) < self.multipart_threshold {
             self.inner
@@ -266,16 +297,17 @@ impl Bucket {
             .bytes()
             .await
             .map_err(|e| self.classify(e, "get", key))?;
-        if let Some(limit) = &self.download_limit {
-            limit.acquire(bytes.len() as u64).await;
-        }
+        self.download_limit.acquire(bytes.len() as u64).await;
+        self.traffic
+            .count(&self.traffic.gets, &self.traffic.get_bytes, bytes.len());
         Ok(bytes)
     }
 
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        if let Some(limit) = &self.download_limit {
-            limit.acquire(range.end.saturating_sub(range.start)).await;
-        }
+        let len = range.end.saturating_sub(range.start);
+        self.download_limit.acquire(len).await;
+        self.traffic
+            .count(&self.traffic.gets, &self.traffic.get_bytes, len as usize);
         self.inner
             .get_range(&ObjectPath::from(key), range)
             .await
@@ -319,8 +351,32 @@ impl Bucket {
             .map_err(|e| self.classify(e, "list", prefix))
     }
 
+    /// Current upload and download limits (bytes per second; `None` is unlimited).
+    pub fn limits(&self) -> (Option<u64>, Option<u64>) {
+        (self.upload_limit.rate(), self.download_limit.rate())
+    }
+
+    /// Changes the limits for every transfer from now on.
+    pub fn set_limits(&self, upload: Option<u64>, download: Option<u64>) {
+        self.upload_limit.set_rate(upload);
+        self.download_limit.set_rate(download);
+    }
+
+    /// Requests and bytes to and from the bucket since start, for metrics.
+    pub fn traffic(&self) -> TrafficCounts {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TrafficCounts {
+            puts: get(&self.traffic.puts),
+            put_bytes: get(&self.traffic.put_bytes),
+            gets: get(&self.traffic.gets),
+            get_bytes: get(&self.traffic.get_bytes),
+            errors: get(&self.traffic.errors),
+        }
+    }
+
     /// Maps an object_store error to what the operator needs to know, on one line.
     fn classify(&self, e: object_store::Error, op: &'static str, key: &str) -> StoreError {
+        self.traffic.errors.fetch_add(1, Ordering::Relaxed);
         let bucket = self.describe.clone();
         let detail = one_line(&e);
         let has = |needle: &str| detail.contains(needle);

@@ -4,6 +4,7 @@
 // All of this binary is test code, helpers included; a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod api;
 mod cli;
 mod iscsi_volume;
 mod layering;

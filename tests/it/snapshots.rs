@@ -54,6 +54,17 @@ pub(crate) fn random_file(path: &Path, mib: u64) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
+/// Writes a raw image onto a LUN over iSCSI (qemu-img, a real initiator).
+pub(crate) fn write_image(image: &Path, target: &str) {
+    let out = Command::new(tool("qemu-img"))
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(image)
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "qemu-img write: {}", stderr(&out));
+}
+
 /// Reads a whole LUN over iSCSI into memory (qemu-img, a real initiator).
 pub(crate) fn read_lun(target: &str, scratch: &Path) -> Vec<u8> {
     static READS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -251,13 +262,7 @@ fn a_second_snapshot_after_a_small_change_is_incremental() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let out = Command::new(tool("qemu-img"))
-        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
-        .arg(&image)
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    write_image(&image, &target);
     std::fs::remove_file(&image).unwrap();
     snapshot(&data, None, "big");
     wait_drained(&gw, Duration::from_secs(300));

@@ -31,9 +31,16 @@ impl Gateway {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
+        // Tests run in parallel: the API takes any free port unless the test chooses one.
+        let api: &[&str] = if args.contains(&"--api-listen") {
+            &[]
+        } else {
+            &["--api-listen", "127.0.0.1:0"]
+        };
         let child = cmd
             .arg("serve")
             .args(args)
+            .args(api)
             .stdin(Stdio::null())
             .stdout(file.try_clone().map_err(|e| e.to_string())?)
             .stderr(file)

@@ -1,0 +1,519 @@
+//! The daemon's side of the management API: each call done with the gateway, answered as JSON,
+//! and the Prometheus metrics rendered from the live figures.
+//!
+//! Bandwidth limits set through the API are kept in the catalog (`bandwidth.upload`,
+//! `bandwidth.download`; `none` is unlimited) and applied at the next start too; without them
+//! the config's limits apply.
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde_json::{Value, json};
+use tidegate_cache::Cache;
+
+use crate::catalog::Catalog;
+use crate::catalog::snapshots::SnapshotRow;
+use crate::catalog::volumes::{VolumeMode, VolumeRow};
+use crate::config::{ByteSize, Config};
+use crate::daemon::volumes::{VolumeService, target_name};
+use crate::frontend::api::{ApiError, ApiResult, BoxFuture, Management};
+use crate::gateway::GatewayError;
+use crate::gateway::volumes::{self, CreateVolume, snapshot};
+use crate::store::ChunkStore;
+
+const UPLOAD_LIMIT: &str = "bandwidth.upload";
+const DOWNLOAD_LIMIT: &str = "bandwidth.download";
+
+pub struct DaemonManagement {
+    pub config: Config,
+    pub catalog: Arc<Catalog>,
+    pub chunks: Arc<ChunkStore>,
+    pub cache: Arc<Cache>,
+    pub volumes: Arc<VolumeService>,
+}
+
+fn api_error(e: GatewayError) -> ApiError {
+    let (status, code) = match &e {
+        GatewayError::NotFound(_) => (404, "not_found"),
+        GatewayError::AlreadyExists(_) => (409, "already_exists"),
+        GatewayError::NotEmpty(_) => (409, "not_empty"),
+        GatewayError::Busy(_) => (409, "busy"),
+        GatewayError::ReadOnly(_) => (403, "read_only"),
+        GatewayError::NoSpace(_) => (507, "no_space"),
+        GatewayError::InvalidArgument(_) | GatewayError::OutOfRange(_) => (400, "bad_request"),
+        GatewayError::Corrupt(_) => (500, "integrity"),
+        GatewayError::Unavailable(_) => (503, "unavailable"),
+        GatewayError::Internal(_) => (500, "internal"),
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(500, "internal", e.to_string())
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(400, "bad_request", message)
+}
+
+fn volume_json(config: &Config, v: &VolumeRow, mapped_chunks: u64) -> Value {
+    json!({
+        "name": v.name,
+        "size_bytes": v.size_bytes,
+        "mode": v.mode.as_str(),
+        "target": target_name(config, &v.name),
+        "in_bucket_bytes": mapped_chunks * v.chunk_size,
+        "local_path": v.local_path,
+        "origin_snapshot": v.origin_snapshot,
+    })
+}
+
+fn snapshot_json(s: &SnapshotRow) -> Value {
+    json!({
+        "id": s.id,
+        "volume": s.volume_name,
+        "size_bytes": s.size_bytes,
+        "state": s.state.as_str(),
+        "error": s.error,
+        "description": s.description,
+        "scheduled": s.scheduled,
+        "requested_unix": s.requested_unix,
+        "completed_unix": s.completed_unix,
+        "chunks": s.chunks,
+        "new_chunks": s.new_chunks,
+        "uploaded_bytes": s.uploaded_bytes,
+    })
+}
+
+/// A size as a number of bytes or a string such as "10GiB".
+fn size(v: &Value, field: &str) -> Result<Option<u64>, ApiError> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad(format!("`{field}` must be a whole number of bytes"))),
+        Some(Value::String(s)) => ByteSize::from_str(s)
+            .map(|b| Some(b.bytes()))
+            .map_err(|e| bad(format!("`{field}`: {e}"))),
+        Some(_) => Err(bad(format!("`{field}` must be a number or a size string"))),
+    }
+}
+
+fn text<'a>(v: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad(format!("`{field}` must be a string"))),
+    }
+}
+
+fn limit_setting(v: Option<u64>) -> String {
+    v.map_or_else(|| "none".to_owned(), |n| n.to_string())
+}
+
+/// Applies bandwidth limits saved through the API, if any (at start).
+pub fn apply_saved_bandwidth(catalog: &Catalog, chunks: &ChunkStore) -> Result<(), GatewayError> {
+    let (mut up, mut down) = chunks.bucket().limits();
+    let parse = |s: String| if s == "none" { None } else { s.parse().ok() };
+    if let Some(s) = catalog.setting(UPLOAD_LIMIT)? {
+        up = parse(s);
+    }
+    if let Some(s) = catalog.setting(DOWNLOAD_LIMIT)? {
+        down = parse(s);
+    }
+    chunks.bucket().set_limits(up, down);
+    Ok(())
+}
+
+impl DaemonManagement {
+    fn volume_list(&self) -> Result<Vec<Value>, GatewayError> {
+        Ok(volumes::list(&self.catalog)?
+            .iter()
+            .map(|v| volume_json(&self.config, &v.row, v.mapped_chunks))
+            .collect())
+    }
+
+    async fn create(&self, body: Value) -> ApiResult {
+        let name = text(&body, "name")?.ok_or_else(|| bad("`name` is required"))?;
+        let mode = match text(&body, "mode")? {
+            None | Some("cached") => VolumeMode::Cached,
+            Some("stored") => VolumeMode::Stored,
+            Some(other) => return Err(bad(format!("`mode` {other:?}: use cached or stored"))),
+        };
+        let local_path = text(&body, "local_path")?;
+        let row = match text(&body, "from_snapshot")? {
+            Some(snap) => {
+                snapshot::restore(&self.catalog, &self.chunks, snap, name, mode, local_path)
+                    .await
+                    .map_err(api_error)?
+            }
+            None => volumes::create(
+                &self.catalog,
+                &CreateVolume {
+                    name,
+                    size_bytes: size(&body, "size")?,
+                    mode,
+                    local_path,
+                    preserve_existing: body
+                        .get("preserve_existing")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                },
+            )
+            .map_err(api_error)?,
+        };
+        // Served at once, not at the next catalog poll.
+        self.volumes.sync().map_err(internal)?;
+        let mapped = self.catalog.volume_usage(row.id).map_err(internal)?;
+        Ok(volume_json(&self.config, &row, mapped))
+    }
+
+    fn render_metrics(&self) -> String {
+        let mut m = Metrics::default();
+        let c = self.cache.stats();
+        let lookups = c.hits + c.misses;
+        let hit_ratio = if lookups == 0 {
+            1.0
+        } else {
+            c.hits as f64 / lookups as f64
+        };
+        let backlog = c.oldest_dirty_age.map_or(0.0, |d| d.as_secs_f64());
+        let scalars: [(&str, &str, &str, f64); 11] = [
+            (
+                "tidegate_cache_bytes",
+                "gauge",
+                "Bytes held in the local cache.",
+                c.cache_bytes as f64,
+            ),
+            (
+                "tidegate_cache_dirty_bytes",
+                "gauge",
+                "Bytes written but not yet in the bucket.",
+                c.dirty_bytes as f64,
+            ),
+            (
+                "tidegate_upload_buffer_bytes",
+                "gauge",
+                "Bytes used in the upload buffer.",
+                c.buffer_bytes as f64,
+            ),
+            (
+                "tidegate_upload_buffer_capacity_bytes",
+                "gauge",
+                "Size of the upload buffer.",
+                c.buffer_capacity as f64,
+            ),
+            (
+                "tidegate_cache_hits_total",
+                "counter",
+                "Reads served from the cache.",
+                c.hits as f64,
+            ),
+            (
+                "tidegate_cache_misses_total",
+                "counter",
+                "Reads that needed the bucket.",
+                c.misses as f64,
+            ),
+            (
+                "tidegate_cache_hit_ratio",
+                "gauge",
+                "Cache hits over all lookups since start (1 before any).",
+                hit_ratio,
+            ),
+            (
+                "tidegate_uploads_total",
+                "counter",
+                "Objects uploaded by the cache.",
+                c.uploads as f64,
+            ),
+            (
+                "tidegate_upload_errors_total",
+                "counter",
+                "Failed upload attempts (retried).",
+                c.upload_errors as f64,
+            ),
+            (
+                "tidegate_upload_backlog_age_seconds",
+                "gauge",
+                "Age of the oldest data not yet in the bucket.",
+                backlog,
+            ),
+            (
+                "tidegate_writers_waiting",
+                "gauge",
+                "Writers held because the upload buffer is full.",
+                c.writers_waiting as f64,
+            ),
+        ];
+        for (name, kind, help, value) in scalars {
+            m.family(name, help, kind, &[(String::new(), value)]);
+        }
+        let bucket = self.chunks.bucket();
+        let t = bucket.traffic();
+        m.counter(
+            "tidegate_bucket_requests_total",
+            "Object requests to the bucket.",
+            &[("op=\"put\"", t.puts as f64), ("op=\"get\"", t.gets as f64)],
+        );
+        m.counter(
+            "tidegate_bucket_bytes_total",
+            "Bytes sent to and received from the bucket.",
+            &[
+                ("direction=\"upload\"", t.put_bytes as f64),
+                ("direction=\"download\"", t.get_bytes as f64),
+            ],
+        );
+        m.counter(
+            "tidegate_bucket_errors_total",
+            "Bucket requests that failed.",
+            &[("", t.errors as f64)],
+        );
+        let (up, down) = bucket.limits();
+        m.gauge(
+            "tidegate_bandwidth_limit_bytes_per_second",
+            "Bandwidth limit in force (0: unlimited).",
+            &[
+                ("direction=\"upload\"", up.unwrap_or(0) as f64),
+                ("direction=\"download\"", down.unwrap_or(0) as f64),
+            ],
+        );
+        let integrity = self.catalog.integrity_summary().map_or(0, |s| s.count);
+        m.counter(
+            "tidegate_integrity_failures_total",
+            "Chunks or objects that failed verification (ever).",
+            &[("", integrity as f64)],
+        );
+        let io = self.volumes.io();
+        let labels: Vec<(String, &crate::gateway::block::IoCounters)> = io
+            .iter()
+            .map(|(n, c)| (format!("volume=\"{n}\""), c.as_ref()))
+            .collect();
+        let per = |f: &dyn Fn(&crate::gateway::block::IoCounters) -> u64,
+                   op: &str|
+         -> Vec<(String, f64)> {
+            labels
+                .iter()
+                .map(|(l, c)| (format!("{l},op=\"{op}\""), f(c) as f64))
+                .collect()
+        };
+        let mut ops = per(&|c| c.reads.load(Relaxed), "read");
+        ops.extend(per(&|c| c.writes.load(Relaxed), "write"));
+        m.counter_owned(
+            "tidegate_volume_ops_total",
+            "Block reads and writes per volume.",
+            &ops,
+        );
+        let mut bytes = per(&|c| c.read_bytes.load(Relaxed), "read");
+        bytes.extend(per(&|c| c.write_bytes.load(Relaxed), "write"));
+        m.counter_owned(
+            "tidegate_volume_bytes_total",
+            "Bytes read and written per volume.",
+            &bytes,
+        );
+        let errors: Vec<(String, f64)> = labels
+            .iter()
+            .map(|(l, c)| (l.clone(), c.errors.load(Relaxed) as f64))
+            .collect();
+        m.counter_owned(
+            "tidegate_volume_errors_total",
+            "Failed block I/O per volume.",
+            &errors,
+        );
+        let stored = self.volumes.stored_progress();
+        let dirty: Vec<(String, f64)> = stored
+            .iter()
+            .map(|(n, p)| (format!("volume=\"{n}\""), p.dirty_chunks as f64))
+            .collect();
+        m.gauge_owned(
+            "tidegate_stored_dirty_chunks",
+            "Stored volumes: chunks not yet in the bucket.",
+            &dirty,
+        );
+        let pending: Vec<(String, f64)> = stored
+            .iter()
+            .map(|(n, p)| (format!("volume=\"{n}\""), p.download_pending as f64))
+            .collect();
+        m.gauge_owned(
+            "tidegate_stored_download_pending_chunks",
+            "Stored volumes restored from a snapshot: chunks still to download.",
+            &pending,
+        );
+        let mut states = std::collections::BTreeMap::new();
+        for s in self.catalog.snapshots(None).unwrap_or_default() {
+            *states.entry(s.state.as_str()).or_insert(0u64) += 1;
+        }
+        let states: Vec<(String, f64)> = states
+            .into_iter()
+            .map(|(s, n)| (format!("state=\"{s}\""), n as f64))
+            .collect();
+        m.gauge_owned("tidegate_snapshots", "Snapshots by state.", &states);
+        m.0
+    }
+}
+
+/// Prometheus text exposition, written by hand: a handful of families needs no crate.
+#[derive(Default)]
+struct Metrics(String);
+
+impl Metrics {
+    fn family(&mut self, name: &str, help: &str, kind: &str, samples: &[(String, f64)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(self.0, "{name} {value}");
+            } else {
+                let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+            }
+        }
+    }
+
+    fn owned(samples: &[(&str, f64)]) -> Vec<(String, f64)> {
+        samples.iter().map(|(l, v)| ((*l).to_owned(), *v)).collect()
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, samples: &[(&str, f64)]) {
+        self.family(name, help, "gauge", &Self::owned(samples));
+    }
+
+    fn counter(&mut self, name: &str, help: &str, samples: &[(&str, f64)]) {
+        self.family(name, help, "counter", &Self::owned(samples));
+    }
+
+    fn gauge_owned(&mut self, name: &str, help: &str, samples: &[(String, f64)]) {
+        self.family(name, help, "gauge", samples);
+    }
+
+    fn counter_owned(&mut self, name: &str, help: &str, samples: &[(String, f64)]) {
+        self.family(name, help, "counter", samples);
+    }
+}
+
+impl Management for DaemonManagement {
+    fn metrics(&self) -> String {
+        self.render_metrics()
+    }
+
+    fn status(&self) -> ApiResult {
+        let c = self.cache.stats();
+        let mut problems = Vec::new();
+        if c.writers_waiting > 0 {
+            problems.push(format!(
+                "{} writer(s) held: the upload buffer is full of data not yet in the bucket",
+                c.writers_waiting
+            ));
+        } else if c.buffer_capacity > 0 && c.buffer_bytes * 10 >= c.buffer_capacity * 9 {
+            problems.push("the upload buffer is over 90% full".to_owned());
+        }
+        let integrity = self.catalog.integrity_summary().map_err(internal)?;
+        if integrity.count > 0 {
+            problems.push(format!(
+                "{} integrity failure(s) recorded; run `tidegate scrub`",
+                integrity.count
+            ));
+        }
+        if c.upload_errors > 0 && c.dirty_bytes > 0 {
+            problems.push(format!(
+                "{} upload error(s) with data waiting: is the bucket reachable?",
+                c.upload_errors
+            ));
+        }
+        let (up, down) = self.chunks.bucket().limits();
+        Ok(json!({
+            "gateway": self.config.name,
+            "bucket": self.chunks.bucket().describe(),
+            "healthy": problems.is_empty(),
+            "problems": problems,
+            "cache": {
+                "bytes": c.cache_bytes,
+                "dirty_bytes": c.dirty_bytes,
+                "oldest_dirty_secs": c.oldest_dirty_age.map_or(0, |d| d.as_secs()),
+                "hits": c.hits,
+                "misses": c.misses,
+            },
+            "upload_buffer": { "bytes": c.buffer_bytes, "capacity": c.buffer_capacity },
+            "uploads": c.uploads,
+            "upload_errors": c.upload_errors,
+            "writers_waiting": c.writers_waiting,
+            "bandwidth": { "upload": up, "download": down },
+            "volumes": self.volume_list().map_err(api_error)?,
+        }))
+    }
+
+    fn volumes(&self) -> ApiResult {
+        Ok(Value::Array(self.volume_list().map_err(api_error)?))
+    }
+
+    fn create_volume(&self, body: Value) -> BoxFuture<'_, ApiResult> {
+        Box::pin(self.create(body))
+    }
+
+    fn delete_volume(&self, name: String) -> ApiResult {
+        volumes::delete(&self.catalog, &name).map_err(api_error)?;
+        self.volumes.sync().map_err(internal)?;
+        Ok(json!({ "deleted": name }))
+    }
+
+    fn snapshots(&self) -> ApiResult {
+        Ok(Value::Array(
+            self.catalog
+                .snapshots(None)
+                .map_err(internal)?
+                .iter()
+                .map(snapshot_json)
+                .collect(),
+        ))
+    }
+
+    fn create_snapshot(&self, body: Value) -> ApiResult {
+        let volume = text(&body, "volume")?.ok_or_else(|| bad("`volume` is required"))?;
+        let description = text(&body, "description")?.unwrap_or("");
+        let row =
+            snapshot::request(&self.catalog, volume, description, false).map_err(api_error)?;
+        Ok(snapshot_json(&row))
+    }
+
+    fn delete_snapshot(&self, id: String) -> BoxFuture<'_, ApiResult> {
+        Box::pin(async move {
+            snapshot::delete(&self.catalog, &self.chunks, &id)
+                .await
+                .map_err(api_error)?;
+            Ok(json!({ "deleted": id }))
+        })
+    }
+
+    fn bandwidth(&self) -> ApiResult {
+        let (up, down) = self.chunks.bucket().limits();
+        Ok(json!({ "upload": up, "download": down }))
+    }
+
+    /// `{"upload": 10485760 | "10MiB" | null, "download": ...}`; a field left out keeps its
+    /// value, `null` removes the limit. Applies to the next transfer.
+    fn set_bandwidth(&self, body: Value) -> ApiResult {
+        let (mut up, mut down) = self.chunks.bucket().limits();
+        if body.get("upload").is_some() {
+            up = size(&body, "upload")?;
+        }
+        if body.get("download").is_some() {
+            down = size(&body, "download")?;
+        }
+        if up == Some(0) || down == Some(0) {
+            return Err(bad(
+                "a limit of 0 would stop all traffic; use null for no limit",
+            ));
+        }
+        self.catalog
+            .set_settings(&[
+                (UPLOAD_LIMIT, &limit_setting(up)),
+                (DOWNLOAD_LIMIT, &limit_setting(down)),
+            ])
+            .map_err(internal)?;
+        self.chunks.bucket().set_limits(up, down);
+        tracing::info!(upload = ?up, download = ?down, "bandwidth limits changed");
+        self.bandwidth()
+    }
+}
