@@ -56,7 +56,7 @@ pub struct NewVolume<'a> {
     pub created_unix: i64,
 }
 
-fn as_i64(v: u64) -> Result<i64, CatalogError> {
+pub(super) fn as_i64(v: u64) -> Result<i64, CatalogError> {
     i64::try_from(v)
         .map_err(|_| CatalogError::Sql(rusqlite::Error::IntegralValueOutOfRange(0, i64::MAX)))
 }
@@ -81,10 +81,12 @@ fn row_to_volume(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRow> {
 const COLUMNS: &str =
     "id, name, size_bytes, block_size, chunk_size, mode, serial, uuid, created_unix";
 
-impl Catalog {
-    pub fn create_volume(&self, v: &NewVolume<'_>) -> Result<VolumeRow, CatalogError> {
-        let conn = self.conn();
-        conn.execute(
+/// Inserts a volume row on `conn` (a connection or a transaction) and reads it back.
+pub(super) fn insert_volume(
+    conn: &rusqlite::Connection,
+    v: &NewVolume<'_>,
+) -> Result<VolumeRow, CatalogError> {
+    conn.execute(
             "INSERT INTO volumes (name, size_bytes, block_size, chunk_size, mode, serial, uuid, created_unix)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -98,12 +100,17 @@ impl Catalog {
                 v.created_unix
             ],
         )?;
-        let id = conn.last_insert_rowid();
-        Ok(conn.query_row(
-            &format!("SELECT {COLUMNS} FROM volumes WHERE id = ?1"),
-            [id],
-            row_to_volume,
-        )?)
+    let id = conn.last_insert_rowid();
+    Ok(conn.query_row(
+        &format!("SELECT {COLUMNS} FROM volumes WHERE id = ?1"),
+        [id],
+        row_to_volume,
+    )?)
+}
+
+impl Catalog {
+    pub fn create_volume(&self, v: &NewVolume<'_>) -> Result<VolumeRow, CatalogError> {
+        insert_volume(&self.conn(), v)
     }
 
     pub fn volumes(&self) -> Result<Vec<VolumeRow>, CatalogError> {
@@ -204,10 +211,11 @@ impl Catalog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn new(name: &str) -> NewVolume<'_> {
+    /// A 1 GiB volume row to insert; shared with the other catalog tests.
+    pub(in crate::catalog) fn new(name: &str) -> NewVolume<'_> {
         NewVolume {
             name,
             size_bytes: 1 << 30,

@@ -75,6 +75,11 @@ impl Config {
         self.data_dir.join("run")
     }
 
+    /// Scratch files (raw images converted by qemu-img on their way in or out).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp")
+    }
+
     pub fn is_embedded(&self) -> bool {
         self.origin == Origin::Embedded
     }

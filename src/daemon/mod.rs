@@ -177,11 +177,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         "engine open"
     );
     let config = engine.config.clone();
-    let sink = Arc::new(crate::gateway::volumes::sink::BucketSink::new(
-        engine.catalog.clone(),
-        engine.chunks.clone(),
-    ));
-    let cache = Arc::new(Cache::open(cache_config(&config), sink)?);
+    let cache = Arc::new(open_cache(&engine)?);
 
     let registry = Arc::new(crate::frontend::iscsi::Registry::new());
     let volumes = Arc::new(volumes::VolumeService::new(
@@ -266,6 +262,26 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Opens the cache areas with the volumes' sink, replaying the upload buffer's journal; the
+/// uploader starts at once. Inside a tokio runtime only.
+fn open_cache(engine: &Engine) -> Result<Cache, DaemonError> {
+    let sink = Arc::new(crate::gateway::volumes::sink::BucketSink::new(
+        engine.catalog.clone(),
+        engine.chunks.clone(),
+    ));
+    Ok(Cache::open(cache_config(&engine.config), sink)?)
+}
+
+/// With no daemon running (the caller holds `lock`): uploads everything the upload buffer still
+/// holds, so the bucket and the chunk maps have every acknowledged write. Waits while the bucket
+/// is unreachable, as the daemon's uploader does.
+pub async fn drain_upload_buffer(engine: &Engine) -> Result<(), DaemonError> {
+    let cache = open_cache(engine)?;
+    let drained = cache.drain().await;
+    cache.close().await;
+    Ok(drained?)
+}
+
 fn cache_config(config: &Config) -> CacheConfig {
     let mut c = CacheConfig::new(
         config.cache.path.clone(),
@@ -282,9 +298,12 @@ fn live_status(cache: &Cache) -> String {
     toml::to_string(&status::LiveStatus::new(&cache.stats(), unix_now())).unwrap_or_default()
 }
 
-/// Holds `run/lock` for the daemon's lifetime: one daemon per data dir.
-fn lock(config: &Config) -> Result<std::fs::File, DaemonError> {
-    let path = config.run_dir().join("lock");
+/// Holds `run/lock` for the daemon's lifetime: one daemon per data dir. Offline commands that
+/// must not run beside a daemon (`volume export`) hold it too.
+pub(crate) fn lock(config: &Config) -> Result<std::fs::File, DaemonError> {
+    let run_dir = config.run_dir();
+    std::fs::create_dir_all(&run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
+    let path = run_dir.join("lock");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -10,3 +10,4 @@ mod layering;
 mod malformed;
 mod store;
 mod support;
+mod volume_image;

@@ -6,6 +6,7 @@
 //! says which bucket chunk holds each index, and an index with no entry reads as zeros and costs
 //! nothing in the bucket. Limits: 32 volumes per gateway, 32 TiB each.
 
+pub mod image;
 pub mod sink;
 pub mod volume;
 
@@ -64,6 +65,11 @@ pub struct CreateVolume<'a> {
 
 /// Creates a volume in the catalog. A running daemon picks it up and exposes it as a target.
 pub fn create(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<VolumeRow, GatewayError> {
+    create_with(catalog, req, |v| catalog.create_volume(v))
+}
+
+/// Checks a new volume against the creation rules and the volumes already in the catalog.
+pub fn check(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<(), GatewayError> {
     validate_name(req.name)?;
     if req.mode == VolumeMode::Stored {
         return Err(GatewayError::InvalidArgument(
@@ -91,12 +97,23 @@ pub fn create(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<VolumeRow, Ga
             "a gateway holds at most {MAX_VOLUMES} volumes"
         )));
     }
+    Ok(())
+}
+
+/// Checks the request, gives the volume its identity (serial, UUID) and has `insert` write it:
+/// plain creation inserts the row alone, an image import the row with its chunk map.
+pub(crate) fn create_with(
+    catalog: &Catalog,
+    req: &CreateVolume<'_>,
+    insert: impl FnOnce(&NewVolume<'_>) -> Result<VolumeRow, crate::catalog::CatalogError>,
+) -> Result<VolumeRow, GatewayError> {
+    check(catalog, req)?;
     let uuid_hex = crate::store::master::random_hex::<16>()
         .map_err(|e| GatewayError::Internal(Box::new(e)))?;
     let uuid = crate::store::keys::parse_hex::<16>(&uuid_hex)
         .ok_or_else(|| GatewayError::InvalidArgument("random id".into()))?;
     let serial = format!("TDG{}", &uuid_hex[..20].to_ascii_uppercase());
-    Ok(catalog.create_volume(&NewVolume {
+    Ok(insert(&NewVolume {
         name: req.name,
         size_bytes: req.size_bytes,
         block_size: BLOCK_SIZE,

@@ -1,0 +1,306 @@
+//! VM images (issue 5): `volume import` of qcow2, vmdk and raw images against qemu-img writing
+//! the same image over iSCSI, an ext4 image checked by e2fsck after the round trip, `volume
+//! export` to raw and qcow2 after the daemon stopped with uploads pending, and the refusals:
+//! a running daemon, a damaged or missing image, a tampered chunk.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::iscsi_volume::{create_volume, start, url, wait_for_target};
+use crate::support::gateway::Gateway;
+use crate::support::{
+    error_lines, noise, run, stderr, stdout, tamper_with_the_only_chunk, tidegate, tool,
+};
+
+const MIB: usize = 1 << 20;
+
+fn tidegate_ok(data: &Path, args: &[&str]) -> Output {
+    let out = run(tidegate(data).args(args));
+    assert!(out.status.success(), "tidegate {args:?}: {}", stderr(&out));
+    out
+}
+
+fn import(data: &Path, image: &Path, name: &str, extra: &[&str]) -> Output {
+    run(tidegate(data)
+        .args(["volume", "import"])
+        .arg(image)
+        .args(["--name", name])
+        .args(extra))
+}
+
+fn qemu_img(args: &[&str], paths: &[&Path]) {
+    let out = run(Command::new(tool("qemu-img")).args(args).args(paths));
+    assert!(out.status.success(), "qemu-img {args:?}: {}", stderr(&out));
+}
+
+/// Creates volume `name`, starts the daemon and writes `image` onto the LUN with qemu-img, as
+/// an operator deploys an image without tidegate's help. Returns the daemon and the LUN's URL.
+fn serve_written(
+    data: &Path,
+    name: &str,
+    size: &str,
+    image: &Path,
+    format: &str,
+) -> (Gateway, String) {
+    create_volume(data, None, name, size);
+    let gw = start(data, None);
+    let target = url(&gw, name);
+    wait_for_target(&target);
+    qemu_img(
+        &["convert", "-n", "-f", format, "-O", "raw"],
+        &[image, Path::new(&target)],
+    );
+    (gw, target)
+}
+
+fn assert_contains(text: &str, needle: &str) {
+    assert!(text.contains(needle), "{needle:?} not in: {text}");
+}
+
+/// Reads a whole LUN back through the initiator.
+fn read_lun(target: &str, dir: &Path, name: &str) -> Vec<u8> {
+    let back = dir.join(name);
+    let out = run(Command::new(tool("qemu-img"))
+        .args(["convert", "-f", "raw", "-O", "raw", target])
+        .arg(&back));
+    assert!(out.status.success(), "reading {target}: {}", stderr(&out));
+    std::fs::read(&back).unwrap()
+}
+
+/// `lun` holds `image` followed by zeros up to its whole-MiB size.
+fn assert_holds(lun: &[u8], image: &[u8], what: &str) {
+    assert_eq!(lun.len(), image.len().div_ceil(MIB) * MIB, "{what}: size");
+    assert!(lun[..image.len()] == image[..], "{what}: data differs");
+    assert!(
+        lun[image.len()..].iter().all(|&b| b == 0),
+        "{what}: tail not zero"
+    );
+}
+
+/// A 64 MiB ext4 file system populated from a directory of files (noise, text, a subdir).
+fn ext4_image(dir: &Path) -> PathBuf {
+    let src = dir.join("rootfs");
+    std::fs::create_dir_all(src.join("etc/deep")).unwrap();
+    std::fs::write(src.join("noise.bin"), noise(5 * MIB + 123, 7)).unwrap();
+    std::fs::write(src.join("etc/motd"), "deployed by tidegate\n".repeat(1000)).unwrap();
+    std::fs::write(src.join("etc/deep/small"), b"x").unwrap();
+    let image = dir.join("ext4.raw");
+    let out = run(Command::new(tool("mke2fs"))
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&src)
+        .arg(&image)
+        .arg("64M"));
+    assert!(out.status.success(), "mke2fs: {}", stderr(&out));
+    image
+}
+
+#[test]
+fn qcow2_import_equals_qemu_img_convert_and_passes_e2fsck() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let raw_path = ext4_image(dir.path());
+    let qcow2 = dir.path().join("ext4.qcow2");
+    qemu_img(
+        &["convert", "-f", "raw", "-O", "qcow2"],
+        &[&raw_path, &qcow2],
+    );
+
+    let (gw, a) = serve_written(&data, "a", "64MiB", &qcow2, "qcow2");
+
+    // Imported while the daemon runs: it serves the volume after its catalog sync.
+    let out = import(&data, &qcow2, "b", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_contains(&stdout(&out), "(qcow2, 64 MiB) as volume b");
+    // The progress summary (stderr is not a terminal here).
+    assert_contains(&stderr(&out), "uploading: 64 MiB in");
+    let b = url(&gw, "b");
+    wait_for_target(&b);
+
+    let raw = std::fs::read(&raw_path).unwrap();
+    let lun_a = read_lun(&a, dir.path(), "a.raw");
+    let lun_b = read_lun(&b, dir.path(), "b.raw");
+    assert!(lun_a == lun_b, "qemu-img convert and import differ");
+    assert_holds(&lun_b, &raw, "imported LUN");
+
+    let fsck = run(Command::new(tool("e2fsck"))
+        .args(["-fn"])
+        .arg(dir.path().join("b.raw")));
+    assert_eq!(
+        fsck.status.code(),
+        Some(0),
+        "e2fsck on the LUN read back: {}{}",
+        stdout(&fsck),
+        stderr(&fsck)
+    );
+    assert_eq!(gw.stop(), Some(0));
+    let tmp = data.join("tmp");
+    assert!(
+        std::fs::read_dir(&tmp).map_or(true, |mut d| d.next().is_none()),
+        "temp files left in {}",
+        tmp.display()
+    );
+}
+
+#[test]
+fn vmdk_and_raw_imports_read_back_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Noise, a zero gap, noise; 5 MiB + 512 bytes, so the volume is rounded up to 6 MiB.
+    let mut image = noise(2 * MIB, 21);
+    image.resize(4 * MIB, 0);
+    image.extend(noise(MIB + 512, 22));
+    let raw = dir.path().join("odd.img");
+    std::fs::write(&raw, &image).unwrap();
+    let vmdk = dir.path().join("odd.vmdk");
+    qemu_img(&["convert", "-f", "raw", "-O", "vmdk"], &[&raw, &vmdk]);
+
+    let out = import(&data, &raw, "from-raw", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_contains(
+        &stdout(&out),
+        "(raw, 5.0 MiB) as volume from-raw (6 MiB, 4 chunks",
+    );
+    let out = import(&data, &vmdk, "from-vmdk", &["--format", "vmdk"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_contains(&stdout(&out), "(vmdk, 5.0 MiB)");
+
+    let gw = start(&data, None);
+    for name in ["from-raw", "from-vmdk"] {
+        let target = url(&gw, name);
+        wait_for_target(&target);
+        assert_holds(&read_lun(&target, dir.path(), name), &image, name);
+    }
+    assert_eq!(gw.stop(), Some(0));
+}
+
+#[test]
+fn export_round_trips_after_the_daemon_stops_and_is_refused_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut image = noise(3 * MIB, 31);
+    image.resize(10 * MIB, 0);
+    image.extend(b"tidegate ".iter().copied().cycle().take(6 * MIB));
+    let source = dir.path().join("source.raw");
+    std::fs::write(&source, &image).unwrap();
+
+    let (gw, _) = serve_written(&data, "vol", "16MiB", &source, "raw");
+
+    let out_raw = dir.path().join("out.raw");
+    let refused = run(tidegate(&data)
+        .args(["volume", "export", "vol"])
+        .arg(&out_raw));
+    assert_eq!(refused.status.code(), Some(1));
+    let line = error_lines(&refused).join("\n");
+    assert!(
+        line.contains("running") && line.contains("stop it, or export a snapshot"),
+        "{line}"
+    );
+    assert!(!out_raw.exists());
+
+    // Stopped at once: what the daemon had not uploaded yet is in its upload buffer, and the
+    // export must upload it before reading the chunk map.
+    assert_eq!(gw.stop(), Some(0));
+    let out = run(tidegate(&data)
+        .args(["volume", "export", "vol"])
+        .arg(&out_raw));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&out_raw).unwrap(), image);
+
+    let out_qcow2 = dir.path().join("out.qcow2");
+    tidegate_ok(
+        &data,
+        &["volume", "export", "vol", out_qcow2.to_str().unwrap()],
+    );
+    let out_vmdk = dir.path().join("out.img");
+    tidegate_ok(
+        &data,
+        &[
+            "volume",
+            "export",
+            "vol",
+            out_vmdk.to_str().unwrap(),
+            "--format",
+            "vmdk",
+        ],
+    );
+    for (file, format) in [(&out_qcow2, "qcow2"), (&out_vmdk, "vmdk")] {
+        let compare = run(Command::new(tool("qemu-img"))
+            .args(["compare", "-f", format, "-F", "raw"])
+            .arg(file)
+            .arg(&source));
+        assert_eq!(
+            compare.status.code(),
+            Some(0),
+            "{format}: {}{}",
+            stdout(&compare),
+            stderr(&compare)
+        );
+    }
+}
+
+#[test]
+fn damaged_or_missing_images_fail_on_one_line_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let raw = dir.path().join("disk.raw");
+    std::fs::write(&raw, noise(8 * MIB, 41)).unwrap();
+    let qcow2 = dir.path().join("disk.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2"], &[&raw, &qcow2]);
+    let vmdk = dir.path().join("disk.vmdk");
+    qemu_img(&["convert", "-f", "raw", "-O", "vmdk"], &[&raw, &vmdk]);
+    // Cut both in half: qemu-img itself would convert them, reading the lost part as zeros.
+    let truncate = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        let cut = dir.path().join(format!(
+            "cut-{}",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        cut
+    };
+
+    for (image, name, expect) in [
+        (dir.path().join("missing.qcow2"), "m", "does not exist"),
+        (truncate(&qcow2), "q", "damaged or truncated"),
+        (truncate(&vmdk), "v", "qemu-img check"),
+        (raw.clone(), "Bad Name", "volume name"),
+    ] {
+        let out = import(&data, &image, name, &[]);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
+        let lines = error_lines(&out);
+        assert_eq!(lines.len(), 1, "{name}: {lines:?}");
+        assert!(lines[0].contains(expect), "{name}: {}", lines[0]);
+    }
+    let list = tidegate_ok(&data, &["volume", "list"]);
+    assert_eq!(stdout(&list).lines().count(), 1, "{}", stdout(&list));
+    let tmp = data.join("tmp");
+    assert!(
+        std::fs::read_dir(&tmp).map_or(true, |mut d| d.next().is_none()),
+        "temp files left"
+    );
+}
+
+#[test]
+fn export_of_a_tampered_chunk_fails_naming_it_and_writes_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let raw = dir.path().join("one.raw");
+    std::fs::write(&raw, noise(MIB, 51)).unwrap();
+    let out = import(&data, &raw, "one", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let id = tamper_with_the_only_chunk(&data);
+
+    let out_file = dir.path().join("out.raw");
+    let out = run(tidegate(&data)
+        .args(["volume", "export", "one"])
+        .arg(&out_file));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_lines(&out).join("\n");
+    assert!(
+        line.contains("chunk 0 of the volume") && line.contains(&format!("chunks/{id}")),
+        "{line}"
+    );
+    assert!(!out_file.exists(), "a file was written");
+    assert!(!dir.path().join("out.raw.partial").exists());
+}
