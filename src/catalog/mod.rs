@@ -6,9 +6,10 @@
 //! (`settings.rs` for gateway identity and integrity events; volumes, files, tapes and jobs
 //! follow as their gateways arrive).
 
-pub mod images;
+pub mod gc;
 mod schema;
 pub mod settings;
+pub mod snapshots;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -74,6 +75,21 @@ impl Catalog {
 
     pub fn schema_version(&self) -> Result<u32, CatalogError> {
         schema::version(&self.conn())
+    }
+
+    /// A value that changes whenever this process or another one commits to the catalog, so a
+    /// backup is taken only when there is something new to keep.
+    pub fn change_marker(&self) -> Result<(i64, u64), CatalogError> {
+        let conn = self.conn();
+        let other: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok((other, conn.total_changes()))
+    }
+
+    /// Writes a consistent, compacted copy of the catalog to `path` (which must not exist).
+    pub fn backup_to(&self, path: &Path) -> Result<(), CatalogError> {
+        let target = path.to_string_lossy().into_owned();
+        self.conn().execute("VACUUM INTO ?1", [target])?;
+        Ok(())
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {

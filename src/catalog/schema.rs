@@ -13,6 +13,7 @@ use crate::catalog::CatalogError;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_volumes.sql"),
+    include_str!("migrations/0003_snapshots.sql"),
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

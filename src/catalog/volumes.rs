@@ -41,6 +41,10 @@ pub struct VolumeRow {
     pub serial: String,
     pub uuid: [u8; 16],
     pub created_unix: i64,
+    /// Stored volumes: the local file or block device holding the data.
+    pub local_path: Option<String>,
+    /// The snapshot this volume was restored from, if any.
+    pub origin_snapshot: Option<String>,
 }
 
 /// What a new volume is made of; the catalog assigns the id.
@@ -54,9 +58,15 @@ pub struct NewVolume<'a> {
     pub serial: &'a str,
     pub uuid: [u8; 16],
     pub created_unix: i64,
+    pub local_path: Option<&'a str>,
+    pub origin_snapshot: Option<&'a str>,
 }
 
-pub(super) fn as_i64(v: u64) -> Result<i64, CatalogError> {
+/// Volume ids name cache objects (`v<id>/...`), so an id is never handed out twice: a new
+/// volume must not see a deleted one's cached data. The highest id ever used is kept here.
+const ID_HIGH_WATER: &str = "volumes.id_high_water";
+
+pub(crate) fn as_i64(v: u64) -> Result<i64, CatalogError> {
     i64::try_from(v)
         .map_err(|_| CatalogError::Sql(rusqlite::Error::IntegralValueOutOfRange(0, i64::MAX)))
 }
@@ -75,42 +85,120 @@ fn row_to_volume(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRow> {
         serial: r.get(6)?,
         uuid: uuid.try_into().map_err(|_| conv(7))?,
         created_unix: r.get(8)?,
+        local_path: r.get(9)?,
+        origin_snapshot: r.get(10)?,
     })
 }
 
-const COLUMNS: &str =
-    "id, name, size_bytes, block_size, chunk_size, mode, serial, uuid, created_unix";
+const COLUMNS: &str = "id, name, size_bytes, block_size, chunk_size, mode, serial, uuid, \
+                       created_unix, local_path, origin_snapshot";
 
-/// Inserts a volume row on `conn` (a connection or a transaction) and reads it back.
-pub(super) fn insert_volume(
-    conn: &rusqlite::Connection,
-    v: &NewVolume<'_>,
-) -> Result<VolumeRow, CatalogError> {
-    conn.execute(
-            "INSERT INTO volumes (name, size_bytes, block_size, chunk_size, mode, serial, uuid, created_unix)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                v.name,
-                as_i64(v.size_bytes)?,
-                i64::from(v.block_size),
-                as_i64(v.chunk_size)?,
-                v.mode.as_str(),
-                v.serial,
-                v.uuid.as_slice(),
-                v.created_unix
-            ],
-        )?;
-    let id = conn.last_insert_rowid();
-    Ok(conn.query_row(
-        &format!("SELECT {COLUMNS} FROM volumes WHERE id = ?1"),
-        [id],
-        row_to_volume,
-    )?)
+/// Inserts a volume under a never-used id, inside the caller's transaction.
+fn insert_volume(tx: &rusqlite::Transaction<'_>, v: &NewVolume<'_>) -> Result<i64, CatalogError> {
+    let high: i64 = tx.query_row(
+        "SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM settings WHERE key = ?1), 0),
+                    coalesce((SELECT max(id) FROM volumes), 0))",
+        [ID_HIGH_WATER],
+        |r| r.get(0),
+    )?;
+    let id = high + 1;
+    tx.execute(
+        "INSERT INTO volumes (id, name, size_bytes, block_size, chunk_size, mode, serial, uuid,
+                              created_unix, local_path, origin_snapshot)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            id,
+            v.name,
+            as_i64(v.size_bytes)?,
+            i64::from(v.block_size),
+            as_i64(v.chunk_size)?,
+            v.mode.as_str(),
+            v.serial,
+            v.uuid.as_slice(),
+            v.created_unix,
+            v.local_path,
+            v.origin_snapshot,
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![ID_HIGH_WATER, id.to_string()],
+    )?;
+    Ok(id)
 }
 
 impl Catalog {
     pub fn create_volume(&self, v: &NewVolume<'_>) -> Result<VolumeRow, CatalogError> {
-        insert_volume(&self.conn(), v)
+        self.create_volume_with_chunks(v, &[])
+    }
+
+    /// Creates a volume and its whole chunk map at once: a restore or import that fails part
+    /// way leaves no half volume behind.
+    pub fn create_volume_with_chunks(
+        &self,
+        v: &NewVolume<'_>,
+        chunks: &[(u64, [u8; 32])],
+    ) -> Result<VolumeRow, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let id = insert_volume(&tx, v)?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO volume_chunks (volume_id, chunk_index, chunk_id) VALUES (?1, ?2, ?3)",
+            )?;
+            for (index, chunk) in chunks {
+                stmt.execute(params![id, as_i64(*index)?, chunk.as_slice()])?;
+            }
+        }
+        let row = tx.query_row(
+            &format!("SELECT {COLUMNS} FROM volumes WHERE id = ?1"),
+            [id],
+            row_to_volume,
+        )?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// A volume's whole chunk map, ascending by index.
+    pub fn chunk_map(&self, volume: i64) -> Result<Vec<(u64, [u8; 32])>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT chunk_index, chunk_id FROM volume_chunks WHERE volume_id = ?1
+             ORDER BY chunk_index",
+        )?;
+        let rows = stmt.query_map([volume], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (index, id) = row?;
+            let conv = |i| rusqlite::Error::IntegralValueOutOfRange(i, -1);
+            out.push((
+                u64::try_from(index).map_err(|_| conv(0))?,
+                id.try_into().map_err(|_| conv(1))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every chunk id any volume's map references (for garbage collection's mark phase).
+    pub fn referenced_chunks(&self) -> Result<Vec<[u8; 32]>, CatalogError> {
+        self.chunk_ids("SELECT DISTINCT chunk_id FROM volume_chunks")
+    }
+
+    /// The 32-byte ids a one-column query returns (other lengths are skipped).
+    pub(crate) fn chunk_ids(&self, sql: &str) -> Result<Vec<[u8; 32]>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Ok(id) = <[u8; 32]>::try_from(row?) {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 
     pub fn volumes(&self) -> Result<Vec<VolumeRow>, CatalogError> {
@@ -211,11 +299,10 @@ impl Catalog {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
 
-    /// A 1 GiB volume row to insert; shared with the other catalog tests.
-    pub(in crate::catalog) fn new(name: &str) -> NewVolume<'_> {
+    fn new(name: &str) -> NewVolume<'_> {
         NewVolume {
             name,
             size_bytes: 1 << 30,
@@ -225,6 +312,8 @@ pub(super) mod tests {
             serial: "S1",
             uuid: [9; 16],
             created_unix: 5,
+            local_path: None,
+            origin_snapshot: None,
         }
     }
 
@@ -252,5 +341,15 @@ pub(super) mod tests {
         // An upload finishing after the delete records nothing.
         c.set_chunk(v.id, 1, Some(&[4; 32])).unwrap();
         assert_eq!(c.chunk(v.id, 1).unwrap(), None);
+        // Ids are never reused, even after the newest volume is deleted.
+        let b = c.create_volume(&new("b")).unwrap();
+        assert!(b.id > v.id);
+        assert!(c.delete_volume("b").unwrap());
+        let d = c
+            .create_volume_with_chunks(&new("d"), &[(2, [5; 32]), (9, [6; 32])])
+            .unwrap();
+        assert!(d.id > b.id, "{} after {}", d.id, b.id);
+        assert_eq!(c.chunk_map(d.id).unwrap(), vec![(2, [5; 32]), (9, [6; 32])]);
+        assert_eq!(c.referenced_chunks().unwrap().len(), 2);
     }
 }

@@ -55,6 +55,20 @@ pub enum Command {
     /// Create, list and delete block volumes (served over iSCSI by `serve`).
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Point-in-time snapshots of volumes into the bucket.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Delete bucket chunks no volume or snapshot references (mark and sweep).
+    Gc {
+        /// Report what would be freed; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Never delete an object younger than this (uploads and snapshots in flight).
+        #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+        grace: std::time::Duration,
+    },
+    /// Rebuild a lost gateway from its bucket and key file on a fresh data dir.
+    Recover(Box<RecoverArgs>),
     /// Low-level chunk access, for debugging and tests.
     #[command(subcommand, hide = true)]
     Chunk(ChunkCommand),
@@ -77,8 +91,15 @@ pub enum VolumeCommand {
         #[arg(long)]
         name: String,
         /// Size, a whole number of MiB up to 32TiB (e.g. 100GiB, 2TiB).
-        #[arg(long)]
-        size: ByteSize,
+        #[arg(
+            long,
+            required_unless_present = "from_snapshot",
+            conflicts_with = "from_snapshot"
+        )]
+        size: Option<ByteSize>,
+        /// Restore: the new volume starts with this snapshot's content (its size too).
+        #[arg(long, value_name = "SNAPSHOT")]
+        from_snapshot: Option<String>,
         #[arg(long, value_enum, default_value_t = VolumeModeArg::Cached)]
         mode: VolumeModeArg,
     },
@@ -87,7 +108,7 @@ pub enum VolumeCommand {
     /// Delete a volume and its chunk map (its bucket chunks are freed by garbage collection).
     Delete { name: String },
     /// Deploy a VM image (raw, qcow2, vmdk, ...) as a new volume, straight into the bucket.
-    /// Formats other than raw need qemu-img and temporary space in DATA_DIR/tmp.
+    /// Formats other than raw need qemu-img and temporary space in DATA_DIR/staging.
     Import {
         #[arg(value_name = "IMAGE")]
         image: PathBuf,
@@ -117,6 +138,68 @@ pub enum ImageFormatArg {
     Vmdk,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a crash-consistent snapshot now: every write acknowledged before the call is in.
+    Create {
+        volume: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Return once requested instead of waiting for the snapshot to commit.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List snapshots (of one volume if given).
+    List { volume: Option<String> },
+    /// Delete a snapshot (its chunks are freed by `tidegate gc` if nothing else uses them).
+    Delete { snapshot: String },
+    /// Take snapshots of a volume on a schedule, keeping the newest few.
+    Schedule {
+        volume: String,
+        /// Interval, e.g. 1h, 30m, 1d (at least 1m).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION", required_unless_present = "off")]
+        every: Option<std::time::Duration>,
+        /// Scheduled snapshots to keep (older ones are deleted; manual ones never are).
+        #[arg(long, default_value_t = 24)]
+        keep: u32,
+        /// Remove the volume's schedule.
+        #[arg(long, conflicts_with = "every")]
+        off: bool,
+    },
+}
+
+/// `90s`, `30m`, `1h`, `2d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with s, m, h or d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    n.checked_mul(scale)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub bucket: BucketArgs,
+    /// The lost gateway's key file (required: nothing in the bucket reads without it).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: PathBuf,
+    /// Which gateway's catalog to recover when the bucket holds several.
+    #[arg(long, value_name = "ID")]
+    pub gateway_id: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum VolumeModeArg {
     /// The bucket is the source of truth; the local cache holds the hot set.
@@ -137,8 +220,9 @@ pub enum ChunkCommand {
     },
 }
 
+/// Which bucket, and how to reach it (`activate` and `recover`).
 #[derive(Debug, Args)]
-pub struct ActivateArgs {
+pub struct BucketArgs {
     /// Gateway name.
     #[arg(long, default_value = crate::config::defaults::NAME)]
     pub name: String,
@@ -157,6 +241,12 @@ pub struct ActivateArgs {
     /// Without it the AWS environment variables are used.
     #[arg(long, value_name = "FILE")]
     pub credentials_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    #[command(flatten)]
+    pub bucket: BucketArgs,
     /// Key file; created (0600) if missing. Give an existing one to re-pair after recovery.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,

@@ -37,6 +37,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Volume(cmd) => {
             commands::volume::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
         }
+        Command::Snapshot(cmd) => {
+            commands::snapshot::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
+        }
+        Command::Gc { dry_run, grace } => commands::gc::run(
+            load_config(cli.config.as_deref(), &data_dir)?,
+            dry_run,
+            grace,
+        ),
+        Command::Recover(args) => commands::recover::run(*args, cli.config.as_deref(), &data_dir),
         Command::Chunk(cmd) => {
             commands::chunk::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
         }

@@ -70,14 +70,15 @@ impl Config {
         self.data_dir.join("catalog.db")
     }
 
+    /// Snapshot stage files and other transient local work (raw images on their way through
+    /// qemu-img too).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.data_dir.join("staging")
+    }
+
     /// Pid and readiness files of a running daemon.
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
-    }
-
-    /// Scratch files (raw images converted by qemu-img on their way in or out).
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.data_dir.join("tmp")
     }
 
     pub fn is_embedded(&self) -> bool {

@@ -6,7 +6,11 @@
 //! (key check included) is serving; a start that fails leaves no readiness file behind.
 
 pub mod activate;
+pub mod backup;
+pub mod offline;
+pub mod recover;
 pub mod scrub;
+pub mod snapshots;
 pub mod status;
 pub mod volumes;
 
@@ -151,12 +155,25 @@ impl Engine {
         if catalog.setting(setting::GATEWAY_ID)?.is_none() {
             activate::record_identity(&catalog, &config, codec.key())?;
         }
+        let pins = Arc::new(CatalogPins(catalog.clone()));
         Ok(Self {
-            chunks: Arc::new(ChunkStore::new(bucket, codec)),
+            chunks: Arc::new(ChunkStore::new(bucket, codec).with_pins(pins)),
             config,
             catalog,
             pairing,
         })
+    }
+}
+
+/// Pins chunks in the catalog before they are uploaded (see `catalog::gc`).
+#[derive(Debug)]
+struct CatalogPins(Arc<Catalog>);
+
+impl crate::store::ChunkPins for CatalogPins {
+    fn pin(&self, id: &crate::store::ChunkId) -> Result<(), String> {
+        self.0
+            .pin_chunk(&id.0, unix_now())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -177,7 +194,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         "engine open"
     );
     let config = engine.config.clone();
-    let cache = Arc::new(open_cache(&engine)?);
+    let sink = Arc::new(crate::gateway::volumes::sink::BucketSink::new(
+        engine.catalog.clone(),
+        engine.chunks.clone(),
+    ));
+    let cache = Arc::new(Cache::open(cache_config(&config), sink)?);
 
     let registry = Arc::new(crate::frontend::iscsi::Registry::new());
     let volumes = Arc::new(volumes::VolumeService::new(
@@ -211,6 +232,27 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         async move {
             let _ = iscsi_stop.changed().await;
         },
+    ));
+    let gateway_id = engine
+        .catalog
+        .setting(setting::GATEWAY_ID)?
+        .unwrap_or_default();
+    let snapshots = tokio::spawn(
+        Arc::new(snapshots::SnapshotService {
+            catalog: engine.catalog.clone(),
+            chunks: engine.chunks.clone(),
+            volumes: volumes.clone(),
+            gateway_id: gateway_id.clone(),
+            staging_dir: config.staging_dir(),
+        })
+        .run(stop_rx.clone()),
+    );
+    let backups = tokio::spawn(backup_loop(
+        engine.catalog.clone(),
+        engine.chunks.clone(),
+        gateway_id.clone(),
+        config.staging_dir(),
+        stop_rx.clone(),
     ));
     let mut sync_stop = stop_rx.clone();
     let sync_volumes = volumes.clone();
@@ -255,31 +297,51 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = stop_tx.send(true);
     let _ = iscsi.await;
     let _ = housekeeping.await;
+    let _ = snapshots.await;
+    let _ = backups.await;
     // Everything acknowledged is made durable in the upload buffer; uploads resume next start.
     if let Err(e) = cache.flush().await {
         tracing::error!(error = %e, "flushing the cache at shutdown");
     }
+    match backup::take(
+        &engine.catalog,
+        &engine.chunks,
+        &gateway_id,
+        &config.staging_dir(),
+    )
+    .await
+    {
+        Ok(key) => tracing::info!(%key, "catalog backed up"),
+        Err(e) => tracing::warn!(error = %e, "backing up the catalog at shutdown"),
+    }
     Ok(())
 }
 
-/// Opens the cache areas with the volumes' sink, replaying the upload buffer's journal; the
-/// uploader starts at once. Inside a tokio runtime only.
-fn open_cache(engine: &Engine) -> Result<Cache, DaemonError> {
-    let sink = Arc::new(crate::gateway::volumes::sink::BucketSink::new(
-        engine.catalog.clone(),
-        engine.chunks.clone(),
-    ));
-    Ok(Cache::open(cache_config(&engine.config), sink)?)
-}
-
-/// With no daemon running (the caller holds `lock`): uploads everything the upload buffer still
-/// holds, so the bucket and the chunk maps have every acknowledged write. Waits while the bucket
-/// is unreachable, as the daemon's uploader does.
-pub async fn drain_upload_buffer(engine: &Engine) -> Result<(), DaemonError> {
-    let cache = open_cache(engine)?;
-    let drained = cache.drain().await;
-    cache.close().await;
-    Ok(drained?)
+/// Backs the catalog up to the bucket whenever it changed, at most every `backup::INTERVAL`.
+async fn backup_loop(
+    catalog: Arc<Catalog>,
+    chunks: Arc<ChunkStore>,
+    gateway_id: String,
+    scratch: PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut saved = None;
+    loop {
+        let marker = catalog.change_marker().ok();
+        if marker.is_some() && marker != saved {
+            match backup::take(&catalog, &chunks, &gateway_id, &scratch).await {
+                Ok(key) => {
+                    tracing::debug!(%key, "catalog backed up");
+                    saved = marker;
+                }
+                Err(e) => tracing::warn!(error = %e, "backing up the catalog"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backup::INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 fn cache_config(config: &Config) -> CacheConfig {
@@ -298,12 +360,9 @@ fn live_status(cache: &Cache) -> String {
     toml::to_string(&status::LiveStatus::new(&cache.stats(), unix_now())).unwrap_or_default()
 }
 
-/// Holds `run/lock` for the daemon's lifetime: one daemon per data dir. Offline commands that
-/// must not run beside a daemon (`volume export`) hold it too.
-pub(crate) fn lock(config: &Config) -> Result<std::fs::File, DaemonError> {
-    let run_dir = config.run_dir();
-    std::fs::create_dir_all(&run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
-    let path = run_dir.join("lock");
+/// Holds `run/lock` for the daemon's lifetime: one daemon per data dir.
+fn lock(config: &Config) -> Result<std::fs::File, DaemonError> {
+    let path = config.run_dir().join("lock");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

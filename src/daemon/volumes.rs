@@ -40,7 +40,7 @@ pub struct VolumeService {
     catalog: Arc<Catalog>,
     cache: Arc<Cache>,
     registry: Arc<Registry>,
-    served: Mutex<BTreeMap<i64, String>>,
+    served: Mutex<BTreeMap<i64, (String, Arc<Volume>)>>,
 }
 
 impl VolumeService {
@@ -72,7 +72,7 @@ impl VolumeService {
         let volumes = self.catalog.volumes()?;
         let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
         let live: Vec<i64> = volumes.iter().map(|v| v.id).collect();
-        served.retain(|id, iqn| {
+        served.retain(|id, (iqn, _)| {
             let keep = live.contains(id);
             if !keep {
                 self.registry.remove(iqn);
@@ -91,15 +91,21 @@ impl VolumeService {
                 self.catalog.clone(),
             ));
             let mut luns = LunMap::new();
-            luns.insert(0, Arc::new(Disk::new(volume)));
+            luns.insert(0, Arc::new(Disk::new(volume.clone())));
             self.registry.add(TargetEntry {
                 iqn: iqn.clone(),
                 luns: Arc::new(luns),
                 chap: self.chap(),
             });
             tracing::info!(volume = %row.name, target_name = %iqn, "serving volume");
-            served.insert(row.id, iqn);
+            served.insert(row.id, (iqn, volume));
         }
         Ok(())
+    }
+
+    /// The served volume with this id, if any.
+    pub fn volume(&self, id: i64) -> Option<Arc<Volume>> {
+        let served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        served.get(&id).map(|(_, v)| v.clone())
     }
 }

@@ -21,11 +21,18 @@ pub enum ChunkRef {
     Stored(ChunkId),
 }
 
+/// Told about every chunk just before it is PUT, so garbage collection never deletes a chunk
+/// an upload is about to reference (catalog::gc). An error aborts the put.
+pub trait ChunkPins: Send + Sync + std::fmt::Debug {
+    fn pin(&self, id: &ChunkId) -> Result<(), String>;
+}
+
 #[derive(Debug)]
 pub struct ChunkStore {
     bucket: Arc<Bucket>,
     codec: Codec,
     corrupt_reads: AtomicU64,
+    pins: Option<Arc<dyn ChunkPins>>,
 }
 
 impl ChunkStore {
@@ -34,7 +41,14 @@ impl ChunkStore {
             bucket,
             codec,
             corrupt_reads: AtomicU64::new(0),
+            pins: None,
         }
+    }
+
+    /// Pins every chunk before its PUT (the daemon and every command that uploads chunks).
+    pub fn with_pins(mut self, pins: Arc<dyn ChunkPins>) -> Self {
+        self.pins = Some(pins);
+        self
     }
 
     pub fn bucket(&self) -> &Arc<Bucket> {
@@ -43,18 +57,27 @@ impl ChunkStore {
 
     /// Seals and uploads a chunk; all-zero data costs nothing and returns `ChunkRef::Zero`.
     pub async fn put(&self, data: Bytes) -> Result<ChunkRef, StoreError> {
+        Ok(self.put_counted(data).await?.0)
+    }
+
+    /// `put`, also returning the bytes stored in the bucket (0 for a zero chunk).
+    pub async fn put_counted(&self, data: Bytes) -> Result<(ChunkRef, u64), StoreError> {
         let codec = self.codec.clone();
         let sealed = tokio::task::spawn_blocking(move || codec.seal_chunk(&data))
             .await
             .map_err(|e| self.internal("seal", e.to_string()))?
             .map_err(|e| self.internal("seal", e.to_string()))?;
         match sealed {
-            Sealed::Zero => Ok(ChunkRef::Zero),
+            Sealed::Zero => Ok((ChunkRef::Zero, 0)),
             Sealed::Chunk { id, frame } => {
+                if let Some(pins) = &self.pins {
+                    pins.pin(&id).map_err(|e| self.internal("pin", e))?;
+                }
+                let len = frame.len() as u64;
                 self.bucket
                     .put(&id.object_key(), Bytes::from(frame))
                     .await?;
-                Ok(ChunkRef::Stored(id))
+                Ok((ChunkRef::Stored(id), len))
             }
         }
     }
@@ -70,6 +93,36 @@ impl ChunkStore {
             .await
             .map_err(|e| self.internal("open", e.to_string()))?;
         opened.map_err(|e| self.corrupt(e))
+    }
+
+    /// Seals `data` under the object key `key` (manifests, catalog backups) and uploads it.
+    /// Returns the bytes stored.
+    pub async fn put_sealed(&self, key: &str, data: Bytes) -> Result<u64, StoreError> {
+        let codec = self.codec.clone();
+        let object = key.to_owned();
+        let frame = tokio::task::spawn_blocking(move || codec.seal(&object, &data))
+            .await
+            .map_err(|e| self.internal("seal", e.to_string()))?
+            .map_err(|e| self.internal("seal", e.to_string()))?;
+        let len = frame.len() as u64;
+        self.bucket.put(key, Bytes::from(frame)).await?;
+        Ok(len)
+    }
+
+    /// Downloads and opens an object written by `put_sealed`; tampering is `Corrupt`.
+    pub async fn get_sealed(&self, key: &str) -> Result<Bytes, StoreError> {
+        let frame = Vec::from(self.bucket.get(key).await?);
+        let codec = self.codec.clone();
+        let object = key.to_owned();
+        let opened = tokio::task::spawn_blocking(move || codec.open(&object, frame))
+            .await
+            .map_err(|e| self.internal("open", e.to_string()))?;
+        opened.map_err(|e| self.corrupt(e))
+    }
+
+    /// The content id `put` would give `data` (keyed BLAKE3), without storing anything.
+    pub fn content_id(&self, data: &[u8]) -> ChunkId {
+        self.codec.chunk_id(data)
     }
 
     /// Reads of chunks that failed verification since start.

@@ -14,6 +14,44 @@ pub const KEYCHECK: &str = "gateway/keycheck";
 /// Where chunks live; chunk objects are `chunks/<64 hex digits>`.
 pub const CHUNKS_PREFIX: &str = "chunks/";
 
+/// Where snapshot manifests live: `snapshots/<id>/manifest` and its parts `.../map/<n>`.
+pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+
+pub fn snapshot_manifest(snapshot: &str) -> String {
+    format!("{SNAPSHOTS_PREFIX}{snapshot}/manifest")
+}
+
+pub fn snapshot_part(snapshot: &str, n: usize) -> String {
+    format!("{SNAPSHOTS_PREFIX}{snapshot}/map/{n:06}")
+}
+
+/// Every object of one snapshot (manifest and parts) is under this prefix.
+pub fn snapshot_prefix(snapshot: &str) -> String {
+    format!("{SNAPSHOTS_PREFIX}{snapshot}/")
+}
+
+/// The snapshot id of a manifest key, if `key` is one.
+pub fn manifest_snapshot(key: &str) -> Option<&str> {
+    key.strip_prefix(SNAPSHOTS_PREFIX)?
+        .strip_suffix("/manifest")
+}
+
+/// Encrypted catalog copies of one gateway: `gateway/<id>/catalog/<generation, 20 digits>`.
+pub fn catalog_backup_prefix(gateway_id: &str) -> String {
+    format!("gateway/{gateway_id}/catalog/")
+}
+
+pub fn catalog_backup(gateway_id: &str, generation: u64) -> String {
+    format!("gateway/{gateway_id}/catalog/{generation:020}")
+}
+
+/// `(gateway id, generation)` of a catalog backup key.
+pub fn parse_catalog_backup(key: &str) -> Option<(&str, u64)> {
+    let (gateway, generation) = key.strip_prefix("gateway/")?.split_once("/catalog/")?;
+    (generation.len() == 20).then_some(())?;
+    Some((gateway, generation.parse().ok()?))
+}
+
 /// A chunk's content address: keyed BLAKE3 of its plaintext under the gateway's dedup key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId(pub [u8; 32]);

@@ -35,7 +35,7 @@ use object_store::{
 };
 
 use crate::config::{BucketConfig, BucketLocation, Credentials};
-pub use chunks::{ChunkRef, ChunkStore};
+pub use chunks::{ChunkPins, ChunkRef, ChunkStore};
 pub use frame::{Codec, FrameError};
 pub use keys::ChunkId;
 pub use master::{KeyError, MasterKey};
@@ -98,6 +98,8 @@ impl StoreError {
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// Last modification, seconds since the epoch (garbage collection's grace period).
+    pub modified_unix: i64,
 }
 
 /// One bucket (and prefix): the store every gateway writes through.
@@ -310,6 +312,7 @@ impl Bucket {
             .map_ok(|meta| ObjectInfo {
                 key: meta.location.to_string(),
                 size: meta.size,
+                modified_unix: meta.last_modified.timestamp(),
             })
             .try_collect()
             .await

@@ -13,7 +13,7 @@ use crate::support::{
     cunit, noise, run, stderr, stdout, tamper_with_the_only_chunk, tidegate, tool,
 };
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 
 pub(crate) fn create_volume(data_dir: &Path, config: Option<&Path>, name: &str, size: &str) {
     let mut cmd = tidegate(data_dir);
@@ -25,7 +25,7 @@ pub(crate) fn create_volume(data_dir: &Path, config: Option<&Path>, name: &str, 
 }
 
 /// Activates a gateway in `data` on the Garage bucket under `prefix`; returns its config path.
-fn activate_on(
+pub(crate) fn activate_on(
     garage: &Garage,
     dir: &Path,
     data: &Path,
@@ -81,7 +81,7 @@ pub(crate) fn wait_for_target(url: &str) {
     }
 }
 
-fn qemu_io(url: &str, commands: &[&str]) -> std::process::Output {
+pub(crate) fn qemu_io(url: &str, commands: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(tool("qemu-io"));
     cmd.args(["-f", "raw"]);
     for c in commands {
@@ -91,7 +91,7 @@ fn qemu_io(url: &str, commands: &[&str]) -> std::process::Output {
 }
 
 /// qemu-io prints "Pattern verification failed" (and still exits 0) on a mismatch.
-fn assert_pattern(url: &str, pattern: u8, offset: u64, len: u64) {
+pub(crate) fn assert_pattern(url: &str, pattern: u8, offset: u64, len: u64) {
     let out = qemu_io(url, &[&format!("read -P 0x{pattern:02x} {offset} {len}")]);
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
@@ -102,7 +102,7 @@ fn assert_pattern(url: &str, pattern: u8, offset: u64, len: u64) {
 
 /// Waits until a status written after this call reports nothing dirty (the file is rewritten
 /// every second, so an older one may predate the writes being waited for).
-fn wait_drained(gw: &Gateway, limit: Duration) {
+pub(crate) fn wait_drained(gw: &Gateway, limit: Duration) {
     let called = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -124,7 +124,7 @@ fn wait_drained(gw: &Gateway, limit: Duration) {
 
 /// With the daemon stopped after a drain, removes the cache and the upload buffer: everything in
 /// them is in the bucket, so reads afterwards can only be served from the bucket.
-fn drop_local_copies(data: &Path) {
+pub(crate) fn drop_local_copies(data: &Path) {
     std::fs::remove_dir_all(data.join("cache")).unwrap();
     std::fs::remove_dir_all(data.join("upload-buffer")).unwrap();
 }

@@ -8,6 +8,7 @@ mod cli;
 mod iscsi_volume;
 mod layering;
 mod malformed;
+mod snapshots;
 mod store;
 mod support;
 mod volume_image;

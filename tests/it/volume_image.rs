@@ -133,7 +133,7 @@ fn qcow2_import_equals_qemu_img_convert_and_passes_e2fsck() {
         stderr(&fsck)
     );
     assert_eq!(gw.stop(), Some(0));
-    let tmp = data.join("tmp");
+    let tmp = data.join("staging");
     assert!(
         std::fs::read_dir(&tmp).map_or(true, |mut d| d.next().is_none()),
         "temp files left in {}",
@@ -273,7 +273,7 @@ fn damaged_or_missing_images_fail_on_one_line_and_create_nothing() {
     }
     let list = tidegate_ok(&data, &["volume", "list"]);
     assert_eq!(stdout(&list).lines().count(), 1, "{}", stdout(&list));
-    let tmp = data.join("tmp");
+    let tmp = data.join("staging");
     assert!(
         std::fs::read_dir(&tmp).map_or(true, |mut d| d.next().is_none()),
         "temp files left"

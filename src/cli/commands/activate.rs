@@ -11,10 +11,27 @@ use crate::config::defaults;
 use crate::config::file::{BucketSection, DiskSection, FileConfig, GatewaySection};
 use crate::store::keycheck::Pairing;
 
-pub fn run(args: ActivateArgs, config: Option<&Path>, data_dir: &Path) -> Result<ExitCode> {
-    let config_path = config
+/// Where `activate` and `recover` write the config.
+pub fn config_path(config: Option<&Path>, data_dir: &Path) -> std::path::PathBuf {
+    config
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| data_dir.join(defaults::CONFIG_FILE));
+        .unwrap_or_else(|| data_dir.join(defaults::CONFIG_FILE))
+}
+
+pub fn run(args: ActivateArgs, config: Option<&Path>, data_dir: &Path) -> Result<ExitCode> {
+    let config_path = config_path(config, data_dir);
+    let text = config_text(args, data_dir, "activate")?;
+    let rt = crate::cli::runtime()?;
+    let done = rt.block_on(crate::daemon::activate::activate(
+        &text,
+        &config_path,
+        data_dir,
+    ))?;
+    print_activation(&done)
+}
+
+/// The config file `activate` (or `recover`) writes, from the flags.
+pub fn config_text(args: ActivateArgs, data_dir: &Path, by: &str) -> Result<String> {
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let disk = |path: Option<std::path::PathBuf>, size: Option<crate::config::ByteSize>| {
         (path.is_some() || size.is_some()).then(|| DiskSection {
@@ -24,16 +41,16 @@ pub fn run(args: ActivateArgs, config: Option<&Path>, data_dir: &Path) -> Result
     };
     let file = FileConfig {
         gateway: Some(GatewaySection {
-            name: Some(args.name),
+            name: Some(args.bucket.name),
             data_dir: Some(data_dir.to_path_buf()),
             key_file: args.key_file.as_deref().map(absolute),
         }),
         bucket: Some(BucketSection {
-            url: args.bucket,
-            endpoint: args.endpoint,
-            region: args.region,
-            path_style: args.virtual_hosted.then_some(false),
-            credentials_file: args.credentials_file.as_deref().map(absolute),
+            url: args.bucket.bucket,
+            endpoint: args.bucket.endpoint,
+            region: args.bucket.region,
+            path_style: args.bucket.virtual_hosted.then_some(false),
+            credentials_file: args.bucket.credentials_file.as_deref().map(absolute),
             upload_limit: args.upload_limit,
             download_limit: args.download_limit,
             ..BucketSection::default()
@@ -42,17 +59,13 @@ pub fn run(args: ActivateArgs, config: Option<&Path>, data_dir: &Path) -> Result
         upload_buffer: disk(args.upload_buffer_path, args.upload_buffer_size),
         iscsi: None,
     };
-    let text = format!(
-        "# Written by `tidegate activate`; see docs/operations.md for every key.\n{}",
+    Ok(format!(
+        "# Written by `tidegate {by}`; see docs/operations.md for every key.\n{}",
         toml::to_string(&file).context("rendering the config")?
-    );
-    let rt = crate::cli::runtime()?;
-    let done = rt.block_on(crate::daemon::activate::activate(
-        &text,
-        &config_path,
-        data_dir,
-    ))?;
+    ))
+}
 
+fn print_activation(done: &crate::daemon::activate::Activation) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

@@ -3,8 +3,11 @@
 pub mod activate;
 pub mod bench;
 pub mod chunk;
+pub mod gc;
+pub mod recover;
 pub mod scrub;
 pub mod serve;
+pub mod snapshot;
 pub mod status;
 pub mod treehash;
 pub mod volume;

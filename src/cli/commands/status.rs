@@ -143,7 +143,7 @@ fn area(a: &AreaStatus) -> String {
 }
 
 /// UTC time as RFC 3339, from the days-from-civil algorithm (no date crate needed for this).
-fn rfc3339(unix: i64) -> String {
+pub fn rfc3339(unix: i64) -> String {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
     let z = days + 719_468;

@@ -24,20 +24,42 @@ pub fn run(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
     let catalog = Arc::new(Catalog::open(&config.catalog_path())?);
     let mut out = std::io::stdout().lock();
     match cmd {
-        VolumeCommand::Create { name, size, mode } => {
+        VolumeCommand::Create {
+            name,
+            size,
+            from_snapshot,
+            mode,
+        } => {
             let mode = match mode {
                 VolumeModeArg::Cached => VolumeMode::Cached,
                 VolumeModeArg::Stored => VolumeMode::Stored,
             };
-            let row = volumes::create(
-                &catalog,
-                &CreateVolume {
-                    name: &name,
-                    size_bytes: size.bytes(),
-                    mode,
-                },
-            )
-            .map_err(usage)?;
+            let row = match (from_snapshot, size) {
+                (Some(snapshot), _) => {
+                    let rt = crate::cli::runtime()?;
+                    let engine = rt.block_on(crate::daemon::Engine::open(config.clone()))?;
+                    rt.block_on(crate::gateway::volumes::snapshot::restore(
+                        &engine.catalog,
+                        &engine.chunks,
+                        &snapshot,
+                        &name,
+                        mode,
+                    ))
+                    .map_err(usage)?
+                }
+                (None, Some(size)) => volumes::create(
+                    &catalog,
+                    &CreateVolume {
+                        name: &name,
+                        size_bytes: size.bytes(),
+                        mode,
+                    },
+                )
+                .map_err(usage)?,
+                (None, None) => {
+                    return Err(UsageError("give --size or --from-snapshot".into()).into());
+                }
+            };
             writeln!(
                 out,
                 "created volume {} ({}, {}), target {}",
@@ -96,19 +118,14 @@ fn import(
     }
     // Name, duplicates and the volume count, before any conversion or upload (the size is
     // checked once the image's is known).
-    let probe = CreateVolume {
-        name,
-        size_bytes: CHUNK_SIZE,
-        mode: VolumeMode::Cached,
-    };
-    volumes::check(catalog, &probe).map_err(usage)?;
+    volumes::check_new(catalog, name, CHUNK_SIZE).map_err(usage)?;
     let rt = crate::cli::runtime()?;
     let engine = rt.block_on(Engine::open(config.clone()))?;
     let mut bar = Bar::new();
     let raw = image::prepare_import(
         image_path,
         image_format(format),
-        &config.tmp_dir(),
+        &config.staging_dir(),
         &mut bar,
     )
     .map_err(image_error)?;
@@ -149,23 +166,32 @@ fn export(
     if let Some(ready) = daemon::Ready::read(&config) {
         anyhow::bail!("the daemon (pid {}) is running; {RUNNING}", ready.pid);
     }
-    // Held to the end, so no daemon starts and writes while the volume is read out.
-    let _lock = daemon::lock(&config).map_err(|e| match e {
-        daemon::DaemonError::AlreadyRunning { pid, .. } => {
-            anyhow::anyhow!("a daemon (pid {pid}) is starting; {RUNNING}")
-        }
-        other => other.into(),
-    })?;
     let row = catalog
         .volume_by_name(name)?
         .ok_or_else(|| UsageError(format!("no volume named {name}")))?;
+    if row.mode != VolumeMode::Cached {
+        return Err(UsageError(format!(
+            "volume {name} is a {} volume; export a snapshot of it",
+            row.mode.as_str()
+        ))
+        .into());
+    }
     let format = image_format(format).unwrap_or_else(|| by_extension(file));
-    let tmp_dir = config.tmp_dir();
+    let staging_dir = config.staging_dir();
     let rt = crate::cli::runtime()?;
     let mut bar = Bar::new();
     let exported = rt.block_on(async {
-        let engine = Engine::open(config).await?;
-        daemon::drain_upload_buffer(&engine).await?;
+        // Takes the daemon's lock until the end, so no daemon starts and writes while the
+        // volume is read out, and uploads what the upload buffer still holds.
+        let quiet = daemon::offline::quiesce(config)
+            .await
+            .map_err(|e| match e {
+                daemon::DaemonError::AlreadyRunning { pid, .. } => {
+                    anyhow::anyhow!("a daemon (pid {pid}) is starting; {RUNNING}")
+                }
+                other => other.into(),
+            })?;
+        let engine = &quiet.engine;
         let map = engine.catalog.chunk_map(row.id)?;
         image::export(
             &engine.chunks,
@@ -173,7 +199,7 @@ fn export(
             &map,
             file,
             format,
-            &tmp_dir,
+            &staging_dir,
             &mut bar,
         )
         .await

@@ -5,7 +5,7 @@
 //! write-back cache: an import is no client write waiting for an acknowledgement, and going
 //! through the cache would write every byte to local disk twice before the bucket. Formats other
 //! than raw go through `qemu-img` (`image/qemu.rs`) and a sparse raw file in the data dir's
-//! `tmp/`. It never prints; progress goes to a [`Progress`].
+//! `staging/`. It never prints; progress goes to a [`Progress`].
 //!
 //! Invariants: an import creates its volume and the whole chunk map in one catalog transaction
 //! after every chunk is in the bucket, so a volume either appears complete or not at all (chunks
@@ -21,12 +21,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::catalog::images::MapEntry;
-use crate::catalog::volumes::{VolumeMode, VolumeRow};
+use crate::catalog::volumes::VolumeRow;
 use crate::catalog::{Catalog, CatalogError};
 use crate::gateway::GatewayError;
-use crate::gateway::volumes::{self, CHUNK_SIZE, CreateVolume};
+use crate::gateway::volumes::{self, CHUNK_SIZE};
 use crate::store::{ChunkId, ChunkRef, ChunkStore, StoreError};
+
+/// One chunk-map row: chunk index within the volume and the id of the bucket chunk holding it.
+pub type MapEntry = (u64, [u8; 32]);
 
 /// Chunks read-and-sealed (import) or fetched-and-written (export) at once: enough to keep both
 /// cores and the bucket busy, few enough to bound memory at a few MiB.
@@ -130,7 +132,7 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     }
 }
 
-/// A file in the data dir's `tmp/` (or beside an output) that is removed when dropped unless it
+/// A file in the data dir's `staging/` (or beside an output) that is removed when dropped unless it
 /// was renamed into place with `persist`.
 #[derive(Debug)]
 pub struct TempFile {
@@ -192,12 +194,12 @@ pub struct RawImage {
 }
 
 /// Makes `image` readable as raw: a raw image is used in place; anything else is probed,
-/// checked and converted by qemu-img into a sparse file in `tmp_dir` (needing about the image's
+/// checked and converted by qemu-img into a sparse file in `staging_dir` (needing about the image's
 /// allocated size there). `format` None detects it (by qemu-img, or by magic number without it).
 pub fn prepare_import(
     image: &Path,
     format: Option<ImageFormat>,
-    tmp_dir: &Path,
+    staging_dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<RawImage, ImageError> {
     let meta = std::fs::metadata(image).map_err(io_at(image))?;
@@ -236,7 +238,7 @@ pub fn prepare_import(
     // qemu-img reads past the end of a truncated image as zeros without complaint; its check
     // does not let that pass.
     qemu::check(image, &info.format)?;
-    let temp = TempFile::new_in(tmp_dir, "import")?;
+    let temp = TempFile::new_in(staging_dir, "import")?;
     progress.stage("converting", info.virtual_size);
     qemu::convert(
         image,
@@ -277,17 +279,13 @@ pub async fn import_raw(
     name: &str,
     progress: &mut dyn Progress,
 ) -> Result<Imported, ImageError> {
-    let req = CreateVolume {
-        name,
-        size_bytes: volume_size(raw.virtual_size),
-        mode: VolumeMode::Cached,
-    };
+    let size_bytes = volume_size(raw.virtual_size);
     // Refuse a bad name or size before uploading anything.
-    volumes::check(catalog, &req)?;
+    volumes::check_new(catalog, name, size_bytes)?;
     let file = Arc::new(std::fs::File::open(&raw.path).map_err(io_at(&raw.path))?);
     let image_bytes = raw.virtual_size;
     progress.stage("uploading", image_bytes);
-    let mut results = futures::stream::iter(0..req.size_bytes / CHUNK_SIZE)
+    let mut results = futures::stream::iter(0..size_bytes / CHUNK_SIZE)
         .map(|index| {
             let file = file.clone();
             let path = raw.path.clone();
@@ -314,7 +312,10 @@ pub async fn import_raw(
     }
     drop(results);
     map.sort_unstable_by_key(|(index, _)| *index);
-    let row = volumes::create_with(catalog, &req, |v| catalog.create_volume_with_map(v, &map))?;
+    // Checked again inside: another volume may have taken the name meanwhile.
+    let row = volumes::create_cached_with(catalog, name, size_bytes, |v| {
+        catalog.create_volume_with_chunks(v, &map)
+    })?;
     Ok(Imported {
         row,
         stored_chunks: map.len() as u64,
@@ -416,14 +417,14 @@ pub async fn export_raw(
 }
 
 /// Exports as `format`: raw is written straight to `out`; other formats are exported raw into
-/// `tmp_dir` (holes stay holes) and converted to `out` by qemu-img.
+/// `staging_dir` (holes stay holes) and converted to `out` by qemu-img.
 pub async fn export(
     chunks: &ChunkStore,
     size_bytes: u64,
     map: &[MapEntry],
     out: &Path,
     format: ImageFormat,
-    tmp_dir: &Path,
+    staging_dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<Exported, ImageError> {
     if format == ImageFormat::Raw {
@@ -431,7 +432,7 @@ pub async fn export(
     }
     // Fail before downloading anything when the conversion cannot run.
     qemu::version(&format!("exporting as {}", format.as_str()))?;
-    let raw = TempFile::new_in(tmp_dir, "export")?;
+    let raw = TempFile::new_in(staging_dir, "export")?;
     let exported = export_raw(chunks, size_bytes, map, raw.path(), progress).await?;
     let partial = TempFile::beside(out);
     progress.stage("converting", size_bytes);

@@ -7,7 +7,9 @@
 //! nothing in the bucket. Limits: 32 volumes per gateway, 32 TiB each.
 
 pub mod image;
+pub mod manifest;
 pub mod sink;
+pub mod snapshot;
 pub mod volume;
 
 use std::sync::Arc;
@@ -63,34 +65,22 @@ pub struct CreateVolume<'a> {
     pub mode: VolumeMode,
 }
 
-/// Creates a volume in the catalog. A running daemon picks it up and exposes it as a target.
-pub fn create(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<VolumeRow, GatewayError> {
-    create_with(catalog, req, |v| catalog.create_volume(v))
-}
-
-/// Checks a new volume against the creation rules and the volumes already in the catalog.
-pub fn check(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<(), GatewayError> {
-    validate_name(req.name)?;
-    if req.mode == VolumeMode::Stored {
-        return Err(GatewayError::InvalidArgument(
-            "stored volumes are not supported yet; use --mode cached".into(),
-        ));
-    }
-    if req.size_bytes == 0 || req.size_bytes > MAX_VOLUME_SIZE {
+/// Checks a new volume's name and size against the rules and the volumes already there.
+pub fn check_new(catalog: &Catalog, name: &str, size_bytes: u64) -> Result<(), GatewayError> {
+    validate_name(name)?;
+    if size_bytes == 0 || size_bytes > MAX_VOLUME_SIZE {
         return Err(GatewayError::InvalidArgument(format!(
-            "volume size must be between 1 MiB and 32 TiB, not {} bytes",
-            req.size_bytes
+            "volume size must be between 1 MiB and 32 TiB, not {size_bytes} bytes"
         )));
     }
-    if !req.size_bytes.is_multiple_of(SIZE_GRANULARITY) {
+    if !size_bytes.is_multiple_of(SIZE_GRANULARITY) {
         return Err(GatewayError::InvalidArgument(format!(
-            "volume size must be a whole number of MiB, not {} bytes",
-            req.size_bytes
+            "volume size must be a whole number of MiB, not {size_bytes} bytes"
         )));
     }
     let existing = catalog.volumes()?;
-    if existing.iter().any(|v| v.name == req.name) {
-        return Err(GatewayError::AlreadyExists(format!("volume {}", req.name)));
+    if existing.iter().any(|v| v.name == name) {
+        return Err(GatewayError::AlreadyExists(format!("volume {name}")));
     }
     if existing.len() >= MAX_VOLUMES {
         return Err(GatewayError::InvalidArgument(format!(
@@ -100,28 +90,48 @@ pub fn check(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<(), GatewayErr
     Ok(())
 }
 
-/// Checks the request, gives the volume its identity (serial, UUID) and has `insert` write it:
-/// plain creation inserts the row alone, an image import the row with its chunk map.
-pub(crate) fn create_with(
-    catalog: &Catalog,
-    req: &CreateVolume<'_>,
-    insert: impl FnOnce(&NewVolume<'_>) -> Result<VolumeRow, crate::catalog::CatalogError>,
-) -> Result<VolumeRow, GatewayError> {
-    check(catalog, req)?;
+/// A fresh identity for a new volume: its SCSI serial and its UUID (VPD 80h / 83h).
+pub fn new_identity() -> Result<(String, [u8; 16]), GatewayError> {
     let uuid_hex = crate::store::master::random_hex::<16>()
         .map_err(|e| GatewayError::Internal(Box::new(e)))?;
     let uuid = crate::store::keys::parse_hex::<16>(&uuid_hex)
         .ok_or_else(|| GatewayError::InvalidArgument("random id".into()))?;
-    let serial = format!("TDG{}", &uuid_hex[..20].to_ascii_uppercase());
+    Ok((format!("TDG{}", &uuid_hex[..20].to_ascii_uppercase()), uuid))
+}
+
+/// Creates an empty volume in the catalog. A running daemon picks it up and exposes it.
+pub fn create(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<VolumeRow, GatewayError> {
+    if req.mode == VolumeMode::Stored {
+        return Err(GatewayError::InvalidArgument(
+            "stored volumes are not supported yet; use --mode cached".into(),
+        ));
+    }
+    create_cached_with(catalog, req.name, req.size_bytes, |v| {
+        catalog.create_volume(v)
+    })
+}
+
+/// Checks a new cached volume, gives it its identity and has `insert` write it: the row alone
+/// (`create`), or the row with its whole chunk map in one transaction (an image import).
+pub(crate) fn create_cached_with(
+    catalog: &Catalog,
+    name: &str,
+    size_bytes: u64,
+    insert: impl FnOnce(&NewVolume<'_>) -> Result<VolumeRow, crate::catalog::CatalogError>,
+) -> Result<VolumeRow, GatewayError> {
+    check_new(catalog, name, size_bytes)?;
+    let (serial, uuid) = new_identity()?;
     Ok(insert(&NewVolume {
-        name: req.name,
-        size_bytes: req.size_bytes,
+        name,
+        size_bytes,
         block_size: BLOCK_SIZE,
         chunk_size: CHUNK_SIZE,
-        mode: req.mode,
+        mode: VolumeMode::Cached,
         serial: &serial,
         uuid,
         created_unix: crate::daemon::unix_now(),
+        local_path: None,
+        origin_snapshot: None,
     })?)
 }
 

@@ -27,6 +27,9 @@ pub struct Volume {
     cache: Arc<Cache>,
     catalog: Arc<Catalog>,
     stream: Mutex<Stream>,
+    /// Writes hold it shared; a snapshot's cut holds it exclusively, so the cut sees every
+    /// write acknowledged before it and none after.
+    gate: tokio::sync::RwLock<()>,
 }
 
 #[derive(Default)]
@@ -63,7 +66,35 @@ impl Volume {
             cache,
             catalog,
             stream: Mutex::new(Stream::default()),
+            gate: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// The snapshot cut: with writes held, copies every chunk the bucket does not have yet
+    /// into `stage` and returns the chunk map for the rest. The pause lasts as long as copying
+    /// the not-yet-uploaded data locally, not as long as uploading it.
+    ///
+    /// Order matters: a chunk found clean has had its map row written (the sink writes the row
+    /// before the cache marks the chunk clean) and cannot change while writes are held, so the
+    /// map read after the scan is right for every chunk not staged.
+    pub async fn capture(
+        &self,
+        stage: &mut crate::gateway::volumes::snapshot::Stage,
+    ) -> Result<Vec<(u64, [u8; 32])>, GatewayError> {
+        let _cut = self.gate.write().await;
+        let chunks = self.row.size_bytes.div_ceil(self.row.chunk_size);
+        for index in 0..chunks {
+            let name = self.name(index);
+            if self.cache.is_dirty(&name) {
+                let data = self
+                    .cache
+                    .read(&name, 0, self.row.chunk_size)
+                    .await
+                    .map_err(cache_error)?;
+                stage.push(index, &data)?;
+            }
+        }
+        Ok(self.catalog.chunk_map(self.row.id)?)
     }
 
     pub fn row(&self) -> &VolumeRow {
@@ -194,6 +225,7 @@ impl BlockDevice for Volume {
                 )));
             }
             let (offset, len) = self.byte_range(lba, data.len() as u64 / bs)?;
+            let _writing = self.gate.read().await;
             let mut at = 0usize;
             for s in self.segments(offset, len) {
                 let piece = &data[at..at + s.len as usize];
@@ -217,6 +249,7 @@ impl BlockDevice for Volume {
     fn unmap(&self, lba: u64, blocks: u64) -> BoxFuture<'_, Result<(), GatewayError>> {
         Box::pin(async move {
             let (offset, len) = self.byte_range(lba, blocks)?;
+            let _writing = self.gate.read().await;
             for s in self.segments(offset, len) {
                 self.cache
                     .discard(&self.name(s.chunk), s.offset, s.len)
