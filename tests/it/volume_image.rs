@@ -57,6 +57,15 @@ fn assert_contains(text: &str, needle: &str) {
     assert!(text.contains(needle), "{needle:?} not in: {text}");
 }
 
+/// `NAME.raw` of `bytes` of noise and its conversion `NAME.FORMAT`.
+fn noise_image(dir: &Path, name: &str, bytes: usize, format: &str) -> (PathBuf, PathBuf) {
+    let raw = dir.join(format!("{name}.raw"));
+    std::fs::write(&raw, noise(bytes, bytes as u64)).unwrap();
+    let converted = dir.join(format!("{name}.{format}"));
+    qemu_img(&["convert", "-f", "raw", "-O", format], &[&raw, &converted]);
+    (raw, converted)
+}
+
 /// Reads a whole LUN back through the initiator.
 fn read_lun(target: &str, dir: &Path, name: &str) -> Vec<u8> {
     let back = dir.join(name);
@@ -242,10 +251,7 @@ fn export_round_trips_after_the_daemon_stops_and_is_refused_while_it_runs() {
 fn damaged_or_missing_images_fail_on_one_line_and_create_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let raw = dir.path().join("disk.raw");
-    std::fs::write(&raw, noise(8 * MIB, 41)).unwrap();
-    let qcow2 = dir.path().join("disk.qcow2");
-    qemu_img(&["convert", "-f", "raw", "-O", "qcow2"], &[&raw, &qcow2]);
+    let (raw, qcow2) = noise_image(dir.path(), "disk", 8 * MIB, "qcow2");
     let vmdk = dir.path().join("disk.vmdk");
     qemu_img(&["convert", "-f", "raw", "-O", "vmdk"], &[&raw, &vmdk]);
     // Cut both in half: qemu-img itself would convert them, reading the lost part as zeros.
@@ -303,4 +309,57 @@ fn export_of_a_tampered_chunk_fails_naming_it_and_writes_no_file() {
     );
     assert!(!out_file.exists(), "a file was written");
     assert!(!dir.path().join("out.raw.partial").exists());
+}
+
+/// Image temp files (`image-import-<pid>-...`) in the data dir's staging area.
+fn image_temp_files(data: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data.join("staging"))
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("image-")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_import_leaves_no_volume_and_the_next_one_clears_its_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Big enough that converting and uploading take seconds, so the kill lands mid-way.
+    let (_, qcow2) = noise_image(dir.path(), "big", 192 * MIB, "qcow2");
+
+    let mut child = tidegate(&data)
+        .args(["volume", "import"])
+        .arg(&qcow2)
+        .args(["--name", "big"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while image_temp_files(&data).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import ended before it could be interrupted"
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let list = tidegate_ok(&data, &["volume", "list"]);
+    assert_eq!(stdout(&list).lines().count(), 1, "{}", stdout(&list));
+    assert_eq!(image_temp_files(&data).len(), 1, "the killed import's file");
+
+    let (_, small) = noise_image(dir.path(), "small", MIB, "qcow2");
+    let out = import(&data, &small, "small", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(image_temp_files(&data).is_empty(), "orphan left");
 }

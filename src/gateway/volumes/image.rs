@@ -141,13 +141,19 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    /// A new, not yet created, file name in `dir` (created if needed).
+    /// A new, not yet created, file name in `dir` (created if needed), carrying this process's
+    /// id. Files left there by image commands that died (killed, or interrupted: destructors do
+    /// not run on SIGINT) are removed first; they can be as large as a disk.
     pub fn new_in(dir: &Path, what: &str) -> Result<Self, ImageError> {
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        remove_orphans(dir);
         let unique = crate::store::master::random_hex::<8>()
             .map_err(|e| GatewayError::Internal(Box::new(e)))?;
         Ok(Self {
-            path: dir.join(format!("{what}-{unique}.raw")),
+            path: dir.join(format!(
+                "{TEMP_PREFIX}{what}-{}-{unique}.raw",
+                std::process::id()
+            )),
             keep: false,
         })
     }
@@ -170,6 +176,33 @@ impl TempFile {
         std::fs::rename(&self.path, target).map_err(io_at(target))?;
         self.keep = true;
         Ok(())
+    }
+}
+
+/// Names of this module's temp files start with this, then `import-` or `export-`, the pid.
+const TEMP_PREFIX: &str = "image-";
+
+/// The pid in a temp file's name, if it is one of ours.
+fn temp_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?.strip_suffix(".raw")?;
+    let (_what, rest) = rest.split_once('-')?;
+    rest.split_once('-')?.0.parse().ok()
+}
+
+/// Removes temp files whose process is gone. Best effort: a failure only leaves a file behind.
+fn remove_orphans(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temp_owner) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(file = %entry.path().display(), "removing a temp file left by an interrupted image command");
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -455,6 +488,32 @@ pub async fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orphaned_temp_files_are_recognised_by_their_owner() {
+        for (name, owner) in [
+            ("image-import-123-00ff.raw", Some(123)),
+            ("image-export-7-ab.raw", Some(7)),
+            ("image-import-x-00ff.raw", None),
+            ("import-123-00ff.raw", None),
+            ("image-import-123-00ff.raw.partial", None),
+            ("snapshot-stage-1", None),
+        ] {
+            assert_eq!(temp_owner(name), owner, "{name}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(format!("image-import-{}-00.raw", u32::MAX));
+        let ours = TempFile::new_in(dir.path(), "import").unwrap();
+        std::fs::write(&dead, b"left over").unwrap();
+        std::fs::write(ours.path(), b"in use").unwrap();
+        let other = dir.path().join("snapshot-stage");
+        std::fs::write(&other, b"not ours").unwrap();
+        let next = TempFile::new_in(dir.path(), "export").unwrap();
+        assert!(!dead.exists(), "orphan kept");
+        assert!(ours.path().exists(), "a live process's file removed");
+        assert!(other.exists(), "a file of another module removed");
+        assert_ne!(next.path(), ours.path());
+    }
 
     #[test]
     fn volume_size_rounds_up_to_whole_chunks() {
