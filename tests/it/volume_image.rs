@@ -363,3 +363,83 @@ fn a_killed_import_leaves_no_volume_and_the_next_one_clears_its_temp_file() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(image_temp_files(&data).is_empty(), "orphan left");
 }
+
+/// A boot sector (16-bit real mode, loaded at 0x7c00) that writes `BOOT_MESSAGE` to the first
+/// serial port and then powers QEMU off through its `isa-debug-exit` device at port 0xf4.
+const BOOT_CODE: [u8; 26] = [
+    0xfa, // cli
+    0x31, 0xc0, // xor ax, ax
+    0x8e, 0xd8, // mov ds, ax
+    0xbe, 0x1a, 0x7c, // mov si, 0x7c1a (the message, right after this code)
+    0xba, 0xf8, 0x03, // mov dx, 0x3f8 (COM1)
+    0xac, // next: lodsb
+    0x84, 0xc0, // test al, al
+    0x74, 0x03, // jz done
+    0xee, // out dx, al
+    0xeb, 0xf8, // jmp next
+    0xb0, 0x10, // done: mov al, 0x10
+    0xe6, 0xf4, // out 0xf4, al (QEMU exits with status 0x10 << 1 | 1)
+    0xf4, // hlt
+    0xeb, 0xfd, // jmp hlt
+];
+const BOOT_MESSAGE: &[u8] = b"tidegate boot ok\r\n\0";
+/// QEMU's exit status for the value the boot sector writes to isa-debug-exit.
+const BOOT_EXIT_STATUS: i32 = (0x10 << 1) | 1;
+
+#[test]
+fn a_vm_boots_from_an_imported_lun() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut disk = [&BOOT_CODE[..], BOOT_MESSAGE].concat();
+    disk.resize(510, 0);
+    disk.extend([0x55, 0xaa]);
+    disk.resize(4 * MIB, 0);
+    let raw = dir.path().join("boot.raw");
+    std::fs::write(&raw, &disk).unwrap();
+    let qcow2 = dir.path().join("boot.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2"], &[&raw, &qcow2]);
+    let out = import(&data, &qcow2, "vm1", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let gw = start(&data, None);
+    let target = url(&gw, "vm1");
+    wait_for_target(&target);
+    // As docs/operations.md shows, with TCG instead of KVM and the serial port to a file.
+    let serial = dir.path().join("serial.txt");
+    let mut vm = Command::new(tool("qemu-system-x86_64"))
+        .args(["-machine", "q35,accel=tcg", "-m", "64", "-display", "none"])
+        .args(["-nic", "none", "-no-reboot", "-serial"])
+        .arg(format!("file:{}", serial.display()))
+        .args([
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-drive",
+        ])
+        .arg(format!("file={target},format=raw,if=virtio,cache=none"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = vm.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            vm.kill().unwrap();
+            panic!(
+                "the VM did not power off; serial: {:?}",
+                std::fs::read_to_string(&serial).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut qemu_err = String::new();
+    std::io::Read::read_to_string(&mut vm.stderr.take().unwrap(), &mut qemu_err).unwrap();
+    assert_eq!(status.code(), Some(BOOT_EXIT_STATUS), "qemu: {qemu_err}");
+    assert_contains(
+        &std::fs::read_to_string(&serial).unwrap(),
+        "tidegate boot ok",
+    );
+    assert_eq!(gw.stop(), Some(0));
+}
