@@ -57,13 +57,18 @@ fn assert_contains(text: &str, needle: &str) {
     assert!(text.contains(needle), "{needle:?} not in: {text}");
 }
 
-/// `NAME.raw` of `bytes` of noise and its conversion `NAME.FORMAT`.
-fn noise_image(dir: &Path, name: &str, bytes: usize, format: &str) -> (PathBuf, PathBuf) {
+/// `NAME.raw` holding `data` and its conversion `NAME.FORMAT`.
+fn image_files(dir: &Path, name: &str, data: &[u8], format: &str) -> (PathBuf, PathBuf) {
     let raw = dir.join(format!("{name}.raw"));
-    std::fs::write(&raw, noise(bytes, bytes as u64)).unwrap();
+    std::fs::write(&raw, data).unwrap();
     let converted = dir.join(format!("{name}.{format}"));
     qemu_img(&["convert", "-f", "raw", "-O", format], &[&raw, &converted]);
     (raw, converted)
+}
+
+/// `image_files` of `bytes` of noise.
+fn noise_image(dir: &Path, name: &str, bytes: usize, format: &str) -> (PathBuf, PathBuf) {
+    image_files(dir, name, &noise(bytes, bytes as u64), format)
 }
 
 /// Reads a whole LUN back through the initiator.
@@ -158,10 +163,7 @@ fn vmdk_and_raw_imports_read_back_identical() {
     let mut image = noise(2 * MIB, 21);
     image.resize(4 * MIB, 0);
     image.extend(noise(MIB + 512, 22));
-    let raw = dir.path().join("odd.img");
-    std::fs::write(&raw, &image).unwrap();
-    let vmdk = dir.path().join("odd.vmdk");
-    qemu_img(&["convert", "-f", "raw", "-O", "vmdk"], &[&raw, &vmdk]);
+    let (raw, vmdk) = image_files(dir.path(), "odd", &image, "vmdk");
 
     let out = import(&data, &raw, "from-raw", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -394,10 +396,7 @@ fn a_vm_boots_from_an_imported_lun() {
     disk.resize(510, 0);
     disk.extend([0x55, 0xaa]);
     disk.resize(4 * MIB, 0);
-    let raw = dir.path().join("boot.raw");
-    std::fs::write(&raw, &disk).unwrap();
-    let qcow2 = dir.path().join("boot.qcow2");
-    qemu_img(&["convert", "-f", "raw", "-O", "qcow2"], &[&raw, &qcow2]);
+    let (_, qcow2) = image_files(dir.path(), "boot", &disk, "qcow2");
     let out = import(&data, &qcow2, "vm1", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
 
