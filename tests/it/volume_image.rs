@@ -156,7 +156,7 @@ fn qcow2_import_equals_qemu_img_convert_and_passes_e2fsck() {
 }
 
 #[test]
-fn vmdk_and_raw_imports_read_back_identical() {
+fn vmdk_raw_and_overlay_imports_read_back_identical() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Noise, a zero gap, noise; 5 MiB + 512 bytes, so the volume is rounded up to 6 MiB.
@@ -174,9 +174,18 @@ fn vmdk_and_raw_imports_read_back_identical() {
     let out = import(&data, &vmdk, "from-vmdk", &["--format", "vmdk"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_contains(&stdout(&out), "(vmdk, 5.0 MiB)");
+    // An overlay with nothing of its own: the volume is the disk its backing file makes.
+    let overlay = dir.path().join("overlay.qcow2");
+    qemu_img(
+        &["create", "-q", "-f", "qcow2", "-F", "raw", "-b"],
+        &[&raw, &overlay],
+    );
+    let out = import(&data, &overlay, "from-overlay", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_contains(&stderr(&out), "is an overlay on");
 
     let gw = start(&data, None);
-    for name in ["from-raw", "from-vmdk"] {
+    for name in ["from-raw", "from-vmdk", "from-overlay"] {
         let target = url(&gw, name);
         wait_for_target(&target);
         assert_holds(&read_lun(&target, dir.path(), name), &image, name);
@@ -256,6 +265,8 @@ fn damaged_or_missing_images_fail_on_one_line_and_create_nothing() {
     let (raw, qcow2) = noise_image(dir.path(), "disk", 8 * MIB, "qcow2");
     let vmdk = dir.path().join("disk.vmdk");
     qemu_img(&["convert", "-f", "raw", "-O", "vmdk"], &[&raw, &vmdk]);
+    let huge = dir.path().join("huge.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2"], &[&huge, Path::new("40T")]);
     // Cut both in half: qemu-img itself would convert them, reading the lost part as zeros.
     let truncate = |path: &Path| {
         let bytes = std::fs::read(path).unwrap();
@@ -272,6 +283,7 @@ fn damaged_or_missing_images_fail_on_one_line_and_create_nothing() {
         (truncate(&qcow2), "q", "damaged or truncated"),
         (truncate(&vmdk), "v", "qemu-img check"),
         (raw.clone(), "Bad Name", "volume name"),
+        (huge, "huge", "a volume holds 1 MiB to 32 TiB"),
     ] {
         let out = import(&data, &image, name, &[]);
         assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));

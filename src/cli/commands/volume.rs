@@ -129,6 +129,13 @@ fn import(
         &mut bar,
     )
     .map_err(image_error)?;
+    if let Some(backing) = &raw.backing_file {
+        // Worth a line: the volume gets data from a file the operator did not name.
+        eprintln!(
+            "{} is an overlay on {backing}; importing the whole disk they make",
+            image_path.display()
+        );
+    }
     let imported = rt
         .block_on(image::import_raw(
             &engine.catalog,

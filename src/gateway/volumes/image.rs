@@ -200,7 +200,10 @@ fn remove_orphans(dir: &Path) {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            tracing::info!(file = %entry.path().display(), "removing a temp file left by an interrupted image command");
+            tracing::info!(
+                file = %entry.path().display(),
+                "removing a temp file left by an interrupted image command"
+            );
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -223,6 +226,8 @@ pub struct RawImage {
     pub virtual_size: u64,
     /// The format it was read as.
     pub format: String,
+    /// The backing file qemu-img read through (the volume gets the whole, flattened disk).
+    pub backing_file: Option<String>,
     _temp: Option<TempFile>,
 }
 
@@ -247,6 +252,7 @@ pub fn prepare_import(
         path: image.to_path_buf(),
         virtual_size: meta.len(),
         format: format.to_owned(),
+        backing_file: None,
         _temp: None,
     };
     if format == Some(ImageFormat::Raw) {
@@ -268,6 +274,16 @@ pub fn prepare_import(
     if info.format == "raw" {
         return Ok(raw_in_place("raw"));
     }
+    // Before spending time and disk on a conversion the volume could not hold.
+    let size_bytes = volume_size(info.virtual_size);
+    if size_bytes == 0 || size_bytes > volumes::MAX_VOLUME_SIZE {
+        return Err(GatewayError::InvalidArgument(format!(
+            "{} describes a {} byte disk; a volume holds 1 MiB to 32 TiB",
+            image.display(),
+            info.virtual_size
+        ))
+        .into());
+    }
     // qemu-img reads past the end of a truncated image as zeros without complaint; its check
     // does not let that pass.
     qemu::check(image, &info.format)?;
@@ -285,6 +301,7 @@ pub fn prepare_import(
         path: temp.path().to_path_buf(),
         virtual_size: info.virtual_size,
         format: info.format,
+        backing_file: info.backing_file,
         _temp: Some(temp),
     })
 }

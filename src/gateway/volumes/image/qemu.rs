@@ -17,6 +17,8 @@ const QEMU_IMG: &str = "qemu-img";
 pub struct ImageInfo {
     pub format: String,
     pub virtual_size: u64,
+    /// An overlay's backing file, which qemu-img follows when reading the image.
+    pub backing_file: Option<String>,
 }
 
 fn spawn_error(what: String) -> impl FnOnce(std::io::Error) -> ImageError {
@@ -84,6 +86,10 @@ fn parse_info(json: &[u8]) -> Option<ImageInfo> {
     Some(ImageInfo {
         format: value.get("format")?.as_str()?.to_owned(),
         virtual_size: value.get("virtual-size")?.as_u64()?,
+        backing_file: value
+            .get("backing-filename")
+            .and_then(|b| b.as_str())
+            .map(str::to_owned),
     })
 }
 
@@ -235,8 +241,15 @@ mod tests {
             parse_info(json),
             Some(ImageInfo {
                 format: "qcow2".into(),
-                virtual_size: 52428800
+                virtual_size: 52428800,
+                backing_file: None,
             })
+        );
+        let overlay = br#"{"virtual-size": 1048576, "format": "qcow2",
+            "backing-filename": "base.qcow2"}"#;
+        assert_eq!(
+            parse_info(overlay).and_then(|i| i.backing_file),
+            Some("base.qcow2".into())
         );
         assert_eq!(parse_info(b"{}"), None);
         assert_eq!(parse_info(b"not json"), None);
