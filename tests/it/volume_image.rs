@@ -322,6 +322,10 @@ fn export_of_a_tampered_chunk_fails_naming_it_and_writes_no_file() {
         "{line}"
     );
     assert!(!out_file.exists(), "a file was written");
+    // Recorded where `status` looks.
+    let status = run(tidegate(&data).arg("status"));
+    assert_eq!(status.status.code(), Some(1), "{}", stdout(&status));
+    assert_contains(&stdout(&status), &format!("chunks/{id}"));
     assert!(!dir.path().join("out.raw.partial").exists());
 }
 

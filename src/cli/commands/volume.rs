@@ -201,9 +201,12 @@ fn export(
         let engine = &quiet.engine;
         let map = engine.catalog.chunk_map(row.id)?;
         image::export(
+            &engine.catalog,
             &engine.chunks,
-            row.size_bytes,
-            &map,
+            image::Contents {
+                size_bytes: row.size_bytes,
+                map: &map,
+            },
             file,
             format,
             &staging_dir,

@@ -182,8 +182,9 @@ impl TempFile {
 /// Names of this module's temp files start with this, then `import-` or `export-`, the pid.
 const TEMP_PREFIX: &str = "image-";
 
-/// The pid in a temp file's name, if it is one of ours.
+/// The pid in a temp file's name (or in that of its `.partial`), if it is one of ours.
 fn temp_owner(name: &str) -> Option<u32> {
+    let name = name.strip_suffix(".partial").unwrap_or(name);
     let rest = name.strip_prefix(TEMP_PREFIX)?.strip_suffix(".raw")?;
     let (_what, rest) = rest.split_once('-')?;
     rest.split_once('-')?.0.parse().ok()
@@ -395,6 +396,14 @@ async fn read_chunk(
     Ok((data, len))
 }
 
+/// What an export writes out: a disk of `size_bytes` whose chunk map is `map` (a volume's now,
+/// or a snapshot's).
+#[derive(Debug, Clone, Copy)]
+pub struct Contents<'a> {
+    pub size_bytes: u64,
+    pub map: &'a [MapEntry],
+}
+
 /// What an export did.
 #[derive(Debug, Clone, Copy)]
 pub struct Exported {
@@ -403,20 +412,22 @@ pub struct Exported {
     pub fetched_chunks: u64,
 }
 
-/// Writes a volume of `size_bytes` whose chunk map is `map` as a raw file at `out`: each mapped
+/// Writes `contents` as a raw file at `out`: each mapped
 /// chunk fetched and verified (`IN_FLIGHT` at a time) and written at its place, unmapped chunks
 /// left as holes. The file is assembled as `<out>.partial` and renamed over `out` when
-/// complete; a chunk that fails verification aborts the export, naming the chunk.
+/// complete; a chunk that fails verification aborts the export, naming the chunk, and is
+/// recorded in the catalog's integrity events so `status` shows it.
 pub async fn export_raw(
+    catalog: &Catalog,
     chunks: &ChunkStore,
-    size_bytes: u64,
-    map: &[MapEntry],
+    contents: Contents<'_>,
     out: &Path,
     progress: &mut dyn Progress,
 ) -> Result<Exported, ImageError> {
     let partial = TempFile::beside(out);
     let file = std::fs::File::create(partial.path()).map_err(io_at(partial.path()))?;
     let file = Arc::new(file);
+    let Contents { size_bytes, map } = contents;
     let wanted: Vec<MapEntry> = map
         .iter()
         .copied()
@@ -433,14 +444,15 @@ pub async fn export_raw(
             let path = partial.path().to_path_buf();
             async move {
                 let id = ChunkId(id);
-                let data = chunks
-                    .get(id)
-                    .await
-                    .map_err(|source| ImageError::Download {
-                        index,
-                        key: id.object_key(),
-                        source,
-                    })?;
+                let data = chunks.get(id).await.map_err(|source| {
+                    let key = id.object_key();
+                    if let StoreError::Corrupt(e) = &source
+                        && let Err(db) = catalog.record_integrity_event(&key, &e.to_string())
+                    {
+                        tracing::error!(error = %db, "recording an integrity failure");
+                    }
+                    ImageError::Download { index, key, source }
+                })?;
                 let len = chunk_bytes(index).min(data.len() as u64);
                 let write = tokio::task::spawn_blocking(move || {
                     file.write_all_at(&data[..len as usize], index * CHUNK_SIZE)
@@ -469,23 +481,23 @@ pub async fn export_raw(
 /// Exports as `format`: raw is written straight to `out`; other formats are exported raw into
 /// `staging_dir` (holes stay holes) and converted to `out` by qemu-img.
 pub async fn export(
+    catalog: &Catalog,
     chunks: &ChunkStore,
-    size_bytes: u64,
-    map: &[MapEntry],
+    contents: Contents<'_>,
     out: &Path,
     format: ImageFormat,
     staging_dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<Exported, ImageError> {
     if format == ImageFormat::Raw {
-        return export_raw(chunks, size_bytes, map, out, progress).await;
+        return export_raw(catalog, chunks, contents, out, progress).await;
     }
     // Fail before downloading anything when the conversion cannot run.
     qemu::version(&format!("exporting as {}", format.as_str()))?;
     let raw = TempFile::new_in(staging_dir, "export")?;
-    let exported = export_raw(chunks, size_bytes, map, raw.path(), progress).await?;
+    let exported = export_raw(catalog, chunks, contents, raw.path(), progress).await?;
     let partial = TempFile::beside(out);
-    progress.stage("converting", size_bytes);
+    progress.stage("converting", contents.size_bytes);
     // The conversion is a blocking subprocess wait; let the runtime move other tasks off this
     // thread meanwhile (this needs the multi-threaded runtime, which the CLI uses).
     tokio::task::block_in_place(|| {
@@ -494,7 +506,7 @@ pub async fn export(
             "raw",
             partial.path(),
             format.as_str(),
-            size_bytes,
+            contents.size_bytes,
             progress,
         )
     })?;
@@ -513,7 +525,8 @@ mod tests {
             ("image-export-7-ab.raw", Some(7)),
             ("image-import-x-00ff.raw", None),
             ("import-123-00ff.raw", None),
-            ("image-import-123-00ff.raw.partial", None),
+            ("image-export-123-00ff.raw.partial", Some(123)),
+            ("image-export-123-00ff.partial", None),
             ("snapshot-stage-1", None),
         ] {
             assert_eq!(temp_owner(name), owner, "{name}");
