@@ -110,8 +110,10 @@ pub enum VolumeCommand {
     /// Deploy a VM image (raw, qcow2, vmdk, ...) as a new volume, straight into the bucket.
     /// Formats other than raw need qemu-img and temporary space in DATA_DIR/staging.
     Import {
+        /// The image file.
         #[arg(value_name = "IMAGE")]
         image: PathBuf,
+        /// Name of the new volume (its size is the image's, rounded up to whole MiB).
         #[arg(long)]
         name: String,
         /// The image's format; auto asks qemu-img (or, without it, the file's magic number).
@@ -122,6 +124,7 @@ pub enum VolumeCommand {
     /// it first (this uploads what its upload buffer still holds).
     Export {
         volume: String,
+        /// The image file to write (replaced if it exists, once the export is complete).
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// The file's format; auto goes by its extension (.qcow2, .vmdk, else raw).
