@@ -10,6 +10,7 @@ pub mod gc;
 mod schema;
 pub mod settings;
 pub mod snapshots;
+pub mod stored;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};

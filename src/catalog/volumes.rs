@@ -130,7 +130,7 @@ fn insert_volume(tx: &rusqlite::Transaction<'_>, v: &NewVolume<'_>) -> Result<i6
 
 impl Catalog {
     pub fn create_volume(&self, v: &NewVolume<'_>) -> Result<VolumeRow, CatalogError> {
-        self.create_volume_with_chunks(v, &[])
+        self.create_volume_with_chunks(v, &[], false)
     }
 
     /// Creates a volume and its whole chunk map at once: a restore or import that fails part
@@ -139,6 +139,7 @@ impl Catalog {
         &self,
         v: &NewVolume<'_>,
         chunks: &[(u64, [u8; 32])],
+        download: bool,
     ) -> Result<VolumeRow, CatalogError> {
         let mut conn = self.conn();
         // IMMEDIATE: the insert reads the id high-water mark before it writes, and a deferred
@@ -150,8 +151,13 @@ impl Catalog {
             let mut stmt = tx.prepare(
                 "INSERT INTO volume_chunks (volume_id, chunk_index, chunk_id) VALUES (?1, ?2, ?3)",
             )?;
+            let mut pending =
+                tx.prepare("INSERT INTO stored_pending (volume_id, chunk_index) VALUES (?1, ?2)")?;
             for (index, chunk) in chunks {
                 stmt.execute(params![id, as_i64(*index)?, chunk.as_slice()])?;
+                if download {
+                    pending.execute(params![id, as_i64(*index)?])?;
+                }
             }
         }
         let row = tx.query_row(
@@ -349,10 +355,11 @@ mod tests {
         assert!(b.id > v.id);
         assert!(c.delete_volume("b").unwrap());
         let d = c
-            .create_volume_with_chunks(&new("d"), &[(2, [5; 32]), (9, [6; 32])])
+            .create_volume_with_chunks(&new("d"), &[(2, [5; 32]), (9, [6; 32])], true)
             .unwrap();
         assert!(d.id > b.id, "{} after {}", d.id, b.id);
         assert_eq!(c.chunk_map(d.id).unwrap(), vec![(2, [5; 32]), (9, [6; 32])]);
         assert_eq!(c.referenced_chunks().unwrap().len(), 2);
+        assert_eq!(c.stored_pending(d.id).unwrap(), vec![2, 9]);
     }
 }

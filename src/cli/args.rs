@@ -93,7 +93,7 @@ pub enum VolumeCommand {
         /// Size, a whole number of MiB up to 32TiB (e.g. 100GiB, 2TiB).
         #[arg(
             long,
-            required_unless_present = "from_snapshot",
+            required_unless_present_any = ["from_snapshot", "preserve_existing"],
             conflicts_with = "from_snapshot"
         )]
         size: Option<ByteSize>,
@@ -102,6 +102,12 @@ pub enum VolumeCommand {
         from_snapshot: Option<String>,
         #[arg(long, value_enum, default_value_t = VolumeModeArg::Cached)]
         mode: VolumeModeArg,
+        /// Stored volumes: the local file (created if missing) or block device holding the data.
+        #[arg(long, value_name = "PATH")]
+        local_path: Option<String>,
+        /// Stored volumes: keep the data already on the local disk and upload it.
+        #[arg(long, conflicts_with = "from_snapshot")]
+        preserve_existing: bool,
     },
     /// List volumes with their iSCSI target names.
     List,
@@ -207,7 +213,7 @@ pub struct RecoverArgs {
 pub enum VolumeModeArg {
     /// The bucket is the source of truth; the local cache holds the hot set.
     Cached,
-    /// The local disk is the source of truth, backed up to the bucket (not supported yet).
+    /// The local disk is the source of truth, backed up to the bucket asynchronously.
     Stored,
 }
 

@@ -206,6 +206,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         engine.catalog.clone(),
         cache.clone(),
         registry.clone(),
+        engine.chunks.clone(),
     ));
     volumes.sync()?;
     let listener = tokio::net::TcpListener::bind(config.iscsi.listen)
@@ -268,7 +269,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             if let Err(e) = sync_volumes.sync() {
                 tracing::warn!(error = %e, "volume sync failed");
             }
-            let _ = write_atomically(&status_path, live_status(&status_cache).as_bytes());
+            let _ = write_atomically(
+                &status_path,
+                live_status(&status_cache, &sync_volumes).as_bytes(),
+            );
         }
     });
 
@@ -283,7 +287,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     };
     let _ = write_atomically(
         &config.run_dir().join("status.toml"),
-        live_status(&cache).as_bytes(),
+        live_status(&cache, &volumes).as_bytes(),
     );
     write_atomically(
         &ready_path,
@@ -299,6 +303,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = housekeeping.await;
     let _ = snapshots.await;
     let _ = backups.await;
+    volumes.shutdown().await;
     // Everything acknowledged is made durable in the upload buffer; uploads resume next start.
     if let Err(e) = cache.flush().await {
         tracing::error!(error = %e, "flushing the cache at shutdown");
@@ -356,8 +361,14 @@ fn cache_config(config: &Config) -> CacheConfig {
 }
 
 /// The daemon's live figures, rewritten every second for `status` and tests.
-fn live_status(cache: &Cache) -> String {
-    toml::to_string(&status::LiveStatus::new(&cache.stats(), unix_now())).unwrap_or_default()
+fn live_status(cache: &Cache, volumes: &volumes::VolumeService) -> String {
+    let mut live = status::LiveStatus::new(&cache.stats(), unix_now());
+    live.stored = volumes
+        .stored_progress()
+        .into_iter()
+        .map(|(name, p)| status::StoredLive::new(name, &p))
+        .collect();
+    toml::to_string(&live).unwrap_or_default()
 }
 
 /// Holds `run/lock` for the daemon's lifetime: one daemon per data dir.

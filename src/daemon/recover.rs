@@ -31,6 +31,8 @@ pub struct Recovery {
     pub snapshots: Vec<SnapshotRow>,
     /// Snapshots found in the bucket but not in the catalog copy.
     pub adopted: usize,
+    /// Stored volumes whose local disk is missing here, recovered as cached volumes.
+    pub converted: Vec<String>,
 }
 
 fn gateway(e: GatewayError) -> DaemonError {
@@ -174,6 +176,20 @@ pub async fn recover(
         })?;
         adopted += 1;
     }
+    // A stored volume whose local disk is not on this machine comes back as a cached volume
+    // over what it had uploaded.
+    let mut converted = Vec::new();
+    for v in catalog.volumes()? {
+        if v.mode == VolumeMode::Stored
+            && !v
+                .local_path
+                .as_deref()
+                .is_some_and(|p| Path::new(p).exists())
+            && catalog.stored_to_cached(v.id)?
+        {
+            converted.push(v.name);
+        }
+    }
     if chosen.is_none() {
         // No catalog copy: the volumes come back as their newest snapshots.
         let mut newest_of: BTreeMap<String, SnapshotRow> = BTreeMap::new();
@@ -181,7 +197,7 @@ pub async fn recover(
             newest_of.insert(row.volume_name.clone(), row);
         }
         for (name, row) in newest_of {
-            snapshot::restore(&catalog, &chunks, &row.id, &name, VolumeMode::Cached)
+            snapshot::restore(&catalog, &chunks, &row.id, &name, VolumeMode::Cached, None)
                 .await
                 .map_err(gateway)?;
         }
@@ -198,6 +214,7 @@ pub async fn recover(
         gateway_id,
         catalog_generation: chosen.map(|(_, g)| g),
         adopted,
+        converted,
     })
 }
 

@@ -69,7 +69,7 @@ impl SnapshotService {
                 continue;
             };
             // A failure is recorded on the row; the next request is still taken.
-            let _ = snapshot::take(self.context(), &row, Cut::Live(&volume)).await;
+            let _ = snapshot::take(self.context(), &row, Cut::Live(volume.as_ref())).await;
             if row.scheduled {
                 self.prune(row.volume_id).await?;
             }

@@ -46,6 +46,40 @@ pub struct LiveStatus {
     pub upload_errors: u64,
     pub writers_waiting: u64,
     pub oldest_dirty_secs: u64,
+    /// Stored volumes' background work.
+    #[serde(default)]
+    pub stored: Vec<StoredLive>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct StoredLive {
+    pub volume: String,
+    /// Chunks changed locally and not yet in the bucket.
+    pub dirty_chunks: u64,
+    /// Restore: chunks still to download, of how many.
+    pub download_pending: u64,
+    pub download_total: u64,
+    /// Initial upload of preserved data: chunks compared so far, of how many (0 of 0 when done).
+    pub initial_done: u64,
+    pub initial_total: u64,
+    pub uploaded_chunks: u64,
+    pub upload_errors: u64,
+}
+
+impl StoredLive {
+    pub fn new(volume: String, p: &crate::gateway::volumes::stored::StoredProgress) -> Self {
+        let (initial_done, initial_total) = p.initial_upload.unwrap_or((0, 0));
+        Self {
+            volume,
+            dirty_chunks: p.dirty_chunks,
+            download_pending: p.download_pending,
+            download_total: p.download_total,
+            initial_done,
+            initial_total,
+            uploaded_chunks: p.uploaded_chunks,
+            upload_errors: p.upload_errors,
+        }
+    }
 }
 
 impl LiveStatus {
@@ -62,6 +96,7 @@ impl LiveStatus {
             upload_errors: s.upload_errors,
             writers_waiting: s.writers_waiting,
             oldest_dirty_secs: s.oldest_dirty_age.map_or(0, |d| d.as_secs()),
+            stored: Vec::new(),
         }
     }
 }

@@ -28,10 +28,15 @@ use std::sync::{Arc, Mutex};
 use tidegate_cache::Cache;
 
 use crate::catalog::Catalog;
+use crate::catalog::volumes::VolumeMode;
 use crate::frontend::iscsi::{ChapConfig, Registry, TargetEntry};
+use crate::gateway::block::BlockDevice;
+use crate::gateway::volumes::snapshot::Capture;
+use crate::gateway::volumes::stored::{StoredProgress, StoredVolume};
 use crate::gateway::volumes::volume::Volume;
 use crate::scsi::LunMap;
 use crate::scsi::sbc::Disk;
+use crate::store::ChunkStore;
 
 /// Keeps the iSCSI registry in step with the catalog's volumes: volumes created or deleted by
 /// the CLI while the daemon runs appear or vanish within one sync interval.
@@ -40,7 +45,16 @@ pub struct VolumeService {
     catalog: Arc<Catalog>,
     cache: Arc<Cache>,
     registry: Arc<Registry>,
-    served: Mutex<BTreeMap<i64, (String, Arc<Volume>)>>,
+    chunks: Arc<ChunkStore>,
+    served: Mutex<BTreeMap<i64, Served>>,
+}
+
+struct Served {
+    iqn: String,
+    name: String,
+    capture: Arc<dyn Capture>,
+    /// A stored volume and the switch that stops its background uploads.
+    stored: Option<(Arc<StoredVolume>, tokio::sync::watch::Sender<bool>)>,
 }
 
 impl VolumeService {
@@ -49,12 +63,14 @@ impl VolumeService {
         catalog: Arc<Catalog>,
         cache: Arc<Cache>,
         registry: Arc<Registry>,
+        chunks: Arc<ChunkStore>,
     ) -> Self {
         Self {
             config,
             catalog,
             cache,
             registry,
+            chunks,
             served: Mutex::new(BTreeMap::new()),
         }
     }
@@ -72,11 +88,14 @@ impl VolumeService {
         let volumes = self.catalog.volumes()?;
         let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
         let live: Vec<i64> = volumes.iter().map(|v| v.id).collect();
-        served.retain(|id, (iqn, _)| {
+        served.retain(|id, s| {
             let keep = live.contains(id);
             if !keep {
-                self.registry.remove(iqn);
-                tracing::info!(target_name = %iqn, "volume deleted: target removed");
+                self.registry.remove(&s.iqn);
+                if let Some((_, stop)) = &s.stored {
+                    let _ = stop.send(true);
+                }
+                tracing::info!(target_name = %s.iqn, "volume deleted: target removed");
             }
             keep
         });
@@ -85,27 +104,92 @@ impl VolumeService {
                 continue;
             }
             let iqn = target_name(&self.config, &row.name);
-            let volume = Arc::new(Volume::new(
-                row.clone(),
-                self.cache.clone(),
-                self.catalog.clone(),
-            ));
+            let (device, capture, stored): (Arc<dyn BlockDevice>, Arc<dyn Capture>, _) = match row
+                .mode
+            {
+                VolumeMode::Cached => {
+                    let v = Arc::new(Volume::new(
+                        row.clone(),
+                        self.cache.clone(),
+                        self.catalog.clone(),
+                    ));
+                    (v.clone(), v, None)
+                }
+                VolumeMode::Stored => {
+                    let v = match StoredVolume::open(
+                        row.clone(),
+                        self.catalog.clone(),
+                        self.chunks.clone(),
+                    ) {
+                        Ok(v) => Arc::new(v),
+                        Err(e) => {
+                            tracing::error!(volume = %row.name, error = %e, "cannot open stored volume");
+                            continue;
+                        }
+                    };
+                    let (stop, stopped) = tokio::sync::watch::channel(false);
+                    tokio::spawn(v.clone().run(stopped));
+                    (v.clone(), v.clone(), Some((v, stop)))
+                }
+            };
             let mut luns = LunMap::new();
-            luns.insert(0, Arc::new(Disk::new(volume.clone())));
+            luns.insert(0, Arc::new(Disk::new(device)));
             self.registry.add(TargetEntry {
                 iqn: iqn.clone(),
                 luns: Arc::new(luns),
                 chap: self.chap(),
             });
-            tracing::info!(volume = %row.name, target_name = %iqn, "serving volume");
-            served.insert(row.id, (iqn, volume));
+            tracing::info!(volume = %row.name, target_name = %iqn, mode = row.mode.as_str(), "serving volume");
+            served.insert(
+                row.id,
+                Served {
+                    iqn,
+                    name: row.name.clone(),
+                    capture,
+                    stored,
+                },
+            );
         }
         Ok(())
     }
 
-    /// The served volume with this id, if any.
-    pub fn volume(&self, id: i64) -> Option<Arc<Volume>> {
+    /// The served volume with this id, for a snapshot's cut.
+    pub fn volume(&self, id: i64) -> Option<Arc<dyn Capture>> {
         let served = self.served.lock().unwrap_or_else(|p| p.into_inner());
-        served.get(&id).map(|(_, v)| v.clone())
+        served.get(&id).map(|s| s.capture.clone())
+    }
+
+    /// Background progress of each stored volume, by name.
+    pub fn stored_progress(&self) -> Vec<(String, StoredProgress)> {
+        let served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        served
+            .values()
+            .filter_map(|s| {
+                s.stored
+                    .as_ref()
+                    .map(|(v, _)| (s.name.clone(), v.progress()))
+            })
+            .collect()
+    }
+
+    /// Stops the stored volumes' background work and makes their local data durable.
+    pub async fn shutdown(&self) {
+        let stored: Vec<Arc<StoredVolume>> = {
+            let served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+            served
+                .values()
+                .filter_map(|s| {
+                    s.stored.as_ref().map(|(v, stop)| {
+                        let _ = stop.send(true);
+                        v.clone()
+                    })
+                })
+                .collect()
+        };
+        for v in stored {
+            if let Err(e) = v.flush().await {
+                tracing::error!(volume = %v.row().name, error = %e, "syncing a stored volume");
+            }
+        }
     }
 }

@@ -10,5 +10,6 @@ mod layering;
 mod malformed;
 mod snapshots;
 mod store;
+mod stored_volumes;
 mod support;
 mod volume_image;

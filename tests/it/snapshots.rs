@@ -42,8 +42,20 @@ fn restore(data: &Path, config: Option<&Path>, snapshot: &str, name: &str) {
     assert!(out.status.success(), "restore: {}", stderr(&out));
 }
 
+/// Fills `path` with `mib` MiB of random data (incompressible, never deduplicated); returns it.
+pub(crate) fn random_file(path: &Path, mib: u64) -> Vec<u8> {
+    let out = Command::new("dd")
+        .args(["if=/dev/urandom", "bs=1M", "status=none"])
+        .arg(format!("count={mib}"))
+        .arg(format!("of={}", path.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::read(path).unwrap()
+}
+
 /// Reads a whole LUN over iSCSI into memory (qemu-img, a real initiator).
-fn read_lun(target: &str, scratch: &Path) -> Vec<u8> {
+pub(crate) fn read_lun(target: &str, scratch: &Path) -> Vec<u8> {
     static READS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = scratch.join(format!("read-{n}.raw"));
@@ -297,19 +309,9 @@ fn garbage_collection_frees_only_what_nothing_references() {
     wait_for_target(&keep);
     wait_for_target(&gone);
     // Unique random chunks so nothing is shared by accident.
-    let random_file = |name: &str, mib: u64| {
-        let path = dir.path().join(name);
-        let out = Command::new("dd")
-            .args(["if=/dev/urandom", "bs=1M", "status=none"])
-            .arg(format!("count={mib}"))
-            .arg(format!("of={}", path.display()))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        path
-    };
-    let keep_data = random_file("keep.raw", 4);
-    let gone_data = random_file("gone.raw", 6);
+    let (keep_data, gone_data) = (dir.path().join("keep.raw"), dir.path().join("gone.raw"));
+    random_file(&keep_data, 4);
+    random_file(&gone_data, 6);
     for (t, file, n) in [(&keep, &keep_data, 4), (&gone, &gone_data, 6)] {
         let w = qemu_io(t, &[&format!("write -s {} 0 {n}M", file.display())]);
         assert!(w.status.success(), "{}", stderr(&w));
@@ -398,6 +400,24 @@ fn a_lost_gateway_is_recovered_from_its_bucket_and_key() {
     let config = activate_on(&garage, dir.path(), &data, "dr", &["--key-file", &key_arg]);
     create_volume(&data, Some(&config), "vm", "32MiB");
     create_volume(&data, Some(&config), "db", "16MiB");
+    // A stored volume whose local disk is lost with the appliance.
+    let disk = data.join("local.img");
+    let out = run(tidegate(&data)
+        .args(["--config"])
+        .arg(&config)
+        .args([
+            "volume",
+            "create",
+            "--name",
+            "local",
+            "--mode",
+            "stored",
+            "--size",
+            "8MiB",
+            "--local-path",
+        ])
+        .arg(&disk));
+    assert!(out.status.success(), "{}", stderr(&out));
     let gw = start(&data, Some(&config));
     let (vm, db) = (url(&gw, "vm"), url(&gw, "db"));
     wait_for_target(&vm);
@@ -406,7 +426,16 @@ fn a_lost_gateway_is_recovered_from_its_bucket_and_key() {
     assert!(qemu_io(&db, &["write -P 0x22 1M 2M"]).status.success());
     let snap = snapshot(&data, Some(&config), "vm");
     assert!(qemu_io(&vm, &["write -P 0x33 4M 8M"]).status.success());
+    let local = url(&gw, "local");
+    wait_for_target(&local);
+    assert!(
+        qemu_io(&local, &["write -P 0x44 2M 3M", "flush"])
+            .status
+            .success()
+    );
     wait_drained(&gw, Duration::from_secs(120));
+    crate::stored_volumes::wait_shipped(&gw, "local", Duration::from_secs(120));
+    let local_before = read_lun(&local, dir.path());
     let vm_before = read_lun(&vm, dir.path());
     let db_before = read_lun(&db, dir.path());
     assert_eq!(gw.stop(), Some(0));
@@ -436,6 +465,12 @@ fn a_lost_gateway_is_recovered_from_its_bucket_and_key() {
         read_lun(&db, dir.path()) == db_before,
         "db reads differently after recovery"
     );
+    let local = url(&gw, "local");
+    wait_for_target(&local);
+    assert!(
+        read_lun(&local, dir.path()) == local_before,
+        "the stored volume reads differently after recovery"
+    );
     restore(&fresh, Some(&config), &snap, "vm-then");
     let then = url(&gw, "vm-then");
     wait_for_target(&then);
@@ -459,4 +494,77 @@ fn a_lost_gateway_is_recovered_from_its_bucket_and_key() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
     assert!(!other.join("tidegate.toml").exists());
+}
+
+/// Scheduled snapshots: the first is taken at once, later ones when due (made due here by
+/// moving the schedule's last run back in the catalog), and only the newest `keep` remain.
+#[test]
+fn scheduled_snapshots_are_taken_and_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    create_volume(&data, None, "sched", "8MiB");
+    let gw = start(&data, None);
+    let target = url(&gw, "sched");
+    wait_for_target(&target);
+    let out = run(tidegate(&data).args([
+        "snapshot", "schedule", "sched", "--every", "1h", "--keep", "2",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let too_often = run(tidegate(&data).args(["snapshot", "schedule", "sched", "--every", "10s"]));
+    assert_eq!(too_often.status.code(), Some(2), "{}", stderr(&too_often));
+
+    let scheduled = || -> Vec<String> {
+        let out = run(tidegate(&data).args(["snapshot", "list", "sched"]));
+        stdout(&out)
+            .lines()
+            .filter(|l| l.contains("[scheduled]") && l.contains("complete"))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    };
+    let wait_for = |n: usize| {
+        let start = std::time::Instant::now();
+        loop {
+            let got = scheduled();
+            if got.len() == n {
+                return got;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{n} scheduled snapshots: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let first = wait_for(1);
+    let make_due = || {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+                 c.execute('UPDATE snapshot_schedules SET last_unix = 0'); c.commit()",
+            )
+            .arg(data.join("catalog.db"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    assert!(qemu_io(&target, &["write -P 0x01 0 1M"]).status.success());
+    make_due();
+    let two = wait_for(2);
+    assert!(two.contains(&first[0]));
+    make_due();
+    // A third run prunes the oldest: two remain, the first is gone.
+    let start = std::time::Instant::now();
+    loop {
+        let got = scheduled();
+        if got.len() == 2 && !got.contains(&first[0]) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pruning: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(gw.stop(), Some(0));
 }

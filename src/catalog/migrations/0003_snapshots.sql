@@ -46,3 +46,10 @@ CREATE TABLE chunk_pins (
     pinned_unix  INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX volume_chunks_by_id ON volume_chunks (chunk_id);
+
+-- Chunks of a stored volume restored from a snapshot and not yet downloaded to its local disk.
+CREATE TABLE stored_pending (
+    volume_id    INTEGER NOT NULL REFERENCES volumes (id) ON DELETE CASCADE,
+    chunk_index  INTEGER NOT NULL,
+    PRIMARY KEY (volume_id, chunk_index)
+) STRICT, WITHOUT ROWID;

@@ -57,6 +57,12 @@ pub fn run(args: RecoverArgs, config: Option<&Path>, data_dir: &Path) -> Result<
             v.mode.as_str()
         )?;
     }
+    for name in &r.converted {
+        writeln!(
+            out,
+            "  {name}: a stored volume whose local disk is not here; recovered as a cached volume"
+        )?;
+    }
     writeln!(
         out,
         "snapshots ({}, {} found only in the bucket):",

@@ -159,7 +159,23 @@ async fn take_offline(catalog: &Catalog, config: Config, row: &SnapshotRow) -> R
         gateway_id: &gateway_id,
         staging_dir: &staging,
     };
-    let taken = snapshot::take(ctx, row, Cut::Quiescent).await;
+    // A stored volume's local changes are not in the bucket yet: cut it like the daemon does.
+    let volume = quiet.engine.catalog.volume_by_id(row.volume_id)?;
+    let stored = match volume {
+        Some(v) if v.mode == crate::catalog::volumes::VolumeMode::Stored => {
+            Some(crate::gateway::volumes::stored::StoredVolume::open(
+                v,
+                quiet.engine.catalog.clone(),
+                quiet.engine.chunks.clone(),
+            )?)
+        }
+        _ => None,
+    };
+    let cut = match &stored {
+        Some(v) => Cut::Live(v),
+        None => Cut::Quiescent,
+    };
+    let taken = snapshot::take(ctx, row, cut).await;
     if let Err(e) = &taken {
         tracing::debug!(error = %e, "snapshot failed");
     }

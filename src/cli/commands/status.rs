@@ -86,6 +86,28 @@ pub fn run(config: Config) -> Result<ExitCode> {
             l.uploads,
             l.upload_errors
         )?;
+        for v in &l.stored {
+            let mut parts = vec![format!("{} chunk(s) to upload", v.dirty_chunks)];
+            if v.initial_total > 0 {
+                parts.push(format!(
+                    "initial upload {}/{} chunks ({:.0}%)",
+                    v.initial_done,
+                    v.initial_total,
+                    100.0 * v.initial_done as f64 / v.initial_total as f64
+                ));
+            }
+            if v.download_total > 0 {
+                parts.push(format!(
+                    "restore download {}/{} chunks",
+                    v.download_total - v.download_pending,
+                    v.download_total
+                ));
+            }
+            if v.upload_errors > 0 {
+                parts.push(format!("{} upload errors", v.upload_errors));
+            }
+            writeln!(out, "stored volume:  {}: {}", v.volume, parts.join(", "))?;
+        }
         if l.writers_waiting > 0 {
             writeln!(
                 out,

@@ -29,6 +29,8 @@ pub fn run(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
             size,
             from_snapshot,
             mode,
+            local_path,
+            preserve_existing,
         } => {
             let mode = match mode {
                 VolumeModeArg::Cached => VolumeMode::Cached,
@@ -44,21 +46,21 @@ pub fn run(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
                         &snapshot,
                         &name,
                         mode,
+                        local_path.as_deref(),
                     ))
                     .map_err(usage)?
                 }
-                (None, Some(size)) => volumes::create(
+                (None, size) => volumes::create(
                     &catalog,
                     &CreateVolume {
                         name: &name,
-                        size_bytes: size.bytes(),
+                        size_bytes: size.map(ByteSize::bytes),
                         mode,
+                        local_path: local_path.as_deref(),
+                        preserve_existing,
                     },
                 )
                 .map_err(usage)?,
-                (None, None) => {
-                    return Err(UsageError("give --size or --from-snapshot".into()).into());
-                }
             };
             writeln!(
                 out,
@@ -178,8 +180,10 @@ fn export(
         .ok_or_else(|| UsageError(format!("no volume named {name}")))?;
     if row.mode != VolumeMode::Cached {
         return Err(UsageError(format!(
-            "volume {name} is a {} volume; export a snapshot of it",
-            row.mode.as_str()
+            "volume {name} is a {} volume: its data is in {}, which qemu-img can convert \
+             directly while the daemon is stopped",
+            row.mode.as_str(),
+            row.local_path.as_deref().unwrap_or("its local file")
         ))
         .into());
     }

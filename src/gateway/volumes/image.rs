@@ -21,7 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::catalog::volumes::VolumeRow;
+use crate::catalog::volumes::{VolumeMode, VolumeRow};
 use crate::catalog::{Catalog, CatalogError};
 use crate::gateway::GatewayError;
 use crate::gateway::volumes::{self, CHUNK_SIZE};
@@ -364,8 +364,15 @@ pub async fn import_raw(
     drop(results);
     map.sort_unstable_by_key(|(index, _)| *index);
     // Checked again inside: another volume may have taken the name meanwhile.
-    let row = volumes::create_cached_with(catalog, name, size_bytes, |v| {
-        catalog.create_volume_with_chunks(v, &map)
+    let new = volumes::NewVolumeSpec {
+        name,
+        size_bytes,
+        mode: VolumeMode::Cached,
+        local_path: None,
+    };
+    let row = volumes::create_with(catalog, &new, |v| {
+        // A cached volume: nothing to download to a local disk.
+        catalog.create_volume_with_chunks(v, &map, false)
     })?;
     Ok(Imported {
         row,

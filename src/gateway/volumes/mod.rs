@@ -10,6 +10,7 @@ pub mod image;
 pub mod manifest;
 pub mod sink;
 pub mod snapshot;
+pub mod stored;
 pub mod volume;
 
 use std::sync::Arc;
@@ -39,6 +40,75 @@ pub fn parse_object_name(name: &str) -> Option<(i64, u64)> {
     Some((vol.parse().ok()?, u64::from_str_radix(index, 16).ok()?))
 }
 
+/// One piece of an I/O that falls inside a single chunk.
+pub(crate) struct Segment {
+    pub chunk: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Byte offset and length of `blocks` blocks at `lba`, checked against the volume's end.
+pub(crate) fn byte_range(
+    row: &VolumeRow,
+    lba: u64,
+    blocks: u64,
+) -> Result<(u64, u64), GatewayError> {
+    let bs = u64::from(row.block_size);
+    let num_blocks = row.size_bytes / bs;
+    let end = lba.checked_add(blocks).filter(|&e| e <= num_blocks);
+    match (end, lba.checked_mul(bs), blocks.checked_mul(bs)) {
+        (Some(_), Some(offset), Some(len)) => Ok((offset, len)),
+        _ => Err(GatewayError::OutOfRange(format!(
+            "blocks {lba}+{blocks} beyond the end of volume {} ({num_blocks} blocks)",
+            row.name
+        ))),
+    }
+}
+
+/// The byte range of a write of `len` bytes at `lba`: whole blocks, inside the volume.
+pub(crate) fn write_range(
+    row: &VolumeRow,
+    lba: u64,
+    len: usize,
+) -> Result<(u64, u64), GatewayError> {
+    let bs = u64::from(row.block_size);
+    if !(len as u64).is_multiple_of(bs) {
+        return Err(GatewayError::InvalidArgument(format!(
+            "{len} bytes is not a whole number of blocks"
+        )));
+    }
+    byte_range(row, lba, len as u64 / bs)
+}
+
+/// What a volume answers to INQUIRY (VPD 80h/83h): its name, serial and UUID.
+pub(crate) fn identity(row: &VolumeRow) -> crate::gateway::block::DeviceIdentity {
+    crate::gateway::block::DeviceIdentity {
+        name: row.name.clone(),
+        serial: row.serial.clone(),
+        uuid: row.uuid,
+    }
+}
+
+/// Splits a byte range into the pieces that fall inside single chunks.
+pub(crate) fn segments(chunk_size: u64, offset: u64, len: u64) -> impl Iterator<Item = Segment> {
+    let end = offset + len;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let chunk = pos / chunk_size;
+        let within = pos % chunk_size;
+        let take = (chunk_size - within).min(end - pos);
+        pos += take;
+        Some(Segment {
+            chunk,
+            offset: within,
+            len: take,
+        })
+    })
+}
+
 /// Volume names become part of iSCSI target names (RFC 3720 §3.2.6.3.1: lower case, digits,
 /// '-', '.'), so they are limited to those.
 pub fn validate_name(name: &str) -> Result<(), GatewayError> {
@@ -61,8 +131,13 @@ pub fn validate_name(name: &str) -> Result<(), GatewayError> {
 #[derive(Debug)]
 pub struct CreateVolume<'a> {
     pub name: &'a str,
-    pub size_bytes: u64,
+    /// Required unless a stored volume preserves an existing disk (its size is then the disk's).
+    pub size_bytes: Option<u64>,
     pub mode: VolumeMode,
+    /// Stored volumes: the local file (created if missing) or block device.
+    pub local_path: Option<&'a str>,
+    /// Stored volumes: keep the disk's data and upload it (the initial upload).
+    pub preserve_existing: bool,
 }
 
 /// Checks a new volume's name and size against the rules and the volumes already there.
@@ -99,38 +174,78 @@ pub fn new_identity() -> Result<(String, [u8; 16]), GatewayError> {
     Ok((format!("TDG{}", &uuid_hex[..20].to_ascii_uppercase()), uuid))
 }
 
-/// Creates an empty volume in the catalog. A running daemon picks it up and exposes it.
+/// Creates a volume in the catalog (for a stored one, prepares its local disk first). A
+/// running daemon picks it up and exposes it.
 pub fn create(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<VolumeRow, GatewayError> {
-    if req.mode == VolumeMode::Stored {
-        return Err(GatewayError::InvalidArgument(
-            "stored volumes are not supported yet; use --mode cached".into(),
-        ));
+    validate_name(req.name)?;
+    let (size_bytes, local_path) = match (req.mode, req.local_path) {
+        (VolumeMode::Cached, None) if !req.preserve_existing => (
+            req.size_bytes.ok_or_else(|| {
+                GatewayError::InvalidArgument("a cached volume needs --size".into())
+            })?,
+            None,
+        ),
+        (VolumeMode::Cached, _) => {
+            return Err(GatewayError::InvalidArgument(
+                "--local-path and --preserve-existing are for --mode stored".into(),
+            ));
+        }
+        (VolumeMode::Stored, None) => {
+            return Err(GatewayError::InvalidArgument(
+                "a stored volume needs --local-path (a file or block device)".into(),
+            ));
+        }
+        (VolumeMode::Stored, Some(path)) => {
+            if let Some(size) = req.size_bytes {
+                check_new(catalog, req.name, size)?;
+            }
+            let absolute = std::path::absolute(path)
+                .map_err(|e| GatewayError::InvalidArgument(format!("{path}: {e}")))?;
+            let size = stored::prepare_local(&absolute, req.size_bytes, req.preserve_existing)?;
+            (size, Some(absolute.to_string_lossy().into_owned()))
+        }
+    };
+    let new = NewVolumeSpec {
+        name: req.name,
+        size_bytes,
+        mode: req.mode,
+        local_path: local_path.as_deref(),
+    };
+    let row = create_with(catalog, &new, |v| catalog.create_volume(v))?;
+    if req.preserve_existing {
+        catalog.set_stored_scan_from(row.id, Some(0))?;
     }
-    create_cached_with(catalog, req.name, req.size_bytes, |v| {
-        catalog.create_volume(v)
-    })
+    Ok(row)
 }
 
-/// Checks a new cached volume, gives it its identity and has `insert` write it: the row alone
+/// What `create_with` is asked to create; the rest of the row it fills in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewVolumeSpec<'a> {
+    pub name: &'a str,
+    pub size_bytes: u64,
+    pub mode: VolumeMode,
+    pub local_path: Option<&'a str>,
+}
+
+/// Checks a new volume, gives it its identity and has `insert` write it: the row alone
 /// (`create`), or the row with its whole chunk map in one transaction (an image import).
-pub(crate) fn create_cached_with(
+pub(crate) fn create_with(
     catalog: &Catalog,
-    name: &str,
-    size_bytes: u64,
+    new: &NewVolumeSpec<'_>,
     insert: impl FnOnce(&NewVolume<'_>) -> Result<VolumeRow, crate::catalog::CatalogError>,
 ) -> Result<VolumeRow, GatewayError> {
-    check_new(catalog, name, size_bytes)?;
+    check_new(catalog, new.name, new.size_bytes)?;
     let (serial, uuid) = new_identity()?;
     Ok(insert(&NewVolume {
-        name,
-        size_bytes,
+        name: new.name,
+        size_bytes: new.size_bytes,
         block_size: BLOCK_SIZE,
         chunk_size: CHUNK_SIZE,
-        mode: VolumeMode::Cached,
+        mode: new.mode,
         serial: &serial,
         uuid,
         created_unix: crate::daemon::unix_now(),
-        local_path: None,
+        local_path: new.local_path,
         origin_snapshot: None,
     })?)
 }
@@ -190,8 +305,10 @@ mod tests {
         fn ok(name: &str, size_bytes: u64) -> CreateVolume<'_> {
             CreateVolume {
                 name,
-                size_bytes,
+                size_bytes: Some(size_bytes),
                 mode: VolumeMode::Cached,
+                local_path: None,
+                preserve_existing: false,
             }
         }
         create(&c, &ok("vol-1", 1 << 30)).unwrap();

@@ -131,10 +131,22 @@ pub fn request(
     Ok(snapshot)
 }
 
+/// A volume's chunk map: (chunk index, chunk id), ascending by index.
+pub type ChunkMap = Vec<(u64, [u8; 32])>;
+
+/// A served volume's side of the cut: with writes held, stage every chunk the bucket does not
+/// have yet and return the chunk map for the rest.
+pub trait Capture: Send + Sync {
+    fn capture<'a>(
+        &'a self,
+        stage: &'a mut Stage,
+    ) -> crate::gateway::block::BoxFuture<'a, Result<ChunkMap, GatewayError>>;
+}
+
 /// Where the chunks of a snapshot come from at its cut.
 pub enum Cut<'a> {
     /// A served volume: writes are held while not-yet-uploaded chunks are staged.
-    Live(&'a crate::gateway::volumes::volume::Volume),
+    Live(&'a dyn Capture),
     /// A volume nothing writes to, whose cache has been drained: the catalog map is the state.
     Quiescent,
 }
@@ -284,18 +296,16 @@ async fn new_since_previous(
 
 /// A new volume whose content is the snapshot's. A cached volume is usable at once: it holds
 /// the snapshot's chunk map and downloads a chunk only when it is read.
+/// A stored volume (`local_path` given) downloads every chunk to its local disk in the
+/// background, serving reads of chunks not yet there from the bucket meanwhile.
 pub async fn restore(
     catalog: &Catalog,
     chunks: &ChunkStore,
     snapshot: &str,
     name: &str,
     mode: VolumeMode,
+    local_path: Option<&str>,
 ) -> Result<VolumeRow, GatewayError> {
-    if mode == VolumeMode::Stored {
-        return Err(GatewayError::InvalidArgument(
-            "stored volumes are not supported yet; restore with --mode cached".into(),
-        ));
-    }
     let m = manifest::read(chunks, snapshot).await?;
     if m.header.chunk_size != CHUNK_SIZE {
         return Err(GatewayError::InvalidArgument(format!(
@@ -304,6 +314,22 @@ pub async fn restore(
         )));
     }
     check_new(catalog, name, m.header.size_bytes)?;
+    let local_path = match (mode, local_path) {
+        (VolumeMode::Stored, Some(p)) => {
+            crate::gateway::volumes::stored::prepare_local(
+                Path::new(p),
+                Some(m.header.size_bytes),
+                false,
+            )?;
+            Some(p)
+        }
+        (VolumeMode::Stored, None) => {
+            return Err(GatewayError::InvalidArgument(
+                "a stored volume needs --local-path".into(),
+            ));
+        }
+        (VolumeMode::Cached, _) => None,
+    };
     let (serial, uuid) = new_identity()?;
     Ok(catalog.create_volume_with_chunks(
         &NewVolume {
@@ -315,10 +341,11 @@ pub async fn restore(
             serial: &serial,
             uuid,
             created_unix: crate::daemon::unix_now(),
-            local_path: None,
+            local_path,
             origin_snapshot: Some(snapshot),
         },
         &m.map,
+        mode == VolumeMode::Stored,
     )?)
 }
 

@@ -14,7 +14,7 @@ use crate::catalog::Catalog;
 use crate::catalog::volumes::VolumeRow;
 use crate::gateway::GatewayError;
 use crate::gateway::block::{BlockDevice, BoxFuture, DeviceIdentity};
-use crate::gateway::volumes::object_name;
+use crate::gateway::volumes::{Segment, byte_range, object_name, segments, write_range};
 
 /// Chunks fetched ahead of a sequential reader.
 const READ_AHEAD_CHUNKS: u64 = 4;
@@ -47,21 +47,10 @@ impl std::fmt::Debug for Volume {
     }
 }
 
-/// One piece of an I/O that falls inside a single chunk.
-struct Segment {
-    chunk: u64,
-    offset: u64,
-    len: u64,
-}
-
 impl Volume {
     pub fn new(row: VolumeRow, cache: Arc<Cache>, catalog: Arc<Catalog>) -> Self {
         Self {
-            identity: DeviceIdentity {
-                name: row.name.clone(),
-                serial: row.serial.clone(),
-                uuid: row.uuid,
-            },
+            identity: super::identity(&row),
             row,
             cache,
             catalog,
@@ -77,7 +66,7 @@ impl Volume {
     /// Order matters: a chunk found clean has had its map row written (the sink writes the row
     /// before the cache marks the chunk clean) and cannot change while writes are held, so the
     /// map read after the scan is right for every chunk not staged.
-    pub async fn capture(
+    async fn capture_now(
         &self,
         stage: &mut crate::gateway::volumes::snapshot::Stage,
     ) -> Result<Vec<(u64, [u8; 32])>, GatewayError> {
@@ -102,36 +91,11 @@ impl Volume {
     }
 
     fn byte_range(&self, lba: u64, blocks: u64) -> Result<(u64, u64), GatewayError> {
-        let bs = u64::from(self.row.block_size);
-        let end = lba.checked_add(blocks).filter(|&e| e <= self.num_blocks());
-        match (end, lba.checked_mul(bs), blocks.checked_mul(bs)) {
-            (Some(_), Some(offset), Some(len)) => Ok((offset, len)),
-            _ => Err(GatewayError::OutOfRange(format!(
-                "blocks {lba}+{blocks} beyond the end of volume {} ({} blocks)",
-                self.row.name,
-                self.num_blocks()
-            ))),
-        }
+        byte_range(&self.row, lba, blocks)
     }
 
-    fn segments(&self, offset: u64, len: u64) -> impl Iterator<Item = Segment> + '_ {
-        let chunk_size = self.row.chunk_size;
-        let end = offset + len;
-        let mut pos = offset;
-        std::iter::from_fn(move || {
-            if pos >= end {
-                return None;
-            }
-            let chunk = pos / chunk_size;
-            let within = pos % chunk_size;
-            let take = (chunk_size - within).min(end - pos);
-            pos += take;
-            Some(Segment {
-                chunk,
-                offset: within,
-                len: take,
-            })
-        })
+    fn segments(&self, offset: u64, len: u64) -> impl Iterator<Item = Segment> + use<> {
+        segments(self.row.chunk_size, offset, len)
     }
 
     fn name(&self, chunk: u64) -> String {
@@ -166,6 +130,15 @@ impl Volume {
         for chunk in from_chunk {
             self.cache.prefetch(&self.name(chunk));
         }
+    }
+}
+
+impl crate::gateway::volumes::snapshot::Capture for Volume {
+    fn capture<'a>(
+        &'a self,
+        stage: &'a mut crate::gateway::volumes::snapshot::Stage,
+    ) -> BoxFuture<'a, Result<crate::gateway::volumes::snapshot::ChunkMap, GatewayError>> {
+        Box::pin(self.capture_now(stage))
     }
 }
 
@@ -217,14 +190,7 @@ impl BlockDevice for Volume {
 
     fn write(&self, lba: u64, data: Bytes, fua: bool) -> BoxFuture<'_, Result<(), GatewayError>> {
         Box::pin(async move {
-            let bs = u64::from(self.row.block_size);
-            if !(data.len() as u64).is_multiple_of(bs) {
-                return Err(GatewayError::InvalidArgument(format!(
-                    "{} bytes is not a whole number of blocks",
-                    data.len()
-                )));
-            }
-            let (offset, len) = self.byte_range(lba, data.len() as u64 / bs)?;
+            let (offset, len) = write_range(&self.row, lba, data.len())?;
             let _writing = self.gate.read().await;
             let mut at = 0usize;
             for s in self.segments(offset, len) {

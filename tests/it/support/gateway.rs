@@ -91,6 +91,19 @@ impl Gateway {
         table.get(key)?.as_integer()
     }
 
+    /// A stored volume's figure from the status file's `[[stored]]` entries.
+    pub fn stored_value(&self, volume: &str, key: &str) -> Option<i64> {
+        let text = std::fs::read_to_string(self.data_dir.join("run/status.toml")).ok()?;
+        let table: toml::Table = toml::from_str(&text).ok()?;
+        table
+            .get("stored")?
+            .as_array()?
+            .iter()
+            .find(|v| v.get("volume").and_then(|n| n.as_str()) == Some(volume))?
+            .get(key)?
+            .as_integer()
+    }
+
     /// SIGKILL: a crash, no clean-up.
     pub fn kill9(mut self) {
         if let Some(mut child) = self.child.take() {
