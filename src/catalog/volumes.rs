@@ -142,7 +142,10 @@ impl Catalog {
         download: bool,
     ) -> Result<VolumeRow, CatalogError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        // IMMEDIATE: the insert reads the id high-water mark before it writes, and a deferred
+        // transaction upgrading from read to write fails at once with SQLITE_BUSY (no busy
+        // timeout) when a daemon wrote in between, as it does on every upload.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let id = insert_volume(&tx, v)?;
         {
             let mut stmt = tx.prepare(

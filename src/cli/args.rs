@@ -116,6 +116,41 @@ pub enum VolumeCommand {
     List,
     /// Delete a volume and its chunk map (its bucket chunks are freed by garbage collection).
     Delete { name: String },
+    /// Deploy a VM image (raw, qcow2, vmdk, ...) as a new volume, straight into the bucket.
+    /// Formats other than raw need qemu-img and temporary space in DATA_DIR/staging.
+    Import {
+        /// The image file.
+        #[arg(value_name = "IMAGE")]
+        image: PathBuf,
+        /// Name of the new volume (its size is the image's, rounded up to whole MiB).
+        #[arg(long)]
+        name: String,
+        /// The image's format; auto asks qemu-img (or, without it, the file's magic number).
+        #[arg(long, value_enum, default_value_t = ImageFormatArg::Auto)]
+        format: ImageFormatArg,
+    },
+    /// Write a volume's current content to an image file. Refused while the daemon runs: stop
+    /// it first (this uploads what its upload buffer still holds).
+    Export {
+        volume: String,
+        /// The image file to write (replaced if it exists, once the export is complete).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The file's format; auto goes by its extension (.qcow2, .vmdk, else raw).
+        #[arg(long, value_enum, default_value_t = ImageFormatArg::Auto)]
+        format: ImageFormatArg,
+        /// Export this snapshot of the volume instead (works while the daemon runs).
+        #[arg(long, value_name = "SNAPSHOT")]
+        snapshot: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageFormatArg {
+    Auto,
+    Raw,
+    Qcow2,
+    Vmdk,
 }
 
 #[derive(Debug, Subcommand)]

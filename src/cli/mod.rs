@@ -3,6 +3,7 @@
 
 pub mod args;
 mod commands;
+mod progress;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -77,7 +77,8 @@ impl Config {
         self.data_dir.join("catalog.db")
     }
 
-    /// Snapshot stage files and other transient local work.
+    /// Snapshot stage files and other transient local work (raw images on their way through
+    /// qemu-img too).
     pub fn staging_dir(&self) -> PathBuf {
         self.data_dir.join("staging")
     }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use crate::support::garage::Garage;
 use crate::support::gateway::Gateway;
 use crate::support::tgt::Tgt;
-use crate::support::{cunit, noise, run, stderr, stdout, tidegate, tool};
+use crate::support::{
+    cunit, noise, run, stderr, stdout, tamper_with_the_only_chunk, tidegate, tool,
+};
 
 pub(crate) const MIB: u64 = 1 << 20;
 
@@ -423,17 +425,8 @@ fn a_tampered_chunk_is_a_read_error_and_shows_in_status() {
     wait_drained(&gw, Duration::from_secs(60));
     assert_eq!(gw.stop(), Some(0));
 
-    // Flip one byte of the only chunk in the local-directory bucket, and drop the local copies so
-    // the next read must come from the bucket.
-    let chunks: Vec<_> = std::fs::read_dir(data.join("bucket/chunks"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(chunks.len(), 1, "{chunks:?}");
-    let mut raw = std::fs::read(&chunks[0]).unwrap();
-    let mid = raw.len() / 2;
-    raw[mid] ^= 0x10;
-    std::fs::write(&chunks[0], raw).unwrap();
+    // Drop the local copies too, so the next read must come from the bucket.
+    let name = tamper_with_the_only_chunk(&data);
     drop_local_copies(&data);
 
     let gw = start(&data, None);
@@ -449,11 +442,6 @@ fn a_tampered_chunk_is_a_read_error_and_shows_in_status() {
     assert_pattern(&target, 0x00, 2 * MIB, MIB);
     let status = run(tidegate(&data).arg("status"));
     assert_eq!(status.status.code(), Some(1), "{}", stdout(&status));
-    let name = chunks[0]
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
     assert!(
         stdout(&status).contains(&format!("chunks/{name}")),
         "{}",

@@ -13,3 +13,4 @@ mod snapshots;
 mod store;
 mod stored_volumes;
 mod support;
+mod volume_image;

@@ -123,6 +123,23 @@ fn snapshots_restore_exactly_the_state_at_their_cut() {
     let now = read_lun(&src, dir.path());
     expect(&now, 0, 16 * MIB, 0xcc, "the source volume (C)");
 
+    // A snapshot exports to an image file while the daemon keeps running.
+    let exported = dir.path().join("s1.raw");
+    let out = run(tidegate(&data)
+        .args(["volume", "export", "src"])
+        .arg(&exported)
+        .args(["--snapshot", &s1]));
+    assert!(out.status.success(), "export: {}", stderr(&out));
+    assert!(
+        std::fs::read(&exported).unwrap() == a,
+        "the exported snapshot is A"
+    );
+    let wrong = run(tidegate(&data)
+        .args(["volume", "export", "r1"])
+        .arg(dir.path().join("x.raw"))
+        .args(["--snapshot", &s1]));
+    assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
+
     // A restored volume is independent: writing it leaves the snapshot and the source alone.
     assert!(qemu_io(&r1, &["write -P 0xdd 0 1M"]).status.success());
     restore(&data, None, &s1, "r3");

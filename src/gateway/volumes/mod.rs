@@ -6,6 +6,7 @@
 //! says which bucket chunk holds each index, and an index with no entry reads as zeros and costs
 //! nothing in the bucket. Limits: 32 volumes per gateway, 32 TiB each.
 
+pub mod image;
 pub mod manifest;
 pub mod sink;
 pub mod snapshot;
@@ -204,24 +205,49 @@ pub fn create(catalog: &Catalog, req: &CreateVolume<'_>) -> Result<VolumeRow, Ga
             (size, Some(absolute.to_string_lossy().into_owned()))
         }
     };
-    check_new(catalog, req.name, size_bytes)?;
-    let (serial, uuid) = new_identity()?;
-    let row = catalog.create_volume(&NewVolume {
+    let new = NewVolumeSpec {
         name: req.name,
         size_bytes,
-        block_size: BLOCK_SIZE,
-        chunk_size: CHUNK_SIZE,
         mode: req.mode,
-        serial: &serial,
-        uuid,
-        created_unix: crate::daemon::unix_now(),
         local_path: local_path.as_deref(),
-        origin_snapshot: None,
-    })?;
+    };
+    let row = create_with(catalog, &new, |v| catalog.create_volume(v))?;
     if req.preserve_existing {
         catalog.set_stored_scan_from(row.id, Some(0))?;
     }
     Ok(row)
+}
+
+/// What `create_with` is asked to create; the rest of the row it fills in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewVolumeSpec<'a> {
+    pub name: &'a str,
+    pub size_bytes: u64,
+    pub mode: VolumeMode,
+    pub local_path: Option<&'a str>,
+}
+
+/// Checks a new volume, gives it its identity and has `insert` write it: the row alone
+/// (`create`), or the row with its whole chunk map in one transaction (an image import).
+pub(crate) fn create_with(
+    catalog: &Catalog,
+    new: &NewVolumeSpec<'_>,
+    insert: impl FnOnce(&NewVolume<'_>) -> Result<VolumeRow, crate::catalog::CatalogError>,
+) -> Result<VolumeRow, GatewayError> {
+    check_new(catalog, new.name, new.size_bytes)?;
+    let (serial, uuid) = new_identity()?;
+    Ok(insert(&NewVolume {
+        name: new.name,
+        size_bytes: new.size_bytes,
+        block_size: BLOCK_SIZE,
+        chunk_size: CHUNK_SIZE,
+        mode: new.mode,
+        serial: &serial,
+        uuid,
+        created_unix: crate::daemon::unix_now(),
+        local_path: new.local_path,
+        origin_snapshot: None,
+    })?)
 }
 
 pub fn delete(catalog: &Catalog, name: &str) -> Result<(), GatewayError> {

@@ -18,6 +18,8 @@ pub fn tool(name: &str) -> PathBuf {
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".cargo/bin"));
     }
+    // e2fsprogs lives in sbin, which a non-root PATH often leaves out.
+    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
     dirs.into_iter()
         .map(|d| d.join(name))
         .find(|p| p.is_file())
@@ -90,4 +92,23 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding an ephemeral loopback port")
+}
+
+/// Flips one byte in the middle of the only chunk in the embedded default's local-directory
+/// bucket under `data_dir`; returns the chunk's id (its file name).
+pub fn tamper_with_the_only_chunk(data_dir: &Path) -> String {
+    let chunks: Vec<_> = std::fs::read_dir(data_dir.join("bucket/chunks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    let mut bytes = std::fs::read(&chunks[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&chunks[0], bytes).unwrap();
+    chunks[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
