@@ -209,22 +209,12 @@ fn export(
                 }
                 other => other.into(),
             })?;
-        let engine = &quiet.engine;
-        let map = engine.catalog.chunk_map(row.id)?;
-        image::export(
-            &engine.catalog,
-            &engine.chunks,
-            image::Contents {
-                size_bytes: row.size_bytes,
-                map: &map,
-            },
-            file,
-            format,
-            &staging_dir,
-            &mut bar,
-        )
-        .await
-        .map_err(image_error)
+        let map = quiet.engine.catalog.chunk_map(row.id)?;
+        let contents = image::Contents {
+            size_bytes: row.size_bytes,
+            map: &map,
+        };
+        export_to(&quiet.engine, contents, file, format, &staging_dir, &mut bar).await
     })?;
     bar.finish();
     writeln!(
@@ -237,6 +227,27 @@ fn export(
         format.as_str()
     )?;
     Ok(())
+}
+
+async fn export_to(
+    engine: &Engine,
+    contents: image::Contents<'_>,
+    file: &Path,
+    format: ImageFormat,
+    staging_dir: &Path,
+    bar: &mut Bar,
+) -> Result<image::Exported> {
+    image::export(
+        &engine.catalog,
+        &engine.chunks,
+        contents,
+        file,
+        format,
+        staging_dir,
+        bar,
+    )
+    .await
+    .map_err(image_error)
 }
 
 /// A snapshot's content, read from its manifest: consistent, and the daemon may keep running.
@@ -264,20 +275,11 @@ fn export_snapshot(
             ))
             .into());
         }
-        image::export(
-            &engine.catalog,
-            &engine.chunks,
-            image::Contents {
-                size_bytes: m.header.size_bytes,
-                map: &m.map,
-            },
-            file,
-            format,
-            &staging_dir,
-            &mut bar,
-        )
-        .await
-        .map_err(image_error)
+        let contents = image::Contents {
+            size_bytes: m.header.size_bytes,
+            map: &m.map,
+        };
+        export_to(&engine, contents, file, format, &staging_dir, &mut bar).await
     })?;
     bar.finish();
     writeln!(
