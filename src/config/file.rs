@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub iscsi: Option<IscsiSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<crate::config::bandwidth::BandwidthSection>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

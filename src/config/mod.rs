@@ -6,6 +6,7 @@
 //! way is a `ConfigError` that names the file, the line where known, and the dotted key, on one
 //! line, so the binary can print it and exit with status 2.
 
+pub mod bandwidth;
 pub mod defaults;
 pub mod file;
 pub mod size;
@@ -39,6 +40,7 @@ pub struct Config {
     pub upload_buffer: DiskConfig,
     pub iscsi: IscsiConfig,
     pub api: ApiConfig,
+    pub bandwidth: bandwidth::Schedule,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +294,7 @@ impl Config {
         };
         let iscsi = iscsi_config(file.iscsi.unwrap_or_default())?;
         let api = api_config(file.api.unwrap_or_default(), &data_dir)?;
+        let bandwidth = bandwidth::Schedule::from_section(file.bandwidth.unwrap_or_default())?;
         Ok(Self {
             origin,
             name,
@@ -302,6 +305,7 @@ impl Config {
             upload_buffer,
             iscsi,
             api,
+            bandwidth,
         })
     }
 }

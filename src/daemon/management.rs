@@ -23,15 +23,13 @@ use crate::gateway::GatewayError;
 use crate::gateway::volumes::{self, CreateVolume, snapshot};
 use crate::store::ChunkStore;
 
-const UPLOAD_LIMIT: &str = "bandwidth.upload";
-const DOWNLOAD_LIMIT: &str = "bandwidth.download";
-
 pub struct DaemonManagement {
     pub config: Config,
     pub catalog: Arc<Catalog>,
     pub chunks: Arc<ChunkStore>,
     pub cache: Arc<Cache>,
     pub volumes: Arc<VolumeService>,
+    pub bandwidth: Arc<crate::daemon::bandwidth::Bandwidth>,
 }
 
 fn api_error(e: GatewayError) -> ApiError {
@@ -108,24 +106,6 @@ fn text<'a>(v: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(bad(format!("`{field}` must be a string"))),
     }
-}
-
-fn limit_setting(v: Option<u64>) -> String {
-    v.map_or_else(|| "none".to_owned(), |n| n.to_string())
-}
-
-/// Applies bandwidth limits saved through the API, if any (at start).
-pub fn apply_saved_bandwidth(catalog: &Catalog, chunks: &ChunkStore) -> Result<(), GatewayError> {
-    let (mut up, mut down) = chunks.bucket().limits();
-    let parse = |s: String| if s == "none" { None } else { s.parse().ok() };
-    if let Some(s) = catalog.setting(UPLOAD_LIMIT)? {
-        up = parse(s);
-    }
-    if let Some(s) = catalog.setting(DOWNLOAD_LIMIT)? {
-        down = parse(s);
-    }
-    chunks.bucket().set_limits(up, down);
-    Ok(())
 }
 
 impl DaemonManagement {
@@ -488,13 +468,42 @@ impl Management for DaemonManagement {
 
     fn bandwidth(&self) -> ApiResult {
         let (up, down) = self.chunks.bucket().limits();
-        Ok(json!({ "upload": up, "download": down }))
+        let (_, window) = self.bandwidth.effective(crate::daemon::unix_now());
+        let (default_up, default_down) = self.bandwidth.defaults();
+        let schedule: Vec<Value> = self
+            .bandwidth
+            .schedule()
+            .windows
+            .iter()
+            .map(|w| {
+                let days: Vec<&str> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| w.days & (1 << i) != 0)
+                    .map(|(_, d)| *d)
+                    .collect();
+                json!({
+                    "days": days,
+                    "start": format!("{:02}:{:02}", w.start / 60, w.start % 60),
+                    "end": format!("{:02}:{:02}", w.end / 60, w.end % 60),
+                    "upload": w.upload,
+                    "download": w.download,
+                })
+            })
+            .collect();
+        Ok(json!({
+            "upload": up,
+            "download": down,
+            "defaults": { "upload": default_up, "download": default_down },
+            "schedule": schedule,
+            "active_window": window,
+        }))
     }
 
     /// `{"upload": 10485760 | "10MiB" | null, "download": ...}`; a field left out keeps its
     /// value, `null` removes the limit. Applies to the next transfer.
     fn set_bandwidth(&self, body: Value) -> ApiResult {
-        let (mut up, mut down) = self.chunks.bucket().limits();
+        let (mut up, mut down) = self.bandwidth.defaults();
         if body.get("upload").is_some() {
             up = size(&body, "upload")?;
         }
@@ -506,14 +515,8 @@ impl Management for DaemonManagement {
                 "a limit of 0 would stop all traffic; use null for no limit",
             ));
         }
-        self.catalog
-            .set_settings(&[
-                (UPLOAD_LIMIT, &limit_setting(up)),
-                (DOWNLOAD_LIMIT, &limit_setting(down)),
-            ])
-            .map_err(internal)?;
-        self.chunks.bucket().set_limits(up, down);
-        tracing::info!(upload = ?up, download = ?down, "bandwidth limits changed");
+        self.bandwidth.set_defaults((up, down)).map_err(internal)?;
+        tracing::info!(upload = ?up, download = ?down, "default bandwidth limits changed");
         self.bandwidth()
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod activate;
 pub mod backup;
+pub mod bandwidth;
 pub mod management;
 pub mod offline;
 pub mod recover;
@@ -259,9 +260,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         config.staging_dir(),
         stop_rx.clone(),
     ));
-    if let Err(e) = management::apply_saved_bandwidth(&engine.catalog, &engine.chunks) {
-        tracing::warn!(error = %e, "applying saved bandwidth limits");
-    }
+    let bandwidth = Arc::new(bandwidth::Bandwidth::new(
+        config.bandwidth.clone(),
+        engine.catalog.clone(),
+        engine.chunks.clone(),
+    ));
     let token = api_token(&config.api.token_file)?;
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -281,6 +284,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             chunks: engine.chunks.clone(),
             cache: cache.clone(),
             volumes: volumes.clone(),
+            bandwidth: bandwidth.clone(),
         }),
         token,
         async move {
@@ -289,6 +293,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     ));
     let mut sync_stop = stop_rx.clone();
     let sync_volumes = volumes.clone();
+    let tick_bandwidth = bandwidth.clone();
     let status_cache = cache.clone();
     let status_path = config.run_dir().join("status.toml");
     let housekeeping = tokio::spawn(async move {
@@ -301,6 +306,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             if let Err(e) = sync_volumes.sync() {
                 tracing::warn!(error = %e, "volume sync failed");
             }
+            tick_bandwidth.apply(unix_now());
             let _ = write_atomically(
                 &status_path,
                 live_status(&status_cache, &sync_volumes).as_bytes(),

@@ -265,3 +265,51 @@ fn bandwidth_limits_apply_live() {
     );
     assert_eq!(gw.stop(), Some(0));
 }
+
+/// A schedule window covering every moment puts its limits in force; defaults set through the
+/// API are kept for outside the windows and do not override an open window.
+#[test]
+fn a_bandwidth_schedule_window_wins_over_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("tidegate.toml");
+    let days = r#"["mon", "tue", "wed", "thu", "fri", "sat", "sun"]"#;
+    std::fs::write(
+        &config,
+        format!(
+            "[bucket]\nurl = \"file://{}\"\n[[bandwidth.schedule]]\ndays = {days}\n\
+             start = \"00:00\"\nend = \"24:00\"\nupload = \"5MiB\"\n",
+            dir.path().join("bucket").display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("bucket")).unwrap();
+    let activated = crate::support::run(crate::support::tidegate(&data).arg("activate").args([
+        "--bucket",
+        &format!("file://{}", dir.path().join("bucket").display()),
+    ]));
+    assert!(activated.status.success(), "{}", stderr(&activated));
+    // Activation wrote DATA_DIR/tidegate.toml; use ours, with the schedule, and the same key.
+    let key = data.join("key");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nkey_file = \"{}\"\ndata_dir = \"{}\"\n{text}",
+            key.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let gw = start(&data, Some(&config));
+    let api = Api::of(&gw, &data);
+    let bw = api.ok("GET", "/api/v1/bandwidth", None);
+    assert_eq!(bw["upload"], 5 * MIB, "{bw}");
+    assert_eq!(bw["active_window"], 0, "{bw}");
+    let set = api.ok("PUT", "/api/v1/bandwidth", Some(r#"{"upload":"20MiB"}"#));
+    assert_eq!(set["defaults"]["upload"], 20 * MIB, "{set}");
+    assert_eq!(set["upload"], 5 * MIB, "the open window still wins: {set}");
+    let metric = api.metric(r#"tidegate_bandwidth_limit_bytes_per_second{direction="upload"}"#);
+    assert_eq!(metric, (5 * MIB) as f64);
+    assert_eq!(gw.stop(), Some(0));
+}

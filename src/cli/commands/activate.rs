@@ -59,6 +59,7 @@ pub fn config_text(args: ActivateArgs, data_dir: &Path, by: &str) -> Result<Stri
         upload_buffer: disk(args.upload_buffer_path, args.upload_buffer_size),
         iscsi: None,
         api: None,
+        bandwidth: None,
     };
     Ok(format!(
         "# Written by `tidegate {by}`; see docs/operations.md for every key.\n{}",

@@ -214,7 +214,15 @@ fn export(
             size_bytes: row.size_bytes,
             map: &map,
         };
-        export_to(&quiet.engine, contents, file, format, &staging_dir, &mut bar).await
+        export_to(
+            &quiet.engine,
+            contents,
+            file,
+            format,
+            &staging_dir,
+            &mut bar,
+        )
+        .await
     })?;
     bar.finish();
     writeln!(
