@@ -9,6 +9,7 @@ pub mod activate;
 pub mod backup;
 pub mod bandwidth;
 pub mod management;
+pub mod notify;
 pub mod offline;
 pub mod recover;
 pub mod scrub;
@@ -332,10 +333,26 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         &ready_path,
         toml::to_string(&ready).unwrap_or_default().as_bytes(),
     )?;
-    tracing::info!(ready = %ready_path.display(), iscsi = %bound, "tidegate ready");
+    tracing::info!(ready = %ready_path.display(), iscsi = %bound, api = %api_bound, "tidegate ready");
+    let notifier = Arc::new(notify::Notifier::from_env());
+    notifier.ready(&format!("serving; iSCSI {bound}, API {api_bound}"));
+    let watchdog = notify::Notifier::watchdog_interval().map(|every| {
+        let notifier = notifier.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                notifier.watchdog();
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    });
 
     wait_for_shutdown().await?;
     tracing::info!("shutting down");
+    notifier.stopping();
     let _ = std::fs::remove_file(&ready_path);
     let _ = stop_tx.send(true);
     let _ = iscsi.await;
@@ -343,6 +360,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = housekeeping.await;
     let _ = snapshots.await;
     let _ = backups.await;
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
     volumes.shutdown().await;
     // Everything acknowledged is made durable in the upload buffer; uploads resume next start.
     if let Err(e) = cache.flush().await {

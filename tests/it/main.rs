@@ -13,4 +13,5 @@ mod snapshots;
 mod store;
 mod stored_volumes;
 mod support;
+mod systemd;
 mod volume_image;
