@@ -30,6 +30,7 @@ pub struct DaemonManagement {
     pub cache: Arc<Cache>,
     pub volumes: Arc<VolumeService>,
     pub bandwidth: Arc<crate::daemon::bandwidth::Bandwidth>,
+    pub history: Arc<crate::daemon::history::History>,
 }
 
 fn api_error(e: GatewayError) -> ApiError {
@@ -109,6 +110,23 @@ fn text<'a>(v: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
 }
 
 impl DaemonManagement {
+    /// Adds a sample of the cumulative traffic (every `history::EVERY_SECS`).
+    pub fn sample(&self) {
+        let t = self.chunks.bucket().traffic();
+        let (mut read_bytes, mut write_bytes) = (0, 0);
+        for (_, c) in self.volumes.io() {
+            read_bytes += c.read_bytes.load(Relaxed);
+            write_bytes += c.write_bytes.load(Relaxed);
+        }
+        self.history.record(crate::daemon::history::Sample {
+            unix: crate::daemon::unix_now(),
+            upload_bytes: t.put_bytes,
+            download_bytes: t.get_bytes,
+            read_bytes,
+            write_bytes,
+        });
+    }
+
     fn volume_list(&self) -> Result<Vec<Value>, GatewayError> {
         Ok(volumes::list(&self.catalog)?
             .iter()
@@ -409,6 +427,7 @@ impl Management for DaemonManagement {
             "healthy": problems.is_empty(),
             "problems": problems,
             "cache": {
+                "capacity": self.config.cache.size.bytes(),
                 "bytes": c.cache_bytes,
                 "dirty_bytes": c.dirty_bytes,
                 "oldest_dirty_secs": c.oldest_dirty_age.map_or(0, |d| d.as_secs()),
@@ -464,6 +483,10 @@ impl Management for DaemonManagement {
                 .map_err(api_error)?;
             Ok(json!({ "deleted": id }))
         })
+    }
+
+    fn history(&self) -> ApiResult {
+        serde_json::to_value(self.history.samples()).map_err(internal)
     }
 
     fn bandwidth(&self) -> ApiResult {

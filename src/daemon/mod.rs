@@ -8,6 +8,7 @@
 pub mod activate;
 pub mod backup;
 pub mod bandwidth;
+pub mod history;
 pub mod management;
 pub mod notify;
 pub mod offline;
@@ -277,16 +278,18 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .local_addr()
         .map_err(io("reading the API listener's address"))?;
     let mut api_stop = stop_rx.clone();
+    let management = Arc::new(management::DaemonManagement {
+        config: config.clone(),
+        catalog: engine.catalog.clone(),
+        chunks: engine.chunks.clone(),
+        cache: cache.clone(),
+        volumes: volumes.clone(),
+        bandwidth: bandwidth.clone(),
+        history: Arc::new(history::History::default()),
+    });
     let api = tokio::spawn(crate::frontend::api::serve(
         api_listener,
-        Arc::new(management::DaemonManagement {
-            config: config.clone(),
-            catalog: engine.catalog.clone(),
-            chunks: engine.chunks.clone(),
-            cache: cache.clone(),
-            volumes: volumes.clone(),
-            bandwidth: bandwidth.clone(),
-        }),
+        management.clone(),
         token,
         async move {
             let _ = api_stop.changed().await;
@@ -295,10 +298,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let mut sync_stop = stop_rx.clone();
     let sync_volumes = volumes.clone();
     let tick_bandwidth = bandwidth.clone();
+    let tick_management = management.clone();
     let status_cache = cache.clone();
     let status_path = config.run_dir().join("status.toml");
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut sampled: Option<i64> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -308,6 +313,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
                 tracing::warn!(error = %e, "volume sync failed");
             }
             tick_bandwidth.apply(unix_now());
+            let now = unix_now();
+            if sampled.is_none_or(|t| now - t >= history::EVERY_SECS) {
+                tick_management.sample();
+                sampled = Some(now);
+            }
             let _ = write_atomically(
                 &status_path,
                 live_status(&status_cache, &sync_volumes).as_bytes(),

@@ -6,6 +6,7 @@
 
 mod api;
 mod cli;
+mod console;
 mod iscsi_volume;
 mod layering;
 mod malformed;

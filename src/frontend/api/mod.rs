@@ -61,7 +61,29 @@ pub trait Management: Send + Sync + 'static {
     fn delete_snapshot(&self, id: String) -> BoxFuture<'_, ApiResult>;
     fn bandwidth(&self) -> ApiResult;
     fn set_bandwidth(&self, body: Value) -> ApiResult;
+    /// Samples of cumulative traffic over the last hour, oldest first (the console's graph).
+    fn history(&self) -> ApiResult;
+    fn shares(&self) -> ApiResult {
+        Err(ApiError::new(
+            404,
+            "not_found",
+            "this gateway serves no shares",
+        ))
+    }
+    fn create_share(&self, _body: Value) -> BoxFuture<'_, ApiResult> {
+        Box::pin(async {
+            Err(ApiError::new(
+                404,
+                "not_found",
+                "this gateway serves no shares",
+            ))
+        })
+    }
 }
+
+/// The web console: one page, embedded in the binary, that signs in with the API token and
+/// calls the API from the browser.
+const CONSOLE: &str = include_str!("console.html");
 
 #[derive(Clone)]
 struct Shared {
@@ -165,8 +187,35 @@ pub fn router(management: Arc<dyn Management>, token: &str) -> Router {
                 },
             ),
         )
+        .route(
+            "/api/v1/history",
+            get(|State(s): State<Shared>| async move { reply(s.management.history()) }),
+        )
+        .route(
+            "/api/v1/shares",
+            get(|State(s): State<Shared>| async move { reply(s.management.shares()) }).post(
+                |State(s): State<Shared>, raw: String| async move {
+                    match body(&raw) {
+                        Ok(b) => reply(s.management.create_share(b).await),
+                        Err(e) => e.into_response(),
+                    }
+                },
+            ),
+        )
         .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
     Router::new()
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-store"),
+                    ],
+                    CONSOLE,
+                )
+            }),
+        )
         .route(
             "/metrics",
             get(|State(s): State<Shared>| async move {

@@ -33,19 +33,22 @@ pub fn tool(name: &str) -> PathBuf {
 
 /// A Python 3 interpreter that can import botocore.
 pub fn python_with_botocore() -> PathBuf {
+    python_with("botocore.utils", "python3-botocore")
+}
+
+/// A python3 that can import `module` (Debian's, whose packages the test script installs,
+/// before whatever `python3` is first on PATH); panics naming the package otherwise.
+pub fn python_with(module: &str, package: &str) -> PathBuf {
     for candidate in ["/usr/bin/python3", "python3"] {
         let ok = Command::new(candidate)
-            .args(["-c", "import botocore.utils"])
+            .args(["-c", &format!("import {module}")])
             .output()
             .is_ok_and(|o| o.status.success());
         if ok {
             return PathBuf::from(candidate);
         }
     }
-    panic!(
-        "python3 with botocore is not installed; run ./scripts/test (apt-get install \
-         python3-botocore)"
-    )
+    panic!("python3 with {module} is not installed; run ./scripts/test (apt-get install {package})")
 }
 
 pub fn bin() -> &'static str {
