@@ -8,6 +8,7 @@
 
 mod schema;
 pub mod settings;
+pub mod shares;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};

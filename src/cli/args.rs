@@ -35,6 +35,9 @@ pub enum Command {
         /// Overrides iscsi.listen (e.g. 127.0.0.1:0 for any free port; see run/ready.toml).
         #[arg(long, value_name = "IP:PORT")]
         iscsi_listen: Option<std::net::SocketAddr>,
+        /// Overrides nfs.listen (NFS, MOUNT and portmapper GETPORT on one port).
+        #[arg(long, value_name = "IP:PORT")]
+        nfs_listen: Option<std::net::SocketAddr>,
     },
     /// Show the gateway's health: bucket, key, daemon, cache, upload buffer, integrity.
     Status,

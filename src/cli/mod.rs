@@ -24,10 +24,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Treehash { files } => commands::treehash::run(&files),
         Command::Bench { what } => commands::bench::run(what),
         Command::Activate(args) => commands::activate::run(*args, cli.config.as_deref(), &data_dir),
-        Command::Serve { iscsi_listen } => {
+        Command::Serve {
+            iscsi_listen,
+            nfs_listen,
+        } => {
             let mut config = load_config(cli.config.as_deref(), &data_dir)?;
             if let Some(listen) = iscsi_listen {
                 config.iscsi.listen = listen;
+            }
+            if let Some(listen) = nfs_listen {
+                config.nfs.listen = listen;
             }
             commands::serve::run(config)
         }

@@ -23,6 +23,26 @@ pub struct FileConfig {
     pub upload_buffer: Option<DiskSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iscsi: Option<IscsiSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs: Option<NfsSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesSection>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsSection {
+    /// `ip:port` for NFS, MOUNT and the minimal portmapper; port 0 picks a free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSection {
+    /// How long a committed file stays idle before it is uploaded, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use size::ByteSize;
 
-use file::{BucketSection, CredentialsFile, DiskSection, FileConfig, IscsiSection};
+use file::{BucketSection, CredentialsFile, DiskSection, FileConfig, IscsiSection, NfsSection};
 
 /// Where the configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,18 @@ pub struct Config {
     pub cache: DiskConfig,
     pub upload_buffer: DiskConfig,
     pub iscsi: IscsiConfig,
+    pub nfs: NfsConfig,
+    pub files: FilesConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesConfig {
+    pub upload_delay: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +85,11 @@ impl Config {
     /// Pid and readiness files of a running daemon.
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
+    }
+
+    /// Staging files of the file gateway (one per file being written).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.data_dir.join("staging")
     }
 
     pub fn is_embedded(&self) -> bool {
@@ -278,6 +295,14 @@ impl Config {
             }
         };
         let iscsi = iscsi_config(file.iscsi.unwrap_or_default())?;
+        let nfs = nfs_config(file.nfs.unwrap_or_default())?;
+        let files = FilesConfig {
+            upload_delay: Duration::from_millis(
+                file.files
+                    .and_then(|f| f.upload_delay_ms)
+                    .unwrap_or(defaults::UPLOAD_DELAY_MS),
+            ),
+        };
         Ok(Self {
             origin,
             name,
@@ -287,6 +312,8 @@ impl Config {
             cache,
             upload_buffer,
             iscsi,
+            nfs,
+            files,
         })
     }
 }
@@ -502,6 +529,14 @@ fn iscsi_config(s: IscsiSection) -> Result<IscsiConfig, ConfigError> {
         advertise,
         chap,
     })
+}
+
+fn nfs_config(s: NfsSection) -> Result<NfsConfig, ConfigError> {
+    let v = s.listen.as_deref().unwrap_or(defaults::NFS_LISTEN);
+    let listen = v
+        .parse::<SocketAddr>()
+        .map_err(|_| ConfigError::new("nfs.listen", format!("{v:?} is not an ip:port address")))?;
+    Ok(NfsConfig { listen })
 }
 
 fn load_credentials(path: &Path) -> Result<Credentials, ConfigError> {

@@ -19,6 +19,7 @@ use tidegate_cache::{Cache, CacheConfig, CacheError};
 use crate::catalog::settings::keys as setting;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
+use crate::gateway::files::{self, Files, FilesConfig};
 use crate::store::keycheck::{self, Pairing};
 use crate::store::{Bucket, ChunkStore, Codec, KeyError, MasterKey, StoreError};
 
@@ -59,6 +60,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     NotActivated(String),
+    #[error("file gateway: {0}")]
+    Files(#[from] crate::gateway::GatewayError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -75,6 +78,9 @@ pub struct Ready {
     /// The bound iSCSI portal, `ip:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iscsi: Option<String>,
+    /// The bound NFS (and MOUNT) port, `ip:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs: Option<String>,
 }
 
 impl Ready {
@@ -216,6 +222,42 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             let _ = iscsi_stop.changed().await;
         },
     ));
+    let files = Arc::new(Files::new(
+        engine.catalog.clone(),
+        engine.chunks.bucket().clone(),
+        FilesConfig {
+            staging_dir: config.staging_dir(),
+            upload_delay: config.files.upload_delay,
+        },
+    )?);
+    if config.is_embedded() && files::list_shares(&engine.catalog)?.is_empty() {
+        // Loopback-only by default, so root on this machine stays root in the share: the
+        // first `nfs-cp` from the README works without extra flags.
+        let spec = files::ShareSpec {
+            squash: crate::catalog::shares::Squash::None,
+            ..files::ShareSpec::new(crate::config::defaults::SHARE_NAME)
+        };
+        files::create_share(&engine.catalog, &spec)?;
+        tracing::info!(
+            share = crate::config::defaults::SHARE_NAME,
+            "created the embedded default share"
+        );
+    }
+    let nfs_listener = tokio::net::TcpListener::bind(config.nfs.listen)
+        .await
+        .map_err(io(format!("listening for NFS on {}", config.nfs.listen)))?;
+    let nfs_bound = nfs_listener
+        .local_addr()
+        .map_err(io("reading the NFS listener's address"))?;
+    let mut nfs_stop = stop_rx.clone();
+    let nfs = tokio::spawn(crate::frontend::nfs::serve(
+        nfs_listener,
+        files.clone(),
+        async move {
+            let _ = nfs_stop.changed().await;
+        },
+    ));
+    let uploader = tokio::spawn(files.clone().run_uploader(stop_rx.clone()));
     let mut sync_stop = stop_rx.clone();
     let sync_volumes = volumes.clone();
     let status_cache = cache.clone();
@@ -242,6 +284,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             crate::config::Origin::Embedded => "embedded".to_owned(),
         },
         iscsi: Some(bound.to_string()),
+        nfs: Some(nfs_bound.to_string()),
     };
     let _ = write_atomically(
         &config.run_dir().join("status.toml"),
@@ -251,13 +294,15 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         &ready_path,
         toml::to_string(&ready).unwrap_or_default().as_bytes(),
     )?;
-    tracing::info!(ready = %ready_path.display(), iscsi = %bound, "tidegate ready");
+    tracing::info!(ready = %ready_path.display(), iscsi = %bound, nfs = %nfs_bound, "tidegate ready");
 
     wait_for_shutdown().await?;
     tracing::info!("shutting down");
     let _ = std::fs::remove_file(&ready_path);
     let _ = stop_tx.send(true);
     let _ = iscsi.await;
+    let _ = nfs.await;
+    let _ = uploader.await;
     let _ = housekeeping.await;
     // Everything acknowledged is made durable in the upload buffer; uploads resume next start.
     if let Err(e) = cache.flush().await {

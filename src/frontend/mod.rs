@@ -1,3 +1,4 @@
 //! Front ends: each speaks one protocol and calls `gateway` (or `scsi`), never another front end.
 
 pub mod iscsi;
+pub mod nfs;

@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod error;
+pub mod files;
 pub mod volumes;
 
 pub use error::GatewayError;

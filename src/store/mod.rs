@@ -17,6 +17,7 @@ pub mod keycheck;
 pub mod keys;
 pub mod limit;
 pub mod master;
+pub mod objects;
 pub mod treehash;
 
 use std::ops::Range;
@@ -112,6 +113,8 @@ pub struct Bucket {
     download_limit: Option<limit::RateLimiter>,
     multipart_threshold: u64,
     part_size: usize,
+    /// False for a `file://` bucket: object_store's local store keeps no user metadata.
+    user_metadata: bool,
 }
 
 impl Bucket {
@@ -181,6 +184,7 @@ impl Bucket {
             download_limit: cfg.download_limit.map(limit::RateLimiter::new),
             multipart_threshold: cfg.multipart_threshold,
             part_size: usize::try_from(cfg.part_size).unwrap_or(usize::MAX),
+            user_metadata: !matches!(cfg.location, BucketLocation::Local { .. }),
         })
     }
 
@@ -196,6 +200,7 @@ impl Bucket {
             download_limit: None,
             multipart_threshold: crate::config::defaults::MULTIPART_THRESHOLD,
             part_size: usize::try_from(crate::config::defaults::PART_SIZE).unwrap_or(usize::MAX),
+            user_metadata: true,
         }
     }
 

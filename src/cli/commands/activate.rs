@@ -41,6 +41,8 @@ pub fn run(args: ActivateArgs, config: Option<&Path>, data_dir: &Path) -> Result
         cache: disk(args.cache_path, args.cache_size),
         upload_buffer: disk(args.upload_buffer_path, args.upload_buffer_size),
         iscsi: None,
+        nfs: None,
+        files: None,
     };
     let text = format!(
         "# Written by `tidegate activate`; see docs/operations.md for every key.\n{}",

@@ -1,0 +1,1 @@
+-- reserved: snapshots (issue 5)

@@ -1,0 +1,701 @@
+//! Shares, their inode table and the bucket deletions still owed.
+//!
+//! Inode ids are the file ids clients see: assigned once, never reused (AUTOINCREMENT), kept
+//! across restarts. Invariants: `version != synced_version` exactly when the bucket lags the
+//! catalog for that inode; a row's `remote_key` is changed only after the object is at the new
+//! key, and the old key is queued in `pending_deletes` in the same transaction, so a crash never
+//! loses the only copy and never forgets a leftover object.
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use crate::catalog::{Catalog, CatalogError};
+
+/// Squash policy: which callers are mapped to the anonymous user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Squash {
+    Root,
+    All,
+    None,
+}
+
+impl Squash {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::All => "all",
+            Self::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "root" => Some(Self::Root),
+            "all" => Some(Self::All),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareRow {
+    pub id: i64,
+    pub name: String,
+    pub bucket_prefix: String,
+    pub read_only: bool,
+    pub squash: Squash,
+    pub allowed_clients: String,
+    pub default_uid: u32,
+    pub default_gid: u32,
+    pub default_file_mode: u32,
+    pub default_dir_mode: u32,
+    pub refresh_secs: u64,
+    pub created_unix: i64,
+    pub last_upload_unix: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InodeKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl InodeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Dir => "dir",
+            Self::Symlink => "symlink",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "file" => Some(Self::File),
+            "dir" => Some(Self::Dir),
+            "symlink" => Some(Self::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// One inode. `id` and `share_id` are fixed; the rest is written back by [`Catalog::save_inode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InodeRow {
+    pub id: i64,
+    pub share_id: i64,
+    pub parent: Option<i64>,
+    pub name: String,
+    pub path: String,
+    pub kind: InodeKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub target: Option<String>,
+    pub remote_key: Option<String>,
+    pub etag: Option<String>,
+    pub extra_meta: String,
+    pub staged: bool,
+    pub version: i64,
+    pub synced_version: i64,
+    pub refreshed_unix: i64,
+}
+
+impl InodeRow {
+    /// A new inode at `path` (name = its last component), owned by `uid`/`gid`, both times
+    /// `time_ns`, nothing in the bucket yet, dirty (`version` 1, `synced_version` 0).
+    pub fn new(
+        share_id: i64,
+        parent: Option<i64>,
+        path: &str,
+        kind: InodeKind,
+        (mode, uid, gid): (u32, u32, u32),
+        time_ns: i64,
+    ) -> Self {
+        Self {
+            id: 0,
+            share_id,
+            parent,
+            name: path.rsplit('/').next().unwrap_or(path).to_owned(),
+            path: path.to_owned(),
+            kind,
+            mode,
+            uid,
+            gid,
+            size: 0,
+            mtime_ns: time_ns,
+            ctime_ns: time_ns,
+            target: None,
+            remote_key: None,
+            etag: None,
+            extra_meta: String::new(),
+            staged: false,
+            version: 1,
+            synced_version: 0,
+            refreshed_unix: 0,
+        }
+    }
+
+    pub fn dirty(&self) -> bool {
+        self.version != self.synced_version
+    }
+}
+
+/// Per-share upload state for `share status`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShareSyncStats {
+    pub dirty_files: u64,
+    pub dirty_bytes: u64,
+    pub pending_deletes: u64,
+    pub last_upload_unix: Option<i64>,
+}
+
+const INODE_COLUMNS: &str = "id, share_id, parent, name, path, kind, mode, uid, gid, size, \
+     mtime_ns, ctime_ns, target, remote_key, etag, extra_meta, staged, version, synced_version, \
+     refreshed_unix";
+
+const SHARE_COLUMNS: &str = "id, name, bucket_prefix, read_only, squash, allowed_clients, \
+     default_uid, default_gid, default_file_mode, default_dir_mode, refresh_secs, created_unix, \
+     last_upload_unix";
+
+fn bad(i: usize) -> rusqlite::Error {
+    rusqlite::Error::IntegralValueOutOfRange(i, -1)
+}
+
+fn u32_at(r: &Row<'_>, i: usize) -> rusqlite::Result<u32> {
+    u32::try_from(r.get::<_, i64>(i)?).map_err(|_| bad(i))
+}
+
+fn u64_at(r: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    u64::try_from(r.get::<_, i64>(i)?).map_err(|_| bad(i))
+}
+
+fn as_i64(v: u64) -> rusqlite::Result<i64> {
+    i64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, i64::MAX))
+}
+
+fn row_to_share(r: &Row<'_>) -> rusqlite::Result<ShareRow> {
+    let squash: String = r.get(4)?;
+    Ok(ShareRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        bucket_prefix: r.get(2)?,
+        read_only: r.get::<_, i64>(3)? != 0,
+        squash: Squash::parse(&squash).ok_or_else(|| bad(4))?,
+        allowed_clients: r.get(5)?,
+        default_uid: u32_at(r, 6)?,
+        default_gid: u32_at(r, 7)?,
+        default_file_mode: u32_at(r, 8)?,
+        default_dir_mode: u32_at(r, 9)?,
+        refresh_secs: u64_at(r, 10)?,
+        created_unix: r.get(11)?,
+        last_upload_unix: r.get(12)?,
+    })
+}
+
+fn row_to_inode(r: &Row<'_>) -> rusqlite::Result<InodeRow> {
+    let kind: String = r.get(5)?;
+    Ok(InodeRow {
+        id: r.get(0)?,
+        share_id: r.get(1)?,
+        parent: r.get(2)?,
+        name: r.get(3)?,
+        path: r.get(4)?,
+        kind: InodeKind::parse(&kind).ok_or_else(|| bad(5))?,
+        mode: u32_at(r, 6)?,
+        uid: u32_at(r, 7)?,
+        gid: u32_at(r, 8)?,
+        size: u64_at(r, 9)?,
+        mtime_ns: r.get(10)?,
+        ctime_ns: r.get(11)?,
+        target: r.get(12)?,
+        remote_key: r.get(13)?,
+        etag: r.get(14)?,
+        extra_meta: r.get(15)?,
+        staged: r.get::<_, i64>(16)? != 0,
+        version: r.get(17)?,
+        synced_version: r.get(18)?,
+        refreshed_unix: r.get(19)?,
+    })
+}
+
+impl Catalog {
+    /// Creates a share and its root directory in one transaction.
+    pub fn create_share(
+        &self,
+        share: &ShareRow,
+        root: &InodeRow,
+    ) -> Result<ShareRow, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO shares (name, bucket_prefix, read_only, squash, allowed_clients,
+                 default_uid, default_gid, default_file_mode, default_dir_mode, refresh_secs,
+                 created_unix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                share.name,
+                share.bucket_prefix,
+                i64::from(share.read_only),
+                share.squash.as_str(),
+                share.allowed_clients,
+                share.default_uid,
+                share.default_gid,
+                share.default_file_mode,
+                share.default_dir_mode,
+                as_i64(share.refresh_secs)?,
+                share.created_unix,
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        let root = InodeRow {
+            share_id: id,
+            ..root.clone()
+        };
+        insert_inode(&tx, &root)?;
+        let row = tx.query_row(
+            &format!("SELECT {SHARE_COLUMNS} FROM shares WHERE id = ?1"),
+            [id],
+            row_to_share,
+        )?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    pub fn shares(&self) -> Result<Vec<ShareRow>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare(&format!("SELECT {SHARE_COLUMNS} FROM shares ORDER BY name"))?;
+        let rows = stmt.query_map([], row_to_share)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn share_by_name(&self, name: &str) -> Result<Option<ShareRow>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {SHARE_COLUMNS} FROM shares WHERE name = ?1"),
+                [name],
+                row_to_share,
+            )
+            .optional()?)
+    }
+
+    /// Deletes a share and its inodes; true if it existed. Its objects stay in the bucket.
+    pub fn delete_share(&self, name: &str) -> Result<bool, CatalogError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM shares WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    pub fn share_root(&self, share_id: i64) -> Result<Option<InodeRow>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {INODE_COLUMNS} FROM inodes WHERE share_id = ?1 AND parent IS NULL"
+                ),
+                [share_id],
+                row_to_inode,
+            )
+            .optional()?)
+    }
+
+    pub fn inode(&self, id: i64) -> Result<Option<InodeRow>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
+                [id],
+                row_to_inode,
+            )
+            .optional()?)
+    }
+
+    pub fn child(&self, parent: i64, name: &str) -> Result<Option<InodeRow>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE parent = ?1 AND name = ?2"),
+                params![parent, name],
+                row_to_inode,
+            )
+            .optional()?)
+    }
+
+    /// Children of `parent` with ids above `after`, in id order (stable READDIR cookies).
+    pub fn children(
+        &self,
+        parent: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<InodeRow>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {INODE_COLUMNS} FROM inodes WHERE parent = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(
+            params![parent, after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            row_to_inode,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn has_children(&self, parent: i64) -> Result<bool, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM inodes WHERE parent = ?1)",
+            [parent],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Inserts an inode (its `id` is ignored) and returns it with the id assigned.
+    pub fn insert_inode(&self, row: &InodeRow) -> Result<InodeRow, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let id = insert_inode(&tx, row)?;
+        tx.commit()?;
+        Ok(InodeRow { id, ..row.clone() })
+    }
+
+    /// Writes back every mutable column of `row`.
+    pub fn save_inode(&self, row: &InodeRow) -> Result<(), CatalogError> {
+        update_inode(&self.conn(), row)
+    }
+
+    /// Removes an inode; its object (if any) is queued for deletion in the same transaction.
+    pub fn remove_inode(&self, row: &InodeRow) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM inodes WHERE id = ?1", [row.id])?;
+        if let Some(key) = &row.remote_key {
+            queue_delete(&tx, row.share_id, key)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes an inode that vanished from the bucket (nothing left to delete there).
+    pub fn forget_inode(&self, id: i64) -> Result<(), CatalogError> {
+        self.conn()
+            .execute("DELETE FROM inodes WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Moves `row` to `new_parent`/`new_name` (path `new_path`), replacing `replaced` if given,
+    /// and rewrites the paths of everything below it; every moved inode becomes dirty so the
+    /// uploader copies its object to the new key. One transaction.
+    pub fn rename_inode(
+        &self,
+        row: &InodeRow,
+        new_parent: i64,
+        new_name: &str,
+        new_path: &str,
+        ctime_ns: i64,
+        replaced: Option<&InodeRow>,
+    ) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some(old) = replaced {
+            tx.execute("DELETE FROM inodes WHERE id = ?1", [old.id])?;
+            if let Some(key) = &old.remote_key {
+                queue_delete(&tx, old.share_id, key)?;
+            }
+        }
+        tx.execute(
+            "UPDATE inodes SET parent = ?2, name = ?3, path = ?4, ctime_ns = ?5,
+                 version = version + 1 WHERE id = ?1",
+            params![row.id, new_parent, new_name, new_path, ctime_ns],
+        )?;
+        if row.kind == InodeKind::Dir && !row.path.is_empty() {
+            let old_prefix = format!("{}/", row.path);
+            tx.execute(
+                "UPDATE inodes SET path = ?3 || substr(path, ?4), version = version + 1
+                 WHERE share_id = ?1 AND substr(path, 1, ?4 - 1) = ?2",
+                params![
+                    row.share_id,
+                    old_prefix,
+                    format!("{new_path}/"),
+                    i64::try_from(old_prefix.len() + 1).unwrap_or(i64::MAX)
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Inodes of a share whose bucket state lags the catalog, oldest first.
+    pub fn dirty_inodes(&self, share_id: i64, limit: usize) -> Result<Vec<InodeRow>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {INODE_COLUMNS} FROM inodes WHERE share_id = ?1 AND version != synced_version
+             ORDER BY id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(
+            params![share_id, i64::try_from(limit).unwrap_or(i64::MAX)],
+            row_to_inode,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that version `version` of inode `id` is in the bucket at `key` (with `etag`). The
+    /// previous key, if different, is queued for deletion; a pending deletion of `key` itself is
+    /// dropped (the new object must survive it). Returns false if the inode is gone.
+    pub fn mark_synced(
+        &self,
+        id: i64,
+        version: i64,
+        key: Option<&str>,
+        etag: Option<&str>,
+        unix_now: i64,
+    ) -> Result<bool, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(row) = tx
+            .query_row(
+                &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
+                [id],
+                row_to_inode,
+            )
+            .optional()?
+        else {
+            return Ok(false);
+        };
+        if let Some(old) = &row.remote_key
+            && Some(old.as_str()) != key
+        {
+            queue_delete(&tx, row.share_id, old)?;
+        }
+        if let Some(key) = key {
+            tx.execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
+        }
+        tx.execute(
+            "UPDATE inodes SET synced_version = ?2, remote_key = ?3, etag = ?4 WHERE id = ?1",
+            params![id, version, key, etag],
+        )?;
+        tx.execute(
+            "UPDATE shares SET last_upload_unix = ?2 WHERE id = ?1",
+            params![row.share_id, unix_now],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Drops the staging flag if the inode is still at `version` (nothing written since).
+    pub fn unstage_if_unchanged(&self, id: i64, version: i64) -> Result<bool, CatalogError> {
+        Ok(self.conn().execute(
+            "UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2 AND synced_version = ?2",
+            params![id, version],
+        )? > 0)
+    }
+
+    pub fn pending_deletes(&self, share_id: i64) -> Result<Vec<String>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT key FROM pending_deletes WHERE share_id = ?1 LIMIT 1000")?;
+        let rows = stmt.query_map([share_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn is_pending_delete(&self, key: &str) -> Result<bool, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM pending_deletes WHERE key = ?1)",
+            [key],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn done_delete(&self, key: &str) -> Result<(), CatalogError> {
+        self.conn()
+            .execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
+    /// Whether some inode's object currently lives at `key` (a queued delete must then wait).
+    pub fn key_in_use(&self, share_id: i64, key: &str) -> Result<bool, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM inodes WHERE share_id = ?1 AND remote_key = ?2)",
+            params![share_id, key],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Makes every directory of a share at or below `path` stale, so its next access re-lists
+    /// the bucket (`share refresh`). Returns how many directories were marked.
+    pub fn invalidate_refresh(&self, share_id: i64, path: &str) -> Result<u64, CatalogError> {
+        let n = if path.is_empty() {
+            self.conn().execute(
+                "UPDATE inodes SET refreshed_unix = 0 WHERE share_id = ?1 AND kind = 'dir'",
+                [share_id],
+            )?
+        } else {
+            self.conn().execute(
+                "UPDATE inodes SET refreshed_unix = 0 WHERE share_id = ?1 AND kind = 'dir'
+                 AND (path = ?2 OR substr(path, 1, length(?2) + 1) = ?2 || '/')",
+                params![share_id, path],
+            )?
+        };
+        Ok(n as u64)
+    }
+
+    pub fn share_sync_stats(&self, share_id: i64) -> Result<ShareSyncStats, CatalogError> {
+        let conn = self.conn();
+        let (files, bytes): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(CASE WHEN staged = 1 THEN size ELSE 0 END), 0)
+             FROM inodes WHERE share_id = ?1 AND version != synced_version",
+            [share_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let deletes: i64 = conn.query_row(
+            "SELECT count(*) FROM pending_deletes WHERE share_id = ?1",
+            [share_id],
+            |r| r.get(0),
+        )?;
+        let last: Option<i64> = conn.query_row(
+            "SELECT last_upload_unix FROM shares WHERE id = ?1",
+            [share_id],
+            |r| r.get(0),
+        )?;
+        Ok(ShareSyncStats {
+            dirty_files: u64::try_from(files).unwrap_or(0),
+            dirty_bytes: u64::try_from(bytes).unwrap_or(0),
+            pending_deletes: u64::try_from(deletes).unwrap_or(0),
+            last_upload_unix: last,
+        })
+    }
+}
+
+fn insert_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<i64, CatalogError> {
+    conn.execute(
+        "INSERT INTO inodes (share_id, parent, name, path, kind, mode, uid, gid, size, mtime_ns,
+             ctime_ns)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0, 0, 0, 0)",
+        params![
+            row.share_id,
+            row.parent,
+            row.name,
+            row.path,
+            row.kind.as_str()
+        ],
+    )?;
+    let id = conn.last_insert_rowid();
+    update_inode(conn, &InodeRow { id, ..row.clone() })?;
+    Ok(id)
+}
+
+/// Writes every mutable column of `row` (all but id, share, parent, name, path, kind).
+fn update_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<(), CatalogError> {
+    conn.execute(
+        "UPDATE inodes SET mode = ?2, uid = ?3, gid = ?4, size = ?5, mtime_ns = ?6,
+             ctime_ns = ?7, target = ?8, remote_key = ?9, etag = ?10, extra_meta = ?11,
+             staged = ?12, version = ?13, synced_version = ?14, refreshed_unix = ?15
+         WHERE id = ?1",
+        params![
+            row.id,
+            row.mode,
+            row.uid,
+            row.gid,
+            as_i64(row.size)?,
+            row.mtime_ns,
+            row.ctime_ns,
+            row.target,
+            row.remote_key,
+            row.etag,
+            row.extra_meta,
+            i64::from(row.staged),
+            row.version,
+            row.synced_version,
+            row.refreshed_unix,
+        ],
+    )?;
+    Ok(())
+}
+
+fn queue_delete(tx: &rusqlite::Connection, share_id: i64, key: &str) -> Result<(), CatalogError> {
+    tx.execute(
+        "INSERT INTO pending_deletes (share_id, key) VALUES (?1, ?2)
+         ON CONFLICT (key) DO NOTHING",
+        params![share_id, key],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share() -> ShareRow {
+        ShareRow {
+            id: 0,
+            name: "s".into(),
+            bucket_prefix: "shares/s/".into(),
+            read_only: false,
+            squash: Squash::Root,
+            allowed_clients: String::new(),
+            default_uid: 0,
+            default_gid: 0,
+            default_file_mode: 0o644,
+            default_dir_mode: 0o755,
+            refresh_secs: 60,
+            created_unix: 1,
+            last_upload_unix: None,
+        }
+    }
+
+    fn node(share_id: i64, parent: Option<i64>, path: &str, kind: InodeKind) -> InodeRow {
+        InodeRow::new(share_id, parent, path, kind, (0o755, 0, 0), 0)
+    }
+
+    fn catalog_with_share() -> (tempfile::TempDir, Catalog, ShareRow, InodeRow) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let s = c
+            .create_share(&share(), &node(0, None, "", InodeKind::Dir))
+            .unwrap();
+        let root = c.share_root(s.id).unwrap().unwrap();
+        (dir, c, s, root)
+    }
+
+    #[test]
+    fn rename_of_a_directory_moves_its_subtree_and_ids_are_never_reused() {
+        let (_dir, c, s, root) = catalog_with_share();
+        let a = c
+            .insert_inode(&node(s.id, Some(root.id), "a", InodeKind::Dir))
+            .unwrap();
+        let f = c
+            .insert_inode(&node(s.id, Some(a.id), "a/f", InodeKind::File))
+            .unwrap();
+        let ab = c
+            .insert_inode(&node(s.id, Some(root.id), "ab", InodeKind::File))
+            .unwrap();
+        c.rename_inode(&a, root.id, "b", "b", 5, None).unwrap();
+        assert_eq!(c.inode(f.id).unwrap().unwrap().path, "b/f");
+        assert_eq!(c.inode(ab.id).unwrap().unwrap().path, "ab");
+        assert_eq!(c.child(root.id, "b").unwrap().unwrap().id, a.id);
+        c.remove_inode(&c.inode(ab.id).unwrap().unwrap()).unwrap();
+        let again = c
+            .insert_inode(&node(s.id, Some(root.id), "ab", InodeKind::File))
+            .unwrap();
+        assert!(again.id > f.id, "ids are never reused");
+    }
+
+    #[test]
+    fn synced_moves_queue_the_old_key_and_protect_the_new_one() {
+        let (_dir, c, s, root) = catalog_with_share();
+        let f = c
+            .insert_inode(&node(s.id, Some(root.id), "f", InodeKind::File))
+            .unwrap();
+        assert!(c.mark_synced(f.id, 1, Some("k1"), None, 9).unwrap());
+        assert!(c.mark_synced(f.id, 2, Some("k2"), None, 9).unwrap());
+        assert_eq!(c.pending_deletes(s.id).unwrap(), vec!["k1".to_owned()]);
+        assert!(c.mark_synced(f.id, 3, Some("k1"), None, 9).unwrap());
+        assert_eq!(c.pending_deletes(s.id).unwrap(), vec!["k2".to_owned()]);
+        let stats = c.share_sync_stats(s.id).unwrap();
+        assert_eq!(stats.last_upload_unix, Some(9));
+    }
+}

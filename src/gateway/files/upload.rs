@@ -1,0 +1,237 @@
+//! The files uploader: brings the bucket up to date with the catalog, one inode at a time.
+//!
+//! An inode is due when it is dirty (`version != synced_version`), has no UNSTABLE writes
+//! awaiting COMMIT, and has been idle for the upload delay. A staged file is PUT whole from its
+//! staging file (multipart with parallel parts when large); a moved file whose data did not
+//! change is copied server-side; a symlink is PUT with its target as body. Only after the object
+//! is at its new key does the catalog record it, queueing the old key for deletion in the same
+//! transaction (`Catalog::mark_synced`), so a crash at any point leaves either the old object or
+//! both, never neither; queued deletes run afterwards and skip any key an inode now uses.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
+use crate::gateway::GatewayError;
+use crate::gateway::files::meta::{self, S_IFLNK, S_IFREG};
+use crate::gateway::files::{Files, now_unix, path};
+
+/// Uploads in flight at once (each large one also runs parallel parts).
+const UPLOAD_CONCURRENCY: usize = 8;
+/// How often the uploader looks for due work when nothing wakes it.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Counters for status.
+#[derive(Debug, Default)]
+pub struct UploadCounters {
+    pub uploads: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    pub uploaded: u64,
+    /// Dirty but not yet due (uncommitted or inside the upload delay).
+    pub waiting: u64,
+    pub failed: u64,
+}
+
+impl Files {
+    /// Runs the uploader until `stop` changes.
+    pub async fn run_uploader(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.upload_round(false).await {
+                tracing::warn!(error = %e, "files upload round failed");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+                _ = stop.changed() => break,
+            }
+        }
+    }
+
+    pub fn upload_counters(&self) -> &UploadCounters {
+        &self.counters
+    }
+
+    /// One pass over every share. With `now` set, the upload delay and COMMIT are not waited
+    /// for (shutdown, tests).
+    pub async fn upload_round(&self, now: bool) -> Result<Round, GatewayError> {
+        let mut round = Round::default();
+        for share in self.catalog.shares()? {
+            let dirty = self.catalog.dirty_inodes(share.id, 4096)?;
+            let mut due = Vec::new();
+            {
+                let live = self.live();
+                for row in dirty {
+                    let idle = live
+                        .changed
+                        .get(&row.id)
+                        .is_none_or(|t| t.elapsed() >= self.config.upload_delay);
+                    if now || (idle && !live.uncommitted.contains(&row.id)) {
+                        due.push(row);
+                    } else {
+                        round.waiting += 1;
+                    }
+                }
+            }
+            let results: Vec<Result<(), GatewayError>> = futures::stream::iter(due)
+                .map(|row| {
+                    let share = &share;
+                    async move { self.sync_inode(share, row).await }
+                })
+                .buffer_unordered(UPLOAD_CONCURRENCY)
+                .collect()
+                .await;
+            for r in results {
+                match r {
+                    Ok(()) => round.uploaded += 1,
+                    Err(e) => {
+                        round.failed += 1;
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(share = %share.name, error = %e, "upload failed; will retry");
+                    }
+                }
+            }
+            self.run_deletes(&share).await?;
+        }
+        Ok(round)
+    }
+
+    /// Uploads until nothing is dirty (bounded by `limit`); for shutdown and tests.
+    pub async fn drain(&self, limit: Duration) -> Result<bool, GatewayError> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let r = self.upload_round(true).await?;
+            if r.uploaded == 0 && r.waiting == 0 && r.failed == 0 {
+                return Ok(true);
+            }
+            if r.failed > 0 {
+                tokio::time::sleep(TICK).await;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn run_deletes(&self, share: &ShareRow) -> Result<(), GatewayError> {
+        for key in self.catalog.pending_deletes(share.id)? {
+            if !self.catalog.key_in_use(share.id, &key)?
+                && let Err(e) = self.bucket.delete_object(&key).await
+            {
+                tracing::warn!(share = %share.name, key, error = %e, "delete failed; will retry");
+                continue;
+            }
+            self.catalog.done_delete(&key)?;
+        }
+        Ok(())
+    }
+
+    async fn sync_inode(&self, share: &ShareRow, row: InodeRow) -> Result<(), GatewayError> {
+        let key = path::key(&share.bucket_prefix, &row.path)?;
+        let etag = match row.kind {
+            InodeKind::Dir => {
+                // Directories are implied by their files' keys; no marker is written (ADR 0005).
+                self.catalog
+                    .mark_synced(row.id, row.version, None, None, now_unix())?;
+                return Ok(());
+            }
+            InodeKind::Symlink => match (&row.target, &row.remote_key) {
+                (Some(target), _) => {
+                    let m = meta::render(
+                        S_IFLNK | (row.mode & 0o7777),
+                        row.uid,
+                        row.gid,
+                        row.mtime_ns,
+                        row.ctime_ns,
+                        &row.extra_meta,
+                    );
+                    self.bucket
+                        .put_object(&key, Bytes::from(target.clone().into_bytes()), &m)
+                        .await?
+                }
+                (None, Some(old)) => {
+                    self.bucket.copy_object(old, &key).await?;
+                    self.bucket.head_object(&key).await?.and_then(|h| h.etag)
+                }
+                (None, None) => None,
+            },
+            InodeKind::File => self.sync_file(&row, &key).await?,
+        };
+        self.catalog
+            .mark_synced(row.id, row.version, Some(&key), etag.as_deref(), now_unix())?;
+        self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+        if row.kind == InodeKind::File {
+            let lock = self.inode_lock(row.id);
+            let _guard = lock.lock().await;
+            if self.catalog.unstage_if_unchanged(row.id, row.version)? {
+                let _ = std::fs::remove_file(self.staging_path(row.id));
+            }
+        }
+        tracing::debug!(share = %share.name, key, "uploaded");
+        Ok(())
+    }
+
+    fn file_meta(row: &InodeRow) -> Vec<(String, String)> {
+        meta::render(
+            S_IFREG | (row.mode & 0o7777),
+            row.uid,
+            row.gid,
+            row.mtime_ns,
+            row.ctime_ns,
+            &row.extra_meta,
+        )
+    }
+
+    async fn sync_file(&self, row: &InodeRow, key: &str) -> Result<Option<String>, GatewayError> {
+        let m = Self::file_meta(row);
+        if row.staged {
+            return Ok(self
+                .bucket
+                .put_file(key, &self.staging_path(row.id), &m)
+                .await?);
+        }
+        match &row.remote_key {
+            None => Ok(self
+                .bucket
+                .put_object(
+                    key,
+                    Bytes::from(vec![0u8; usize::try_from(row.size).unwrap_or(0)]),
+                    &m,
+                )
+                .await?),
+            Some(old) => {
+                if old != key {
+                    self.bucket.copy_object(old, key).await?;
+                }
+                let head = self.bucket.head_object(key).await?.unwrap_or_default();
+                let have = meta::parse(&head.metadata);
+                let want = meta::parse(&m);
+                let same = (have.mode, have.uid, have.gid, have.mtime_ns)
+                    == (want.mode, want.uid, want.gid, want.mtime_ns);
+                if same || !self.bucket.keeps_user_metadata() {
+                    return Ok(head.etag);
+                }
+                // Only the attributes changed: S3 cannot replace metadata in place through our
+                // client, so the object is re-uploaded from a staged copy.
+                let lock = self.inode_lock(row.id);
+                let guard = lock.lock().await;
+                let current = self
+                    .catalog
+                    .inode(row.id)?
+                    .ok_or_else(|| GatewayError::Stale(format!("file id {}", row.id)))?;
+                let staged = self.stage(&current).await?;
+                drop(guard);
+                Ok(self
+                    .bucket
+                    .put_file(key, &self.staging_path(staged.id), &Self::file_meta(row))
+                    .await?)
+            }
+        }
+    }
+}
