@@ -547,7 +547,7 @@ impl Catalog {
         let conn = self.conn();
         let (files, bytes): (i64, i64) = conn.query_row(
             "SELECT count(*), coalesce(sum(CASE WHEN staged = 1 THEN size ELSE 0 END), 0)
-             FROM inodes WHERE share_id = ?1 AND version != synced_version",
+             FROM inodes WHERE share_id = ?1 AND version != synced_version AND kind != 'dir'",
             [share_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;

@@ -58,6 +58,9 @@ pub enum Command {
     /// Create, list and delete block volumes (served over iSCSI by `serve`).
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Create, list, delete and refresh file shares (served over NFS by `serve`).
+    #[command(subcommand)]
+    Share(ShareCommand),
     /// Low-level chunk access, for debugging and tests.
     #[command(subcommand, hide = true)]
     Chunk(ChunkCommand),
@@ -97,6 +100,70 @@ pub enum VolumeModeArg {
     Cached,
     /// The local disk is the source of truth, backed up to the bucket (not supported yet).
     Stored,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShareCommand {
+    /// Create a share; a running daemon exports it at once as /NAME.
+    Create(ShareCreateArgs),
+    /// List shares with their bucket prefixes and policies.
+    List,
+    /// Remove a share from the catalog (its objects stay in the bucket).
+    Delete {
+        name: String,
+        /// Delete even if files are not uploaded yet (their changes are lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the share re-list the bucket (all of it, or PATH and below) on next access.
+    Refresh { name: String, path: Option<String> },
+    /// Files and bytes not yet uploaded, and when the last upload completed.
+    Status { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ShareCreateArgs {
+    pub name: String,
+    /// Key prefix in the bucket [default: shares/NAME/]
+    #[arg(long, value_name = "PREFIX")]
+    pub bucket_prefix: Option<String>,
+    #[arg(long)]
+    pub read_only: bool,
+    /// Which callers become the anonymous user (65534).
+    #[arg(long, value_enum, default_value_t = SquashArg::Root)]
+    pub squash: SquashArg,
+    /// Comma-separated addresses or CIDRs allowed to mount [default: any]
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub allowed_clients: Vec<String>,
+    /// Owner of objects that carry no owner metadata.
+    #[arg(long, default_value_t = 0)]
+    pub default_uid: u32,
+    #[arg(long, default_value_t = 0)]
+    pub default_gid: u32,
+    /// Mode (octal) of files whose objects carry none.
+    #[arg(long, default_value = "644", value_parser = parse_octal)]
+    pub default_mode: u32,
+    /// Mode (octal) of directories implied by prefixes.
+    #[arg(long, default_value = "755", value_parser = parse_octal)]
+    pub default_dir_mode: u32,
+    /// Seconds before a directory listing is checked against the bucket again (0 = always).
+    #[arg(long, default_value_t = crate::gateway::files::DEFAULT_REFRESH_SECS)]
+    pub refresh_secs: u64,
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s:?} is not an octal mode"))
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SquashArg {
+    /// uid 0 becomes 65534 (the NFS default).
+    Root,
+    /// Every caller becomes 65534.
+    All,
+    /// Callers keep their uid and gid.
+    None,
 }
 
 #[derive(Debug, Subcommand)]

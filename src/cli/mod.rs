@@ -42,6 +42,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Volume(cmd) => {
             commands::volume::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
         }
+        Command::Share(cmd) => {
+            commands::share::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
+        }
         Command::Chunk(cmd) => {
             commands::chunk::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
         }

@@ -92,3 +92,19 @@ fn the_cache_crate_knows_nothing_of_tidegate() {
         "cache crate depends on tidegate"
     );
 }
+
+#[test]
+fn the_nfs_front_end_speaks_only_gateway() {
+    for file in rust_files(&root().join("src/frontend/nfs")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for layer in [
+            "crate::store",
+            "crate::catalog",
+            "tidegate_cache",
+            "crate::frontend::iscsi",
+            "crate::scsi",
+        ] {
+            assert!(!text.contains(layer), "{} imports {layer}", file.display());
+        }
+    }
+}

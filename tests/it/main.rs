@@ -8,5 +8,6 @@ mod cli;
 mod iscsi_volume;
 mod layering;
 mod malformed;
+mod nfs_share;
 mod store;
 mod support;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chunk;
 pub mod scrub;
 pub mod serve;
+pub mod share;
 pub mod status;
 pub mod treehash;
 pub mod volume;

@@ -296,7 +296,7 @@ pub fn create_share(catalog: &Catalog, spec: &ShareSpec) -> Result<ShareRow, Gat
         created_unix: now / 1_000_000_000,
         last_upload_unix: None,
     };
-    let root = InodeRow::new(
+    let mut root = InodeRow::new(
         0,
         None,
         "",
@@ -304,6 +304,8 @@ pub fn create_share(catalog: &Catalog, spec: &ShareSpec) -> Result<ShareRow, Gat
         (spec.default_dir_mode, spec.default_uid, spec.default_gid),
         now,
     );
+    // The root has no object of its own: nothing to upload.
+    root.synced_version = root.version;
     Ok(catalog.create_share(&row, &root)?)
 }
 
