@@ -413,15 +413,16 @@ impl Catalog {
             params![row.id, new_parent, new_name, new_path, ctime_ns],
         )?;
         if row.kind == InodeKind::Dir && !row.path.is_empty() {
-            let old_prefix = format!("{}/", row.path);
+            // length() and substr() count characters on both sides, so non-ASCII names
+            // are cut where they should be.
             tx.execute(
-                "UPDATE inodes SET path = ?3 || substr(path, ?4), version = version + 1
-                 WHERE share_id = ?1 AND substr(path, 1, ?4 - 1) = ?2",
+                "UPDATE inodes SET path = ?3 || substr(path, length(?2) + 1),
+                     version = version + 1
+                 WHERE share_id = ?1 AND substr(path, 1, length(?2)) = ?2",
                 params![
                     row.share_id,
-                    old_prefix,
-                    format!("{new_path}/"),
-                    i64::try_from(old_prefix.len() + 1).unwrap_or(i64::MAX)
+                    format!("{}/", row.path),
+                    format!("{new_path}/")
                 ],
             )?;
         }
@@ -665,10 +666,10 @@ mod tests {
     fn rename_of_a_directory_moves_its_subtree_and_ids_are_never_reused() {
         let (_dir, c, s, root) = catalog_with_share();
         let a = c
-            .insert_inode(&node(s.id, Some(root.id), "a", InodeKind::Dir))
+            .insert_inode(&node(s.id, Some(root.id), "é", InodeKind::Dir))
             .unwrap();
         let f = c
-            .insert_inode(&node(s.id, Some(a.id), "a/f", InodeKind::File))
+            .insert_inode(&node(s.id, Some(a.id), "é/f", InodeKind::File))
             .unwrap();
         let ab = c
             .insert_inode(&node(s.id, Some(root.id), "ab", InodeKind::File))

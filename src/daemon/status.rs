@@ -30,6 +30,11 @@ pub struct Status {
     /// The running daemon's live figures (`run/status.toml`), if it is running.
     pub live: Option<LiveStatus>,
     pub volumes: Vec<crate::gateway::volumes::VolumeInfo>,
+    /// Every share with its upload state (files and bytes not yet in the bucket, last upload).
+    pub shares: Vec<(
+        crate::catalog::shares::ShareRow,
+        crate::catalog::shares::ShareSyncStats,
+    )>,
 }
 
 /// What a running daemon reports about its cache and upload buffer (`run/status.toml`).
@@ -118,9 +123,20 @@ pub async fn gather(config: Config) -> Status {
         .as_ref()
         .and_then(|c| crate::gateway::volumes::list(c).ok())
         .unwrap_or_default();
+    let shares = catalog
+        .as_ref()
+        .and_then(|c| {
+            let names = crate::gateway::files::list_shares(c).ok()?;
+            names
+                .iter()
+                .map(|s| crate::gateway::files::share_status(c, &s.name).ok())
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or_default();
     Status {
         live,
         volumes,
+        shares,
         gateway_id: setting(setting::GATEWAY_ID),
         activated_unix: setting(setting::ACTIVATED_AT).and_then(|t| t.parse().ok()),
         daemon,

@@ -99,7 +99,11 @@ pub fn run(cmd: ShareCommand, config: Config) -> Result<ExitCode> {
             )?;
             writeln!(out, "pending deletes: {}", stats.pending_deletes)?;
             match stats.last_upload_unix {
-                Some(t) => writeln!(out, "last upload: {t} (unix)")?,
+                Some(t) => writeln!(
+                    out,
+                    "last upload: {}",
+                    crate::cli::commands::status::rfc3339(t)
+                )?,
                 None => writeln!(out, "last upload: never")?,
             }
         }

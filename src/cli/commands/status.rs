@@ -35,7 +35,17 @@ pub fn run(config: Config) -> Result<ExitCode> {
         out,
         "daemon:         {}",
         match &s.daemon {
-            Some(r) => format!("running (pid {}, since {})", r.pid, rfc3339(r.started_unix)),
+            Some(r) => format!(
+                "running (pid {}, since {}){}{}",
+                r.pid,
+                rfc3339(r.started_unix),
+                r.iscsi
+                    .as_ref()
+                    .map_or(String::new(), |a| format!(", iSCSI {a}")),
+                r.nfs
+                    .as_ref()
+                    .map_or(String::new(), |a| format!(", NFS {a}"))
+            ),
             None => "not running".to_owned(),
         }
     )?;
@@ -105,6 +115,18 @@ pub fn run(config: Config) -> Result<ExitCode> {
             ByteSize(v.mapped_chunks * v.row.chunk_size)
         )?;
     }
+    for (share, st) in &s.shares {
+        writeln!(
+            out,
+            "share:          {} (/{}, {}): {} files / {} not yet uploaded, last upload {}",
+            share.name,
+            share.name,
+            share.bucket_prefix,
+            st.dirty_files,
+            ByteSize(st.dirty_bytes),
+            st.last_upload_unix.map_or("never".to_owned(), rfc3339)
+        )?;
+    }
     writeln!(
         out,
         "integrity:      {}",
@@ -143,7 +165,7 @@ fn area(a: &AreaStatus) -> String {
 }
 
 /// UTC time as RFC 3339, from the days-from-civil algorithm (no date crate needed for this).
-fn rfc3339(unix: i64) -> String {
+pub(crate) fn rfc3339(unix: i64) -> String {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
     let z = days + 719_468;
