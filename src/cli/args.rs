@@ -38,6 +38,18 @@ pub enum Command {
         /// Overrides nfs.listen (NFS, MOUNT and portmapper GETPORT on one port).
         #[arg(long, value_name = "IP:PORT")]
         nfs_listen: Option<std::net::SocketAddr>,
+        /// Also mount a share locally through FUSE (repeatable); unmounted at shutdown.
+        #[arg(long, value_name = "SHARE=DIR", value_parser = parse_mount)]
+        fuse: Vec<(String, PathBuf)>,
+    },
+    /// Run the gateway with SHARE mounted at DIR through FUSE (`serve --fuse SHARE=DIR`).
+    Mount {
+        share: String,
+        dir: PathBuf,
+        #[arg(long, value_name = "IP:PORT")]
+        nfs_listen: Option<std::net::SocketAddr>,
+        #[arg(long, value_name = "IP:PORT")]
+        iscsi_listen: Option<std::net::SocketAddr>,
     },
     /// Show the gateway's health: bucket, key, daemon, cache, upload buffer, integrity.
     Status,
@@ -149,6 +161,13 @@ pub struct ShareCreateArgs {
     /// Seconds before a directory listing is checked against the bucket again (0 = always).
     #[arg(long, default_value_t = crate::gateway::files::DEFAULT_REFRESH_SECS)]
     pub refresh_secs: u64,
+}
+
+fn parse_mount(s: &str) -> Result<(String, PathBuf), String> {
+    let (share, dir) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected SHARE=DIR"))?;
+    Ok((share.to_owned(), PathBuf::from(dir)))
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {

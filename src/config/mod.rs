@@ -40,6 +40,8 @@ pub struct Config {
     pub iscsi: IscsiConfig,
     pub nfs: NfsConfig,
     pub files: FilesConfig,
+    /// Shares to mount locally through FUSE, (share name, mount point); from the command line.
+    pub fuse_mounts: Vec<(String, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,6 +316,7 @@ impl Config {
             iscsi,
             nfs,
             files,
+            fuse_mounts: Vec::new(),
         })
     }
 }

@@ -258,6 +258,18 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         },
     ));
     let uploader = tokio::spawn(files.clone().run_uploader(stop_rx.clone()));
+    let mut mounts = Vec::new();
+    for (share, dir) in &config.fuse_mounts {
+        let mount = crate::frontend::fuse::mount(
+            files.clone(),
+            tokio::runtime::Handle::current(),
+            share,
+            dir,
+        )
+        .await?;
+        tracing::info!(share, dir = %dir.display(), "mounted through FUSE");
+        mounts.push(mount);
+    }
     let mut sync_stop = stop_rx.clone();
     let sync_volumes = volumes.clone();
     let status_cache = cache.clone();
@@ -299,6 +311,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     wait_for_shutdown().await?;
     tracing::info!("shutting down");
     let _ = std::fs::remove_file(&ready_path);
+    // Unmount first: a FUSE call in flight blocks on this runtime.
+    drop(mounts);
     let _ = stop_tx.send(true);
     let _ = iscsi.await;
     let _ = nfs.await;

@@ -1,4 +1,5 @@
 //! Front ends: each speaks one protocol and calls `gateway` (or `scsi`), never another front end.
 
+pub mod fuse;
 pub mod iscsi;
 pub mod nfs;

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod fuse;
 mod iscsi_volume;
 mod layering;
 mod malformed;
