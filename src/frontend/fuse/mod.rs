@@ -101,6 +101,14 @@ fn kind(k: FileKind) -> FileType {
     }
 }
 
+/// The mode a create-like call asks for, after the process's umask.
+fn requested_mode(mode: u32, umask: u32) -> SetAttr {
+    SetAttr {
+        mode: Some(mode & !umask & 0o7777),
+        ..SetAttr::default()
+    }
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -241,10 +249,7 @@ impl fuser::Filesystem for ShareFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let attrs = SetAttr {
-            mode: Some(mode & !umask & 0o7777),
-            ..SetAttr::default()
-        };
+        let attrs = requested_mode(mode, umask);
         let r = self.run(
             self.files
                 .mkdir(&caller(req), self.id(parent), name_bytes(name), attrs),
@@ -443,10 +448,7 @@ impl fuser::Filesystem for ShareFs {
         } else {
             CreateMode::Unchecked
         };
-        let attrs = SetAttr {
-            mode: Some(mode & !umask & 0o7777),
-            ..SetAttr::default()
-        };
+        let attrs = requested_mode(mode, umask);
         let r = self.run(self.files.create(
             &caller(req),
             self.id(parent),

@@ -64,6 +64,7 @@ impl Files {
         let mut live = self.live();
         live.uncommitted.remove(&id);
         live.changed.remove(&id);
+        live.locks.remove(&id);
     }
 
     fn readahead_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Window>> {
