@@ -18,6 +18,7 @@ pub mod keys;
 pub mod limit;
 pub mod master;
 pub mod objects;
+mod raw;
 pub mod treehash;
 
 use std::ops::Range;
@@ -115,6 +116,8 @@ pub struct Bucket {
     part_size: usize,
     /// False for a `file://` bucket: object_store's local store keeps no user metadata.
     user_metadata: bool,
+    /// Signed requests object_store cannot express; `None` for `file://` and test stores.
+    raw: Option<raw::RawS3>,
 }
 
 impl Bucket {
@@ -185,6 +188,7 @@ impl Bucket {
             multipart_threshold: cfg.multipart_threshold,
             part_size: usize::try_from(cfg.part_size).unwrap_or(usize::MAX),
             user_metadata: !matches!(cfg.location, BucketLocation::Local { .. }),
+            raw: raw::RawS3::new(cfg),
         })
     }
 
@@ -201,6 +205,7 @@ impl Bucket {
             multipart_threshold: crate::config::defaults::MULTIPART_THRESHOLD,
             part_size: usize::try_from(crate::config::defaults::PART_SIZE).unwrap_or(usize::MAX),
             user_metadata: true,
+            raw: None,
         }
     }
 

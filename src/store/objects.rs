@@ -182,8 +182,45 @@ impl Bucket {
             .map_err(|e| self.classify(e, "copy", from))
     }
 
-    /// Deletes a plain object; a missing one is fine.
+    /// Writes the directory marker `key` (ending in `/`) with metadata. Returns false when the
+    /// bucket cannot hold markers (`file://`), where directories are implied only.
+    pub async fn put_marker(
+        &self,
+        key: &str,
+        metadata: &[(String, String)],
+    ) -> Result<bool, StoreError> {
+        match &self.raw {
+            Some(raw) => raw.put_empty(key, metadata).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Server-side copy of `from` to `to` (the same key to change metadata in place) with
+    /// `metadata` replacing the source's. Returns false when the bucket cannot do it, so the
+    /// caller re-uploads instead.
+    pub async fn copy_with_metadata(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: &[(String, String)],
+    ) -> Result<bool, StoreError> {
+        match &self.raw {
+            Some(raw) if self.user_metadata => raw
+                .copy_replacing_metadata(from, to, metadata)
+                .await
+                .map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
+    /// Deletes a plain object or a directory marker (`key` ending in `/`); a missing one is fine.
     pub async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        if key.ends_with('/') {
+            return match &self.raw {
+                Some(raw) => raw.delete(key).await,
+                None => Ok(()),
+            };
+        }
         let path = self.object_path("delete", key)?;
         match self.inner.delete(&path).await {
             Ok(()) => Ok(()),

@@ -110,8 +110,8 @@ fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Durati
     }
 }
 
-/// Runs boto3 against the Garage bucket: `get KEY OUT` (prints the metadata as JSON lines
-/// `key=value`), `put KEY IN k=v...`, `delete KEY`.
+/// Runs boto3 against the Garage bucket: `get KEY OUT` (prints the metadata as lines
+/// `key=value`), `put KEY IN k=v...`, `delete KEY`, `list PREFIX` (one key a line).
 fn boto3(garage: &Garage, args: &[&str]) -> String {
     const SCRIPT: &str = r#"
 import os, sys, boto3
@@ -129,6 +129,10 @@ elif op == "put":
     s3.put_object(Bucket=b, Key=key, Body=open(sys.argv[3], "rb").read(), Metadata=meta)
 elif op == "delete":
     s3.delete_object(Bucket=b, Key=key)
+elif op == "list":
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b, Prefix=key):
+        for o in page.get("Contents", []):
+            print(o["Key"])
 "#;
     let out = Command::new(python_with_botocore())
         .arg("-c")
@@ -257,7 +261,11 @@ fn libnfs_round_trips_are_byte_identical_and_readable_straight_from_the_bucket()
     );
     let ls = s3cmd_ls(&garage, "gw/shares/docs/");
     assert!(ls.contains("gw/shares/docs/one.bin"), "{ls}");
-    assert_eq!(ls.matches("gw/shares/docs/small/").count(), 500, "{ls}");
+    assert_eq!(ls.matches("gw/shares/docs/small/s").count(), 500, "{ls}");
+    assert!(
+        ls.contains("gw/shares/docs/small/\n"),
+        "directory marker: {ls}"
+    );
 }
 
 #[test]
@@ -578,5 +586,66 @@ fn malformed_rpcs_are_rejected_and_a_second_client_is_served() {
         c.getattr(&root).unwrap().ftype,
         2,
         "first client still served"
+    );
+}
+
+#[test]
+fn renames_attribute_changes_and_empty_directories_reach_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (garage, gw, config) = docs_on_garage(dir.path(), 0);
+    let config = Some(config.as_path());
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let root = c.mount("/docs").unwrap();
+    let d = c.mkdir(&root, "d").unwrap();
+    c.mkdir(&root, "empty").unwrap();
+    let f = c.create(&d, "f", 0, 0o644).unwrap();
+    c.write(&f, 0, b"contents", 2).unwrap();
+    c.commit(&f).unwrap();
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
+    let keys = boto3(&garage, &["list", "gw/shares/docs/"]);
+    assert!(
+        keys.contains("gw/shares/docs/empty/\n"),
+        "marker for the empty directory: {keys}"
+    );
+    assert!(keys.contains("gw/shares/docs/d/f\n"), "{keys}");
+
+    // chmod/chown of an uploaded file: new metadata in the bucket, same bytes.
+    let set = Sattr {
+        mode: Some(0o600),
+        uid: Some(42),
+        ..Sattr::default()
+    };
+    assert_eq!(c.setattr(&f, set), nfs::NFS3_OK);
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
+    let got = dir.path().join("got");
+    let meta = boto3(
+        &garage,
+        &["get", "gw/shares/docs/d/f", got.to_str().unwrap()],
+    );
+    assert!(meta.contains("file-permissions=0100600"), "{meta}");
+    assert!(meta.contains("file-owner=42"), "{meta}");
+    assert_eq!(std::fs::read(&got).unwrap(), b"contents");
+
+    // A directory rename moves every object below it and its marker; the old keys go.
+    assert_eq!(c.rename(&root, "d", &root, "moved"), nfs::NFS3_OK);
+    assert_eq!(c.rmdir(&root, "empty"), nfs::NFS3_OK);
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
+    let keys = boto3(&garage, &["list", "gw/shares/docs/"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(
+        keys,
+        vec!["gw/shares/docs/moved/", "gw/shares/docs/moved/f"],
+        "old keys deleted"
+    );
+    let meta = boto3(
+        &garage,
+        &["get", "gw/shares/docs/moved/f", got.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), b"contents");
+    assert!(meta.contains("file-owner=42"), "{meta}");
+    assert_eq!(
+        nfs_cat(&url(&gw, "docs/moved/f")),
+        b"contents",
+        "read back from the moved object"
     );
 }

@@ -17,7 +17,7 @@ use futures::StreamExt;
 
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
-use crate::gateway::files::meta::{self, S_IFLNK, S_IFREG};
+use crate::gateway::files::meta::{self, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::gateway::files::{Files, now_unix, path};
 
 /// Uploads in flight at once (each large one also runs parallel parts).
@@ -136,9 +136,25 @@ impl Files {
         let key = path::key(&share.bucket_prefix, &row.path)?;
         let etag = match row.kind {
             InodeKind::Dir => {
-                // Directories are implied by their files' keys; no marker is written (ADR 0005).
-                self.catalog
-                    .mark_synced(row.id, row.version, None, None, now_unix())?;
+                // A `dir/` marker (with the directory's attributes) where the bucket can hold
+                // one; the share root needs none. Elsewhere directories are implied by keys.
+                let marker = format!("{key}/");
+                let m = meta::render(
+                    S_IFDIR | (row.mode & 0o7777),
+                    row.uid,
+                    row.gid,
+                    row.mtime_ns,
+                    row.ctime_ns,
+                    &row.extra_meta,
+                );
+                let written = !row.path.is_empty() && self.bucket.put_marker(&marker, &m).await?;
+                self.catalog.mark_synced(
+                    row.id,
+                    row.version,
+                    written.then_some(marker.as_str()),
+                    None,
+                    now_unix(),
+                )?;
                 return Ok(());
             }
             InodeKind::Symlink => match (&row.target, &row.remote_key) {
@@ -206,6 +222,11 @@ impl Files {
                 )
                 .await?),
             Some(old) => {
+                // A move or an attribute change: one server-side copy carrying the new
+                // metadata, where the bucket can do that.
+                if self.bucket.copy_with_metadata(old, key, &m).await? {
+                    return Ok(self.bucket.head_object(key).await?.and_then(|h| h.etag));
+                }
                 if old != key {
                     self.bucket.copy_object(old, key).await?;
                 }
@@ -217,8 +238,8 @@ impl Files {
                 if same || !self.bucket.keeps_user_metadata() {
                     return Ok(head.etag);
                 }
-                // Only the attributes changed: S3 cannot replace metadata in place through our
-                // client, so the object is re-uploaded from a staged copy.
+                // Only the attributes changed and the bucket cannot copy with new metadata
+                // (a test store): re-upload from a staged copy.
                 let lock = self.inode_lock(row.id);
                 let guard = lock.lock().await;
                 let current = self

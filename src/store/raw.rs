@@ -1,0 +1,300 @@
+//! The few S3 requests object_store cannot express, signed here with AWS Signature V4: keys
+//! ending in `/` (directory markers; object_store paths never end in a delimiter) and
+//! CopyObject with `x-amz-metadata-directive: REPLACE` (changing an object's metadata without
+//! re-uploading it, NOTES.md).
+//!
+//! Only for `s3://` buckets with static or environment credentials; everything else goes
+//! through object_store. Invariant: a request is signed over exactly the headers sent, and the
+//! body is always empty (its SHA-256 is the empty string's).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::{digest, hmac};
+
+use crate::config::{BucketConfig, BucketLocation, Credentials};
+use crate::store::StoreError;
+use crate::store::keys::hex;
+
+/// SHA-256 of the empty body.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+#[derive(Debug)]
+pub(crate) struct RawS3 {
+    client: reqwest::Client,
+    /// `scheme://host[:port]`, no trailing slash.
+    endpoint: String,
+    host: String,
+    bucket: String,
+    /// The bucket URL's prefix with a trailing `/`, or empty.
+    prefix: String,
+    region: String,
+    path_style: bool,
+    credentials: Credentials,
+    describe: String,
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (and `/` when `keep_slash`),
+/// as SigV4's canonical URI wants.
+fn uri_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && b == b'/')
+        {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a Unix time (proleptic Gregorian, UTC).
+fn amz_date(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil date from days since the epoch (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+        .as_ref()
+        .to_vec()
+}
+
+impl RawS3 {
+    /// `None` for a `file://` bucket, which needs none of this.
+    pub(crate) fn new(cfg: &BucketConfig) -> Option<Self> {
+        let BucketLocation::S3 { bucket, prefix } = &cfg.location else {
+            return None;
+        };
+        let endpoint = cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", cfg.region))
+            .trim_end_matches('/')
+            .to_owned();
+        let authority = endpoint
+            .split_once("://")
+            .map_or(endpoint.as_str(), |(_, rest)| rest)
+            .to_owned();
+        let host = if cfg.path_style {
+            authority
+        } else {
+            format!("{bucket}.{authority}")
+        };
+        Some(Self {
+            client: reqwest::Client::new(),
+            endpoint,
+            host,
+            bucket: bucket.clone(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            region: cfg.region.clone(),
+            path_style: cfg.path_style,
+            credentials: cfg.credentials.clone(),
+            describe: cfg.location.to_string(),
+        })
+    }
+
+    fn keys(&self) -> Option<(String, String, Option<String>)> {
+        match &self.credentials {
+            Credentials::Static {
+                access_key_id,
+                secret_access_key,
+            } => Some((access_key_id.clone(), secret_access_key.clone(), None)),
+            Credentials::Environment => Some((
+                std::env::var("AWS_ACCESS_KEY_ID").ok()?,
+                std::env::var("AWS_SECRET_ACCESS_KEY").ok()?,
+                std::env::var("AWS_SESSION_TOKEN").ok(),
+            )),
+        }
+    }
+
+    /// The canonical URI of an object key (the bucket prefix applied).
+    fn path(&self, key: &str) -> String {
+        let full = uri_encode(&format!("{}{key}", self.prefix), true);
+        if self.path_style {
+            format!("/{}/{full}", uri_encode(&self.bucket, false))
+        } else {
+            format!("/{full}")
+        }
+    }
+
+    /// Sends one signed request with an empty body; `extra` headers are signed too.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        op: &'static str,
+        key: &str,
+        extra: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let other = |detail: String| StoreError::Other {
+            bucket: self.describe.clone(),
+            op,
+            key: key.to_owned(),
+            detail,
+        };
+        let (access, secret, token) = self.keys().ok_or_else(|| {
+            other("no static or environment credentials for a signed request".into())
+        })?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        let date = amz_date(now);
+        let day = &date[..8];
+        let path = self.path(key);
+        let mut headers: Vec<(String, String)> = vec![
+            ("host".into(), self.host.clone()),
+            ("x-amz-content-sha256".into(), EMPTY_SHA256.into()),
+            ("x-amz-date".into(), date.clone()),
+        ];
+        if let Some(t) = token {
+            headers.push(("x-amz-security-token".into(), t));
+        }
+        headers.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned())),
+        );
+        headers.sort();
+        let signed: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        let signed = signed.join(";");
+        let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+        let canonical = format!(
+            "{method}\n{path}\n\n{canonical_headers}\n{signed}\n{EMPTY_SHA256}",
+            method = method.as_str()
+        );
+        let scope = format!("{day}/{}/s3/aws4_request", self.region);
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
+            hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
+        );
+        let mut k = hmac_sha256(format!("AWS4{secret}").as_bytes(), day.as_bytes());
+        for part in [self.region.as_str(), "s3", "aws4_request"] {
+            k = hmac_sha256(&k, part.as_bytes());
+        }
+        let signature = hex(&hmac_sha256(&k, to_sign.as_bytes()));
+        let url = if self.path_style {
+            format!("{}{path}", self.endpoint)
+        } else {
+            let (scheme, _) = self.endpoint.split_once("://").unwrap_or(("https", ""));
+            format!("{scheme}://{}{path}", self.host)
+        };
+        let mut req = self.client.request(method, url).header(
+            "authorization",
+            format!("AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, Signature={signature}"),
+        );
+        for (k, v) in &headers {
+            if k != "host" {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        let resp = req.send().await.map_err(|e| StoreError::Unreachable {
+            bucket: self.describe.clone(),
+            endpoint: self.endpoint.clone(),
+            detail: e.to_string(),
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        if status == reqwest::StatusCode::NOT_FOUND && op == "delete" {
+            return Ok(());
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let body: String = body.chars().take(300).collect();
+        Err(other(format!(
+            "HTTP {status}: {}",
+            body.split_whitespace().collect::<Vec<_>>().join(" ")
+        )))
+    }
+
+    /// PUTs an empty object at `key` (which may end in `/`) with user metadata.
+    pub(crate) async fn put_empty(
+        &self,
+        key: &str,
+        metadata: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let headers: Vec<(String, String)> = metadata
+            .iter()
+            .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone()))
+            .collect();
+        self.send(reqwest::Method::PUT, "put", key, &headers).await
+    }
+
+    /// Server-side copy of `from` to `to` with `metadata` replacing the source's.
+    pub(crate) async fn copy_replacing_metadata(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let source = format!(
+            "/{}/{}",
+            uri_encode(&self.bucket, false),
+            uri_encode(&format!("{}{from}", self.prefix), true)
+        );
+        let mut headers = vec![
+            ("x-amz-copy-source".to_owned(), source),
+            ("x-amz-metadata-directive".to_owned(), "REPLACE".to_owned()),
+        ];
+        headers.extend(
+            metadata
+                .iter()
+                .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone())),
+        );
+        self.send(reqwest::Method::PUT, "copy", to, &headers).await
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.send(reqwest::Method::DELETE, "delete", key, &[]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_encoding() {
+        assert_eq!(amz_date(0), "19700101T000000Z");
+        assert_eq!(amz_date(1_700_000_000), "20231114T221320Z");
+        assert_eq!(amz_date(951_782_400), "20000229T000000Z");
+        assert_eq!(uri_encode("a b/c~d%é", true), "a%20b/c~d%25%C3%A9");
+        assert_eq!(uri_encode("a/b", false), "a%2Fb");
+    }
+
+    #[test]
+    fn the_aws_example_signing_key_is_derived() {
+        // AWS's published SigV4 example: secret wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY,
+        // 20120215, us-east-1, iam.
+        let mut k = hmac_sha256(b"AWS4wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", b"20120215");
+        for part in ["us-east-1", "iam", "aws4_request"] {
+            k = hmac_sha256(&k, part.as_bytes());
+        }
+        assert_eq!(
+            hex(&k),
+            "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
+        );
+    }
+}
