@@ -41,6 +41,7 @@ pub use chunks::{ChunkRef, ChunkStore};
 pub use frame::{Codec, FrameError};
 pub use keys::ChunkId;
 pub use master::{KeyError, MasterKey};
+pub use raw::rfc3339;
 
 /// How many multipart parts of one object are in flight at once.
 const PART_CONCURRENCY: usize = 4;

@@ -50,26 +50,31 @@ fn uri_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
-/// `YYYYMMDDTHHMMSSZ` for a Unix time (proleptic Gregorian, UTC).
-fn amz_date(unix: i64) -> String {
+/// A Unix time as RFC 3339 UTC (`2023-11-14T22:13:20Z`), by the days-to-civil algorithm (H.
+/// Hinnant's) so no date crate is needed. Used for S3 request dates and by `status`.
+pub fn rfc3339(unix: i64) -> String {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
-    // Civil date from days since the epoch (H. Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         secs / 3600,
-        secs % 3600 / 60,
+        secs / 60 % 60,
         secs % 60
     )
+}
+
+/// SigV4's `YYYYMMDDTHHMMSSZ`.
+fn amz_date(unix: i64) -> String {
+    rfc3339(unix).replace(['-', ':'], "")
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
