@@ -368,6 +368,26 @@ impl Catalog {
         update_inode(&self.conn(), row)
     }
 
+    /// Like `save_inode`, without waiting for the disk (`synchronous=NORMAL` for this one
+    /// transaction): it survives a crash of the process (WAL in the page cache) and is made
+    /// durable by the next synchronous write, e.g. `sync_inode`. For UNSTABLE writes, whose
+    /// durability point is the COMMIT that follows.
+    pub fn save_inode_unsynced(&self, row: &InodeRow) -> Result<(), CatalogError> {
+        let conn = self.conn();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = update_inode(&conn, row);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        result
+    }
+
+    /// A synchronous no-op update of one inode: the WAL, with every earlier unsynced
+    /// transaction in it, is on disk when this returns.
+    pub fn sync_inode(&self, id: i64) -> Result<(), CatalogError> {
+        self.conn()
+            .execute("UPDATE inodes SET version = version WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
     /// Removes an inode; its object (if any) is queued for deletion in the same transaction.
     pub fn remove_inode(&self, row: &InodeRow) -> Result<(), CatalogError> {
         let mut conn = self.conn();

@@ -257,7 +257,11 @@ impl Files {
         row.mtime_ns = now;
         row.ctime_ns = now;
         row.version += 1;
-        self.catalog.save_inode(&row)?;
+        if committed == Stability::Unstable {
+            self.catalog.save_inode_unsynced(&row)?;
+        } else {
+            self.catalog.save_inode(&row)?;
+        }
         self.touched(row.id);
         Ok((committed, self.attr(&row)))
     }
@@ -275,6 +279,8 @@ impl Files {
                 file.sync_all()
                     .map_err(io_err(format!("syncing {}", path.display())))?;
             }
+            // The size and version recorded by unsynced WRITEs reach the disk too.
+            self.catalog.sync_inode(row.id)?;
         }
         self.live().uncommitted.remove(&row.id);
         self.wake.notify_one();

@@ -22,6 +22,8 @@ use crate::gateway::files::{Files, now_unix, path};
 
 /// Uploads in flight at once (each large one also runs parallel parts).
 const UPLOAD_CONCURRENCY: usize = 8;
+/// How long a file with UNSTABLE writes and no COMMIT may sit before it is uploaded anyway.
+const UNCOMMITTED_GRACE: Duration = Duration::from_secs(60);
 /// How often the uploader looks for due work when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -70,11 +72,14 @@ impl Files {
             {
                 let live = self.live();
                 for row in dirty {
-                    let idle = live
-                        .changed
-                        .get(&row.id)
-                        .is_none_or(|t| t.elapsed() >= self.config.upload_delay);
-                    if now || (idle && !live.uncommitted.contains(&row.id)) {
+                    let quiet = live.changed.get(&row.id).map(Instant::elapsed);
+                    let idle = quiet.is_none_or(|q| q >= self.config.upload_delay);
+                    // A client that wrote UNSTABLE and went away without COMMIT: after a long
+                    // silence the upload (whose read of the staging file is as good as an
+                    // fsync) goes ahead anyway.
+                    let abandoned = quiet.is_none_or(|q| q >= UNCOMMITTED_GRACE);
+                    let committed = !live.uncommitted.contains(&row.id) || abandoned;
+                    if now || (idle && committed) {
                         due.push(row);
                     } else {
                         round.waiting += 1;
