@@ -367,6 +367,8 @@ struct Live {
     changed: HashMap<i64, Instant>,
     /// Serialises data changes and staging transitions of one inode.
     locks: HashMap<i64, Arc<tokio::sync::Mutex<()>>>,
+    /// Serialises bucket writes to one key (uploads, copies, markers).
+    key_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The file gateway over one bucket: every share in the catalog.

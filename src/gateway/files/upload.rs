@@ -126,19 +126,67 @@ impl Files {
 
     async fn run_deletes(&self, share: &ShareRow) -> Result<(), GatewayError> {
         for key in self.catalog.pending_deletes(share.id)? {
-            if !self.catalog.key_in_use(share.id, &key)?
-                && let Err(e) = self.bucket.delete_object(&key).await
-            {
-                tracing::warn!(share = %share.name, key, error = %e, "delete failed; will retry");
-                continue;
+            let lock = self.key_lock(&key);
+            let guard = lock.lock().await;
+            let result = if self.catalog.key_in_use(share.id, &key)? {
+                Ok(())
+            } else {
+                self.bucket.delete_object(&key).await
+            };
+            drop(guard);
+            self.release_key_lock(&key, lock);
+            match result {
+                Ok(()) => self.catalog.done_delete(&key)?,
+                Err(e) => {
+                    tracing::warn!(share = %share.name, key, error = %e, "delete failed; will retry");
+                }
             }
-            self.catalog.done_delete(&key)?;
         }
         Ok(())
     }
 
-    async fn sync_inode(&self, share: &ShareRow, row: InodeRow) -> Result<(), GatewayError> {
-        let key = path::key(&share.bucket_prefix, &row.path)?;
+    /// Syncs one inode, holding its target key's lock: an upload still in flight for a file
+    /// that was replaced or deleted finishes before the file now at that key is written there.
+    async fn sync_inode(&self, share: &ShareRow, listed: InodeRow) -> Result<(), GatewayError> {
+        let key = path::key(&share.bucket_prefix, &listed.path)?;
+        let lock = self.key_lock(&key);
+        let guard = lock.lock().await;
+        let result = self.sync_inode_locked(share, &listed, &key).await;
+        drop(guard);
+        self.release_key_lock(&key, lock);
+        result
+    }
+
+    fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.live()
+            .key_locks
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn release_key_lock(&self, key: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut live = self.live();
+        // Only the map's reference and ours: nobody else waits for this key.
+        if Arc::strong_count(&lock) == 2 {
+            live.key_locks.remove(key);
+        }
+    }
+
+    async fn sync_inode_locked(
+        &self,
+        share: &ShareRow,
+        listed: &InodeRow,
+        key: &str,
+    ) -> Result<(), GatewayError> {
+        // The row as it is now; gone, moved or already synced means a later round decides.
+        let Some(row) = self.catalog.inode(listed.id)? else {
+            return Ok(());
+        };
+        if row.path != listed.path || !row.dirty() {
+            return Ok(());
+        }
+        let key = key.to_owned();
         let etag = match row.kind {
             InodeKind::Dir => {
                 // A `dir/` marker (with the directory's attributes) where the bucket can hold
@@ -184,8 +232,19 @@ impl Files {
             },
             InodeKind::File => self.sync_file(&row, &key).await?,
         };
-        self.catalog
-            .mark_synced(row.id, row.version, Some(&key), etag.as_deref(), now_unix())?;
+        if !self.catalog.mark_synced(
+            row.id,
+            row.version,
+            Some(&key),
+            etag.as_deref(),
+            now_unix(),
+        )? {
+            // Deleted while it was uploading: the object just written belongs to nobody.
+            if !self.catalog.key_in_use(share.id, &key)? {
+                self.bucket.delete_object(&key).await?;
+            }
+            return Ok(());
+        }
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
         if row.kind == InodeKind::File {
             let lock = self.inode_lock(row.id);
