@@ -273,6 +273,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let mut sync_stop = stop_rx.clone();
     let sync_volumes = volumes.clone();
     let status_cache = cache.clone();
+    let status_files = files.clone();
     let status_path = config.run_dir().join("status.toml");
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -284,7 +285,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             if let Err(e) = sync_volumes.sync() {
                 tracing::warn!(error = %e, "volume sync failed");
             }
-            let _ = write_atomically(&status_path, live_status(&status_cache).as_bytes());
+            let _ = write_atomically(
+                &status_path,
+                live_status(&status_cache, &status_files).as_bytes(),
+            );
         }
     });
 
@@ -300,7 +304,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     };
     let _ = write_atomically(
         &config.run_dir().join("status.toml"),
-        live_status(&cache).as_bytes(),
+        live_status(&cache, &files).as_bytes(),
     );
     write_atomically(
         &ready_path,
@@ -337,8 +341,16 @@ fn cache_config(config: &Config) -> CacheConfig {
 }
 
 /// The daemon's live figures, rewritten every second for `status` and tests.
-fn live_status(cache: &Cache) -> String {
-    toml::to_string(&status::LiveStatus::new(&cache.stats(), unix_now())).unwrap_or_default()
+fn live_status(cache: &Cache, files: &Files) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = files.upload_counters();
+    let live = status::LiveStatus {
+        files_uploads: c.uploads.load(Relaxed),
+        files_upload_errors: c.errors.load(Relaxed),
+        files_download_bytes: c.downloaded.load(Relaxed),
+        ..status::LiveStatus::new(&cache.stats(), unix_now())
+    };
+    toml::to_string(&live).unwrap_or_default()
 }
 
 /// Holds `run/lock` for the daemon's lifetime: one daemon per data dir.

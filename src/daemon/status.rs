@@ -51,6 +51,13 @@ pub struct LiveStatus {
     pub upload_errors: u64,
     pub writers_waiting: u64,
     pub oldest_dirty_secs: u64,
+    /// File gateway: objects uploaded, failed upload attempts, bytes read from the bucket.
+    #[serde(default)]
+    pub files_uploads: u64,
+    #[serde(default)]
+    pub files_upload_errors: u64,
+    #[serde(default)]
+    pub files_download_bytes: u64,
 }
 
 impl LiveStatus {
@@ -67,6 +74,9 @@ impl LiveStatus {
             upload_errors: s.upload_errors,
             writers_waiting: s.writers_waiting,
             oldest_dirty_secs: s.oldest_dirty_age.map_or(0, |d| d.as_secs()),
+            files_uploads: 0,
+            files_upload_errors: 0,
+            files_download_bytes: 0,
         }
     }
 }

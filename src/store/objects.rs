@@ -9,12 +9,13 @@
 use std::path::Path;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{
     Attribute, AttributeValue, Attributes, CopyOptions, GetOptions, ObjectStore, ObjectStoreExt,
     PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::store::{Bucket, PART_CONCURRENCY, StoreError};
 
@@ -182,6 +183,84 @@ impl Bucket {
             .map_err(|e| self.classify(e, "copy", from))
     }
 
+    /// Whether `put_patched` can build an object from server-side copies of another's parts.
+    pub fn can_copy_parts(&self) -> bool {
+        self.raw.is_some() && self.user_metadata
+    }
+
+    /// The multipart part size, the unit `put_patched` copies or uploads.
+    pub fn part_size(&self) -> u64 {
+        self.part_size as u64
+    }
+
+    /// Uploads `file` (`size` bytes) as `key` in parts of `part_size`: part `i` comes from the
+    /// file when `local(i)`, else is copied server-side from the same byte range of `source`
+    /// (UploadPartCopy), so unchanged ranges of a large object are never downloaded. Parts go
+    /// up 4 at a time; a failure aborts the upload. Returns the new object's ETag.
+    pub async fn put_patched(
+        &self,
+        key: &str,
+        file: &Path,
+        size: u64,
+        source: &str,
+        local: &(dyn Fn(u64) -> bool + Sync),
+        metadata: &[(String, String)],
+    ) -> Result<Option<String>, StoreError> {
+        let Some(raw) = &self.raw else {
+            return self.put_file(key, file, metadata).await;
+        };
+        let part = self.part_size as u64;
+        let upload_id = raw.create_multipart(key, metadata).await?;
+        let parts = size.div_ceil(part).max(1);
+        let results: Vec<Result<String, StoreError>> = futures::stream::iter(0..parts)
+            .map(|i| {
+                let upload_id = &upload_id;
+                async move {
+                    let start = i * part;
+                    let end = (start + part).min(size);
+                    let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                    if local(i) || end == start {
+                        let data =
+                            read_range(file, start, end)
+                                .await
+                                .map_err(|e| StoreError::Other {
+                                    bucket: self.describe.clone(),
+                                    op: "upload",
+                                    key: key.to_owned(),
+                                    detail: format!("reading {}: {e}", file.display()),
+                                })?;
+                        if let Some(limit) = &self.upload_limit {
+                            limit.acquire(data.len() as u64).await;
+                        }
+                        raw.upload_part(key, upload_id, number, data).await
+                    } else {
+                        raw.upload_part_copy(key, upload_id, number, source, start..=end - 1)
+                            .await
+                    }
+                }
+            })
+            .buffered(PART_CONCURRENCY)
+            .collect()
+            .await;
+        let mut etags = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(e) => etags.push(e),
+                Err(e) => {
+                    raw.abort_multipart(key, &upload_id).await;
+                    return Err(e);
+                }
+            }
+        }
+        match raw.complete_multipart(key, &upload_id, &etags).await {
+            Ok(etag) => Ok(etag),
+            Err(e) => {
+                raw.abort_multipart(key, &upload_id).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Writes the directory marker `key` (ending in `/`) with metadata. Returns false when the
     /// bucket cannot hold markers (`file://`), where directories are implied only.
     pub async fn put_marker(
@@ -280,4 +359,13 @@ impl Bucket {
                 .collect(),
         })
     }
+}
+
+/// Bytes `start..end` of a local file.
+async fn read_range(file: &Path, start: u64, end: u64) -> std::io::Result<Bytes> {
+    let mut f = tokio::fs::File::open(file).await?;
+    f.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut buf = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+    f.read_exact(&mut buf).await?;
+    Ok(Bytes::from(buf))
 }

@@ -77,6 +77,32 @@ fn amz_date(unix: i64) -> String {
     rfc3339(unix).replace(['-', ':'], "")
 }
 
+/// What a signed request brought back.
+struct Reply {
+    etag: Option<String>,
+    body: String,
+}
+
+fn meta_headers(metadata: &[(String, String)]) -> Vec<(String, String)> {
+    metadata
+        .iter()
+        .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone()))
+        .collect()
+}
+
+/// The text of the first `<tag>` element of an S3 XML reply, entities decoded.
+fn xml_value(body: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = body.find(&open)? + open.len();
+    let len = body[start..].find(&format!("</{tag}>"))?;
+    Some(
+        body[start..start + len]
+            .replace("&quot;", "\"")
+            .replace("&#34;", "\"")
+            .replace("&amp;", "&"),
+    )
+}
+
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
     hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
         .as_ref()
@@ -145,14 +171,17 @@ impl RawS3 {
         }
     }
 
-    /// Sends one signed request with an empty body; `extra` headers are signed too.
-    async fn send(
+    /// Sends one signed request; `query` and `extra` headers are signed too. Returns the
+    /// response's ETag header and body.
+    async fn request(
         &self,
         method: reqwest::Method,
         op: &'static str,
         key: &str,
+        query: &[(&str, String)],
         extra: &[(String, String)],
-    ) -> Result<(), StoreError> {
+        body: bytes::Bytes,
+    ) -> Result<Reply, StoreError> {
         let other = |detail: String| StoreError::Other {
             bucket: self.describe.clone(),
             op,
@@ -168,9 +197,14 @@ impl RawS3 {
         let date = amz_date(now);
         let day = &date[..8];
         let path = self.path(key);
+        let payload_hash = if body.is_empty() {
+            EMPTY_SHA256.to_owned()
+        } else {
+            hex(digest::digest(&digest::SHA256, &body).as_ref())
+        };
         let mut headers: Vec<(String, String)> = vec![
             ("host".into(), self.host.clone()),
-            ("x-amz-content-sha256".into(), EMPTY_SHA256.into()),
+            ("x-amz-content-sha256".into(), payload_hash.clone()),
             ("x-amz-date".into(), date.clone()),
         ];
         if let Some(t) = token {
@@ -182,11 +216,21 @@ impl RawS3 {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned())),
         );
         headers.sort();
+        let mut params: Vec<(String, String)> = query
+            .iter()
+            .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
+            .collect();
+        params.sort();
+        let query_string = params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
         let signed: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
         let signed = signed.join(";");
         let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
         let canonical = format!(
-            "{method}\n{path}\n\n{canonical_headers}\n{signed}\n{EMPTY_SHA256}",
+            "{method}\n{path}\n{query_string}\n{canonical_headers}\n{signed}\n{payload_hash}",
             method = method.as_str()
         );
         let scope = format!("{day}/{}/s3/aws4_request", self.region);
@@ -199,39 +243,217 @@ impl RawS3 {
             k = hmac_sha256(&k, part.as_bytes());
         }
         let signature = hex(&hmac_sha256(&k, to_sign.as_bytes()));
-        let url = if self.path_style {
+        let base = if self.path_style {
             format!("{}{path}", self.endpoint)
         } else {
             let (scheme, _) = self.endpoint.split_once("://").unwrap_or(("https", ""));
             format!("{scheme}://{}{path}", self.host)
         };
+        let url = if query_string.is_empty() {
+            base
+        } else {
+            format!("{base}?{query_string}")
+        };
         let mut req = self.client.request(method, url).header(
             "authorization",
-            format!("AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, Signature={signature}"),
+            format!(
+                "AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, \
+                 Signature={signature}"
+            ),
         );
         for (k, v) in &headers {
             if k != "host" {
                 req = req.header(k.as_str(), v.as_str());
             }
         }
-        let resp = req.send().await.map_err(|e| StoreError::Unreachable {
-            bucket: self.describe.clone(),
-            endpoint: self.endpoint.clone(),
-            detail: e.to_string(),
-        })?;
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                bucket: self.describe.clone(),
+                endpoint: self.endpoint.clone(),
+                detail: e.to_string(),
+            })?;
         let status = resp.status();
-        if status.is_success() {
-            return Ok(());
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = resp.text().await.unwrap_or_default();
+        // CompleteMultipartUpload and UploadPartCopy can fail with a 200 and an error body.
+        if status.is_success() && !text.contains("<Error>") {
+            return Ok(Reply { etag, body: text });
         }
         if status == reqwest::StatusCode::NOT_FOUND && op == "delete" {
-            return Ok(());
+            return Ok(Reply { etag, body: text });
         }
-        let body = resp.text().await.unwrap_or_default();
-        let body: String = body.chars().take(300).collect();
+        let text: String = text.chars().take(300).collect();
         Err(other(format!(
             "HTTP {status}: {}",
-            body.split_whitespace().collect::<Vec<_>>().join(" ")
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
         )))
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        op: &'static str,
+        key: &str,
+        extra: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        self.request(method, op, key, &[], extra, bytes::Bytes::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Starts a multipart upload of `key` with user metadata; returns its upload id.
+    pub(crate) async fn create_multipart(
+        &self,
+        key: &str,
+        metadata: &[(String, String)],
+    ) -> Result<String, StoreError> {
+        let headers = meta_headers(metadata);
+        let reply = self
+            .request(
+                reqwest::Method::POST,
+                "start multipart upload of",
+                key,
+                &[("uploads", String::new())],
+                &headers,
+                bytes::Bytes::new(),
+            )
+            .await?;
+        xml_value(&reply.body, "UploadId").ok_or_else(|| StoreError::Other {
+            bucket: self.describe.clone(),
+            op: "start multipart upload of",
+            key: key.to_owned(),
+            detail: "no UploadId in the reply".into(),
+        })
+    }
+
+    /// Uploads part `number` from bytes; returns its ETag.
+    pub(crate) async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: bytes::Bytes,
+    ) -> Result<String, StoreError> {
+        let query = [
+            ("partNumber", number.to_string()),
+            ("uploadId", upload_id.to_owned()),
+        ];
+        let reply = self
+            .request(
+                reqwest::Method::PUT,
+                "upload part of",
+                key,
+                &query,
+                &[],
+                data,
+            )
+            .await?;
+        reply.etag.ok_or_else(|| StoreError::Other {
+            bucket: self.describe.clone(),
+            op: "upload part of",
+            key: key.to_owned(),
+            detail: "no ETag in the reply".into(),
+        })
+    }
+
+    /// Makes part `number` a server-side copy of `source`'s bytes `range` (inclusive end, as
+    /// the header wants); returns the part's ETag.
+    pub(crate) async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        source: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<String, StoreError> {
+        let query = [
+            ("partNumber", number.to_string()),
+            ("uploadId", upload_id.to_owned()),
+        ];
+        let headers = [
+            ("x-amz-copy-source".to_owned(), self.copy_source(source)),
+            (
+                "x-amz-copy-source-range".to_owned(),
+                format!("bytes={}-{}", range.start(), range.end()),
+            ),
+        ];
+        let reply = self
+            .request(
+                reqwest::Method::PUT,
+                "copy part of",
+                key,
+                &query,
+                &headers,
+                bytes::Bytes::new(),
+            )
+            .await?;
+        xml_value(&reply.body, "ETag").ok_or_else(|| StoreError::Other {
+            bucket: self.describe.clone(),
+            op: "copy part of",
+            key: key.to_owned(),
+            detail: "no ETag in the reply".into(),
+        })
+    }
+
+    /// Completes a multipart upload from its parts' ETags, in order; returns the object's ETag.
+    pub(crate) async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<Option<String>, StoreError> {
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (i, etag) in etags.iter().enumerate() {
+            let etag = etag.replace('&', "&amp;").replace('"', "&quot;");
+            xml.push_str(&format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>",
+                i + 1
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let reply = self
+            .request(
+                reqwest::Method::POST,
+                "complete multipart upload of",
+                key,
+                &[("uploadId", upload_id.to_owned())],
+                &[],
+                bytes::Bytes::from(xml),
+            )
+            .await?;
+        Ok(xml_value(&reply.body, "ETag").or(reply.etag))
+    }
+
+    /// Abandons a multipart upload so its parts do not linger.
+    pub(crate) async fn abort_multipart(&self, key: &str, upload_id: &str) {
+        let result = self
+            .request(
+                reqwest::Method::DELETE,
+                "abort multipart upload of",
+                key,
+                &[("uploadId", upload_id.to_owned())],
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(key, error = %e, "aborting a multipart upload failed");
+        }
+    }
+
+    fn copy_source(&self, from: &str) -> String {
+        format!(
+            "/{}/{}",
+            uri_encode(&self.bucket, false),
+            uri_encode(&format!("{}{from}", self.prefix), true)
+        )
     }
 
     /// PUTs an empty object at `key` (which may end in `/`) with user metadata.
@@ -240,11 +462,8 @@ impl RawS3 {
         key: &str,
         metadata: &[(String, String)],
     ) -> Result<(), StoreError> {
-        let headers: Vec<(String, String)> = metadata
-            .iter()
-            .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone()))
-            .collect();
-        self.send(reqwest::Method::PUT, "put", key, &headers).await
+        self.send(reqwest::Method::PUT, "put", key, &meta_headers(metadata))
+            .await
     }
 
     /// Server-side copy of `from` to `to` with `metadata` replacing the source's.
@@ -254,20 +473,11 @@ impl RawS3 {
         to: &str,
         metadata: &[(String, String)],
     ) -> Result<(), StoreError> {
-        let source = format!(
-            "/{}/{}",
-            uri_encode(&self.bucket, false),
-            uri_encode(&format!("{}{from}", self.prefix), true)
-        );
         let mut headers = vec![
-            ("x-amz-copy-source".to_owned(), source),
+            ("x-amz-copy-source".to_owned(), self.copy_source(from)),
             ("x-amz-metadata-directive".to_owned(), "REPLACE".to_owned()),
         ];
-        headers.extend(
-            metadata
-                .iter()
-                .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone())),
-        );
+        headers.extend(meta_headers(metadata));
         self.send(reqwest::Method::PUT, "copy", to, &headers).await
     }
 

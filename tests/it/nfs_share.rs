@@ -649,3 +649,49 @@ fn renames_attribute_changes_and_empty_directories_reach_the_bucket() {
         "read back from the moved object"
     );
 }
+
+#[test]
+fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let (garage, gw, config) = docs_on_garage(dir.path(), 0);
+    let config = Some(config.as_path());
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let root = c.mount("/docs").unwrap();
+    let mut data = noise(80 * MIB, 3);
+    let f = c.create(&root, "large.bin", 0, 0o644).unwrap();
+    for (i, piece) in data.chunks(MIB).enumerate() {
+        c.write(&f, (i * MIB) as u64, piece, 0).unwrap();
+    }
+    c.commit(&f).unwrap();
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
+    let downloaded = |gw: &Gateway| {
+        // The live status is rewritten every second.
+        std::thread::sleep(Duration::from_millis(1500));
+        gw.status_value("files_download_bytes").unwrap()
+    };
+    let before = downloaded(&gw);
+
+    let patch = vec![0xA5u8; 4096];
+    let at = 40 * MIB + 10;
+    c.write(&f, at as u64, &patch, 0).unwrap();
+    c.commit(&f).unwrap();
+    data[at..at + patch.len()].copy_from_slice(&patch);
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
+    let fetched = downloaded(&gw) - before;
+    assert!(
+        fetched > 0 && fetched <= 16 * MIB as i64,
+        "one 16 MiB part fetched, not the whole 80 MiB file: {fetched}"
+    );
+
+    let got = dir.path().join("got");
+    boto3(
+        &garage,
+        &["get", "gw/shares/docs/large.bin", got.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&got).unwrap() == data,
+        "the object holds the patch and every unchanged part"
+    );
+    let (piece, _) = c.read(&f, (at - 10) as u64, 8192).unwrap();
+    assert_eq!(piece, &data[at - 10..at - 10 + 8192]);
+}

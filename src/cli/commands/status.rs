@@ -96,6 +96,13 @@ pub fn run(config: Config) -> Result<ExitCode> {
             l.uploads,
             l.upload_errors
         )?;
+        writeln!(
+            out,
+            "files:          {} uploads, {} upload errors, {} read from the bucket",
+            l.files_uploads,
+            l.files_upload_errors,
+            ByteSize(l.files_download_bytes)
+        )?;
         if l.writers_waiting > 0 {
             writeln!(
                 out,

@@ -16,11 +16,14 @@ use bytes::Bytes;
 
 use crate::catalog::shares::{InodeKind, InodeRow};
 use crate::gateway::GatewayError;
+use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, now_ns, permits};
 
 /// How much a bucket read fetches at once: a client's sequential READs are then served from
 /// memory for the rest of the window.
 pub const READ_AHEAD_BYTES: u64 = 8 << 20;
+/// Uploaded files of at least this many parts are staged sparsely (docs/decisions/0005).
+const SPARSE_MIN_PARTS: u64 = 4;
 /// The largest READ or WRITE we accept in one call (also what FSINFO advertises).
 pub const MAX_IO_BYTES: u32 = 1 << 20;
 
@@ -60,6 +63,7 @@ impl Files {
     /// Forgets local state of a removed inode (its staging file, read-ahead, flags).
     pub(crate) fn drop_local(&self, id: i64) {
         let _ = std::fs::remove_file(self.staging_path(id));
+        BlockMap::remove(&self.staging_path(id));
         self.readahead_map().remove(&id);
         let mut live = self.live();
         live.uncommitted.remove(&id);
@@ -92,7 +96,10 @@ impl Files {
         let data = if row.staged {
             let lock = self.inode_lock(row.id);
             let _guard = lock.lock().await;
-            self.read_staged(row.id, offset, end)?
+            match (BlockMap::load(&self.staging_path(row.id)), &row.remote_key) {
+                (Some(map), Some(key)) => self.read_sparse(&row, &map, key, offset, end).await?,
+                _ => self.read_staged(row.id, offset, end)?,
+            }
         } else if let Some(key) = &row.remote_key {
             self.read_remote(&row, key, offset, end).await?
         } else {
@@ -121,6 +128,78 @@ impl Files {
         Ok(Bytes::from(buf))
     }
 
+    /// A read of a sparsely staged file: present blocks from the staging file, the rest from
+    /// the object it was staged from.
+    async fn read_sparse(
+        &self,
+        row: &InodeRow,
+        map: &BlockMap,
+        key: &str,
+        offset: u64,
+        end: u64,
+    ) -> Result<Bytes, GatewayError> {
+        let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        for b in map.blocks_of(offset, end) {
+            let from = offset.max(b * map.block);
+            let to = end.min((b + 1).saturating_mul(map.block));
+            let piece = if map.is_present(b) {
+                self.read_staged(row.id, from, to)?
+            } else {
+                self.read_remote(row, key, from, to).await?
+            };
+            out.extend_from_slice(&piece);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Copies the absent blocks of a sparsely staged file that `offset..end` touches (all of
+    /// them with `None`) from the bucket into the staging file. Caller holds the inode lock.
+    pub(crate) async fn fill_blocks(
+        &self,
+        row: &InodeRow,
+        range: Option<(u64, u64)>,
+    ) -> Result<(), GatewayError> {
+        let path = self.staging_path(row.id);
+        let (Some(mut map), Some(key)) = (BlockMap::load(&path), &row.remote_key) else {
+            return Ok(());
+        };
+        let wanted: Vec<u64> = match range {
+            Some((offset, end)) => map
+                .blocks_of(offset, end)
+                .filter(|b| !map.is_present(*b))
+                .collect(),
+            None => map.absent().collect(),
+        };
+        if wanted.is_empty() && range.is_some() {
+            return Ok(());
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        for b in wanted {
+            let r = map.range(b);
+            let data = self.bucket.read_object(key, r.clone()).await?;
+            self.counters
+                .downloaded
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            file.write_all_at(&data, r.start)
+                .map_err(io_err(format!("writing {}", path.display())))?;
+            map.set_present(b);
+        }
+        if range.is_none() {
+            // Fully local now: the file is an ordinary staging file.
+            file.sync_all()
+                .map_err(io_err(format!("syncing {}", path.display())))?;
+            BlockMap::remove(&path);
+            return Ok(());
+        }
+        map.save(&path, false).map_err(io_err(format!(
+            "writing the block map of {}",
+            path.display()
+        )))
+    }
+
     async fn read_remote(
         &self,
         row: &InodeRow,
@@ -142,6 +221,9 @@ impl Files {
             .saturating_add(READ_AHEAD_BYTES.max(end - offset))
             .min(row.size);
         let data = self.bucket.read_object(key, offset..window_end).await?;
+        self.counters
+            .downloaded
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if (data.len() as u64) < end - offset {
             return Err(GatewayError::Unavailable(
                 format!(
@@ -166,18 +248,31 @@ impl Files {
         Ok(piece)
     }
 
-    /// Makes `row` staged: its whole content in the staging file, the catalog marked first.
-    /// Returns the row as now stored. Caller holds the inode lock.
+    /// Makes `row` staged, the catalog marked once the staging file is complete. A large
+    /// uploaded file is staged sparsely (a block map; its blocks come down only when written,
+    /// and unchanged ones are copied server-side at upload) where the bucket can copy parts;
+    /// anything else comes down whole. Returns the row as now stored. Caller holds the inode
+    /// lock.
     pub(crate) async fn stage(&self, row: &InodeRow) -> Result<InodeRow, GatewayError> {
         if row.staged {
             return Ok(row.clone());
         }
         let path = self.staging_path(row.id);
         let tmp = path.with_extension("part");
+        let sparse = row.remote_key.is_some()
+            && self.bucket.can_copy_parts()
+            && row.size >= SPARSE_MIN_PARTS * self.bucket.part_size();
         {
             let file = std::fs::File::create(&tmp)
                 .map_err(io_err(format!("creating {}", tmp.display())))?;
-            if let Some(key) = &row.remote_key
+            if sparse {
+                BlockMap::new(row.size, self.bucket.part_size())
+                    .save(&path, true)
+                    .map_err(io_err(format!(
+                        "writing the block map of {}",
+                        path.display()
+                    )))?;
+            } else if let Some(key) = &row.remote_key
                 && row.size > 0
             {
                 // The whole object comes down once; later writes are local.
@@ -188,6 +283,9 @@ impl Files {
                     if piece.is_empty() {
                         break;
                     }
+                    self.counters
+                        .downloaded
+                        .fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     file.write_all_at(&piece, at)
                         .map_err(io_err(format!("writing {}", tmp.display())))?;
                     at += piece.len() as u64;
@@ -237,6 +335,7 @@ impl Files {
             .inode(row.id)?
             .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
         let mut row = self.stage(&row).await?;
+        self.fill_blocks(&row, Some((offset, end))).await?;
         let path = self.staging_path(row.id);
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -279,6 +378,12 @@ impl Files {
                 file.sync_all()
                     .map_err(io_err(format!("syncing {}", path.display())))?;
             }
+            if let Ok(map) = std::fs::File::open(BlockMap::path(&path)) {
+                map.sync_all().map_err(io_err(format!(
+                    "syncing the block map of {}",
+                    path.display()
+                )))?;
+            }
             // The size and version recorded by unsynced WRITEs reach the disk too.
             self.catalog.sync_inode(row.id)?;
         }
@@ -305,10 +410,14 @@ impl Files {
             empty.size = 0;
             let path = self.staging_path(row.id);
             std::fs::File::create(&path).map_err(io_err(format!("creating {}", path.display())))?;
+            BlockMap::remove(&path);
             empty.staged = true;
             empty
         } else {
-            self.stage(&row).await?
+            let row = self.stage(&row).await?;
+            // A sparse file's absent blocks must stay inside the remote object: fill them all.
+            self.fill_blocks(&row, None).await?;
+            row
         };
         let path = self.staging_path(row.id);
         let file = std::fs::OpenOptions::new()

@@ -8,6 +8,7 @@
 //! durability point. Invariants: a local change not yet in the bucket is never overwritten by a
 //! refresh; a file id never names a different file (ids are not reused).
 
+mod blocks;
 pub mod data;
 pub mod meta;
 pub mod ops;

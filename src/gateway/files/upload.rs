@@ -17,6 +17,7 @@ use futures::StreamExt;
 
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
+use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::meta::{self, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::gateway::files::{Files, now_unix, path};
 
@@ -32,6 +33,8 @@ const TICK: Duration = Duration::from_millis(250);
 pub struct UploadCounters {
     pub uploads: AtomicU64,
     pub errors: AtomicU64,
+    /// Bytes of file data read from the bucket (reads, staging, filled blocks).
+    pub downloaded: AtomicU64,
 }
 
 /// What one pass did.
@@ -251,6 +254,7 @@ impl Files {
             let _guard = lock.lock().await;
             if self.catalog.unstage_if_unchanged(row.id, row.version)? {
                 let _ = std::fs::remove_file(self.staging_path(row.id));
+                BlockMap::remove(&self.staging_path(row.id));
             }
         }
         tracing::debug!(share = %share.name, key, "uploaded");
@@ -271,10 +275,23 @@ impl Files {
     async fn sync_file(&self, row: &InodeRow, key: &str) -> Result<Option<String>, GatewayError> {
         let m = Self::file_meta(row);
         if row.staged {
-            return Ok(self
-                .bucket
-                .put_file(key, &self.staging_path(row.id), &m)
-                .await?);
+            let staging = self.staging_path(row.id);
+            if let (Some(map), Some(source)) = (BlockMap::load(&staging), &row.remote_key)
+                && map.block == self.bucket.part_size()
+            {
+                // Unchanged blocks are copied server-side from the object it was staged from.
+                let present = |i: u64| map.is_present(i);
+                return Ok(self
+                    .bucket
+                    .put_patched(key, &staging, row.size, source, &present, &m)
+                    .await?);
+            }
+            if BlockMap::load(&staging).is_some() {
+                let lock = self.inode_lock(row.id);
+                let _guard = lock.lock().await;
+                self.fill_blocks(row, None).await?;
+            }
+            return Ok(self.bucket.put_file(key, &staging, &m).await?);
         }
         match &row.remote_key {
             None => Ok(self
