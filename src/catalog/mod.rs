@@ -6,6 +6,7 @@
 //! (`settings.rs` for gateway identity and integrity events; volumes, files, tapes and jobs
 //! follow as their gateways arrive).
 
+pub mod inodes;
 mod schema;
 pub mod settings;
 pub mod shares;
