@@ -341,6 +341,19 @@ impl Catalog {
         )? > 0)
     }
 
+    /// Whether some inode's object, or an object queued for deletion, lives under `prefix`
+    /// (a key prefix ending in `/`): such a prefix in a listing is not a new directory.
+    pub fn prefix_owned(&self, share_id: i64, prefix: &str) -> Result<bool, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM inodes WHERE share_id = ?1 AND remote_key IS NOT NULL
+                 AND substr(remote_key, 1, length(?2)) = ?2)
+             OR EXISTS (SELECT 1 FROM pending_deletes WHERE share_id = ?1
+                 AND substr(key, 1, length(?2)) = ?2)",
+            params![share_id, prefix],
+            |r| r.get(0),
+        )?)
+    }
+
     pub fn pending_deletes(&self, share_id: i64) -> Result<Vec<String>, CatalogError> {
         let conn = self.conn();
         let mut stmt =

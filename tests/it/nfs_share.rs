@@ -629,6 +629,11 @@ fn renames_attribute_changes_and_empty_directories_reach_the_bucket() {
     // A directory rename moves every object below it and its marker; the old keys go.
     assert_eq!(c.rename(&root, "d", &root, "moved"), nfs::NFS3_OK);
     assert_eq!(c.rmdir(&root, "empty"), nfs::NFS3_OK);
+    // A refresh before the objects have moved shows no ghost of the old names.
+    tg(&gw, config, &["share", "refresh", "docs"]);
+    let mut names = c.readdirplus_all(&root);
+    names.sort();
+    assert_eq!(names, vec!["moved".to_owned()]);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
     let keys = boto3(&garage, &["list", "gw/shares/docs/"]);
     let keys: Vec<&str> = keys.lines().collect();

@@ -50,6 +50,7 @@ CREATE TABLE inodes (
 
 CREATE INDEX inodes_by_parent ON inodes (parent, id);
 CREATE INDEX inodes_dirty ON inodes (share_id) WHERE version != synced_version;
+CREATE INDEX inodes_by_key ON inodes (share_id, remote_key) WHERE remote_key IS NOT NULL;
 
 CREATE TABLE pending_deletes (
     share_id  INTEGER NOT NULL REFERENCES shares (id) ON DELETE CASCADE,

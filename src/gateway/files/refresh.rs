@@ -52,6 +52,8 @@ impl Files {
                 continue;
             }
             seen.insert(name.to_owned());
+            // Queued for deletion, or the old key of an inode moved here or elsewhere but not
+            // yet copied: neither is a new file.
             if self.catalog.is_pending_delete(key)? {
                 continue;
             }
@@ -77,6 +79,7 @@ impl Files {
                     self.catalog.save_inode(&row)?;
                     self.readahead_map_remove(row.id);
                 }
+                None if self.catalog.key_in_use(share.id, key)? => {}
                 None => {
                     let head = self.bucket.head_object(key).await?.unwrap_or_default();
                     let m = meta::parse(&head.metadata);
@@ -119,7 +122,9 @@ impl Files {
                 continue;
             }
             seen.insert(name.to_owned());
-            if self.catalog.child(dir.id, name)?.is_none() {
+            // Objects still at the old keys of a local move are not a directory of their own.
+            let owned = self.catalog.prefix_owned(share.id, &format!("{sub}/"))?;
+            if !owned && self.catalog.child(dir.id, name)?.is_none() {
                 let owner = (share.default_dir_mode, share.default_uid, share.default_gid);
                 let path = path::join(&dir.path, name);
                 let mut row = InodeRow::new(
