@@ -407,6 +407,7 @@ impl Files {
                 g
             }
         };
+        sweep_staging(&catalog, &config.staging_dir)?;
         Ok(Self {
             catalog,
             bucket,
@@ -555,6 +556,32 @@ impl Files {
     }
 }
 
+/// Removes staging files no staged inode owns (left by a crash during staging, or by a share
+/// deleted with `--force`); `.part` downloads are always incomplete.
+fn sweep_staging(catalog: &Catalog, dir: &std::path::Path) -> Result<(), GatewayError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
+        let owned = match stem.parse::<i64>() {
+            Ok(id) if ext != "part" && ext != "blocks-new" => {
+                catalog.inode(id)?.is_some_and(|row| row.staged)
+            }
+            _ => false,
+        };
+        if !owned {
+            tracing::info!(file = %path.display(), "removing a staging file no inode owns");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}
+
 /// Whether `who` may read (4), write (2) or search/execute (1) `row`: root may do anything but
 /// execute a file with no execute bit; others by owner, group, then other bits.
 pub(crate) fn permits(who: &Caller, row: &InodeRow, want: u32) -> bool {
@@ -592,6 +619,94 @@ mod tests {
         }
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("host").is_err());
+    }
+
+    /// A gateway over a `file://` bucket in a temp dir, with the share `s` (no squash).
+    fn local_gateway() -> (tempfile::TempDir, Arc<Files>, FileId) {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::open(&dir.path().join("c.db")).unwrap());
+        let cfg = crate::config::BucketConfig::local(dir.path().join("bucket"));
+        let bucket = Arc::new(Bucket::open(&cfg, true).unwrap());
+        let files = Files::new(
+            catalog.clone(),
+            bucket,
+            FilesConfig {
+                staging_dir: dir.path().join("staging"),
+                upload_delay: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        let spec = ShareSpec {
+            squash: Squash::None,
+            ..ShareSpec::new("s")
+        };
+        create_share(&catalog, &spec).unwrap();
+        let root = catalog
+            .share_root(catalog.shares().unwrap()[0].id)
+            .unwrap()
+            .unwrap();
+        (dir, Arc::new(files), FileId::of(&root))
+    }
+
+    #[tokio::test]
+    async fn renames_reach_the_bucket_and_local_changes_win_over_a_refresh() {
+        let (dir, files, root) = local_gateway();
+        let me = Caller::root_local();
+        let object = |p: &str| dir.path().join("bucket/shares/s").join(p);
+        let f = files
+            .create(&me, root, b"f", CreateMode::Guarded, SetAttr::default())
+            .await
+            .unwrap();
+        files
+            .write(&me, f.id, 0, b"hello", Stability::Unstable)
+            .await
+            .unwrap();
+        assert_eq!(
+            files.upload_round(false).await.unwrap().uploaded,
+            0,
+            "uncommitted"
+        );
+        files.commit(&me, f.id).await.unwrap();
+        assert!(files.drain(Duration::from_secs(10)).await.unwrap());
+        assert_eq!(std::fs::read(object("f")).unwrap(), b"hello");
+
+        let d = files
+            .mkdir(&me, root, b"d", SetAttr::default())
+            .await
+            .unwrap();
+        files.rename(&me, root, b"f", d.id, b"g").await.unwrap();
+        let chmod = SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        };
+        files.setattr(&me, f.id, chmod).await.unwrap();
+        assert!(files.drain(Duration::from_secs(10)).await.unwrap());
+        assert!(!object("f").exists(), "old key deleted");
+        assert_eq!(std::fs::read(object("d/g")).unwrap(), b"hello");
+        let (data, eof, _) = files.read(&me, f.id, 0, 100).await.unwrap();
+        assert_eq!(
+            (&data[..], eof),
+            (&b"hello"[..], true),
+            "read from the bucket"
+        );
+
+        // A foreign object appears on refresh; one clashing with a local change loses.
+        std::fs::write(object("foreign"), b"from elsewhere").unwrap();
+        files
+            .write(&me, f.id, 0, b"HELLO", Stability::FileSync)
+            .await
+            .unwrap();
+        std::fs::write(object("d/g"), b"clobbered").unwrap();
+        request_refresh(&files.catalog, "s", "").unwrap();
+        let page = files.readdir(&me, root, 0, 100).await.unwrap();
+        let mut names: Vec<_> = page.entries.iter().map(|e| e.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["d", "foreign"]);
+        files.readdir(&me, d.id, 0, 100).await.unwrap();
+        let (data, _, _) = files.read(&me, f.id, 0, 100).await.unwrap();
+        assert_eq!(&data[..], b"HELLO", "local change not overwritten");
+        assert!(files.drain(Duration::from_secs(10)).await.unwrap());
+        assert_eq!(std::fs::read(object("d/g")).unwrap(), b"HELLO");
     }
 
     #[test]
