@@ -419,7 +419,7 @@ fn embedded() -> (tempfile::TempDir, Gateway, Client, nfs::Fh) {
 
 #[test]
 fn nfs_semantics_through_a_raw_client() {
-    let (_dir, _gw, mut c, root) = embedded();
+    let (_dir, gw, mut c, root) = embedded();
 
     // mkdir / rmdir, ENOTEMPTY, ENOENT, ENOTDIR.
     let d = c.mkdir(&root, "d").unwrap();
@@ -517,6 +517,11 @@ fn nfs_semantics_through_a_raw_client() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), 5000);
+    // And through libnfs's own READDIRPLUS paging.
+    let mut listed = nfs_ls(&url(&gw, "share/big"));
+    assert_eq!(listed.len(), 5000);
+    listed.sort();
+    assert_eq!(listed, names);
 }
 
 #[test]
