@@ -42,7 +42,7 @@ TGT_URL="iscsi://127.0.0.1:$TGT_PORT/iqn.2026-11.org.tidegate:bench-tgt/1"
 # tidegate, embedded default (local-directory bucket), one volume.
 DATA=$WORK/tidegate
 "$BIN" --data-dir "$DATA" volume create --name bench --size ${SIZE_MIB}MiB >/dev/null
-"$BIN" --data-dir "$DATA" serve --iscsi-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$WORK/tidegate.log" 2>&1 &
+"$BIN" --data-dir "$DATA" serve --iscsi-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --nfs-listen 127.0.0.1:0 >"$WORK/tidegate.log" 2>&1 &
 TG_PID=$!
 for _ in $(seq 300); do [ -f "$DATA/run/ready.toml" ] && break; sleep 0.1; done
 PORTAL=$(sed -n 's/^iscsi = "\(.*\)"/\1/p' "$DATA/run/ready.toml")

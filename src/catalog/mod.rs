@@ -7,8 +7,10 @@
 //! follow as their gateways arrive).
 
 pub mod gc;
+pub mod inodes;
 mod schema;
 pub mod settings;
+pub mod shares;
 pub mod snapshots;
 pub mod stored;
 pub mod volumes;

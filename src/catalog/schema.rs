@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_volumes.sql"),
     include_str!("migrations/0003_snapshots.sql"),
+    include_str!("migrations/0004_shares.sql"),
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -10,6 +10,8 @@ pub mod keys {
     pub const BUCKET_URL: &str = "bucket.url";
     pub const KEY_FINGERPRINT: &str = "key.fingerprint";
     pub const ACTIVATED_AT: &str = "gateway.activated_at";
+    /// File-handle generation: NFS handles carry it, so they stay valid across restarts.
+    pub const FILES_HANDLE_GENERATION: &str = "files.handle_generation";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

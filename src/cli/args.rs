@@ -38,6 +38,23 @@ pub enum Command {
         /// Overrides api.listen (the management API and /metrics; see run/ready.toml).
         #[arg(long, value_name = "IP:PORT")]
         api_listen: Option<std::net::SocketAddr>,
+        /// Overrides nfs.listen (NFS, MOUNT and portmapper GETPORT on one port).
+        #[arg(long, value_name = "IP:PORT")]
+        nfs_listen: Option<std::net::SocketAddr>,
+        /// Also mount a share locally through FUSE (repeatable); unmounted at shutdown.
+        #[arg(long, value_name = "SHARE=DIR", value_parser = parse_mount)]
+        fuse: Vec<(String, PathBuf)>,
+    },
+    /// Run the gateway with SHARE mounted at DIR through FUSE (`serve --fuse SHARE=DIR`).
+    Mount {
+        share: String,
+        dir: PathBuf,
+        #[arg(long, value_name = "IP:PORT")]
+        nfs_listen: Option<std::net::SocketAddr>,
+        #[arg(long, value_name = "IP:PORT")]
+        iscsi_listen: Option<std::net::SocketAddr>,
+        #[arg(long, value_name = "IP:PORT")]
+        api_listen: Option<std::net::SocketAddr>,
     },
     /// Show the gateway's health: bucket, key, daemon, cache, upload buffer, integrity.
     Status,
@@ -72,6 +89,9 @@ pub enum Command {
     },
     /// Rebuild a lost gateway from its bucket and key file on a fresh data dir.
     Recover(Box<RecoverArgs>),
+    /// Create, list, delete and refresh file shares (served over NFS by `serve`).
+    #[command(subcommand)]
+    Share(ShareCommand),
     /// Low-level chunk access, for debugging and tests.
     #[command(subcommand, hide = true)]
     Chunk(ChunkCommand),
@@ -221,6 +241,77 @@ pub enum VolumeModeArg {
     Cached,
     /// The local disk is the source of truth, backed up to the bucket asynchronously.
     Stored,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShareCommand {
+    /// Create a share; a running daemon exports it at once as /NAME.
+    Create(ShareCreateArgs),
+    /// List shares with their bucket prefixes and policies.
+    List,
+    /// Remove a share from the catalog (its objects stay in the bucket).
+    Delete {
+        name: String,
+        /// Delete even if files are not uploaded yet (their changes are lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the share re-list the bucket (all of it, or PATH and below) on next access.
+    Refresh { name: String, path: Option<String> },
+    /// Files and bytes not yet uploaded, and when the last upload completed.
+    Status { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ShareCreateArgs {
+    pub name: String,
+    /// Key prefix in the bucket [default: shares/NAME/]
+    #[arg(long, value_name = "PREFIX")]
+    pub bucket_prefix: Option<String>,
+    #[arg(long)]
+    pub read_only: bool,
+    /// Which callers become the anonymous user (65534).
+    #[arg(long, value_enum, default_value_t = SquashArg::Root)]
+    pub squash: SquashArg,
+    /// Comma-separated addresses or CIDRs allowed to mount [default: any]
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub allowed_clients: Vec<String>,
+    /// Owner of objects that carry no owner metadata.
+    #[arg(long, default_value_t = 0)]
+    pub default_uid: u32,
+    #[arg(long, default_value_t = 0)]
+    pub default_gid: u32,
+    /// Mode (octal) of files whose objects carry none.
+    #[arg(long, default_value = "644", value_parser = parse_octal)]
+    pub default_mode: u32,
+    /// Mode (octal) of directories implied by prefixes.
+    #[arg(long, default_value = "755", value_parser = parse_octal)]
+    pub default_dir_mode: u32,
+    /// Seconds before a directory listing is checked against the bucket again (0 = always).
+    #[arg(long, default_value_t = crate::gateway::files::DEFAULT_REFRESH_SECS)]
+    pub refresh_secs: u64,
+}
+
+fn parse_mount(s: &str) -> Result<(String, PathBuf), String> {
+    let (share, dir) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected SHARE=DIR"))?;
+    Ok((share.to_owned(), PathBuf::from(dir)))
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s:?} is not an octal mode"))
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SquashArg {
+    /// uid 0 becomes 65534 (the NFS default).
+    Root,
+    /// Every caller becomes 65534.
+    All,
+    /// Callers keep their uid and gid.
+    None,
 }
 
 #[derive(Debug, Subcommand)]

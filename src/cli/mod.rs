@@ -28,15 +28,27 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve {
             iscsi_listen,
             api_listen,
+            nfs_listen,
+            fuse,
         } => {
-            let mut config = load_config(cli.config.as_deref(), &data_dir)?;
-            if let Some(listen) = iscsi_listen {
-                config.iscsi.listen = listen;
-            }
-            if let Some(listen) = api_listen {
-                config.api.listen = listen;
-            }
-            commands::serve::run(config)
+            let config = load_config(cli.config.as_deref(), &data_dir)?;
+            serve(config, iscsi_listen, api_listen, nfs_listen, fuse)
+        }
+        Command::Mount {
+            share,
+            dir,
+            nfs_listen,
+            iscsi_listen,
+            api_listen,
+        } => {
+            let config = load_config(cli.config.as_deref(), &data_dir)?;
+            serve(
+                config,
+                iscsi_listen,
+                api_listen,
+                nfs_listen,
+                vec![(share, dir)],
+            )
         }
         Command::Status => commands::status::run(load_config(cli.config.as_deref(), &data_dir)?),
         Command::Scrub => commands::scrub::run(load_config(cli.config.as_deref(), &data_dir)?),
@@ -52,10 +64,37 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             grace,
         ),
         Command::Recover(args) => commands::recover::run(*args, cli.config.as_deref(), &data_dir),
+        Command::Share(cmd) => {
+            commands::share::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
+        }
         Command::Chunk(cmd) => {
             commands::chunk::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
         }
     }
+}
+
+/// `serve` with the command line's overrides applied.
+fn serve(
+    mut config: Config,
+    iscsi_listen: Option<std::net::SocketAddr>,
+    api_listen: Option<std::net::SocketAddr>,
+    nfs_listen: Option<std::net::SocketAddr>,
+    fuse: Vec<(String, PathBuf)>,
+) -> Result<ExitCode> {
+    if let Some(listen) = iscsi_listen {
+        config.iscsi.listen = listen;
+    }
+    if let Some(listen) = api_listen {
+        config.api.listen = listen;
+    }
+    if let Some(listen) = nfs_listen {
+        config.nfs.listen = listen;
+    }
+    for (share, dir) in fuse {
+        let dir = std::path::absolute(&dir)?;
+        config.fuse_mounts.push((share, dir));
+    }
+    commands::serve::run(config)
 }
 
 fn data_dir(cli: &Cli) -> Result<PathBuf> {

@@ -25,6 +25,13 @@ pub const ISCSI_LISTEN: &str = "127.0.0.1:3260";
 /// The management API and /metrics: loopback unless configured.
 pub const API_LISTEN: &str = "127.0.0.1:8733";
 pub const API_TOKEN_FILE: &str = "api.token";
+/// NFS's registered port, on loopback for the same reason.
+pub const NFS_LISTEN: &str = "127.0.0.1:2049";
+/// A committed file waits this long without changes before it is uploaded (a burst of writes
+/// and attribute changes then costs one upload).
+pub const UPLOAD_DELAY_MS: u64 = 2000;
+/// The share the embedded default creates on first start.
+pub const SHARE_NAME: &str = "share";
 
 /// The data dir when none is given on the command line or in `TIDEGATE_DATA_DIR`:
 /// `$XDG_DATA_HOME/tidegate` when XDG_DATA_HOME is set, else `./tidegate-data`.

@@ -27,6 +27,9 @@ pub struct FileConfig {
     pub api: Option<ApiSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<crate::config::bandwidth::BandwidthSection>,
+    pub nfs: Option<NfsSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesSection>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -38,6 +41,22 @@ pub struct ApiSection {
     /// The bearer token file (created 0600 at first start if missing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsSection {
+    /// `ip:port` for NFS, MOUNT and the minimal portmapper; port 0 picks a free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSection {
+    /// How long a committed file stays idle before it is uploaded, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 pub use size::ByteSize;
 
-use file::{ApiSection, BucketSection, CredentialsFile, DiskSection, FileConfig, IscsiSection};
+use file::{
+    ApiSection, BucketSection, CredentialsFile, DiskSection, FileConfig, IscsiSection, NfsSection,
+};
 
 /// Where the configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,12 +43,26 @@ pub struct Config {
     pub iscsi: IscsiConfig,
     pub api: ApiConfig,
     pub bandwidth: bandwidth::Schedule,
+    pub nfs: NfsConfig,
+    pub files: FilesConfig,
+    /// Shares to mount locally through FUSE, (share name, mount point); from the command line.
+    pub fuse_mounts: Vec<(String, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
     pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesConfig {
+    pub upload_delay: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +104,12 @@ impl Config {
     /// Pid and readiness files of a running daemon.
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
+    }
+
+    /// Staging files of the file gateway (one per file being written). Its own directory:
+    /// the file gateway removes files there that no inode owns.
+    pub fn files_staging_dir(&self) -> PathBuf {
+        self.data_dir.join("files-staging")
     }
 
     pub fn is_embedded(&self) -> bool {
@@ -295,6 +317,14 @@ impl Config {
         let iscsi = iscsi_config(file.iscsi.unwrap_or_default())?;
         let api = api_config(file.api.unwrap_or_default(), &data_dir)?;
         let bandwidth = bandwidth::Schedule::from_section(file.bandwidth.unwrap_or_default())?;
+        let nfs = nfs_config(file.nfs.unwrap_or_default())?;
+        let files = FilesConfig {
+            upload_delay: Duration::from_millis(
+                file.files
+                    .and_then(|f| f.upload_delay_ms)
+                    .unwrap_or(defaults::UPLOAD_DELAY_MS),
+            ),
+        };
         Ok(Self {
             origin,
             name,
@@ -306,6 +336,9 @@ impl Config {
             iscsi,
             api,
             bandwidth,
+            nfs,
+            files,
+            fuse_mounts: Vec::new(),
         })
     }
 }
@@ -536,6 +569,14 @@ fn iscsi_config(s: IscsiSection) -> Result<IscsiConfig, ConfigError> {
         advertise,
         chap,
     })
+}
+
+fn nfs_config(s: NfsSection) -> Result<NfsConfig, ConfigError> {
+    let v = s.listen.as_deref().unwrap_or(defaults::NFS_LISTEN);
+    let listen = v
+        .parse::<SocketAddr>()
+        .map_err(|_| ConfigError::new("nfs.listen", format!("{v:?} is not an ip:port address")))?;
+    Ok(NfsConfig { listen })
 }
 
 fn load_credentials(path: &Path) -> Result<Credentials, ConfigError> {

@@ -39,6 +39,12 @@ fn api_error(e: GatewayError) -> ApiError {
         GatewayError::AlreadyExists(_) => (409, "already_exists"),
         GatewayError::NotEmpty(_) => (409, "not_empty"),
         GatewayError::Busy(_) => (409, "busy"),
+        GatewayError::NotDirectory(_) => (409, "not_a_directory"),
+        GatewayError::IsDirectory(_) => (409, "is_a_directory"),
+        GatewayError::PermissionDenied(_) => (403, "permission_denied"),
+        GatewayError::NameTooLong(_) => (400, "name_too_long"),
+        GatewayError::NotSupported(_) => (501, "not_supported"),
+        GatewayError::Stale(_) => (404, "stale"),
         GatewayError::ReadOnly(_) => (403, "read_only"),
         GatewayError::NoSpace(_) => (507, "no_space"),
         GatewayError::InvalidArgument(_) | GatewayError::OutOfRange(_) => (400, "bad_request"),
@@ -482,6 +488,41 @@ impl Management for DaemonManagement {
                 .await
                 .map_err(api_error)?;
             Ok(json!({ "deleted": id }))
+        })
+    }
+
+    fn shares(&self) -> ApiResult {
+        let rows = crate::gateway::files::list_shares(&self.catalog).map_err(api_error)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let sync = self.catalog.share_sync_stats(r.id).map_err(internal)?;
+            out.push(json!({
+                "name": r.name,
+                "prefix": r.bucket_prefix,
+                "read_only": r.read_only,
+                "dirty_files": sync.dirty_files,
+                "dirty_bytes": sync.dirty_bytes,
+                "last_upload_unix": sync.last_upload_unix,
+            }));
+        }
+        Ok(Value::Array(out))
+    }
+
+    /// `{"name", "prefix", "read_only"}`; the other settings take the CLI's defaults.
+    fn create_share(&self, body: Value) -> BoxFuture<'_, ApiResult> {
+        Box::pin(async move {
+            let name = text(&body, "name")?.ok_or_else(|| bad("`name` is required"))?;
+            let mut spec = crate::gateway::files::ShareSpec::new(name);
+            spec.bucket_prefix = text(&body, "prefix")?
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned);
+            spec.read_only = body
+                .get("read_only")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let row =
+                crate::gateway::files::create_share(&self.catalog, &spec).map_err(api_error)?;
+            Ok(json!({ "name": row.name, "prefix": row.bucket_prefix, "read_only": row.read_only }))
         })
     }
 

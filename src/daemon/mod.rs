@@ -27,6 +27,7 @@ use tidegate_cache::{Cache, CacheConfig, CacheError};
 use crate::catalog::settings::keys as setting;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
+use crate::gateway::files::{self, Files, FilesConfig};
 use crate::store::keycheck::{self, Pairing};
 use crate::store::{Bucket, ChunkStore, Codec, KeyError, MasterKey, StoreError};
 
@@ -67,6 +68,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     NotActivated(String),
+    #[error("file gateway: {0}")]
+    Files(#[from] crate::gateway::GatewayError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -86,6 +89,9 @@ pub struct Ready {
     /// The bound management API and /metrics, `ip:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
+    /// The bound NFS (and MOUNT) port, `ip:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs: Option<String>,
 }
 
 impl Ready {
@@ -295,11 +301,60 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             let _ = api_stop.changed().await;
         },
     ));
+    let files = Arc::new(Files::new(
+        engine.catalog.clone(),
+        engine.chunks.bucket().clone(),
+        FilesConfig {
+            staging_dir: config.files_staging_dir(),
+            upload_delay: config.files.upload_delay,
+        },
+    )?);
+    if config.is_embedded() && files::list_shares(&engine.catalog)?.is_empty() {
+        // Loopback-only by default, so root on this machine stays root in the share: the
+        // first `nfs-cp` from the README works without extra flags.
+        let spec = files::ShareSpec {
+            squash: crate::catalog::shares::Squash::None,
+            ..files::ShareSpec::new(crate::config::defaults::SHARE_NAME)
+        };
+        files::create_share(&engine.catalog, &spec)?;
+        tracing::info!(
+            share = crate::config::defaults::SHARE_NAME,
+            "created the embedded default share"
+        );
+    }
+    let nfs_listener = tokio::net::TcpListener::bind(config.nfs.listen)
+        .await
+        .map_err(io(format!("listening for NFS on {}", config.nfs.listen)))?;
+    let nfs_bound = nfs_listener
+        .local_addr()
+        .map_err(io("reading the NFS listener's address"))?;
+    let mut nfs_stop = stop_rx.clone();
+    let nfs = tokio::spawn(crate::frontend::nfs::serve(
+        nfs_listener,
+        files.clone(),
+        async move {
+            let _ = nfs_stop.changed().await;
+        },
+    ));
+    let uploader = tokio::spawn(files.clone().run_uploader(stop_rx.clone()));
+    let mut mounts = Vec::new();
+    for (share, dir) in &config.fuse_mounts {
+        let mount = crate::frontend::fuse::mount(
+            files.clone(),
+            tokio::runtime::Handle::current(),
+            share,
+            dir,
+        )
+        .await?;
+        tracing::info!(share, dir = %dir.display(), "mounted through FUSE");
+        mounts.push(mount);
+    }
     let mut sync_stop = stop_rx.clone();
     let sync_volumes = volumes.clone();
     let tick_bandwidth = bandwidth.clone();
     let tick_management = management.clone();
     let status_cache = cache.clone();
+    let status_files = files.clone();
     let status_path = config.run_dir().join("status.toml");
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -320,7 +375,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             }
             let _ = write_atomically(
                 &status_path,
-                live_status(&status_cache, &sync_volumes).as_bytes(),
+                live_status(&status_cache, &sync_volumes, &status_files).as_bytes(),
             );
         }
     });
@@ -334,18 +389,21 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         },
         iscsi: Some(bound.to_string()),
         api: Some(api_bound.to_string()),
+        nfs: Some(nfs_bound.to_string()),
     };
     let _ = write_atomically(
         &config.run_dir().join("status.toml"),
-        live_status(&cache, &volumes).as_bytes(),
+        live_status(&cache, &volumes, &files).as_bytes(),
     );
     write_atomically(
         &ready_path,
         toml::to_string(&ready).unwrap_or_default().as_bytes(),
     )?;
-    tracing::info!(ready = %ready_path.display(), iscsi = %bound, api = %api_bound, "tidegate ready");
+    tracing::info!(ready = %ready_path.display(), iscsi = %bound, api = %api_bound, nfs = %nfs_bound, "tidegate ready");
     let notifier = Arc::new(notify::Notifier::from_env());
-    notifier.ready(&format!("serving; iSCSI {bound}, API {api_bound}"));
+    notifier.ready(&format!(
+        "serving; iSCSI {bound}, NFS {nfs_bound}, API {api_bound}"
+    ));
     let watchdog = notify::Notifier::watchdog_interval().map(|every| {
         let notifier = notifier.clone();
         let mut stop = stop_rx.clone();
@@ -364,9 +422,13 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tracing::info!("shutting down");
     notifier.stopping();
     let _ = std::fs::remove_file(&ready_path);
+    // Unmount first: a FUSE call in flight blocks on this runtime.
+    drop(mounts);
     let _ = stop_tx.send(true);
     let _ = iscsi.await;
     let _ = api.await;
+    let _ = nfs.await;
+    let _ = uploader.await;
     let _ = housekeeping.await;
     let _ = snapshots.await;
     let _ = backups.await;
@@ -460,8 +522,15 @@ fn cache_config(config: &Config) -> CacheConfig {
 }
 
 /// The daemon's live figures, rewritten every second for `status` and tests.
-fn live_status(cache: &Cache, volumes: &volumes::VolumeService) -> String {
-    let mut live = status::LiveStatus::new(&cache.stats(), unix_now());
+fn live_status(cache: &Cache, volumes: &volumes::VolumeService, files: &Files) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = files.upload_counters();
+    let mut live = status::LiveStatus {
+        files_uploads: c.uploads.load(Relaxed),
+        files_upload_errors: c.errors.load(Relaxed),
+        files_download_bytes: c.downloaded.load(Relaxed),
+        ..status::LiveStatus::new(&cache.stats(), unix_now())
+    };
     live.stored = volumes
         .stored_progress()
         .into_iter()

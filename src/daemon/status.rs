@@ -30,6 +30,11 @@ pub struct Status {
     /// The running daemon's live figures (`run/status.toml`), if it is running.
     pub live: Option<LiveStatus>,
     pub volumes: Vec<crate::gateway::volumes::VolumeInfo>,
+    /// Every share with its upload state (files and bytes not yet in the bucket, last upload).
+    pub shares: Vec<(
+        crate::catalog::shares::ShareRow,
+        crate::catalog::shares::ShareSyncStats,
+    )>,
 }
 
 /// What a running daemon reports about its cache and upload buffer (`run/status.toml`).
@@ -46,6 +51,13 @@ pub struct LiveStatus {
     pub upload_errors: u64,
     pub writers_waiting: u64,
     pub oldest_dirty_secs: u64,
+    /// File gateway: objects uploaded, failed upload attempts, bytes read from the bucket.
+    #[serde(default)]
+    pub files_uploads: u64,
+    #[serde(default)]
+    pub files_upload_errors: u64,
+    #[serde(default)]
+    pub files_download_bytes: u64,
     /// Stored volumes' background work.
     #[serde(default)]
     pub stored: Vec<StoredLive>,
@@ -97,6 +109,9 @@ impl LiveStatus {
             writers_waiting: s.writers_waiting,
             oldest_dirty_secs: s.oldest_dirty_age.map_or(0, |d| d.as_secs()),
             stored: Vec::new(),
+            files_uploads: 0,
+            files_upload_errors: 0,
+            files_download_bytes: 0,
         }
     }
 }
@@ -153,9 +168,20 @@ pub async fn gather(config: Config) -> Status {
         .as_ref()
         .and_then(|c| crate::gateway::volumes::list(c).ok())
         .unwrap_or_default();
+    let shares = catalog
+        .as_ref()
+        .and_then(|c| {
+            let names = crate::gateway::files::list_shares(c).ok()?;
+            names
+                .iter()
+                .map(|s| crate::gateway::files::share_status(c, &s.name).ok())
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or_default();
     Status {
         live,
         volumes,
+        shares,
         gateway_id: setting(setting::GATEWAY_ID),
         activated_unix: setting(setting::ACTIVATED_AT).and_then(|t| t.parse().ok()),
         daemon,

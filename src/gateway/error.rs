@@ -32,6 +32,24 @@ pub enum GatewayError {
     Unavailable(#[source] Source),
     #[error("busy: {0}")]
     Busy(String),
+    /// A path component that must be a directory is not one.
+    #[error("not a directory: {0}")]
+    NotDirectory(String),
+    /// A file operation named a directory.
+    #[error("is a directory: {0}")]
+    IsDirectory(String),
+    /// The caller's credentials do not allow it (after squash).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A name or key longer than the gateway allows (255-byte names, 1024-byte keys).
+    #[error("name too long: {0}")]
+    NameTooLong(String),
+    /// The operation is not offered (hard links on a share).
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    /// A file id that named something that no longer exists.
+    #[error("stale file id: {0}")]
+    Stale(String),
     #[error("{0}")]
     Internal(#[source] Source),
 }

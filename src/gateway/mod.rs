@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod error;
+pub mod files;
 pub mod gc;
 pub mod volumes;
 

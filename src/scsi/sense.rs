@@ -194,7 +194,14 @@ pub fn gateway_error(e: &GatewayError) -> ScsiResponse {
         GatewayError::NotFound(_) => MEDIUM_NOT_PRESENT,
         // Namespace kinds cannot arise from block I/O; if one does it is our bug, and a
         // hardware error makes the initiator fail the I/O instead of retrying forever.
-        GatewayError::AlreadyExists(_) | GatewayError::NotEmpty(_) => INTERNAL_TARGET_FAILURE,
+        GatewayError::AlreadyExists(_)
+        | GatewayError::NotEmpty(_)
+        | GatewayError::NotDirectory(_)
+        | GatewayError::IsDirectory(_)
+        | GatewayError::NameTooLong(_)
+        | GatewayError::Stale(_) => INTERNAL_TARGET_FAILURE,
+        GatewayError::PermissionDenied(_) => WRITE_PROTECTED,
+        GatewayError::NotSupported(_) => INVALID_FIELD_IN_CDB,
         GatewayError::ReadOnly(_) => WRITE_PROTECTED,
         // The cache makes writers wait while dirty data drains, so NoSpace only surfaces when
         // space is truly exhausted: the thin-provisioning answer (SBC-4 §4.7.3.7), which Linux

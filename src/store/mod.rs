@@ -17,6 +17,8 @@ pub mod keycheck;
 pub mod keys;
 pub mod limit;
 pub mod master;
+pub mod objects;
+mod raw;
 pub mod treehash;
 
 use std::ops::Range;
@@ -40,6 +42,7 @@ pub use chunks::{ChunkPins, ChunkRef, ChunkStore};
 pub use frame::{Codec, FrameError};
 pub use keys::ChunkId;
 pub use master::{KeyError, MasterKey};
+pub use raw::rfc3339;
 
 /// How many multipart parts of one object are in flight at once.
 const PART_CONCURRENCY: usize = 4;
@@ -143,6 +146,10 @@ pub struct Bucket {
     traffic: Traffic,
     multipart_threshold: u64,
     part_size: usize,
+    /// False for a `file://` bucket: object_store's local store keeps no user metadata.
+    user_metadata: bool,
+    /// Signed requests object_store cannot express; `None` for `file://` and test stores.
+    raw: Option<raw::RawS3>,
 }
 
 impl Bucket {
@@ -213,6 +220,8 @@ impl Bucket {
             traffic: Traffic::default(),
             multipart_threshold: cfg.multipart_threshold,
             part_size: usize::try_from(cfg.part_size).unwrap_or(usize::MAX),
+            user_metadata: !matches!(cfg.location, BucketLocation::Local { .. }),
+            raw: raw::RawS3::new(cfg),
         })
     }
 
@@ -229,6 +238,8 @@ impl Bucket {
             traffic: Traffic::default(),
             multipart_threshold: crate::config::defaults::MULTIPART_THRESHOLD,
             part_size: usize::try_from(crate::config::defaults::PART_SIZE).unwrap_or(usize::MAX),
+            user_metadata: true,
+            raw: None,
         }
     }
 

@@ -46,7 +46,7 @@ finally:
 "#;
 
 #[test]
-fn the_console_signs_in_and_creates_a_volume_in_a_real_browser() {
+fn the_console_signs_in_and_creates_a_volume_and_a_share_in_a_real_browser() {
     let chromium = tool("chromium");
     let driver = tool("chromedriver");
     let dir = tempfile::tempdir().unwrap();
@@ -80,6 +80,13 @@ fn the_console_signs_in_and_creates_a_volume_in_a_real_browser() {
     // The volume made in the page exists for the gateway, not only on screen.
     let list = crate::support::run(crate::support::tidegate(&data).args(["volume", "list"]));
     assert!(stdout(&list).contains("from-browser"), "{}", stdout(&list));
+    assert!(stdout(&out).contains("share created"), "{}", stdout(&out));
+    let shares = crate::support::run(crate::support::tidegate(&data).args(["share", "list"]));
+    assert!(
+        stdout(&shares).contains("browser-share"),
+        "{}",
+        stdout(&shares)
+    );
     let png = std::fs::read(&shot).unwrap();
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,

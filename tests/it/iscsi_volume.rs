@@ -10,7 +10,7 @@ use crate::support::garage::Garage;
 use crate::support::gateway::Gateway;
 use crate::support::tgt::Tgt;
 use crate::support::{
-    cunit, noise, run, stderr, stdout, tamper_with_the_only_chunk, tidegate, tool,
+    activate_on, cunit, noise, run, stderr, stdout, tamper_with_the_only_chunk, tidegate, tool,
 };
 
 pub(crate) const MIB: u64 = 1 << 20;
@@ -22,34 +22,6 @@ pub(crate) fn create_volume(data_dir: &Path, config: Option<&Path>, name: &str, 
     }
     let out = run(cmd.args(["volume", "create", "--name", name, "--size", size]));
     assert!(out.status.success(), "{}", stderr(&out));
-}
-
-/// Activates a gateway in `data` on the Garage bucket under `prefix`; returns its config path.
-pub(crate) fn activate_on(
-    garage: &Garage,
-    dir: &Path,
-    data: &Path,
-    prefix: &str,
-    extra: &[&str],
-) -> std::path::PathBuf {
-    let out = run(tidegate(data)
-        .args([
-            "activate",
-            "--bucket",
-            &format!("s3://{}/{prefix}", garage.bucket),
-        ])
-        .args([
-            "--endpoint",
-            &garage.endpoint,
-            "--region",
-            "garage",
-            "--credentials-file",
-        ])
-        .arg(garage.credentials_file(dir))
-        .args(extra));
-    assert!(out.status.success(), "{}", stderr(&out));
-    // activate wrote DATA_DIR/tidegate.toml, which every later command finds by itself.
-    data.join("tidegate.toml")
 }
 
 pub(crate) fn start(data_dir: &Path, config: Option<&Path>) -> Gateway {

@@ -92,3 +92,28 @@ fn the_cache_crate_knows_nothing_of_tidegate() {
         "cache crate depends on tidegate"
     );
 }
+
+#[test]
+fn the_nfs_and_fuse_front_ends_speak_only_gateway() {
+    let files = rust_files(&root().join("src/frontend/nfs"))
+        .into_iter()
+        .map(|f| (f, "crate::frontend::fuse"))
+        .chain(
+            rust_files(&root().join("src/frontend/fuse"))
+                .into_iter()
+                .map(|f| (f, "crate::frontend::nfs")),
+        );
+    for (file, sibling) in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for layer in [
+            "crate::store",
+            "crate::catalog",
+            "tidegate_cache",
+            "crate::frontend::iscsi",
+            "crate::scsi",
+            sibling,
+        ] {
+            assert!(!text.contains(layer), "{} imports {layer}", file.display());
+        }
+    }
+}

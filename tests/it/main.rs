@@ -7,9 +7,11 @@
 mod api;
 mod cli;
 mod console;
+mod fuse;
 mod iscsi_volume;
 mod layering;
 mod malformed;
+mod nfs_share;
 mod snapshots;
 mod store;
 mod stored_volumes;

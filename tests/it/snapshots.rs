@@ -7,9 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::iscsi_volume::{
-    MIB, activate_on, create_volume, qemu_io, start, url, wait_drained, wait_for_target,
-};
+use crate::iscsi_volume::{MIB, create_volume, qemu_io, start, url, wait_drained, wait_for_target};
+use crate::support::activate_on;
 use crate::support::garage::Garage;
 use crate::support::{run, stderr, stdout, tidegate, tool};
 

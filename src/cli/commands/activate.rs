@@ -60,6 +60,8 @@ pub fn config_text(args: ActivateArgs, data_dir: &Path, by: &str) -> Result<Stri
         iscsi: None,
         api: None,
         bandwidth: None,
+        nfs: None,
+        files: None,
     };
     Ok(format!(
         "# Written by `tidegate {by}`; see docs/operations.md for every key.\n{}",

@@ -7,6 +7,7 @@ pub mod gc;
 pub mod recover;
 pub mod scrub;
 pub mod serve;
+pub mod share;
 pub mod snapshot;
 pub mod status;
 pub mod treehash;

@@ -35,7 +35,17 @@ pub fn run(config: Config) -> Result<ExitCode> {
         out,
         "daemon:         {}",
         match &s.daemon {
-            Some(r) => format!("running (pid {}, since {})", r.pid, rfc3339(r.started_unix)),
+            Some(r) => format!(
+                "running (pid {}, since {}){}{}",
+                r.pid,
+                rfc3339(r.started_unix),
+                r.iscsi
+                    .as_ref()
+                    .map_or(String::new(), |a| format!(", iSCSI {a}")),
+                r.nfs
+                    .as_ref()
+                    .map_or(String::new(), |a| format!(", NFS {a}"))
+            ),
             None => "not running".to_owned(),
         }
     )?;
@@ -108,6 +118,13 @@ pub fn run(config: Config) -> Result<ExitCode> {
             }
             writeln!(out, "stored volume:  {}: {}", v.volume, parts.join(", "))?;
         }
+        writeln!(
+            out,
+            "files:          {} uploads, {} upload errors, {} read from the bucket",
+            l.files_uploads,
+            l.files_upload_errors,
+            ByteSize(l.files_download_bytes)
+        )?;
         if l.writers_waiting > 0 {
             writeln!(
                 out,
@@ -125,6 +142,18 @@ pub fn run(config: Config) -> Result<ExitCode> {
             ByteSize(v.row.size_bytes),
             v.row.mode.as_str(),
             ByteSize(v.mapped_chunks * v.row.chunk_size)
+        )?;
+    }
+    for (share, st) in &s.shares {
+        writeln!(
+            out,
+            "share:          {} (/{}, {}): {} files / {} not yet uploaded, last upload {}",
+            share.name,
+            share.name,
+            share.bucket_prefix,
+            st.dirty_files,
+            ByteSize(st.dirty_bytes),
+            st.last_upload_unix.map_or("never".to_owned(), rfc3339)
         )?;
     }
     writeln!(
@@ -164,26 +193,7 @@ fn area(a: &AreaStatus) -> String {
     }
 }
 
-/// UTC time as RFC 3339, from the days-from-civil algorithm (no date crate needed for this).
-pub fn rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
+pub(crate) use crate::store::rfc3339;
 
 #[cfg(test)]
 mod tests {

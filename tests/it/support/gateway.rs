@@ -37,10 +37,18 @@ impl Gateway {
         } else {
             &["--api-listen", "127.0.0.1:0"]
         };
+        // NFS on a free port unless the test chose one: tests run in parallel, and the default
+        // (2049) can be held by only one of them.
+        let nfs_default: &[&str] = if args.contains(&"--nfs-listen") {
+            &[]
+        } else {
+            &["--nfs-listen", "127.0.0.1:0"]
+        };
         let child = cmd
             .arg("serve")
             .args(args)
             .args(api)
+            .args(nfs_default)
             .stdin(Stdio::null())
             .stdout(file.try_clone().map_err(|e| e.to_string())?)
             .stderr(file)

@@ -4,6 +4,7 @@
 pub mod cunit;
 pub mod garage;
 pub mod gateway;
+pub mod nfs;
 pub mod tgt;
 
 use std::path::{Path, PathBuf};
@@ -114,4 +115,32 @@ pub fn tamper_with_the_only_chunk(data_dir: &Path) -> String {
         .unwrap()
         .to_string_lossy()
         .into_owned()
+}
+
+/// Activates a gateway in `data` on the Garage bucket under `prefix`; returns its config path.
+pub fn activate_on(
+    garage: &garage::Garage,
+    dir: &Path,
+    data: &Path,
+    prefix: &str,
+    extra: &[&str],
+) -> std::path::PathBuf {
+    let out = run(tidegate(data)
+        .args([
+            "activate",
+            "--bucket",
+            &format!("s3://{}/{prefix}", garage.bucket),
+        ])
+        .args([
+            "--endpoint",
+            &garage.endpoint,
+            "--region",
+            "garage",
+            "--credentials-file",
+        ])
+        .arg(garage.credentials_file(dir))
+        .args(extra));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // activate wrote DATA_DIR/tidegate.toml, which every later command finds by itself.
+    data.join("tidegate.toml")
 }

@@ -1,0 +1,445 @@
+//! The inode table of shares and the bucket deletions still owed.
+//!
+//! Inode ids are the file ids clients see: assigned once, never reused (AUTOINCREMENT), kept
+//! across restarts. Invariants: `version != synced_version` exactly when the bucket lags the
+//! catalog for that inode; a row's `remote_key` is changed only after the object is at the new
+//! key, and the old key is queued in `pending_deletes` in the same transaction, so a crash never
+//! loses the only copy and never forgets a leftover object.
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use crate::catalog::shares::{as_i64, bad, u32_at, u64_at};
+use crate::catalog::{Catalog, CatalogError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InodeKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl InodeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Dir => "dir",
+            Self::Symlink => "symlink",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "file" => Some(Self::File),
+            "dir" => Some(Self::Dir),
+            "symlink" => Some(Self::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// One inode. `id` and `share_id` are fixed; the rest is written back by [`Catalog::save_inode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InodeRow {
+    pub id: i64,
+    pub share_id: i64,
+    pub parent: Option<i64>,
+    pub name: String,
+    pub path: String,
+    pub kind: InodeKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub target: Option<String>,
+    pub remote_key: Option<String>,
+    pub etag: Option<String>,
+    pub extra_meta: String,
+    pub staged: bool,
+    pub version: i64,
+    pub synced_version: i64,
+    pub refreshed_unix: i64,
+}
+
+impl InodeRow {
+    /// A new inode at `path` (name = its last component), owned by `uid`/`gid`, both times
+    /// `time_ns`, nothing in the bucket yet, dirty (`version` 1, `synced_version` 0).
+    pub fn new(
+        share_id: i64,
+        parent: Option<i64>,
+        path: &str,
+        kind: InodeKind,
+        (mode, uid, gid): (u32, u32, u32),
+        time_ns: i64,
+    ) -> Self {
+        Self {
+            id: 0,
+            share_id,
+            parent,
+            name: path.rsplit('/').next().unwrap_or(path).to_owned(),
+            path: path.to_owned(),
+            kind,
+            mode,
+            uid,
+            gid,
+            size: 0,
+            mtime_ns: time_ns,
+            ctime_ns: time_ns,
+            target: None,
+            remote_key: None,
+            etag: None,
+            extra_meta: String::new(),
+            staged: false,
+            version: 1,
+            synced_version: 0,
+            refreshed_unix: 0,
+        }
+    }
+
+    pub fn dirty(&self) -> bool {
+        self.version != self.synced_version
+    }
+}
+
+pub(super) const INODE_COLUMNS: &str = "id, share_id, parent, name, path, kind, mode, uid, gid, size, \
+     mtime_ns, ctime_ns, target, remote_key, etag, extra_meta, staged, version, synced_version, \
+     refreshed_unix";
+
+pub(super) fn row_to_inode(r: &Row<'_>) -> rusqlite::Result<InodeRow> {
+    let kind: String = r.get(5)?;
+    Ok(InodeRow {
+        id: r.get(0)?,
+        share_id: r.get(1)?,
+        parent: r.get(2)?,
+        name: r.get(3)?,
+        path: r.get(4)?,
+        kind: InodeKind::parse(&kind).ok_or_else(|| bad(5))?,
+        mode: u32_at(r, 6)?,
+        uid: u32_at(r, 7)?,
+        gid: u32_at(r, 8)?,
+        size: u64_at(r, 9)?,
+        mtime_ns: r.get(10)?,
+        ctime_ns: r.get(11)?,
+        target: r.get(12)?,
+        remote_key: r.get(13)?,
+        etag: r.get(14)?,
+        extra_meta: r.get(15)?,
+        staged: r.get::<_, i64>(16)? != 0,
+        version: r.get(17)?,
+        synced_version: r.get(18)?,
+        refreshed_unix: r.get(19)?,
+    })
+}
+impl Catalog {
+    pub fn inode(&self, id: i64) -> Result<Option<InodeRow>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
+                [id],
+                row_to_inode,
+            )
+            .optional()?)
+    }
+
+    pub fn child(&self, parent: i64, name: &str) -> Result<Option<InodeRow>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE parent = ?1 AND name = ?2"),
+                params![parent, name],
+                row_to_inode,
+            )
+            .optional()?)
+    }
+
+    /// Children of `parent` with ids above `after`, in id order (stable READDIR cookies).
+    pub fn children(
+        &self,
+        parent: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<InodeRow>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {INODE_COLUMNS} FROM inodes WHERE parent = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(
+            params![parent, after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            row_to_inode,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn has_children(&self, parent: i64) -> Result<bool, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM inodes WHERE parent = ?1)",
+            [parent],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Inserts an inode (its `id` is ignored) and returns it with the id assigned.
+    pub fn insert_inode(&self, row: &InodeRow) -> Result<InodeRow, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let id = insert_inode(&tx, row)?;
+        tx.commit()?;
+        Ok(InodeRow { id, ..row.clone() })
+    }
+
+    /// Writes back every mutable column of `row`.
+    pub fn save_inode(&self, row: &InodeRow) -> Result<(), CatalogError> {
+        update_inode(&self.conn(), row)
+    }
+
+    /// Like `save_inode`, without waiting for the disk (`synchronous=NORMAL` for this one
+    /// transaction): it survives a crash of the process (WAL in the page cache) and is made
+    /// durable by the next synchronous write, e.g. `sync_inode`. For UNSTABLE writes, whose
+    /// durability point is the COMMIT that follows.
+    pub fn save_inode_unsynced(&self, row: &InodeRow) -> Result<(), CatalogError> {
+        let conn = self.conn();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = update_inode(&conn, row);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        result
+    }
+
+    /// A synchronous no-op update of one inode: the WAL, with every earlier unsynced
+    /// transaction in it, is on disk when this returns.
+    pub fn sync_inode(&self, id: i64) -> Result<(), CatalogError> {
+        self.conn()
+            .execute("UPDATE inodes SET version = version WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Removes an inode; its object (if any) is queued for deletion in the same transaction.
+    pub fn remove_inode(&self, row: &InodeRow) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM inodes WHERE id = ?1", [row.id])?;
+        if let Some(key) = &row.remote_key {
+            queue_delete(&tx, row.share_id, key)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes an inode that vanished from the bucket (nothing left to delete there).
+    pub fn forget_inode(&self, id: i64) -> Result<(), CatalogError> {
+        self.conn()
+            .execute("DELETE FROM inodes WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Moves `row` to `new_parent`/`new_name` (path `new_path`), replacing `replaced` if given,
+    /// and rewrites the paths of everything below it; every moved inode becomes dirty so the
+    /// uploader copies its object to the new key. One transaction.
+    pub fn rename_inode(
+        &self,
+        row: &InodeRow,
+        new_parent: i64,
+        new_name: &str,
+        new_path: &str,
+        ctime_ns: i64,
+        replaced: Option<&InodeRow>,
+    ) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some(old) = replaced {
+            tx.execute("DELETE FROM inodes WHERE id = ?1", [old.id])?;
+            if let Some(key) = &old.remote_key {
+                queue_delete(&tx, old.share_id, key)?;
+            }
+        }
+        tx.execute(
+            "UPDATE inodes SET parent = ?2, name = ?3, path = ?4, ctime_ns = ?5,
+                 version = version + 1 WHERE id = ?1",
+            params![row.id, new_parent, new_name, new_path, ctime_ns],
+        )?;
+        if row.kind == InodeKind::Dir && !row.path.is_empty() {
+            // length() and substr() count characters on both sides, so non-ASCII names
+            // are cut where they should be.
+            tx.execute(
+                "UPDATE inodes SET path = ?3 || substr(path, length(?2) + 1),
+                     version = version + 1
+                 WHERE share_id = ?1 AND substr(path, 1, length(?2)) = ?2",
+                params![
+                    row.share_id,
+                    format!("{}/", row.path),
+                    format!("{new_path}/")
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Inodes of a share whose bucket state lags the catalog, oldest first.
+    pub fn dirty_inodes(&self, share_id: i64, limit: usize) -> Result<Vec<InodeRow>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {INODE_COLUMNS} FROM inodes WHERE share_id = ?1 AND version != synced_version
+             ORDER BY id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(
+            params![share_id, i64::try_from(limit).unwrap_or(i64::MAX)],
+            row_to_inode,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that version `version` of inode `id` is in the bucket at `key` (with `etag`). The
+    /// previous key, if different, is queued for deletion; a pending deletion of `key` itself is
+    /// dropped (the new object must survive it). Returns false if the inode is gone.
+    pub fn mark_synced(
+        &self,
+        id: i64,
+        version: i64,
+        key: Option<&str>,
+        etag: Option<&str>,
+        unix_now: i64,
+    ) -> Result<bool, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(row) = tx
+            .query_row(
+                &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
+                [id],
+                row_to_inode,
+            )
+            .optional()?
+        else {
+            return Ok(false);
+        };
+        if let Some(old) = &row.remote_key
+            && Some(old.as_str()) != key
+        {
+            queue_delete(&tx, row.share_id, old)?;
+        }
+        if let Some(key) = key {
+            tx.execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
+        }
+        tx.execute(
+            "UPDATE inodes SET synced_version = ?2, remote_key = ?3, etag = ?4 WHERE id = ?1",
+            params![id, version, key, etag],
+        )?;
+        tx.execute(
+            "UPDATE shares SET last_upload_unix = ?2 WHERE id = ?1",
+            params![row.share_id, unix_now],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Drops the staging flag if the inode is still at `version` (nothing written since).
+    pub fn unstage_if_unchanged(&self, id: i64, version: i64) -> Result<bool, CatalogError> {
+        Ok(self.conn().execute(
+            "UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2 AND synced_version = ?2",
+            params![id, version],
+        )? > 0)
+    }
+
+    /// Whether some inode's object, or an object queued for deletion, lives under `prefix`
+    /// (a key prefix ending in `/`): such a prefix in a listing is not a new directory.
+    pub fn prefix_owned(&self, share_id: i64, prefix: &str) -> Result<bool, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM inodes WHERE share_id = ?1 AND remote_key IS NOT NULL
+                 AND substr(remote_key, 1, length(?2)) = ?2)
+             OR EXISTS (SELECT 1 FROM pending_deletes WHERE share_id = ?1
+                 AND substr(key, 1, length(?2)) = ?2)",
+            params![share_id, prefix],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn pending_deletes(&self, share_id: i64) -> Result<Vec<String>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT key FROM pending_deletes WHERE share_id = ?1 LIMIT 1000")?;
+        let rows = stmt.query_map([share_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn is_pending_delete(&self, key: &str) -> Result<bool, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM pending_deletes WHERE key = ?1)",
+            [key],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn done_delete(&self, key: &str) -> Result<(), CatalogError> {
+        self.conn()
+            .execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
+    /// Whether some inode's object currently lives at `key` (a queued delete must then wait).
+    pub fn key_in_use(&self, share_id: i64, key: &str) -> Result<bool, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM inodes WHERE share_id = ?1 AND remote_key = ?2)",
+            params![share_id, key],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+pub(super) fn insert_inode(
+    conn: &rusqlite::Connection,
+    row: &InodeRow,
+) -> Result<i64, CatalogError> {
+    conn.execute(
+        "INSERT INTO inodes (share_id, parent, name, path, kind, mode, uid, gid, size, mtime_ns,
+             ctime_ns)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0, 0, 0, 0)",
+        params![
+            row.share_id,
+            row.parent,
+            row.name,
+            row.path,
+            row.kind.as_str()
+        ],
+    )?;
+    let id = conn.last_insert_rowid();
+    update_inode(conn, &InodeRow { id, ..row.clone() })?;
+    Ok(id)
+}
+
+/// Writes every mutable column of `row` (all but id, share, parent, name, path, kind).
+fn update_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<(), CatalogError> {
+    conn.execute(
+        "UPDATE inodes SET mode = ?2, uid = ?3, gid = ?4, size = ?5, mtime_ns = ?6,
+             ctime_ns = ?7, target = ?8, remote_key = ?9, etag = ?10, extra_meta = ?11,
+             staged = ?12, version = ?13, synced_version = ?14, refreshed_unix = ?15
+         WHERE id = ?1",
+        params![
+            row.id,
+            row.mode,
+            row.uid,
+            row.gid,
+            as_i64(row.size)?,
+            row.mtime_ns,
+            row.ctime_ns,
+            row.target,
+            row.remote_key,
+            row.etag,
+            row.extra_meta,
+            i64::from(row.staged),
+            row.version,
+            row.synced_version,
+            row.refreshed_unix,
+        ],
+    )?;
+    Ok(())
+}
+
+fn queue_delete(tx: &rusqlite::Connection, share_id: i64, key: &str) -> Result<(), CatalogError> {
+    tx.execute(
+        "INSERT INTO pending_deletes (share_id, key) VALUES (?1, ?2)
+         ON CONFLICT (key) DO NOTHING",
+        params![share_id, key],
+    )?;
+    Ok(())
+}

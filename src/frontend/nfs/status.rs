@@ -1,0 +1,29 @@
+//! `GatewayError` → `nfsstat3` (RFC 1813 §2.6): the NFS front end's one mapping, an exhaustive
+//! match with no `_` arm, so a new gateway error kind breaks the build until it is decided here.
+
+use nfsserve::nfs::nfsstat3;
+
+use crate::gateway::GatewayError;
+
+pub fn nfsstat(e: &GatewayError) -> nfsstat3 {
+    match e {
+        GatewayError::NotFound(_) => nfsstat3::NFS3ERR_NOENT,
+        GatewayError::AlreadyExists(_) => nfsstat3::NFS3ERR_EXIST,
+        GatewayError::NotEmpty(_) => nfsstat3::NFS3ERR_NOTEMPTY,
+        GatewayError::ReadOnly(_) => nfsstat3::NFS3ERR_ROFS,
+        GatewayError::NoSpace(_) => nfsstat3::NFS3ERR_NOSPC,
+        GatewayError::InvalidArgument(_) => nfsstat3::NFS3ERR_INVAL,
+        GatewayError::OutOfRange(_) => nfsstat3::NFS3ERR_FBIG,
+        // Integrity failures are I/O errors, never data (STYLE: errors 6).
+        GatewayError::Corrupt(_) => nfsstat3::NFS3ERR_IO,
+        // The bucket may come back: JUKEBOX makes clients retry later instead of failing.
+        GatewayError::Unavailable(_) | GatewayError::Busy(_) => nfsstat3::NFS3ERR_JUKEBOX,
+        GatewayError::Internal(_) => nfsstat3::NFS3ERR_SERVERFAULT,
+        GatewayError::NotDirectory(_) => nfsstat3::NFS3ERR_NOTDIR,
+        GatewayError::IsDirectory(_) => nfsstat3::NFS3ERR_ISDIR,
+        GatewayError::PermissionDenied(_) => nfsstat3::NFS3ERR_ACCES,
+        GatewayError::NameTooLong(_) => nfsstat3::NFS3ERR_NAMETOOLONG,
+        GatewayError::NotSupported(_) => nfsstat3::NFS3ERR_NOTSUPP,
+        GatewayError::Stale(_) => nfsstat3::NFS3ERR_STALE,
+    }
+}

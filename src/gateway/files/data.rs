@@ -1,0 +1,441 @@
+//! File data: a staging file per inode being written, ranged GETs for the rest
+//! (docs/decisions/0005-file-data-path.md).
+//!
+//! A file's first write (or truncate) stages it: the catalog row is marked `staged` before any
+//! byte is acknowledged, and the staging file `<staging_dir>/<inode id>` holds the whole file
+//! from then on (an uploaded file is downloaded once to get there). UNSTABLE writes go to the
+//! staging file without fsync; COMMIT (or a stable WRITE) fsyncs it, and that is the durability
+//! point: after a crash the catalog still says `staged`, the file holds every committed byte, and
+//! the changed write verifier makes clients resend anything uncommitted. Files that are not
+//! staged are read from the bucket with ranged GETs and a read-ahead window per inode.
+
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::catalog::shares::{InodeKind, InodeRow};
+use crate::gateway::GatewayError;
+use crate::gateway::files::blocks::BlockMap;
+use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, now_ns, permits};
+
+/// How much a bucket read fetches at once: a client's sequential READs are then served from
+/// memory for the rest of the window.
+pub const READ_AHEAD_BYTES: u64 = 8 << 20;
+/// Uploaded files of at least this many parts are staged sparsely (docs/decisions/0005).
+const SPARSE_MIN_PARTS: u64 = 4;
+/// The largest READ or WRITE we accept in one call (also what FSINFO advertises).
+pub const MAX_IO_BYTES: u32 = 1 << 20;
+
+/// The last window read from the bucket for one inode.
+#[derive(Debug, Clone)]
+pub(crate) struct Window {
+    etag: Option<String>,
+    key: String,
+    start: u64,
+    data: Bytes,
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> GatewayError {
+    move |e| match e.raw_os_error() {
+        Some(28) => GatewayError::NoSpace(format!("{what}: {e}")),
+        _ => GatewayError::Internal(format!("{what}: {e}").into()),
+    }
+}
+
+/// Data operations apply to regular files only.
+fn regular(row: &InodeRow) -> Result<(), GatewayError> {
+    match row.kind {
+        InodeKind::File => Ok(()),
+        InodeKind::Dir => Err(GatewayError::IsDirectory(row.path.clone())),
+        InodeKind::Symlink => Err(GatewayError::InvalidArgument(format!(
+            "{} is a symlink",
+            row.path
+        ))),
+    }
+}
+
+impl Files {
+    pub(crate) fn staging_path(&self, id: i64) -> PathBuf {
+        self.config.staging_dir.join(id.to_string())
+    }
+
+    /// Forgets local state of a removed inode (its staging file, read-ahead, flags).
+    pub(crate) fn drop_local(&self, id: i64) {
+        let _ = std::fs::remove_file(self.staging_path(id));
+        BlockMap::remove(&self.staging_path(id));
+        self.readahead_map().remove(&id);
+        let mut live = self.live();
+        live.uncommitted.remove(&id);
+        live.changed.remove(&id);
+        live.locks.remove(&id);
+    }
+
+    fn readahead_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Window>> {
+        self.readahead.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn read(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Bytes, bool, Attr), GatewayError> {
+        let (row, share) = self.node(id)?;
+        let who = self.effective(&share, caller)?;
+        regular(&row)?;
+        if !permits(&who, &row, 4) && who.uid != row.uid {
+            return Err(GatewayError::PermissionDenied(format!("read {}", row.path)));
+        }
+        let count = u64::from(count.min(MAX_IO_BYTES));
+        if offset >= row.size || count == 0 {
+            return Ok((Bytes::new(), offset >= row.size, self.attr(&row)));
+        }
+        let end = offset.saturating_add(count).min(row.size);
+        let data = if row.staged {
+            let lock = self.inode_lock(row.id);
+            let _guard = lock.lock().await;
+            match (BlockMap::load(&self.staging_path(row.id)), &row.remote_key) {
+                (Some(map), Some(key)) => self.read_sparse(&row, &map, key, offset, end).await?,
+                _ => self.read_staged(row.id, offset, end)?,
+            }
+        } else if let Some(key) = &row.remote_key {
+            self.read_remote(&row, key, offset, end).await?
+        } else {
+            // Created but never written or uploaded: a hole.
+            Bytes::from(vec![0u8; usize::try_from(end - offset).unwrap_or(0)])
+        };
+        Ok((data, end >= row.size, self.attr(&row)))
+    }
+
+    fn read_staged(&self, id: i64, offset: u64, end: u64) -> Result<Bytes, GatewayError> {
+        let path = self.staging_path(id);
+        let file =
+            std::fs::File::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
+        let mut buf = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = file
+                .read_at(&mut buf[done..], offset + done as u64)
+                .map_err(io_err(format!("reading {}", path.display())))?;
+            if n == 0 {
+                // Past the staging file's end but within the recorded size: zeros.
+                break;
+            }
+            done += n;
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// A read of a sparsely staged file: present blocks from the staging file, the rest from
+    /// the object it was staged from.
+    async fn read_sparse(
+        &self,
+        row: &InodeRow,
+        map: &BlockMap,
+        key: &str,
+        offset: u64,
+        end: u64,
+    ) -> Result<Bytes, GatewayError> {
+        let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        for b in map.blocks_of(offset, end) {
+            let from = offset.max(b * map.block);
+            let to = end.min((b + 1).saturating_mul(map.block));
+            let piece = if map.is_present(b) {
+                self.read_staged(row.id, from, to)?
+            } else {
+                self.read_remote(row, key, from, to).await?
+            };
+            out.extend_from_slice(&piece);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Copies the absent blocks of a sparsely staged file that `offset..end` touches (all of
+    /// them with `None`) from the bucket into the staging file. Caller holds the inode lock.
+    pub(crate) async fn fill_blocks(
+        &self,
+        row: &InodeRow,
+        range: Option<(u64, u64)>,
+    ) -> Result<(), GatewayError> {
+        let path = self.staging_path(row.id);
+        let (Some(mut map), Some(key)) = (BlockMap::load(&path), &row.remote_key) else {
+            return Ok(());
+        };
+        let wanted: Vec<u64> = match range {
+            Some((offset, end)) => map
+                .blocks_of(offset, end)
+                .filter(|b| !map.is_present(*b))
+                .collect(),
+            None => map.absent().collect(),
+        };
+        if wanted.is_empty() && range.is_some() {
+            return Ok(());
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        for b in wanted {
+            let r = map.range(b);
+            let data = self.bucket.read_object(key, r.clone()).await?;
+            self.counters
+                .downloaded
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            file.write_all_at(&data, r.start)
+                .map_err(io_err(format!("writing {}", path.display())))?;
+            map.set_present(b);
+        }
+        if range.is_none() {
+            // Fully local now: the file is an ordinary staging file.
+            file.sync_all()
+                .map_err(io_err(format!("syncing {}", path.display())))?;
+            BlockMap::remove(&path);
+            return Ok(());
+        }
+        map.save(&path, false).map_err(io_err(format!(
+            "writing the block map of {}",
+            path.display()
+        )))
+    }
+
+    async fn read_remote(
+        &self,
+        row: &InodeRow,
+        key: &str,
+        offset: u64,
+        end: u64,
+    ) -> Result<Bytes, GatewayError> {
+        if let Some(w) = self.readahead_map().get(&row.id)
+            && w.key == key
+            && w.etag == row.etag
+            && offset >= w.start
+            && end <= w.start + w.data.len() as u64
+        {
+            let from = usize::try_from(offset - w.start).unwrap_or(0);
+            let to = usize::try_from(end - w.start).unwrap_or(0);
+            return Ok(w.data.slice(from..to));
+        }
+        let window_end = offset
+            .saturating_add(READ_AHEAD_BYTES.max(end - offset))
+            .min(row.size);
+        let data = self.bucket.read_object(key, offset..window_end).await?;
+        self.counters
+            .downloaded
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if (data.len() as u64) < end - offset {
+            return Err(GatewayError::Unavailable(
+                format!(
+                    "{key}: the bucket returned {} bytes where {} were expected; the object \
+                     changed under the share (run `tidegate share refresh`)",
+                    data.len(),
+                    end - offset
+                )
+                .into(),
+            ));
+        }
+        let piece = data.slice(0..usize::try_from(end - offset).unwrap_or(0));
+        self.readahead_map().insert(
+            row.id,
+            Window {
+                etag: row.etag.clone(),
+                key: key.to_owned(),
+                start: offset,
+                data,
+            },
+        );
+        Ok(piece)
+    }
+
+    /// Makes `row` staged, the catalog marked once the staging file is complete. A large
+    /// uploaded file is staged sparsely (a block map; its blocks come down only when written,
+    /// and unchanged ones are copied server-side at upload) where the bucket can copy parts;
+    /// anything else comes down whole. Returns the row as now stored. Caller holds the inode
+    /// lock.
+    pub(crate) async fn stage(&self, row: &InodeRow) -> Result<InodeRow, GatewayError> {
+        if row.staged {
+            return Ok(row.clone());
+        }
+        let path = self.staging_path(row.id);
+        let tmp = path.with_extension("part");
+        let sparse = row.remote_key.is_some()
+            && self.bucket.can_copy_parts()
+            && row.size >= SPARSE_MIN_PARTS * self.bucket.part_size();
+        {
+            let file = std::fs::File::create(&tmp)
+                .map_err(io_err(format!("creating {}", tmp.display())))?;
+            if sparse {
+                BlockMap::new(row.size, self.bucket.part_size())
+                    .save(&path, true)
+                    .map_err(io_err(format!(
+                        "writing the block map of {}",
+                        path.display()
+                    )))?;
+            } else if let Some(key) = &row.remote_key
+                && row.size > 0
+            {
+                // The whole object comes down once; later writes are local.
+                let mut at = 0u64;
+                while at < row.size {
+                    let end = at.saturating_add(READ_AHEAD_BYTES).min(row.size);
+                    let piece = self.bucket.read_object(key, at..end).await?;
+                    if piece.is_empty() {
+                        break;
+                    }
+                    self.counters
+                        .downloaded
+                        .fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    file.write_all_at(&piece, at)
+                        .map_err(io_err(format!("writing {}", tmp.display())))?;
+                    at += piece.len() as u64;
+                }
+            }
+            file.set_len(row.size)
+                .map_err(io_err(format!("sizing {}", tmp.display())))?;
+            file.sync_all()
+                .map_err(io_err(format!("syncing {}", tmp.display())))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io_err(format!("renaming {}", tmp.display())))?;
+        let mut row = row.clone();
+        row.staged = true;
+        self.catalog.save_inode(&row)?;
+        self.readahead_map().remove(&row.id);
+        Ok(row)
+    }
+
+    pub async fn write(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        offset: u64,
+        data: &[u8],
+        stability: Stability,
+    ) -> Result<(Stability, Attr), GatewayError> {
+        let (row, share) = self.node(id)?;
+        let who = self.effective(&share, caller)?;
+        if share.read_only {
+            return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
+        }
+        regular(&row)?;
+        if !permits(&who, &row, 2) && who.uid != row.uid {
+            return Err(GatewayError::PermissionDenied(format!(
+                "write {}",
+                row.path
+            )));
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or_else(|| GatewayError::OutOfRange(format!("write at {offset}")))?;
+        let lock = self.inode_lock(row.id);
+        let _guard = lock.lock().await;
+        let row = self
+            .catalog
+            .inode(row.id)?
+            .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
+        let mut row = self.stage(&row).await?;
+        self.fill_blocks(&row, Some((offset, end))).await?;
+        let path = self.staging_path(row.id);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        file.write_all_at(data, offset)
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        let committed = if stability == Stability::Unstable {
+            self.live().uncommitted.insert(row.id);
+            Stability::Unstable
+        } else {
+            file.sync_data()
+                .map_err(io_err(format!("syncing {}", path.display())))?;
+            Stability::FileSync
+        };
+        let now = now_ns();
+        row.size = row.size.max(end);
+        row.mtime_ns = now;
+        row.ctime_ns = now;
+        row.version += 1;
+        if committed == Stability::Unstable {
+            self.catalog.save_inode_unsynced(&row)?;
+        } else {
+            self.catalog.save_inode(&row)?;
+        }
+        self.touched(row.id);
+        Ok((committed, self.attr(&row)))
+    }
+
+    /// COMMIT / fsync: every byte written to the file so far is on local disk when this
+    /// returns. The file is uploaded once it has been idle for the upload delay.
+    pub async fn commit(&self, caller: &Caller, id: FileId) -> Result<Attr, GatewayError> {
+        let (row, share) = self.node(id)?;
+        self.effective(&share, caller)?;
+        if row.kind == InodeKind::File && row.staged {
+            let lock = self.inode_lock(row.id);
+            let _guard = lock.lock().await;
+            let path = self.staging_path(row.id);
+            if let Ok(file) = std::fs::File::open(&path) {
+                file.sync_all()
+                    .map_err(io_err(format!("syncing {}", path.display())))?;
+            }
+            if let Ok(map) = std::fs::File::open(BlockMap::path(&path)) {
+                map.sync_all().map_err(io_err(format!(
+                    "syncing the block map of {}",
+                    path.display()
+                )))?;
+            }
+            // The size and version recorded by unsynced WRITEs reach the disk too.
+            self.catalog.sync_inode(row.id)?;
+        }
+        self.live().uncommitted.remove(&row.id);
+        self.wake.notify_one();
+        Ok(self.attr(&row))
+    }
+
+    /// Sets a file's size: shrinking drops bytes, growing adds a hole that reads as zeros.
+    pub(crate) async fn truncate(&self, row: &InodeRow, size: u64) -> Result<(), GatewayError> {
+        if size == row.size {
+            return Ok(());
+        }
+        let lock = self.inode_lock(row.id);
+        let _guard = lock.lock().await;
+        let row = self
+            .catalog
+            .inode(row.id)?
+            .ok_or_else(|| GatewayError::Stale(format!("file id {}", row.id)))?;
+        let mut row = if size == 0 {
+            // Nothing of the old content survives: no need to fetch it.
+            let mut empty = row.clone();
+            empty.remote_key = row.remote_key.clone();
+            empty.size = 0;
+            let path = self.staging_path(row.id);
+            std::fs::File::create(&path).map_err(io_err(format!("creating {}", path.display())))?;
+            BlockMap::remove(&path);
+            empty.staged = true;
+            empty
+        } else {
+            let row = self.stage(&row).await?;
+            // A sparse file's absent blocks must stay inside the remote object: fill them all.
+            self.fill_blocks(&row, None).await?;
+            row
+        };
+        let path = self.staging_path(row.id);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        file.set_len(size)
+            .map_err(io_err(format!("sizing {}", path.display())))?;
+        file.sync_all()
+            .map_err(io_err(format!("syncing {}", path.display())))?;
+        let now = now_ns();
+        row.size = size;
+        row.mtime_ns = now;
+        row.ctime_ns = now;
+        row.version += 1;
+        self.catalog.save_inode(&row)?;
+        self.readahead_map().remove(&row.id);
+        self.touched(row.id);
+        Ok(())
+    }
+}

@@ -1,0 +1,724 @@
+//! The file gateway (DESIGN §5): shares whose files are 1:1 with objects under a bucket prefix.
+//!
+//! Front ends (NFS, FUSE) call [`Files`] with the caller's identity; nothing here knows which
+//! protocol called. The catalog's inode table is the namespace clients see (stable 64-bit file
+//! ids, kept across restarts); the bucket is merged in by directory refreshes (`refresh.rs`)
+//! and local changes go out through the uploader (`upload.rs`). File data is staged in one local
+//! file per inode (`data.rs`, docs/decisions/0005): a COMMIT fsyncs it, and that is the
+//! durability point. Invariants: a local change not yet in the bucket is never overwritten by a
+//! refresh; a file id never names a different file (ids are not reused).
+
+mod blocks;
+pub mod data;
+pub mod meta;
+pub mod ops;
+pub mod path;
+pub mod refresh;
+pub mod upload;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::catalog::Catalog;
+use crate::catalog::shares::{InodeKind, InodeRow, ShareRow, ShareSyncStats, Squash};
+use crate::gateway::GatewayError;
+use crate::store::Bucket;
+
+/// The uid/gid a squashed caller becomes (the traditional `nobody`).
+pub const ANONYMOUS_ID: u32 = 65_534;
+/// How long after its last change (and COMMIT) a file waits before it is uploaded.
+pub const DEFAULT_UPLOAD_DELAY: Duration = Duration::from_secs(2);
+/// How stale a directory listing may get before the bucket is listed again.
+pub const DEFAULT_REFRESH_SECS: u64 = 300;
+
+/// A file id as clients see it: the catalog's inode id, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId(pub u64);
+
+impl FileId {
+    fn row_id(self) -> Result<i64, GatewayError> {
+        i64::try_from(self.0).map_err(|_| GatewayError::Stale(format!("file id {}", self.0)))
+    }
+
+    fn of(row: &InodeRow) -> Self {
+        Self(u64::try_from(row.id).unwrap_or(0))
+    }
+}
+
+/// A share's catalog id; it is the file system id (fsid) clients see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShareId(pub i64);
+
+/// Who is calling, as the front end learned it (AUTH_UNIX, a FUSE request's uid/gid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The client's address; `None` for local callers (FUSE), which allow-lists do not apply to.
+    pub addr: Option<IpAddr>,
+}
+
+impl Caller {
+    pub fn root_local() -> Self {
+        Self {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+            addr: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// A file's attributes as every front end reports them. Times are nanoseconds since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub id: FileId,
+    pub share: ShareId,
+    pub kind: FileKind,
+    /// Permission bits only (the low 12 bits of st_mode).
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    ServerNow,
+    /// Nanoseconds since the epoch.
+    Client(i64),
+}
+
+/// Attribute changes requested by SETATTR, CREATE, MKDIR (each `None` leaves it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateMode {
+    Unchecked,
+    Guarded,
+    /// Exclusive create with the client's verifier (RFC 1813 §3.3.8): a retransmission with the
+    /// same verifier succeeds, anything else finds the file existing.
+    Exclusive([u8; 8]),
+}
+
+/// How durable a WRITE must be before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stability {
+    Unstable,
+    DataSync,
+    FileSync,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+/// What a MOUNT of an export path resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    pub share: ShareId,
+    pub name: String,
+    pub root: FileId,
+}
+
+/// A client allow-list entry: an address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, GatewayError> {
+        let bad = || GatewayError::InvalidArgument(format!("{s:?} is not an address or CIDR"));
+        let (a, bits) = s.trim().split_once('/').unwrap_or((s.trim(), ""));
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = if bits.is_empty() {
+            max
+        } else {
+            bits.parse::<u8>().map_err(|_| bad())?
+        };
+        if bits > max {
+            return Err(bad());
+        }
+        Ok(Self { addr, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What `share create` asks for.
+#[derive(Debug, Clone)]
+pub struct ShareSpec {
+    pub name: String,
+    pub bucket_prefix: Option<String>,
+    pub read_only: bool,
+    pub squash: Squash,
+    pub allowed_clients: Vec<Cidr>,
+    pub default_uid: u32,
+    pub default_gid: u32,
+    pub default_file_mode: u32,
+    pub default_dir_mode: u32,
+    pub refresh: Duration,
+}
+
+impl ShareSpec {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            bucket_prefix: None,
+            read_only: false,
+            squash: Squash::Root,
+            allowed_clients: Vec::new(),
+            default_uid: 0,
+            default_gid: 0,
+            default_file_mode: 0o644,
+            default_dir_mode: 0o755,
+            refresh: Duration::from_secs(DEFAULT_REFRESH_SECS),
+        }
+    }
+}
+
+/// Share names become export paths (`/NAME`) and bucket prefixes.
+pub fn validate_share_name(name: &str) -> Result<(), GatewayError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(GatewayError::InvalidArgument(format!(
+            "share name {name:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.', \
+             not starting with '.'"
+        )))
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn now_unix() -> i64 {
+    now_ns() / 1_000_000_000
+}
+
+/// Creates a share (and its root directory) in the catalog; a running daemon exports it at once.
+pub fn create_share(catalog: &Catalog, spec: &ShareSpec) -> Result<ShareRow, GatewayError> {
+    validate_share_name(&spec.name)?;
+    let prefix = path::bucket_prefix(&spec.name, spec.bucket_prefix.as_deref())?;
+    for (mode, what) in [
+        (spec.default_file_mode, "file"),
+        (spec.default_dir_mode, "directory"),
+    ] {
+        if mode > 0o7777 || mode == 0 {
+            return Err(GatewayError::InvalidArgument(format!(
+                "default {what} mode {mode:o}: give 1 to 7777 (octal)"
+            )));
+        }
+    }
+    let existing = catalog.shares()?;
+    if existing.iter().any(|s| s.name == spec.name) {
+        return Err(GatewayError::AlreadyExists(format!("share {}", spec.name)));
+    }
+    if let Some(other) = existing.iter().find(|s| {
+        s.bucket_prefix.starts_with(&prefix) || prefix.starts_with(s.bucket_prefix.as_str())
+    }) {
+        return Err(GatewayError::AlreadyExists(format!(
+            "bucket prefix {prefix} overlaps share {}'s {}",
+            other.name, other.bucket_prefix
+        )));
+    }
+    let now = now_ns();
+    let row = ShareRow {
+        id: 0,
+        name: spec.name.clone(),
+        bucket_prefix: prefix,
+        read_only: spec.read_only,
+        squash: spec.squash,
+        allowed_clients: spec
+            .allowed_clients
+            .iter()
+            .map(|c| format!("{}/{}", c.addr, c.bits))
+            .collect::<Vec<_>>()
+            .join(","),
+        default_uid: spec.default_uid,
+        default_gid: spec.default_gid,
+        default_file_mode: spec.default_file_mode,
+        default_dir_mode: spec.default_dir_mode,
+        refresh_secs: spec.refresh.as_secs(),
+        created_unix: now / 1_000_000_000,
+        last_upload_unix: None,
+    };
+    let mut root = InodeRow::new(
+        0,
+        None,
+        "",
+        InodeKind::Dir,
+        (spec.default_dir_mode, spec.default_uid, spec.default_gid),
+        now,
+    );
+    // The root has no object of its own: nothing to upload.
+    root.synced_version = root.version;
+    Ok(catalog.create_share(&row, &root)?)
+}
+
+pub fn list_shares(catalog: &Catalog) -> Result<Vec<ShareRow>, GatewayError> {
+    Ok(catalog.shares()?)
+}
+
+/// Removes a share from the catalog. Its objects stay in the bucket; uploads not yet done are
+/// lost, so a share with dirty files is refused unless `force` is set.
+pub fn delete_share(catalog: &Catalog, name: &str, force: bool) -> Result<(), GatewayError> {
+    let share = catalog
+        .share_by_name(name)?
+        .ok_or_else(|| GatewayError::NotFound(format!("share {name}")))?;
+    let stats = catalog.share_sync_stats(share.id)?;
+    if !force && stats.dirty_files > 0 {
+        return Err(GatewayError::Busy(format!(
+            "share {name} has {} files not yet uploaded; wait for `share status` to show none, \
+             or pass --force",
+            stats.dirty_files
+        )));
+    }
+    catalog.delete_share(name)?;
+    Ok(())
+}
+
+/// Marks a share's directories (all, or those at and below `path`) stale, so the next access
+/// lists the bucket again. Returns how many directories were marked.
+pub fn request_refresh(catalog: &Catalog, name: &str, path: &str) -> Result<u64, GatewayError> {
+    let share = catalog
+        .share_by_name(name)?
+        .ok_or_else(|| GatewayError::NotFound(format!("share {name}")))?;
+    Ok(catalog.invalidate_refresh(share.id, path.trim_matches('/'))?)
+}
+
+pub fn share_status(
+    catalog: &Catalog,
+    name: &str,
+) -> Result<(ShareRow, ShareSyncStats), GatewayError> {
+    let share = catalog
+        .share_by_name(name)?
+        .ok_or_else(|| GatewayError::NotFound(format!("share {name}")))?;
+    let stats = catalog.share_sync_stats(share.id)?;
+    Ok((share, stats))
+}
+
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    /// One staging file per inode being written lives here.
+    pub staging_dir: PathBuf,
+    pub upload_delay: Duration,
+}
+
+/// Per-inode state that lives only in memory.
+#[derive(Debug, Default)]
+struct Live {
+    /// Inodes with UNSTABLE writes not yet covered by a COMMIT: not uploaded until committed.
+    uncommitted: HashSet<i64>,
+    /// When each inode last changed, for the upload delay.
+    changed: HashMap<i64, Instant>,
+    /// Serialises data changes and staging transitions of one inode.
+    locks: HashMap<i64, Arc<tokio::sync::Mutex<()>>>,
+    /// Serialises bucket writes to one key (uploads, copies, markers).
+    key_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// The file gateway over one bucket: every share in the catalog.
+#[derive(Debug)]
+pub struct Files {
+    catalog: Arc<Catalog>,
+    bucket: Arc<Bucket>,
+    config: FilesConfig,
+    /// WRITE/COMMIT verifier: new at every start, so clients resend what was not committed.
+    verifier: [u8; 8],
+    handle_generation: u64,
+    live: Mutex<Live>,
+    readahead: Mutex<HashMap<i64, data::Window>>,
+    wake: tokio::sync::Notify,
+    counters: upload::UploadCounters,
+}
+
+impl Files {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        bucket: Arc<Bucket>,
+        config: FilesConfig,
+    ) -> Result<Self, GatewayError> {
+        std::fs::create_dir_all(&config.staging_dir).map_err(|e| {
+            GatewayError::Internal(format!("creating {}: {e}", config.staging_dir.display()).into())
+        })?;
+        // The start time in nanoseconds differs between any two runs of the daemon.
+        let verifier = now_ns().to_be_bytes();
+        let key = crate::catalog::settings::keys::FILES_HANDLE_GENERATION;
+        let handle_generation = match catalog.setting(key)?.and_then(|v| v.parse().ok()) {
+            Some(g) => g,
+            None => {
+                let g = u64::try_from(now_ns()).unwrap_or(1);
+                catalog.set_settings(&[(key, &g.to_string())])?;
+                g
+            }
+        };
+        sweep_staging(&catalog, &config.staging_dir)?;
+        Ok(Self {
+            catalog,
+            bucket,
+            config,
+            verifier,
+            handle_generation,
+            live: Mutex::new(Live::default()),
+            readahead: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+            counters: upload::UploadCounters::default(),
+        })
+    }
+
+    /// The generation file handles carry: created once per catalog and kept there, so handles
+    /// survive restarts (nfsserve's default, the start time, would make every handle stale).
+    pub fn handle_generation(&self) -> u64 {
+        self.handle_generation
+    }
+
+    /// The write verifier of this run (RFC 1813 §3.3.7): it changes whenever the gateway
+    /// restarts, which is exactly when uncommitted writes may have been lost.
+    pub fn write_verifier(&self) -> [u8; 8] {
+        self.verifier
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        // The maps stay consistent under a panic: each update is a single insert or remove.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn inode_lock(&self, id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        self.live().locks.entry(id).or_default().clone()
+    }
+
+    fn touched(&self, id: i64) {
+        self.live().changed.insert(id, Instant::now());
+        self.wake.notify_one();
+    }
+
+    /// The inode behind a file id and its share; a vanished id is `Stale`.
+    fn node(&self, id: FileId) -> Result<(InodeRow, ShareRow), GatewayError> {
+        let row = self
+            .catalog
+            .inode(id.row_id()?)?
+            .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
+        let share = self
+            .catalog
+            .shares()?
+            .into_iter()
+            .find(|s| s.id == row.share_id)
+            .ok_or_else(|| GatewayError::Stale(format!("file id {} (share gone)", id.0)))?;
+        Ok((row, share))
+    }
+
+    /// The caller as the share sees it: refused if its address is not allowed, then squashed.
+    fn effective(&self, share: &ShareRow, caller: &Caller) -> Result<Caller, GatewayError> {
+        if let Some(ip) = caller.addr
+            && !share.allowed_clients.is_empty()
+        {
+            let allowed = share
+                .allowed_clients
+                .split(',')
+                .filter_map(|c| Cidr::parse(c).ok())
+                .any(|c| c.contains(ip));
+            if !allowed {
+                return Err(GatewayError::PermissionDenied(format!(
+                    "client {ip} is not in share {}'s allowed clients",
+                    share.name
+                )));
+            }
+        }
+        let squash = match share.squash {
+            Squash::All => true,
+            Squash::Root => caller.uid == 0,
+            Squash::None => false,
+        };
+        Ok(if squash {
+            Caller {
+                uid: ANONYMOUS_ID,
+                gid: ANONYMOUS_ID,
+                groups: Vec::new(),
+                addr: caller.addr,
+            }
+        } else {
+            caller.clone()
+        })
+    }
+
+    /// Resolves an export path (`/NAME` or `/NAME/sub/dir`) for MOUNT.
+    pub async fn export(&self, caller: &Caller, export_path: &str) -> Result<Export, GatewayError> {
+        let trimmed = export_path.trim_matches('/');
+        let (name, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+        let share = self
+            .catalog
+            .share_by_name(name)?
+            .ok_or_else(|| GatewayError::NotFound(format!("export {export_path}")))?;
+        let who = self.effective(&share, caller)?;
+        let mut node = self
+            .catalog
+            .share_root(share.id)?
+            .ok_or_else(|| GatewayError::NotFound(format!("export {export_path}")))?;
+        for part in rest.split('/').filter(|p| !p.is_empty()) {
+            let attr = self.lookup_as(&who, &share, &node, part.as_bytes()).await?;
+            node = self
+                .catalog
+                .inode(attr.id.row_id()?)?
+                .ok_or_else(|| GatewayError::NotFound(format!("export {export_path}")))?;
+            if node.kind != InodeKind::Dir {
+                return Err(GatewayError::NotDirectory(export_path.to_owned()));
+            }
+        }
+        Ok(Export {
+            share: ShareId(share.id),
+            name: share.name,
+            root: FileId::of(&node),
+        })
+    }
+
+    /// Export paths of every share, for MOUNT EXPORT.
+    pub fn exports(&self) -> Result<Vec<String>, GatewayError> {
+        Ok(self
+            .catalog
+            .shares()?
+            .into_iter()
+            .map(|s| format!("/{}", s.name))
+            .collect())
+    }
+
+    fn attr(&self, row: &InodeRow) -> Attr {
+        Attr {
+            id: FileId::of(row),
+            share: ShareId(row.share_id),
+            kind: match row.kind {
+                InodeKind::File => FileKind::File,
+                InodeKind::Dir => FileKind::Dir,
+                InodeKind::Symlink => FileKind::Symlink,
+            },
+            mode: row.mode & 0o7777,
+            nlink: if row.kind == InodeKind::Dir { 2 } else { 1 },
+            uid: row.uid,
+            gid: row.gid,
+            size: row.size,
+            mtime_ns: row.mtime_ns,
+            ctime_ns: row.ctime_ns,
+        }
+    }
+}
+
+/// Removes staging files no staged inode owns (left by a crash during staging, or by a share
+/// deleted with `--force`); `.part` downloads are always incomplete.
+fn sweep_staging(catalog: &Catalog, dir: &std::path::Path) -> Result<(), GatewayError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
+        let owned = match stem.parse::<i64>() {
+            Ok(id) if ext != "part" && ext != "blocks-new" => {
+                catalog.inode(id)?.is_some_and(|row| row.staged)
+            }
+            _ => false,
+        };
+        if !owned {
+            tracing::info!(file = %path.display(), "removing a staging file no inode owns");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `who` may read (4), write (2) or search/execute (1) `row`: root may do anything but
+/// execute a file with no execute bit; others by owner, group, then other bits.
+pub(crate) fn permits(who: &Caller, row: &InodeRow, want: u32) -> bool {
+    let mode = row.mode;
+    if who.uid == 0 {
+        return want & 1 == 0 || row.kind == InodeKind::Dir || mode & 0o111 != 0;
+    }
+    let bits = if who.uid == row.uid {
+        (mode >> 6) & 7
+    } else if who.gid == row.gid || who.groups.contains(&row.gid) {
+        (mode >> 3) & 7
+    } else {
+        mode & 7
+    };
+    bits & want == want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_match_their_networks() {
+        let cases = [
+            ("127.0.0.0/8", "127.1.2.3", true),
+            ("127.0.0.1", "127.0.0.2", false),
+            ("10.0.0.0/8", "::ffff:10.1.1.1", true),
+            ("0.0.0.0/0", "192.0.2.1", true),
+            ("::1", "::1", true),
+            ("fd00::/8", "fe80::1", false),
+        ];
+        for (net, ip, want) in cases {
+            let cidr = Cidr::parse(net).unwrap();
+            assert_eq!(cidr.contains(ip.parse().unwrap()), want, "{net} {ip}");
+        }
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("host").is_err());
+    }
+
+    /// A gateway over a `file://` bucket in a temp dir, with the share `s` (no squash).
+    fn local_gateway() -> (tempfile::TempDir, Arc<Files>, FileId) {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::open(&dir.path().join("c.db")).unwrap());
+        let cfg = crate::config::BucketConfig::local(dir.path().join("bucket"));
+        let bucket = Arc::new(Bucket::open(&cfg, true).unwrap());
+        let files = Files::new(
+            catalog.clone(),
+            bucket,
+            FilesConfig {
+                staging_dir: dir.path().join("staging"),
+                upload_delay: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        let spec = ShareSpec {
+            squash: Squash::None,
+            ..ShareSpec::new("s")
+        };
+        create_share(&catalog, &spec).unwrap();
+        let root = catalog
+            .share_root(catalog.shares().unwrap()[0].id)
+            .unwrap()
+            .unwrap();
+        (dir, Arc::new(files), FileId::of(&root))
+    }
+
+    #[tokio::test]
+    async fn renames_reach_the_bucket_and_local_changes_win_over_a_refresh() {
+        let (dir, files, root) = local_gateway();
+        let me = Caller::root_local();
+        let object = |p: &str| dir.path().join("bucket/shares/s").join(p);
+        let f = files
+            .create(&me, root, b"f", CreateMode::Guarded, SetAttr::default())
+            .await
+            .unwrap();
+        files
+            .write(&me, f.id, 0, b"hello", Stability::Unstable)
+            .await
+            .unwrap();
+        assert_eq!(
+            files.upload_round(false).await.unwrap().uploaded,
+            0,
+            "uncommitted"
+        );
+        files.commit(&me, f.id).await.unwrap();
+        assert!(files.drain(Duration::from_secs(10)).await.unwrap());
+        assert_eq!(std::fs::read(object("f")).unwrap(), b"hello");
+
+        let d = files
+            .mkdir(&me, root, b"d", SetAttr::default())
+            .await
+            .unwrap();
+        files.rename(&me, root, b"f", d.id, b"g").await.unwrap();
+        let chmod = SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        };
+        files.setattr(&me, f.id, chmod).await.unwrap();
+        assert!(files.drain(Duration::from_secs(10)).await.unwrap());
+        assert!(!object("f").exists(), "old key deleted");
+        assert_eq!(std::fs::read(object("d/g")).unwrap(), b"hello");
+        let (data, eof, _) = files.read(&me, f.id, 0, 100).await.unwrap();
+        assert_eq!(
+            (&data[..], eof),
+            (&b"hello"[..], true),
+            "read from the bucket"
+        );
+
+        // A foreign object appears on refresh; one clashing with a local change loses.
+        std::fs::write(object("foreign"), b"from elsewhere").unwrap();
+        files
+            .write(&me, f.id, 0, b"HELLO", Stability::FileSync)
+            .await
+            .unwrap();
+        std::fs::write(object("d/g"), b"clobbered").unwrap();
+        request_refresh(&files.catalog, "s", "").unwrap();
+        let page = files.readdir(&me, root, 0, 100).await.unwrap();
+        let mut names: Vec<_> = page.entries.iter().map(|e| e.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["d", "foreign"]);
+        files.readdir(&me, d.id, 0, 100).await.unwrap();
+        let (data, _, _) = files.read(&me, f.id, 0, 100).await.unwrap();
+        assert_eq!(&data[..], b"HELLO", "local change not overwritten");
+        assert!(files.drain(Duration::from_secs(10)).await.unwrap());
+        assert_eq!(std::fs::read(object("d/g")).unwrap(), b"HELLO");
+    }
+
+    #[test]
+    fn share_names_are_checked() {
+        for (name, ok) in [
+            ("share", true),
+            ("a.b-c_d", true),
+            ("", false),
+            (".x", false),
+            ("a/b", false),
+        ] {
+            assert_eq!(validate_share_name(name).is_ok(), ok, "{name}");
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! Namespace operations: lookup, create, mkdir, symlink, remove, rmdir, rename, setattr,
+//! readdir, readlink, access. Each checks the share's allow-list and squash first, then POSIX
+//! permissions against the squashed caller, and records the change in the catalog; the bucket
+//! follows through the uploader.
+//!
+//! Invariant: every change bumps the inode's `version`, so the uploader sees it; nothing here
+//! talks to the bucket except a refresh before a lookup or listing, and readlink of a foreign
+//! symlink.
+
+use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
+use crate::gateway::GatewayError;
+use crate::gateway::files::path::{self, validate_name};
+use crate::gateway::files::{
+    Attr, Caller, CreateMode, DirEntry, FileId, Files, SetAttr, SetTime, now_ns, permits,
+};
+
+/// The longest symlink target we accept or read back.
+pub const MAX_SYMLINK_BYTES: usize = 4096;
+
+/// A name in a writable directory, as create-like operations see it.
+struct Slot {
+    dir: InodeRow,
+    share: ShareRow,
+    who: Caller,
+    name: String,
+    existing: Option<InodeRow>,
+}
+
+impl Slot {
+    /// The slot if nothing is there yet.
+    fn vacant(self) -> Result<Self, GatewayError> {
+        match &self.existing {
+            Some(e) => Err(GatewayError::AlreadyExists(e.path.clone())),
+            None => Ok(self),
+        }
+    }
+}
+
+/// What READDIR pages are made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirPage {
+    pub dir: Attr,
+    pub entries: Vec<DirEntry>,
+    pub eof: bool,
+}
+
+impl Files {
+    pub async fn getattr(&self, caller: &Caller, id: FileId) -> Result<Attr, GatewayError> {
+        let (row, share) = self.node(id)?;
+        self.effective(&share, caller)?;
+        Ok(self.attr(&row))
+    }
+
+    pub async fn lookup(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+    ) -> Result<Attr, GatewayError> {
+        let (row, share) = self.node(dir)?;
+        let who = self.effective(&share, caller)?;
+        self.lookup_as(&who, &share, &row, name).await
+    }
+
+    pub(crate) async fn lookup_as(
+        &self,
+        who: &Caller,
+        share: &ShareRow,
+        dir: &InodeRow,
+        name: &[u8],
+    ) -> Result<Attr, GatewayError> {
+        if dir.kind != InodeKind::Dir {
+            return Err(GatewayError::NotDirectory(dir.path.clone()));
+        }
+        if !permits(who, dir, 1) {
+            return Err(GatewayError::PermissionDenied(format!(
+                "search {}",
+                dir.path
+            )));
+        }
+        match name {
+            b"." => return Ok(self.attr(dir)),
+            b".." => {
+                let parent = match dir.parent {
+                    Some(p) => self.catalog.inode(p)?.unwrap_or_else(|| dir.clone()),
+                    None => dir.clone(),
+                };
+                return Ok(self.attr(&parent));
+            }
+            _ => {}
+        }
+        let name = validate_name(name)?;
+        let dir = self.maybe_refresh(share, dir).await?;
+        let child = self
+            .catalog
+            .child(dir.id, name)?
+            .ok_or_else(|| GatewayError::NotFound(path::join(&dir.path, name)))?;
+        Ok(self.attr(&child))
+    }
+
+    /// A directory the caller may change, in a writable share.
+    fn writable_dir(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+    ) -> Result<(InodeRow, ShareRow, Caller), GatewayError> {
+        let (row, share) = self.node(dir)?;
+        let who = self.effective(&share, caller)?;
+        if share.read_only {
+            return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
+        }
+        if row.kind != InodeKind::Dir {
+            return Err(GatewayError::NotDirectory(row.path));
+        }
+        if !permits(&who, &row, 3) {
+            return Err(GatewayError::PermissionDenied(format!(
+                "write {}",
+                row.path
+            )));
+        }
+        Ok((row, share, who))
+    }
+
+    fn new_inode(&self, slot: &Slot, kind: InodeKind, mode: u32) -> Result<InodeRow, GatewayError> {
+        let path = path::join(&slot.dir.path, &slot.name);
+        path::key(&slot.share.bucket_prefix, &path)?;
+        Ok(InodeRow::new(
+            slot.share.id,
+            Some(slot.dir.id),
+            &path,
+            kind,
+            (mode & 0o7777, slot.who.uid, slot.who.gid),
+            now_ns(),
+        ))
+    }
+
+    /// The place `name` in a directory the caller may change, with what is there now.
+    async fn slot(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<Slot, GatewayError> {
+        let (dir_row, share, who) = self.writable_dir(caller, dir)?;
+        let name = validate_name(name)?.to_owned();
+        let dir_row = self.maybe_refresh(&share, &dir_row).await?;
+        let existing = self.catalog.child(dir_row.id, &name)?;
+        Ok(Slot {
+            dir: dir_row,
+            share,
+            who,
+            name,
+            existing,
+        })
+    }
+
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        how: CreateMode,
+        attrs: SetAttr,
+    ) -> Result<Attr, GatewayError> {
+        let mut slot = self.slot(caller, dir, name).await?;
+        if let Some(existing) = slot.existing.take() {
+            return match how {
+                CreateMode::Guarded => Err(GatewayError::AlreadyExists(existing.path)),
+                CreateMode::Exclusive(verf) => {
+                    if existing.kind == InodeKind::File
+                        && existing.mtime_ns == i64::from_be_bytes(verf)
+                    {
+                        Ok(self.attr(&existing))
+                    } else {
+                        Err(GatewayError::AlreadyExists(existing.path))
+                    }
+                }
+                CreateMode::Unchecked => {
+                    if existing.kind == InodeKind::Dir {
+                        return Err(GatewayError::IsDirectory(existing.path));
+                    }
+                    let only_size = SetAttr {
+                        size: attrs.size,
+                        ..SetAttr::default()
+                    };
+                    self.setattr(caller, FileId::of(&existing), only_size).await
+                }
+            };
+        }
+        let mode = attrs.mode.unwrap_or(slot.share.default_file_mode);
+        let mut row = self.new_inode(&slot, InodeKind::File, mode)?;
+        if let CreateMode::Exclusive(verf) = how {
+            // The verifier is kept in mtime until the client's follow-up SETATTR (RFC 1813
+            // §3.3.8), so a retransmitted CREATE can be recognised.
+            row.mtime_ns = i64::from_be_bytes(verf);
+        }
+        let attr = self.insert(&row)?;
+        if matches!(how, CreateMode::Exclusive(_)) {
+            return Ok(attr);
+        }
+        let rest = SetAttr {
+            mode: None,
+            ..attrs
+        };
+        if rest == SetAttr::default() {
+            Ok(attr)
+        } else {
+            self.setattr(caller, attr.id, rest).await
+        }
+    }
+
+    pub async fn mkdir(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        attrs: SetAttr,
+    ) -> Result<Attr, GatewayError> {
+        let slot = self.slot(caller, dir, name).await?.vacant()?;
+        let mode = attrs.mode.unwrap_or(slot.share.default_dir_mode);
+        let row = self.new_inode(&slot, InodeKind::Dir, mode)?;
+        self.insert(&row)
+    }
+
+    pub async fn symlink(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<Attr, GatewayError> {
+        if target.is_empty() || target.len() > MAX_SYMLINK_BYTES || target.contains(&0) {
+            return Err(GatewayError::InvalidArgument(format!(
+                "symlink target must be 1 to {MAX_SYMLINK_BYTES} bytes without NUL"
+            )));
+        }
+        let target = std::str::from_utf8(target)
+            .map_err(|_| GatewayError::InvalidArgument("symlink target is not UTF-8".into()))?;
+        let slot = self.slot(caller, dir, name).await?.vacant()?;
+        let mut row = self.new_inode(&slot, InodeKind::Symlink, 0o777)?;
+        row.target = Some(target.to_owned());
+        row.size = target.len() as u64;
+        self.insert(&row)
+    }
+
+    pub async fn readlink(&self, caller: &Caller, id: FileId) -> Result<String, GatewayError> {
+        let (mut row, share) = self.node(id)?;
+        self.effective(&share, caller)?;
+        if row.kind != InodeKind::Symlink {
+            return Err(GatewayError::InvalidArgument(format!(
+                "{} is not a symlink",
+                row.path
+            )));
+        }
+        if let Some(t) = &row.target {
+            return Ok(t.clone());
+        }
+        // A foreign symlink: its body is the target.
+        let key = row
+            .remote_key
+            .clone()
+            .ok_or_else(|| GatewayError::NotFound(row.path.clone()))?;
+        let body = self
+            .bucket
+            .read_object(&key, 0..MAX_SYMLINK_BYTES as u64)
+            .await?;
+        let target = String::from_utf8_lossy(&body).into_owned();
+        row.target = Some(target.clone());
+        self.catalog.save_inode(&row)?;
+        Ok(target)
+    }
+
+    /// LINK: S3 has nothing a second name could share, so hard links are refused.
+    pub async fn link(
+        &self,
+        caller: &Caller,
+        file: FileId,
+        _dir: FileId,
+        _name: &[u8],
+    ) -> Result<Attr, GatewayError> {
+        let (_, share) = self.node(file)?;
+        self.effective(&share, caller)?;
+        Err(GatewayError::NotSupported(
+            "hard links: a share's files are single objects; use a symlink or a copy".into(),
+        ))
+    }
+
+    /// The entry `name` of a directory the caller may change.
+    async fn existing_child(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+    ) -> Result<(ShareRow, InodeRow), GatewayError> {
+        let slot = self.slot(caller, dir, name).await?;
+        let child = slot
+            .existing
+            .ok_or_else(|| GatewayError::NotFound(path::join(&slot.dir.path, &slot.name)))?;
+        Ok((slot.share, child))
+    }
+
+    pub async fn remove(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+    ) -> Result<(), GatewayError> {
+        let (_, child) = self.existing_child(caller, dir, name).await?;
+        if child.kind == InodeKind::Dir {
+            return Err(GatewayError::IsDirectory(child.path));
+        }
+        let lock = self.inode_lock(child.id);
+        let _guard = lock.lock().await;
+        self.catalog.remove_inode(&child)?;
+        self.drop_local(child.id);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    pub async fn rmdir(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+    ) -> Result<(), GatewayError> {
+        let (share, child) = self.existing_child(caller, dir, name).await?;
+        if child.kind != InodeKind::Dir {
+            return Err(GatewayError::NotDirectory(child.path));
+        }
+        let child = self.maybe_refresh(&share, &child).await?;
+        if self.catalog.has_children(child.id)? {
+            return Err(GatewayError::NotEmpty(child.path));
+        }
+        self.catalog.remove_inode(&child)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Renames within a share. A catalog change acknowledged at once; the uploader then copies
+    /// each moved object to its new key and deletes the old one, so a directory costs O(files).
+    pub async fn rename(
+        &self,
+        caller: &Caller,
+        from_dir: FileId,
+        from_name: &[u8],
+        to_dir: FileId,
+        to_name: &[u8],
+    ) -> Result<(), GatewayError> {
+        let (src_dir, share, _) = self.writable_dir(caller, from_dir)?;
+        let (dst_dir, dst_share, _) = self.writable_dir(caller, to_dir)?;
+        if share.id != dst_share.id {
+            return Err(GatewayError::InvalidArgument(
+                "rename across shares is not possible".into(),
+            ));
+        }
+        let from_name = validate_name(from_name)?;
+        let to_name = validate_name(to_name)?;
+        let src_dir = self.maybe_refresh(&share, &src_dir).await?;
+        let dst_dir = self.maybe_refresh(&share, &dst_dir).await?;
+        let src = self
+            .catalog
+            .child(src_dir.id, from_name)?
+            .ok_or_else(|| GatewayError::NotFound(path::join(&src_dir.path, from_name)))?;
+        let new_path = path::join(&dst_dir.path, to_name);
+        path::key(&share.bucket_prefix, &new_path)?;
+        if src.kind == InodeKind::Dir
+            && (dst_dir.id == src.id || dst_dir.path.starts_with(&format!("{}/", src.path)))
+        {
+            return Err(GatewayError::InvalidArgument(format!(
+                "cannot move {} into itself",
+                src.path
+            )));
+        }
+        let replaced = self.catalog.child(dst_dir.id, to_name)?;
+        if let Some(old) = &replaced {
+            if old.id == src.id {
+                return Ok(());
+            }
+            match (src.kind == InodeKind::Dir, old.kind == InodeKind::Dir) {
+                (true, false) => return Err(GatewayError::NotDirectory(old.path.clone())),
+                (false, true) => return Err(GatewayError::IsDirectory(old.path.clone())),
+                (true, true) if self.catalog.has_children(old.id)? => {
+                    return Err(GatewayError::NotEmpty(old.path.clone()));
+                }
+                _ => {}
+            }
+        }
+        let lock = self.inode_lock(src.id);
+        let _guard = lock.lock().await;
+        self.catalog.rename_inode(
+            &src,
+            dst_dir.id,
+            to_name,
+            &new_path,
+            now_ns(),
+            replaced.as_ref(),
+        )?;
+        if let Some(old) = replaced {
+            self.drop_local(old.id);
+        }
+        self.touched(src.id);
+        Ok(())
+    }
+
+    pub async fn setattr(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        set: SetAttr,
+    ) -> Result<Attr, GatewayError> {
+        let (row, share) = self.node(id)?;
+        let who = self.effective(&share, caller)?;
+        if share.read_only {
+            return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
+        }
+        let owner = who.uid == 0 || who.uid == row.uid;
+        if (set.mode.is_some() || matches!(set.mtime, Some(SetTime::Client(_)))) && !owner {
+            return Err(GatewayError::PermissionDenied(format!(
+                "not owner of {}",
+                row.path
+            )));
+        }
+        if set.uid.is_some_and(|u| u != row.uid) && who.uid != 0 {
+            return Err(GatewayError::PermissionDenied(format!(
+                "chown {}",
+                row.path
+            )));
+        }
+        if let Some(g) = set.gid
+            && g != row.gid
+            && who.uid != 0
+            && !(owner && (who.gid == g || who.groups.contains(&g)))
+        {
+            return Err(GatewayError::PermissionDenied(format!(
+                "chgrp {}",
+                row.path
+            )));
+        }
+        if (set.size.is_some() || set.mtime == Some(SetTime::ServerNow))
+            && !owner
+            && !permits(&who, &row, 2)
+        {
+            return Err(GatewayError::PermissionDenied(format!(
+                "write {}",
+                row.path
+            )));
+        }
+        if let Some(size) = set.size {
+            if row.kind == InodeKind::Dir {
+                return Err(GatewayError::IsDirectory(row.path));
+            }
+            if row.kind == InodeKind::File {
+                self.truncate(&row, size).await?;
+            }
+        }
+        let lock = self.inode_lock(row.id);
+        let _guard = lock.lock().await;
+        let mut row = self
+            .catalog
+            .inode(row.id)?
+            .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
+        let now = now_ns();
+        if let Some(m) = set.mode {
+            row.mode = m & 0o7777;
+        }
+        if let Some(u) = set.uid {
+            row.uid = u;
+        }
+        if let Some(g) = set.gid {
+            row.gid = g;
+        }
+        match set.mtime {
+            Some(SetTime::ServerNow) => row.mtime_ns = now,
+            Some(SetTime::Client(t)) => row.mtime_ns = t,
+            None => {}
+        }
+        row.ctime_ns = now;
+        row.version += 1;
+        self.catalog.save_inode(&row)?;
+        self.touched(row.id);
+        Ok(self.attr(&row))
+    }
+
+    /// Records a new inode; the uploader will create its object.
+    fn insert(&self, row: &InodeRow) -> Result<Attr, GatewayError> {
+        let row = self.catalog.insert_inode(row)?;
+        self.touched(row.id);
+        Ok(self.attr(&row))
+    }
+
+    /// Entries of a directory after `cookie` (0 = from the start), at most `max`.
+    pub async fn readdir(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        cookie: u64,
+        max: usize,
+    ) -> Result<DirPage, GatewayError> {
+        let (row, share) = self.node(dir)?;
+        let who = self.effective(&share, caller)?;
+        if row.kind != InodeKind::Dir {
+            return Err(GatewayError::NotDirectory(row.path));
+        }
+        if !permits(&who, &row, 4) {
+            return Err(GatewayError::PermissionDenied(format!("read {}", row.path)));
+        }
+        let row = if cookie == 0 {
+            self.maybe_refresh(&share, &row).await?
+        } else {
+            row
+        };
+        let after = i64::try_from(cookie).unwrap_or(i64::MAX);
+        let mut children = self
+            .catalog
+            .children(row.id, after, max.saturating_add(1))?;
+        let eof = children.len() <= max;
+        children.truncate(max);
+        Ok(DirPage {
+            dir: self.attr(&row),
+            entries: children
+                .iter()
+                .map(|c| DirEntry {
+                    name: c.name.clone(),
+                    attr: self.attr(c),
+                })
+                .collect(),
+            eof,
+        })
+    }
+
+    /// ACCESS: which of read (4), write (2), execute/search (1) the caller has.
+    pub async fn access(&self, caller: &Caller, id: FileId) -> Result<(Attr, u32), GatewayError> {
+        let (row, share) = self.node(id)?;
+        let who = self.effective(&share, caller)?;
+        let mut granted = 0;
+        for bit in [4, 2, 1] {
+            if permits(&who, &row, bit) {
+                granted |= bit;
+            }
+        }
+        if share.read_only {
+            granted &= !2;
+        }
+        Ok((self.attr(&row), granted))
+    }
+}

@@ -1,0 +1,171 @@
+//! Directory refresh: merges one level of the bucket listing into the catalog.
+//!
+//! A directory is re-listed when it is older than its share's refresh interval (0 = every
+//! access) or was marked stale by `tidegate share refresh`. New objects become inodes with
+//! attributes from their metadata (share defaults where there is none); an object whose ETag
+//! changed is re-read (HEAD) and its cached window dropped; a clean file whose object is gone
+//! vanishes. Invariant: an inode with local changes not yet uploaded (`version !=
+//! synced_version`) is never touched, and an object queued for deletion is not resurrected.
+//! Directories are never removed by a refresh (an empty one may be a local mkdir).
+
+use std::collections::HashSet;
+
+use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
+use crate::gateway::GatewayError;
+use crate::gateway::files::meta::{self, S_IFMT};
+use crate::gateway::files::{Files, now_ns, now_unix, path};
+
+fn same_etag(a: Option<&str>, b: Option<&str>) -> bool {
+    let norm = |e: Option<&str>| e.map(|s| s.trim_matches('"').to_owned());
+    norm(a) == norm(b)
+}
+
+impl Files {
+    /// Refreshes `dir` if its listing is stale; returns the (possibly updated) row.
+    pub(crate) async fn maybe_refresh(
+        &self,
+        share: &ShareRow,
+        dir: &InodeRow,
+    ) -> Result<InodeRow, GatewayError> {
+        let age = u64::try_from(now_unix().saturating_sub(dir.refreshed_unix)).unwrap_or(0);
+        if dir.refreshed_unix != 0 && share.refresh_secs > 0 && age < share.refresh_secs {
+            return Ok(dir.clone());
+        }
+        self.refresh_dir(share, dir).await
+    }
+
+    /// Lists the bucket level of `dir` and merges it into the catalog.
+    pub(crate) async fn refresh_dir(
+        &self,
+        share: &ShareRow,
+        dir: &InodeRow,
+    ) -> Result<InodeRow, GatewayError> {
+        let prefix = path::dir_prefix(&share.bucket_prefix, &dir.path);
+        let listing = self.bucket.list_level(&prefix).await?;
+        let mut seen = HashSet::new();
+        for (key, size, etag, modified_ns) in &listing.objects {
+            let Some(name) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            // The directory's own marker, or a key we could not name as a file.
+            if name.is_empty() || path::validate_name(name.as_bytes()).is_err() {
+                continue;
+            }
+            seen.insert(name.to_owned());
+            // Queued for deletion, or the old key of an inode moved here or elsewhere but not
+            // yet copied: neither is a new file.
+            if self.catalog.is_pending_delete(key)? {
+                continue;
+            }
+            match self.catalog.child(dir.id, name)? {
+                Some(child) if child.dirty() || child.kind == InodeKind::Dir => {}
+                Some(child)
+                    if child.remote_key.as_deref() == Some(key.as_str())
+                        && same_etag(child.etag.as_deref(), etag.as_deref()) => {}
+                Some(child) => {
+                    let head = self.bucket.head_object(key).await?.unwrap_or_default();
+                    let m = meta::parse(&head.metadata);
+                    let mut row = child.clone();
+                    row.size = *size;
+                    row.etag.clone_from(etag);
+                    row.remote_key = Some(key.clone());
+                    row.mtime_ns = m.mtime_ns.unwrap_or(*modified_ns);
+                    row.ctime_ns = m.ctime_ns.unwrap_or(row.mtime_ns);
+                    row.mode = m.perm_or(share.default_file_mode);
+                    row.uid = m.uid.unwrap_or(share.default_uid);
+                    row.gid = m.gid.unwrap_or(share.default_gid);
+                    row.extra_meta = m.extra;
+                    row.target = None;
+                    self.catalog.save_inode(&row)?;
+                    self.readahead_map_remove(row.id);
+                }
+                None if self.catalog.key_in_use(share.id, key)? => {}
+                None => {
+                    let head = self.bucket.head_object(key).await?.unwrap_or_default();
+                    let m = meta::parse(&head.metadata);
+                    let kind = if m.is_symlink() {
+                        InodeKind::Symlink
+                    } else if m.mode.is_some_and(|md| md & S_IFMT == meta::S_IFDIR) {
+                        continue;
+                    } else {
+                        InodeKind::File
+                    };
+                    let mtime = m.mtime_ns.unwrap_or(*modified_ns);
+                    let perm = m.perm_or(if kind == InodeKind::Symlink {
+                        0o777
+                    } else {
+                        share.default_file_mode
+                    });
+                    let owner = (
+                        perm,
+                        m.uid.unwrap_or(share.default_uid),
+                        m.gid.unwrap_or(share.default_gid),
+                    );
+                    let path = path::join(&dir.path, name);
+                    let mut row = InodeRow::new(share.id, Some(dir.id), &path, kind, owner, mtime);
+                    row.size = *size;
+                    row.ctime_ns = m.ctime_ns.unwrap_or(mtime);
+                    row.remote_key = Some(key.clone());
+                    row.etag.clone_from(etag);
+                    row.extra_meta = m.extra;
+                    row.synced_version = row.version;
+                    self.catalog.insert_inode(&row)?;
+                }
+            }
+        }
+        for sub in &listing.prefixes {
+            let Some(name) = sub.strip_prefix(&prefix) else {
+                continue;
+            };
+            let name = name.trim_end_matches('/');
+            if path::validate_name(name.as_bytes()).is_err() {
+                continue;
+            }
+            seen.insert(name.to_owned());
+            // Objects still at the old keys of a local move are not a directory of their own.
+            let owned = self.catalog.prefix_owned(share.id, &format!("{sub}/"))?;
+            if !owned && self.catalog.child(dir.id, name)?.is_none() {
+                let owner = (share.default_dir_mode, share.default_uid, share.default_gid);
+                let path = path::join(&dir.path, name);
+                let mut row = InodeRow::new(
+                    share.id,
+                    Some(dir.id),
+                    &path,
+                    InodeKind::Dir,
+                    owner,
+                    now_ns(),
+                );
+                row.synced_version = row.version;
+                self.catalog.insert_inode(&row)?;
+            }
+        }
+        // Clean files whose objects are gone from the bucket vanish.
+        let mut after = 0;
+        loop {
+            let page = self.catalog.children(dir.id, after, 1000)?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for child in &page {
+                if child.kind != InodeKind::Dir
+                    && !child.dirty()
+                    && child.remote_key.is_some()
+                    && !seen.contains(&child.name)
+                {
+                    self.catalog.forget_inode(child.id)?;
+                    self.drop_local(child.id);
+                }
+            }
+        }
+        let mut row = self.catalog.inode(dir.id)?.unwrap_or_else(|| dir.clone());
+        row.refreshed_unix = now_unix();
+        self.catalog.save_inode(&row)?;
+        Ok(row)
+    }
+
+    fn readahead_map_remove(&self, id: i64) {
+        self.readahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}

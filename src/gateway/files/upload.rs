@@ -1,0 +1,339 @@
+//! The files uploader: brings the bucket up to date with the catalog, one inode at a time.
+//!
+//! An inode is due when it is dirty (`version != synced_version`), has no UNSTABLE writes
+//! awaiting COMMIT, and has been idle for the upload delay. A staged file is PUT whole from its
+//! staging file (multipart with parallel parts when large); a moved file whose data did not
+//! change is copied server-side; a symlink is PUT with its target as body. Only after the object
+//! is at its new key does the catalog record it, queueing the old key for deletion in the same
+//! transaction (`Catalog::mark_synced`), so a crash at any point leaves either the old object or
+//! both, never neither; queued deletes run afterwards and skip any key an inode now uses.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
+use crate::gateway::GatewayError;
+use crate::gateway::files::blocks::BlockMap;
+use crate::gateway::files::meta::{self, S_IFDIR, S_IFLNK, S_IFREG};
+use crate::gateway::files::{Files, now_unix, path};
+
+/// Uploads in flight at once (each large one also runs parallel parts).
+const UPLOAD_CONCURRENCY: usize = 8;
+/// How long a file with UNSTABLE writes and no COMMIT may sit before it is uploaded anyway.
+const UNCOMMITTED_GRACE: Duration = Duration::from_secs(60);
+/// How often the uploader looks for due work when nothing wakes it.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Counters for status.
+#[derive(Debug, Default)]
+pub struct UploadCounters {
+    pub uploads: AtomicU64,
+    pub errors: AtomicU64,
+    /// Bytes of file data read from the bucket (reads, staging, filled blocks).
+    pub downloaded: AtomicU64,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    pub uploaded: u64,
+    /// Dirty but not yet due (uncommitted or inside the upload delay).
+    pub waiting: u64,
+    pub failed: u64,
+}
+
+impl Files {
+    /// Runs the uploader until `stop` changes.
+    pub async fn run_uploader(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.upload_round(false).await {
+                tracing::warn!(error = %e, "files upload round failed");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+                _ = stop.changed() => break,
+            }
+        }
+    }
+
+    pub fn upload_counters(&self) -> &UploadCounters {
+        &self.counters
+    }
+
+    /// One pass over every share. With `now` set, the upload delay and COMMIT are not waited
+    /// for (shutdown, tests).
+    pub async fn upload_round(&self, now: bool) -> Result<Round, GatewayError> {
+        let mut round = Round::default();
+        for share in self.catalog.shares()? {
+            let dirty = self.catalog.dirty_inodes(share.id, 4096)?;
+            let mut due = Vec::new();
+            {
+                let live = self.live();
+                for row in dirty {
+                    let quiet = live.changed.get(&row.id).map(Instant::elapsed);
+                    let idle = quiet.is_none_or(|q| q >= self.config.upload_delay);
+                    // A client that wrote UNSTABLE and went away without COMMIT: after a long
+                    // silence the upload (whose read of the staging file is as good as an
+                    // fsync) goes ahead anyway.
+                    let abandoned = quiet.is_none_or(|q| q >= UNCOMMITTED_GRACE);
+                    let committed = !live.uncommitted.contains(&row.id) || abandoned;
+                    if now || (idle && committed) {
+                        due.push(row);
+                    } else {
+                        round.waiting += 1;
+                    }
+                }
+            }
+            let results: Vec<Result<(), GatewayError>> = futures::stream::iter(due)
+                .map(|row| {
+                    let share = &share;
+                    async move { self.sync_inode(share, row).await }
+                })
+                .buffer_unordered(UPLOAD_CONCURRENCY)
+                .collect()
+                .await;
+            for r in results {
+                match r {
+                    Ok(()) => round.uploaded += 1,
+                    Err(e) => {
+                        round.failed += 1;
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(share = %share.name, error = %e, "upload failed; will retry");
+                    }
+                }
+            }
+            self.run_deletes(&share).await?;
+        }
+        Ok(round)
+    }
+
+    /// Uploads until nothing is dirty (bounded by `limit`); for shutdown and tests.
+    pub async fn drain(&self, limit: Duration) -> Result<bool, GatewayError> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let r = self.upload_round(true).await?;
+            if r.uploaded == 0 && r.waiting == 0 && r.failed == 0 {
+                return Ok(true);
+            }
+            if r.failed > 0 {
+                tokio::time::sleep(TICK).await;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn run_deletes(&self, share: &ShareRow) -> Result<(), GatewayError> {
+        for key in self.catalog.pending_deletes(share.id)? {
+            let lock = self.key_lock(&key);
+            let guard = lock.lock().await;
+            let result = if self.catalog.key_in_use(share.id, &key)? {
+                Ok(())
+            } else {
+                self.bucket.delete_object(&key).await
+            };
+            drop(guard);
+            self.release_key_lock(&key, lock);
+            match result {
+                Ok(()) => self.catalog.done_delete(&key)?,
+                Err(e) => {
+                    tracing::warn!(share = %share.name, key, error = %e, "delete failed; will retry");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs one inode, holding its target key's lock: an upload still in flight for a file
+    /// that was replaced or deleted finishes before the file now at that key is written there.
+    async fn sync_inode(&self, share: &ShareRow, listed: InodeRow) -> Result<(), GatewayError> {
+        let key = path::key(&share.bucket_prefix, &listed.path)?;
+        let lock = self.key_lock(&key);
+        let guard = lock.lock().await;
+        let result = self.sync_inode_locked(share, &listed, &key).await;
+        drop(guard);
+        self.release_key_lock(&key, lock);
+        result
+    }
+
+    fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.live()
+            .key_locks
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn release_key_lock(&self, key: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut live = self.live();
+        // Only the map's reference and ours: nobody else waits for this key.
+        if Arc::strong_count(&lock) == 2 {
+            live.key_locks.remove(key);
+        }
+    }
+
+    async fn sync_inode_locked(
+        &self,
+        share: &ShareRow,
+        listed: &InodeRow,
+        key: &str,
+    ) -> Result<(), GatewayError> {
+        // The row as it is now; gone, moved or already synced means a later round decides.
+        let Some(row) = self.catalog.inode(listed.id)? else {
+            return Ok(());
+        };
+        if row.path != listed.path || !row.dirty() {
+            return Ok(());
+        }
+        let key = key.to_owned();
+        let etag = match row.kind {
+            InodeKind::Dir => {
+                // A `dir/` marker (with the directory's attributes) where the bucket can hold
+                // one; the share root needs none. Elsewhere directories are implied by keys.
+                let marker = format!("{key}/");
+                let m = meta::render(
+                    S_IFDIR | (row.mode & 0o7777),
+                    row.uid,
+                    row.gid,
+                    row.mtime_ns,
+                    row.ctime_ns,
+                    &row.extra_meta,
+                );
+                let written = !row.path.is_empty() && self.bucket.put_marker(&marker, &m).await?;
+                self.catalog.mark_synced(
+                    row.id,
+                    row.version,
+                    written.then_some(marker.as_str()),
+                    None,
+                    now_unix(),
+                )?;
+                return Ok(());
+            }
+            InodeKind::Symlink => match (&row.target, &row.remote_key) {
+                (Some(target), _) => {
+                    let m = meta::render(
+                        S_IFLNK | (row.mode & 0o7777),
+                        row.uid,
+                        row.gid,
+                        row.mtime_ns,
+                        row.ctime_ns,
+                        &row.extra_meta,
+                    );
+                    self.bucket
+                        .put_object(&key, Bytes::from(target.clone().into_bytes()), &m)
+                        .await?
+                }
+                (None, Some(old)) => {
+                    self.bucket.copy_object(old, &key).await?;
+                    self.bucket.head_object(&key).await?.and_then(|h| h.etag)
+                }
+                (None, None) => None,
+            },
+            InodeKind::File => self.sync_file(&row, &key).await?,
+        };
+        if !self.catalog.mark_synced(
+            row.id,
+            row.version,
+            Some(&key),
+            etag.as_deref(),
+            now_unix(),
+        )? {
+            // Deleted while it was uploading: the object just written belongs to nobody.
+            if !self.catalog.key_in_use(share.id, &key)? {
+                self.bucket.delete_object(&key).await?;
+            }
+            return Ok(());
+        }
+        self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+        if row.kind == InodeKind::File {
+            let lock = self.inode_lock(row.id);
+            let _guard = lock.lock().await;
+            if self.catalog.unstage_if_unchanged(row.id, row.version)? {
+                let _ = std::fs::remove_file(self.staging_path(row.id));
+                BlockMap::remove(&self.staging_path(row.id));
+            }
+        }
+        tracing::debug!(share = %share.name, key, "uploaded");
+        Ok(())
+    }
+
+    fn file_meta(row: &InodeRow) -> Vec<(String, String)> {
+        meta::render(
+            S_IFREG | (row.mode & 0o7777),
+            row.uid,
+            row.gid,
+            row.mtime_ns,
+            row.ctime_ns,
+            &row.extra_meta,
+        )
+    }
+
+    async fn sync_file(&self, row: &InodeRow, key: &str) -> Result<Option<String>, GatewayError> {
+        let m = Self::file_meta(row);
+        if row.staged {
+            let staging = self.staging_path(row.id);
+            if let (Some(map), Some(source)) = (BlockMap::load(&staging), &row.remote_key)
+                && map.block == self.bucket.part_size()
+            {
+                // Unchanged blocks are copied server-side from the object it was staged from.
+                let present = |i: u64| map.is_present(i);
+                return Ok(self
+                    .bucket
+                    .put_patched(key, &staging, row.size, source, &present, &m)
+                    .await?);
+            }
+            if BlockMap::load(&staging).is_some() {
+                let lock = self.inode_lock(row.id);
+                let _guard = lock.lock().await;
+                self.fill_blocks(row, None).await?;
+            }
+            return Ok(self.bucket.put_file(key, &staging, &m).await?);
+        }
+        match &row.remote_key {
+            None => Ok(self
+                .bucket
+                .put_object(
+                    key,
+                    Bytes::from(vec![0u8; usize::try_from(row.size).unwrap_or(0)]),
+                    &m,
+                )
+                .await?),
+            Some(old) => {
+                // A move or an attribute change: one server-side copy carrying the new
+                // metadata, where the bucket can do that.
+                if self.bucket.copy_with_metadata(old, key, &m).await? {
+                    return Ok(self.bucket.head_object(key).await?.and_then(|h| h.etag));
+                }
+                if old != key {
+                    self.bucket.copy_object(old, key).await?;
+                }
+                let head = self.bucket.head_object(key).await?.unwrap_or_default();
+                let have = meta::parse(&head.metadata);
+                let want = meta::parse(&m);
+                let same = (have.mode, have.uid, have.gid, have.mtime_ns)
+                    == (want.mode, want.uid, want.gid, want.mtime_ns);
+                if same || !self.bucket.keeps_user_metadata() {
+                    return Ok(head.etag);
+                }
+                // Only the attributes changed and the bucket cannot copy with new metadata
+                // (a test store): re-upload from a staged copy.
+                let lock = self.inode_lock(row.id);
+                let guard = lock.lock().await;
+                let current = self
+                    .catalog
+                    .inode(row.id)?
+                    .ok_or_else(|| GatewayError::Stale(format!("file id {}", row.id)))?;
+                let staged = self.stage(&current).await?;
+                drop(guard);
+                Ok(self
+                    .bucket
+                    .put_file(key, &self.staging_path(staged.id), &Self::file_meta(row))
+                    .await?)
+            }
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! The few S3 requests object_store cannot express, signed here with AWS Signature V4: keys
+//! ending in `/` (directory markers; object_store paths never end in a delimiter) and
+//! CopyObject with `x-amz-metadata-directive: REPLACE` (changing an object's metadata without
+//! re-uploading it, NOTES.md).
+//!
+//! Only for `s3://` buckets with static or environment credentials; everything else goes
+//! through object_store. Invariant: a request is signed over exactly the headers sent, and the
+//! body is always empty (its SHA-256 is the empty string's).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::{digest, hmac};
+
+use crate::config::{BucketConfig, BucketLocation, Credentials};
+use crate::store::StoreError;
+use crate::store::keys::hex;
+
+/// SHA-256 of the empty body.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+#[derive(Debug)]
+pub(crate) struct RawS3 {
+    client: reqwest::Client,
+    /// `scheme://host[:port]`, no trailing slash.
+    endpoint: String,
+    host: String,
+    bucket: String,
+    /// The bucket URL's prefix with a trailing `/`, or empty.
+    prefix: String,
+    region: String,
+    path_style: bool,
+    credentials: Credentials,
+    describe: String,
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (and `/` when `keep_slash`),
+/// as SigV4's canonical URI wants.
+fn uri_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && b == b'/')
+        {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A Unix time as RFC 3339 UTC (`2023-11-14T22:13:20Z`), by the days-to-civil algorithm (H.
+/// Hinnant's) so no date crate is needed. Used for S3 request dates and by `status`.
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// SigV4's `YYYYMMDDTHHMMSSZ`.
+fn amz_date(unix: i64) -> String {
+    rfc3339(unix).replace(['-', ':'], "")
+}
+
+/// What a signed request brought back.
+struct Reply {
+    etag: Option<String>,
+    body: String,
+}
+
+fn meta_headers(metadata: &[(String, String)]) -> Vec<(String, String)> {
+    metadata
+        .iter()
+        .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone()))
+        .collect()
+}
+
+/// The text of the first `<tag>` element of an S3 XML reply, entities decoded.
+fn xml_value(body: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = body.find(&open)? + open.len();
+    let len = body[start..].find(&format!("</{tag}>"))?;
+    Some(
+        body[start..start + len]
+            .replace("&quot;", "\"")
+            .replace("&#34;", "\"")
+            .replace("&amp;", "&"),
+    )
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+        .as_ref()
+        .to_vec()
+}
+
+impl RawS3 {
+    /// `None` for a `file://` bucket, which needs none of this.
+    pub(crate) fn new(cfg: &BucketConfig) -> Option<Self> {
+        let BucketLocation::S3 { bucket, prefix } = &cfg.location else {
+            return None;
+        };
+        let endpoint = cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", cfg.region))
+            .trim_end_matches('/')
+            .to_owned();
+        let authority = endpoint
+            .split_once("://")
+            .map_or(endpoint.as_str(), |(_, rest)| rest)
+            .to_owned();
+        let host = if cfg.path_style {
+            authority
+        } else {
+            format!("{bucket}.{authority}")
+        };
+        Some(Self {
+            client: reqwest::Client::new(),
+            endpoint,
+            host,
+            bucket: bucket.clone(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            region: cfg.region.clone(),
+            path_style: cfg.path_style,
+            credentials: cfg.credentials.clone(),
+            describe: cfg.location.to_string(),
+        })
+    }
+
+    fn keys(&self) -> Option<(String, String, Option<String>)> {
+        match &self.credentials {
+            Credentials::Static {
+                access_key_id,
+                secret_access_key,
+            } => Some((access_key_id.clone(), secret_access_key.clone(), None)),
+            Credentials::Environment => Some((
+                std::env::var("AWS_ACCESS_KEY_ID").ok()?,
+                std::env::var("AWS_SECRET_ACCESS_KEY").ok()?,
+                std::env::var("AWS_SESSION_TOKEN").ok(),
+            )),
+        }
+    }
+
+    /// The canonical URI of an object key (the bucket prefix applied).
+    fn path(&self, key: &str) -> String {
+        let full = uri_encode(&format!("{}{key}", self.prefix), true);
+        if self.path_style {
+            format!("/{}/{full}", uri_encode(&self.bucket, false))
+        } else {
+            format!("/{full}")
+        }
+    }
+
+    /// Sends one signed request; `query` and `extra` headers are signed too. Returns the
+    /// response's ETag header and body.
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        op: &'static str,
+        key: &str,
+        query: &[(&str, String)],
+        extra: &[(String, String)],
+        body: bytes::Bytes,
+    ) -> Result<Reply, StoreError> {
+        let other = |detail: String| StoreError::Other {
+            bucket: self.describe.clone(),
+            op,
+            key: key.to_owned(),
+            detail,
+        };
+        let (access, secret, token) = self.keys().ok_or_else(|| {
+            other("no static or environment credentials for a signed request".into())
+        })?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        let date = amz_date(now);
+        let day = &date[..8];
+        let path = self.path(key);
+        let payload_hash = if body.is_empty() {
+            EMPTY_SHA256.to_owned()
+        } else {
+            hex(digest::digest(&digest::SHA256, &body).as_ref())
+        };
+        let mut headers: Vec<(String, String)> = vec![
+            ("host".into(), self.host.clone()),
+            ("x-amz-content-sha256".into(), payload_hash.clone()),
+            ("x-amz-date".into(), date.clone()),
+        ];
+        if let Some(t) = token {
+            headers.push(("x-amz-security-token".into(), t));
+        }
+        headers.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned())),
+        );
+        headers.sort();
+        let mut params: Vec<(String, String)> = query
+            .iter()
+            .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
+            .collect();
+        params.sort();
+        let query_string = params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let signed: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        let signed = signed.join(";");
+        let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+        let canonical = format!(
+            "{method}\n{path}\n{query_string}\n{canonical_headers}\n{signed}\n{payload_hash}",
+            method = method.as_str()
+        );
+        let scope = format!("{day}/{}/s3/aws4_request", self.region);
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
+            hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
+        );
+        let mut k = hmac_sha256(format!("AWS4{secret}").as_bytes(), day.as_bytes());
+        for part in [self.region.as_str(), "s3", "aws4_request"] {
+            k = hmac_sha256(&k, part.as_bytes());
+        }
+        let signature = hex(&hmac_sha256(&k, to_sign.as_bytes()));
+        let base = if self.path_style {
+            format!("{}{path}", self.endpoint)
+        } else {
+            let (scheme, _) = self.endpoint.split_once("://").unwrap_or(("https", ""));
+            format!("{scheme}://{}{path}", self.host)
+        };
+        let url = if query_string.is_empty() {
+            base
+        } else {
+            format!("{base}?{query_string}")
+        };
+        let mut req = self.client.request(method, url).header(
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, \
+                 Signature={signature}"
+            ),
+        );
+        for (k, v) in &headers {
+            if k != "host" {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                bucket: self.describe.clone(),
+                endpoint: self.endpoint.clone(),
+                detail: e.to_string(),
+            })?;
+        let status = resp.status();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = resp.text().await.unwrap_or_default();
+        // CompleteMultipartUpload and UploadPartCopy can fail with a 200 and an error body.
+        if status.is_success() && !text.contains("<Error>") {
+            return Ok(Reply { etag, body: text });
+        }
+        if status == reqwest::StatusCode::NOT_FOUND && op == "delete" {
+            return Ok(Reply { etag, body: text });
+        }
+        let text: String = text.chars().take(300).collect();
+        Err(other(format!(
+            "HTTP {status}: {}",
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        )))
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        op: &'static str,
+        key: &str,
+        extra: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        self.request(method, op, key, &[], extra, bytes::Bytes::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Starts a multipart upload of `key` with user metadata; returns its upload id.
+    pub(crate) async fn create_multipart(
+        &self,
+        key: &str,
+        metadata: &[(String, String)],
+    ) -> Result<String, StoreError> {
+        let headers = meta_headers(metadata);
+        let reply = self
+            .request(
+                reqwest::Method::POST,
+                "start multipart upload of",
+                key,
+                &[("uploads", String::new())],
+                &headers,
+                bytes::Bytes::new(),
+            )
+            .await?;
+        xml_value(&reply.body, "UploadId").ok_or_else(|| StoreError::Other {
+            bucket: self.describe.clone(),
+            op: "start multipart upload of",
+            key: key.to_owned(),
+            detail: "no UploadId in the reply".into(),
+        })
+    }
+
+    /// Uploads part `number` from bytes; returns its ETag.
+    pub(crate) async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: bytes::Bytes,
+    ) -> Result<String, StoreError> {
+        let query = [
+            ("partNumber", number.to_string()),
+            ("uploadId", upload_id.to_owned()),
+        ];
+        let reply = self
+            .request(
+                reqwest::Method::PUT,
+                "upload part of",
+                key,
+                &query,
+                &[],
+                data,
+            )
+            .await?;
+        reply.etag.ok_or_else(|| StoreError::Other {
+            bucket: self.describe.clone(),
+            op: "upload part of",
+            key: key.to_owned(),
+            detail: "no ETag in the reply".into(),
+        })
+    }
+
+    /// Makes part `number` a server-side copy of `source`'s bytes `range` (inclusive end, as
+    /// the header wants); returns the part's ETag.
+    pub(crate) async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        source: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<String, StoreError> {
+        let query = [
+            ("partNumber", number.to_string()),
+            ("uploadId", upload_id.to_owned()),
+        ];
+        let headers = [
+            ("x-amz-copy-source".to_owned(), self.copy_source(source)),
+            (
+                "x-amz-copy-source-range".to_owned(),
+                format!("bytes={}-{}", range.start(), range.end()),
+            ),
+        ];
+        let reply = self
+            .request(
+                reqwest::Method::PUT,
+                "copy part of",
+                key,
+                &query,
+                &headers,
+                bytes::Bytes::new(),
+            )
+            .await?;
+        xml_value(&reply.body, "ETag").ok_or_else(|| StoreError::Other {
+            bucket: self.describe.clone(),
+            op: "copy part of",
+            key: key.to_owned(),
+            detail: "no ETag in the reply".into(),
+        })
+    }
+
+    /// Completes a multipart upload from its parts' ETags, in order; returns the object's ETag.
+    pub(crate) async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<Option<String>, StoreError> {
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (i, etag) in etags.iter().enumerate() {
+            let etag = etag.replace('&', "&amp;").replace('"', "&quot;");
+            xml.push_str(&format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>",
+                i + 1
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let reply = self
+            .request(
+                reqwest::Method::POST,
+                "complete multipart upload of",
+                key,
+                &[("uploadId", upload_id.to_owned())],
+                &[],
+                bytes::Bytes::from(xml),
+            )
+            .await?;
+        Ok(xml_value(&reply.body, "ETag").or(reply.etag))
+    }
+
+    /// Abandons a multipart upload so its parts do not linger.
+    pub(crate) async fn abort_multipart(&self, key: &str, upload_id: &str) {
+        let result = self
+            .request(
+                reqwest::Method::DELETE,
+                "abort multipart upload of",
+                key,
+                &[("uploadId", upload_id.to_owned())],
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(key, error = %e, "aborting a multipart upload failed");
+        }
+    }
+
+    fn copy_source(&self, from: &str) -> String {
+        format!(
+            "/{}/{}",
+            uri_encode(&self.bucket, false),
+            uri_encode(&format!("{}{from}", self.prefix), true)
+        )
+    }
+
+    /// PUTs an empty object at `key` (which may end in `/`) with user metadata.
+    pub(crate) async fn put_empty(
+        &self,
+        key: &str,
+        metadata: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        self.send(reqwest::Method::PUT, "put", key, &meta_headers(metadata))
+            .await
+    }
+
+    /// Server-side copy of `from` to `to` with `metadata` replacing the source's.
+    pub(crate) async fn copy_replacing_metadata(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut headers = vec![
+            ("x-amz-copy-source".to_owned(), self.copy_source(from)),
+            ("x-amz-metadata-directive".to_owned(), "REPLACE".to_owned()),
+        ];
+        headers.extend(meta_headers(metadata));
+        self.send(reqwest::Method::PUT, "copy", to, &headers).await
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.send(reqwest::Method::DELETE, "delete", key, &[]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_encoding() {
+        assert_eq!(amz_date(0), "19700101T000000Z");
+        assert_eq!(amz_date(1_700_000_000), "20231114T221320Z");
+        assert_eq!(amz_date(951_782_400), "20000229T000000Z");
+        assert_eq!(uri_encode("a b/c~d%é", true), "a%20b/c~d%25%C3%A9");
+        assert_eq!(uri_encode("a/b", false), "a%2Fb");
+    }
+
+    #[test]
+    fn the_aws_example_signing_key_is_derived() {
+        // AWS's published SigV4 example: secret wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY,
+        // 20120215, us-east-1, iam.
+        let mut k = hmac_sha256(b"AWS4wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", b"20120215");
+        for part in ["us-east-1", "iam", "aws4_request"] {
+            k = hmac_sha256(&k, part.as_bytes());
+        }
+        assert_eq!(
+            hex(&k),
+            "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
+        );
+    }
+}

@@ -1,0 +1,707 @@
+//! File shares over NFSv3 with real clients: libnfs's `nfs-cp`/`nfs-ls`/`nfs-cat`, boto3 and
+//! s3cmd straight against the Garage bucket, and a raw NFSv3 client (`support::nfs`) for the
+//! procedures the libnfs tools do not reach (exclusive create, SETATTR, COMMIT, LINK, paging).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::garage::Garage;
+use crate::support::gateway::Gateway;
+use crate::support::nfs::{self, Client, Sattr};
+use crate::support::{
+    activate_on, free_port, noise, python_with_botocore, run, stderr, stdout, tidegate, tool,
+};
+
+const MIB: usize = 1 << 20;
+
+/// A daemon on Garage (bucket prefix `gw/`) with a short upload delay.
+fn garage_gateway(garage: &Garage, dir: &Path, nfs_port: u16) -> (Gateway, PathBuf) {
+    let data = dir.join("data");
+    let config = activate_on(garage, dir, &data, "gw", &[]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[files]\nupload_delay_ms = 200\n");
+    std::fs::write(&config, text).unwrap();
+    let gw = start(&data, Some(&config), nfs_port);
+    (gw, config)
+}
+
+/// Garage, a daemon on it, and the share `docs` (no squash: the tests run as root).
+fn docs_on_garage(dir: &Path, nfs_port: u16) -> (Garage, Gateway, PathBuf) {
+    let garage = Garage::start();
+    let (gw, config) = garage_gateway(&garage, dir, nfs_port);
+    tg(
+        &gw,
+        Some(&config),
+        &["share", "create", "docs", "--squash", "none"],
+    );
+    (garage, gw, config)
+}
+
+fn start(data: &Path, config: Option<&Path>, nfs_port: u16) -> Gateway {
+    Gateway::start_with(
+        data,
+        config,
+        &[
+            "--iscsi-listen",
+            "127.0.0.1:0",
+            "--nfs-listen",
+            &format!("127.0.0.1:{nfs_port}"),
+        ],
+    )
+    .unwrap()
+}
+
+fn tg(gw: &Gateway, config: Option<&Path>, args: &[&str]) -> String {
+    let mut cmd = tidegate(&gw.data_dir);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = run(cmd.args(args));
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+fn nfs_addr(gw: &Gateway) -> String {
+    gw.ready_value("nfs")
+        .expect("nfs address in run/ready.toml")
+}
+
+/// `nfs://127.0.0.1/EXPORT/PATH?nfsport=N&mountport=N` (no portmapper).
+fn url(gw: &Gateway, path: &str) -> String {
+    let port = nfs_addr(gw).rsplit(':').next().unwrap().to_owned();
+    format!("nfs://127.0.0.1/{path}?nfsport={port}&mountport={port}")
+}
+
+fn nfs_cp(from: &str, to: &str) {
+    let out = Command::new(tool("nfs-cp"))
+        .args([from, to])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nfs-cp {from} {to}: {}", stderr(&out));
+}
+
+fn nfs_cat(u: &str) -> Vec<u8> {
+    let out = Command::new(tool("nfs-cat")).arg(u).output().unwrap();
+    assert!(out.status.success(), "nfs-cat {u}: {}", stderr(&out));
+    out.stdout
+}
+
+fn nfs_ls(u: &str) -> Vec<String> {
+    let out = Command::new(tool("nfs-ls")).arg(u).output().unwrap();
+    assert!(out.status.success(), "nfs-ls {u}: {}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect()
+}
+
+/// Waits (bounded) until `share status` reports nothing left to upload.
+fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let s = tg(gw, config, &["share", "status", share]);
+        if s.contains("dirty files: 0\n") && s.contains("pending deletes: 0") {
+            assert!(!s.contains("last upload: never"), "{s}");
+            return;
+        }
+        assert!(start.elapsed() < limit, "not uploaded after {limit:?}: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs boto3 against the Garage bucket: `get KEY OUT` (prints the metadata as lines
+/// `key=value`), `put KEY IN k=v...`, `delete KEY`, `list PREFIX` (one key a line).
+fn boto3(garage: &Garage, args: &[&str]) -> String {
+    const SCRIPT: &str = r#"
+import os, sys, boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["EP"], region_name="garage",
+    aws_access_key_id=os.environ["AK"], aws_secret_access_key=os.environ["SK"])
+b = os.environ["BUCKET"]
+op, key = sys.argv[1], sys.argv[2]
+if op == "get":
+    r = s3.get_object(Bucket=b, Key=key)
+    open(sys.argv[3], "wb").write(r["Body"].read())
+    for k, v in sorted(r["Metadata"].items()):
+        print(f"{k}={v}")
+elif op == "put":
+    meta = dict(a.split("=", 1) for a in sys.argv[4:])
+    s3.put_object(Bucket=b, Key=key, Body=open(sys.argv[3], "rb").read(), Metadata=meta)
+elif op == "delete":
+    s3.delete_object(Bucket=b, Key=key)
+elif op == "list":
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b, Prefix=key):
+        for o in page.get("Contents", []):
+            print(o["Key"])
+"#;
+    let out = Command::new(python_with_botocore())
+        .arg("-c")
+        .arg(SCRIPT)
+        .args(args)
+        .env("EP", &garage.endpoint)
+        .env("AK", &garage.access_key)
+        .env("SK", &garage.secret_key)
+        .env("BUCKET", &garage.bucket)
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "boto3 {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+fn s3cmd_ls(garage: &Garage, prefix: &str) -> String {
+    let host = garage.endpoint.trim_start_matches("http://");
+    let out = Command::new(tool("s3cmd"))
+        .args([
+            "--no-ssl",
+            "--host",
+            host,
+            "--host-bucket",
+            host,
+            "--region",
+            "garage",
+            "--access_key",
+            &garage.access_key,
+            "--secret_key",
+            &garage.secret_key,
+            "--config",
+            "/dev/null",
+            "ls",
+            "--recursive",
+            &format!("s3://{}/{prefix}", garage.bucket),
+        ])
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "s3cmd ls: {}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn libnfs_round_trips_are_byte_identical_and_readable_straight_from_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (garage, gw, config) = docs_on_garage(dir.path(), 0);
+    let config = Some(config.as_path());
+
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let one = noise(MIB, 1);
+    let big = noise(256 * MIB, 2);
+    std::fs::write(files.join("one"), &one).unwrap();
+    std::fs::write(files.join("big"), &big).unwrap();
+    nfs_cp(
+        files.join("one").to_str().unwrap(),
+        &url(&gw, "docs/one.bin"),
+    );
+    nfs_cp(
+        files.join("big").to_str().unwrap(),
+        &url(&gw, "docs/big.bin"),
+    );
+    assert_eq!(nfs_cat(&url(&gw, "docs/one.bin")), one);
+
+    // 500 small files in a directory made over NFS.
+    let mut client = Client::connect(&nfs_addr(&gw));
+    let root = client.mount("/docs").unwrap();
+    client.mkdir(&root, "small").unwrap();
+    for i in 0..500 {
+        let path = files.join(format!("s{i}"));
+        std::fs::write(&path, format!("small file {i}\n").repeat(i % 7 + 1)).unwrap();
+        nfs_cp(
+            path.to_str().unwrap(),
+            &url(&gw, &format!("docs/small/s{i}")),
+        );
+    }
+    let mut listed = nfs_ls(&url(&gw, "docs/small"));
+    listed.sort();
+    let mut want: Vec<String> = (0..500).map(|i| format!("s{i}")).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    for i in (0..500).step_by(50) {
+        let want = std::fs::read(files.join(format!("s{i}"))).unwrap();
+        assert_eq!(nfs_cat(&url(&gw, &format!("docs/small/s{i}"))), want);
+    }
+
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(300));
+    // Now served from the bucket (staging files are gone once uploaded).
+    assert!(
+        nfs_cat(&url(&gw, "docs/big.bin")) == big,
+        "256 MiB read back over NFS"
+    );
+
+    let got = dir.path().join("got");
+    let meta = boto3(
+        &garage,
+        &["get", "gw/shares/docs/one.bin", got.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), one);
+    for key in [
+        "file-permissions=0100",
+        "file-owner=0",
+        "file-group=0",
+        "file-mtime=",
+        "mtime=",
+    ] {
+        assert!(meta.contains(key), "metadata has {key}: {meta}");
+    }
+    boto3(
+        &garage,
+        &["get", "gw/shares/docs/big.bin", got.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&got).unwrap() == big,
+        "256 MiB straight from the bucket"
+    );
+    boto3(
+        &garage,
+        &["get", "gw/shares/docs/small/s7", got.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        std::fs::read(files.join("s7")).unwrap()
+    );
+    let ls = s3cmd_ls(&garage, "gw/shares/docs/");
+    assert!(ls.contains("gw/shares/docs/one.bin"), "{ls}");
+    assert_eq!(ls.matches("gw/shares/docs/small/s").count(), 500, "{ls}");
+    assert!(
+        ls.contains("gw/shares/docs/small/\n"),
+        "directory marker: {ls}"
+    );
+}
+
+#[test]
+fn foreign_objects_appear_after_share_refresh_and_deleted_ones_vanish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (garage, gw, config) = docs_on_garage(dir.path(), 0);
+    let config = Some(config.as_path());
+    // The first listing caches the (empty) directory for the refresh interval.
+    assert!(nfs_ls(&url(&gw, "docs")).is_empty());
+
+    let body = dir.path().join("body");
+    std::fs::write(&body, b"written by boto3\n").unwrap();
+    boto3(
+        &garage,
+        &[
+            "put",
+            "gw/shares/docs/from-s3.txt",
+            body.to_str().unwrap(),
+            "mode=33184",
+            "uid=1234",
+            "color=blue",
+        ],
+    );
+    assert!(
+        nfs_ls(&url(&gw, "docs")).is_empty(),
+        "not visible before the refresh interval or an explicit refresh"
+    );
+    tg(&gw, config, &["share", "refresh", "docs"]);
+    assert_eq!(nfs_ls(&url(&gw, "docs")), vec!["from-s3.txt".to_owned()]);
+    assert_eq!(
+        nfs_cat(&url(&gw, "docs/from-s3.txt")),
+        b"written by boto3\n"
+    );
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let root = c.mount("/docs").unwrap();
+    let fh = c.lookup(&root, "from-s3.txt").unwrap();
+    let a = c.getattr(&fh).unwrap();
+    assert_eq!((a.mode, a.uid), (0o640, 1234), "s3fs metadata read");
+
+    // Changed in the bucket: re-read after a refresh (ETag differs).
+    std::fs::write(&body, b"changed by boto3, longer now\n").unwrap();
+    boto3(
+        &garage,
+        &["put", "gw/shares/docs/from-s3.txt", body.to_str().unwrap()],
+    );
+    tg(&gw, config, &["share", "refresh", "docs"]);
+    assert_eq!(
+        nfs_cat(&url(&gw, "docs/from-s3.txt")),
+        b"changed by boto3, longer now\n"
+    );
+    assert_eq!(
+        c.lookup(&root, "from-s3.txt").unwrap(),
+        fh,
+        "same file id after a change"
+    );
+    let a = c.getattr(&fh).unwrap();
+    assert_eq!(a.mode, 0o644, "a bare object gets the share's default mode");
+
+    // A local change not yet uploaded wins over a refresh.
+    let local = c.create(&root, "local.txt", 0, 0o644).unwrap();
+    c.write(&local, 0, b"mine", 0).unwrap();
+    boto3(
+        &garage,
+        &["put", "gw/shares/docs/local.txt", body.to_str().unwrap()],
+    );
+    tg(&gw, config, &["share", "refresh", "docs"]);
+    assert_eq!(c.read(&local, 0, 100).unwrap().0, b"mine");
+    c.commit(&local).unwrap();
+
+    // Deleted in the bucket: gone after a refresh.
+    boto3(&garage, &["delete", "gw/shares/docs/from-s3.txt"]);
+    tg(&gw, config, &["share", "refresh", "docs"]);
+    assert_eq!(c.lookup(&root, "from-s3.txt"), Err(nfs::NFS3ERR_NOENT));
+
+    // A file written over NFS shows up in s3cmd ls once uploaded, with our content.
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
+    let ls = s3cmd_ls(&garage, "gw/shares/docs/");
+    assert!(ls.contains("gw/shares/docs/local.txt"), "{ls}");
+    let got = dir.path().join("got");
+    boto3(
+        &garage,
+        &["get", "gw/shares/docs/local.txt", got.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), b"mine");
+}
+
+#[test]
+fn committed_data_survives_kill_9_and_the_same_handle_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (garage, gw, config) = docs_on_garage(dir.path(), port);
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let root = c.mount("/docs").unwrap();
+    let fh = c.create(&root, "crash.bin", 0, 0o600).unwrap();
+    let data = noise(3 * MIB, 9);
+    let mut verf = Vec::new();
+    for (i, piece) in data.chunks(MIB).enumerate() {
+        let (n, committed, v) = c.write(&fh, (i * MIB) as u64, piece, 0).unwrap();
+        assert_eq!((n as usize, committed), (piece.len(), 0), "UNSTABLE write");
+        verf = v;
+    }
+    assert_eq!(
+        c.commit(&fh).unwrap(),
+        verf,
+        "COMMIT verifier matches the writes'"
+    );
+    gw.kill9();
+
+    let gw = start(&dir.path().join("data"), Some(&config), port);
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let attr = c
+        .getattr(&fh)
+        .expect("the old handle works after a restart");
+    assert_eq!(attr.size, data.len() as u64);
+    let mut back = Vec::new();
+    while back.len() < data.len() {
+        let (piece, _) = c.read(&fh, back.len() as u64, MIB as u32).unwrap();
+        assert!(!piece.is_empty());
+        back.extend_from_slice(&piece);
+    }
+    assert!(back == data, "committed data reads back after kill -9");
+    let new_verf = c.commit(&fh).unwrap();
+    assert_ne!(
+        new_verf, verf,
+        "the verifier changed: uncommitted data may have been lost"
+    );
+    assert_eq!(
+        c.lookup(&root, "crash.bin").unwrap(),
+        fh,
+        "root handle works too"
+    );
+
+    // And it reaches the bucket.
+    wait_uploaded(&gw, Some(&config), "docs", Duration::from_secs(120));
+    let got = dir.path().join("got");
+    boto3(
+        &garage,
+        &["get", "gw/shares/docs/crash.bin", got.to_str().unwrap()],
+    );
+    assert!(std::fs::read(&got).unwrap() == data);
+}
+
+/// The embedded default: its `share` export, local-directory bucket.
+fn embedded() -> (tempfile::TempDir, Gateway, Client, nfs::Fh) {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(&dir.path().join("data"), None, 0);
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let root = c.mount("/share").unwrap();
+    (dir, gw, c, root)
+}
+
+#[test]
+fn nfs_semantics_through_a_raw_client() {
+    let (_dir, gw, mut c, root) = embedded();
+
+    // mkdir / rmdir, ENOTEMPTY, ENOENT, ENOTDIR.
+    let d = c.mkdir(&root, "d").unwrap();
+    assert_eq!(c.mkdir(&root, "d"), Err(nfs::NFS3ERR_EXIST));
+    let f = c.create(&d, "f", 1, 0o644).unwrap();
+    assert_eq!(c.rmdir(&root, "d"), nfs::NFS3ERR_NOTEMPTY);
+    assert_eq!(c.lookup(&root, "missing"), Err(nfs::NFS3ERR_NOENT));
+    assert_eq!(c.lookup(&f, "x"), Err(nfs::NFS3ERR_NOTDIR));
+    assert_eq!(c.rmdir(&d, "f"), nfs::NFS3ERR_NOTDIR);
+    assert_eq!(c.remove(&root, "d"), nfs::NFS3ERR_ISDIR);
+
+    // Exclusive create: a retransmission with the same verifier succeeds, another fails.
+    let x = c.create_exclusive(&root, "x", *b"verifier").unwrap();
+    assert_eq!(c.create_exclusive(&root, "x", *b"verifier").unwrap(), x);
+    assert_eq!(
+        c.create_exclusive(&root, "x", *b"another!"),
+        Err(nfs::NFS3ERR_EXIST)
+    );
+    assert_eq!(
+        c.create(&root, "x", 1, 0o644),
+        Err(nfs::NFS3ERR_EXIST),
+        "GUARDED"
+    );
+
+    // Sparse writes read as zeros; truncate grows and shrinks.
+    c.write(&f, 10_000, b"tail", 2).unwrap();
+    let (data, eof) = c.read(&f, 0, 20_000).unwrap();
+    assert!(eof);
+    assert_eq!(data.len(), 10_004);
+    assert!(data[..10_000].iter().all(|b| *b == 0));
+    assert_eq!(&data[10_000..], b"tail");
+    let grow = Sattr {
+        size: Some(50_000),
+        ..Sattr::default()
+    };
+    assert_eq!(c.setattr(&f, grow), nfs::NFS3_OK);
+    let (data, _) = c.read(&f, 0, 60_000).unwrap();
+    assert_eq!(data.len(), 50_000);
+    assert_eq!(&data[10_000..10_004], b"tail");
+    assert!(data[10_004..].iter().all(|b| *b == 0));
+    let shrink = Sattr {
+        size: Some(10_002),
+        ..Sattr::default()
+    };
+    assert_eq!(c.setattr(&f, shrink), nfs::NFS3_OK);
+    assert_eq!(c.read(&f, 10_000, 100).unwrap().0, b"ta");
+
+    // chmod / chown / utimes.
+    let set = Sattr {
+        mode: Some(0o640),
+        uid: Some(1000),
+        gid: Some(100),
+        mtime: Some(1_600_000_000),
+        ..Sattr::default()
+    };
+    assert_eq!(c.setattr(&f, set), nfs::NFS3_OK);
+    let a = c.getattr(&f).unwrap();
+    assert_eq!(
+        (a.mode, a.uid, a.gid, a.mtime.0),
+        (0o640, 1000, 100, 1_600_000_000)
+    );
+
+    // Rename within and across directories, and over an existing file.
+    assert_eq!(c.rename(&d, "f", &d, "g"), nfs::NFS3_OK);
+    assert_eq!(c.lookup(&d, "f"), Err(nfs::NFS3ERR_NOENT));
+    assert_eq!(c.lookup(&d, "g").unwrap(), f, "same file id after a rename");
+    assert_eq!(c.rename(&d, "g", &root, "x"), nfs::NFS3_OK);
+    assert_eq!(c.lookup(&root, "x").unwrap(), f);
+    assert_eq!(
+        c.getattr(&x),
+        Err(70),
+        "the replaced file's handle is stale"
+    );
+    let e = c.mkdir(&root, "e").unwrap();
+    assert_eq!(
+        c.rename(&root, "d", &e, "d2"),
+        nfs::NFS3_OK,
+        "directory rename"
+    );
+    assert_eq!(c.rmdir(&e, "d2"), nfs::NFS3_OK);
+
+    // Symlinks; hard links are refused.
+    let l = c.symlink(&root, "link", "x").unwrap();
+    assert_eq!(c.readlink(&l).unwrap(), "x");
+    assert_eq!(c.getattr(&l).unwrap().ftype, 5);
+    assert_eq!(c.link(&f, &root, "hard"), nfs::NFS3ERR_NOTSUPP);
+
+    // A 5000-entry directory lists every name exactly once through READDIRPLUS pages.
+    let big = c.mkdir(&root, "big").unwrap();
+    for i in 0..5000 {
+        c.create(&big, &format!("entry-{i:05}"), 0, 0o644).unwrap();
+    }
+    let mut names = c.readdirplus_all(&big);
+    assert_eq!(names.len(), 5000);
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 5000);
+    // And through libnfs's own READDIRPLUS paging.
+    let mut listed = nfs_ls(&url(&gw, "share/big"));
+    assert_eq!(listed.len(), 5000);
+    listed.sort();
+    assert_eq!(listed, names);
+}
+
+#[test]
+fn squash_owner_on_create_and_allowed_clients_are_enforced() {
+    let (_dir, gw, mut c, _) = embedded();
+    tg(&gw, None, &["share", "create", "sq"]);
+    tg(
+        &gw,
+        None,
+        &["share", "create", "far", "--allowed-clients", "10.0.0.0/8"],
+    );
+    assert_eq!(
+        c.mount("/far"),
+        Err(13),
+        "MNT3ERR_ACCES for a client not allowed"
+    );
+    assert_eq!(c.mount("/nope"), Err(2), "MNT3ERR_NOENT");
+
+    let root = c.mount("/sq").unwrap();
+    // root is squashed to 65534 and may not write the root-owned 0755 directory.
+    assert_eq!(c.create(&root, "r", 0, 0o644), Err(nfs::NFS3ERR_ACCES));
+    let mut owner = Client::connect(&nfs_addr(&gw));
+    owner.uid = 0;
+    let share_root = owner.mount("/share").unwrap();
+    let open = Sattr {
+        mode: Some(0o777),
+        ..Sattr::default()
+    };
+    let sq_root = owner.mount("/sq").unwrap();
+    assert_eq!(
+        owner.setattr(&sq_root, open),
+        nfs::NFS3ERR_ACCES,
+        "squashed"
+    );
+    // In the unsquashed default share, owners come from the caller.
+    let mut user = Client::connect(&nfs_addr(&gw));
+    user.uid = 1000;
+    user.gid = 1000;
+    assert_eq!(owner.setattr(&share_root, open), nfs::NFS3_OK);
+    let f = user.create(&share_root, "mine", 0, 0o600).unwrap();
+    let a = user.getattr(&f).unwrap();
+    assert_eq!((a.uid, a.gid, a.mode), (1000, 1000, 0o600));
+    let mut other = Client::connect(&nfs_addr(&gw));
+    other.uid = 2000;
+    assert_eq!(other.read(&f, 0, 10), Err(nfs::NFS3ERR_ACCES));
+}
+
+#[test]
+fn malformed_rpcs_are_rejected_and_a_second_client_is_served() {
+    let (_dir, gw, mut c, root) = embedded();
+    let mut bad = Client::connect(&nfs_addr(&gw));
+    // A GETATTR whose handle length runs past the record: GARBAGE_ARGS (4).
+    let (stat, _) = bad.call(100_003, 3, 1, &[0, 0, 1, 0, 1, 2]);
+    assert_eq!(stat, 4);
+    // An unknown program: PROG_UNAVAIL (1); an unknown NFS procedure: PROC_UNAVAIL (3).
+    assert_eq!(bad.call(399_999, 1, 0, &[]).0, 1);
+    assert_eq!(bad.call(100_003, 3, 99, &[]).0, 3);
+    // Pure garbage and an oversized record header close only that connection.
+    bad.send_record(&[0xde, 0xad]);
+    let mut huge = Client::connect(&nfs_addr(&gw));
+    use std::io::Write as _;
+    let mut raw = std::net::TcpStream::connect(nfs_addr(&gw)).unwrap();
+    raw.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+    drop(raw);
+    assert_eq!(huge.getattr(&root).unwrap().ftype, 2);
+    assert_eq!(
+        c.getattr(&root).unwrap().ftype,
+        2,
+        "first client still served"
+    );
+}
+
+#[test]
+fn renames_attribute_changes_and_empty_directories_reach_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (garage, gw, config) = docs_on_garage(dir.path(), 0);
+    let config = Some(config.as_path());
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let root = c.mount("/docs").unwrap();
+    let d = c.mkdir(&root, "d").unwrap();
+    c.mkdir(&root, "empty").unwrap();
+    let f = c.create(&d, "f", 0, 0o644).unwrap();
+    c.write(&f, 0, b"contents", 2).unwrap();
+    c.commit(&f).unwrap();
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
+    let keys = boto3(&garage, &["list", "gw/shares/docs/"]);
+    assert!(
+        keys.contains("gw/shares/docs/empty/\n"),
+        "marker for the empty directory: {keys}"
+    );
+    assert!(keys.contains("gw/shares/docs/d/f\n"), "{keys}");
+
+    // chmod/chown of an uploaded file: new metadata in the bucket, same bytes.
+    let set = Sattr {
+        mode: Some(0o600),
+        uid: Some(42),
+        ..Sattr::default()
+    };
+    assert_eq!(c.setattr(&f, set), nfs::NFS3_OK);
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
+    let got = dir.path().join("got");
+    let meta = boto3(
+        &garage,
+        &["get", "gw/shares/docs/d/f", got.to_str().unwrap()],
+    );
+    assert!(meta.contains("file-permissions=0100600"), "{meta}");
+    assert!(meta.contains("file-owner=42"), "{meta}");
+    assert_eq!(std::fs::read(&got).unwrap(), b"contents");
+
+    // A directory rename moves every object below it and its marker; the old keys go.
+    assert_eq!(c.rename(&root, "d", &root, "moved"), nfs::NFS3_OK);
+    assert_eq!(c.rmdir(&root, "empty"), nfs::NFS3_OK);
+    // A refresh before the objects have moved shows no ghost of the old names.
+    tg(&gw, config, &["share", "refresh", "docs"]);
+    let mut names = c.readdirplus_all(&root);
+    names.sort();
+    assert_eq!(names, vec!["moved".to_owned()]);
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
+    let keys = boto3(&garage, &["list", "gw/shares/docs/"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(
+        keys,
+        vec!["gw/shares/docs/moved/", "gw/shares/docs/moved/f"],
+        "old keys deleted"
+    );
+    let meta = boto3(
+        &garage,
+        &["get", "gw/shares/docs/moved/f", got.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), b"contents");
+    assert!(meta.contains("file-owner=42"), "{meta}");
+    assert_eq!(
+        nfs_cat(&url(&gw, "docs/moved/f")),
+        b"contents",
+        "read back from the moved object"
+    );
+}
+
+#[test]
+fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let (garage, gw, config) = docs_on_garage(dir.path(), 0);
+    let config = Some(config.as_path());
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let root = c.mount("/docs").unwrap();
+    let mut data = noise(80 * MIB, 3);
+    let f = c.create(&root, "large.bin", 0, 0o644).unwrap();
+    for (i, piece) in data.chunks(MIB).enumerate() {
+        c.write(&f, (i * MIB) as u64, piece, 0).unwrap();
+    }
+    c.commit(&f).unwrap();
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
+    let downloaded = |gw: &Gateway| {
+        // The live status is rewritten every second.
+        std::thread::sleep(Duration::from_millis(1500));
+        gw.status_value("files_download_bytes").unwrap()
+    };
+    let before = downloaded(&gw);
+
+    let patch = vec![0xA5u8; 4096];
+    let at = 40 * MIB + 10;
+    c.write(&f, at as u64, &patch, 0).unwrap();
+    c.commit(&f).unwrap();
+    data[at..at + patch.len()].copy_from_slice(&patch);
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
+    let fetched = downloaded(&gw) - before;
+    assert!(
+        fetched > 0 && fetched <= 16 * MIB as i64,
+        "one 16 MiB part fetched, not the whole 80 MiB file: {fetched}"
+    );
+
+    let got = dir.path().join("got");
+    boto3(
+        &garage,
+        &["get", "gw/shares/docs/large.bin", got.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&got).unwrap() == data,
+        "the object holds the patch and every unchanged part"
+    );
+    let (piece, _) = c.read(&f, (at - 10) as u64, 8192).unwrap();
+    assert_eq!(piece, &data[at - 10..at - 10 + 8192]);
+}
