@@ -508,7 +508,16 @@ impl Cache {
     }
 
     /// Starts fetching `name` into the cache in the background (read-ahead).
+    /// Does nothing if the whole object is already held locally: the fetch would be a bucket GET
+    /// (and decryption) whose result fills nothing.
     pub fn prefetch(&self, name: &str) {
+        {
+            let st = self.inner.state();
+            let size = self.inner.config.object_size;
+            if st.objects.get(name).is_some_and(|o| o.holds(0..size)) {
+                return;
+            }
+        }
         let inner = self.inner.clone();
         let name = name.to_owned();
         tokio::spawn(async move {
