@@ -32,6 +32,8 @@ pub(crate) type FetchRx = watch::Receiver<Option<Result<Bytes, SinkError>>>;
 
 #[derive(Debug)]
 pub(crate) struct Dirty {
+    /// Oldest journal seq whose effect may not be in the bucket (conservative: may be older).
+    pub(crate) since_seq: u64,
     /// Seq of the newest record for this object.
     pub(crate) last_seq: u64,
     /// When the oldest data not yet uploaded was written (at most: a partial upload resets it to
@@ -45,9 +47,20 @@ pub(crate) struct Dirty {
 }
 
 impl Dirty {
-    /// The oldest journal record still holding data of this object.
-    pub(crate) fn since_seq(&self) -> u64 {
-        self.extents.min_seq().unwrap_or(self.last_seq)
+    /// The oldest journal record this object still needs, given that records up to
+    /// `synced_seq` are durable.
+    ///
+    /// A record no extent points into was overwritten, but dropping it is safe only once the
+    /// records that overwrote it are durable: otherwise a crash could lose both the
+    /// acknowledged old write and the unacknowledged new one, and the bytes would read as what
+    /// the bucket held before either. So while any record of this object is not yet synced,
+    /// everything since the object's last upload is kept.
+    pub(crate) fn needed_from(&self, synced_seq: u64) -> u64 {
+        if self.last_seq <= synced_seq {
+            self.extents.min_seq().unwrap_or(self.last_seq)
+        } else {
+            self.since_seq
+        }
     }
 }
 
@@ -151,6 +164,7 @@ impl State {
         let now = Instant::now();
         let obj = self.touch(name);
         let dirty = obj.dirty.get_or_insert_with(|| Dirty {
+            since_seq: seq,
             last_seq: seq,
             first_at: now,
             last_write_at: now,
@@ -225,9 +239,10 @@ impl State {
 
     /// The oldest journal seq still needed by some dirty object.
     pub(crate) fn needed_from(&self) -> u64 {
+        let synced = self.journal.synced_seq();
         self.dirty_names
             .iter()
-            .filter_map(|n| self.objects.get(n)?.dirty.as_ref().map(Dirty::since_seq))
+            .filter_map(|n| Some(self.objects.get(n)?.dirty.as_ref()?.needed_from(synced)))
             .min()
             .unwrap_or_else(|| self.journal.next_seq())
     }
@@ -258,6 +273,7 @@ impl State {
                 obj.dirty = None;
                 self.dirty_names.remove(name);
             } else {
+                d.since_seq = d.since_seq.max(seq + 1);
                 d.first_at = captured_at;
                 d.urgent = false;
             }

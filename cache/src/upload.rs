@@ -49,6 +49,7 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
         || st.journal.total_bytes() > cfg.buffer_capacity / 2;
     let mut due = Vec::new();
     let mut next: Option<Instant> = None;
+    let synced = st.journal.synced_seq();
     for name in &st.dirty_names {
         let Some(obj) = st.objects.get(name) else {
             continue;
@@ -67,7 +68,7 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
             at = at.max(r);
         }
         if at <= now {
-            due.push((d.since_seq(), name.clone()));
+            due.push((d.needed_from(synced), name.clone()));
         } else {
             next = Some(next.map_or(at, |n| n.min(at)));
         }

@@ -550,3 +550,30 @@ async fn rewrites_of_an_unsettled_object_are_coalesced_into_one_upload() {
     assert_eq!(cache.stats().uploads, 1);
     cache.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_write_survives_losing_the_unsynced_write_that_overwrote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, sink, cache) = open_lazy(dir.path());
+    // Two whole-object records never share a segment: the second seals the first's segment,
+    // which is when overwritten records are reclaimed.
+    cache
+        .write_durable(&name(0), 0, &vec![1; OBJ as usize])
+        .await
+        .unwrap();
+    cache
+        .write(&name(0), 0, &vec![2; OBJ as usize])
+        .await
+        .unwrap();
+    drop(cache);
+    // The crash loses what was never synced: the newest segment.
+    let segs = segments(dir.path());
+    std::fs::remove_file(segs.last().unwrap()).unwrap();
+    let cache = Cache::open(cfg, sink).unwrap();
+    let got = cache.read(&name(0), 0, OBJ).await.unwrap();
+    assert!(
+        got.iter().all(|&b| b == 1),
+        "the acknowledged write was lost"
+    );
+    cache.close().await;
+}
