@@ -100,8 +100,6 @@ pub(crate) struct State {
     pub(crate) cache_bytes: u64,
     pub(crate) fetching: HashMap<String, FetchRx>,
     pub(crate) uploading: usize,
-    /// A background journal sync (to let overwritten records go) is running.
-    pub(crate) syncing: bool,
     pub(crate) draining: usize,
     pub(crate) writers_waiting: u64,
     pub(crate) closed: bool,
@@ -126,7 +124,6 @@ impl State {
             cache_bytes: 0,
             fetching: HashMap::new(),
             uploading: 0,
-            syncing: false,
             draining: 0,
             writers_waiting: 0,
             closed: false,

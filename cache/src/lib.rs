@@ -216,42 +216,6 @@ struct Inner {
 }
 
 impl Inner {
-    /// Makes every record appended before this call durable. Callers that arrive while an fsync
-    /// runs wait for it and then find their records synced, or share the next one.
-    async fn sync(&self) -> Result<(), CacheError> {
-        let target = {
-            let st = self.state();
-            if st.closed {
-                return Err(CacheError::Closed);
-            }
-            st.journal.next_seq() - 1
-        };
-        let _leader = self.sync_lock.lock().await;
-        let plan = {
-            let st = self.state();
-            if st.journal.synced_seq() >= target {
-                return Ok(());
-            }
-            match st.journal.sync_plan() {
-                Some(p) => p,
-                None => return Ok(()),
-            }
-        };
-        let plan = tokio::task::spawn_blocking(move || plan.run().map(|()| plan))
-            .await
-            .map_err(|e| CacheError::Journal {
-                what: "syncing",
-                source: std::io::Error::other(e),
-            })?
-            .map_err(|source| CacheError::Journal {
-                what: "syncing",
-                source,
-            })?;
-        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.state().journal.mark_synced(&plan);
-        Ok(())
-    }
-
     /// The index. A panic while holding it is a bug; the state is still used rather than
     /// turning every later call into a panic.
     fn state(&self) -> MutexGuard<'_, State> {
@@ -452,8 +416,39 @@ impl Cache {
     /// Returns once every write that returned before this call is durable in the journal.
     /// Concurrent flushes share one fsync (group commit).
     pub async fn flush(&self) -> Result<(), CacheError> {
-        self.inner.counters.flushes.fetch_add(1, Ordering::Relaxed);
-        self.inner.sync().await
+        let inner = &self.inner;
+        inner.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        let target = {
+            let st = inner.state();
+            if st.closed {
+                return Err(CacheError::Closed);
+            }
+            st.journal.next_seq() - 1
+        };
+        let _leader = inner.sync_lock.lock().await;
+        let plan = {
+            let st = inner.state();
+            if st.journal.synced_seq() >= target {
+                return Ok(());
+            }
+            match st.journal.sync_plan() {
+                Some(p) => p,
+                None => return Ok(()),
+            }
+        };
+        let plan = tokio::task::spawn_blocking(move || plan.run().map(|()| plan))
+            .await
+            .map_err(|e| CacheError::Journal {
+                what: "syncing",
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| CacheError::Journal {
+                what: "syncing",
+                source,
+            })?;
+        inner.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        inner.state().journal.mark_synced(&plan);
+        Ok(())
     }
 
     /// Reads `len` bytes at `offset` of `name`, fetching the object on a miss.

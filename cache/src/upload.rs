@@ -73,13 +73,6 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
     }
-    // Past half full with records not yet synced, sync them in the background: records they
-    // overwrote may then be reclaimed without waiting for uploads (see `Dirty::needed_from`).
-    let half_full = st.journal.total_bytes() > cfg.buffer_capacity / 2;
-    if half_full && !st.syncing && st.journal.synced_seq() + 1 < st.journal.next_seq() {
-        st.syncing = true;
-        jobs.spawn(sync_and_reclaim(inner.clone()));
-    }
     // Oldest first: that is what lets FIFO reclaim free the oldest segment soonest.
     due.sort_unstable();
     for (_, name) in due {
@@ -93,25 +86,6 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
         }
     }
     next
-}
-
-async fn sync_and_reclaim(inner: Arc<Inner>) {
-    let synced = inner.sync().await;
-    let mut st = inner.state();
-    st.syncing = false;
-    match synced {
-        Ok(()) => {
-            let needed = st.needed_from();
-            if let Err(e) = st.journal.reclaim(needed, false) {
-                tracing::warn!(error = %e, "journal reclaim failed");
-            }
-        }
-        Err(CacheError::Closed) => {}
-        Err(e) => tracing::warn!(error = %e, "background journal sync failed"),
-    }
-    drop(st);
-    inner.space.notify_waiters();
-    inner.wake.notify_one();
 }
 
 async fn upload_one(inner: Arc<Inner>, name: String) {
