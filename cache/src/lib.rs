@@ -15,7 +15,8 @@
 //!   only) and points the object's dirty extent map (`extents.rs`) at the record's payload under
 //!   one lock; that append is the only time the bytes are written before they are acknowledged.
 //!   `flush` is a group commit: flushes that arrive while an fsync runs share the next one.
-//!   Segments are reclaimed oldest first once no extent points into them. When the buffer is
+//!   Segments are reclaimed oldest first once every record in them is uploaded or overwritten
+//!   by records that are themselves fsynced (`index::Dirty::needed_from`). When the buffer is
 //!   full, writers wait (never fail or drop).
 //! - *Cache* (`index.rs`): one sparse file per object holding clean data plus, in memory, the
 //!   byte ranges it holds (byte ranges, not a page bitmap, so a partial-page write never needs
