@@ -170,7 +170,8 @@ mod tests {
     #[test]
     fn overlapping_inserts_split_and_trim_with_adjusted_positions() {
         // (inserts as (range, seq, source), query, expected pieces)
-        let cases: &[(&[(Range<u64>, u64, Source)], Range<u64>, &[Piece])] = &[
+        type Case<'a> = (&'a [(Range<u64>, u64, Source)], Range<u64>, &'a [Piece]);
+        let cases: &[Case<'_>] = &[
             // A write in the middle of an older one splits it in three.
             (
                 &[(0..100, 1, j(0, 1000)), (40..60, 2, j(0, 5000))],
