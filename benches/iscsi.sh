@@ -13,10 +13,15 @@ for t in tgtd tgtadm iscsi-perf fio-libiscsi; do
     command -v "$t" >/dev/null || { echo "missing $t: run ./scripts/test first" >&2; exit 1; }
 done
 cargo build --release -q
-BIN=$PWD/target/release/tidegate
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate
 WORK=$(mktemp -d)
 cleanup() {
-    [ -n "${TGT_PID:-}" ] && kill "$TGT_PID" 2>/dev/null || true
+    # tgtd -f does not stop on SIGTERM while its target exists: ask it, then make sure.
+    if [ -n "${TGT_PID:-}" ]; then
+        tgtadm -C "$CTL" --op delete --mode system >/dev/null 2>&1 || true
+        sleep 0.5
+        kill -9 "$TGT_PID" 2>/dev/null || true
+    fi
     [ -n "${TG_PID:-}" ] && kill "$TG_PID" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$WORK"

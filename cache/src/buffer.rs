@@ -31,6 +31,14 @@ struct Segment {
     synced: bool,
 }
 
+/// Where a record's payload lies in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub(crate) segment: u64,
+    /// Byte offset of the payload's first byte in the segment file.
+    pub(crate) pos: u64,
+}
+
 /// What one group-commit fsync covers, captured under the index lock and run outside it.
 #[derive(Debug)]
 pub(crate) struct SyncPlan {
@@ -79,7 +87,7 @@ impl Journal {
     pub(crate) fn open(
         dir: &Path,
         segment_bytes: u64,
-        mut replay: impl FnMut(&Record<'_>) -> std::io::Result<()>,
+        mut replay: impl FnMut(&Record<'_>, Location) -> std::io::Result<()>,
     ) -> std::io::Result<Self> {
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(dir)? {
@@ -131,7 +139,8 @@ impl Journal {
                     Ok((rec, used))
                         if prev_seq.is_none_or(|p| p.checked_add(1) == Some(rec.seq)) =>
                     {
-                        replay(&rec)?;
+                        let pos = (at + record::payload_start(rec.name.len())) as u64;
+                        replay(&rec, Location { segment: id, pos })?;
                         prev_seq = Some(rec.seq);
                         last_seq = rec.seq;
                         at += used;
@@ -216,6 +225,11 @@ impl Journal {
         Ok(())
     }
 
+    /// The segment appends currently go to.
+    pub(crate) fn active_segment(&self) -> Option<u64> {
+        self.segments.back().map(|s| s.id)
+    }
+
     /// The seq the next appended record must carry.
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
@@ -235,7 +249,8 @@ impl Journal {
     }
 
     /// Appends an encoded record carrying `next_seq()`; the page cache holds it until a flush.
-    pub(crate) fn append(&mut self, encoded: &record::Encoded<'_>) -> std::io::Result<u64> {
+    /// Returns where its payload lies, so reads can be served from it.
+    pub(crate) fn append(&mut self, encoded: &record::Encoded<'_>) -> std::io::Result<Location> {
         let len = encoded.len() as u64;
         let needs_rotate = match self.segments.back() {
             Some(s) => s.len + len > self.segment_bytes && s.last_seq != 0,
@@ -250,6 +265,10 @@ impl Journal {
             .segments
             .back_mut()
             .expect("a segment was just created if none was active");
+        let at = Location {
+            segment: seg.id,
+            pos: seg.len + encoded.head.len() as u64,
+        };
         // Small records go out in one write; large ones as three so the payload is not copied
         // (a copy costs more than two extra syscalls only for payloads beyond a few pages).
         if encoded.payload.len() <= SMALL_RECORD {
@@ -271,7 +290,28 @@ impl Journal {
         seg.synced = false;
         self.total_bytes += len;
         self.next_seq += 1;
-        Ok(seq)
+        Ok(at)
+    }
+
+    /// Reads `out.len()` bytes at `pos` of segment `segment` (a record's payload, from the page
+    /// cache when it is recent). The segment must still be retained: the index keeps every
+    /// segment it points into (see `reclaim`), so a missing one is an error, never zeros.
+    pub(crate) fn read_at(&self, segment: u64, pos: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let front = self.segments.front().map_or(0, |s| s.id);
+        let seg = segment
+            .checked_sub(front)
+            .and_then(|i| self.segments.get(usize::try_from(i).ok()?))
+            .filter(|s| s.id == segment && pos + out.len() as u64 <= s.len)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "journal segment {segment} no longer holds {pos}+{}",
+                        out.len()
+                    ),
+                )
+            })?;
+        seg.file.read_exact_at(out, pos)
     }
 
     /// What an fsync must cover to make every appended record durable; `None` if nothing is.
@@ -354,7 +394,7 @@ mod tests {
     use crate::record::Op;
 
     fn open(dir: &Path, seen: &mut Vec<u64>) -> Journal {
-        Journal::open(dir, 256, |r| {
+        Journal::open(dir, 256, |r, _| {
             seen.push(r.seq);
             Ok(())
         })

@@ -1,12 +1,14 @@
-//! The in-memory index: per object which byte ranges the cache file holds, what is dirty since
-//! which journal seq, LRU order; plus the cache files themselves and eviction.
+//! The in-memory index: per object which byte ranges the cache file holds (clean data), which
+//! dirty ranges live in which journal records, and LRU order; plus the cache files and eviction.
 //!
 //! Owns `State`, which lives behind one mutex in `Cache`. Nothing here awaits or fsyncs; file
-//! I/O under the lock is page-cache reads and writes only. Invariants: a dirty, uploading or
-//! pinned object is never evicted; `known` only grows while an object is pinned or uploading, so
-//! a base fetched from the bucket stays valid for the ranges it does not cover; the journal
-//! record of a write is appended under the same lock as its cache-file write, so journal order
-//! and cache content agree.
+//! I/O under the lock is page-cache reads and writes only. Invariants: dirty bytes are read from
+//! the journal record that wrote them last (the extent map), never from the cache file, so a
+//! write touches the disk once; the cache file is written only by a fill (bucket content, where
+//! it holds nothing) and by a finished upload (the whole uploaded content, after which the
+//! extents it covered are dropped); a dirty, uploading or pinned object is never evicted; `known`
+//! only grows while an object is pinned or uploading, so a base fetched from the bucket stays
+//! valid for the ranges that neither `known` nor the extents cover.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -19,7 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::buffer::Journal;
+use crate::buffer::{Journal, Location};
+use crate::extents::{ExtentMap, Source};
 use crate::ranges::RangeSet;
 use crate::record::Op;
 use crate::sink::SinkError;
@@ -29,14 +32,36 @@ pub(crate) type FetchRx = watch::Receiver<Option<Result<Bytes, SinkError>>>;
 
 #[derive(Debug)]
 pub(crate) struct Dirty {
-    /// Oldest journal seq whose effect is not yet in the bucket (conservative: may be older).
+    /// Oldest journal seq whose effect may not be in the bucket (conservative: may be older).
     pub(crate) since_seq: u64,
     /// Seq of the newest record for this object.
     pub(crate) last_seq: u64,
+    /// When the oldest data not yet uploaded was written (at most: a partial upload resets it to
+    /// its capture time).
     pub(crate) first_at: Instant,
     pub(crate) last_write_at: Instant,
-    /// Bytes written since the object was last clean (for `dirty_bytes`).
-    pub(crate) ranges: RangeSet,
+    /// Where the newest bytes of each dirty range are in the journal.
+    pub(crate) extents: ExtentMap,
+    /// An upload was asked for (`Cache::upload_now`): skip the settle time.
+    pub(crate) urgent: bool,
+}
+
+impl Dirty {
+    /// The oldest journal record this object still needs, given that records up to
+    /// `synced_seq` are durable.
+    ///
+    /// A record no extent points into was overwritten, but dropping it is safe only once the
+    /// records that overwrote it are durable: otherwise a crash could lose both the
+    /// acknowledged old write and the unacknowledged new one, and the bytes would read as what
+    /// the bucket held before either. So while any record of this object is not yet synced,
+    /// everything since the object's last upload is kept.
+    pub(crate) fn needed_from(&self, synced_seq: u64) -> u64 {
+        if self.last_seq <= synced_seq {
+            self.extents.min_seq().unwrap_or(self.last_seq)
+        } else {
+            self.since_seq
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +79,14 @@ pub(crate) struct Object {
 impl Object {
     fn evictable(&self) -> bool {
         self.dirty.is_none() && !self.uploading && self.pins == 0
+    }
+
+    /// True if every byte of `r` is held locally: dirty in the journal or clean in the file.
+    pub(crate) fn holds(&self, r: Range<u64>) -> bool {
+        match &self.dirty {
+            Some(d) => d.extents.gaps(r).into_iter().all(|g| self.known.covers(g)),
+            None => self.known.covers(r),
+        }
     }
 }
 
@@ -111,41 +144,39 @@ impl State {
         obj
     }
 
-    /// Applies a journaled write or discard (seq `seq`) to the cache file and the index.
-    pub(crate) fn apply(
-        &mut self,
-        name: &str,
-        offset: u64,
-        op: Op<'_>,
-        seq: u64,
-    ) -> std::io::Result<()> {
-        let len = match op {
-            Op::Write(d) => d.len() as u64,
-            Op::Discard(l) => u64::from(l),
+    /// Indexes a journaled write or discard (seq `seq`, payload at `at`): its range now reads
+    /// from the journal. The cache file is not touched.
+    pub(crate) fn apply(&mut self, name: &str, offset: u64, op: Op<'_>, seq: u64, at: Location) {
+        let (len, src) = match op {
+            Op::Write(d) => (
+                d.len() as u64,
+                Source::Journal {
+                    segment: at.segment,
+                    pos: at.pos,
+                },
+            ),
+            Op::Discard(l) => (u64::from(l), Source::Zero),
         };
-        match op {
-            Op::Write(d) => self.files.write(name, offset, d)?,
-            // Zeros are written, not punched: the cache file must read back what the journal says.
-            Op::Discard(l) => self.files.write(name, offset, &vec![0u8; l as usize])?,
+        if len == 0 {
+            // Changes no byte; the record is harmless and need not keep the object dirty.
+            return;
         }
         let now = Instant::now();
         let obj = self.touch(name);
-        let before = obj.known.len();
-        obj.known.insert(offset..offset + len);
-        let grown = obj.known.len() - before;
         let dirty = obj.dirty.get_or_insert_with(|| Dirty {
             since_seq: seq,
             last_seq: seq,
             first_at: now,
             last_write_at: now,
-            ranges: RangeSet::default(),
+            extents: ExtentMap::default(),
+            urgent: false,
         });
         dirty.last_seq = seq;
         dirty.last_write_at = now;
-        dirty.ranges.insert(offset..offset + len);
-        self.cache_bytes += grown;
-        self.dirty_names.insert(name.to_owned());
-        self.evict()
+        dirty.extents.insert(offset..offset + len, seq, src);
+        if !self.dirty_names.contains(name) {
+            self.dirty_names.insert(name.to_owned());
+        }
     }
 
     /// Fills the ranges of `name` the cache does not hold from `base` (the bucket's content).
@@ -163,8 +194,9 @@ impl State {
         self.evict()
     }
 
-    /// Bytes `range` of `name`: locally held ranges from the cache file, the rest from `base`
-    /// (zeros if `base` is `None`; callers pass `None` only when the range is fully held).
+    /// Bytes `range` of `name`: dirty ranges from the journal, clean ones from the cache file,
+    /// the rest from `base` (zeros if `base` is `None`; callers pass `None` only when the range
+    /// is fully held).
     pub(crate) fn read(
         &self,
         name: &str,
@@ -175,11 +207,31 @@ impl State {
             Some(b) => b[range.start as usize..range.end as usize].to_vec(),
             None => vec![0u8; (range.end - range.start) as usize],
         };
-        if let Some(obj) = self.objects.get(name) {
-            for c in obj.known.intersect(range.clone()) {
-                let at = (c.start - range.start) as usize;
-                self.files
-                    .read(name, c.start, &mut out[at..at + (c.end - c.start) as usize])?;
+        let Some(obj) = self.objects.get(name) else {
+            return Ok(out);
+        };
+        let slot = |r: &Range<u64>| {
+            let at = (r.start - range.start) as usize;
+            at..at + (r.end - r.start) as usize
+        };
+        let dirty = obj.dirty.as_ref().map(|d| &d.extents);
+        let clean = match dirty {
+            Some(e) => e.gaps(range.clone()),
+            None => vec![range.clone()],
+        };
+        for g in clean {
+            for c in obj.known.intersect(g) {
+                let s = slot(&c);
+                self.files.read(name, c.start, &mut out[s])?;
+            }
+        }
+        for p in dirty.map(|e| e.pieces(range.clone())).unwrap_or_default() {
+            let s = slot(&p.range);
+            match p.src {
+                Source::Journal { segment, pos } => {
+                    self.journal.read_at(segment, pos, &mut out[s])?;
+                }
+                Source::Zero => out[s].fill(0),
             }
         }
         Ok(out)
@@ -187,27 +239,46 @@ impl State {
 
     /// The oldest journal seq still needed by some dirty object.
     pub(crate) fn needed_from(&self) -> u64 {
+        let synced = self.journal.synced_seq();
         self.dirty_names
             .iter()
-            .filter_map(|n| self.objects.get(n)?.dirty.as_ref().map(|d| d.since_seq))
+            .filter_map(|n| Some(self.objects.get(n)?.dirty.as_ref()?.needed_from(synced)))
             .min()
             .unwrap_or_else(|| self.journal.next_seq())
     }
 
-    /// Marks an upload of `name` that captured the state up to `seq` as done.
-    pub(crate) fn uploaded(&mut self, name: &str, seq: u64) {
-        if let Some(obj) = self.objects.get_mut(name)
-            && let Some(d) = &mut obj.dirty
-        {
-            if d.last_seq <= seq {
+    /// Completes an upload of `name` that sent `data`, the object's content as of journal seq
+    /// `seq` (captured at `captured_at`): `data` becomes the cache file's clean content and the
+    /// extents it includes are dropped, so their journal records may be reclaimed. Writes that
+    /// arrived during the upload keep their extents, which still shadow the file. If the file
+    /// cannot be written, nothing is dropped (the data stays dirty and is uploaded again).
+    pub(crate) fn uploaded(
+        &mut self,
+        name: &str,
+        seq: u64,
+        data: &[u8],
+        captured_at: Instant,
+    ) -> std::io::Result<()> {
+        self.files.write(name, 0, data)?;
+        let size = self.object_size;
+        let Some(obj) = self.objects.get_mut(name) else {
+            return Ok(());
+        };
+        let before = obj.known.len();
+        obj.known = RangeSet::full(size);
+        self.cache_bytes += size - before;
+        if let Some(d) = &mut obj.dirty {
+            d.extents.remove_upto(seq);
+            if d.extents.is_empty() {
                 obj.dirty = None;
                 self.dirty_names.remove(name);
             } else {
-                // Writes that arrived during the upload keep it dirty; which of the newer
-                // seqs touched it is not tracked, so keep everything after the capture.
                 d.since_seq = d.since_seq.max(seq + 1);
+                d.first_at = captured_at;
+                d.urgent = false;
             }
         }
+        Ok(())
     }
 
     /// Drops an empty clean entry (a reader's failed miss) so the map does not grow.
@@ -224,7 +295,7 @@ impl State {
     pub(crate) fn dirty_bytes(&self) -> u64 {
         self.dirty_names
             .iter()
-            .filter_map(|n| Some(self.objects.get(n)?.dirty.as_ref()?.ranges.len()))
+            .filter_map(|n| Some(self.objects.get(n)?.dirty.as_ref()?.extents.len()))
             .sum()
     }
 
@@ -279,7 +350,7 @@ const OPEN_FILES: usize = 512;
 
 impl ObjectFiles {
     /// Starts with an empty directory: clean data is not trusted across restarts (its validity
-    /// map lived in memory); replay rewrites every dirty range.
+    /// map lived in memory); dirty data is read from the journal replay indexes.
     pub(crate) fn reset(cache_dir: &Path) -> std::io::Result<Self> {
         let dir = cache_dir.join("objects");
         match std::fs::remove_dir_all(&dir) {

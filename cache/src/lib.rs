@@ -6,30 +6,37 @@
 //!
 //! **Durability invariant:** a write is acknowledged as durable (by [`Cache::flush`] or a `fua`
 //! write) only once its bytes and its index entry are on disk. The journal record *is* the index
-//! entry: replay rebuilds the dirty index from the journal alone.
+//! entry and, until the object is uploaded, the only copy of the data: replay rebuilds the dirty
+//! index from the journal alone.
 //!
 //! Design, in short:
 //! - *Upload buffer* (`buffer.rs`, format in `record.rs`): segment files of CRC32C-checked
 //!   records `{seq, write|discard, name, offset, data}`. A write appends its record (page cache
-//!   only) and updates the cache file and index under one lock, so journal order and cache
-//!   content agree. `flush` is a group commit: flushes that arrive while an fsync runs share the
-//!   next one. Segments are reclaimed oldest first once every object they touched has been
-//!   uploaded past their records. When the buffer is full, writers wait (never fail or drop).
-//! - *Cache* (`index.rs`): one sparse file per object plus, in memory, the byte ranges it holds
-//!   (byte ranges, not a page bitmap, so a partial-page write never needs the base first; the
-//!   bucket being down must not stall writes). A miss fetches the whole object once for all
+//!   only) and points the object's dirty extent map (`extents.rs`) at the record's payload under
+//!   one lock; that append is the only time the bytes are written before they are acknowledged.
+//!   `flush` is a group commit: flushes that arrive while an fsync runs share the next one.
+//!   Segments are reclaimed oldest first once every record in them is uploaded or overwritten
+//!   by records that are themselves fsynced (`index::Dirty::needed_from`). When the buffer is
+//!   full, writers wait (never fail or drop).
+//! - *Cache* (`index.rs`): one sparse file per object holding clean data plus, in memory, the
+//!   byte ranges it holds (byte ranges, not a page bitmap, so a partial-page write never needs
+//!   the base first; the bucket being down must not stall writes). Reads take dirty ranges from
+//!   the journal and the rest from the cache file. A miss fetches the whole object once for all
 //!   concurrent readers and fills only the ranges not held locally. Clean objects are evicted
-//!   LRU; dirty, uploading and pinned ones never (so dirty data may push the cache past its
-//!   capacity; it is bounded by the upload buffer). Clean data is not kept across a restart.
-//! - *Uploader* (`upload.rs`): uploads objects idle for `upload_delay` (at once when the buffer
-//!   is half full, writers wait or `drain` runs), oldest dirty first, `upload_concurrency` at a
-//!   time, retrying transient failures forever with capped exponential backoff.
+//!   LRU; dirty, uploading and pinned ones never. Clean data is not kept across a restart.
+//! - *Uploader* (`upload.rs`): uploads an object once it has been idle for `upload_delay`, or
+//!   dirty for `upload_max_age`, or at once when the buffer is half full, writers wait, `drain`
+//!   runs or `upload_now` asks; oldest dirty first, `upload_concurrency` at a time, retrying
+//!   transient failures forever with capped exponential backoff. The object is assembled from
+//!   the cache file (or the bucket) and its journal extents; after the upload the assembled
+//!   content is written into the cache file and the extents it covered are dropped.
 //! - *Misses* (`fetch.rs`): one fetch task per object, shared by readers and the uploader.
-//! - *Recovery* (`recover.rs`): replay every retained record in seq order; the first torn record
-//!   ends the journal (it is cut there, durably), so recovery yields a prefix of the writes that
-//!   contains every acknowledged one.
+//! - *Recovery* (`recover.rs`): replay every retained record in seq order into the extent maps;
+//!   the first torn record ends the journal (it is cut there, durably), so recovery yields a
+//!   prefix of the writes that contains every acknowledged one.
 
 mod buffer;
+mod extents;
 mod fetch;
 mod index;
 mod layout;
@@ -55,6 +62,15 @@ use fetch::fetch_shared;
 use index::State;
 use record::{Op, Record};
 
+/// Default settle time. A second covers the bursts of a guest's writeback and of a sequential
+/// writer passing through a 1 MiB object, while keeping the bucket close behind.
+pub const DEFAULT_UPLOAD_DELAY: Duration = Duration::from_secs(1);
+/// Default maximum age of dirty data: the span of the kernel's own dirty-page expiry
+/// (`vm.dirty_expire_centisecs` = 30 s). Under steady random writes an object is never idle for
+/// the settle time; without this cap it would wait for the buffer to pass half full, and with a
+/// shorter one each 1 MiB object would be sealed and uploaded for a handful of 4 KiB writes.
+pub const DEFAULT_UPLOAD_MAX_AGE: Duration = Duration::from_secs(30);
+
 /// Validated settings of one cache instance.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -68,15 +84,22 @@ pub struct CacheConfig {
     /// so this is only the unit callers should align to.
     pub page_size: u64,
     pub upload_concurrency: usize,
-    /// How long an object stays idle before it is uploaded.
+    /// Settle time: how long an object stays idle (no write) before it is uploaded. Writes that
+    /// land within it are coalesced into one upload of the object.
     pub upload_delay: Duration,
+    /// Longest an object waits for its upload once dirty, however often it is rewritten: bounds
+    /// how far the bucket lags behind the local disk. Uploads also start at once when the
+    /// upload buffer is more than half full, writers wait for space, or `drain`/`upload_now`
+    /// asks.
+    pub upload_max_age: Duration,
     /// First and largest wait between retries of a failed upload.
     pub retry_initial: Duration,
     pub retry_max: Duration,
 }
 
 impl CacheConfig {
-    /// Defaults for volumes: 1 MiB objects, 4 KiB pages, 4 uploads, 1 s idle, 100 ms..5 s retry.
+    /// Defaults for volumes: 1 MiB objects, 4 KiB pages, 4 uploads, 1 s settle, 30 s maximum age,
+    /// 100 ms..5 s retry.
     pub fn new(
         cache_dir: PathBuf,
         cache_capacity: u64,
@@ -91,7 +114,8 @@ impl CacheConfig {
             object_size: 1 << 20,
             page_size: 4096,
             upload_concurrency: 4,
-            upload_delay: Duration::from_secs(1),
+            upload_delay: DEFAULT_UPLOAD_DELAY,
+            upload_max_age: DEFAULT_UPLOAD_MAX_AGE,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
         }
@@ -351,17 +375,25 @@ impl Cache {
                     })
                     .ok_or_else(|| self.out_of_range(name, offset, len))?;
                     let was_dirty = st.dirty_names.contains(name);
-                    st.journal
+                    let active = st.journal.active_segment();
+                    let at = st
+                        .journal
                         .append(&encoded)
                         .map_err(|source| CacheError::Journal {
                             what: "appending",
                             source,
                         })?;
-                    st.apply(name, offset, op, seq)
-                        .map_err(|source| CacheError::CacheFile {
-                            name: name.to_owned(),
-                            source,
-                        })?;
+                    st.apply(name, offset, op, seq, at);
+                    if active != Some(at.segment) {
+                        // A segment was sealed: free the old ones no extent points into any
+                        // more (records overwritten since), so rewrites of the same data need
+                        // no upload to make room.
+                        // The write is journaled already; a failed delete only keeps space.
+                        let needed = st.needed_from();
+                        if let Err(e) = st.journal.reclaim(needed, false) {
+                            tracing::warn!(error = %e, "journal reclaim failed");
+                        }
+                    }
                     wake_uploader =
                         !was_dirty || waiting.counted || st.journal.total_bytes() > capacity / 2;
                     break;
@@ -434,7 +466,7 @@ impl Cache {
                 return Err(CacheError::Closed);
             }
             let obj = st.touch(name);
-            if obj.known.covers(range.clone()) {
+            if obj.holds(range.clone()) {
                 self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
                 return st
                     .read(name, range, None)
@@ -463,8 +495,30 @@ impl Cache {
         st.dirty_names.contains(name) || st.objects.get(name).is_some_and(|o| o.uploading)
     }
 
+    /// Asks for `name` to be uploaded now rather than after its settle time (e.g. before a
+    /// snapshot). Does nothing if it holds no dirty data; `drain` waits for everything.
+    pub fn upload_now(&self, name: &str) {
+        {
+            let mut st = self.inner.state();
+            match st.objects.get_mut(name).and_then(|o| o.dirty.as_mut()) {
+                Some(d) => d.urgent = true,
+                None => return,
+            }
+        }
+        self.inner.wake.notify_one();
+    }
+
     /// Starts fetching `name` into the cache in the background (read-ahead).
+    /// Does nothing if the whole object is already held locally: the fetch would be a bucket GET
+    /// (and decryption) whose result fills nothing.
     pub fn prefetch(&self, name: &str) {
+        {
+            let st = self.inner.state();
+            let size = self.inner.config.object_size;
+            if st.objects.get(name).is_some_and(|o| o.holds(0..size)) {
+                return;
+            }
+        }
         let inner = self.inner.clone();
         let name = name.to_owned();
         tokio::spawn(async move {
@@ -474,7 +528,7 @@ impl Cache {
         });
     }
 
-    /// Waits until nothing is dirty. Uploads everything at once, ignoring `upload_delay`; while
+    /// Waits until nothing is dirty. Uploads everything at once, ignoring the settle time; while
     /// the bucket is down this waits for it.
     pub async fn drain(&self) -> Result<(), CacheError> {
         let inner = &self.inner;

@@ -42,6 +42,11 @@ pub(crate) enum Decode {
     Malformed(&'static str),
 }
 
+/// Offset of a write record's payload from the record's first byte.
+pub(crate) fn payload_start(name_len: usize) -> usize {
+    FIXED + name_len
+}
+
 /// Encoded length of a record, or `None` if it cannot be represented.
 pub(crate) fn record_len(name_len: usize, payload_len: usize) -> Option<usize> {
     FIXED

@@ -1,8 +1,9 @@
 //! Startup: open both areas, reset the cache files and replay the journal into the index.
 //!
-//! Owns nothing after `open` returns. Invariant: every record replay sees is applied in seq
-//! order, so the rebuilt cache content of an object is the effect of all its retained records;
-//! replaying records whose effect is already in the bucket only causes an idempotent re-upload.
+//! Owns nothing after `open` returns. Invariant: every record replay sees is indexed in seq
+//! order, so the rebuilt extent map of an object points every byte at the newest retained record
+//! covering it, exactly as before the crash; replaying records whose effect is already in the
+//! bucket only causes an idempotent re-upload.
 
 use crate::buffer::Journal;
 use crate::index::{ObjectFiles, State};
@@ -61,8 +62,9 @@ pub(crate) fn open(config: &CacheConfig) -> Result<State, CacheError> {
         config.cache_capacity,
     );
     let mut replayed = 0u64;
-    // Applied as read, so replay needs memory for one segment, not for the whole journal.
-    let journal = Journal::open(buffer.path(), segment_bytes, |rec| {
+    // Indexed as read, so replay needs memory for one segment, not for the whole journal; the
+    // data stays in the segments, where reads and uploads find it.
+    let journal = Journal::open(buffer.path(), segment_bytes, |rec, at| {
         let len = match rec.op {
             record::Op::Write(d) => d.len() as u64,
             record::Op::Discard(l) => u64::from(l),
@@ -79,7 +81,8 @@ pub(crate) fn open(config: &CacheConfig) -> Result<State, CacheError> {
             )));
         }
         replayed += 1;
-        state.apply(rec.name, rec.offset, rec.op, rec.seq)
+        state.apply(rec.name, rec.offset, rec.op, rec.seq, at);
+        Ok(())
     })
     .map_err(|source| CacheError::Journal {
         what: "replaying",

@@ -49,6 +49,7 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
         || st.journal.total_bytes() > cfg.buffer_capacity / 2;
     let mut due = Vec::new();
     let mut next: Option<Instant> = None;
+    let synced = st.journal.synced_seq();
     for name in &st.dirty_names {
         let Some(obj) = st.objects.get(name) else {
             continue;
@@ -57,16 +58,17 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
         if obj.uploading {
             continue;
         }
-        let mut at = if urgent {
+        let mut at = if urgent || d.urgent {
             now
         } else {
-            d.last_write_at + cfg.upload_delay
+            // Coalesce: wait for the object to settle, but never past its maximum age.
+            (d.last_write_at + cfg.upload_delay).min(d.first_at + cfg.upload_max_age)
         };
         if let Some(r) = obj.retry_at {
             at = at.max(r);
         }
         if at <= now {
-            due.push((d.since_seq, name.clone()));
+            due.push((d.needed_from(synced), name.clone()));
         } else {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
@@ -88,11 +90,11 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
 
 async fn upload_one(inner: Arc<Inner>, name: String) {
     let result = match content(&inner, &name).await {
-        Ok((data, seq)) => inner
+        Ok(c) => inner
             .sink
-            .upload(&name, data)
+            .upload(&name, c.data.clone())
             .await
-            .map(|()| seq)
+            .map(|()| c)
             .map_err(|source| CacheError::Sink {
                 name: name.clone(),
                 source,
@@ -108,12 +110,13 @@ async fn upload_one(inner: Arc<Inner>, name: String) {
         return;
     };
     obj.uploading = false;
-    match result {
-        Ok(seq) => {
+    let failure = match result {
+        Ok(c) => {
             obj.retry_at = None;
             obj.backoff = inner.config.retry_initial;
-            st.uploaded(&name, seq);
             inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
+            // Until the cache file holds the content, the extents stay and point at the journal.
+            let kept = st.uploaded(&name, c.seq, &c.data, c.captured_at).err();
             let needed = st.needed_from();
             // Sealing the active segment is left to writers that need the space.
             if let Err(e) = st.journal.reclaim(needed, false) {
@@ -122,17 +125,24 @@ async fn upload_one(inner: Arc<Inner>, name: String) {
             if let Err(e) = st.evict() {
                 tracing::warn!(error = %e, "cache eviction failed");
             }
+            kept.map(|source| CacheError::CacheFile {
+                name: name.clone(),
+                source,
+            })
         }
-        Err(e) => {
-            let wait = obj
-                .backoff
-                .max(inner.config.retry_initial)
-                .min(inner.config.retry_max);
-            obj.retry_at = Some(Instant::now() + wait);
-            obj.backoff = wait.saturating_mul(2).min(inner.config.retry_max);
-            inner.counters.upload_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(object = %name, error = %e, retry_in = ?wait, "upload failed");
-        }
+        Err(e) => Some(e),
+    };
+    if let Some(e) = failure
+        && let Some(obj) = st.objects.get_mut(&name)
+    {
+        let wait = obj
+            .backoff
+            .max(inner.config.retry_initial)
+            .min(inner.config.retry_max);
+        obj.retry_at = Some(Instant::now() + wait);
+        obj.backoff = wait.saturating_mul(2).min(inner.config.retry_max);
+        inner.counters.upload_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(object = %name, error = %e, retry_in = ?wait, "upload failed");
     }
     drop(st);
     inner.space.notify_waiters();
@@ -140,36 +150,43 @@ async fn upload_one(inner: Arc<Inner>, name: String) {
     inner.wake.notify_one();
 }
 
+/// What an upload sends: the object's whole content as of journal seq `seq`.
+struct Content {
+    data: Bytes,
+    seq: u64,
+    captured_at: Instant,
+}
+
 /// The object's full content and the journal seq it reflects, taken under one lock.
-async fn content(inner: &Arc<Inner>, name: &str) -> Result<(Bytes, u64), CacheError> {
+async fn content(inner: &Arc<Inner>, name: &str) -> Result<Content, CacheError> {
     let size = inner.config.object_size;
-    let file_err = |source| CacheError::CacheFile {
-        name: name.to_owned(),
-        source,
+    let capture = |st: &crate::index::State, base: Option<&[u8]>| {
+        let seq = st
+            .objects
+            .get(name)
+            .and_then(|o| o.dirty.as_ref())
+            .map_or(0, |d| d.last_seq);
+        let data = st
+            .read(name, 0..size, base)
+            .map_err(|source| CacheError::CacheFile {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(Content {
+            data: Bytes::from(data),
+            seq,
+            captured_at: Instant::now(),
+        })
     };
     {
         let st = inner.state();
-        if let Some(obj) = st.objects.get(name)
-            && obj.known.covers(0..size)
-        {
-            let seq = obj.dirty.as_ref().map_or(0, |d| d.last_seq);
-            return Ok((
-                Bytes::from(st.read(name, 0..size, None).map_err(file_err)?),
-                seq,
-            ));
+        if st.objects.get(name).is_some_and(|o| o.holds(0..size)) {
+            return capture(&st, None);
         }
     }
     // Parts never written here and not cached come from the bucket; the object is marked
     // uploading, so it is not evicted and its local ranges stay newer than this base.
     let base = fetch_shared(inner, name).await?;
     let st = inner.state();
-    let seq = st
-        .objects
-        .get(name)
-        .and_then(|o| o.dirty.as_ref())
-        .map_or(0, |d| d.last_seq);
-    Ok((
-        Bytes::from(st.read(name, 0..size, Some(&base)).map_err(file_err)?),
-        seq,
-    ))
+    capture(&st, Some(&base))
 }
