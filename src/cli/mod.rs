@@ -19,6 +19,18 @@ use args::Command;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Gateway errors that come from the operator's input (bad names or sizes, duplicates, unknown
+/// or busy objects) exit with status 2; the rest are runtime failures.
+pub(crate) fn gateway_error(e: crate::gateway::GatewayError) -> anyhow::Error {
+    use crate::gateway::GatewayError as E;
+    match e {
+        E::InvalidArgument(_) | E::AlreadyExists(_) | E::NotFound(_) | E::Busy(_) => {
+            UsageError(e.to_string()).into()
+        }
+        other => other.into(),
+    }
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let data_dir = data_dir(&cli)?;
     match cli.command {

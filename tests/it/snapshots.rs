@@ -12,7 +12,7 @@ use crate::support::activate_on;
 use crate::support::garage::Garage;
 use crate::support::{run, stderr, stdout, tidegate, tool};
 
-fn snapshot(data: &Path, config: Option<&Path>, volume: &str) -> String {
+pub(crate) fn snapshot(data: &Path, config: Option<&Path>, volume: &str) -> String {
     let mut cmd = tidegate(data);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
@@ -25,7 +25,7 @@ fn snapshot(data: &Path, config: Option<&Path>, volume: &str) -> String {
     id
 }
 
-fn restore(data: &Path, config: Option<&Path>, snapshot: &str, name: &str) {
+pub(crate) fn restore(data: &Path, config: Option<&Path>, snapshot: &str, name: &str) {
     let mut cmd = tidegate(data);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);

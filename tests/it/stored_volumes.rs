@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::iscsi_volume::{MIB, qemu_io, start, url, wait_for_target};
-use crate::snapshots::{random_file, read_lun};
+use crate::snapshots::{random_file, read_lun, restore, snapshot};
 use crate::support::gateway::Gateway;
 use crate::support::{run, stderr, stdout, tidegate};
 
@@ -120,19 +120,8 @@ fn a_stored_volume_keeps_its_disk_and_ships_it_to_the_bucket() {
     // What the bucket holds is the whole disk: a snapshot restored as a cached volume (every
     // chunk from the bucket) and as a stored volume on a new disk (downloaded in the background)
     // both read back identically.
-    let snap = cli(&data, &["snapshot", "create", "st"]);
-    let snap = snap.split_whitespace().next().unwrap().to_owned();
-    cli(
-        &data,
-        &[
-            "volume",
-            "create",
-            "--name",
-            "st-c",
-            "--from-snapshot",
-            &snap,
-        ],
-    );
+    let snap = snapshot(&data, None, "st");
+    restore(&data, None, &snap, "st-c");
     let disk2 = dir.path().join("disk2.img");
     cli(
         &data,
@@ -175,19 +164,8 @@ fn a_stored_volume_keeps_its_disk_and_ships_it_to_the_bucket() {
     assert!(w.status.success(), "{}", stderr(&w));
     expected[..MIB as usize].fill(0x77);
     gw.kill9();
-    let snap = cli(&data, &["snapshot", "create", "st"]);
-    let snap = snap.split_whitespace().next().unwrap().to_owned();
-    cli(
-        &data,
-        &[
-            "volume",
-            "create",
-            "--name",
-            "st-off",
-            "--from-snapshot",
-            &snap,
-        ],
-    );
+    let snap = snapshot(&data, None, "st");
+    restore(&data, None, &snap, "st-off");
     let gw = start(&data, None);
     let offline = url(&gw, "st-off");
     wait_for_target(&offline);

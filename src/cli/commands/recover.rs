@@ -40,7 +40,7 @@ pub fn run(args: RecoverArgs, config: Option<&Path>, data_dir: &Path) -> Result<
             out,
             "recovered gateway {} from its catalog copy of {}",
             r.gateway_id,
-            crate::cli::commands::status::rfc3339(i64::try_from(g / 1000).unwrap_or(0))
+            crate::store::rfc3339(i64::try_from(g / 1000).unwrap_or(0))
         )?,
         None => writeln!(
             out,

@@ -9,10 +9,9 @@ use anyhow::{Context, Result};
 
 use crate::catalog::Catalog;
 use crate::catalog::shares::Squash;
-use crate::cli::UsageError;
 use crate::cli::args::{ShareCommand, SquashArg};
+use crate::cli::gateway_error as usage;
 use crate::config::{ByteSize, Config};
-use crate::gateway::GatewayError;
 use crate::gateway::files::{self, Cidr, ShareSpec};
 
 pub fn run(cmd: ShareCommand, config: Config) -> Result<ExitCode> {
@@ -99,25 +98,10 @@ pub fn run(cmd: ShareCommand, config: Config) -> Result<ExitCode> {
             )?;
             writeln!(out, "pending deletes: {}", stats.pending_deletes)?;
             match stats.last_upload_unix {
-                Some(t) => writeln!(
-                    out,
-                    "last upload: {}",
-                    crate::cli::commands::status::rfc3339(t)
-                )?,
+                Some(t) => writeln!(out, "last upload: {}", crate::store::rfc3339(t))?,
                 None => writeln!(out, "last upload: never")?,
             }
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Bad names, duplicates and unknown shares are the operator's input: exit status 2.
-fn usage(e: GatewayError) -> anyhow::Error {
-    match e {
-        GatewayError::InvalidArgument(_)
-        | GatewayError::AlreadyExists(_)
-        | GatewayError::NotFound(_)
-        | GatewayError::Busy(_) => UsageError(e.to_string()).into(),
-        other => other.into(),
-    }
 }

@@ -12,11 +12,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::catalog::Catalog;
 use crate::catalog::snapshots::{SnapshotRow, SnapshotState};
-use crate::cli::UsageError;
 use crate::cli::args::SnapshotCommand;
+use crate::cli::{UsageError, gateway_error as usage};
 use crate::config::{ByteSize, Config};
 use crate::daemon::{DaemonError, Engine, Ready};
-use crate::gateway::GatewayError;
 use crate::gateway::volumes::snapshot::{self, Context as SnapContext, Cut};
 
 pub fn run(cmd: SnapshotCommand, config: Config) -> Result<ExitCode> {
@@ -75,7 +74,7 @@ pub fn run(cmd: SnapshotCommand, config: Config) -> Result<ExitCode> {
                     s.state.as_str(),
                     s.chunks,
                     s.new_chunks,
-                    crate::cli::commands::status::rfc3339(s.requested_unix),
+                    crate::store::rfc3339(s.requested_unix),
                     if s.scheduled { "[scheduled] " } else { "" },
                     match (&s.error, s.state) {
                         (Some(e), SnapshotState::Failed) => format!("{} ({e})", s.description),
@@ -185,13 +184,4 @@ async fn take_offline(catalog: &Catalog, config: Config, row: &SnapshotRow) -> R
     catalog
         .snapshot(&row.id)?
         .with_context(|| format!("snapshot {} vanished from the catalog", row.id))
-}
-
-fn usage(e: GatewayError) -> anyhow::Error {
-    match e {
-        GatewayError::InvalidArgument(_) | GatewayError::NotFound(_) | GatewayError::Busy(_) => {
-            UsageError(e.to_string()).into()
-        }
-        other => other.into(),
-    }
 }

@@ -193,7 +193,7 @@ fn area(a: &AreaStatus) -> String {
     }
 }
 
-pub(crate) use crate::store::rfc3339;
+use crate::store::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -9,12 +9,11 @@ use anyhow::{Context, Result};
 
 use crate::catalog::Catalog;
 use crate::catalog::volumes::VolumeMode;
-use crate::cli::UsageError;
 use crate::cli::args::{ImageFormatArg, VolumeCommand, VolumeModeArg};
 use crate::cli::progress::Bar;
+use crate::cli::{UsageError, gateway_error as usage};
 use crate::config::{ByteSize, Config};
 use crate::daemon::{self, Engine};
-use crate::gateway::GatewayError;
 use crate::gateway::volumes::image::{self, ImageError, ImageFormat};
 use crate::gateway::volumes::{self, CHUNK_SIZE, CreateVolume};
 
@@ -323,15 +322,5 @@ fn image_error(e: ImageError) -> anyhow::Error {
         UsageError(e.to_string()).into()
     } else {
         e.into()
-    }
-}
-
-/// Bad names, sizes and duplicates are the operator's input: exit status 2.
-fn usage(e: GatewayError) -> anyhow::Error {
-    match e {
-        GatewayError::InvalidArgument(_)
-        | GatewayError::AlreadyExists(_)
-        | GatewayError::NotFound(_) => UsageError(e.to_string()).into(),
-        other => other.into(),
     }
 }
