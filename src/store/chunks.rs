@@ -63,7 +63,7 @@ impl ChunkStore {
     /// `put`, also returning the bytes stored in the bucket (0 for a zero chunk).
     pub async fn put_counted(&self, data: Bytes) -> Result<(ChunkRef, u64), StoreError> {
         let codec = self.codec.clone();
-        let sealed = tokio::task::spawn_blocking(move || codec.seal_chunk(&data))
+        let sealed = super::background::run(move || codec.seal_chunk(&data))
             .await
             .map_err(|e| self.internal("seal", e.to_string()))?
             .map_err(|e| self.internal("seal", e.to_string()))?;
@@ -100,7 +100,7 @@ impl ChunkStore {
     pub async fn put_sealed(&self, key: &str, data: Bytes) -> Result<u64, StoreError> {
         let codec = self.codec.clone();
         let object = key.to_owned();
-        let frame = tokio::task::spawn_blocking(move || codec.seal(&object, &data))
+        let frame = super::background::run(move || codec.seal(&object, &data))
             .await
             .map_err(|e| self.internal("seal", e.to_string()))?
             .map_err(|e| self.internal("seal", e.to_string()))?;

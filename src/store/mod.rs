@@ -8,6 +8,7 @@
 //! archives. Invariant: data read back through `ChunkStore` has passed its frame's
 //! authentication; anything else is a `StoreError::Corrupt` naming the object, never data.
 
+pub mod background;
 pub mod bench;
 pub mod chunks;
 #[doc(hidden)]
