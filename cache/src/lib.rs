@@ -182,6 +182,17 @@ pub enum CacheError {
 }
 
 impl CacheError {
+    /// True when the cache or upload-buffer disk (or the user's quota on it) is full: the caller
+    /// can say "no space" instead of reporting an internal failure.
+    pub fn is_no_space(&self) -> bool {
+        let io = match self {
+            Self::Journal { source, .. } | Self::CacheFile { source, .. } => source,
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::StorageFull
+            || io.kind() == std::io::ErrorKind::QuotaExceeded
+    }
+
     /// The sink's error kind, so the front end can tell "medium error" from "retry".
     pub fn sink_kind(&self) -> Option<SinkErrorKind> {
         match self {

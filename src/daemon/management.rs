@@ -17,6 +17,7 @@ use crate::catalog::Catalog;
 use crate::catalog::snapshots::SnapshotRow;
 use crate::catalog::volumes::{VolumeMode, VolumeRow};
 use crate::config::{ByteSize, Config};
+use crate::daemon::health;
 use crate::daemon::volumes::{VolumeService, target_name};
 use crate::frontend::api::{ApiError, ApiResult, BoxFuture, Management};
 use crate::gateway::GatewayError;
@@ -404,28 +405,16 @@ impl Management for DaemonManagement {
 
     fn status(&self) -> ApiResult {
         let c = self.cache.stats();
-        let mut problems = Vec::new();
-        if c.writers_waiting > 0 {
-            problems.push(format!(
-                "{} writer(s) held: the upload buffer is full of data not yet in the bucket",
-                c.writers_waiting
-            ));
-        } else if c.buffer_capacity > 0 && c.buffer_bytes * 10 >= c.buffer_capacity * 9 {
-            problems.push("the upload buffer is over 90% full".to_owned());
-        }
         let integrity = self.catalog.integrity_summary().map_err(internal)?;
-        if integrity.count > 0 {
-            problems.push(format!(
-                "{} integrity failure(s) recorded; run `tidegate scrub`",
-                integrity.count
-            ));
-        }
-        if c.upload_errors > 0 && c.dirty_bytes > 0 {
-            problems.push(format!(
-                "{} upload error(s) with data waiting: is the bucket reachable?",
-                c.upload_errors
-            ));
-        }
+        let problems = health::problems(&health::Inputs {
+            writers_waiting: c.writers_waiting,
+            buffer_bytes: c.buffer_bytes,
+            buffer_capacity: c.buffer_capacity,
+            upload_errors: c.upload_errors,
+            dirty_bytes: c.dirty_bytes,
+            integrity_failures: integrity.count,
+            disks: health::disks(&self.config, c.cache_bytes, c.buffer_bytes),
+        });
         let (up, down) = self.chunks.bucket().limits();
         Ok(json!({
             "gateway": self.config.name,

@@ -35,6 +35,8 @@ pub struct Status {
         crate::catalog::shares::ShareRow,
         crate::catalog::shares::ShareSyncStats,
     )>,
+    /// What needs the operator's attention beyond the bucket and the key (daemon/health).
+    pub problems: Vec<String>,
 }
 
 /// What a running daemon reports about its cache and upload buffer (`run/status.toml`).
@@ -126,10 +128,7 @@ pub struct AreaStatus {
 impl Status {
     /// True when nothing needs the operator's attention.
     pub fn healthy(&self) -> bool {
-        self.bucket_state.is_ok()
-            && self.key.is_ok()
-            && self.integrity.count == 0
-            && self.live.as_ref().is_none_or(|l| l.writers_waiting == 0)
+        self.bucket_state.is_ok() && self.key.is_ok() && self.problems.is_empty()
     }
 }
 
@@ -178,7 +177,29 @@ pub async fn gather(config: Config) -> Status {
                 .collect::<Option<Vec<_>>>()
         })
         .unwrap_or_default();
+    let cache = area_status(&config.cache);
+    let upload_buffer = area_status(&config.upload_buffer);
+    let integrity = catalog
+        .as_ref()
+        .and_then(|c| c.integrity_summary().ok())
+        .unwrap_or_default();
+    // A running daemon's figures are current; without one, what the areas hold on disk.
+    let l = live.clone().unwrap_or_else(|| LiveStatus {
+        cache_bytes: cache.used.unwrap_or(0),
+        buffer_bytes: upload_buffer.used.unwrap_or(0),
+        ..LiveStatus::default()
+    });
+    let problems = super::health::problems(&super::health::Inputs {
+        writers_waiting: l.writers_waiting,
+        buffer_bytes: l.buffer_bytes,
+        buffer_capacity: l.buffer_capacity,
+        upload_errors: l.upload_errors,
+        dirty_bytes: l.dirty_bytes,
+        integrity_failures: integrity.count,
+        disks: super::health::disks(&config, l.cache_bytes, l.buffer_bytes),
+    });
     Status {
+        problems,
         live,
         volumes,
         shares,
@@ -194,12 +215,9 @@ pub async fn gather(config: Config) -> Status {
         bucket_state,
         key: key.map(|k| k.fingerprint()).map_err(|e| e.to_string()),
         catalog_schema: catalog.as_ref().and_then(|c| c.schema_version().ok()),
-        cache: area_status(&config.cache),
-        upload_buffer: area_status(&config.upload_buffer),
-        integrity: catalog
-            .as_ref()
-            .and_then(|c| c.integrity_summary().ok())
-            .unwrap_or_default(),
+        cache,
+        upload_buffer,
+        integrity,
         config,
     }
 }

@@ -189,6 +189,7 @@ pub const INTERNAL_TARGET_FAILURE: Sense = Sense::new(HardwareError, 0x44, 0x00)
 /// What an initiator sees for a gateway failure. BUSY carries no sense (SAM-5 §5.3.1); the
 /// rest are CHECK CONDITION.
 pub fn gateway_error(e: &GatewayError) -> ScsiResponse {
+    log_failure(e);
     let sense = match e {
         // The volume behind the LU went away (deleted while exported): no medium.
         GatewayError::NotFound(_) => MEDIUM_NOT_PRESENT,
@@ -219,6 +220,25 @@ pub fn gateway_error(e: &GatewayError) -> ScsiResponse {
         GatewayError::Internal(_) => INTERNAL_TARGET_FAILURE,
     };
     ScsiResponse::check(sense)
+}
+
+/// The failures an operator must hear about go to the log, at most once a second per kind: a
+/// full disk or a corrupt chunk fails every command that touches it, and one line says enough.
+fn log_failure(e: &GatewayError) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+    let slot = match e {
+        GatewayError::NoSpace(_) => 0,
+        GatewayError::Corrupt(_) => 1,
+        GatewayError::Internal(_) => 2,
+        _ => return,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST[slot].swap(now, Ordering::Relaxed) != now {
+        tracing::error!(error = %e, "SCSI command failed");
+    }
 }
 
 #[cfg(test)]

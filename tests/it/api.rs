@@ -10,13 +10,13 @@ use crate::snapshots::{random_file, write_image};
 use crate::support::gateway::Gateway;
 use crate::support::{stderr, stdout, tool};
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     token: String,
 }
 
 impl Api {
-    fn of(gw: &Gateway, data: &Path) -> Api {
+    pub(crate) fn of(gw: &Gateway, data: &Path) -> Api {
         let token = std::fs::read_to_string(data.join("api.token"))
             .unwrap()
             .trim()
@@ -53,7 +53,7 @@ impl Api {
         (code.trim().parse().unwrap(), body.to_owned())
     }
 
-    fn ok(&self, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+    pub(crate) fn ok(&self, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
         let (code, text) = self.call(method, path, body, Some(&self.token));
         assert_eq!(code, 200, "{method} {path}: {text}");
         serde_json::from_str(&text).unwrap()

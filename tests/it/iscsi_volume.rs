@@ -421,3 +421,110 @@ fn a_tampered_chunk_is_a_read_error_and_shows_in_status() {
     );
     assert_eq!(gw.stop(), Some(0));
 }
+
+/// A tmpfs mounted for one test and unmounted when it ends, even by a failed assertion.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let out = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at));
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs as a small disk and needs root: {}",
+            stderr(&out)
+        );
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_upload_buffer_disk_is_no_space_and_status_names_it() {
+    let mut garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The upload buffer may grow to 256 MiB, but its disk holds 48 MiB.
+    let disk = SmallDisk::mount(&dir.path().join("small"), "48m");
+    let buffer = disk.0.join("upload-buffer");
+    let config = activate_on(
+        &garage,
+        dir.path(),
+        &data,
+        "fulldisk",
+        &[
+            "--cache-size",
+            "64MiB",
+            "--upload-buffer-size",
+            "256MiB",
+            "--upload-buffer-path",
+            buffer.to_str().unwrap(),
+        ],
+    );
+    create_volume(&data, Some(&config), "full", "256MiB");
+
+    // Said before anything is written: the configured size does not fit the disk.
+    let status = run(tidegate(&data).arg("status"));
+    let text = stdout(&status);
+    assert!(!status.status.success(), "{text}");
+    assert!(
+        text.contains("PROBLEM:        disk nearly full")
+            && text.contains(&format!("upload buffer ({})", buffer.display())),
+        "{text}"
+    );
+
+    let gw = start(&data, Some(&config));
+    let target = url(&gw, "full");
+    wait_for_target(&target);
+    let status = crate::api::Api::of(&gw, &data).ok("GET", "/api/v1/status", None);
+    assert_eq!(status["healthy"], false, "{status}");
+    assert!(
+        status["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.starts_with("disk nearly full")),
+        "{status}"
+    );
+    // With the bucket down nothing drains, so the journal fills the small disk.
+    garage.stop();
+    let out = qemu_io(&target, &["write -P 0x5a 200M 8M", "flush"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Written from offset 0, clear of the pattern above.
+    let source = dir.path().join("source.raw");
+    std::fs::write(&source, noise(96 * MIB as usize, 7)).unwrap();
+    let out = run(Command::new(tool("qemu-img"))
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(&source)
+        .arg(&target));
+    // SPACE ALLOCATION FAILED (DATA PROTECT 27h/07h), which initiators report as ENOSPC,
+    // not an I/O error.
+    assert!(!out.status.success(), "96 MiB fitted on a 48 MiB disk?");
+    assert!(
+        stderr(&out).contains("No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        gw.log_text().contains("upload buffer disk is full"),
+        "{}",
+        gw.log_text()
+    );
+    // Acknowledged data is untouched and the volume still answers.
+    assert_pattern(&target, 0x5a, 200 * MIB, 8 * MIB);
+
+    // Once the bucket is back the buffer drains and writes fit again.
+    garage.restart();
+    wait_drained(&gw, Duration::from_secs(300));
+    let out = qemu_io(&target, &["write -P 0x6b 16M 8M", "flush"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_pattern(&target, 0x6b, 16 * MIB, 8 * MIB);
+    assert_pattern(&target, 0x5a, 200 * MIB, 8 * MIB);
+    assert_eq!(gw.stop(), Some(0));
+}

@@ -125,14 +125,6 @@ pub fn run(config: Config) -> Result<ExitCode> {
             l.files_upload_errors,
             ByteSize(l.files_download_bytes)
         )?;
-        if l.writers_waiting > 0 {
-            writeln!(
-                out,
-                "PROBLEM:        {} writer(s) held: the upload buffer is full of data not yet in \
-                 the bucket (is the bucket reachable?)",
-                l.writers_waiting
-            )?;
-        }
     }
     for v in &s.volumes {
         writeln!(
@@ -170,6 +162,9 @@ pub fn run(config: Config) -> Result<ExitCode> {
             ),
         }
     )?;
+    for p in &s.problems {
+        writeln!(out, "PROBLEM:        {p}")?;
+    }
     Ok(if s.healthy() {
         ExitCode::SUCCESS
     } else {

@@ -146,6 +146,12 @@ impl crate::gateway::volumes::snapshot::Capture for Volume {
 /// is damage (MEDIUM ERROR) or an outage (retry later).
 fn cache_error(e: CacheError) -> GatewayError {
     use tidegate_cache::SinkErrorKind;
+    if e.is_no_space() {
+        // Named so the log and the initiator's error say which disk to look at (status too).
+        return GatewayError::NoSpace(format!(
+            "{e}: the cache or upload buffer disk is full (see `tidegate status`)"
+        ));
+    }
     match e.sink_kind() {
         Some(SinkErrorKind::Corrupt) => GatewayError::Corrupt(Box::new(e)),
         Some(SinkErrorKind::Unavailable) => GatewayError::Unavailable(Box::new(e)),

@@ -1,0 +1,243 @@
+//! The problems an operator must hear about, worded once for `tidegate status` and the API's
+//! `/api/v1/status` so the two never disagree (issue 9: health and alarms).
+
+use std::path::{Path, PathBuf};
+
+use crate::config::ByteSize;
+
+/// Space the data dir's filesystem keeps free beyond what the cache areas may still take: the
+/// catalog and its WAL, file-gateway staging, snapshot stages and logs live there.
+const DATA_DIR_RESERVE: u64 = 256 << 20;
+
+/// One directory the gateway fills, with how far it may still grow.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub what: &'static str,
+    pub path: PathBuf,
+    /// Bytes it may still grow by before it reaches its configured size (0 for the data dir,
+    /// which has no configured size: it gets the reserve instead).
+    pub growth: u64,
+}
+
+/// What the checks look at; gathered by the daemon (live) or by `status` (from the daemon's
+/// status file and the disks).
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub writers_waiting: u64,
+    pub buffer_bytes: u64,
+    pub buffer_capacity: u64,
+    pub upload_errors: u64,
+    pub dirty_bytes: u64,
+    pub integrity_failures: u64,
+    pub disks: Vec<Disk>,
+}
+
+/// Free and total bytes of a filesystem, and an id telling filesystems apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsSpace {
+    pub id: u64,
+    pub free: u64,
+    pub total: u64,
+}
+
+/// The cache, the upload buffer (each with what it may still grow by, from how much it holds)
+/// and the data dir.
+pub fn disks(config: &crate::config::Config, cache_used: u64, buffer_used: u64) -> Vec<Disk> {
+    vec![
+        Disk {
+            what: "cache",
+            path: config.cache.path.clone(),
+            growth: config.cache.size.bytes().saturating_sub(cache_used).max(1),
+        },
+        Disk {
+            what: "upload buffer",
+            path: config.upload_buffer.path.clone(),
+            growth: config
+                .upload_buffer
+                .size
+                .bytes()
+                .saturating_sub(buffer_used)
+                .max(1),
+        },
+        Disk {
+            what: "data dir",
+            path: config.data_dir.clone(),
+            growth: 0,
+        },
+    ]
+}
+
+/// Every problem, most urgent first, as sentences an operator can act on.
+pub fn problems(i: &Inputs) -> Vec<String> {
+    problems_with(i, fs_space)
+}
+
+fn problems_with(i: &Inputs, space: impl Fn(&Path) -> Option<FsSpace>) -> Vec<String> {
+    let mut out = Vec::new();
+    if i.writers_waiting > 0 {
+        out.push(format!(
+            "{} writer(s) held: the upload buffer is full of data not yet in the bucket",
+            i.writers_waiting
+        ));
+    } else if i.buffer_capacity > 0 && i.buffer_bytes * 10 >= i.buffer_capacity * 9 {
+        out.push(format!(
+            "the upload buffer is over 90% full ({} of {}); writers will be held when it fills",
+            ByteSize(i.buffer_bytes),
+            ByteSize(i.buffer_capacity)
+        ));
+    }
+    if i.upload_errors > 0 && i.dirty_bytes > 0 {
+        out.push(format!(
+            "{} upload error(s) with {} waiting: is the bucket reachable?",
+            i.upload_errors,
+            ByteSize(i.dirty_bytes)
+        ));
+    }
+    if i.integrity_failures > 0 {
+        out.push(format!(
+            "{} integrity failure(s) recorded; run `tidegate scrub`",
+            i.integrity_failures
+        ));
+    }
+    out.extend(disk_problems(&i.disks, space));
+    out
+}
+
+/// Disks sharing a filesystem share its free space: the cache and the upload buffer on one disk
+/// must both fit. A filesystem is nearly full when its free space is less than what the areas on
+/// it may still take, plus the data dir's reserve if the data dir is there too.
+fn disk_problems(disks: &[Disk], space: impl Fn(&Path) -> Option<FsSpace>) -> Vec<String> {
+    let mut filesystems: Vec<(FsSpace, Vec<&Disk>)> = Vec::new();
+    for d in disks {
+        let Some(s) = space(&d.path) else { continue };
+        match filesystems.iter_mut().find(|(f, _)| f.id == s.id) {
+            Some((_, on)) => on.push(d),
+            None => filesystems.push((s, vec![d])),
+        }
+    }
+    let mut out = Vec::new();
+    for (fs, on) in filesystems {
+        let needed: u64 = on
+            .iter()
+            .map(|d| {
+                if d.growth == 0 {
+                    DATA_DIR_RESERVE
+                } else {
+                    d.growth
+                }
+            })
+            .sum();
+        if fs.free >= needed {
+            continue;
+        }
+        let names: Vec<String> = on
+            .iter()
+            .map(|d| format!("{} ({})", d.what, d.path.display()))
+            .collect();
+        out.push(format!(
+            "disk nearly full: the filesystem holding {} has {} free of {}, and needs {} \
+             (what the cache areas may still grow by, plus {} for the catalog and staging); \
+             free space there or shrink the configured sizes",
+            names.join(", "),
+            ByteSize(fs.free),
+            ByteSize(fs.total),
+            ByteSize(needed),
+            ByteSize(DATA_DIR_RESERVE)
+        ));
+    }
+    out
+}
+
+/// statvfs of `path`, or of its nearest existing parent (an area not created yet still lands on
+/// that filesystem).
+pub fn fs_space(path: &Path) -> Option<FsSpace> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let s = rustix::fs::statvfs(existing).ok()?;
+    Some(FsSpace {
+        id: s.f_fsid,
+        free: s.f_bavail.saturating_mul(s.f_frsize),
+        total: s.f_blocks.saturating_mul(s.f_frsize),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(what: &'static str, path: &str, growth: u64) -> Disk {
+        Disk {
+            what,
+            path: PathBuf::from(path),
+            growth,
+        }
+    }
+
+    /// `/a` and `/b` are one filesystem, `/c` another.
+    fn space(free_ab: u64, free_c: u64) -> impl Fn(&Path) -> Option<FsSpace> {
+        move |p: &Path| {
+            let (id, free) = if p.starts_with("/c") {
+                (2, free_c)
+            } else {
+                (1, free_ab)
+            };
+            Some(FsSpace {
+                id,
+                free,
+                total: 100 << 30,
+            })
+        }
+    }
+
+    #[test]
+    fn a_filesystem_is_nearly_full_when_its_areas_cannot_grow_to_their_size() {
+        let disks = [
+            disk("cache", "/a/cache", 700 << 20),
+            disk("upload buffer", "/b/buf", 800 << 20),
+            disk("data dir", "/c", 0),
+        ];
+        // 1.4 GiB free for 1.5 GiB of growth on one filesystem: a problem naming both areas.
+        let p = disk_problems(&disks, space(1400 << 20, 1 << 30));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("cache (/a/cache)") && p[0].contains("upload buffer (/b/buf)"));
+        assert!(!p[0].contains("data dir"), "{}", p[0]);
+        // Enough for both: fine. The data dir wants its reserve.
+        assert!(disk_problems(&disks, space(2 << 30, 1 << 30)).is_empty());
+        let p = disk_problems(&disks, space(2 << 30, 100 << 20));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("data dir (/c)"), "{}", p[0]);
+        // A disk that cannot be measured is skipped, not reported as full.
+        assert!(disk_problems(&disks, |_: &Path| None).is_empty());
+    }
+
+    #[test]
+    fn held_writers_outrank_a_nearly_full_buffer_and_errors_need_waiting_data() {
+        let mut i = Inputs {
+            buffer_bytes: 95,
+            buffer_capacity: 100,
+            ..Inputs::default()
+        };
+        let none = |_: &Path| None;
+        let p = problems_with(&i, none);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("over 90% full"), "{}", p[0]);
+        i.writers_waiting = 2;
+        i.upload_errors = 3;
+        let p = problems_with(&i, none);
+        assert_eq!(p.len(), 1, "errors with nothing dirty are history: {p:?}");
+        assert!(p[0].starts_with("2 writer(s) held"), "{}", p[0]);
+        i.dirty_bytes = 1 << 20;
+        i.integrity_failures = 1;
+        let p = problems_with(&i, none);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[1].contains("is the bucket reachable"), "{}", p[1]);
+        assert!(p[2].contains("tidegate scrub"), "{}", p[2]);
+    }
+
+    #[test]
+    fn measures_a_real_filesystem_through_a_missing_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = fs_space(&dir.path().join("not/yet")).expect("statvfs");
+        assert!(s.total > 0 && s.free <= s.total, "{s:?}");
+        assert_eq!(Some(s.id), fs_space(dir.path()).map(|s| s.id));
+    }
+}
