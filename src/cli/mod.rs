@@ -3,6 +3,7 @@
 
 pub mod args;
 mod commands;
+mod daemon_api;
 mod progress;
 
 use std::path::{Path, PathBuf};

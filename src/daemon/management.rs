@@ -76,6 +76,101 @@ fn volume_json(config: &Config, v: &VolumeRow, mapped_chunks: u64) -> Value {
     })
 }
 
+fn share_json(
+    r: &crate::catalog::shares::ShareRow,
+    sync: Option<&crate::catalog::shares::ShareSyncStats>,
+) -> Value {
+    let mut v = json!({
+        "name": r.name,
+        "prefix": r.bucket_prefix,
+        "read_only": r.read_only,
+        "squash": r.squash.as_str(),
+        "allowed_clients": r.allowed_clients
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>(),
+        "refresh_secs": r.refresh_secs,
+    });
+    if let Some(s) = sync {
+        v["dirty_files"] = json!(s.dirty_files);
+        v["dirty_bytes"] = json!(s.dirty_bytes);
+        v["last_upload_unix"] = json!(s.last_upload_unix);
+    }
+    v
+}
+
+fn share_spec(body: &Value) -> Result<crate::gateway::files::ShareSpec, ApiError> {
+    use crate::catalog::shares::Squash;
+    let name = text(body, "name")?.ok_or_else(|| bad("`name` is required"))?;
+    let mut spec = crate::gateway::files::ShareSpec::new(name);
+    spec.bucket_prefix = text(body, "prefix")?
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned);
+    spec.read_only = body
+        .get("read_only")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if let Some(sq) = text(body, "squash")? {
+        spec.squash = Squash::parse(sq)
+            .ok_or_else(|| bad(format!("`squash` {sq:?}: use root, all or none")))?;
+    }
+    if let Some(list) = body.get("allowed_clients").filter(|v| !v.is_null()) {
+        let list = list
+            .as_array()
+            .ok_or_else(|| bad("`allowed_clients` must be a list of CIDRs"))?;
+        spec.allowed_clients = list
+            .iter()
+            .map(|c| {
+                let c = c
+                    .as_str()
+                    .ok_or_else(|| bad("`allowed_clients`: CIDR strings"))?;
+                crate::gateway::files::Cidr::parse(c).map_err(api_error)
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let number = |field: &str| -> Result<Option<u64>, ApiError> {
+        match body.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| bad(format!("`{field}` must be a whole number"))),
+        }
+    };
+    let id = |field: &str| -> Result<Option<u32>, ApiError> {
+        number(field)?
+            .map(|n| u32::try_from(n).map_err(|_| bad(format!("`{field}` is too large"))))
+            .transpose()
+    };
+    if let Some(v) = id("default_uid")? {
+        spec.default_uid = v;
+    }
+    if let Some(v) = id("default_gid")? {
+        spec.default_gid = v;
+    }
+    // Modes as octal strings ("0644"), as people write them, or plain numbers.
+    let mode = |field: &str| -> Result<Option<u32>, ApiError> {
+        match body.get(field) {
+            Some(Value::String(s)) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .map(Some)
+                .ok_or_else(|| bad(format!("`{field}` {s:?} is not an octal mode"))),
+            _ => id(field),
+        }
+    };
+    if let Some(v) = mode("default_mode")? {
+        spec.default_file_mode = v;
+    }
+    if let Some(v) = mode("default_dir_mode")? {
+        spec.default_dir_mode = v;
+    }
+    if let Some(v) = number("refresh_secs")? {
+        spec.refresh = std::time::Duration::from_secs(v);
+    }
+    Ok(spec)
+}
+
 fn snapshot_json(s: &SnapshotRow) -> Value {
     json!({
         "id": s.id,
@@ -485,34 +580,33 @@ impl Management for DaemonManagement {
         let mut out = Vec::new();
         for r in rows {
             let sync = self.catalog.share_sync_stats(r.id).map_err(internal)?;
-            out.push(json!({
-                "name": r.name,
-                "prefix": r.bucket_prefix,
-                "read_only": r.read_only,
-                "dirty_files": sync.dirty_files,
-                "dirty_bytes": sync.dirty_bytes,
-                "last_upload_unix": sync.last_upload_unix,
-            }));
+            out.push(share_json(&r, Some(&sync)));
         }
         Ok(Value::Array(out))
     }
 
-    /// `{"name", "prefix", "read_only"}`; the other settings take the CLI's defaults.
+    /// `{"name", "prefix", "read_only", "squash", "allowed_clients": [CIDR...], "default_uid",
+    /// "default_gid", "default_mode", "default_dir_mode", "refresh_secs"}`; all but the name
+    /// optional, with the CLI's defaults.
     fn create_share(&self, body: Value) -> BoxFuture<'_, ApiResult> {
         Box::pin(async move {
-            let name = text(&body, "name")?.ok_or_else(|| bad("`name` is required"))?;
-            let mut spec = crate::gateway::files::ShareSpec::new(name);
-            spec.bucket_prefix = text(&body, "prefix")?
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned);
-            spec.read_only = body
-                .get("read_only")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            let spec = share_spec(&body)?;
             let row =
                 crate::gateway::files::create_share(&self.catalog, &spec).map_err(api_error)?;
-            Ok(json!({ "name": row.name, "prefix": row.bucket_prefix, "read_only": row.read_only }))
+            Ok(share_json(&row, None))
         })
+    }
+
+    fn delete_share(&self, name: String, force: bool) -> ApiResult {
+        crate::gateway::files::delete_share(&self.catalog, &name, force).map_err(api_error)?;
+        Ok(json!({ "deleted": name }))
+    }
+
+    fn refresh_share(&self, name: String, body: Value) -> ApiResult {
+        let path = text(&body, "path")?.unwrap_or("");
+        let directories = crate::gateway::files::request_refresh(&self.catalog, &name, path)
+            .map_err(api_error)?;
+        Ok(json!({ "share": name, "directories": directories }))
     }
 
     fn history(&self) -> ApiResult {

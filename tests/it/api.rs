@@ -313,3 +313,102 @@ fn a_bandwidth_schedule_window_wins_over_the_defaults() {
     assert_eq!(metric, (5 * MIB) as f64);
     assert_eq!(gw.stop(), Some(0));
 }
+
+/// While a daemon runs, the CLI changes volumes and shares through its API: a wrong token makes
+/// the CLI fail (it never goes behind the daemon's back), and with the right one the CLI and the
+/// API show the same things, errors exiting 2 as they do with no daemon.
+#[test]
+fn the_cli_goes_through_the_running_daemons_api() {
+    use crate::support::{run, tidegate};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gw = start(&data, None);
+    let api = Api::of(&gw, &data);
+
+    let made =
+        run(tidegate(&data).args(["volume", "create", "--name", "clivol", "--size", "8MiB"]));
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert!(
+        stdout(&made).contains("created volume clivol (8 MiB, cached)"),
+        "{}",
+        stdout(&made)
+    );
+    let listed = api.ok("GET", "/api/v1/volumes", None);
+    assert!(listed.to_string().contains("\"clivol\""), "{listed}");
+    // Served at once: the API syncs the daemon's volumes instead of waiting for its catalog poll.
+    wait_for_target(&url(&gw, "clivol"));
+    let again =
+        run(tidegate(&data).args(["volume", "create", "--name", "clivol", "--size", "8MiB"]));
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    let share = run(tidegate(&data).args([
+        "share",
+        "create",
+        "clishare",
+        "--squash",
+        "all",
+        "--allowed-clients",
+        "10.0.0.0/8,127.0.0.1/32",
+        "--default-mode",
+        "640",
+    ]));
+    assert!(share.status.success(), "{}", stderr(&share));
+    let shares = api.ok("GET", "/api/v1/shares", None);
+    let ours = shares
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "clishare")
+        .unwrap_or_else(|| panic!("{shares}"));
+    assert_eq!(ours["squash"], "all", "{ours}");
+    assert_eq!(
+        ours["allowed_clients"].as_array().unwrap().len(),
+        2,
+        "{ours}"
+    );
+    let list = run(tidegate(&data).args(["share", "list"]));
+    assert!(
+        stdout(&list)
+            .lines()
+            .any(|l| l.starts_with("clishare") && l.contains("10.0.0.0/8")),
+        "{}",
+        stdout(&list)
+    );
+    let refreshed = run(tidegate(&data).args(["share", "refresh", "clishare"]));
+    assert!(refreshed.status.success(), "{}", stderr(&refreshed));
+    let gone = run(tidegate(&data).args(["share", "delete", "clishare"]));
+    assert!(gone.status.success(), "{}", stderr(&gone));
+    let gone = run(tidegate(&data).args(["share", "delete", "clishare"]));
+    assert_eq!(gone.status.code(), Some(2), "{}", stderr(&gone));
+
+    // A token the daemon does not accept: the CLI fails rather than writing the catalog itself.
+    let token = data.join("api.token");
+    let real = std::fs::read_to_string(&token).unwrap();
+    std::fs::write(&token, "not-the-token\n").unwrap();
+    let refused = run(tidegate(&data).args(["volume", "delete", "clivol"]));
+    std::fs::write(&token, real).unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("unauthorized"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        api.ok("GET", "/api/v1/volumes", None)
+            .to_string()
+            .contains("clivol")
+    );
+
+    let deleted = run(tidegate(&data).args(["volume", "delete", "clivol"]));
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert_eq!(
+        api.ok("GET", "/api/v1/volumes", None),
+        serde_json::json!([])
+    );
+    assert_eq!(gw.stop(), Some(0));
+}

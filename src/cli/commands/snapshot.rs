@@ -13,9 +13,10 @@ use anyhow::{Context, Result, bail};
 use crate::catalog::Catalog;
 use crate::catalog::snapshots::{SnapshotRow, SnapshotState};
 use crate::cli::args::SnapshotCommand;
+use crate::cli::daemon_api::{DaemonApi, segment};
 use crate::cli::{UsageError, gateway_error as usage};
 use crate::config::{ByteSize, Config};
-use crate::daemon::{DaemonError, Engine, Ready};
+use crate::daemon::{DaemonError, Engine};
 use crate::gateway::volumes::snapshot::{self, Context as SnapContext, Cut};
 
 pub fn run(cmd: SnapshotCommand, config: Config) -> Result<ExitCode> {
@@ -30,14 +31,22 @@ pub fn run(cmd: SnapshotCommand, config: Config) -> Result<ExitCode> {
             description,
             no_wait,
         } => {
-            let row = snapshot::request(&catalog, &volume, &description, false).map_err(usage)?;
-            let done = if Ready::read(&config).is_some() {
+            let done = if let Some(api) = DaemonApi::running(&config)? {
+                let requested = api.post(
+                    "/snapshots",
+                    serde_json::json!({ "volume": volume, "description": description }),
+                )?;
+                let id = requested["id"]
+                    .as_str()
+                    .context("the daemon's answer names no snapshot id")?;
                 if no_wait {
-                    writeln!(out, "{}", row.id)?;
+                    writeln!(out, "{id}")?;
                     return Ok(ExitCode::SUCCESS);
                 }
-                rt.block_on(wait(&catalog, &row.id))?
+                rt.block_on(wait(&catalog, id))?
             } else {
+                let row =
+                    snapshot::request(&catalog, &volume, &description, false).map_err(usage)?;
                 rt.block_on(take_offline(&catalog, config, &row))?
             };
             if done.state != SnapshotState::Complete {
@@ -84,6 +93,11 @@ pub fn run(cmd: SnapshotCommand, config: Config) -> Result<ExitCode> {
             }
         }
         SnapshotCommand::Delete { snapshot: id } => {
+            if let Some(api) = DaemonApi::running(&config)? {
+                api.delete(&format!("/snapshots/{}", segment(&id)))?;
+                writeln!(out, "deleted snapshot {id}")?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let engine = rt.block_on(Engine::open(config))?;
             rt.block_on(snapshot::delete(&engine.catalog, &engine.chunks, &id))
                 .map_err(usage)?;

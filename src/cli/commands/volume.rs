@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use serde_json::json;
 
 use crate::catalog::Catalog;
 use crate::catalog::volumes::VolumeMode;
 use crate::cli::args::{ImageFormatArg, VolumeCommand, VolumeModeArg};
+use crate::cli::daemon_api::{DaemonApi, segment};
 use crate::cli::progress::Bar;
 use crate::cli::{UsageError, gateway_error as usage};
 use crate::config::{ByteSize, Config};
@@ -18,6 +20,110 @@ use crate::gateway::volumes::image::{self, ImageError, ImageFormat};
 use crate::gateway::volumes::{self, CHUNK_SIZE, CreateVolume};
 
 pub fn run(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
+    if let Some(api) = DaemonApi::running(&config)? {
+        match through_api(&api, cmd, &mut std::io::stdout().lock())? {
+            None => return Ok(ExitCode::SUCCESS),
+            // Image import and export need the local disks, not the daemon.
+            Some(cmd) => return local(cmd, config),
+        }
+    }
+    local(cmd, config)
+}
+
+/// Create, list and delete through a running daemon's API; anything else is handed back.
+fn through_api(
+    api: &DaemonApi,
+    cmd: VolumeCommand,
+    out: &mut impl Write,
+) -> Result<Option<VolumeCommand>> {
+    match cmd {
+        VolumeCommand::Create {
+            name,
+            size,
+            from_snapshot,
+            mode,
+            local_path,
+            preserve_existing,
+        } => {
+            let v = api.post(
+                "/volumes",
+                json!({
+                    "name": name,
+                    "size": size.map(ByteSize::bytes),
+                    "from_snapshot": from_snapshot,
+                    "mode": mode_name(mode),
+                    "local_path": local_path,
+                    "preserve_existing": preserve_existing,
+                }),
+            )?;
+            writeln!(
+                out,
+                "created volume {} ({}, {}), target {}",
+                v["name"].as_str().unwrap_or(&name),
+                ByteSize(v["size_bytes"].as_u64().unwrap_or(0)),
+                v["mode"].as_str().unwrap_or("?"),
+                v["target"].as_str().unwrap_or("?")
+            )?;
+        }
+        VolumeCommand::List => {
+            list_header(out)?;
+            let all = api.get("/volumes")?;
+            for v in all.as_array().map_or(&[][..], Vec::as_slice) {
+                list_line(
+                    out,
+                    v["name"].as_str().unwrap_or("?"),
+                    v["size_bytes"].as_u64().unwrap_or(0),
+                    v["mode"].as_str().unwrap_or("?"),
+                    v["in_bucket_bytes"].as_u64().unwrap_or(0),
+                    v["target"].as_str().unwrap_or("?"),
+                )?;
+            }
+        }
+        VolumeCommand::Delete { name } => {
+            api.delete(&format!("/volumes/{}", segment(&name)))?;
+            writeln!(out, "deleted volume {name}")?;
+        }
+        other => return Ok(Some(other)),
+    }
+    Ok(None)
+}
+
+fn mode_name(mode: VolumeModeArg) -> &'static str {
+    match mode {
+        VolumeModeArg::Cached => VolumeMode::Cached.as_str(),
+        VolumeModeArg::Stored => VolumeMode::Stored.as_str(),
+    }
+}
+
+fn list_header(out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<20} {:>10} {:>7} {:>12}  TARGET",
+        "NAME", "SIZE", "MODE", "IN BUCKET"
+    )
+}
+
+fn list_line(
+    out: &mut impl Write,
+    name: &str,
+    size: u64,
+    mode: &str,
+    in_bucket: u64,
+    target: &str,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<20} {:>10} {:>7} {:>12}  {}",
+        name,
+        ByteSize(size).to_string(),
+        mode,
+        ByteSize(in_bucket).to_string(),
+        target
+    )
+}
+
+/// The same commands on the catalog and the bucket directly, with no daemon running.
+fn local(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let catalog = Arc::new(Catalog::open(&config.catalog_path())?);
@@ -71,20 +177,15 @@ pub fn run(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
             )?;
         }
         VolumeCommand::List => {
-            writeln!(
-                out,
-                "{:<20} {:>10} {:>7} {:>12}  TARGET",
-                "NAME", "SIZE", "MODE", "IN BUCKET"
-            )?;
+            list_header(&mut out)?;
             for v in volumes::list(&catalog)? {
-                writeln!(
-                    out,
-                    "{:<20} {:>10} {:>7} {:>12}  {}",
-                    v.row.name,
-                    ByteSize(v.row.size_bytes).to_string(),
+                list_line(
+                    &mut out,
+                    &v.row.name,
+                    v.row.size_bytes,
                     v.row.mode.as_str(),
-                    ByteSize(v.mapped_chunks * v.row.chunk_size).to_string(),
-                    crate::daemon::volumes::target_name(&config, &v.row.name)
+                    v.mapped_chunks * v.row.chunk_size,
+                    &crate::daemon::volumes::target_name(&config, &v.row.name),
                 )?;
             }
         }

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use serde_json::Value;
 
 /// A failed call: an HTTP status, a stable machine-readable code and a message for people.
@@ -64,21 +64,23 @@ pub trait Management: Send + Sync + 'static {
     /// Samples of cumulative traffic over the last hour, oldest first (the console's graph).
     fn history(&self) -> ApiResult;
     fn shares(&self) -> ApiResult {
-        Err(ApiError::new(
-            404,
-            "not_found",
-            "this gateway serves no shares",
-        ))
+        Err(no_shares())
     }
     fn create_share(&self, _body: Value) -> BoxFuture<'_, ApiResult> {
-        Box::pin(async {
-            Err(ApiError::new(
-                404,
-                "not_found",
-                "this gateway serves no shares",
-            ))
-        })
+        Box::pin(async { Err(no_shares()) })
     }
+    /// `force` deletes a share whose files are not all in the bucket yet.
+    fn delete_share(&self, _name: String, _force: bool) -> ApiResult {
+        Err(no_shares())
+    }
+    /// `{"path"}` (optional): directories to re-list from the bucket on next access.
+    fn refresh_share(&self, _name: String, _body: Value) -> ApiResult {
+        Err(no_shares())
+    }
+}
+
+fn no_shares() -> ApiError {
+    ApiError::new(404, "not_found", "this gateway serves no shares")
 }
 
 /// The web console: one page, embedded in the binary, that signs in with the API token and
@@ -199,6 +201,25 @@ pub fn router(management: Arc<dyn Management>, token: &str) -> Router {
                         Ok(b) => reply(s.management.create_share(b).await),
                         Err(e) => e.into_response(),
                     }
+                },
+            ),
+        )
+        .route(
+            "/api/v1/shares/{name}",
+            delete(
+                |State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
+                    let force = uri
+                        .query()
+                        .is_some_and(|q| q.split('&').any(|kv| kv == "force=true"));
+                    reply(s.management.delete_share(name, force))
+                },
+            ),
+        )
+        .route(
+            "/api/v1/shares/{name}/refresh",
+            post(
+                |State(s): State<Shared>, Path(name): Path<String>, raw: String| async move {
+                    reply(body(&raw).and_then(|b| s.management.refresh_share(name, b)))
                 },
             ),
         )
