@@ -8,6 +8,7 @@
 pub mod activate;
 pub mod backup;
 pub mod bandwidth;
+pub mod device;
 pub mod history;
 pub mod management;
 pub mod notify;

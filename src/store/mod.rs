@@ -12,6 +12,7 @@ pub mod bench;
 pub mod chunks;
 #[doc(hidden)]
 pub mod contract;
+pub mod device;
 pub mod frame;
 pub mod keycheck;
 pub mod keys;
@@ -20,6 +21,7 @@ pub mod master;
 pub mod objects;
 mod raw;
 pub mod treehash;
+pub mod upload;
 
 use std::ops::Range;
 use std::sync::Arc;
