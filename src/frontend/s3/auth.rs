@@ -1,6 +1,7 @@
 //! SigV4 credentials: the device's one key pair (derived from the job key at unlock). s3s
 //! verifies the signature with the secret handed back here; an unknown access key is
-//! InvalidAccessKeyId, a wrong secret SignatureDoesNotMatch, both 403.
+//! AccessDenied (as the commercial device answers), a wrong secret SignatureDoesNotMatch, both
+//! 403.
 
 use s3s::S3Result;
 use s3s::auth::{S3Auth, SecretKey};
@@ -25,7 +26,10 @@ impl S3Auth for DeviceAuth {
         if access_key == self.access_key {
             Ok(self.secret.clone())
         } else {
-            Err(s3s::s3_error!(InvalidAccessKeyId))
+            Err(s3s::s3_error!(
+                AccessDenied,
+                "the access key is not this device's"
+            ))
         }
     }
 }
