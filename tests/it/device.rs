@@ -443,12 +443,14 @@ for page in s3.get_paginator('list_objects').paginate(Bucket='tidegate-test', Pr
     v1 += [o['Key'] for o in page.get('Contents', [])]
 assert v1 == keys
 d = s3.list_objects_v2(Bucket='tidegate-test', Prefix='aws/', Delimiter='/', MaxKeys=3)
-assert [p['Prefix'] for p in d['CommonPrefixes']] == ['aws/d0/', 'aws/d1/', 'aws/d2/'], d
-assert d['IsTruncated']
+# keys and prefixes interleave in key order: 'aws/big...' sorts before 'aws/d0/'
+assert [o['Key'] for o in d['Contents']] == ['aws/big-256MiB.bin'], d
+assert [p['Prefix'] for p in d['CommonPrefixes']] == ['aws/d0/', 'aws/d1/'], d
+assert d['IsTruncated'] and d['KeyCount'] == 3
 d2 = s3.list_objects_v2(Bucket='tidegate-test', Prefix='aws/', Delimiter='/',
     ContinuationToken=d['NextContinuationToken'])
-assert [p['Prefix'] for p in d2['CommonPrefixes']] == ['aws/d3/', 'aws/d4/', 'aws/d5/', 'aws/d6/'], d2
-assert [o['Key'] for o in d2['Contents']] == ['aws/big-256MiB.bin'], d2
+assert [p['Prefix'] for p in d2['CommonPrefixes']] == ['aws/d2/', 'aws/d3/', 'aws/d4/', 'aws/d5/', 'aws/d6/'], d2
+assert not d2.get('Contents') and not d2['IsTruncated'], d2
 b = s3.list_buckets()
 assert [x['Name'] for x in b['Buckets']] == ['tidegate-test'], b
 print('ok')
