@@ -491,3 +491,136 @@ pub(crate) fn segment_stream(
 pub fn device_dir(data_dir: &Path, job: &str) -> std::path::PathBuf {
     data_dir.join("device").join(job)
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::gateway::import::{JobKind, JobManifestFile, JobRequest, create_job, unlock_job};
+    use crate::store::device::KdfParams;
+
+    async fn device(dir: &Path) -> Device {
+        let catalog = Arc::new(Catalog::open(&dir.join("c.db")).unwrap());
+        let manifest_path = dir.join("m.json");
+        let created = create_job(
+            &catalog,
+            &JobRequest {
+                kind: JobKind::Import,
+                bucket_url: "s3://bkt/p".into(),
+                endpoint: None,
+                region: "r".into(),
+                manifest_path: manifest_path.clone(),
+                kdf: KdfParams {
+                    m_kib: 64,
+                    t: 1,
+                    p: 1,
+                },
+            },
+        )
+        .unwrap();
+        let file = JobManifestFile::read(&manifest_path).unwrap();
+        unlock_job(catalog, dir, &file, &created.unlock_code)
+            .await
+            .unwrap()
+    }
+
+    async fn put(d: &Device, key: &str, data: &[u8]) {
+        let mut w = d.writer().unwrap();
+        w.write(Bytes::copy_from_slice(data)).await.unwrap();
+        d.put(key, w, ObjectAttrs::default(), ExpectedDigests::default())
+            .await
+            .unwrap();
+    }
+
+    async fn read(d: &Device, key: &str, range: Option<Range<u64>>) -> Vec<u8> {
+        let (_, mut s) = d.read(key, range).unwrap();
+        let mut out = Vec::new();
+        while let Some(p) = s.next().await {
+            out.extend_from_slice(&p.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn listing_pages_and_groups_like_s3() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = device(dir.path()).await;
+        for k in ["a/1", "a/2", "b", "c/x/1", "c/y", "d"] {
+            put(&d, k, k.as_bytes()).await;
+        }
+        let keys = |l: &Listing| l.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>();
+        let all = d.list("", None, None, 1000);
+        assert_eq!(keys(&all), ["a/1", "a/2", "b", "c/x/1", "c/y", "d"]);
+        assert!(!all.truncated && all.next_marker.is_none());
+        let p1 = d.list("", Some("/"), None, 2);
+        assert_eq!(
+            (p1.prefixes.clone(), keys(&p1)),
+            (vec!["a/".to_owned()], vec!["b".to_owned()])
+        );
+        assert!(p1.truncated);
+        let p2 = d.list("", Some("/"), p1.next_marker.as_deref(), 2);
+        assert_eq!(
+            (p2.prefixes.clone(), keys(&p2)),
+            (vec!["c/".to_owned()], vec!["d".to_owned()])
+        );
+        assert!(!p2.truncated);
+        let c = d.list("c/", Some("/"), None, 10);
+        assert_eq!(
+            (c.prefixes.clone(), keys(&c)),
+            (vec!["c/x/".to_owned()], vec!["c/y".to_owned()])
+        );
+        let after = d.list("a/", None, Some("a/1"), 10);
+        assert_eq!(keys(&after), ["a/2"]);
+    }
+
+    #[tokio::test]
+    async fn objects_span_segments_and_ranges_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = device(dir.path()).await;
+        let data: Vec<u8> = (0..(segments::SEGMENT_BYTES * 2 + 1234))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        put(&d, "big", &data).await;
+        assert_eq!(read(&d, "big", None).await, data);
+        let edge = segments::SEGMENT_BYTES as u64;
+        for r in [0..1, edge - 3..edge + 3, edge * 2..data.len() as u64, 5..5] {
+            let want = &data[r.start as usize..r.end as usize];
+            assert_eq!(read(&d, "big", Some(r.clone())).await, want, "{r:?}");
+        }
+        assert!(matches!(
+            d.read("big", Some(0..data.len() as u64 + 1)),
+            Err(GatewayError::OutOfRange(_))
+        ));
+        // Replacing and deleting remove the old segments from disk.
+        put(&d, "big", b"small now").await;
+        assert_eq!(d.inner.segs.all_ids().len(), 1);
+        d.delete("big").await.unwrap();
+        assert!(d.inner.segs.all_ids().is_empty());
+        assert!(matches!(d.head("big"), Err(GatewayError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_checksum_stores_nothing_and_sealing_freezes_the_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = device(dir.path()).await;
+        let mut w = d.writer().unwrap();
+        w.write(Bytes::from_static(b"data")).await.unwrap();
+        let wrong = ExpectedDigests {
+            md5: Some([0; 16]),
+            sha256: None,
+        };
+        let err = d
+            .put("k", w, ObjectAttrs::default(), wrong)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GatewayError::Corrupt(ref s) if s.is::<segments::DigestMismatch>()));
+        assert!(d.inner.segs.all_ids().is_empty());
+        put(&d, "k", b"data").await;
+        assert_eq!(d.seal().await.unwrap(), (1, 4));
+        assert!(matches!(d.writer(), Err(GatewayError::ReadOnly(_))));
+        let check = d.check_manifest();
+        assert!(!check.tampered(), "{check:?}");
+        assert_eq!(check.entries.len(), 1);
+    }
+}
