@@ -452,7 +452,7 @@ pub struct JobCreateArgs {
     pub endpoint: Option<String>,
     #[arg(long, default_value = crate::config::defaults::REGION)]
     pub region: String,
-    /// Where to write the manifest file [default: ./<job>.manifest.json]
+    /// Where to write the manifest file (never over an existing file) [default: ./job.manifest.json]
     #[arg(long, value_name = "FILE")]
     pub manifest_out: Option<PathBuf>,
 }
