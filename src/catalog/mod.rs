@@ -8,6 +8,7 @@
 
 pub mod gc;
 pub mod inodes;
+pub mod jobs;
 mod schema;
 pub mod settings;
 pub mod shares;

@@ -95,6 +95,12 @@ pub enum Command {
     /// Low-level chunk access, for debugging and tests.
     #[command(subcommand, hide = true)]
     Chunk(ChunkCommand),
+    /// Bulk import/export jobs (the device mode): create, seal, import, status.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Unlock a job's device (serves its S3 endpoint until locked) or lock it.
+    #[command(subcommand)]
+    Device(DeviceCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -369,4 +375,98 @@ pub struct ActivateArgs {
     pub upload_limit: Option<ByteSize>,
     #[arg(long, value_name = "RATE")]
     pub download_limit: Option<ByteSize>,
+}
+
+/// The manifest file and unlock code that together unlock a job.
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// The job's manifest file (written by `job create`).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: PathBuf,
+    /// The job's unlock code (printed by `job create`); TIDEGATE_UNLOCK_CODE keeps it out of
+    /// the process list.
+    #[arg(
+        long,
+        env = "TIDEGATE_UNLOCK_CODE",
+        hide_env_values = true,
+        value_name = "CODE"
+    )]
+    pub unlock_code: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Create a job; prints its id, unlock code and S3 credentials and writes the manifest file.
+    Create {
+        #[command(subcommand)]
+        kind: JobKindArgs,
+    },
+    /// Show one job (or all): state, objects, bytes, imported, failed.
+    Status { job: Option<String> },
+    /// Freeze the data set and write the signed device manifest. Talks to the unlocked device
+    /// if one runs, else unlocks with --manifest/--unlock-code.
+    Seal {
+        #[arg(long, value_name = "FILE", requires = "unlock_code")]
+        manifest: Option<PathBuf>,
+        #[arg(
+            long,
+            env = "TIDEGATE_UNLOCK_CODE",
+            hide_env_values = true,
+            value_name = "CODE"
+        )]
+        unlock_code: Option<String>,
+    },
+    /// Import a sealed job into its target bucket, verifying every object; resumable.
+    Import {
+        #[command(flatten)]
+        unlock: UnlockArgs,
+        /// Objects in flight at once.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobKindArgs {
+    /// Clients load the device; the data is then imported into TARGET.
+    Import {
+        /// s3://bucket[/prefix]: where the data goes.
+        #[arg(long, value_name = "URL")]
+        target: String,
+        #[command(flatten)]
+        common: JobCreateArgs,
+    },
+    /// The device is filled from SOURCE for clients to read (not built yet).
+    Export {
+        #[arg(long, value_name = "URL")]
+        source: String,
+        #[command(flatten)]
+        common: JobCreateArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JobCreateArgs {
+    /// S3 endpoint of the bucket (e.g. http://127.0.0.1:3900); default AWS.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    #[arg(long, default_value = crate::config::defaults::REGION)]
+    pub region: String,
+    /// Where to write the manifest file (never over an existing file) [default: ./job.manifest.json]
+    #[arg(long, value_name = "FILE")]
+    pub manifest_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Unlock a job's device and serve its S3 endpoint until `device lock` or SIGTERM.
+    Unlock {
+        #[command(flatten)]
+        unlock: UnlockArgs,
+        /// The S3 endpoint's address (loopback by default; 127.0.0.1:0 picks a free port).
+        #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8734")]
+        s3_listen: std::net::SocketAddr,
+    },
+    /// Lock the unlocked device: its key is dropped and the endpoint stops.
+    Lock,
 }

@@ -83,6 +83,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Chunk(cmd) => {
             commands::chunk::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
         }
+        Command::Job(cmd) => {
+            commands::job::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
+        }
+        Command::Device(cmd) => {
+            commands::device::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
+        }
     }
 }
 

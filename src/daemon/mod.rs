@@ -9,6 +9,7 @@ pub mod activate;
 pub mod backup;
 pub mod bandwidth;
 pub mod health;
+pub mod device;
 pub mod history;
 pub mod management;
 pub mod notify;

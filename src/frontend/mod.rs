@@ -4,3 +4,4 @@ pub mod api;
 pub mod fuse;
 pub mod iscsi;
 pub mod nfs;
+pub mod s3;

@@ -5,6 +5,7 @@ pub mod block;
 pub mod error;
 pub mod files;
 pub mod gc;
+pub mod import;
 pub mod volumes;
 
 pub use error::GatewayError;

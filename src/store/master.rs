@@ -74,6 +74,14 @@ impl MasterKey {
         &self.dedup
     }
 
+    /// A 32-byte subkey for one purpose named by `label` (HKDF-SHA256). Used by the device
+    /// mode for its HMAC keys and S3 credentials (`store::device`).
+    pub(crate) fn subkey(&self, label: &[u8]) -> [u8; KEY_LEN] {
+        let mut out = [0u8; KEY_LEN];
+        expand(&self.master, &[], label, &mut out);
+        out
+    }
+
     /// The AES-256-GCM key for one frame: HKDF-SHA256(master, salt), DESIGN §3.
     pub(crate) fn frame_key(&self, salt: &[u8]) -> aws_lc_rs::aead::UnboundKey {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(&self.master);

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod chunks;
 #[doc(hidden)]
 pub mod contract;
+pub mod device;
 pub mod frame;
 pub mod keycheck;
 pub mod keys;
@@ -21,6 +22,7 @@ pub mod master;
 pub mod objects;
 mod raw;
 pub mod treehash;
+pub mod upload;
 
 use std::ops::Range;
 use std::sync::Arc;

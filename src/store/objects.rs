@@ -39,7 +39,11 @@ pub struct Listing {
 }
 
 impl Bucket {
-    fn object_path(&self, op: &'static str, key: &str) -> Result<ObjectPath, StoreError> {
+    pub(super) fn object_path(
+        &self,
+        op: &'static str,
+        key: &str,
+    ) -> Result<ObjectPath, StoreError> {
         ObjectPath::parse(key).map_err(|e| StoreError::Other {
             bucket: self.describe.clone(),
             op,
@@ -48,7 +52,7 @@ impl Bucket {
         })
     }
 
-    fn attributes(&self, metadata: &[(String, String)]) -> Attributes {
+    pub(super) fn attributes(&self, metadata: &[(String, String)]) -> Attributes {
         let mut attrs = Attributes::new();
         if self.user_metadata {
             for (k, v) in metadata {

@@ -49,6 +49,7 @@ fn only_store_talks_to_the_bucket_and_holds_crypto() {
         "aes_gcm::",
         "blake3::",
         "lz4_flex::",
+        "argon2::",
     ] {
         let bad = offenders(krate, &["store/"]);
         assert!(bad.is_empty(), "{krate} used outside store/: {bad:?}");
@@ -91,6 +92,25 @@ fn the_cache_crate_knows_nothing_of_tidegate() {
         !manifest.contains("tidegate ="),
         "cache crate depends on tidegate"
     );
+}
+
+#[test]
+fn the_s3_front_end_speaks_only_gateway() {
+    for file in rust_files(&root().join("src/frontend/s3")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for layer in [
+            "crate::store",
+            "crate::catalog",
+            "tidegate_cache",
+            "crate::frontend::nfs",
+            "crate::frontend::fuse",
+            "crate::frontend::iscsi",
+            "crate::frontend::api",
+            "crate::scsi",
+        ] {
+            assert!(!text.contains(layer), "{} imports {layer}", file.display());
+        }
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 mod api;
 mod cli;
 mod console;
+mod device;
 mod fuse;
 mod iscsi_volume;
 mod layering;

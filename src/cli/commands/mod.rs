@@ -3,7 +3,9 @@
 pub mod activate;
 pub mod bench;
 pub mod chunk;
+pub mod device;
 pub mod gc;
+pub mod job;
 pub mod recover;
 pub mod scrub;
 pub mod serve;

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Device-mode import benchmark: `tidegate job import` of a loaded, sealed device (encrypted at
+# rest) into a local Garage, against `rclone copy` of the same files from a local directory to
+# the same Garage, in the same run. Prints both rates and the ratio (tidegate / rclone; the
+# target is >= 0.9).
+#
+# Usage: benches/device.sh [small files, default 2000] [big file MiB, default 1024]
+#        benches/device.sh 10000 5120     # the acceptance case: 10,000 small files and 5 GiB
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SMALL=${1:-2000}
+BIG_MIB=${2:-1024}
+export PATH="$HOME/.cargo/bin:$PATH"
+for t in garage aws rclone python3; do
+    command -v "$t" >/dev/null || { echo "missing $t: run ./scripts/test first" >&2; exit 1; }
+done
+cargo build --release -q
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate
+WORK=$(mktemp -d)
+cleanup() {
+    [ -n "${DEV_PID:-}" ] && kill "$DEV_PID" 2>/dev/null || true
+    [ -n "${GARAGE_PID:-}" ] && kill "$GARAGE_PID" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+unset AWS_CA_BUNDLE AWS_PROFILE
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+hex() { python3 -c "import os; print(os.urandom($1).hex())"; }
+
+# Garage, single node, one bucket.
+RPC=$(free_port); S3=$(free_port); ADMIN=$(free_port)
+GK="GK$(hex 12)"; GS=$(hex 32)
+cat >"$WORK/garage.toml" <<EOF
+metadata_dir = "$WORK/garage/meta"
+data_dir = "$WORK/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$RPC"
+rpc_public_addr = "127.0.0.1:$RPC"
+rpc_secret = "$(hex 32)"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$S3"
+[admin]
+api_bind_addr = "127.0.0.1:$ADMIN"
+admin_token = "$(hex 16)"
+EOF
+GARAGE_DEFAULT_ACCESS_KEY=$GK GARAGE_DEFAULT_SECRET_KEY=$GS GARAGE_DEFAULT_BUCKET=bench RUST_LOG=garage=warn \
+    garage -c "$WORK/garage.toml" server --single-node --default-bucket >"$WORK/garage.log" 2>&1 &
+GARAGE_PID=$!
+garage_env() { env AWS_ACCESS_KEY_ID=$GK AWS_SECRET_ACCESS_KEY=$GS AWS_DEFAULT_REGION=garage "$@"; }
+for _ in $(seq 300); do
+    garage_env aws --endpoint-url "http://127.0.0.1:$S3" s3 ls s3://bench >/dev/null 2>&1 && break
+    sleep 0.2
+done
+
+# The data set: small files of 64 KiB and one big file.
+SRC="$WORK/src"
+python3 - "$SRC" "$SMALL" "$BIG_MIB" <<'EOF'
+import os, sys
+src, small, big = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(small):
+    d = os.path.join(src, "d%02d" % (i % 50)); os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, "f%06d" % i), "wb").write(os.urandom(64 << 10))
+with open(os.path.join(src, "big.bin"), "wb") as f:
+    for _ in range(big):
+        f.write(os.urandom(1 << 20))
+EOF
+TOTAL=$(du -sb "$SRC" | cut -f1)
+echo "data set: $SMALL files of 64 KiB + one $BIG_MIB MiB file ($TOTAL bytes)"
+
+# Load the device (encrypted at rest) with the AWS CLI, seal, lock.
+DATA="$WORK/device"
+"$BIN" --data-dir "$DATA" job create import --target s3://bench/tidegate --endpoint "http://127.0.0.1:$S3" \
+    --region garage --manifest-out "$WORK/job.json" >"$WORK/create.txt"
+export TIDEGATE_UNLOCK_CODE
+TIDEGATE_UNLOCK_CODE=$(sed -n 's/^unlock code: //p' "$WORK/create.txt")
+"$BIN" --data-dir "$DATA" device unlock --manifest "$WORK/job.json" --s3-listen 127.0.0.1:0 >"$WORK/unlock.txt" &
+DEV_PID=$!
+for _ in $(seq 600); do grep -q '^ready' "$WORK/unlock.txt" 2>/dev/null && break; sleep 0.1; done
+EP=$(sed -n 's/^s3 endpoint: \([^ ]*\).*/\1/p' "$WORK/unlock.txt")
+DK=$(sed -n 's/^access key: //p' "$WORK/unlock.txt"); DS=$(sed -n 's/^secret key: //p' "$WORK/unlock.txt")
+AWS_ACCESS_KEY_ID=$DK AWS_SECRET_ACCESS_KEY=$DS AWS_DEFAULT_REGION=us-east-1 \
+    aws --endpoint-url "$EP" s3 cp --recursive --only-show-errors "$SRC" s3://bench/
+"$BIN" --data-dir "$DATA" job seal >/dev/null
+"$BIN" --data-dir "$DATA" device lock >/dev/null
+wait "$DEV_PID" 2>/dev/null || true
+DEV_PID=
+
+# tidegate import (verification included) vs rclone copy, same Garage, same run.
+t0=$(date +%s.%N)
+garage_env "$BIN" --data-dir "$DATA" job import --manifest "$WORK/job.json" --parallel 8 >"$WORK/import.txt" 2>"$WORK/import.err"
+t1=$(date +%s.%N)
+export RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other RCLONE_CONFIG_G_ENDPOINT="http://127.0.0.1:$S3" \
+    RCLONE_CONFIG_G_ACCESS_KEY_ID=$GK RCLONE_CONFIG_G_SECRET_ACCESS_KEY=$GS RCLONE_CONFIG_G_REGION=garage
+rclone copy --transfers 8 "$SRC" g:bench/rclone
+t2=$(date +%s.%N)
+grep '^job' "$WORK/import.txt"
+python3 - "$TOTAL" "$t0" "$t1" "$t2" <<'EOF'
+import sys
+total, t0, t1, t2 = int(sys.argv[1]), *map(float, sys.argv[2:])
+mib = total / (1 << 20)
+ti, tr = t1 - t0, t2 - t1
+print(f"tidegate job import: {mib / ti:8.1f} MiB/s ({ti:.1f} s, unlock + verify included)")
+print(f"rclone copy:         {mib / tr:8.1f} MiB/s ({tr:.1f} s)")
+print(f"ratio tidegate/rclone: {tr / ti:.2f}")
+EOF

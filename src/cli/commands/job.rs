@@ -1,0 +1,236 @@
+//! `tidegate job create|status|seal|import`: bulk import jobs (the device mode).
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::catalog::Catalog;
+use crate::cli::args::{JobCommand, JobKindArgs};
+use crate::cli::commands::device::refused;
+use crate::cli::{UsageError, gateway_error};
+use crate::config::{ByteSize, Config};
+use crate::gateway::import::{
+    ImportOptions, ImportProgress, JobKind, JobManifestFile, JobRequest, create_job, job_status,
+    run_import, unlock_job,
+};
+use crate::store::device::KdfParams;
+
+pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let catalog = Arc::new(Catalog::open(&config.catalog_path())?);
+    let rt = crate::cli::runtime()?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        JobCommand::Create { kind } => {
+            let (kind, url, common) = match kind {
+                JobKindArgs::Import { target, common } => (JobKind::Import, target, common),
+                JobKindArgs::Export { .. } => {
+                    return Err(UsageError(
+                        "export jobs are not built yet; only `job create import`".into(),
+                    )
+                    .into());
+                }
+            };
+            let pending = common.manifest_out.clone();
+            let manifest_path = match pending {
+                Some(p) => p,
+                None => std::env::current_dir()?.join("job.manifest.json"),
+            };
+            let created = create_job(
+                &catalog,
+                &JobRequest {
+                    kind,
+                    bucket_url: url,
+                    endpoint: common.endpoint,
+                    region: common.region,
+                    manifest_path,
+                    kdf: KdfParams::DEFAULT,
+                },
+            )
+            .map_err(gateway_error)?;
+            writeln!(out, "job: {}", created.id)?;
+            writeln!(out, "unlock code: {}", created.unlock_code)?;
+            writeln!(out, "manifest file: {}", created.manifest_path.display())?;
+            writeln!(out, "s3 access key: {}", created.access_key)?;
+            writeln!(out, "s3 secret key: {}", created.secret_key)?;
+            writeln!(
+                out,
+                "keep the unlock code and the manifest file apart: both unlock the device, and \
+                 the code is not stored anywhere"
+            )?;
+        }
+        JobCommand::Status { job } => {
+            let jobs = job_status(&catalog, job.as_deref()).map_err(gateway_error)?;
+            writeln!(
+                out,
+                "{:<16} {:<7} {:<10} {:>8} {:>10} {:>8} {:>6}  TARGET / REASON",
+                "JOB", "KIND", "STATE", "OBJECTS", "BYTES", "IMPORTED", "FAILED"
+            )?;
+            for j in jobs {
+                writeln!(
+                    out,
+                    "{:<16} {:<7} {:<10} {:>8} {:>10} {:>8} {:>6}  {}{}",
+                    j.row.id,
+                    j.row.kind,
+                    j.row.state,
+                    j.counts.objects,
+                    ByteSize(j.counts.bytes).to_string(),
+                    j.counts.imported,
+                    j.counts.failed,
+                    j.row.bucket_url,
+                    j.row.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                )?;
+            }
+        }
+        JobCommand::Seal {
+            manifest,
+            unlock_code,
+        } => {
+            let reply = rt.block_on(crate::daemon::device::control(&config.run_dir(), "seal"))?;
+            let (objects, bytes) = match reply {
+                Some(reply) => {
+                    let Some(rest) = reply.strip_prefix("ok ") else {
+                        bail!("sealing failed: {}", reply.trim_start_matches("error "));
+                    };
+                    let mut it = rest.split(' ').map(str::parse::<u64>);
+                    match (it.next(), it.next()) {
+                        (Some(Ok(o)), Some(Ok(b))) => (o, b),
+                        _ => bail!("unexpected reply from the device: {reply}"),
+                    }
+                }
+                None => {
+                    let (Some(manifest), Some(code)) = (manifest, unlock_code) else {
+                        return Err(UsageError(
+                            "no device is unlocked; give --manifest and --unlock-code to seal \
+                             offline"
+                                .into(),
+                        )
+                        .into());
+                    };
+                    let file = JobManifestFile::read(&manifest).map_err(gateway_error)?;
+                    rt.block_on(async {
+                        let device = unlock_job(catalog.clone(), &config.data_dir, &file, &code)
+                            .await
+                            .map_err(refused)?;
+                        device.seal().await.map_err(gateway_error)
+                    })?
+                }
+            };
+            writeln!(
+                out,
+                "sealed: {objects} objects, {} in the signed device manifest",
+                ByteSize(bytes)
+            )?;
+        }
+        JobCommand::Import { unlock, parallel } => {
+            if rt
+                .block_on(crate::daemon::device::control(&config.run_dir(), "status"))?
+                .is_some()
+            {
+                return Err(UsageError(
+                    "the device is unlocked and serving; lock it (`tidegate device lock`) before \
+                     importing"
+                        .into(),
+                )
+                .into());
+            }
+            let file = JobManifestFile::read(&unlock.manifest).map_err(gateway_error)?;
+            let mut opts = ImportOptions::new(config.data_dir.clone());
+            opts.parallel = parallel.max(1);
+            opts.multipart_threshold = config.bucket.multipart_threshold;
+            opts.part_size = config.bucket.part_size;
+            let progress = Arc::new(ImportProgress::default());
+            let report = rt.block_on(async {
+                let device = unlock_job(
+                    catalog.clone(),
+                    &config.data_dir,
+                    &file,
+                    &unlock.unlock_code,
+                )
+                .await
+                .map_err(refused)?;
+                let drawer = tokio::spawn(draw(progress.clone()));
+                let report = run_import(&device, &opts, progress.clone()).await;
+                drawer.abort();
+                report.map_err(gateway_error)
+            })?;
+            eprintln!("{}", line(&progress, Instant::now(), report.run_seconds));
+            writeln!(
+                out,
+                "job {}: {} — {} of {} objects imported ({} of {}), {} failed; this run sent {} \
+                 objects, {} in {:.1} s ({} PUT requests)",
+                report.job,
+                report.state,
+                report.imported_objects,
+                report.objects,
+                ByteSize(report.imported_bytes),
+                ByteSize(report.bytes),
+                report.failed_objects,
+                report.run_uploaded_objects,
+                ByteSize(report.run_uploaded_bytes),
+                report.run_seconds,
+                report.run_put_requests
+            )?;
+            for f in &report.failures {
+                writeln!(out, "failed: {} ({} bytes): {}", f.key, f.size, f.reason)?;
+            }
+            writeln!(
+                out,
+                "report: {}/device/{}/report.json and imports/{}/report.json in the target",
+                config.data_dir.display(),
+                report.job,
+                report.job
+            )?;
+            if report.failed_objects > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Redraws the import's progress on stderr: in place on a terminal, a line every 5 s elsewhere.
+async fn draw(progress: Arc<ImportProgress>) {
+    let terminal = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let every = if terminal {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(5)
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let text = line(&progress, started, started.elapsed().as_secs_f64());
+        if terminal {
+            eprint!("\r{text}\x1b[K");
+        } else {
+            eprintln!("{text}");
+        }
+    }
+}
+
+fn line(p: &ImportProgress, _now: Instant, secs: f64) -> String {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let (objects, total_objects) = (get(&p.done_objects), get(&p.total_objects));
+    let (bytes, total_bytes) = (get(&p.done_bytes), get(&p.total_bytes));
+    let run_bytes = bytes.saturating_sub(get(&p.resumed_bytes));
+    let rate = run_bytes as f64 / secs.max(1e-3);
+    let eta = if rate > 0.0 && bytes < total_bytes {
+        let s = ((total_bytes - bytes) as f64 / rate) as u64;
+        format!("ETA {}:{:02}", s / 60, s % 60)
+    } else {
+        "ETA -:--".to_owned()
+    };
+    format!(
+        "import {objects}/{total_objects} objects, {} / {}, {:.1} MiB/s, {} failed, {eta}",
+        ByteSize(bytes),
+        ByteSize(total_bytes),
+        rate / f64::from(1u32 << 20),
+        get(&p.failed_objects),
+    )
+}

@@ -1,0 +1,116 @@
+//! Running an unlocked device: its S3 endpoint and a control socket (`run/device.sock`) through
+//! which `job seal` and `device lock` reach the process that holds the key.
+//!
+//! The control protocol is one line each way: `seal` → `ok <objects> <bytes>`, `lock` → `ok`
+//! (then the process drops the key and exits), `status` → `ok <job>`; failures are
+//! `error <message>`. Invariant: the key lives only in this process; locking ends it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+
+use crate::gateway::import::Device;
+
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("device.sock")
+}
+
+/// Sends one command to the unlocked device; `Ok(None)` when no device process is running.
+pub async fn control(run_dir: &Path, command: &str) -> std::io::Result<Option<String>> {
+    let mut stream = match UnixStream::connect(socket_path(run_dir)).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    stream.write_all(format!("{command}\n").as_bytes()).await?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).await?;
+    Ok(Some(line.trim_end().to_owned()))
+}
+
+/// Serves `device` on `listen` until locked (control socket) or SIGTERM/SIGINT; calls `ready`
+/// with the bound address once both sockets listen.
+pub async fn serve(
+    device: Device,
+    listen: SocketAddr,
+    run_dir: &Path,
+    ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(run_dir)?;
+    let sock = socket_path(run_dir);
+    if control(run_dir, "status").await?.is_some() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "a device is already unlocked on this data dir (run `tidegate device lock` first)",
+        ));
+    }
+    let _ = std::fs::remove_file(&sock);
+    let control_listener = UnixListener::bind(&sock)?;
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let s3 = tokio::spawn(crate::frontend::s3::serve(device.clone(), listener, {
+        let mut rx = stop_tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }));
+    ready(addr);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = stop_rx.changed() => break,
+            accepted = control_listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let device = device.clone();
+                let stop_tx = stop_tx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, &device, &stop_tx).await {
+                        tracing::warn!(error = %e, "device control connection");
+                    }
+                });
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = s3.await;
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
+
+async fn handle(
+    stream: UnixStream,
+    device: &Device,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let lock = line.trim() == "lock";
+    let reply = match line.trim() {
+        "status" => format!("ok {}", device.job_id()),
+        "seal" => match device.seal().await {
+            Ok((objects, bytes)) => format!("ok {objects} {bytes}"),
+            Err(e) => format!("error {e}"),
+        },
+        "lock" => "ok".to_owned(),
+        other => format!("error unknown command {other:?}"),
+    };
+    write.write_all(format!("{reply}\n").as_bytes()).await?;
+    write.flush().await?;
+    if lock {
+        let _ = stop.send(true);
+    }
+    Ok(())
+}

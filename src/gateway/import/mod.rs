@@ -1,0 +1,32 @@
+//! Bulk import/export jobs: the device mode (DESIGN §7).
+//!
+//! A job is created with an unlock code and a manifest file (`job.rs`); both unlock the device
+//! (`Device`, `device.rs`), whose data set clients fill through the S3 front end. Everything
+//! the device keeps is sealed under the job key with the store's frame codec: object data in
+//! segments (`segments.rs`), names and metadata in sealed records (`record.rs`). `seal` freezes
+//! the data set and writes the HMAC-signed device manifest (`manifest.rs`); `transfer.rs`
+//! imports it into the target bucket, verifying every object, and writes the report.
+//!
+//! Must not: know which protocol called it, talk to a bucket except through `store`, or keep the
+//! job key anywhere but in memory. Invariant: an object is visible (listed, readable, in the
+//! manifest) only once its segments are durable and its record committed; a job's data set
+//! never changes after SEALED.
+
+mod device;
+mod job;
+mod manifest;
+mod multipart;
+mod record;
+mod segments;
+mod transfer;
+
+pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult};
+pub use job::{
+    CreatedJob, JobKind, JobManifestFile, JobRequest, JobState, JobStatus, create_job, job_status,
+    unlock_job,
+};
+pub use manifest::ManifestCheck;
+pub use multipart::{PartInfo, UploadInfo};
+pub use record::ExpectedDigests;
+pub use segments::{DigestMismatch, SegmentWriter};
+pub use transfer::{ImportOptions, ImportProgress, ImportReport, run_import};

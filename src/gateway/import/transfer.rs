@@ -1,0 +1,562 @@
+//! The import: a sealed device's objects into the target bucket, verified, with a report.
+//!
+//! Each object is checked against its signed manifest entry, streamed from its authenticated
+//! segments (SHA-256 over the whole object, MD5 per part as it goes up), committed only if the
+//! SHA-256 equals the manifest's, then verified in the target: its size and ETag must equal the
+//! ETag the sent bytes give (MD5, or MD5 of part MD5s for multipart), which the target computed
+//! from what it received. Objects go up `parallel` at a time; memory is bounded by a few
+//! segments and parts per object in flight.
+//!
+//! Invariant: an object is marked imported only after it verified in the target, so a rerun
+//! after a crash or a lost network re-sends only objects that were in flight; an object whose
+//! data, record or manifest entry does not verify is never committed to the target.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::catalog::jobs::JobRow;
+use crate::config::{BucketConfig, BucketLocation, Credentials, defaults};
+use crate::gateway::GatewayError;
+use crate::gateway::import::device::{Device, device_dir, segment_stream};
+use crate::gateway::import::job::{JobState, bucket_of};
+use crate::gateway::import::manifest::Entry;
+use crate::gateway::import::record::ObjectRecord;
+use crate::store::device::{Md5, Sha256, multipart_etag};
+use crate::store::keys::hex;
+use crate::store::{Bucket, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Objects in flight at once.
+    pub parallel: usize,
+    pub data_dir: PathBuf,
+    /// Target credentials; `Environment` reads the usual AWS variables.
+    pub credentials: Credentials,
+    pub multipart_threshold: u64,
+    pub part_size: u64,
+}
+
+impl ImportOptions {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            parallel: 8,
+            data_dir,
+            credentials: Credentials::Environment,
+            multipart_threshold: defaults::MULTIPART_THRESHOLD,
+            part_size: defaults::PART_SIZE,
+        }
+    }
+}
+
+/// Live counters for a progress display (objects and bytes, overall including earlier runs).
+#[derive(Debug, Default)]
+pub struct ImportProgress {
+    pub total_objects: AtomicU64,
+    pub total_bytes: AtomicU64,
+    pub done_objects: AtomicU64,
+    pub done_bytes: AtomicU64,
+    pub failed_objects: AtomicU64,
+    /// Bytes already imported before this run started (so a rate counts this run only).
+    pub resumed_bytes: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub key: String,
+    pub size: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportReport {
+    pub job: String,
+    pub target: String,
+    pub state: String,
+    pub objects: u64,
+    pub bytes: u64,
+    pub imported_objects: u64,
+    pub imported_bytes: u64,
+    pub failed_objects: u64,
+    /// Whether the device data or manifest did not verify somewhere.
+    pub tampered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_problem: Option<String>,
+    /// This run: objects and bytes sent, PUT requests (parts counted one each), seconds.
+    pub run_uploaded_objects: u64,
+    pub run_uploaded_bytes: u64,
+    pub run_put_requests: u64,
+    pub run_seconds: f64,
+    pub failures: Vec<Failure>,
+    #[serde(skip)]
+    pub rows: Vec<ReportRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReportRow {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub etag: String,
+    pub status: &'static str,
+    pub reason: String,
+}
+
+/// Why one object did not import: a permanent verdict, or a failure that a rerun may clear.
+enum Outcome {
+    Imported,
+    Rejected(String),
+    Retry(String),
+}
+
+fn target_config(
+    row: &JobRow,
+    opts: &ImportOptions,
+    root: bool,
+) -> Result<BucketConfig, GatewayError> {
+    let (bucket, prefix) = bucket_of(&row.bucket_url)?;
+    let mut cfg = BucketConfig::local(PathBuf::new());
+    cfg.location = BucketLocation::S3 {
+        bucket,
+        prefix: if root { String::new() } else { prefix },
+    };
+    cfg.endpoint = row.endpoint.clone();
+    cfg.region = row.region.clone();
+    cfg.path_style = row.endpoint.is_some();
+    cfg.credentials = opts.credentials.clone();
+    cfg.multipart_threshold = opts.multipart_threshold;
+    cfg.part_size = opts.part_size;
+    Ok(cfg)
+}
+
+/// Imports a sealed (or interrupted) job. Returns the report, also written locally and to the
+/// target's `imports/<job>/`.
+pub async fn run_import(
+    device: &Device,
+    opts: &ImportOptions,
+    progress: Arc<ImportProgress>,
+) -> Result<ImportReport, GatewayError> {
+    let catalog = device.inner.catalog.clone();
+    let job = device.job_id().to_owned();
+    let row = catalog
+        .job(&job)?
+        .ok_or_else(|| GatewayError::NotFound(format!("job {job}")))?;
+    let state = JobState::parse(&row.state).unwrap_or(JobState::Failed);
+    match state {
+        JobState::Sealed | JobState::Importing | JobState::Failed => {}
+        JobState::Created | JobState::Loading => {
+            return Err(GatewayError::InvalidArgument(format!(
+                "job {job} is {}; seal it first (`tidegate job seal`)",
+                row.state
+            )));
+        }
+        other => {
+            return Err(GatewayError::InvalidArgument(format!(
+                "job {job} is {}; there is nothing to import",
+                other.as_str()
+            )));
+        }
+    }
+    let target = Bucket::open(&target_config(&row, opts, false)?, false)?;
+    let reports = Bucket::open(&target_config(&row, opts, true)?, false)?;
+    target.check().await?;
+    catalog.set_job_state(&job, JobState::Importing.as_str(), None)?;
+    let started = Instant::now();
+
+    let check = device.check_manifest();
+    let states: HashMap<Vec<u8>, (String, u64)> = catalog
+        .job_objects(&job)?
+        .into_iter()
+        .map(|r| (r.name_id, (r.state, r.size)))
+        .collect();
+    let index: Vec<Arc<ObjectRecord>> = device.read_index().values().cloned().collect();
+    let mut rows: Vec<ReportRow> = Vec::new();
+    let mut work: Vec<(Vec<u8>, Arc<ObjectRecord>, Entry)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for rec in index {
+        let id = crate::store::device::name_id(&device.inner.key, &rec.key).to_vec();
+        seen.insert(id.clone());
+        let row = |status, reason: &str| ReportRow {
+            key: rec.key.clone(),
+            size: rec.size,
+            sha256: rec.sha256.clone(),
+            etag: rec.etag.clone(),
+            status,
+            reason: reason.to_owned(),
+        };
+        match check.entries.get(&id) {
+            None => rows.push(row(
+                "failed",
+                "not in the signed device manifest, or its manifest entry was altered",
+            )),
+            Some(e) if e.size != rec.size || e.sha256 != rec.sha256 || e.etag != rec.etag => {
+                rows.push(row("failed", "differs from its signed manifest entry"));
+            }
+            Some(_) if states.get(&id).is_some_and(|(s, _)| s == "imported") => {
+                rows.push(row("imported", ""));
+            }
+            Some(e) => work.push((id, rec.clone(), e.clone())),
+        }
+    }
+    for (id, entry) in &check.entries {
+        if !seen.contains(id) {
+            rows.push(ReportRow {
+                key: entry.key.clone(),
+                size: entry.size,
+                sha256: entry.sha256.clone(),
+                etag: entry.etag.clone(),
+                status: "failed",
+                reason: "in the signed device manifest but its data or record on the device \
+                         does not verify"
+                    .into(),
+            });
+        }
+    }
+    for (id, (_, size)) in &states {
+        if !seen.contains(id) && !check.entries.contains_key(id) {
+            rows.push(ReportRow {
+                key: format!("<unreadable record {}>", hex(id)),
+                size: *size,
+                sha256: String::new(),
+                etag: String::new(),
+                status: "failed",
+                reason: "its record on the device does not verify and the manifest does not \
+                         name it"
+                    .into(),
+            });
+        }
+    }
+    for failed in rows.iter().filter(|r| r.status == "failed") {
+        if let Some(id) = check
+            .entries
+            .iter()
+            .find(|(_, e)| e.key == failed.key)
+            .map(|(id, _)| id.clone())
+        {
+            let _ = catalog.set_job_object_state(&job, &id, "failed", Some(&failed.reason));
+        }
+    }
+
+    let total_bytes: u64 =
+        rows.iter().map(|r| r.size).sum::<u64>() + work.iter().map(|(_, r, _)| r.size).sum::<u64>();
+    let already: Vec<&ReportRow> = rows.iter().filter(|r| r.status == "imported").collect();
+    progress
+        .total_objects
+        .store((rows.len() + work.len()) as u64, Ordering::Relaxed);
+    progress.total_bytes.store(total_bytes, Ordering::Relaxed);
+    progress
+        .done_objects
+        .store(already.len() as u64, Ordering::Relaxed);
+    let resumed: u64 = already.iter().map(|r| r.size).sum();
+    progress.done_bytes.store(resumed, Ordering::Relaxed);
+    progress.resumed_bytes.store(resumed, Ordering::Relaxed);
+    progress.failed_objects.store(
+        rows.iter().filter(|r| r.status == "failed").count() as u64,
+        Ordering::Relaxed,
+    );
+    let puts_before = target.traffic().puts;
+
+    let results: Vec<(Vec<u8>, Arc<ObjectRecord>, Outcome)> = futures::stream::iter(work)
+        .map(|(id, rec, _entry)| {
+            let target = &target;
+            let progress = progress.clone();
+            let segs = device.inner.segs.clone();
+            async move {
+                let outcome = import_one(target, segs, &rec, &progress).await;
+                match &outcome {
+                    Outcome::Imported => {
+                        progress.done_objects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Outcome::Rejected(_) | Outcome::Retry(_) => {
+                        progress.failed_objects.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                (id, rec, outcome)
+            }
+        })
+        .buffer_unordered(opts.parallel.max(1))
+        .then(|(id, rec, outcome)| {
+            let catalog = catalog.clone();
+            let job = job.clone();
+            async move {
+                let (state, reason) = match &outcome {
+                    Outcome::Imported => ("imported", None),
+                    Outcome::Rejected(r) => ("failed", Some(r.as_str())),
+                    Outcome::Retry(r) => ("stored", Some(r.as_str())),
+                };
+                if let Err(e) = catalog.set_job_object_state(&job, &id, state, reason) {
+                    tracing::warn!(job = %job, error = %e, "recording an object's import state");
+                }
+                (id, rec, outcome)
+            }
+        })
+        .collect()
+        .await;
+
+    let mut run_objects = 0;
+    let mut run_bytes = 0;
+    for (_, rec, outcome) in results {
+        let (status, reason) = match outcome {
+            Outcome::Imported => {
+                run_objects += 1;
+                run_bytes += rec.size;
+                ("imported", String::new())
+            }
+            Outcome::Rejected(r) => ("failed", r),
+            Outcome::Retry(r) => ("failed", format!("{r} (a rerun retries it)")),
+        };
+        rows.push(ReportRow {
+            key: rec.key.clone(),
+            size: rec.size,
+            sha256: rec.sha256.clone(),
+            etag: rec.etag.clone(),
+            status,
+            reason,
+        });
+    }
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    let failures: Vec<Failure> = rows
+        .iter()
+        .filter(|r| r.status == "failed")
+        .map(|r| Failure {
+            key: r.key.clone(),
+            size: r.size,
+            reason: r.reason.clone(),
+        })
+        .collect();
+    let imported: Vec<&ReportRow> = rows.iter().filter(|r| r.status == "imported").collect();
+    let tampered = check.tampered()
+        || device.unreadable_records() > 0
+        || failures
+            .iter()
+            .any(|f| !f.reason.contains("a rerun retries it"));
+    let state = if failures.is_empty() {
+        JobState::Complete
+    } else {
+        JobState::Failed
+    };
+    let mut report = ImportReport {
+        job: job.clone(),
+        target: row.bucket_url.clone(),
+        state: state.as_str().to_owned(),
+        objects: rows.len() as u64,
+        bytes: rows.iter().map(|r| r.size).sum(),
+        imported_objects: imported.len() as u64,
+        imported_bytes: imported.iter().map(|r| r.size).sum(),
+        failed_objects: failures.len() as u64,
+        tampered,
+        manifest_problem: check.problem.clone(),
+        run_uploaded_objects: run_objects,
+        run_uploaded_bytes: run_bytes,
+        run_put_requests: target.traffic().puts - puts_before,
+        run_seconds: started.elapsed().as_secs_f64(),
+        failures,
+        rows: Vec::new(),
+    };
+    report.rows = rows;
+    write_reports(&report, &opts.data_dir, &reports).await?;
+    let reason = (!report.failures.is_empty()).then(|| {
+        format!(
+            "{} of {} objects not imported{}",
+            report.failed_objects,
+            report.objects,
+            if report.tampered {
+                " (device data or manifest does not verify)"
+            } else {
+                ""
+            }
+        )
+    });
+    catalog.set_job_state(&job, state.as_str(), reason.as_deref())?;
+    Ok(report)
+}
+
+async fn import_one(
+    target: &Bucket,
+    segs: Arc<crate::gateway::import::segments::SegmentStore>,
+    rec: &Arc<ObjectRecord>,
+    progress: &ImportProgress,
+) -> Outcome {
+    let transient = |e: StoreError| {
+        if e.is_transient() {
+            Outcome::Retry(e.to_string())
+        } else {
+            Outcome::Rejected(e.to_string())
+        }
+    };
+    let mut upload = match target
+        .start_upload(
+            &rec.key,
+            rec.size,
+            rec.content_type.as_deref(),
+            &rec.metadata,
+        )
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => return transient(e),
+    };
+    let part_size = if upload.is_multipart() {
+        target.part_size()
+    } else {
+        u64::MAX
+    };
+    let mut sha = Sha256::default();
+    let mut part_md5s: Vec<[u8; 16]> = Vec::new();
+    let mut md5 = Md5::default();
+    let mut in_part = 0u64;
+    let mut sent = 0u64;
+    let mut stream = segment_stream(segs, rec.clone(), 0..rec.size);
+    while let Some(piece) = stream.next().await {
+        let piece = match piece {
+            Ok(p) => p,
+            Err(e) => {
+                upload.abort().await;
+                return Outcome::Rejected(format!("device data does not verify: {e}"));
+            }
+        };
+        sha.update(&piece);
+        let mut rest = &piece[..];
+        while !rest.is_empty() {
+            let take =
+                usize::try_from((part_size - in_part).min(rest.len() as u64)).unwrap_or(rest.len());
+            md5.update(&rest[..take]);
+            in_part += take as u64;
+            rest = &rest[take..];
+            if in_part == part_size {
+                part_md5s.push(std::mem::take(&mut md5).finish());
+                in_part = 0;
+            }
+        }
+        let len = piece.len() as u64;
+        if let Err(e) = upload.write(piece).await {
+            upload.abort().await;
+            progress.done_bytes.fetch_sub(sent, Ordering::Relaxed);
+            return transient(e);
+        }
+        sent += len;
+        progress.done_bytes.fetch_add(len, Ordering::Relaxed);
+    }
+    if hex(&sha.finish()) != rec.sha256 {
+        upload.abort().await;
+        progress.done_bytes.fetch_sub(sent, Ordering::Relaxed);
+        return Outcome::Rejected(
+            "device data does not match the SHA-256 in the signed manifest".into(),
+        );
+    }
+    let multipart = upload.is_multipart();
+    if let Err(e) = upload.finish().await {
+        progress.done_bytes.fetch_sub(sent, Ordering::Relaxed);
+        return transient(e);
+    }
+    let expected = if multipart {
+        if in_part > 0 || part_md5s.is_empty() {
+            part_md5s.push(md5.finish());
+        }
+        multipart_etag(&part_md5s)
+    } else {
+        hex(&md5.finish())
+    };
+    match verify(target, rec, &expected).await {
+        Ok(None) => Outcome::Imported,
+        Ok(Some(reason)) => Outcome::Rejected(reason),
+        Err(e) => transient(e),
+    }
+}
+
+/// Checks the object in the target: size and ETag; where the store gives no content ETag
+/// (a `file://` target), the bytes are read back and hashed instead.
+async fn verify(
+    target: &Bucket,
+    rec: &ObjectRecord,
+    expected_etag: &str,
+) -> Result<Option<String>, StoreError> {
+    let Some(head) = target.head_object(&rec.key).await? else {
+        return Ok(Some("not found in the target after upload".into()));
+    };
+    if head.size != rec.size {
+        return Ok(Some(format!(
+            "the target holds {} bytes, the manifest says {}",
+            head.size, rec.size
+        )));
+    }
+    let etag = head.etag.as_deref().unwrap_or("").trim_matches('"');
+    if etag == expected_etag {
+        return Ok(None);
+    }
+    if target.keeps_user_metadata() {
+        return Ok(Some(format!(
+            "the target's ETag {etag} is not {expected_etag}, the ETag of the data sent"
+        )));
+    }
+    let data = target.read_object(&rec.key, 0..rec.size).await?;
+    let mut sha = Sha256::default();
+    sha.update(&data);
+    if hex(&sha.finish()) == rec.sha256 {
+        Ok(None)
+    } else {
+        Ok(Some(
+            "the target's bytes do not match the manifest's SHA-256".into(),
+        ))
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn report_csv(report: &ImportReport) -> String {
+    let mut out = String::from("key,size,sha256,etag,status,reason\n");
+    for r in &report.rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            csv_field(&r.key),
+            r.size,
+            r.sha256,
+            csv_field(&r.etag),
+            r.status,
+            csv_field(&r.reason)
+        ));
+    }
+    out
+}
+
+async fn write_reports(
+    report: &ImportReport,
+    data_dir: &std::path::Path,
+    reports: &Bucket,
+) -> Result<(), GatewayError> {
+    let json =
+        serde_json::to_vec_pretty(report).map_err(|e| GatewayError::Internal(Box::new(e)))?;
+    let csv = report_csv(report).into_bytes();
+    let dir = device_dir(data_dir, &report.job);
+    let io = |e: std::io::Error| {
+        GatewayError::Internal(format!("writing the report in {}: {e}", dir.display()).into())
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    std::fs::write(dir.join("report.json"), &json).map_err(io)?;
+    std::fs::write(dir.join("report.csv"), &csv).map_err(io)?;
+    let base = format!("imports/{}", report.job);
+    let ct = |t: &str| Some(t.to_owned());
+    for (name, body, t) in [
+        ("report.json", json, "application/json"),
+        ("report.csv", csv, "text/csv"),
+    ] {
+        let key = format!("{base}/{name}");
+        let mut up = reports
+            .start_upload(&key, body.len() as u64, ct(t).as_deref(), &[])
+            .await?;
+        up.write(bytes::Bytes::from(body)).await?;
+        up.finish().await?;
+    }
+    Ok(())
+}

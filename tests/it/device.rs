@@ -1,0 +1,812 @@
+//! The device mode (issue 8) with real clients: the AWS CLI (PyPI awscli), s3cmd and boto3
+//! load a device through its S3 endpoint; the job is sealed and imported into a real Garage,
+//! where boto3 checks every object independently; a kill -9 mid-import resumes without
+//! re-sending imported objects; a flipped byte in the device store and an edited manifest are
+//! caught and named; a wrong unlock code is refused.
+//!
+//! Sizes are reduced from the acceptance case (10,000 small files and a 5 GiB file) to 1,000
+//! small files and one 256 MiB file; `benches/device.sh` runs the full-size import.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::garage::Garage;
+use crate::support::{self, python_with, run, stderr, stdout, tidegate, tool};
+
+/// A job created on a fresh data dir.
+pub struct Job {
+    pub id: String,
+    pub code: String,
+    pub manifest: PathBuf,
+    pub data: PathBuf,
+}
+
+pub fn create_job(dir: &Path, garage: &Garage, prefix: &str) -> Job {
+    let data = dir.join("device-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let manifest = dir.join("job.manifest.json");
+    let o = run(tidegate(&data).args([
+        "job",
+        "create",
+        "import",
+        "--target",
+        &format!("s3://{}/{prefix}", garage.bucket),
+        "--endpoint",
+        &garage.endpoint,
+        "--region",
+        "garage",
+        "--manifest-out",
+        manifest.to_str().unwrap(),
+    ]));
+    assert!(o.status.success(), "job create: {}", stderr(&o));
+    let out = stdout(&o);
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_owned()
+    };
+    Job {
+        id: field("job"),
+        code: field("unlock code"),
+        manifest,
+        data,
+    }
+}
+
+/// An unlocked device serving its S3 endpoint; killed on drop if still running.
+pub struct Unlocked {
+    child: Child,
+    pub endpoint: String,
+    pub access: String,
+    pub secret: String,
+}
+
+impl Unlocked {
+    pub fn start(job: &Job) -> Unlocked {
+        let mut child = tidegate(&job.data)
+            .args([
+                "device",
+                "unlock",
+                "--manifest",
+                job.manifest.to_str().unwrap(),
+                "--s3-listen",
+                "127.0.0.1:0",
+            ])
+            .env("TIDEGATE_UNLOCK_CODE", &job.code)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !lines.iter().any(|l: &String| l == "ready") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => lines.push(l),
+                Err(_) => panic!("device did not become ready: {lines:?}"),
+            }
+        }
+        let field = |p: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(p))
+                .unwrap()
+                .to_owned()
+        };
+        let endpoint = field("s3 endpoint: ").split(' ').next().unwrap().to_owned();
+        Unlocked {
+            child,
+            endpoint,
+            access: field("access key: "),
+            secret: field("secret key: "),
+        }
+    }
+
+    /// Client environment for this device's endpoint (no CA bundle: plain HTTP on loopback).
+    pub fn env(&self, cmd: &mut Command) {
+        cmd.env("AWS_ACCESS_KEY_ID", &self.access)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("ENDPOINT", &self.endpoint)
+            .env_remove("AWS_CA_BUNDLE")
+            .env_remove("AWS_PROFILE");
+    }
+
+    pub fn lock(mut self, job: &Job) {
+        let o = run(tidegate(&job.data).args(["device", "lock"]));
+        assert!(o.status.success(), "device lock: {}", stderr(&o));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "device exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "device did not exit after lock");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Unlocked {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a boto3 script (python source) with the given environment; returns its stdout.
+pub fn boto3(script: &str, env: impl FnOnce(&mut Command)) -> String {
+    let mut cmd = Command::new(python_with("boto3", "python3-boto3"));
+    cmd.args(["-c", script]);
+    env(&mut cmd);
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "boto3 script failed:\n{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Garage's environment for boto3 scripts and `job import`.
+pub fn garage_env(garage: &Garage, cmd: &mut Command) {
+    cmd.env("AWS_ACCESS_KEY_ID", &garage.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &garage.secret_key)
+        .env("AWS_DEFAULT_REGION", "garage")
+        .env("ENDPOINT", &garage.endpoint)
+        .env("BUCKET", &garage.bucket)
+        .env_remove("AWS_CA_BUNDLE");
+}
+
+pub const CLIENT: &str = "
+import os, boto3, botocore
+from botocore.config import Config
+s3 = boto3.client('s3', endpoint_url=os.environ['ENDPOINT'],
+    config=Config(s3={'addressing_style': 'path'}, retries={'max_attempts': 2}))
+";
+
+/// Writes `count` small files of distinct random content under `dir`, in a few directories.
+pub fn small_files(dir: &Path, count: usize, size: usize) {
+    for i in 0..count {
+        let sub = dir.join(format!("d{}", i % 7));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(
+            sub.join(format!("file-{i:05}.bin")),
+            random_bytes(size + i % 97),
+        )
+        .unwrap();
+    }
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    let mut f = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut f, &mut out).unwrap();
+    out
+}
+
+/// Every file under `dir` as (relative key, path), sorted.
+pub fn files_under(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.push((rel, p));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs `job import` with Garage's credentials.
+pub fn import(job: &Job, garage: &Garage, extra: &[&str]) -> Output {
+    let mut cmd = tidegate(&job.data);
+    cmd.args([
+        "job",
+        "import",
+        "--manifest",
+        job.manifest.to_str().unwrap(),
+    ])
+    .args(extra)
+    .env("TIDEGATE_UNLOCK_CODE", &job.code);
+    garage_env(garage, &mut cmd);
+    run(&mut cmd)
+}
+
+pub fn report(job: &Job) -> serde_json::Value {
+    let path = job.data.join("device").join(&job.id).join("report.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// sha256 of every object under `prefix` in Garage, by key relative to the prefix (boto3).
+pub fn target_hashes(garage: &Garage, prefix: &str) -> Vec<(String, String, u64)> {
+    let script = format!(
+        "{CLIENT}
+import hashlib
+p = s3.get_paginator('list_objects_v2')
+for page in p.paginate(Bucket=os.environ['BUCKET'], Prefix='{prefix}'):
+    for o in page.get('Contents', []):
+        body = s3.get_object(Bucket=os.environ['BUCKET'], Key=o['Key'])['Body'].read()
+        print(o['Key'][len('{prefix}'):], hashlib.sha256(body).hexdigest(), len(body))
+"
+    );
+    let out = boto3(&script, |c| garage_env(garage, c));
+    out.lines()
+        .map(|l| {
+            let mut it = l.rsplitn(3, ' ');
+            let size = it.next().unwrap().parse().unwrap();
+            let sha = it.next().unwrap().to_owned();
+            (it.next().unwrap().to_owned(), sha, size)
+        })
+        .collect()
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let o = Command::new(tool("sha256sum")).arg(path).output().unwrap();
+    stdout(&o).split(' ').next().unwrap().to_owned()
+}
+
+#[test]
+fn device_loaded_by_aws_s3cmd_and_boto3_imports_every_object_verified() {
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let job = create_job(dir.path(), &garage, "imported");
+    let dev = Unlocked::start(&job);
+
+    // aws s3 cp --recursive: 1,000 small files and one 256 MiB file (multipart, 8 MiB parts).
+    let aws_src = dir.path().join("aws-src");
+    small_files(&aws_src, 1000, 900);
+    std::fs::write(aws_src.join("big-256MiB.bin"), random_bytes(256 << 20)).unwrap();
+    let mut cmd = Command::new(tool("aws"));
+    cmd.args([
+        "--endpoint-url",
+        &dev.endpoint,
+        "s3",
+        "cp",
+        "--recursive",
+        "--only-show-errors",
+    ])
+    .arg(&aws_src)
+    .arg("s3://tidegate-test/aws/");
+    dev.env(&mut cmd);
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "aws s3 cp: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    // s3cmd sync: 300 small files and a 20 MiB file (s3cmd's 15 MiB multipart chunks).
+    let s3cmd_src = dir.path().join("s3cmd-src");
+    small_files(&s3cmd_src, 300, 2000);
+    std::fs::write(s3cmd_src.join("twenty.bin"), random_bytes(20 << 20)).unwrap();
+    let host = dev.endpoint.trim_start_matches("http://").to_owned();
+    let s3cmd = |args: &[&str]| {
+        let mut cmd = Command::new(tool("s3cmd"));
+        cmd.args([
+            "--no-ssl",
+            "--host",
+            &host,
+            "--host-bucket",
+            &host,
+            "--access_key",
+            &dev.access,
+            "--secret_key",
+            &dev.secret,
+            "--region",
+            "us-east-1",
+            "--config",
+            "/dev/null",
+        ])
+        .args(args)
+        .env_remove("AWS_CA_BUNDLE");
+        cmd.output().unwrap()
+    };
+    let o = s3cmd(&[
+        "sync",
+        &format!("{}/", s3cmd_src.display()),
+        "s3://tidegate-test/s3cmd/",
+    ]);
+    assert!(
+        o.status.success(),
+        "s3cmd sync: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    // boto3: a 3-part multipart upload with metadata, parts and uploads listed before completion.
+    let out = boto3(
+        &format!(
+            "{CLIENT}
+import hashlib
+parts = [os.urandom(5 << 20), os.urandom(5 << 20), os.urandom(1 << 20)]
+u = s3.create_multipart_upload(Bucket='tidegate-test', Key='boto/three-parts.bin',
+    ContentType='application/x-test', Metadata={{'origin': 'boto3'}})
+done = []
+for i, data in enumerate(parts, 1):
+    r = s3.upload_part(Bucket='tidegate-test', Key='boto/three-parts.bin', UploadId=u['UploadId'],
+        PartNumber=i, Body=data)
+    done.append({{'PartNumber': i, 'ETag': r['ETag']}})
+listed = s3.list_parts(Bucket='tidegate-test', Key='boto/three-parts.bin', UploadId=u['UploadId'])
+assert [p['PartNumber'] for p in listed['Parts']] == [1, 2, 3], listed
+ups = s3.list_multipart_uploads(Bucket='tidegate-test')
+assert [x['UploadId'] for x in ups.get('Uploads', [])] == [u['UploadId']], ups
+r = s3.complete_multipart_upload(Bucket='tidegate-test', Key='boto/three-parts.bin',
+    UploadId=u['UploadId'], MultipartUpload={{'Parts': done}})
+md5s = b''.join(hashlib.md5(p).digest() for p in parts)
+assert r['ETag'].strip('\"') == hashlib.md5(md5s).hexdigest() + '-3', r['ETag']
+h = s3.head_object(Bucket='tidegate-test', Key='boto/three-parts.bin')
+assert h['Metadata'] == {{'origin': 'boto3'}} and h['ContentType'] == 'application/x-test', h
+whole = b''.join(parts)
+open(os.environ['OUT'], 'wb').write(whole)
+# aborting an upload leaves nothing behind
+a = s3.create_multipart_upload(Bucket='tidegate-test', Key='boto/aborted')
+s3.upload_part(Bucket='tidegate-test', Key='boto/aborted', UploadId=a['UploadId'], PartNumber=1, Body=b'x')
+s3.abort_multipart_upload(Bucket='tidegate-test', Key='boto/aborted', UploadId=a['UploadId'])
+try:
+    s3.list_parts(Bucket='tidegate-test', Key='boto/aborted', UploadId=a['UploadId'])
+    raise SystemExit('aborted upload still listed')
+except botocore.exceptions.ClientError as e:
+    assert e.response['Error']['Code'] == 'NoSuchUpload', e.response
+# a copy, then a delete of the copy, and DeleteObjects of two scratch objects
+s3.put_object(Bucket='tidegate-test', Key='scratch/a', Body=b'a')
+s3.put_object(Bucket='tidegate-test', Key='scratch/b', Body=b'b')
+s3.copy_object(Bucket='tidegate-test', Key='scratch/c', CopySource={{'Bucket': 'tidegate-test', 'Key': 'boto/three-parts.bin'}})
+assert s3.get_object(Bucket='tidegate-test', Key='scratch/c')['Body'].read() == whole
+r = s3.delete_objects(Bucket='tidegate-test', Delete={{'Objects': [{{'Key': 'scratch/a'}}, {{'Key': 'scratch/b'}}, {{'Key': 'scratch/c'}}]}})
+assert sorted(d['Key'] for d in r['Deleted']) == ['scratch/a', 'scratch/b', 'scratch/c'], r
+# Content-MD5 and x-amz-checksum-sha256 are honoured: a wrong one is BadDigest, nothing stored
+import base64
+for extra in ({{'ContentMD5': base64.b64encode(hashlib.md5(b'other').digest()).decode()}},
+              {{'ChecksumSHA256': base64.b64encode(hashlib.sha256(b'other').digest()).decode()}}):
+    try:
+        s3.put_object(Bucket='tidegate-test', Key='scratch/bad', Body=b'data', **extra)
+        raise SystemExit('a wrong checksum was accepted')
+    except botocore.exceptions.ClientError as e:
+        assert e.response['Error']['Code'] in ('BadDigest', 'InvalidDigest', 'XAmzContentChecksumMismatch'), e.response
+s3.put_object(Bucket='tidegate-test', Key='scratch/good', Body=b'data',
+    ContentMD5=base64.b64encode(hashlib.md5(b'data').digest()).decode())
+s3.delete_object(Bucket='tidegate-test', Key='scratch/good')
+l = s3.list_objects_v2(Bucket='tidegate-test', Prefix='scratch/')
+assert l['KeyCount'] == 0, l
+print('ok')
+"
+        ),
+        |c| {
+            dev.env(c);
+            c.env("OUT", dir.path().join("three-parts.bin"));
+        },
+    );
+    assert_eq!(out.trim(), "ok");
+
+    // Listings: aws s3 ls, s3cmd ls, and V1/V2 pagination and delimiters through boto3.
+    let mut cmd = Command::new(tool("aws"));
+    cmd.args([
+        "--endpoint-url",
+        &dev.endpoint,
+        "s3",
+        "ls",
+        "--recursive",
+        "s3://tidegate-test/",
+    ]);
+    dev.env(&mut cmd);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "aws s3 ls: {}", stderr(&o));
+    let expected = 1001 + 301 + 1;
+    assert_eq!(stdout(&o).lines().count(), expected, "aws s3 ls");
+    let o = s3cmd(&["ls", "s3://tidegate-test/s3cmd/"]);
+    assert!(o.status.success(), "s3cmd ls: {}", stderr(&o));
+    let listed = stdout(&o);
+    assert!(
+        listed.contains("s3://tidegate-test/s3cmd/twenty.bin"),
+        "{listed}"
+    );
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.trim_start().starts_with("DIR"))
+            .count(),
+        7,
+        "{listed}"
+    );
+    let out = boto3(
+        &format!(
+            "{CLIENT}
+keys = []
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket='tidegate-test', Prefix='aws/',
+        PaginationConfig={{'PageSize': 137}}):
+    keys += [o['Key'] for o in page.get('Contents', [])]
+assert len(keys) == 1001 and keys == sorted(keys) and len(set(keys)) == 1001, len(keys)
+v1 = []
+for page in s3.get_paginator('list_objects').paginate(Bucket='tidegate-test', Prefix='aws/',
+        PaginationConfig={{'PageSize': 250}}):
+    v1 += [o['Key'] for o in page.get('Contents', [])]
+assert v1 == keys
+d = s3.list_objects_v2(Bucket='tidegate-test', Prefix='aws/', Delimiter='/', MaxKeys=3)
+# keys and prefixes interleave in key order: 'aws/big...' sorts before 'aws/d0/'
+assert [o['Key'] for o in d['Contents']] == ['aws/big-256MiB.bin'], d
+assert [p['Prefix'] for p in d['CommonPrefixes']] == ['aws/d0/', 'aws/d1/'], d
+assert d['IsTruncated'] and d['KeyCount'] == 3
+d2 = s3.list_objects_v2(Bucket='tidegate-test', Prefix='aws/', Delimiter='/',
+    ContinuationToken=d['NextContinuationToken'])
+assert [p['Prefix'] for p in d2['CommonPrefixes']] == ['aws/d2/', 'aws/d3/', 'aws/d4/', 'aws/d5/', 'aws/d6/'], d2
+assert not d2.get('Contents') and not d2['IsTruncated'], d2
+b = s3.list_buckets()
+assert [x['Name'] for x in b['Buckets']] == ['tidegate-test'], b
+print('ok')
+"
+        ),
+        |c| dev.env(c),
+    );
+    assert_eq!(out.trim(), "ok");
+
+    // Ranged GETs return exactly the bytes asked for (across segment boundaries too).
+    let big = std::fs::read(aws_src.join("big-256MiB.bin")).unwrap();
+    let ranges: [(u64, u64); 5] = [
+        (0, 0),
+        (8 << 20, (8 << 20) + 9),
+        ((8 << 20) - 5, (8 << 20) + 5),
+        (100_000_000, 117_000_000),
+        ((256 << 20) - 1, (256 << 20) - 1),
+    ];
+    let spec: Vec<String> = ranges.iter().map(|(a, b)| format!("({a},{b})")).collect();
+    let out = boto3(
+        &format!(
+            "{CLIENT}
+import hashlib
+for a, b in [{}]:
+    r = s3.get_object(Bucket='tidegate-test', Key='aws/big-256MiB.bin', Range='bytes=%d-%d' % (a, b))
+    assert r['ResponseMetadata']['HTTPStatusCode'] == 206
+    print(hashlib.sha256(r['Body'].read()).hexdigest())
+r = s3.get_object(Bucket='tidegate-test', Key='aws/big-256MiB.bin', Range='bytes=-10')
+print(hashlib.sha256(r['Body'].read()).hexdigest())
+",
+            spec.join(",")
+        ),
+        |c| dev.env(c),
+    );
+    let sha = |d: &[u8]| {
+        let p = dir.path().join("range.bin");
+        std::fs::write(&p, d).unwrap();
+        sha256_file(&p)
+    };
+    let mut want: Vec<String> = ranges
+        .iter()
+        .map(|&(a, b)| sha(&big[a as usize..=b as usize]))
+        .collect();
+    want.push(sha(&big[big.len() - 10..]));
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
+    drop(big);
+
+    // Wrong credentials and a bad signature are refused.
+    let out = boto3(
+        &format!(
+            "{CLIENT}
+for key, secret in (('TDGNOTTHEDEVICE0000000', os.environ['AWS_SECRET_ACCESS_KEY']),
+                    (os.environ['AWS_ACCESS_KEY_ID'], 'not-the-secret')):
+    c = boto3.client('s3', endpoint_url=os.environ['ENDPOINT'], aws_access_key_id=key,
+        aws_secret_access_key=secret, config=Config(s3={{'addressing_style': 'path'}}))
+    try:
+        c.list_objects_v2(Bucket='tidegate-test')
+        print('allowed')
+    except botocore.exceptions.ClientError as e:
+        print(e.response['Error']['Code'], e.response['ResponseMetadata']['HTTPStatusCode'])
+"
+        ),
+        |c| dev.env(c),
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["AccessDenied 403", "SignatureDoesNotMatch 403"]
+    );
+
+    // Seal through the running device: writes are refused from then on.
+    let o = run(tidegate(&job.data).args(["job", "seal"]));
+    assert!(o.status.success(), "job seal: {}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("sealed: {expected} objects")),
+        "{}",
+        stdout(&o)
+    );
+    let out = boto3(
+        &format!(
+            "{CLIENT}
+try:
+    s3.put_object(Bucket='tidegate-test', Key='late', Body=b'x')
+    print('accepted')
+except botocore.exceptions.ClientError as e:
+    print(e.response['Error']['Code'])
+"
+        ),
+        |c| dev.env(c),
+    );
+    assert_eq!(out.trim(), "AccessDenied");
+    dev.lock(&job);
+
+    let o = import(&job, &garage, &[]);
+    assert!(
+        o.status.success(),
+        "job import: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let r = report(&job);
+    assert_eq!(r["state"], "COMPLETE", "{r}");
+    assert_eq!(r["objects"], expected as u64);
+    assert_eq!(r["imported_objects"], expected as u64);
+    assert_eq!(r["failed_objects"], 0);
+    assert_eq!(r["tampered"], false);
+
+    // Independently: every object in Garage is byte-identical to its source file.
+    let mut want: Vec<(String, String, u64)> = Vec::new();
+    for (prefix, src) in [("aws/", &aws_src), ("s3cmd/", &s3cmd_src)] {
+        for (rel, path) in files_under(src) {
+            let len = std::fs::metadata(&path).unwrap().len();
+            want.push((format!("{prefix}{rel}"), sha256_file(&path), len));
+        }
+    }
+    let three = dir.path().join("three-parts.bin");
+    want.push((
+        "boto/three-parts.bin".into(),
+        sha256_file(&three),
+        std::fs::metadata(&three).unwrap().len(),
+    ));
+    want.sort();
+    let got = target_hashes(&garage, "imported/");
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "target differs from the sources");
+    let out = boto3(
+        &format!(
+            "{CLIENT}
+import json
+h = s3.head_object(Bucket=os.environ['BUCKET'], Key='imported/boto/three-parts.bin')
+print(h['Metadata'].get('origin'), h['ContentType'])
+rep = json.loads(s3.get_object(Bucket=os.environ['BUCKET'], Key='imports/{}/report.json')['Body'].read())
+print(rep['imported_objects'], rep['failed_objects'])
+csv = s3.get_object(Bucket=os.environ['BUCKET'], Key='imports/{}/report.csv')['Body'].read().decode()
+print(len(csv.strip().splitlines()) - 1)
+",
+            job.id, job.id
+        ),
+        |c| garage_env(&garage, c),
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "boto3 application/x-test".to_owned(),
+            format!("{expected} 0"),
+            expected.to_string()
+        ]
+    );
+    let o = run(tidegate(&job.data).args(["job", "status", &job.id]));
+    assert!(stdout(&o).contains("COMPLETE"), "{}", stdout(&o));
+}
+
+#[test]
+fn device_wrong_unlock_code_is_refused_and_reveals_nothing() {
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let job = create_job(dir.path(), &garage, "p");
+    // Same form, one symbol changed.
+    let mut wrong: Vec<char> = job.code.chars().collect();
+    wrong[0] = if wrong[0] == '7' { '8' } else { '7' };
+    let wrong: String = wrong.into_iter().collect();
+    for code in [wrong.as_str(), "not-a-code"] {
+        let o = run(tidegate(&job.data)
+            .args(["device", "unlock", "--manifest"])
+            .arg(&job.manifest)
+            .args(["--s3-listen", "127.0.0.1:0"])
+            .env("TIDEGATE_UNLOCK_CODE", code));
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let lines = support::error_lines(&o);
+        assert_eq!(lines.len(), 1, "{}", stderr(&o));
+        assert!(lines[0].contains("unlock code"), "{}", lines[0]);
+        assert!(!stdout(&o).contains("access key"), "{}", stdout(&o));
+        let o = import(&job, &garage, &[]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    }
+    // A manifest file edited (another salt) fails the same way.
+    let text = std::fs::read_to_string(&job.manifest).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let salt = v["salt"].as_str().unwrap();
+    let edited = text.replace(salt, &"0".repeat(salt.len()));
+    let bad = dir.path().join("edited.json");
+    std::fs::write(&bad, edited).unwrap();
+    let o = run(tidegate(&job.data)
+        .args(["job", "seal", "--manifest"])
+        .arg(&bad)
+        .env("TIDEGATE_UNLOCK_CODE", &job.code));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not unlock"), "{}", stderr(&o));
+    // The right code still works, and the device dir holds no plaintext key material.
+    let dev = Unlocked::start(&job);
+    dev.lock(&job);
+}
+
+/// Loads `n` small objects and one two-segment object through boto3, seals, locks.
+fn loaded_job(dir: &Path, garage: &Garage, prefix: &str, n: usize, size: usize) -> Job {
+    let job = create_job(dir, garage, prefix);
+    let dev = Unlocked::start(&job);
+    let out = boto3(
+        &format!(
+            "{CLIENT}
+from concurrent.futures import ThreadPoolExecutor
+def put(i):
+    s3.put_object(Bucket='tidegate-test', Key='small/%05d' % i, Body=os.urandom({size} + i % 13),
+        Metadata={{'n': str(i)}})
+with ThreadPoolExecutor(8) as ex:
+    list(ex.map(put, range({n})))
+s3.put_object(Bucket='tidegate-test', Key='a-longer-name-for-the-one-big-object.bin',
+    Body=os.urandom((8 << 20) + 4096))
+print('ok')
+"
+        ),
+        |c| dev.env(c),
+    );
+    assert_eq!(out.trim(), "ok");
+    dev.lock(&job);
+    let o = run(tidegate(&job.data)
+        .args(["job", "seal", "--manifest"])
+        .arg(&job.manifest)
+        .env("TIDEGATE_UNLOCK_CODE", &job.code));
+    assert!(o.status.success(), "offline seal: {}", stderr(&o));
+    job
+}
+
+#[test]
+fn device_import_resumes_after_kill9_without_resending_imported_objects() {
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let n = 600;
+    let job = loaded_job(dir.path(), &garage, "resumed", n, 20_000);
+    let total = (n + 1) as u64;
+
+    let mut cmd = tidegate(&job.data);
+    cmd.args(["job", "import", "--parallel", "2", "--manifest"])
+        .arg(&job.manifest)
+        .env("TIDEGATE_UNLOCK_CODE", &job.code)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    garage_env(&garage, &mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let catalog = tidegate::catalog::Catalog::open(&job.data.join("catalog.db")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let c = catalog.job_counts(&job.id).unwrap();
+        if c.imported >= total / 4 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "import ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "import made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = catalog.job_counts(&job.id).unwrap().imported;
+    assert!(before < total, "the import finished before the kill");
+    let o = run(tidegate(&job.data).args(["job", "status", &job.id]));
+    assert!(stdout(&o).contains("IMPORTING"), "{}", stdout(&o));
+
+    let o = import(&job, &garage, &[]);
+    assert!(
+        o.status.success(),
+        "resumed import: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let r = report(&job);
+    assert_eq!(r["state"], "COMPLETE", "{r}");
+    assert_eq!(r["imported_objects"], total);
+    // The resumed run sent exactly the objects not yet imported (the kill may have caught up
+    // to two uploads between their PUT and their record: parallel 2), one PUT each.
+    let resent = r["run_uploaded_objects"].as_u64().unwrap();
+    assert!(
+        (total - before..=total - before + 2).contains(&resent),
+        "resent {resent}, {before} of {total} were imported before the kill: {r}"
+    );
+    let puts = r["run_put_requests"].as_u64().unwrap();
+    assert_eq!(puts, resent, "{r}");
+    let got = target_hashes(&garage, "resumed/");
+    assert_eq!(got.len() as u64, total);
+}
+
+#[test]
+fn device_flipped_byte_and_edited_manifest_are_caught_and_named() {
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let job = loaded_job(dir.path(), &garage, "tampered", 30, 20_000);
+    let device_dir = job.data.join("device").join(&job.id);
+    // Flip a byte in the big object's second segment: its 4096 bytes make the only segment
+    // file smaller than the 20 kB objects'.
+    let seg = files_under(&device_dir.join("seg"))
+        .into_iter()
+        .map(|(_, p)| p)
+        .find(|p| {
+            let len = std::fs::metadata(p).unwrap().len();
+            (4096..10_000).contains(&len)
+        })
+        .expect("the big object's tail segment");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&seg, bytes).unwrap();
+    // Edit one manifest entry that is not the big object's (its entry is the longest).
+    let manifest = device_dir.join("manifest.jsonl");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let longest = lines[1..lines.len() - 1]
+        .iter()
+        .map(|l| l.len())
+        .max()
+        .unwrap();
+    let victim = lines[1..lines.len() - 1]
+        .iter()
+        .position(|l| l.len() < longest)
+        .unwrap()
+        + 1;
+    let mut edited: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+    let line = &edited[victim];
+    let at = line.find("\"entry\":\"").unwrap() + 20;
+    let c = &line[at..at + 1];
+    let flipped = if c == "0" { "1" } else { "0" };
+    edited[victim] = format!("{}{flipped}{}", &line[..at], &line[at + 1..]);
+    std::fs::write(&manifest, edited.join("\n") + "\n").unwrap();
+
+    let o = import(&job, &garage, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let r = report(&job);
+    assert_eq!(r["state"], "FAILED", "{r}");
+    assert_eq!(r["tampered"], true);
+    assert_eq!(r["failed_objects"], 2, "{r}");
+    let failures = r["failures"].as_array().unwrap();
+    let big = failures
+        .iter()
+        .find(|f| f["key"] == "a-longer-name-for-the-one-big-object.bin")
+        .expect("the big object is named");
+    assert!(
+        big["reason"]
+            .as_str()
+            .unwrap()
+            .contains("device data does not verify"),
+        "{big}"
+    );
+    let other = failures
+        .iter()
+        .find(|f| f["key"] != "a-longer-name-for-the-one-big-object.bin")
+        .unwrap();
+    assert!(
+        other["reason"].as_str().unwrap().contains("manifest"),
+        "{other}"
+    );
+    let named = other["key"].as_str().unwrap().to_owned();
+    assert!(stdout(&o).contains(&named), "{}", stdout(&o));
+    // Neither is in the target; everything else is.
+    let got = target_hashes(&garage, "tampered/");
+    assert_eq!(got.len(), 29);
+    assert!(
+        got.iter()
+            .all(|(k, _, _)| k != &named && !k.starts_with("a-longer"))
+    );
+}
