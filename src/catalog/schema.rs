@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_volumes.sql"),
     include_str!("migrations/0003_snapshots.sql"),
     include_str!("migrations/0004_shares.sql"),
+    include_str!("migrations/0005_tapes.sql"),
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

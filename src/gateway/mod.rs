@@ -5,6 +5,8 @@ pub mod block;
 pub mod error;
 pub mod files;
 pub mod gc;
+pub mod library;
+pub mod tapes;
 pub mod volumes;
 
 pub use error::GatewayError;
