@@ -381,6 +381,18 @@ impl Library {
         Ok(())
     }
 
+    /// Syncs every loaded tape (shutdown): buffered records become durable and indexed.
+    pub async fn sync_all(&self) {
+        for bay in &self.bays {
+            let mut st = bay.state.lock().await;
+            if let Some(m) = st.medium.as_mut()
+                && let Err(e) = m.sync().await
+            {
+                tracing::error!(barcode = %m.barcode(), error = %e, "syncing a tape at shutdown");
+            }
+        }
+    }
+
     /// The lowest free storage slot, if any.
     pub fn free_slot(&self) -> Result<Option<u32>, GatewayError> {
         let used: std::collections::HashSet<u32> = self

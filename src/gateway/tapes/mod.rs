@@ -9,6 +9,7 @@
 
 pub mod index;
 pub mod medium;
+pub mod shelf;
 
 use crate::catalog::Catalog;
 use crate::catalog::tapes::{ElementKind, LockMode, NewTape, TapeRow, TapeState};
