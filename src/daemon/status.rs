@@ -35,6 +35,8 @@ pub struct Status {
         crate::catalog::shares::ShareRow,
         crate::catalog::shares::ShareSyncStats,
     )>,
+    /// Every tape (library and shelf), with its state.
+    pub tapes: Vec<crate::catalog::tapes::TapeRow>,
 }
 
 /// What a running daemon reports about its cache and upload buffer (`run/status.toml`).
@@ -178,10 +180,15 @@ pub async fn gather(config: Config) -> Status {
                 .collect::<Option<Vec<_>>>()
         })
         .unwrap_or_default();
+    let tapes = catalog
+        .as_ref()
+        .and_then(|c| c.tapes().ok())
+        .unwrap_or_default();
     Status {
         live,
         volumes,
         shares,
+        tapes,
         gateway_id: setting(setting::GATEWAY_ID),
         activated_unix: setting(setting::ACTIVATED_AT).and_then(|t| t.parse().ok()),
         daemon,

@@ -298,6 +298,9 @@ fn vtl_shelf_archive_retrieve_and_tamper() {
     let t = show(&data, "TDG00001");
     assert_eq!(t["state"], "DAMAGED");
     assert_eq!(t["location"], "shelf");
+    let status = stdout(&run(tidegate(&data).arg("status")));
+    assert!(status.contains("1 DAMAGED"), "{status}");
+    assert!(status.contains("PROBLEM:        tape TDG00001"), "{status}");
 }
 
 /// Unloads the retrieved tape from its drive back to a slot, then ejects it.
