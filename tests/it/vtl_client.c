@@ -6,6 +6,7 @@
  *   vtl_client URL write    load a tape, write records + a filemark, leave it loaded
  *   vtl_client URL verify   read what `write` acknowledged (after a crash and restart)
  *   vtl_client URL elements print the changer's element status
+ *   vtl_client URL bench    load a tape and measure throughput (VTL_LUN=n: a bare drive LUN)
  *   vtl_client URL unload   move the tape in the first full drive to an empty slot
  *   vtl_client URL eject    move the first tape in a storage slot to a mail slot
  *   vtl_client URL readonly load a retrieved tape, read what `full` wrote, see writes refused
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
 
@@ -452,6 +454,48 @@ static void unload(void)
 	expect_good("MOVE MEDIUM drive to slot");
 }
 
+static double now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* Throughput: VTL_MIB MiB (default 1024) in VTL_BLOCK-byte variable records (default 256 KiB)
+ * written, a filemark, rewound and read back; prints MB/s (10^6 bytes) of each. */
+static void bench(void)
+{
+	int mib = getenv("VTL_MIB") ? atoi(getenv("VTL_MIB")) : 1024;
+	int block = getenv("VTL_BLOCK") ? atoi(getenv("VTL_BLOCK")) : 256 << 10;
+	long long total = (long long)mib << 20;
+	long n = total / block;
+	unsigned char mode[12] = {0, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 0, 0};
+	unsigned char select[6] = {0x15, 0x10, 0, 0, 12, 0};
+	if (block <= 0 || block > (int)sizeof(wbuf))
+		fail("VTL_BLOCK out of range");
+	cmd(DRIVE, select, 6, 2, mode, 12);
+	expect_good("MODE SELECT variable blocks");
+	rewind_tape();
+	fill(wbuf, block, 5);
+	double t0 = now();
+	for (long i = 0; i < n; i++) {
+		unsigned char cdb[6] = {0x0a, 0, block >> 16, block >> 8, block, 0};
+		cmd(DRIVE, cdb, 6, 2, wbuf, block);
+		expect_good("bench WRITE(6)");
+	}
+	write_filemarks(1);
+	double t1 = now();
+	rewind_tape();
+	double t2 = now();
+	for (long i = 0; i < n; i++) {
+		read_record(block, 0);
+		expect_good("bench READ(6)");
+	}
+	double t3 = now();
+	printf("write_mbps %.1f\nread_mbps %.1f\n", n * (double)block / (t1 - t0) / 1e6,
+	       n * (double)block / (t3 - t2) / 1e6);
+}
+
 static void verify(void)
 {
 	element_status();
@@ -491,8 +535,19 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	if (getenv("VTL_LUN")) {
+		/* A bare drive LUN with its tape loaded (tgt's VTL): no changer. */
+		DRIVE = atoi(getenv("VTL_LUN"));
+		ready(DRIVE);
+		bench();
+		printf("ok\n");
+		return 0;
+	}
 	ready(CHANGER);
-	if (!strcmp(argv[2], "elements")) {
+	if (!strcmp(argv[2], "bench")) {
+		load();
+		bench();
+	} else if (!strcmp(argv[2], "elements")) {
 		print_elements();
 	} else if (!strcmp(argv[2], "full")) {
 		print_elements();

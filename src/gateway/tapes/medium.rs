@@ -147,20 +147,29 @@ impl Medium {
             Some(Object::Record { offset, len }) => {
                 let data = self.read_stream(offset, len.min(max)).await?;
                 self.pos += 1;
-                self.read_ahead(offset + len);
+                self.read_ahead(offset, offset + len);
                 Ok(ReadOutcome::Record { data, len })
             }
         }
     }
 
-    fn read_ahead(&self, offset: u64) {
-        let end = self.index.bytes();
-        let first = offset / CHUNK_SIZE;
-        for c in first..first + READ_AHEAD_CHUNKS {
-            if c * CHUNK_SIZE >= end {
+    /// Prefetches the chunks ahead of a record `start..end` that reaches a new chunk: once per
+    /// chunk, not per record, and never a chunk whose data is in the journal (a fetch would
+    /// GET what is already here).
+    fn read_ahead(&self, start: u64, end: u64) {
+        let entered = start.div_ceil(CHUNK_SIZE);
+        if entered * CHUNK_SIZE >= end && start != 0 {
+            return;
+        }
+        let last = self.index.bytes();
+        for c in entered + 1..=entered + READ_AHEAD_CHUNKS {
+            if c * CHUNK_SIZE >= last {
                 break;
             }
-            self.cache.prefetch(&object_name(self.row.id, c));
+            let name = object_name(self.row.id, c);
+            if !self.cache.is_dirty(&name) {
+                self.cache.prefetch(&name);
+            }
         }
     }
 
