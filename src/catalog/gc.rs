@@ -60,6 +60,7 @@ impl SweepLock<'_> {
             .conn
             .query_row(
                 "SELECT 1 WHERE EXISTS (SELECT 1 FROM volume_chunks WHERE chunk_id = ?1)
+                             OR EXISTS (SELECT 1 FROM tape_chunks WHERE chunk_id = ?1)
                              OR EXISTS (SELECT 1 FROM chunk_pins WHERE chunk_id = ?1)",
                 [id.as_slice()],
                 |r| r.get(0),

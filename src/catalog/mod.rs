@@ -14,6 +14,7 @@ pub mod settings;
 pub mod shares;
 pub mod snapshots;
 pub mod stored;
+pub mod tapes;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};

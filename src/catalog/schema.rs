@@ -15,7 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_volumes.sql"),
     include_str!("migrations/0003_snapshots.sql"),
     include_str!("migrations/0004_shares.sql"),
-    // 0005 is another branch's; the lead orders them at merge.
+    include_str!("migrations/0005_tapes.sql"),
     include_str!("migrations/0006_jobs.sql"),
 ];
 

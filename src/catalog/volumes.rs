@@ -66,6 +66,20 @@ pub struct NewVolume<'a> {
 /// volume must not see a deleted one's cached data. The highest id ever used is kept here.
 const ID_HIGH_WATER: &str = "volumes.id_high_water";
 
+/// A chunk-map table (volumes' or tapes'): the table, its owner column and the owners' table.
+#[derive(Debug)]
+pub(crate) struct ChunkMap {
+    pub table: &'static str,
+    pub owner: &'static str,
+    pub owners: &'static str,
+}
+
+pub(crate) const VOLUME_MAP: ChunkMap = ChunkMap {
+    table: "volume_chunks",
+    owner: "volume_id",
+    owners: "volumes",
+};
+
 pub(crate) fn as_i64(v: u64) -> Result<i64, CatalogError> {
     i64::try_from(v)
         .map_err(|_| CatalogError::Sql(rusqlite::Error::IntegralValueOutOfRange(0, i64::MAX)))
@@ -193,7 +207,7 @@ impl Catalog {
 
     /// Every chunk id any volume's map references (for garbage collection's mark phase).
     pub fn referenced_chunks(&self) -> Result<Vec<[u8; 32]>, CatalogError> {
-        self.chunk_ids("SELECT DISTINCT chunk_id FROM volume_chunks")
+        self.chunk_ids("SELECT chunk_id FROM volume_chunks UNION SELECT chunk_id FROM tape_chunks")
     }
 
     /// The 32-byte ids a one-column query returns (other lengths are skipped).
@@ -248,15 +262,7 @@ impl Catalog {
     }
 
     pub fn chunk(&self, volume: i64, index: u64) -> Result<Option<[u8; 32]>, CatalogError> {
-        let id: Option<Vec<u8>> = self
-            .conn()
-            .query_row(
-                "SELECT chunk_id FROM volume_chunks WHERE volume_id = ?1 AND chunk_index = ?2",
-                params![volume, as_i64(index)?],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(id.and_then(|v| v.try_into().ok()))
+        self.mapped_chunk(&VOLUME_MAP, volume, index)
     }
 
     /// Records where a chunk's data now is; `None` removes the row (the chunk is all zeros).
@@ -267,17 +273,56 @@ impl Catalog {
         index: u64,
         chunk: Option<&[u8; 32]>,
     ) -> Result<(), CatalogError> {
+        self.map_chunk(&VOLUME_MAP, volume, index, chunk)
+    }
+
+    /// The chunk id at `index` of an owner's chunk map.
+    pub(crate) fn mapped_chunk(
+        &self,
+        map: &ChunkMap,
+        owner: i64,
+        index: u64,
+    ) -> Result<Option<[u8; 32]>, CatalogError> {
+        let id: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT chunk_id FROM {} WHERE {} = ?1 AND chunk_index = ?2",
+                    map.table, map.owner
+                ),
+                params![owner, as_i64(index)?],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(id.and_then(|v| v.try_into().ok()))
+    }
+
+    /// Sets (or with `None` removes) a chunk-map row; nothing for an owner that is gone.
+    pub(crate) fn map_chunk(
+        &self,
+        map: &ChunkMap,
+        owner: i64,
+        index: u64,
+        chunk: Option<&[u8; 32]>,
+    ) -> Result<(), CatalogError> {
         let conn = self.conn();
+        let ChunkMap {
+            table,
+            owner: column,
+            owners,
+        } = map;
         match chunk {
             Some(id) => conn.execute(
-                "INSERT INTO volume_chunks (volume_id, chunk_index, chunk_id)
-                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM volumes WHERE id = ?1)
-                 ON CONFLICT (volume_id, chunk_index) DO UPDATE SET chunk_id = excluded.chunk_id",
-                params![volume, as_i64(index)?, id.as_slice()],
+                &format!(
+                    "INSERT INTO {table} ({column}, chunk_index, chunk_id)
+                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM {owners} WHERE id = ?1)
+                     ON CONFLICT ({column}, chunk_index) DO UPDATE SET chunk_id = excluded.chunk_id"
+                ),
+                params![owner, as_i64(index)?, id.as_slice()],
             )?,
             None => conn.execute(
-                "DELETE FROM volume_chunks WHERE volume_id = ?1 AND chunk_index = ?2",
-                params![volume, as_i64(index)?],
+                &format!("DELETE FROM {table} WHERE {column} = ?1 AND chunk_index = ?2"),
+                params![owner, as_i64(index)?],
             )?,
         };
         Ok(())

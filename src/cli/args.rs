@@ -92,6 +92,9 @@ pub enum Command {
     /// Create, list, delete and refresh file shares (served over NFS by `serve`).
     #[command(subcommand)]
     Share(ShareCommand),
+    /// Virtual tapes: create, list, show, delete, retrieve from and verify on the shelf.
+    #[command(subcommand)]
+    Tape(TapeCommand),
     /// Low-level chunk access, for debugging and tests.
     #[command(subcommand, hide = true)]
     Chunk(ChunkCommand),
@@ -101,6 +104,49 @@ pub enum Command {
     /// Unlock a job's device (serves its S3 endpoint until locked) or lock it.
     #[command(subcommand)]
     Device(DeviceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TapeCommand {
+    /// Create tapes in free storage slots of the library (a running daemon sees them at once).
+    Create {
+        /// Barcodes are PREFIX followed by a number (1 to 12 characters of A-Z, 0-9).
+        #[arg(long)]
+        barcode_prefix: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Capacity of each tape, 100GiB to 5TiB.
+        #[arg(long)]
+        size: ByteSize,
+        /// Keep the tapes at least this many days after creation.
+        #[arg(long, requires = "lock")]
+        retention_days: Option<u32>,
+        #[arg(long, value_enum, requires = "retention_days")]
+        lock: Option<LockArg>,
+    },
+    /// List tapes with their state, location and data.
+    List,
+    /// One tape in detail.
+    Show { barcode: String },
+    /// Delete a tape: empty in the library, or archived and past its retention.
+    Delete {
+        barcode: String,
+        /// Override a governance-mode retention lock (never a compliance one).
+        #[arg(long)]
+        bypass_governance: bool,
+    },
+    /// Bring an archived tape back into a storage slot, read-only, after verifying it.
+    Retrieve { barcode: String },
+    /// Re-read an archived tape's archive objects and check their tree hashes.
+    Verify { barcode: String },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LockArg {
+    /// Deletable before the date with --bypass-governance.
+    Governance,
+    /// Not deletable before the date by anyone.
+    Compliance,
 }
 
 #[derive(Debug, Subcommand)]

@@ -80,6 +80,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Share(cmd) => {
             commands::share::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
         }
+        Command::Tape(cmd) => {
+            commands::tape::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
+        }
         Command::Chunk(cmd) => {
             commands::chunk::run(cmd, load_config(cli.config.as_deref(), &data_dir)?)
         }
@@ -143,7 +146,7 @@ fn load_config(explicit: Option<&Path>, data_dir: &Path) -> Result<Config> {
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)

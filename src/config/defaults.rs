@@ -30,6 +30,12 @@ pub const NFS_LISTEN: &str = "127.0.0.1:2049";
 /// A committed file waits this long without changes before it is uploaded (a burst of writes
 /// and attribute changes then costs one upload).
 pub const UPLOAD_DELAY_MS: u64 = 2000;
+/// The tape library: drives, storage slots and mail slots (the commercial gateway's layout),
+/// and the smallest tape (LTO-5 holds 1.5 TB; the commercial gateway's minimum is 100 GiB).
+pub const LIBRARY_DRIVES: u32 = 10;
+pub const LIBRARY_SLOTS: u32 = 1600;
+pub const LIBRARY_MAIL_SLOTS: u32 = 8;
+pub const MIN_TAPE_SIZE: u64 = 100 << 30;
 /// The share the embedded default creates on first start.
 pub const SHARE_NAME: &str = "share";
 

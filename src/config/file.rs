@@ -30,6 +30,23 @@ pub struct FileConfig {
     pub nfs: Option<NfsSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<LibrarySection>,
+}
+
+/// The virtual tape library (docs/tapes.md).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibrarySection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drives: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_slots: Option<u32>,
+    /// The smallest tape `tape create` accepts (100 GiB; test rigs lower it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tape_size: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -45,6 +45,7 @@ pub struct Config {
     pub bandwidth: bandwidth::Schedule,
     pub nfs: NfsConfig,
     pub files: FilesConfig,
+    pub library: LibraryConfig,
     /// Shares to mount locally through FUSE, (share name, mount point); from the command line.
     pub fuse_mounts: Vec<(String, PathBuf)>,
 }
@@ -63,6 +64,16 @@ pub struct NfsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilesConfig {
     pub upload_delay: Duration,
+}
+
+/// The tape library's element counts and the smallest tape (`gateway::library` checks the
+/// counts against its address plan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LibraryConfig {
+    pub drives: u32,
+    pub slots: u32,
+    pub mail_slots: u32,
+    pub min_tape_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,6 +336,30 @@ impl Config {
                     .unwrap_or(defaults::UPLOAD_DELAY_MS),
             ),
         };
+        let lib = file.library.unwrap_or_default();
+        let library = LibraryConfig {
+            drives: lib.drives.unwrap_or(defaults::LIBRARY_DRIVES),
+            slots: lib.slots.unwrap_or(defaults::LIBRARY_SLOTS),
+            mail_slots: lib.mail_slots.unwrap_or(defaults::LIBRARY_MAIL_SLOTS),
+            min_tape_size: lib
+                .min_tape_size
+                .map_or(defaults::MIN_TAPE_SIZE, |s| s.bytes()),
+        };
+        for (key, n) in [
+            ("library.drives", library.drives),
+            ("library.slots", library.slots),
+            ("library.mail_slots", library.mail_slots),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        if library.min_tape_size < 1 << 20 {
+            return Err(ConfigError::new(
+                "library.min_tape_size",
+                "must be at least 1MiB",
+            ));
+        }
         Ok(Self {
             origin,
             name,
@@ -338,6 +373,7 @@ impl Config {
             bandwidth,
             nfs,
             files,
+            library,
             fuse_mounts: Vec::new(),
         })
     }

@@ -29,7 +29,22 @@ pub struct Inputs {
     pub upload_errors: u64,
     pub dirty_bytes: u64,
     pub integrity_failures: u64,
+    /// One sentence per damaged tape (its error names it).
+    pub damaged_tapes: Vec<String>,
     pub disks: Vec<Disk>,
+}
+
+/// The damaged tapes of the catalog, as `Inputs::damaged_tapes` wants them.
+pub fn damaged_tapes(tapes: &[crate::catalog::tapes::TapeRow]) -> Vec<String> {
+    tapes
+        .iter()
+        .filter(|t| t.state == crate::catalog::tapes::TapeState::Damaged)
+        .map(|t| {
+            t.error
+                .clone()
+                .unwrap_or_else(|| format!("tape {} is damaged", t.barcode))
+        })
+        .collect()
 }
 
 /// Free and total bytes of a filesystem, and an id telling filesystems apart.
@@ -99,6 +114,7 @@ fn problems_with(i: &Inputs, space: impl Fn(&Path) -> Option<FsSpace>) -> Vec<St
             i.integrity_failures
         ));
     }
+    out.extend(i.damaged_tapes.iter().cloned());
     out.extend(disk_problems(&i.disks, space));
     out
 }

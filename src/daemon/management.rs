@@ -508,6 +508,7 @@ impl Management for DaemonManagement {
             upload_errors: c.upload_errors,
             dirty_bytes: c.dirty_bytes,
             integrity_failures: integrity.count,
+            damaged_tapes: health::damaged_tapes(&self.catalog.tapes().map_err(internal)?),
             disks: health::disks(&self.config, c.cache_bytes, c.buffer_bytes),
         });
         let (up, down) = self.chunks.bucket().limits();

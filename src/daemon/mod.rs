@@ -8,9 +8,10 @@
 pub mod activate;
 pub mod backup;
 pub mod bandwidth;
-pub mod health;
 pub mod device;
+pub mod health;
 pub mod history;
+pub mod library;
 pub mod management;
 pub mod notify;
 pub mod offline;
@@ -224,6 +225,17 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         engine.chunks.clone(),
     ));
     volumes.sync()?;
+    let gateway_id = engine
+        .catalog
+        .setting(setting::GATEWAY_ID)?
+        .unwrap_or_default();
+    let library = library::serve(
+        &config,
+        engine.catalog.clone(),
+        cache.clone(),
+        &registry,
+        &gateway_id,
+    )?;
     let listener = tokio::net::TcpListener::bind(config.iscsi.listen)
         .await
         .map_err(io(format!(
@@ -249,10 +261,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             let _ = iscsi_stop.changed().await;
         },
     ));
-    let gateway_id = engine
-        .catalog
-        .setting(setting::GATEWAY_ID)?
-        .unwrap_or_default();
     let snapshots = tokio::spawn(
         Arc::new(snapshots::SnapshotService {
             catalog: engine.catalog.clone(),
@@ -263,6 +271,13 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         })
         .run(stop_rx.clone()),
     );
+    let shelf = tokio::spawn(crate::gateway::tapes::shelf::run(
+        engine.catalog.clone(),
+        engine.chunks.clone(),
+        cache.clone(),
+        library.clone(),
+        stop_rx.clone(),
+    ));
     let backups = tokio::spawn(backup_loop(
         engine.catalog.clone(),
         engine.chunks.clone(),
@@ -433,11 +448,13 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = uploader.await;
     let _ = housekeeping.await;
     let _ = snapshots.await;
+    let _ = shelf.await;
     let _ = backups.await;
     if let Some(w) = watchdog {
         let _ = w.await;
     }
     volumes.shutdown().await;
+    library.sync_all().await;
     // Everything acknowledged is made durable in the upload buffer; uploads resume next start.
     if let Err(e) = cache.flush().await {
         tracing::error!(error = %e, "flushing the cache at shutdown");

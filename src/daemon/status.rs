@@ -37,6 +37,8 @@ pub struct Status {
     )>,
     /// What needs the operator's attention beyond the bucket and the key (daemon/health).
     pub problems: Vec<String>,
+    /// Every tape (library and shelf), with its state.
+    pub tapes: Vec<crate::catalog::tapes::TapeRow>,
 }
 
 /// What a running daemon reports about its cache and upload buffer (`run/status.toml`).
@@ -177,6 +179,10 @@ pub async fn gather(config: Config) -> Status {
                 .collect::<Option<Vec<_>>>()
         })
         .unwrap_or_default();
+    let tapes = catalog
+        .as_ref()
+        .and_then(|c| c.tapes().ok())
+        .unwrap_or_default();
     let cache = area_status(&config.cache);
     let upload_buffer = area_status(&config.upload_buffer);
     let integrity = catalog
@@ -196,6 +202,7 @@ pub async fn gather(config: Config) -> Status {
         upload_errors: l.upload_errors,
         dirty_bytes: l.dirty_bytes,
         integrity_failures: integrity.count,
+        damaged_tapes: super::health::damaged_tapes(&tapes),
         disks: super::health::disks(&config, l.cache_bytes, l.buffer_bytes),
     });
     Status {
@@ -203,6 +210,7 @@ pub async fn gather(config: Config) -> Status {
         live,
         volumes,
         shares,
+        tapes,
         gateway_id: setting(setting::GATEWAY_ID),
         activated_unix: setting(setting::ACTIVATED_AT).and_then(|t| t.parse().ok()),
         daemon,

@@ -22,6 +22,15 @@ pub fn target_name(config: &Config, volume: &str) -> String {
     format!("{IQN_PREFIX}:{gateway}.{volume}")
 }
 
+/// The CHAP an initiator must pass for the gateway's targets, from the config.
+pub fn chap(config: &Config) -> Option<ChapConfig> {
+    config.iscsi.chap.as_ref().map(|c| ChapConfig {
+        user: c.user.clone(),
+        secret: c.secret.clone(),
+        mutual: c.mutual.clone(),
+    })
+}
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -77,11 +86,7 @@ impl VolumeService {
     }
 
     fn chap(&self) -> Option<ChapConfig> {
-        self.config.iscsi.chap.as_ref().map(|c| ChapConfig {
-            user: c.user.clone(),
-            secret: c.secret.clone(),
-            mutual: c.mutual.clone(),
-        })
+        chap(&self.config)
     }
 
     /// Adds targets for new volumes and removes those of deleted ones.

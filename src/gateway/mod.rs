@@ -6,6 +6,8 @@ pub mod error;
 pub mod files;
 pub mod gc;
 pub mod import;
+pub mod library;
+pub mod tapes;
 pub mod volumes;
 
 pub use error::GatewayError;

@@ -9,7 +9,9 @@
 pub mod cdb;
 pub mod sbc;
 pub mod sense;
+pub mod smc;
 pub mod spc;
+pub mod ssc;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use tokio::sync::RwLock;
 use super::cdb::{self, Command};
 use super::sense::{self, Sense};
 use super::spc::inquiry::{self, BlockLimits};
-use super::spc::{self, CmdResult, LuState, mode, opcodes, pr, truncate};
+use super::spc::{self, CmdResult, LuState, mode, opcodes, truncate};
 use super::{BoxFuture, LogicalUnit, Nexus, ScsiRequest, ScsiResponse};
 use crate::gateway::block::BlockDevice;
 
@@ -74,9 +74,18 @@ impl Disk {
     async fn dispatch(&self, cmd: Command, req: &ScsiRequest, nexus: &Nexus) -> CmdResult {
         use Command::*;
         let data = &req.data_out;
+        if let Some(r) = spc::shared(&mut self.state(), &cmd, nexus, data) {
+            return r;
+        }
         match cmd {
             TestUnitReady | PreventAllow { .. } | StartStopUnit { .. } => Ok(Bytes::new()),
-            RequestSense { desc, alloc } => self.state().request_sense(nexus, desc, alloc),
+            // Answered by `spc::shared` above.
+            RequestSense { .. }
+            | Reserve
+            | Release
+            | ReportLuns { .. }
+            | PersistentReserveIn { .. }
+            | PersistentReserveOut { .. } => Err(sense::INVALID_OPCODE.into()),
             Inquiry { evpd, page, alloc } => {
                 let d = if evpd {
                     inquiry::vpd(page, self.dev.identity(), nexus, &self.limits)?
@@ -117,14 +126,6 @@ impl Disk {
                 }
                 Ok(Bytes::new())
             }
-            Reserve => self.state().reserve(nexus),
-            Release => self.state().release(nexus),
-            // The LunMap answers REPORT LUNS; a Disk reached directly reports only LUN 0.
-            ReportLuns { alloc, .. } => {
-                let mut d = vec![0u8; 16];
-                d[3] = 8;
-                Ok(truncate(d, alloc))
-            }
             ReportSupportedOpcodes {
                 rctd,
                 options,
@@ -138,24 +139,6 @@ impl Disk {
                 opcode,
                 service_action,
                 alloc,
-            ),
-            PersistentReserveIn {
-                service_action,
-                alloc,
-            } => pr::pr_in(&self.state(), service_action, alloc),
-            PersistentReserveOut {
-                service_action,
-                scope,
-                pr_type,
-                param_len,
-            } => pr::pr_out(
-                &mut self.state(),
-                nexus,
-                service_action,
-                scope,
-                pr_type,
-                param_len,
-                data,
             ),
             ReadCapacity10 => {
                 let last = self.dev.num_blocks().saturating_sub(1);

@@ -21,7 +21,11 @@ pub enum SenseKey {
     IllegalRequest = 0x5,
     UnitAttention = 0x6,
     DataProtect = 0x7,
+    /// Reading or spacing reached end of data (SSC-3).
+    BlankCheck = 0x8,
     AbortedCommand = 0xb,
+    /// SSC-3: a write ran past the end of the partition.
+    VolumeOverflow = 0xd,
     Miscompare = 0xe,
 }
 
@@ -40,9 +44,18 @@ pub struct Sense {
     pub key: SenseKey,
     pub asc: u8,
     pub ascq: u8,
-    /// INFORMATION field (e.g. the miscompare offset, SBC-4 §5.3).
+    /// INFORMATION field (e.g. the miscompare offset, SBC-4 §5.3; a tape residue, SSC-3).
     pub info: Option<u32>,
     pub field: Option<FieldPointer>,
+    /// The stream-command bits of fixed sense byte 2 (SPC-4 §4.5.3): `FILEMARK`, `EOM`, `ILI`.
+    pub stream: u8,
+}
+
+/// Stream-command bits of fixed sense byte 2 (SPC-4 §4.5.3, used by SSC-3).
+pub mod stream {
+    pub const FILEMARK: u8 = 0x80;
+    pub const EOM: u8 = 0x40;
+    pub const ILI: u8 = 0x20;
 }
 
 /// Length of the fixed-format sense we emit: 8-byte header + 10 additional bytes.
@@ -56,11 +69,18 @@ impl Sense {
             ascq,
             info: None,
             field: None,
+            stream: 0,
         }
     }
 
     pub const fn with_info(mut self, info: u32) -> Self {
         self.info = Some(info);
+        self
+    }
+
+    /// Sets FILEMARK, EOM and/or ILI (`stream::*`).
+    pub const fn with_stream(mut self, bits: u8) -> Self {
+        self.stream = bits & 0xe0;
         self
     }
 
@@ -94,7 +114,7 @@ impl Sense {
             b[0] |= 0x80; // VALID: the INFORMATION field means something
             b[3..7].copy_from_slice(&info.to_be_bytes());
         }
-        b[2] = self.key as u8;
+        b[2] = self.key as u8 | self.stream;
         b[7] = (FIXED_SENSE_LEN - 8) as u8;
         b[12] = self.asc;
         b[13] = self.ascq;
@@ -130,6 +150,10 @@ impl Sense {
             }
             let [hi, lo] = fp.byte.to_be_bytes();
             b.extend_from_slice(&[0x02, 0x06, 0, 0, sks, hi, lo, 0]);
+        }
+        if self.stream != 0 {
+            // Stream commands descriptor (SPC-4 §4.5.2.5): type 4, length 2.
+            b.extend_from_slice(&[0x04, 0x02, 0, self.stream]);
         }
         b[7] = u8::try_from(b.len() - 8).unwrap_or(u8::MAX);
         b
@@ -185,6 +209,20 @@ pub const MEDIUM_NOT_PRESENT: Sense = Sense::new(NotReady, 0x3a, 0x00);
 pub const WRITE_PROTECTED: Sense = Sense::new(DataProtect, 0x27, 0x00);
 pub const SPACE_ALLOCATION_FAILED: Sense = Sense::new(DataProtect, 0x27, 0x07);
 pub const INTERNAL_TARGET_FAILURE: Sense = Sense::new(HardwareError, 0x44, 0x00);
+
+// Stream (SSC-3) and media changer (SMC-3) codes.
+pub const FILEMARK_DETECTED: Sense = Sense::new(NoSense, 0x00, 0x01).with_stream(stream::FILEMARK);
+/// Early warning on a write, and the end of the partition on a write that did not fit.
+pub const END_OF_MEDIUM_DETECTED: Sense = Sense::new(NoSense, 0x00, 0x02).with_stream(stream::EOM);
+pub const BEGINNING_OF_MEDIUM_DETECTED: Sense =
+    Sense::new(NoSense, 0x00, 0x04).with_stream(stream::EOM);
+pub const END_OF_DATA_DETECTED: Sense = Sense::new(BlankCheck, 0x00, 0x05);
+pub const VOLUME_OVERFLOW: Sense = Sense::new(VolumeOverflow, 0x00, 0x02).with_stream(stream::EOM);
+pub const INCORRECT_LENGTH: Sense = Sense::new(NoSense, 0x00, 0x00).with_stream(stream::ILI);
+pub const NOT_READY_TO_READY_CHANGE: Sense = Sense::new(UnitAttention, 0x28, 0x00);
+pub const INVALID_ELEMENT_ADDRESS: Sense = Sense::new(IllegalRequest, 0x21, 0x01);
+pub const MEDIUM_DESTINATION_FULL: Sense = Sense::new(IllegalRequest, 0x3b, 0x0d);
+pub const MEDIUM_SOURCE_EMPTY: Sense = Sense::new(IllegalRequest, 0x3b, 0x0e);
 
 /// What an initiator sees for a gateway failure. BUSY carries no sense (SAM-5 §5.3.1); the
 /// rest are CHECK CONDITION.

@@ -222,6 +222,34 @@ impl LuState {
     }
 }
 
+/// The primary commands every LU type answers alike from its `LuState`: REQUEST SENSE,
+/// RESERVE/RELEASE, REPORT LUNS (a LU reached without a `LunMap` reports only LUN 0) and
+/// PERSISTENT RESERVE IN/OUT. `None` for any other command.
+pub fn shared(st: &mut LuState, cmd: &Command, nexus: &Nexus, data: &[u8]) -> Option<CmdResult> {
+    use Command::*;
+    Some(match *cmd {
+        RequestSense { desc, alloc } => st.request_sense(nexus, desc, alloc),
+        Reserve => st.reserve(nexus),
+        Release => st.release(nexus),
+        ReportLuns { alloc, .. } => {
+            let mut d = vec![0u8; 16];
+            d[3] = 8;
+            Ok(truncate(d, alloc))
+        }
+        PersistentReserveIn {
+            service_action,
+            alloc,
+        } => pr::pr_in(st, service_action, alloc),
+        PersistentReserveOut {
+            service_action,
+            scope,
+            pr_type,
+            param_len,
+        } => pr::pr_out(st, nexus, service_action, scope, pr_type, param_len, data),
+        _ => return None,
+    })
+}
+
 /// Cuts data-in to the allocation length (SPC-4 §4.2.5.6).
 pub fn truncate(mut data: Vec<u8>, alloc: u32) -> Bytes {
     let alloc = usize::try_from(alloc).unwrap_or(usize::MAX);

@@ -95,18 +95,39 @@ impl ChunkStore {
         opened.map_err(|e| self.corrupt(e))
     }
 
+    /// `put_sealed` with user metadata on the object (a shelf archive's tree hashes); a
+    /// `file://` bucket keeps no metadata, so nothing may depend on reading it back.
+    pub async fn put_sealed_with(
+        &self,
+        key: &str,
+        data: Bytes,
+        metadata: &[(String, String)],
+    ) -> Result<u64, StoreError> {
+        let frame = self.seal_for(key, data).await?;
+        let len = frame.len() as u64;
+        self.bucket
+            .put_object(key, Bytes::from(frame), metadata)
+            .await?;
+        Ok(len)
+    }
+
     /// Seals `data` under the object key `key` (manifests, catalog backups) and uploads it.
     /// Returns the bytes stored.
     pub async fn put_sealed(&self, key: &str, data: Bytes) -> Result<u64, StoreError> {
-        let codec = self.codec.clone();
-        let object = key.to_owned();
-        let frame = super::background::run(move || codec.seal(&object, &data))
-            .await
-            .map_err(|e| self.internal("seal", e.to_string()))?
-            .map_err(|e| self.internal("seal", e.to_string()))?;
+        let frame = self.seal_for(key, data).await?;
         let len = frame.len() as u64;
         self.bucket.put(key, Bytes::from(frame)).await?;
         Ok(len)
+    }
+
+    /// Seals `data` for the object `key` on the blocking pool.
+    async fn seal_for(&self, key: &str, data: Bytes) -> Result<Vec<u8>, StoreError> {
+        let codec = self.codec.clone();
+        let object = key.to_owned();
+        super::background::run(move || codec.seal(&object, &data))
+            .await
+            .map_err(|e| self.internal("seal", e.to_string()))?
+            .map_err(|e| self.internal("seal", e.to_string()))
     }
 
     /// Downloads and opens an object written by `put_sealed`; tampering is `Corrupt`.

@@ -17,6 +17,18 @@ pub const CHUNKS_PREFIX: &str = "chunks/";
 /// Where snapshot manifests live: `snapshots/<id>/manifest` and its parts `.../map/<n>`.
 pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
 
+/// The tape shelf (DESIGN §6): `shelf/<barcode>/part-<n>` archive parts, `shelf/<barcode>/index`
+/// (the record index and part hashes), and `shelf/inventory.json`.
+pub const SHELF_INVENTORY: &str = "shelf/inventory.json";
+
+pub fn shelf_part(barcode: &str, part: u64) -> String {
+    format!("shelf/{barcode}/part-{part:06}")
+}
+
+pub fn shelf_index(barcode: &str) -> String {
+    format!("shelf/{barcode}/index")
+}
+
 pub fn snapshot_manifest(snapshot: &str) -> String {
     format!("{SNAPSHOTS_PREFIX}{snapshot}/manifest")
 }

@@ -19,3 +19,4 @@ mod stored_volumes;
 mod support;
 mod systemd;
 mod volume_image;
+mod vtl;

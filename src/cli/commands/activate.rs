@@ -62,6 +62,7 @@ pub fn config_text(args: ActivateArgs, data_dir: &Path, by: &str) -> Result<Stri
         bandwidth: None,
         nfs: None,
         files: None,
+        library: None,
     };
     Ok(format!(
         "# Written by `tidegate {by}`; see docs/operations.md for every key.\n{}",

@@ -12,5 +12,6 @@ pub mod serve;
 pub mod share;
 pub mod snapshot;
 pub mod status;
+pub mod tape;
 pub mod treehash;
 pub mod volume;

@@ -148,6 +148,14 @@ pub fn run(config: Config) -> Result<ExitCode> {
             st.last_upload_unix.map_or("never".to_owned(), rfc3339)
         )?;
     }
+    if !s.tapes.is_empty() {
+        let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
+        for t in &s.tapes {
+            *by_state.entry(t.state.label()).or_default() += 1;
+        }
+        let counts: Vec<String> = by_state.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        writeln!(out, "tapes:          {}", counts.join(", "))?;
+    }
     writeln!(
         out,
         "integrity:      {}",

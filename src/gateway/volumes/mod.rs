@@ -33,11 +33,16 @@ pub fn object_name(volume: i64, index: u64) -> String {
 
 /// Inverse of `object_name`; `None` for anything that is not a volume chunk.
 pub fn parse_object_name(name: &str) -> Option<(i64, u64)> {
-    let (vol, index) = name.strip_prefix('v')?.split_once('/')?;
+    parse_chunk_name('v', name)
+}
+
+/// `<kind><owner id>/<index as 16 hex digits>` split into owner id and index.
+pub(crate) fn parse_chunk_name(kind: char, name: &str) -> Option<(i64, u64)> {
+    let (owner, index) = name.strip_prefix(kind)?.split_once('/')?;
     if index.len() != 16 {
         return None;
     }
-    Some((vol.parse().ok()?, u64::from_str_radix(index, 16).ok()?))
+    Some((owner.parse().ok()?, u64::from_str_radix(index, 16).ok()?))
 }
 
 /// One piece of an I/O that falls inside a single chunk.

@@ -1,4 +1,4 @@
-//! The cache's sink for volume chunks: where a cached chunk comes from and goes to.
+//! The cache's sink for volume and tape chunks: where a cached chunk comes from and goes to.
 //!
 //! `upload` seals and PUTs the chunk, then records it in the chunk map — in that order, so the
 //! map never points at a chunk that is not in the bucket (catalog::volumes invariant). An
@@ -13,6 +13,20 @@ use tidegate_cache::{BoxFuture, Sink, SinkError, SinkErrorKind};
 
 use crate::catalog::Catalog;
 use crate::gateway::volumes::parse_object_name;
+
+/// Whose chunk map a cache object belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Volume(i64),
+    Tape(i64),
+}
+
+fn owner_of(name: &str) -> Option<(Owner, u64)> {
+    if let Some((v, i)) = parse_object_name(name) {
+        return Some((Owner::Volume(v), i));
+    }
+    crate::gateway::tapes::parse_object_name(name).map(|(t, i)| (Owner::Tape(t), i))
+}
 use crate::store::{ChunkId, ChunkRef, ChunkStore, StoreError};
 
 #[derive(Debug)]
@@ -30,7 +44,7 @@ impl BucketSink {
 fn not_ours(name: &str) -> SinkError {
     SinkError::new(
         SinkErrorKind::Other,
-        format!("{name:?} is not a volume chunk"),
+        format!("{name:?} is not a volume or tape chunk"),
     )
 }
 
@@ -56,11 +70,15 @@ fn store_error(e: StoreError) -> SinkError {
 
 impl Sink for BucketSink {
     fn fetch(&self, name: &str) -> BoxFuture<'_, Result<Option<Bytes>, SinkError>> {
-        let parsed = parse_object_name(name);
+        let parsed = owner_of(name);
         let name = name.to_owned();
         Box::pin(async move {
-            let (volume, index) = parsed.ok_or_else(|| not_ours(&name))?;
-            let Some(id) = self.catalog.chunk(volume, index).map_err(catalog_error)? else {
+            let (owner, index) = parsed.ok_or_else(|| not_ours(&name))?;
+            let mapped = match owner {
+                Owner::Volume(v) => self.catalog.chunk(v, index),
+                Owner::Tape(t) => self.catalog.tape_chunk(t, index),
+            };
+            let Some(id) = mapped.map_err(catalog_error)? else {
                 return Ok(None);
             };
             let id = ChunkId(id);
@@ -84,18 +102,20 @@ impl Sink for BucketSink {
     }
 
     fn upload(&self, name: &str, data: Bytes) -> BoxFuture<'_, Result<(), SinkError>> {
-        let parsed = parse_object_name(name);
+        let parsed = owner_of(name);
         let name = name.to_owned();
         Box::pin(async move {
-            let (volume, index) = parsed.ok_or_else(|| not_ours(&name))?;
+            let (owner, index) = parsed.ok_or_else(|| not_ours(&name))?;
             let stored = self.chunks.put(data).await.map_err(store_error)?;
             let id = match &stored {
                 ChunkRef::Zero => None,
                 ChunkRef::Stored(id) => Some(&id.0),
             };
-            self.catalog
-                .set_chunk(volume, index, id)
-                .map_err(catalog_error)
+            match owner {
+                Owner::Volume(v) => self.catalog.set_chunk(v, index, id),
+                Owner::Tape(t) => self.catalog.set_tape_chunk(t, index, id),
+            }
+            .map_err(catalog_error)
         })
     }
 }

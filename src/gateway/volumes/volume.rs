@@ -144,7 +144,7 @@ impl crate::gateway::volumes::snapshot::Capture for Volume {
 
 /// The cache reports where data could not come from; the front end needs to know whether that
 /// is damage (MEDIUM ERROR) or an outage (retry later).
-fn cache_error(e: CacheError) -> GatewayError {
+pub(crate) fn cache_error(e: CacheError) -> GatewayError {
     use tidegate_cache::SinkErrorKind;
     if e.is_no_space() {
         // Named so the log and the initiator's error say which disk to look at (status too).

@@ -63,7 +63,7 @@ impl BlockLimits {
     }
 }
 
-fn padded(s: &str, n: usize) -> Vec<u8> {
+pub(crate) fn padded(s: &str, n: usize) -> Vec<u8> {
     let mut v: Vec<u8> = s
         .bytes()
         .filter(|b| b.is_ascii_graphic() || *b == b' ')
@@ -73,27 +73,81 @@ fn padded(s: &str, n: usize) -> Vec<u8> {
     v
 }
 
+/// What standard INQUIRY data says about a LU (SPC-4 §6.6.2).
+#[derive(Debug, Clone, Copy)]
+pub struct Product<'a> {
+    pub peripheral: u8,
+    /// RMB: the medium is removable (tape drives, changers).
+    pub removable: bool,
+    pub vendor: &'a str,
+    pub product: &'a str,
+    pub revision: &'a str,
+    /// Version descriptors after SAM-5, iSCSI and SPC-4 (SPC-4 §6.6.2 table 150).
+    pub command_set: u16,
+}
+
 /// Standard INQUIRY data for a LU with this peripheral byte and product.
 pub fn standard(peripheral: u8, product: &str) -> Vec<u8> {
+    // SBC-3's version descriptor.
+    standard_for(&Product {
+        peripheral,
+        removable: false,
+        vendor: VENDOR,
+        product,
+        revision: REVISION,
+        command_set: 0x04c0,
+    })
+}
+
+pub fn standard_for(p: &Product<'_>) -> Vec<u8> {
     let mut d = vec![0u8; 74];
-    d[0] = peripheral;
+    d[0] = p.peripheral;
+    d[1] = if p.removable { 0x80 } else { 0 };
     d[2] = 0x06; // SPC-4
     d[3] = 0x12; // HISUP, response data format 2
     d[4] = 74 - 5;
     d[7] = 0x02; // CMDQUE
-    d[8..16].copy_from_slice(&padded(VENDOR, 8));
-    d[16..32].copy_from_slice(&padded(product, 16));
-    d[32..36].copy_from_slice(&padded(REVISION, 4));
-    // Version descriptors (SPC-4 §6.6.2 table 150): SAM-5, iSCSI, SPC-4, SBC-3.
-    for (i, v) in [0x00a0u16, 0x0960, 0x0460, 0x04c0].iter().enumerate() {
+    d[8..16].copy_from_slice(&padded(p.vendor, 8));
+    d[16..32].copy_from_slice(&padded(p.product, 16));
+    d[32..36].copy_from_slice(&padded(p.revision, 4));
+    // Version descriptors (SPC-4 §6.6.2 table 150): SAM-5, iSCSI, SPC-4, the command set.
+    for (i, v) in [0x00a0u16, 0x0960, 0x0460, p.command_set]
+        .iter()
+        .enumerate()
+    {
         d[58 + 2 * i..60 + 2 * i].copy_from_slice(&v.to_be_bytes());
     }
     d
 }
 
-/// A VPD page with its 4-byte header; `long` pages use the 2-byte PAGE LENGTH.
+/// INQUIRY of a LU with only the identification VPD pages (00h, 80h, 83h): tape drives and
+/// changers.
+pub fn identified(
+    product: &Product<'_>,
+    id: &DeviceIdentity,
+    nexus: &Nexus,
+    evpd: bool,
+    code: u8,
+) -> Result<Vec<u8>, Sense> {
+    if !evpd {
+        return Ok(standard_for(product));
+    }
+    let body = match code {
+        0x00 => vec![0x00, 0x80, 0x83],
+        0x80 => padded(&id.serial, id.serial.len()),
+        0x83 => device_identification(id, nexus),
+        _ => return Err(Sense::invalid_cdb_field(2, None)),
+    };
+    Ok(page_for(product.peripheral, code, &body))
+}
+
 fn page(code: u8, body: &[u8]) -> Vec<u8> {
-    let mut d = vec![TYPE_DISK, code, 0, 0];
+    page_for(TYPE_DISK, code, body)
+}
+
+/// A VPD page with its 4-byte header for a LU of peripheral type `peripheral`.
+pub fn page_for(peripheral: u8, code: u8, body: &[u8]) -> Vec<u8> {
+    let mut d = vec![peripheral, code, 0, 0];
     put_len::<2>(&mut d, 2, body.len());
     d.extend_from_slice(body);
     d
@@ -142,7 +196,7 @@ fn block_limits(lim: &BlockLimits) -> [u8; 0x3c] {
 
 /// VPD 83h designators (SPC-4 §7.8.6): NAA, T10 vendor ID, relative target port, target
 /// port name.
-fn device_identification(id: &DeviceIdentity, nexus: &Nexus) -> Vec<u8> {
+pub fn device_identification(id: &DeviceIdentity, nexus: &Nexus) -> Vec<u8> {
     let mut out = Vec::with_capacity(96);
     // NAA IEEE Registered Extended (NAA 6, §7.8.6.6.6): we own no OUI, so the 124 bits after
     // the NAA nibble come from the device UUID, which is unique per volume.

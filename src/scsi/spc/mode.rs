@@ -95,16 +95,22 @@ pub fn mode_sense(
         }
     };
     // Device-specific parameter (SBC-4 §6.5.1): DPOFUA=1; WP=0.
-    let dsp = 0x10;
+    let out = assemble(ten, 0x10, llbaa && !dbd, &desc, &pages);
+    Ok(truncate(out, alloc))
+}
+
+/// Mode parameter header (SPC-4 §7.5.4) + block descriptors + pages, the lengths filled in.
+/// `dsp` is the device-specific parameter byte, whose meaning each device type defines.
+pub fn assemble(ten: bool, dsp: u8, long_lba: bool, desc: &[u8], pages: &[u8]) -> Vec<u8> {
     let mut out = if ten {
-        let mut h = vec![0, 0, 0, dsp, u8::from(llbaa && !dbd), 0, 0, 0];
+        let mut h = vec![0, 0, 0, dsp, u8::from(long_lba), 0, 0, 0];
         put_len::<2>(&mut h, 6, desc.len());
         h
     } else {
         vec![0, 0, dsp, u8::try_from(desc.len()).unwrap_or(0)]
     };
-    out.extend_from_slice(&desc);
-    out.extend_from_slice(&pages);
+    out.extend_from_slice(desc);
+    out.extend_from_slice(pages);
     // MODE DATA LENGTH excludes itself (SPC-4 §7.5.4).
     let n = out.len();
     if ten {
@@ -112,7 +118,26 @@ pub fn mode_sense(
     } else {
         out[0] = u8::try_from(n - 1).unwrap_or(u8::MAX);
     }
-    Ok(truncate(out, alloc))
+    out
+}
+
+/// The block descriptors of a MODE SELECT parameter list and where its pages start, after
+/// the mode parameter header (SPC-4 §7.5.4).
+pub fn block_descriptors(ten: bool, list: &[u8]) -> Result<(&[u8], usize), Sense> {
+    let hdr = if ten { 8 } else { 4 };
+    if list.len() < hdr {
+        return Err(sense::PARAMETER_LIST_LENGTH_ERROR);
+    }
+    let bd_len = if ten {
+        usize::from(u16::from_be_bytes([list[6], list[7]]))
+    } else {
+        usize::from(list[3])
+    };
+    let pages_at = hdr + bd_len;
+    match list.get(hdr..pages_at) {
+        Some(bd) => Ok((bd, pages_at)),
+        None => Err(sense::PARAMETER_LIST_LENGTH_ERROR),
+    }
 }
 
 /// MODE SELECT(6/10): only WCE may change; any other difference from the current values is
@@ -139,19 +164,7 @@ pub fn mode_select(
     let Some(list) = data.get(..len) else {
         return Err(sense::INVALID_FIELD_IN_INFORMATION_UNIT);
     };
-    let hdr = if ten { 8 } else { 4 };
-    if list.len() < hdr {
-        return Err(sense::PARAMETER_LIST_LENGTH_ERROR);
-    }
-    let bd_len = if ten {
-        usize::from(u16::from_be_bytes([list[6], list[7]]))
-    } else {
-        usize::from(list[3])
-    };
-    let pages_at = hdr + bd_len;
-    let Some(bd) = list.get(hdr..pages_at) else {
-        return Err(sense::PARAMETER_LIST_LENGTH_ERROR);
-    };
+    let (bd, pages_at) = block_descriptors(ten, list)?;
     // A block descriptor may restate our block length (or leave it 0); it cannot change it.
     if bd.len() >= 8 {
         let bl = &bd[bd.len() - 3..];
