@@ -189,8 +189,8 @@ fn built_image() -> PathBuf {
     image
 }
 
-/// A hash of everything the image is made of: the binary, the unit, the recipe and the
-/// documents copied into it.
+/// A hash of everything the image is made of: the binary, the unit, the recipe (its README
+/// aside) and the documents copied into it.
 fn inputs_hash(binary: &Path) -> String {
     let mut files = vec![
         binary.to_path_buf(),
@@ -216,7 +216,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.unwrap().path();
         if path.is_dir() {
             collect(&path, out);
-        } else {
+        } else if path.extension().is_none_or(|e| e != "md") {
             out.push(path);
         }
     }

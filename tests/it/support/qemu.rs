@@ -72,8 +72,10 @@ impl Vm {
         ]
     }
 
+    /// The serial log so far. Firmware and GRUB write terminal control bytes that are not
+    /// UTF-8, so it is read lossily.
     pub fn serial(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
     }
 
     pub fn elapsed(&self) -> Duration {
