@@ -33,7 +33,7 @@ fn appliance_image_boots_activates_from_a_seed_and_serves_through_port_forwardin
     let seed = seed_disk(
         dir.path(),
         &format!(
-            "# the appliance test's seed\nNAME={GATEWAY}\nAPI_TOKEN=\"{token}\"\n\
+            "# the appliance test's seed\nNAME={GATEWAY}\nHOSTNAME=tg-test\nAPI_TOKEN=\"{token}\"\n\
              CACHE_SIZE=512MiB\nUPLOAD_BUFFER_SIZE=512MiB\nSHARE=share\nSHARE_SQUASH=none\n"
         ),
     );
@@ -82,6 +82,8 @@ fn appliance_image_boots_activates_from_a_seed_and_serves_through_port_forwardin
         "first boot did not activate from the seed\n{}",
         crate::support::qemu::tail(&serial)
     );
+    // The seed's host name is the one the serial console's login prompt shows.
+    vm.wait_for_line("tg-test login:", &[], Duration::from_secs(120));
 
     // The management API, through the forwarded port, with the seeded token only.
     let base = format!("http://127.0.0.1:{api}");
