@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod appliance;
 mod cli;
 mod console;
 mod device;

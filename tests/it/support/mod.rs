@@ -5,6 +5,7 @@ pub mod cunit;
 pub mod garage;
 pub mod gateway;
 pub mod nfs;
+pub mod qemu;
 pub mod tgt;
 
 use std::path::{Path, PathBuf};
