@@ -103,6 +103,8 @@ pub(crate) struct State {
     pub(crate) draining: usize,
     pub(crate) writers_waiting: u64,
     pub(crate) closed: bool,
+    /// The last write to any object: uploads wait for writes to pause (see `upload::schedule`).
+    pub(crate) last_write_at: Option<Instant>,
     files: ObjectFiles,
     object_size: u64,
     capacity: u64,
@@ -127,6 +129,7 @@ impl State {
             draining: 0,
             writers_waiting: 0,
             closed: false,
+            last_write_at: None,
             files,
             object_size,
             capacity,
@@ -162,6 +165,7 @@ impl State {
             return;
         }
         let now = Instant::now();
+        self.last_write_at = Some(now);
         let obj = self.touch(name);
         let dirty = obj.dirty.get_or_insert_with(|| Dirty {
             since_seq: seq,

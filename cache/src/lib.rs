@@ -24,7 +24,8 @@
 //!   the journal and the rest from the cache file. A miss fetches the whole object once for all
 //!   concurrent readers and fills only the ranges not held locally. Clean objects are evicted
 //!   LRU; dirty, uploading and pinned ones never. Clean data is not kept across a restart.
-//! - *Uploader* (`upload.rs`): uploads an object once it has been idle for `upload_delay`, or
+//! - *Uploader* (`upload.rs`): uploads an object once writes to the whole cache have paused for
+//!   `upload_delay` (a burst is absorbed before uploads compete with it), or once it has been
 //!   dirty for `upload_max_age`, or at once when the buffer is half full, writers wait, `drain`
 //!   runs or `upload_now` asks; oldest dirty first, `upload_concurrency` at a time, retrying
 //!   transient failures forever with capped exponential backoff. The object is assembled from
@@ -84,8 +85,9 @@ pub struct CacheConfig {
     /// so this is only the unit callers should align to.
     pub page_size: u64,
     pub upload_concurrency: usize,
-    /// Settle time: how long an object stays idle (no write) before it is uploaded. Writes that
-    /// land within it are coalesced into one upload of the object.
+    /// Settle time: how long writes (to any object) must pause before dirty objects are
+    /// uploaded. Writes that land within it are coalesced into one upload of each object, and a
+    /// burst has the CPU and disk to itself until it ends or objects reach `upload_max_age`.
     pub upload_delay: Duration,
     /// Longest an object waits for its upload once dirty, however often it is rewritten: bounds
     /// how far the bucket lags behind the local disk. Uploads also start at once when the

@@ -47,6 +47,13 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
     let urgent = st.writers_waiting > 0
         || st.draining > 0
         || st.journal.total_bytes() > cfg.buffer_capacity / 2;
+    // While writes keep arriving, settled objects wait for a pause of the settle time (or their
+    // maximum age, or pressure): uploading in the middle of a burst takes the CPU and disk the
+    // upload buffer exists to give the writer, and uploads again what the burst rewrites.
+    let busy_until = st
+        .last_write_at
+        .map(|t| t + cfg.upload_delay)
+        .filter(|t| *t > now);
     let mut due = Vec::new();
     let mut next: Option<Instant> = None;
     let synced = st.journal.synced_seq();
@@ -62,7 +69,9 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
             now
         } else {
             // Coalesce: wait for the object to settle, but never past its maximum age.
-            (d.last_write_at + cfg.upload_delay).min(d.first_at + cfg.upload_max_age)
+            let settled = d.last_write_at + cfg.upload_delay;
+            let settled = busy_until.map_or(settled, |b| settled.max(b));
+            settled.min(d.first_at + cfg.upload_max_age)
         };
         if let Some(r) = obj.retry_at {
             at = at.max(r);

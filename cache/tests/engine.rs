@@ -577,3 +577,59 @@ async fn acknowledged_write_survives_losing_the_unsynced_write_that_overwrote_it
     );
     cache.close().await;
 }
+
+/// A settled object waits while writes to other objects keep coming, then goes up once they
+/// pause for the settle time; its maximum age bounds the wait under writes that never pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_wait_for_writes_to_pause_but_not_past_the_maximum_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 64 * OBJ, 64 * OBJ);
+    cfg.upload_delay = Duration::from_millis(300);
+    cfg.upload_max_age = Duration::from_secs(3600);
+    let sink = Arc::new(MemSink::default());
+    let cache = Cache::open(cfg.clone(), sink.clone()).unwrap();
+    cache.write(&name(1), 0, &[1; 4096]).await.unwrap();
+    // Another object written every 100 ms for 1.5 s: object 1 settled long ago, but no pause.
+    for i in 0..15u64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cache
+            .write(&name(2), (i % 8) * 4096, &[2; 4096])
+            .await
+            .unwrap();
+    }
+    assert!(sink.get(&name(1)).is_none(), "uploaded during the burst");
+    // The pause: both go up within a few settle times.
+    let start = std::time::Instant::now();
+    while sink.get(&name(1)).is_none() || sink.get(&name(2)).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not uploaded after the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cache.close().await;
+
+    // Writes that never pause: the maximum age still sends object 3 up.
+    let dir = tempfile::tempdir().unwrap();
+    cfg = config(dir.path(), 64 * OBJ, 64 * OBJ);
+    cfg.upload_delay = Duration::from_millis(300);
+    cfg.upload_max_age = Duration::from_millis(600);
+    let sink = Arc::new(MemSink::default());
+    let cache = Cache::open(cfg, sink.clone()).unwrap();
+    cache.write(&name(3), 0, &[3; 4096]).await.unwrap();
+    let start = std::time::Instant::now();
+    while sink.get(&name(3)).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the maximum age did not apply"
+        );
+        cache.write(&name(4), 0, &[4; 4096]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    cache.close().await;
+}

@@ -11,9 +11,10 @@
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// How much lower than the daemon's other threads: a nice of +10 is a tenth of the CPU share
-/// under contention (the kernel's weights are 1024 and 110), and all of it when nothing competes.
-const NICE: i32 = 10;
+/// How much lower than the daemon's other threads: a nice of +5 is about a third of the CPU
+/// share under contention (the kernel's weights are 1024 and 335), and all of it when nothing
+/// competes. Lower still (+10, a tenth) starved uploads behind unrelated work on a busy host.
+const NICE: i32 = 5;
 
 type Job = Box<dyn FnOnce() + Send>;
 
