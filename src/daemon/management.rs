@@ -249,9 +249,17 @@ fn job_json(j: &crate::gateway::import::JobStatus) -> Value {
     })
 }
 
+/// What `POST /api/v1/tapes` asks for, owned (`CreateTapes` borrows the prefix).
+struct TapeRequest {
+    prefix: String,
+    count: u32,
+    size_bytes: u64,
+    retention: Option<(u32, LockMode)>,
+}
+
 /// `{"barcode_prefix", "count" (1), "size", "retention_days", "lock"}` as `tape create` takes
 /// them.
-fn tape_request(body: &Value) -> Result<(String, u32, u64, Option<(u32, LockMode)>), ApiError> {
+fn tape_request(body: &Value) -> Result<TapeRequest, ApiError> {
     let prefix = text(body, "barcode_prefix")?
         .ok_or_else(|| bad("`barcode_prefix` is required"))?
         .to_owned();
@@ -282,7 +290,12 @@ fn tape_request(body: &Value) -> Result<(String, u32, u64, Option<(u32, LockMode
         (None, None) => None,
         _ => return Err(bad("`retention_days` and `lock` go together")),
     };
-    Ok((prefix, count, size_bytes, retention))
+    Ok(TapeRequest {
+        prefix,
+        count,
+        size_bytes,
+        retention,
+    })
 }
 
 fn snapshot_json(s: &SnapshotRow) -> Value {
@@ -882,12 +895,12 @@ impl Management for DaemonManagement {
     }
 
     fn create_tapes(&self, body: Value) -> ApiResult {
-        let (prefix, count, size_bytes, retention) = tape_request(&body)?;
+        let r = tape_request(&body)?;
         let req = CreateTapes {
-            prefix: &prefix,
-            count,
-            size_bytes,
-            retention,
+            prefix: &r.prefix,
+            count: r.count,
+            size_bytes: r.size_bytes,
+            retention: r.retention,
         };
         let limits = TapeLimits {
             slots: self.config.library.slots,
