@@ -574,3 +574,69 @@ fn tapes_and_jobs_through_the_api_cli_and_metrics() {
     let offline = stdout(&run(tidegate(&data).args(["tape", "list"])));
     assert_eq!(through, offline);
 }
+
+/// A job's progress in the API and /metrics follows real clients: boto3 loads the device
+/// (objects and bytes held), then `job import` into Garage (bytes imported reach the total).
+#[test]
+fn job_progress_in_the_api_and_metrics_follows_load_and_import() {
+    use crate::device::{CLIENT, Unlocked, boto3, create_job, import};
+    use crate::support::{run, tidegate};
+    let garage = crate::support::garage::Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let job = create_job(dir.path(), &garage, "apijob");
+    let dev = Unlocked::start(&job);
+    let sizes = [1000usize, 200_000, 3 << 20];
+    let out = boto3(
+        &format!(
+            "{CLIENT}
+for i, n in enumerate({sizes:?}):
+    s3.put_object(Bucket='tidegate-test', Key='o/%d' % i, Body=os.urandom(n))
+print('ok')
+"
+        ),
+        |c| dev.env(c),
+    );
+    assert_eq!(out.trim(), "ok");
+    dev.lock(&job);
+    let o = run(tidegate(&job.data)
+        .args(["job", "seal", "--manifest"])
+        .arg(&job.manifest)
+        .env("TIDEGATE_UNLOCK_CODE", &job.code));
+    assert!(o.status.success(), "seal: {}", stderr(&o));
+
+    let gw = start(&job.data, None);
+    let api = Api::of(&gw, &job.data);
+    let total: usize = sizes.iter().sum();
+    let jobs = api.ok("GET", "/api/v1/jobs", None);
+    let j = &jobs[0];
+    assert_eq!(j["id"], job.id.as_str(), "{jobs}");
+    assert_eq!(j["state"], "sealed", "{jobs}");
+    assert_eq!(
+        (j["objects"].as_u64(), j["bytes"].as_u64()),
+        (Some(3), Some(total as u64))
+    );
+    assert_eq!(j["imported_bytes"], 0, "{jobs}");
+    let sample = |family: &str, state: &str| {
+        api.metric(&format!("{family}{{job=\"{}\",state=\"{state}\"}}", job.id))
+    };
+    assert_eq!(sample("tidegate_job_bytes", "sealed"), total as f64);
+    assert_eq!(sample("tidegate_job_imported_bytes", "sealed"), 0.0);
+    assert_eq!(api.metric(r#"tidegate_jobs{state="sealed"}"#), 1.0);
+
+    let o = import(&job, &garage, &[]);
+    assert!(o.status.success(), "import: {}{}", stdout(&o), stderr(&o));
+    let j = &api.ok("GET", "/api/v1/jobs", None)[0];
+    assert_eq!(j["state"], "complete", "{j}");
+    assert_eq!(j["imported_bytes"], total as u64, "{j}");
+    assert_eq!(j["imported_objects"], 3, "{j}");
+    assert_eq!(j["progress"], 1.0, "{j}");
+    assert_eq!(
+        sample("tidegate_job_imported_bytes", "complete"),
+        total as f64
+    );
+    assert_eq!(sample("tidegate_job_imported_objects", "complete"), 3.0);
+    assert_eq!(api.metric(r#"tidegate_jobs{state="sealed"}"#), 0.0);
+    let (_, text) = api.call("GET", "/metrics", None, None);
+    promtool(&text);
+    assert_eq!(gw.stop(), Some(0));
+}
