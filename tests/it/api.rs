@@ -579,8 +579,7 @@ fn tapes_and_jobs_through_the_api_cli_and_metrics() {
 /// (objects and bytes held), then `job import` into Garage (bytes imported reach the total).
 #[test]
 fn job_progress_in_the_api_and_metrics_follows_load_and_import() {
-    use crate::device::{CLIENT, Unlocked, boto3, create_job, import};
-    use crate::support::{run, tidegate};
+    use crate::device::{CLIENT, Unlocked, boto3, create_job, import, lock_and_seal};
     let garage = crate::support::garage::Garage::start();
     let dir = tempfile::tempdir().unwrap();
     let job = create_job(dir.path(), &garage, "apijob");
@@ -597,12 +596,7 @@ print('ok')
         |c| dev.env(c),
     );
     assert_eq!(out.trim(), "ok");
-    dev.lock(&job);
-    let o = run(tidegate(&job.data)
-        .args(["job", "seal", "--manifest"])
-        .arg(&job.manifest)
-        .env("TIDEGATE_UNLOCK_CODE", &job.code));
-    assert!(o.status.success(), "seal: {}", stderr(&o));
+    lock_and_seal(dev, &job);
 
     let gw = start(&job.data, None);
     let api = Api::of(&gw, &job.data);
