@@ -15,12 +15,15 @@ use tidegate_cache::Cache;
 
 use crate::catalog::Catalog;
 use crate::catalog::snapshots::SnapshotRow;
+use crate::catalog::tapes::{ElementKind, LockMode, TapeRow, TapeState};
 use crate::catalog::volumes::{VolumeMode, VolumeRow};
 use crate::config::{ByteSize, Config};
 use crate::daemon::health;
 use crate::daemon::volumes::{VolumeService, target_name};
 use crate::frontend::api::{ApiError, ApiResult, BoxFuture, Management};
 use crate::gateway::GatewayError;
+use crate::gateway::library::Element;
+use crate::gateway::tapes::{self, CreateTapes, TapeLimits, shelf};
 use crate::gateway::volumes::{self, CreateVolume, snapshot};
 use crate::store::ChunkStore;
 
@@ -32,6 +35,8 @@ pub struct DaemonManagement {
     pub volumes: Arc<VolumeService>,
     pub bandwidth: Arc<crate::daemon::bandwidth::Bandwidth>,
     pub history: Arc<crate::daemon::history::History>,
+    /// The tape library: its drives count the bytes clients write and read.
+    pub library: Arc<crate::gateway::library::Library>,
 }
 
 fn api_error(e: GatewayError) -> ApiError {
@@ -169,6 +174,128 @@ fn share_spec(body: &Value) -> Result<crate::gateway::files::ShareSpec, ApiError
         spec.refresh = std::time::Duration::from_secs(v);
     }
     Ok(spec)
+}
+
+/// A tape as the API, the console and `tidegate tape` show it: the raw fields plus the labels
+/// people read (`state_label` with the shelf progress, `location_label`), so every client
+/// prints the same thing.
+pub fn tape_json(config: &Config, t: &TapeRow) -> Value {
+    let layout = crate::daemon::library::layout(config);
+    let (location, location_label) = match t.location {
+        None => (Value::Null, "shelf".to_owned()),
+        Some((kind, i)) => {
+            let (name, e) = match kind {
+                ElementKind::Slot => ("slot", Element::Slot(i)),
+                ElementKind::Drive => ("drive", Element::Drive(i)),
+                ElementKind::Mail => ("mail slot", Element::Mail(i)),
+            };
+            let address = layout.address(e);
+            (
+                json!({ "kind": kind.as_str(), "number": i + 1, "address": address }),
+                format!("{name} {} ({address:#06x})", i + 1),
+            )
+        }
+    };
+    let moving = matches!(t.state, TapeState::Archiving | TapeState::Retrieving);
+    let state_label = if moving && t.data_bytes > 0 {
+        format!(
+            "{} {}%",
+            t.state.label(),
+            t.progress_bytes.saturating_mul(100) / t.data_bytes
+        )
+    } else {
+        t.state.label().to_owned()
+    };
+    json!({
+        "barcode": t.barcode,
+        "size_bytes": t.size_bytes,
+        "state": t.state.as_str(),
+        "state_label": state_label,
+        "location": location,
+        "location_label": location_label,
+        "data_bytes": t.data_bytes,
+        "objects": t.objects,
+        "read_only": t.read_only,
+        "retention_until_unix": t.retention_until_unix,
+        "lock_mode": t.lock_mode.map(LockMode::as_str),
+        "tree_hash": t.tree_hash.map(|h| crate::store::keys::hex(&h)),
+        "archived_unix": t.archived_unix,
+        "progress_bytes": if moving { Some(t.progress_bytes) } else { None },
+        "error": t.error,
+    })
+}
+
+fn job_json(j: &crate::gateway::import::JobStatus) -> Value {
+    json!({
+        "id": j.row.id,
+        "kind": j.row.kind,
+        "target": j.row.bucket_url,
+        "state": j.row.state.to_ascii_lowercase(),
+        "reason": j.row.reason,
+        "created_unix": j.row.created_unix,
+        "updated_unix": j.row.updated_unix,
+        "sealed_unix": j.row.sealed_unix,
+        "finished_unix": j.row.finished_unix,
+        "objects": j.counts.objects,
+        "bytes": j.counts.bytes,
+        "imported_objects": j.counts.imported,
+        "imported_bytes": j.counts.imported_bytes,
+        "failed_objects": j.counts.failed,
+        "progress": if j.counts.bytes == 0 {
+            if j.counts.objects > 0 && j.counts.imported == j.counts.objects { 1.0 } else { 0.0 }
+        } else {
+            j.counts.imported_bytes as f64 / j.counts.bytes as f64
+        },
+    })
+}
+
+/// What `POST /api/v1/tapes` asks for, owned (`CreateTapes` borrows the prefix).
+struct TapeRequest {
+    prefix: String,
+    count: u32,
+    size_bytes: u64,
+    retention: Option<(u32, LockMode)>,
+}
+
+/// `{"barcode_prefix", "count" (1), "size", "retention_days", "lock"}` as `tape create` takes
+/// them.
+fn tape_request(body: &Value) -> Result<TapeRequest, ApiError> {
+    let prefix = text(body, "barcode_prefix")?
+        .ok_or_else(|| bad("`barcode_prefix` is required"))?
+        .to_owned();
+    let count = match body.get("count") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| bad("`count` must be a whole number"))?,
+    };
+    let size_bytes = size(body, "size")?.ok_or_else(|| bad("`size` is required"))?;
+    let days = match body.get("retention_days") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad("`retention_days` must be a whole number"))?,
+        ),
+    };
+    let lock = text(body, "lock")?
+        .map(|l| {
+            LockMode::parse(l)
+                .ok_or_else(|| bad(format!("`lock` {l:?}: use governance or compliance")))
+        })
+        .transpose()?;
+    let retention = match (days, lock) {
+        (Some(d), Some(l)) => Some((d, l)),
+        (None, None) => None,
+        _ => return Err(bad("`retention_days` and `lock` go together")),
+    };
+    Ok(TapeRequest {
+        prefix,
+        count,
+        size_bytes,
+        retention,
+    })
 }
 
 fn snapshot_json(s: &SnapshotRow) -> Value {
@@ -451,7 +578,153 @@ impl DaemonManagement {
             .map(|(s, n)| (format!("state=\"{s}\""), n as f64))
             .collect();
         m.gauge_owned("tidegate_snapshots", "Snapshots by state.", &states);
+        self.tape_metrics(&mut m);
+        self.job_metrics(&mut m);
         m.0
+    }
+
+    fn tape_metrics(&self, m: &mut Metrics) {
+        let tapes = self.catalog.tapes().unwrap_or_default();
+        // Every state, zeros too: a dashboard's series do not vanish when a state empties.
+        let states: Vec<(String, f64)> = [
+            TapeState::Available,
+            TapeState::InTransit,
+            TapeState::Archiving,
+            TapeState::Archived,
+            TapeState::Retrieving,
+            TapeState::Retrieved,
+            TapeState::Damaged,
+        ]
+        .iter()
+        .map(|s| {
+            let n = tapes.iter().filter(|t| t.state == *s).count();
+            (format!("state=\"{}\"", s.as_str()), n as f64)
+        })
+        .collect();
+        m.gauge_owned("tidegate_tapes", "Tapes by state.", &states);
+        let data: Vec<(String, f64)> = tapes
+            .iter()
+            .map(|t| (format!("barcode=\"{}\"", t.barcode), t.data_bytes as f64))
+            .collect();
+        m.gauge_owned(
+            "tidegate_tape_data_bytes",
+            "Bytes of data on each tape.",
+            &data,
+        );
+        let mut io = Vec::new();
+        for bay in self.library.bays() {
+            let drive = bay.index + 1;
+            io.push((
+                format!("drive=\"{drive}\",op=\"write\""),
+                bay.written_bytes.load(Relaxed) as f64,
+            ));
+            io.push((
+                format!("drive=\"{drive}\",op=\"read\""),
+                bay.read_bytes.load(Relaxed) as f64,
+            ));
+        }
+        m.counter_owned(
+            "tidegate_tape_drive_bytes_total",
+            "Bytes clients wrote to and read from tapes, per drive.",
+            &io,
+        );
+        let moving: Vec<&TapeRow> = tapes
+            .iter()
+            .filter(|t| matches!(t.state, TapeState::Archiving | TapeState::Retrieving))
+            .collect();
+        let label = |t: &TapeRow| {
+            format!(
+                "barcode=\"{}\",op=\"{}\"",
+                t.barcode,
+                if t.state == TapeState::Archiving {
+                    "archive"
+                } else {
+                    "retrieve"
+                }
+            )
+        };
+        let done: Vec<(String, f64)> = moving
+            .iter()
+            .map(|t| (label(t), t.progress_bytes as f64))
+            .collect();
+        m.gauge_owned(
+            "tidegate_shelf_progress_bytes",
+            "Tapes being archived or retrieved: bytes done.",
+            &done,
+        );
+        let total: Vec<(String, f64)> = moving
+            .iter()
+            .map(|t| (label(t), t.data_bytes as f64))
+            .collect();
+        m.gauge_owned(
+            "tidegate_shelf_total_bytes",
+            "Tapes being archived or retrieved: bytes in all.",
+            &total,
+        );
+    }
+
+    fn job_metrics(&self, m: &mut Metrics) {
+        let jobs = crate::gateway::import::job_status(&self.catalog, None).unwrap_or_default();
+        use crate::gateway::import::JobState;
+        let states: Vec<(String, f64)> = [
+            JobState::Created,
+            JobState::Loading,
+            JobState::Sealed,
+            JobState::Importing,
+            JobState::Complete,
+            JobState::Failed,
+            JobState::Exporting,
+            JobState::Ready,
+        ]
+        .iter()
+        .map(|s| {
+            let n = jobs.iter().filter(|j| j.row.state == s.as_str()).count();
+            (
+                format!("state=\"{}\"", s.as_str().to_ascii_lowercase()),
+                n as f64,
+            )
+        })
+        .collect();
+        m.gauge_owned("tidegate_jobs", "Import and export jobs by state.", &states);
+        let per = |f: &dyn Fn(&crate::catalog::jobs::JobCounts) -> u64| -> Vec<(String, f64)> {
+            jobs.iter()
+                .map(|j| {
+                    (
+                        format!(
+                            "job=\"{}\",state=\"{}\"",
+                            j.row.id,
+                            j.row.state.to_ascii_lowercase()
+                        ),
+                        f(&j.counts) as f64,
+                    )
+                })
+                .collect()
+        };
+        m.gauge_owned(
+            "tidegate_job_objects",
+            "Objects an import job holds.",
+            &per(&|c| c.objects),
+        );
+        m.gauge_owned(
+            "tidegate_job_imported_objects",
+            "Objects an import job has imported.",
+            &per(&|c| c.imported),
+        );
+        m.gauge_owned(
+            "tidegate_job_failed_objects",
+            "Objects an import job could not import.",
+            &per(&|c| c.failed),
+        );
+        m.gauge_owned(
+            "tidegate_job_bytes",
+            "Bytes an import job holds.",
+            &per(&|c| c.bytes),
+        );
+        m.gauge_owned(
+            "tidegate_job_imported_bytes",
+            "Bytes an import job has imported.",
+            &per(&|c| c.imported_bytes),
+        );
     }
 }
 
@@ -608,6 +881,59 @@ impl Management for DaemonManagement {
         let directories = crate::gateway::files::request_refresh(&self.catalog, &name, path)
             .map_err(api_error)?;
         Ok(json!({ "share": name, "directories": directories }))
+    }
+
+    fn tapes(&self) -> ApiResult {
+        Ok(Value::Array(
+            self.catalog
+                .tapes()
+                .map_err(internal)?
+                .iter()
+                .map(|t| tape_json(&self.config, t))
+                .collect(),
+        ))
+    }
+
+    fn create_tapes(&self, body: Value) -> ApiResult {
+        let r = tape_request(&body)?;
+        let req = CreateTapes {
+            prefix: &r.prefix,
+            count: r.count,
+            size_bytes: r.size_bytes,
+            retention: r.retention,
+        };
+        let limits = TapeLimits {
+            slots: self.config.library.slots,
+            min_size: self.config.library.min_tape_size,
+        };
+        let made = tapes::create(&self.catalog, &req, limits, crate::daemon::unix_now())
+            .map_err(api_error)?;
+        Ok(Value::Array(
+            made.iter().map(|t| tape_json(&self.config, t)).collect(),
+        ))
+    }
+
+    fn delete_tape(&self, barcode: String, bypass_governance: bool) -> ApiResult {
+        tapes::delete(
+            &self.catalog,
+            &barcode,
+            bypass_governance,
+            crate::daemon::unix_now(),
+        )
+        .map_err(api_error)?;
+        Ok(json!({ "deleted": barcode }))
+    }
+
+    fn retrieve_tape(&self, barcode: String) -> ApiResult {
+        let t = tapes::find(&self.catalog, &barcode).map_err(api_error)?;
+        shelf::request_retrieval(&self.catalog, &t).map_err(api_error)?;
+        let t = tapes::find(&self.catalog, &barcode).map_err(api_error)?;
+        Ok(tape_json(&self.config, &t))
+    }
+
+    fn jobs(&self) -> ApiResult {
+        let jobs = crate::gateway::import::job_status(&self.catalog, None).map_err(api_error)?;
+        Ok(Value::Array(jobs.iter().map(job_json).collect()))
     }
 
     fn history(&self) -> ApiResult {

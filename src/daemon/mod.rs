@@ -309,6 +309,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         volumes: volumes.clone(),
         bandwidth: bandwidth.clone(),
         history: Arc::new(history::History::default()),
+        library: library.clone(),
     });
     let api = tokio::spawn(crate::frontend::api::serve(
         api_listener,

@@ -12,6 +12,7 @@ mod cdb;
 mod pages;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -264,9 +265,26 @@ impl Drive {
                 fixed,
                 sili,
                 length,
-            } => read(loaded(&mut st)?, settings, fixed, sili, length).await,
+            } => {
+                let r = read(loaded(&mut st)?, settings, fixed, sili, length).await;
+                let n = match &r {
+                    Ok(data) => data.len(),
+                    Err(resp) => resp.data_in.len(),
+                };
+                self.bay.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                r
+            }
             Write { fixed, length } => {
-                write(loaded(&mut st)?, settings, fixed, length, &req.data_out).await
+                let written = &self.bay.written_bytes;
+                write(
+                    loaded(&mut st)?,
+                    settings,
+                    fixed,
+                    length,
+                    &req.data_out,
+                    written,
+                )
+                .await
             }
             WriteFilemarks { count } => {
                 let m = loaded(&mut st)?;
@@ -400,6 +418,7 @@ async fn write(
     fixed: bool,
     length: u32,
     data: &[u8],
+    written: &AtomicU64,
 ) -> CmdResult {
     if m.read_only() {
         return Err(sense::WRITE_PROTECTED.into());
@@ -428,6 +447,7 @@ async fn write(
         return Err(sense::INVALID_FIELD_IN_INFORMATION_UNIT.into());
     };
     let w = m.write_records(payload, record).await?;
+    written.fetch_add(w.count * record, Ordering::Relaxed);
     let unit = if fixed { 1 } else { record };
     write_outcome(w, count, unit)
 }

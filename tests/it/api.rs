@@ -155,6 +155,31 @@ fn the_api_manages_volumes_and_snapshots_behind_a_token() {
     assert_eq!(gw.stop(), Some(0));
 }
 
+/// `promtool check metrics` accepts the exposition.
+fn promtool(text: &str) {
+    let mut child = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
 #[test]
 fn metrics_pass_promtool_and_move_with_client_writes() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,31 +190,8 @@ fn metrics_pass_promtool_and_move_with_client_writes() {
     let target = url(&gw, "m");
     wait_for_target(&target);
 
-    let check = |text: &str| {
-        let mut child = Command::new(tool("promtool"))
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
-    };
     let (_, before) = api.call("GET", "/metrics", None, None);
-    check(&before);
+    promtool(&before);
     let written = r#"tidegate_volume_bytes_total{volume="m",op="write"}"#;
     let uploaded = r#"tidegate_bucket_bytes_total{direction="upload"}"#;
     let w0 = api.metric(written);
@@ -209,7 +211,7 @@ fn metrics_pass_promtool_and_move_with_client_writes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, after) = api.call("GET", "/metrics", None, None);
-    check(&after);
+    promtool(&after);
     assert_eq!(gw.stop(), Some(0));
 }
 
@@ -410,5 +412,225 @@ fn the_cli_goes_through_the_running_daemons_api() {
         api.ok("GET", "/api/v1/volumes", None),
         serde_json::json!([])
     );
+    assert_eq!(gw.stop(), Some(0));
+}
+
+/// Tapes and jobs through the API, the CLI going through it while the daemon runs (and printing
+/// what it prints without one), and their metrics moving as libiscsi writes to and reads from a
+/// tape.
+#[test]
+fn tapes_and_jobs_through_the_api_cli_and_metrics() {
+    use crate::support::{run, tidegate};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let job = run(tidegate(&data).args([
+        "job",
+        "create",
+        "import",
+        "--target",
+        "s3://elsewhere/in",
+        "--endpoint",
+        "http://127.0.0.1:9",
+        "--region",
+        "garage",
+        "--manifest-out",
+        dir.path().join("job.json").to_str().unwrap(),
+    ]));
+    assert!(job.status.success(), "{}", stderr(&job));
+    let job_id = stdout(&job)
+        .lines()
+        .find_map(|l| l.strip_prefix("job: "))
+        .unwrap()
+        .to_owned();
+    let gw = start(&data, None);
+    let api = Api::of(&gw, &data);
+
+    let made = api.ok(
+        "POST",
+        "/api/v1/tapes",
+        Some(r#"{"barcode_prefix":"API","count":2,"size":"100GiB"}"#),
+    );
+    let barcodes: Vec<&str> = made
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["barcode"].as_str().unwrap())
+        .collect();
+    assert_eq!(barcodes, ["API00001", "API00002"], "{made}");
+    assert_eq!(made[0]["state"], "available", "{made}");
+    assert_eq!(made[0]["location"]["kind"], "slot", "{made}");
+    for (body, code, error) in [
+        (
+            r#"{"barcode_prefix":"API","size":"1GiB"}"#,
+            400,
+            "bad_request",
+        ),
+        (r#"{"size":"100GiB"}"#, 400, "bad_request"),
+        (
+            r#"{"barcode_prefix":"API","size":"100GiB","retention_days":3}"#,
+            400,
+            "bad_request",
+        ),
+    ] {
+        let (got, text) = api.call("POST", "/api/v1/tapes", Some(body), Some(&api.token));
+        assert_eq!(got, code, "{body}: {text}");
+        assert!(text.contains(&format!("\"code\":\"{error}\"")), "{text}");
+    }
+    let (code, text) = api.call(
+        "POST",
+        "/api/v1/tapes/API00001/retrieve",
+        None,
+        Some(&api.token),
+    );
+    assert_eq!(code, 400, "an available tape is not on the shelf: {text}");
+    let (code, text) = api.call("DELETE", "/api/v1/tapes/NOPE0001", None, Some(&api.token));
+    assert_eq!((code, text.contains("not_found")), (404, true), "{text}");
+
+    // The CLI goes through the API: what it creates is the API's, its errors are the API's.
+    let cli = run(tidegate(&data).args([
+        "tape",
+        "create",
+        "--barcode-prefix",
+        "CLI",
+        "--size",
+        "100GiB",
+        "--retention-days",
+        "1",
+        "--lock",
+        "governance",
+    ]));
+    assert!(cli.status.success(), "{}", stderr(&cli));
+    assert!(
+        stdout(&cli).starts_with("created tape CLI00001 (100 GiB) in slot 3 ("),
+        "{}",
+        stdout(&cli)
+    );
+    let listed = api.ok("GET", "/api/v1/tapes", None);
+    let cli_tape = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["barcode"] == "CLI00001")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(cli_tape["lock_mode"], "governance", "{cli_tape}");
+    let locked = run(tidegate(&data).args(["tape", "delete", "CLI00001"]));
+    assert_eq!(locked.status.code(), Some(1), "{}", stderr(&locked));
+    assert!(
+        stderr(&locked).contains("governance retention"),
+        "{}",
+        stderr(&locked)
+    );
+    let gone = run(tidegate(&data).args(["tape", "delete", "CLI00001", "--bypass-governance"]));
+    assert!(gone.status.success(), "{}", stderr(&gone));
+    // A token the daemon refuses: the CLI fails instead of reading the catalog behind it.
+    let token = data.join("api.token");
+    let real = std::fs::read_to_string(&token).unwrap();
+    std::fs::write(&token, "not-the-token\n").unwrap();
+    let refused = run(tidegate(&data).args(["tape", "list"]));
+    std::fs::write(&token, real).unwrap();
+    assert!(
+        stderr(&refused).contains("unauthorized"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let jobs = api.ok("GET", "/api/v1/jobs", None);
+    assert_eq!(jobs[0]["id"], job_id.as_str(), "{jobs}");
+    assert_eq!(jobs[0]["target"], "s3://elsewhere/in", "{jobs}");
+    assert_eq!(jobs[0]["objects"], 0, "{jobs}");
+    assert_eq!(jobs[0]["state"], "created", "{jobs}");
+
+    // Metrics: tapes by state, job progress, and drive bytes that follow a real initiator.
+    let written = r#"tidegate_tape_drive_bytes_total{drive="1",op="write"}"#;
+    let read = r#"tidegate_tape_drive_bytes_total{drive="1",op="read"}"#;
+    assert_eq!(api.metric(r#"tidegate_tapes{state="available"}"#), 2.0);
+    assert_eq!(api.metric(r#"tidegate_tapes{state="archived"}"#), 0.0);
+    assert_eq!(api.metric(r#"tidegate_jobs{state="created"}"#), 1.0);
+    let job_objects = format!(r#"tidegate_job_objects{{job="{job_id}",state="created"}}"#);
+    assert_eq!(api.metric(&job_objects), 0.0);
+    let (w0, r0) = (api.metric(written), api.metric(read));
+    crate::vtl::ok(&gw, "write");
+    // vtl_client's five records (see `sizes` in vtl_client.c).
+    let records = (1000 + 65536 + 7 + 300000 + 512) as f64;
+    assert_eq!(api.metric(written) - w0, records);
+    crate::vtl::ok(&gw, "verify");
+    assert_eq!(api.metric(read) - r0, records);
+    let tape = &api.ok("GET", "/api/v1/tapes", None)[0];
+    assert_eq!(tape["data_bytes"], records as u64, "{tape}");
+    assert_eq!(tape["location"]["kind"], "drive", "{tape}");
+    let (_, text) = api.call("GET", "/metrics", None, None);
+    promtool(&text);
+    assert!(
+        text.contains(&format!(
+            "tidegate_tape_data_bytes{{barcode=\"API00001\"}} {records}"
+        )),
+        "{text}"
+    );
+
+    // The same listing with and without the daemon.
+    let through = stdout(&run(tidegate(&data).args(["tape", "list"])));
+    assert!(through.contains("API00001"), "{through}");
+    assert_eq!(gw.stop(), Some(0));
+    let offline = stdout(&run(tidegate(&data).args(["tape", "list"])));
+    assert_eq!(through, offline);
+}
+
+/// A job's progress in the API and /metrics follows real clients: boto3 loads the device
+/// (objects and bytes held), then `job import` into Garage (bytes imported reach the total).
+#[test]
+fn job_progress_in_the_api_and_metrics_follows_load_and_import() {
+    use crate::device::{CLIENT, Unlocked, boto3, create_job, import, lock_and_seal};
+    let garage = crate::support::garage::Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let job = create_job(dir.path(), &garage, "apijob");
+    let dev = Unlocked::start(&job);
+    let sizes = [1000usize, 200_000, 3 << 20];
+    let out = boto3(
+        &format!(
+            "{CLIENT}
+for i, n in enumerate({sizes:?}):
+    s3.put_object(Bucket='tidegate-test', Key='o/%d' % i, Body=os.urandom(n))
+print('ok')
+"
+        ),
+        |c| dev.env(c),
+    );
+    assert_eq!(out.trim(), "ok");
+    lock_and_seal(dev, &job);
+
+    let gw = start(&job.data, None);
+    let api = Api::of(&gw, &job.data);
+    let total: usize = sizes.iter().sum();
+    let jobs = api.ok("GET", "/api/v1/jobs", None);
+    let j = &jobs[0];
+    assert_eq!(j["id"], job.id.as_str(), "{jobs}");
+    assert_eq!(j["state"], "sealed", "{jobs}");
+    assert_eq!(
+        (j["objects"].as_u64(), j["bytes"].as_u64()),
+        (Some(3), Some(total as u64))
+    );
+    assert_eq!(j["imported_bytes"], 0, "{jobs}");
+    let sample = |family: &str, state: &str| {
+        api.metric(&format!("{family}{{job=\"{}\",state=\"{state}\"}}", job.id))
+    };
+    assert_eq!(sample("tidegate_job_bytes", "sealed"), total as f64);
+    assert_eq!(sample("tidegate_job_imported_bytes", "sealed"), 0.0);
+    assert_eq!(api.metric(r#"tidegate_jobs{state="sealed"}"#), 1.0);
+
+    let o = import(&job, &garage, &[]);
+    assert!(o.status.success(), "import: {}{}", stdout(&o), stderr(&o));
+    let j = &api.ok("GET", "/api/v1/jobs", None)[0];
+    assert_eq!(j["state"], "complete", "{j}");
+    assert_eq!(j["imported_bytes"], total as u64, "{j}");
+    assert_eq!(j["imported_objects"], 3, "{j}");
+    assert_eq!(j["progress"], 1.0, "{j}");
+    assert_eq!(
+        sample("tidegate_job_imported_bytes", "complete"),
+        total as f64
+    );
+    assert_eq!(sample("tidegate_job_imported_objects", "complete"), 3.0);
+    assert_eq!(api.metric(r#"tidegate_jobs{state="sealed"}"#), 0.0);
+    let (_, text) = api.call("GET", "/metrics", None, None);
+    promtool(&text);
     assert_eq!(gw.stop(), Some(0));
 }

@@ -1,6 +1,7 @@
 //! The web console in a real headless browser (Debian's chromium, driven by selenium through
-//! chromedriver): sign in with the token, see the gateway healthy, create a volume from the
-//! page and see it listed. The screenshot is kept in `target/test-artifacts/console.png`.
+//! chromedriver): sign in with the token, see the gateway healthy, see a tape created through
+//! the API and an import job listed with their states, create a volume and a share from the
+//! page and see them listed. The screenshot is kept in `target/test-artifacts/console.png`.
 
 use std::process::Command;
 
@@ -28,6 +29,15 @@ try:
     browser.find_element(By.ID, "connect").click()
     wait.until(lambda b: b.find_element(By.ID, "health").text == "healthy")
     wait.until(lambda b: "bench-vol" in b.find_element(By.ID, "volumes").text)
+    wait.until(lambda b: "WEB00001" in b.find_element(By.ID, "tapes").text)
+    tapes = browser.find_element(By.ID, "tapes").text
+    if "AVAILABLE" not in tapes or "slot 1" not in tapes:
+        raise SystemExit("tapes table: " + tapes)
+    wait.until(lambda b: "s3://elsewhere/web" in b.find_element(By.ID, "jobs").text)
+    jobs = browser.find_element(By.ID, "jobs").text
+    if "created" not in jobs:
+        raise SystemExit("jobs table: " + jobs)
+    print("tapes and jobs listed")
     browser.find_element(By.ID, "volume-name").send_keys("from-browser")
     browser.find_element(By.ID, "volume-size").send_keys("64MiB")
     browser.find_element(By.ID, "volume-create").click()
@@ -52,7 +62,26 @@ fn the_console_signs_in_and_creates_a_volume_and_a_share_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     crate::iscsi_volume::create_volume(&data, None, "bench-vol", "16MiB");
+    let job = crate::support::run(crate::support::tidegate(&data).args([
+        "job",
+        "create",
+        "import",
+        "--target",
+        "s3://elsewhere/web",
+        "--endpoint",
+        "http://127.0.0.1:9",
+        "--region",
+        "garage",
+        "--manifest-out",
+        dir.path().join("job.json").to_str().unwrap(),
+    ]));
+    assert!(job.status.success(), "{}", stderr(&job));
     let gw = start(&data, None);
+    crate::api::Api::of(&gw, &data).ok(
+        "POST",
+        "/api/v1/tapes",
+        Some(r#"{"barcode_prefix":"WEB","size":"100GiB"}"#),
+    );
     let token = std::fs::read_to_string(data.join("api.token")).unwrap();
     let base = format!("http://{}", gw.ready_value("api").unwrap());
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
@@ -77,6 +106,11 @@ fn the_console_signs_in_and_creates_a_volume_and_a_share_in_a_real_browser() {
         stderr(&out)
     );
     assert!(stdout(&out).contains("console ok"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("tapes and jobs listed"),
+        "{}",
+        stdout(&out)
+    );
     // The volume made in the page exists for the gateway, not only on screen.
     let list = crate::support::run(crate::support::tidegate(&data).args(["volume", "list"]));
     assert!(stdout(&list).contains("from-browser"), "{}", stdout(&list));

@@ -664,13 +664,18 @@ print('ok')
         |c| dev.env(c),
     );
     assert_eq!(out.trim(), "ok");
-    dev.lock(&job);
+    lock_and_seal(dev, &job);
+    job
+}
+
+/// Locks the device, then seals the job offline with its manifest and code.
+pub fn lock_and_seal(dev: Unlocked, job: &Job) {
+    dev.lock(job);
     let o = run(tidegate(&job.data)
         .args(["job", "seal", "--manifest"])
         .arg(&job.manifest)
         .env("TIDEGATE_UNLOCK_CODE", &job.code));
     assert!(o.status.success(), "offline seal: {}", stderr(&o));
-    job
 }
 
 #[test]

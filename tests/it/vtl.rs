@@ -66,7 +66,7 @@ fn vtl_client(gw: &Gateway, mode: &str) -> Output {
         .unwrap()
 }
 
-fn ok(gw: &Gateway, mode: &str) -> String {
+pub(crate) fn ok(gw: &Gateway, mode: &str) -> String {
     let out = vtl_client(gw, mode);
     let text = stdout(&out);
     assert!(

@@ -1,26 +1,111 @@
-//! `tidegate tape create|list|show|delete|retrieve|verify`: catalog operations a running
-//! daemon sees at once (its library reads the catalog); `retrieve` asks the daemon's shelf
-//! worker and follows its progress; `verify` reads the archive from the bucket itself.
+//! `tidegate tape create|list|show|delete|retrieve|verify`. While a daemon runs, create, list,
+//! delete and retrieve go through its management API (issue 9); without one they are catalog
+//! operations. `retrieve` asks the daemon's shelf worker and follows its progress; `verify`
+//! reads the archive from the bucket itself.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 
 use crate::catalog::Catalog;
-use crate::catalog::tapes::{ElementKind, LockMode, TapeRow, TapeState};
+use crate::catalog::tapes::{LockMode, TapeState};
 use crate::cli::args::{LockArg, TapeCommand};
-use crate::cli::gateway_error as usage;
+use crate::cli::daemon_api::{DaemonApi, segment};
+use crate::cli::{UsageError, gateway_error as usage};
 use crate::config::{ByteSize, Config};
+use crate::daemon::management::tape_json;
 use crate::daemon::{Engine, Ready, unix_now};
-use crate::gateway::library::Element;
 use crate::gateway::tapes::{self, CreateTapes, TapeLimits, shelf};
 
 /// How often `retrieve` looks at the daemon's progress.
 const POLL: Duration = Duration::from_millis(200);
 
 pub fn run(cmd: TapeCommand, config: Config) -> Result<ExitCode> {
+    if let Some(api) = DaemonApi::running(&config)? {
+        match through_api(&api, cmd, &mut std::io::stdout().lock())? {
+            None => return Ok(ExitCode::SUCCESS),
+            // `show` and `verify` only read: the catalog and the bucket answer them directly.
+            Some(cmd) => return local(cmd, config),
+        }
+    }
+    local(cmd, config)
+}
+
+/// Create, list, delete and retrieve through a running daemon's API, printing what `local`
+/// prints; anything else is handed back.
+fn through_api(
+    api: &DaemonApi,
+    cmd: TapeCommand,
+    out: &mut impl Write,
+) -> Result<Option<TapeCommand>> {
+    match cmd {
+        TapeCommand::Create {
+            barcode_prefix,
+            count,
+            size,
+            retention_days,
+            lock,
+        } => {
+            let made = api.post(
+                "/tapes",
+                json!({
+                    "barcode_prefix": barcode_prefix,
+                    "count": count,
+                    "size": size.bytes(),
+                    "retention_days": retention_days,
+                    "lock": lock.map(|l| lock_mode(l).as_str()),
+                }),
+            )?;
+            for t in made.as_array().map_or(&[][..], Vec::as_slice) {
+                created_line(out, t)?;
+            }
+        }
+        TapeCommand::List => {
+            list_header(out)?;
+            let all = api.get("/tapes")?;
+            for t in all.as_array().map_or(&[][..], Vec::as_slice) {
+                list_line(out, t)?;
+            }
+        }
+        TapeCommand::Delete {
+            barcode,
+            bypass_governance,
+        } => {
+            let query = if bypass_governance {
+                "?bypass_governance=true"
+            } else {
+                ""
+            };
+            api.delete(&format!("/tapes/{}{query}", segment(&barcode)))?;
+            writeln!(out, "deleted tape {barcode}")?;
+        }
+        TapeCommand::Retrieve { barcode } => {
+            api.post(&format!("/tapes/{}/retrieve", segment(&barcode)), json!({}))?;
+            let done = follow(&barcode, || {
+                let all = api.get("/tapes")?;
+                all.as_array()
+                    .and_then(|ts| ts.iter().find(|t| t["barcode"] == barcode.as_str()))
+                    .cloned()
+                    .ok_or_else(|| UsageError(format!("tape {barcode} does not exist")).into())
+            })?;
+            retrieved(out, &barcode, &done)?;
+        }
+        other => return Ok(Some(other)),
+    }
+    Ok(None)
+}
+
+fn lock_mode(l: LockArg) -> LockMode {
+    match l {
+        LockArg::Governance => LockMode::Governance,
+        LockArg::Compliance => LockMode::Compliance,
+    }
+}
+
+fn local(cmd: TapeCommand, config: Config) -> Result<ExitCode> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let catalog = Catalog::open(&config.catalog_path())?;
@@ -33,15 +118,7 @@ pub fn run(cmd: TapeCommand, config: Config) -> Result<ExitCode> {
             retention_days,
             lock,
         } => {
-            let retention = retention_days.zip(lock).map(|(d, l)| {
-                (
-                    d,
-                    match l {
-                        LockArg::Governance => LockMode::Governance,
-                        LockArg::Compliance => LockMode::Compliance,
-                    },
-                )
-            });
+            let retention = retention_days.zip(lock).map(|(d, l)| (d, lock_mode(l)));
             let req = CreateTapes {
                 prefix: &barcode_prefix,
                 count,
@@ -53,39 +130,21 @@ pub fn run(cmd: TapeCommand, config: Config) -> Result<ExitCode> {
                 min_size: config.library.min_tape_size,
             };
             for t in tapes::create(&catalog, &req, limits, unix_now()).map_err(usage)? {
-                writeln!(
-                    out,
-                    "created tape {} ({}) in {}",
-                    t.barcode,
-                    ByteSize(t.size_bytes),
-                    location(&config, &t)
-                )?;
+                created_line(&mut out, &tape_json(&config, &t))?;
             }
         }
         TapeCommand::List => {
-            writeln!(
-                out,
-                "{:<16} {:<20} {:<20} {:>10} {:>12}  FLAGS",
-                "BARCODE", "STATE", "LOCATION", "SIZE", "USED"
-            )?;
+            list_header(&mut out)?;
             for t in catalog.tapes()? {
-                writeln!(
-                    out,
-                    "{:<16} {:<20} {:<20} {:>10} {:>12}  {}",
-                    t.barcode,
-                    state(&t),
-                    location(&config, &t),
-                    ByteSize(t.size_bytes).to_string(),
-                    t.data_bytes,
-                    flags(&t)
-                )?;
+                list_line(&mut out, &tape_json(&config, &t))?;
             }
         }
         TapeCommand::Show { barcode } => {
             let t = tapes::find(&catalog, &barcode).map_err(usage)?;
+            let j = tape_json(&config, &t);
             writeln!(out, "barcode: {}", t.barcode)?;
-            writeln!(out, "state: {}", state(&t))?;
-            writeln!(out, "location: {}", location(&config, &t))?;
+            writeln!(out, "state: {}", field(&j, "state_label"))?;
+            writeln!(out, "location: {}", field(&j, "location_label"))?;
             writeln!(out, "size_bytes: {}", t.size_bytes)?;
             writeln!(out, "data_bytes: {}", t.data_bytes)?;
             writeln!(out, "objects: {}", t.objects)?;
@@ -116,19 +175,11 @@ pub fn run(cmd: TapeCommand, config: Config) -> Result<ExitCode> {
             }
             let t = tapes::find(&catalog, &barcode).map_err(usage)?;
             shelf::request_retrieval(&catalog, &t).map_err(usage)?;
-            let done = follow(&catalog, &barcode)?;
-            match done.state {
-                TapeState::Retrieved => writeln!(
-                    out,
-                    "retrieved tape {barcode} into {} (read-only)",
-                    location(&config, &done)
-                )?,
-                _ => bail!(
-                    "{}",
-                    done.error
-                        .unwrap_or_else(|| format!("tape {barcode} is {}", done.state.label()))
-                ),
-            }
+            let done = follow(&barcode, || {
+                let t = tapes::find(&catalog, &barcode).map_err(usage)?;
+                Ok(tape_json(&config, &t))
+            })?;
+            retrieved(&mut out, &barcode, &done)?;
         }
         TapeCommand::Verify { barcode } => {
             let t = tapes::find(&catalog, &barcode).map_err(usage)?;
@@ -149,55 +200,87 @@ pub fn run(cmd: TapeCommand, config: Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for the shelf worker to finish the retrieval, showing progress on stderr.
-fn follow(catalog: &Catalog, barcode: &str) -> Result<TapeRow> {
+fn field<'a>(t: &'a Value, name: &str) -> &'a str {
+    t[name].as_str().unwrap_or("?")
+}
+
+fn created_line(out: &mut impl Write, t: &Value) -> Result<()> {
+    writeln!(
+        out,
+        "created tape {} ({}) in {}",
+        field(t, "barcode"),
+        ByteSize(t["size_bytes"].as_u64().unwrap_or(0)),
+        field(t, "location_label")
+    )?;
+    Ok(())
+}
+
+fn list_header(out: &mut impl Write) -> Result<()> {
+    writeln!(
+        out,
+        "{:<16} {:<20} {:<20} {:>10} {:>12}  FLAGS",
+        "BARCODE", "STATE", "LOCATION", "SIZE", "USED"
+    )?;
+    Ok(())
+}
+
+fn list_line(out: &mut impl Write, t: &Value) -> Result<()> {
+    writeln!(
+        out,
+        "{:<16} {:<20} {:<20} {:>10} {:>12}  {}",
+        field(t, "barcode"),
+        field(t, "state_label"),
+        field(t, "location_label"),
+        ByteSize(t["size_bytes"].as_u64().unwrap_or(0)).to_string(),
+        t["data_bytes"].as_u64().unwrap_or(0),
+        flags(t)
+    )?;
+    Ok(())
+}
+
+/// The outcome of a retrieval `follow` saw finish.
+fn retrieved(out: &mut impl Write, barcode: &str, done: &Value) -> Result<()> {
+    if done["state"] == TapeState::Retrieved.as_str() {
+        writeln!(
+            out,
+            "retrieved tape {barcode} into {} (read-only)",
+            field(done, "location_label")
+        )?;
+        return Ok(());
+    }
+    match done["error"].as_str() {
+        Some(e) => bail!("{e}"),
+        None => bail!("tape {barcode} is {}", field(done, "state_label")),
+    }
+}
+
+/// Waits for the shelf worker to finish the retrieval, showing progress on stderr; `look`
+/// reads the tape as the API shows it.
+fn follow(barcode: &str, mut look: impl FnMut() -> Result<Value>) -> Result<Value> {
     let mut shown = 0;
     loop {
-        let t = tapes::find(catalog, barcode).map_err(usage)?;
-        if t.state != TapeState::Retrieving {
+        let t = look()?;
+        if t["state"] != TapeState::Retrieving.as_str() {
             return Ok(t);
         }
-        if t.progress_bytes != shown {
-            shown = t.progress_bytes;
-            eprintln!("retrieving {barcode}: {shown} of {} bytes", t.data_bytes);
+        let progress = t["progress_bytes"].as_u64().unwrap_or(0);
+        if progress != shown {
+            shown = progress;
+            let total = t["data_bytes"].as_u64().unwrap_or(0);
+            eprintln!("retrieving {barcode}: {shown} of {total} bytes");
         }
         std::thread::sleep(POLL);
     }
 }
 
-fn state(t: &TapeRow) -> String {
-    match t.state {
-        TapeState::Archiving | TapeState::Retrieving if t.data_bytes > 0 => format!(
-            "{} {}%",
-            t.state.label(),
-            t.progress_bytes.saturating_mul(100) / t.data_bytes
-        ),
-        s => s.label().to_owned(),
-    }
-}
-
-fn location(config: &Config, t: &TapeRow) -> String {
-    let layout = crate::daemon::library::layout(config);
-    match t.location {
-        None => "shelf".to_owned(),
-        Some((kind, i)) => {
-            let (name, e) = match kind {
-                ElementKind::Slot => ("slot", Element::Slot(i)),
-                ElementKind::Drive => ("drive", Element::Drive(i)),
-                ElementKind::Mail => ("mail slot", Element::Mail(i)),
-            };
-            format!("{name} {} ({:#06x})", i + 1, layout.address(e))
-        }
-    }
-}
-
-fn flags(t: &TapeRow) -> String {
+fn flags(t: &Value) -> String {
     let mut f = Vec::new();
-    if t.read_only {
+    if t["read_only"].as_bool() == Some(true) {
         f.push("read-only".to_owned());
     }
-    if let (Some(until), Some(lock)) = (t.retention_until_unix, t.lock_mode) {
-        f.push(format!("{} lock until {until}", lock.as_str()));
+    if let (Some(until), Some(lock)) = (t["retention_until_unix"].as_i64(), t["lock_mode"].as_str())
+    {
+        f.push(format!("{lock} lock until {until}"));
     }
     f.join(", ")
 }

@@ -77,6 +77,29 @@ pub trait Management: Send + Sync + 'static {
     fn refresh_share(&self, _name: String, _body: Value) -> ApiResult {
         Err(no_shares())
     }
+    fn tapes(&self) -> ApiResult {
+        Err(no_tapes())
+    }
+    /// `{"barcode_prefix", "count", "size", "retention_days", "lock"}`, as `tape create`.
+    fn create_tapes(&self, _body: Value) -> ApiResult {
+        Err(no_tapes())
+    }
+    /// `bypass_governance` overrides a governance retention lock (never a compliance one).
+    fn delete_tape(&self, _barcode: String, _bypass_governance: bool) -> ApiResult {
+        Err(no_tapes())
+    }
+    /// Queues the retrieval of an archived tape; the answer is the tape, RETRIEVING (poll
+    /// `GET /api/v1/tapes` for its progress).
+    fn retrieve_tape(&self, _barcode: String) -> ApiResult {
+        Err(no_tapes())
+    }
+    fn jobs(&self) -> ApiResult {
+        Ok(Value::Array(Vec::new()))
+    }
+}
+
+fn no_tapes() -> ApiError {
+    ApiError::new(404, "not_found", "this gateway has no tape library")
 }
 
 fn no_shares() -> ApiError {
@@ -134,6 +157,14 @@ fn body(raw: &str) -> Result<Value, ApiError> {
     }
     serde_json::from_str(raw)
         .map_err(|e| ApiError::new(400, "bad_request", format!("the body is not JSON: {e}")))
+}
+
+/// A `name=true` query flag.
+fn flag(uri: &Uri, name: &str) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.strip_prefix(name) == Some("=true"))
+    })
 }
 
 pub fn router(management: Arc<dyn Management>, token: &str) -> Router {
@@ -208,9 +239,7 @@ pub fn router(management: Arc<dyn Management>, token: &str) -> Router {
             "/api/v1/shares/{name}",
             delete(
                 |State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
-                    let force = uri
-                        .query()
-                        .is_some_and(|q| q.split('&').any(|kv| kv == "force=true"));
+                    let force = flag(&uri, "force");
                     reply(s.management.delete_share(name, force))
                 },
             ),
@@ -222,6 +251,35 @@ pub fn router(management: Arc<dyn Management>, token: &str) -> Router {
                     reply(body(&raw).and_then(|b| s.management.refresh_share(name, b)))
                 },
             ),
+        )
+        .route(
+            "/api/v1/tapes",
+            get(|State(s): State<Shared>| async move { reply(s.management.tapes()) }).post(
+                |State(s): State<Shared>, raw: String| async move {
+                    reply(body(&raw).and_then(|b| s.management.create_tapes(b)))
+                },
+            ),
+        )
+        .route(
+            "/api/v1/tapes/{barcode}",
+            delete(
+                |State(s): State<Shared>, Path(barcode): Path<String>, uri: Uri| async move {
+                    let bypass = flag(&uri, "bypass_governance");
+                    reply(s.management.delete_tape(barcode, bypass))
+                },
+            ),
+        )
+        .route(
+            "/api/v1/tapes/{barcode}/retrieve",
+            post(
+                |State(s): State<Shared>, Path(barcode): Path<String>| async move {
+                    reply(s.management.retrieve_tape(barcode))
+                },
+            ),
+        )
+        .route(
+            "/api/v1/jobs",
+            get(|State(s): State<Shared>| async move { reply(s.management.jobs()) }),
         )
         .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
     Router::new()

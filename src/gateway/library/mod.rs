@@ -161,6 +161,9 @@ pub struct DriveBay {
     pub state: tokio::sync::Mutex<BayState>,
     /// Bumped whenever a tape is loaded, so the drive can raise NOT READY TO READY CHANGE.
     generation: AtomicU64,
+    /// Bytes clients wrote to and read from tapes in this drive since start (`/metrics`).
+    pub written_bytes: AtomicU64,
+    pub read_bytes: AtomicU64,
 }
 
 impl DriveBay {
@@ -223,6 +226,8 @@ impl Library {
                 serial: format!("{base:0>6}{:04}", index + 1),
                 state: tokio::sync::Mutex::new(BayState::default()),
                 generation: AtomicU64::new(0),
+                written_bytes: AtomicU64::new(0),
+                read_bytes: AtomicU64::new(0),
             }));
         }
         for t in catalog.tapes()? {
