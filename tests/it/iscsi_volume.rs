@@ -10,7 +10,8 @@ use crate::support::garage::Garage;
 use crate::support::gateway::Gateway;
 use crate::support::tgt::Tgt;
 use crate::support::{
-    activate_on, cunit, noise, run, stderr, stdout, tamper_with_the_only_chunk, tidegate, tool,
+    activate_on, activate_with_dir_bucket, cunit, noise, run, stderr, stdout,
+    tamper_with_the_only_chunk, tidegate, tool,
 };
 
 pub(crate) const MIB: u64 = 1 << 20;
@@ -322,14 +323,7 @@ fn bucket_outage_holds_writes_then_drains_without_loss() {
 fn chap_from_the_config_is_required_and_mutual_chap_works() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let bucket = dir.path().join("bucket");
-    std::fs::create_dir_all(&bucket).unwrap();
-    let out = run(tidegate(&data).args([
-        "activate",
-        "--bucket",
-        &format!("file://{}", bucket.display()),
-    ]));
-    assert!(out.status.success(), "{}", stderr(&out));
+    activate_with_dir_bucket(&data, &dir.path().join("bucket"));
     let config = data.join("tidegate.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(

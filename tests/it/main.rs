@@ -21,3 +21,4 @@ mod support;
 mod systemd;
 mod volume_image;
 mod vtl;
+mod vtl_guest;

@@ -4,6 +4,7 @@
 pub mod cunit;
 pub mod garage;
 pub mod gateway;
+pub mod guest;
 pub mod nfs;
 pub mod qemu;
 pub mod tgt;
@@ -67,6 +68,18 @@ pub fn tidegate(data_dir: &Path) -> Command {
         .env("RUST_LOG", "info")
         .current_dir(data_dir.parent().unwrap_or(data_dir));
     cmd
+}
+
+/// `tidegate activate` on a local-directory bucket (created here), which writes the gateway's
+/// config file `data_dir/tidegate.toml` for a test to extend.
+pub fn activate_with_dir_bucket(data_dir: &Path, bucket: &Path) {
+    std::fs::create_dir_all(bucket).unwrap();
+    let out = run(tidegate(data_dir).args([
+        "activate",
+        "--bucket",
+        &format!("file://{}", bucket.display()),
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 pub fn run(cmd: &mut Command) -> Output {

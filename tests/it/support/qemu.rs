@@ -116,6 +116,12 @@ impl Vm {
     /// Asks the guest to shut down (ACPI power button, through QMP) and waits for QEMU to exit.
     pub fn power_down(&mut self, limit: Duration) -> ExitStatus {
         qmp(&self.qmp, "system_powerdown");
+        self.wait_exit(limit)
+    }
+
+    /// Waits for QEMU to exit (the guest powered off); panics with the serial log's tail after
+    /// `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("polling qemu") {
