@@ -364,6 +364,8 @@ pub struct FilesConfig {
 struct Live {
     /// Inodes with UNSTABLE writes not yet covered by a COMMIT: not uploaded until committed.
     uncommitted: HashSet<i64>,
+    /// Inodes whose staging file was created since the staging directory was last synced.
+    new_entries: HashSet<i64>,
     /// When each inode last changed, for the upload delay.
     changed: HashMap<i64, Instant>,
     /// Serialises data changes and staging transitions of one inode.
@@ -442,9 +444,10 @@ impl Files {
         self.live().locks.entry(id).or_default().clone()
     }
 
+    /// Records a change for the upload delay. The uploader is not woken: nothing is due before
+    /// the delay has passed, and it sleeps until the first inode is.
     fn touched(&self, id: i64) {
         self.live().changed.insert(id, Instant::now());
-        self.wake.notify_one();
     }
 
     /// The inode behind a file id and its share; a vanished id is `Stale`.
