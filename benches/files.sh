@@ -22,7 +22,8 @@
 # Garage 2.5 answers a GET of an object between ~3 KiB and 64 KiB in ~44 ms whatever the
 # client (see ../shared/NOTES.md): a client reading small files one at a time is bound by it.
 #
-# Usage: benches/files.sh            (SMALL_FILES=N and BIG_MIB=N shrink the data set)
+# Usage: benches/files.sh   (SMALL_FILES=N and BIG_MIB=N shrink the data set; TIDEGATE_BIN=path
+#        runs that binary instead of building this tree)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SMALL_FILES=${SMALL_FILES:-5000}
@@ -36,8 +37,12 @@ done
 [ -f /usr/include/nfsc/libnfs.h ] || { echo "missing libnfs-dev: run ./scripts/test first" >&2; exit 1; }
 python3 -c 'import boto3' 2>/dev/null || { echo "missing python3-boto3: run ./scripts/test first" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "no /dev/fuse: rclone and s3fs need FUSE" >&2; exit 1; }
-cargo build --release -q
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate
+if [ -n "${TIDEGATE_BIN:-}" ]; then
+    BIN=$TIDEGATE_BIN # another build, e.g. to measure before and after a change
+else
+    cargo build --release -q
+    BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate
+fi
 WORK=$(mktemp -d)
 CLIENT=$WORK/files-client
 cc -O2 -Wall -o "$CLIENT" benches/files-client.c -lnfs

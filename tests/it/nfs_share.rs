@@ -27,7 +27,7 @@ fn garage_gateway(garage: &Garage, dir: &Path, nfs_port: u16) -> (Gateway, PathB
 }
 
 /// Garage, a daemon on it, and the share `docs` (no squash: the tests run as root).
-fn docs_on_garage(dir: &Path, nfs_port: u16) -> (Garage, Gateway, PathBuf) {
+pub(crate) fn docs_on_garage(dir: &Path, nfs_port: u16) -> (Garage, Gateway, PathBuf) {
     let garage = Garage::start();
     let (gw, config) = garage_gateway(&garage, dir, nfs_port);
     tg(
@@ -52,7 +52,7 @@ fn start(data: &Path, config: Option<&Path>, nfs_port: u16) -> Gateway {
     .unwrap()
 }
 
-fn tg(gw: &Gateway, config: Option<&Path>, args: &[&str]) -> String {
+pub(crate) fn tg(gw: &Gateway, config: Option<&Path>, args: &[&str]) -> String {
     let mut cmd = tidegate(&gw.data_dir);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
@@ -62,7 +62,7 @@ fn tg(gw: &Gateway, config: Option<&Path>, args: &[&str]) -> String {
     stdout(&out)
 }
 
-fn nfs_addr(gw: &Gateway) -> String {
+pub(crate) fn nfs_addr(gw: &Gateway) -> String {
     gw.ready_value("nfs")
         .expect("nfs address in run/ready.toml")
 }

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crate::catalog::shares::{InodeKind, InodeRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
+use crate::gateway::files::traffic::Counted;
 use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, now_ns, permits};
 
 /// How much a bucket read fetches at once: a client's sequential READs are then served from
@@ -107,6 +108,7 @@ impl Files {
             // Created but never written or uploaded: a hole.
             Bytes::from(vec![0u8; usize::try_from(end - offset).unwrap_or(0)])
         };
+        self.count(share.id, Counted::Read(data.len() as u64));
         Ok((data, end >= row.size, self.attr(&row)))
     }
 
@@ -390,6 +392,7 @@ impl Files {
             self.catalog.save_inode(&row)?;
         }
         self.touched(row.id);
+        self.count(share.id, Counted::Write(data.len() as u64));
         Ok((committed, self.attr(&row)))
     }
 
@@ -426,6 +429,7 @@ impl Files {
         }
         self.live().uncommitted.remove(&row.id);
         self.wake.notify_one();
+        self.count(share.id, Counted::Commit);
         Ok(self.attr(&row))
     }
 

@@ -14,6 +14,7 @@ pub mod meta;
 pub mod ops;
 pub mod path;
 pub mod refresh;
+pub mod traffic;
 pub mod upload;
 
 use std::collections::{HashMap, HashSet};
@@ -387,6 +388,7 @@ pub struct Files {
     readahead: Mutex<HashMap<i64, data::Window>>,
     wake: tokio::sync::Notify,
     counters: upload::UploadCounters,
+    traffic: Mutex<HashMap<i64, Arc<traffic::ShareTraffic>>>,
 }
 
 impl Files {
@@ -420,6 +422,7 @@ impl Files {
             readahead: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             counters: upload::UploadCounters::default(),
+            traffic: Mutex::new(HashMap::new()),
         })
     }
 
@@ -482,6 +485,7 @@ impl Files {
                 )));
             }
         }
+        self.count(share.id, traffic::Counted::Call);
         let squash = match share.squash {
             Squash::All => true,
             Squash::Root => caller.uid == 0,

@@ -19,6 +19,7 @@ use crate::catalog::shares::{InodeKind, InodeRow, ShareRow, SyncedItem};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::meta::{self, S_IFDIR, S_IFLNK, S_IFREG};
+use crate::gateway::files::traffic::Counted;
 use crate::gateway::files::{Files, now_unix, path};
 
 /// Uploads in flight at once (each large one also runs parallel parts).
@@ -61,6 +62,8 @@ struct Done {
     key: Option<String>,
     etag: Option<String>,
     kind: InodeKind,
+    /// File bytes the object carries (0 for directories and symlinks).
+    size: u64,
     lock_key: String,
     lock: Arc<tokio::sync::Mutex<()>>,
     guard: tokio::sync::OwnedMutexGuard<()>,
@@ -202,6 +205,11 @@ impl Files {
                 key: object,
                 etag,
                 kind: row.kind,
+                size: if row.kind == InodeKind::File {
+                    row.size
+                } else {
+                    0
+                },
                 lock_key: key,
                 lock,
                 guard,
@@ -249,6 +257,7 @@ impl Files {
             match outcome {
                 Some(unstaged) => {
                     self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+                    self.count(share.id, Counted::Upload(d.size));
                     if unstaged {
                         let _ = std::fs::remove_file(self.staging_path(d.id));
                         BlockMap::remove(&self.staging_path(d.id));
