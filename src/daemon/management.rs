@@ -440,6 +440,22 @@ impl DaemonManagement {
             "Objects still to delete from the bucket (removed or renamed files), per share.",
             &deletes,
         );
+        let staging = self.files.staging_use();
+        m.gauge(
+            "tidegate_files_staging_bytes",
+            "Bytes the file gateway's staging files take on disk.",
+            &[("", staging.bytes as f64)],
+        );
+        m.gauge(
+            "tidegate_files_staging_limit_bytes",
+            "The most staging may take (cache.size; 0: unbounded).",
+            &[("", staging.limit_bytes.unwrap_or(0) as f64)],
+        );
+        m.gauge(
+            "tidegate_files_writers_waiting",
+            "File writers held until uploads free staging room.",
+            &[("", staging.writers_waiting as f64)],
+        );
         m.gauge_owned(
             "tidegate_share_last_upload_timestamp_seconds",
             "When the share's last upload completed (Unix time; 0: never).",

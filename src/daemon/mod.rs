@@ -290,6 +290,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         FilesConfig {
             staging_dir: config.files_staging_dir(),
             upload_delay: config.files.upload_delay,
+            staging_limit: Some(config.cache.size.bytes()),
         },
     )?);
     let management = Arc::new(management::DaemonManagement {

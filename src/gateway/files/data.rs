@@ -71,6 +71,8 @@ impl Files {
         live.new_entries.remove(&id);
         live.changed.remove(&id);
         live.locks.remove(&id);
+        drop(live);
+        self.account(id);
     }
 
     fn readahead_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Window>> {
@@ -200,12 +202,15 @@ impl Files {
             file.sync_all()
                 .map_err(io_err(format!("syncing {}", path.display())))?;
             BlockMap::remove(&path);
+            self.account(row.id);
             return Ok(());
         }
         map.save(&path, false).map_err(io_err(format!(
             "writing the block map of {}",
             path.display()
-        )))
+        )))?;
+        self.account(row.id);
+        Ok(())
     }
 
     async fn read_remote(
@@ -256,6 +261,13 @@ impl Files {
         Ok(piece)
     }
 
+    /// Whether staging `row` would fetch only the parts written (docs/decisions/0005).
+    fn stages_sparsely(&self, row: &InodeRow) -> bool {
+        row.remote_key.is_some()
+            && self.bucket.can_copy_parts()
+            && row.size >= SPARSE_MIN_PARTS * self.bucket.part_size()
+    }
+
     /// Makes `row` staged, the catalog marked once the staging file is complete. A large
     /// uploaded file is staged sparsely (a block map; its blocks come down only when written,
     /// and unchanged ones are copied server-side at upload) where the bucket can copy parts;
@@ -277,6 +289,7 @@ impl Files {
                 .map_err(io_err(format!("sizing {}", path.display())))?;
             BlockMap::remove(&path);
             self.live().new_entries.insert(row.id);
+            self.account(row.id);
             let mut row = row.clone();
             row.staged = true;
             self.catalog.save_inode_unsynced(&row)?;
@@ -284,9 +297,7 @@ impl Files {
             return Ok(row);
         }
         let tmp = path.with_extension("part");
-        let sparse = row.remote_key.is_some()
-            && self.bucket.can_copy_parts()
-            && row.size >= SPARSE_MIN_PARTS * self.bucket.part_size();
+        let sparse = self.stages_sparsely(row);
         {
             let file = std::fs::File::create(&tmp)
                 .map_err(io_err(format!("creating {}", tmp.display())))?;
@@ -322,6 +333,7 @@ impl Files {
                 .map_err(io_err(format!("syncing {}", tmp.display())))?;
         }
         std::fs::rename(&tmp, &path).map_err(io_err(format!("renaming {}", tmp.display())))?;
+        self.account(row.id);
         let mut row = row.clone();
         row.staged = true;
         self.catalog.save_inode(&row)?;
@@ -353,6 +365,16 @@ impl Files {
             .checked_add(data.len() as u64)
             .filter(|e| *e <= i64::MAX as u64)
             .ok_or_else(|| GatewayError::OutOfRange(format!("write at {offset}")))?;
+        // Room for what this write adds to staging (and for the download that stages an
+        // uploaded file), waited for before the inode lock: the uploads that make room take
+        // inode locks themselves.
+        let fetch = match (&row.remote_key, row.staged) {
+            (Some(_), false) if self.stages_sparsely(&row) => self.bucket.part_size(),
+            (Some(_), false) => row.size,
+            _ => 0,
+        };
+        self.staging_room(row.id, end.saturating_sub(row.size).saturating_add(fetch))
+            .await;
         let lock = self.inode_lock(row.id);
         let _guard = lock.lock().await;
         let row = self
@@ -392,6 +414,7 @@ impl Files {
             self.catalog.save_inode(&row)?;
         }
         self.touched(row.id);
+        self.account(row.id);
         self.count(share.id, Counted::Write(data.len() as u64));
         Ok((committed, self.attr(&row)))
     }
@@ -490,6 +513,7 @@ impl Files {
         self.catalog.save_inode(&row)?;
         self.readahead_map().remove(&row.id);
         self.touched(row.id);
+        self.account(row.id);
         Ok(())
     }
 }

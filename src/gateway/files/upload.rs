@@ -26,6 +26,9 @@ use crate::gateway::files::{Files, now_unix, path};
 const UPLOAD_CONCURRENCY: usize = 8;
 /// How long a file with UNSTABLE writes and no COMMIT may sit before it is uploaded anyway.
 const UNCOMMITTED_GRACE: Duration = Duration::from_secs(60);
+/// Under staging pressure, how long an uncommitted file must have been left alone before it is
+/// uploaded to make room.
+const PRESSURE_QUIET: Duration = Duration::from_secs(1);
 /// How often the uploader looks for due work when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
 /// The shortest sleep between rounds, so a burst of due files is taken in one round.
@@ -99,6 +102,8 @@ impl Files {
         for share in self.catalog.shares()? {
             let dirty = self.catalog.dirty_inodes(share.id, 4096)?;
             let mut due = Vec::new();
+            // A writer waits for staging room: committed files go up now, not after the delay.
+            let pressure = self.staging_pressure();
             {
                 let live = self.live();
                 for row in dirty {
@@ -109,7 +114,11 @@ impl Files {
                     // fsync) goes ahead anyway.
                     let abandoned = quiet.is_none_or(|q| q >= UNCOMMITTED_GRACE);
                     let committed = !live.uncommitted.contains(&row.id) || abandoned;
-                    if now || (idle && committed) {
+                    // Under staging pressure even uncommitted files go once quiet for a moment:
+                    // their writers may be the ones waiting, and an upload is as durable as a
+                    // COMMIT.
+                    let quiet_enough = quiet.is_none_or(|q| q >= PRESSURE_QUIET);
+                    if now || (idle && committed) || (pressure && (committed || quiet_enough)) {
                         due.push(row);
                     } else {
                         round.waiting += 1;
@@ -261,6 +270,7 @@ impl Files {
                     if unstaged {
                         let _ = std::fs::remove_file(self.staging_path(d.id));
                         BlockMap::remove(&self.staging_path(d.id));
+                        self.account(d.id);
                     }
                     tracing::debug!(share = %share.name, key = ?d.key, "uploaded");
                 }
