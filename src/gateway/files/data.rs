@@ -23,6 +23,10 @@ use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, now_ns, perm
 /// How much a bucket read fetches at once: a client's sequential READs are then served from
 /// memory for the rest of the window.
 pub const READ_AHEAD_BYTES: u64 = 8 << 20;
+/// Read-ahead pieces fetched in parallel for a sequential stream.
+const READ_AHEAD_PIECES: u64 = 4;
+/// Files whose last read-ahead window is kept in memory, at most (each up to 32 MiB).
+const READ_AHEAD_WINDOWS: usize = 8;
 /// Uploaded files of at least this many parts are staged sparsely (docs/decisions/0005).
 const SPARSE_MIN_PARTS: u64 = 4;
 /// The largest READ or WRITE we accept in one call (also what FSINFO advertises).
@@ -230,10 +234,42 @@ impl Files {
             let to = usize::try_from(end - w.start).unwrap_or(0);
             return Ok(w.data.slice(from..to));
         }
+        // A read that continues where the last window ended is a sequential stream: fetch
+        // several read-ahead pieces at once, in parallel, so the stream is not bound by one
+        // GET's latency at a time (a 1 GiB file is 128 pieces).
+        let sequential = self
+            .readahead_map()
+            .get(&row.id)
+            .is_some_and(|w| w.key == key && w.start + w.data.len() as u64 == offset);
+        let pieces = if sequential { READ_AHEAD_PIECES } else { 1 };
         let window_end = offset
-            .saturating_add(READ_AHEAD_BYTES.max(end - offset))
+            .saturating_add(READ_AHEAD_BYTES.saturating_mul(pieces).max(end - offset))
             .min(row.size);
-        let data = self.bucket.read_object(key, offset..window_end).await?;
+        let ranges: Vec<std::ops::Range<u64>> = (0..pieces)
+            .map(|i| offset.saturating_add(i * READ_AHEAD_BYTES))
+            .take_while(|start| *start < window_end)
+            .map(|start| {
+                let stop = if pieces == 1 {
+                    window_end
+                } else {
+                    start.saturating_add(READ_AHEAD_BYTES).min(window_end)
+                };
+                start..stop
+            })
+            .collect();
+        let parts = futures::future::try_join_all(
+            ranges.into_iter().map(|r| self.bucket.read_object(key, r)),
+        )
+        .await?;
+        let data = if parts.len() == 1 {
+            parts.into_iter().next().unwrap_or_default()
+        } else {
+            let mut joined = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in &parts {
+                joined.extend_from_slice(p);
+            }
+            Bytes::from(joined)
+        };
         self.counters
             .downloaded
             .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -249,7 +285,14 @@ impl Files {
             ));
         }
         let piece = data.slice(0..usize::try_from(end - offset).unwrap_or(0));
-        self.readahead_map().insert(
+        let mut windows = self.readahead_map();
+        if windows.len() >= READ_AHEAD_WINDOWS && !windows.contains_key(&row.id) {
+            // Bounded memory: drop some other file's window (any will do; it is only a hint).
+            if let Some(other) = windows.keys().next().copied() {
+                windows.remove(&other);
+            }
+        }
+        windows.insert(
             row.id,
             Window {
                 etag: row.etag.clone(),
