@@ -31,7 +31,7 @@ BIG_MIB=${BIG_MIB:-1024}
 SEED=${SEED:-7}
 LIMIT=${LIMIT:-1800}
 export PATH="$HOME/.cargo/bin:$PATH"
-for t in garage rclone s3fs cc python3 fusermount mountpoint; do
+for t in garage rclone s3fs cc python3 fusermount3 mountpoint; do
     command -v "$t" >/dev/null || { echo "missing $t: run ./scripts/test first" >&2; exit 1; }
 done
 [ -f /usr/include/nfsc/libnfs.h ] || { echo "missing libnfs-dev: run ./scripts/test first" >&2; exit 1; }
@@ -49,7 +49,7 @@ cc -O2 -Wall -o "$CLIENT" benches/files-client.c -lnfs
 
 cleanup() {
     for m in "$WORK/rclone.mnt" "$WORK/s3fs.mnt"; do
-        mountpoint -q "$m" 2>/dev/null && { fusermount -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
+        mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
     done
     for p in ${TG_PID:-} ${RCLONE_PID:-} ${S3FS_PID:-} ${GARAGE_PID:-}; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -138,7 +138,7 @@ rclone_start() {
     for _ in $(seq 300); do mountpoint -q "$RCLONE_MNT" && break; sleep 0.1; done
     mountpoint -q "$RCLONE_MNT" || { cat "$WORK/rclone.log" >&2; exit 1; }
 }
-rclone_stop() { fusermount -u "$RCLONE_MNT"; wait "$RCLONE_PID" 2>/dev/null || true; RCLONE_PID=; }
+rclone_stop() { fusermount3 -u "$RCLONE_MNT"; wait "$RCLONE_PID" 2>/dev/null || true; RCLONE_PID=; }
 
 S3FS_MNT=$WORK/s3fs.mnt
 mkdir -p "$S3FS_MNT"
@@ -160,7 +160,7 @@ s3fs_start() {
     for _ in $(seq 300); do mountpoint -q "$S3FS_MNT" && break; sleep 0.1; done
     mountpoint -q "$S3FS_MNT" || { cat "$WORK/s3fs.log" >&2; exit 1; }
 }
-s3fs_stop() { fusermount -u "$S3FS_MNT"; wait "$S3FS_PID" 2>/dev/null || true; S3FS_PID=; }
+s3fs_stop() { fusermount3 -u "$S3FS_MNT"; wait "$S3FS_PID" 2>/dev/null || true; S3FS_PID=; }
 
 # --- one tool through every phase ----------------------------------------------------------------
 declare -A RESULT

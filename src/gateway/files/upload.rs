@@ -31,8 +31,11 @@ const UNCOMMITTED_GRACE: Duration = Duration::from_secs(60);
 const PRESSURE_QUIET: Duration = Duration::from_secs(1);
 /// How often the uploader looks for due work when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
-/// The shortest sleep between rounds, so a burst of due files is taken in one round.
-const MIN_PAUSE: Duration = Duration::from_millis(10);
+/// The shortest sleep between rounds, so files falling due one by one are taken a batch at a
+/// time.
+const MIN_PAUSE: Duration = Duration::from_millis(100);
+/// How long a finished upload may wait to be recorded with others.
+const RECORD_EVERY: Duration = Duration::from_millis(100);
 /// Uploads recorded in the catalog in one transaction, at most.
 const RECORD_BATCH: usize = 256;
 
@@ -129,32 +132,53 @@ impl Files {
                     }
                 }
             }
-            // Uploads run in parallel; those finished together are recorded in one catalog
-            // transaction, so a burst of small files costs one fsync per batch, not two each.
+            // Uploads run in parallel; those finished within RECORD_EVERY of each other are
+            // recorded in one catalog transaction, so a burst of small files costs a few
+            // fsyncs a second, not one or two each (each holds the catalog, which every NFS
+            // call needs).
             let mut finished = futures::stream::iter(due)
                 .map(|row| {
                     let share = &share;
                     async move { self.sync_inode(share, row).await }
                 })
-                .buffer_unordered(UPLOAD_CONCURRENCY)
-                .ready_chunks(RECORD_BATCH);
-            while let Some(chunk) = finished.next().await {
-                let mut done = Vec::new();
-                for r in chunk {
-                    match r {
-                        Ok(Some(d)) => done.push(d),
-                        // Moved or already synced meanwhile: a later round looks again.
-                        Ok(None) => round.uploaded += 1,
-                        Err(e) => {
-                            round.failed += 1;
-                            self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(share = %share.name, error = %e, "upload failed; will retry");
-                        }
+                .buffer_unordered(UPLOAD_CONCURRENCY);
+            let mut done = Vec::new();
+            let mut oldest: Option<Instant> = None;
+            loop {
+                let next = match oldest {
+                    None => finished.next().await.map(Some),
+                    // `next` is cancel-safe: uploads stay in the stream while we record.
+                    Some(t) => tokio::time::timeout(
+                        RECORD_EVERY.saturating_sub(t.elapsed()),
+                        finished.next(),
+                    )
+                    .await
+                    .map_or(Some(None), |n| n.map(Some)),
+                };
+                let Some(next) = next else { break };
+                match next {
+                    Some(Ok(Some(d))) => {
+                        oldest.get_or_insert_with(Instant::now);
+                        done.push(d);
                     }
+                    // Moved or already synced meanwhile: a later round looks again.
+                    Some(Ok(None)) => round.uploaded += 1,
+                    Some(Err(e)) => {
+                        round.failed += 1;
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(share = %share.name, error = %e, "upload failed; will retry");
+                    }
+                    None => {}
                 }
-                round.uploaded += done.len() as u64;
-                self.record(&share, done).await?;
+                if done.len() >= RECORD_BATCH || oldest.is_some_and(|t| t.elapsed() >= RECORD_EVERY)
+                {
+                    round.uploaded += done.len() as u64;
+                    self.record(&share, std::mem::take(&mut done)).await?;
+                    oldest = None;
+                }
             }
+            round.uploaded += done.len() as u64;
+            self.record(&share, done).await?;
             self.run_deletes(&share).await?;
         }
         Ok(round)
