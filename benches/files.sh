@@ -17,7 +17,8 @@
 #
 # Reads are cold: each tool is restarted with an empty local cache (tidegate's staging files
 # are gone once uploaded; rclone's cache dir is emptied) and the page cache is dropped, so the
-# data comes from Garage. Every byte read is compared with what was written.
+# data comes from Garage. Every byte read is compared with what was written. Each phase runs
+# the three tools back to back, so load from elsewhere on the machine hits them alike.
 #
 # Garage 2.5 answers a GET of an object between ~3 KiB and 64 KiB in ~44 ms whatever the
 # client (see ../shared/NOTES.md): a client reading small files one at a time is bound by it.
@@ -162,42 +163,50 @@ s3fs_start() {
 }
 s3fs_stop() { fusermount3 -u "$S3FS_MNT"; wait "$S3FS_PID" 2>/dev/null || true; S3FS_PID=; }
 
-# --- one tool through every phase ----------------------------------------------------------------
+# --- every phase, the three tools back to back ------------------------------------------------
+# Phases, not tools, are the outer loop: on a shared machine the load drifts over minutes, and
+# each comparison should be between runs minutes apart at most.
 declare -A RESULT
+TOOLS=(tidegate rclone s3fs)
 bucket_wait() { python3 benches/files-bucket.py wait "$1" "$2" "$LIMIT"; }
 size_of() { [ "$1" = small ] && echo "$SMALL_FILES" || echo "$BIG_MIB"; }
-run_tool() { # name target prefix start stop wait_safe
-    local name=$1 prefix=$3 t ack target
-    echo "== $name" >&2
-    "$4"
-    target=$2
-    [ "$name" = tidegate ] && target=$TG_URL
-    for set in big small; do
+target_of() { case $1 in tidegate) echo "$TG_URL" ;; rclone) echo "$RCLONE_MNT" ;; s3fs) echo "$S3FS_MNT" ;; esac; }
+prefix_of() { case $1 in tidegate) echo "$TG_PREFIX" ;; *) echo "$1" ;; esac; }
+start_all() { tg_start; rclone_start; s3fs_start; }
+stop_all() { tg_stop; rclone_stop; s3fs_stop; }
+write_phase() { # big|small
+    local set=$1 name t ack
+    for name in "${TOOLS[@]}"; do
         t=$(now)
-        "$CLIENT" write-$set "$target" "$(size_of $set)" "$SEED"
+        "$CLIENT" write-$set "$(target_of $name)" "$(size_of $set)" "$SEED"
         ack=$(since "$t")
-        [ -n "$6" ] && "$6"
-        bucket_wait "$prefix" "$WORK/$set.manifest"
+        [ "$name" = tidegate ] && tg_wait_safe
+        bucket_wait "$(prefix_of $name)" "$WORK/$set.manifest"
         RESULT[$name.$set.ack]=$ack
         RESULT[$name.$set.write]=$(since "$t")
-        echo "   $set: written (acknowledged) in ${ack}s, in the bucket after ${RESULT[$name.$set.write]}s" >&2
+        echo "   $name $set: written (acknowledged) in ${ack}s, in the bucket after ${RESULT[$name.$set.write]}s" >&2
     done
-    "$5"
-    drop_caches
-    "$4"
-    [ "$name" = tidegate ] && target=$TG_URL
-    for set in big small; do
+}
+read_phase() { # big|small
+    local set=$1 name t
+    for name in "${TOOLS[@]}"; do
         t=$(now)
-        "$CLIENT" read-$set "$target" "$(size_of $set)" "$SEED"
+        "$CLIENT" read-$set "$(target_of $name)" "$(size_of $set)" "$SEED"
         RESULT[$name.$set.read]=$(since "$t")
-        echo "   $set: read back (cold) in ${RESULT[$name.$set.read]}s" >&2
+        echo "   $name $set: read back (cold) in ${RESULT[$name.$set.read]}s" >&2
     done
-    "$5"
 }
 
-run_tool tidegate "" "$TG_PREFIX" tg_start tg_stop tg_wait_safe
-run_tool rclone "$RCLONE_MNT" rclone rclone_start rclone_stop ""
-run_tool s3fs "$S3FS_MNT" s3fs s3fs_start s3fs_stop ""
+start_all
+write_phase big
+write_phase small
+# Cold: every tool restarted with an empty local cache, the page cache dropped.
+stop_all
+drop_caches
+start_all
+read_phase big
+read_phase small
+stop_all
 
 # --- report --------------------------------------------------------------------------------------
 small_bytes=$(awk '{s+=$2} END{print s}' "$WORK/small.manifest")
