@@ -131,26 +131,33 @@ pub(super) fn row_to_inode(r: &Row<'_>) -> rusqlite::Result<InodeRow> {
         refreshed_unix: r.get(19)?,
     })
 }
+/// One upload to record with [`Catalog::mark_synced_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct SyncedItem<'a> {
+    pub id: i64,
+    pub version: i64,
+    pub key: Option<&'a str>,
+    pub etag: Option<&'a str>,
+    pub unstage: bool,
+}
+
 impl Catalog {
+    // The statements every NFS call runs are cached: parsing them again each time showed in
+    // profiles of small-file writes.
     pub fn inode(&self, id: i64) -> Result<Option<InodeRow>, CatalogError> {
-        Ok(self
-            .conn()
-            .query_row(
-                &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
-                [id],
-                row_to_inode,
-            )
-            .optional()?)
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"))?;
+        Ok(stmt.query_row([id], row_to_inode).optional()?)
     }
 
     pub fn child(&self, parent: i64, name: &str) -> Result<Option<InodeRow>, CatalogError> {
-        Ok(self
-            .conn()
-            .query_row(
-                &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE parent = ?1 AND name = ?2"),
-                params![parent, name],
-                row_to_inode,
-            )
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {INODE_COLUMNS} FROM inodes WHERE parent = ?1 AND name = ?2"
+        ))?;
+        Ok(stmt
+            .query_row(params![parent, name], row_to_inode)
             .optional()?)
     }
 
@@ -301,44 +308,68 @@ impl Catalog {
         etag: Option<&str>,
         unix_now: i64,
     ) -> Result<bool, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let Some(row) = tx
-            .query_row(
-                &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
-                [id],
-                row_to_inode,
-            )
-            .optional()?
-        else {
-            return Ok(false);
+        let item = SyncedItem {
+            id,
+            version,
+            key,
+            etag,
+            unstage: false,
         };
-        if let Some(old) = &row.remote_key
-            && Some(old.as_str()) != key
-        {
-            queue_delete(&tx, row.share_id, old)?;
-        }
-        if let Some(key) = key {
-            tx.execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
-        }
-        tx.execute(
-            "UPDATE inodes SET synced_version = ?2, remote_key = ?3, etag = ?4 WHERE id = ?1",
-            params![id, version, key, etag],
-        )?;
-        tx.execute(
-            "UPDATE shares SET last_upload_unix = ?2 WHERE id = ?1",
-            params![row.share_id, unix_now],
-        )?;
-        tx.commit()?;
-        Ok(true)
+        Ok(self.mark_synced_batch(&[item], unix_now)?[0].is_some())
     }
 
-    /// Drops the staging flag if the inode is still at `version` (nothing written since).
-    pub fn unstage_if_unchanged(&self, id: i64, version: i64) -> Result<bool, CatalogError> {
-        Ok(self.conn().execute(
-            "UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2 AND synced_version = ?2",
-            params![id, version],
-        )? > 0)
+    /// `mark_synced` for a batch of uploads in one transaction (one fsync for all of them).
+    /// An item with `unstage` also drops the staging flag if nothing was written since the
+    /// uploaded version. Per item: `None` if the inode is gone, else whether it was unstaged.
+    pub fn mark_synced_batch(
+        &self,
+        items: &[SyncedItem<'_>],
+        unix_now: i64,
+    ) -> Result<Vec<Option<bool>>, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut shares = std::collections::BTreeSet::new();
+        for item in items {
+            let Some(row) = tx
+                .query_row(
+                    &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
+                    [item.id],
+                    row_to_inode,
+                )
+                .optional()?
+            else {
+                out.push(None);
+                continue;
+            };
+            if let Some(old) = &row.remote_key
+                && Some(old.as_str()) != item.key
+            {
+                queue_delete(&tx, row.share_id, old)?;
+            }
+            if let Some(key) = item.key {
+                tx.execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
+            }
+            tx.execute(
+                "UPDATE inodes SET synced_version = ?2, remote_key = ?3, etag = ?4 WHERE id = ?1",
+                params![item.id, item.version, item.key, item.etag],
+            )?;
+            let unstaged = item.unstage
+                && tx.execute(
+                    "UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2",
+                    params![item.id, item.version],
+                )? > 0;
+            shares.insert(row.share_id);
+            out.push(Some(unstaged));
+        }
+        for share in shares {
+            tx.execute(
+                "UPDATE shares SET last_upload_unix = ?2 WHERE id = ?1",
+                params![share, unix_now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Whether some inode's object, or an object queued for deletion, lives under `prefix`
@@ -409,29 +440,29 @@ pub(super) fn insert_inode(
 
 /// Writes every mutable column of `row` (all but id, share, parent, name, path, kind).
 fn update_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<(), CatalogError> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE inodes SET mode = ?2, uid = ?3, gid = ?4, size = ?5, mtime_ns = ?6,
              ctime_ns = ?7, target = ?8, remote_key = ?9, etag = ?10, extra_meta = ?11,
              staged = ?12, version = ?13, synced_version = ?14, refreshed_unix = ?15
          WHERE id = ?1",
-        params![
-            row.id,
-            row.mode,
-            row.uid,
-            row.gid,
-            as_i64(row.size)?,
-            row.mtime_ns,
-            row.ctime_ns,
-            row.target,
-            row.remote_key,
-            row.etag,
-            row.extra_meta,
-            i64::from(row.staged),
-            row.version,
-            row.synced_version,
-            row.refreshed_unix,
-        ],
-    )?;
+    )?
+    .execute(params![
+        row.id,
+        row.mode,
+        row.uid,
+        row.gid,
+        as_i64(row.size)?,
+        row.mtime_ns,
+        row.ctime_ns,
+        row.target,
+        row.remote_key,
+        row.etag,
+        row.extra_meta,
+        i64::from(row.staged),
+        row.version,
+        row.synced_version,
+        row.refreshed_unix,
+    ])?;
     Ok(())
 }
 

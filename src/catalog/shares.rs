@@ -6,7 +6,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::catalog::inodes::{INODE_COLUMNS, insert_inode, row_to_inode};
-pub use crate::catalog::inodes::{InodeKind, InodeRow};
+pub use crate::catalog::inodes::{InodeKind, InodeRow, SyncedItem};
 use crate::catalog::{Catalog, CatalogError};
 
 /// Squash policy: which callers are mapped to the anonymous user.
@@ -147,7 +147,7 @@ impl Catalog {
     pub fn shares(&self) -> Result<Vec<ShareRow>, CatalogError> {
         let conn = self.conn();
         let mut stmt =
-            conn.prepare(&format!("SELECT {SHARE_COLUMNS} FROM shares ORDER BY name"))?;
+            conn.prepare_cached(&format!("SELECT {SHARE_COLUMNS} FROM shares ORDER BY name"))?;
         let rows = stmt.query_map([], row_to_share)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

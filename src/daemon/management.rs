@@ -37,6 +37,7 @@ pub struct DaemonManagement {
     pub history: Arc<crate::daemon::history::History>,
     /// The tape library: its drives count the bytes clients write and read.
     pub library: Arc<crate::gateway::library::Library>,
+    pub files: Arc<crate::gateway::files::Files>,
 }
 
 fn api_error(e: GatewayError) -> ApiError {
@@ -99,7 +100,9 @@ fn share_json(
     if let Some(s) = sync {
         v["dirty_files"] = json!(s.dirty_files);
         v["dirty_bytes"] = json!(s.dirty_bytes);
+        v["pending_deletes"] = json!(s.pending_deletes);
         v["last_upload_unix"] = json!(s.last_upload_unix);
+        v["in_bucket"] = json!(s.dirty_files == 0 && s.pending_deletes == 0);
     }
     v
 }
@@ -578,6 +581,7 @@ impl DaemonManagement {
             .map(|(s, n)| (format!("state=\"{s}\""), n as f64))
             .collect();
         m.gauge_owned("tidegate_snapshots", "Snapshots by state.", &states);
+        self.render_share_metrics(&mut m);
         self.tape_metrics(&mut m);
         self.job_metrics(&mut m);
         m.0
@@ -724,6 +728,109 @@ impl DaemonManagement {
             "tidegate_job_imported_bytes",
             "Bytes an import job has imported.",
             &per(&|c| c.imported_bytes),
+        );
+    }
+
+    /// File shares: traffic since start (per-volume I/O's counterpart) and the upload state
+    /// from the catalog, so an alert can say a share's data is not yet in the bucket.
+    fn render_share_metrics(&self, m: &mut Metrics) {
+        let traffic = self.files.share_traffic();
+        let shares = crate::gateway::files::list_shares(&self.catalog).unwrap_or_default();
+        let (mut ops, mut bytes, mut uploads, mut upload_bytes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut dirty_files, mut dirty_bytes, mut deletes, mut last) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for s in &shares {
+            let l = format!("share=\"{}\"", s.name);
+            let t = traffic.get(&s.id).cloned().unwrap_or_default();
+            let (reads, writes, commits) = (
+                t.reads.load(Relaxed),
+                t.writes.load(Relaxed),
+                t.commits.load(Relaxed),
+            );
+            let other = t
+                .calls
+                .load(Relaxed)
+                .saturating_sub(reads + writes + commits);
+            for (op, n) in [
+                ("read", reads),
+                ("write", writes),
+                ("commit", commits),
+                ("other", other),
+            ] {
+                ops.push((format!("{l},op=\"{op}\""), n as f64));
+            }
+            bytes.push((
+                format!("{l},op=\"read\""),
+                t.read_bytes.load(Relaxed) as f64,
+            ));
+            bytes.push((
+                format!("{l},op=\"write\""),
+                t.write_bytes.load(Relaxed) as f64,
+            ));
+            uploads.push((l.clone(), t.uploads.load(Relaxed) as f64));
+            upload_bytes.push((l.clone(), t.upload_bytes.load(Relaxed) as f64));
+            let sync = self.catalog.share_sync_stats(s.id).unwrap_or_default();
+            dirty_files.push((l.clone(), sync.dirty_files as f64));
+            dirty_bytes.push((l.clone(), sync.dirty_bytes as f64));
+            deletes.push((l.clone(), sync.pending_deletes as f64));
+            last.push((l, sync.last_upload_unix.unwrap_or(0) as f64));
+        }
+        m.counter_owned(
+            "tidegate_share_ops_total",
+            "Calls per file share (read, write, commit; other: lookups, attributes, names).",
+            &ops,
+        );
+        m.counter_owned(
+            "tidegate_share_bytes_total",
+            "Bytes read and written per file share.",
+            &bytes,
+        );
+        m.counter_owned(
+            "tidegate_share_uploads_total",
+            "Objects uploaded per file share.",
+            &uploads,
+        );
+        m.counter_owned(
+            "tidegate_share_upload_bytes_total",
+            "File bytes uploaded per file share.",
+            &upload_bytes,
+        );
+        m.gauge_owned(
+            "tidegate_share_dirty_files",
+            "Files, symlinks and changes not yet in the bucket, per share (0: all there).",
+            &dirty_files,
+        );
+        m.gauge_owned(
+            "tidegate_share_dirty_bytes",
+            "Bytes of files not yet in the bucket, per share.",
+            &dirty_bytes,
+        );
+        m.gauge_owned(
+            "tidegate_share_pending_deletes",
+            "Objects still to delete from the bucket (removed or renamed files), per share.",
+            &deletes,
+        );
+        let staging = self.files.staging_use();
+        m.gauge(
+            "tidegate_files_staging_bytes",
+            "Bytes the file gateway's staging files take on disk.",
+            &[("", staging.bytes as f64)],
+        );
+        m.gauge(
+            "tidegate_files_staging_limit_bytes",
+            "The most staging may take (cache.size; 0: unbounded).",
+            &[("", staging.limit_bytes.unwrap_or(0) as f64)],
+        );
+        m.gauge(
+            "tidegate_files_writers_waiting",
+            "File writers held until uploads free staging room.",
+            &[("", staging.writers_waiting as f64)],
+        );
+        m.gauge_owned(
+            "tidegate_share_last_upload_timestamp_seconds",
+            "When the share's last upload completed (Unix time; 0: never).",
+            &last,
         );
     }
 }

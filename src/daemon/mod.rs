@@ -301,6 +301,15 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .local_addr()
         .map_err(io("reading the API listener's address"))?;
     let mut api_stop = stop_rx.clone();
+    let files = Arc::new(Files::new(
+        engine.catalog.clone(),
+        engine.chunks.bucket().clone(),
+        FilesConfig {
+            staging_dir: config.files_staging_dir(),
+            upload_delay: config.files.upload_delay,
+            staging_limit: Some(config.cache.size.bytes()),
+        },
+    )?);
     let management = Arc::new(management::DaemonManagement {
         config: config.clone(),
         catalog: engine.catalog.clone(),
@@ -310,6 +319,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         bandwidth: bandwidth.clone(),
         history: Arc::new(history::History::default()),
         library: library.clone(),
+        files: files.clone(),
     });
     let api = tokio::spawn(crate::frontend::api::serve(
         api_listener,
@@ -319,14 +329,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             let _ = api_stop.changed().await;
         },
     ));
-    let files = Arc::new(Files::new(
-        engine.catalog.clone(),
-        engine.chunks.bucket().clone(),
-        FilesConfig {
-            staging_dir: config.files_staging_dir(),
-            upload_delay: config.files.upload_delay,
-        },
-    )?);
     if config.is_embedded() && files::list_shares(&engine.catalog)?.is_empty() {
         // Loopback-only by default, so root on this machine stays root in the share: the
         // first `nfs-cp` from the README works without extra flags.

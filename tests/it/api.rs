@@ -634,3 +634,68 @@ print('ok')
     promtool(&text);
     assert_eq!(gw.stop(), Some(0));
 }
+
+/// A share's traffic and upload state in /metrics, `share status` and the shares API follow an
+/// NFS client: an UNSTABLE write shows as written and dirty (not in the bucket), its COMMIT
+/// lets it go up, and then the share reads as safely in the bucket; a read counts its bytes.
+#[test]
+fn share_metrics_and_status_follow_an_nfs_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_garage, gw, config) =
+        crate::nfs_share::docs_on_garage(dir.path(), crate::support::free_port());
+    let api = Api::of(&gw, &dir.path().join("data"));
+    let status = || crate::nfs_share::tg(&gw, Some(&config), &["share", "status", "docs"]);
+    let sample =
+        |name: &str, labels: &str| api.metric(&format!("{name}{{share=\"docs\"{labels}}}"));
+    let (_, before) = api.call("GET", "/metrics", None, None);
+    promtool(&before);
+    let written = || sample("tidegate_share_bytes_total", ",op=\"write\"");
+    let w0 = written();
+    let uploads0 = sample("tidegate_share_uploads_total", "");
+
+    let mut c = crate::support::nfs::Client::connect(&crate::nfs_share::nfs_addr(&gw));
+    let root = c.mount("/docs").unwrap();
+    let fh = c.create(&root, "m.bin", 0, 0o644).unwrap();
+    let data = crate::support::noise(MIB as usize, 5);
+    c.write(&fh, 0, &data, 0).unwrap();
+    // Uncommitted: written, dirty, and not uploaded (it waits for COMMIT).
+    assert_eq!(written() - w0, MIB as f64);
+    assert!(sample("tidegate_share_ops_total", ",op=\"write\"") >= 1.0);
+    assert_eq!(sample("tidegate_share_dirty_files", ""), 1.0);
+    assert_eq!(sample("tidegate_share_dirty_bytes", ""), MIB as f64);
+    let s = status();
+    assert!(s.contains("dirty files: 1\n"), "{s}");
+    assert!(s.contains("in the bucket: not yet, 1 files"), "{s}");
+    let shares = api.ok("GET", "/api/v1/shares", None);
+    assert_eq!(shares[0]["in_bucket"], false, "{shares}");
+
+    c.commit(&fh).unwrap();
+    let start = Instant::now();
+    while !status().contains("in the bucket: yes") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not uploaded: {}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sample("tidegate_share_dirty_files", ""), 0.0);
+    assert_eq!(sample("tidegate_share_dirty_bytes", ""), 0.0);
+    assert!(sample("tidegate_share_uploads_total", "") > uploads0);
+    assert!(sample("tidegate_share_upload_bytes_total", "") >= MIB as f64);
+    assert!(sample("tidegate_share_last_upload_timestamp_seconds", "") > 1.7e9);
+    assert!(sample("tidegate_share_ops_total", ",op=\"commit\"") >= 1.0);
+    let shares = api.ok("GET", "/api/v1/shares", None);
+    assert_eq!(shares[0]["in_bucket"], true, "{shares}");
+
+    let r0 = sample("tidegate_share_bytes_total", ",op=\"read\"");
+    let (back, _) = c.read(&fh, 0, MIB as u32).unwrap();
+    assert!(back == data);
+    assert_eq!(
+        sample("tidegate_share_bytes_total", ",op=\"read\"") - r0,
+        MIB as f64
+    );
+    let (_, after) = api.call("GET", "/metrics", None, None);
+    promtool(&after);
+    assert_eq!(gw.stop(), Some(0));
+}

@@ -27,7 +27,7 @@ fn garage_gateway(garage: &Garage, dir: &Path, nfs_port: u16) -> (Gateway, PathB
 }
 
 /// Garage, a daemon on it, and the share `docs` (no squash: the tests run as root).
-fn docs_on_garage(dir: &Path, nfs_port: u16) -> (Garage, Gateway, PathBuf) {
+pub(crate) fn docs_on_garage(dir: &Path, nfs_port: u16) -> (Garage, Gateway, PathBuf) {
     let garage = Garage::start();
     let (gw, config) = garage_gateway(&garage, dir, nfs_port);
     tg(
@@ -52,7 +52,7 @@ fn start(data: &Path, config: Option<&Path>, nfs_port: u16) -> Gateway {
     .unwrap()
 }
 
-fn tg(gw: &Gateway, config: Option<&Path>, args: &[&str]) -> String {
+pub(crate) fn tg(gw: &Gateway, config: Option<&Path>, args: &[&str]) -> String {
     let mut cmd = tidegate(&gw.data_dir);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
@@ -62,7 +62,7 @@ fn tg(gw: &Gateway, config: Option<&Path>, args: &[&str]) -> String {
     stdout(&out)
 }
 
-fn nfs_addr(gw: &Gateway) -> String {
+pub(crate) fn nfs_addr(gw: &Gateway) -> String {
     gw.ready_value("nfs")
         .expect("nfs address in run/ready.toml")
 }
@@ -704,4 +704,79 @@ fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part(
     );
     let (piece, _) = c.read(&f, (at - 10) as u64, 8192).unwrap();
     assert_eq!(piece, &data[at - 10..at - 10 + 8192]);
+}
+
+/// Bytes the files in `dir` take on disk (holes excluded), 0 if it is missing.
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.blocks() * 512)
+            .sum()
+    })
+}
+
+/// Staging is held to `cache.size` (64 MiB here): 160 MiB of files copied with `nfs-cp`, with
+/// an upload delay long enough that they would all pile up unbounded, never take more than
+/// the cache size (plus the writes in flight) in DATA_DIR/files-staging; writers are held
+/// until uploads make room, nothing fails, and every file reads back whole. A single file
+/// larger than the cache size still goes through.
+#[test]
+fn staging_is_held_to_the_cache_size_and_writers_wait_for_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let garage = Garage::start();
+    let data = dir.path().join("data");
+    let config = activate_on(&garage, dir.path(), &data, "gw", &["--cache-size", "64MiB"]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[files]\nupload_delay_ms = 5000\n");
+    std::fs::write(&config, text).unwrap();
+    let gw = start(&data, Some(&config), free_port());
+    tg(
+        &gw,
+        Some(&config),
+        &["share", "create", "docs", "--squash", "none"],
+    );
+    let staging = data.join("files-staging");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, staging) = (stop.clone(), staging.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(allocated_bytes(&staging));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            most
+        })
+    };
+    let copy = |i: usize, mib: usize| {
+        let local = dir.path().join(format!("f{i}"));
+        let bytes = noise(mib * MIB, i as u64 + 40);
+        std::fs::write(&local, &bytes).unwrap();
+        nfs_cp(local.to_str().unwrap(), &url(&gw, &format!("docs/f{i}")));
+        std::fs::remove_file(&local).unwrap();
+        bytes
+    };
+    let mut files: Vec<Vec<u8>> = (0..10).map(|i| copy(i, 16)).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = watcher.join().unwrap();
+    println!("staging peaked at {} MiB", most >> 20);
+    assert!(most >= 32 * MIB as u64, "staging was used ({most} bytes)");
+    assert!(
+        most <= (64 + 8) * MIB as u64,
+        "staging peaked at {most} bytes, over the 64 MiB cache size"
+    );
+    // Larger than the whole budget: it waits for the others, then goes through alone.
+    files.push(copy(10, 80));
+    wait_uploaded(&gw, Some(&config), "docs", Duration::from_secs(120));
+    assert_eq!(allocated_bytes(&staging), 0, "uploaded files left staging");
+    for (i, bytes) in files.iter().enumerate() {
+        assert!(
+            nfs_cat(&url(&gw, &format!("docs/f{i}"))) == *bytes,
+            "f{i} reads back whole"
+        );
+    }
+    drop(garage);
 }

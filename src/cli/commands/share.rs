@@ -224,6 +224,20 @@ fn local(cmd: ShareCommand, config: Config) -> Result<ExitCode> {
                 Some(t) => writeln!(out, "last upload: {}", crate::store::rfc3339(t))?,
                 None => writeln!(out, "last upload: never")?,
             }
+            if stats.dirty_files == 0 && stats.pending_deletes == 0 {
+                writeln!(
+                    out,
+                    "in the bucket: yes, every file written so far is safely there"
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "in the bucket: not yet, {} files ({}) and {} deletions to go",
+                    stats.dirty_files,
+                    ByteSize(stats.dirty_bytes),
+                    stats.pending_deletes
+                )?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -17,11 +17,16 @@ use bytes::Bytes;
 use crate::catalog::shares::{InodeKind, InodeRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
+use crate::gateway::files::traffic::Counted;
 use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, now_ns, permits};
 
 /// How much a bucket read fetches at once: a client's sequential READs are then served from
 /// memory for the rest of the window.
 pub const READ_AHEAD_BYTES: u64 = 8 << 20;
+/// Read-ahead pieces fetched in parallel for a sequential stream.
+const READ_AHEAD_PIECES: u64 = 4;
+/// Files whose last read-ahead window is kept in memory, at most (each up to 32 MiB).
+const READ_AHEAD_WINDOWS: usize = 8;
 /// Uploaded files of at least this many parts are staged sparsely (docs/decisions/0005).
 const SPARSE_MIN_PARTS: u64 = 4;
 /// The largest READ or WRITE we accept in one call (also what FSINFO advertises).
@@ -67,8 +72,11 @@ impl Files {
         self.readahead_map().remove(&id);
         let mut live = self.live();
         live.uncommitted.remove(&id);
+        live.new_entries.remove(&id);
         live.changed.remove(&id);
         live.locks.remove(&id);
+        drop(live);
+        self.account(id);
     }
 
     fn readahead_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Window>> {
@@ -106,14 +114,20 @@ impl Files {
             // Created but never written or uploaded: a hole.
             Bytes::from(vec![0u8; usize::try_from(end - offset).unwrap_or(0)])
         };
+        self.count(share.id, Counted::Read(data.len() as u64));
         Ok((data, end >= row.size, self.attr(&row)))
     }
 
     fn read_staged(&self, id: i64, offset: u64, end: u64) -> Result<Bytes, GatewayError> {
         let path = self.staging_path(id);
-        let file =
-            std::fs::File::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
         let mut buf = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            // Created, never synced, and lost with a power failure: nothing of it was
+            // committed, so it reads as the hole it started as.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Bytes::from(buf)),
+            Err(e) => return Err(io_err(format!("opening {}", path.display()))(e)),
+        };
         let mut done = 0;
         while done < buf.len() {
             let n = file
@@ -192,12 +206,15 @@ impl Files {
             file.sync_all()
                 .map_err(io_err(format!("syncing {}", path.display())))?;
             BlockMap::remove(&path);
+            self.account(row.id);
             return Ok(());
         }
         map.save(&path, false).map_err(io_err(format!(
             "writing the block map of {}",
             path.display()
-        )))
+        )))?;
+        self.account(row.id);
+        Ok(())
     }
 
     async fn read_remote(
@@ -217,10 +234,42 @@ impl Files {
             let to = usize::try_from(end - w.start).unwrap_or(0);
             return Ok(w.data.slice(from..to));
         }
+        // A read that continues where the last window ended is a sequential stream: fetch
+        // several read-ahead pieces at once, in parallel, so the stream is not bound by one
+        // GET's latency at a time (a 1 GiB file is 128 pieces).
+        let sequential = self
+            .readahead_map()
+            .get(&row.id)
+            .is_some_and(|w| w.key == key && w.start + w.data.len() as u64 == offset);
+        let pieces = if sequential { READ_AHEAD_PIECES } else { 1 };
         let window_end = offset
-            .saturating_add(READ_AHEAD_BYTES.max(end - offset))
+            .saturating_add(READ_AHEAD_BYTES.saturating_mul(pieces).max(end - offset))
             .min(row.size);
-        let data = self.bucket.read_object(key, offset..window_end).await?;
+        let ranges: Vec<std::ops::Range<u64>> = (0..pieces)
+            .map(|i| offset.saturating_add(i * READ_AHEAD_BYTES))
+            .take_while(|start| *start < window_end)
+            .map(|start| {
+                let stop = if pieces == 1 {
+                    window_end
+                } else {
+                    start.saturating_add(READ_AHEAD_BYTES).min(window_end)
+                };
+                start..stop
+            })
+            .collect();
+        let parts = futures::future::try_join_all(
+            ranges.into_iter().map(|r| self.bucket.read_object(key, r)),
+        )
+        .await?;
+        let data = if parts.len() == 1 {
+            parts.into_iter().next().unwrap_or_default()
+        } else {
+            let mut joined = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in &parts {
+                joined.extend_from_slice(p);
+            }
+            Bytes::from(joined)
+        };
         self.counters
             .downloaded
             .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -236,7 +285,14 @@ impl Files {
             ));
         }
         let piece = data.slice(0..usize::try_from(end - offset).unwrap_or(0));
-        self.readahead_map().insert(
+        let mut windows = self.readahead_map();
+        if windows.len() >= READ_AHEAD_WINDOWS && !windows.contains_key(&row.id) {
+            // Bounded memory: drop some other file's window (any will do; it is only a hint).
+            if let Some(other) = windows.keys().next().copied() {
+                windows.remove(&other);
+            }
+        }
+        windows.insert(
             row.id,
             Window {
                 etag: row.etag.clone(),
@@ -246,6 +302,13 @@ impl Files {
             },
         );
         Ok(piece)
+    }
+
+    /// Whether staging `row` would fetch only the parts written (docs/decisions/0005).
+    fn stages_sparsely(&self, row: &InodeRow) -> bool {
+        row.remote_key.is_some()
+            && self.bucket.can_copy_parts()
+            && row.size >= SPARSE_MIN_PARTS * self.bucket.part_size()
     }
 
     /// Makes `row` staged, the catalog marked once the staging file is complete. A large
@@ -258,10 +321,26 @@ impl Files {
             return Ok(row.clone());
         }
         let path = self.staging_path(row.id);
+        if row.remote_key.is_none() || row.size == 0 {
+            // Nothing to fetch: the staging file starts as a hole of the recorded size. Neither
+            // it nor the catalog is synced here; no byte of it is acknowledged as durable until
+            // a COMMIT, which syncs the file, its directory entry and the catalog together (a
+            // small file then costs one round of fsyncs, not three).
+            let file = std::fs::File::create(&path)
+                .map_err(io_err(format!("creating {}", path.display())))?;
+            file.set_len(row.size)
+                .map_err(io_err(format!("sizing {}", path.display())))?;
+            BlockMap::remove(&path);
+            self.live().new_entries.insert(row.id);
+            self.account(row.id);
+            let mut row = row.clone();
+            row.staged = true;
+            self.catalog.save_inode_unsynced(&row)?;
+            self.readahead_map().remove(&row.id);
+            return Ok(row);
+        }
         let tmp = path.with_extension("part");
-        let sparse = row.remote_key.is_some()
-            && self.bucket.can_copy_parts()
-            && row.size >= SPARSE_MIN_PARTS * self.bucket.part_size();
+        let sparse = self.stages_sparsely(row);
         {
             let file = std::fs::File::create(&tmp)
                 .map_err(io_err(format!("creating {}", tmp.display())))?;
@@ -297,6 +376,7 @@ impl Files {
                 .map_err(io_err(format!("syncing {}", tmp.display())))?;
         }
         std::fs::rename(&tmp, &path).map_err(io_err(format!("renaming {}", tmp.display())))?;
+        self.account(row.id);
         let mut row = row.clone();
         row.staged = true;
         self.catalog.save_inode(&row)?;
@@ -328,6 +408,16 @@ impl Files {
             .checked_add(data.len() as u64)
             .filter(|e| *e <= i64::MAX as u64)
             .ok_or_else(|| GatewayError::OutOfRange(format!("write at {offset}")))?;
+        // Room for what this write adds to staging (and for the download that stages an
+        // uploaded file), waited for before the inode lock: the uploads that make room take
+        // inode locks themselves.
+        let fetch = match (&row.remote_key, row.staged) {
+            (Some(_), false) if self.stages_sparsely(&row) => self.bucket.part_size(),
+            (Some(_), false) => row.size,
+            _ => 0,
+        };
+        self.staging_room(row.id, end.saturating_sub(row.size).saturating_add(fetch))
+            .await;
         let lock = self.inode_lock(row.id);
         let _guard = lock.lock().await;
         let row = self
@@ -337,8 +427,12 @@ impl Files {
         let mut row = self.stage(&row).await?;
         self.fill_blocks(&row, Some((offset, end))).await?;
         let path = self.staging_path(row.id);
+        // `create`: a staging file created but never synced is gone after a power loss, and
+        // the client then resends what it had not committed into a new one.
         let file = std::fs::OpenOptions::new()
             .write(true)
+            .create(true)
+            .truncate(false)
             .open(&path)
             .map_err(io_err(format!("opening {}", path.display())))?;
         file.write_all_at(data, offset)
@@ -349,6 +443,7 @@ impl Files {
         } else {
             file.sync_data()
                 .map_err(io_err(format!("syncing {}", path.display())))?;
+            self.sync_staging_entry(row.id)?;
             Stability::FileSync
         };
         let now = now_ns();
@@ -362,6 +457,8 @@ impl Files {
             self.catalog.save_inode(&row)?;
         }
         self.touched(row.id);
+        self.account(row.id);
+        self.count(share.id, Counted::Write(data.len() as u64));
         Ok((committed, self.attr(&row)))
     }
 
@@ -370,26 +467,48 @@ impl Files {
     pub async fn commit(&self, caller: &Caller, id: FileId) -> Result<Attr, GatewayError> {
         let (row, share) = self.node(id)?;
         self.effective(&share, caller)?;
-        if row.kind == InodeKind::File && row.staged {
+        let pending = {
+            let live = self.live();
+            live.uncommitted.contains(&row.id) || live.new_entries.contains(&row.id)
+        };
+        // Nothing written since the last COMMIT (a kernel client commits on every close and
+        // fsync): everything is already on disk. After a restart nothing is pending either;
+        // the new write verifier makes clients resend whatever the old run had not synced.
+        if row.kind == InodeKind::File && row.staged && pending {
             let lock = self.inode_lock(row.id);
             let _guard = lock.lock().await;
+            // The staging file (and its directory entry, when new) and the catalog's WAL are
+            // synced at the same time: the COMMIT costs one fsync latency, not three.
             let path = self.staging_path(row.id);
-            if let Ok(file) = std::fs::File::open(&path) {
-                file.sync_all()
-                    .map_err(io_err(format!("syncing {}", path.display())))?;
-            }
-            if let Ok(map) = std::fs::File::open(BlockMap::path(&path)) {
-                map.sync_all().map_err(io_err(format!(
-                    "syncing the block map of {}",
-                    path.display()
-                )))?;
-            }
+            let dir = self
+                .live()
+                .new_entries
+                .remove(&row.id)
+                .then(|| self.config.staging_dir.clone());
+            let files = tokio::task::spawn_blocking(move || sync_staged(&path, dir.as_deref()));
+            let catalog = self.catalog.sync_inode(row.id);
+            files.await.map_err(|e| {
+                GatewayError::Internal(format!("syncing file {}: {e}", row.id).into())
+            })??;
             // The size and version recorded by unsynced WRITEs reach the disk too.
-            self.catalog.sync_inode(row.id)?;
+            catalog?;
         }
         self.live().uncommitted.remove(&row.id);
         self.wake.notify_one();
+        self.count(share.id, Counted::Commit);
         Ok(self.attr(&row))
+    }
+
+    /// Makes a new staging file's directory entry durable (a stable WRITE to a file staged
+    /// since the last sync).
+    fn sync_staging_entry(&self, id: i64) -> Result<(), GatewayError> {
+        if self.live().new_entries.remove(&id) {
+            let dir = &self.config.staging_dir;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(format!("syncing {}", dir.display())))?;
+        }
+        Ok(())
     }
 
     /// Sets a file's size: shrinking drops bytes, growing adds a hole that reads as zeros.
@@ -428,6 +547,7 @@ impl Files {
             .map_err(io_err(format!("sizing {}", path.display())))?;
         file.sync_all()
             .map_err(io_err(format!("syncing {}", path.display())))?;
+        self.sync_staging_entry(row.id)?;
         let now = now_ns();
         row.size = size;
         row.mtime_ns = now;
@@ -436,6 +556,28 @@ impl Files {
         self.catalog.save_inode(&row)?;
         self.readahead_map().remove(&row.id);
         self.touched(row.id);
+        self.account(row.id);
         Ok(())
     }
+}
+
+/// Syncs a staging file, its block map if it has one, and (for a file created since the last
+/// sync) the staging directory, so the file's name survives a power loss too.
+fn sync_staged(path: &std::path::Path, dir: Option<&std::path::Path>) -> Result<(), GatewayError> {
+    if let Ok(file) = std::fs::File::open(path) {
+        file.sync_all()
+            .map_err(io_err(format!("syncing {}", path.display())))?;
+    }
+    if let Ok(map) = std::fs::File::open(BlockMap::path(path)) {
+        map.sync_all().map_err(io_err(format!(
+            "syncing the block map of {}",
+            path.display()
+        )))?;
+    }
+    if let Some(dir) = dir {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(format!("syncing {}", dir.display())))?;
+    }
+    Ok(())
 }

@@ -14,6 +14,8 @@ pub mod meta;
 pub mod ops;
 pub mod path;
 pub mod refresh;
+pub mod staging;
+pub mod traffic;
 pub mod upload;
 
 use std::collections::{HashMap, HashSet};
@@ -357,6 +359,9 @@ pub struct FilesConfig {
     /// One staging file per inode being written lives here.
     pub staging_dir: PathBuf,
     pub upload_delay: Duration,
+    /// The most staging files may take on disk (the daemon gives `cache.size`); `None`: no
+    /// bound.
+    pub staging_limit: Option<u64>,
 }
 
 /// Per-inode state that lives only in memory.
@@ -364,6 +369,13 @@ pub struct FilesConfig {
 struct Live {
     /// Inodes with UNSTABLE writes not yet covered by a COMMIT: not uploaded until committed.
     uncommitted: HashSet<i64>,
+    /// Inodes whose staging file was created since the staging directory was last synced.
+    new_entries: HashSet<i64>,
+    /// Bytes each inode's staging files take on disk, and their sum (`staging.rs`).
+    staged_sizes: HashMap<i64, u64>,
+    staged_bytes: u64,
+    /// Writers held until uploads free staging room.
+    writers_waiting: u64,
     /// When each inode last changed, for the upload delay.
     changed: HashMap<i64, Instant>,
     /// Serialises data changes and staging transitions of one inode.
@@ -384,7 +396,10 @@ pub struct Files {
     live: Mutex<Live>,
     readahead: Mutex<HashMap<i64, data::Window>>,
     wake: tokio::sync::Notify,
+    /// Signalled when staging room is freed.
+    space: tokio::sync::Notify,
     counters: upload::UploadCounters,
+    traffic: Mutex<HashMap<i64, Arc<traffic::ShareTraffic>>>,
 }
 
 impl Files {
@@ -407,17 +422,24 @@ impl Files {
                 g
             }
         };
-        sweep_staging(&catalog, &config.staging_dir)?;
+        let staged_sizes = sweep_staging(&catalog, &config.staging_dir)?;
+        let live = Live {
+            staged_bytes: staged_sizes.values().sum(),
+            staged_sizes,
+            ..Live::default()
+        };
         Ok(Self {
             catalog,
             bucket,
             config,
             verifier,
             handle_generation,
-            live: Mutex::new(Live::default()),
+            live: Mutex::new(live),
             readahead: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            space: tokio::sync::Notify::new(),
             counters: upload::UploadCounters::default(),
+            traffic: Mutex::new(HashMap::new()),
         })
     }
 
@@ -442,9 +464,10 @@ impl Files {
         self.live().locks.entry(id).or_default().clone()
     }
 
+    /// Records a change for the upload delay. The uploader is not woken: nothing is due before
+    /// the delay has passed, and it sleeps until the first inode is.
     fn touched(&self, id: i64) {
         self.live().changed.insert(id, Instant::now());
-        self.wake.notify_one();
     }
 
     /// The inode behind a file id and its share; a vanished id is `Stale`.
@@ -479,6 +502,7 @@ impl Files {
                 )));
             }
         }
+        self.count(share.id, traffic::Counted::Call);
         let squash = match share.squash {
             Squash::All => true,
             Squash::Root => caller.uid == 0,
@@ -557,10 +581,15 @@ impl Files {
 }
 
 /// Removes staging files no staged inode owns (left by a crash during staging, or by a share
-/// deleted with `--force`); `.part` downloads are always incomplete.
-fn sweep_staging(catalog: &Catalog, dir: &std::path::Path) -> Result<(), GatewayError> {
+/// deleted with `--force`); `.part` downloads are always incomplete. Returns what the staging
+/// files that stay take on disk, per inode.
+fn sweep_staging(
+    catalog: &Catalog,
+    dir: &std::path::Path,
+) -> Result<HashMap<i64, u64>, GatewayError> {
+    let mut sizes = HashMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
+        return Ok(sizes);
     };
     for entry in entries.flatten() {
         let path = entry.path();
@@ -570,7 +599,11 @@ fn sweep_staging(catalog: &Catalog, dir: &std::path::Path) -> Result<(), Gateway
         let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
         let owned = match stem.parse::<i64>() {
             Ok(id) if ext != "part" && ext != "blocks-new" => {
-                catalog.inode(id)?.is_some_and(|row| row.staged)
+                let owned = catalog.inode(id)?.is_some_and(|row| row.staged);
+                if owned {
+                    *sizes.entry(id).or_default() += staging::allocated(&path);
+                }
+                owned
             }
             _ => false,
         };
@@ -579,7 +612,7 @@ fn sweep_staging(catalog: &Catalog, dir: &std::path::Path) -> Result<(), Gateway
             let _ = std::fs::remove_file(&path);
         }
     }
-    Ok(())
+    Ok(sizes)
 }
 
 /// Whether `who` may read (4), write (2) or search/execute (1) `row`: root may do anything but
@@ -633,6 +666,7 @@ mod tests {
             FilesConfig {
                 staging_dir: dir.path().join("staging"),
                 upload_delay: Duration::ZERO,
+                staging_limit: None,
             },
         )
         .unwrap();

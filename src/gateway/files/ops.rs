@@ -440,6 +440,18 @@ impl Files {
                 row.path
             )));
         }
+        let unchanged = set
+            .size
+            .is_none_or(|s| s == row.size && row.kind == InodeKind::File)
+            && set.mode.is_none_or(|m| m & 0o7777 == row.mode & 0o7777)
+            && set.uid.is_none_or(|u| u == row.uid)
+            && set.gid.is_none_or(|g| g == row.gid)
+            && set.mtime.is_none();
+        if unchanged {
+            // What clients send after CREATE (mode, size 0 for O_TRUNC): nothing to record,
+            // and no upload to schedule.
+            return Ok(self.attr(&row));
+        }
         if let Some(size) = set.size {
             if row.kind == InodeKind::Dir {
                 return Err(GatewayError::IsDirectory(row.path));

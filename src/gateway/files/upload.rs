@@ -15,18 +15,29 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
+use crate::catalog::shares::{InodeKind, InodeRow, ShareRow, SyncedItem};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::meta::{self, S_IFDIR, S_IFLNK, S_IFREG};
+use crate::gateway::files::traffic::Counted;
 use crate::gateway::files::{Files, now_unix, path};
 
 /// Uploads in flight at once (each large one also runs parallel parts).
 const UPLOAD_CONCURRENCY: usize = 8;
 /// How long a file with UNSTABLE writes and no COMMIT may sit before it is uploaded anyway.
 const UNCOMMITTED_GRACE: Duration = Duration::from_secs(60);
+/// Under staging pressure, how long an uncommitted file must have been left alone before it is
+/// uploaded to make room.
+const PRESSURE_QUIET: Duration = Duration::from_secs(1);
 /// How often the uploader looks for due work when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
+/// The shortest sleep between rounds, so files falling due one by one are taken a batch at a
+/// time.
+const MIN_PAUSE: Duration = Duration::from_millis(100);
+/// How long a finished upload may wait to be recorded with others.
+const RECORD_EVERY: Duration = Duration::from_millis(100);
+/// Uploads recorded in the catalog in one transaction, at most.
+const RECORD_BATCH: usize = 256;
 
 /// Counters for status.
 #[derive(Debug, Default)]
@@ -44,18 +55,40 @@ pub struct Round {
     /// Dirty but not yet due (uncommitted or inside the upload delay).
     pub waiting: u64,
     pub failed: u64,
+    /// How long until the first waiting inode is due, if one waits for the upload delay.
+    pub next_due: Option<Duration>,
+}
+
+/// An object written to the bucket, waiting to be recorded in the catalog with the rest of its
+/// batch. It keeps its key locked until then, so no other upload to that key runs in between.
+struct Done {
+    id: i64,
+    version: i64,
+    /// Where the inode's object now is (`None`: it has none, e.g. the share root).
+    key: Option<String>,
+    etag: Option<String>,
+    kind: InodeKind,
+    /// File bytes the object carries (0 for directories and symlinks).
+    size: u64,
+    lock_key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Files {
     /// Runs the uploader until `stop` changes.
     pub async fn run_uploader(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
-            if let Err(e) = self.upload_round(false).await {
-                tracing::warn!(error = %e, "files upload round failed");
-            }
+            let pause = match self.upload_round(false).await {
+                Ok(r) => r.next_due.map_or(TICK, |d| d.clamp(MIN_PAUSE, TICK)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "files upload round failed");
+                    TICK
+                }
+            };
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => break,
             }
         }
@@ -72,6 +105,8 @@ impl Files {
         for share in self.catalog.shares()? {
             let dirty = self.catalog.dirty_inodes(share.id, 4096)?;
             let mut due = Vec::new();
+            // A writer waits for staging room: committed files go up now, not after the delay.
+            let pressure = self.staging_pressure();
             {
                 let live = self.live();
                 for row in dirty {
@@ -82,31 +117,68 @@ impl Files {
                     // fsync) goes ahead anyway.
                     let abandoned = quiet.is_none_or(|q| q >= UNCOMMITTED_GRACE);
                     let committed = !live.uncommitted.contains(&row.id) || abandoned;
-                    if now || (idle && committed) {
+                    // Under staging pressure even uncommitted files go once quiet for a moment:
+                    // their writers may be the ones waiting, and an upload is as durable as a
+                    // COMMIT.
+                    let quiet_enough = quiet.is_none_or(|q| q >= PRESSURE_QUIET);
+                    if now || (idle && committed) || (pressure && (committed || quiet_enough)) {
                         due.push(row);
                     } else {
                         round.waiting += 1;
+                        if let Some(q) = quiet.filter(|_| committed) {
+                            let left = self.config.upload_delay.saturating_sub(q);
+                            round.next_due = Some(round.next_due.map_or(left, |d| d.min(left)));
+                        }
                     }
                 }
             }
-            let results: Vec<Result<(), GatewayError>> = futures::stream::iter(due)
+            // Uploads run in parallel; those finished within RECORD_EVERY of each other are
+            // recorded in one catalog transaction, so a burst of small files costs a few
+            // fsyncs a second, not one or two each (each holds the catalog, which every NFS
+            // call needs).
+            let mut finished = futures::stream::iter(due)
                 .map(|row| {
                     let share = &share;
                     async move { self.sync_inode(share, row).await }
                 })
-                .buffer_unordered(UPLOAD_CONCURRENCY)
-                .collect()
-                .await;
-            for r in results {
-                match r {
-                    Ok(()) => round.uploaded += 1,
-                    Err(e) => {
+                .buffer_unordered(UPLOAD_CONCURRENCY);
+            let mut done = Vec::new();
+            let mut oldest: Option<Instant> = None;
+            loop {
+                let next = match oldest {
+                    None => finished.next().await.map(Some),
+                    // `next` is cancel-safe: uploads stay in the stream while we record.
+                    Some(t) => tokio::time::timeout(
+                        RECORD_EVERY.saturating_sub(t.elapsed()),
+                        finished.next(),
+                    )
+                    .await
+                    .map_or(Some(None), |n| n.map(Some)),
+                };
+                let Some(next) = next else { break };
+                match next {
+                    Some(Ok(Some(d))) => {
+                        oldest.get_or_insert_with(Instant::now);
+                        done.push(d);
+                    }
+                    // Moved or already synced meanwhile: a later round looks again.
+                    Some(Ok(None)) => round.uploaded += 1,
+                    Some(Err(e)) => {
                         round.failed += 1;
                         self.counters.errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(share = %share.name, error = %e, "upload failed; will retry");
                     }
+                    None => {}
+                }
+                if done.len() >= RECORD_BATCH || oldest.is_some_and(|t| t.elapsed() >= RECORD_EVERY)
+                {
+                    round.uploaded += done.len() as u64;
+                    self.record(&share, std::mem::take(&mut done)).await?;
+                    oldest = None;
                 }
             }
+            round.uploaded += done.len() as u64;
+            self.record(&share, done).await?;
             self.run_deletes(&share).await?;
         }
         Ok(round)
@@ -148,16 +220,102 @@ impl Files {
         Ok(())
     }
 
-    /// Syncs one inode, holding its target key's lock: an upload still in flight for a file
-    /// that was replaced or deleted finishes before the file now at that key is written there.
-    async fn sync_inode(&self, share: &ShareRow, listed: InodeRow) -> Result<(), GatewayError> {
+    /// Syncs one inode's object, holding its target key's lock: an upload still in flight for a
+    /// file that was replaced or deleted finishes before the file now at that key is written
+    /// there. The lock stays held in the returned [`Done`] until the catalog has recorded it.
+    async fn sync_inode(
+        &self,
+        share: &ShareRow,
+        listed: InodeRow,
+    ) -> Result<Option<Done>, GatewayError> {
         let key = path::key(&share.bucket_prefix, &listed.path)?;
         let lock = self.key_lock(&key);
-        let guard = lock.lock().await;
-        let result = self.sync_inode_locked(share, &listed, &key).await;
-        drop(guard);
-        self.release_key_lock(&key, lock);
-        result
+        let guard = lock.clone().lock_owned().await;
+        match self.sync_inode_locked(&listed, &key).await {
+            Ok(Some((row, object, etag))) => Ok(Some(Done {
+                id: row.id,
+                version: row.version,
+                key: object,
+                etag,
+                kind: row.kind,
+                size: if row.kind == InodeKind::File {
+                    row.size
+                } else {
+                    0
+                },
+                lock_key: key,
+                lock,
+                guard,
+            })),
+            other => {
+                drop(guard);
+                self.release_key_lock(&key, lock);
+                other.map(|_| None)
+            }
+        }
+    }
+
+    /// Records a batch of uploads in the catalog (one transaction), then removes the staging
+    /// files that are no longer needed and releases the keys.
+    async fn record(&self, share: &ShareRow, done: Vec<Done>) -> Result<(), GatewayError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        // A write must not re-stage a file between the catalog dropping its staging flag and
+        // its staging file being removed: hold the files' inode locks (in id order) across both.
+        let mut ids: Vec<i64> = done
+            .iter()
+            .filter(|d| d.kind == InodeKind::File)
+            .map(|d| d.id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut inode_guards = Vec::with_capacity(ids.len());
+        for id in ids {
+            inode_guards.push(self.inode_lock(id).lock_owned().await);
+        }
+        let items: Vec<SyncedItem<'_>> = done
+            .iter()
+            .map(|d| SyncedItem {
+                id: d.id,
+                version: d.version,
+                key: d.key.as_deref(),
+                etag: d.etag.as_deref(),
+                unstage: d.kind == InodeKind::File,
+            })
+            .collect();
+        let outcomes = self.catalog.mark_synced_batch(&items, now_unix())?;
+        drop(items);
+        for (d, outcome) in done.iter().zip(outcomes) {
+            match outcome {
+                Some(unstaged) => {
+                    self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+                    self.count(share.id, Counted::Upload(d.size));
+                    if unstaged {
+                        let _ = std::fs::remove_file(self.staging_path(d.id));
+                        BlockMap::remove(&self.staging_path(d.id));
+                        self.account(d.id);
+                    }
+                    tracing::debug!(share = %share.name, key = ?d.key, "uploaded");
+                }
+                // Deleted while it was uploading: the object just written belongs to nobody.
+                None if d.kind != InodeKind::Dir => {
+                    if let Some(key) = &d.key
+                        && !self.catalog.key_in_use(share.id, key)?
+                        && let Err(e) = self.bucket.delete_object(key).await
+                    {
+                        tracing::warn!(share = %share.name, key, error = %e, "removing an orphan failed");
+                    }
+                }
+                None => {}
+            }
+        }
+        drop(inode_guards);
+        for d in done {
+            drop(d.guard);
+            self.release_key_lock(&d.lock_key, d.lock);
+        }
+        Ok(())
     }
 
     fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -176,18 +334,19 @@ impl Files {
         }
     }
 
+    /// Writes the bucket side of one inode; returns the row as uploaded, where its object now
+    /// is and its ETag, or `None` when there is nothing to do after all.
     async fn sync_inode_locked(
         &self,
-        share: &ShareRow,
         listed: &InodeRow,
         key: &str,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<Option<(InodeRow, Option<String>, Option<String>)>, GatewayError> {
         // The row as it is now; gone, moved or already synced means a later round decides.
         let Some(row) = self.catalog.inode(listed.id)? else {
-            return Ok(());
+            return Ok(None);
         };
         if row.path != listed.path || !row.dirty() {
-            return Ok(());
+            return Ok(None);
         }
         let key = key.to_owned();
         let etag = match row.kind {
@@ -204,14 +363,7 @@ impl Files {
                     &row.extra_meta,
                 );
                 let written = !row.path.is_empty() && self.bucket.put_marker(&marker, &m).await?;
-                self.catalog.mark_synced(
-                    row.id,
-                    row.version,
-                    written.then_some(marker.as_str()),
-                    None,
-                    now_unix(),
-                )?;
-                return Ok(());
+                return Ok(Some((row, written.then_some(marker), None)));
             }
             InodeKind::Symlink => match (&row.target, &row.remote_key) {
                 (Some(target), _) => {
@@ -235,30 +387,7 @@ impl Files {
             },
             InodeKind::File => self.sync_file(&row, &key).await?,
         };
-        if !self.catalog.mark_synced(
-            row.id,
-            row.version,
-            Some(&key),
-            etag.as_deref(),
-            now_unix(),
-        )? {
-            // Deleted while it was uploading: the object just written belongs to nobody.
-            if !self.catalog.key_in_use(share.id, &key)? {
-                self.bucket.delete_object(&key).await?;
-            }
-            return Ok(());
-        }
-        self.counters.uploads.fetch_add(1, Ordering::Relaxed);
-        if row.kind == InodeKind::File {
-            let lock = self.inode_lock(row.id);
-            let _guard = lock.lock().await;
-            if self.catalog.unstage_if_unchanged(row.id, row.version)? {
-                let _ = std::fs::remove_file(self.staging_path(row.id));
-                BlockMap::remove(&self.staging_path(row.id));
-            }
-        }
-        tracing::debug!(share = %share.name, key, "uploaded");
-        Ok(())
+        Ok(Some((row, Some(key), etag)))
     }
 
     fn file_meta(row: &InodeRow) -> Vec<(String, String)> {
@@ -276,6 +405,22 @@ impl Files {
         let m = Self::file_meta(row);
         if row.staged {
             let staging = self.staging_path(row.id);
+            if !staging.exists() && BlockMap::load(&staging).is_none() {
+                // Staged, never synced, and lost with a power failure: none of it was
+                // committed, and what the catalog knows is a hole of the recorded size.
+                let lock = self.inode_lock(row.id);
+                let _guard = lock.lock().await;
+                if !self.catalog.inode(row.id)?.is_some_and(|r| r.staged) {
+                    return Err(GatewayError::Stale(format!("file id {} changed", row.id)));
+                }
+                std::fs::File::create(&staging)
+                    .and_then(|f| f.set_len(row.size))
+                    .map_err(|e| {
+                        GatewayError::Internal(
+                            format!("recreating {}: {e}", staging.display()).into(),
+                        )
+                    })?;
+            }
             if let (Some(map), Some(source)) = (BlockMap::load(&staging), &row.remote_key)
                 && map.block == self.bucket.part_size()
             {
