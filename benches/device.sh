@@ -8,14 +8,12 @@
 #        benches/device.sh 10000 5120     # the acceptance case: 10,000 small files and 5 GiB
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 SMALL=${1:-2000}
 BIG_MIB=${2:-1024}
 export PATH="$HOME/.cargo/bin:$PATH"
-for t in garage aws rclone python3; do
-    command -v "$t" >/dev/null || { echo "missing $t: run ./scripts/test first" >&2; exit 1; }
-done
-cargo build --release -q
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate
+need garage aws rclone python3
+release_bin
 WORK=$(mktemp -d)
 cleanup() {
     [ -n "${DEV_PID:-}" ] && kill "$DEV_PID" 2>/dev/null || true
@@ -25,7 +23,6 @@ cleanup() {
 }
 trap cleanup EXIT
 unset AWS_CA_BUNDLE AWS_PROFILE
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 hex() { python3 -c "import os; print(os.urandom($1).hex())"; }
 
 # Garage, single node, one bucket.

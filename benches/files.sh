@@ -27,22 +27,20 @@
 #        runs that binary instead of building this tree)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 SMALL_FILES=${SMALL_FILES:-5000}
 BIG_MIB=${BIG_MIB:-1024}
 SEED=${SEED:-7}
 LIMIT=${LIMIT:-1800}
 export PATH="$HOME/.cargo/bin:$PATH"
-for t in garage rclone s3fs cc python3 fusermount3 mountpoint; do
-    command -v "$t" >/dev/null || { echo "missing $t: run ./scripts/test first" >&2; exit 1; }
-done
+need garage rclone s3fs cc python3 fusermount3 mountpoint
 [ -f /usr/include/nfsc/libnfs.h ] || { echo "missing libnfs-dev: run ./scripts/test first" >&2; exit 1; }
 python3 -c 'import boto3' 2>/dev/null || { echo "missing python3-boto3: run ./scripts/test first" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "no /dev/fuse: rclone and s3fs need FUSE" >&2; exit 1; }
 if [ -n "${TIDEGATE_BIN:-}" ]; then
     BIN=$TIDEGATE_BIN # another build, e.g. to measure before and after a change
 else
-    cargo build --release -q
-    BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate
+    release_bin
 fi
 WORK=$(mktemp -d)
 CLIENT=$WORK/files-client
@@ -58,7 +56,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { echo "$EPOCHREALTIME"; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }

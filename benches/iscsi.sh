@@ -7,28 +7,20 @@
 # Usage: benches/iscsi.sh [seconds per run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 SECS=${1:-10}
 SIZE_MIB=512
-for t in tgtd tgtadm iscsi-perf fio-libiscsi; do
-    command -v "$t" >/dev/null || { echo "missing $t: run ./scripts/test first" >&2; exit 1; }
-done
-cargo build --release -q
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate
+need tgtd tgtadm iscsi-perf fio-libiscsi
+release_bin
 WORK=$(mktemp -d)
 cleanup() {
-    # tgtd -f does not stop on SIGTERM while its target exists: ask it, then make sure.
-    if [ -n "${TGT_PID:-}" ]; then
-        tgtadm -C "$CTL" --op delete --mode system >/dev/null 2>&1 || true
-        sleep 0.5
-        kill -9 "$TGT_PID" 2>/dev/null || true
-    fi
+    stop_tgt
     [ -n "${TG_PID:-}" ] && kill "$TG_PID" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # tgt, LUN 1 on a file in the same filesystem as tidegate's cache.
 TGT_PORT=$(free_port)

@@ -7,19 +7,13 @@
 # Usage: benches/vtl.sh [MiB per run, default 1024]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 export VTL_MIB=${1:-1024}
-for t in tgtd tgtadm tgtimg cc iscsi-inq; do
-    command -v "$t" >/dev/null || { echo "missing $t: run ./scripts/test first" >&2; exit 1; }
-done
-cargo build --release -q
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate
+need tgtd tgtadm tgtimg cc iscsi-inq
+release_bin
 WORK=$(mktemp -d)
 cleanup() {
-    if [ -n "${TGT_PID:-}" ]; then
-        tgtadm -C "$CTL" --op delete --mode system >/dev/null 2>&1 || true
-        sleep 0.5
-        kill -9 "$TGT_PID" 2>/dev/null || true
-    fi
+    stop_tgt
     [ -n "${TG_PID:-}" ] && kill "$TG_PID" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$WORK"
@@ -27,7 +21,6 @@ cleanup() {
 trap cleanup EXIT
 cc -O2 -o "$WORK/vtl_client" tests/it/vtl_client.c -liscsi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # tgt: one tape drive (LUN 1) with a tape loaded, on a file in the same filesystem.
 TGT_PORT=$(free_port)

@@ -94,6 +94,30 @@ impl DaemonApi {
     }
 }
 
+/// Runs a command through the running daemon's API when there is one: `api` handles what it can
+/// and hands the rest back (commands that need local disks or only read); that, and every
+/// command when no daemon runs, goes to `local`.
+pub fn route<C>(
+    config: Config,
+    cmd: C,
+    api: impl FnOnce(&DaemonApi, &Config, C, &mut std::io::StdoutLock<'static>) -> Result<Option<C>>,
+    local: impl FnOnce(C, Config) -> Result<std::process::ExitCode>,
+) -> Result<std::process::ExitCode> {
+    let cmd = match DaemonApi::running(&config)? {
+        Some(daemon) => match api(&daemon, &config, cmd, &mut std::io::stdout().lock())? {
+            None => return Ok(std::process::ExitCode::SUCCESS),
+            Some(rest) => rest,
+        },
+        None => cmd,
+    };
+    local(cmd, config)
+}
+
+/// The elements of a JSON list answer (none if the answer is not a list).
+pub fn items(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
+}
+
 /// A path segment of a name the operator typed: API paths carry names as one segment.
 pub fn segment(name: &str) -> String {
     let mut out = String::with_capacity(name.len());

@@ -14,9 +14,9 @@ const DATA_DIR_RESERVE: u64 = 256 << 20;
 pub struct Disk {
     pub what: &'static str,
     pub path: PathBuf,
-    /// Bytes it may still grow by before it reaches its configured size (0 for the data dir,
-    /// which has no configured size: it gets the reserve instead).
-    pub growth: u64,
+    /// Bytes it may still grow by before it reaches its configured size; `None` for the data
+    /// dir, which has no configured size and gets `DATA_DIR_RESERVE` instead.
+    pub growth: Option<u64>,
 }
 
 /// What the checks look at; gathered by the daemon (live) or by `status` (from the daemon's
@@ -62,22 +62,23 @@ pub fn disks(config: &crate::config::Config, cache_used: u64, buffer_used: u64) 
         Disk {
             what: "cache",
             path: config.cache.path.clone(),
-            growth: config.cache.size.bytes().saturating_sub(cache_used).max(1),
+            growth: Some(config.cache.size.bytes().saturating_sub(cache_used)),
         },
         Disk {
             what: "upload buffer",
             path: config.upload_buffer.path.clone(),
-            growth: config
-                .upload_buffer
-                .size
-                .bytes()
-                .saturating_sub(buffer_used)
-                .max(1),
+            growth: Some(
+                config
+                    .upload_buffer
+                    .size
+                    .bytes()
+                    .saturating_sub(buffer_used),
+            ),
         },
         Disk {
             what: "data dir",
             path: config.data_dir.clone(),
-            growth: 0,
+            growth: None,
         },
     ]
 }
@@ -135,13 +136,7 @@ fn disk_problems(disks: &[Disk], space: impl Fn(&Path) -> Option<FsSpace>) -> Ve
     for (fs, on) in filesystems {
         let needed: u64 = on
             .iter()
-            .map(|d| {
-                if d.growth == 0 {
-                    DATA_DIR_RESERVE
-                } else {
-                    d.growth
-                }
-            })
+            .map(|d| d.growth.unwrap_or(DATA_DIR_RESERVE))
             .sum();
         if fs.free >= needed {
             continue;
@@ -180,7 +175,7 @@ pub fn fs_space(path: &Path) -> Option<FsSpace> {
 mod tests {
     use super::*;
 
-    fn disk(what: &'static str, path: &str, growth: u64) -> Disk {
+    fn disk(what: &'static str, path: &str, growth: Option<u64>) -> Disk {
         Disk {
             what,
             path: PathBuf::from(path),
@@ -207,9 +202,9 @@ mod tests {
     #[test]
     fn a_filesystem_is_nearly_full_when_its_areas_cannot_grow_to_their_size() {
         let disks = [
-            disk("cache", "/a/cache", 700 << 20),
-            disk("upload buffer", "/b/buf", 800 << 20),
-            disk("data dir", "/c", 0),
+            disk("cache", "/a/cache", Some(700 << 20)),
+            disk("upload buffer", "/b/buf", Some(800 << 20)),
+            disk("data dir", "/c", None),
         ];
         // 1.4 GiB free for 1.5 GiB of growth on one filesystem: a problem naming both areas.
         let p = disk_problems(&disks, space(1400 << 20, 1 << 30));

@@ -415,6 +415,23 @@ fn the_cli_goes_through_the_running_daemons_api() {
     assert_eq!(gw.stop(), Some(0));
 }
 
+/// Creates an import job (state CREATED) whose target is never reached, writing its manifest
+/// to `manifest`; returns the job id.
+pub(crate) fn create_job(data: &Path, manifest: &Path, target: &str) -> String {
+    use crate::support::{run, tidegate};
+    let job = run(tidegate(data)
+        .args(["job", "create", "import", "--target", target])
+        .args(["--endpoint", "http://127.0.0.1:9", "--region", "garage"])
+        .arg("--manifest-out")
+        .arg(manifest));
+    assert!(job.status.success(), "{}", stderr(&job));
+    stdout(&job)
+        .lines()
+        .find_map(|l| l.strip_prefix("job: "))
+        .unwrap()
+        .to_owned()
+}
+
 /// Tapes and jobs through the API, the CLI going through it while the daemon runs (and printing
 /// what it prints without one), and their metrics moving as libiscsi writes to and reads from a
 /// tape.
@@ -423,25 +440,7 @@ fn tapes_and_jobs_through_the_api_cli_and_metrics() {
     use crate::support::{run, tidegate};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let job = run(tidegate(&data).args([
-        "job",
-        "create",
-        "import",
-        "--target",
-        "s3://elsewhere/in",
-        "--endpoint",
-        "http://127.0.0.1:9",
-        "--region",
-        "garage",
-        "--manifest-out",
-        dir.path().join("job.json").to_str().unwrap(),
-    ]));
-    assert!(job.status.success(), "{}", stderr(&job));
-    let job_id = stdout(&job)
-        .lines()
-        .find_map(|l| l.strip_prefix("job: "))
-        .unwrap()
-        .to_owned();
+    let job_id = create_job(&data, &dir.path().join("job.json"), "s3://elsewhere/in");
     let gw = start(&data, None);
     let api = Api::of(&gw, &data);
 

@@ -62,20 +62,7 @@ fn the_console_signs_in_and_creates_a_volume_and_a_share_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     crate::iscsi_volume::create_volume(&data, None, "bench-vol", "16MiB");
-    let job = crate::support::run(crate::support::tidegate(&data).args([
-        "job",
-        "create",
-        "import",
-        "--target",
-        "s3://elsewhere/web",
-        "--endpoint",
-        "http://127.0.0.1:9",
-        "--region",
-        "garage",
-        "--manifest-out",
-        dir.path().join("job.json").to_str().unwrap(),
-    ]));
-    assert!(job.status.success(), "{}", stderr(&job));
+    crate::api::create_job(&data, &dir.path().join("job.json"), "s3://elsewhere/web");
     let gw = start(&data, None);
     crate::api::Api::of(&gw, &data).ok(
         "POST",

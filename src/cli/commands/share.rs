@@ -11,20 +11,13 @@ use serde_json::{Value, json};
 use crate::catalog::Catalog;
 use crate::catalog::shares::Squash;
 use crate::cli::args::{ShareCommand, SquashArg};
-use crate::cli::daemon_api::{DaemonApi, segment};
+use crate::cli::daemon_api::{DaemonApi, items, route, segment};
 use crate::cli::gateway_error as usage;
 use crate::config::{ByteSize, Config};
 use crate::gateway::files::{self, Cidr, ShareSpec};
 
 pub fn run(cmd: ShareCommand, config: Config) -> Result<ExitCode> {
-    if let Some(api) = DaemonApi::running(&config)? {
-        let mut out = std::io::stdout().lock();
-        match through_api(&api, &config, cmd, &mut out)? {
-            None => return Ok(ExitCode::SUCCESS),
-            Some(cmd) => return local(cmd, config),
-        }
-    }
-    local(cmd, config)
+    route(config, cmd, through_api, local)
 }
 
 /// Create, list, delete and refresh through a running daemon's API; `status` reads the catalog.
@@ -60,10 +53,8 @@ fn through_api(
         ShareCommand::List => {
             list_header(out)?;
             let all = api.get("/shares")?;
-            for s in all.as_array().map_or(&[][..], Vec::as_slice) {
-                let clients: Vec<&str> = s["allowed_clients"]
-                    .as_array()
-                    .map_or(&[][..], Vec::as_slice)
+            for s in items(&all) {
+                let clients: Vec<&str> = items(&s["allowed_clients"])
                     .iter()
                     .filter_map(Value::as_str)
                     .collect();

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::catalog::Catalog;
 use crate::catalog::tapes::{LockMode, TapeState};
 use crate::cli::args::{LockArg, TapeCommand};
-use crate::cli::daemon_api::{DaemonApi, segment};
+use crate::cli::daemon_api::{DaemonApi, items, route, segment};
 use crate::cli::{UsageError, gateway_error as usage};
 use crate::config::{ByteSize, Config};
 use crate::daemon::management::tape_json;
@@ -24,20 +24,15 @@ use crate::gateway::tapes::{self, CreateTapes, TapeLimits, shelf};
 const POLL: Duration = Duration::from_millis(200);
 
 pub fn run(cmd: TapeCommand, config: Config) -> Result<ExitCode> {
-    if let Some(api) = DaemonApi::running(&config)? {
-        match through_api(&api, cmd, &mut std::io::stdout().lock())? {
-            None => return Ok(ExitCode::SUCCESS),
-            // `show` and `verify` only read: the catalog and the bucket answer them directly.
-            Some(cmd) => return local(cmd, config),
-        }
-    }
-    local(cmd, config)
+    route(config, cmd, through_api, local)
 }
 
 /// Create, list, delete and retrieve through a running daemon's API, printing what `local`
-/// prints; anything else is handed back.
+/// prints; anything else is handed back (`show` and `verify` only read: the catalog and the
+/// bucket answer them directly).
 fn through_api(
     api: &DaemonApi,
+    _config: &Config,
     cmd: TapeCommand,
     out: &mut impl Write,
 ) -> Result<Option<TapeCommand>> {
@@ -59,14 +54,14 @@ fn through_api(
                     "lock": lock.map(|l| lock_mode(l).as_str()),
                 }),
             )?;
-            for t in made.as_array().map_or(&[][..], Vec::as_slice) {
+            for t in items(&made) {
                 created_line(out, t)?;
             }
         }
         TapeCommand::List => {
             list_header(out)?;
             let all = api.get("/tapes")?;
-            for t in all.as_array().map_or(&[][..], Vec::as_slice) {
+            for t in items(&all) {
                 list_line(out, t)?;
             }
         }

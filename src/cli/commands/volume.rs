@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::catalog::Catalog;
 use crate::catalog::volumes::VolumeMode;
 use crate::cli::args::{ImageFormatArg, VolumeCommand, VolumeModeArg};
-use crate::cli::daemon_api::{DaemonApi, segment};
+use crate::cli::daemon_api::{DaemonApi, items, route, segment};
 use crate::cli::progress::Bar;
 use crate::cli::{UsageError, gateway_error as usage};
 use crate::config::{ByteSize, Config};
@@ -20,19 +20,14 @@ use crate::gateway::volumes::image::{self, ImageError, ImageFormat};
 use crate::gateway::volumes::{self, CHUNK_SIZE, CreateVolume};
 
 pub fn run(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
-    if let Some(api) = DaemonApi::running(&config)? {
-        match through_api(&api, cmd, &mut std::io::stdout().lock())? {
-            None => return Ok(ExitCode::SUCCESS),
-            // Image import and export need the local disks, not the daemon.
-            Some(cmd) => return local(cmd, config),
-        }
-    }
-    local(cmd, config)
+    route(config, cmd, through_api, local)
 }
 
-/// Create, list and delete through a running daemon's API; anything else is handed back.
+/// Create, list and delete through a running daemon's API; anything else (image import and
+/// export need the local disks) is handed back.
 fn through_api(
     api: &DaemonApi,
+    _config: &Config,
     cmd: VolumeCommand,
     out: &mut impl Write,
 ) -> Result<Option<VolumeCommand>> {
@@ -51,7 +46,7 @@ fn through_api(
                     "name": name,
                     "size": size.map(ByteSize::bytes),
                     "from_snapshot": from_snapshot,
-                    "mode": mode_name(mode),
+                    "mode": volume_mode(mode).as_str(),
                     "local_path": local_path,
                     "preserve_existing": preserve_existing,
                 }),
@@ -68,7 +63,7 @@ fn through_api(
         VolumeCommand::List => {
             list_header(out)?;
             let all = api.get("/volumes")?;
-            for v in all.as_array().map_or(&[][..], Vec::as_slice) {
+            for v in items(&all) {
                 list_line(
                     out,
                     v["name"].as_str().unwrap_or("?"),
@@ -88,10 +83,10 @@ fn through_api(
     Ok(None)
 }
 
-fn mode_name(mode: VolumeModeArg) -> &'static str {
+fn volume_mode(mode: VolumeModeArg) -> VolumeMode {
     match mode {
-        VolumeModeArg::Cached => VolumeMode::Cached.as_str(),
-        VolumeModeArg::Stored => VolumeMode::Stored.as_str(),
+        VolumeModeArg::Cached => VolumeMode::Cached,
+        VolumeModeArg::Stored => VolumeMode::Stored,
     }
 }
 
@@ -137,10 +132,7 @@ fn local(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
             local_path,
             preserve_existing,
         } => {
-            let mode = match mode {
-                VolumeModeArg::Cached => VolumeMode::Cached,
-                VolumeModeArg::Stored => VolumeMode::Stored,
-            };
+            let mode = volume_mode(mode);
             let row = match (from_snapshot, size) {
                 (Some(snapshot), _) => {
                     let rt = crate::cli::runtime()?;
