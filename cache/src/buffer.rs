@@ -73,6 +73,9 @@ pub(crate) struct Journal {
     segments: VecDeque<Segment>,
     next_seq: u64,
     synced_seq: u64,
+    /// The newest seq a flush has started to make durable (at least `synced_seq`): a flush
+    /// acknowledges every record up to its plan's seq, so those count as promised while it runs.
+    promised_seq: u64,
     /// Bumped by every create or delete of a segment; a flush must fsync the directory while
     /// `dir_synced < dir_version`, so a deletion is durable before later records are acknowledged.
     dir_version: u64,
@@ -173,6 +176,7 @@ impl Journal {
         if let Some(p) = prev_seq {
             journal.next_seq = p + 1;
             journal.synced_seq = p;
+            journal.promised_seq = p;
         }
         // Right after the last retained segment: a gap would make the next open take the
         // retained ones for reclaimed leftovers.
@@ -198,6 +202,7 @@ impl Journal {
             segments: VecDeque::new(),
             next_seq: 1,
             synced_seq: 0,
+            promised_seq: 0,
             dir_version: 1,
             dir_synced: 0,
             total_bytes: 0,
@@ -337,6 +342,17 @@ impl Journal {
 
     pub(crate) fn synced_seq(&self) -> u64 {
         self.synced_seq
+    }
+
+    /// Records up to this seq are durable or about to be acknowledged as durable by a running
+    /// flush: a record past it was never promised to anyone.
+    pub(crate) fn promised_seq(&self) -> u64 {
+        self.promised_seq.max(self.synced_seq)
+    }
+
+    /// Called when a flush takes `plan` to run it: from now on its records count as promised.
+    pub(crate) fn begin_sync(&mut self, plan: &SyncPlan) {
+        self.promised_seq = self.promised_seq.max(plan.upto_seq);
     }
 
     /// Records that `plan` ran successfully.

@@ -48,15 +48,18 @@ pub(crate) struct Dirty {
 
 impl Dirty {
     /// The oldest journal record this object still needs, given that records up to
-    /// `synced_seq` are durable.
+    /// `synced_seq` are durable and those up to `promised_seq` are, or are being, acknowledged
+    /// as durable.
     ///
     /// A record no extent points into was overwritten, but dropping it is safe only once the
     /// records that overwrote it are durable: otherwise a crash could lose both the
     /// acknowledged old write and the unacknowledged new one, and the bytes would read as what
     /// the bucket held before either. So while any record of this object is not yet synced,
-    /// everything since the object's last upload is kept.
-    pub(crate) fn needed_from(&self, synced_seq: u64) -> u64 {
-        if self.last_seq <= synced_seq {
+    /// everything since the object's last upload is kept — unless none of those records was
+    /// ever promised durable: then losing them all is what a crash before the next flush may
+    /// do anyway, and a rewritten working set needs no upload to free its journal space.
+    pub(crate) fn needed_from(&self, synced_seq: u64, promised_seq: u64) -> u64 {
+        if self.last_seq <= synced_seq || self.since_seq > promised_seq {
             self.extents.min_seq().unwrap_or(self.last_seq)
         } else {
             self.since_seq
@@ -244,9 +247,18 @@ impl State {
     /// The oldest journal seq still needed by some dirty object.
     pub(crate) fn needed_from(&self) -> u64 {
         let synced = self.journal.synced_seq();
+        let promised = self.journal.promised_seq();
         self.dirty_names
             .iter()
-            .filter_map(|n| Some(self.objects.get(n)?.dirty.as_ref()?.needed_from(synced)))
+            .filter_map(|n| {
+                Some(
+                    self.objects
+                        .get(n)?
+                        .dirty
+                        .as_ref()?
+                        .needed_from(synced, promised),
+                )
+            })
             .min()
             .unwrap_or_else(|| self.journal.next_seq())
     }

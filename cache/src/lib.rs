@@ -15,9 +15,10 @@
 //!   only) and points the object's dirty extent map (`extents.rs`) at the record's payload under
 //!   one lock; that append is the only time the bytes are written before they are acknowledged.
 //!   `flush` is a group commit: flushes that arrive while an fsync runs share the next one.
-//!   Segments are reclaimed oldest first once every record in them is uploaded or overwritten
-//!   by records that are themselves fsynced (`index::Dirty::needed_from`). When the buffer is
-//!   full, writers wait (never fail or drop).
+//!   Segments are reclaimed oldest first once every record in them is uploaded, or overwritten
+//!   by records that are themselves fsynced, or overwritten and never promised durable (no
+//!   flush covered it: ADR 0010; `index::Dirty::needed_from`). When the buffer is full, writers
+//!   wait (never fail or drop).
 //! - *Cache* (`index.rs`): one sparse file per object holding clean data plus, in memory, the
 //!   byte ranges it holds (byte ranges, not a page bitmap, so a partial-page write never needs
 //!   the base first; the bucket being down must not stall writes). Reads take dirty ranges from
@@ -33,8 +34,10 @@
 //!   content is written into the cache file and the extents it covered are dropped.
 //! - *Misses* (`fetch.rs`): one fetch task per object, shared by readers and the uploader.
 //! - *Recovery* (`recover.rs`): replay every retained record in seq order into the extent maps;
-//!   the first torn record ends the journal (it is cut there, durably), so recovery yields a
-//!   prefix of the writes that contains every acknowledged one.
+//!   the first torn record ends the journal (it is cut there, durably), so recovery yields
+//!   every acknowledged write and, of the writes since the last flush, a prefix — less any
+//!   that were overwritten before a flush covered them (a disk's volatile write cache gives no
+//!   more: ordering is promised only across flushes).
 
 mod buffer;
 mod extents;
@@ -441,12 +444,15 @@ impl Cache {
         };
         let _leader = inner.sync_lock.lock().await;
         let plan = {
-            let st = inner.state();
+            let mut st = inner.state();
             if st.journal.synced_seq() >= target {
                 return Ok(());
             }
             match st.journal.sync_plan() {
-                Some(p) => p,
+                Some(p) => {
+                    st.journal.begin_sync(&p);
+                    p
+                }
                 None => return Ok(()),
             }
         };

@@ -57,6 +57,7 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
     let mut due = Vec::new();
     let mut next: Option<Instant> = None;
     let synced = st.journal.synced_seq();
+    let promised = st.journal.promised_seq();
     for name in &st.dirty_names {
         let Some(obj) = st.objects.get(name) else {
             continue;
@@ -77,7 +78,7 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
             at = at.max(r);
         }
         if at <= now {
-            due.push((d.needed_from(synced), name.clone()));
+            due.push((d.needed_from(synced, promised), name.clone()));
         } else {
             next = Some(next.map_or(at, |n| n.min(at)));
         }

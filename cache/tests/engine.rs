@@ -578,6 +578,39 @@ async fn acknowledged_write_survives_losing_the_unsynced_write_that_overwrote_it
     cache.close().await;
 }
 
+/// A rewritten working set takes its journal space once: records overwritten before any flush
+/// covered them were never promised durable, so sealing a segment frees them without an upload
+/// (ADR 0010). With the bucket down and room for three records, forty rewrites never wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unflushed_rewrites_free_their_journal_space_without_an_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = lazy_config(dir.path(), 64 * OBJ, 3 * OBJ);
+    let sink = Arc::new(MemSink::default());
+    sink.set_down(true);
+    let cache = Cache::open(cfg.clone(), sink.clone()).unwrap();
+    for i in 0..40u8 {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            cache.write(&name(0), 0, &vec![i + 1; OBJ as usize]),
+        )
+        .await
+        .expect("a rewrite waited for an upload")
+        .unwrap();
+    }
+    assert_eq!(sink.uploads.load(Ordering::SeqCst), 0);
+    assert_eq!(cache.stats().writers_waiting, 0);
+    // Once flushed, the newest write is promised and survives a crash.
+    cache.flush().await.unwrap();
+    drop(cache);
+    let cache = Cache::open(cfg, sink.clone()).unwrap();
+    let got = cache.read(&name(0), 0, OBJ).await.unwrap();
+    assert!(got.iter().all(|&b| b == 40), "the flushed rewrite was lost");
+    sink.set_down(false);
+    cache.drain().await.unwrap();
+    assert!(sink.get(&name(0)).unwrap().iter().all(|&b| b == 40));
+    cache.close().await;
+}
+
 /// A settled object waits while writes to other objects keep coming, then goes up once they
 /// pause for the settle time; its maximum age bounds the wait under writes that never pause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
