@@ -258,6 +258,52 @@ impl Catalog {
         Ok(())
     }
 
+    /// The multipart upload an import has open in the target for an object, and its part size.
+    pub fn target_upload(
+        &self,
+        job: &str,
+        name_id: &[u8],
+    ) -> Result<Option<(String, u64)>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT upload_id, part_size FROM job_target_uploads
+                 WHERE job_id = ?1 AND name_id = ?2",
+                params![job, name_id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?
+            .map(|(id, size)| (id, u64::try_from(size).unwrap_or(0))))
+    }
+
+    pub fn set_target_upload(
+        &self,
+        job: &str,
+        name_id: &[u8],
+        upload_id: &str,
+        part_size: u64,
+    ) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO job_target_uploads (job_id, name_id, upload_id, part_size)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                job,
+                name_id,
+                upload_id,
+                i64::try_from(part_size).unwrap_or(i64::MAX)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_target_upload(&self, job: &str, name_id: &[u8]) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "DELETE FROM job_target_uploads WHERE job_id = ?1 AND name_id = ?2",
+            params![job, name_id],
+        )?;
+        Ok(())
+    }
+
     pub fn insert_job_upload(
         &self,
         job: &str,

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_shares.sql"),
     include_str!("migrations/0005_tapes.sql"),
     include_str!("migrations/0006_jobs.sql"),
+    include_str!("migrations/0009_import_uploads.sql"),
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

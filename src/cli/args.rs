@@ -469,6 +469,9 @@ pub enum JobCommand {
         /// Objects in flight at once.
         #[arg(long, default_value_t = 8)]
         parallel: usize,
+        /// Caps the upload rate to the target (bytes per second, e.g. 50MiB), to share a link.
+        #[arg(long, value_name = "RATE")]
+        upload_limit: Option<ByteSize>,
     },
 }
 

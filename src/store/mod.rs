@@ -48,7 +48,7 @@ pub use master::{KeyError, MasterKey};
 pub use raw::rfc3339;
 
 /// How many multipart parts of one object are in flight at once.
-const PART_CONCURRENCY: usize = 4;
+pub(crate) const PART_CONCURRENCY: usize = 4;
 /// Connection set-up bound: an unreachable endpoint should be reported in seconds, not minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -210,7 +210,7 @@ impl Bucket {
             return self.put_file(key, file, metadata).await;
         };
         let part = self.part_size as u64;
-        let upload_id = raw.create_multipart(key, metadata).await?;
+        let upload_id = raw.create_multipart(key, metadata, None).await?;
         let parts = size.div_ceil(part).max(1);
         let results: Vec<Result<String, StoreError>> = futures::stream::iter(0..parts)
             .map(|i| {
@@ -230,7 +230,7 @@ impl Bucket {
                                     detail: format!("reading {}: {e}", file.display()),
                                 })?;
                         self.upload_limit.acquire(data.len() as u64).await;
-                        raw.upload_part(key, upload_id, number, data).await
+                        raw.upload_part(key, upload_id, number, data, None).await
                     } else {
                         raw.upload_part_copy(key, upload_id, number, source, start..=end - 1)
                             .await

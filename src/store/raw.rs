@@ -3,9 +3,12 @@
 //! CopyObject with `x-amz-metadata-directive: REPLACE` (changing an object's metadata without
 //! re-uploading it, NOTES.md).
 //!
+//! Also the multipart requests whose upload id must outlive the process (an import resumed
+//! after a crash continues its upload: ListParts, parts sent with Content-MD5).
+//!
 //! Only for `s3://` buckets with static or environment credentials; everything else goes
-//! through object_store. Invariant: a request is signed over exactly the headers sent, and the
-//! body is always empty (its SHA-256 is the empty string's).
+//! through object_store. Invariant: a request is signed over exactly the headers sent, and a
+//! body is covered by the signature's payload hash or, for parts, by its Content-MD5.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,6 +20,34 @@ use crate::store::keys::hex;
 
 /// SHA-256 of the empty body.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// One request, as `RawS3::dispatch` signs and sends it (again, if it must retry).
+struct Req<'a> {
+    method: reqwest::Method,
+    op: &'static str,
+    key: &'a str,
+    query: &'a [(&'a str, String)],
+    extra: &'a [(String, String)],
+    body: bytes::Bytes,
+    payload: Payload,
+}
+
+/// Attempts per request (the first and the retries).
+const RETRIES: u32 = 5;
+
+/// How one attempt failed.
+enum Failure {
+    Retryable(StoreError),
+    Final(StoreError),
+}
+
+/// Whether a request's body is covered by its signature (SHA-256 of the body) or not
+/// (`UNSIGNED-PAYLOAD`, for bodies another checksum protects).
+#[derive(Debug, Clone, Copy)]
+enum Payload {
+    Signed,
+    Unsigned,
+}
 
 #[derive(Debug)]
 pub(crate) struct RawS3 {
@@ -182,6 +213,48 @@ impl RawS3 {
         extra: &[(String, String)],
         body: bytes::Bytes,
     ) -> Result<Reply, StoreError> {
+        self.dispatch(Req {
+            method,
+            op,
+            key,
+            query,
+            extra,
+            body,
+            payload: Payload::Signed,
+        })
+        .await
+    }
+
+    /// Sends the request, retrying what may pass by itself (no connection, HTTP 5xx, 429) a
+    /// few times with backoff, as object_store does for the requests it sends.
+    async fn dispatch(&self, req: Req<'_>) -> Result<Reply, StoreError> {
+        let mut wait = std::time::Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self.attempt(&req).await {
+                Err(Failure::Retryable(e)) if attempt < RETRIES => {
+                    tracing::debug!(op = req.op, key = req.key, error = %e, attempt, "retrying a request");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err(Failure::Retryable(e) | Failure::Final(e)) => return Err(e),
+                Ok(r) => return Ok(r),
+            }
+        }
+    }
+
+    /// One signed request.
+    async fn attempt(&self, req: &Req<'_>) -> Result<Reply, Failure> {
+        let (method, op, key, query, extra, body) = (
+            &req.method,
+            req.op,
+            req.key,
+            req.query,
+            req.extra,
+            &req.body,
+        );
+        let payload = req.payload;
         let other = |detail: String| StoreError::Other {
             bucket: self.describe.clone(),
             op,
@@ -189,7 +262,9 @@ impl RawS3 {
             detail,
         };
         let (access, secret, token) = self.keys().ok_or_else(|| {
-            other("no static or environment credentials for a signed request".into())
+            Failure::Final(other(
+                "no static or environment credentials for a signed request".into(),
+            ))
         })?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -197,10 +272,10 @@ impl RawS3 {
         let date = amz_date(now);
         let day = &date[..8];
         let path = self.path(key);
-        let payload_hash = if body.is_empty() {
-            EMPTY_SHA256.to_owned()
-        } else {
-            hex(digest::digest(&digest::SHA256, &body).as_ref())
+        let payload_hash = match payload {
+            Payload::Unsigned => "UNSIGNED-PAYLOAD".to_owned(),
+            Payload::Signed if body.is_empty() => EMPTY_SHA256.to_owned(),
+            Payload::Signed => hex(digest::digest(&digest::SHA256, body).as_ref()),
         };
         let mut headers: Vec<(String, String)> = vec![
             ("host".into(), self.host.clone()),
@@ -254,7 +329,7 @@ impl RawS3 {
         } else {
             format!("{base}?{query_string}")
         };
-        let mut req = self.client.request(method, url).header(
+        let mut request = self.client.request(method.clone(), url).header(
             "authorization",
             format!(
                 "AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, \
@@ -263,18 +338,16 @@ impl RawS3 {
         );
         for (k, v) in &headers {
             if k != "host" {
-                req = req.header(k.as_str(), v.as_str());
+                request = request.header(k.as_str(), v.as_str());
             }
         }
-        let resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| StoreError::Unreachable {
+        let resp = request.body(body.clone()).send().await.map_err(|e| {
+            Failure::Retryable(StoreError::Unreachable {
                 bucket: self.describe.clone(),
                 endpoint: self.endpoint.clone(),
                 detail: e.to_string(),
-            })?;
+            })
+        })?;
         let status = resp.status();
         let etag = resp
             .headers()
@@ -289,11 +362,22 @@ impl RawS3 {
         if status == reqwest::StatusCode::NOT_FOUND && op == "delete" {
             return Ok(Reply { etag, body: text });
         }
+        let retryable = status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || (status.is_success()
+                && ["InternalError", "SlowDown", "ServiceUnavailable"]
+                    .iter()
+                    .any(|c| text.contains(&format!("<Code>{c}</Code>"))));
         let text: String = text.chars().take(300).collect();
-        Err(other(format!(
+        let e = other(format!(
             "HTTP {status}: {}",
             text.split_whitespace().collect::<Vec<_>>().join(" ")
-        )))
+        ));
+        Err(if retryable {
+            Failure::Retryable(e)
+        } else {
+            Failure::Final(e)
+        })
     }
 
     async fn send(
@@ -308,13 +392,18 @@ impl RawS3 {
             .map(|_| ())
     }
 
-    /// Starts a multipart upload of `key` with user metadata; returns its upload id.
+    /// Starts a multipart upload of `key` with user metadata (and a content type); returns its
+    /// upload id.
     pub(crate) async fn create_multipart(
         &self,
         key: &str,
         metadata: &[(String, String)],
+        content_type: Option<&str>,
     ) -> Result<String, StoreError> {
-        let headers = meta_headers(metadata);
+        let mut headers = meta_headers(metadata);
+        if let Some(ct) = content_type {
+            headers.push(("content-type".into(), ct.to_owned()));
+        }
         let reply = self
             .request(
                 reqwest::Method::POST,
@@ -333,27 +422,46 @@ impl RawS3 {
         })
     }
 
-    /// Uploads part `number` from bytes; returns its ETag.
+    /// Uploads part `number`; returns its ETag. With `md5`, the part carries it in
+    /// `Content-MD5` with an unsigned payload: the target checks the bytes against the MD5 (a
+    /// damaged part is refused), so the SHA-256 a signed payload needs, the costliest step of
+    /// sending a part, is skipped.
     pub(crate) async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         number: u32,
         data: bytes::Bytes,
+        md5: Option<&[u8; 16]>,
     ) -> Result<String, StoreError> {
+        use base64::Engine as _;
         let query = [
             ("partNumber", number.to_string()),
             ("uploadId", upload_id.to_owned()),
         ];
+        let headers: Vec<(String, String)> = md5
+            .map(|m| {
+                (
+                    "content-md5".to_owned(),
+                    base64::engine::general_purpose::STANDARD.encode(m),
+                )
+            })
+            .into_iter()
+            .collect();
         let reply = self
-            .request(
-                reqwest::Method::PUT,
-                "upload part of",
+            .dispatch(Req {
+                method: reqwest::Method::PUT,
+                op: "upload part of",
                 key,
-                &query,
-                &[],
-                data,
-            )
+                query: &query,
+                extra: &headers,
+                body: data,
+                payload: if md5.is_some() {
+                    Payload::Unsigned
+                } else {
+                    Payload::Signed
+                },
+            })
             .await?;
         reply.etag.ok_or_else(|| StoreError::Other {
             bucket: self.describe.clone(),
@@ -361,6 +469,56 @@ impl RawS3 {
             key: key.to_owned(),
             detail: "no ETag in the reply".into(),
         })
+    }
+
+    /// The parts of an unfinished multipart upload as `(number, size, ETag)`, every page; `None`
+    /// when the target no longer has the upload (completed, aborted or expired).
+    pub(crate) async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Option<Vec<(u32, u64, String)>>, StoreError> {
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut query = vec![("uploadId", upload_id.to_owned())];
+            if let Some(m) = &marker {
+                query.push(("part-number-marker", m.clone()));
+            }
+            let reply = match self
+                .request(
+                    reqwest::Method::GET,
+                    "list parts of",
+                    key,
+                    &query,
+                    &[],
+                    bytes::Bytes::new(),
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(StoreError::Other { detail, .. })
+                    if detail.contains("NoSuchUpload") || detail.starts_with("HTTP 404") =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            for part in reply.body.split("<Part>").skip(1) {
+                let number = xml_value(part, "PartNumber").and_then(|v| v.trim().parse().ok());
+                let size = xml_value(part, "Size").and_then(|v| v.trim().parse().ok());
+                let etag = xml_value(part, "ETag").map(|e| e.trim_matches('"').to_owned());
+                if let (Some(n), Some(sz), Some(e)) = (number, size, etag) {
+                    parts.push((n, sz, e));
+                }
+            }
+            marker = xml_value(&reply.body, "NextPartNumberMarker");
+            let truncated = xml_value(&reply.body, "IsTruncated").as_deref() == Some("true");
+            if !truncated || marker.is_none() {
+                break;
+            }
+        }
+        Ok(Some(parts))
     }
 
     /// Makes part `number` a server-side copy of `source`'s bytes `range` (inclusive end, as

@@ -12,7 +12,7 @@ use object_store::{
     WriteMultipart,
 };
 
-use crate::store::{Bucket, PART_CONCURRENCY, StoreError};
+use crate::store::{Bucket, PART_CONCURRENCY, StoreError, raw};
 
 /// An object being written. Below the multipart threshold the bytes are held and sent in one
 /// PUT at `finish`; above it, parts of exactly `part_size` go up as they fill (so the final
@@ -138,6 +138,102 @@ impl ObjectUpload<'_> {
             && let Err(e) = writer.abort().await
         {
             tracing::warn!(key = %self.key, error = %e, "aborting a multipart upload failed");
+        }
+    }
+}
+
+/// A part of an unfinished multipart upload, as the target lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    pub number: u32,
+    pub size: u64,
+    /// Without quotes.
+    pub etag: String,
+}
+
+/// Multipart uploads whose upload id the caller keeps, so that a later process can continue
+/// one (the import after a crash or a lost network): parts already in the target are listed
+/// and not sent again.
+impl Bucket {
+    /// Whether uploads can be continued by upload id: S3 targets with signed requests, not
+    /// `file://`.
+    pub fn can_resume_uploads(&self) -> bool {
+        self.raw.is_some() && self.user_metadata
+    }
+
+    fn resumable(&self, op: &'static str, key: &str) -> Result<&raw::RawS3, StoreError> {
+        self.raw.as_ref().ok_or_else(|| StoreError::Other {
+            bucket: self.describe.clone(),
+            op,
+            key: key.to_owned(),
+            detail: "resumable uploads need an s3:// bucket".into(),
+        })
+    }
+
+    /// Starts a multipart upload of `key`; returns the upload id to keep.
+    pub async fn begin_resumable(
+        &self,
+        key: &str,
+        content_type: Option<&str>,
+        metadata: &[(String, String)],
+    ) -> Result<String, StoreError> {
+        self.resumable("start multipart upload of", key)?
+            .create_multipart(key, metadata, content_type)
+            .await
+    }
+
+    /// The parts the target holds for `upload_id`; `None` if it no longer knows the upload.
+    pub async fn resumable_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Option<Vec<UploadedPart>>, StoreError> {
+        let parts = self
+            .resumable("list parts of", key)?
+            .list_parts(key, upload_id)
+            .await?;
+        Ok(parts.map(|ps| {
+            ps.into_iter()
+                .map(|(number, size, etag)| UploadedPart { number, size, etag })
+                .collect()
+        }))
+    }
+
+    /// Sends part `number` (1-based) whose MD5 is `md5`; the target refuses it if the bytes it
+    /// received differ. Returns the part's ETag.
+    pub async fn send_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: Bytes,
+        md5: &[u8; 16],
+    ) -> Result<String, StoreError> {
+        let raw = self.resumable("upload part of", key)?;
+        self.upload_limit.acquire(data.len() as u64).await;
+        self.traffic
+            .count(&self.traffic.puts, &self.traffic.put_bytes, data.len());
+        raw.upload_part(key, upload_id, number, data, Some(md5))
+            .await
+    }
+
+    /// Commits the upload from its parts' ETags in part order.
+    pub async fn complete_resumable(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), StoreError> {
+        self.resumable("complete multipart upload of", key)?
+            .complete_multipart(key, upload_id, etags)
+            .await
+            .map(|_| ())
+    }
+
+    /// Abandons the upload and its parts.
+    pub async fn abort_resumable(&self, key: &str, upload_id: &str) {
+        if let Some(raw) = &self.raw {
+            raw.abort_multipart(key, upload_id).await;
         }
     }
 }

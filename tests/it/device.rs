@@ -232,6 +232,20 @@ pub fn import(job: &Job, garage: &Garage, extra: &[&str]) -> Output {
     run(&mut cmd)
 }
 
+/// Starts `job import` in the background (output discarded), to be killed mid-way.
+pub fn spawn_import(job: &Job, garage: &Garage, extra: &[&str]) -> Child {
+    let mut cmd = tidegate(&job.data);
+    cmd.args(["job", "import"])
+        .args(extra)
+        .arg("--manifest")
+        .arg(&job.manifest)
+        .env("TIDEGATE_UNLOCK_CODE", &job.code)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    garage_env(garage, &mut cmd);
+    cmd.spawn().unwrap()
+}
+
 pub fn report(job: &Job) -> serde_json::Value {
     let path = job.data.join("device").join(&job.id).join("report.json");
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
@@ -686,14 +700,7 @@ fn device_import_resumes_after_kill9_without_resending_imported_objects() {
     let job = loaded_job(dir.path(), &garage, "resumed", n, 20_000);
     let total = (n + 1) as u64;
 
-    let mut cmd = tidegate(&job.data);
-    cmd.args(["job", "import", "--parallel", "2", "--manifest"])
-        .arg(&job.manifest)
-        .env("TIDEGATE_UNLOCK_CODE", &job.code)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    garage_env(&garage, &mut cmd);
-    let mut child = cmd.spawn().unwrap();
+    let mut child = spawn_import(&job, &garage, &["--parallel", "2"]);
     let catalog = tidegate::catalog::Catalog::open(&job.data.join("catalog.db")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {

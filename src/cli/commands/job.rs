@@ -127,7 +127,11 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
                 ByteSize(bytes)
             )?;
         }
-        JobCommand::Import { unlock, parallel } => {
+        JobCommand::Import {
+            unlock,
+            parallel,
+            upload_limit,
+        } => {
             if rt
                 .block_on(crate::daemon::device::control(&config.run_dir(), "status"))?
                 .is_some()
@@ -144,6 +148,7 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
             opts.parallel = parallel.max(1);
             opts.multipart_threshold = config.bucket.multipart_threshold;
             opts.part_size = config.bucket.part_size;
+            opts.upload_limit = upload_limit.map(|b| b.0);
             let progress = Arc::new(ImportProgress::default());
             let report = rt.block_on(async {
                 let device = unlock_job(
@@ -163,7 +168,7 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
             writeln!(
                 out,
                 "job {}: {} — {} of {} objects imported ({} of {}), {} failed; this run sent {} \
-                 objects, {} in {:.1} s ({} PUT requests)",
+                 objects, {} in {:.1} s ({} PUT requests{})",
                 report.job,
                 report.state,
                 report.imported_objects,
@@ -174,7 +179,15 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
                 report.run_uploaded_objects,
                 ByteSize(report.run_uploaded_bytes),
                 report.run_seconds,
-                report.run_put_requests
+                report.run_put_requests,
+                if report.run_reused_bytes > 0 {
+                    format!(
+                        "; {} of parts already in the target not sent again",
+                        ByteSize(report.run_reused_bytes)
+                    )
+                } else {
+                    String::new()
+                }
             )?;
             for f in &report.failures {
                 writeln!(out, "failed: {} ({} bytes): {}", f.key, f.size, f.reason)?;

@@ -162,7 +162,7 @@ pub fn run(config: Config) -> Result<ExitCode> {
         match &s.integrity.last {
             None => "no verification failures recorded".to_owned(),
             Some(last) => format!(
-                "PROBLEM: {} verification failure(s); last {} at {}: {}",
+                "{} verification failure(s); last {} at {}: {}",
                 s.integrity.count,
                 last.object,
                 rfc3339(last.at_unix),

@@ -40,6 +40,8 @@ pub struct ImportOptions {
     pub credentials: Credentials,
     pub multipart_threshold: u64,
     pub part_size: u64,
+    /// Upload rate cap to the target, bytes per second.
+    pub upload_limit: Option<u64>,
 }
 
 impl ImportOptions {
@@ -50,6 +52,7 @@ impl ImportOptions {
             credentials: Credentials::Environment,
             multipart_threshold: defaults::MULTIPART_THRESHOLD,
             part_size: defaults::PART_SIZE,
+            upload_limit: None,
         }
     }
 }
@@ -64,6 +67,9 @@ pub struct ImportProgress {
     pub failed_objects: AtomicU64,
     /// Bytes already imported before this run started (so a rate counts this run only).
     pub resumed_bytes: AtomicU64,
+    /// This run: bytes of parts an interrupted run had already sent, found in the target and
+    /// not sent again.
+    pub reused_bytes: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,6 +97,9 @@ pub struct ImportReport {
     pub run_uploaded_objects: u64,
     pub run_uploaded_bytes: u64,
     pub run_put_requests: u64,
+    /// Bytes of large objects' parts an interrupted run had sent, kept in the target and not
+    /// sent again (included in `run_uploaded_bytes`, which counts whole objects).
+    pub run_reused_bytes: u64,
     pub run_seconds: f64,
     pub failures: Vec<Failure>,
     #[serde(skip)]
@@ -165,6 +174,7 @@ pub async fn run_import(
     let target = Bucket::open(&target_config(&row, opts, false)?, false)?;
     let reports = Bucket::open(&target_config(&row, opts, true)?, false)?;
     target.check().await?;
+    target.set_limits(opts.upload_limit, None);
     catalog.set_job_state(&job, JobState::Importing.as_str(), None)?;
     let started = Instant::now();
 
@@ -266,8 +276,20 @@ pub async fn run_import(
             let target = &target;
             let progress = progress.clone();
             let segs = device.inner.segs.clone();
+            let catalog = &catalog;
+            let job = &job;
             async move {
-                let outcome = import_one(target, segs, &rec, &progress).await;
+                let outcome =
+                    if rec.size >= target.multipart_threshold() && target.can_resume_uploads() {
+                        let resume = Resume {
+                            catalog,
+                            job,
+                            id: &id,
+                        };
+                        import_resumable(target, &resume, segs, &rec, &progress).await
+                    } else {
+                        import_one(target, segs, &rec, &progress).await
+                    };
                 match &outcome {
                     Outcome::Imported => {
                         progress.done_objects.fetch_add(1, Ordering::Relaxed);
@@ -354,6 +376,7 @@ pub async fn run_import(
         run_uploaded_objects: run_objects,
         run_uploaded_bytes: run_bytes,
         run_put_requests: target.traffic().puts - puts_before,
+        run_reused_bytes: progress.reused_bytes.load(Ordering::Relaxed),
         run_seconds: started.elapsed().as_secs_f64(),
         failures,
         rows: Vec::new(),
@@ -382,13 +405,6 @@ async fn import_one(
     rec: &Arc<ObjectRecord>,
     progress: &ImportProgress,
 ) -> Outcome {
-    let transient = |e: StoreError| {
-        if e.is_transient() {
-            Outcome::Retry(e.to_string())
-        } else {
-            Outcome::Rejected(e.to_string())
-        }
-    };
     let mut upload = match target
         .start_upload(
             &rec.key,
@@ -463,6 +479,189 @@ async fn import_one(
         hex(&md5.finish())
     };
     match verify(target, rec, &expected).await {
+        Ok(None) => Outcome::Imported,
+        Ok(Some(reason)) => Outcome::Rejected(reason),
+        Err(e) => transient(e),
+    }
+}
+
+/// Where an import keeps the upload id of a large object's multipart upload.
+struct Resume<'a> {
+    catalog: &'a crate::catalog::Catalog,
+    job: &'a str,
+    id: &'a [u8],
+}
+
+fn transient(e: StoreError) -> Outcome {
+    if e.is_transient() {
+        Outcome::Retry(e.to_string())
+    } else {
+        Outcome::Rejected(e.to_string())
+    }
+}
+
+/// Imports a large object as a multipart upload whose id is kept in the catalog: a run that
+/// finds one continues it, sending only the parts the target does not hold with the same MD5
+/// (every part is still read from the device and hashed: the SHA-256 over the whole object is
+/// what commits it). A failure to reach the target keeps the upload for the next run; device
+/// data that does not verify aborts it.
+async fn import_resumable(
+    target: &Bucket,
+    resume: &Resume<'_>,
+    segs: Arc<crate::gateway::import::segments::SegmentStore>,
+    rec: &Arc<ObjectRecord>,
+    progress: &ImportProgress,
+) -> Outcome {
+    let part_size = target.part_size().max(1);
+    let catalog_err = |e: crate::catalog::CatalogError| Outcome::Retry(e.to_string());
+    let mut held: HashMap<u32, (u64, String)> = HashMap::new();
+    let previous = match resume.catalog.target_upload(resume.job, resume.id) {
+        Ok(p) => p,
+        Err(e) => return catalog_err(e),
+    };
+    let mut upload_id = None;
+    if let Some((id, size)) = previous {
+        if size == part_size {
+            match target.resumable_parts(&rec.key, &id).await {
+                Ok(Some(parts)) => {
+                    held = parts
+                        .into_iter()
+                        .map(|p| (p.number, (p.size, p.etag)))
+                        .collect();
+                    upload_id = Some(id);
+                }
+                // Completed, aborted or expired: start over.
+                Ok(None) => {}
+                Err(e) => return transient(e),
+            }
+        } else {
+            target.abort_resumable(&rec.key, &id).await;
+        }
+    }
+    let upload_id = match upload_id {
+        Some(id) => id,
+        None => {
+            let id = match target
+                .begin_resumable(&rec.key, rec.content_type.as_deref(), &rec.metadata)
+                .await
+            {
+                Ok(id) => id,
+                Err(e) => return transient(e),
+            };
+            if let Err(e) = resume
+                .catalog
+                .set_target_upload(resume.job, resume.id, &id, part_size)
+            {
+                target.abort_resumable(&rec.key, &id).await;
+                return catalog_err(e);
+            }
+            id
+        }
+    };
+    let abort = || async {
+        target.abort_resumable(&rec.key, &upload_id).await;
+        if let Err(e) = resume.catalog.clear_target_upload(resume.job, resume.id) {
+            tracing::warn!(error = %e, "forgetting an aborted upload");
+        }
+    };
+
+    let mut sha = Sha256::default();
+    let mut part_md5s: Vec<[u8; 16]> = Vec::new();
+    let mut etags: Vec<Option<String>> = Vec::new();
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut buf = bytes::BytesMut::new();
+    let mut counted = 0u64;
+    let mut stream = segment_stream(segs, rec.clone(), 0..rec.size);
+    let mut ended = false;
+    while !ended {
+        // Fill one part (the last one may be shorter, and an empty object has one empty part).
+        while (buf.len() as u64) < part_size {
+            match stream.next().await {
+                Some(Ok(piece)) => {
+                    sha.update(&piece);
+                    buf.extend_from_slice(&piece);
+                }
+                Some(Err(e)) => {
+                    abort().await;
+                    progress.done_bytes.fetch_sub(counted, Ordering::Relaxed);
+                    return Outcome::Rejected(format!("device data does not verify: {e}"));
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if buf.is_empty() && !part_md5s.is_empty() {
+            break;
+        }
+        let take = usize::try_from(part_size)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let part = buf.split_to(take).freeze();
+        let mut md5 = Md5::default();
+        md5.update(&part);
+        let digest = md5.finish();
+        part_md5s.push(digest);
+        let number = u32::try_from(part_md5s.len()).unwrap_or(u32::MAX);
+        let len = part.len() as u64;
+        counted += len;
+        progress.done_bytes.fetch_add(len, Ordering::Relaxed);
+        match held.get(&number) {
+            Some((size, etag)) if *size == len && *etag == hex(&digest) => {
+                progress.reused_bytes.fetch_add(len, Ordering::Relaxed);
+                etags.push(Some(etag.clone()));
+            }
+            _ => {
+                etags.push(None);
+                let upload_id = &upload_id;
+                in_flight.push_back(async move {
+                    let etag = target
+                        .send_part(&rec.key, upload_id, number, part, &digest)
+                        .await?;
+                    Ok::<_, StoreError>((number, etag))
+                });
+                if in_flight.len() >= crate::store::PART_CONCURRENCY {
+                    match in_flight.next().await {
+                        Some(Ok((n, etag))) => etags[n as usize - 1] = Some(etag),
+                        Some(Err(e)) => {
+                            progress.done_bytes.fetch_sub(counted, Ordering::Relaxed);
+                            return transient(e);
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+    while let Some(r) = in_flight.next().await {
+        match r {
+            Ok((n, etag)) => etags[n as usize - 1] = Some(etag),
+            Err(e) => {
+                progress.done_bytes.fetch_sub(counted, Ordering::Relaxed);
+                return transient(e);
+            }
+        }
+    }
+    if hex(&sha.finish()) != rec.sha256 {
+        abort().await;
+        progress.done_bytes.fetch_sub(counted, Ordering::Relaxed);
+        return Outcome::Rejected(
+            "device data does not match the SHA-256 in the signed manifest".into(),
+        );
+    }
+    let etags: Vec<String> = etags.into_iter().map(Option::unwrap_or_default).collect();
+    if let Err(e) = target
+        .complete_resumable(&rec.key, &upload_id, &etags)
+        .await
+    {
+        progress.done_bytes.fetch_sub(counted, Ordering::Relaxed);
+        return transient(e);
+    }
+    if let Err(e) = resume.catalog.clear_target_upload(resume.job, resume.id) {
+        tracing::warn!(error = %e, "forgetting a completed upload");
+    }
+    match verify(target, rec, &multipart_etag(&part_md5s)).await {
         Ok(None) => Outcome::Imported,
         Ok(Some(reason)) => Outcome::Rejected(reason),
         Err(e) => transient(e),
