@@ -314,16 +314,26 @@ pub fn report(job: &Job) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
-/// sha256 of every object under `prefix` in Garage, by key relative to the prefix (boto3).
+/// sha256 and size of every object under `prefix` in Garage, by key relative to the prefix,
+/// sorted (boto3, 8 GETs at a time, each body hashed as it streams: objects may be GiBs).
 pub fn target_hashes(garage: &Garage, prefix: &str) -> Vec<(String, String, u64)> {
     let script = format!(
         "{CLIENT}
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
+keys = []
 p = s3.get_paginator('list_objects_v2')
 for page in p.paginate(Bucket=os.environ['BUCKET'], Prefix='{prefix}'):
-    for o in page.get('Contents', []):
-        body = s3.get_object(Bucket=os.environ['BUCKET'], Key=o['Key'])['Body'].read()
-        print(o['Key'][len('{prefix}'):], hashlib.sha256(body).hexdigest(), len(body))
+    keys += [o['Key'] for o in page.get('Contents', [])]
+def digest(key):
+    h, n = hashlib.sha256(), 0
+    for chunk in s3.get_object(Bucket=os.environ['BUCKET'], Key=key)['Body'].iter_chunks(8 << 20):
+        h.update(chunk)
+        n += len(chunk)
+    return key[len('{prefix}'):], h.hexdigest(), n
+with ThreadPoolExecutor(8) as ex:
+    for key, sha, n in sorted(ex.map(digest, keys)):
+        print(key, sha, n)
 "
     );
     let out = boto3(&script, |c| garage_env(garage, c));
