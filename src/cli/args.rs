@@ -515,6 +515,13 @@ pub enum DeviceCommand {
         /// The S3 endpoint's address (loopback by default; 127.0.0.1:0 picks a free port).
         #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8734")]
         s3_listen: std::net::SocketAddr,
+        /// Serve plain HTTP instead of HTTPS; only on a loopback address.
+        #[arg(long, conflicts_with = "tls_name")]
+        plain_http: bool,
+        /// Another name (DNS name or IP address) clients use to reach the endpoint, added to
+        /// its certificate beside the listen address and localhost; repeatable.
+        #[arg(long, value_name = "NAME")]
+        tls_name: Vec<String>,
     },
     /// Lock the unlocked device: its key is dropped and the endpoint stops.
     Lock,

@@ -3,7 +3,9 @@
 //!
 //! The control protocol is one line each way: `seal` → `ok <objects> <bytes>`, `lock` → `ok`
 //! (then the process drops the key and exits), `status` → `ok <job>`; failures are
-//! `error <message>`. Invariant: the key lives only in this process; locking ends it.
+//! `error <message>`. Invariant: the key lives only in this process; locking ends it. The
+//! endpoint's TLS key (a fresh one per unlock) likewise lives only here; its certificate is
+//! written to `DATA_DIR/device/<job>/endpoint-cert.pem` for clients to trust.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,56 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
-use crate::gateway::import::Device;
+use crate::frontend::s3::EndpointTls;
+use crate::gateway::import::{Device, device_dir};
+
+/// How the S3 endpoint speaks. The CLI allows plain HTTP on a loopback address only.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// HTTPS with a self-signed certificate made now, naming the listen address, `localhost`
+    /// and these extra names (IP addresses or DNS names).
+    Https {
+        names: Vec<String>,
+        /// Where the certificate goes: `cert_path(data_dir, job)`.
+        cert_path: PathBuf,
+    },
+    PlainHttp,
+}
+
+/// What `serve` reports once the endpoint listens.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The certificate file and its SHA-256 fingerprint, when serving HTTPS.
+    pub cert: Option<(PathBuf, String)>,
+}
+
+impl Endpoint {
+    pub fn url(&self) -> String {
+        let scheme = if self.cert.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+/// `DATA_DIR/device/<job>/endpoint-cert.pem`: the endpoint's certificate while HTTPS is served.
+pub fn cert_path(data_dir: &Path, job: &str) -> PathBuf {
+    device_dir(data_dir, job).join("endpoint-cert.pem")
+}
+
+/// Makes this unlock's certificate and writes it (never the key) where clients can take it.
+fn endpoint_tls(
+    device: &Device,
+    listen: SocketAddr,
+    names: &[String],
+    path: &Path,
+) -> std::io::Result<EndpointTls> {
+    let tls = EndpointTls::self_signed(listen.ip(), names, device.job_id())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let tmp = path.with_extension("pem.tmp");
+    std::fs::write(&tmp, tls.cert_pem())?;
+    std::fs::rename(&tmp, path)?;
+    Ok(tls)
+}
 
 pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join("device.sock")
@@ -38,12 +89,13 @@ pub async fn control(run_dir: &Path, command: &str) -> std::io::Result<Option<St
 }
 
 /// Serves `device` on `listen` until locked (control socket) or SIGTERM/SIGINT; calls `ready`
-/// with the bound address once both sockets listen.
+/// with the bound endpoint once both sockets listen.
 pub async fn serve(
     device: Device,
     listen: SocketAddr,
+    transport: Transport,
     run_dir: &Path,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(&Endpoint),
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(run_dir)?;
     let sock = socket_path(run_dir);
@@ -54,17 +106,28 @@ pub async fn serve(
         ));
     }
     let _ = std::fs::remove_file(&sock);
+    let (tls, cert) = match transport {
+        Transport::Https { names, cert_path } => {
+            let tls = endpoint_tls(&device, listen, &names, &cert_path)?;
+            let fingerprint = tls.fingerprint().to_owned();
+            (Some(tls), Some((cert_path, fingerprint)))
+        }
+        Transport::PlainHttp => (None, None),
+    };
     let control_listener = UnixListener::bind(&sock)?;
     let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
+    let endpoint = Endpoint {
+        addr: listener.local_addr()?,
+        cert,
+    };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let s3 = tokio::spawn(crate::frontend::s3::serve(device.clone(), listener, {
+    let s3 = tokio::spawn(crate::frontend::s3::serve(device.clone(), listener, tls, {
         let mut rx = stop_tx.subscribe();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     }));
-    ready(addr);
+    ready(&endpoint);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {

@@ -1,11 +1,12 @@
 //! The device mode (issue 8) with real clients: the AWS CLI (PyPI awscli), s3cmd and boto3
-//! load a device through its S3 endpoint; the job is sealed and imported into a real Garage,
+//! load a device through its HTTPS S3 endpoint, trusting the certificate made at unlock
+//! (`--ca-bundle`, `--ca-certs`, `verify=`), and clients without it are refused; the job is sealed and imported into a real Garage,
 //! where boto3 checks every object independently; a kill -9 mid-import resumes without
 //! re-sending imported objects; a flipped byte in the device store and an edited manifest are
 //! caught and named; a wrong unlock code is refused.
 //!
 //! Sizes are reduced from the acceptance case (10,000 small files and a 5 GiB file) to 1,000
-//! small files and one 256 MiB file; `benches/device.sh` runs the full-size import.
+//! small files and one 256 MiB file; `device_full.rs` runs the full size.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -62,10 +63,17 @@ pub struct Unlocked {
     pub endpoint: String,
     pub access: String,
     pub secret: String,
+    /// The endpoint's certificate file and its printed SHA-256, when it serves HTTPS.
+    pub cert: Option<(PathBuf, String)>,
 }
 
 impl Unlocked {
+    /// Unlocks with the defaults: HTTPS on a free loopback port.
     pub fn start(job: &Job) -> Unlocked {
+        Unlocked::start_with(job, &[])
+    }
+
+    pub fn start_with(job: &Job, extra: &[&str]) -> Unlocked {
         let mut child = tidegate(&job.data)
             .args([
                 "device",
@@ -75,6 +83,7 @@ impl Unlocked {
                 "--s3-listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .env("TIDEGATE_UNLOCK_CODE", &job.code)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -102,26 +111,94 @@ impl Unlocked {
             lines
                 .iter()
                 .find_map(|l| l.strip_prefix(p))
-                .unwrap()
-                .to_owned()
+                .map(str::to_owned)
         };
-        let endpoint = field("s3 endpoint: ").split(' ').next().unwrap().to_owned();
+        let endpoint = field("s3 endpoint: ")
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_owned();
+        let cert = field("certificate: ").map(|path| {
+            let sha = field("certificate sha256: ").expect("a fingerprint beside the certificate");
+            (PathBuf::from(path), sha)
+        });
+        assert_eq!(
+            endpoint.starts_with("https://"),
+            cert.is_some(),
+            "{endpoint}: {lines:?}"
+        );
         Unlocked {
             child,
             endpoint,
-            access: field("access key: "),
-            secret: field("secret key: "),
+            access: field("access key: ").unwrap(),
+            secret: field("secret key: ").unwrap(),
+            cert,
         }
     }
 
-    /// Client environment for this device's endpoint (no CA bundle: plain HTTP on loopback).
+    /// `host:port` of the endpoint, for s3cmd.
+    pub fn host(&self) -> &str {
+        let rest = self.endpoint.split_once("://").unwrap().1;
+        rest.trim_end_matches('/')
+    }
+
+    /// Client environment for this device's endpoint: its keys, and for boto3 scripts (`CLIENT`)
+    /// its certificate in CA_CERT, passed as `verify=`. The machine's AWS_CA_BUNDLE is removed
+    /// so that nothing but the certificate named on each client's command line is trusted.
     pub fn env(&self, cmd: &mut Command) {
+        self.env_untrusted(cmd);
+        if let Some((cert, _)) = &self.cert {
+            cmd.env("CA_CERT", cert);
+        }
+    }
+
+    /// As `env`, without the certificate: a client that does not trust the endpoint.
+    pub fn env_untrusted(&self, cmd: &mut Command) {
         cmd.env("AWS_ACCESS_KEY_ID", &self.access)
             .env("AWS_SECRET_ACCESS_KEY", &self.secret)
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("ENDPOINT", &self.endpoint)
+            .env_remove("CA_CERT")
             .env_remove("AWS_CA_BUNDLE")
             .env_remove("AWS_PROFILE");
+    }
+
+    /// The AWS CLI against this endpoint, trusting its certificate with `--ca-bundle`.
+    pub fn aws(&self) -> Command {
+        let mut cmd = Command::new(tool("aws"));
+        cmd.args(["--endpoint-url", &self.endpoint]);
+        if let Some((cert, _)) = &self.cert {
+            cmd.arg("--ca-bundle").arg(cert);
+        }
+        self.env_untrusted(&mut cmd);
+        cmd
+    }
+
+    /// s3cmd against this endpoint (path-style, no config file), trusting its certificate with
+    /// `--ca-certs`, or `--no-ssl` on a plain-HTTP device.
+    pub fn s3cmd(&self) -> Command {
+        let mut cmd = Command::new(tool("s3cmd"));
+        match &self.cert {
+            Some((cert, _)) => cmd.arg("--ca-certs").arg(cert),
+            None => cmd.arg("--no-ssl"),
+        };
+        cmd.args([
+            "--host",
+            self.host(),
+            "--host-bucket",
+            self.host(),
+            "--access_key",
+            &self.access,
+            "--secret_key",
+            &self.secret,
+            "--region",
+            "us-east-1",
+            "--config",
+            "/dev/null",
+        ])
+        .env_remove("AWS_CA_BUNDLE");
+        cmd
     }
 
     pub fn lock(mut self, job: &Job) {
@@ -174,7 +251,7 @@ pub fn garage_env(garage: &Garage, cmd: &mut Command) {
 pub const CLIENT: &str = "
 import os, boto3, botocore
 from botocore.config import Config
-s3 = boto3.client('s3', endpoint_url=os.environ['ENDPOINT'],
+s3 = boto3.client('s3', endpoint_url=os.environ['ENDPOINT'], verify=os.environ.get('CA_CERT'),
     config=Config(s3={'addressing_style': 'path'}, retries={'max_attempts': 2}))
 ";
 
@@ -251,16 +328,26 @@ pub fn report(job: &Job) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
-/// sha256 of every object under `prefix` in Garage, by key relative to the prefix (boto3).
+/// sha256 and size of every object under `prefix` in Garage, by key relative to the prefix,
+/// sorted (boto3, 8 GETs at a time, each body hashed as it streams: objects may be GiBs).
 pub fn target_hashes(garage: &Garage, prefix: &str) -> Vec<(String, String, u64)> {
     let script = format!(
         "{CLIENT}
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
+keys = []
 p = s3.get_paginator('list_objects_v2')
 for page in p.paginate(Bucket=os.environ['BUCKET'], Prefix='{prefix}'):
-    for o in page.get('Contents', []):
-        body = s3.get_object(Bucket=os.environ['BUCKET'], Key=o['Key'])['Body'].read()
-        print(o['Key'][len('{prefix}'):], hashlib.sha256(body).hexdigest(), len(body))
+    keys += [o['Key'] for o in page.get('Contents', [])]
+def digest(key):
+    h, n = hashlib.sha256(), 0
+    for chunk in s3.get_object(Bucket=os.environ['BUCKET'], Key=key)['Body'].iter_chunks(8 << 20):
+        h.update(chunk)
+        n += len(chunk)
+    return key[len('{prefix}'):], h.hexdigest(), n
+with ThreadPoolExecutor(8) as ex:
+    for key, sha, n in sorted(ex.map(digest, keys)):
+        print(key, sha, n)
 "
     );
     let out = boto3(&script, |c| garage_env(garage, c));
@@ -290,19 +377,13 @@ fn device_loaded_by_aws_s3cmd_and_boto3_imports_every_object_verified() {
     let aws_src = dir.path().join("aws-src");
     small_files(&aws_src, 1000, 900);
     std::fs::write(aws_src.join("big-256MiB.bin"), random_bytes(256 << 20)).unwrap();
-    let mut cmd = Command::new(tool("aws"));
-    cmd.args([
-        "--endpoint-url",
-        &dev.endpoint,
-        "s3",
-        "cp",
-        "--recursive",
-        "--only-show-errors",
-    ])
-    .arg(&aws_src)
-    .arg("s3://tidegate-test/aws/");
-    dev.env(&mut cmd);
-    let o = cmd.output().unwrap();
+    let o = dev
+        .aws()
+        .args(["s3", "cp", "--recursive", "--only-show-errors"])
+        .arg(&aws_src)
+        .arg("s3://tidegate-test/aws/")
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "aws s3 cp: {}{}",
@@ -314,28 +395,7 @@ fn device_loaded_by_aws_s3cmd_and_boto3_imports_every_object_verified() {
     let s3cmd_src = dir.path().join("s3cmd-src");
     small_files(&s3cmd_src, 300, 2000);
     std::fs::write(s3cmd_src.join("twenty.bin"), random_bytes(20 << 20)).unwrap();
-    let host = dev.endpoint.trim_start_matches("http://").to_owned();
-    let s3cmd = |args: &[&str]| {
-        let mut cmd = Command::new(tool("s3cmd"));
-        cmd.args([
-            "--no-ssl",
-            "--host",
-            &host,
-            "--host-bucket",
-            &host,
-            "--access_key",
-            &dev.access,
-            "--secret_key",
-            &dev.secret,
-            "--region",
-            "us-east-1",
-            "--config",
-            "/dev/null",
-        ])
-        .args(args)
-        .env_remove("AWS_CA_BUNDLE");
-        cmd.output().unwrap()
-    };
+    let s3cmd = |args: &[&str]| dev.s3cmd().args(args).output().unwrap();
     let o = s3cmd(&[
         "sync",
         &format!("{}/", s3cmd_src.display()),
@@ -414,17 +474,11 @@ print('ok')
     assert_eq!(out.trim(), "ok");
 
     // Listings: aws s3 ls, s3cmd ls, and V1/V2 pagination and delimiters through boto3.
-    let mut cmd = Command::new(tool("aws"));
-    cmd.args([
-        "--endpoint-url",
-        &dev.endpoint,
-        "s3",
-        "ls",
-        "--recursive",
-        "s3://tidegate-test/",
-    ]);
-    dev.env(&mut cmd);
-    let o = cmd.output().unwrap();
+    let o = dev
+        .aws()
+        .args(["s3", "ls", "--recursive", "s3://tidegate-test/"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "aws s3 ls: {}", stderr(&o));
     let expected = 1001 + 301 + 1;
     assert_eq!(stdout(&o).lines().count(), expected, "aws s3 ls");
@@ -519,7 +573,8 @@ print(hashlib.sha256(r['Body'].read()).hexdigest())
 for key, secret in (('TDGNOTTHEDEVICE0000000', os.environ['AWS_SECRET_ACCESS_KEY']),
                     (os.environ['AWS_ACCESS_KEY_ID'], 'not-the-secret')):
     c = boto3.client('s3', endpoint_url=os.environ['ENDPOINT'], aws_access_key_id=key,
-        aws_secret_access_key=secret, config=Config(s3={{'addressing_style': 'path'}}))
+        aws_secret_access_key=secret, verify=os.environ['CA_CERT'],
+        config=Config(s3={{'addressing_style': 'path'}}))
     try:
         c.list_objects_v2(Bucket='tidegate-test')
         print('allowed')
@@ -660,7 +715,9 @@ fn device_wrong_unlock_code_is_refused_and_reveals_nothing() {
 /// Loads `n` small objects and one two-segment object through boto3, seals, locks.
 fn loaded_job(dir: &Path, garage: &Garage, prefix: &str, n: usize, size: usize) -> Job {
     let job = create_job(dir, garage, prefix);
-    let dev = Unlocked::start(&job);
+    // Plain HTTP on loopback stays allowed; these tests load over it.
+    let dev = Unlocked::start_with(&job, &["--plain-http"]);
+    assert!(dev.endpoint.starts_with("http://"), "{}", dev.endpoint);
     let out = boto3(
         &format!(
             "{CLIENT}
@@ -821,4 +878,174 @@ fn device_flipped_byte_and_edited_manifest_are_caught_and_named() {
         got.iter()
             .all(|(k, _, _)| k != &named && !k.starts_with("a-longer"))
     );
+}
+
+/// HTTPS is the default: the certificate made at unlock names the listen address, localhost and
+/// `--tls-name`, its printed fingerprint is openssl's, and it holds no key; the AWS CLI, s3cmd
+/// and boto3 without it are refused (certificate verify failed), as are plain-HTTP clients and a
+/// client that stalls its handshake, without disturbing a trusting client; a new unlock makes a
+/// new key, so the old certificate is no longer trusted. `--plain-http` is refused off loopback.
+#[test]
+fn device_https_refuses_untrusting_clients_and_plain_http_off_loopback() {
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let job = create_job(dir.path(), &garage, "tls");
+
+    for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.1:0"] {
+        let o = run(tidegate(&job.data)
+            .args(["device", "unlock", "--plain-http", "--manifest"])
+            .arg(&job.manifest)
+            .args(["--s3-listen", listen])
+            .env("TIDEGATE_UNLOCK_CODE", &job.code));
+        assert_eq!(o.status.code(), Some(2), "{listen}: {}", stderr(&o));
+        let lines = support::error_lines(&o);
+        assert!(
+            lines.len() == 1 && lines[0].contains("--plain-http is allowed only on a loopback"),
+            "{listen}: {}",
+            stderr(&o)
+        );
+    }
+    let o = run(tidegate(&job.data)
+        .args(["device", "unlock", "--tls-name", "not a name", "--manifest"])
+        .arg(&job.manifest)
+        .args(["--s3-listen", "127.0.0.1:0"])
+        .env("TIDEGATE_UNLOCK_CODE", &job.code));
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("\"not a name\""), "{}", stderr(&o));
+
+    let dev = Unlocked::start_with(&job, &["--tls-name", "device.example.test"]);
+    let (cert, printed) = dev.cert.clone().unwrap();
+    assert_eq!(
+        cert,
+        job.data
+            .join("device")
+            .join(&job.id)
+            .join("endpoint-cert.pem")
+    );
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    assert_eq!(pem.matches("-----BEGIN").count(), 1, "{pem}");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let openssl = |args: &[&str]| {
+        let o = run(Command::new(tool("openssl"))
+            .arg("x509")
+            .arg("-in")
+            .arg(&cert)
+            .arg("-noout")
+            .args(args));
+        assert!(o.status.success(), "openssl x509: {}", stderr(&o));
+        stdout(&o)
+    };
+    assert_eq!(
+        openssl(&["-fingerprint", "-sha256"]).trim(),
+        format!("sha256 Fingerprint={printed}")
+    );
+    let sans = openssl(&["-ext", "subjectAltName"]);
+    for want in [
+        "IP Address:127.0.0.1",
+        "DNS:localhost",
+        "DNS:device.example.test",
+    ] {
+        assert!(sans.contains(want), "{want} missing: {sans}");
+    }
+
+    // Clients that do not trust the certificate are refused.
+    let o = dev.aws().args(["s3", "ls", "s3://tidegate-test/"]).output();
+    assert!(o.unwrap().status.success(), "aws with --ca-bundle");
+    let mut untrusting = Command::new(tool("aws"));
+    untrusting.args([
+        "--endpoint-url",
+        &dev.endpoint,
+        "s3",
+        "ls",
+        "s3://tidegate-test/",
+    ]);
+    dev.env_untrusted(&mut untrusting);
+    let o = untrusting.output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("certificate verify failed"),
+        "aws without --ca-bundle: {}",
+        stderr(&o)
+    );
+    let mut s3cmd = Command::new(tool("s3cmd"));
+    s3cmd
+        .args(["--host", dev.host(), "--host-bucket", dev.host()])
+        .args(["--access_key", &dev.access, "--secret_key", &dev.secret])
+        .args(["--region", "us-east-1", "--config", "/dev/null"])
+        .args(["ls", "s3://tidegate-test/"])
+        .env_remove("AWS_CA_BUNDLE");
+    let o = s3cmd.output().unwrap();
+    assert!(!o.status.success());
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        said.contains("CERTIFICATE_VERIFY_FAILED"),
+        "s3cmd without --ca-certs: {said}"
+    );
+    let plain = dev.endpoint.replace("https://", "http://");
+    let script = format!(
+        "{CLIENT}
+import socket, ssl
+# a client that stalls in its handshake and one that speaks plain HTTP to the TLS port
+stall = socket.create_connection(('127.0.0.1', {port}))
+stall.send(b'\\x16\\x03\\x01')
+garbage = socket.create_connection(('127.0.0.1', {port}))
+garbage.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')
+garbage.settimeout(30)
+try:
+    print('garbage answered with', len(garbage.recv(4096)), 'bytes')
+except OSError as e:
+    print('garbage dropped:', e)
+for name, c in (('no verify', boto3.client('s3', endpoint_url=os.environ['ENDPOINT'],
+                    config=Config(s3={{'addressing_style': 'path'}}, retries={{'max_attempts': 1}}))),
+                ('plain http', boto3.client('s3', endpoint_url='{plain}',
+                    config=Config(s3={{'addressing_style': 'path'}}, retries={{'max_attempts': 1}})))):
+    try:
+        c.list_objects_v2(Bucket='tidegate-test')
+        print(name, 'allowed')
+    except botocore.exceptions.SSLError as e:
+        print(name, 'certificate verify failed' in str(e) and 'verify failed' or e)
+    except botocore.exceptions.ConnectionClosedError as e:
+        print(name, 'closed')
+    except Exception as e:
+        print(name, type(e).__name__)
+# meanwhile a trusting client is served, the stalled handshake still open
+s3.put_object(Bucket='tidegate-test', Key='over-tls', Body=b'sealed in transit')
+assert s3.get_object(Bucket='tidegate-test', Key='over-tls')['Body'].read() == b'sealed in transit'
+stall.close()
+print('ok')
+",
+        port = dev.host().rsplit_once(':').unwrap().1
+    );
+    let out = boto3(&script, |c| dev.env(c));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[1], "no verify verify failed", "{out}");
+    assert_ne!(lines[2], "plain http allowed", "{out}");
+    assert_eq!(lines.last(), Some(&"ok"), "{out}");
+
+    // A new unlock makes a new key: the old certificate no longer opens the endpoint.
+    let old = std::fs::read(&cert).unwrap();
+    dev.lock(&job);
+    let old_cert = dir.path().join("old-cert.pem");
+    std::fs::write(&old_cert, old).unwrap();
+    let dev = Unlocked::start(&job);
+    assert_ne!(dev.cert.as_ref().unwrap().1, printed);
+    let mut stale = Command::new(tool("aws"));
+    stale
+        .args(["--endpoint-url", &dev.endpoint, "--ca-bundle"])
+        .arg(&old_cert)
+        .args(["s3", "ls", "s3://tidegate-test/"]);
+    dev.env_untrusted(&mut stale);
+    let o = stale.output().unwrap();
+    assert!(
+        !o.status.success() && stderr(&o).contains("certificate verify failed"),
+        "{}",
+        stderr(&o)
+    );
+    let o = dev
+        .aws()
+        .args(["s3", "cp", "s3://tidegate-test/over-tls", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "sealed in transit", "{}", stderr(&o));
+    dev.lock(&job);
 }

@@ -51,7 +51,14 @@ fn only_store_talks_to_the_bucket_and_holds_crypto() {
         "lz4_flex::",
         "argon2::",
     ] {
-        let bad = offenders(krate, &["store/"]);
+        // The device endpoint's TLS names rustls's aws-lc-rs provider and hashes its
+        // certificate: transport security, not the at-rest crypto this rule keeps in store/.
+        let allowed: &[&str] = if krate == "aws_lc_rs::" {
+            &["store/", "frontend/s3/tls.rs"]
+        } else {
+            &["store/"]
+        };
+        let bad = offenders(krate, allowed);
         assert!(bad.is_empty(), "{krate} used outside store/: {bad:?}");
     }
 }

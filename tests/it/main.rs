@@ -9,6 +9,7 @@ mod appliance;
 mod cli;
 mod console;
 mod device;
+mod device_full;
 mod device_resume;
 mod fuse;
 mod iscsi_volume;

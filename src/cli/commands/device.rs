@@ -9,14 +9,29 @@ use anyhow::{Context, Result, bail};
 
 use crate::catalog::Catalog;
 use crate::cli::args::DeviceCommand;
-use crate::cli::gateway_error;
+use crate::cli::{UsageError, gateway_error};
 use crate::config::Config;
+use crate::daemon::device::{Transport, cert_path, serve};
 use crate::gateway::import::{JobManifestFile, unlock_job};
 
 pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
     let rt = crate::cli::runtime()?;
     match cmd {
-        DeviceCommand::Unlock { unlock, s3_listen } => {
+        DeviceCommand::Unlock {
+            unlock,
+            s3_listen,
+            plain_http,
+            tls_name,
+        } => {
+            // Refused before the unlock: the code should not be spent on an endpoint that
+            // would send the device's credentials and data in the clear over a network.
+            if plain_http && !s3_listen.ip().is_loopback() {
+                return Err(UsageError(format!(
+                    "--plain-http is allowed only on a loopback address, not {s3_listen}: \
+                     serve HTTPS (the default) or listen on 127.0.0.1"
+                ))
+                .into());
+            }
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
             let catalog = Arc::new(Catalog::open(&config.catalog_path())?);
@@ -30,19 +45,37 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
                 let bucket = device.bucket_name().to_owned();
                 let job = device.job_id().to_owned();
                 let sealed = device.is_sealed();
-                crate::daemon::device::serve(device, s3_listen, &config.run_dir(), |addr| {
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(
-                        out,
-                        "job {job} unlocked: {objects} objects, {bytes} bytes{}",
-                        if sealed { " (sealed: read-only)" } else { "" }
-                    );
-                    let _ = writeln!(out, "s3 endpoint: http://{addr} (bucket {bucket})");
-                    let _ = writeln!(out, "access key: {access}");
-                    let _ = writeln!(out, "secret key: {secret}");
-                    let _ = writeln!(out, "ready");
-                    let _ = out.flush();
-                })
+                let transport = if plain_http {
+                    Transport::PlainHttp
+                } else {
+                    Transport::Https {
+                        names: tls_name,
+                        cert_path: cert_path(&config.data_dir, &job),
+                    }
+                };
+                serve(
+                    device,
+                    s3_listen,
+                    transport,
+                    &config.run_dir(),
+                    |endpoint| {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(
+                            out,
+                            "job {job} unlocked: {objects} objects, {bytes} bytes{}",
+                            if sealed { " (sealed: read-only)" } else { "" }
+                        );
+                        let _ = writeln!(out, "s3 endpoint: {} (bucket {bucket})", endpoint.url());
+                        if let Some((path, fingerprint)) = &endpoint.cert {
+                            let _ = writeln!(out, "certificate: {}", path.display());
+                            let _ = writeln!(out, "certificate sha256: {fingerprint}");
+                        }
+                        let _ = writeln!(out, "access key: {access}");
+                        let _ = writeln!(out, "secret key: {secret}");
+                        let _ = writeln!(out, "ready");
+                        let _ = out.flush();
+                    },
+                )
                 .await
                 .context("serving the device")?;
                 writeln!(std::io::stdout(), "locked: job {job}'s key dropped")?;

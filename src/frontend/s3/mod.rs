@@ -12,22 +12,30 @@ mod error;
 mod list;
 mod multipart;
 mod objects;
+mod tls;
 mod wire;
+
+pub use tls::{EndpointTls, TlsError};
 
 use std::net::SocketAddr;
 
 use hyper_util::rt::TokioIo;
 use s3s::dto::*;
+use s3s::service::S3Service;
 use s3s::{S3, S3Request, S3Response, S3Result};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use crate::gateway::import::Device;
 
-/// Serves the S3 endpoint for `device` on `listener` until `shutdown` resolves. Connections
-/// in progress are dropped at shutdown (the device is being locked).
+/// Serves the S3 endpoint for `device` on `listener` until `shutdown` resolves: HTTPS when
+/// `tls` is given, plain HTTP otherwise. Each connection (and its TLS handshake) runs in its own
+/// task, so a client that fails or stalls its handshake disturbs no other. Connections in
+/// progress are dropped at shutdown (the device is being locked).
 pub async fn serve(
     device: Device,
     listener: TcpListener,
+    tls: Option<EndpointTls>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let (access, secret) = device.credentials();
@@ -49,17 +57,32 @@ pub async fn serve(
             }
         };
         let service = service.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
         conns.spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "s3 connection ended");
+            let Some(acceptor) = acceptor else {
+                return serve_connection(stream, service, peer).await;
+            };
+            match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, service, peer).await,
+                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "s3: tls handshake failed"),
+                Err(_) => tracing::warn!(%peer, "s3: tls handshake timed out"),
             }
         });
         while conns.try_join_next().is_some() {}
     }
     conns.abort_all();
+}
+
+async fn serve_connection<S>(stream: S, service: S3Service, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "s3 connection ended");
+    }
 }
 
 struct DeviceS3 {

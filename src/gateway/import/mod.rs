@@ -20,7 +20,7 @@ mod record;
 mod segments;
 mod transfer;
 
-pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult};
+pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult, device_dir};
 pub use job::{
     CreatedJob, JobKind, JobManifestFile, JobRequest, JobState, JobStatus, create_job, job_status,
     unlock_job,
