@@ -505,13 +505,18 @@ pub struct JobCreateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
-    /// Unlock a job's device and serve its S3 endpoint until `device lock` or SIGTERM.
+    /// Unlock a job's device and serve its S3 endpoint (and NFS export) until `device lock` or
+    /// SIGTERM.
     Unlock {
         #[command(flatten)]
         unlock: UnlockArgs,
         /// The S3 endpoint's address (loopback by default; 127.0.0.1:0 picks a free port).
         #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8734")]
         s3_listen: std::net::SocketAddr,
+        /// Also export the data set over NFSv3 here (NFS, MOUNT and portmapper on one port; 2049
+        /// is the standard one). Off by default.
+        #[arg(long, value_name = "IP:PORT")]
+        nfs_listen: Option<std::net::SocketAddr>,
     },
     /// Lock the unlocked device: its key is dropped and the endpoint stops.
     Lock,

@@ -1,5 +1,6 @@
-//! `tidegate device unlock|lock`: unlock a job's device and serve its S3 endpoint in the
-//! foreground (the key lives only in that process), or lock it from another shell.
+//! `tidegate device unlock|lock`: unlock a job's device and serve its S3 endpoint (and, with
+//! `--nfs-listen`, its NFS export) in the foreground (the key lives only in that process), or
+//! lock it from another shell.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -16,7 +17,11 @@ use crate::gateway::import::{JobManifestFile, unlock_job};
 pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
     let rt = crate::cli::runtime()?;
     match cmd {
-        DeviceCommand::Unlock { unlock, s3_listen } => {
+        DeviceCommand::Unlock {
+            unlock,
+            s3_listen,
+            nfs_listen,
+        } => {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
             let catalog = Arc::new(Catalog::open(&config.catalog_path())?);
@@ -30,21 +35,42 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
                 let bucket = device.bucket_name().to_owned();
                 let job = device.job_id().to_owned();
                 let sealed = device.is_sealed();
-                crate::daemon::device::serve(device, s3_listen, &config.run_dir(), |addr| {
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(
-                        out,
-                        "job {job} unlocked: {objects} objects, {bytes} bytes{}",
-                        if sealed { " (sealed: read-only)" } else { "" }
-                    );
-                    let _ = writeln!(out, "s3 endpoint: http://{addr} (bucket {bucket})");
-                    let _ = writeln!(out, "access key: {access}");
-                    let _ = writeln!(out, "secret key: {secret}");
-                    let _ = writeln!(out, "ready");
-                    let _ = out.flush();
-                })
-                .await
-                .context("serving the device")?;
+                let nfs = match nfs_listen {
+                    Some(listen) => Some(
+                        crate::daemon::device_nfs::start(&device, listen)
+                            .await
+                            .context("starting the device's NFS export")?,
+                    ),
+                    None => None,
+                };
+                if let Some(nfs) = &nfs {
+                    writeln!(
+                        std::io::stdout(),
+                        "nfs export: nfs://{}{} (nfsport=mountport={})",
+                        nfs.addr,
+                        nfs.export,
+                        nfs.addr.port()
+                    )?;
+                }
+                let served =
+                    crate::daemon::device::serve(device, s3_listen, &config.run_dir(), |addr| {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(
+                            out,
+                            "job {job} unlocked: {objects} objects, {bytes} bytes{}",
+                            if sealed { " (sealed: read-only)" } else { "" }
+                        );
+                        let _ = writeln!(out, "s3 endpoint: http://{addr} (bucket {bucket})");
+                        let _ = writeln!(out, "access key: {access}");
+                        let _ = writeln!(out, "secret key: {secret}");
+                        let _ = writeln!(out, "ready");
+                        let _ = out.flush();
+                    })
+                    .await;
+                if let Some(nfs) = nfs {
+                    nfs.stop().await;
+                }
+                served.context("serving the device")?;
                 writeln!(std::io::stdout(), "locked: job {job}'s key dropped")?;
                 Ok::<_, anyhow::Error>(())
             })?;
