@@ -59,7 +59,10 @@ pub async fn start(device: &Device, listen: SocketAddr) -> Result<DeviceNfs, Dev
             tracing::warn!(error = %e, "device NFS export stopped");
         }
     });
-    let uploader = tokio::spawn(share.files.clone().run_uploader(stop_rx.clone()));
+    // The uploader also stops at the seal: nothing can be stored after it, and a file created
+    // in the instant before the export turned read-only would be retried forever.
+    let (upload_stop, upload_rx) = watch::channel(false);
+    let uploader = tokio::spawn(share.files.clone().run_uploader(upload_rx));
     let export = format!("/{}", share.name);
     let mut seal_stop = stop_rx;
     let watched = share.clone();
@@ -68,6 +71,7 @@ pub async fn start(device: &Device, listen: SocketAddr) -> Result<DeviceNfs, Dev
             () = watched.watch_seal() => {}
             _ = seal_stop.wait_for(|s| *s) => {}
         }
+        let _ = upload_stop.send(true);
     });
     tracing::info!(%addr, %export, "device NFS export ready");
     Ok(DeviceNfs {

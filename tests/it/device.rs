@@ -62,10 +62,17 @@ pub struct Unlocked {
     pub endpoint: String,
     pub access: String,
     pub secret: String,
+    /// What `device unlock` printed up to `ready`.
+    pub lines: Vec<String>,
 }
 
 impl Unlocked {
     pub fn start(job: &Job) -> Unlocked {
+        Self::start_with(job, &[])
+    }
+
+    /// `device unlock` with `extra` arguments (e.g. `--nfs-listen`).
+    pub fn start_with(job: &Job, extra: &[&str]) -> Unlocked {
         let mut child = tidegate(&job.data)
             .args([
                 "device",
@@ -75,6 +82,7 @@ impl Unlocked {
                 "--s3-listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .env("TIDEGATE_UNLOCK_CODE", &job.code)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -111,6 +119,7 @@ impl Unlocked {
             endpoint,
             access: field("access key: "),
             secret: field("secret key: "),
+            lines,
         }
     }
 
