@@ -197,6 +197,7 @@ impl Files {
             Err(GatewayError::Stale(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let mut settling = false;
         loop {
             let (row, share) = match self.node(id) {
                 Ok(found) => found,
@@ -212,11 +213,18 @@ impl Files {
                     share.name, row.path
                 )));
             }
-            match self.sync_inode(&share, row).await? {
-                Some(done) => self.record(&share, vec![done]).await?,
-                // Moved since it was read: look again after the move settles.
-                None => tokio::time::sleep(MIN_PAUSE).await,
+            if settling {
+                tokio::time::sleep(MIN_PAUSE).await;
             }
+            // `None`: the uploader had it (look again at once), or it moved since it was read
+            // (look again after the move settles).
+            settling = match self.sync_inode(&share, row).await? {
+                Some(done) => {
+                    self.record(&share, vec![done]).await?;
+                    false
+                }
+                None => true,
+            };
         }
     }
 

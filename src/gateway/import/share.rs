@@ -31,6 +31,10 @@ pub const STAGING_LIMIT: u64 = 2 << 30;
 /// How stale a directory listing may get: objects PUT over S3 appear over NFS this quickly. The
 /// device's listings are in memory, so checking often is cheap.
 const REFRESH: Duration = Duration::from_secs(1);
+/// How long namespace changes (create, rename, remove) wait before they reach the device: a
+/// file created and then written and committed within it is stored once, at its COMMIT, not
+/// first empty.
+const UPLOAD_DELAY: Duration = Duration::from_secs(1);
 /// `statfs` f_type of tmpfs (linux/magic.h).
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 /// How often the seal watcher looks.
@@ -86,7 +90,7 @@ impl DeviceShare {
             bucket,
             FilesConfig {
                 staging_dir: staging.clone(),
-                upload_delay: Duration::ZERO,
+                upload_delay: UPLOAD_DELAY,
                 staging_limit: Some(STAGING_LIMIT),
                 commit_uploads: true,
             },
