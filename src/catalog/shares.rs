@@ -163,6 +163,15 @@ impl Catalog {
             .optional()?)
     }
 
+    /// Makes a share read-only (or writable again); true if it exists. Every call the share
+    /// serves reads its row, so this takes effect at once.
+    pub fn set_share_read_only(&self, name: &str, read_only: bool) -> Result<bool, CatalogError> {
+        Ok(self.conn().execute(
+            "UPDATE shares SET read_only = ?2 WHERE name = ?1",
+            params![name, i64::from(read_only)],
+        )? > 0)
+    }
+
     /// Deletes a share and its inodes; true if it existed. Its objects stay in the bucket.
     pub fn delete_share(&self, name: &str) -> Result<bool, CatalogError> {
         Ok(self

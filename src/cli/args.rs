@@ -508,7 +508,8 @@ pub struct JobCreateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
-    /// Unlock a job's device and serve its S3 endpoint until `device lock` or SIGTERM.
+    /// Unlock a job's device and serve its S3 endpoint (and NFS export) until `device lock` or
+    /// SIGTERM.
     Unlock {
         #[command(flatten)]
         unlock: UnlockArgs,
@@ -522,6 +523,10 @@ pub enum DeviceCommand {
         /// its certificate beside the listen address and localhost; repeatable.
         #[arg(long, value_name = "NAME")]
         tls_name: Vec<String>,
+        /// Also export the data set over NFSv3 here (NFS, MOUNT and portmapper on one port; 2049
+        /// is the standard one). Off by default.
+        #[arg(long, value_name = "IP:PORT")]
+        nfs_listen: Option<std::net::SocketAddr>,
     },
     /// Lock the unlocked device: its key is dropped and the endpoint stops.
     Lock,

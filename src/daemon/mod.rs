@@ -9,6 +9,7 @@ pub mod activate;
 pub mod backup;
 pub mod bandwidth;
 pub mod device;
+pub mod device_nfs;
 pub mod health;
 pub mod history;
 pub mod library;
@@ -308,6 +309,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             staging_dir: config.files_staging_dir(),
             upload_delay: config.files.upload_delay,
             staging_limit: Some(config.cache.size.bytes()),
+            commit_uploads: false,
         },
     )?);
     let management = Arc::new(management::DaemonManagement {

@@ -65,14 +65,17 @@ pub struct Unlocked {
     pub secret: String,
     /// The endpoint's certificate file and its printed SHA-256, when it serves HTTPS.
     pub cert: Option<(PathBuf, String)>,
+    /// What `device unlock` printed up to `ready`.
+    pub lines: Vec<String>,
 }
 
 impl Unlocked {
     /// Unlocks with the defaults: HTTPS on a free loopback port.
     pub fn start(job: &Job) -> Unlocked {
-        Unlocked::start_with(job, &[])
+        Self::start_with(job, &[])
     }
 
+    /// `device unlock` with `extra` arguments (e.g. `--nfs-listen`).
     pub fn start_with(job: &Job, extra: &[&str]) -> Unlocked {
         let mut child = tidegate(&job.data)
             .args([
@@ -134,6 +137,7 @@ impl Unlocked {
             access: field("access key: ").unwrap(),
             secret: field("secret key: ").unwrap(),
             cert,
+            lines,
         }
     }
 

@@ -10,6 +10,7 @@ mod cli;
 mod console;
 mod device;
 mod device_full;
+mod device_nfs;
 mod device_resume;
 mod fuse;
 mod iscsi_volume;

@@ -73,7 +73,7 @@ fn url(gw: &Gateway, path: &str) -> String {
     format!("nfs://127.0.0.1/{path}?nfsport={port}&mountport={port}")
 }
 
-fn nfs_cp(from: &str, to: &str) {
+pub(crate) fn nfs_cp(from: &str, to: &str) {
     let out = Command::new(tool("nfs-cp"))
         .args([from, to])
         .output()
@@ -81,13 +81,13 @@ fn nfs_cp(from: &str, to: &str) {
     assert!(out.status.success(), "nfs-cp {from} {to}: {}", stderr(&out));
 }
 
-fn nfs_cat(u: &str) -> Vec<u8> {
+pub(crate) fn nfs_cat(u: &str) -> Vec<u8> {
     let out = Command::new(tool("nfs-cat")).arg(u).output().unwrap();
     assert!(out.status.success(), "nfs-cat {u}: {}", stderr(&out));
     out.stdout
 }
 
-fn nfs_ls(u: &str) -> Vec<String> {
+pub(crate) fn nfs_ls(u: &str) -> Vec<String> {
     let out = Command::new(tool("nfs-ls")).arg(u).output().unwrap();
     assert!(out.status.success(), "nfs-ls {u}: {}", stderr(&out));
     stdout(&out)

@@ -1,5 +1,6 @@
-//! `tidegate device unlock|lock`: unlock a job's device and serve its S3 endpoint in the
-//! foreground (the key lives only in that process), or lock it from another shell.
+//! `tidegate device unlock|lock`: unlock a job's device and serve its S3 endpoint (and, with
+//! `--nfs-listen`, its NFS export) in the foreground (the key lives only in that process), or
+//! lock it from another shell.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
             s3_listen,
             plain_http,
             tls_name,
+            nfs_listen,
         } => {
             // Refused before the unlock: the code should not be spent on an endpoint that
             // would send the device's credentials and data in the clear over a network.
@@ -45,6 +47,23 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
                 let bucket = device.bucket_name().to_owned();
                 let job = device.job_id().to_owned();
                 let sealed = device.is_sealed();
+                let nfs = match nfs_listen {
+                    Some(listen) => Some(
+                        crate::daemon::device_nfs::start(&device, listen)
+                            .await
+                            .context("starting the device's NFS export")?,
+                    ),
+                    None => None,
+                };
+                if let Some(nfs) = &nfs {
+                    writeln!(
+                        std::io::stdout(),
+                        "nfs export: nfs://{}{} (nfsport=mountport={})",
+                        nfs.addr,
+                        nfs.export,
+                        nfs.addr.port()
+                    )?;
+                }
                 let transport = if plain_http {
                     Transport::PlainHttp
                 } else {
@@ -53,7 +72,7 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
                         cert_path: cert_path(&config.data_dir, &job),
                     }
                 };
-                serve(
+                let served = serve(
                     device,
                     s3_listen,
                     transport,
@@ -76,8 +95,11 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
                         let _ = out.flush();
                     },
                 )
-                .await
-                .context("serving the device")?;
+                .await;
+                if let Some(nfs) = nfs {
+                    nfs.stop().await;
+                }
+                served.context("serving the device")?;
                 writeln!(std::io::stdout(), "locked: job {job}'s key dropped")?;
                 Ok::<_, anyhow::Error>(())
             })?;

@@ -392,6 +392,24 @@ impl Files {
         data: &[u8],
         stability: Stability,
     ) -> Result<(Stability, Attr), GatewayError> {
+        let (committed, attr) = self
+            .write_staged(caller, id, offset, data, stability)
+            .await?;
+        // Run after the inode lock is released: the upload takes it.
+        if committed != Stability::Unstable && self.config.commit_uploads {
+            self.upload_committed(id).await?;
+        }
+        Ok((committed, attr))
+    }
+
+    async fn write_staged(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        offset: u64,
+        data: &[u8],
+        stability: Stability,
+    ) -> Result<(Stability, Attr), GatewayError> {
         let (row, share) = self.node(id)?;
         let who = self.effective(&share, caller)?;
         if share.read_only {
@@ -495,6 +513,9 @@ impl Files {
         }
         self.live().uncommitted.remove(&row.id);
         self.wake.notify_one();
+        if self.config.commit_uploads && row.kind == InodeKind::File {
+            self.upload_committed(id).await?;
+        }
         self.count(share.id, Counted::Commit);
         Ok(self.attr(&row))
     }

@@ -362,6 +362,10 @@ pub struct FilesConfig {
     /// The most staging files may take on disk (the daemon gives `cache.size`); `None`: no
     /// bound.
     pub staging_limit: Option<u64>,
+    /// COMMIT and stable WRITEs return only once the file is in the bucket, not when its
+    /// staging file is synced: for staging that is not durable itself (the device's, in memory;
+    /// docs/decisions/0009-device-nfs.md).
+    pub commit_uploads: bool,
 }
 
 /// Per-inode state that lives only in memory.
@@ -667,6 +671,7 @@ mod tests {
                 staging_dir: dir.path().join("staging"),
                 upload_delay: Duration::ZERO,
                 staging_limit: None,
+                commit_uploads: false,
             },
         )
         .unwrap();

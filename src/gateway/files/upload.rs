@@ -184,6 +184,50 @@ impl Files {
         Ok(round)
     }
 
+    /// With `commit_uploads`: returns once the file's content as of this call is in the
+    /// bucket. The upload runs here, not in the uploader, so the caller gets its error; one the
+    /// uploader runs meanwhile is waited for (the key lock serialises the two, and a row found
+    /// synced is not uploaded again). A file removed meanwhile has nothing left to keep.
+    pub(crate) async fn upload_committed(
+        &self,
+        id: crate::gateway::files::FileId,
+    ) -> Result<(), GatewayError> {
+        let target = match self.node(id) {
+            Ok((row, _)) => row.version,
+            Err(GatewayError::Stale(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut settling = false;
+        loop {
+            let (row, share) = match self.node(id) {
+                Ok(found) => found,
+                Err(GatewayError::Stale(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if row.synced_version >= target {
+                return Ok(());
+            }
+            if share.read_only {
+                return Err(GatewayError::ReadOnly(format!(
+                    "share {} became read-only before {} was stored",
+                    share.name, row.path
+                )));
+            }
+            if settling {
+                tokio::time::sleep(MIN_PAUSE).await;
+            }
+            // `None`: the uploader had it (look again at once), or it moved since it was read
+            // (look again after the move settles).
+            settling = match self.sync_inode(&share, row).await? {
+                Some(done) => {
+                    self.record(&share, vec![done]).await?;
+                    false
+                }
+                None => true,
+            };
+        }
+    }
+
     /// Uploads until nothing is dirty (bounded by `limit`); for shutdown and tests.
     pub async fn drain(&self, limit: Duration) -> Result<bool, GatewayError> {
         let start = Instant::now();

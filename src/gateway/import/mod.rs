@@ -5,7 +5,9 @@
 //! the device keeps is sealed under the job key with the store's frame codec: object data in
 //! segments (`segments.rs`), names and metadata in sealed records (`record.rs`). `seal` freezes
 //! the data set and writes the HMAC-signed device manifest (`manifest.rs`); `transfer.rs`
-//! imports it into the target bucket, verifying every object, and writes the report.
+//! imports it into the target bucket, verifying every object, and writes the report. The same
+//! data set can be filled over NFS: `objects.rs` shows it as an object store and `share.rs`
+//! runs a file-gateway share over that (docs/decisions/0009-device-nfs.md).
 //!
 //! Must not: know which protocol called it, talk to a bucket except through `store`, or keep the
 //! job key anywhere but in memory. Invariant: an object is visible (listed, readable, in the
@@ -16,8 +18,10 @@ mod device;
 mod job;
 mod manifest;
 mod multipart;
+mod objects;
 mod record;
 mod segments;
+mod share;
 mod transfer;
 
 pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult, device_dir};
@@ -27,6 +31,8 @@ pub use job::{
 };
 pub use manifest::ManifestCheck;
 pub use multipart::{PartInfo, UploadInfo};
+pub use objects::DeviceObjects;
 pub use record::ExpectedDigests;
 pub use segments::{DigestMismatch, SegmentWriter};
+pub use share::{DEFAULT_STAGING_ROOT, DeviceShare};
 pub use transfer::{ImportOptions, ImportProgress, ImportReport, run_import};
