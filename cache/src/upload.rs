@@ -110,6 +110,29 @@ async fn upload_one(inner: Arc<Inner>, name: String) {
             }),
         Err(e) => Err(e),
     };
+    // The uploaded content becomes the cache file's clean content. Written before the lock is
+    // taken and off the runtime's threads: a 1 MiB write into fresh page cache takes
+    // milliseconds, and under the index lock it stalled every reader and writer of the cache.
+    // Safe unlocked: the object is `uploading`, so it is not evicted, and its extents (dropped
+    // only below, under the lock) shadow every range whose file bytes change here.
+    let result = match result {
+        Ok(c) => {
+            let files = inner.state().files();
+            let (n, data) = (name.clone(), c.data.clone());
+            match tokio::task::spawn_blocking(move || files.write(&n, 0, &data)).await {
+                Ok(Ok(())) => Ok(c),
+                Ok(Err(source)) => Err(CacheError::CacheFile {
+                    name: name.clone(),
+                    source,
+                }),
+                Err(e) => Err(CacheError::CacheFile {
+                    name: name.clone(),
+                    source: std::io::Error::other(e),
+                }),
+            }
+        }
+        Err(e) => Err(e),
+    };
     let mut st = inner.state();
     if st.closed {
         return;
@@ -124,8 +147,7 @@ async fn upload_one(inner: Arc<Inner>, name: String) {
             obj.retry_at = None;
             obj.backoff = inner.config.retry_initial;
             inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
-            // Until the cache file holds the content, the extents stay and point at the journal.
-            let kept = st.uploaded(&name, c.seq, &c.data, c.captured_at).err();
+            st.uploaded(&name, c.seq, c.captured_at);
             let needed = st.needed_from();
             // Sealing the active segment is left to writers that need the space.
             if let Err(e) = st.journal.reclaim(needed, false) {
@@ -134,10 +156,7 @@ async fn upload_one(inner: Arc<Inner>, name: String) {
             if let Err(e) = st.evict() {
                 tracing::warn!(error = %e, "cache eviction failed");
             }
-            kept.map(|source| CacheError::CacheFile {
-                name: name.clone(),
-                source,
-            })
+            None
         }
         Err(e) => Some(e),
     };
