@@ -105,8 +105,9 @@ pub(crate) struct State {
     pub(crate) draining: usize,
     pub(crate) writers_waiting: u64,
     pub(crate) closed: bool,
-    /// The last write to any object: uploads wait for writes to pause (see `upload::schedule`).
-    pub(crate) last_write_at: Option<Instant>,
+    /// The last read or write of any object: uploads wait for client I/O to pause (see
+    /// `upload::schedule`).
+    pub(crate) last_io_at: Option<Instant>,
     files: Arc<ObjectFiles>,
     object_size: u64,
     capacity: u64,
@@ -131,7 +132,7 @@ impl State {
             draining: 0,
             writers_waiting: 0,
             closed: false,
-            last_write_at: None,
+            last_io_at: None,
             files: Arc::new(files),
             object_size,
             capacity,
@@ -167,7 +168,7 @@ impl State {
             return;
         }
         let now = Instant::now();
-        self.last_write_at = Some(now);
+        self.last_io_at = Some(now);
         let obj = self.touch(name);
         let dirty = obj.dirty.get_or_insert_with(|| Dirty {
             since_seq: seq,

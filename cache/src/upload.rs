@@ -47,11 +47,13 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
     let urgent = st.writers_waiting > 0
         || st.draining > 0
         || st.journal.total_bytes() > cfg.buffer_capacity / 2;
-    // While writes keep arriving, settled objects wait for a pause of the settle time (or their
-    // maximum age, or pressure): uploading in the middle of a burst takes the CPU and disk the
-    // upload buffer exists to give the writer, and uploads again what the burst rewrites.
+    // While reads or writes keep arriving, settled objects wait for a pause of the settle time
+    // (or their maximum age, or pressure): uploading in the middle of a burst takes the CPU and
+    // disk the upload buffer exists to give the client, and uploads again what a write burst
+    // rewrites. Reads count too: a tape read back right after it was written (a backup's
+    // verify pass) otherwise shares the CPU with the upload of everything it is reading.
     let busy_until = st
-        .last_write_at
+        .last_io_at
         .map(|t| t + cfg.upload_delay)
         .filter(|t| *t > now);
     let mut due = Vec::new();
