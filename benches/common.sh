@@ -7,8 +7,13 @@ need() {
     done
 }
 
-# Builds the release binary and sets BIN to it (into $CARGO_TARGET_DIR when set).
+# Builds the release binary and sets BIN to it (into $CARGO_TARGET_DIR when set), or uses
+# $TIDEGATE_BIN when set: another build, e.g. to measure before and after a change.
 release_bin() {
+    if [ -n "${TIDEGATE_BIN:-}" ]; then
+        BIN=$TIDEGATE_BIN
+        return
+    fi
     cargo build --release -q
     BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate
 }

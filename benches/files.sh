@@ -37,11 +37,7 @@ need garage rclone s3fs cc python3 fusermount3 mountpoint
 [ -f /usr/include/nfsc/libnfs.h ] || { echo "missing libnfs-dev: run ./scripts/test first" >&2; exit 1; }
 python3 -c 'import boto3' 2>/dev/null || { echo "missing python3-boto3: run ./scripts/test first" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "no /dev/fuse: rclone and s3fs need FUSE" >&2; exit 1; }
-if [ -n "${TIDEGATE_BIN:-}" ]; then
-    BIN=$TIDEGATE_BIN # another build, e.g. to measure before and after a change
-else
-    release_bin
-fi
+release_bin
 WORK=$(mktemp -d)
 CLIENT=$WORK/files-client
 cc -O2 -Wall -o "$CLIENT" benches/files-client.c -lnfs

@@ -4,7 +4,8 @@
 # writes VTL_MIB MiB in 256 KiB variable records, a filemark, rewinds and reads them back.
 # Prints MB/s and ratios (tidegate / tgt; higher is better for tidegate).
 #
-# Usage: benches/vtl.sh [MiB per run, default 1024]
+# Usage: benches/vtl.sh [MiB per run, default 1024]   (TIDEGATE_BIN=path runs another build, e.g.
+# to measure before and after a change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh

@@ -2,7 +2,8 @@
 //! dirty ranges live in which journal records, and LRU order; plus the cache files and eviction.
 //!
 //! Owns `State`, which lives behind one mutex in `Cache`. Nothing here awaits or fsyncs; file
-//! I/O under the lock is page-cache reads and writes only. Invariants: dirty bytes are read from
+//! I/O under the lock is page-cache reads and writes only (a finished upload's whole-object
+//! write happens outside it, see `upload::upload_one`). Invariants: dirty bytes are read from
 //! the journal record that wrote them last (the extent map), never from the cache file, so a
 //! write touches the disk once; the cache file is written only by a fill (bucket content, where
 //! it holds nothing) and by a finished upload (the whole uploaded content, after which the
@@ -16,6 +17,7 @@ use std::io::ErrorKind;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -106,9 +108,10 @@ pub(crate) struct State {
     pub(crate) draining: usize,
     pub(crate) writers_waiting: u64,
     pub(crate) closed: bool,
-    /// The last write to any object: uploads wait for writes to pause (see `upload::schedule`).
-    pub(crate) last_write_at: Option<Instant>,
-    files: ObjectFiles,
+    /// The last read or write of any object: uploads wait for client I/O to pause (see
+    /// `upload::schedule`).
+    pub(crate) last_io_at: Option<Instant>,
+    files: Arc<ObjectFiles>,
     object_size: u64,
     capacity: u64,
 }
@@ -132,8 +135,8 @@ impl State {
             draining: 0,
             writers_waiting: 0,
             closed: false,
-            last_write_at: None,
-            files,
+            last_io_at: None,
+            files: Arc::new(files),
             object_size,
             capacity,
         }
@@ -168,7 +171,7 @@ impl State {
             return;
         }
         let now = Instant::now();
-        self.last_write_at = Some(now);
+        self.last_io_at = Some(now);
         let obj = self.touch(name);
         let dirty = obj.dirty.get_or_insert_with(|| Dirty {
             since_seq: seq,
@@ -263,22 +266,16 @@ impl State {
             .unwrap_or_else(|| self.journal.next_seq())
     }
 
-    /// Completes an upload of `name` that sent `data`, the object's content as of journal seq
-    /// `seq` (captured at `captured_at`): `data` becomes the cache file's clean content and the
-    /// extents it includes are dropped, so their journal records may be reclaimed. Writes that
-    /// arrived during the upload keep their extents, which still shadow the file. If the file
-    /// cannot be written, nothing is dropped (the data stays dirty and is uploaded again).
-    pub(crate) fn uploaded(
-        &mut self,
-        name: &str,
-        seq: u64,
-        data: &[u8],
-        captured_at: Instant,
-    ) -> std::io::Result<()> {
-        self.files.write(name, 0, data)?;
+    /// Completes an upload of `name` whose content as of journal seq `seq` (captured at
+    /// `captured_at`) the caller has already written into the cache file: the file is now
+    /// known whole and the extents the content included are dropped, so their journal records
+    /// may be reclaimed. Writes that arrived during the upload keep their extents, which still
+    /// shadow the file. If the file could not be written the caller does not call this, and
+    /// nothing is dropped (the data stays dirty and is uploaded again).
+    pub(crate) fn uploaded(&mut self, name: &str, seq: u64, captured_at: Instant) {
         let size = self.object_size;
         let Some(obj) = self.objects.get_mut(name) else {
-            return Ok(());
+            return;
         };
         let before = obj.known.len();
         obj.known = RangeSet::full(size);
@@ -294,7 +291,11 @@ impl State {
                 d.urgent = false;
             }
         }
-        Ok(())
+    }
+
+    /// The cache files, for writes made outside the lock (see `upload::upload_one`).
+    pub(crate) fn files(&self) -> Arc<ObjectFiles> {
+        self.files.clone()
     }
 
     /// Drops an empty clean entry (a reader's failed miss) so the map does not grow.
@@ -411,7 +412,7 @@ impl ObjectFiles {
         Ok(f)
     }
 
-    fn write(&self, name: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn write(&self, name: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.file(name)?.write_all_at(data, offset)
     }
 

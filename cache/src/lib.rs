@@ -25,13 +25,13 @@
 //!   the journal and the rest from the cache file. A miss fetches the whole object once for all
 //!   concurrent readers and fills only the ranges not held locally. Clean objects are evicted
 //!   LRU; dirty, uploading and pinned ones never. Clean data is not kept across a restart.
-//! - *Uploader* (`upload.rs`): uploads an object once writes to the whole cache have paused for
-//!   `upload_delay` (a burst is absorbed before uploads compete with it), or once it has been
-//!   dirty for `upload_max_age`, or at once when the buffer is half full, writers wait, `drain`
-//!   runs or `upload_now` asks; oldest dirty first, `upload_concurrency` at a time, retrying
-//!   transient failures forever with capped exponential backoff. The object is assembled from
-//!   the cache file (or the bucket) and its journal extents; after the upload the assembled
-//!   content is written into the cache file and the extents it covered are dropped.
+//! - *Uploader* (`upload.rs`): uploads an object once reads and writes of the whole cache have
+//!   paused for `upload_delay` (a burst is absorbed before uploads compete with it), or once it
+//!   has been dirty for `upload_max_age`, or at once when the buffer is half full, writers wait,
+//!   `drain` runs or `upload_now` asks; oldest dirty first, `upload_concurrency` at a time,
+//!   retrying transient failures forever with capped exponential backoff. The object is
+//!   assembled from the cache file (or the bucket) and its journal extents; after the upload the
+//!   assembled content is written into the cache file and the extents it covered are dropped.
 //! - *Misses* (`fetch.rs`): one fetch task per object, shared by readers and the uploader.
 //! - *Recovery* (`recover.rs`): replay every retained record in seq order into the extent maps;
 //!   the first torn record ends the journal (it is cut there, durably), so recovery yields
@@ -88,8 +88,8 @@ pub struct CacheConfig {
     /// so this is only the unit callers should align to.
     pub page_size: u64,
     pub upload_concurrency: usize,
-    /// Settle time: how long writes (to any object) must pause before dirty objects are
-    /// uploaded. Writes that land within it are coalesced into one upload of each object, and a
+    /// Settle time: how long reads and writes (of any object) must pause before dirty objects
+    /// are uploaded. Writes that land within it are coalesced into one upload of each object, and a
     /// burst has the CPU and disk to itself until it ends or objects reach `upload_max_age`.
     pub upload_delay: Duration,
     /// Longest an object waits for its upload once dirty, however often it is rewritten: bounds
@@ -484,6 +484,7 @@ impl Cache {
             if st.closed {
                 return Err(CacheError::Closed);
             }
+            st.last_io_at = Some(std::time::Instant::now());
             let obj = st.touch(name);
             if obj.holds(range.clone()) {
                 self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);

@@ -47,11 +47,13 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
     let urgent = st.writers_waiting > 0
         || st.draining > 0
         || st.journal.total_bytes() > cfg.buffer_capacity / 2;
-    // While writes keep arriving, settled objects wait for a pause of the settle time (or their
-    // maximum age, or pressure): uploading in the middle of a burst takes the CPU and disk the
-    // upload buffer exists to give the writer, and uploads again what the burst rewrites.
+    // While reads or writes keep arriving, settled objects wait for a pause of the settle time
+    // (or their maximum age, or pressure): uploading in the middle of a burst takes the CPU and
+    // disk the upload buffer exists to give the client, and uploads again what a write burst
+    // rewrites. Reads count too: a tape read back right after it was written (a backup's
+    // verify pass) otherwise shares the CPU with the upload of everything it is reading.
     let busy_until = st
-        .last_write_at
+        .last_io_at
         .map(|t| t + cfg.upload_delay)
         .filter(|t| *t > now);
     let mut due = Vec::new();
@@ -111,6 +113,29 @@ async fn upload_one(inner: Arc<Inner>, name: String) {
             }),
         Err(e) => Err(e),
     };
+    // The uploaded content becomes the cache file's clean content. Written before the lock is
+    // taken and off the runtime's threads: a 1 MiB write into fresh page cache takes
+    // milliseconds, and under the index lock it stalled every reader and writer of the cache.
+    // Safe unlocked: the object is `uploading`, so it is not evicted, and its extents (dropped
+    // only below, under the lock) shadow every range whose file bytes change here.
+    let result = match result {
+        Ok(c) => {
+            let files = inner.state().files();
+            let (n, data) = (name.clone(), c.data.clone());
+            match tokio::task::spawn_blocking(move || files.write(&n, 0, &data)).await {
+                Ok(Ok(())) => Ok(c),
+                Ok(Err(source)) => Err(CacheError::CacheFile {
+                    name: name.clone(),
+                    source,
+                }),
+                Err(e) => Err(CacheError::CacheFile {
+                    name: name.clone(),
+                    source: std::io::Error::other(e),
+                }),
+            }
+        }
+        Err(e) => Err(e),
+    };
     let mut st = inner.state();
     if st.closed {
         return;
@@ -125,8 +150,7 @@ async fn upload_one(inner: Arc<Inner>, name: String) {
             obj.retry_at = None;
             obj.backoff = inner.config.retry_initial;
             inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
-            // Until the cache file holds the content, the extents stay and point at the journal.
-            let kept = st.uploaded(&name, c.seq, &c.data, c.captured_at).err();
+            st.uploaded(&name, c.seq, c.captured_at);
             let needed = st.needed_from();
             // Sealing the active segment is left to writers that need the space.
             if let Err(e) = st.journal.reclaim(needed, false) {
@@ -135,10 +159,7 @@ async fn upload_one(inner: Arc<Inner>, name: String) {
             if let Err(e) = st.evict() {
                 tracing::warn!(error = %e, "cache eviction failed");
             }
-            kept.map(|source| CacheError::CacheFile {
-                name: name.clone(),
-                source,
-            })
+            None
         }
         Err(e) => Some(e),
     };

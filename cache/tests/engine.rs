@@ -551,6 +551,43 @@ async fn rewrites_of_an_unsettled_object_are_coalesced_into_one_upload() {
     cache.close().await;
 }
 
+/// A cache with a 300 ms settle time and the given maximum age, on a sink that keeps uploads.
+fn settling(dir: &Path, max_age: Duration) -> (Arc<MemSink>, Cache) {
+    let mut cfg = config(dir, 64 * OBJ, 64 * OBJ);
+    cfg.upload_delay = Duration::from_millis(300);
+    cfg.upload_max_age = max_age;
+    let sink = Arc::new(MemSink::default());
+    let cache = Cache::open(cfg, sink.clone()).unwrap();
+    (sink, cache)
+}
+
+/// Reads defer uploads like writes do: a dirty object read again and again waits until the
+/// reads pause for the settle time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_wait_for_reads_to_pause_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, cache) = settling(dir.path(), Duration::from_secs(3600));
+    cache.write(&name(1), 0, &[1; 4096]).await.unwrap();
+    // Object 1 read back every 100 ms for 1.5 s (a verify pass right after a backup): no pause.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            &cache.read(&name(1), 0, 4096).await.unwrap()[..],
+            &[1; 4096]
+        );
+    }
+    assert!(sink.get(&name(1)).is_none(), "uploaded during the reads");
+    let start = std::time::Instant::now();
+    while sink.get(&name(1)).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not uploaded after the reads paused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cache.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_write_survives_losing_the_unsynced_write_that_overwrote_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -616,11 +653,7 @@ async fn unflushed_rewrites_free_their_journal_space_without_an_upload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_wait_for_writes_to_pause_but_not_past_the_maximum_age() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), 64 * OBJ, 64 * OBJ);
-    cfg.upload_delay = Duration::from_millis(300);
-    cfg.upload_max_age = Duration::from_secs(3600);
-    let sink = Arc::new(MemSink::default());
-    let cache = Cache::open(cfg.clone(), sink.clone()).unwrap();
+    let (sink, cache) = settling(dir.path(), Duration::from_secs(3600));
     cache.write(&name(1), 0, &[1; 4096]).await.unwrap();
     // Another object written every 100 ms for 1.5 s: object 1 settled long ago, but no pause.
     for i in 0..15u64 {
@@ -644,11 +677,7 @@ async fn uploads_wait_for_writes_to_pause_but_not_past_the_maximum_age() {
 
     // Writes that never pause: the maximum age still sends object 3 up.
     let dir = tempfile::tempdir().unwrap();
-    cfg = config(dir.path(), 64 * OBJ, 64 * OBJ);
-    cfg.upload_delay = Duration::from_millis(300);
-    cfg.upload_max_age = Duration::from_millis(600);
-    let sink = Arc::new(MemSink::default());
-    let cache = Cache::open(cfg, sink.clone()).unwrap();
+    let (sink, cache) = settling(dir.path(), Duration::from_millis(600));
     cache.write(&name(3), 0, &[3; 4096]).await.unwrap();
     let start = std::time::Instant::now();
     while sink.get(&name(3)).is_none() {
