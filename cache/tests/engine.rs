@@ -236,8 +236,10 @@ async fn run_model(lazy: bool, steps: Vec<Step>) {
             Step::CrashAfterUpload => {
                 sink.hang_after_store.store(true, Ordering::SeqCst);
                 let before = sink.uploads.load(Ordering::SeqCst);
-                // Drain starts uploads of everything dirty; they store and never return.
-                let _ = tokio::time::timeout(Duration::from_millis(20), cache.drain()).await;
+                // Drain starts uploads of everything dirty; they store and never return. The
+                // wait outlasts the retry backoff (at most `retry_max`, 20 ms) of an upload that
+                // failed while the bucket was down just before.
+                let _ = tokio::time::timeout(Duration::from_millis(100), cache.drain()).await;
                 if !down {
                     assert!(
                         cache.stats().dirty_bytes == 0
