@@ -51,7 +51,14 @@ fn only_store_talks_to_the_bucket_and_holds_crypto() {
         "lz4_flex::",
         "argon2::",
     ] {
-        let bad = offenders(krate, &["store/"]);
+        // The one exception: the device implements object_store's trait over its own sealed
+        // data set, so a file share can run on it (ADR 0009). It talks to no bucket.
+        let allowed: &[&str] = if krate == "object_store::" {
+            &["store/", "gateway/import/objects.rs"]
+        } else {
+            &["store/"]
+        };
+        let bad = offenders(krate, allowed);
         assert!(bad.is_empty(), "{krate} used outside store/: {bad:?}");
     }
 }
