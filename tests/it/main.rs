@@ -9,6 +9,7 @@ mod appliance;
 mod cli;
 mod console;
 mod device;
+mod device_export;
 mod fuse;
 mod iscsi_volume;
 mod layering;
