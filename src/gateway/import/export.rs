@@ -475,21 +475,29 @@ async fn copy_counted(
         Check::Md5(_) => true,
         Check::SizeOnly => false,
         Check::Parts(h) => {
-            let mut ok = h.finish() == etag;
-            if !ok {
+            let mut ok = Ok(h.finish() == etag);
+            if ok.as_ref().is_ok_and(|ok| !ok) {
                 // Part 1's length explained the size, yet the ETag differs: the parts were
                 // uneven after all. Recompute at the listed lengths from the device copy.
                 let parts = multipart_parts(&etag).unwrap_or(1);
-                let lengths = part_lengths(source, key, parts).await?;
-                ok = rehash(device, &written.segments, written.size, lengths).await? == etag;
+                ok = match part_lengths(source, key, parts).await {
+                    Ok(lengths) => rehash(device, &written.segments, written.size, lengths)
+                        .await
+                        .map(|t| t == etag),
+                    Err(e) => Err(e.into()),
+                };
             }
-            if !ok {
-                device.inner.segs.remove(&written.segments).await;
-                return Ok(Outcome::Failed(
-                    "the multipart ETag of the bytes copied is not the source's".into(),
-                ));
+            match ok {
+                Ok(true) => true,
+                failed => {
+                    // The copy is not committed: its segments go now, not at the next open.
+                    device.inner.segs.remove(&written.segments).await;
+                    failed?;
+                    return Ok(Outcome::Failed(
+                        "the multipart ETag of the bytes copied is not the source's".into(),
+                    ));
+                }
             }
-            true
         }
     };
     let (content_type, metadata, modified_ns) = attrs.unwrap_or_default();
