@@ -260,6 +260,21 @@ s3.put_object(Bucket=b, Key='exp/empty', Body=b'', Metadata={{'kind': 'empty'}})
         "{r}"
     );
 
+    // The management API shows the export's state and source.
+    let gw = crate::iscsi_volume::start(&job.data, None);
+    let jobs = crate::api::Api::of(&gw, &job.data).ok("GET", "/api/v1/jobs", None);
+    assert_eq!(
+        (&jobs[0]["kind"], &jobs[0]["state"], &jobs[0]["source"]),
+        (
+            &"export".into(),
+            &"ready".into(),
+            &"s3://tidegate-test/exp".into()
+        ),
+        "{jobs}"
+    );
+    assert_eq!(jobs[0]["objects"], 8, "{jobs}");
+    gw.stop();
+
     // Flip a byte in the victim's segment: the only one of about 100 kB.
     let seg = files_under(&job.data.join("device").join(&job.id).join("seg"))
         .into_iter()
