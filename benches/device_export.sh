@@ -30,6 +30,7 @@ SRC="$WORK/src"
 python3 - "$SRC" "$SMALL" "$BIG_MIB" <<'EOF'
 import os, sys
 src, small, big = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.makedirs(src, exist_ok=True)
 for i in range(small):
     d = os.path.join(src, "d%02d" % (i % 50)); os.makedirs(d, exist_ok=True)
     open(os.path.join(d, "f%06d" % i), "wb").write(os.urandom(64 << 10))

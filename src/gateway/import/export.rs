@@ -296,31 +296,32 @@ fn row_for(
 enum Check {
     /// The ETag is the MD5 of the bytes.
     Md5([u8; 16]),
-    /// A multipart ETag, recomputed at these part boundaries.
-    Parts(EtagHasher),
+    /// A multipart ETag, recomputed by the segment writer at the source's part boundaries.
+    Parts,
     /// The source cannot tell its part lengths: size only.
     SizeOnly,
 }
 
 /// The part boundaries of a multipart object of `parts` parts: uniform if part 1's length
-/// explains the size (the usual case, one HEAD), else every part's length.
+/// explains the size (the usual case, one HEAD), else every part's length; `None` if the
+/// source cannot tell.
 async fn plan_parts(
     source: &Bucket,
     key: &str,
     size: u64,
     parts: u32,
-) -> Result<Check, StoreError> {
+) -> Result<Option<EtagHasher>, StoreError> {
     let Some((first, count)) = source.part_length(key, 1).await? else {
-        return Ok(Check::SizeOnly);
+        return Ok(None);
     };
     if count != parts {
-        return Ok(Check::SizeOnly);
+        return Ok(None);
     }
     let n = u64::from(parts);
     if first > 0 && (n - 1) * first < size && size <= n * first {
-        return Ok(Check::Parts(EtagHasher::uniform(first)));
+        return Ok(Some(EtagHasher::uniform(first)));
     }
-    Ok(Check::Parts(EtagHasher::listed(
+    Ok(Some(EtagHasher::listed(
         part_lengths(source, key, parts).await?,
     )))
 }
@@ -423,7 +424,17 @@ async fn copy_counted(
         .map(fetch)
         .buffered(RANGES_AHEAD);
     let mut writer = device.writer()?;
-    let mut check = None;
+    let check = match (is_md5(&etag), multipart_parts(&etag)) {
+        (true, _) => Check::Md5(parse_hex::<16>(&etag).unwrap_or_default()),
+        (false, Some(parts)) => match plan_parts(source, key, obj.size, parts).await? {
+            Some(hasher) => {
+                writer = writer.with_etag(hasher);
+                Check::Parts
+            }
+            None => Check::SizeOnly,
+        },
+        (false, None) => Check::SizeOnly,
+    };
     let mut attrs = None;
     let mut received = 0u64;
     while let Some(piece) = pieces.next().await {
@@ -435,14 +446,6 @@ async fn copy_counted(
         }
         if attrs.is_none() {
             attrs = Some((head.content_type, head.metadata, head.modified_ns));
-            check = Some(match (is_md5(&etag), multipart_parts(&etag)) {
-                (true, _) => Check::Md5(parse_hex::<16>(&etag).unwrap_or_default()),
-                (false, Some(parts)) => plan_parts(source, key, obj.size, parts).await?,
-                (false, None) => Check::SizeOnly,
-            });
-        }
-        if let Some(Check::Parts(h)) = check.as_mut() {
-            h.update(&data);
         }
         let len = data.len() as u64;
         received += len;
@@ -454,7 +457,6 @@ async fn copy_counted(
     if received != obj.size {
         return Err(changed());
     }
-    let check = check.unwrap_or(Check::SizeOnly);
     let expected = ExpectedDigests {
         md5: match &check {
             Check::Md5(m) => Some(*m),
@@ -474,8 +476,8 @@ async fn copy_counted(
     let verified = match check {
         Check::Md5(_) => true,
         Check::SizeOnly => false,
-        Check::Parts(h) => {
-            let mut ok = Ok(h.finish() == etag);
+        Check::Parts => {
+            let mut ok = Ok(written.etag == etag);
             if ok.as_ref().is_ok_and(|ok| !ok) {
                 // Part 1's length explained the size, yet the ETag differs: the parts were
                 // uneven after all. Recompute at the listed lengths from the device copy.
