@@ -29,3 +29,40 @@ stop_tgt() {
         kill -9 "$TGT_PID" 2>/dev/null || true
     fi
 }
+
+hex() { python3 -c "import os; print(os.urandom($1).hex())"; }
+
+# Starts a single-node Garage under $1 with one bucket ($2); sets GARAGE_PID, S3 (its port), GK
+# and GS (its key), defines garage_env (runs a command with its credentials) and waits until
+# the bucket answers.
+start_garage() {
+    local dir=$1 bucket=$2 rpc admin
+    rpc=$(free_port); S3=$(free_port); admin=$(free_port)
+    GK="GK$(hex 12)"; GS=$(hex 32)
+    cat >"$dir/garage.toml" <<EOF
+metadata_dir = "$dir/garage/meta"
+data_dir = "$dir/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$(hex 32)"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$S3"
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+admin_token = "$(hex 16)"
+EOF
+    GARAGE_DEFAULT_ACCESS_KEY=$GK GARAGE_DEFAULT_SECRET_KEY=$GS GARAGE_DEFAULT_BUCKET=$bucket \
+        RUST_LOG=garage=warn garage -c "$dir/garage.toml" server --single-node --default-bucket \
+        >"$dir/garage.log" 2>&1 &
+    GARAGE_PID=$!
+    garage_env() { env AWS_ACCESS_KEY_ID="$GK" AWS_SECRET_ACCESS_KEY="$GS" AWS_DEFAULT_REGION=garage "$@"; }
+    for _ in $(seq 300); do
+        garage_env aws --endpoint-url "http://127.0.0.1:$S3" s3 ls "s3://$bucket" >/dev/null 2>&1 && return
+        sleep 0.2
+    done
+    echo "garage did not start; log in $dir/garage.log" >&2
+    exit 1
+}

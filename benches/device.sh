@@ -24,34 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 unset AWS_CA_BUNDLE AWS_PROFILE
-hex() { python3 -c "import os; print(os.urandom($1).hex())"; }
-
-# Garage, single node, one bucket.
-RPC=$(free_port); S3=$(free_port); ADMIN=$(free_port)
-GK="GK$(hex 12)"; GS=$(hex 32)
-cat >"$WORK/garage.toml" <<EOF
-metadata_dir = "$WORK/garage/meta"
-data_dir = "$WORK/garage/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$RPC"
-rpc_public_addr = "127.0.0.1:$RPC"
-rpc_secret = "$(hex 32)"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$S3"
-[admin]
-api_bind_addr = "127.0.0.1:$ADMIN"
-admin_token = "$(hex 16)"
-EOF
-GARAGE_DEFAULT_ACCESS_KEY=$GK GARAGE_DEFAULT_SECRET_KEY=$GS GARAGE_DEFAULT_BUCKET=bench RUST_LOG=garage=warn \
-    garage -c "$WORK/garage.toml" server --single-node --default-bucket >"$WORK/garage.log" 2>&1 &
-GARAGE_PID=$!
-garage_env() { env AWS_ACCESS_KEY_ID=$GK AWS_SECRET_ACCESS_KEY=$GS AWS_DEFAULT_REGION=garage "$@"; }
-for _ in $(seq 300); do
-    garage_env aws --endpoint-url "http://127.0.0.1:$S3" s3 ls s3://bench >/dev/null 2>&1 && break
-    sleep 0.2
-done
+start_garage "$WORK" bench
 
 # The data set: small files of 64 KiB and one big file.
 SRC="$WORK/src"

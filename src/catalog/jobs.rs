@@ -153,8 +153,8 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Moves a job to `state` (with a reason for FAILED, cleared otherwise); stamps the seal and
-    /// finish times when those states are reached.
+    /// Moves a job to `state` (with a reason for FAILED, cleared otherwise); stamps the seal
+    /// time at SEALED or READY and the finish time at COMPLETE or FAILED.
     pub fn set_job_state(
         &self,
         id: &str,
@@ -164,7 +164,7 @@ impl Catalog {
         let t = now();
         self.conn().execute(
             "UPDATE jobs SET state = ?2, reason = ?3, updated_unix = ?4,
-                 sealed_unix = CASE WHEN ?2 = 'SEALED' THEN ?4 ELSE sealed_unix END,
+                 sealed_unix = CASE WHEN ?2 IN ('SEALED', 'READY') THEN ?4 ELSE sealed_unix END,
                  finished_unix = CASE WHEN ?2 IN ('COMPLETE', 'FAILED') THEN ?4 ELSE finished_unix END
              WHERE id = ?1",
             params![id, state, reason, t],

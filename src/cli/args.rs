@@ -98,7 +98,7 @@ pub enum Command {
     /// Low-level chunk access, for debugging and tests.
     #[command(subcommand, hide = true)]
     Chunk(ChunkCommand),
-    /// Bulk import/export jobs (the device mode): create, seal, import, status.
+    /// Bulk import/export jobs (the device mode): create, seal, import, export, complete, status.
     #[command(subcommand)]
     Job(JobCommand),
     /// Unlock a job's device (serves its S3 endpoint until locked) or lock it.
@@ -473,6 +473,17 @@ pub enum JobCommand {
         #[arg(long, value_name = "RATE")]
         upload_limit: Option<ByteSize>,
     },
+    /// Copy an export job's source onto the device, verifying every object, then seal it for
+    /// clients (READY); resumable. Source credentials from AWS_ACCESS_KEY_ID/_SECRET_ACCESS_KEY.
+    Export {
+        #[command(flatten)]
+        unlock: UnlockArgs,
+        /// Objects copied at once.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+    },
+    /// Mark a READY export job COMPLETE (its clients have read the data set).
+    Complete { job: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -485,8 +496,9 @@ pub enum JobKindArgs {
         #[command(flatten)]
         common: JobCreateArgs,
     },
-    /// The device is filled from SOURCE for clients to read (not built yet).
+    /// The device is filled from SOURCE (`job export`) for clients to read.
     Export {
+        /// s3://bucket[/prefix]: where the data comes from.
         #[arg(long, value_name = "URL")]
         source: String,
         #[command(flatten)]

@@ -232,7 +232,8 @@ fn job_json(j: &crate::gateway::import::JobStatus) -> Value {
     json!({
         "id": j.row.id,
         "kind": j.row.kind,
-        "target": j.row.bucket_url,
+        "target": (j.row.kind == "import").then_some(&j.row.bucket_url),
+        "source": (j.row.kind == "export").then_some(&j.row.bucket_url),
         "state": j.row.state.to_ascii_lowercase(),
         "reason": j.row.reason,
         "created_unix": j.row.created_unix,
@@ -706,7 +707,7 @@ impl DaemonManagement {
         };
         m.gauge_owned(
             "tidegate_job_objects",
-            "Objects an import job holds.",
+            "Objects a job holds on the device.",
             &per(&|c| c.objects),
         );
         m.gauge_owned(
@@ -721,7 +722,7 @@ impl DaemonManagement {
         );
         m.gauge_owned(
             "tidegate_job_bytes",
-            "Bytes an import job holds.",
+            "Bytes a job holds on the device.",
             &per(&|c| c.bytes),
         );
         m.gauge_owned(

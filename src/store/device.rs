@@ -166,49 +166,7 @@ fn hmac_with(key: &[u8], data: &[u8]) -> [u8; 32] {
     out
 }
 
-/// SHA-256 and MD5 of a stream of bytes, fed in pieces: the object's manifest hash and its
-/// S3 ETag (or one multipart part's ETag).
-pub struct Digests {
-    sha256: digest::Context,
-    md5: md5::Md5,
-}
-
-impl std::fmt::Debug for Digests {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Digests")
-    }
-}
-
-impl Default for Digests {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Digests {
-    pub fn new() -> Self {
-        Self {
-            sha256: digest::Context::new(&digest::SHA256),
-            md5: md5::Md5::new(),
-        }
-    }
-
-    pub fn update(&mut self, data: &[u8]) {
-        self.sha256.update(data);
-        self.md5.update(data);
-    }
-
-    /// (SHA-256, MD5) as raw bytes.
-    pub fn finish(self) -> ([u8; 32], [u8; 16]) {
-        let mut sha = [0u8; 32];
-        sha.copy_from_slice(self.sha256.finish().as_ref());
-        let mut md5 = [0u8; 16];
-        md5.copy_from_slice(&self.md5.finalize());
-        (sha, md5)
-    }
-}
-
-/// MD5 alone (per-part ETags while importing, where the SHA-256 runs over the whole object).
+/// MD5 of a stream of bytes (ETags: a whole object's, or one part's).
 #[derive(Default)]
 pub struct Md5(md5::Md5);
 
@@ -307,10 +265,12 @@ mod tests {
 
     #[test]
     fn digests_match_known_values() {
-        let mut d = Digests::new();
-        d.update(b"ab");
-        d.update(b"c");
-        let (sha, md5) = d.finish();
+        let (mut s, mut m) = (Sha256::default(), Md5::default());
+        for piece in [&b"ab"[..], b"c"] {
+            s.update(piece);
+            m.update(piece);
+        }
+        let (sha, md5) = (s.finish(), m.finish());
         assert_eq!(
             hex(&sha),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -107,6 +107,8 @@ pub struct ObjectInfo {
     pub size: u64,
     /// Last modification, seconds since the epoch (garbage collection's grace period).
     pub modified_unix: i64,
+    /// The ETag as listed, quotes removed.
+    pub etag: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -359,6 +361,7 @@ impl Bucket {
                 key: meta.location.to_string(),
                 size: meta.size,
                 modified_unix: meta.last_modified.timestamp(),
+                etag: meta.e_tag.map(|t| t.trim_matches('"').to_owned()),
             })
             .try_collect()
             .await

@@ -27,6 +27,7 @@ pub struct ObjectHead {
     pub modified_ns: i64,
     /// User metadata, keys lower-cased, in the order the store returned them.
     pub metadata: Vec<(String, String)>,
+    pub content_type: Option<String>,
 }
 
 /// One level of a listing: the objects directly below a prefix and the sub-prefixes.
@@ -148,28 +149,55 @@ impl Bucket {
             ..GetOptions::default()
         };
         match self.inner.get_opts(&path, opts).await {
-            Ok(r) => {
-                let metadata = r
-                    .attributes
-                    .iter()
-                    .filter_map(|(k, v)| match k {
-                        Attribute::Metadata(name) => {
-                            Some((name.to_ascii_lowercase(), v.as_ref().to_owned()))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                Ok(Some(ObjectHead {
-                    size: r.meta.size,
-                    etag: r.meta.e_tag,
-                    modified_ns: r.meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
-                    metadata,
-                }))
-            }
+            Ok(r) => Ok(Some(head_of(&r))),
             Err(e) => match self.classify(e, "head", key) {
                 StoreError::NotFound { .. } => Ok(None),
                 other => Err(other),
             },
+        }
+    }
+
+    /// Bytes `range` of an object together with what a HEAD would tell (the whole object's
+    /// size, ETag, content type and user metadata): one request where a HEAD and a GET would
+    /// be two.
+    pub async fn read_object_with_head(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<(ObjectHead, Bytes), StoreError> {
+        let path = self.object_path("get", key)?;
+        let len = range.end.saturating_sub(range.start);
+        self.download_limit.acquire(len).await;
+        let opts = GetOptions {
+            range: Some(range.into()),
+            ..GetOptions::default()
+        };
+        let r = self
+            .inner
+            .get_opts(&path, opts)
+            .await
+            .map_err(|e| self.classify(e, "get range of", key))?;
+        let head = head_of(&r);
+        let data = r
+            .bytes()
+            .await
+            .map_err(|e| self.classify(e, "get range of", key))?;
+        self.traffic
+            .count(&self.traffic.gets, &self.traffic.get_bytes, data.len());
+        Ok((head, data))
+    }
+
+    /// The length of part `part` of a multipart object and the object's part count, from the
+    /// server (HeadObject with `partNumber`); `None` where the store cannot say (a `file://`
+    /// bucket, or a server that ignores the parameter).
+    pub async fn part_length(
+        &self,
+        key: &str,
+        part: u32,
+    ) -> Result<Option<(u64, u32)>, StoreError> {
+        match &self.raw {
+            Some(raw) => raw.head_part(key, part).await,
+            None => Ok(None),
         }
     }
 
@@ -357,6 +385,25 @@ impl Bucket {
                 .collect(),
         })
     }
+}
+
+fn head_of(r: &object_store::GetResult) -> ObjectHead {
+    let mut head = ObjectHead {
+        size: r.meta.size,
+        etag: r.meta.e_tag.clone(),
+        modified_ns: r.meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
+        ..ObjectHead::default()
+    };
+    for (k, v) in r.attributes.iter() {
+        match k {
+            Attribute::Metadata(name) => head
+                .metadata
+                .push((name.to_ascii_lowercase(), v.as_ref().to_owned())),
+            Attribute::ContentType => head.content_type = Some(v.as_ref().to_owned()),
+            _ => {}
+        }
+    }
+    head
 }
 
 /// Bytes `start..end` of a local file.

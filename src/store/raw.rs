@@ -111,6 +111,9 @@ fn amz_date(unix: i64) -> String {
 /// What a signed request brought back.
 struct Reply {
     etag: Option<String>,
+    /// Content-Length and x-amz-mp-parts-count, for a HEAD of one part.
+    length: Option<u64>,
+    parts: Option<u32>,
     body: String,
 }
 
@@ -354,13 +357,31 @@ impl RawS3 {
             .get("etag")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let number = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let length = number("content-length");
+        let parts = number("x-amz-mp-parts-count").and_then(|n| u32::try_from(n).ok());
         let text = resp.text().await.unwrap_or_default();
         // CompleteMultipartUpload and UploadPartCopy can fail with a 200 and an error body.
         if status.is_success() && !text.contains("<Error>") {
-            return Ok(Reply { etag, body: text });
+            return Ok(Reply {
+                etag,
+                length,
+                parts,
+                body: text,
+            });
         }
         if status == reqwest::StatusCode::NOT_FOUND && op == "delete" {
-            return Ok(Reply { etag, body: text });
+            return Ok(Reply {
+                etag,
+                length,
+                parts,
+                body: text,
+            });
         }
         let retryable = status.is_server_error()
             || status == reqwest::StatusCode::TOO_MANY_REQUESTS
@@ -637,6 +658,27 @@ impl RawS3 {
         ];
         headers.extend(meta_headers(metadata));
         self.send(reqwest::Method::PUT, "copy", to, &headers).await
+    }
+
+    /// HEAD of one part of a multipart object (`?partNumber=`, S3 HeadObject): the part's
+    /// length and the object's part count, or `None` when the server ignores the parameter
+    /// (no parts count in the reply).
+    pub(crate) async fn head_part(
+        &self,
+        key: &str,
+        part: u32,
+    ) -> Result<Option<(u64, u32)>, StoreError> {
+        let reply = self
+            .request(
+                reqwest::Method::HEAD,
+                "head part of",
+                key,
+                &[("partNumber", part.to_string())],
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await?;
+        Ok(reply.length.zip(reply.parts))
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {

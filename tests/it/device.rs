@@ -25,14 +25,23 @@ pub struct Job {
 }
 
 pub fn create_job(dir: &Path, garage: &Garage, prefix: &str) -> Job {
+    create_job_of(dir, garage, "import", prefix)
+}
+
+/// A job of `kind` (`import`: into Garage's bucket under `prefix`; `export`: from it).
+pub fn create_job_of(dir: &Path, garage: &Garage, kind: &str, prefix: &str) -> Job {
     let data = dir.join("device-data");
     std::fs::create_dir_all(&data).unwrap();
     let manifest = dir.join("job.manifest.json");
     let o = run(tidegate(&data).args([
         "job",
         "create",
-        "import",
-        "--target",
+        kind,
+        if kind == "import" {
+            "--target"
+        } else {
+            "--source"
+        },
         &format!("s3://{}/{prefix}", garage.bucket),
         "--endpoint",
         &garage.endpoint,

@@ -1,4 +1,5 @@
-//! `tidegate job create|status|seal|import`: bulk import jobs (the device mode).
+//! `tidegate job create|status|seal|import|export|complete`: bulk import and export jobs (the
+//! device mode).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -13,9 +14,11 @@ use crate::cli::args::{JobCommand, JobKindArgs};
 use crate::cli::commands::device::refused;
 use crate::cli::{UsageError, gateway_error};
 use crate::config::{ByteSize, Config};
+use crate::gateway::GatewayError;
 use crate::gateway::import::{
-    ImportOptions, ImportProgress, JobKind, JobManifestFile, JobRequest, create_job, job_status,
-    run_import, unlock_job,
+    Device, ExportOptions, Failure, ImportOptions, ImportProgress, JobKind, JobManifestFile,
+    JobRequest, complete_job, create_job, job_status, open_export, run_export, run_import,
+    unlock_job,
 };
 use crate::store::device::KdfParams;
 
@@ -29,12 +32,7 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
         JobCommand::Create { kind } => {
             let (kind, url, common) = match kind {
                 JobKindArgs::Import { target, common } => (JobKind::Import, target, common),
-                JobKindArgs::Export { .. } => {
-                    return Err(UsageError(
-                        "export jobs are not built yet; only `job create import`".into(),
-                    )
-                    .into());
-                }
+                JobKindArgs::Export { source, common } => (JobKind::Export, source, common),
             };
             let pending = common.manifest_out.clone();
             let manifest_path = match pending {
@@ -68,7 +66,7 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
             let jobs = job_status(&catalog, job.as_deref()).map_err(gateway_error)?;
             writeln!(
                 out,
-                "{:<16} {:<7} {:<10} {:>8} {:>10} {:>8} {:>6}  TARGET / REASON",
+                "{:<16} {:<7} {:<10} {:>8} {:>10} {:>8} {:>6}  BUCKET / REASON",
                 "JOB", "KIND", "STATE", "OBJECTS", "BYTES", "IMPORTED", "FAILED"
             )?;
             for j in jobs {
@@ -149,22 +147,17 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
             opts.multipart_threshold = config.bucket.multipart_threshold;
             opts.part_size = config.bucket.part_size;
             opts.upload_limit = upload_limit.map(|b| b.0);
-            let progress = Arc::new(ImportProgress::default());
-            let report = rt.block_on(async {
-                let device = unlock_job(
+            let report = transfer(
+                &rt,
+                "import",
+                unlock_job(
                     catalog.clone(),
                     &config.data_dir,
                     &file,
                     &unlock.unlock_code,
-                )
-                .await
-                .map_err(refused)?;
-                let drawer = tokio::spawn(draw(progress.clone()));
-                let report = run_import(&device, &opts, progress.clone()).await;
-                drawer.abort();
-                report.map_err(gateway_error)
-            })?;
-            eprintln!("{}", line(&progress, Instant::now(), report.run_seconds));
+                ),
+                |device, progress| async move { run_import(&device, &opts, progress).await },
+            )?;
             writeln!(
                 out,
                 "job {}: {} — {} of {} objects imported ({} of {}), {} failed; this run sent {} \
@@ -189,9 +182,7 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
                     String::new()
                 }
             )?;
-            for f in &report.failures {
-                writeln!(out, "failed: {} ({} bytes): {}", f.key, f.size, f.reason)?;
-            }
+            list_failures(&mut out, &report.failures)?;
             writeln!(
                 out,
                 "report: {}/device/{}/report.json and imports/{}/report.json in the target",
@@ -203,12 +194,93 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        JobCommand::Export { unlock, parallel } => {
+            let file = JobManifestFile::read(&unlock.manifest).map_err(gateway_error)?;
+            let mut opts = ExportOptions::new(config.data_dir.clone());
+            opts.parallel = parallel.max(1);
+            let report = transfer(
+                &rt,
+                "export",
+                open_export(
+                    catalog.clone(),
+                    &config.data_dir,
+                    &file,
+                    &unlock.unlock_code,
+                ),
+                |device, progress| async move { run_export(&device, &opts, progress).await },
+            )?;
+            writeln!(
+                out,
+                "job {}: {} — {} of {} objects on the device ({} of {}), {} failed; this run \
+                 copied {} objects, {} in {:.1} s ({} GET requests), skipped {} already copied",
+                report.job,
+                report.state,
+                report.exported_objects,
+                report.objects,
+                ByteSize(report.exported_bytes),
+                ByteSize(report.bytes),
+                report.failed_objects,
+                report.run_copied_objects,
+                ByteSize(report.run_copied_bytes),
+                report.run_seconds,
+                report.run_get_requests,
+                report.run_skipped_objects
+            )?;
+            list_failures(&mut out, &report.failures)?;
+            writeln!(
+                out,
+                "report: {}/device/{}/report.json",
+                config.data_dir.display(),
+                report.job
+            )?;
+            if report.failed_objects > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        JobCommand::Complete { job } => {
+            complete_job(&catalog, &job).map_err(gateway_error)?;
+            writeln!(out, "job {job}: COMPLETE")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Redraws the import's progress on stderr: in place on a terminal, a line every 5 s elsewhere.
-async fn draw(progress: Arc<ImportProgress>) {
+/// Opens the device (`open`), then runs a transfer on it (`run`) with a progress display.
+fn transfer<R, F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    what: &'static str,
+    open: impl Future<Output = Result<Device, GatewayError>>,
+    run: F,
+) -> Result<R>
+where
+    F: FnOnce(Device, Arc<ImportProgress>) -> Fut,
+    Fut: Future<Output = Result<R, GatewayError>>,
+{
+    let progress = Arc::new(ImportProgress::default());
+    let (report, secs) = rt.block_on(async {
+        let device = open.await.map_err(refused)?;
+        let started = Instant::now();
+        let drawer = tokio::spawn(draw(progress.clone(), what));
+        let report = run(device, progress.clone()).await;
+        drawer.abort();
+        Ok::<_, anyhow::Error>((
+            report.map_err(gateway_error)?,
+            started.elapsed().as_secs_f64(),
+        ))
+    })?;
+    eprintln!("{}", line(&progress, what, secs));
+    Ok(report)
+}
+
+fn list_failures(out: &mut impl Write, failures: &[Failure]) -> std::io::Result<()> {
+    for f in failures {
+        writeln!(out, "failed: {} ({} bytes): {}", f.key, f.size, f.reason)?;
+    }
+    Ok(())
+}
+
+/// Redraws a transfer's progress on stderr: in place on a terminal, a line every 5 s elsewhere.
+async fn draw(progress: Arc<ImportProgress>, what: &'static str) {
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let every = if terminal {
@@ -218,7 +290,7 @@ async fn draw(progress: Arc<ImportProgress>) {
     };
     loop {
         tokio::time::sleep(every).await;
-        let text = line(&progress, started, started.elapsed().as_secs_f64());
+        let text = line(&progress, what, started.elapsed().as_secs_f64());
         if terminal {
             eprint!("\r{text}\x1b[K");
         } else {
@@ -227,7 +299,7 @@ async fn draw(progress: Arc<ImportProgress>) {
     }
 }
 
-fn line(p: &ImportProgress, _now: Instant, secs: f64) -> String {
+fn line(p: &ImportProgress, what: &str, secs: f64) -> String {
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let (objects, total_objects) = (get(&p.done_objects), get(&p.total_objects));
     let (bytes, total_bytes) = (get(&p.done_bytes), get(&p.total_bytes));
@@ -240,7 +312,7 @@ fn line(p: &ImportProgress, _now: Instant, secs: f64) -> String {
         "ETA -:--".to_owned()
     };
     format!(
-        "import {objects}/{total_objects} objects, {} / {}, {:.1} MiB/s, {} failed, {eta}",
+        "{what} {objects}/{total_objects} objects, {} / {}, {:.1} MiB/s, {} failed, {eta}",
         ByteSize(bytes),
         ByteSize(total_bytes),
         rate / f64::from(1u32 << 20),

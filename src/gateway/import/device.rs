@@ -277,7 +277,7 @@ impl Device {
             key: key.to_owned(),
             size: written.size,
             sha256: hex(&written.sha256),
-            etag: hex(&written.md5),
+            etag: written.etag,
             content_type: attrs.content_type,
             metadata: attrs.metadata,
             modified_unix: now(),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::catalog::jobs::{JobCounts, JobRow};
-use crate::config::{BucketLocation, parse_bucket_url};
+use crate::config::{BucketConfig, BucketLocation, Credentials, parse_bucket_url};
 use crate::gateway::GatewayError;
 use crate::gateway::import::Device;
 use crate::store::MasterKey;
@@ -78,9 +78,10 @@ impl JobState {
         })
     }
 
-    /// Whether clients may still change the data set.
+    /// Whether the data set may still change: clients load an import job until it is sealed;
+    /// an export job is filled by `job export` (never by clients) until it is READY.
     pub fn accepts_writes(self) -> bool {
-        matches!(self, Self::Created | Self::Loading)
+        matches!(self, Self::Created | Self::Loading | Self::Exporting)
     }
 }
 
@@ -167,6 +168,26 @@ pub(crate) fn bucket_of(url: &str) -> Result<(String, String), GatewayError> {
             "{url}: a job needs an s3:// bucket"
         ))),
     }
+}
+
+/// The bucket a job reads from or writes to: `root` for the bucket's root (reports) rather
+/// than the job's prefix. Path-style addressing whenever an endpoint is given.
+pub(crate) fn job_bucket(
+    row: &JobRow,
+    credentials: Credentials,
+    root: bool,
+) -> Result<BucketConfig, GatewayError> {
+    let (bucket, prefix) = bucket_of(&row.bucket_url)?;
+    let mut cfg = BucketConfig::local(PathBuf::new());
+    cfg.location = BucketLocation::S3 {
+        bucket,
+        prefix: if root { String::new() } else { prefix },
+    };
+    cfg.endpoint = row.endpoint.clone();
+    cfg.region = row.region.clone();
+    cfg.path_style = row.endpoint.is_some();
+    cfg.credentials = credentials;
+    Ok(cfg)
 }
 
 /// Creates a job: a new id, unlock code and key; the manifest file is written (never over an
@@ -278,28 +299,71 @@ pub(crate) async fn job_key(
     Ok((row, key))
 }
 
-/// Unlocks a job's device: checks the key, opens the data set. A CREATED import job becomes
-/// LOADING.
+/// Checks the key, lets `next` refuse the job or name the state it moves to, and opens the
+/// job's data set.
+pub(crate) async fn open_job(
+    catalog: Arc<Catalog>,
+    data_dir: &Path,
+    manifest: &JobManifestFile,
+    code: &str,
+    next: impl FnOnce(&JobRow, JobState) -> Result<Option<JobState>, GatewayError>,
+) -> Result<Device, GatewayError> {
+    let (row, key) = job_key(&catalog, manifest, code).await?;
+    let state = JobState::parse(&row.state).unwrap_or(JobState::Failed);
+    if let Some(next) = next(&row, state)? {
+        catalog.set_job_state(&row.id, next.as_str(), None)?;
+    }
+    let row = catalog
+        .job(&row.id)?
+        .ok_or_else(|| GatewayError::NotFound(format!("job {}", row.id)))?;
+    Device::open(catalog, data_dir, row, key).await
+}
+
+/// Unlocks a job's device for clients: checks the key, opens the data set. A CREATED import
+/// job becomes LOADING; an export job opens only once READY (read-only: `job export` fills it).
 pub async fn unlock_job(
     catalog: Arc<Catalog>,
     data_dir: &Path,
     manifest: &JobManifestFile,
     code: &str,
 ) -> Result<Device, GatewayError> {
-    let (row, key) = job_key(&catalog, manifest, code).await?;
-    if row.kind != JobKind::Import.as_str() {
-        return Err(GatewayError::NotSupported(format!(
-            "job {} is an export job; export is not built yet",
-            row.id
+    open_job(catalog, data_dir, manifest, code, |row, state| {
+        if row.kind == JobKind::Export.as_str() {
+            return match state {
+                JobState::Ready | JobState::Complete => Ok(None),
+                _ => Err(GatewayError::InvalidArgument(format!(
+                    "export job {} is {}; its data set is not ready for clients yet (run \
+                     `tidegate job export`)",
+                    row.id, row.state
+                ))),
+            };
+        }
+        Ok((state == JobState::Created).then_some(JobState::Loading))
+    })
+    .await
+}
+
+/// Marks a READY export job COMPLETE: its clients are done with the data set.
+pub fn complete_job(catalog: &Catalog, id: &str) -> Result<(), GatewayError> {
+    let row = catalog
+        .job(id)?
+        .ok_or_else(|| GatewayError::NotFound(format!("job {id}")))?;
+    if row.kind != JobKind::Export.as_str() {
+        return Err(GatewayError::InvalidArgument(format!(
+            "job {id} is an {} job; an import completes when `job import` verified it",
+            row.kind
         )));
     }
-    if row.state == JobState::Created.as_str() {
-        catalog.set_job_state(&row.id, JobState::Loading.as_str(), None)?;
+    match JobState::parse(&row.state) {
+        Some(JobState::Ready) => {
+            Ok(catalog.set_job_state(id, JobState::Complete.as_str(), None)?)
+        }
+        Some(JobState::Complete) => Ok(()),
+        _ => Err(GatewayError::InvalidArgument(format!(
+            "export job {id} is {}; only a READY job can complete",
+            row.state
+        ))),
     }
-    let row = catalog
-        .job(&row.id)?
-        .ok_or_else(|| GatewayError::NotFound(format!("job {}", row.id)))?;
-    Device::open(catalog, data_dir, row, key).await
 }
 
 /// One job's row and counts, or every job's.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gateway::GatewayError;
 use crate::gateway::import::device::{Device, now};
-use crate::gateway::import::job::JobState;
+use crate::gateway::import::job::{JobKind, JobState};
 use crate::store::device as keys;
 use crate::store::keys::{hex, parse_hex};
 
@@ -80,11 +80,27 @@ impl Device {
     /// is written (fsynced) before the state becomes SEALED. Sealing a sealed job rewrites
     /// nothing and succeeds.
     pub async fn seal(&self) -> Result<(u64, u64), GatewayError> {
+        self.seal_as(JobKind::Import).await
+    }
+
+    /// Seals a job of `kind`: an import job becomes SEALED, an export job (sealed by the
+    /// export once every object is copied, never by a client) READY.
+    pub(crate) async fn seal_as(&self, kind: JobKind) -> Result<(u64, u64), GatewayError> {
         let row = self
             .inner
             .catalog
             .job(&self.inner.job)?
             .ok_or_else(|| GatewayError::NotFound(format!("job {}", self.inner.job)))?;
+        if row.kind != kind.as_str() {
+            return Err(GatewayError::InvalidArgument(format!(
+                "job {} is an {} job; `job export` seals it when every object is copied",
+                row.id, row.kind
+            )));
+        }
+        let sealed_state = match kind {
+            JobKind::Import => JobState::Sealed,
+            JobKind::Export => JobState::Ready,
+        };
         let state = JobState::parse(&row.state).unwrap_or(JobState::Failed);
         if !state.accepts_writes() {
             return Ok(self.object_count());
@@ -158,7 +174,7 @@ impl Device {
         std::fs::rename(&tmp, &path).map_err(io)?;
         self.inner
             .catalog
-            .set_job_state(&self.inner.job, JobState::Sealed.as_str(), None)?;
+            .set_job_state(&self.inner.job, sealed_state.as_str(), None)?;
         Ok((objects, bytes))
     }
 

@@ -15,24 +15,29 @@
 //! never changes after SEALED.
 
 mod device;
+mod etag;
+mod export;
 mod job;
 mod manifest;
 mod multipart;
 mod objects;
 mod record;
+mod report;
 mod segments;
 mod share;
 mod transfer;
 
 pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult, device_dir};
+pub use export::{ExportOptions, ExportReport, open_export, run_export};
 pub use job::{
-    CreatedJob, JobKind, JobManifestFile, JobRequest, JobState, JobStatus, create_job, job_status,
-    unlock_job,
+    CreatedJob, JobKind, JobManifestFile, JobRequest, JobState, JobStatus, complete_job,
+    create_job, job_status, unlock_job,
 };
 pub use manifest::ManifestCheck;
 pub use multipart::{PartInfo, UploadInfo};
 pub use objects::DeviceObjects;
 pub use record::ExpectedDigests;
+pub use report::{Failure, ReportRow};
 pub use segments::{DigestMismatch, SegmentWriter};
 pub use share::{DEFAULT_STAGING_ROOT, DeviceShare};
 pub use transfer::{ImportOptions, ImportProgress, ImportReport, run_import};

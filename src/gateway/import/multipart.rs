@@ -98,7 +98,7 @@ impl Device {
         let written = data.finish(expected).await?;
         let rec = PartRecord {
             size: written.size,
-            md5: hex(&written.md5),
+            md5: written.etag,
             sha256: hex(&written.sha256),
             modified_unix: now(),
             segments: written.segments,

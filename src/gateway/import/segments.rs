@@ -3,18 +3,21 @@
 //! `device/<job>/seg/<id>`, so a segment cannot be swapped for another or edited unseen.
 //!
 //! Invariant: `SegmentWriter::finish` returns only after every segment file is fsynced; a writer
-//! dropped without finishing removes what it wrote. Reads return bytes only after the frame
+//! dropped without finishing removes what it wrote (a segment still being written when it is
+//! dropped is left as an orphan, removed when the device next opens writable). Reads return bytes only after the frame
 //! authenticated.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::gateway::GatewayError;
+use crate::gateway::import::etag::EtagHasher;
 use crate::gateway::import::record::{ExpectedDigests, Segment};
 use crate::store::Codec;
-use crate::store::device::Digests;
+use crate::store::device::Sha256;
 use crate::store::keys::hex;
 
 /// Plaintext per segment: large enough that per-file costs vanish, small enough to seal on the
@@ -107,16 +110,24 @@ pub(crate) struct Written {
     pub segments: Vec<Segment>,
     pub size: u64,
     pub sha256: [u8; 32],
-    pub md5: [u8; 16],
+    /// The S3 ETag of the bytes, unquoted: their MD5 unless the writer was given part
+    /// boundaries (`with_etag`).
+    pub etag: String,
 }
 
+/// Segments being sealed and written while the next one fills: enough to hide one fsync behind
+/// the hashing of the next segment.
+const SEALS_IN_FLIGHT: usize = 2;
+
 /// Receives an object's bytes in any pieces and stores them as sealed segments, hashing as it
-/// goes.
+/// goes. Hashing runs in order on the blocking pool; sealing and writing a segment overlap the
+/// hashing of the next (at most `SEALS_IN_FLIGHT`), and `finish` waits for all of them.
 #[derive(Debug)]
 pub struct SegmentWriter {
     store: Arc<SegmentStore>,
     buf: BytesMut,
-    digests: Option<Digests>,
+    hashes: Option<(Sha256, EtagHasher)>,
+    sealing: VecDeque<tokio::task::JoinHandle<Result<(), GatewayError>>>,
     segments: Vec<Segment>,
     size: u64,
     finished: bool,
@@ -127,11 +138,20 @@ impl SegmentWriter {
         Self {
             store,
             buf: BytesMut::new(),
-            digests: Some(Digests::new()),
+            hashes: Some((Sha256::default(), EtagHasher::single())),
+            sealing: VecDeque::new(),
             segments: Vec::new(),
             size: 0,
             finished: false,
         }
+    }
+
+    /// Computes the ETag at these part boundaries instead of the MD5 (before any write).
+    pub(crate) fn with_etag(mut self, etag: EtagHasher) -> Self {
+        if let Some((_, e)) = self.hashes.as_mut() {
+            *e = etag;
+        }
+        self
     }
 
     pub async fn write(&mut self, mut data: Bytes) -> Result<(), GatewayError> {
@@ -151,30 +171,48 @@ impl SegmentWriter {
 
     async fn flush(&mut self) -> Result<(), GatewayError> {
         let data = std::mem::take(&mut self.buf).freeze();
-        let mut digests = self.digests.take().unwrap_or_default();
-        let store = self.store.clone();
         let mut raw = [0u8; 16];
         crate::store::device::new_salt()
             .map(|s| raw = s)
             .map_err(|e| GatewayError::Internal(Box::new(e)))?;
         let id = hex(&raw);
         let len = data.len() as u64;
-        let (digests, result) = tokio::task::spawn_blocking({
-            let id = id.clone();
-            move || {
-                digests.update(&data);
-                let r = write_segment(&store, &id, &data);
-                (digests, r)
-            }
+        let (mut sha, mut etag) = self
+            .hashes
+            .take()
+            .unwrap_or_else(|| (Sha256::default(), EtagHasher::single()));
+        let hashed = data.clone();
+        let hashes = tokio::task::spawn_blocking(move || {
+            sha.update(&hashed);
+            etag.update(&hashed);
+            (sha, etag)
         })
         .await
         .map_err(|e| GatewayError::Internal(Box::new(e)))?;
-        self.digests = Some(digests);
-        // Recorded before the result is checked: a half-written file is removed on drop too.
-        self.segments.push(Segment { id, len });
-        result?;
+        self.hashes = Some(hashes);
+        while self.sealing.len() >= SEALS_IN_FLIGHT {
+            self.wait_oldest().await?;
+        }
+        // Recorded before the write: a half-written file is removed on drop too.
+        self.segments.push(Segment {
+            id: id.clone(),
+            len,
+        });
+        let store = self.store.clone();
+        self.sealing.push_back(tokio::task::spawn_blocking(move || {
+            write_segment(&store, &id, &data)
+        }));
         self.size += len;
         Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<(), GatewayError> {
+        match self.sealing.pop_front() {
+            Some(task) => task
+                .await
+                .map_err(|e| GatewayError::Internal(Box::new(e)))?,
+            None => Ok(()),
+        }
     }
 
     /// Stores what is buffered and returns the segments and digests; fails (and removes the
@@ -186,9 +224,16 @@ impl SegmentWriter {
         if !self.buf.is_empty() {
             self.flush().await?;
         }
-        let (sha256, md5) = self.digests.take().unwrap_or_default().finish();
+        while !self.sealing.is_empty() {
+            self.wait_oldest().await?;
+        }
+        let (sha, etag) = self
+            .hashes
+            .take()
+            .unwrap_or_else(|| (Sha256::default(), EtagHasher::single()));
+        let (sha256, etag) = (sha.finish(), etag.finish());
         let mismatch = |which| GatewayError::Corrupt(Box::new(DigestMismatch { which }));
-        if expected.md5.is_some_and(|m| m != md5) {
+        if expected.md5.is_some_and(|m| hex(&m) != etag) {
             return Err(mismatch("Content-MD5"));
         }
         if expected.sha256.is_some_and(|s| s != sha256) {
@@ -199,7 +244,7 @@ impl SegmentWriter {
             segments: std::mem::take(&mut self.segments),
             size: self.size,
             sha256,
-            md5,
+            etag,
         })
     }
 }

@@ -21,12 +21,14 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::catalog::jobs::JobRow;
-use crate::config::{BucketConfig, BucketLocation, Credentials, defaults};
+use crate::config::{BucketConfig, Credentials, defaults};
 use crate::gateway::GatewayError;
-use crate::gateway::import::device::{Device, device_dir, segment_stream};
-use crate::gateway::import::job::{JobState, bucket_of};
+use crate::gateway::import::device::{Device, segment_stream};
+use crate::gateway::import::etag::EtagHasher;
+use crate::gateway::import::job::{JobState, job_bucket};
 use crate::gateway::import::manifest::Entry;
 use crate::gateway::import::record::ObjectRecord;
+use crate::gateway::import::report::{Failure, ReportRow, failures, write_reports};
 use crate::store::device::{Md5, Sha256, multipart_etag};
 use crate::store::keys::hex;
 use crate::store::{Bucket, StoreError};
@@ -72,11 +74,16 @@ pub struct ImportProgress {
     pub reused_bytes: AtomicU64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Failure {
-    pub key: String,
-    pub size: u64,
-    pub reason: String,
+impl ImportProgress {
+    /// Sets the totals at the start of a run, counting what earlier runs finished as done.
+    pub(crate) fn begin(&self, total: (u64, u64), done: (u64, u64), failed: u64) {
+        self.total_objects.store(total.0, Ordering::Relaxed);
+        self.total_bytes.store(total.1, Ordering::Relaxed);
+        self.done_objects.store(done.0, Ordering::Relaxed);
+        self.done_bytes.store(done.1, Ordering::Relaxed);
+        self.resumed_bytes.store(done.1, Ordering::Relaxed);
+        self.failed_objects.store(failed, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,16 +113,6 @@ pub struct ImportReport {
     pub rows: Vec<ReportRow>,
 }
 
-#[derive(Debug, Clone)]
-pub struct ReportRow {
-    pub key: String,
-    pub size: u64,
-    pub sha256: String,
-    pub etag: String,
-    pub status: &'static str,
-    pub reason: String,
-}
-
 /// Why one object did not import: a permanent verdict, or a failure that a rerun may clear.
 enum Outcome {
     Imported,
@@ -128,16 +125,7 @@ fn target_config(
     opts: &ImportOptions,
     root: bool,
 ) -> Result<BucketConfig, GatewayError> {
-    let (bucket, prefix) = bucket_of(&row.bucket_url)?;
-    let mut cfg = BucketConfig::local(PathBuf::new());
-    cfg.location = BucketLocation::S3 {
-        bucket,
-        prefix: if root { String::new() } else { prefix },
-    };
-    cfg.endpoint = row.endpoint.clone();
-    cfg.region = row.region.clone();
-    cfg.path_style = row.endpoint.is_some();
-    cfg.credentials = opts.credentials.clone();
+    let mut cfg = job_bucket(row, opts.credentials.clone(), root)?;
     cfg.multipart_threshold = opts.multipart_threshold;
     cfg.part_size = opts.part_size;
     Ok(cfg)
@@ -255,19 +243,13 @@ pub async fn run_import(
     let total_bytes: u64 =
         rows.iter().map(|r| r.size).sum::<u64>() + work.iter().map(|(_, r, _)| r.size).sum::<u64>();
     let already: Vec<&ReportRow> = rows.iter().filter(|r| r.status == "imported").collect();
-    progress
-        .total_objects
-        .store((rows.len() + work.len()) as u64, Ordering::Relaxed);
-    progress.total_bytes.store(total_bytes, Ordering::Relaxed);
-    progress
-        .done_objects
-        .store(already.len() as u64, Ordering::Relaxed);
-    let resumed: u64 = already.iter().map(|r| r.size).sum();
-    progress.done_bytes.store(resumed, Ordering::Relaxed);
-    progress.resumed_bytes.store(resumed, Ordering::Relaxed);
-    progress.failed_objects.store(
+    progress.begin(
+        ((rows.len() + work.len()) as u64, total_bytes),
+        (
+            already.len() as u64,
+            already.iter().map(|r| r.size).sum::<u64>(),
+        ),
         rows.iter().filter(|r| r.status == "failed").count() as u64,
-        Ordering::Relaxed,
     );
     let puts_before = target.traffic().puts;
 
@@ -342,15 +324,7 @@ pub async fn run_import(
         });
     }
     rows.sort_by(|a, b| a.key.cmp(&b.key));
-    let failures: Vec<Failure> = rows
-        .iter()
-        .filter(|r| r.status == "failed")
-        .map(|r| Failure {
-            key: r.key.clone(),
-            size: r.size,
-            reason: r.reason.clone(),
-        })
-        .collect();
+    let failures = failures(&rows);
     let imported: Vec<&ReportRow> = rows.iter().filter(|r| r.status == "imported").collect();
     let tampered = check.tampered()
         || device.unreadable_records() > 0
@@ -382,7 +356,16 @@ pub async fn run_import(
         rows: Vec::new(),
     };
     report.rows = rows;
-    write_reports(&report, &opts.data_dir, &reports).await?;
+    let json =
+        serde_json::to_vec_pretty(&report).map_err(|e| GatewayError::Internal(Box::new(e)))?;
+    write_reports(
+        &opts.data_dir,
+        &report.job,
+        json,
+        &report.rows,
+        Some((&reports, "imports")),
+    )
+    .await?;
     let reason = (!report.failures.is_empty()).then(|| {
         format!(
             "{} of {} objects not imported{}",
@@ -417,15 +400,12 @@ async fn import_one(
         Ok(u) => u,
         Err(e) => return transient(e),
     };
-    let part_size = if upload.is_multipart() {
-        target.part_size()
+    let mut etag = if upload.is_multipart() {
+        EtagHasher::uniform(target.part_size())
     } else {
-        u64::MAX
+        EtagHasher::single()
     };
     let mut sha = Sha256::default();
-    let mut part_md5s: Vec<[u8; 16]> = Vec::new();
-    let mut md5 = Md5::default();
-    let mut in_part = 0u64;
     let mut sent = 0u64;
     let mut stream = segment_stream(segs, rec.clone(), 0..rec.size);
     while let Some(piece) = stream.next().await {
@@ -437,18 +417,7 @@ async fn import_one(
             }
         };
         sha.update(&piece);
-        let mut rest = &piece[..];
-        while !rest.is_empty() {
-            let take =
-                usize::try_from((part_size - in_part).min(rest.len() as u64)).unwrap_or(rest.len());
-            md5.update(&rest[..take]);
-            in_part += take as u64;
-            rest = &rest[take..];
-            if in_part == part_size {
-                part_md5s.push(std::mem::take(&mut md5).finish());
-                in_part = 0;
-            }
-        }
+        etag.update(&piece);
         let len = piece.len() as u64;
         if let Err(e) = upload.write(piece).await {
             upload.abort().await;
@@ -465,19 +434,11 @@ async fn import_one(
             "device data does not match the SHA-256 in the signed manifest".into(),
         );
     }
-    let multipart = upload.is_multipart();
     if let Err(e) = upload.finish().await {
         progress.done_bytes.fetch_sub(sent, Ordering::Relaxed);
         return transient(e);
     }
-    let expected = if multipart {
-        if in_part > 0 || part_md5s.is_empty() {
-            part_md5s.push(md5.finish());
-        }
-        multipart_etag(&part_md5s)
-    } else {
-        hex(&md5.finish())
-    };
+    let expected = etag.finish();
     match verify(target, rec, &expected).await {
         Ok(None) => Outcome::Imported,
         Ok(Some(reason)) => Outcome::Rejected(reason),
@@ -703,59 +664,4 @@ async fn verify(
             "the target's bytes do not match the manifest's SHA-256".into(),
         ))
     }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
-fn report_csv(report: &ImportReport) -> String {
-    let mut out = String::from("key,size,sha256,etag,status,reason\n");
-    for r in &report.rows {
-        out.push_str(&format!(
-            "{},{},{},{},{},{}\n",
-            csv_field(&r.key),
-            r.size,
-            r.sha256,
-            csv_field(&r.etag),
-            r.status,
-            csv_field(&r.reason)
-        ));
-    }
-    out
-}
-
-async fn write_reports(
-    report: &ImportReport,
-    data_dir: &std::path::Path,
-    reports: &Bucket,
-) -> Result<(), GatewayError> {
-    let json =
-        serde_json::to_vec_pretty(report).map_err(|e| GatewayError::Internal(Box::new(e)))?;
-    let csv = report_csv(report).into_bytes();
-    let dir = device_dir(data_dir, &report.job);
-    let io = |e: std::io::Error| {
-        GatewayError::Internal(format!("writing the report in {}: {e}", dir.display()).into())
-    };
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    std::fs::write(dir.join("report.json"), &json).map_err(io)?;
-    std::fs::write(dir.join("report.csv"), &csv).map_err(io)?;
-    let base = format!("imports/{}", report.job);
-    let ct = |t: &str| Some(t.to_owned());
-    for (name, body, t) in [
-        ("report.json", json, "application/json"),
-        ("report.csv", csv, "text/csv"),
-    ] {
-        let key = format!("{base}/{name}");
-        let mut up = reports
-            .start_upload(&key, body.len() as u64, ct(t).as_deref(), &[])
-            .await?;
-        up.write(bytes::Bytes::from(body)).await?;
-        up.finish().await?;
-    }
-    Ok(())
 }

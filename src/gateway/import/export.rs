@@ -1,0 +1,524 @@
+//! The export: a source bucket's objects copied onto the device, verified, sealed for clients.
+//!
+//! `job export` lists the source prefix and copies every object not yet on the device:
+//! `parallel` objects at a time, each read by ranged GETs of one segment's length (the first
+//! range also brings the content type and user metadata, so no HEAD is needed), written into
+//! sealed segments as they arrive. A copied object is verified against the source before its
+//! record is committed: the MD5 of the bytes against a single-part ETag; for a multipart ETag,
+//! the MD5 of the part MD5s cut at the source's own part lengths (HeadObject `partNumber`); a
+//! source that cannot tell its part lengths leaves the ETag recorded as-is and the object
+//! counted as `etag_unverified` (its size still checked). When every object is on the device,
+//! the data set is sealed into the signed device manifest and the job becomes READY; clients
+//! then read it over the device's S3 endpoint, read-only.
+//!
+//! Invariant: an object is on the device (committed) only once it verified; a rerun after a
+//! crash skips every committed object whose size and ETag still match the source listing and
+//! copies the rest in full (the segments of interrupted copies are removed when the device
+//! opens). Memory: at most `2 × parallel` ranges of 8 MiB in flight or waiting, plus one
+//! segment buffer per object being copied.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::catalog::Catalog;
+use crate::config::Credentials;
+use crate::gateway::GatewayError;
+use crate::gateway::import::device::{Device, segment_stream};
+use crate::gateway::import::etag::{EtagHasher, is_md5, multipart_parts};
+use crate::gateway::import::job::{JobKind, JobManifestFile, JobState, job_bucket, open_job};
+use crate::gateway::import::record::{ExpectedDigests, ObjectRecord, Segment};
+use crate::gateway::import::report::{Failure, ReportRow, failures, write_reports};
+use crate::gateway::import::segments::{DigestMismatch, SEGMENT_BYTES};
+use crate::gateway::import::transfer::ImportProgress;
+use crate::store::keys::{hex, parse_hex};
+use crate::store::{Bucket, StoreError};
+
+/// Ranges fetched ahead per object: enough to keep one large object streaming at link speed
+/// when it is the last one left.
+const RANGES_AHEAD: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Objects copied at once.
+    pub parallel: usize,
+    pub data_dir: PathBuf,
+    /// Source credentials; `Environment` reads the usual AWS variables.
+    pub credentials: Credentials,
+}
+
+impl ExportOptions {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            parallel: 8,
+            data_dir,
+            credentials: Credentials::Environment,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    pub job: String,
+    pub source: String,
+    pub state: String,
+    /// Objects and bytes the source listing holds.
+    pub objects: u64,
+    pub bytes: u64,
+    /// On the device and verified (this run's and earlier runs').
+    pub exported_objects: u64,
+    pub exported_bytes: u64,
+    pub failed_objects: u64,
+    /// Objects copied this run whose multipart ETag the source could not help check (their
+    /// size was checked; the ETag is recorded as the source gave it).
+    pub run_etag_unverified: u64,
+    /// Objects from an earlier run no longer in the source, removed from the device.
+    pub removed_objects: u64,
+    /// This run: objects copied, objects skipped as already on the device, bytes copied, GET
+    /// requests, seconds.
+    pub run_copied_objects: u64,
+    pub run_skipped_objects: u64,
+    pub run_copied_bytes: u64,
+    pub run_get_requests: u64,
+    pub run_seconds: f64,
+    pub failures: Vec<Failure>,
+    #[serde(skip)]
+    pub rows: Vec<ReportRow>,
+}
+
+/// How one object's copy ended.
+enum Outcome {
+    Copied { sha256: String, verified: bool },
+    Failed(String),
+}
+
+/// Opens an export job's device for `job export`: checks the key, moves the job to EXPORTING
+/// (from CREATED, or FAILED for a rerun) and opens its data set writable.
+pub async fn open_export(
+    catalog: Arc<Catalog>,
+    data_dir: &Path,
+    manifest: &JobManifestFile,
+    code: &str,
+) -> Result<Device, GatewayError> {
+    open_job(catalog, data_dir, manifest, code, |row, state| {
+        if row.kind != JobKind::Export.as_str() {
+            return Err(GatewayError::InvalidArgument(format!(
+                "job {} is an {} job; `job export` runs export jobs",
+                row.id, row.kind
+            )));
+        }
+        match state {
+            JobState::Created | JobState::Exporting | JobState::Failed => {
+                Ok(Some(JobState::Exporting))
+            }
+            other => Err(GatewayError::InvalidArgument(format!(
+                "export job {} is {}; its data set is already on the device",
+                row.id,
+                other.as_str()
+            ))),
+        }
+    })
+    .await
+}
+
+/// Copies the source onto the device (resuming where an earlier run stopped), seals it and
+/// marks the job READY, or FAILED naming the objects that did not copy. Returns the report,
+/// also written to `DATA_DIR/device/<job>/report.json|csv`.
+pub async fn run_export(
+    device: &Device,
+    opts: &ExportOptions,
+    progress: Arc<ImportProgress>,
+) -> Result<ExportReport, GatewayError> {
+    let catalog = device.inner.catalog.clone();
+    let job = device.job_id().to_owned();
+    let row = catalog
+        .job(&job)?
+        .ok_or_else(|| GatewayError::NotFound(format!("job {job}")))?;
+    let source = Bucket::open(&job_bucket(&row, opts.credentials.clone(), false)?, false)?;
+    source.check().await?;
+    let started = Instant::now();
+    let mut listing = source.list("").await?;
+    listing.sort_by(|a, b| a.key.cmp(&b.key));
+
+    // Objects already on the device with the listed size and ETag were copied and verified by
+    // an earlier run; anything else on the device is stale and goes.
+    let on_device: HashMap<String, Arc<ObjectRecord>> = device
+        .read_index()
+        .iter()
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect();
+    let mut rows = Vec::new();
+    let mut work = Vec::new();
+    let mut listed = std::collections::HashSet::new();
+    for obj in listing {
+        let etag = obj.etag.clone().unwrap_or_default();
+        listed.insert(obj.key.clone());
+        match on_device.get(&obj.key) {
+            Some(rec) if rec.size == obj.size && rec.etag == etag => {
+                rows.push(row_for(
+                    &obj.key,
+                    obj.size,
+                    &rec.sha256,
+                    &etag,
+                    "exported",
+                    "",
+                ));
+            }
+            _ => work.push(obj),
+        }
+    }
+    let mut removed = 0u64;
+    for key in on_device.keys().filter(|k| !listed.contains(*k)) {
+        device.delete(key).await?;
+        removed += 1;
+    }
+    let skipped = rows.len() as u64;
+    let resumed: u64 = rows.iter().map(|r| r.size).sum();
+    progress.begin(
+        (
+            skipped + work.len() as u64,
+            resumed + work.iter().map(|o| o.size).sum::<u64>(),
+        ),
+        (skipped, resumed),
+        0,
+    );
+    let gets_before = source.traffic().gets;
+
+    let permits = Arc::new(Semaphore::new(opts.parallel.max(1) * 2));
+    let results: Vec<(crate::store::ObjectInfo, Outcome)> = futures::stream::iter(work)
+        .map(|obj| {
+            let (source, progress, permits) = (&source, progress.clone(), permits.clone());
+            async move {
+                let outcome = copy_one(source, device, &obj, &permits, &progress).await;
+                match &outcome {
+                    Outcome::Copied { .. } => progress.done_objects.fetch_add(1, Ordering::Relaxed),
+                    Outcome::Failed(_) => progress.failed_objects.fetch_add(1, Ordering::Relaxed),
+                };
+                (obj, outcome)
+            }
+        })
+        .buffer_unordered(opts.parallel.max(1))
+        .collect()
+        .await;
+
+    let (mut copied, mut copied_bytes, mut unverified) = (0u64, 0u64, 0u64);
+    for (obj, outcome) in results {
+        let etag = obj.etag.unwrap_or_default();
+        match outcome {
+            Outcome::Copied { sha256, verified } => {
+                copied += 1;
+                copied_bytes += obj.size;
+                let note = if verified {
+                    ""
+                } else {
+                    unverified += 1;
+                    "size checked; the source did not give its part lengths, so its multipart \
+                     ETag is recorded as-is"
+                };
+                rows.push(row_for(
+                    &obj.key, obj.size, &sha256, &etag, "exported", note,
+                ));
+            }
+            Outcome::Failed(reason) => {
+                rows.push(row_for(&obj.key, obj.size, "", &etag, "failed", &reason));
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    let failures = failures(&rows);
+    let state = if failures.is_empty() {
+        device.seal_as(JobKind::Export).await?;
+        JobState::Ready
+    } else {
+        let reason = format!(
+            "{} of {} objects not exported (a rerun retries them)",
+            failures.len(),
+            rows.len()
+        );
+        catalog.set_job_state(&job, JobState::Failed.as_str(), Some(&reason))?;
+        JobState::Failed
+    };
+    let exported: Vec<&ReportRow> = rows.iter().filter(|r| r.status == "exported").collect();
+    let mut report = ExportReport {
+        job: job.clone(),
+        source: row.bucket_url.clone(),
+        state: state.as_str().to_owned(),
+        objects: rows.len() as u64,
+        bytes: rows.iter().map(|r| r.size).sum(),
+        exported_objects: exported.len() as u64,
+        exported_bytes: exported.iter().map(|r| r.size).sum(),
+        failed_objects: failures.len() as u64,
+        run_etag_unverified: unverified,
+        removed_objects: removed,
+        run_copied_objects: copied,
+        run_skipped_objects: skipped,
+        run_copied_bytes: copied_bytes,
+        run_get_requests: source.traffic().gets - gets_before,
+        run_seconds: started.elapsed().as_secs_f64(),
+        failures,
+        rows: Vec::new(),
+    };
+    let json =
+        serde_json::to_vec_pretty(&report).map_err(|e| GatewayError::Internal(Box::new(e)))?;
+    // Local only: an export's credentials need only read the source, and a report written
+    // under the source prefix would be exported by the next run.
+    write_reports(&opts.data_dir, &job, json, &rows, None).await?;
+    report.rows = rows;
+    Ok(report)
+}
+
+fn row_for(
+    key: &str,
+    size: u64,
+    sha256: &str,
+    etag: &str,
+    status: &'static str,
+    reason: &str,
+) -> ReportRow {
+    ReportRow {
+        key: key.to_owned(),
+        size,
+        sha256: sha256.to_owned(),
+        etag: etag.to_owned(),
+        status,
+        reason: reason.to_owned(),
+    }
+}
+
+/// How a copied object will be checked against its source ETag.
+enum Check {
+    /// The ETag is the MD5 of the bytes.
+    Md5([u8; 16]),
+    /// A multipart ETag, recomputed by the segment writer at the source's part boundaries.
+    Parts,
+    /// The source cannot tell its part lengths: size only.
+    SizeOnly,
+}
+
+/// The part boundaries of a multipart object of `parts` parts: uniform if part 1's length
+/// explains the size (the usual case, one HEAD), else every part's length; `None` if the
+/// source cannot tell.
+async fn plan_parts(
+    source: &Bucket,
+    key: &str,
+    size: u64,
+    parts: u32,
+) -> Result<Option<EtagHasher>, StoreError> {
+    let Some((first, count)) = source.part_length(key, 1).await? else {
+        return Ok(None);
+    };
+    if count != parts {
+        return Ok(None);
+    }
+    let n = u64::from(parts);
+    if first > 0 && (n - 1) * first < size && size <= n * first {
+        return Ok(Some(EtagHasher::uniform(first)));
+    }
+    Ok(Some(EtagHasher::listed(
+        part_lengths(source, key, parts).await?,
+    )))
+}
+
+async fn part_lengths(source: &Bucket, key: &str, parts: u32) -> Result<Vec<u64>, StoreError> {
+    let lengths: Vec<Result<Option<(u64, u32)>, StoreError>> = futures::stream::iter(1..=parts)
+        .map(|n| source.part_length(key, n))
+        .buffered(8)
+        .collect()
+        .await;
+    lengths
+        .into_iter()
+        .map(|l| l.map(|l| l.map_or(0, |(len, _)| len)))
+        .collect()
+}
+
+/// The multipart ETag of copied segments at the given part lengths (a second, local read:
+/// needed only when the parts were not uniform after all).
+async fn rehash(
+    device: &Device,
+    segments: &[Segment],
+    size: u64,
+    lengths: Vec<u64>,
+) -> Result<String, GatewayError> {
+    let rec = Arc::new(ObjectRecord {
+        key: String::new(),
+        size,
+        sha256: String::new(),
+        etag: String::new(),
+        content_type: None,
+        metadata: Vec::new(),
+        modified_unix: 0,
+        segments: segments.to_vec(),
+    });
+    let mut hasher = EtagHasher::listed(lengths);
+    let mut stream = segment_stream(device.inner.segs.clone(), rec, 0..size);
+    while let Some(piece) = stream.next().await {
+        hasher.update(&piece?);
+    }
+    Ok(hasher.finish())
+}
+
+async fn copy_one(
+    source: &Bucket,
+    device: &Device,
+    obj: &crate::store::ObjectInfo,
+    permits: &Arc<Semaphore>,
+    progress: &ImportProgress,
+) -> Outcome {
+    let mut counted = 0u64;
+    let outcome = copy_counted(source, device, obj, permits, progress, &mut counted).await;
+    match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            progress.done_bytes.fetch_sub(counted, Ordering::Relaxed);
+            Outcome::Failed(e.to_string())
+        }
+    }
+}
+
+async fn copy_counted(
+    source: &Bucket,
+    device: &Device,
+    obj: &crate::store::ObjectInfo,
+    permits: &Arc<Semaphore>,
+    progress: &ImportProgress,
+    counted: &mut u64,
+) -> Result<Outcome, GatewayError> {
+    let etag = obj.etag.clone().unwrap_or_default();
+    let key = obj.key.as_str();
+    let range_len = SEGMENT_BYTES as u64;
+    // An empty object still takes one (empty) step, which HEADs it for its metadata.
+    let ranges: Vec<std::ops::Range<u64>> = (0..obj.size.div_ceil(range_len).max(1))
+        .map(|i| i * range_len..((i + 1) * range_len).min(obj.size))
+        .collect();
+    let changed = || {
+        GatewayError::Busy(format!(
+            "{key} changed in the source during the export (a rerun copies it again)"
+        ))
+    };
+    let fetch = |range: std::ops::Range<u64>| {
+        let permits = permits.clone();
+        async move {
+            let permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|e| GatewayError::Internal(Box::new(e)))?;
+            let got = if range.is_empty() {
+                let head = source.head_object(key).await?.ok_or_else(|| {
+                    GatewayError::NotFound(format!("{key} vanished from the source"))
+                })?;
+                (head, Bytes::new())
+            } else {
+                source.read_object_with_head(key, range).await?
+            };
+            Ok::<_, GatewayError>((permit, got))
+        }
+    };
+    let mut pieces = futures::stream::iter(ranges)
+        .map(fetch)
+        .buffered(RANGES_AHEAD);
+    let mut writer = device.writer()?;
+    let check = match (is_md5(&etag), multipart_parts(&etag)) {
+        (true, _) => Check::Md5(parse_hex::<16>(&etag).unwrap_or_default()),
+        (false, Some(parts)) => match plan_parts(source, key, obj.size, parts).await? {
+            Some(hasher) => {
+                writer = writer.with_etag(hasher);
+                Check::Parts
+            }
+            None => Check::SizeOnly,
+        },
+        (false, None) => Check::SizeOnly,
+    };
+    let mut attrs = None;
+    let mut received = 0u64;
+    while let Some(piece) = pieces.next().await {
+        let (permit, (head, data)) = piece?;
+        if head.etag.as_deref().map(|t| t.trim_matches('"')) != Some(etag.as_str())
+            || head.size != obj.size
+        {
+            return Err(changed());
+        }
+        if attrs.is_none() {
+            attrs = Some((head.content_type, head.metadata, head.modified_ns));
+        }
+        let len = data.len() as u64;
+        received += len;
+        writer.write(data).await?;
+        drop(permit);
+        progress.done_bytes.fetch_add(len, Ordering::Relaxed);
+        *counted += len;
+    }
+    if received != obj.size {
+        return Err(changed());
+    }
+    let expected = ExpectedDigests {
+        md5: match &check {
+            Check::Md5(m) => Some(*m),
+            _ => None,
+        },
+        sha256: None,
+    };
+    let written = match writer.finish(expected).await {
+        Ok(w) => w,
+        Err(GatewayError::Corrupt(e)) if e.is::<DigestMismatch>() => {
+            return Ok(Outcome::Failed(
+                "the MD5 of the bytes copied is not the source's ETag".into(),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let verified = match check {
+        Check::Md5(_) => true,
+        Check::SizeOnly => false,
+        Check::Parts => {
+            let mut ok = Ok(written.etag == etag);
+            if ok.as_ref().is_ok_and(|ok| !ok) {
+                // Part 1's length explained the size, yet the ETag differs: the parts were
+                // uneven after all. Recompute at the listed lengths from the device copy.
+                let parts = multipart_parts(&etag).unwrap_or(1);
+                ok = match part_lengths(source, key, parts).await {
+                    Ok(lengths) => rehash(device, &written.segments, written.size, lengths)
+                        .await
+                        .map(|t| t == etag),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            match ok {
+                Ok(true) => true,
+                failed => {
+                    // The copy is not committed: its segments go now, not at the next open.
+                    device.inner.segs.remove(&written.segments).await;
+                    failed?;
+                    return Ok(Outcome::Failed(
+                        "the multipart ETag of the bytes copied is not the source's".into(),
+                    ));
+                }
+            }
+        }
+    };
+    let (content_type, metadata, modified_ns) = attrs.unwrap_or_default();
+    let sha256 = hex(&written.sha256);
+    device
+        .commit(ObjectRecord {
+            key: key.to_owned(),
+            size: written.size,
+            sha256: sha256.clone(),
+            etag,
+            content_type,
+            metadata,
+            modified_unix: if modified_ns != 0 {
+                modified_ns.div_euclid(1_000_000_000)
+            } else {
+                obj.modified_unix
+            },
+            segments: written.segments,
+        })
+        .await?;
+    Ok(Outcome::Copied { sha256, verified })
+}
