@@ -7,7 +7,7 @@
 //! is an error on GET, never data.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::device::{
@@ -15,7 +15,7 @@ use crate::device::{
     sha256_file, small_files,
 };
 use crate::support::garage::Garage;
-use crate::support::{run, stderr, stdout, tidegate, tool};
+use crate::support::{run, stderr, stdout, tidegate};
 
 /// Uploads every file under `src` to Garage under `prefix` with boto3: user metadata naming the
 /// file, a content type, and multipart (8 MiB parts) for files above 8 MiB.
@@ -147,19 +147,18 @@ fn device_export_copies_a_prefix_resumes_after_kill9_and_serves_it_read_only() {
     // Clients read it back with the AWS CLI: byte-identical to what was put.
     let dev = Unlocked::start(&job);
     let out_dir = dir.path().join("downloaded");
-    let mut cmd = Command::new(tool("aws"));
-    cmd.args([
-        "--endpoint-url",
-        &dev.endpoint,
-        "s3",
-        "cp",
-        "--recursive",
-        "--only-show-errors",
-        "s3://tidegate-test/",
-    ])
-    .arg(&out_dir);
-    dev.env(&mut cmd);
-    let o = cmd.output().unwrap();
+    let o = dev
+        .aws()
+        .args([
+            "s3",
+            "cp",
+            "--recursive",
+            "--only-show-errors",
+            "s3://tidegate-test/",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "aws s3 cp: {}{}",
