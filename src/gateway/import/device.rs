@@ -493,14 +493,15 @@ pub fn device_dir(data_dir: &Path, job: &str) -> std::path::PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use futures::StreamExt;
 
     use super::*;
     use crate::gateway::import::{JobKind, JobManifestFile, JobRequest, create_job, unlock_job};
     use crate::store::device::KdfParams;
 
-    async fn device(dir: &Path) -> Device {
+    /// An unlocked import job's device on a fresh catalog in `dir` (cheap KDF).
+    pub(crate) async fn device(dir: &Path) -> Device {
         let catalog = Arc::new(Catalog::open(&dir.join("c.db")).unwrap());
         let manifest_path = dir.join("m.json");
         let created = create_job(

@@ -454,33 +454,9 @@ pub(crate) mod tests {
     use object_store::ObjectStoreExt;
 
     use super::*;
-    use crate::catalog::Catalog;
-    use crate::gateway::import::{JobKind, JobManifestFile, JobRequest, create_job, unlock_job};
-    use crate::store::device::KdfParams;
 
     pub(crate) async fn store(dir: &FsPath) -> (Device, DeviceObjects) {
-        let catalog = Arc::new(Catalog::open(&dir.join("c.db")).unwrap());
-        let manifest_path = dir.join("m.json");
-        let created = create_job(
-            &catalog,
-            &JobRequest {
-                kind: JobKind::Import,
-                bucket_url: "s3://bkt/p".into(),
-                endpoint: None,
-                region: "r".into(),
-                manifest_path: manifest_path.clone(),
-                kdf: KdfParams {
-                    m_kib: 64,
-                    t: 1,
-                    p: 1,
-                },
-            },
-        )
-        .unwrap();
-        let file = JobManifestFile::read(&manifest_path).unwrap();
-        let device = unlock_job(catalog, dir, &file, &created.unlock_code)
-            .await
-            .unwrap();
+        let device = crate::gateway::import::device::tests::device(dir).await;
         (device.clone(), DeviceObjects::new(device, "bkt"))
     }
 
