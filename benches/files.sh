@@ -24,7 +24,8 @@
 # client (see ../shared/NOTES.md): a client reading small files one at a time is bound by it.
 #
 # Usage: benches/files.sh   (SMALL_FILES=N and BIG_MIB=N shrink the data set; TIDEGATE_BIN=path
-#        runs that binary instead of building this tree)
+#        runs that binary instead of building this tree; TOOLS="tidegate s3fs" runs only those
+#        tools and READS=0 skips the cold reads, for quick looks: ratios need all three)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -160,13 +161,13 @@ s3fs_stop() { fusermount3 -u "$S3FS_MNT"; wait "$S3FS_PID" 2>/dev/null || true; 
 # Phases, not tools, are the outer loop: on a shared machine the load drifts over minutes, and
 # each comparison should be between runs minutes apart at most.
 declare -A RESULT
-TOOLS=(tidegate rclone s3fs)
+read -ra TOOLS <<<"${TOOLS:-tidegate rclone s3fs}"
 bucket_wait() { python3 benches/files-bucket.py wait "$1" "$2" "$LIMIT"; }
 size_of() { [ "$1" = small ] && echo "$SMALL_FILES" || echo "$BIG_MIB"; }
 target_of() { case $1 in tidegate) echo "$TG_URL" ;; rclone) echo "$RCLONE_MNT" ;; s3fs) echo "$S3FS_MNT" ;; esac; }
 prefix_of() { case $1 in tidegate) echo "$TG_PREFIX" ;; *) echo "$1" ;; esac; }
-start_all() { tg_start; rclone_start; s3fs_start; }
-stop_all() { tg_stop; rclone_stop; s3fs_stop; }
+start_all() { local t; for t in "${TOOLS[@]}"; do case $t in tidegate) tg_start ;; *) "${t}_start" ;; esac; done; }
+stop_all() { local t; for t in "${TOOLS[@]}"; do case $t in tidegate) tg_stop ;; *) "${t}_stop" ;; esac; done; }
 write_phase() { # big|small
     local set=$1 name t ack
     for name in "${TOOLS[@]}"; do
@@ -195,11 +196,13 @@ write_phase big
 write_phase small
 # Cold: every tool restarted with an empty local cache, the page cache dropped.
 stop_all
-drop_caches
-start_all
-read_phase big
-read_phase small
-stop_all
+if [ "${READS:-1}" != 0 ]; then
+    drop_caches
+    start_all
+    read_phase big
+    read_phase small
+    stop_all
+fi
 
 # --- report --------------------------------------------------------------------------------------
 small_bytes=$(awk '{s+=$2} END{print s}' "$WORK/small.manifest")
@@ -207,9 +210,9 @@ echo
 echo "data: big = $BIG_MIB MiB in one file; small = $SMALL_FILES files, $((small_bytes >> 20)) MiB"
 printf '%-34s %10s %10s %10s %8s\n' "seconds (lower is better)" tidegate rclone s3fs ratio
 line() { # label key target
-    local tg=${RESULT[tidegate.$2]} rc=${RESULT[rclone.$2]} sf=${RESULT[s3fs.$2]}
+    local tg=${RESULT[tidegate.$2]:-0} rc=${RESULT[rclone.$2]:-0} sf=${RESULT[s3fs.$2]:-0}
     local ratio
-    ratio=$(awk -v t="$tg" -v a="$rc" -v b="$sf" 'BEGIN{m=(a<b)?a:b; printf "%.2f", (m>0)?t/m:0}')
+    ratio=$(awk -v t="$tg" -v a="$rc" -v b="$sf" 'BEGIN{m=(a>0&&(b<=0||a<b))?a:b; printf "%.2f", (m>0)?t/m:0}')
     printf '%-34s %10s %10s %10s %8s%s\n' "$1" "$tg" "$rc" "$sf" "$ratio" "${3:+  (target <= $3)}"
 }
 line "1 GiB file, safely in bucket" big.write 1.0

@@ -553,6 +553,8 @@ fn live_status(cache: &Cache, volumes: &volumes::VolumeService, files: &Files) -
         files_uploads: c.uploads.load(Relaxed),
         files_upload_errors: c.errors.load(Relaxed),
         files_download_bytes: c.downloaded.load(Relaxed),
+        files_early_uploads: c.early_completed.load(Relaxed),
+        files_early_abandoned: c.early_abandoned.load(Relaxed),
         ..status::LiveStatus::new(&cache.stats(), unix_now())
     };
     live.stored = volumes

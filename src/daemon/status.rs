@@ -62,6 +62,12 @@ pub struct LiveStatus {
     pub files_upload_errors: u64,
     #[serde(default)]
     pub files_download_bytes: u64,
+    /// Large files whose upload started before the upload delay ran out, and such uploads
+    /// abandoned because the file changed.
+    #[serde(default)]
+    pub files_early_uploads: u64,
+    #[serde(default)]
+    pub files_early_abandoned: u64,
     /// Stored volumes' background work.
     #[serde(default)]
     pub stored: Vec<StoredLive>,
@@ -116,6 +122,8 @@ impl LiveStatus {
             files_uploads: 0,
             files_upload_errors: 0,
             files_download_bytes: 0,
+            files_early_uploads: 0,
+            files_early_abandoned: 0,
         }
     }
 }

@@ -142,6 +142,14 @@ impl ObjectUpload<'_> {
     }
 }
 
+/// A part sent by [`Bucket::send_checked_part`]: what its completion needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedPart {
+    pub etag: String,
+    /// Base64 of the big-endian CRC32C.
+    pub crc32c: String,
+}
+
 /// A part of an unfinished multipart upload, as the target lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadedPart {
@@ -217,17 +225,63 @@ impl Bucket {
             .await
     }
 
-    /// Commits the upload from its parts' ETags in part order.
+    /// Starts a multipart upload whose parts carry CRC32Cs ([`Self::send_checked_part`]);
+    /// returns the upload id to keep.
+    pub async fn begin_checked(
+        &self,
+        key: &str,
+        metadata: &[(String, String)],
+    ) -> Result<String, StoreError> {
+        self.resumable("start multipart upload of", key)?
+            .create_multipart_crc32c(key, metadata)
+            .await
+    }
+
+    /// Sends part `number` (1-based) of a [`Self::begin_checked`] upload with its CRC32C,
+    /// which the target checks.
+    pub async fn send_checked_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: Bytes,
+    ) -> Result<CheckedPart, StoreError> {
+        let raw = self.resumable("upload part of", key)?;
+        self.upload_limit.acquire(data.len() as u64).await;
+        self.traffic
+            .count(&self.traffic.puts, &self.traffic.put_bytes, data.len());
+        let (etag, crc32c) = raw.upload_part_crc32c(key, upload_id, number, data).await?;
+        Ok(CheckedPart { etag, crc32c })
+    }
+
+    /// Commits a [`Self::begin_checked`] upload from its parts in part order; returns the
+    /// object's ETag when the target tells it.
+    pub async fn complete_checked(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CheckedPart],
+    ) -> Result<Option<String>, StoreError> {
+        let parts: Vec<(&str, Option<&str>)> = parts
+            .iter()
+            .map(|p| (p.etag.as_str(), Some(p.crc32c.as_str())))
+            .collect();
+        self.resumable("complete multipart upload of", key)?
+            .complete_multipart_with(key, upload_id, &parts)
+            .await
+    }
+
+    /// Commits the upload from its parts' ETags in part order; returns the object's ETag when
+    /// the target tells it.
     pub async fn complete_resumable(
         &self,
         key: &str,
         upload_id: &str,
         etags: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         self.resumable("complete multipart upload of", key)?
             .complete_multipart(key, upload_id, etags)
             .await
-            .map(|_| ())
     }
 
     /// Abandons the upload and its parts.

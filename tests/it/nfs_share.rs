@@ -111,7 +111,8 @@ fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Durati
 }
 
 /// Runs boto3 against the Garage bucket: `get KEY OUT` (prints the metadata as lines
-/// `key=value`), `put KEY IN k=v...`, `delete KEY`, `list PREFIX` (one key a line).
+/// `key=value`), `put KEY IN k=v...`, `delete KEY`, `list PREFIX` (one key a line), `uploads
+/// PREFIX` (the multipart uploads in progress, one id a line).
 fn boto3(garage: &Garage, args: &[&str]) -> String {
     const SCRIPT: &str = r#"
 import os, sys, boto3
@@ -133,6 +134,9 @@ elif op == "list":
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b, Prefix=key):
         for o in page.get("Contents", []):
             print(o["Key"])
+elif op == "uploads":
+    for u in s3.list_multipart_uploads(Bucket=b, Prefix=key).get("Uploads", []):
+        print(u["UploadId"])
 "#;
     let out = Command::new(python_with_botocore())
         .arg("-c")
@@ -779,4 +783,83 @@ fn staging_is_held_to_the_cache_size_and_writers_wait_for_uploads() {
         );
     }
     drop(garage);
+}
+
+/// ADR 0011: a large file committed and left alone starts its multipart upload inside the
+/// upload delay; a write meanwhile abandons it (and aborts it in Garage), and the upload that
+/// finally lands holds every byte and the attributes of the last write.
+#[test]
+fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let garage = Garage::start();
+    let data_dir = dir.path().join("data");
+    let config = activate_on(&garage, dir.path(), &data_dir, "gw", &[]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    // Long enough that the early upload, not the delay, starts the upload.
+    text.push_str("\n[files]\nupload_delay_ms = 4000\n");
+    std::fs::write(&config, text).unwrap();
+    let gw = start(&data_dir, Some(&config), 0);
+    let config = Some(config.as_path());
+    tg(
+        &gw,
+        config,
+        &["share", "create", "docs", "--squash", "none"],
+    );
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let root = c.mount("/docs").unwrap();
+    let mut data = noise(100 * MIB, 11);
+    let f = c.create(&root, "stream.bin", 0, 0o644).unwrap();
+    for (i, piece) in data.chunks(MIB).enumerate() {
+        c.write(&f, (i * MIB) as u64, piece, 0).unwrap();
+    }
+    c.commit(&f).unwrap();
+    let status = |gw: &Gateway, key: &str| {
+        // The live status is rewritten every second.
+        std::thread::sleep(Duration::from_millis(1500));
+        gw.status_value(key).unwrap()
+    };
+    // The upload starts a moment after the COMMIT, well inside the 4 s delay.
+    let committed = Instant::now();
+    loop {
+        let uploads = boto3(&garage, &["uploads", "gw/shares/docs/stream.bin"]);
+        if uploads.lines().count() == 1 {
+            break;
+        }
+        assert!(
+            committed.elapsed() < Duration::from_secs(3),
+            "no multipart upload in progress 3 s after the COMMIT: {uploads:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(&gw, "files_early_abandoned"), 0);
+
+    let patch = vec![0x5Au8; 3000];
+    let at = 70 * MIB + 5;
+    c.write(&f, at as u64, &patch, 0).unwrap();
+    c.commit(&f).unwrap();
+    data[at..at + patch.len()].copy_from_slice(&patch);
+    wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
+    assert_eq!(status(&gw, "files_early_abandoned"), 1);
+    assert_eq!(status(&gw, "files_early_uploads"), 1);
+    assert_eq!(
+        boto3(&garage, &["uploads", "gw/shares/docs/stream.bin"]),
+        "",
+        "the abandoned upload was aborted"
+    );
+
+    let got = dir.path().join("got");
+    let meta = boto3(
+        &garage,
+        &["get", "gw/shares/docs/stream.bin", got.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&got).unwrap() == data,
+        "the object holds the rewrite and everything else"
+    );
+    let a = c.getattr(&f).unwrap();
+    let mtime_ns = u64::from(a.mtime.0) * 1_000_000_000 + u64::from(a.mtime.1);
+    assert!(
+        meta.contains(&format!("file-mtime={mtime_ns}ns")),
+        "the object carries the mtime of the last write ({mtime_ns}): {meta}"
+    );
 }

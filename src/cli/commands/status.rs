@@ -120,8 +120,10 @@ pub fn run(config: Config) -> Result<ExitCode> {
         }
         writeln!(
             out,
-            "files:          {} uploads, {} upload errors, {} read from the bucket",
+            "files:          {} uploads ({} started early, {} early ones abandoned), {} upload errors, {} read from the bucket",
             l.files_uploads,
+            l.files_early_uploads,
+            l.files_early_abandoned,
             l.files_upload_errors,
             ByteSize(l.files_download_bytes)
         )?;

@@ -76,6 +76,7 @@ impl Files {
         live.changed.remove(&id);
         live.locks.remove(&id);
         drop(live);
+        self.early_discard(id);
         self.account(id);
     }
 
@@ -320,6 +321,7 @@ impl Files {
         if row.staged {
             return Ok(row.clone());
         }
+        self.early_discard(row.id);
         let path = self.staging_path(row.id);
         if row.remote_key.is_none() || row.size == 0 {
             // Nothing to fetch: the staging file starts as a hole of the recorded size. Neither
@@ -455,6 +457,7 @@ impl Files {
             .map_err(io_err(format!("opening {}", path.display())))?;
         file.write_all_at(data, offset)
             .map_err(io_err(format!("writing {}", path.display())))?;
+        self.early_note_write(row.id, end);
         let committed = if stability == Stability::Unstable {
             self.live().uncommitted.insert(row.id);
             Stability::Unstable
@@ -543,6 +546,8 @@ impl Files {
             .catalog
             .inode(row.id)?
             .ok_or_else(|| GatewayError::Stale(format!("file id {}", row.id)))?;
+        // An upload started early holds the old size.
+        self.early_discard(row.id);
         let mut row = if size == 0 {
             // Nothing of the old content survives: no need to fetch it.
             let mut empty = row.clone();

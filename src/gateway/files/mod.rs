@@ -10,6 +10,7 @@
 
 mod blocks;
 pub mod data;
+mod early;
 pub mod meta;
 pub mod ops;
 pub mod path;
@@ -398,6 +399,7 @@ pub struct Files {
     verifier: [u8; 8],
     handle_generation: u64,
     live: Mutex<Live>,
+    early: Mutex<early::EarlyFiles>,
     readahead: Mutex<HashMap<i64, data::Window>>,
     wake: tokio::sync::Notify,
     /// Signalled when staging room is freed.
@@ -439,6 +441,7 @@ impl Files {
             verifier,
             handle_generation,
             live: Mutex::new(live),
+            early: Mutex::new(early::EarlyFiles::default()),
             readahead: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             space: tokio::sync::Notify::new(),

@@ -46,6 +46,10 @@ pub struct UploadCounters {
     pub errors: AtomicU64,
     /// Bytes of file data read from the bucket (reads, staging, filled blocks).
     pub downloaded: AtomicU64,
+    /// Large files whose upload started early (before the upload delay) and completed, and
+    /// early uploads abandoned because the file changed (early.rs).
+    pub early_completed: AtomicU64,
+    pub early_abandoned: AtomicU64,
 }
 
 /// What one pass did.
@@ -78,6 +82,7 @@ struct Done {
 impl Files {
     /// Runs the uploader until `stop` changes.
     pub async fn run_uploader(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        tokio::spawn(self.clone().run_early_uploads(stop.clone()));
         loop {
             let pause = match self.upload_round(false).await {
                 Ok(r) => r.next_due.map_or(TICK, |d| d.clamp(MIN_PAUSE, TICK)),
@@ -434,7 +439,7 @@ impl Files {
         Ok(Some((row, Some(key), etag)))
     }
 
-    fn file_meta(row: &InodeRow) -> Vec<(String, String)> {
+    pub(super) fn file_meta(row: &InodeRow) -> Vec<(String, String)> {
         meta::render(
             S_IFREG | (row.mode & 0o7777),
             row.uid,
@@ -464,6 +469,11 @@ impl Files {
                             format!("recreating {}: {e}", staging.display()).into(),
                         )
                     })?;
+            }
+            if BlockMap::load(&staging).is_some() {
+                self.early_discard(row.id);
+            } else if let Some(etag) = self.early_finish(row, key, &staging).await? {
+                return Ok(etag);
             }
             if let (Some(map), Some(source)) = (BlockMap::load(&staging), &row.remote_key)
                 && map.block == self.bucket.part_size()
