@@ -108,26 +108,27 @@ impl Files {
     pub async fn upload_round(&self, now: bool) -> Result<Round, GatewayError> {
         let mut round = Round::default();
         for share in self.catalog.shares()? {
-            let dirty = self.catalog.dirty_inodes(share.id, 4096)?;
-            let mut due = Vec::new();
+            // Ids first (the dirty index alone); rows only for those due now.
+            let dirty = self.catalog.dirty_ids(share.id, 4096)?;
+            let mut due_ids = Vec::new();
             // A writer waits for staging room: committed files go up now, not after the delay.
             let pressure = self.staging_pressure();
             {
                 let live = self.live();
-                for row in dirty {
-                    let quiet = live.changed.get(&row.id).map(Instant::elapsed);
+                for id in dirty {
+                    let quiet = live.changed.get(&id).map(Instant::elapsed);
                     let idle = quiet.is_none_or(|q| q >= self.config.upload_delay);
                     // A client that wrote UNSTABLE and went away without COMMIT: after a long
                     // silence the upload (whose read of the staging file is as good as an
                     // fsync) goes ahead anyway.
                     let abandoned = quiet.is_none_or(|q| q >= UNCOMMITTED_GRACE);
-                    let committed = !live.uncommitted.contains(&row.id) || abandoned;
+                    let committed = !live.uncommitted.contains(&id) || abandoned;
                     // Under staging pressure even uncommitted files go once quiet for a moment:
                     // their writers may be the ones waiting, and an upload is as durable as a
                     // COMMIT.
                     let quiet_enough = quiet.is_none_or(|q| q >= PRESSURE_QUIET);
                     if now || (idle && committed) || (pressure && (committed || quiet_enough)) {
-                        due.push(row);
+                        due_ids.push(id);
                     } else {
                         round.waiting += 1;
                         if let Some(q) = quiet.filter(|_| committed) {
@@ -135,6 +136,13 @@ impl Files {
                             round.next_due = Some(round.next_due.map_or(left, |d| d.min(left)));
                         }
                     }
+                }
+            }
+            let mut due = Vec::with_capacity(due_ids.len());
+            for id in due_ids {
+                // Gone since it was listed: nothing to upload.
+                if let Some(row) = self.catalog.inode(id)? {
+                    due.push(row);
                 }
             }
             // Uploads run in parallel; those finished within RECORD_EVERY of each other are
