@@ -407,7 +407,7 @@ fn head_of(r: &object_store::GetResult) -> ObjectHead {
 }
 
 /// Bytes `start..end` of a local file.
-async fn read_range(file: &Path, start: u64, end: u64) -> std::io::Result<Bytes> {
+pub async fn read_range(file: &Path, start: u64, end: u64) -> std::io::Result<Bytes> {
     let mut f = tokio::fs::File::open(file).await?;
     f.seek(std::io::SeekFrom::Start(start)).await?;
     let mut buf = vec![0u8; usize::try_from(end - start).unwrap_or(0)];

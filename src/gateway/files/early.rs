@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::catalog::shares::InodeKind;
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
-use crate::gateway::files::{Files, path};
+use crate::gateway::files::{FileId, Files, path};
+use crate::store::objects::read_range;
 use crate::store::upload::CheckedPart;
 
 /// How long a committed large file must go unwritten before its upload starts early: a
@@ -213,8 +213,10 @@ impl Files {
         };
         for id in due {
             self.early().watch.remove(&id);
-            let Some(row) = self.catalog.inode(id)? else {
-                continue;
+            let (row, share) = match self.node(FileId(u64::try_from(id).unwrap_or(0))) {
+                Ok(found) => found,
+                Err(GatewayError::Stale(_)) => continue,
+                Err(e) => return Err(e),
             };
             let staging = self.staging_path(id);
             let on_disk = std::fs::metadata(&staging).map(|m| m.len()).ok();
@@ -227,14 +229,6 @@ impl Files {
             {
                 continue;
             }
-            let Some(share) = self
-                .catalog
-                .shares()?
-                .into_iter()
-                .find(|s| s.id == row.share_id)
-            else {
-                continue;
-            };
             let key = path::key(&share.bucket_prefix, &row.path)?;
             let upload_id = self
                 .bucket
@@ -278,7 +272,7 @@ impl Files {
         start: u64,
         len: u64,
     ) -> Result<CheckedPart, GatewayError> {
-        let data = read_part(staging, start, len).await.map_err(|e| {
+        let data = read_range(staging, start, start + len).await.map_err(|e| {
             GatewayError::Internal(format!("reading {}: {e}", staging.display()).into())
         })?;
         let number = u32::try_from(part + 1).unwrap_or(u32::MAX);
@@ -377,14 +371,4 @@ impl Files {
             }
         }
     }
-}
-
-/// Exactly `len` bytes of a file from `start`.
-async fn read_part(path: &std::path::Path, start: u64, len: u64) -> std::io::Result<Bytes> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::open(path).await?;
-    f.seek(std::io::SeekFrom::Start(start)).await?;
-    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-    f.read_exact(&mut buf).await?;
-    Ok(Bytes::from(buf))
 }

@@ -478,12 +478,13 @@ impl Files {
                         )
                     })?;
             }
-            if BlockMap::load(&staging).is_some() {
+            let map = BlockMap::load(&staging);
+            if map.is_some() {
                 self.early_discard(row.id);
             } else if let Some(etag) = self.early_finish(row, key, &staging).await? {
                 return Ok(etag);
             }
-            if let (Some(map), Some(source)) = (BlockMap::load(&staging), &row.remote_key)
+            if let (Some(map), Some(source)) = (&map, &row.remote_key)
                 && map.block == self.bucket.part_size()
             {
                 // Unchanged blocks are copied server-side from the object it was staged from.
@@ -493,7 +494,7 @@ impl Files {
                     .put_patched(key, &staging, row.size, source, &present, &m)
                     .await?);
             }
-            if BlockMap::load(&staging).is_some() {
+            if map.is_some() {
                 let lock = self.inode_lock(row.id);
                 let _guard = lock.lock().await;
                 self.fill_blocks(row, None).await?;
