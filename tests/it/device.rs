@@ -603,13 +603,7 @@ for key, secret in (('TDGNOTTHEDEVICE0000000', os.environ['AWS_SECRET_ACCESS_KEY
     );
 
     // Seal through the running device: writes are refused from then on.
-    let o = run(tidegate(&job.data).args(["job", "seal"]));
-    assert!(o.status.success(), "job seal: {}", stderr(&o));
-    assert!(
-        stdout(&o).contains(&format!("sealed: {expected} objects")),
-        "{}",
-        stdout(&o)
-    );
+    seal_running(&job, expected);
     let out = boto3(
         &format!(
             "{CLIENT}
@@ -625,18 +619,7 @@ except botocore.exceptions.ClientError as e:
     assert_eq!(out.trim(), "AccessDenied");
     dev.lock(&job);
 
-    let o = import(&job, &garage, &[]);
-    assert!(
-        o.status.success(),
-        "job import: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    let r = report(&job);
-    assert_eq!(r["state"], "COMPLETE", "{r}");
-    assert_eq!(r["objects"], expected as u64);
-    assert_eq!(r["imported_objects"], expected as u64);
-    assert_eq!(r["failed_objects"], 0);
+    let r = import_all(&job, &garage, &[], expected);
     assert_eq!(r["tampered"], false);
 
     // Independently: every object in Garage is byte-identical to its source file.
@@ -753,6 +736,35 @@ print('ok')
 }
 
 /// Locks the device, then seals the job offline with its manifest and code.
+/// `job seal` through the running device, which must report `objects` objects sealed.
+pub fn seal_running(job: &Job, objects: usize) {
+    let o = run(tidegate(&job.data).args(["job", "seal"]));
+    assert!(o.status.success(), "job seal: {}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("sealed: {objects} objects")),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// `job import` into Garage, which must complete with all `objects` imported and none failed;
+/// returns the report.
+pub fn import_all(job: &Job, garage: &Garage, extra: &[&str], objects: usize) -> serde_json::Value {
+    let o = import(job, garage, extra);
+    assert!(
+        o.status.success(),
+        "job import: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let r = report(job);
+    assert_eq!(r["state"], "COMPLETE", "{r}");
+    assert_eq!(r["objects"], objects as u64);
+    assert_eq!(r["imported_objects"], objects as u64);
+    assert_eq!(r["failed_objects"], 0);
+    r
+}
+
 pub fn lock_and_seal(dev: Unlocked, job: &Job) {
     dev.lock(job);
     let o = run(tidegate(&job.data)

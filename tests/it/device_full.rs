@@ -16,11 +16,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::device::{
-    CLIENT, Unlocked, boto3, create_job, files_under, import, random_bytes, report, small_files,
-    target_hashes,
+    CLIENT, Unlocked, boto3, create_job, files_under, import_all, random_bytes, seal_running,
+    small_files, target_hashes,
 };
 use crate::support::garage::Garage;
-use crate::support::{run, stderr, stdout, tidegate, tool};
+use crate::support::{run, stderr, stdout, tool};
 
 const SMALL_FILES: usize = 10_000;
 const BIG_BYTES: u64 = 5 << 30;
@@ -259,28 +259,11 @@ print('ok')
     std::fs::remove_file(&big).unwrap();
     phase(&mut t, "ranged GETs");
 
-    let o = run(tidegate(&job.data).args(["job", "seal"]));
-    assert!(o.status.success(), "job seal: {}", stderr(&o));
-    assert!(
-        stdout(&o).contains(&format!("sealed: {total} objects")),
-        "{}",
-        stdout(&o)
-    );
+    seal_running(&job, total);
     dev.lock(&job);
     phase(&mut t, "seal");
 
-    let o = import(&job, &garage, &["--parallel", "8"]);
-    assert!(
-        o.status.success(),
-        "job import: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    let r = report(&job);
-    assert_eq!(r["state"], "COMPLETE", "{r}");
-    assert_eq!(r["objects"], total as u64);
-    assert_eq!(r["imported_objects"], total as u64);
-    assert_eq!(r["failed_objects"], 0);
+    let r = import_all(&job, &garage, &["--parallel", "8"], total);
     let bytes: u64 = want.iter().map(|w| w.2).sum();
     assert_eq!(r["imported_bytes"], bytes);
     phase(&mut t, "job import into garage");
