@@ -11,7 +11,7 @@
 //! file's version, key and size must still be those it started from. A writer pausing longer
 //! than [`QUIET`] mid-file costs the parts sent meanwhile. Nothing here is durable: after a
 //! crash the file is uploaded whole as before, and its abandoned multipart upload is left to
-//! the bucket's lifecycle rules (docs/files.md).
+//! the bucket's lifecycle rules (docs/shares.md).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use crate::store::upload::CheckedPart;
 /// long before.
 const QUIET: Duration = Duration::from_millis(100);
 /// Parts of early uploads in flight at once, and of the upload completing one: more than a
-/// plain upload runs, since these overlap the upload delay (measured on Garage: docs/testing.md).
+/// plain upload's 4, which did no better against Garage (ADR 0011).
 const PARTS_IN_FLIGHT: usize = 8;
 /// How often the early uploader looks for work.
 const TICK: Duration = Duration::from_millis(50);
