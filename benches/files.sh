@@ -25,7 +25,8 @@
 #
 # Usage: benches/files.sh   (SMALL_FILES=N and BIG_MIB=N shrink the data set; TIDEGATE_BIN=path
 #        runs that binary instead of building this tree; TOOLS="tidegate s3fs" runs only those
-#        tools and READS=0 skips the cold reads, for quick looks: ratios need all three)
+#        tools and READS=0 skips the cold reads, for quick looks: ratios need all three;
+#        REFERENCE=0 skips the raw-ingest reference)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -191,9 +192,27 @@ read_phase() { # big|small
     done
 }
 
+# Reference, not a contender: the same small files copied by `rclone copy` straight from a local
+# directory into the same Garage (16 PUTs in flight, no file system or COMMIT in between). It is
+# what this Garage on this machine needs to take 5,000 objects at all: a floor under every tool's
+# "safely in bucket". It runs after the three tools, so Garage's directories are warm for it.
+raw_ingest() {
+    local t
+    mkdir -p "$WORK/raw-src"
+    "$CLIENT" write-small "$WORK/raw-src" "$SMALL_FILES" "$SEED"
+    sync
+    t=$(now)
+    rclone copy "$WORK/raw-src" "gb:$BUCKET/raw" --transfers 16 --config /dev/null
+    bucket_wait raw "$WORK/small.manifest"
+    RESULT[raw.small.write]=$(since "$t")
+    echo "   reference small: rclone copy from local disk in the bucket after ${RESULT[raw.small.write]}s" >&2
+    rm -rf "$WORK/raw-src"
+}
+
 start_all
 write_phase big
 write_phase small
+[ "${REFERENCE:-1}" != 0 ] && raw_ingest
 # Cold: every tool restarted with an empty local cache, the page cache dropped.
 stop_all
 if [ "${READS:-1}" != 0 ]; then
@@ -222,3 +241,10 @@ line "small files, write acknowledged" small.ack
 line "1 GiB file, cold read" big.read
 line "small files, cold read" small.read
 echo "ratio = tidegate / the better of rclone and s3fs"
+if [ -n "${RESULT[raw.small.write]:-}" ]; then
+    awk -v raw="${RESULT[raw.small.write]}" -v a="${RESULT[rclone.small.write]:-0}" -v b="${RESULT[s3fs.small.write]:-0}" 'BEGIN{
+        m=(a>0&&(b<=0||a<b))?a:b
+        printf "reference: the small files by `rclone copy` from local disk, 16 in flight: %.2f s", raw
+        if (m>0) printf " (%.2f of the better tool; the 0.5 target is %.2f s)", raw/m, m/2
+        printf "\n" }'
+fi
