@@ -9,7 +9,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::catalog::shares::{as_i64, bad, u32_at, u64_at};
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, now_unix};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InodeKind {
@@ -411,6 +411,34 @@ impl Catalog {
         self.conn()
             .execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
         Ok(())
+    }
+
+    /// Records a multipart upload the file gateway has opened at `key`, until
+    /// [`Self::forget_share_upload`]; what is still here at the next start was cut short.
+    pub fn note_share_upload(&self, key: &str, upload_id: &str) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO share_uploads (upload_id, key, started_unix)
+             VALUES (?1, ?2, ?3)",
+            params![upload_id, key, now_unix()],
+        )?;
+        Ok(())
+    }
+
+    pub fn forget_share_upload(&self, upload_id: &str) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "DELETE FROM share_uploads WHERE upload_id = ?1",
+            [upload_id],
+        )?;
+        Ok(())
+    }
+
+    /// `(key, upload id)` of every multipart upload recorded as open, oldest first.
+    pub fn share_uploads(&self) -> Result<Vec<(String, String)>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT key, upload_id FROM share_uploads ORDER BY started_unix, upload_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Whether some inode's object currently lives at `key` (a queued delete must then wait).

@@ -8,7 +8,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::catalog::shares::u64_at;
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, now_unix as now};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRow {
@@ -64,12 +64,6 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         sealed_unix: r.get(10)?,
         finished_unix: r.get(11)?,
     })
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn size_param(size: u64) -> i64 {

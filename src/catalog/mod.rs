@@ -41,6 +41,13 @@ pub enum CatalogError {
     Sql(#[from] rusqlite::Error),
 }
 
+/// Seconds since the epoch, as the catalog's `*_unix` columns hold them.
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 #[derive(Debug)]
 pub struct Catalog {
     conn: Mutex<Connection>,

@@ -311,4 +311,20 @@ mod tests {
         let stats = c.share_sync_stats(s.id).unwrap();
         assert_eq!(stats.last_upload_unix, Some(9));
     }
+
+    #[test]
+    fn open_share_uploads_are_kept_until_forgotten_and_survive_a_reopen() {
+        let (dir, c, _, _) = catalog_with_share();
+        c.note_share_upload("shares/s/a.bin", "id-a").unwrap();
+        c.note_share_upload("shares/s/b.bin", "id-b").unwrap();
+        c.forget_share_upload("id-a").unwrap();
+        // Forgetting one twice (or one never noted) is harmless.
+        c.forget_share_upload("id-a").unwrap();
+        drop(c);
+        let c = Catalog::open(&dir.path().join("c.db")).unwrap();
+        assert_eq!(
+            c.share_uploads().unwrap(),
+            vec![("shares/s/b.bin".to_owned(), "id-b".to_owned())]
+        );
+    }
 }

@@ -273,7 +273,7 @@ impl Bucket {
             match r {
                 Ok(e) => etags.push(e),
                 Err(e) => {
-                    raw.abort_multipart(key, &upload_id).await;
+                    self.abort_resumable(key, &upload_id).await;
                     return Err(e);
                 }
             }
@@ -281,7 +281,7 @@ impl Bucket {
         match raw.complete_multipart(key, &upload_id, &etags).await {
             Ok(etag) => Ok(etag),
             Err(e) => {
-                raw.abort_multipart(key, &upload_id).await;
+                self.abort_resumable(key, &upload_id).await;
                 Err(e)
             }
         }

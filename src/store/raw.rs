@@ -687,9 +687,14 @@ impl RawS3 {
         Ok(xml_value(&reply.body, "ETag").or(reply.etag))
     }
 
-    /// Abandons a multipart upload so its parts do not linger.
-    pub(crate) async fn abort_multipart(&self, key: &str, upload_id: &str) {
-        let result = self
+    /// Abandons a multipart upload so its parts do not linger. One the target no longer has
+    /// (completed, aborted or expired) is as good as aborted.
+    pub(crate) async fn abort_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
+        match self
             .request(
                 reqwest::Method::DELETE,
                 "abort multipart upload of",
@@ -698,9 +703,14 @@ impl RawS3 {
                 &[],
                 bytes::Bytes::new(),
             )
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(key, error = %e, "aborting a multipart upload failed");
+            .await
+        {
+            Err(StoreError::Other { detail, .. })
+                if detail.contains("NoSuchUpload") || detail.starts_with("HTTP 404") =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
         }
     }
 

@@ -286,8 +286,19 @@ impl Bucket {
 
     /// Abandons the upload and its parts.
     pub async fn abort_resumable(&self, key: &str, upload_id: &str) {
-        if let Some(raw) = &self.raw {
-            raw.abort_multipart(key, upload_id).await;
+        if self.raw.is_none() {
+            return;
         }
+        if let Err(e) = self.abort_upload(key, upload_id).await {
+            tracing::warn!(key, error = %e, "aborting a multipart upload failed");
+        }
+    }
+
+    /// Aborts a multipart upload, saying whether that failed; an upload the target no longer
+    /// has counts as aborted.
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.resumable("abort multipart upload of", key)?
+            .abort_multipart(key, upload_id)
+            .await
     }
 }

@@ -110,6 +110,14 @@ fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Durati
     }
 }
 
+/// An object's bytes and metadata (as `boto3 get` prints it), fetched with boto3 through a file
+/// in `dir`.
+fn object(garage: &Garage, dir: &Path, key: &str) -> (Vec<u8>, String) {
+    let got = dir.join("got");
+    let meta = boto3(garage, &["get", key, got.to_str().unwrap()]);
+    (std::fs::read(&got).unwrap(), meta)
+}
+
 /// Runs boto3 against the Garage bucket: `get KEY OUT` (prints the metadata as lines
 /// `key=value`), `put KEY IN k=v...`, `delete KEY`, `list PREFIX` (one key a line), `uploads
 /// PREFIX` (the multipart uploads in progress, one id a line).
@@ -232,12 +240,8 @@ fn libnfs_round_trips_are_byte_identical_and_readable_straight_from_the_bucket()
         "256 MiB read back over NFS"
     );
 
-    let got = dir.path().join("got");
-    let meta = boto3(
-        &garage,
-        &["get", "gw/shares/docs/one.bin", got.to_str().unwrap()],
-    );
-    assert_eq!(std::fs::read(&got).unwrap(), one);
+    let (got, meta) = object(&garage, dir.path(), "gw/shares/docs/one.bin");
+    assert_eq!(got, one);
     for key in [
         "file-permissions=0100",
         "file-owner=0",
@@ -247,22 +251,10 @@ fn libnfs_round_trips_are_byte_identical_and_readable_straight_from_the_bucket()
     ] {
         assert!(meta.contains(key), "metadata has {key}: {meta}");
     }
-    boto3(
-        &garage,
-        &["get", "gw/shares/docs/big.bin", got.to_str().unwrap()],
-    );
-    assert!(
-        std::fs::read(&got).unwrap() == big,
-        "256 MiB straight from the bucket"
-    );
-    boto3(
-        &garage,
-        &["get", "gw/shares/docs/small/s7", got.to_str().unwrap()],
-    );
-    assert_eq!(
-        std::fs::read(&got).unwrap(),
-        std::fs::read(files.join("s7")).unwrap()
-    );
+    let (got, _) = object(&garage, dir.path(), "gw/shares/docs/big.bin");
+    assert!(got == big, "256 MiB straight from the bucket");
+    let (got, _) = object(&garage, dir.path(), "gw/shares/docs/small/s7");
+    assert_eq!(got, std::fs::read(files.join("s7")).unwrap());
     let ls = s3cmd_ls(&garage, "gw/shares/docs/");
     assert!(ls.contains("gw/shares/docs/one.bin"), "{ls}");
     assert_eq!(ls.matches("gw/shares/docs/small/s").count(), 500, "{ls}");
@@ -348,12 +340,8 @@ fn foreign_objects_appear_after_share_refresh_and_deleted_ones_vanish() {
     wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
     let ls = s3cmd_ls(&garage, "gw/shares/docs/");
     assert!(ls.contains("gw/shares/docs/local.txt"), "{ls}");
-    let got = dir.path().join("got");
-    boto3(
-        &garage,
-        &["get", "gw/shares/docs/local.txt", got.to_str().unwrap()],
-    );
-    assert_eq!(std::fs::read(&got).unwrap(), b"mine");
+    let (got, _) = object(&garage, dir.path(), "gw/shares/docs/local.txt");
+    assert_eq!(got, b"mine");
 }
 
 #[test]
@@ -404,12 +392,8 @@ fn committed_data_survives_kill_9_and_the_same_handle_still_works() {
 
     // And it reaches the bucket.
     wait_uploaded(&gw, Some(&config), "docs", Duration::from_secs(120));
-    let got = dir.path().join("got");
-    boto3(
-        &garage,
-        &["get", "gw/shares/docs/crash.bin", got.to_str().unwrap()],
-    );
-    assert!(std::fs::read(&got).unwrap() == data);
+    let (got, _) = object(&garage, dir.path(), "gw/shares/docs/crash.bin");
+    assert!(got == data);
 }
 
 /// The embedded default: its `share` export, local-directory bucket.
@@ -626,14 +610,10 @@ fn renames_attribute_changes_and_empty_directories_reach_the_bucket() {
     };
     assert_eq!(c.setattr(&f, set), nfs::NFS3_OK);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
-    let got = dir.path().join("got");
-    let meta = boto3(
-        &garage,
-        &["get", "gw/shares/docs/d/f", got.to_str().unwrap()],
-    );
+    let (got, meta) = object(&garage, dir.path(), "gw/shares/docs/d/f");
     assert!(meta.contains("file-permissions=0100600"), "{meta}");
     assert!(meta.contains("file-owner=42"), "{meta}");
-    assert_eq!(std::fs::read(&got).unwrap(), b"contents");
+    assert_eq!(got, b"contents");
 
     // A directory rename moves every object below it and its marker; the old keys go.
     assert_eq!(c.rename(&root, "d", &root, "moved"), nfs::NFS3_OK);
@@ -651,11 +631,8 @@ fn renames_attribute_changes_and_empty_directories_reach_the_bucket() {
         vec!["gw/shares/docs/moved/", "gw/shares/docs/moved/f"],
         "old keys deleted"
     );
-    let meta = boto3(
-        &garage,
-        &["get", "gw/shares/docs/moved/f", got.to_str().unwrap()],
-    );
-    assert_eq!(std::fs::read(&got).unwrap(), b"contents");
+    let (got, meta) = object(&garage, dir.path(), "gw/shares/docs/moved/f");
+    assert_eq!(got, b"contents");
     assert!(meta.contains("file-owner=42"), "{meta}");
     assert_eq!(
         nfs_cat(&url(&gw, "docs/moved/f")),
@@ -697,13 +674,9 @@ fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part(
         "one 16 MiB part fetched, not the whole 80 MiB file: {fetched}"
     );
 
-    let got = dir.path().join("got");
-    boto3(
-        &garage,
-        &["get", "gw/shares/docs/large.bin", got.to_str().unwrap()],
-    );
+    let (got, _) = object(&garage, dir.path(), "gw/shares/docs/large.bin");
     assert!(
-        std::fs::read(&got).unwrap() == data,
+        got == data,
         "the object holds the patch and every unchanged part"
     );
     let (piece, _) = c.read(&f, (at - 10) as u64, 8192).unwrap();
@@ -788,23 +761,30 @@ fn staging_is_held_to_the_cache_size_and_writers_wait_for_uploads() {
 /// ADR 0011: a large file committed and left alone starts its multipart upload inside the
 /// upload delay; a write meanwhile abandons it (and aborts it in Garage), and the upload that
 /// finally lands holds every byte and the attributes of the last write.
+/// Garage and a gateway (data in `dir/data`) with share `docs` and the upload delay given;
+/// returns the config path too.
+fn docs_with_delay(dir: &Path, delay_ms: u64) -> (Garage, Gateway, PathBuf) {
+    let garage = Garage::start();
+    let data_dir = dir.join("data");
+    let config = activate_on(&garage, dir, &data_dir, "gw", &[]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[files]\nupload_delay_ms = {delay_ms}\n"));
+    std::fs::write(&config, text).unwrap();
+    let gw = start(&data_dir, Some(&config), 0);
+    tg(
+        &gw,
+        Some(&config),
+        &["share", "create", "docs", "--squash", "none"],
+    );
+    (garage, gw, config)
+}
+
 #[test]
 fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload() {
     let dir = tempfile::tempdir().unwrap();
-    let garage = Garage::start();
-    let data_dir = dir.path().join("data");
-    let config = activate_on(&garage, dir.path(), &data_dir, "gw", &[]);
-    let mut text = std::fs::read_to_string(&config).unwrap();
     // Long enough that the early upload, not the delay, starts the upload.
-    text.push_str("\n[files]\nupload_delay_ms = 4000\n");
-    std::fs::write(&config, text).unwrap();
-    let gw = start(&data_dir, Some(&config), 0);
+    let (garage, gw, config) = docs_with_delay(dir.path(), 4000);
     let config = Some(config.as_path());
-    tg(
-        &gw,
-        config,
-        &["share", "create", "docs", "--squash", "none"],
-    );
     let mut c = Client::connect(&nfs_addr(&gw));
     let root = c.mount("/docs").unwrap();
     let mut data = noise(100 * MIB, 11);
@@ -847,13 +827,9 @@ fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload(
         "the abandoned upload was aborted"
     );
 
-    let got = dir.path().join("got");
-    let meta = boto3(
-        &garage,
-        &["get", "gw/shares/docs/stream.bin", got.to_str().unwrap()],
-    );
+    let (got, meta) = object(&garage, dir.path(), "gw/shares/docs/stream.bin");
     assert!(
-        std::fs::read(&got).unwrap() == data,
+        got == data,
         "the object holds the rewrite and everything else"
     );
     let a = c.getattr(&f).unwrap();
@@ -861,5 +837,53 @@ fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload(
     assert!(
         meta.contains(&format!("file-mtime={mtime_ns}ns")),
         "the object carries the mtime of the last write ({mtime_ns}): {meta}"
+    );
+}
+
+#[test]
+fn an_early_upload_cut_short_by_a_crash_is_aborted_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough that the crash comes while the early upload waits out the delay.
+    let (garage, gw, config) = docs_with_delay(dir.path(), 60_000);
+    let data_dir = dir.path().join("data");
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let root = c.mount("/docs").unwrap();
+    let data = noise(80 * MIB, 12);
+    let f = c.create(&root, "cut.bin", 0, 0o644).unwrap();
+    for (i, piece) in data.chunks(MIB).enumerate() {
+        c.write(&f, (i * MIB) as u64, piece, 0).unwrap();
+    }
+    c.commit(&f).unwrap();
+    let committed = Instant::now();
+    let open = loop {
+        let uploads = boto3(&garage, &["uploads", "gw/shares/docs/cut.bin"]);
+        if uploads.lines().count() == 1 {
+            break uploads;
+        }
+        assert!(
+            committed.elapsed() < Duration::from_secs(5),
+            "no early upload in progress 5 s after the COMMIT: {uploads:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    gw.kill9();
+
+    // The restarted gateway aborts the upload the crash left open, then uploads the committed
+    // file whole (a restart forgets how long it was idle).
+    let gw = start(&data_dir, Some(&config), 0);
+    wait_uploaded(&gw, Some(&config), "docs", Duration::from_secs(120));
+    let left = boto3(&garage, &["uploads", "gw/shares/docs/cut.bin"]);
+    assert!(
+        !left.contains(open.trim()),
+        "the upload left open by the crash ({}) was aborted: {left:?}",
+        open.trim()
+    );
+    assert_eq!(left, "", "no multipart upload is left open");
+    let (got, _) = object(&garage, dir.path(), "gw/shares/docs/cut.bin");
+    assert!(got == data, "the object holds the committed file");
+    assert!(
+        gw.log_text()
+            .contains("aborted a multipart upload left open by the last run"),
+        "the abort is logged"
     );
 }

@@ -1,4 +1,4 @@
--- Schema version 9 (numbered 0009; its position in schema.rs is what counts): the multipart
+-- Schema version 7 (numbered 0009; its position in schema.rs is what counts): the multipart
 -- upload an import has open in the target for each large object, so that an import resumed
 -- after a crash or a lost network continues it instead of sending the object again. Rows live
 -- from the upload's start until it completes or is aborted. Upload ids reveal nothing of the

@@ -9,9 +9,9 @@
 //! rewrites all of it in Garage). So it is speculative: any write, truncate or attribute change
 //! afterwards makes it worthless, and it is aborted — at the write, or at completion, where the
 //! file's version, key and size must still be those it started from. A writer pausing longer
-//! than [`QUIET`] mid-file costs the parts sent meanwhile. Nothing here is durable: after a
-//! crash the file is uploaded whole as before, and its abandoned multipart upload is left to
-//! the bucket's lifecycle rules (docs/shares.md).
+//! than [`QUIET`] mid-file costs the parts sent meanwhile. Only the upload's id is durable (the
+//! catalog's `share_uploads`): after a crash the file is uploaded whole as before, and the next
+//! start aborts the upload the crash left open, so its parts do not linger in the bucket.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +36,9 @@ const QUIET: Duration = Duration::from_millis(100);
 const PARTS_IN_FLIGHT: usize = 8;
 /// How often the early uploader looks for work.
 const TICK: Duration = Duration::from_millis(50);
+/// How long before uploads left open by an earlier run are tried again, when the bucket
+/// refused to abort them.
+const LEFTOVER_RETRY: Duration = Duration::from_secs(60);
 
 /// The early uploads of every large file.
 #[derive(Debug, Default)]
@@ -99,9 +102,47 @@ impl Files {
             self.counters
                 .early_abandoned
                 .fetch_add(1, Ordering::Relaxed);
-            let bucket = self.bucket.clone();
-            tokio::spawn(async move { bucket.abort_resumable(&f.key, &f.upload_id).await });
+            let (bucket, catalog) = (self.bucket.clone(), self.catalog.clone());
+            tokio::spawn(async move {
+                if abort_logged(&bucket, &f.key, &f.upload_id).await {
+                    forget(&catalog, &f.upload_id);
+                }
+            });
         }
+    }
+
+    /// Aborts an early upload in the bucket and forgets it; one whose abort fails stays
+    /// recorded, for the next start to abort.
+    async fn early_abort(&self, key: &str, upload_id: &str) {
+        if abort_logged(&self.bucket, key, upload_id).await {
+            forget(&self.catalog, upload_id);
+        }
+    }
+
+    /// Aborts the multipart uploads an earlier run left open (a crash cut them short; none of
+    /// this run's has started yet). Returns whether any is left because the bucket refused.
+    async fn abort_leftover_uploads(&self) -> bool {
+        let left = match self.catalog.share_uploads() {
+            Ok(left) => left,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the uploads left open by the last run");
+                return true;
+            }
+        };
+        let mut refused = false;
+        for (key, upload_id) in left {
+            match self.bucket.abort_upload(&key, &upload_id).await {
+                Ok(()) => {
+                    tracing::info!(key, "aborted a multipart upload left open by the last run");
+                    forget(&self.catalog, &upload_id);
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "could not abort a multipart upload left open by the last run; will try again");
+                    refused = true;
+                }
+            }
+        }
+        refused
     }
 
     /// Starts and feeds early uploads until `stop` changes.
@@ -113,7 +154,14 @@ impl Files {
             return;
         }
         let slots = Arc::new(tokio::sync::Semaphore::new(PARTS_IN_FLIGHT));
+        let mut leftovers = Some(Instant::now());
         loop {
+            if leftovers.is_some_and(|at| at <= Instant::now()) {
+                leftovers = self
+                    .abort_leftover_uploads()
+                    .await
+                    .then(|| Instant::now() + LEFTOVER_RETRY);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = stop.changed() => break,
@@ -234,6 +282,10 @@ impl Files {
                 .bucket
                 .begin_checked(&key, &Self::file_meta(&row))
                 .await?;
+            if let Err(e) = self.catalog.note_share_upload(&key, &upload_id) {
+                self.bucket.abort_resumable(&key, &upload_id).await;
+                return Err(e.into());
+            }
             tracing::debug!(key, size = row.size, "early upload started");
             let f = EarlyFile {
                 key,
@@ -256,7 +308,7 @@ impl Files {
                 }
             };
             if let Some(f) = stale {
-                self.bucket.abort_resumable(&f.key, &f.upload_id).await;
+                self.early_abort(&f.key, &f.upload_id).await;
             }
         }
         Ok(())
@@ -317,7 +369,7 @@ impl Files {
             self.counters
                 .early_abandoned
                 .fetch_add(1, Ordering::Relaxed);
-            self.bucket.abort_resumable(&f.key, &f.upload_id).await;
+            self.early_abort(&f.key, &f.upload_id).await;
             return Ok(None);
         }
         let started = Instant::now();
@@ -352,13 +404,14 @@ impl Files {
             match r {
                 Ok(p) => sent.push(p),
                 Err(e) => {
-                    self.bucket.abort_resumable(&f.key, &f.upload_id).await;
+                    self.early_abort(&f.key, &f.upload_id).await;
                     return Err(e);
                 }
             }
         }
         match self.bucket.complete_checked(key, &f.upload_id, &sent).await {
             Ok(etag) => {
+                forget(&self.catalog, &f.upload_id);
                 tracing::debug!(key, parts, early, took = ?started.elapsed(), "early upload completed");
                 self.counters
                     .early_completed
@@ -366,9 +419,28 @@ impl Files {
                 Ok(Some(etag))
             }
             Err(e) => {
-                self.bucket.abort_resumable(&f.key, &f.upload_id).await;
+                self.early_abort(&f.key, &f.upload_id).await;
                 Err(e.into())
             }
         }
+    }
+}
+
+/// Aborts an upload; false (logged) when the bucket refused.
+async fn abort_logged(bucket: &crate::store::Bucket, key: &str, upload_id: &str) -> bool {
+    match bucket.abort_upload(key, upload_id).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(key, error = %e, "aborting an early upload failed; the next start tries again");
+            false
+        }
+    }
+}
+
+/// Drops a finished upload's record. A record left behind costs one needless abort at the next
+/// start, so a failure here is only logged.
+fn forget(catalog: &crate::catalog::Catalog, upload_id: &str) {
+    if let Err(e) = catalog.forget_share_upload(upload_id) {
+        tracing::warn!(error = %e, "forgetting a finished multipart upload");
     }
 }
