@@ -35,7 +35,7 @@ BIG_MIB=${BIG_MIB:-1024}
 SEED=${SEED:-7}
 LIMIT=${LIMIT:-1800}
 export PATH="$HOME/.cargo/bin:$PATH"
-need garage rclone s3fs cc python3 fusermount3 mountpoint
+need garage aws rclone s3fs cc python3 fusermount3 mountpoint
 [ -f /usr/include/nfsc/libnfs.h ] || { echo "missing libnfs-dev: run ./scripts/test first" >&2; exit 1; }
 python3 -c 'import boto3' 2>/dev/null || { echo "missing python3-boto3: run ./scripts/test first" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "no /dev/fuse: rclone and s3fs need FUSE" >&2; exit 1; }
@@ -58,35 +58,9 @@ now() { echo "$EPOCHREALTIME"; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 
-# --- Garage, single node, one bucket (as tests/it/support/garage.rs starts it) -----------------
-G=$WORK/garage
-mkdir -p "$G"
-RPC=$(free_port) S3=$(free_port) ADMIN=$(free_port)
-cat >"$G/garage.toml" <<EOF
-metadata_dir = "$G/meta"
-data_dir = "$G/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$RPC"
-rpc_public_addr = "127.0.0.1:$RPC"
-rpc_secret = "$(openssl rand -hex 32)"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$S3"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:$ADMIN"
-admin_token = "$(openssl rand -hex 16)"
-EOF
-export AK="GK$(openssl rand -hex 12)" SK="$(openssl rand -hex 32)" BUCKET=bench EP="http://127.0.0.1:$S3"
-GARAGE_DEFAULT_ACCESS_KEY=$AK GARAGE_DEFAULT_SECRET_KEY=$SK GARAGE_DEFAULT_BUCKET=$BUCKET RUST_LOG=garage=warn \
-    garage -c "$G/garage.toml" server --single-node --default-bucket >"$G/garage.log" 2>&1 &
-GARAGE_PID=$!
-for _ in $(seq 300); do
-    python3 benches/files-bucket.py count probe >/dev/null 2>&1 && break
-    sleep 0.2
-done
-python3 benches/files-bucket.py count probe >/dev/null
+# --- Garage, single node, one bucket (benches/common.sh) ----------------------------------------
+start_garage "$WORK" bench
+export AK=$GK SK=$GS BUCKET=bench EP="http://127.0.0.1:$S3"
 # rclone fails against plain-HTTP loopback endpoints when a CA bundle is forced on it.
 unset AWS_CA_BUNDLE
 
