@@ -649,18 +649,9 @@ fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part(
     let mut c = Client::connect(&nfs_addr(&gw));
     let root = c.mount("/docs").unwrap();
     let mut data = noise(80 * MIB, 3);
-    let f = c.create(&root, "large.bin", 0, 0o644).unwrap();
-    for (i, piece) in data.chunks(MIB).enumerate() {
-        c.write(&f, (i * MIB) as u64, piece, 0).unwrap();
-    }
-    c.commit(&f).unwrap();
+    let f = write_committed(&mut c, &root, "large.bin", &data);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
-    let downloaded = |gw: &Gateway| {
-        // The live status is rewritten every second.
-        std::thread::sleep(Duration::from_millis(1500));
-        gw.status_value("files_download_bytes").unwrap()
-    };
-    let before = downloaded(&gw);
+    let before = live_value(&gw, "files_download_bytes");
 
     let patch = vec![0xA5u8; 4096];
     let at = 40 * MIB + 10;
@@ -668,7 +659,7 @@ fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part(
     c.commit(&f).unwrap();
     data[at..at + patch.len()].copy_from_slice(&patch);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
-    let fetched = downloaded(&gw) - before;
+    let fetched = live_value(&gw, "files_download_bytes") - before;
     assert!(
         fetched > 0 && fetched <= 16 * MIB as i64,
         "one 16 MiB part fetched, not the whole 80 MiB file: {fetched}"
@@ -761,6 +752,23 @@ fn staging_is_held_to_the_cache_size_and_writers_wait_for_uploads() {
 /// ADR 0011: a large file committed and left alone starts its multipart upload inside the
 /// upload delay; a write meanwhile abandons it (and aborts it in Garage), and the upload that
 /// finally lands holds every byte and the attributes of the last write.
+/// Creates `name` in `dir` and writes `data` into it, UNSTABLE 1 MiB at a time, then COMMITs.
+fn write_committed(c: &mut Client, dir: &nfs::Fh, name: &str, data: &[u8]) -> nfs::Fh {
+    let f = c.create(dir, name, 0, 0o644).unwrap();
+    for (i, piece) in data.chunks(MIB).enumerate() {
+        c.write(&f, (i * MIB) as u64, piece, 0).unwrap();
+    }
+    c.commit(&f).unwrap();
+    f
+}
+
+/// A value of the daemon's live status file, read after it has been rewritten (every second)
+/// since whatever came before.
+fn live_value(gw: &Gateway, key: &str) -> i64 {
+    std::thread::sleep(Duration::from_millis(1500));
+    gw.status_value(key).unwrap()
+}
+
 /// Garage and a gateway (data in `dir/data`) with share `docs` and the upload delay given;
 /// returns the config path too.
 fn docs_with_delay(dir: &Path, delay_ms: u64) -> (Garage, Gateway, PathBuf) {
@@ -788,16 +796,7 @@ fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload(
     let mut c = Client::connect(&nfs_addr(&gw));
     let root = c.mount("/docs").unwrap();
     let mut data = noise(100 * MIB, 11);
-    let f = c.create(&root, "stream.bin", 0, 0o644).unwrap();
-    for (i, piece) in data.chunks(MIB).enumerate() {
-        c.write(&f, (i * MIB) as u64, piece, 0).unwrap();
-    }
-    c.commit(&f).unwrap();
-    let status = |gw: &Gateway, key: &str| {
-        // The live status is rewritten every second.
-        std::thread::sleep(Duration::from_millis(1500));
-        gw.status_value(key).unwrap()
-    };
+    let f = write_committed(&mut c, &root, "stream.bin", &data);
     // The upload starts a moment after the COMMIT, well inside the 4 s delay.
     let committed = Instant::now();
     loop {
@@ -811,7 +810,7 @@ fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(status(&gw, "files_early_abandoned"), 0);
+    assert_eq!(live_value(&gw, "files_early_abandoned"), 0);
 
     let patch = vec![0x5Au8; 3000];
     let at = 70 * MIB + 5;
@@ -819,8 +818,8 @@ fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload(
     c.commit(&f).unwrap();
     data[at..at + patch.len()].copy_from_slice(&patch);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
-    assert_eq!(status(&gw, "files_early_abandoned"), 1);
-    assert_eq!(status(&gw, "files_early_uploads"), 1);
+    assert_eq!(live_value(&gw, "files_early_abandoned"), 1);
+    assert_eq!(live_value(&gw, "files_early_uploads"), 1);
     assert_eq!(
         boto3(&garage, &["uploads", "gw/shares/docs/stream.bin"]),
         "",
@@ -849,11 +848,7 @@ fn an_early_upload_cut_short_by_a_crash_is_aborted_at_the_next_start() {
     let mut c = Client::connect(&nfs_addr(&gw));
     let root = c.mount("/docs").unwrap();
     let data = noise(80 * MIB, 12);
-    let f = c.create(&root, "cut.bin", 0, 0o644).unwrap();
-    for (i, piece) in data.chunks(MIB).enumerate() {
-        c.write(&f, (i * MIB) as u64, piece, 0).unwrap();
-    }
-    c.commit(&f).unwrap();
+    write_committed(&mut c, &root, "cut.bin", &data);
     let committed = Instant::now();
     let open = loop {
         let uploads = boto3(&garage, &["uploads", "gw/shares/docs/cut.bin"]);
