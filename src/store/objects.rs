@@ -268,16 +268,13 @@ impl Bucket {
             .buffered(PART_CONCURRENCY)
             .collect()
             .await;
-        let mut etags = Vec::with_capacity(results.len());
-        for r in results {
-            match r {
-                Ok(e) => etags.push(e),
-                Err(e) => {
-                    self.abort_resumable(key, &upload_id).await;
-                    return Err(e);
-                }
+        let etags = match results.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(etags) => etags,
+            Err(e) => {
+                self.abort_resumable(key, &upload_id).await;
+                return Err(e);
             }
-        }
+        };
         match raw.complete_multipart(key, &upload_id, &etags).await {
             Ok(etag) => Ok(etag),
             Err(e) => {

@@ -137,6 +137,13 @@ fn xml_value(body: &str, tag: &str) -> Option<String> {
     )
 }
 
+/// Whether the target answered that it has no such multipart upload (completed, aborted or
+/// expired).
+fn no_such_upload(e: &StoreError) -> bool {
+    matches!(e, StoreError::Other { detail, .. }
+        if detail.contains("NoSuchUpload") || detail.starts_with("HTTP 404"))
+}
+
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
     hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
         .as_ref()
@@ -580,11 +587,7 @@ impl RawS3 {
                 .await
             {
                 Ok(r) => r,
-                Err(StoreError::Other { detail, .. })
-                    if detail.contains("NoSuchUpload") || detail.starts_with("HTTP 404") =>
-                {
-                    return Ok(None);
-                }
+                Err(e) if no_such_upload(&e) => return Ok(None),
                 Err(e) => return Err(e),
             };
             for part in reply.body.split("<Part>").skip(1) {
@@ -705,11 +708,7 @@ impl RawS3 {
             )
             .await
         {
-            Err(StoreError::Other { detail, .. })
-                if detail.contains("NoSuchUpload") || detail.starts_with("HTTP 404") =>
-            {
-                Ok(())
-            }
+            Err(e) if no_such_upload(&e) => Ok(()),
             other => other.map(|_| ()),
         }
     }

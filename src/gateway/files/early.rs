@@ -399,16 +399,13 @@ impl Files {
             .buffered(PARTS_IN_FLIGHT)
             .collect()
             .await;
-        let mut sent = Vec::with_capacity(results.len());
-        for r in results {
-            match r {
-                Ok(p) => sent.push(p),
-                Err(e) => {
-                    self.early_abort(&f.key, &f.upload_id).await;
-                    return Err(e);
-                }
+        let sent = match results.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(sent) => sent,
+            Err(e) => {
+                self.early_abort(&f.key, &f.upload_id).await;
+                return Err(e);
             }
-        }
+        };
         match self.bucket.complete_checked(key, &f.upload_id, &sent).await {
             Ok(etag) => {
                 forget(&self.catalog, &f.upload_id);
