@@ -59,6 +59,11 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NfsConfig {
     pub listen: SocketAddr,
+    /// NFSv4.1 lease: a client silent this long loses its opens and locks; also the grace
+    /// period after a restart.
+    pub lease: Duration,
+    /// NFSv4 owner strings as `uid@domain` when set, plain numbers when not.
+    pub id_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -612,7 +617,27 @@ fn nfs_config(s: NfsSection) -> Result<NfsConfig, ConfigError> {
     let listen = v
         .parse::<SocketAddr>()
         .map_err(|_| ConfigError::new("nfs.listen", format!("{v:?} is not an ip:port address")))?;
-    Ok(NfsConfig { listen })
+    let lease_secs = s.lease_secs.unwrap_or(defaults::NFS_LEASE_SECS);
+    if !(5..=3600).contains(&lease_secs) {
+        return Err(ConfigError::new(
+            "nfs.lease_secs",
+            "must be between 5 and 3600 seconds",
+        ));
+    }
+    let id_domain = match s.id_domain {
+        Some(d) if d.is_empty() || d.contains(['@', ' ', '/']) => {
+            return Err(ConfigError::new(
+                "nfs.id_domain",
+                format!("{d:?} is not a domain name"),
+            ));
+        }
+        d => d,
+    };
+    Ok(NfsConfig {
+        listen,
+        lease: Duration::from_secs(lease_secs),
+        id_domain,
+    })
 }
 
 fn load_credentials(path: &Path) -> Result<Credentials, ConfigError> {

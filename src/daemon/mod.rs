@@ -351,9 +351,14 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .local_addr()
         .map_err(io("reading the NFS listener's address"))?;
     let mut nfs_stop = stop_rx.clone();
+    let nfs4_options = crate::frontend::nfs::nfs4::Options {
+        lease: config.nfs.lease,
+        id_domain: config.nfs.id_domain.clone(),
+    };
     let nfs = tokio::spawn(crate::frontend::nfs::serve(
         nfs_listener,
         files.clone(),
+        nfs4_options,
         async move {
             let _ = nfs_stop.changed().await;
         },

@@ -14,6 +14,7 @@
 pub mod handles;
 pub mod mount;
 pub mod nfs3;
+pub mod nfs4;
 pub mod rpc;
 pub mod status;
 
@@ -38,6 +39,7 @@ const PORTMAP_PROGRAM: u32 = 100_000;
 struct Server {
     files: Arc<Files>,
     handles: Handles,
+    nfs4: nfs4::Nfs4,
     port: u16,
 }
 
@@ -45,13 +47,16 @@ struct Server {
 pub async fn serve(
     listener: TcpListener,
     files: Arc<Files>,
+    nfs4_options: nfs4::Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), std::io::Error> {
     let port = listener.local_addr()?.port();
     let handles = Handles::new(files.handle_generation());
+    let nfs4 = nfs4::Nfs4::new(&files, nfs4_options);
     let server = Arc::new(Server {
         files,
         handles,
+        nfs4,
         port,
     });
     tokio::pin!(shutdown);
@@ -198,11 +203,17 @@ async fn handle_record(server: &Server, record: &[u8], peer: SocketAddr) -> Opti
             };
             nfs.dispatch(call.proc_, &caller, args).await
         }
+        (nfs3::PROGRAM, nfs4::VERSION) => {
+            server
+                .nfs4
+                .dispatch(&server.files, &server.handles, call.proc_, &caller, args)
+                .await
+        }
         (mount::PROGRAM, mount::VERSION) => {
             mount::dispatch(&server.files, &server.handles, call.proc_, &caller, args).await
         }
         (PORTMAP_PROGRAM, 2) => portmap(server.port, call.proc_, args),
-        (nfs3::PROGRAM, _) => return Some(rpc::prog_mismatch(call.xid, 3, 3)),
+        (nfs3::PROGRAM, _) => return Some(rpc::prog_mismatch(call.xid, 3, 4)),
         (mount::PROGRAM, _) => return Some(rpc::prog_mismatch(call.xid, 3, 3)),
         (PORTMAP_PROGRAM, _) => return Some(rpc::prog_mismatch(call.xid, 2, 2)),
         _ => return Some(rpc::accepted(call.xid, AcceptStat::ProgUnavail)),
