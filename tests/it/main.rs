@@ -17,6 +17,7 @@ mod fuse;
 mod iscsi_volume;
 mod layering;
 mod malformed;
+mod nfs4;
 mod nfs_share;
 mod snapshots;
 mod store;

@@ -6,6 +6,7 @@ pub mod garage;
 pub mod gateway;
 pub mod guest;
 pub mod nfs;
+pub mod nfs4;
 pub mod qemu;
 pub mod tgt;
 

@@ -169,10 +169,10 @@ pub fn parse_owner(s: &[u8], domain: Option<&str>) -> Result<u32, u32> {
         Some((id, d)) => (id, Some(d)),
         None => (s, None),
     };
-    if let Some(d) = at {
-        if domain.is_none_or(|ours| !ours.eq_ignore_ascii_case(d)) {
-            return Err(NFS4ERR_BADOWNER);
-        }
+    if let Some(d) = at
+        && domain.is_none_or(|ours| !ours.eq_ignore_ascii_case(d))
+    {
+        return Err(NFS4ERR_BADOWNER);
     }
     match id {
         "root" => Ok(0),

@@ -234,7 +234,9 @@ pub const OPEN4_RESULT_LOCKTYPE_POSIX: u32 = 0x4;
 pub const OPEN4_RESULT_PRESERVE_UNLINKED: u32 = 0x8;
 pub const OPEN_DELEGATE_NONE: u32 = 0;
 pub const OPEN_DELEGATE_NONE_EXT: u32 = 3;
+pub const OPEN4_SHARE_ACCESS_WANT_NO_DELEG: u32 = 0x0400;
 pub const WND4_NOT_WANTED: u32 = 0;
+pub const WND4_RESOURCE: u32 = 2;
 pub const WND4_NOT_SUPP_FTYPE: u32 = 3;
 
 // Locks.

@@ -134,6 +134,7 @@ struct Slot {
     slot: u32,
     cache: bool,
     max_cached: u32,
+    max_response: u32,
 }
 
 impl Nfs4 {
@@ -258,6 +259,20 @@ impl Nfs4 {
             let op = if known(op) { op } else { OP_ILLEGAL };
             results.u32(op);
             done += 1;
+            let outcome = match (outcome, &slot) {
+                (Ok(body), Some(s)) => {
+                    // The reply so far: status, tag, count, results, this op's status.
+                    let size = 12 + tag.len() + results.0.len() + 4 + body.0.len();
+                    if size > s.max_response as usize {
+                        Err(NFS4ERR_REP_TOO_BIG.into())
+                    } else if s.cache && size > s.max_cached as usize {
+                        Err(NFS4ERR_REP_TOO_BIG_TO_CACHE.into())
+                    } else {
+                        Ok(body)
+                    }
+                }
+                (o, _) => o,
+            };
             match outcome {
                 Ok(body) => {
                     results.u32(NFS4_OK);
@@ -334,6 +349,7 @@ impl Nfs4 {
                 slot,
                 cache,
                 max_cached: fore.max_response_cached,
+                max_response: fore.max_response,
             },
         ))
     }
@@ -389,6 +405,15 @@ impl Nfs4 {
         } else {
             Err(NFS4ERR_RECLAIM_BAD)
         }
+    }
+
+    /// Whether `client` may take new opens and locks: not while the server is in grace, nor
+    /// before the client's own RECLAIM_COMPLETE (RFC 8881 §18.51.3).
+    fn may_take_new(&self, files: &Files, client: u64) -> Result<(), u32> {
+        if files.locks().in_grace() || !self.state.reclaim_done(client) {
+            return Err(NFS4ERR_GRACE);
+        }
+        Ok(())
     }
 
     /// A client finished reclaiming; the grace period ends when every listed client has.

@@ -337,10 +337,10 @@ impl Ops<'_> {
                 continue;
             }
             // An export the caller may not see (allowed clients) is left out of the list.
-            if let Ok(e) = self.files.export(ctx.caller, path).await {
-                if let Ok(a) = self.files.getattr(ctx.caller, e.root).await {
-                    out.push((c, e.name, a));
-                }
+            if let Ok(e) = self.files.export(ctx.caller, path).await
+                && let Ok(a) = self.files.getattr(ctx.caller, e.root).await
+            {
+                out.push((c, e.name, a));
             }
         }
         Ok(out)
@@ -369,6 +369,10 @@ impl Ops<'_> {
             let style = r.u32()?;
             if style > 1 {
                 return Err(NFS4ERR_INVAL.into());
+            }
+            // SECINFO_STYLE4_PARENT of the pseudo-root: it has no parent.
+            if style == 1 && cur(ctx)? == Fh::Root {
+                return Err(NFS4ERR_NOENT.into());
             }
             cur(ctx)?;
         }
@@ -497,8 +501,8 @@ impl Ops<'_> {
         let locks = self.files.locks();
         if claim == CLAIM_PREVIOUS {
             self.nfs.may_reclaim(self.files, client)?;
-        } else if locks.in_grace() {
-            return Err(NFS4ERR_GRACE.into());
+        } else {
+            self.nfs.may_take_new(self.files, client)?;
         }
         let mut attrset = Bitmap::default();
         let (file, before, after, created) = match name {
@@ -604,7 +608,20 @@ impl Ops<'_> {
         cinfo(&mut out, before, after);
         out.u32(OPEN4_RESULT_LOCKTYPE_POSIX);
         attrset.write(&mut out);
-        out.u32(OPEN_DELEGATE_NONE);
+        // No delegation is ever granted; a client that said what it wants is told why not.
+        match access & OPEN4_SHARE_ACCESS_WANT_DELEG_MASK {
+            0 => {
+                out.u32(OPEN_DELEGATE_NONE);
+            }
+            OPEN4_SHARE_ACCESS_WANT_NO_DELEG => {
+                out.u32(OPEN_DELEGATE_NONE_EXT).u32(WND4_NOT_WANTED);
+            }
+            _ => {
+                out.u32(OPEN_DELEGATE_NONE_EXT)
+                    .u32(WND4_RESOURCE)
+                    .bool(false);
+            }
+        }
         Ok(out)
     }
 
@@ -699,10 +716,10 @@ impl Ops<'_> {
         }
         let lock_states = self.nfs.state.locks_of_open(&sid.other);
         for (_, l) in &lock_states {
-            if let StateKind::Lock { owner: lo, .. } = &l.kind {
-                if self.files.locks().holds(file, &owner(client, lo)) {
-                    return Err(NFS4ERR_LOCKS_HELD.into());
-                }
+            if let StateKind::Lock { owner: lo, .. } = &l.kind
+                && self.files.locks().holds(file, &owner(client, lo))
+            {
+                return Err(NFS4ERR_LOCKS_HELD.into());
             }
         }
         for (other, _) in lock_states {
@@ -942,13 +959,11 @@ impl Ops<'_> {
             let _open_seqid = r.u32()?;
             let open = read_stateid(r)?;
             let _lock_seqid = r.u32()?;
-            let owner_client = r.u64()?;
+            // In 4.1 the session names the client; the owner's clientid field is ignored
+            // (RFC 8881 §18.10.3).
+            let _owner_client = r.u64()?;
             let lock_owner = r.opaque(OPAQUE_LIMIT)?.to_vec();
-            Locker::New {
-                open,
-                owner_client,
-                lock_owner,
-            }
+            Locker::New { open, lock_owner }
         } else {
             let sid = read_stateid(r)?;
             let _lock_seqid = r.u32()?;
@@ -962,18 +977,11 @@ impl Ops<'_> {
         regular(&a)?;
         if reclaim {
             self.nfs.may_reclaim(self.files, client)?;
-        } else if self.files.locks().in_grace() {
-            return Err(NFS4ERR_GRACE.into());
+        } else {
+            self.nfs.may_take_new(self.files, client)?;
         }
         let (lock_owner, open_rec, open_other, existing) = match locker {
-            Locker::New {
-                open,
-                owner_client,
-                lock_owner,
-            } => {
-                if owner_client != client {
-                    return Err(NFS4ERR_INVAL.into());
-                }
+            Locker::New { open, lock_owner } => {
                 let open = self.resolve(ctx, open)?;
                 let rec = self.nfs.state.get(client, &open)?;
                 if !matches!(rec.kind, StateKind::Open { .. }) {
@@ -1043,17 +1051,18 @@ impl Ops<'_> {
         let kind = lock_kind(r.u32()?)?;
         let offset = r.u64()?;
         let length = r.u64()?;
-        let owner_client = r.u64()?;
+        // As in LOCK, the session names the client.
+        let _owner_client = r.u64()?;
         let lock_owner = r.opaque(OPAQUE_LIMIT)?.to_vec();
         let (start, end) = range(offset, length)?;
-        client(ctx)?;
+        let client = client(ctx)?;
         let file = cur_file(ctx, NFS4ERR_ISDIR)?;
         let a = self.attr(ctx, file).await?;
         regular(&a)?;
         match self
             .files
             .locks()
-            .test(file, &owner(owner_client, &lock_owner), kind, start, end)
+            .test(file, &owner(client, &lock_owner), kind, start, end)
         {
             Some(l) => Err(denied(&l)),
             None => Ok(Out::new()),
@@ -1100,10 +1109,6 @@ struct Create {
 
 /// LOCK's locker4.
 enum Locker {
-    New {
-        open: StateId,
-        owner_client: u64,
-        lock_owner: Vec<u8>,
-    },
+    New { open: StateId, lock_owner: Vec<u8> },
     Existing(StateId),
 }

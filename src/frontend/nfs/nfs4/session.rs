@@ -13,6 +13,8 @@ use super::{Ctx, Fail, OpResult, Ops, client, read_stateid};
 /// headers, well under the RPC layer's record limit.
 const MAX_MESSAGE: u32 = (1 << 20) + 64 * 1024;
 const MAX_SESSION_OPS: u32 = 64;
+/// Below this no COMPOUND with a SEQUENCE fits.
+const MIN_MESSAGE: u32 = 128;
 const CLIENT_FLAGS: u32 = EXCHGID4_FLAG_SUPP_MOVED_REFER
     | EXCHGID4_FLAG_SUPP_MOVED_MIGR
     | EXCHGID4_FLAG_BIND_PRINC_STATEID
@@ -162,13 +164,26 @@ impl Ops<'_> {
         let back = read_channel(r)?;
         let _cb_program = r.u32()?;
         skip_cb_sec(r)?;
-        let _ = ctx;
-        if let Some(cached) = self.nfs.state.create_session_check(clientid, seq)? {
+        if let Some(cached) = self
+            .nfs
+            .state
+            .create_session_check(clientid, seq, ctx.caller.uid)?
+        {
             let mut out = Out::new();
             out.0 = cached;
             return Ok(out);
         }
-        if fore.max_request < 512 || fore.max_response < 512 || fore.max_requests == 0 {
+        let known = CREATE_SESSION4_FLAG_PERSIST
+            | CREATE_SESSION4_FLAG_CONN_BACK_CHAN
+            | CREATE_SESSION4_FLAG_CONN_RDMA;
+        if flags & !known != 0 {
+            return Err(NFS4ERR_INVAL.into());
+        }
+        // A channel on which no request or reply could ever fit (RFC 8881 §18.36.3).
+        let too_small = |c: &ChannelAttrs| {
+            c.max_request < MIN_MESSAGE || c.max_response < MIN_MESSAGE || c.max_requests == 0
+        };
+        if too_small(&fore) || too_small(&back) {
             return Err(NFS4ERR_TOOSMALL.into());
         }
         let agreed = ChannelAttrs {
@@ -185,7 +200,6 @@ impl Ops<'_> {
         }
         let mut out = Out::new();
         // Neither persistence, RDMA nor a back channel is granted: the flags come back clear.
-        let _ = flags;
         out.fixed(&sid).u32(seq).u32(0);
         write_channel(&mut out, &agreed);
         write_channel(

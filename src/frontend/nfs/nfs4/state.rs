@@ -216,11 +216,16 @@ impl State {
             });
         }
         if let Some(&(id, _, v, p)) = confirmed {
-            if v == verifier {
-                if p != principal {
-                    // Another principal for a client with state (RFC 8881 §18.35.5 case 3).
+            if p != principal {
+                // Another principal (RFC 8881 §18.35.5 case 3): refused while the record has
+                // sessions or state, replaced by a new record when it has none.
+                let busy = inner.sessions.values().any(|s| s.client == id)
+                    || inner.states.values().any(|s| s.client == id);
+                if busy {
                     return Err(NFS4ERR_CLID_INUSE);
                 }
+                Self::drop_client(&mut inner, id);
+            } else if v == verifier {
                 let seq = inner.clients.get(&id).map_or(0, |c| c.cs_seq);
                 return Ok(Exchanged {
                     client: id,
@@ -259,11 +264,21 @@ impl State {
 
     /// CREATE_SESSION's sequencing (RFC 8881 §18.36.4): `Ok(Some(reply))` for a replay,
     /// `Ok(None)` to go ahead.
-    pub fn create_session_check(&self, client: u64, seq: u32) -> Result<Option<Vec<u8>>, u32> {
+    pub fn create_session_check(
+        &self,
+        client: u64,
+        seq: u32,
+        principal: u32,
+    ) -> Result<Option<Vec<u8>>, u32> {
         let inner = self.inner();
         let Some(c) = inner.clients.get(&client) else {
             return Err(NFS4ERR_STALE_CLIENTID);
         };
+        // Before confirmation only the principal that made the record may confirm it
+        // (RFC 8881 §18.36.4).
+        if !c.confirmed && c.principal != principal {
+            return Err(NFS4ERR_CLID_INUSE);
+        }
         let expected = c.cs_seq.wrapping_add(1);
         if c.confirmed && seq == c.cs_seq {
             return match &c.cs_reply {
@@ -596,7 +611,11 @@ mod tests {
     fn session(st: &State) -> (u64, SessionId) {
         let x = st.exchange_id(b"c1", [1; 8], 0, false).unwrap();
         assert!(!x.confirmed);
-        assert_eq!(st.create_session_check(x.client, x.seq), Ok(None));
+        assert_eq!(st.create_session_check(x.client, x.seq, 0), Ok(None));
+        assert_eq!(
+            st.create_session_check(x.client, x.seq, 7),
+            Err(NFS4ERR_CLID_INUSE)
+        );
         let (sid, _) = st.create_session(x.client, x.seq, attrs(4)).unwrap();
         (x.client, sid)
     }
