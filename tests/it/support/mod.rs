@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod guest;
 pub mod nfs;
 pub mod qemu;
+pub mod rpcbind;
 pub mod tgt;
 
 use std::path::{Path, PathBuf};
