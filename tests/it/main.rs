@@ -17,6 +17,7 @@ mod fuse;
 mod iscsi_volume;
 mod layering;
 mod malformed;
+mod nfs_guest;
 mod nfs_share;
 mod rpcbind;
 mod snapshots;
