@@ -5,6 +5,8 @@
 //! 111, so these tests run one at a time (`.config/nextest.toml`, group `port-111`) and fail if
 //! something else has it.
 
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -79,6 +81,33 @@ fn libnfs_round_trip(dir: &Path, name: &str, size: usize) {
     assert!(out.stdout == data, "nfs-cat read back different bytes");
 }
 
+/// A truncated call over TCP gets GARBAGE_ARGS (its xid was readable), a reply-shaped message
+/// and random bytes over UDP get nothing; none of it stops the listener.
+fn garbage_to_port_111() {
+    let mut tcp = TcpStream::connect(PORT_111).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // xid 0x77, CALL, RPC v2, program 100000 v2 GETPORT, then the credentials cut short.
+    let call: Vec<u8> = [0x77u32, 0, 2, 100_000, 2, 3, 1]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .collect();
+    let mut record = (0x8000_0000u32 | call.len() as u32).to_be_bytes().to_vec();
+    record.extend_from_slice(&call);
+    tcp.write_all(&record).unwrap();
+    let mut reply = [0u8; 28];
+    tcp.read_exact(&mut reply).unwrap();
+    let word = |i: usize| u32::from_be_bytes(reply[i..i + 4].try_into().unwrap());
+    // xid, REPLY, MSG_ACCEPTED, null verifier, GARBAGE_ARGS (4).
+    assert_eq!(
+        (word(4), word(8), word(12), word(20), word(24)),
+        (0x77, 1, 0, 0, 4)
+    );
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(&[0, 0, 0, 9, 0, 0, 0, 1, 0xff], PORT_111)
+        .unwrap();
+    udp.send_to(&noise(700, 3), PORT_111).unwrap();
+}
+
 #[test]
 fn rpcbind_on_port_111_lets_libnfs_and_qemu_img_in_without_port_options() {
     assert_port_111_free();
@@ -112,6 +141,10 @@ fn rpcbind_on_port_111_lets_libnfs_and_qemu_img_in_without_port_options() {
     assert_eq!(getport_udp(at, NFS, 3, TCP), u32::from(port));
     assert_eq!(getport_udp(at, MOUNT, 3, TCP), u32::from(port));
     assert_eq!(getport_udp(at, MOUNT, 3, UDP), 0);
+
+    // Garbage on both transports: refused or ignored, and the next client is still served.
+    garbage_to_port_111();
+    assert_eq!(getport_udp(at, NFS, 3, TCP), u32::from(port));
 
     libnfs_round_trip(dir.path(), "plain.bin", 3 << 20);
 
