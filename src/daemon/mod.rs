@@ -17,6 +17,7 @@ pub mod management;
 pub mod notify;
 pub mod offline;
 pub mod recover;
+pub mod rpcbind;
 pub mod scrub;
 pub mod snapshots;
 pub mod status;
@@ -74,6 +75,13 @@ pub enum DaemonError {
     NotActivated(String),
     #[error("file gateway: {0}")]
     Files(#[from] crate::gateway::GatewayError),
+    #[error("cannot serve rpcbind on {addr} ({bind}) nor register with a system rpcbind")]
+    Rpcbind {
+        addr: std::net::SocketAddr,
+        bind: std::io::Error,
+        #[source]
+        register: crate::frontend::nfs::rpcbind::RpcbindError,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -96,6 +104,10 @@ pub struct Ready {
     /// The bound NFS (and MOUNT) port, `ip:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nfs: Option<String>,
+    /// What port 111 does for NFS: `off`, `serving on …`, `registered with the system rpcbind
+    /// at …` or `unavailable: …`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpcbind: Option<String>,
 }
 
 impl Ready {
@@ -363,6 +375,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             let _ = nfs_stop.changed().await;
         },
     ));
+    let (port111, rpcbind_state) =
+        rpcbind::Port111::start(config.nfs.rpcbind, nfs_bound, stop_rx.clone()).await?;
     let uploader = tokio::spawn(files.clone().run_uploader(stop_rx.clone()));
     let mut mounts = Vec::new();
     for (share, dir) in &config.fuse_mounts {
@@ -417,6 +431,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         iscsi: Some(bound.to_string()),
         api: Some(api_bound.to_string()),
         nfs: Some(nfs_bound.to_string()),
+        rpcbind: Some(rpcbind_state.clone()),
     };
     let _ = write_atomically(
         &config.run_dir().join("status.toml"),
@@ -426,7 +441,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         &ready_path,
         toml::to_string(&ready).unwrap_or_default().as_bytes(),
     )?;
-    tracing::info!(ready = %ready_path.display(), iscsi = %bound, api = %api_bound, nfs = %nfs_bound, "tidegate ready");
+    tracing::info!(ready = %ready_path.display(), iscsi = %bound, api = %api_bound, nfs = %nfs_bound, rpcbind = %rpcbind_state, "tidegate ready");
     let notifier = Arc::new(notify::Notifier::from_env());
     notifier.ready(&format!(
         "serving; iSCSI {bound}, NFS {nfs_bound}, API {api_bound}"
@@ -455,6 +470,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = iscsi.await;
     let _ = api.await;
     let _ = nfs.await;
+    port111.stop().await;
     let _ = uploader.await;
     let _ = housekeeping.await;
     let _ = snapshots.await;

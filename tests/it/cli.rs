@@ -110,6 +110,12 @@ fn serve_runs_on_the_embedded_default_from_the_working_directory() {
         "{text}"
     );
     assert!(text.contains("reachable, key check ok"), "{text}");
+    // The embedded default takes port 111 when it is free (this test runs alone in the
+    // port-111 group, see .config/nextest.toml), so a plain NFSv3 client finds the share.
+    assert!(
+        text.contains("rpcbind:        serving on 127.0.0.1:111 (TCP and UDP)"),
+        "{text}"
+    );
 
     // A second daemon on the same data dir is refused.
     let second = run(tidegate(&data).arg("serve"));

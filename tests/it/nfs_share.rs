@@ -97,7 +97,7 @@ pub(crate) fn nfs_ls(u: &str) -> Vec<String> {
 }
 
 /// Waits (bounded) until `share status` reports nothing left to upload.
-fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Duration) {
+pub(crate) fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Duration) {
     let start = Instant::now();
     loop {
         let s = tg(gw, config, &["share", "status", share]);
@@ -120,8 +120,9 @@ fn object(garage: &Garage, dir: &Path, key: &str) -> (Vec<u8>, String) {
 
 /// Runs boto3 against the Garage bucket: `get KEY OUT` (prints the metadata as lines
 /// `key=value`), `put KEY IN k=v...`, `delete KEY`, `list PREFIX` (one key a line), `uploads
-/// PREFIX` (the multipart uploads in progress, one id a line).
-fn boto3(garage: &Garage, args: &[&str]) -> String {
+/// PREFIX` (the multipart uploads in progress, one id a line), `hashes PREFIX` (for each
+/// object, a line `KEY<tab>SHA256<tab>k=v k=v...` with its metadata).
+pub(crate) fn boto3(garage: &Garage, args: &[&str]) -> String {
     const SCRIPT: &str = r#"
 import os, sys, boto3
 s3 = boto3.client("s3", endpoint_url=os.environ["EP"], region_name="garage",
@@ -142,6 +143,13 @@ elif op == "list":
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b, Prefix=key):
         for o in page.get("Contents", []):
             print(o["Key"])
+elif op == "hashes":
+    import hashlib
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b, Prefix=key):
+        for o in page.get("Contents", []):
+            r = s3.get_object(Bucket=b, Key=o["Key"])
+            meta = " ".join(f"{k}={v}" for k, v in sorted(r["Metadata"].items()))
+            print(o["Key"], hashlib.sha256(r["Body"].read()).hexdigest(), meta, sep="\t")
 elif op == "uploads":
     for u in s3.list_multipart_uploads(Bucket=b, Prefix=key).get("Uploads", []):
         print(u["UploadId"])

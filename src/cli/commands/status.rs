@@ -49,6 +49,9 @@ pub fn run(config: Config) -> Result<ExitCode> {
             None => "not running".to_owned(),
         }
     )?;
+    if let Some(r) = s.daemon.as_ref().and_then(|d| d.rpcbind.as_ref()) {
+        writeln!(out, "rpcbind:        {r}")?;
+    }
     writeln!(
         out,
         "bucket:         {} (endpoint {}): {}",

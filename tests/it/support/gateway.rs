@@ -44,11 +44,19 @@ impl Gateway {
         } else {
             &["--nfs-listen", "127.0.0.1:0"]
         };
+        // Port 111 can be held by one process only: rpcbind is off unless the test asks (those
+        // tests run one at a time, see .config/nextest.toml).
+        let rpcbind_default: &[&str] = if args.contains(&"--rpcbind") {
+            &[]
+        } else {
+            &["--rpcbind", "off"]
+        };
         let child = cmd
             .arg("serve")
             .args(args)
             .args(api)
             .args(nfs_default)
+            .args(rpcbind_default)
             .stdin(Stdio::null())
             .stdout(file.try_clone().map_err(|e| e.to_string())?)
             .stderr(file)
