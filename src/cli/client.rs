@@ -209,29 +209,39 @@ impl Session {
     /// whose token the caller cannot read is an error, not a silent fallback to the catalog
     /// behind the daemon's back.
     pub fn open(config: &Config) -> Result<Self> {
-        let rt = super::runtime()?;
-        let management: Box<dyn Management> = match Ready::read(config).and_then(|r| r.api) {
-            Some(addr) => {
-                let path = &config.api.token_file;
-                let token = std::fs::read_to_string(path)
-                    .with_context(|| {
-                        format!(
-                            "a daemon is running (API on {addr}) but its token {} is not \
-                             readable by this user; run as the daemon's user or root",
-                            path.display()
-                        )
-                    })?
-                    .trim()
-                    .to_owned();
-                Box::new(Remote {
-                    base: format!("http://{addr}/api/v1"),
-                    token,
-                    client: reqwest::Client::new(),
-                })
-            }
-            None => Box::new(crate::daemon::manage::Manager::offline(config.clone())?),
+        match Self::running(config)? {
+            Some(session) => Ok(session),
+            None => Ok(Self {
+                rt: super::runtime()?,
+                management: Box::new(crate::daemon::manage::Manager::offline(config.clone())?),
+            }),
+        }
+    }
+
+    /// The running daemon's API, if a daemon runs.
+    pub fn running(config: &Config) -> Result<Option<Self>> {
+        let Some(addr) = Ready::read(config).and_then(|r| r.api) else {
+            return Ok(None);
         };
-        Ok(Self { rt, management })
+        let path = &config.api.token_file;
+        let token = std::fs::read_to_string(path)
+            .with_context(|| {
+                format!(
+                    "a daemon is running (API on {addr}) but its token {} is not readable by \
+                     this user; run as the daemon's user or root",
+                    path.display()
+                )
+            })?
+            .trim()
+            .to_owned();
+        Ok(Some(Self {
+            rt: super::runtime()?,
+            management: Box::new(Remote {
+                base: format!("http://{addr}/api/v1"),
+                token,
+                client: reqwest::Client::new(),
+            }),
+        }))
     }
 
     /// Runs one call to its answer. The caller's mistakes exit with status 2, the rest with 1.

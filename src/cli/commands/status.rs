@@ -11,7 +11,15 @@ use crate::store::keycheck::Pairing;
 
 pub fn run(config: Config) -> Result<ExitCode> {
     let rt = crate::cli::runtime()?;
-    let s = rt.block_on(status::gather(config));
+    let mut s = rt.block_on(status::gather(config));
+    // A running daemon's snapshot as of now, not of the last status file (up to a second old):
+    // a failure it just recorded is a problem already. A user who cannot read the API token
+    // still sees the file's.
+    if let Ok(Some(session)) = crate::cli::client::Session::running(&s.config)
+        && let Ok(now) = session.run(|m| m.status())
+    {
+        s.snapshot = now;
+    }
     let mut out = std::io::stdout().lock();
     let c = &s.config;
     let snap = &s.snapshot;
