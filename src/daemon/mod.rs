@@ -543,7 +543,7 @@ fn cache_config(config: &Config) -> CacheConfig {
 /// Gathered off the async workers: it reads the catalog.
 async fn write_status(path: &Path, management: &Arc<manage::Manager>) {
     let m = management.clone();
-    let Ok(snapshot) = tokio::task::spawn_blocking(move || m.snapshot()).await else {
+    let Ok(snapshot) = tokio::task::spawn_blocking(move || m.snapshot_for_file()).await else {
         return;
     };
     match toml::to_string(&snapshot) {

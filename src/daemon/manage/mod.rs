@@ -56,7 +56,14 @@ pub struct Manager {
     /// needs no bucket, so it works while the bucket is unreachable).
     chunks: OnceLock<Arc<ChunkStore>>,
     live: Option<Live>,
+    /// The catalog's lists last written to the status file, and when (Unix seconds).
+    file_lists: std::sync::Mutex<Option<(i64, status::Listed)>>,
 }
+
+/// How long the status file may reuse the catalog's lists. They cost catalog queries (a count
+/// over each volume's chunk map: about 35 ms for 1 TiB here), too much for every second under
+/// the catalog lock; the API and `/metrics` always list afresh.
+const FILE_LISTS_SECS: i64 = 10;
 
 /// A gateway error as the API answers it.
 pub fn api_error(e: GatewayError) -> ApiError {
@@ -103,6 +110,7 @@ impl Manager {
             catalog,
             chunks,
             live: Some(live),
+            file_lists: std::sync::Mutex::default(),
         }
     }
 
@@ -119,6 +127,7 @@ impl Manager {
             catalog,
             chunks: OnceLock::new(),
             live: None,
+            file_lists: std::sync::Mutex::default(),
         })
     }
 
@@ -141,6 +150,23 @@ impl Manager {
     /// The status snapshot now.
     pub fn snapshot(&self) -> types::Status {
         status::gather(&self.config, Some(&self.catalog), self.live.as_ref())
+    }
+
+    /// The snapshot for `run/status.toml`: live figures now, the catalog's lists of at most
+    /// `FILE_LISTS_SECS` ago.
+    pub fn snapshot_for_file(&self) -> types::Status {
+        let now = unix_now();
+        let mut cached = self.file_lists.lock().unwrap_or_else(|p| p.into_inner());
+        let listed = match cached.as_ref() {
+            Some((at, l)) if now.saturating_sub(*at) < FILE_LISTS_SECS => l.clone(),
+            _ => {
+                let l = status::list(&self.config, Some(&self.catalog));
+                *cached = Some((now, l.clone()));
+                l
+            }
+        };
+        drop(cached);
+        status::assemble(&self.config, listed, self.live.as_ref())
     }
 
     /// Adds a sample of the cumulative traffic (every `history::EVERY_SECS`).

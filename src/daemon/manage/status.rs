@@ -16,7 +16,8 @@ use crate::config::Config;
 use crate::daemon::health;
 use crate::daemon::volumes::target_name;
 use crate::frontend::api::types::{
-    BucketTraffic, DriveIo, FilesFigures, Limits, ShareTraffic, Status, StoredProgress, VolumeIo,
+    self, BucketTraffic, DriveIo, FilesFigures, Limits, ShareTraffic, Status, StoredProgress,
+    VolumeIo,
 };
 use crate::gateway::GatewayError;
 use crate::gateway::import::JobState;
@@ -44,27 +45,65 @@ const JOB_STATES: [JobState; 8] = [
     JobState::Ready,
 ];
 
+/// What the catalog lists, the part of the snapshot that costs catalog queries (a count over
+/// each volume's chunk map among them), kept apart so a caller may reuse it for a while.
+#[derive(Debug, Clone, Default)]
+pub struct Listed {
+    volumes: Vec<types::Volume>,
+    snapshots: BTreeMap<String, u64>,
+    shares: Vec<types::Share>,
+    /// Share ids and names, to label the live traffic counters (kept by id).
+    share_ids: Vec<(i64, String)>,
+    tapes: Vec<types::Tape>,
+    tape_states: BTreeMap<String, u64>,
+    damaged_tapes: Vec<String>,
+    jobs: Vec<types::Job>,
+    job_states: BTreeMap<String, u64>,
+    integrity_failures: u64,
+    /// The catalog could not be read: said as a problem rather than failing the whole look,
+    /// as the live figures still help.
+    problem: Option<String>,
+}
+
 /// The snapshot now. `catalog`: none while the data dir has no catalog yet; `live`: the
 /// running daemon's parts, none for a look from outside with no daemon.
 pub fn gather(config: &Config, catalog: Option<&Arc<Catalog>>, live: Option<&Live>) -> Status {
+    assemble(config, list(config, catalog), live)
+}
+
+pub fn list(config: &Config, catalog: Option<&Arc<Catalog>>) -> Listed {
+    let mut l = Listed::default();
+    if let Some(c) = catalog
+        && let Err(e) = from_catalog(config, c, &mut l)
+    {
+        l.problem = Some(format!("the catalog could not be read: {e}"));
+    }
+    l
+}
+
+/// The snapshot from the catalog's lists and the live figures (or, with no daemon, the disks).
+pub fn assemble(config: &Config, listed: Listed, live: Option<&Live>) -> Status {
     let mut s = Status {
         gateway: config.name.clone(),
         bucket: config.bucket.location.to_string(),
         updated_unix: crate::daemon::unix_now(),
         running: live.is_some(),
+        volumes: listed.volumes,
+        snapshots: listed.snapshots,
+        shares: listed.shares,
+        tapes: listed.tapes,
+        tape_states: listed.tape_states,
+        jobs: listed.jobs,
+        job_states: listed.job_states,
+        integrity_failures: listed.integrity_failures,
         ..Status::default()
     };
     s.cache.capacity = config.cache.size.bytes();
-    let mut damaged = Vec::new();
-    let mut catalog_problem = None;
-    if let Some(c) = catalog
-        && let Err(e) = from_catalog(config, c, live, &mut s, &mut damaged)
-    {
-        // Said as a problem rather than failing the whole look: the live figures still help.
-        catalog_problem = Some(format!("the catalog could not be read: {e}"));
-    }
     match live {
-        Some(l) => from_live(l, &mut s),
+        Some(l) => {
+            from_live(l, &mut s);
+            share_traffic(l, &listed.share_ids, &mut s);
+        }
         None => from_disk(config, &mut s),
     }
     s.problems = health::problems(&health::Inputs {
@@ -74,83 +113,77 @@ pub fn gather(config: &Config, catalog: Option<&Arc<Catalog>>, live: Option<&Liv
         upload_errors: s.upload_errors,
         dirty_bytes: s.cache.dirty_bytes,
         integrity_failures: s.integrity_failures,
-        damaged_tapes: damaged,
+        damaged_tapes: listed.damaged_tapes,
         disks: health::disks(config, s.cache.bytes, s.upload_buffer.bytes),
     });
-    s.problems.extend(catalog_problem);
+    s.problems.extend(listed.problem);
     s.healthy = s.problems.is_empty();
     s
 }
 
-fn from_catalog(
-    config: &Config,
-    c: &Arc<Catalog>,
-    live: Option<&Live>,
-    s: &mut Status,
-    damaged: &mut Vec<String>,
-) -> Result<(), GatewayError> {
-    s.volumes = crate::gateway::volumes::list(c)?
+fn from_catalog(config: &Config, c: &Arc<Catalog>, l: &mut Listed) -> Result<(), GatewayError> {
+    l.volumes = crate::gateway::volumes::list(c)?
         .iter()
         .map(|v| views::volume(&v.row, v.mapped_chunks, target_name(config, &v.row.name)))
         .collect();
-    let mut snapshots = BTreeMap::new();
     for snap in c.snapshots(None)? {
-        *snapshots.entry(snap.state.as_str().to_owned()).or_insert(0) += 1;
+        *l.snapshots
+            .entry(snap.state.as_str().to_owned())
+            .or_insert(0) += 1;
     }
-    s.snapshots = snapshots;
-    let traffic = live.map(|l| l.files.share_traffic()).unwrap_or_default();
     for r in crate::gateway::files::list_shares(c)? {
-        s.shares.push(views::share(&r, &c.share_sync_stats(r.id)?));
-        if let Some(t) = traffic.get(&r.id) {
-            let (reads, writes, commits) = (
-                t.reads.load(Relaxed),
-                t.writes.load(Relaxed),
-                t.commits.load(Relaxed),
-            );
-            s.share_traffic.push(ShareTraffic {
-                share: r.name.clone(),
-                reads,
-                writes,
-                commits,
-                other: t
-                    .calls
-                    .load(Relaxed)
-                    .saturating_sub(reads + writes + commits),
-                read_bytes: t.read_bytes.load(Relaxed),
-                write_bytes: t.write_bytes.load(Relaxed),
-                uploads: t.uploads.load(Relaxed),
-                upload_bytes: t.upload_bytes.load(Relaxed),
-            });
-        } else if live.is_some() {
-            // Served but not called yet: its series start at zero.
-            s.share_traffic.push(ShareTraffic {
-                share: r.name.clone(),
-                ..ShareTraffic::default()
-            });
-        }
+        l.shares.push(views::share(&r, &c.share_sync_stats(r.id)?));
+        l.share_ids.push((r.id, r.name));
     }
     let tapes: Vec<TapeRow> = c.tapes()?;
     let layout = crate::daemon::library::layout(config);
-    s.tapes = tapes.iter().map(|t| views::tape(&layout, t)).collect();
-    s.tape_states = TAPE_STATES
+    l.tapes = tapes.iter().map(|t| views::tape(&layout, t)).collect();
+    l.tape_states = TAPE_STATES
         .iter()
         .map(|st| {
             let n = tapes.iter().filter(|t| t.state == *st).count() as u64;
             (st.as_str().to_owned(), n)
         })
         .collect();
-    damaged.extend(health::damaged_tapes(&tapes));
+    l.damaged_tapes = health::damaged_tapes(&tapes);
     let jobs = crate::gateway::import::job_status(c, None)?;
-    s.jobs = jobs.iter().map(views::job).collect();
-    s.job_states = JOB_STATES
+    l.jobs = jobs.iter().map(views::job).collect();
+    l.job_states = JOB_STATES
         .iter()
         .map(|st| {
             let n = jobs.iter().filter(|j| j.row.state == st.as_str()).count() as u64;
             (st.as_str().to_ascii_lowercase(), n)
         })
         .collect();
-    s.integrity_failures = c.integrity_summary()?.count;
+    l.integrity_failures = c.integrity_summary()?.count;
     Ok(())
+}
+
+/// Every served share's calls; one not called yet starts at zero.
+fn share_traffic(l: &Live, shares: &[(i64, String)], s: &mut Status) {
+    let traffic = l.files.share_traffic();
+    for (id, name) in shares {
+        let mut t = ShareTraffic {
+            share: name.clone(),
+            ..ShareTraffic::default()
+        };
+        if let Some(c) = traffic.get(id) {
+            (t.reads, t.writes, t.commits) = (
+                c.reads.load(Relaxed),
+                c.writes.load(Relaxed),
+                c.commits.load(Relaxed),
+            );
+            t.other = c
+                .calls
+                .load(Relaxed)
+                .saturating_sub(t.reads + t.writes + t.commits);
+            t.read_bytes = c.read_bytes.load(Relaxed);
+            t.write_bytes = c.write_bytes.load(Relaxed);
+            t.uploads = c.uploads.load(Relaxed);
+            t.upload_bytes = c.upload_bytes.load(Relaxed);
+        }
+        s.share_traffic.push(t);
+    }
 }
 
 fn from_live(l: &Live, s: &mut Status) {
