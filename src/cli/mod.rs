@@ -2,8 +2,8 @@
 //! daemon or a command. anyhow is allowed here and in `main.rs` only (STYLE: errors).
 
 pub mod args;
+mod client;
 mod commands;
-mod daemon_api;
 mod progress;
 
 use std::path::{Path, PathBuf};

@@ -13,7 +13,7 @@ pub mod device_nfs;
 pub mod health;
 pub mod history;
 pub mod library;
-pub mod management;
+pub mod manage;
 pub mod notify;
 pub mod offline;
 pub mod recover;
@@ -324,17 +324,19 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             commit_uploads: false,
         },
     )?);
-    let management = Arc::new(management::DaemonManagement {
-        config: config.clone(),
-        catalog: engine.catalog.clone(),
-        chunks: engine.chunks.clone(),
-        cache: cache.clone(),
-        volumes: volumes.clone(),
-        bandwidth: bandwidth.clone(),
-        history: Arc::new(history::History::default()),
-        library: library.clone(),
-        files: files.clone(),
-    });
+    let management = Arc::new(manage::Manager::daemon(
+        config.clone(),
+        engine.catalog.clone(),
+        manage::Live {
+            chunks: engine.chunks.clone(),
+            cache: cache.clone(),
+            volumes: volumes.clone(),
+            bandwidth: bandwidth.clone(),
+            history: Arc::new(history::History::default()),
+            library: library.clone(),
+            files: files.clone(),
+        },
+    ));
     let api = tokio::spawn(crate::frontend::api::serve(
         api_listener,
         management.clone(),
@@ -394,8 +396,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let sync_volumes = volumes.clone();
     let tick_bandwidth = bandwidth.clone();
     let tick_management = management.clone();
-    let status_cache = cache.clone();
-    let status_files = files.clone();
     let status_path = config.run_dir().join("status.toml");
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -414,10 +414,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
                 tick_management.sample();
                 sampled = Some(now);
             }
-            let _ = write_atomically(
-                &status_path,
-                live_status(&status_cache, &sync_volumes, &status_files).as_bytes(),
-            );
+            write_status(&status_path, &tick_management).await;
         }
     });
 
@@ -433,10 +430,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         nfs: Some(nfs_bound.to_string()),
         rpcbind: Some(rpcbind_state.clone()),
     };
-    let _ = write_atomically(
-        &config.run_dir().join("status.toml"),
-        live_status(&cache, &volumes, &files).as_bytes(),
-    );
+    write_status(&config.run_dir().join("status.toml"), &management).await;
     write_atomically(
         &ready_path,
         toml::to_string(&ready).unwrap_or_default().as_bytes(),
@@ -566,24 +560,19 @@ fn cache_config(config: &Config) -> CacheConfig {
     c
 }
 
-/// The daemon's live figures, rewritten every second for `status` and tests.
-fn live_status(cache: &Cache, volumes: &volumes::VolumeService, files: &Files) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = files.upload_counters();
-    let mut live = status::LiveStatus {
-        files_uploads: c.uploads.load(Relaxed),
-        files_upload_errors: c.errors.load(Relaxed),
-        files_download_bytes: c.downloaded.load(Relaxed),
-        files_early_uploads: c.early_completed.load(Relaxed),
-        files_early_abandoned: c.early_abandoned.load(Relaxed),
-        ..status::LiveStatus::new(&cache.stats(), unix_now())
+/// `run/status.toml`: the status snapshot, rewritten every second for `status` and tests.
+/// Gathered off the async workers: it reads the catalog.
+async fn write_status(path: &Path, management: &Arc<manage::Manager>) {
+    let m = management.clone();
+    let Ok(snapshot) = tokio::task::spawn_blocking(move || m.snapshot_for_file()).await else {
+        return;
     };
-    live.stored = volumes
-        .stored_progress()
-        .into_iter()
-        .map(|(name, p)| status::StoredLive::new(name, &p))
-        .collect();
-    toml::to_string(&live).unwrap_or_default()
+    match toml::to_string(&snapshot) {
+        Ok(text) => {
+            let _ = write_atomically(path, text.as_bytes());
+        }
+        Err(e) => tracing::warn!(error = %e, "writing the status file"),
+    }
 }
 
 /// Holds `run/lock` for the daemon's lifetime: one daemon per data dir.

@@ -659,7 +659,7 @@ fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part(
     let mut data = noise(80 * MIB, 3);
     let f = write_committed(&mut c, &root, "large.bin", &data);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
-    let before = live_value(&gw, "files_download_bytes");
+    let before = live_value(&gw, "files.download_bytes");
 
     let patch = vec![0xA5u8; 4096];
     let at = 40 * MIB + 10;
@@ -667,7 +667,7 @@ fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part(
     c.commit(&f).unwrap();
     data[at..at + patch.len()].copy_from_slice(&patch);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
-    let fetched = live_value(&gw, "files_download_bytes") - before;
+    let fetched = live_value(&gw, "files.download_bytes") - before;
     assert!(
         fetched > 0 && fetched <= 16 * MIB as i64,
         "one 16 MiB part fetched, not the whole 80 MiB file: {fetched}"
@@ -818,7 +818,7 @@ fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(live_value(&gw, "files_early_abandoned"), 0);
+    assert_eq!(live_value(&gw, "files.early_abandoned"), 0);
 
     let patch = vec![0x5Au8; 3000];
     let at = 70 * MIB + 5;
@@ -826,8 +826,8 @@ fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload(
     c.commit(&f).unwrap();
     data[at..at + patch.len()].copy_from_slice(&patch);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
-    assert_eq!(live_value(&gw, "files_early_abandoned"), 1);
-    assert_eq!(live_value(&gw, "files_early_uploads"), 1);
+    assert_eq!(live_value(&gw, "files.early_abandoned"), 1);
+    assert_eq!(live_value(&gw, "files.early_uploads"), 1);
     assert_eq!(
         boto3(&garage, &["uploads", "gw/shares/docs/stream.bin"]),
         "",
