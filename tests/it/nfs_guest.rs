@@ -26,6 +26,11 @@ pub(crate) struct Rig {
 }
 
 pub(crate) fn rig(nfs_listen: &str) -> Rig {
+    rig_with(nfs_listen, "")
+}
+
+/// `rig` with more config lines (e.g. an `[nfs]` section).
+pub(crate) fn rig_with(nfs_listen: &str, extra_config: &str) -> Rig {
     assert_port_111_free();
     let dir = tempfile::tempdir().unwrap();
     let garage = Garage::start();
@@ -33,6 +38,7 @@ pub(crate) fn rig(nfs_listen: &str) -> Rig {
     let config = activate_on(&garage, dir.path(), &data, "gw", &[]);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[files]\nupload_delay_ms = 200\n");
+    text.push_str(extra_config);
     std::fs::write(&config, text).unwrap();
     let gw = Gateway::start_with(
         &data,
@@ -211,4 +217,65 @@ fn nfs_v3_kernel_client_mounts_through_rpcbind_and_round_trips_a_tree() {
     // tidegate serves no NLM (network lock manager), so the v3 mount goes without locks.
     let log = run_guest(rig.dir.path(), "v3", &tree_script("-o vers=3,nolock"));
     check_tree(&rig, &log, "3");
+}
+
+/// What the host's own NFSv4.1 client saw while the guest ran its lock steps (guest/nfs4-locks.sh).
+struct HostSaw {
+    guest_lock_seen: bool,
+    guest_lock_gone: bool,
+}
+
+/// The host side of the lock steps: holds a write lock on `host.lock` (renewing its lease)
+/// until the guest has found it busy, then goes silent so its lease runs out; then watches the
+/// guest's lock on `guest.lock` with LOCKT from a second session.
+fn host_lock_partner(nfs: String) -> HostSaw {
+    use crate::support::nfs4::Session;
+    let wait_for = |s: &mut Session, path: &str, limit: Duration| {
+        let started = Instant::now();
+        while s.fh(path).is_err() {
+            assert!(started.elapsed() < limit, "{path} never appeared");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let mut holder = Session::new(&nfs, b"host-holder", false);
+    let share = holder.fh("/share").unwrap();
+    let (sid, fh) = holder.open(&share, "host.lock", b"o", true).unwrap();
+    holder.lock(&fh, &sid, b"host", 0, u64::MAX, false).unwrap();
+    // Renew (every SEQUENCE does) until the guest reports the lock busy.
+    wait_for(&mut holder, "/share/busy-checked", Duration::from_secs(900));
+    drop(holder);
+
+    let mut watcher = Session::new(&nfs, b"host-watcher", false);
+    wait_for(&mut watcher, "/share/guest-held", Duration::from_secs(600));
+    let lock = watcher.fh("/share/guest.lock").unwrap();
+    let guest_lock_seen = watcher.lockt(&lock, b"w", 0, 1).is_err();
+    wait_for(&mut watcher, "/share/guest-released", Duration::from_secs(300));
+    let guest_lock_gone = watcher.lockt(&lock, b"w", 0, u64::MAX).is_ok();
+    HostSaw {
+        guest_lock_seen,
+        guest_lock_gone,
+    }
+}
+
+#[test]
+fn nfs_v41_kernel_client_mounts_with_no_options_and_its_locks_meet_other_clients() {
+    // The standard port, as a plain `mount -t nfs` without options uses it for NFSv4; a short
+    // lease so the host's abandoned lock is released within the test.
+    let rig = rig_with("127.0.0.1:2049", "\n[nfs]\nlease_secs = 15\n");
+    let nfs = rig.gw.ready_value("nfs").unwrap();
+    let partner = std::thread::spawn(move || host_lock_partner(nfs));
+    let script = tree_script("").replace(
+        "step final-umount umount /mnt",
+        include_str!("guest/nfs4-locks.sh"),
+    );
+    let log = run_guest(rig.dir.path(), "v4.1", &script);
+    check_tree(&rig, &log, "4.1");
+    let ctx = || format!("{log}\n--- daemon ---\n{}", rig.gw.log_text());
+    // The host's lock kept the guest's flock out, and its expiry let the guest in.
+    assert_eq!(section(&log, "busy"), ["1"], "{}", ctx());
+    assert_eq!(rc(&log, "wait-for-expiry"), Some(0), "{}", ctx());
+    let saw = partner.join().unwrap();
+    assert!(saw.guest_lock_seen, "LOCKT did not see the guest's lock\n{}", ctx());
+    assert!(saw.guest_lock_gone, "the guest's lock outlived its close\n{}", ctx());
+    assert_eq!(rc(&log, "final-umount"), Some(0), "{}", ctx());
 }
