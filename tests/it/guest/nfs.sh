@@ -31,6 +31,10 @@ sums() { (cd "$1" && find . -type f | LC_ALL=C sort | while read -r f; do sha256
 attrs() { (cd "$1" && find . -mindepth 1 -printf '%y %m %s %U %G %T@ %P -> %l\n' | LC_ALL=C sort); }
 
 for m in sunrpc lockd nfs nfsv3 nfsv4; do modprobe "$m" || echo "modprobe $m failed"; done
+# A v3 mount with the default `lock` option wants the client's own rpcbind and rpc.statd
+# running (as on any Linux client); NFSv4 needs neither.
+rpcbind -w 2>/dev/null || rpcbind
+rpc.statd --no-notify
 mkdir -p /mnt
 step mount mount -t nfs @OPTIONS@ 10.0.2.2:/share /mnt || exit 1
 step proc-mounts grep ' /mnt ' /proc/mounts
