@@ -1,8 +1,7 @@
 //! fattr4 (RFC 8881 §5): the attributes this server reports, encoded in bit order, and the
 //! settable ones decoded into the gateway's `SetAttr`. Pure: no I/O, no gateway calls.
 //!
-//! Owners and groups travel as numeric strings by default (what Linux sends with idmapping
-//! off); with an id domain set, `N@domain` is accepted too and sent back that way.
+//! Owners and groups are mapped by `idmap.rs`.
 
 use crate::frontend::nfs::rpc::{Out, Reader, RpcError};
 use crate::gateway::files::data::MAX_IO_BYTES;
@@ -10,6 +9,7 @@ use crate::gateway::files::path::MAX_NAME_BYTES;
 use crate::gateway::files::{Attr, FileKind, SetAttr, SetTime};
 
 use super::consts::*;
+use super::idmap::IdMap;
 
 /// Attributes GETATTR answers (write-only ones excluded).
 const READABLE: &[u32] = &[
@@ -147,38 +147,12 @@ pub enum Obj<'a> {
 /// Server-wide values that go into attributes.
 pub struct AttrEnv<'a> {
     pub lease_secs: u32,
-    pub id_domain: Option<&'a str>,
+    pub ids: &'a IdMap,
 }
 
 fn time(out: &mut Out, ns: i64) {
     out.u64(ns.div_euclid(1_000_000_000) as u64)
         .u32(ns.rem_euclid(1_000_000_000) as u32);
-}
-
-pub fn owner_string(id: u32, domain: Option<&str>) -> String {
-    match domain {
-        Some(d) => format!("{id}@{d}"),
-        None => id.to_string(),
-    }
-}
-
-/// Parses an owner or group string: a number, or `number@domain` with our domain.
-pub fn parse_owner(s: &[u8], domain: Option<&str>) -> Result<u32, u32> {
-    let s = std::str::from_utf8(s).map_err(|_| NFS4ERR_BADCHAR)?;
-    let (id, at) = match s.split_once('@') {
-        Some((id, d)) => (id, Some(d)),
-        None => (s, None),
-    };
-    if let Some(d) = at
-        && domain.is_none_or(|ours| !ours.eq_ignore_ascii_case(d))
-    {
-        return Err(NFS4ERR_BADOWNER);
-    }
-    match id {
-        "root" => Ok(0),
-        "nobody" => Ok(crate::gateway::files::ANONYMOUS_ID),
-        _ => id.parse().map_err(|_| NFS4ERR_BADOWNER),
-    }
 }
 
 /// Encodes the attributes of `obj` that `want` asks for and we have; returns the bitmap of
@@ -296,7 +270,7 @@ pub fn encode(env: &AttrEnv<'_>, obj: &Obj<'_>, fh: &[u8], want: &Bitmap) -> (Bi
                     Obj::File(a) if n == FATTR4_OWNER => a.uid,
                     Obj::File(a) => a.gid,
                 };
-                v.opaque(owner_string(id, env.id_domain).as_bytes());
+                v.opaque(env.ids.to_string(id, n == FATTR4_OWNER_GROUP).as_bytes());
             }
             FATTR4_RAWDEV => {
                 v.u32(0).u32(0);
@@ -363,13 +337,13 @@ pub struct Decoded {
 
 /// Reads a fattr4 and decodes what may be set. Unknown or unsupported attributes are
 /// ATTRNOTSUPP, read-only ones INVAL, malformed values BADXDR.
-pub fn read_settable(r: &mut Reader<'_>, domain: Option<&str>) -> Result<Decoded, u32> {
+pub fn read_settable(r: &mut Reader<'_>, ids: &IdMap) -> Result<Decoded, u32> {
     let bits = Bitmap::read(r).map_err(|_| NFS4ERR_BADXDR)?;
     let vals = r.opaque(64 * 1024).map_err(|_| NFS4ERR_BADXDR)?;
-    decode_settable(&bits, vals, domain)
+    decode_settable(&bits, vals, ids)
 }
 
-pub fn decode_settable(bits: &Bitmap, vals: &[u8], domain: Option<&str>) -> Result<Decoded, u32> {
+pub fn decode_settable(bits: &Bitmap, vals: &[u8], ids: &IdMap) -> Result<Decoded, u32> {
     let writable = Bitmap::of(WRITABLE);
     let readable = Bitmap::of(READABLE);
     for n in bits.bits() {
@@ -394,10 +368,8 @@ pub fn decode_settable(bits: &Bitmap, vals: &[u8], domain: Option<&str>) -> Resu
                 }
                 set.mode = Some(m);
             }
-            FATTR4_OWNER => set.uid = Some(parse_owner(r.opaque(1024).map_err(bad)?, domain)?),
-            FATTR4_OWNER_GROUP => {
-                set.gid = Some(parse_owner(r.opaque(1024).map_err(bad)?, domain)?)
-            }
+            FATTR4_OWNER => set.uid = Some(ids.parse(r.opaque(1024).map_err(bad)?, false)?),
+            FATTR4_OWNER_GROUP => set.gid = Some(ids.parse(r.opaque(1024).map_err(bad)?, true)?),
             FATTR4_TIME_ACCESS_SET | FATTR4_TIME_MODIFY_SET => {
                 let t = match r.u32().map_err(bad)? {
                     0 => SetTime::ServerNow,
@@ -469,7 +441,7 @@ mod tests {
     fn attributes_are_encoded_in_bit_order_with_their_sizes() {
         let env = AttrEnv {
             lease_secs: 90,
-            id_domain: None,
+            ids: &IdMap::numeric(),
         };
         let a = attr();
         let want = Bitmap::of(&[FATTR4_OWNER, FATTR4_SIZE, FATTR4_TYPE, 200]);
@@ -500,22 +472,30 @@ mod tests {
             FATTR4_OWNER,
             FATTR4_TIME_MODIFY_SET,
         ]);
-        let d = decode_settable(&bits, &vals.0, Some("example.org")).unwrap();
+        let domain = IdMap::with_domain("example.org", "", "");
+        let d = decode_settable(&bits, &vals.0, &domain).unwrap();
         assert_eq!(d.set.size, Some(7));
         assert_eq!(d.set.mode, Some(0o600));
         assert_eq!(d.set.uid, Some(42));
         assert_eq!(d.set.mtime, Some(SetTime::Client(10_000_000_005)));
-        assert_eq!(decode_settable(&bits, &vals.0, None), Err(NFS4ERR_BADOWNER));
         assert_eq!(
-            decode_settable(&Bitmap::of(&[FATTR4_TYPE]), &[0, 0, 0, 1], None),
+            decode_settable(&bits, &vals.0, &IdMap::numeric()),
+            Err(NFS4ERR_BADOWNER)
+        );
+        assert_eq!(
+            decode_settable(
+                &Bitmap::of(&[FATTR4_TYPE]),
+                &[0, 0, 0, 1],
+                &IdMap::numeric()
+            ),
             Err(NFS4ERR_INVAL)
         );
         assert_eq!(
-            decode_settable(&Bitmap::of(&[FATTR4_ACL_FOR_TEST]), &[], None),
+            decode_settable(&Bitmap::of(&[FATTR4_ACL_FOR_TEST]), &[], &IdMap::numeric()),
             Err(NFS4ERR_ATTRNOTSUPP)
         );
         assert_eq!(
-            decode_settable(&Bitmap::of(&[FATTR4_SIZE]), &[0, 0], None),
+            decode_settable(&Bitmap::of(&[FATTR4_SIZE]), &[0, 0], &IdMap::numeric()),
             Err(NFS4ERR_BADXDR)
         );
     }

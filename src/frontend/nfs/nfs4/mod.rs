@@ -16,6 +16,7 @@
 
 pub mod attrs;
 pub mod consts;
+pub mod idmap;
 mod ops;
 mod session;
 pub mod state;
@@ -63,6 +64,7 @@ impl Default for Options {
 /// The NFSv4.1 server's shared state.
 pub struct Nfs4 {
     pub(super) state: State,
+    ids: idmap::IdMap,
     opts: Options,
     /// The pseudo-root's change attribute: this run's start.
     root_change: u64,
@@ -158,6 +160,7 @@ impl Nfs4 {
             .map_or(1, |d| d.as_nanos() as u64);
         Self {
             state: State::new(opts.lease),
+            ids: idmap::IdMap::load(opts.id_domain.as_deref()),
             reclaimers: Mutex::new(recorded.iter().cloned().collect()),
             recorded: Mutex::new(recorded),
             opts,
@@ -447,7 +450,7 @@ impl Ops<'_> {
     fn attr_env(&self) -> attrs::AttrEnv<'_> {
         attrs::AttrEnv {
             lease_secs: self.nfs.opts.lease.as_secs() as u32,
-            id_domain: self.nfs.opts.id_domain.as_deref(),
+            ids: &self.nfs.ids,
         }
     }
 

@@ -626,7 +626,7 @@ impl Ops<'_> {
     }
 
     fn read_createhow(&self, r: &mut Reader<'_>) -> Result<Create, Fail> {
-        let domain = self.nfs.opts.id_domain.as_deref();
+        let domain = &self.nfs.ids;
         Ok(match r.u32()? {
             UNCHECKED4 => Create {
                 mode: CreateMode::Unchecked,
@@ -814,7 +814,7 @@ impl Ops<'_> {
             _ => None,
         };
         let name = read_name(r)?.to_vec();
-        let attrs = attrs::read_settable(r, self.nfs.opts.id_domain.as_deref())?;
+        let attrs = attrs::read_settable(r, &self.nfs.ids)?;
         let (dir, d) = self.cur_dir(ctx).await?;
         let before = attrs::change_of(&d);
         let made = match kind {
@@ -924,7 +924,7 @@ impl Ops<'_> {
             Fail { status, body }
         };
         let sid = read_stateid(r).map_err(|_| fail(NFS4ERR_BADXDR))?;
-        let attrs = attrs::read_settable(r, self.nfs.opts.id_domain.as_deref()).map_err(fail)?;
+        let attrs = attrs::read_settable(r, &self.nfs.ids).map_err(fail)?;
         let id = match cur(ctx).map_err(fail)? {
             Fh::File(id) => id,
             Fh::Root => return Err(fail(NFS4ERR_ROFS)),
