@@ -20,6 +20,7 @@ mod malformed;
 mod nfs4;
 mod nfs_share;
 mod snapshots;
+mod special_files;
 mod store;
 mod stored_volumes;
 mod support;

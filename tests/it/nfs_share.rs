@@ -16,7 +16,7 @@ use crate::support::{
 const MIB: usize = 1 << 20;
 
 /// A daemon on Garage (bucket prefix `gw/`) with a short upload delay.
-fn garage_gateway(garage: &Garage, dir: &Path, nfs_port: u16) -> (Gateway, PathBuf) {
+pub(crate) fn garage_gateway(garage: &Garage, dir: &Path, nfs_port: u16) -> (Gateway, PathBuf) {
     let data = dir.join("data");
     let config = activate_on(garage, dir, &data, "gw", &[]);
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -97,7 +97,7 @@ pub(crate) fn nfs_ls(u: &str) -> Vec<String> {
 }
 
 /// Waits (bounded) until `share status` reports nothing left to upload.
-fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Duration) {
+pub(crate) fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Duration) {
     let start = Instant::now();
     loop {
         let s = tg(gw, config, &["share", "status", share]);
@@ -112,7 +112,7 @@ fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Durati
 
 /// An object's bytes and metadata (as `boto3 get` prints it), fetched with boto3 through a file
 /// in `dir`.
-fn object(garage: &Garage, dir: &Path, key: &str) -> (Vec<u8>, String) {
+pub(crate) fn object(garage: &Garage, dir: &Path, key: &str) -> (Vec<u8>, String) {
     let got = dir.join("got");
     let meta = boto3(garage, &["get", key, got.to_str().unwrap()]);
     (std::fs::read(&got).unwrap(), meta)
@@ -121,7 +121,7 @@ fn object(garage: &Garage, dir: &Path, key: &str) -> (Vec<u8>, String) {
 /// Runs boto3 against the Garage bucket: `get KEY OUT` (prints the metadata as lines
 /// `key=value`), `put KEY IN k=v...`, `delete KEY`, `list PREFIX` (one key a line), `uploads
 /// PREFIX` (the multipart uploads in progress, one id a line).
-fn boto3(garage: &Garage, args: &[&str]) -> String {
+pub(crate) fn boto3(garage: &Garage, args: &[&str]) -> String {
     const SCRIPT: &str = r#"
 import os, sys, boto3
 s3 = boto3.client("s3", endpoint_url=os.environ["EP"], region_name="garage",
