@@ -261,3 +261,80 @@ fn bad_compounds_get_their_errors_and_other_clients_go_on() {
     assert_eq!(good.read(&fh, &sid, 0, 100).unwrap(), b"steady");
     gw.stop();
 }
+
+/// Unmounts (lazily) on drop, so a failed test never leaves a dead mount behind.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+#[test]
+fn flock_through_fuse_and_nfs4_locks_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _unmount = Unmount(mnt.clone());
+    let gw = Gateway::start_with(
+        &dir.path().join("data"),
+        None,
+        &[
+            "--iscsi-listen",
+            "127.0.0.1:0",
+            "--fuse",
+            &format!("share={}", mnt.display()),
+        ],
+    )
+    .unwrap();
+    let flock = crate::support::tool("flock");
+    let try_flock = |path: &Path| {
+        std::process::Command::new(&flock)
+            .args(["-n", "-x"])
+            .arg(path)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    };
+    let mut s = Session::new(&addr(&gw), b"nfs-client", false);
+    let share = s.fh("/share").unwrap();
+    let (sid, fh) = s.open(&share, "shared.lock", b"o", true).unwrap();
+    let file = mnt.join("shared.lock");
+
+    // An NFSv4.1 lock blocks flock through FUSE, and its release lets it through.
+    let lock = s.lock(&fh, &sid, b"lo", 0, u64::MAX, false).unwrap();
+    assert!(!try_flock(&file), "flock got a file locked over NFSv4.1");
+    assert_eq!(s.locku(&fh, &lock, 0, u64::MAX), NFS4_OK);
+    assert!(try_flock(&file), "flock refused after the NFSv4.1 unlock");
+
+    // A flock held through FUSE is seen by NFSv4.1's LOCKT and LOCK, until it is let go.
+    let mut holder = std::process::Command::new(&flock)
+        .args(["-x"])
+        .arg(&file)
+        .args(["sleep", "3"])
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while s.lockt(&fh, b"lo", 0, 1).is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "flock never taken"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = s.lock(&fh, &sid, b"lo", 0, 10, false).unwrap_err();
+    assert_eq!(status, NFS4ERR_DENIED);
+    holder.wait().unwrap();
+    assert_eq!(
+        s.lockt(&fh, b"lo", 0, u64::MAX),
+        Ok(()),
+        "flock released at close"
+    );
+    s.lock(&fh, &sid, b"lo", 0, 10, false).unwrap();
+    gw.stop();
+}

@@ -8,6 +8,7 @@ pub mod guest;
 pub mod nfs;
 pub mod nfs4;
 pub mod qemu;
+pub mod rpcbind;
 pub mod tgt;
 
 use std::path::{Path, PathBuf};
