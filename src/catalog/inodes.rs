@@ -16,6 +16,11 @@ pub enum InodeKind {
     File,
     Dir,
     Symlink,
+    /// Special files (schema 9): zero-byte objects whose type is in their metadata.
+    Fifo,
+    Socket,
+    BlockDev,
+    CharDev,
 }
 
 impl InodeKind {
@@ -24,16 +29,25 @@ impl InodeKind {
             Self::File => "file",
             Self::Dir => "dir",
             Self::Symlink => "symlink",
+            Self::Fifo => "fifo",
+            Self::Socket => "socket",
+            Self::BlockDev => "block",
+            Self::CharDev => "char",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        match s {
-            "file" => Some(Self::File),
-            "dir" => Some(Self::Dir),
-            "symlink" => Some(Self::Symlink),
-            _ => None,
-        }
+        [
+            Self::File,
+            Self::Dir,
+            Self::Symlink,
+            Self::Fifo,
+            Self::Socket,
+            Self::BlockDev,
+            Self::CharDev,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -60,6 +74,8 @@ pub struct InodeRow {
     pub version: i64,
     pub synced_version: i64,
     pub refreshed_unix: i64,
+    /// A block or character device's (major, minor); (0, 0) for every other kind.
+    pub rdev: (u32, u32),
 }
 
 impl InodeRow {
@@ -94,6 +110,7 @@ impl InodeRow {
             version: 1,
             synced_version: 0,
             refreshed_unix: 0,
+            rdev: (0, 0),
         }
     }
 
@@ -104,7 +121,7 @@ impl InodeRow {
 
 pub(super) const INODE_COLUMNS: &str = "id, share_id, parent, name, path, kind, mode, uid, gid, size, \
      mtime_ns, ctime_ns, target, remote_key, etag, extra_meta, staged, version, synced_version, \
-     refreshed_unix";
+     refreshed_unix, rdev_major, rdev_minor";
 
 pub(super) fn row_to_inode(r: &Row<'_>) -> rusqlite::Result<InodeRow> {
     let kind: String = r.get(5)?;
@@ -129,6 +146,7 @@ pub(super) fn row_to_inode(r: &Row<'_>) -> rusqlite::Result<InodeRow> {
         version: r.get(17)?,
         synced_version: r.get(18)?,
         refreshed_unix: r.get(19)?,
+        rdev: (u32_at(r, 20)?, u32_at(r, 21)?),
     })
 }
 /// One upload to record with [`Catalog::mark_synced_batch`].
@@ -477,7 +495,8 @@ fn update_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<(), Catal
     conn.prepare_cached(
         "UPDATE inodes SET mode = ?2, uid = ?3, gid = ?4, size = ?5, mtime_ns = ?6,
              ctime_ns = ?7, target = ?8, remote_key = ?9, etag = ?10, extra_meta = ?11,
-             staged = ?12, version = ?13, synced_version = ?14, refreshed_unix = ?15
+             staged = ?12, version = ?13, synced_version = ?14, refreshed_unix = ?15,
+             rdev_major = ?16, rdev_minor = ?17
          WHERE id = ?1",
     )?
     .execute(params![
@@ -496,6 +515,8 @@ fn update_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<(), Catal
         row.version,
         row.synced_version,
         row.refreshed_unix,
+        row.rdev.0,
+        row.rdev.1,
     ])?;
     Ok(())
 }

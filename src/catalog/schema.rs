@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_jobs.sql"),
     include_str!("migrations/0009_import_uploads.sql"),
     include_str!("migrations/0010_share_uploads.sql"),
+    include_str!("migrations/0011_special_files.sql"),
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -42,4 +43,66 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, CatalogError> {
         tx.commit()?;
     }
     version(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_files_migration_keeps_rows_and_never_reuses_ids() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        for sql in &MIGRATIONS[..8] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 8).unwrap();
+        conn.execute_batch(
+            "INSERT INTO shares (name, bucket_prefix, read_only, squash, allowed_clients,
+                 default_uid, default_gid, default_file_mode, default_dir_mode, refresh_secs,
+                 created_unix) VALUES ('s', 'shares/s/', 0, 'root', '', 0, 0, 420, 493, 300, 0);
+             INSERT INTO inodes (share_id, parent, name, path, kind, mode, uid, gid, size,
+                 mtime_ns, ctime_ns, extra_meta) VALUES
+                 (1, NULL, '', '', 'dir', 493, 0, 0, 0, 1, 1, ''),
+                 (1, 1, 'f', 'f', 'file', 420, 7, 8, 5, 2, 3, 'color=blue'),
+                 (1, 1, 'gone', 'gone', 'file', 420, 0, 0, 0, 1, 1, '');
+             DELETE FROM inodes WHERE name = 'gone';",
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), CURRENT_VERSION);
+        let (kind, size, extra, rdev): (String, i64, String, i64) = conn
+            .query_row(
+                "SELECT kind, size, extra_meta, rdev_major FROM inodes WHERE id = 2",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (kind.as_str(), size, extra.as_str(), rdev),
+            ("file", 5, "color=blue", 0)
+        );
+        conn.execute(
+            "INSERT INTO inodes (share_id, parent, name, path, kind, mode, uid, gid, size,
+                 mtime_ns, ctime_ns, rdev_major, rdev_minor)
+             VALUES (1, 1, 'p', 'p', 'fifo', 420, 0, 0, 0, 1, 1, 0, 0)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(conn.last_insert_rowid(), 4, "id 3 (deleted) is not reused");
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'inodes'
+                     AND name LIKE 'inodes_%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 3);
+        let bad = conn.execute(
+            "INSERT INTO inodes (share_id, parent, name, path, kind, mode, uid, gid, size,
+                 mtime_ns, ctime_ns) VALUES (1, 1, 'x', 'x', 'door', 420, 0, 0, 0, 1, 1)",
+            [],
+        );
+        assert!(bad.is_err(), "unknown kinds are still refused");
+    }
 }

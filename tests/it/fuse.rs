@@ -11,7 +11,7 @@ use crate::support::gateway::Gateway;
 use crate::support::{noise, run, stderr, stdout, tidegate, tool};
 
 /// Unmounts (lazily) on drop, so a failed test never leaves a dead mount behind.
-struct Unmount(PathBuf);
+pub(crate) struct Unmount(pub(crate) PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
@@ -19,7 +19,7 @@ impl Drop for Unmount {
     }
 }
 
-fn mounted(dir: &Path) -> bool {
+pub(crate) fn mounted(dir: &Path) -> bool {
     std::fs::read_to_string("/proc/mounts")
         .unwrap()
         .lines()

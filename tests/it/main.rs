@@ -22,6 +22,7 @@ mod nfs_guest;
 mod nfs_share;
 mod rpcbind;
 mod snapshots;
+mod special_files;
 mod store;
 mod stored_volumes;
 mod support;

@@ -16,7 +16,7 @@ use crate::support::{
 const MIB: usize = 1 << 20;
 
 /// A daemon on Garage (bucket prefix `gw/`) with a short upload delay.
-fn garage_gateway(garage: &Garage, dir: &Path, nfs_port: u16) -> (Gateway, PathBuf) {
+pub(crate) fn garage_gateway(garage: &Garage, dir: &Path, nfs_port: u16) -> (Gateway, PathBuf) {
     let data = dir.join("data");
     let config = activate_on(garage, dir, &data, "gw", &[]);
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -112,7 +112,7 @@ pub(crate) fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, li
 
 /// An object's bytes and metadata (as `boto3 get` prints it), fetched with boto3 through a file
 /// in `dir`.
-fn object(garage: &Garage, dir: &Path, key: &str) -> (Vec<u8>, String) {
+pub(crate) fn object(garage: &Garage, dir: &Path, key: &str) -> (Vec<u8>, String) {
     let got = dir.join("got");
     let meta = boto3(garage, &["get", key, got.to_str().unwrap()]);
     (std::fs::read(&got).unwrap(), meta)

@@ -28,7 +28,7 @@ use fuser::{
 use crate::gateway::GatewayError;
 use crate::gateway::files::locks::{self, LockKind, Refused};
 use crate::gateway::files::{
-    Attr, Caller, CreateMode, FileId, FileKind, Files, SetAttr, SetTime, Stability,
+    Attr, Caller, CreateMode, FileId, FileKind, Files, SetAttr, SetTime, Stability, meta,
 };
 
 /// How long the kernel may cache attributes and names: short, since NFS clients and the
@@ -112,6 +112,22 @@ fn kind(k: FileKind) -> FileType {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::CharDev => FileType::CharDevice,
+    }
+}
+
+/// The special file a mknod mode's type bits ask for; `Ok(None)` for a regular file.
+fn mknod_kind(mode: u32) -> Result<Option<FileKind>, Errno> {
+    match mode & meta::S_IFMT {
+        0 | meta::S_IFREG => Ok(None),
+        meta::S_IFIFO => Ok(Some(FileKind::Fifo)),
+        meta::S_IFSOCK => Ok(Some(FileKind::Socket)),
+        meta::S_IFBLK => Ok(Some(FileKind::BlockDev)),
+        meta::S_IFCHR => Ok(Some(FileKind::CharDev)),
+        _ => Err(Errno::EINVAL),
     }
 }
 
@@ -181,7 +197,8 @@ impl ShareFs {
             nlink: a.nlink,
             uid: a.uid,
             gid: a.gid,
-            rdev: 0,
+            // The kernel's 32-bit device encoding is the low half of Linux's dev_t.
+            rdev: u32::try_from(meta::makedev(a.rdev)).unwrap_or(0),
             blksize: 4096,
             flags: 0,
         }
@@ -392,6 +409,36 @@ impl fuser::Filesystem for ShareFs {
             self.files
                 .mkdir(&caller(req), self.id(parent), name_bytes(name), attrs),
         );
+        self.entry(r, reply);
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let attrs = requested_mode(mode, umask);
+        let (who, dir, name) = (caller(req), self.id(parent), name_bytes(name));
+        let r = match mknod_kind(mode) {
+            Ok(Some(kind)) => self.run(self.files.mknod(
+                &who,
+                dir,
+                name,
+                kind,
+                attrs,
+                meta::major_minor(u64::from(rdev)),
+            )),
+            Ok(None) => self.run(
+                self.files
+                    .create(&who, dir, name, CreateMode::Guarded, attrs),
+            ),
+            Err(e) => Err(e),
+        };
         self.entry(r, reply);
     }
 

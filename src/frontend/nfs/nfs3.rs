@@ -263,7 +263,7 @@ impl Nfs3<'_> {
         Ok(out)
     }
 
-    /// The shared result shape of CREATE, MKDIR and SYMLINK.
+    /// The shared result shape of CREATE, MKDIR, SYMLINK and MKNOD.
     async fn created(
         &self,
         caller: &Caller,
@@ -331,15 +331,37 @@ impl Nfs3<'_> {
         Ok(self.created(caller, dir, result).await)
     }
 
+    /// MKNOD (RFC 1813 §3.3.11): devices carry attributes and specdata3, FIFOs and sockets
+    /// attributes only; any other type is NFS3ERR_BADTYPE.
     async fn mknod(&self, caller: &Caller, r: &mut Reader<'_>) -> Result<Out, Reject> {
         let dir = handle(self.handles, r)?;
-        Self::name(r)?;
+        let name = Self::name(r)?;
+        let kind = match r.u32()? {
+            3 => Some(FileKind::BlockDev),
+            4 => Some(FileKind::CharDev),
+            6 => Some(FileKind::Socket),
+            7 => Some(FileKind::Fifo),
+            // Regular files, directories and symlinks have their own procedures; mknoddata3's
+            // arm for them (and for anything else) is void.
+            _ => None,
+        };
+        let (attrs, rdev) = match kind {
+            Some(FileKind::BlockDev | FileKind::CharDev) => {
+                let attrs = sattr(&r.xdr::<sattr3>()?);
+                (attrs, (r.u32()?, r.u32()?))
+            }
+            Some(_) => (sattr(&r.xdr::<sattr3>()?), (0, 0)),
+            None => (SetAttr::default(), (0, 0)),
+        };
         let dir = dir?;
-        let d = self.attr_of(caller, dir).await;
-        let mut out = Out::new();
-        // Devices, sockets and FIFOs have no object form.
-        out.status(nfsstat3::NFS3ERR_NOTSUPP).xdr(&wcc(d.as_ref()));
-        Ok(out)
+        let Some(kind) = kind else {
+            let d = self.attr_of(caller, dir).await;
+            let mut out = Out::new();
+            out.status(nfsstat3::NFS3ERR_BADTYPE).xdr(&wcc(d.as_ref()));
+            return Ok(out);
+        };
+        let result = self.files.mknod(caller, dir, name, kind, attrs, rdev).await;
+        Ok(self.created(caller, dir, result).await)
     }
 
     async fn remove(

@@ -57,6 +57,10 @@ fn regular(row: &InodeRow) -> Result<(), GatewayError> {
             "{} is a symlink",
             row.path
         ))),
+        // A FIFO's or device's bytes live on the client that opens it; the object has none.
+        InodeKind::Fifo | InodeKind::Socket | InodeKind::BlockDev | InodeKind::CharDev => Err(
+            GatewayError::InvalidArgument(format!("{} is a special file", row.path)),
+        ),
     }
 }
 

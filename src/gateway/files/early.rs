@@ -280,7 +280,7 @@ impl Files {
             let key = path::key(&share.bucket_prefix, &row.path)?;
             let upload_id = self
                 .bucket
-                .begin_checked(&key, &Self::file_meta(&row))
+                .begin_checked(&key, &Self::object_meta(&row))
                 .await?;
             if let Err(e) = self.catalog.note_share_upload(&key, &upload_id) {
                 self.bucket.abort_resumable(&key, &upload_id).await;

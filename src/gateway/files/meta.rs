@@ -1,18 +1,72 @@
 //! POSIX attributes ↔ object user metadata, in the dialects already found in buckets
 //! (DESIGN §2): AWS file gateways' `file-permissions` (st_mode in octal, type bits included),
 //! `file-owner`, `file-group`, `file-mtime`, `file-ctime` (nanoseconds with an `ns` suffix);
-//! s3fs's `mode`, `uid`, `gid`, `mtime` (decimal, seconds); rclone's `mtime` (seconds with a
-//! fraction, or RFC 3339). We write the AWS keys plus `mtime` in whole seconds, and keep every
-//! key we do not interpret. Pure functions: a missing or unreadable value falls back to the
-//! share's default, and a bare object never reads as mode 0000.
+//! s3fs's `mode`, `uid`, `gid`, `mtime` (decimal, seconds) and `rdev` (a device's number as a
+//! Linux `dev_t`, decimal); rclone's `mtime` (seconds with a fraction, or RFC 3339). We write the
+//! AWS keys plus `mtime` in whole seconds (and `rdev` for devices), and keep every key we do not
+//! interpret. Pure functions: a missing or unreadable value falls back to the share's default,
+//! and a bare object never reads as mode 0000.
+
+use crate::catalog::shares::InodeKind;
 
 /// st_mode type bits (stat(2)).
 pub const S_IFMT: u32 = 0o170_000;
 pub const S_IFREG: u32 = 0o100_000;
 pub const S_IFDIR: u32 = 0o040_000;
 pub const S_IFLNK: u32 = 0o120_000;
+pub const S_IFIFO: u32 = 0o010_000;
+pub const S_IFCHR: u32 = 0o020_000;
+pub const S_IFBLK: u32 = 0o060_000;
+pub const S_IFSOCK: u32 = 0o140_000;
 
-const KNOWN: [&str; 9] = [
+/// The st_mode type bits of an inode kind.
+pub fn type_bits(kind: InodeKind) -> u32 {
+    match kind {
+        InodeKind::File => S_IFREG,
+        InodeKind::Dir => S_IFDIR,
+        InodeKind::Symlink => S_IFLNK,
+        InodeKind::Fifo => S_IFIFO,
+        InodeKind::Socket => S_IFSOCK,
+        InodeKind::BlockDev => S_IFBLK,
+        InodeKind::CharDev => S_IFCHR,
+    }
+}
+
+/// The inode kind st_mode's type bits name; `None` when there are none or they are unknown
+/// (such an object is a regular file, as every other S3 tool sees it).
+pub fn kind_of(mode: u32) -> Option<InodeKind> {
+    [
+        InodeKind::File,
+        InodeKind::Dir,
+        InodeKind::Symlink,
+        InodeKind::Fifo,
+        InodeKind::Socket,
+        InodeKind::BlockDev,
+        InodeKind::CharDev,
+    ]
+    .into_iter()
+    .find(|&k| type_bits(k) == mode & S_IFMT)
+}
+
+/// A device number as Linux's `dev_t` (glibc's `makedev`: 32-bit major and minor, the low
+/// 8+12 bits where the old 16-bit encoding had them), which is what s3fs writes as `rdev`.
+pub fn makedev((major, minor): (u32, u32)) -> u64 {
+    let (major, minor) = (u64::from(major), u64::from(minor));
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0x0000_0fff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0x0000_00ff)
+}
+
+/// The (major, minor) of a Linux `dev_t`; the inverse of [`makedev`].
+pub fn major_minor(dev: u64) -> (u32, u32) {
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
+    // Each is masked to 32 bits above.
+    (major as u32, minor as u32)
+}
+
+const KNOWN: [&str; 10] = [
     "file-permissions",
     "file-owner",
     "file-group",
@@ -22,6 +76,7 @@ const KNOWN: [&str; 9] = [
     "uid",
     "gid",
     "mtime",
+    "rdev",
 ];
 
 /// Attributes as read from metadata; `None` where the object says nothing usable.
@@ -33,14 +88,16 @@ pub struct PosixMeta {
     pub gid: Option<u32>,
     pub mtime_ns: Option<i64>,
     pub ctime_ns: Option<i64>,
+    /// A device's (major, minor), from s3fs's `rdev`.
+    pub rdev: Option<(u32, u32)>,
     /// User metadata we keep but do not interpret, as `key=value` lines.
     pub extra: String,
 }
 
 impl PosixMeta {
-    /// True when the mode's type bits say symlink.
-    pub fn is_symlink(&self) -> bool {
-        self.mode.is_some_and(|m| m & S_IFMT == S_IFLNK)
+    /// The kind the mode's type bits name, if they name one.
+    pub fn kind(&self) -> Option<InodeKind> {
+        self.mode.and_then(kind_of)
     }
 
     /// Permission bits (the low 12), or `default` when the object has none or claims 0000.
@@ -74,6 +131,9 @@ pub fn parse(meta: &[(String, String)]) -> PosixMeta {
         .and_then(parse_time)
         .or_else(|| find(meta, "mtime").and_then(parse_time));
     let ctime_ns = find(meta, "file-ctime").and_then(parse_time);
+    let rdev = find(meta, "rdev")
+        .and_then(|v| v.parse().ok())
+        .map(major_minor);
     let extra = meta
         .iter()
         .filter(|(k, _)| !KNOWN.iter().any(|known| k.eq_ignore_ascii_case(known)))
@@ -86,17 +146,18 @@ pub fn parse(meta: &[(String, String)]) -> PosixMeta {
         gid,
         mtime_ns,
         ctime_ns,
+        rdev,
         extra,
     }
 }
 
-/// The metadata we write for an object: AWS's keys, `mtime`, and the kept extras.
+/// The metadata we write for an object: AWS's keys, `mtime`, `rdev` for a block or character
+/// device, and the kept extras.
 pub fn render(
     st_mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime_ns: i64,
-    ctime_ns: i64,
+    (uid, gid): (u32, u32),
+    (mtime_ns, ctime_ns): (i64, i64),
+    rdev: (u32, u32),
     extra: &str,
 ) -> Vec<(String, String)> {
     let mut out = vec![
@@ -110,6 +171,9 @@ pub fn render(
             mtime_ns.div_euclid(1_000_000_000).to_string(),
         ),
     ];
+    if matches!(st_mode & S_IFMT, S_IFBLK | S_IFCHR) {
+        out.push(("rdev".to_owned(), makedev(rdev).to_string()));
+    }
     out.extend(
         extra
             .lines()
@@ -241,7 +305,10 @@ mod tests {
         let bare = parse(&[]);
         assert_eq!(bare.perm_or(0o644), 0o644);
         assert_eq!(parse(&kv(&[("mode", "0")])).perm_or(0o644), 0o644);
-        assert!(parse(&kv(&[("file-permissions", "0120777")])).is_symlink());
+        assert_eq!(
+            parse(&kv(&[("file-permissions", "0120777")])).kind(),
+            Some(InodeKind::Symlink)
+        );
     }
 
     #[test]
@@ -263,12 +330,59 @@ mod tests {
 
     #[test]
     fn render_then_parse_round_trips() {
-        let out = render(0o100_600, 12, 34, 1_700_000_000_000_000_007, 9, "x=y\n");
+        let out = render(
+            0o100_600,
+            (12, 34),
+            (1_700_000_000_000_000_007, 9),
+            (0, 0),
+            "x=y\n",
+        );
         let back = parse(&out);
         assert_eq!(back.mode, Some(0o100_600));
         assert_eq!((back.uid, back.gid), (Some(12), Some(34)));
         assert_eq!(back.mtime_ns, Some(1_700_000_000_000_000_007));
         assert_eq!(back.ctime_ns, Some(9));
         assert_eq!(back.extra, "x=y\n");
+        assert_eq!(back.rdev, None, "no rdev for a regular file");
+    }
+
+    #[test]
+    fn special_files_round_trip_with_their_type_and_device() {
+        let cases = [
+            (S_IFIFO | 0o644, InodeKind::Fifo, None),
+            (S_IFSOCK | 0o755, InodeKind::Socket, None),
+            (S_IFBLK | 0o660, InodeKind::BlockDev, Some((8, 1))),
+            (S_IFCHR | 0o666, InodeKind::CharDev, Some((4095, 1_048_575))),
+            (
+                S_IFCHR | 0o600,
+                InodeKind::CharDev,
+                Some((u32::MAX, u32::MAX)),
+            ),
+        ];
+        for (mode, kind, rdev) in cases {
+            let out = render(mode, (0, 0), (1, 1), rdev.unwrap_or((7, 7)), "");
+            let back = parse(&out);
+            assert_eq!(back.mode, Some(mode), "{mode:o}");
+            assert_eq!(back.kind(), Some(kind), "{mode:o}");
+            assert_eq!(back.rdev, rdev, "{mode:o}");
+            assert_eq!(type_bits(kind) | (mode & 0o7777), mode);
+        }
+    }
+
+    #[test]
+    fn s3fs_devices_are_read() {
+        // s3fs on Linux: mknod b 8 1 gives st_mode 0o60644 = 24 996 and st_rdev 0x801 = 2049;
+        // major 300, minor 70000 is dev_t 0x1111_2c70 with the split bit fields.
+        let m = parse(&kv(&[("mode", "24996"), ("rdev", "2049")]));
+        assert_eq!(m.kind(), Some(InodeKind::BlockDev));
+        assert_eq!(m.rdev, Some((8, 1)));
+        assert_eq!(makedev((300, 70_000)), 0x1111_2c70);
+        assert_eq!(major_minor(0x1111_2c70), (300, 70_000));
+        assert_eq!(
+            parse(&kv(&[("mode", "4516")])).kind(),
+            Some(InodeKind::Fifo)
+        );
+        assert_eq!(parse(&kv(&[("mode", "420")])).kind(), None, "bare 0644");
+        assert_eq!(parse(&kv(&[("rdev", "junk")])).rdev, None);
     }
 }

@@ -82,6 +82,12 @@ pub enum FileKind {
     File,
     Dir,
     Symlink,
+    /// Special files: zero-byte objects with their type (and a device's numbers) in the
+    /// object's metadata; they hold no data of their own.
+    Fifo,
+    Socket,
+    BlockDev,
+    CharDev,
 }
 
 /// A file's attributes as every front end reports them. Times are nanoseconds since the epoch.
@@ -98,6 +104,8 @@ pub struct Attr {
     pub size: u64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
+    /// A block or character device's (major, minor); (0, 0) for every other kind.
+    pub rdev: (u32, u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -603,6 +611,10 @@ impl Files {
                 InodeKind::File => FileKind::File,
                 InodeKind::Dir => FileKind::Dir,
                 InodeKind::Symlink => FileKind::Symlink,
+                InodeKind::Fifo => FileKind::Fifo,
+                InodeKind::Socket => FileKind::Socket,
+                InodeKind::BlockDev => FileKind::BlockDev,
+                InodeKind::CharDev => FileKind::CharDev,
             },
             mode: row.mode & 0o7777,
             nlink: if row.kind == InodeKind::Dir { 2 } else { 1 },
@@ -611,6 +623,7 @@ impl Files {
             size: row.size,
             mtime_ns: row.mtime_ns,
             ctime_ns: row.ctime_ns,
+            rdev: row.rdev,
         }
     }
 }
@@ -777,6 +790,135 @@ mod tests {
         assert_eq!(&data[..], b"HELLO", "local change not overwritten");
         assert!(files.drain(Duration::from_secs(10)).await.unwrap());
         assert_eq!(std::fs::read(object("d/g")).unwrap(), b"HELLO");
+    }
+
+    #[tokio::test]
+    async fn special_files_are_made_uploaded_kept_and_hold_no_data() {
+        let (dir, files, root) = local_gateway();
+        let me = Caller::root_local();
+        let mode = |m| SetAttr {
+            mode: Some(m),
+            ..SetAttr::default()
+        };
+        let fifo = files
+            .mknod(&me, root, b"p", FileKind::Fifo, mode(0o640), (9, 9))
+            .await
+            .unwrap();
+        assert_eq!(
+            (fifo.kind, fifo.mode, fifo.rdev, fifo.size),
+            (FileKind::Fifo, 0o640, (0, 0), 0),
+            "a FIFO keeps no device numbers"
+        );
+        let dev = files
+            .mknod(
+                &me,
+                root,
+                b"sda1",
+                FileKind::BlockDev,
+                SetAttr::default(),
+                (8, 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (dev.kind, dev.mode, dev.rdev),
+            (FileKind::BlockDev, 0o644, (8, 1))
+        );
+        let again = files
+            .mknod(
+                &me,
+                root,
+                b"p",
+                FileKind::Socket,
+                SetAttr::default(),
+                (0, 0),
+            )
+            .await;
+        assert!(
+            matches!(again, Err(GatewayError::AlreadyExists(_))),
+            "{again:?}"
+        );
+        let regular = files
+            .mknod(&me, root, b"f", FileKind::File, SetAttr::default(), (0, 0))
+            .await;
+        assert!(
+            matches!(regular, Err(GatewayError::InvalidArgument(_))),
+            "{regular:?}"
+        );
+        let read = files.read(&me, fifo.id, 0, 10).await;
+        assert!(
+            matches!(read, Err(GatewayError::InvalidArgument(_))),
+            "{read:?}"
+        );
+        let write = files.write(&me, dev.id, 0, b"x", Stability::FileSync).await;
+        assert!(
+            matches!(write, Err(GatewayError::InvalidArgument(_))),
+            "{write:?}"
+        );
+
+        // Anyone who may write the directory makes FIFOs and sockets; only root devices.
+        let open = files.mkdir(&me, root, b"open", mode(0o777)).await.unwrap();
+        let user = Caller {
+            uid: 1000,
+            gid: 1000,
+            groups: Vec::new(),
+            addr: None,
+        };
+        let sock = files
+            .mknod(
+                &user,
+                open.id,
+                b"s",
+                FileKind::Socket,
+                SetAttr::default(),
+                (0, 0),
+            )
+            .await
+            .unwrap();
+        assert_eq!((sock.kind, sock.uid), (FileKind::Socket, 1000));
+        let denied = files
+            .mknod(
+                &user,
+                open.id,
+                b"tty",
+                FileKind::CharDev,
+                SetAttr::default(),
+                (4, 1),
+            )
+            .await;
+        assert!(
+            matches!(denied, Err(GatewayError::PermissionDenied(_))),
+            "{denied:?}"
+        );
+
+        assert!(files.drain(Duration::from_secs(10)).await.unwrap());
+        let object = |p: &str| dir.path().join("bucket/shares/s").join(p);
+        for p in ["p", "sda1", "open/s"] {
+            assert_eq!(
+                std::fs::read(object(p)).unwrap(),
+                b"",
+                "{p}: a zero-byte object"
+            );
+        }
+        files
+            .rename(&me, root, b"sda1", open.id, b"sdb1")
+            .await
+            .unwrap();
+        assert!(files.drain(Duration::from_secs(10)).await.unwrap());
+        assert!(!object("sda1").exists() && object("open/sdb1").exists());
+
+        // A restart keeps the kind and the device numbers.
+        let catalog = Arc::new(Catalog::open(&dir.path().join("c.db")).unwrap());
+        let cfg = crate::config::BucketConfig::local(dir.path().join("bucket"));
+        let bucket = Arc::new(Bucket::open(&cfg, true).unwrap());
+        let config = files.config.clone();
+        drop(files);
+        let files = Files::new(catalog, bucket, config).unwrap();
+        let back = files.lookup(&me, open.id, b"sdb1").await.unwrap();
+        assert_eq!(
+            (back.id, back.kind, back.rdev),
+            (dev.id, FileKind::BlockDev, (8, 1))
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Namespace operations: lookup, create, mkdir, symlink, remove, rmdir, rename, setattr,
+//! Namespace operations: lookup, create, mkdir, symlink, mknod, remove, rmdir, rename, setattr,
 //! readdir, readlink, access. Each checks the share's allow-list and squash first, then POSIX
 //! permissions against the squashed caller, and records the change in the catalog; the bucket
 //! follows through the uploader.
@@ -11,7 +11,7 @@ use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::path::{self, validate_name};
 use crate::gateway::files::{
-    Attr, Caller, CreateMode, DirEntry, FileId, Files, SetAttr, SetTime, now_ns, permits,
+    Attr, Caller, CreateMode, DirEntry, FileId, FileKind, Files, SetAttr, SetTime, now_ns, permits,
 };
 
 /// The longest symlink target we accept or read back.
@@ -236,6 +236,51 @@ impl Files {
         row.target = Some(target.to_owned());
         row.size = target.len() as u64;
         self.insert(&row)
+    }
+
+    /// MKNOD: a FIFO, socket, or block or character device (`rdev` is (major, minor), kept for
+    /// devices only). It is uploaded as a zero-byte object whose metadata carries its type and
+    /// device numbers, as s3fs stores them. Devices need root, as mknod(2) needs CAP_MKNOD: a
+    /// device node in a share works on every client that mounts it with devices allowed.
+    pub async fn mknod(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        kind: FileKind,
+        attrs: SetAttr,
+        rdev: (u32, u32),
+    ) -> Result<Attr, GatewayError> {
+        let (kind, rdev) = match kind {
+            FileKind::Fifo => (InodeKind::Fifo, (0, 0)),
+            FileKind::Socket => (InodeKind::Socket, (0, 0)),
+            FileKind::BlockDev => (InodeKind::BlockDev, rdev),
+            FileKind::CharDev => (InodeKind::CharDev, rdev),
+            FileKind::File | FileKind::Dir | FileKind::Symlink => {
+                return Err(GatewayError::InvalidArgument(format!(
+                    "mknod makes FIFOs, sockets and devices, not a {kind:?}"
+                )));
+            }
+        };
+        let slot = self.slot(caller, dir, name).await?.vacant()?;
+        if matches!(kind, InodeKind::BlockDev | InodeKind::CharDev) && slot.who.uid != 0 {
+            return Err(GatewayError::PermissionDenied(format!(
+                "only root makes device nodes ({})",
+                path::join(&slot.dir.path, &slot.name)
+            )));
+        }
+        let mode = attrs.mode.unwrap_or(slot.share.default_file_mode);
+        let mut row = self.new_inode(&slot, kind, mode)?;
+        row.rdev = rdev;
+        let attr = self.insert(&row)?;
+        // Owner and times the caller asked for (none: setattr records nothing); a special
+        // file has no size to set.
+        let rest = SetAttr {
+            mode: None,
+            size: None,
+            ..attrs
+        };
+        self.setattr(caller, attr.id, rest).await
     }
 
     pub async fn readlink(&self, caller: &Caller, id: FileId) -> Result<String, GatewayError> {

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
-use crate::gateway::files::meta::{self, S_IFMT};
+use crate::gateway::files::meta;
 use crate::gateway::files::{Files, now_ns, now_unix, path};
 
 fn same_etag(a: Option<&str>, b: Option<&str>) -> bool {
@@ -62,54 +62,62 @@ impl Files {
                 Some(child)
                     if child.remote_key.as_deref() == Some(key.as_str())
                         && same_etag(child.etag.as_deref(), etag.as_deref()) => {}
-                Some(child) => {
+                None if self.catalog.key_in_use(share.id, key)? => {}
+                found => {
                     let head = self.bucket.head_object(key).await?.unwrap_or_default();
                     let m = meta::parse(&head.metadata);
-                    let mut row = child.clone();
+                    // An object whose metadata says directory is a marker-like leftover, not
+                    // a file; one that says nothing is a regular file.
+                    let kind = match m.kind() {
+                        Some(InodeKind::Dir) => None,
+                        Some(k) => Some(k),
+                        None => Some(InodeKind::File),
+                    };
+                    let mut row = match (found, kind) {
+                        (Some(child), Some(k)) if child.kind == k => {
+                            self.readahead_map_remove(child.id);
+                            child
+                        }
+                        (found, kind) => {
+                            // Another kind of file now has this name: a new file id.
+                            if let Some(child) = found {
+                                self.catalog.forget_inode(child.id)?;
+                                self.drop_local(child.id);
+                            }
+                            let Some(kind) = kind else { continue };
+                            let path = path::join(&dir.path, name);
+                            let owner = (0, 0, 0);
+                            InodeRow::new(share.id, Some(dir.id), &path, kind, owner, 0)
+                        }
+                    };
                     row.size = *size;
                     row.etag.clone_from(etag);
                     row.remote_key = Some(key.clone());
                     row.mtime_ns = m.mtime_ns.unwrap_or(*modified_ns);
                     row.ctime_ns = m.ctime_ns.unwrap_or(row.mtime_ns);
-                    row.mode = m.perm_or(share.default_file_mode);
-                    row.uid = m.uid.unwrap_or(share.default_uid);
-                    row.gid = m.gid.unwrap_or(share.default_gid);
-                    row.extra_meta = m.extra;
-                    row.target = None;
-                    self.catalog.save_inode(&row)?;
-                    self.readahead_map_remove(row.id);
-                }
-                None if self.catalog.key_in_use(share.id, key)? => {}
-                None => {
-                    let head = self.bucket.head_object(key).await?.unwrap_or_default();
-                    let m = meta::parse(&head.metadata);
-                    let kind = if m.is_symlink() {
-                        InodeKind::Symlink
-                    } else if m.mode.is_some_and(|md| md & S_IFMT == meta::S_IFDIR) {
-                        continue;
-                    } else {
-                        InodeKind::File
-                    };
-                    let mtime = m.mtime_ns.unwrap_or(*modified_ns);
-                    let perm = m.perm_or(if kind == InodeKind::Symlink {
+                    row.mode = m.perm_or(if row.kind == InodeKind::Symlink {
                         0o777
                     } else {
                         share.default_file_mode
                     });
-                    let owner = (
-                        perm,
-                        m.uid.unwrap_or(share.default_uid),
-                        m.gid.unwrap_or(share.default_gid),
-                    );
-                    let path = path::join(&dir.path, name);
-                    let mut row = InodeRow::new(share.id, Some(dir.id), &path, kind, owner, mtime);
-                    row.size = *size;
-                    row.ctime_ns = m.ctime_ns.unwrap_or(mtime);
-                    row.remote_key = Some(key.clone());
-                    row.etag.clone_from(etag);
+                    row.uid = m.uid.unwrap_or(share.default_uid);
+                    row.gid = m.gid.unwrap_or(share.default_gid);
+                    row.rdev = match row.kind {
+                        InodeKind::BlockDev | InodeKind::CharDev => m.rdev.unwrap_or((0, 0)),
+                        InodeKind::File
+                        | InodeKind::Dir
+                        | InodeKind::Symlink
+                        | InodeKind::Fifo
+                        | InodeKind::Socket => (0, 0),
+                    };
                     row.extra_meta = m.extra;
+                    row.target = None;
                     row.synced_version = row.version;
-                    self.catalog.insert_inode(&row)?;
+                    if row.id == 0 {
+                        self.catalog.insert_inode(&row)?;
+                    } else {
+                        self.catalog.save_inode(&row)?;
+                    }
                 }
             }
         }

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow, SyncedItem};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
-use crate::gateway::files::meta::{self, S_IFDIR, S_IFLNK, S_IFREG};
+use crate::gateway::files::meta;
 use crate::gateway::files::traffic::Counted;
 use crate::gateway::files::{Files, now_unix, path};
 
@@ -411,27 +411,13 @@ impl Files {
                 // A `dir/` marker (with the directory's attributes) where the bucket can hold
                 // one; the share root needs none. Elsewhere directories are implied by keys.
                 let marker = format!("{key}/");
-                let m = meta::render(
-                    S_IFDIR | (row.mode & 0o7777),
-                    row.uid,
-                    row.gid,
-                    row.mtime_ns,
-                    row.ctime_ns,
-                    &row.extra_meta,
-                );
+                let m = Self::object_meta(&row);
                 let written = !row.path.is_empty() && self.bucket.put_marker(&marker, &m).await?;
                 return Ok(Some((row, written.then_some(marker), None)));
             }
             InodeKind::Symlink => match (&row.target, &row.remote_key) {
                 (Some(target), _) => {
-                    let m = meta::render(
-                        S_IFLNK | (row.mode & 0o7777),
-                        row.uid,
-                        row.gid,
-                        row.mtime_ns,
-                        row.ctime_ns,
-                        &row.extra_meta,
-                    );
+                    let m = Self::object_meta(&row);
                     self.bucket
                         .put_object(&key, Bytes::from(target.clone().into_bytes()), &m)
                         .await?
@@ -443,23 +429,30 @@ impl Files {
                 (None, None) => None,
             },
             InodeKind::File => self.sync_file(&row, &key).await?,
+            // Zero bytes and the metadata: a new PUT is as cheap as any copy, for a move or
+            // an attribute change too.
+            InodeKind::Fifo | InodeKind::Socket | InodeKind::BlockDev | InodeKind::CharDev => {
+                self.bucket
+                    .put_object(&key, Bytes::new(), &Self::object_meta(&row))
+                    .await?
+            }
         };
         Ok(Some((row, Some(key), etag)))
     }
 
-    pub(super) fn file_meta(row: &InodeRow) -> Vec<(String, String)> {
+    /// The user metadata of an inode's object: its attributes with its kind's type bits.
+    pub(super) fn object_meta(row: &InodeRow) -> Vec<(String, String)> {
         meta::render(
-            S_IFREG | (row.mode & 0o7777),
-            row.uid,
-            row.gid,
-            row.mtime_ns,
-            row.ctime_ns,
+            meta::type_bits(row.kind) | (row.mode & 0o7777),
+            (row.uid, row.gid),
+            (row.mtime_ns, row.ctime_ns),
+            row.rdev,
             &row.extra_meta,
         )
     }
 
     async fn sync_file(&self, row: &InodeRow, key: &str) -> Result<Option<String>, GatewayError> {
-        let m = Self::file_meta(row);
+        let m = Self::object_meta(row);
         if row.staged {
             let staging = self.staging_path(row.id);
             if !staging.exists() && BlockMap::load(&staging).is_none() {
@@ -539,7 +532,7 @@ impl Files {
                 drop(guard);
                 Ok(self
                     .bucket
-                    .put_file(key, &self.staging_path(staged.id), &Self::file_meta(row))
+                    .put_file(key, &self.staging_path(staged.id), &Self::object_meta(row))
                     .await?)
             }
         }

@@ -13,6 +13,7 @@ pub const NFS3ERR_ACCES: u32 = 13;
 pub const NFS3ERR_EXIST: u32 = 17;
 pub const NFS3ERR_NOTDIR: u32 = 20;
 pub const NFS3ERR_ISDIR: u32 = 21;
+pub const NFS3ERR_INVAL: u32 = 22;
 pub const NFS3ERR_NOTEMPTY: u32 = 66;
 pub const NFS3ERR_NOTSUPP: u32 = 10004;
 
@@ -94,7 +95,7 @@ impl<'a> Dec<'a> {
         let gid = self.u32();
         let size = self.u64();
         let _used = self.u64();
-        let _rdev = self.u64();
+        let rdev = (self.u32(), self.u32());
         let _fsid = self.u64();
         let fileid = self.u64();
         let _atime = self.u64();
@@ -109,13 +110,14 @@ impl<'a> Dec<'a> {
             size,
             fileid,
             mtime,
+            rdev,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fattr {
-    /// 1 regular, 2 directory, 5 symlink.
+    /// ftype3: 1 regular, 2 directory, 3 block, 4 character, 5 symlink, 6 socket, 7 FIFO.
     pub ftype: u32,
     pub mode: u32,
     pub nlink: u32,
@@ -124,6 +126,8 @@ pub struct Fattr {
     pub size: u64,
     pub fileid: u64,
     pub mtime: (u32, u32),
+    /// specdata3: a device's (major, minor).
+    pub rdev: (u32, u32),
 }
 
 /// What SETATTR changes; `None` leaves it.
@@ -367,6 +371,31 @@ impl Client {
             .enc(Enc::default().opaque(dir).opaque(name.as_bytes()))
             .opaque(target.as_bytes());
         self.new_object(10, e)
+    }
+
+    /// MKNOD (RFC 1813 §3.3.11) of `ftype` with `mode`; `rdev` goes out for devices (3, 4).
+    pub fn mknod(
+        &mut self,
+        dir: &[u8],
+        name: &str,
+        ftype: u32,
+        mode: u32,
+        rdev: (u32, u32),
+    ) -> Result<Fh, u32> {
+        let attrs = Sattr {
+            mode: Some(mode),
+            ..Sattr::default()
+        };
+        let e = Enc::default()
+            .opaque(dir)
+            .opaque(name.as_bytes())
+            .u32(ftype);
+        let e = match ftype {
+            3 | 4 => attrs.enc(e).u32(rdev.0).u32(rdev.1),
+            6 | 7 => attrs.enc(e),
+            _ => e,
+        };
+        self.new_object(11, e)
     }
 
     pub fn remove(&mut self, dir: &[u8], name: &str) -> u32 {

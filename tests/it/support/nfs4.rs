@@ -1,6 +1,7 @@
 //! A small raw NFSv4.1 client (RFC 8881) over the NFSv3 client's RPC transport: a session
 //! (EXCHANGE_ID, CREATE_SESSION, RECLAIM_COMPLETE), COMPOUNDs behind SEQUENCE, and the
-//! operations the tests need (OPEN, WRITE, COMMIT, READ, LOCK, LOCKT, LOCKU, CLOSE). Each
+//! operations the tests need (OPEN, WRITE, COMMIT, READ, LOCK, LOCKT, LOCKU, CLOSE, CREATE,
+//! GETATTR of type and rawdev). Each
 //! helper returns the operation's status so tests can assert on DENIED, GRACE, BAD_STATEID
 //! and the rest, and on the bytes of whole replies (the reply cache).
 
@@ -21,9 +22,12 @@ pub const NFS4ERR_SEQ_MISORDERED: u32 = 10063;
 pub const NFS4ERR_SEQUENCE_POS: u32 = 10064;
 pub const NFS4ERR_TOO_MANY_OPS: u32 = 10070;
 pub const NFS4ERR_OP_NOT_IN_SESSION: u32 = 10071;
+pub const NFS4ERR_INVAL: u32 = 22;
+pub const NFS4ERR_WRONG_TYPE: u32 = 10083;
 
 pub const OP_CLOSE: u32 = 4;
 pub const OP_COMMIT: u32 = 5;
+pub const OP_CREATE: u32 = 6;
 pub const OP_GETATTR: u32 = 9;
 pub const OP_GETFH: u32 = 10;
 pub const OP_LOCK: u32 = 12;
@@ -39,6 +43,16 @@ pub const OP_EXCHANGE_ID: u32 = 42;
 pub const OP_CREATE_SESSION: u32 = 43;
 pub const OP_SEQUENCE: u32 = 53;
 pub const OP_RECLAIM_COMPLETE: u32 = 58;
+
+/// nfs_ftype4 (RFC 8881 §3.3.2).
+pub const NF4BLK: u32 = 3;
+pub const NF4CHR: u32 = 4;
+pub const NF4SOCK: u32 = 6;
+pub const NF4FIFO: u32 = 7;
+
+const FATTR4_TYPE: u32 = 1;
+const FATTR4_MODE: u32 = 33;
+const FATTR4_RAWDEV: u32 = 41;
 
 pub const WRITE_LT: u32 = 2;
 pub const FILE_SYNC4: u32 = 2;
@@ -365,6 +379,66 @@ impl Session {
             .u32(0);
         self.compound(2, &sid.enc(e).u64(offset).u64(length).0)
             .status
+    }
+
+    /// CREATE of a special file (`type4` NF4BLK, NF4CHR, NF4SOCK or NF4FIFO; `rdev` is sent
+    /// as specdata4 for devices) named `name` in `dir`, with `mode`; returns its handle.
+    pub fn create_special(
+        &mut self,
+        dir: &[u8],
+        name: &str,
+        type4: u32,
+        rdev: (u32, u32),
+        mode: u32,
+    ) -> Result<Vec<u8>, u32> {
+        let mut e = Enc::default()
+            .u32(OP_PUTFH)
+            .opaque(dir)
+            .u32(OP_CREATE)
+            .u32(type4);
+        if matches!(type4, NF4BLK | NF4CHR) {
+            e = e.u32(rdev.0).u32(rdev.1);
+        }
+        // createattrs: a bitmap4 with only FATTR4_MODE (word 1), then its value.
+        e = e
+            .opaque(name.as_bytes())
+            .u32(2)
+            .u32(0)
+            .u32(1 << (FATTR4_MODE - 32))
+            .opaque(&mode.to_be_bytes())
+            .u32(OP_GETFH);
+        let r = self.compound(3, &e.0);
+        if r.status != NFS4_OK {
+            return Err(r.status);
+        }
+        // CREATE4resok: change_info4, then the attrset bitmap4; GETFH's result follows.
+        let mut d = Dec::new(last_body(&r));
+        d.fixed(4 + 8 + 8);
+        let words = d.u32() as usize;
+        d.fixed(4 * words);
+        assert_eq!((d.u32(), d.u32()), (OP_GETFH, NFS4_OK));
+        Ok(d.opaque())
+    }
+
+    /// GETATTR of FATTR4_TYPE and FATTR4_RAWDEV: (nfs_ftype4, (specdata1, specdata2)).
+    pub fn type_and_rawdev(&mut self, fh: &[u8]) -> Result<(u32, (u32, u32)), u32> {
+        let e = Enc::default()
+            .u32(OP_PUTFH)
+            .opaque(fh)
+            .u32(OP_GETATTR)
+            .u32(2)
+            .u32(1 << FATTR4_TYPE)
+            .u32(1 << (FATTR4_RAWDEV - 32));
+        let r = self.compound(2, &e.0);
+        if r.status != NFS4_OK {
+            return Err(r.status);
+        }
+        let mut d = Dec::new(last_body(&r));
+        let words = d.u32() as usize;
+        d.fixed(4 * words);
+        let vals = d.opaque();
+        let mut v = Dec::new(&vals);
+        Ok((v.u32(), (v.u32(), v.u32())))
     }
 
     pub fn close(&mut self, fh: &[u8], sid: &StateId) -> u32 {

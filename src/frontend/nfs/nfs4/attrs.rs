@@ -181,6 +181,10 @@ pub fn encode(env: &AttrEnv<'_>, obj: &Obj<'_>, fh: &[u8], want: &Bitmap) -> (Bi
                         FileKind::File => NF4REG,
                         FileKind::Dir => NF4DIR,
                         FileKind::Symlink => NF4LNK,
+                        FileKind::Fifo => NF4FIFO,
+                        FileKind::Socket => NF4SOCK,
+                        FileKind::BlockDev => NF4BLK,
+                        FileKind::CharDev => NF4CHR,
                     },
                 });
             }
@@ -273,7 +277,11 @@ pub fn encode(env: &AttrEnv<'_>, obj: &Obj<'_>, fh: &[u8], want: &Bitmap) -> (Bi
                 v.opaque(env.ids.to_string(id, n == FATTR4_OWNER_GROUP).as_bytes());
             }
             FATTR4_RAWDEV => {
-                v.u32(0).u32(0);
+                let (major, minor) = match obj {
+                    Obj::Root { .. } => (0, 0),
+                    Obj::File(a) => a.rdev,
+                };
+                v.u32(major).u32(minor);
             }
             FATTR4_SPACE_AVAIL | FATTR4_SPACE_FREE | FATTR4_SPACE_TOTAL => {
                 v.u64(SPACE_BYTES);
@@ -421,6 +429,7 @@ mod tests {
             size: 5000,
             mtime_ns: 1_500_000_000,
             ctime_ns: 2_000_000_001,
+            rdev: (0, 0),
         }
     }
 
@@ -455,6 +464,34 @@ mod tests {
         assert_eq!(r.u64().unwrap(), 5000);
         assert_eq!(r.opaque(100).unwrap(), b"1000");
         assert_eq!(r.remaining(), 0);
+    }
+
+    #[test]
+    fn special_files_report_their_type_and_device_numbers() {
+        let env = AttrEnv {
+            lease_secs: 90,
+            id_domain: None,
+        };
+        let cases = [
+            (FileKind::Fifo, NF4FIFO, (0, 0)),
+            (FileKind::Socket, NF4SOCK, (0, 0)),
+            (FileKind::BlockDev, NF4BLK, (8, 1)),
+            (FileKind::CharDev, NF4CHR, (4095, 70_000)),
+        ];
+        for (kind, want_type, rdev) in cases {
+            let a = Attr {
+                kind,
+                rdev,
+                size: 0,
+                ..attr()
+            };
+            let want = Bitmap::of(&[FATTR4_TYPE, FATTR4_RAWDEV]);
+            let (_, vals) = encode(&env, &Obj::File(&a), b"fh", &want);
+            let mut r = Reader::new(&vals, 0);
+            assert_eq!(r.u32().unwrap(), want_type, "{kind:?}");
+            assert_eq!((r.u32().unwrap(), r.u32().unwrap()), rdev, "{kind:?}");
+            assert_eq!(r.remaining(), 0);
+        }
     }
 
     #[test]

@@ -96,12 +96,41 @@ fn denied(l: &crate::gateway::files::locks::Lock) -> Fail {
     }
 }
 
-/// What a file's type forbids for data operations (READ, WRITE, LOCK, COMMIT).
+/// What a file's type forbids for data operations (READ, WRITE, LOCK, COMMIT): a special
+/// file's data is the client's, never ours.
 fn regular(a: &Attr) -> Result<(), u32> {
     match a.kind {
         FileKind::File => Ok(()),
         FileKind::Dir => Err(NFS4ERR_ISDIR),
-        FileKind::Symlink => Err(NFS4ERR_INVAL),
+        FileKind::Symlink
+        | FileKind::Fifo
+        | FileKind::Socket
+        | FileKind::BlockDev
+        | FileKind::CharDev => Err(NFS4ERR_INVAL),
+    }
+}
+
+/// What LOOKUP and LOOKUPP answer when the current filehandle is not a directory.
+fn not_dir(a: &Attr) -> Result<(), u32> {
+    match a.kind {
+        FileKind::Dir => Ok(()),
+        FileKind::Symlink => Err(NFS4ERR_SYMLINK),
+        FileKind::File
+        | FileKind::Fifo
+        | FileKind::Socket
+        | FileKind::BlockDev
+        | FileKind::CharDev => Err(NFS4ERR_NOTDIR),
+    }
+}
+
+/// The special file CREATE makes of a type4 (RFC 8881 §18.4), `None` for the other types.
+fn special_kind(type4: u32) -> Option<FileKind> {
+    match type4 {
+        NF4BLK => Some(FileKind::BlockDev),
+        NF4CHR => Some(FileKind::CharDev),
+        NF4SOCK => Some(FileKind::Socket),
+        NF4FIFO => Some(FileKind::Fifo),
+        _ => None,
     }
 }
 
@@ -126,10 +155,10 @@ impl Ops<'_> {
     async fn cur_dir(&self, ctx: &Ctx<'_>) -> Result<(FileId, Attr), Fail> {
         let id = cur_file(ctx, NFS4ERR_ROFS)?;
         let a = self.attr(ctx, id).await?;
-        match a.kind {
-            FileKind::Dir => Ok((id, a)),
-            _ => Err(NFS4ERR_NOTDIR.into()),
+        if a.kind != FileKind::Dir {
+            return Err(NFS4ERR_NOTDIR.into());
         }
+        Ok((id, a))
     }
 
     pub(super) async fn lookup(&self, ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> OpResult {
@@ -146,11 +175,7 @@ impl Ops<'_> {
             }
             Fh::File(dir) => {
                 let d = self.attr(ctx, dir).await?;
-                match d.kind {
-                    FileKind::Dir => {}
-                    FileKind::Symlink => return Err(NFS4ERR_SYMLINK.into()),
-                    FileKind::File => return Err(NFS4ERR_NOTDIR.into()),
-                }
+                not_dir(&d)?;
                 self.files
                     .lookup(ctx.caller, dir, name)
                     .await
@@ -166,11 +191,7 @@ impl Ops<'_> {
     pub(super) async fn lookupp(&self, ctx: &mut Ctx<'_>) -> OpResult {
         let id = cur_file(ctx, NFS4ERR_NOENT)?;
         let a = self.attr(ctx, id).await?;
-        match a.kind {
-            FileKind::Dir => {}
-            FileKind::Symlink => return Err(NFS4ERR_SYMLINK.into()),
-            FileKind::File => return Err(NFS4ERR_NOTDIR.into()),
-        }
+        not_dir(&a)?;
         let parent = self.files.lookup(ctx.caller, id, b"..").await.map_err(gw)?;
         // A share's root is its own parent in the gateway; above it is the pseudo-root.
         ctx.cur = Some(if parent.id == id {
@@ -545,10 +566,15 @@ impl Ops<'_> {
                 (a, c, c, false)
             }
         };
+        // RFC 8881 §18.16.3: a directory is ISDIR, a symlink SYMLINK, any other non-regular
+        // file WRONG_TYPE (NFSv4.0 said SYMLINK for those too).
         match file.kind {
             FileKind::File => {}
             FileKind::Dir => return Err(NFS4ERR_ISDIR.into()),
             FileKind::Symlink => return Err(NFS4ERR_SYMLINK.into()),
+            FileKind::Fifo | FileKind::Socket | FileKind::BlockDev | FileKind::CharDev => {
+                return Err(NFS4ERR_WRONG_TYPE.into());
+            }
         }
         if !created {
             let (a, rwx) = self.files.access(ctx.caller, file.id).await.map_err(gw)?;
@@ -804,11 +830,11 @@ impl Ops<'_> {
 
     pub(super) async fn create(&self, ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> OpResult {
         let kind = r.u32()?;
+        let mut rdev = (0, 0);
         let target = match kind {
             NF4LNK => Some(r.opaque(8192)?.to_vec()),
             NF4BLK | NF4CHR => {
-                r.u32()?;
-                r.u32()?;
+                rdev = (r.u32()?, r.u32()?);
                 None
             }
             _ => None,
@@ -830,12 +856,22 @@ impl Ops<'_> {
                     .await
                     .map_err(gw)?
             }
-            // Regular files are made by OPEN; devices, sockets and FIFOs have no object form.
-            _ => return Err(NFS4ERR_BADTYPE.into()),
+            // Regular files are made by OPEN.
+            _ => {
+                let special = special_kind(kind).ok_or(NFS4ERR_BADTYPE)?;
+                let only_mode = SetAttr {
+                    mode: attrs.set.mode,
+                    ..SetAttr::default()
+                };
+                self.files
+                    .mknod(ctx.caller, dir, &name, special, only_mode, rdev)
+                    .await
+                    .map_err(gw)?
+            }
         };
-        // What MKDIR/SYMLINK did not take (owner, group, times; a symlink's mode).
+        // What MKDIR/SYMLINK/MKNOD did not take (owner, group, times; a symlink's mode).
         let rest = SetAttr {
-            mode: if kind == NF4DIR { None } else { attrs.set.mode },
+            mode: if kind == NF4LNK { attrs.set.mode } else { None },
             size: None,
             ..attrs.set
         };
@@ -931,12 +967,7 @@ impl Ops<'_> {
         };
         if attrs.set.size.is_some() {
             let a = self.attr(ctx, id).await.map_err(|f| fail(f.status))?;
-            if a.kind == FileKind::Dir {
-                return Err(fail(NFS4ERR_ISDIR));
-            }
-            if a.kind == FileKind::Symlink {
-                return Err(fail(NFS4ERR_INVAL));
-            }
+            regular(&a).map_err(fail)?;
             self.io_state(ctx, sid, id, true)
                 .map_err(|f| fail(f.status))?;
         }
