@@ -470,7 +470,7 @@ mod tests {
     fn special_files_report_their_type_and_device_numbers() {
         let env = AttrEnv {
             lease_secs: 90,
-            id_domain: None,
+            ids: &IdMap::numeric(),
         };
         let cases = [
             (FileKind::Fifo, NF4FIFO, (0, 0)),
