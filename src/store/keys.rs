@@ -102,6 +102,17 @@ impl FromStr for ChunkId {
     }
 }
 
+/// Bytes from hex of any length (either case); `None` for odd lengths or other characters.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Lower-case hex, the form used in object keys, key files and fingerprints.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -142,6 +153,8 @@ mod tests {
         assert_eq!(&text[..6], "000102");
         assert_eq!(parse_hex::<256>(&text).unwrap().to_vec(), bytes);
         assert_eq!(parse_hex::<2>("ABcd"), Some([0xab, 0xcd]));
+        assert_eq!(unhex(&text), Some(bytes));
+        assert_eq!(unhex(""), Some(Vec::new()));
         for bad in ["abc", "zz", "0g", "+1", "abcd "] {
             assert_eq!(parse_hex::<2>(bad), None, "{bad:?}");
         }

@@ -262,24 +262,12 @@ fn bad_compounds_get_their_errors_and_other_clients_go_on() {
     gw.stop();
 }
 
-/// Unmounts (lazily) on drop, so a failed test never leaves a dead mount behind.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .output();
-    }
-}
-
 #[test]
 fn flock_through_fuse_and_nfs4_locks_conflict() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let _unmount = Unmount(mnt.clone());
+    let _unmount = crate::fuse::Unmount(mnt.clone());
     let gw = Gateway::start_with(
         &dir.path().join("data"),
         None,

@@ -23,6 +23,31 @@ pub(crate) struct Rig {
     pub garage: Garage,
     pub gw: Gateway,
     pub config: PathBuf,
+    nfs_listen: String,
+}
+
+impl Rig {
+    /// kill -9 the gateway and start it again on the same data dir, config and ports.
+    fn crash_and_restart(&mut self) {
+        self.gw.crash();
+        self.gw = start(&self.gw.data_dir.clone(), &self.config, &self.nfs_listen);
+    }
+}
+
+fn start(data: &Path, config: &Path, nfs_listen: &str) -> Gateway {
+    Gateway::start_with(
+        data,
+        Some(config),
+        &[
+            "--iscsi-listen",
+            "127.0.0.1:0",
+            "--nfs-listen",
+            nfs_listen,
+            "--rpcbind",
+            PORT_111,
+        ],
+    )
+    .unwrap()
 }
 
 pub(crate) fn rig(nfs_listen: &str) -> Rig {
@@ -40,19 +65,7 @@ pub(crate) fn rig_with(nfs_listen: &str, extra_config: &str) -> Rig {
     text.push_str("\n[files]\nupload_delay_ms = 200\n");
     text.push_str(extra_config);
     std::fs::write(&config, text).unwrap();
-    let gw = Gateway::start_with(
-        &data,
-        Some(&config),
-        &[
-            "--iscsi-listen",
-            "127.0.0.1:0",
-            "--nfs-listen",
-            nfs_listen,
-            "--rpcbind",
-            PORT_111,
-        ],
-    )
-    .unwrap();
+    let gw = start(&data, &config, nfs_listen);
     tg(
         &gw,
         Some(&config),
@@ -63,6 +76,7 @@ pub(crate) fn rig_with(nfs_listen: &str, extra_config: &str) -> Rig {
         garage,
         gw,
         config,
+        nfs_listen: nfs_listen.to_owned(),
     }
 }
 
@@ -290,5 +304,65 @@ fn nfs_v41_kernel_client_mounts_with_no_options_and_its_locks_meet_other_clients
         "the guest's lock outlived its close\n{}",
         ctx()
     );
+    assert_eq!(rc(&log, "final-umount"), Some(0), "{}", ctx());
+}
+
+#[test]
+fn nfs_v41_kernel_client_reclaims_its_lock_after_the_gateway_is_killed() {
+    use crate::support::nfs4::{NFS4ERR_DENIED, NFS4ERR_GRACE, Session};
+    let mut rig = rig_with("127.0.0.1:2049", "\n[nfs]\nlease_secs = 15\n");
+    let nfs = rig.gw.ready_value("nfs").unwrap();
+    let dir = rig.dir.path().to_path_buf();
+    let guest = std::thread::spawn(move || {
+        run_guest(&dir, "v4.1-reclaim", include_str!("guest/nfs4-reclaim.sh"))
+    });
+    // The guest has written and synced its file and holds a lock on it.
+    let mut watcher = Session::new(&nfs, b"host-before", false);
+    let started = Instant::now();
+    while watcher.fh("/share/held").is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "the guest never took its lock"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let fh = watcher.fh("/share/journal").unwrap();
+    drop(watcher);
+    rig.crash_and_restart();
+
+    // A second client's OPEN waits out the grace period (GRACE) unless the guest reclaimed
+    // first; after it, the guest's reclaimed lock keeps this client's LOCK out.
+    let mut other = Session::new(&nfs, b"host-after", false);
+    let mut graces = 0;
+    let open = loop {
+        match other.open_fh(&fh, b"o", false) {
+            Ok(sid) => break sid,
+            Err(NFS4ERR_GRACE) => graces += 1,
+            Err(s) => panic!("OPEN after the restart: {s}\n{}", rig.gw.log_text()),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let denied = other.lock(&fh, &open, b"l", 0, 1, false);
+    assert!(
+        matches!(denied, Err((NFS4ERR_DENIED, _))),
+        "the guest's lock was not reclaimed: {denied:?} (after {graces} GRACE answers)\n{}",
+        rig.gw.log_text()
+    );
+    let share = other.fh("/share").unwrap();
+    other.open(&share, "restarted", b"m", true).unwrap();
+    // Once the guest lets go (it closes after checking its data), the lock is ours.
+    let started = Instant::now();
+    while other.lock(&fh, &open, b"l", 0, 1, false).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the guest's lock never went"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = guest.join().unwrap();
+    let ctx = || format!("{log}\n--- daemon ---\n{}", rig.gw.log_text());
+    assert_eq!(rc(&log, "mount"), Some(0), "{}", ctx());
+    assert_eq!(rc(&log, "hold"), Some(0), "{}", ctx());
+    assert_eq!(section(&log, "hold"), ["same"], "{}", ctx());
     assert_eq!(rc(&log, "final-umount"), Some(0), "{}", ctx());
 }

@@ -261,21 +261,6 @@ impl LockTable {
     }
 }
 
-/// Lower-case hex of an owner id, as the catalog records it.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// Removes `start..end` from the owner's locks, keeping the parts outside it.
 fn carve(held: &mut Vec<Lock>, owner: &LockOwner, start: u64, end: u64) {
     let mut kept = Vec::with_capacity(held.len() + 1);
@@ -373,14 +358,6 @@ mod tests {
         assert!(t.test(F, &owner(2), LockKind::Write, 5, 15).is_none());
         assert!(t.test(F, &owner(2), LockKind::Write, 0, 5).is_some());
         assert!(t.test(F, &owner(2), LockKind::Write, 15, 20).is_some());
-    }
-
-    #[test]
-    fn owner_ids_round_trip_through_hex() {
-        let id = vec![0u8, 0xff, 0x10, b'a'];
-        assert_eq!(unhex(&hex(&id)), Some(id));
-        assert_eq!(unhex("abc"), None);
-        assert_eq!(unhex("zz"), None);
     }
 
     #[test]

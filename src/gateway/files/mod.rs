@@ -480,14 +480,14 @@ impl Files {
         Ok(value
             .split(',')
             .filter(|h| !h.is_empty())
-            .filter_map(locks::unhex)
+            .filter_map(crate::store::keys::unhex)
             .collect())
     }
 
     /// Replaces the recorded lock clients.
     pub fn set_lock_clients(&self, clients: &[Vec<u8>]) -> Result<(), GatewayError> {
         let key = crate::catalog::settings::keys::FILES_LOCK_CLIENTS;
-        let value: Vec<String> = clients.iter().map(|c| locks::hex(c)).collect();
+        let value: Vec<String> = clients.iter().map(|c| crate::store::keys::hex(c)).collect();
         self.catalog.set_settings(&[(key, &value.join(","))])?;
         Ok(())
     }

@@ -216,7 +216,7 @@ impl Device {
             all_macs.extend_from_slice(l.mac.as_bytes());
             let signed = format!("{}\n{}", l.id, l.entry);
             let opened = if keys::manifest_mac_matches(&self.inner.key, signed.as_bytes(), &l.mac) {
-                decode_hex(&l.entry).and_then(|sealed| {
+                crate::store::keys::unhex(&l.entry).and_then(|sealed| {
                     crate::gateway::import::record::open::<Entry>(
                         &self.inner.codec,
                         &entry_aad(&self.inner.job, &l.id),
@@ -244,14 +244,4 @@ impl Device {
         }
         check
     }
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }

@@ -132,6 +132,11 @@ impl Gateway {
 
     /// SIGKILL: a crash, no clean-up.
     pub fn kill9(mut self) {
+        self.crash();
+    }
+
+    /// kill -9, keeping the handle (its data dir) for a restart.
+    pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -332,8 +332,13 @@ pub fn change_of(a: &Attr) -> u64 {
 /// Encodes a whole fattr4 (bitmap + attrlist opaque).
 pub fn write_fattr(out: &mut Out, env: &AttrEnv<'_>, obj: &Obj<'_>, fh: &[u8], want: &Bitmap) {
     let (got, vals) = encode(env, obj, fh, want);
+    write_encoded(out, &got, &vals);
+}
+
+/// Writes what `encode` returned as a fattr4.
+pub fn write_encoded(out: &mut Out, got: &Bitmap, vals: &[u8]) {
     got.write(out);
-    out.opaque(&vals);
+    out.opaque(vals);
 }
 
 /// Settable attributes decoded from a fattr4.

@@ -203,27 +203,30 @@ impl Ops<'_> {
         Ok(Out::new())
     }
 
-    pub(super) async fn getattr(&self, ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> OpResult {
-        let want = Bitmap::read(r)?;
+    /// The attributes `want` asks for of the current filehandle's object.
+    async fn encode_cur(&self, ctx: &Ctx<'_>, want: &Bitmap) -> Result<(Bitmap, Vec<u8>), Fail> {
         let fh = cur(ctx)?;
-        let mut out = Out::new();
-        let env = self.attr_env();
         let raw = self.fh_bytes(fh);
-        match fh {
-            Fh::Root => attrs::write_fattr(
-                &mut out,
-                &env,
-                &Obj::Root {
+        let env = self.attr_env();
+        Ok(match fh {
+            Fh::Root => {
+                let root = Obj::Root {
                     change: self.nfs.root_change,
-                },
-                &raw,
-                &want,
-            ),
+                };
+                attrs::encode(&env, &root, &raw, want)
+            }
             Fh::File(id) => {
                 let a = self.attr(ctx, id).await?;
-                attrs::write_fattr(&mut out, &env, &Obj::File(&a), &raw, &want);
+                attrs::encode(&env, &Obj::File(&a), &raw, want)
             }
-        }
+        })
+    }
+
+    pub(super) async fn getattr(&self, ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> OpResult {
+        let want = Bitmap::read(r)?;
+        let (got, vals) = self.encode_cur(ctx, &want).await?;
+        let mut out = Out::new();
+        attrs::write_encoded(&mut out, &got, &vals);
         Ok(out)
     }
 
@@ -416,23 +419,7 @@ impl Ops<'_> {
         if want.has(FATTR4_RDATTR_ERROR) {
             return Err(NFS4ERR_INVAL.into());
         }
-        let fh = cur(ctx)?;
-        let raw = self.fh_bytes(fh);
-        let env = self.attr_env();
-        let (got, ours) = match fh {
-            Fh::Root => attrs::encode(
-                &env,
-                &Obj::Root {
-                    change: self.nfs.root_change,
-                },
-                &raw,
-                &want,
-            ),
-            Fh::File(id) => {
-                let a = self.attr(ctx, id).await?;
-                attrs::encode(&env, &Obj::File(&a), &raw, &want)
-            }
-        };
+        let (got, ours) = self.encode_cur(ctx, &want).await?;
         if want.bits().any(|b| !got.has(b)) {
             return Err(NFS4ERR_ATTRNOTSUPP.into());
         }
