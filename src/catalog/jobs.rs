@@ -1,4 +1,4 @@
-//! Import/export jobs and the objects a device holds (DESIGN §7).
+//! Import/export jobs and the objects a device holds (docs/design.md §7).
 //!
 //! The catalog stores what `gateway/import` hands it: object records arrive sealed and are
 //! returned as they were; only sizes and import states are plain, for progress and `status`.

@@ -1,10 +1,11 @@
-//! The catalog: the appliance's memory in SQLite (DESIGN §8). The only module that holds SQL.
+//! The catalog: the appliance's memory in SQLite (docs/design.md §8). The only module that holds
+//! SQL.
 //!
 //! WAL mode, one connection behind a mutex (one writer), `synchronous=FULL` so a committed
 //! transaction survives power loss. It is not the truth about the bucket: everything in it can be
-//! rebuilt from the bucket's manifests and catalog backups. Table groups get a file each
-//! (`settings.rs` for gateway identity and integrity events; volumes, files, tapes and jobs
-//! follow as their gateways arrive).
+//! rebuilt from the bucket's manifests and catalog backups. Table groups get a file each:
+//! `settings.rs` (gateway identity, integrity events), `volumes.rs`, `snapshots.rs`, `stored.rs`,
+//! `shares.rs` and `inodes.rs` (the file gateway), `tapes.rs`, `jobs.rs` and `gc.rs`.
 
 pub mod gc;
 pub mod inodes;

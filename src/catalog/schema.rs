@@ -1,5 +1,5 @@
 //! Schema versions: numbered migrations applied in order, the version kept in
-//! `PRAGMA user_version` (STYLE: persisted formats carry a version).
+//! `PRAGMA user_version` (CONTRIBUTING.md: persisted formats carry a version).
 //!
 //! Invariant: a migration runs inside the same transaction that bumps `user_version`, so a crash
 //! leaves the catalog at the old version or the new one, never between. A catalog newer than this

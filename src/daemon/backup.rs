@@ -1,4 +1,5 @@
-//! Encrypted catalog copies in the bucket (DESIGN §2), so a replacement gateway can recover.
+//! Encrypted catalog copies in the bucket (docs/design.md §2), so a replacement gateway can
+//! recover.
 //!
 //! A copy is a compacted SQLite file (`VACUUM INTO`) sealed with the chunk frame under
 //! `gateway/<id>/catalog/<generation>`; the generation is the time in milliseconds, so the

@@ -1,6 +1,6 @@
 //! `GatewayError`: the protocol-neutral failure kinds. Each front end maps every kind in one
-//! exhaustive match (STYLE: errors), so adding a kind breaks the build until each decides.
-//! The lower error is kept as the source.
+//! exhaustive match (CONTRIBUTING.md, "Errors"), so adding a kind breaks the build until each
+//! decides. The lower error is kept as the source.
 
 use crate::catalog::CatalogError;
 use crate::store::StoreError;

@@ -1,4 +1,4 @@
-//! Garbage collection of bucket chunks (DESIGN §4): mark and sweep with a grace period.
+//! Garbage collection of bucket chunks (docs/design.md §4): mark and sweep with a grace period.
 //!
 //! Mark: every chunk a volume's map, a committed snapshot manifest or an upload pin
 //! references. Sweep: `chunks/` objects listed *before* the mark, unreferenced, and older than

@@ -248,7 +248,7 @@ pub fn gateway_error(e: &GatewayError) -> ScsiResponse {
         GatewayError::NoSpace(_) => SPACE_ALLOCATION_FAILED,
         GatewayError::InvalidArgument(_) => INVALID_FIELD_IN_CDB,
         GatewayError::OutOfRange(_) => LBA_OUT_OF_RANGE,
-        // Integrity failures are never retried into a wrong answer (STYLE: errors 6).
+        // Integrity failures are never retried into a wrong answer (CONTRIBUTING.md, "Errors").
         GatewayError::Corrupt(_) => UNRECOVERED_READ_ERROR,
         // The bucket is unreachable but may come back: NOT READY / BECOMING READY is the
         // retryable NOT READY (Linux requeues it rather than failing the I/O at once), unlike

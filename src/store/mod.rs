@@ -1,4 +1,4 @@
-//! The bucket side of the gateway: the only module that talks to the bucket (DESIGN §1).
+//! The bucket side of the gateway: the only module that talks to the bucket (docs/design.md §1).
 //!
 //! `Bucket` wraps `object_store` for a `file://` directory or an `s3://` bucket, adding the
 //! gateway's own policy: multipart above a threshold, bandwidth limits, retries with backoff

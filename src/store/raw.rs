@@ -1,7 +1,7 @@
 //! The few S3 requests object_store cannot express, signed here with AWS Signature V4: keys
 //! ending in `/` (directory markers; object_store paths never end in a delimiter) and
 //! CopyObject with `x-amz-metadata-directive: REPLACE` (changing an object's metadata without
-//! re-uploading it, NOTES.md).
+//! re-uploading it: object_store's copy keeps the old metadata and cannot replace it).
 //!
 //! Also the multipart requests whose upload id must outlive the process (an import resumed
 //! after a crash continues its upload: ListParts, parts sent with Content-MD5).

@@ -1,6 +1,6 @@
-//! The layer rules of DESIGN §1 and STYLE.md, checked on the source: only `store` talks to the
-//! bucket and holds the crypto crates, only `catalog` holds SQL, the cache crate knows nothing
-//! of tidegate, and no front end imports another.
+//! The layer rules of docs/design.md §1 and CONTRIBUTING.md, checked on the source: only `store`
+//! talks to the bucket and holds the crypto crates, only `catalog` holds SQL, the cache crate knows
+//! nothing of tidegate, and no front end imports another.
 
 use std::path::{Path, PathBuf};
 

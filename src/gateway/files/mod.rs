@@ -1,4 +1,5 @@
-//! The file gateway (DESIGN §5): shares whose files are 1:1 with objects under a bucket prefix.
+//! The file gateway (docs/design.md §5): shares whose files are 1:1 with objects under a bucket
+//! prefix.
 //!
 //! Front ends (NFS, FUSE) call [`Files`] with the caller's identity; nothing here knows which
 //! protocol called. The catalog's inode table is the namespace clients see (stable 64-bit file

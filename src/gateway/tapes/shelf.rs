@@ -1,5 +1,5 @@
-//! The tape shelf (DESIGN §6): archiving an ejected tape into archive objects, retrieving it
-//! back into the library read-only, and verifying an archive.
+//! The tape shelf (docs/design.md §6): archiving an ejected tape into archive objects, retrieving
+//! it back into the library read-only, and verifying an archive.
 //!
 //! Archive format (docs/formats.md, version 1): the tape's data stream cut into parts of
 //! `PART_BYTES` (a power-of-two number of MiB, so part tree hashes combine into the whole's),

@@ -1,4 +1,5 @@
-//! Block volumes (DESIGN §4): creation rules, the LBA → chunk mapping, and (in `volume.rs`) the
+//! Block volumes (docs/design.md §4): creation rules, the LBA → chunk mapping, and (in `volume.rs`)
+//! the
 //! `BlockDevice` each volume presents over the write-back cache.
 //!
 //! Chunk size is 1 MiB (docs/decisions/0002): the unit of upload, dedup and cache fill. A volume

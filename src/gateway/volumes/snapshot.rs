@@ -1,4 +1,4 @@
-//! Snapshots of volumes (DESIGN §4): request, take, restore, delete.
+//! Snapshots of volumes (docs/design.md §4): request, take, restore, delete.
 //!
 //! A snapshot is taken in three steps. The cut (`Volume::capture`): writes wait while the
 //! chunks not yet in the bucket are copied to a local stage file and the chunk map of the rest
