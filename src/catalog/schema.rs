@@ -5,7 +5,7 @@
 //! leaves the catalog at the old version or the new one, never between. A catalog newer than this
 //! build is refused rather than misread.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::catalog::CatalogError;
 
@@ -27,19 +27,31 @@ pub fn version(conn: &Connection) -> Result<u32, CatalogError> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
-pub fn migrate(conn: &mut Connection) -> Result<u32, CatalogError> {
-    let found = version(conn)?;
+/// Refuses a catalog written by a newer tidegate.
+pub fn check_not_newer(found: u32) -> Result<(), CatalogError> {
     if found > CURRENT_VERSION {
         return Err(CatalogError::TooNew {
             found,
             supported: CURRENT_VERSION,
         });
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction()?;
+    Ok(())
+}
+
+/// Brings the schema to `CURRENT_VERSION`. Several processes may open a fresh catalog at once
+/// (a daemon starting while a script runs a command), so each step reads the version and
+/// applies the next migration inside one exclusive transaction: a second process waits for the
+/// first to commit and then sees the new version instead of creating the same tables again.
+pub fn migrate(conn: &mut Connection) -> Result<u32, CatalogError> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        let found = version(&tx)?;
+        check_not_newer(found)?;
+        let Some(sql) = MIGRATIONS.get(found as usize) else {
+            return Ok(found);
+        };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", index as u32 + 1)?;
+        tx.pragma_update(None, "user_version", found + 1)?;
         tx.commit()?;
     }
-    version(conn)
 }

@@ -143,15 +143,12 @@ impl Status {
 }
 
 pub async fn gather(config: Config) -> Status {
-    let catalog = config
-        .catalog_path()
-        .exists()
-        .then(|| {
-            Catalog::open(&config.catalog_path())
-                .ok()
-                .map(std::sync::Arc::new)
-        })
-        .flatten();
+    // Never `Catalog::open`: that would create and migrate the catalog, racing a daemon that is
+    // starting on the same data dir.
+    let catalog = Catalog::open_existing(&config.catalog_path())
+        .ok()
+        .flatten()
+        .map(std::sync::Arc::new);
     let setting = |key| catalog.as_ref().and_then(|c| c.setting(key).ok().flatten());
     let key = MasterKey::load(&config.key_file);
     let bucket_state = match (&key, Bucket::open(&config.bucket, false)) {

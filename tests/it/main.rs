@@ -18,6 +18,7 @@ mod iscsi_volume;
 mod layering;
 mod malformed;
 mod nfs_share;
+mod regression;
 mod snapshots;
 mod store;
 mod stored_volumes;
