@@ -8,7 +8,7 @@
 //!                   frontend/iscsi ─▶ scsi (SBC|SSC|SMC) ─▶  │
 //!                                                            ├─▶ store   (codec, bucket I/O)
 //!                                                            └─▶ catalog (SQLite; the only SQL)
-//!  config: a leaf anyone may use
+//!  config and error_chain: leaves anyone may use
 //! ```
 //!
 //! `daemon` is the composition root that wires them together; `tests/it/layering.rs` holds the
@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod error_chain;
 pub mod frontend;
 pub mod gateway;
 pub mod scsi;

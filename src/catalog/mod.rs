@@ -31,9 +31,16 @@ pub use schema::CURRENT_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("catalog {path}: {source}")]
+    #[error("catalog {path}")]
     Open {
         path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("migrating catalog {path} to schema version {version}")]
+    Migrate {
+        path: PathBuf,
+        version: u32,
         #[source]
         source: rusqlite::Error,
     },
@@ -42,7 +49,9 @@ pub enum CatalogError {
          {supported}); run the newer tidegate that wrote it"
     )]
     TooNew { found: u32, supported: u32 },
-    #[error("catalog: {0}")]
+    /// SQLite's own messages name what failed ("no such table: volumes", "database is
+    /// locked"); callers add the context they have.
+    #[error(transparent)]
     Sql(#[from] rusqlite::Error),
 }
 
@@ -95,7 +104,7 @@ impl Catalog {
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
-        schema::migrate(&mut conn)?;
+        schema::migrate(&mut conn, path)?;
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),

@@ -5,6 +5,8 @@
 //! leaves the catalog at the old version or the new one, never between. A catalog newer than this
 //! build is refused rather than misread.
 
+use std::path::Path;
+
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::catalog::CatalogError;
@@ -27,6 +29,17 @@ pub fn version(conn: &Connection) -> Result<u32, CatalogError> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
+/// SQLite's failure without the statement text rusqlite appends to it: the text of a whole
+/// migration file would turn a one-line error into a page.
+fn without_sql(e: rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqlInputError { error, msg, .. } => {
+            rusqlite::Error::SqliteFailure(error, Some(msg))
+        }
+        other => other,
+    }
+}
+
 /// Refuses a catalog written by a newer tidegate.
 pub fn check_not_newer(found: u32) -> Result<(), CatalogError> {
     if found > CURRENT_VERSION {
@@ -42,7 +55,7 @@ pub fn check_not_newer(found: u32) -> Result<(), CatalogError> {
 /// (a daemon starting while a script runs a command), so each step reads the version and
 /// applies the next migration inside one exclusive transaction: a second process waits for the
 /// first to commit and then sees the new version instead of creating the same tables again.
-pub fn migrate(conn: &mut Connection) -> Result<u32, CatalogError> {
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<u32, CatalogError> {
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
         let found = version(&tx)?;
@@ -50,8 +63,14 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, CatalogError> {
         let Some(sql) = MIGRATIONS.get(found as usize) else {
             return Ok(found);
         };
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", found + 1)?;
-        tx.commit()?;
+        let migrate_err = |source| CatalogError::Migrate {
+            path: path.to_path_buf(),
+            version: found + 1,
+            source: without_sql(source),
+        };
+        tx.execute_batch(sql).map_err(migrate_err)?;
+        tx.pragma_update(None, "user_version", found + 1)
+            .map_err(migrate_err)?;
+        tx.commit().map_err(migrate_err)?;
     }
 }

@@ -31,6 +31,7 @@ use tidegate_cache::{Cache, CacheConfig, CacheError};
 use crate::catalog::settings::keys as setting;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
+use crate::error_chain::one_line;
 use crate::gateway::files::{self, Files, FilesConfig};
 use crate::store::keycheck::{self, Pairing};
 use crate::store::{Bucket, ChunkStore, Codec, KeyError, MasterKey, StoreError};
@@ -41,7 +42,7 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Key(#[from] KeyError),
-    #[error("key file {key_file} does not match the bucket: {source}")]
+    #[error("key file {key_file} does not match the bucket")]
     WrongKey {
         key_file: PathBuf,
         #[source]
@@ -53,7 +54,7 @@ pub enum DaemonError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -72,7 +73,7 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     NotActivated(String),
-    #[error("file gateway: {0}")]
+    #[error("file gateway")]
     Files(#[from] crate::gateway::GatewayError),
 }
 
@@ -473,7 +474,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     .await
     {
         Ok(key) => tracing::info!(%key, "catalog backed up"),
-        Err(e) => tracing::warn!(error = %e, "backing up the catalog at shutdown"),
+        Err(e) => tracing::warn!(error = %one_line(&e), "backing up the catalog at shutdown"),
     }
     Ok(())
 }
@@ -524,7 +525,7 @@ async fn backup_loop(
                     tracing::debug!(%key, "catalog backed up");
                     saved = marker;
                 }
-                Err(e) => tracing::warn!(error = %e, "backing up the catalog"),
+                Err(e) => tracing::warn!(error = %one_line(&e), "backing up the catalog"),
             }
         }
         tokio::select! {

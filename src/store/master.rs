@@ -20,7 +20,7 @@ const LABEL_FRAME: &[u8] = b"tidegate/v1/frame";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -133,3 +133,71 @@ fn issue_18_status_during_first_starts_never_races_the_migration() {
         "{overlapped} of {STARTS} starts had status calls before and after the catalog appeared"
     );
 }
+
+/// The one error line `tidegate serve` prints when it cannot start.
+fn failed_start(data: &Path, args: &[&str]) -> String {
+    let out = run(tidegate(data)
+        .arg("serve")
+        .args(["--iscsi-listen", "127.0.0.1:0"])
+        .args(["--api-listen", "127.0.0.1:0"])
+        .args(args));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines = crate::support::error_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", stderr(&out));
+    lines[0].clone()
+}
+
+/// Each cause in an error line appears once: no part of the `a: b: c` chain repeats.
+fn assert_causes_once(line: &str, cause: &str) {
+    assert_eq!(
+        line.matches(cause).count(),
+        1,
+        "{cause:?} not exactly once in {line}"
+    );
+    let parts: Vec<&str> = line.trim_start_matches("tidegate: ").split(": ").collect();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(part),
+            "{part:?} repeated in {line}"
+        );
+    }
+}
+
+/// The chain printer shows each cause once: no error message embeds its own source.
+#[test]
+fn issue_18_startup_errors_print_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // NFS on a port another socket holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let data = dir.path().join("port");
+    std::fs::create_dir_all(&data).unwrap();
+    let line = failed_start(&data, &["--nfs-listen", &format!("127.0.0.1:{port}")]);
+    assert!(
+        line.contains(&format!("listening for NFS on 127.0.0.1:{port}")),
+        "{line}"
+    );
+    assert_causes_once(&line, "Address already in use");
+
+    // A broken catalog: at schema version 0 but already holding the first migration's table
+    // (what a concurrent migration used to leave behind), so migrating it fails.
+    let data = dir.path().join("catalog");
+    std::fs::create_dir_all(&data).unwrap();
+    rusqlite::Connection::open(data.join("catalog.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
+        .unwrap();
+    let line = failed_start(&data, &["--nfs-listen", "127.0.0.1:0"]);
+    assert!(line.contains("migrating catalog"), "{line}");
+    assert!(line.contains("catalog.db"), "{line}");
+    assert_causes_once(&line, "table settings already exists");
+
+    // A catalog file that is not a database at all.
+    let data = dir.path().join("garbage");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("catalog.db"), vec![0x5a; 8192]).unwrap();
+    let line = failed_start(&data, &["--nfs-listen", "127.0.0.1:0"]);
+    assert!(line.contains("catalog.db"), "{line}");
+    assert_causes_once(&line, "file is not a database");
+}
