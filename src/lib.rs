@@ -8,7 +8,7 @@
 //!                   frontend/iscsi ─▶ scsi (SBC|SSC|SMC) ─▶  │
 //!                                                            ├─▶ store   (codec, bucket I/O)
 //!                                                            └─▶ catalog (SQLite; the only SQL)
-//!  config and error_chain: leaves anyone may use
+//!  config, clock and error_chain: leaves anyone may use
 //! ```
 //!
 //! `daemon` is the composition root that wires them together; `tests/it/layering.rs` holds the
@@ -16,6 +16,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod error_chain;

@@ -9,7 +9,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::catalog::shares::{as_i64, bad, u32_at, u64_at};
-use crate::catalog::{Catalog, CatalogError, now_unix};
+use crate::catalog::{Catalog, CatalogError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InodeKind {
@@ -419,7 +419,7 @@ impl Catalog {
         self.conn().execute(
             "INSERT OR REPLACE INTO share_uploads (upload_id, key, started_unix)
              VALUES (?1, ?2, ?3)",
-            params![upload_id, key, now_unix()],
+            params![upload_id, key, crate::clock::unix_secs()],
         )?;
         Ok(())
     }

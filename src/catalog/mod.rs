@@ -55,13 +55,6 @@ pub enum CatalogError {
     Sql(#[from] rusqlite::Error),
 }
 
-/// Seconds since the epoch, as the catalog's `*_unix` columns hold them.
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// Switches to WAL and returns the journal mode in force. SQLite answers "database is locked"
 /// at once, without its busy handler, while another process holds the fresh file (switching
 /// modes needs it alone), so the switch is retried for as long as a statement would wait.

@@ -611,8 +611,5 @@ pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<(), DaemonErr
     std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
 }
 
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
+/// The daemon's name for `clock::unix_secs`, kept for the management layer's call sites.
+pub(crate) use crate::clock::unix_secs as unix_now;

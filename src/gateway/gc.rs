@@ -40,7 +40,7 @@ pub async fn collect(
     grace: Duration,
     dry_run: bool,
 ) -> Result<GcReport, GatewayError> {
-    let now = crate::daemon::unix_now();
+    let now = crate::clock::unix_secs();
     let cutoff = now.saturating_sub(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
     let bucket = chunks.bucket();
     // Listed before marking: an object created after this cannot be a candidate.

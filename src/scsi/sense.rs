@@ -271,9 +271,7 @@ fn log_failure(e: &GatewayError) {
         GatewayError::Internal(_) => 2,
         _ => return,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::since_epoch().as_secs();
     if LAST[slot].swap(now, Ordering::Relaxed) != now {
         tracing::error!(error = %e, "SCSI command failed");
     }

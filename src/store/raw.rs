@@ -10,8 +10,6 @@
 //! through object_store. Invariant: a request is signed over exactly the headers sent, and a
 //! body is covered by the signature's payload hash or, for parts, by its Content-MD5.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use aws_lc_rs::{digest, hmac};
 
 use crate::config::{BucketConfig, BucketLocation, Credentials};
@@ -276,9 +274,7 @@ impl RawS3 {
                 "no static or environment credentials for a signed request".into(),
             ))
         })?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        let now = crate::clock::unix_secs();
         let date = amz_date(now);
         let day = &date[..8];
         let path = self.path(key);

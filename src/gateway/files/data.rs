@@ -18,7 +18,7 @@ use crate::catalog::shares::{InodeKind, InodeRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::traffic::Counted;
-use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, now_ns, permits};
+use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, permits};
 
 /// How much a bucket read fetches at once: a client's sequential READs are then served from
 /// memory for the rest of the window.
@@ -467,7 +467,7 @@ impl Files {
             self.sync_staging_entry(row.id)?;
             Stability::FileSync
         };
-        let now = now_ns();
+        let now = crate::clock::unix_nanos();
         row.size = row.size.max(end);
         row.mtime_ns = now;
         row.ctime_ns = now;
@@ -574,7 +574,7 @@ impl Files {
         file.sync_all()
             .map_err(io_err(format!("syncing {}", path.display())))?;
         self.sync_staging_entry(row.id)?;
-        let now = now_ns();
+        let now = crate::clock::unix_nanos();
         row.size = size;
         row.mtime_ns = now;
         row.ctime_ns = now;

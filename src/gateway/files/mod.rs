@@ -244,16 +244,6 @@ pub fn validate_share_name(name: &str) -> Result<(), GatewayError> {
     }
 }
 
-pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
-pub(crate) fn now_unix() -> i64 {
-    now_ns() / 1_000_000_000
-}
-
 /// Creates a share (and its root directory) in the catalog; a running daemon exports it at once.
 pub fn create_share(catalog: &Catalog, spec: &ShareSpec) -> Result<ShareRow, GatewayError> {
     validate_share_name(&spec.name)?;
@@ -280,7 +270,7 @@ pub fn create_share(catalog: &Catalog, spec: &ShareSpec) -> Result<ShareRow, Gat
             other.name, other.bucket_prefix
         )));
     }
-    let now = now_ns();
+    let now = crate::clock::unix_nanos();
     let row = ShareRow {
         id: 0,
         name: spec.name.clone(),
@@ -419,12 +409,12 @@ impl Files {
             GatewayError::Internal(format!("creating {}: {e}", config.staging_dir.display()).into())
         })?;
         // The start time in nanoseconds differs between any two runs of the daemon.
-        let verifier = now_ns().to_be_bytes();
+        let verifier = crate::clock::unix_nanos().to_be_bytes();
         let key = crate::catalog::settings::keys::FILES_HANDLE_GENERATION;
         let handle_generation = match catalog.setting(key)?.and_then(|v| v.parse().ok()) {
             Some(g) => g,
             None => {
-                let g = u64::try_from(now_ns()).unwrap_or(1);
+                let g = u64::try_from(crate::clock::unix_nanos()).unwrap_or(1);
                 catalog.set_settings(&[(key, &g.to_string())])?;
                 g
             }

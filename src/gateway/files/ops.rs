@@ -11,7 +11,7 @@ use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::path::{self, validate_name};
 use crate::gateway::files::{
-    Attr, Caller, CreateMode, DirEntry, FileId, Files, SetAttr, SetTime, now_ns, permits,
+    Attr, Caller, CreateMode, DirEntry, FileId, Files, SetAttr, SetTime, permits,
 };
 
 /// The longest symlink target we accept or read back.
@@ -130,7 +130,7 @@ impl Files {
             &path,
             kind,
             (mode & 0o7777, slot.who.uid, slot.who.gid),
-            now_ns(),
+            crate::clock::unix_nanos(),
         ))
     }
 
@@ -387,7 +387,7 @@ impl Files {
             dst_dir.id,
             to_name,
             &new_path,
-            now_ns(),
+            crate::clock::unix_nanos(),
             replaced.as_ref(),
         )?;
         if let Some(old) = replaced {
@@ -466,7 +466,7 @@ impl Files {
             .catalog
             .inode(row.id)?
             .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
-        let now = now_ns();
+        let now = crate::clock::unix_nanos();
         if let Some(m) = set.mode {
             row.mode = m & 0o7777;
         }

@@ -105,12 +105,6 @@ impl std::fmt::Debug for Device {
     }
 }
 
-pub(crate) fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 impl Device {
     /// Opens a job's data set with its (checked) key: decrypts every record into the index and
     /// removes segment files no record names (writes a crash interrupted).
@@ -280,7 +274,7 @@ impl Device {
             etag: written.etag,
             content_type: attrs.content_type,
             metadata: attrs.metadata,
-            modified_unix: now(),
+            modified_unix: crate::clock::unix_secs(),
             segments: written.segments,
         };
         self.commit(rec).await

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::gateway::GatewayError;
-use crate::gateway::import::device::{Device, ObjectAttrs, PutResult, now};
+use crate::gateway::import::device::{Device, ObjectAttrs, PutResult};
 use crate::gateway::import::record::{
     self, ExpectedDigests, ObjectRecord, PartRecord, UploadRecord,
 };
@@ -100,7 +100,7 @@ impl Device {
             size: written.size,
             md5: written.etag,
             sha256: hex(&written.sha256),
-            modified_unix: now(),
+            modified_unix: crate::clock::unix_secs(),
             segments: written.segments,
         };
         let sealed = record::seal(
@@ -257,7 +257,7 @@ impl Device {
             etag: multipart_etag(&md5s),
             content_type: upload.content_type,
             metadata: upload.metadata,
-            modified_unix: now(),
+            modified_unix: crate::clock::unix_secs(),
             segments,
         };
         // The whole object's SHA-256 from what the device holds (each segment authenticated).

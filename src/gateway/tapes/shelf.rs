@@ -438,9 +438,7 @@ async fn step(
     library: &crate::gateway::library::Library,
 ) -> Result<bool, GatewayError> {
     let tapes = catalog.tapes()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = crate::clock::unix_secs();
     if let Some(t) = tapes
         .iter()
         .find(|t| matches!(t.state, TapeState::InTransit | TapeState::Archiving))

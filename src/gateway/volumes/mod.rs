@@ -250,7 +250,7 @@ pub(crate) fn create_with(
         mode: new.mode,
         serial: &serial,
         uuid,
-        created_unix: crate::daemon::unix_now(),
+        created_unix: crate::clock::unix_secs(),
         local_path: new.local_path,
         origin_snapshot: None,
     })?)
