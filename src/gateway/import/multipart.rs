@@ -241,6 +241,7 @@ impl Device {
         let mut md5s = Vec::with_capacity(chosen.len());
         let mut segments = Vec::new();
         let mut size = 0u64;
+        let parts = chosen.iter().map(|p| p.size).collect();
         for p in &chosen {
             md5s.push(parse_hex::<16>(&p.md5).ok_or_else(|| {
                 GatewayError::Corrupt(
@@ -259,6 +260,7 @@ impl Device {
             metadata: upload.metadata,
             modified_unix: crate::clock::unix_secs(),
             segments,
+            parts,
         };
         // The whole object's SHA-256 from what the device holds (each segment authenticated).
         let mut sha = Sha256::default();
