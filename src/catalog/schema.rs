@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_jobs.sql"),
     include_str!("migrations/0009_import_uploads.sql"),
     include_str!("migrations/0010_share_uploads.sql"),
+    include_str!("migrations/0011_inode_atime.sql"),
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

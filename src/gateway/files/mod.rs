@@ -98,6 +98,7 @@ pub struct Attr {
     pub size: u64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
+    pub atime_ns: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -574,6 +575,7 @@ impl Files {
             size: row.size,
             mtime_ns: row.mtime_ns,
             ctime_ns: row.ctime_ns,
+            atime_ns: row.atime_ns,
         }
     }
 }
@@ -740,6 +742,115 @@ mod tests {
         assert_eq!(&data[..], b"HELLO", "local change not overwritten");
         assert!(files.drain(Duration::from_secs(10)).await.unwrap());
         assert_eq!(std::fs::read(object("d/g")).unwrap(), b"HELLO");
+    }
+
+    /// POSIX times through the gateway (issue 18): each change of a directory's entries
+    /// advances its mtime and ctime, a read advances atime by relatime rules, and SETATTR
+    /// stores an explicit atime.
+    #[tokio::test]
+    async fn issue_18_directory_times_advance_and_reads_set_atime() {
+        let (_dir, files, root) = local_gateway();
+        let me = Caller::root_local();
+        let d = files
+            .mkdir(&me, root, b"d", SetAttr::default())
+            .await
+            .unwrap();
+        let e = files
+            .mkdir(&me, root, b"e", SetAttr::default())
+            .await
+            .unwrap();
+        let times = |files: &Arc<Files>, id: FileId| {
+            let files = files.clone();
+            async move {
+                let a = files.getattr(&Caller::root_local(), id).await.unwrap();
+                (a.mtime_ns, a.ctime_ns)
+            }
+        };
+        // Each step changes the entries of the directories listed with it.
+        let mut step = 0;
+        loop {
+            let before = [times(&files, d.id).await, times(&files, e.id).await];
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let changed: &[FileId] = match step {
+                0 => {
+                    files
+                        .create(&me, d.id, b"f", CreateMode::Guarded, SetAttr::default())
+                        .await
+                        .unwrap();
+                    &[d.id]
+                }
+                1 => {
+                    files
+                        .mkdir(&me, d.id, b"sub", SetAttr::default())
+                        .await
+                        .unwrap();
+                    &[d.id]
+                }
+                2 => {
+                    files.symlink(&me, d.id, b"l", b"f").await.unwrap();
+                    &[d.id]
+                }
+                3 => {
+                    files.rename(&me, d.id, b"f", e.id, b"g").await.unwrap();
+                    &[d.id, e.id]
+                }
+                4 => {
+                    files.rename(&me, e.id, b"g", e.id, b"h").await.unwrap();
+                    &[e.id]
+                }
+                5 => {
+                    files.remove(&me, e.id, b"h").await.unwrap();
+                    &[e.id]
+                }
+                6 => {
+                    files.rmdir(&me, d.id, b"sub").await.unwrap();
+                    &[d.id]
+                }
+                _ => break,
+            };
+            for (i, dir) in [d.id, e.id].into_iter().enumerate() {
+                let after = times(&files, dir).await;
+                if changed.contains(&dir) {
+                    assert!(after.0 > before[i].0, "step {step}: mtime of {dir:?}");
+                    assert!(after.1 > before[i].1, "step {step}: ctime of {dir:?}");
+                } else {
+                    assert_eq!(after, before[i], "step {step}: {dir:?} untouched");
+                }
+            }
+            step += 1;
+        }
+
+        // atime: a read of a file written since its last access advances it; a second read
+        // does not (relatime); SETATTR sets it as asked.
+        let f = files
+            .create(&me, root, b"a", CreateMode::Guarded, SetAttr::default())
+            .await
+            .unwrap();
+        files
+            .write(&me, f.id, 0, b"data", Stability::FileSync)
+            .await
+            .unwrap();
+        let written = files.getattr(&me, f.id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (_, _, read) = files.read(&me, f.id, 0, 4).await.unwrap();
+        assert!(read.atime_ns > written.mtime_ns, "{read:?}");
+        assert_eq!(
+            files.getattr(&me, f.id).await.unwrap().atime_ns,
+            read.atime_ns
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (_, _, again) = files.read(&me, f.id, 0, 4).await.unwrap();
+        assert_eq!(again.atime_ns, read.atime_ns, "relatime: no change since");
+        let set = SetAttr {
+            atime: Some(SetTime::Client(1_234_567_890_123_456_789)),
+            ..SetAttr::default()
+        };
+        let a = files.setattr(&me, f.id, set).await.unwrap();
+        assert_eq!(a.atime_ns, 1_234_567_890_123_456_789);
+        assert_eq!(
+            files.getattr(&me, f.id).await.unwrap().atime_ns,
+            1_234_567_890_123_456_789
+        );
     }
 
     #[test]

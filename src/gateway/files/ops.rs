@@ -190,6 +190,7 @@ impl Files {
             row.mtime_ns = i64::from_be_bytes(verf);
         }
         let attr = self.insert(&row)?;
+        self.entries_changed(slot.dir.id)?;
         if matches!(how, CreateMode::Exclusive(_)) {
             return Ok(attr);
         }
@@ -214,7 +215,9 @@ impl Files {
         let slot = self.slot(caller, dir, name).await?.vacant()?;
         let mode = attrs.mode.unwrap_or(slot.share.default_dir_mode);
         let row = self.new_inode(&slot, InodeKind::Dir, mode)?;
-        self.insert(&row)
+        let attr = self.insert(&row)?;
+        self.entries_changed(slot.dir.id)?;
+        Ok(attr)
     }
 
     pub async fn symlink(
@@ -235,7 +238,9 @@ impl Files {
         let mut row = self.new_inode(&slot, InodeKind::Symlink, 0o777)?;
         row.target = Some(target.to_owned());
         row.size = target.len() as u64;
-        self.insert(&row)
+        let attr = self.insert(&row)?;
+        self.entries_changed(slot.dir.id)?;
+        Ok(attr)
     }
 
     pub async fn readlink(&self, caller: &Caller, id: FileId) -> Result<String, GatewayError> {
@@ -286,12 +291,12 @@ impl Files {
         caller: &Caller,
         dir: FileId,
         name: &[u8],
-    ) -> Result<(ShareRow, InodeRow), GatewayError> {
+    ) -> Result<(ShareRow, InodeRow, i64), GatewayError> {
         let slot = self.slot(caller, dir, name).await?;
         let child = slot
             .existing
             .ok_or_else(|| GatewayError::NotFound(path::join(&slot.dir.path, &slot.name)))?;
-        Ok((slot.share, child))
+        Ok((slot.share, child, slot.dir.id))
     }
 
     pub async fn remove(
@@ -300,13 +305,14 @@ impl Files {
         dir: FileId,
         name: &[u8],
     ) -> Result<(), GatewayError> {
-        let (_, child) = self.existing_child(caller, dir, name).await?;
+        let (_, child, dir) = self.existing_child(caller, dir, name).await?;
         if child.kind == InodeKind::Dir {
             return Err(GatewayError::IsDirectory(child.path));
         }
         let lock = self.inode_lock(child.id);
         let _guard = lock.lock().await;
         self.catalog.remove_inode(&child)?;
+        self.entries_changed(dir)?;
         self.drop_local(child.id);
         self.wake.notify_one();
         Ok(())
@@ -318,7 +324,7 @@ impl Files {
         dir: FileId,
         name: &[u8],
     ) -> Result<(), GatewayError> {
-        let (share, child) = self.existing_child(caller, dir, name).await?;
+        let (share, child, dir) = self.existing_child(caller, dir, name).await?;
         if child.kind != InodeKind::Dir {
             return Err(GatewayError::NotDirectory(child.path));
         }
@@ -327,6 +333,7 @@ impl Files {
             return Err(GatewayError::NotEmpty(child.path));
         }
         self.catalog.remove_inode(&child)?;
+        self.entries_changed(dir)?;
         self.wake.notify_one();
         Ok(())
     }
@@ -390,6 +397,8 @@ impl Files {
             crate::clock::unix_nanos(),
             replaced.as_ref(),
         )?;
+        self.entries_changed(src_dir.id)?;
+        self.entries_changed(dst_dir.id)?;
         if let Some(old) = replaced {
             self.drop_local(old.id);
         }
@@ -409,7 +418,8 @@ impl Files {
             return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
         }
         let owner = who.uid == 0 || who.uid == row.uid;
-        if (set.mode.is_some() || matches!(set.mtime, Some(SetTime::Client(_)))) && !owner {
+        let client_time = |t: Option<SetTime>| matches!(t, Some(SetTime::Client(_)));
+        if (set.mode.is_some() || client_time(set.mtime) || client_time(set.atime)) && !owner {
             return Err(GatewayError::PermissionDenied(format!(
                 "not owner of {}",
                 row.path
@@ -431,7 +441,9 @@ impl Files {
                 row.path
             )));
         }
-        if (set.size.is_some() || set.mtime == Some(SetTime::ServerNow))
+        if (set.size.is_some()
+            || set.mtime == Some(SetTime::ServerNow)
+            || set.atime == Some(SetTime::ServerNow))
             && !owner
             && !permits(&who, &row, 2)
         {
@@ -446,7 +458,8 @@ impl Files {
             && set.mode.is_none_or(|m| m & 0o7777 == row.mode & 0o7777)
             && set.uid.is_none_or(|u| u == row.uid)
             && set.gid.is_none_or(|g| g == row.gid)
-            && set.mtime.is_none();
+            && set.mtime.is_none()
+            && set.atime.is_none();
         if unchanged {
             // What clients send after CREATE (mode, size 0 for O_TRUNC): nothing to record,
             // and no upload to schedule.
@@ -481,11 +494,32 @@ impl Files {
             Some(SetTime::Client(t)) => row.mtime_ns = t,
             None => {}
         }
+        match set.atime {
+            Some(SetTime::ServerNow) => row.atime_ns = now,
+            Some(SetTime::Client(t)) => row.atime_ns = t,
+            None => {}
+        }
         row.ctime_ns = now;
-        row.version += 1;
-        self.catalog.save_inode(&row)?;
-        self.touched(row.id);
+        // The atime is kept locally only: a change of it alone (touch -a) uploads nothing.
+        let atime_only = set
+            == SetAttr {
+                atime: set.atime,
+                ..SetAttr::default()
+            };
+        if atime_only {
+            self.catalog.save_inode(&row)?;
+        } else {
+            row.version += 1;
+            self.catalog.save_inode(&row)?;
+            self.touched(row.id);
+        }
         Ok(self.attr(&row))
+    }
+
+    /// POSIX: creating, removing or renaming an entry advances its directory's mtime and
+    /// ctime, which tools (make, rsync, backup software) use to notice changes.
+    fn entries_changed(&self, dir: i64) -> Result<(), GatewayError> {
+        Ok(self.catalog.touch_dir(dir, crate::clock::unix_nanos())?)
     }
 
     /// Records a new inode; the uploader will create its object.
