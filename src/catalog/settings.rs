@@ -12,6 +12,9 @@ pub mod keys {
     pub const ACTIVATED_AT: &str = "gateway.activated_at";
     /// File-handle generation: NFS handles carry it, so they stay valid across restarts.
     pub const FILES_HANDLE_GENERATION: &str = "files.handle_generation";
+    /// Clients that held locks or opens when the gateway last ran (hex of their owner ids,
+    /// comma-separated): after a restart only they may reclaim, in the grace period.
+    pub const FILES_LOCK_CLIENTS: &str = "files.lock_clients";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

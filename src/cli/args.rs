@@ -41,6 +41,9 @@ pub enum Command {
         /// Overrides nfs.listen (NFS, MOUNT and portmapper GETPORT on one port).
         #[arg(long, value_name = "IP:PORT")]
         nfs_listen: Option<std::net::SocketAddr>,
+        /// Overrides nfs.rpcbind: `off`, `on` (port 111 on the NFS address) or IP:PORT.
+        #[arg(long, value_name = "on|off|IP:PORT")]
+        rpcbind: Option<String>,
         /// Also mount a share locally through FUSE (repeatable); unmounted at shutdown.
         #[arg(long, value_name = "SHARE=DIR", value_parser = parse_mount)]
         fuse: Vec<(String, PathBuf)>,
@@ -51,6 +54,8 @@ pub enum Command {
         dir: PathBuf,
         #[arg(long, value_name = "IP:PORT")]
         nfs_listen: Option<std::net::SocketAddr>,
+        #[arg(long, value_name = "on|off|IP:PORT")]
+        rpcbind: Option<String>,
         #[arg(long, value_name = "IP:PORT")]
         iscsi_listen: Option<std::net::SocketAddr>,
         #[arg(long, value_name = "IP:PORT")]

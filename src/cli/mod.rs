@@ -2,8 +2,8 @@
 //! daemon or a command. anyhow is allowed here and in `main.rs` only (CONTRIBUTING.md, "Errors").
 
 pub mod args;
+mod client;
 mod commands;
-mod daemon_api;
 mod progress;
 
 use std::path::{Path, PathBuf};
@@ -42,26 +42,34 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             iscsi_listen,
             api_listen,
             nfs_listen,
+            rpcbind,
             fuse,
         } => {
             let config = load_config(cli.config.as_deref(), &data_dir)?;
-            serve(config, iscsi_listen, api_listen, nfs_listen, fuse)
+            let listen = Listen {
+                iscsi: iscsi_listen,
+                api: api_listen,
+                nfs: nfs_listen,
+                rpcbind,
+            };
+            serve(config, listen, fuse)
         }
         Command::Mount {
             share,
             dir,
             nfs_listen,
+            rpcbind,
             iscsi_listen,
             api_listen,
         } => {
             let config = load_config(cli.config.as_deref(), &data_dir)?;
-            serve(
-                config,
-                iscsi_listen,
-                api_listen,
-                nfs_listen,
-                vec![(share, dir)],
-            )
+            let listen = Listen {
+                iscsi: iscsi_listen,
+                api: api_listen,
+                nfs: nfs_listen,
+                rpcbind,
+            };
+            serve(config, listen, vec![(share, dir)])
         }
         Command::Status => commands::status::run(load_config(cli.config.as_deref(), &data_dir)?),
         Command::Scrub => commands::scrub::run(load_config(cli.config.as_deref(), &data_dir)?),
@@ -95,22 +103,33 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The listener overrides of `serve` and `mount`.
+struct Listen {
+    iscsi: Option<std::net::SocketAddr>,
+    api: Option<std::net::SocketAddr>,
+    nfs: Option<std::net::SocketAddr>,
+    rpcbind: Option<String>,
+}
+
 /// `serve` with the command line's overrides applied.
-fn serve(
-    mut config: Config,
-    iscsi_listen: Option<std::net::SocketAddr>,
-    api_listen: Option<std::net::SocketAddr>,
-    nfs_listen: Option<std::net::SocketAddr>,
-    fuse: Vec<(String, PathBuf)>,
-) -> Result<ExitCode> {
-    if let Some(listen) = iscsi_listen {
-        config.iscsi.listen = listen;
+fn serve(mut config: Config, listen: Listen, fuse: Vec<(String, PathBuf)>) -> Result<ExitCode> {
+    if let Some(addr) = listen.iscsi {
+        config.iscsi.listen = addr;
     }
-    if let Some(listen) = api_listen {
-        config.api.listen = listen;
+    if let Some(addr) = listen.api {
+        config.api.listen = addr;
     }
-    if let Some(listen) = nfs_listen {
-        config.nfs.listen = listen;
+    if let Some(addr) = listen.nfs {
+        config.nfs.listen = addr;
+        // The embedded default's rpcbind follows the NFS address it points at.
+        if let crate::config::Rpcbind::BestEffort(at) = config.nfs.rpcbind {
+            config.nfs.rpcbind =
+                crate::config::Rpcbind::BestEffort(std::net::SocketAddr::new(addr.ip(), at.port()));
+        }
+    }
+    if let Some(v) = listen.rpcbind {
+        config.nfs.rpcbind = crate::config::Rpcbind::parse(&v, config.nfs.listen)
+            .ok_or_else(|| UsageError(format!("--rpcbind {v:?}: not on, off or IP:PORT")))?;
     }
     for (share, dir) in fuse {
         let dir = std::path::absolute(&dir)?;

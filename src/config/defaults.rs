@@ -27,6 +27,10 @@ pub const API_LISTEN: &str = "127.0.0.1:8733";
 pub const API_TOKEN_FILE: &str = "api.token";
 /// NFS's registered port, on loopback for the same reason.
 pub const NFS_LISTEN: &str = "127.0.0.1:2049";
+/// The NFSv4.1 lease (and grace period), as Linux's own server defaults to.
+pub const NFS_LEASE_SECS: u64 = 90;
+/// The portmapper's registered port (RFC 1833), where clients ask for NFS and MOUNT's ports.
+pub const RPCBIND_PORT: u16 = 111;
 /// A committed file waits this long without changes before it is uploaded (a burst of writes
 /// and attribute changes then costs one upload).
 pub const UPLOAD_DELAY_MS: u64 = 2000;

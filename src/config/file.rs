@@ -63,9 +63,19 @@ pub struct ApiSection {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NfsSection {
-    /// `ip:port` for NFS, MOUNT and the minimal portmapper; port 0 picks a free one.
+    /// `ip:port` for NFS, MOUNT and the in-port portmapper; port 0 picks a free one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// NFSv4.1 lease and grace period, in seconds (default 90).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u64>,
+    /// NFSv4 id-mapping domain: owners go out as `uid@DOMAIN` (default: plain numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_domain: Option<String>,
+    /// Portmapper/rpcbind for clients that look on port 111: `"off"`, `"on"` (port 111 on the
+    /// listen address) or an `ip:port`. Absent: off, except in the embedded default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpcbind: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

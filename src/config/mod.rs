@@ -59,6 +59,47 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NfsConfig {
     pub listen: SocketAddr,
+    /// NFSv4.1 lease: a client silent this long loses its opens and locks; also the grace
+    /// period after a restart.
+    pub lease: Duration,
+    /// NFSv4 owner strings as `uid@domain` when set, plain numbers when not.
+    pub id_domain: Option<String>,
+    pub rpcbind: Rpcbind,
+}
+
+/// Whether the gateway answers portmapper/rpcbind queries (port 111) for its NFS and MOUNT
+/// services, so clients find them without being told the port (`nfs.rpcbind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpcbind {
+    Off,
+    /// Serve at this address, or register with the system rpcbind when one holds it; failing
+    /// both stops the daemon.
+    On(SocketAddr),
+    /// The embedded default: like `On`, but when neither works (port 111 needs root or
+    /// CAP_NET_BIND_SERVICE) the daemon warns and serves NFS without it.
+    BestEffort(SocketAddr),
+}
+
+impl Rpcbind {
+    /// Parses `nfs.rpcbind` / `--rpcbind`: `off`, `on` (port 111 on the NFS listener's
+    /// address) or an `ip:port`.
+    pub fn parse(v: &str, nfs_listen: SocketAddr) -> Option<Self> {
+        match v {
+            "off" => Some(Self::Off),
+            "on" => Some(Self::On(SocketAddr::new(
+                nfs_listen.ip(),
+                defaults::RPCBIND_PORT,
+            ))),
+            addr => addr.parse().ok().map(Self::On),
+        }
+    }
+
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            Self::Off => None,
+            Self::On(a) | Self::BestEffort(a) => Some(a),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,7 +369,7 @@ impl Config {
         let iscsi = iscsi_config(file.iscsi.unwrap_or_default())?;
         let api = api_config(file.api.unwrap_or_default(), &data_dir)?;
         let bandwidth = bandwidth::Schedule::from_section(file.bandwidth.unwrap_or_default())?;
-        let nfs = nfs_config(file.nfs.unwrap_or_default())?;
+        let nfs = nfs_config(file.nfs.unwrap_or_default(), origin == Origin::Embedded)?;
         let files = FilesConfig {
             upload_delay: Duration::from_millis(
                 file.files
@@ -607,12 +648,53 @@ fn iscsi_config(s: IscsiSection) -> Result<IscsiConfig, ConfigError> {
     })
 }
 
-fn nfs_config(s: NfsSection) -> Result<NfsConfig, ConfigError> {
+fn nfs_config(s: NfsSection, embedded: bool) -> Result<NfsConfig, ConfigError> {
     let v = s.listen.as_deref().unwrap_or(defaults::NFS_LISTEN);
     let listen = v
         .parse::<SocketAddr>()
         .map_err(|_| ConfigError::new("nfs.listen", format!("{v:?} is not an ip:port address")))?;
-    Ok(NfsConfig { listen })
+    let lease_secs = s.lease_secs.unwrap_or(defaults::NFS_LEASE_SECS);
+    if !(5..=3600).contains(&lease_secs) {
+        return Err(ConfigError::new(
+            "nfs.lease_secs",
+            "must be between 5 and 3600 seconds",
+        ));
+    }
+    let id_domain = match s.id_domain {
+        Some(d) if d.is_empty() || d.contains(['@', ' ', '/']) => {
+            return Err(ConfigError::new(
+                "nfs.id_domain",
+                format!("{d:?} is not a domain name"),
+            ));
+        }
+        d => d,
+    };
+    let rpcbind = match s.rpcbind.as_deref() {
+        Some(v) => Rpcbind::parse(v, listen).ok_or_else(|| {
+            ConfigError::new(
+                "nfs.rpcbind",
+                format!("{v:?} is not \"on\", \"off\" or an ip:port address"),
+            )
+        })?,
+        // The embedded default is for trying the gateway out: a plain `mount` should work
+        // when it can, without making the daemon depend on root.
+        None if embedded => {
+            Rpcbind::BestEffort(SocketAddr::new(listen.ip(), defaults::RPCBIND_PORT))
+        }
+        None => Rpcbind::Off,
+    };
+    if rpcbind.addr().is_some_and(|a| a.port() == 0) {
+        return Err(ConfigError::new(
+            "nfs.rpcbind",
+            "port 0: clients look for rpcbind on a fixed port (111)",
+        ));
+    }
+    Ok(NfsConfig {
+        listen,
+        rpcbind,
+        lease: Duration::from_secs(lease_secs),
+        id_domain,
+    })
 }
 
 fn load_credentials(path: &Path) -> Result<Credentials, ConfigError> {
@@ -762,6 +844,32 @@ mod tests {
     }
 
     #[test]
+    fn rpcbind_is_best_effort_in_the_embedded_default_and_off_in_a_file_unless_set() {
+        let embedded = Config::embedded(Path::new("/srv/tg")).unwrap();
+        assert_eq!(
+            embedded.nfs.rpcbind,
+            Rpcbind::BestEffort("127.0.0.1:111".parse().unwrap())
+        );
+        let bucket = "[bucket]\nurl = \"s3://bucket\"\n";
+        let cases = [
+            ("", Rpcbind::Off),
+            ("[nfs]\nrpcbind = \"off\"\n", Rpcbind::Off),
+            (
+                "[nfs]\nlisten = \"0.0.0.0:2049\"\nrpcbind = \"on\"\n",
+                Rpcbind::On("0.0.0.0:111".parse().unwrap()),
+            ),
+            (
+                "[nfs]\nrpcbind = \"127.0.0.2:1111\"\n",
+                Rpcbind::On("127.0.0.2:1111".parse().unwrap()),
+            ),
+        ];
+        for (text, want) in cases {
+            let c = load(&format!("{bucket}{text}")).unwrap();
+            assert_eq!(c.nfs.rpcbind, want, "{text:?}");
+        }
+    }
+
+    #[test]
     fn full_file_loads() {
         let c = load(
             r#"
@@ -834,6 +942,16 @@ path = "/var/cache/tidegate"
                 "[bucket]\nurl = \"s3://bucket\"\n[iscsi]\nchap_user = \"u\"\nchap_secret = \"short\"\n",
                 "iscsi.chap_secret",
                 Some(5),
+            ),
+            (
+                "[bucket]\nurl = \"s3://bucket\"\n[nfs]\nrpcbind = \"yes\"\n",
+                "nfs.rpcbind",
+                Some(4),
+            ),
+            (
+                "[bucket]\nurl = \"s3://bucket\"\n[nfs]\nrpcbind = \"127.0.0.1:0\"\n",
+                "nfs.rpcbind",
+                Some(4),
             ),
         ];
         for (text, key, line) in cases {

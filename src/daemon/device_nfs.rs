@@ -51,7 +51,8 @@ pub async fn start(device: &Device, listen: SocketAddr) -> Result<DeviceNfs, Dev
     let files = share.files.clone();
     let mut nfs_stop = stop_rx.clone();
     let nfs = tokio::spawn(async move {
-        let served = crate::frontend::nfs::serve(listener, files, async move {
+        let options = crate::frontend::nfs::nfs4::Options::default();
+        let served = crate::frontend::nfs::serve(listener, files, options, async move {
             let _ = nfs_stop.wait_for(|s| *s).await;
         })
         .await;

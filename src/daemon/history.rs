@@ -3,21 +3,11 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use serde::Serialize;
+pub use crate::frontend::api::types::Sample;
 
 /// Samples kept: an hour at one per ten seconds.
 const KEEP: usize = 360;
 pub const EVERY_SECS: i64 = 10;
-
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct Sample {
-    pub unix: i64,
-    /// Cumulative since start: bytes to and from the bucket, and read and written by clients.
-    pub upload_bytes: u64,
-    pub download_bytes: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-}
 
 #[derive(Debug, Default)]
 pub struct History {

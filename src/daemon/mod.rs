@@ -13,10 +13,11 @@ pub mod device_nfs;
 pub mod health;
 pub mod history;
 pub mod library;
-pub mod management;
+pub mod manage;
 pub mod notify;
 pub mod offline;
 pub mod recover;
+pub mod rpcbind;
 pub mod scrub;
 pub mod snapshots;
 pub mod status;
@@ -75,6 +76,13 @@ pub enum DaemonError {
     NotActivated(String),
     #[error("file gateway")]
     Files(#[from] crate::gateway::GatewayError),
+    #[error("cannot serve rpcbind on {addr} ({bind}) nor register with a system rpcbind")]
+    Rpcbind {
+        addr: std::net::SocketAddr,
+        bind: std::io::Error,
+        #[source]
+        register: crate::frontend::nfs::rpcbind::RpcbindError,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -97,6 +105,10 @@ pub struct Ready {
     /// The bound NFS (and MOUNT) port, `ip:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nfs: Option<String>,
+    /// What port 111 does for NFS: `off`, `serving on …`, `registered with the system rpcbind
+    /// at …` or `unavailable: …`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpcbind: Option<String>,
 }
 
 impl Ready {
@@ -313,17 +325,19 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             commit_uploads: false,
         },
     )?);
-    let management = Arc::new(management::DaemonManagement {
-        config: config.clone(),
-        catalog: engine.catalog.clone(),
-        chunks: engine.chunks.clone(),
-        cache: cache.clone(),
-        volumes: volumes.clone(),
-        bandwidth: bandwidth.clone(),
-        history: Arc::new(history::History::default()),
-        library: library.clone(),
-        files: files.clone(),
-    });
+    let management = Arc::new(manage::Manager::daemon(
+        config.clone(),
+        engine.catalog.clone(),
+        manage::Live {
+            chunks: engine.chunks.clone(),
+            cache: cache.clone(),
+            volumes: volumes.clone(),
+            bandwidth: bandwidth.clone(),
+            history: Arc::new(history::History::default()),
+            library: library.clone(),
+            files: files.clone(),
+        },
+    ));
     let api = tokio::spawn(crate::frontend::api::serve(
         api_listener,
         management.clone(),
@@ -352,13 +366,20 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .local_addr()
         .map_err(io("reading the NFS listener's address"))?;
     let mut nfs_stop = stop_rx.clone();
+    let nfs4_options = crate::frontend::nfs::nfs4::Options {
+        lease: config.nfs.lease,
+        id_domain: config.nfs.id_domain.clone(),
+    };
     let nfs = tokio::spawn(crate::frontend::nfs::serve(
         nfs_listener,
         files.clone(),
+        nfs4_options,
         async move {
             let _ = nfs_stop.changed().await;
         },
     ));
+    let (port111, rpcbind_state) =
+        rpcbind::Port111::start(config.nfs.rpcbind, nfs_bound, stop_rx.clone()).await?;
     let uploader = tokio::spawn(files.clone().run_uploader(stop_rx.clone()));
     let mut mounts = Vec::new();
     for (share, dir) in &config.fuse_mounts {
@@ -376,8 +397,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let sync_volumes = volumes.clone();
     let tick_bandwidth = bandwidth.clone();
     let tick_management = management.clone();
-    let status_cache = cache.clone();
-    let status_files = files.clone();
     let status_path = config.run_dir().join("status.toml");
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -396,10 +415,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
                 tick_management.sample();
                 sampled = Some(now);
             }
-            let _ = write_atomically(
-                &status_path,
-                live_status(&status_cache, &sync_volumes, &status_files).as_bytes(),
-            );
+            write_status(&status_path, &tick_management).await;
         }
     });
 
@@ -413,16 +429,14 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         iscsi: Some(bound.to_string()),
         api: Some(api_bound.to_string()),
         nfs: Some(nfs_bound.to_string()),
+        rpcbind: Some(rpcbind_state.clone()),
     };
-    let _ = write_atomically(
-        &config.run_dir().join("status.toml"),
-        live_status(&cache, &volumes, &files).as_bytes(),
-    );
+    write_status(&config.run_dir().join("status.toml"), &management).await;
     write_atomically(
         &ready_path,
         toml::to_string(&ready).unwrap_or_default().as_bytes(),
     )?;
-    tracing::info!(ready = %ready_path.display(), iscsi = %bound, api = %api_bound, nfs = %nfs_bound, "tidegate ready");
+    tracing::info!(ready = %ready_path.display(), iscsi = %bound, api = %api_bound, nfs = %nfs_bound, rpcbind = %rpcbind_state, "tidegate ready");
     let notifier = Arc::new(notify::Notifier::from_env());
     notifier.ready(&format!(
         "serving; iSCSI {bound}, NFS {nfs_bound}, API {api_bound}"
@@ -451,6 +465,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = iscsi.await;
     let _ = api.await;
     let _ = nfs.await;
+    port111.stop().await;
     let _ = uploader.await;
     let _ = housekeeping.await;
     let _ = snapshots.await;
@@ -546,24 +561,19 @@ fn cache_config(config: &Config) -> CacheConfig {
     c
 }
 
-/// The daemon's live figures, rewritten every second for `status` and tests.
-fn live_status(cache: &Cache, volumes: &volumes::VolumeService, files: &Files) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = files.upload_counters();
-    let mut live = status::LiveStatus {
-        files_uploads: c.uploads.load(Relaxed),
-        files_upload_errors: c.errors.load(Relaxed),
-        files_download_bytes: c.downloaded.load(Relaxed),
-        files_early_uploads: c.early_completed.load(Relaxed),
-        files_early_abandoned: c.early_abandoned.load(Relaxed),
-        ..status::LiveStatus::new(&cache.stats(), unix_now())
+/// `run/status.toml`: the status snapshot, rewritten every second for `status` and tests.
+/// Gathered off the async workers: it reads the catalog.
+async fn write_status(path: &Path, management: &Arc<manage::Manager>) {
+    let m = management.clone();
+    let Ok(snapshot) = tokio::task::spawn_blocking(move || m.snapshot_for_file()).await else {
+        return;
     };
-    live.stored = volumes
-        .stored_progress()
-        .into_iter()
-        .map(|(name, p)| status::StoredLive::new(name, &p))
-        .collect();
-    toml::to_string(&live).unwrap_or_default()
+    match toml::to_string(&snapshot) {
+        Ok(text) => {
+            let _ = write_atomically(path, text.as_bytes());
+        }
+        Err(e) => tracing::warn!(error = %e, "writing the status file"),
+    }
 }
 
 /// Holds `run/lock` for the daemon's lifetime: one daemon per data dir.

@@ -198,7 +198,7 @@ fn inputs_hash(binary: &Path) -> String {
         binary.to_path_buf(),
         Path::new(REPO).join("systemd/tidegate.service"),
     ];
-    for doc in ["operations.md", "install.md", "shares.md"] {
+    for doc in ["operations.md", "install.md", "shares.md", "nfs-clients.md"] {
         files.push(Path::new(REPO).join("docs").join(doc));
     }
     let mut recipe = Vec::new();

@@ -110,6 +110,12 @@ fn serve_runs_on_the_embedded_default_from_the_working_directory() {
         "{text}"
     );
     assert!(text.contains("reachable, key check ok"), "{text}");
+    // The embedded default takes port 111 when it is free (this test runs alone in the
+    // port-111 group, see .config/nextest.toml), so a plain NFSv3 client finds the share.
+    assert!(
+        text.contains("rpcbind:        serving on 127.0.0.1:111 (TCP and UDP)"),
+        "{text}"
+    );
 
     // A second daemon on the same data dir is refused.
     let second = run(tidegate(&data).arg("serve"));
@@ -367,4 +373,196 @@ fn bench_codec_prints_steps_and_the_ratio_line_last() {
         let value: f64 = f.split('=').nth(1).unwrap().parse().unwrap();
         assert!(value > 0.0, "{last}");
     }
+}
+
+/// Masks what differs between two data dirs that went through the same commands: their paths,
+/// snapshot ids (random), UTC times, and the bytes a snapshot uploaded (its manifest carries
+/// the id and times, so its compressed size varies by a few bytes).
+fn normalise(text: &str, data: &std::path::Path, snapshot: Option<&str>) -> String {
+    let mut text: String = text
+        .replace(&data.display().to_string(), "DATA")
+        .lines()
+        .map(|l| match l.rsplit_once(", ") {
+            Some((head, tail)) if tail.ends_with("uploaded by the snapshot") => {
+                format!("{head}, SIZE uploaded by the snapshot\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    if let Some(id) = snapshot {
+        text = text.replace(id, "SNAP");
+    }
+    // rfc3339 seconds, `2026-12-06T11:44:33Z`: ten characters, `T`, eight, `Z`.
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(t) = rest.find('T') {
+        let start = t.saturating_sub(10);
+        let candidate = rest.get(start..t + 10).unwrap_or("");
+        let is_time = candidate.len() == 20
+            && candidate.ends_with('Z')
+            && candidate.as_bytes()[4] == b'-'
+            && candidate.as_bytes()[13] == b':';
+        if is_time {
+            out.push_str(&rest[..start]);
+            out.push_str("TIME");
+            rest = &rest[t + 10..];
+        } else {
+            out.push_str(&rest[..=t]);
+            rest = &rest[t + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Issue 18: every management command prints the same and exits the same whether a daemon
+/// runs (the CLI goes through its API) or not (the CLI runs the same implementation
+/// in-process). Two data dirs start alike (each served once, so each has the embedded default
+/// share); one is then served while the other is not, and each command runs on both.
+#[test]
+fn issue_18_every_management_command_answers_the_same_with_and_without_a_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    let offline = dir.path().join("offline");
+    assert_eq!(crate::iscsi_volume::start(&offline, None).stop(), Some(0));
+    let gw = crate::iscsi_volume::start(&served, None);
+
+    // (succeeds, arguments); `SNAP` stands for the data dir's own snapshot id.
+    let steps: &[(bool, &[&str])] = &[
+        (
+            true,
+            &["volume", "create", "--name", "v1", "--size", "8MiB"],
+        ),
+        (
+            false,
+            &["volume", "create", "--name", "v1", "--size", "8MiB"],
+        ),
+        (
+            false,
+            &["volume", "create", "--name", "Bad Name", "--size", "8MiB"],
+        ),
+        (
+            false,
+            &[
+                "volume", "create", "--name", "v2", "--size", "8MiB", "--mode", "stored",
+            ],
+        ),
+        (true, &["volume", "list"]),
+        (
+            true,
+            &["snapshot", "create", "v1", "--description", "both ways"],
+        ),
+        (false, &["snapshot", "create", "nope"]),
+        (true, &["snapshot", "list"]),
+        (true, &["snapshot", "list", "v1"]),
+        (
+            true,
+            &["snapshot", "schedule", "v1", "--every", "1h", "--keep", "2"],
+        ),
+        (
+            false,
+            &[
+                "snapshot", "schedule", "v1", "--every", "10s", "--keep", "1",
+            ],
+        ),
+        (false, &["snapshot", "schedule", "nope", "--off"]),
+        (true, &["snapshot", "schedule", "v1", "--off"]),
+        (true, &["snapshot", "delete", "SNAP"]),
+        (false, &["snapshot", "delete", "SNAP"]),
+        (
+            true,
+            &[
+                "share",
+                "create",
+                "s1",
+                "--squash",
+                "all",
+                "--allowed-clients",
+                "10.0.0.0/8",
+            ],
+        ),
+        (false, &["share", "create", "s1"]),
+        (
+            false,
+            &["share", "create", "s2", "--allowed-clients", "not-a-cidr"],
+        ),
+        (true, &["share", "list"]),
+        (true, &["share", "status", "s1"]),
+        (false, &["share", "status", "nope"]),
+        (true, &["share", "refresh", "s1"]),
+        (false, &["share", "refresh", "nope"]),
+        (true, &["share", "delete", "s1"]),
+        (false, &["share", "delete", "s1"]),
+        (
+            true,
+            &[
+                "tape",
+                "create",
+                "--barcode-prefix",
+                "BW",
+                "--count",
+                "2",
+                "--size",
+                "100GiB",
+            ],
+        ),
+        (
+            false,
+            &["tape", "create", "--barcode-prefix", "BW", "--size", "1KiB"],
+        ),
+        (true, &["tape", "list"]),
+        (true, &["tape", "show", "BW000001"]),
+        (false, &["tape", "show", "NOPE0001"]),
+        (true, &["tape", "delete", "BW000002"]),
+        (false, &["tape", "delete", "BW000002"]),
+        (true, &["job", "status"]),
+        (false, &["job", "status", "nope"]),
+        (true, &["volume", "delete", "v1"]),
+        (false, &["volume", "delete", "v1"]),
+        (true, &["volume", "list"]),
+    ];
+    let mut snapshots: [Option<String>; 2] = [None, None];
+    for (succeeds, step) in steps {
+        let answers: Vec<(Option<i32>, String, Vec<String>)> = [&served, &offline]
+            .iter()
+            .enumerate()
+            .map(|(i, data)| {
+                let args: Vec<&str> = step
+                    .iter()
+                    .map(|a| match (*a, &snapshots[i]) {
+                        ("SNAP", Some(id)) => id.as_str(),
+                        _ => a,
+                    })
+                    .collect();
+                let o = run(tidegate(data).args(&args));
+                if step[..2] == ["snapshot", "create"] && o.status.success() {
+                    snapshots[i] = stdout(&o).split_whitespace().next().map(str::to_owned);
+                }
+                let snap = snapshots[i].as_deref();
+                let errors = error_lines(&o)
+                    .iter()
+                    .map(|l| normalise(l, data, snap))
+                    .collect();
+                (o.status.code(), normalise(&stdout(&o), data, snap), errors)
+            })
+            .collect();
+        assert_eq!(answers[0], answers[1], "tidegate {}", step.join(" "));
+        let (code, _, errors) = &answers[0];
+        assert_eq!(*code == Some(0), *succeeds, "{step:?}: {errors:?}");
+        // A caller's mistake exits 2 with one line saying what was wrong.
+        if !succeeds {
+            assert_eq!((*code, errors.len()), (Some(2), 1), "{step:?}: {errors:?}");
+        }
+    }
+    assert!(snapshots.iter().all(Option::is_some));
+
+    // Retrieval is the shelf worker's: with no daemon the CLI says to start one.
+    let retrieve = run(tidegate(&offline).args(["tape", "retrieve", "BW000001"]));
+    assert_eq!(retrieve.status.code(), Some(2), "{}", stderr(&retrieve));
+    assert!(
+        stderr(&retrieve).contains("start `tidegate serve` first"),
+        "{}",
+        stderr(&retrieve)
+    );
+    assert_eq!(gw.stop(), Some(0));
 }

@@ -83,13 +83,13 @@ pub(crate) fn wait_drained(gw: &Gateway, limit: Duration) {
     let start = Instant::now();
     loop {
         let fresh = gw.status_value("updated_unix").is_some_and(|t| t > called);
-        if fresh && gw.status_value("dirty_bytes") == Some(0) {
+        if fresh && gw.status_value("cache.dirty_bytes") == Some(0) {
             return;
         }
         assert!(
             start.elapsed() < limit,
             "upload did not drain: dirty_bytes = {:?}",
-            gw.status_value("dirty_bytes")
+            gw.status_value("cache.dirty_bytes")
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -97,7 +97,7 @@ pub(crate) fn nfs_ls(u: &str) -> Vec<String> {
 }
 
 /// Waits (bounded) until `share status` reports nothing left to upload.
-fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Duration) {
+pub(crate) fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, limit: Duration) {
     let start = Instant::now();
     loop {
         let s = tg(gw, config, &["share", "status", share]);
@@ -120,8 +120,9 @@ fn object(garage: &Garage, dir: &Path, key: &str) -> (Vec<u8>, String) {
 
 /// Runs boto3 against the Garage bucket: `get KEY OUT` (prints the metadata as lines
 /// `key=value`), `put KEY IN k=v...`, `delete KEY`, `list PREFIX` (one key a line), `uploads
-/// PREFIX` (the multipart uploads in progress, one id a line).
-fn boto3(garage: &Garage, args: &[&str]) -> String {
+/// PREFIX` (the multipart uploads in progress, one id a line), `hashes PREFIX` (for each
+/// object, a line `KEY<tab>SHA256<tab>k=v k=v...` with its metadata).
+pub(crate) fn boto3(garage: &Garage, args: &[&str]) -> String {
     const SCRIPT: &str = r#"
 import os, sys, boto3
 s3 = boto3.client("s3", endpoint_url=os.environ["EP"], region_name="garage",
@@ -142,6 +143,13 @@ elif op == "list":
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b, Prefix=key):
         for o in page.get("Contents", []):
             print(o["Key"])
+elif op == "hashes":
+    import hashlib
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b, Prefix=key):
+        for o in page.get("Contents", []):
+            r = s3.get_object(Bucket=b, Key=o["Key"])
+            meta = " ".join(f"{k}={v}" for k, v in sorted(r["Metadata"].items()))
+            print(o["Key"], hashlib.sha256(r["Body"].read()).hexdigest(), meta, sep="\t")
 elif op == "uploads":
     for u in s3.list_multipart_uploads(Bucket=b, Prefix=key).get("Uploads", []):
         print(u["UploadId"])
@@ -651,7 +659,7 @@ fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part(
     let mut data = noise(80 * MIB, 3);
     let f = write_committed(&mut c, &root, "large.bin", &data);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
-    let before = live_value(&gw, "files_download_bytes");
+    let before = live_value(&gw, "files.download_bytes");
 
     let patch = vec![0xA5u8; 4096];
     let at = 40 * MIB + 10;
@@ -659,7 +667,7 @@ fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part(
     c.commit(&f).unwrap();
     data[at..at + patch.len()].copy_from_slice(&patch);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
-    let fetched = live_value(&gw, "files_download_bytes") - before;
+    let fetched = live_value(&gw, "files.download_bytes") - before;
     assert!(
         fetched > 0 && fetched <= 16 * MIB as i64,
         "one 16 MiB part fetched, not the whole 80 MiB file: {fetched}"
@@ -810,7 +818,7 @@ fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(live_value(&gw, "files_early_abandoned"), 0);
+    assert_eq!(live_value(&gw, "files.early_abandoned"), 0);
 
     let patch = vec![0x5Au8; 3000];
     let at = 70 * MIB + 5;
@@ -818,8 +826,8 @@ fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload(
     c.commit(&f).unwrap();
     data[at..at + patch.len()].copy_from_slice(&patch);
     wait_uploaded(&gw, config, "docs", Duration::from_secs(120));
-    assert_eq!(live_value(&gw, "files_early_abandoned"), 1);
-    assert_eq!(live_value(&gw, "files_early_uploads"), 1);
+    assert_eq!(live_value(&gw, "files.early_abandoned"), 1);
+    assert_eq!(live_value(&gw, "files.early_uploads"), 1);
     assert_eq!(
         boto3(&garage, &["uploads", "gw/shares/docs/stream.bin"]),
         "",

@@ -25,6 +25,8 @@ fn serve_reports_ready_watchdog_and_stopping_over_notify_socket() {
             "127.0.0.1:0",
             "--nfs-listen",
             "127.0.0.1:0",
+            "--rpcbind",
+            "off",
         ])
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "400000")

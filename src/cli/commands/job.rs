@@ -17,8 +17,7 @@ use crate::config::{ByteSize, Config};
 use crate::gateway::GatewayError;
 use crate::gateway::import::{
     Device, ExportOptions, Failure, ImportOptions, ImportProgress, JobKind, JobManifestFile,
-    JobRequest, complete_job, create_job, job_status, open_export, run_export, run_import,
-    unlock_job,
+    JobRequest, complete_job, create_job, open_export, run_export, run_import, unlock_job,
 };
 use crate::store::device::KdfParams;
 
@@ -63,7 +62,14 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
             )?;
         }
         JobCommand::Status { job } => {
-            let jobs = job_status(&catalog, job.as_deref()).map_err(gateway_error)?;
+            let all = crate::cli::client::Session::open(&config)?.run(|m| m.jobs())?;
+            let jobs: Vec<_> =
+                match &job {
+                    None => all,
+                    Some(id) => vec![all.into_iter().find(|j| j.id == *id).ok_or_else(|| {
+                        gateway_error(GatewayError::NotFound(format!("job {id}")))
+                    })?],
+                };
             writeln!(
                 out,
                 "{:<16} {:<7} {:<10} {:>8} {:>10} {:>8} {:>6}  BUCKET / REASON",
@@ -73,15 +79,15 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
                 writeln!(
                     out,
                     "{:<16} {:<7} {:<10} {:>8} {:>10} {:>8} {:>6}  {}{}",
-                    j.row.id,
-                    j.row.kind,
-                    j.row.state,
-                    j.counts.objects,
-                    ByteSize(j.counts.bytes).to_string(),
-                    j.counts.imported,
-                    j.counts.failed,
-                    j.row.bucket_url,
-                    j.row.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                    j.id,
+                    j.kind,
+                    j.state.to_ascii_uppercase(),
+                    j.objects,
+                    ByteSize(j.bytes).to_string(),
+                    j.imported_objects,
+                    j.failed_objects,
+                    j.target.as_deref().or(j.source.as_deref()).unwrap_or(""),
+                    j.reason.map(|r| format!(" ({r})")).unwrap_or_default()
                 )?;
             }
         }

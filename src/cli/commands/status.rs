@@ -11,9 +11,18 @@ use crate::store::keycheck::Pairing;
 
 pub fn run(config: Config) -> Result<ExitCode> {
     let rt = crate::cli::runtime()?;
-    let s = rt.block_on(status::gather(config));
+    let mut s = rt.block_on(status::gather(config));
+    // A running daemon's snapshot as of now, not of the last status file (up to a second old):
+    // a failure it just recorded is a problem already. A user who cannot read the API token
+    // still sees the file's.
+    if let Ok(Some(session)) = crate::cli::client::Session::running(&s.config)
+        && let Ok(now) = session.run(|m| m.status())
+    {
+        s.snapshot = now;
+    }
     let mut out = std::io::stdout().lock();
     let c = &s.config;
+    let snap = &s.snapshot;
     writeln!(
         out,
         "gateway:        {}{}",
@@ -49,10 +58,13 @@ pub fn run(config: Config) -> Result<ExitCode> {
             None => "not running".to_owned(),
         }
     )?;
+    if let Some(r) = s.daemon.as_ref().and_then(|d| d.rpcbind.as_ref()) {
+        writeln!(out, "rpcbind:        {r}")?;
+    }
     writeln!(
         out,
         "bucket:         {} (endpoint {}): {}",
-        s.bucket,
+        snap.bucket,
         s.endpoint,
         match &s.bucket_state {
             Ok(Pairing::Verified | Pairing::Created) => "reachable, key check ok".to_owned(),
@@ -77,26 +89,27 @@ pub fn run(config: Config) -> Result<ExitCode> {
     )?;
     writeln!(out, "cache:          {}", area(&s.cache))?;
     writeln!(out, "upload buffer:  {}", area(&s.upload_buffer))?;
-    if let Some(l) = &s.live {
-        let lookups = l.hits + l.misses;
+    if snap.running {
+        let c = &snap.cache;
+        let lookups = c.hits + c.misses;
         writeln!(
             out,
             "live:           {} cached, {} dirty (oldest {} s), upload buffer {} of {}, \
              hit ratio {}, {} uploads, {} upload errors",
-            ByteSize(l.cache_bytes),
-            ByteSize(l.dirty_bytes),
-            l.oldest_dirty_secs,
-            ByteSize(l.buffer_bytes),
-            ByteSize(l.buffer_capacity),
+            ByteSize(c.bytes),
+            ByteSize(c.dirty_bytes),
+            c.oldest_dirty_secs,
+            ByteSize(snap.upload_buffer.bytes),
+            ByteSize(snap.upload_buffer.capacity),
             if lookups == 0 {
                 "-".to_owned()
             } else {
-                format!("{:.1}%", 100.0 * l.hits as f64 / lookups as f64)
+                format!("{:.1}%", 100.0 * c.hits as f64 / lookups as f64)
             },
-            l.uploads,
-            l.upload_errors
+            snap.uploads,
+            snap.upload_errors
         )?;
-        for v in &l.stored {
+        for v in &snap.stored {
             let mut parts = vec![format!("{} chunk(s) to upload", v.dirty_chunks)];
             if v.initial_total > 0 {
                 parts.push(format!(
@@ -118,44 +131,50 @@ pub fn run(config: Config) -> Result<ExitCode> {
             }
             writeln!(out, "stored volume:  {}: {}", v.volume, parts.join(", "))?;
         }
+        let f = &snap.files;
         writeln!(
             out,
             "files:          {} uploads ({} started early, {} early ones abandoned), {} upload errors, {} read from the bucket",
-            l.files_uploads,
-            l.files_early_uploads,
-            l.files_early_abandoned,
-            l.files_upload_errors,
-            ByteSize(l.files_download_bytes)
+            f.uploads,
+            f.early_uploads,
+            f.early_abandoned,
+            f.upload_errors,
+            ByteSize(f.download_bytes)
         )?;
     }
-    for v in &s.volumes {
+    for v in &snap.volumes {
         writeln!(
             out,
             "volume:         {} {} ({}, {} in bucket)",
-            v.row.name,
-            ByteSize(v.row.size_bytes),
-            v.row.mode.as_str(),
-            ByteSize(v.mapped_chunks * v.row.chunk_size)
+            v.name,
+            ByteSize(v.size_bytes),
+            v.mode,
+            ByteSize(v.in_bucket_bytes)
         )?;
     }
-    for (share, st) in &s.shares {
+    for share in &snap.shares {
         writeln!(
             out,
             "share:          {} (/{}, {}): {} files / {} not yet uploaded, last upload {}",
             share.name,
             share.name,
-            share.bucket_prefix,
-            st.dirty_files,
-            ByteSize(st.dirty_bytes),
-            st.last_upload_unix.map_or("never".to_owned(), rfc3339)
+            share.prefix,
+            share.dirty_files,
+            ByteSize(share.dirty_bytes),
+            share.last_upload_unix.map_or("never".to_owned(), rfc3339)
         )?;
     }
-    if !s.tapes.is_empty() {
-        let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
-        for t in &s.tapes {
-            *by_state.entry(t.state.label()).or_default() += 1;
-        }
-        let counts: Vec<String> = by_state.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let counts: Vec<String> = snap
+        .tape_states
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(state, n)| {
+            let label = crate::catalog::tapes::TapeState::parse(state)
+                .map_or(state.as_str(), |s| s.label());
+            format!("{n} {label}")
+        })
+        .collect();
+    if !counts.is_empty() {
         writeln!(out, "tapes:          {}", counts.join(", "))?;
     }
     writeln!(
@@ -172,7 +191,7 @@ pub fn run(config: Config) -> Result<ExitCode> {
             ),
         }
     )?;
-    for p in &s.problems {
+    for p in &snap.problems {
         writeln!(out, "PROBLEM:        {p}")?;
     }
     Ok(if s.healthy() {

@@ -3,125 +3,22 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use serde_json::json;
 
 use crate::catalog::Catalog;
 use crate::catalog::volumes::VolumeMode;
 use crate::cli::args::{ImageFormatArg, VolumeCommand, VolumeModeArg};
-use crate::cli::daemon_api::{DaemonApi, items, route, segment};
+use crate::cli::client::Session;
 use crate::cli::progress::Bar;
 use crate::cli::{UsageError, gateway_error as usage};
 use crate::config::{ByteSize, Config};
 use crate::daemon::{self, Engine};
+use crate::frontend::api::types::{CreateVolume, Size};
 use crate::gateway::volumes::image::{self, ImageError, ImageFormat};
-use crate::gateway::volumes::{self, CHUNK_SIZE, CreateVolume};
+use crate::gateway::volumes::{self, CHUNK_SIZE};
 
 pub fn run(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
-    route(config, cmd, through_api, local)
-}
-
-/// Create, list and delete through a running daemon's API; anything else (image import and
-/// export need the local disks) is handed back.
-fn through_api(
-    api: &DaemonApi,
-    _config: &Config,
-    cmd: VolumeCommand,
-    out: &mut impl Write,
-) -> Result<Option<VolumeCommand>> {
-    match cmd {
-        VolumeCommand::Create {
-            name,
-            size,
-            from_snapshot,
-            mode,
-            local_path,
-            preserve_existing,
-        } => {
-            let v = api.post(
-                "/volumes",
-                json!({
-                    "name": name,
-                    "size": size.map(ByteSize::bytes),
-                    "from_snapshot": from_snapshot,
-                    "mode": volume_mode(mode).as_str(),
-                    "local_path": local_path,
-                    "preserve_existing": preserve_existing,
-                }),
-            )?;
-            writeln!(
-                out,
-                "created volume {} ({}, {}), target {}",
-                v["name"].as_str().unwrap_or(&name),
-                ByteSize(v["size_bytes"].as_u64().unwrap_or(0)),
-                v["mode"].as_str().unwrap_or("?"),
-                v["target"].as_str().unwrap_or("?")
-            )?;
-        }
-        VolumeCommand::List => {
-            list_header(out)?;
-            let all = api.get("/volumes")?;
-            for v in items(&all) {
-                list_line(
-                    out,
-                    v["name"].as_str().unwrap_or("?"),
-                    v["size_bytes"].as_u64().unwrap_or(0),
-                    v["mode"].as_str().unwrap_or("?"),
-                    v["in_bucket_bytes"].as_u64().unwrap_or(0),
-                    v["target"].as_str().unwrap_or("?"),
-                )?;
-            }
-        }
-        VolumeCommand::Delete { name } => {
-            api.delete(&format!("/volumes/{}", segment(&name)))?;
-            writeln!(out, "deleted volume {name}")?;
-        }
-        other => return Ok(Some(other)),
-    }
-    Ok(None)
-}
-
-fn volume_mode(mode: VolumeModeArg) -> VolumeMode {
-    match mode {
-        VolumeModeArg::Cached => VolumeMode::Cached,
-        VolumeModeArg::Stored => VolumeMode::Stored,
-    }
-}
-
-fn list_header(out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{:<20} {:>10} {:>7} {:>12}  TARGET",
-        "NAME", "SIZE", "MODE", "IN BUCKET"
-    )
-}
-
-fn list_line(
-    out: &mut impl Write,
-    name: &str,
-    size: u64,
-    mode: &str,
-    in_bucket: u64,
-    target: &str,
-) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{:<20} {:>10} {:>7} {:>12}  {}",
-        name,
-        ByteSize(size).to_string(),
-        mode,
-        ByteSize(in_bucket).to_string(),
-        target
-    )
-}
-
-/// The same commands on the catalog and the bucket directly, with no daemon running.
-fn local(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let catalog = Arc::new(Catalog::open(&config.catalog_path())?);
     let mut out = std::io::stdout().lock();
     match cmd {
         VolumeCommand::Create {
@@ -132,64 +29,60 @@ fn local(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
             local_path,
             preserve_existing,
         } => {
-            let mode = volume_mode(mode);
-            let row = match (from_snapshot, size) {
-                (Some(snapshot), _) => {
-                    let rt = crate::cli::runtime()?;
-                    let engine = rt.block_on(crate::daemon::Engine::open(config.clone()))?;
-                    rt.block_on(crate::gateway::volumes::snapshot::restore(
-                        &engine.catalog,
-                        &engine.chunks,
-                        &snapshot,
-                        &name,
-                        mode,
-                        local_path.as_deref(),
-                    ))
-                    .map_err(usage)?
-                }
-                (None, size) => volumes::create(
-                    &catalog,
-                    &CreateVolume {
-                        name: &name,
-                        size_bytes: size.map(ByteSize::bytes),
-                        mode,
-                        local_path: local_path.as_deref(),
-                        preserve_existing,
-                    },
-                )
-                .map_err(usage)?,
+            let req = CreateVolume {
+                name,
+                size: size.map(|s| Size::Bytes(s.bytes())),
+                mode: Some(volume_mode(mode).as_str().to_owned()),
+                local_path,
+                from_snapshot,
+                preserve_existing,
             };
+            let v = Session::open(&config)?.run(|m| m.create_volume(req))?;
             writeln!(
                 out,
                 "created volume {} ({}, {}), target {}",
-                row.name,
-                ByteSize(row.size_bytes),
-                row.mode.as_str(),
-                crate::daemon::volumes::target_name(&config, &row.name)
+                v.name,
+                ByteSize(v.size_bytes),
+                v.mode,
+                v.target
             )?;
         }
         VolumeCommand::List => {
-            list_header(&mut out)?;
-            for v in volumes::list(&catalog)? {
-                list_line(
-                    &mut out,
-                    &v.row.name,
-                    v.row.size_bytes,
-                    v.row.mode.as_str(),
-                    v.mapped_chunks * v.row.chunk_size,
-                    &crate::daemon::volumes::target_name(&config, &v.row.name),
+            let all = Session::open(&config)?.run(|m| m.volumes())?;
+            writeln!(
+                out,
+                "{:<20} {:>10} {:>7} {:>12}  TARGET",
+                "NAME", "SIZE", "MODE", "IN BUCKET"
+            )?;
+            for v in all {
+                writeln!(
+                    out,
+                    "{:<20} {:>10} {:>7} {:>12}  {}",
+                    v.name,
+                    ByteSize(v.size_bytes).to_string(),
+                    v.mode,
+                    ByteSize(v.in_bucket_bytes).to_string(),
+                    v.target
                 )?;
             }
         }
         VolumeCommand::Delete { name } => {
-            volumes::delete(&catalog, &name).map_err(usage)?;
+            Session::open(&config)?.run(|m| m.delete_volume(name.clone()))?;
             writeln!(out, "deleted volume {name}")?;
         }
+        // Image import and export need the local disks: never through the API.
         VolumeCommand::Import {
             image,
             name,
             format,
-        } => import(&config, &catalog, &image, &name, format, &mut out)?,
+        } => import(
+            &config,
+            &open_catalog(&config)?,
+            &image,
+            &name,
+            format,
+            &mut out,
+        )?,
         VolumeCommand::Export {
             volume,
             file,
@@ -201,9 +94,25 @@ fn local(cmd: VolumeCommand, config: Config) -> Result<ExitCode> {
             file,
             format,
             snapshot: None,
-        } => export(config, &catalog, &volume, &file, format, &mut out)?,
+        } => {
+            let catalog = open_catalog(&config)?;
+            export(config, &catalog, &volume, &file, format, &mut out)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn volume_mode(mode: VolumeModeArg) -> VolumeMode {
+    match mode {
+        VolumeModeArg::Cached => VolumeMode::Cached,
+        VolumeModeArg::Stored => VolumeMode::Stored,
+    }
+}
+
+fn open_catalog(config: &Config) -> Result<Catalog> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    Ok(Catalog::open(&config.catalog_path())?)
 }
 
 fn import(

@@ -6,6 +6,9 @@
 //! `/metrics` is open (read-only figures, loopback by default) so a Prometheus scraper needs no
 //! secret. Errors are `{"code": "...", "message": "..."}` with a stable code.
 
+pub mod metrics;
+pub mod types;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -15,95 +18,96 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use serde_json::Value;
+use axum::routing::{delete, get, post, put};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use types::{
+    Bandwidth, CreateShare, CreateSnapshot, CreateTapes, CreateVolume, Deleted, Job, RefreshShare,
+    Refreshed, Sample, Schedule, SetBandwidth, SetSchedule, Share, Snapshot, Status, Tape, Volume,
+};
 
 /// A failed call: an HTTP status, a stable machine-readable code and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The CLI gets the same value whether it called the daemon over HTTP or the implementation
+/// in-process, so both print the same error and exit with the same status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, Serialize)]
 pub struct ApiError {
+    #[serde(skip)]
     pub status: u16,
-    pub code: &'static str,
+    pub code: String,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
+            code: code.to_owned(),
             message: message.into(),
         }
     }
+
+    /// The caller's mistake (a bad or conflicting request), not a failure of the gateway or a
+    /// refused credential.
+    pub fn is_usage(&self) -> bool {
+        (400..500).contains(&self.status) && self.status != 401 && self.status != 403
+    }
 }
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({ "code": self.code, "message": self.message });
-        (status, Json(body)).into_response()
+        (status, Json(self)).into_response()
     }
 }
 
-pub type ApiResult = Result<Value, ApiError>;
+pub type ApiResult<T> = Result<T, ApiError>;
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// What every management call returns.
+pub type Call<'a, T> = BoxFuture<'a, ApiResult<T>>;
 
-/// What the API can do; the daemon implements it with the gateway.
+/// Every management operation, typed. The daemon implements it with the gateway (and the CLI
+/// runs that same implementation in-process when no daemon runs); the CLI's HTTP client
+/// implements it by calling these routes. Calls are idempotent where their HTTP method is.
 pub trait Management: Send + Sync + 'static {
-    /// Prometheus text exposition format.
-    fn metrics(&self) -> String;
-    fn status(&self) -> ApiResult;
-    fn volumes(&self) -> ApiResult;
-    fn create_volume(&self, body: Value) -> BoxFuture<'_, ApiResult>;
-    fn delete_volume(&self, name: String) -> ApiResult;
-    fn snapshots(&self) -> ApiResult;
-    /// Queues a snapshot; the answer names it (poll `GET /api/v1/snapshots`).
-    fn create_snapshot(&self, body: Value) -> ApiResult;
-    fn delete_snapshot(&self, id: String) -> BoxFuture<'_, ApiResult>;
-    fn bandwidth(&self) -> ApiResult;
-    fn set_bandwidth(&self, body: Value) -> ApiResult;
+    /// One snapshot of the gateway's figures (also what `/metrics` renders).
+    fn status(&self) -> Call<'_, Status>;
+    fn volumes(&self) -> Call<'_, Vec<Volume>>;
+    /// Creates (or restores from a snapshot) and serves at once.
+    fn create_volume(&self, req: CreateVolume) -> Call<'_, Volume>;
+    fn delete_volume(&self, name: String) -> Call<'_, Deleted>;
+    fn set_schedule(&self, volume: String, req: SetSchedule) -> Call<'_, Schedule>;
+    fn snapshots(&self) -> Call<'_, Vec<Snapshot>>;
+    /// Queues a snapshot (a daemon takes it; poll `snapshots`), or with no daemon takes it
+    /// before answering.
+    fn create_snapshot(&self, req: CreateSnapshot) -> Call<'_, Snapshot>;
+    fn delete_snapshot(&self, id: String) -> Call<'_, Deleted>;
+    fn bandwidth(&self) -> Call<'_, Bandwidth>;
+    /// Applies to the next transfer; answers the limits then in force.
+    fn set_bandwidth(&self, req: SetBandwidth) -> Call<'_, Bandwidth>;
     /// Samples of cumulative traffic over the last hour, oldest first (the console's graph).
-    fn history(&self) -> ApiResult;
-    fn shares(&self) -> ApiResult {
-        Err(no_shares())
-    }
-    fn create_share(&self, _body: Value) -> BoxFuture<'_, ApiResult> {
-        Box::pin(async { Err(no_shares()) })
-    }
+    fn history(&self) -> Call<'_, Vec<Sample>>;
+    fn shares(&self) -> Call<'_, Vec<Share>>;
+    fn create_share(&self, req: CreateShare) -> Call<'_, Share>;
     /// `force` deletes a share whose files are not all in the bucket yet.
-    fn delete_share(&self, _name: String, _force: bool) -> ApiResult {
-        Err(no_shares())
-    }
-    /// `{"path"}` (optional): directories to re-list from the bucket on next access.
-    fn refresh_share(&self, _name: String, _body: Value) -> ApiResult {
-        Err(no_shares())
-    }
-    fn tapes(&self) -> ApiResult {
-        Err(no_tapes())
-    }
-    /// `{"barcode_prefix", "count", "size", "retention_days", "lock"}`, as `tape create`.
-    fn create_tapes(&self, _body: Value) -> ApiResult {
-        Err(no_tapes())
-    }
+    fn delete_share(&self, name: String, force: bool) -> Call<'_, Deleted>;
+    fn refresh_share(&self, name: String, req: RefreshShare) -> Call<'_, Refreshed>;
+    fn tapes(&self) -> Call<'_, Vec<Tape>>;
+    fn create_tapes(&self, req: CreateTapes) -> Call<'_, Vec<Tape>>;
     /// `bypass_governance` overrides a governance retention lock (never a compliance one).
-    fn delete_tape(&self, _barcode: String, _bypass_governance: bool) -> ApiResult {
-        Err(no_tapes())
-    }
+    fn delete_tape(&self, barcode: String, bypass_governance: bool) -> Call<'_, Deleted>;
     /// Queues the retrieval of an archived tape; the answer is the tape, RETRIEVING (poll
-    /// `GET /api/v1/tapes` for its progress).
-    fn retrieve_tape(&self, _barcode: String) -> ApiResult {
-        Err(no_tapes())
-    }
-    fn jobs(&self) -> ApiResult {
-        Ok(Value::Array(Vec::new()))
-    }
-}
-
-fn no_tapes() -> ApiError {
-    ApiError::new(404, "not_found", "this gateway has no tape library")
-}
-
-fn no_shares() -> ApiError {
-    ApiError::new(404, "not_found", "this gateway serves no shares")
+    /// `tapes` for its progress).
+    fn retrieve_tape(&self, barcode: String) -> Call<'_, Tape>;
+    fn jobs(&self) -> Call<'_, Vec<Job>>;
 }
 
 /// The web console: one page, embedded in the binary, that signs in with the API token and
@@ -116,7 +120,7 @@ struct Shared {
     token: Arc<str>,
 }
 
-fn reply(r: ApiResult) -> Response {
+fn reply<T: Serialize>(r: ApiResult<T>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
@@ -150,13 +154,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A JSON body that did not parse is the client's error, said plainly.
-fn body(raw: &str) -> Result<Value, ApiError> {
-    if raw.trim().is_empty() {
-        return Ok(Value::Object(serde_json::Map::new()));
-    }
+/// A request body as its type; an empty body is `{}`. One that does not parse is the
+/// client's error, said plainly.
+fn body<T: DeserializeOwned>(raw: &str) -> Result<T, ApiError> {
+    let raw = if raw.trim().is_empty() { "{}" } else { raw };
     serde_json::from_str(raw)
-        .map_err(|e| ApiError::new(400, "bad_request", format!("the body is not JSON: {e}")))
+        .map_err(|e| ApiError::new(400, "bad_request", format!("the body is not valid: {e}")))
 }
 
 /// A `name=true` query flag.
@@ -167,6 +170,25 @@ fn flag(uri: &Uri, name: &str) -> bool {
     })
 }
 
+type S = State<Shared>;
+
+/// A route whose body is a request type: a body that does not parse never reaches the
+/// implementation.
+async fn with_body<T, R>(
+    s: Shared,
+    raw: String,
+    call: impl for<'a> FnOnce(&'a dyn Management, T) -> Call<'a, R>,
+) -> Response
+where
+    T: DeserializeOwned,
+    R: Serialize,
+{
+    match body(&raw) {
+        Ok(b) => reply(call(s.management.as_ref(), b).await),
+        Err(e) => e.into_response(),
+    }
+}
+
 pub fn router(management: Arc<dyn Management>, token: &str) -> Router {
     let shared = Shared {
         management,
@@ -175,111 +197,100 @@ pub fn router(management: Arc<dyn Management>, token: &str) -> Router {
     let api = Router::new()
         .route(
             "/api/v1/status",
-            get(|State(s): State<Shared>| async move { reply(s.management.status()) }),
+            get(|State(s): S| async move { reply(s.management.status().await) }),
         )
         .route(
             "/api/v1/volumes",
-            get(|State(s): State<Shared>| async move { reply(s.management.volumes()) }).post(
-                |State(s): State<Shared>, raw: String| async move {
-                    match body(&raw) {
-                        Ok(b) => reply(s.management.create_volume(b).await),
-                        Err(e) => e.into_response(),
-                    }
-                },
+            get(|State(s): S| async move { reply(s.management.volumes().await) }).post(
+                |State(s): S, raw: String| with_body(s, raw, <dyn Management>::create_volume),
             ),
         )
         .route(
             "/api/v1/volumes/{name}",
-            delete(
-                |State(s): State<Shared>, Path(name): Path<String>| async move {
-                    reply(s.management.delete_volume(name))
+            delete(|State(s): S, Path(name): Path<String>| async move {
+                reply(s.management.delete_volume(name).await)
+            }),
+        )
+        .route(
+            "/api/v1/volumes/{name}/schedule",
+            put(
+                |State(s): S, Path(name): Path<String>, raw: String| async move {
+                    match body(&raw) {
+                        Ok(b) => reply(s.management.set_schedule(name, b).await),
+                        Err(e) => e.into_response(),
+                    }
                 },
             ),
         )
         .route(
             "/api/v1/snapshots",
-            get(|State(s): State<Shared>| async move { reply(s.management.snapshots()) }).post(
-                |State(s): State<Shared>, raw: String| async move {
-                    reply(body(&raw).and_then(|b| s.management.create_snapshot(b)))
-                },
+            get(|State(s): S| async move { reply(s.management.snapshots().await) }).post(
+                |State(s): S, raw: String| with_body(s, raw, <dyn Management>::create_snapshot),
             ),
         )
         .route(
             "/api/v1/snapshots/{id}",
-            delete(
-                |State(s): State<Shared>, Path(id): Path<String>| async move {
-                    reply(s.management.delete_snapshot(id).await)
-                },
-            ),
+            delete(|State(s): S, Path(id): Path<String>| async move {
+                reply(s.management.delete_snapshot(id).await)
+            }),
         )
         .route(
             "/api/v1/bandwidth",
-            get(|State(s): State<Shared>| async move { reply(s.management.bandwidth()) }).put(
-                |State(s): State<Shared>, raw: String| async move {
-                    reply(body(&raw).and_then(|b| s.management.set_bandwidth(b)))
-                },
-            ),
+            get(|State(s): S| async move { reply(s.management.bandwidth().await) })
+                .put(|State(s): S, raw: String| with_body(s, raw, <dyn Management>::set_bandwidth)),
         )
         .route(
             "/api/v1/history",
-            get(|State(s): State<Shared>| async move { reply(s.management.history()) }),
+            get(|State(s): S| async move { reply(s.management.history().await) }),
         )
         .route(
             "/api/v1/shares",
-            get(|State(s): State<Shared>| async move { reply(s.management.shares()) }).post(
-                |State(s): State<Shared>, raw: String| async move {
-                    match body(&raw) {
-                        Ok(b) => reply(s.management.create_share(b).await),
-                        Err(e) => e.into_response(),
-                    }
-                },
-            ),
+            get(|State(s): S| async move { reply(s.management.shares().await) })
+                .post(|State(s): S, raw: String| with_body(s, raw, <dyn Management>::create_share)),
         )
         .route(
             "/api/v1/shares/{name}",
             delete(
-                |State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
+                |State(s): S, Path(name): Path<String>, uri: Uri| async move {
                     let force = flag(&uri, "force");
-                    reply(s.management.delete_share(name, force))
+                    reply(s.management.delete_share(name, force).await)
                 },
             ),
         )
         .route(
             "/api/v1/shares/{name}/refresh",
             post(
-                |State(s): State<Shared>, Path(name): Path<String>, raw: String| async move {
-                    reply(body(&raw).and_then(|b| s.management.refresh_share(name, b)))
+                |State(s): S, Path(name): Path<String>, raw: String| async move {
+                    match body(&raw) {
+                        Ok(b) => reply(s.management.refresh_share(name, b).await),
+                        Err(e) => e.into_response(),
+                    }
                 },
             ),
         )
         .route(
             "/api/v1/tapes",
-            get(|State(s): State<Shared>| async move { reply(s.management.tapes()) }).post(
-                |State(s): State<Shared>, raw: String| async move {
-                    reply(body(&raw).and_then(|b| s.management.create_tapes(b)))
-                },
-            ),
+            get(|State(s): S| async move { reply(s.management.tapes().await) })
+                .post(|State(s): S, raw: String| with_body(s, raw, <dyn Management>::create_tapes)),
         )
         .route(
             "/api/v1/tapes/{barcode}",
             delete(
-                |State(s): State<Shared>, Path(barcode): Path<String>, uri: Uri| async move {
+                |State(s): S, Path(barcode): Path<String>, uri: Uri| async move {
                     let bypass = flag(&uri, "bypass_governance");
-                    reply(s.management.delete_tape(barcode, bypass))
+                    reply(s.management.delete_tape(barcode, bypass).await)
                 },
             ),
         )
         .route(
             "/api/v1/tapes/{barcode}/retrieve",
-            post(
-                |State(s): State<Shared>, Path(barcode): Path<String>| async move {
-                    reply(s.management.retrieve_tape(barcode))
-                },
-            ),
+            post(|State(s): S, Path(barcode): Path<String>| async move {
+                reply(s.management.retrieve_tape(barcode).await)
+            }),
         )
         .route(
             "/api/v1/jobs",
-            get(|State(s): State<Shared>| async move { reply(s.management.jobs()) }),
+            get(|State(s): S| async move { reply(s.management.jobs().await) }),
         )
         .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
     Router::new()
@@ -297,14 +308,18 @@ pub fn router(management: Arc<dyn Management>, token: &str) -> Router {
         )
         .route(
             "/metrics",
-            get(|State(s): State<Shared>| async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    s.management.metrics(),
-                )
+            get(|State(s): S| async move {
+                match s.management.status().await {
+                    Ok(status) => (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics::render(&status),
+                    )
+                        .into_response(),
+                    Err(e) => e.into_response(),
+                }
             }),
         )
         .merge(api)
@@ -336,9 +351,33 @@ mod tests {
     }
 
     #[test]
-    fn bodies() {
-        assert_eq!(body("").unwrap(), serde_json::json!({}));
-        assert_eq!(body("{\"a\":1}").unwrap()["a"], 1);
-        assert_eq!(body("{nope").unwrap_err().code, "bad_request");
+    fn bodies_parse_into_their_request_type() {
+        let empty: types::RefreshShare = body("").unwrap();
+        assert_eq!(empty.path, None);
+        let v: types::CreateVolume = body(r#"{"name":"a"}"#).unwrap();
+        assert_eq!(v.name, "a");
+        for bad in ["{nope", "{}", r#"{"name":3}"#] {
+            let e = body::<types::CreateVolume>(bad).unwrap_err();
+            assert_eq!((e.status, e.code.as_str()), (400, "bad_request"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn usage_errors_are_the_callers_4xx_but_credentials() {
+        for (status, usage) in [
+            (400, true),
+            (404, true),
+            (409, true),
+            (401, false),
+            (403, false),
+            (500, false),
+            (503, false),
+        ] {
+            assert_eq!(
+                ApiError::new(status, "x", "m").is_usage(),
+                usage,
+                "{status}"
+            );
+        }
     }
 }

@@ -5,6 +5,11 @@
 //! `flush` (every close) and `fsync` are the COMMIT of this front end: they return once the
 //! file's data is on local disk. fuser calls us on its own threads; each call blocks on the
 //! daemon's tokio runtime. Must not import another front end or anything below `gateway`.
+//!
+//! POSIX locks (`fcntl`) and `flock` go to the gateway's lock table, where NFSv4.1 clients'
+//! locks are: a lock taken here conflicts with one taken over NFS and the other way round. A
+//! blocking request (F_SETLKW, `flock` without LOCK_NB) is answered from a task that retries
+//! until the lock is free, so fuser's thread is never held.
 
 pub mod errno;
 
@@ -14,13 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner,
-    MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::gateway::GatewayError;
+use crate::gateway::files::locks::{self, LockKind, Refused};
 use crate::gateway::files::{
     Attr, Caller, CreateMode, FileId, FileKind, Files, SetAttr, SetTime, Stability,
 };
@@ -31,6 +37,14 @@ const TTL: Duration = Duration::from_secs(1);
 /// Linux's O_EXCL (fcntl.h), for exclusive create.
 const O_EXCL: i32 = 0o200;
 const READDIR_PAGE: usize = 256;
+/// fcntl.h's lock types (Linux).
+const F_RDLCK: i32 = 0;
+const F_WRLCK: i32 = 1;
+const F_UNLCK: i32 = 2;
+/// The kernel's "to the end of the file" (OFFSET_MAX).
+const OFFSET_MAX: u64 = i64::MAX as u64;
+/// How often a blocking lock request looks again.
+const LOCK_RETRY: Duration = Duration::from_millis(100);
 
 /// A mounted share; dropping it unmounts.
 pub struct Mount {
@@ -118,6 +132,19 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// A local lock owner: namespace 0 in the lock table (NFSv4 client ids are never 0).
+fn lock_owner(owner: LockOwner) -> locks::LockOwner {
+    locks::LockOwner {
+        client: 0,
+        owner: owner.0.to_be_bytes().to_vec(),
+    }
+}
+
+/// The kernel's inclusive `end` as the table's exclusive one.
+fn lock_end(end: u64) -> u64 {
+    if end >= OFFSET_MAX { u64::MAX } else { end + 1 }
+}
+
 fn name_bytes(name: &OsStr) -> &[u8] {
     use std::os::unix::ffi::OsStrExt;
     name.as_bytes()
@@ -186,6 +213,117 @@ impl ShareFs {
 }
 
 impl fuser::Filesystem for ShareFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Without these the kernel keeps locks to itself, unseen by NFS clients. A kernel that
+        // lacks them still mounts, with local-only locks.
+        if let Err(missing) =
+            config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+        {
+            tracing::warn!(?missing, "FUSE lock capabilities not offered by the kernel");
+        }
+        Ok(())
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let kind = if typ == F_RDLCK {
+            LockKind::Read
+        } else {
+            LockKind::Write
+        };
+        let held =
+            self.files
+                .locks()
+                .test(self.id(ino), &lock_owner(owner), kind, start, lock_end(end));
+        match held {
+            Some(l) => reply.locked(
+                l.start,
+                l.end.saturating_sub(1).min(OFFSET_MAX),
+                match l.kind {
+                    LockKind::Read => F_RDLCK,
+                    LockKind::Write => F_WRLCK,
+                },
+                // The holder may be a remote client: no local pid to name.
+                0,
+            ),
+            None => reply.locked(start, end, F_UNLCK, pid),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = self.id(ino);
+        let who = lock_owner(owner);
+        let end = lock_end(end);
+        let kind = match typ {
+            F_UNLCK => {
+                self.files.locks().unlock(file, &who, start, end);
+                return reply.ok();
+            }
+            F_RDLCK => LockKind::Read,
+            _ => LockKind::Write,
+        };
+        let files = self.files.clone();
+        let take = move || files.locks().lock(file, &who, kind, start, end, false);
+        match take() {
+            Ok(()) => reply.ok(),
+            Err(Refused::Conflict(_) | Refused::Grace) if sleep => {
+                self.rt.spawn(async move {
+                    loop {
+                        tokio::time::sleep(LOCK_RETRY).await;
+                        match take() {
+                            Ok(()) => return reply.ok(),
+                            Err(Refused::Conflict(_) | Refused::Grace) => {}
+                            Err(Refused::ShareDenied) => return reply.error(Errno::EACCES),
+                        }
+                    }
+                });
+            }
+            Err(Refused::Conflict(_) | Refused::Grace) => reply.error(Errno::EAGAIN),
+            Err(Refused::ShareDenied) => reply.error(Errno::EACCES),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        // The last close of a file with a `flock` lock on it releases that lock.
+        if let Some(owner) = owner {
+            self.files
+                .locks()
+                .release_file(self.id(ino), &lock_owner(owner));
+        }
+        reply.ok();
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = self.run(
             self.files
@@ -383,9 +521,13 @@ impl fuser::Filesystem for ShareFs {
         req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // POSIX: closing any descriptor of a file drops the process's locks on it.
+        self.files
+            .locks()
+            .release_file(self.id(ino), &lock_owner(owner));
         self.commit(req, ino, reply);
     }
 

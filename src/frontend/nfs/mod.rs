@@ -2,9 +2,10 @@
 //! caller's AUTH_UNIX identity and address reach the gateway (squash, allow-lists, owners of
 //! new files), with nfsserve's wire types for the NFS structures.
 //!
-//! One TCP port serves NFS (100003 v3), MOUNT (100005 v3) and a minimal portmapper GETPORT
-//! (100000 v2) that points both at this port, so clients can skip the system portmapper
-//! (`port=`/`mountport=`, or libnfs's `?nfsport=&mountport=`). Calls on one connection run
+//! One TCP port serves NFS (100003 v3), MOUNT (100005 v3) and the portmapper/rpcbind answers
+//! of `portmap.rs` (100000 v2-v4) pointing both at this port, for clients told the port
+//! (`port=`/`mountport=`, or libnfs's `?nfsport=&mountport=`). `rpcbind.rs` serves the same
+//! answers on port 111, where clients look without being told. Calls on one connection run
 //! concurrently (bounded); replies go out as they finish, matched by xid.
 //!
 //! Must not import another front end or anything below `gateway`. Invariant: malformed input
@@ -14,7 +15,10 @@
 pub mod handles;
 pub mod mount;
 pub mod nfs3;
+pub mod nfs4;
+pub mod portmap;
 pub mod rpc;
+pub mod rpcbind;
 pub mod status;
 
 use std::future::Future;
@@ -32,27 +36,33 @@ use rpc::{AcceptStat, Auth, RpcError};
 
 /// Calls of one connection being worked on at once.
 const CALLS_IN_FLIGHT: usize = 16;
-const PORTMAP_PROGRAM: u32 = 100_000;
 
 /// What every connection shares.
 struct Server {
     files: Arc<Files>,
     handles: Handles,
-    port: u16,
+    nfs4: nfs4::Nfs4,
+    portmap: portmap::Services,
 }
 
 /// Serves NFS on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     files: Arc<Files>,
+    nfs4_options: nfs4::Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), std::io::Error> {
-    let port = listener.local_addr()?.port();
+    let portmap = portmap::Services {
+        nfs: listener.local_addr()?,
+        rpcbind: None,
+    };
     let handles = Handles::new(files.handle_generation());
+    let nfs4 = nfs4::Nfs4::new(&files, nfs4_options);
     let server = Arc::new(Server {
         files,
         handles,
-        port,
+        nfs4,
+        portmap,
     });
     tokio::pin!(shutdown);
     loop {
@@ -198,13 +208,20 @@ async fn handle_record(server: &Server, record: &[u8], peer: SocketAddr) -> Opti
             };
             nfs.dispatch(call.proc_, &caller, args).await
         }
+        (nfs3::PROGRAM, nfs4::VERSION) => {
+            server
+                .nfs4
+                .dispatch(&server.files, &server.handles, call.proc_, &caller, args)
+                .await
+        }
         (mount::PROGRAM, mount::VERSION) => {
             mount::dispatch(&server.files, &server.handles, call.proc_, &caller, args).await
         }
-        (PORTMAP_PROGRAM, 2) => portmap(server.port, call.proc_, args),
-        (nfs3::PROGRAM, _) => return Some(rpc::prog_mismatch(call.xid, 3, 3)),
+        (portmap::PROGRAM, _) => {
+            return Some(portmap::answer(&server.portmap, &call, args, None));
+        }
+        (nfs3::PROGRAM, _) => return Some(rpc::prog_mismatch(call.xid, 3, 4)),
         (mount::PROGRAM, _) => return Some(rpc::prog_mismatch(call.xid, 3, 3)),
-        (PORTMAP_PROGRAM, _) => return Some(rpc::prog_mismatch(call.xid, 2, 2)),
         _ => return Some(rpc::accepted(call.xid, AcceptStat::ProgUnavail)),
     };
     Some(match outcome {
@@ -219,25 +236,4 @@ async fn handle_record(server: &Server, record: &[u8], peer: SocketAddr) -> Opti
         }
         Outcome::NoProc => rpc::accepted(call.xid, AcceptStat::ProcUnavail),
     })
-}
-
-/// Portmapper v2 (RFC 1833): NULL, and GETPORT answering this port for NFS and MOUNT over TCP.
-fn portmap(port: u16, proc_: u32, args: &[u8]) -> Outcome {
-    match proc_ {
-        0 => Outcome::Reply(Vec::new()),
-        3 => {
-            let mut r = rpc::Reader::new(args, 0);
-            let (Ok(prog), Ok(vers), Ok(prot)) = (r.u32(), r.u32(), r.u32()) else {
-                return Outcome::Garbage("truncated GETPORT".into());
-            };
-            const IPPROTO_TCP: u32 = 6;
-            let ours = matches!(
-                (prog, vers),
-                (nfs3::PROGRAM, nfs3::VERSION) | (mount::PROGRAM, 1..=3)
-            ) && prot == IPPROTO_TCP;
-            let answer = if ours { u32::from(port) } else { 0 };
-            Outcome::Reply(answer.to_be_bytes().to_vec())
-        }
-        _ => Outcome::NoProc,
-    }
 }

@@ -20,7 +20,7 @@ use crate::gateway::files::{
 
 mod xdr;
 
-use xdr::{Out, Reject, failed_handle, fattr, handle, post, sattr, time, wcc};
+use xdr::{Out, Reject, Status3, failed_handle, fattr, handle, post, sattr, time, wcc};
 
 pub const PROGRAM: u32 = 100_003;
 pub const VERSION: u32 = 3;

@@ -163,6 +163,43 @@ impl<'a> Reader<'a> {
 }
 
 /// Splits one record-marking fragment header into (last fragment, length).
+/// An XDR body under construction (RFC 4506): big-endian words, opaques padded to 4 bytes.
+#[derive(Debug, Default)]
+pub struct Out(pub Vec<u8>);
+
+impl Out {
+    pub fn new() -> Self {
+        Self(Vec::with_capacity(256))
+    }
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    pub fn bool(&mut self, v: bool) -> &mut Self {
+        self.u32(u32::from(v))
+    }
+    /// Fixed-size opaque: the bytes and their padding, no length.
+    pub fn fixed(&mut self, data: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(data);
+        self.0
+            .extend(std::iter::repeat_n(0, (4 - data.len() % 4) % 4));
+        self
+    }
+    pub fn opaque(&mut self, data: &[u8]) -> &mut Self {
+        self.u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
+        self.fixed(data)
+    }
+    pub fn xdr<T: XDR>(&mut self, v: &T) -> &mut Self {
+        // Writing into a Vec cannot fail.
+        let _ = v.serialize(&mut self.0);
+        self
+    }
+}
+
 pub fn fragment_header(h: [u8; 4]) -> (bool, usize) {
     let v = u32::from_be_bytes(h);
     (

@@ -12,6 +12,7 @@
 mod blocks;
 pub mod data;
 mod early;
+pub mod locks;
 pub mod meta;
 pub mod ops;
 pub mod path;
@@ -398,6 +399,7 @@ pub struct Files {
     space: tokio::sync::Notify,
     counters: upload::UploadCounters,
     traffic: Mutex<HashMap<i64, Arc<traffic::ShareTraffic>>>,
+    lock_table: locks::LockTable,
 }
 
 impl Files {
@@ -439,6 +441,7 @@ impl Files {
             space: tokio::sync::Notify::new(),
             counters: upload::UploadCounters::default(),
             traffic: Mutex::new(HashMap::new()),
+            lock_table: locks::LockTable::new(),
         })
     }
 
@@ -446,6 +449,31 @@ impl Files {
     /// survive restarts (nfsserve's default, the start time, would make every handle stale).
     pub fn handle_generation(&self) -> u64 {
         self.handle_generation
+    }
+
+    /// Byte-range locks and share reservations, shared by every front end.
+    pub fn locks(&self) -> &locks::LockTable {
+        &self.lock_table
+    }
+
+    /// The clients that may reclaim locks after a restart (stable-storage client records,
+    /// RFC 8881 §8.4.3): recorded when a client first gets state, dropped when it goes.
+    pub fn lock_clients(&self) -> Result<Vec<Vec<u8>>, GatewayError> {
+        let key = crate::catalog::settings::keys::FILES_LOCK_CLIENTS;
+        let value = self.catalog.setting(key)?.unwrap_or_default();
+        Ok(value
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .filter_map(locks::unhex)
+            .collect())
+    }
+
+    /// Replaces the recorded lock clients.
+    pub fn set_lock_clients(&self, clients: &[Vec<u8>]) -> Result<(), GatewayError> {
+        let key = crate::catalog::settings::keys::FILES_LOCK_CLIENTS;
+        let value: Vec<String> = clients.iter().map(|c| locks::hex(c)).collect();
+        self.catalog.set_settings(&[(key, &value.join(","))])?;
+        Ok(())
     }
 
     /// The write verifier of this run (RFC 1813 §3.3.7): it changes whenever the gateway

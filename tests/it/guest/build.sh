@@ -1,5 +1,5 @@
 #!/bin/bash
-# Builds the tape-client guest from Debian's packages: a debootstrap root (minbase plus the
+# Builds a client guest (tape or NFS) from Debian's packages: a debootstrap root (minbase plus the
 # packages named in $PACKAGES) packed as an uncompressed initramfs, and the kernel of
 # linux-image-amd64 unpacked with dpkg-deb. Usage: build.sh OUT_DIR (writes OUT_DIR/vmlinuz and
 # OUT_DIR/root.cpio); $MODULES are the kernel modules to keep. Needs root (debootstrap chroots),
@@ -31,7 +31,8 @@ mods=$work/kernel/lib/modules/$kver
 dest=$root/lib/modules/$kver
 mkdir -p "$dest"
 cp -a "$mods"/modules.order "$mods"/modules.builtin* "$dest/"
-for d in drivers/scsi drivers/virtio drivers/net net/core lib crypto; do
+for d in drivers/scsi drivers/virtio drivers/net net/core lib crypto \
+    fs/nfs fs/nfs_common fs/lockd fs/fscache fs/netfs net/sunrpc net/dns_resolver; do
     [ -e "$mods/kernel/$d" ] || continue
     mkdir -p "$(dirname "$dest/kernel/$d")"
     cp -a "$mods/kernel/$d" "$dest/kernel/$d"

@@ -7,17 +7,7 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 portal=@PORTAL@
 target=@TARGET@
 
-step() { # step NAME COMMAND...: runs it with its output between markers
-    name=$1; shift
-    echo "== BEGIN $name"
-    t0=$(date +%s)
-    "$@" 2>&1
-    rc=$?
-    echo "== END $name"
-    echo "== TIME $name $(($(date +%s) - t0))"
-    echo "== RC $name $rc"
-    return $rc
-}
+. /steps.sh
 
 for m in crc32c_generic scsi_transport_iscsi iscsi_tcp sg st ch; do modprobe "$m" || echo "modprobe $m failed"; done
 mkdir -p /etc/iscsi /run/lock/iscsi /var/lib/iscsi /var/lock

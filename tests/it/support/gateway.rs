@@ -44,11 +44,19 @@ impl Gateway {
         } else {
             &["--nfs-listen", "127.0.0.1:0"]
         };
+        // Port 111 can be held by one process only: rpcbind is off unless the test asks (those
+        // tests run one at a time, see .config/nextest.toml).
+        let rpcbind_default: &[&str] = if args.contains(&"--rpcbind") {
+            &[]
+        } else {
+            &["--rpcbind", "off"]
+        };
         let child = cmd
             .arg("serve")
             .args(args)
             .args(api)
             .args(nfs_default)
+            .args(rpcbind_default)
             .stdin(Stdio::null())
             .stdout(file.try_clone().map_err(|e| e.to_string())?)
             .stderr(file)
@@ -99,11 +107,14 @@ impl Gateway {
         table.get(key)?.as_str().map(str::to_owned)
     }
 
-    /// A value from the live status file the daemon rewrites every second.
+    /// A value from the status snapshot the daemon rewrites every second; `key` is a dotted
+    /// path (`cache.dirty_bytes`).
     pub fn status_value(&self, key: &str) -> Option<i64> {
         let text = std::fs::read_to_string(self.data_dir.join("run/status.toml")).ok()?;
-        let table: toml::Table = toml::from_str(&text).ok()?;
-        table.get(key)?.as_integer()
+        let table: toml::Value = toml::from_str(&text).ok()?;
+        key.split('.')
+            .try_fold(&table, |v, k| v.get(k))?
+            .as_integer()
     }
 
     /// A stored volume's figure from the status file's `[[stored]]` entries.

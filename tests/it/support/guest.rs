@@ -1,4 +1,4 @@
-//! A Debian guest for driving tidegate with the kernel's own initiators and the tools users run:
+//! A Debian guest for driving tidegate with the kernel's own clients and the tools users run:
 //! a `debootstrap` root with a fixed package list, packed as an initramfs, and the kernel of
 //! `linux-image-amd64` (guest/build.sh). Built once per change of the package list or the
 //! recipe, cached under the target directory. Each boot appends the test's script to the
@@ -22,8 +22,18 @@ pub const TAPE_PACKAGES: &str = "open-iscsi,mtx,mt-st,tar,bacula-sd,iproute2,kmo
 pub const TAPE_MODULES: &str =
     "virtio_pci virtio_net scsi_transport_iscsi iscsi_tcp crc32c_generic sg st ch";
 
+/// What the NFS client tests need inside: mount.nfs (nfs-common) and /etc/protocols (netbase;
+/// without it mount.nfs cannot name `tcp` and fails with "Protocol not supported"); iproute2
+/// and kmod to bring up the network and load the client.
+pub const NFS_PACKAGES: &str = "nfs-common,netbase,iproute2,kmod";
+/// The kernel's NFS client, v3 and v4 (nfsv4 needs dns_resolver, which modprobe does not find
+/// as a dependency on its own), and the network.
+pub const NFS_MODULES: &str = "virtio_pci virtio_net sunrpc lockd nfs nfsv3 nfsv4 dns_resolver";
+
 const BUILD: &str = include_str!("../guest/build.sh");
 const INIT: &str = include_str!("../guest/init.sh");
+/// The `step` helper the test scripts source (markers the host reads with `section` and `rc`).
+const STEPS: &str = include_str!("../guest/steps.sh");
 
 pub struct Image {
     pub kernel: PathBuf,
@@ -33,10 +43,18 @@ pub struct Image {
 /// The tape-client guest, built (or found in the cache) once per test run.
 pub fn tape_client() -> &'static Image {
     static BUILT: OnceLock<Image> = OnceLock::new();
-    BUILT.get_or_init(|| build(TAPE_PACKAGES, TAPE_MODULES))
+    BUILT.get_or_init(|| build("tape", TAPE_PACKAGES, TAPE_MODULES))
 }
 
-fn build(packages: &str, modules: &str) -> Image {
+/// The NFS-client guest (the kernel's NFS client and mount.nfs), built once per test run.
+pub fn nfs_client() -> &'static Image {
+    static BUILT: OnceLock<Image> = OnceLock::new();
+    BUILT.get_or_init(|| build("nfs", NFS_PACKAGES, NFS_MODULES))
+}
+
+/// Builds the guest `kind` (each kind keeps its own cache directory, so building one never
+/// evicts another).
+fn build(kind: &str, packages: &str, modules: &str) -> Image {
     for t in ["debootstrap", "dpkg-deb", "cpio", "apt-get"] {
         tool(t);
     }
@@ -51,7 +69,8 @@ fn build(packages: &str, modules: &str) -> Image {
         .parent()
         .and_then(Path::parent)
         .expect("the binary is under target/<profile>")
-        .join("guest");
+        .join("guest")
+        .join(kind);
     let out = cache.join(key);
     let image = Image {
         kernel: out.join("vmlinuz"),
@@ -105,7 +124,11 @@ pub fn boot(dir: &Path, image: &Image, script: &str) -> Vm {
         .append(true)
         .open(&initrd)
         .unwrap();
-    std::io::Write::write_all(&mut f, &newc(&[("test.sh", 0o100755, script.as_bytes())])).unwrap();
+    let files = [
+        ("test.sh", 0o100755, script.as_bytes()),
+        ("steps.sh", 0o100644, STEPS.as_bytes()),
+    ];
+    std::io::Write::write_all(&mut f, &newc(&files)).unwrap();
     let args: Vec<String> = [
         "-m",
         "2048",

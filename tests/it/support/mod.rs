@@ -6,7 +6,9 @@ pub mod garage;
 pub mod gateway;
 pub mod guest;
 pub mod nfs;
+pub mod nfs4;
 pub mod qemu;
+pub mod rpcbind;
 pub mod tgt;
 
 use std::path::{Path, PathBuf};

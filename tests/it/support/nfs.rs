@@ -68,6 +68,10 @@ impl<'a> Dec<'a> {
         self.pos += n + (4 - n % 4) % 4;
         v
     }
+    /// What is left to decode.
+    pub fn rest(&self) -> &'a [u8] {
+        &self.b[self.pos..]
+    }
     pub fn fixed(&mut self, n: usize) -> Vec<u8> {
         let v = self.b[self.pos..self.pos + n].to_vec();
         self.pos += n;

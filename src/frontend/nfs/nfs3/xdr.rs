@@ -6,7 +6,6 @@ use nfsserve::nfs::{
     fattr3, ftype3, nfsstat3, nfstime3, post_op_attr, pre_op_attr, sattr3, set_atime, set_gid3,
     set_mode3, set_mtime, set_size3, set_uid3, specdata3, wcc_data,
 };
-use nfsserve::xdr::XDR;
 
 use crate::frontend::nfs::handles::{HandleError, Handles};
 use crate::frontend::nfs::rpc::{Reader, RpcError};
@@ -14,37 +13,15 @@ use crate::gateway::files::{Attr, FileId, FileKind, SetAttr, SetTime};
 
 const FH_MAX: usize = 64;
 
-/// Result body under construction.
-pub(super) struct Out(pub(super) Vec<u8>);
+pub(super) use crate::frontend::nfs::rpc::Out;
 
-impl Out {
-    pub(super) fn new() -> Self {
-        Self(Vec::with_capacity(256))
-    }
-    pub(super) fn u32(&mut self, v: u32) -> &mut Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    pub(super) fn u64(&mut self, v: u64) -> &mut Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    pub(super) fn bool(&mut self, v: bool) -> &mut Self {
-        self.u32(u32::from(v))
-    }
-    pub(super) fn opaque(&mut self, data: &[u8]) -> &mut Self {
-        self.u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
-        self.0.extend_from_slice(data);
-        self.0
-            .extend(std::iter::repeat_n(0, (4 - data.len() % 4) % 4));
-        self
-    }
-    pub(super) fn xdr<T: XDR>(&mut self, v: &T) -> &mut Self {
-        // Writing into a Vec cannot fail.
-        let _ = v.serialize(&mut self.0);
-        self
-    }
-    pub(super) fn status(&mut self, s: nfsstat3) -> &mut Self {
+/// NFSv3 statuses go out as their `u32` discriminant.
+pub(super) trait Status3 {
+    fn status(&mut self, s: nfsstat3) -> &mut Self;
+}
+
+impl Status3 for Out {
+    fn status(&mut self, s: nfsstat3) -> &mut Self {
         self.u32(s as u32)
     }
 }
