@@ -1,6 +1,6 @@
 //! Process edge: parse the command line, set up logging, run, map errors to exit codes
 //! (0 ok, 1 runtime failure, 2 usage or configuration error), printing the error chain on one
-//! line.
+//! line with each cause once (`error_chain::chain`).
 
 use std::process::ExitCode;
 
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     match tidegate::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("tidegate: {err:#}");
+            eprintln!("tidegate: {}", tidegate::error_chain::chain(err.as_ref()));
             if is_usage(&err) {
                 ExitCode::from(2)
             } else {

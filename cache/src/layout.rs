@@ -12,7 +12,7 @@ const MAGIC: &str = "tidegate-cache";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AreaError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -40,42 +40,60 @@ impl Area {
         };
         std::fs::create_dir_all(path).map_err(io)?;
         let marker = path.join(MARKER);
-        match std::fs::read_to_string(&marker) {
-            Ok(text) => {
-                let version =
-                    text.strip_prefix(MAGIC)
-                        .map(str::trim)
-                        .ok_or_else(|| AreaError::Foreign {
-                            path: path.to_path_buf(),
-                        })?;
-                if version != LAYOUT_VERSION.to_string() {
-                    return Err(AreaError::UnknownVersion {
-                        path: path.to_path_buf(),
-                        found: version.to_owned(),
-                    });
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if std::fs::read_dir(path).map_err(io)?.next().is_some() {
-                    return Err(AreaError::Foreign {
-                        path: path.to_path_buf(),
-                    });
-                }
-                let tmp = path.join(format!("{MARKER}.tmp"));
-                let mut f = std::fs::File::create(&tmp).map_err(io)?;
-                writeln!(f, "{MAGIC} {LAYOUT_VERSION}").map_err(io)?;
-                f.sync_all().map_err(io)?;
-                std::fs::rename(&tmp, &marker).map_err(io)?;
-                std::fs::File::open(path)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io)?;
-            }
-            Err(e) => return Err(io(e)),
+        if let Some(area) = Self::existing(path, capacity)? {
+            return Ok(area);
         }
+        // Our own half-written marker (left by a crash) does not make the directory foreign.
+        let tmp = path.join(format!("{MARKER}.tmp"));
+        let mut entries = std::fs::read_dir(path).map_err(io)?;
+        if entries.any(|e| e.map_or(true, |e| e.path() != tmp)) {
+            return Err(AreaError::Foreign {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        writeln!(f, "{MAGIC} {LAYOUT_VERSION}").map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &marker).map_err(io)?;
+        std::fs::File::open(path)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(Self {
             path: path.to_path_buf(),
             capacity,
         })
+    }
+
+    /// The area at `path` if it exists and is marked, changing nothing (for `status`, which
+    /// may look while a daemon is creating the area). `Ok(None)`: not created (or not marked)
+    /// yet.
+    pub fn existing(path: &Path, capacity: u64) -> Result<Option<Self>, AreaError> {
+        let text = match std::fs::read_to_string(path.join(MARKER)) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(AreaError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let version =
+            text.strip_prefix(MAGIC)
+                .map(str::trim)
+                .ok_or_else(|| AreaError::Foreign {
+                    path: path.to_path_buf(),
+                })?;
+        if version != LAYOUT_VERSION.to_string() {
+            return Err(AreaError::UnknownVersion {
+                path: path.to_path_buf(),
+                found: version.to_owned(),
+            });
+        }
+        Ok(Some(Self {
+            path: path.to_path_buf(),
+            capacity,
+        }))
     }
 
     pub fn path(&self) -> &Path {

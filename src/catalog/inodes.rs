@@ -9,7 +9,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::catalog::shares::{as_i64, bad, u32_at, u64_at};
-use crate::catalog::{Catalog, CatalogError, now_unix};
+use crate::catalog::{Catalog, CatalogError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InodeKind {
@@ -66,6 +66,8 @@ pub struct InodeRow {
     pub size: u64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
+    /// Last access; kept locally only (never in the bucket's metadata).
+    pub atime_ns: i64,
     pub target: Option<String>,
     pub remote_key: Option<String>,
     pub etag: Option<String>,
@@ -102,6 +104,7 @@ impl InodeRow {
             size: 0,
             mtime_ns: time_ns,
             ctime_ns: time_ns,
+            atime_ns: time_ns,
             target: None,
             remote_key: None,
             etag: None,
@@ -121,7 +124,7 @@ impl InodeRow {
 
 pub(super) const INODE_COLUMNS: &str = "id, share_id, parent, name, path, kind, mode, uid, gid, size, \
      mtime_ns, ctime_ns, target, remote_key, etag, extra_meta, staged, version, synced_version, \
-     refreshed_unix, rdev_major, rdev_minor";
+     refreshed_unix, rdev_major, rdev_minor, atime_ns";
 
 pub(super) fn row_to_inode(r: &Row<'_>) -> rusqlite::Result<InodeRow> {
     let kind: String = r.get(5)?;
@@ -147,6 +150,7 @@ pub(super) fn row_to_inode(r: &Row<'_>) -> rusqlite::Result<InodeRow> {
         synced_version: r.get(18)?,
         refreshed_unix: r.get(19)?,
         rdev: (u32_at(r, 20)?, u32_at(r, 21)?),
+        atime_ns: r.get(22)?,
     })
 }
 /// One upload to record with [`Catalog::mark_synced_batch`].
@@ -224,11 +228,19 @@ impl Catalog {
     /// durable by the next synchronous write, e.g. `sync_inode`. For UNSTABLE writes, whose
     /// durability point is the COMMIT that follows.
     pub fn save_inode_unsynced(&self, row: &InodeRow) -> Result<(), CatalogError> {
+        self.unsynced(|conn| update_inode(conn, row))
+    }
+
+    /// Runs `change` with `synchronous=NORMAL` for its transaction only.
+    fn unsynced(
+        &self,
+        change: impl FnOnce(&rusqlite::Connection) -> Result<(), CatalogError>,
+    ) -> Result<(), CatalogError> {
         let conn = self.conn();
         // Cached statements: parsing the pragmas was a tenth of a small file's catalog time.
         conn.prepare_cached("PRAGMA synchronous = NORMAL")?
             .execute([])?;
-        let result = update_inode(&conn, row);
+        let result = change(&conn);
         conn.prepare_cached("PRAGMA synchronous = FULL")?
             .execute([])?;
         result
@@ -241,6 +253,28 @@ impl Catalog {
             .prepare_cached("UPDATE inodes SET version = version WHERE id = ?1")?
             .execute([id])?;
         Ok(())
+    }
+
+    /// A directory's entries changed (an entry created, removed or renamed): its mtime and
+    /// ctime become `now_ns` (POSIX). Local only: a directory's times are not in the bucket,
+    /// so nothing is uploaded for them.
+    pub fn touch_dir(&self, id: i64, now_ns: i64) -> Result<(), CatalogError> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE inodes SET mtime_ns = ?2, ctime_ns = ?2 WHERE id = ?1 AND kind = 'dir'",
+            )?
+            .execute(params![id, now_ns])?;
+        Ok(())
+    }
+
+    /// Records a read's access time, without waiting for the disk: an access time lost with
+    /// power is harmless, and reads must not pay an fsync.
+    pub fn set_atime(&self, id: i64, atime_ns: i64) -> Result<(), CatalogError> {
+        self.unsynced(|conn| {
+            conn.prepare_cached("UPDATE inodes SET atime_ns = ?2 WHERE id = ?1")?
+                .execute(params![id, atime_ns])?;
+            Ok(())
+        })
     }
 
     /// Removes an inode; its object (if any) is queued for deletion in the same transaction.
@@ -437,7 +471,7 @@ impl Catalog {
         self.conn().execute(
             "INSERT OR REPLACE INTO share_uploads (upload_id, key, started_unix)
              VALUES (?1, ?2, ?3)",
-            params![upload_id, key, now_unix()],
+            params![upload_id, key, crate::clock::unix_secs()],
         )?;
         Ok(())
     }
@@ -496,7 +530,7 @@ fn update_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<(), Catal
         "UPDATE inodes SET mode = ?2, uid = ?3, gid = ?4, size = ?5, mtime_ns = ?6,
              ctime_ns = ?7, target = ?8, remote_key = ?9, etag = ?10, extra_meta = ?11,
              staged = ?12, version = ?13, synced_version = ?14, refreshed_unix = ?15,
-             rdev_major = ?16, rdev_minor = ?17
+             rdev_major = ?16, rdev_minor = ?17, atime_ns = ?18
          WHERE id = ?1",
     )?
     .execute(params![
@@ -517,6 +551,7 @@ fn update_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<(), Catal
         row.refreshed_unix,
         row.rdev.0,
         row.rdev.1,
+        row.atime_ns,
     ])?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Import/export jobs and the objects a device holds (DESIGN §7).
+//! Import/export jobs and the objects a device holds (docs/design.md §7).
 //!
 //! The catalog stores what `gateway/import` hands it: object records arrive sealed and are
 //! returned as they were; only sizes and import states are plain, for progress and `status`.
@@ -8,7 +8,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::catalog::shares::u64_at;
-use crate::catalog::{Catalog, CatalogError, now_unix as now};
+use crate::catalog::{Catalog, CatalogError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRow {
@@ -155,7 +155,7 @@ impl Catalog {
         state: &str,
         reason: Option<&str>,
     ) -> Result<(), CatalogError> {
-        let t = now();
+        let t = crate::clock::unix_secs();
         self.conn().execute(
             "UPDATE jobs SET state = ?2, reason = ?3, updated_unix = ?4,
                  sealed_unix = CASE WHEN ?2 IN ('SEALED', 'READY') THEN ?4 ELSE sealed_unix END,
@@ -307,7 +307,7 @@ impl Catalog {
         self.conn().execute(
             "INSERT INTO job_uploads (job_id, upload_id, record, created_unix)
              VALUES (?1, ?2, ?3, ?4)",
-            params![job, upload_id, record, now()],
+            params![job, upload_id, record, crate::clock::unix_secs()],
         )?;
         Ok(())
     }

@@ -1,10 +1,11 @@
-//! The catalog: the appliance's memory in SQLite (DESIGN §8). The only module that holds SQL.
+//! The catalog: the appliance's memory in SQLite (docs/design.md §8). The only module that holds
+//! SQL.
 //!
 //! WAL mode, one connection behind a mutex (one writer), `synchronous=FULL` so a committed
 //! transaction survives power loss. It is not the truth about the bucket: everything in it can be
-//! rebuilt from the bucket's manifests and catalog backups. Table groups get a file each
-//! (`settings.rs` for gateway identity and integrity events; volumes, files, tapes and jobs
-//! follow as their gateways arrive).
+//! rebuilt from the bucket's manifests and catalog backups. Table groups get a file each:
+//! `settings.rs` (gateway identity, integrity events), `volumes.rs`, `snapshots.rs`, `stored.rs`,
+//! `shares.rs` and `inodes.rs` (the file gateway), `tapes.rs`, `jobs.rs` and `gc.rs`.
 
 pub mod gc;
 pub mod inodes;
@@ -20,15 +21,26 @@ pub mod volumes;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
+
+/// How long a statement waits for another process's transaction (a migration, a daemon's write)
+/// before failing with "database is locked".
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub use schema::CURRENT_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("catalog {path}: {source}")]
+    #[error("catalog {path}")]
     Open {
         path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("migrating catalog {path} to schema version {version}")]
+    Migrate {
+        path: PathBuf,
+        version: u32,
         #[source]
         source: rusqlite::Error,
     },
@@ -37,15 +49,28 @@ pub enum CatalogError {
          {supported}); run the newer tidegate that wrote it"
     )]
     TooNew { found: u32, supported: u32 },
-    #[error("catalog: {0}")]
+    /// SQLite's own messages name what failed ("no such table: volumes", "database is
+    /// locked"); callers add the context they have.
+    #[error(transparent)]
     Sql(#[from] rusqlite::Error),
 }
 
-/// Seconds since the epoch, as the catalog's `*_unix` columns hold them.
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+/// Switches to WAL and returns the journal mode in force. SQLite answers "database is locked"
+/// at once, without its busy handler, while another process holds the fresh file (switching
+/// modes needs it alone), so the switch is retried for as long as a statement would wait.
+fn set_wal(conn: &Connection) -> Result<String, rusqlite::Error> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -62,11 +87,8 @@ impl Catalog {
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode = set_wal(&conn).map_err(open_err)?;
         // An in-memory catalog (the device's NFS share) has no WAL, and needs none.
         if !mode.eq_ignore_ascii_case("wal") && path != Path::new(":memory:") {
             tracing::warn!(%mode, "catalog could not switch to WAL mode");
@@ -75,11 +97,34 @@ impl Catalog {
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
-        schema::migrate(&mut conn)?;
+        schema::migrate(&mut conn, path)?;
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens the catalog at `path` only if it exists, changing nothing: no file is created, no
+    /// journal mode set, no migration run (for `status`, which may look while a daemon is
+    /// creating or migrating it). An older schema is opened as it is; reads of tables it does
+    /// not have yet fail, and the caller shows what it can. `Ok(None)`: there is no catalog.
+    pub fn open_existing(path: &Path) -> Result<Option<Self>, CatalogError> {
+        let open_err = |source| CatalogError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = match Connection::open_with_flags(path, flags) {
+            Ok(conn) => conn,
+            Err(_) if !path.exists() => return Ok(None),
+            Err(e) => return Err(open_err(e)),
+        };
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        schema::check_not_newer(schema::version(&conn)?)?;
+        Ok(Some(Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        }))
     }
 
     pub fn path(&self) -> &Path {
@@ -132,6 +177,45 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn open_existing_creates_and_migrates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        assert!(Catalog::open_existing(&path).unwrap().is_none());
+        assert!(!path.exists(), "looking created a catalog");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 2)
+            .unwrap();
+        let c = Catalog::open_existing(&path).unwrap().unwrap();
+        assert_eq!(c.schema_version().unwrap(), 2, "open_existing migrated");
+    }
+
+    #[test]
+    fn issue_18_concurrent_first_opens_migrate_once() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.db");
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                let opens: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Catalog::open(&path).map(|c| c.schema_version().unwrap())
+                        })
+                    })
+                    .collect();
+                for open in opens {
+                    match open.join().unwrap() {
+                        Ok(version) => assert_eq!(version, CURRENT_VERSION, "round {round}"),
+                        Err(e) => panic!("round {round}: {e}"),
+                    }
+                }
+            });
+        }
     }
 
     #[test]

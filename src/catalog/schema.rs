@@ -1,11 +1,13 @@
 //! Schema versions: numbered migrations applied in order, the version kept in
-//! `PRAGMA user_version` (STYLE: persisted formats carry a version).
+//! `PRAGMA user_version` (CONTRIBUTING.md: persisted formats carry a version).
 //!
 //! Invariant: a migration runs inside the same transaction that bumps `user_version`, so a crash
 //! leaves the catalog at the old version or the new one, never between. A catalog newer than this
 //! build is refused rather than misread.
 
-use rusqlite::Connection;
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::catalog::CatalogError;
 
@@ -20,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_import_uploads.sql"),
     include_str!("migrations/0010_share_uploads.sql"),
     include_str!("migrations/0011_special_files.sql"),
+    include_str!("migrations/0012_inode_atime.sql"),
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -28,21 +31,50 @@ pub fn version(conn: &Connection) -> Result<u32, CatalogError> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
-pub fn migrate(conn: &mut Connection) -> Result<u32, CatalogError> {
-    let found = version(conn)?;
+/// SQLite's failure without the statement text rusqlite appends to it: the text of a whole
+/// migration file would turn a one-line error into a page.
+fn without_sql(e: rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqlInputError { error, msg, .. } => {
+            rusqlite::Error::SqliteFailure(error, Some(msg))
+        }
+        other => other,
+    }
+}
+
+/// Refuses a catalog written by a newer tidegate.
+pub fn check_not_newer(found: u32) -> Result<(), CatalogError> {
     if found > CURRENT_VERSION {
         return Err(CatalogError::TooNew {
             found,
             supported: CURRENT_VERSION,
         });
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", index as u32 + 1)?;
-        tx.commit()?;
+    Ok(())
+}
+
+/// Brings the schema to `CURRENT_VERSION`. Several processes may open a fresh catalog at once
+/// (a daemon starting while a script runs a command), so each step reads the version and
+/// applies the next migration inside one exclusive transaction: a second process waits for the
+/// first to commit and then sees the new version instead of creating the same tables again.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<u32, CatalogError> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        let found = version(&tx)?;
+        check_not_newer(found)?;
+        let Some(sql) = MIGRATIONS.get(found as usize) else {
+            return Ok(found);
+        };
+        let migrate_err = |source| CatalogError::Migrate {
+            path: path.to_path_buf(),
+            version: found + 1,
+            source: without_sql(source),
+        };
+        tx.execute_batch(sql).map_err(migrate_err)?;
+        tx.pragma_update(None, "user_version", found + 1)
+            .map_err(migrate_err)?;
+        tx.commit().map_err(migrate_err)?;
     }
-    version(conn)
 }
 
 #[cfg(test)]
@@ -69,7 +101,10 @@ mod tests {
              DELETE FROM inodes WHERE name = 'gone';",
         )
         .unwrap();
-        assert_eq!(migrate(&mut conn).unwrap(), CURRENT_VERSION);
+        assert_eq!(
+            migrate(&mut conn, std::path::Path::new("catalog.db")).unwrap(),
+            CURRENT_VERSION
+        );
         let (kind, size, extra, rdev): (String, i64, String, i64) = conn
             .query_row(
                 "SELECT kind, size, extra_meta, rdev_major FROM inodes WHERE id = 2",

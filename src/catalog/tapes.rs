@@ -16,7 +16,7 @@ const TAPE_MAP: ChunkMap = ChunkMap {
 };
 use crate::catalog::{Catalog, CatalogError};
 
-/// A tape's life cycle (DESIGN §6).
+/// A tape's life cycle (docs/design.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TapeState {
     Available,

@@ -1,5 +1,5 @@
 //! The binary's edge below `main`: turns the typed command line into a `Config` and calls the
-//! daemon or a command. anyhow is allowed here and in `main.rs` only (STYLE: errors).
+//! daemon or a command. anyhow is allowed here and in `main.rs` only (CONTRIBUTING.md, "Errors").
 
 pub mod args;
 mod client;

@@ -1,4 +1,5 @@
-//! Encrypted catalog copies in the bucket (DESIGN §2), so a replacement gateway can recover.
+//! Encrypted catalog copies in the bucket (docs/design.md §2), so a replacement gateway can
+//! recover.
 //!
 //! A copy is a compacted SQLite file (`VACUUM INTO`) sealed with the chunk frame under
 //! `gateway/<id>/catalog/<generation>`; the generation is the time in milliseconds, so the
@@ -33,9 +34,7 @@ pub async fn take(
     let data = std::fs::read(&tmp).map_err(io(format!("reading {}", tmp.display())));
     let _ = std::fs::remove_file(&tmp);
     let data = data?;
-    let generation = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let generation = crate::clock::unix_millis();
     let key = catalog_backup(gateway_id, generation);
     chunks.put_sealed(&key, Bytes::from(data)).await?;
     prune(chunks, gateway_id).await?;

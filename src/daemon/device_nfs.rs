@@ -31,7 +31,7 @@ pub struct DeviceNfs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceNfsError {
-    #[error("listening for NFS on {listen}: {source}")]
+    #[error("listening for NFS on {listen}")]
     Listen {
         listen: SocketAddr,
         #[source]

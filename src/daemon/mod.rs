@@ -32,6 +32,7 @@ use tidegate_cache::{Cache, CacheConfig, CacheError};
 use crate::catalog::settings::keys as setting;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
+use crate::error_chain::one_line;
 use crate::gateway::files::{self, Files, FilesConfig};
 use crate::store::keycheck::{self, Pairing};
 use crate::store::{Bucket, ChunkStore, Codec, KeyError, MasterKey, StoreError};
@@ -42,7 +43,7 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Key(#[from] KeyError),
-    #[error("key file {key_file} does not match the bucket: {source}")]
+    #[error("key file {key_file} does not match the bucket")]
     WrongKey {
         key_file: PathBuf,
         #[source]
@@ -54,7 +55,7 @@ pub enum DaemonError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -73,7 +74,7 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     NotActivated(String),
-    #[error("file gateway: {0}")]
+    #[error("file gateway")]
     Files(#[from] crate::gateway::GatewayError),
     #[error("cannot serve rpcbind on {addr} ({bind}) nor register with a system rpcbind")]
     Rpcbind {
@@ -488,7 +489,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     .await
     {
         Ok(key) => tracing::info!(%key, "catalog backed up"),
-        Err(e) => tracing::warn!(error = %e, "backing up the catalog at shutdown"),
+        Err(e) => tracing::warn!(error = %one_line(&e), "backing up the catalog at shutdown"),
     }
     Ok(())
 }
@@ -539,7 +540,7 @@ async fn backup_loop(
                     tracing::debug!(%key, "catalog backed up");
                     saved = marker;
                 }
-                Err(e) => tracing::warn!(error = %e, "backing up the catalog"),
+                Err(e) => tracing::warn!(error = %one_line(&e), "backing up the catalog"),
             }
         }
         tokio::select! {
@@ -620,8 +621,5 @@ pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<(), DaemonErr
     std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
 }
 
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
+/// The daemon's name for `clock::unix_secs`, kept for the management layer's call sites.
+pub(crate) use crate::clock::unix_secs as unix_now;

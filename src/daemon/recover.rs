@@ -38,7 +38,7 @@ pub struct Recovery {
 fn gateway(e: GatewayError) -> DaemonError {
     DaemonError::Io {
         what: "recovering".into(),
-        source: std::io::Error::other(e.to_string()),
+        source: std::io::Error::other(crate::error_chain::one_line(&e)),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::catalog::Catalog;
 use crate::catalog::settings::{IntegritySummary, keys as setting};
 use crate::config::{Config, DiskConfig};
 use crate::daemon::Ready;
+use crate::error_chain::one_line;
 use crate::frontend::api::types;
 use crate::store::keycheck::{self, Pairing};
 use crate::store::{Bucket, Codec, MasterKey};
@@ -48,29 +49,26 @@ impl Status {
 }
 
 pub async fn gather(config: Config) -> Status {
-    let catalog = config
-        .catalog_path()
-        .exists()
-        .then(|| {
-            Catalog::open(&config.catalog_path())
-                .ok()
-                .map(std::sync::Arc::new)
-        })
-        .flatten();
+    // Never `Catalog::open`: that would create and migrate the catalog, racing a daemon that is
+    // starting on the same data dir.
+    let catalog = Catalog::open_existing(&config.catalog_path())
+        .ok()
+        .flatten()
+        .map(std::sync::Arc::new);
     let setting = |key| catalog.as_ref().and_then(|c| c.setting(key).ok().flatten());
     let key = MasterKey::load(&config.key_file);
     let bucket_state = match (&key, Bucket::open(&config.bucket, false)) {
-        (_, Err(e)) => Err(e.to_string()),
+        (_, Err(e)) => Err(one_line(&e)),
         (Err(_), Ok(bucket)) => bucket
             .check()
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| one_line(&e))
             .and(Err("reachable; no usable key to check it with".to_owned())),
         (Ok(key), Ok(bucket)) => match bucket.check().await {
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(one_line(&e)),
             Ok(()) => keycheck::ensure(&bucket, &Codec::new(key.clone()), false)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| one_line(&e)),
         },
     };
     let daemon = Ready::read(&config);
@@ -95,7 +93,7 @@ pub async fn gather(config: Config) -> Status {
             .clone()
             .unwrap_or_else(|| "default".to_owned()),
         bucket_state,
-        key: key.map(|k| k.fingerprint()).map_err(|e| e.to_string()),
+        key: key.map(|k| k.fingerprint()).map_err(|e| one_line(&e)),
         catalog_schema: catalog.as_ref().and_then(|c| c.schema_version().ok()),
         cache: area_status(&config.cache),
         upload_buffer: area_status(&config.upload_buffer),
@@ -105,12 +103,11 @@ pub async fn gather(config: Config) -> Status {
 }
 
 pub(crate) fn area_status(disk: &DiskConfig) -> AreaStatus {
-    // Only measure an area that exists; opening would create it.
-    let used = disk
-        .path
-        .is_dir()
-        .then(|| Area::open(&disk.path, disk.size.bytes()).ok()?.used().ok())
-        .flatten();
+    // Only measure an area that exists: opening would create it, racing a starting daemon.
+    let used = Area::existing(&disk.path, disk.size.bytes())
+        .ok()
+        .flatten()
+        .and_then(|a| a.used().ok());
     AreaStatus {
         path: disk.path.clone(),
         capacity: disk.size.bytes(),

@@ -1,6 +1,6 @@
 //! `GatewayError`: the protocol-neutral failure kinds. Each front end maps every kind in one
-//! exhaustive match (STYLE: errors), so adding a kind breaks the build until each decides.
-//! The lower error is kept as the source.
+//! exhaustive match (CONTRIBUTING.md, "Errors"), so adding a kind breaks the build until each
+//! decides. The lower error is kept as the source.
 
 use crate::catalog::CatalogError;
 use crate::store::StoreError;
@@ -25,11 +25,11 @@ pub enum GatewayError {
     #[error("out of range: {0}")]
     OutOfRange(String),
     /// A GCM tag or checksum failed: never retried into a wrong answer.
-    #[error("{0}")]
-    Corrupt(#[source] Source),
+    #[error(transparent)]
+    Corrupt(Source),
     /// The bucket cannot be reached; the operation may succeed later.
-    #[error("{0}")]
-    Unavailable(#[source] Source),
+    #[error(transparent)]
+    Unavailable(Source),
     #[error("busy: {0}")]
     Busy(String),
     /// A path component that must be a directory is not one.
@@ -50,8 +50,8 @@ pub enum GatewayError {
     /// A file id that named something that no longer exists.
     #[error("stale file id: {0}")]
     Stale(String),
-    #[error("{0}")]
-    Internal(#[source] Source),
+    #[error(transparent)]
+    Internal(Source),
 }
 
 impl From<StoreError> for GatewayError {

@@ -1,4 +1,4 @@
-//! Garbage collection of bucket chunks (DESIGN §4): mark and sweep with a grace period.
+//! Garbage collection of bucket chunks (docs/design.md §4): mark and sweep with a grace period.
 //!
 //! Mark: every chunk a volume's map, a committed snapshot manifest or an upload pin
 //! references. Sweep: `chunks/` objects listed *before* the mark, unreferenced, and older than
@@ -40,7 +40,7 @@ pub async fn collect(
     grace: Duration,
     dry_run: bool,
 ) -> Result<GcReport, GatewayError> {
-    let now = crate::daemon::unix_now();
+    let now = crate::clock::unix_secs();
     let cutoff = now.saturating_sub(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
     let bucket = chunks.bucket();
     // Listed before marking: an object created after this cannot be a candidate.

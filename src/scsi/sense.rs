@@ -248,7 +248,7 @@ pub fn gateway_error(e: &GatewayError) -> ScsiResponse {
         GatewayError::NoSpace(_) => SPACE_ALLOCATION_FAILED,
         GatewayError::InvalidArgument(_) => INVALID_FIELD_IN_CDB,
         GatewayError::OutOfRange(_) => LBA_OUT_OF_RANGE,
-        // Integrity failures are never retried into a wrong answer (STYLE: errors 6).
+        // Integrity failures are never retried into a wrong answer (CONTRIBUTING.md, "Errors").
         GatewayError::Corrupt(_) => UNRECOVERED_READ_ERROR,
         // The bucket is unreachable but may come back: NOT READY / BECOMING READY is the
         // retryable NOT READY (Linux requeues it rather than failing the I/O at once), unlike
@@ -271,9 +271,7 @@ fn log_failure(e: &GatewayError) {
         GatewayError::Internal(_) => 2,
         _ => return,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::since_epoch().as_secs();
     if LAST[slot].swap(now, Ordering::Relaxed) != now {
         tracing::error!(error = %e, "SCSI command failed");
     }

@@ -1,12 +1,12 @@
 //! Threads for the CPU-heavy work of filling the bucket (sealing chunks: BLAKE3, lz4, AES-GCM),
 //! at a lower CPU priority than the threads that serve clients.
 //!
-//! A write is acknowledged once it is in the local journal; uploading it is background work.
-//! On a small appliance (two cores) sealing at full priority takes CPU from the initiator's own
-//! I/O, so a burst that fits the upload buffer is written at a fraction of local-disk speed.
-//! Niced threads use whatever CPU clients leave idle; under a sustained overload the upload
-//! buffer fills, writers wait, the CPU frees up and the uploads catch up (back-pressure as in
-//! DESIGN §4). Opening chunks for reads stays on tokio's blocking pool: a client waits on it.
+//! A write is acknowledged once it is in the local journal; uploading it is background work. On a
+//! small appliance (two cores) sealing at full priority takes CPU from the initiator's own I/O, so
+//! a burst that fits the upload buffer is written at a fraction of local-disk speed. Niced threads
+//! use whatever CPU clients leave idle; under a sustained overload the upload buffer fills, writers
+//! wait, the CPU frees up and the uploads catch up (back-pressure as in docs/design.md §4). Opening
+//! chunks for reads stays on tokio's blocking pool: a client waits on it.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,10 +1,10 @@
-//! The device mode's secrets and digests (DESIGN §7): the job key derived from an unlock code
-//! with Argon2id, the subkeys that sign manifests and name objects, the device's S3
+//! The device mode's secrets and digests (docs/design.md §7): the job key derived from an unlock
+//! code with Argon2id, the subkeys that sign manifests and name objects, the device's S3
 //! credentials, and the SHA-256/MD5 digests kept per object.
 //!
-//! Lives in `store` because the crypto crates do (STYLE: layering); `gateway/import` uses it and
-//! never sees a crate. Invariant: nothing derived here is reversible to the unlock code or the
-//! job key; the unlock code is never logged, and a wrong code or an edited manifest file fails
+//! Lives in `store` because the crypto crates do (CONTRIBUTING.md, "Layers"); `gateway/import` uses
+//! it and never sees a crate. Invariant: nothing derived here is reversible to the unlock code or
+//! the job key; the unlock code is never logged, and a wrong code or an edited manifest file fails
 //! the same key check without saying which.
 
 use aws_lc_rs::{digest, hmac};

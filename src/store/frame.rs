@@ -1,5 +1,5 @@
-//! The chunk frame (DESIGN §3): how a block of data is compressed, encrypted and bound to its
-//! object key before it goes to the bucket, and how it is checked on the way back.
+//! The chunk frame (docs/design.md §3): how a block of data is compressed, encrypted and bound to
+//! its object key before it goes to the bucket, and how it is checked on the way back.
 //!
 //! Layout (all integers little-endian), 56-byte header then ciphertext and a 16-byte GCM tag:
 //!
@@ -90,7 +90,7 @@ pub enum FrameError {
     Random,
 }
 
-/// The outcome of sealing a chunk: all-zero data is never stored (DESIGN §3).
+/// The outcome of sealing a chunk: all-zero data is never stored (docs/design.md §3).
 #[derive(Debug)]
 pub enum Sealed {
     Zero,
@@ -285,7 +285,8 @@ fn parse_header(frame: &[u8]) -> Result<Header, CorruptReason> {
     if frame[0..4] != MAGIC {
         return Err(CorruptReason::BadMagic);
     }
-    // Future versions get their own arm here; old ones stay readable (STYLE: persisted formats).
+    // Future versions get their own arm here; old ones stay readable (CONTRIBUTING.md: persisted
+    // formats carry a version).
     if frame[4] != VERSION {
         return Err(CorruptReason::UnsupportedVersion(frame[4]));
     }

@@ -1,4 +1,4 @@
-//! Pairing a bucket with a key: the `gateway/keycheck` object (DESIGN §3).
+//! Pairing a bucket with a key: the `gateway/keycheck` object (docs/design.md §3).
 //!
 //! Owns the one object that tells a wrong key before anything else is read: a frame sealed under
 //! the master key holding a known value. Invariant: a bucket that holds a key check is never

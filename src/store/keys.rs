@@ -1,4 +1,4 @@
-//! Object naming in the bucket (DESIGN §2) and the chunk id type.
+//! Object naming in the bucket (docs/design.md §2) and the chunk id type.
 //!
 //! Owns every object key the gateway writes; no other module formats a key by hand, so the
 //! bucket layout changes in one place. Keys are relative to the gateway's bucket root (the
@@ -17,8 +17,8 @@ pub const CHUNKS_PREFIX: &str = "chunks/";
 /// Where snapshot manifests live: `snapshots/<id>/manifest` and its parts `.../map/<n>`.
 pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
 
-/// The tape shelf (DESIGN §6): `shelf/<barcode>/part-<n>` archive parts, `shelf/<barcode>/index`
-/// (the record index and part hashes), and `shelf/inventory.json`.
+/// The tape shelf (docs/design.md §6): `shelf/<barcode>/part-<n>` archive parts,
+/// `shelf/<barcode>/index` (the record index and part hashes), and `shelf/inventory.json`.
 pub const SHELF_INVENTORY: &str = "shelf/inventory.json";
 
 pub fn shelf_part(barcode: &str, part: u64) -> String {

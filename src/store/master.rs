@@ -20,7 +20,7 @@ const LABEL_FRAME: &[u8] = b"tidegate/v1/frame";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -82,7 +82,7 @@ impl MasterKey {
         out
     }
 
-    /// The AES-256-GCM key for one frame: HKDF-SHA256(master, salt), DESIGN §3.
+    /// The AES-256-GCM key for one frame: HKDF-SHA256(master, salt), docs/design.md §3.
     pub(crate) fn frame_key(&self, salt: &[u8]) -> aws_lc_rs::aead::UnboundKey {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(&self.master);
         let okm = prk

@@ -1,4 +1,4 @@
-//! The bucket side of the gateway: the only module that talks to the bucket (DESIGN §1).
+//! The bucket side of the gateway: the only module that talks to the bucket (docs/design.md §1).
 //!
 //! `Bucket` wraps `object_store` for a `file://` directory or an `s3://` bucket, adding the
 //! gateway's own policy: multipart above a threshold, bandwidth limits, retries with backoff
@@ -41,6 +41,7 @@ use object_store::{
 };
 
 use crate::config::{BucketConfig, BucketLocation, Credentials};
+use crate::error_chain::{innermost, one_line};
 pub use chunks::{ChunkPins, ChunkRef, ChunkStore};
 pub use frame::{Codec, FrameError};
 pub use keys::ChunkId;
@@ -463,37 +464,4 @@ fn s3_builder(cfg: &BucketConfig, bucket: &str) -> AmazonS3Builder {
             .with_secret_access_key(secret_access_key);
     }
     b
-}
-
-/// The error and its sources on one line, bounded, for logs and messages.
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if text.chars().count() > 400 {
-        let mut cut: String = text.chars().take(400).collect();
-        cut.push('…');
-        cut
-    } else {
-        text
-    }
-}
-
-/// The root cause alone (e.g. "Connection refused (os error 111)").
-fn innermost(e: &dyn std::error::Error) -> String {
-    let mut last = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        last = s.to_string();
-        source = s.source();
-    }
-    last.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -1,4 +1,4 @@
-//! Plain objects for the file gateway (DESIGN §2 `shares/`): stored as written, with user
+//! Plain objects for the file gateway (docs/design.md §2 `shares/`): stored as written, with user
 //! metadata, readable by any S3 tool. No framing, no encryption.
 //!
 //! Keys are taken verbatim (`Path::parse`, never the percent-encoding `Path::from`), so a file

@@ -1,7 +1,7 @@
 //! The few S3 requests object_store cannot express, signed here with AWS Signature V4: keys
 //! ending in `/` (directory markers; object_store paths never end in a delimiter) and
 //! CopyObject with `x-amz-metadata-directive: REPLACE` (changing an object's metadata without
-//! re-uploading it, NOTES.md).
+//! re-uploading it: object_store's copy keeps the old metadata and cannot replace it).
 //!
 //! Also the multipart requests whose upload id must outlive the process (an import resumed
 //! after a crash continues its upload: ListParts, parts sent with Content-MD5).
@@ -9,8 +9,6 @@
 //! Only for `s3://` buckets with static or environment credentials; everything else goes
 //! through object_store. Invariant: a request is signed over exactly the headers sent, and a
 //! body is covered by the signature's payload hash or, for parts, by its Content-MD5.
-
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{digest, hmac};
 
@@ -276,9 +274,7 @@ impl RawS3 {
                 "no static or environment credentials for a signed request".into(),
             ))
         })?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        let now = crate::clock::unix_secs();
         let date = amz_date(now);
         let day = &date[..8];
         let path = self.path(key);

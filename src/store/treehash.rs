@@ -1,9 +1,9 @@
 //! The Glacier SHA-256 tree hash: SHA-256 of each 1 MiB leaf, then hashes of adjacent pairs,
 //! level by level, an odd node carried up unchanged, until one root remains.
 //!
-//! Owns the tree-hash algorithm for archives (tape shelf, DESIGN §6) and `tidegate treehash`.
-//! Streaming in constant memory: finished subtrees sit on a stack like the digits of a binary
-//! counter, at most one per level (≤ 64 entries), so a hash of any length holds one leaf's
+//! Owns the tree-hash algorithm for archives (tape shelf, docs/design.md §6) and `tidegate
+//! treehash`. Streaming in constant memory: finished subtrees sit on a stack like the digits of a
+//! binary counter, at most one per level (≤ 64 entries), so a hash of any length holds one leaf's
 //! SHA-256 state plus that stack. Invariant: the streaming result equals the level-by-level
 //! definition for every input length, and the tree hash of an upload's parts, each a power-of-two
 //! number of MiB (all but the last the same size), combines into the tree hash of the whole.

@@ -1,6 +1,7 @@
-//! Plain objects written piece by piece, for the bulk import (DESIGN §7): the caller streams an
-//! object's bytes from the device and decides at the end whether it is committed (`finish`) or
-//! dropped (`abort`, e.g. when the device data did not verify), so a bad object never appears.
+//! Plain objects written piece by piece, for the bulk import (docs/design.md §7): the caller
+//! streams an object's bytes from the device and decides at the end whether it is committed
+//! (`finish`) or dropped (`abort`, e.g. when the device data did not verify), so a bad object never
+//! appears.
 //!
 //! Invariant: an upload whose `finish` did not return Ok leaves no object at the key (a single
 //! PUT is sent only at `finish`; a multipart upload is completed only there).

@@ -20,6 +20,7 @@ mod malformed;
 mod nfs4;
 mod nfs_guest;
 mod nfs_share;
+mod regression;
 mod rpcbind;
 mod snapshots;
 mod special_files;

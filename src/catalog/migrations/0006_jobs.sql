@@ -1,4 +1,4 @@
--- Schema version 6: bulk import/export jobs (DESIGN §7) and the objects a device holds.
+-- Schema version 6: bulk import/export jobs (docs/design.md §7) and the objects a device holds.
 -- Object names, metadata and segment lists are sealed by gateway/import (the device's disks
 -- alone reveal nothing); the catalog sees opaque name ids and blobs, plus sizes and states.
 CREATE TABLE jobs (

@@ -1,5 +1,5 @@
 //! `GatewayError` → errno for FUSE replies: the front end's one mapping, an exhaustive match
-//! with no `_` arm (STYLE: errors 3).
+//! with no `_` arm (CONTRIBUTING.md, "Errors").
 
 use fuser::Errno;
 
@@ -14,7 +14,7 @@ pub fn errno(e: &GatewayError) -> Errno {
         GatewayError::NoSpace(_) => Errno::ENOSPC,
         GatewayError::InvalidArgument(_) => Errno::EINVAL,
         GatewayError::OutOfRange(_) => Errno::EFBIG,
-        // Integrity failures are I/O errors, never data (STYLE: errors 6).
+        // Integrity failures are I/O errors, never data (CONTRIBUTING.md, "Errors").
         GatewayError::Corrupt(_) => Errno::EIO,
         // The bucket may come back; EAGAIN lets the application decide to retry.
         GatewayError::Unavailable(_) | GatewayError::Busy(_) => Errno::EAGAIN,

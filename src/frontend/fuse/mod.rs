@@ -188,7 +188,7 @@ impl ShareFs {
             ino: self.ino(a.id),
             size: a.size,
             blocks: a.size.div_ceil(512),
-            atime: time(a.mtime_ns),
+            atime: time(a.atime_ns),
             mtime: time(a.mtime_ns),
             ctime: time(a.ctime_ns),
             crtime: time(a.ctime_ns),

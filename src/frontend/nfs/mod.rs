@@ -1,4 +1,4 @@
-//! The NFSv3 front end over `gateway::files` (DESIGN §5): our own ONC RPC layer, so the
+//! The NFS front ends over `gateway::files` (docs/design.md §5): our own ONC RPC layer, so the
 //! caller's AUTH_UNIX identity and address reach the gateway (squash, allow-lists, owners of
 //! new files), with nfsserve's wire types for the NFS structures.
 //!

@@ -33,7 +33,7 @@ const MAX_DATAGRAM_BYTES: usize = 8 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcbindError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

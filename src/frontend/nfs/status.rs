@@ -14,7 +14,7 @@ pub fn nfsstat(e: &GatewayError) -> nfsstat3 {
         GatewayError::NoSpace(_) => nfsstat3::NFS3ERR_NOSPC,
         GatewayError::InvalidArgument(_) => nfsstat3::NFS3ERR_INVAL,
         GatewayError::OutOfRange(_) => nfsstat3::NFS3ERR_FBIG,
-        // Integrity failures are I/O errors, never data (STYLE: errors 6).
+        // Integrity failures are I/O errors, never data (CONTRIBUTING.md, "Errors").
         GatewayError::Corrupt(_) => nfsstat3::NFS3ERR_IO,
         // The bucket may come back: JUKEBOX makes clients retry later instead of failing.
         GatewayError::Unavailable(_) | GatewayError::Busy(_) => nfsstat3::NFS3ERR_JUKEBOX,

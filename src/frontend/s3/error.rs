@@ -1,5 +1,6 @@
 //! `GatewayError` → S3 error code and HTTP status: the S3 front end's one mapping, an
-//! exhaustive match with no `_` arm (STYLE: errors). Integrity failures are 500s, never 404s.
+//! exhaustive match with no `_` arm (CONTRIBUTING.md, "Errors"). Integrity failures are 500s, never
+//! 404s.
 
 use s3s::{S3Error, S3ErrorCode};
 

@@ -1,4 +1,4 @@
-//! The bulk-import S3 endpoint (DESIGN §7): the `s3s::S3` trait over one unlocked device.
+//! The bulk-import S3 endpoint (docs/design.md §7): the `s3s::S3` trait over one unlocked device.
 //!
 //! s3s parses requests and verifies SigV4 (`auth.rs` hands it the device's own key pair); each
 //! operation family has a file (`objects`, `list`, `multipart`) that turns the typed input into

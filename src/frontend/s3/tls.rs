@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
@@ -87,9 +87,7 @@ impl EndpointTls {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         // Valid from a day back (clocks on site may lag) for ten years: the certificate lives
         // as long as one unlock, and an expiry mid-transfer would be worse than a long one.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = crate::clock::since_epoch();
         params.not_before = rcgen::date_time_ymd(1970, 1, 1) + now - Duration::from_secs(86_400);
         params.not_after = params.not_before + Duration::from_secs(10 * 365 * 86_400);
         let key =

@@ -5,12 +5,21 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use s3s::S3Result;
-use s3s::dto::{StreamingBlob, Timestamp};
+use s3s::dto::{StreamingBlob, Timestamp, TimestampFormat};
 
 use crate::gateway::import::{Device, ExpectedDigests, ObjectAttrs, SegmentWriter};
 
 pub fn timestamp(unix: i64) -> Timestamp {
     Timestamp::from(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0)))
+}
+
+/// Whole seconds since the epoch of a request's date header (HTTP dates have whole seconds).
+pub fn unix_secs(t: &Timestamp) -> Option<i64> {
+    let mut text = Vec::new();
+    t.format(TimestampFormat::EpochSeconds, &mut text).ok()?;
+    let secs: f64 = std::str::from_utf8(&text).ok()?.parse().ok()?;
+    // In range of i64 by construction: a Timestamp is a calendar date.
+    Some(secs.floor() as i64)
 }
 
 /// Standard base64 (RFC 4648 §4) with padding, as Content-MD5 and x-amz-checksum-* use.

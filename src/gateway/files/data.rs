@@ -18,7 +18,7 @@ use crate::catalog::shares::{InodeKind, InodeRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::traffic::Counted;
-use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, now_ns, permits};
+use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, permits};
 
 /// How much a bucket read fetches at once: a client's sequential READs are then served from
 /// memory for the rest of the window.
@@ -49,6 +49,17 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> GatewayError {
 }
 
 /// Data operations apply to regular files only.
+/// How old an atime may get before a read advances it even if the file has not changed.
+const RELATIME_MAX_AGE_NS: i64 = 24 * 3600 * 1_000_000_000;
+
+/// Linux's relatime: a read advances the atime when it is not newer than the mtime or ctime,
+/// or older than a day.
+fn relatime_due(row: &InodeRow, now_ns: i64) -> bool {
+    row.atime_ns <= row.mtime_ns
+        || row.atime_ns <= row.ctime_ns
+        || now_ns.saturating_sub(row.atime_ns) > RELATIME_MAX_AGE_NS
+}
+
 fn regular(row: &InodeRow) -> Result<(), GatewayError> {
     match row.kind {
         InodeKind::File => Ok(()),
@@ -120,7 +131,21 @@ impl Files {
             Bytes::from(vec![0u8; usize::try_from(end - offset).unwrap_or(0)])
         };
         self.count(share.id, Counted::Read(data.len() as u64));
+        let row = self.accessed(row)?;
         Ok((data, end >= row.size, self.attr(&row)))
+    }
+
+    /// Advances a file's atime after a read, with Linux's relatime rules: only when the atime
+    /// is not newer than the mtime or ctime, or is a day old, so a file read over and over
+    /// costs one catalog write a day, not one per READ, while "read since it last changed"
+    /// stays answerable (mail readers, tmpwatch).
+    fn accessed(&self, mut row: InodeRow) -> Result<InodeRow, GatewayError> {
+        let now = crate::clock::unix_nanos();
+        if relatime_due(&row, now) {
+            self.catalog.set_atime(row.id, now)?;
+            row.atime_ns = now;
+        }
+        Ok(row)
     }
 
     fn read_staged(&self, id: i64, offset: u64, end: u64) -> Result<Bytes, GatewayError> {
@@ -471,7 +496,7 @@ impl Files {
             self.sync_staging_entry(row.id)?;
             Stability::FileSync
         };
-        let now = now_ns();
+        let now = crate::clock::unix_nanos();
         row.size = row.size.max(end);
         row.mtime_ns = now;
         row.ctime_ns = now;
@@ -578,7 +603,7 @@ impl Files {
         file.sync_all()
             .map_err(io_err(format!("syncing {}", path.display())))?;
         self.sync_staging_entry(row.id)?;
-        let now = now_ns();
+        let now = crate::clock::unix_nanos();
         row.size = size;
         row.mtime_ns = now;
         row.ctime_ns = now;
@@ -610,4 +635,31 @@ fn sync_staged(path: &std::path::Path, dir: Option<&std::path::Path>) -> Result<
             .map_err(io_err(format!("syncing {}", dir.display())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::inodes::InodeKind;
+
+    #[test]
+    fn relatime_advances_stale_atimes_only() {
+        const DAY: i64 = RELATIME_MAX_AGE_NS;
+        let now = 10 * DAY;
+        // (atime, mtime, ctime, due)
+        let cases = [
+            (now - 10, now - 20, now - 20, false),
+            (now - 20, now - 10, now - 30, true),
+            (now - 20, now - 30, now - 10, true),
+            (now - 20, now - 20, now - 30, true),
+            (now - DAY - 1, now - 2 * DAY, now - 2 * DAY, true),
+            (now - DAY + 1, now - 2 * DAY, now - 2 * DAY, false),
+        ];
+        for (atime, mtime, ctime, due) in cases {
+            let mut row = InodeRow::new(1, None, "f", InodeKind::File, (0o644, 0, 0), mtime);
+            row.ctime_ns = ctime;
+            row.atime_ns = atime;
+            assert_eq!(relatime_due(&row, now), due, "{atime} {mtime} {ctime}");
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! POSIX attributes ↔ object user metadata, in the dialects already found in buckets
-//! (DESIGN §2): AWS file gateways' `file-permissions` (st_mode in octal, type bits included),
+//! (docs/design.md §2): AWS file gateways' `file-permissions` (st_mode in octal, type bits
+//! included),
 //! `file-owner`, `file-group`, `file-mtime`, `file-ctime` (nanoseconds with an `ns` suffix);
 //! s3fs's `mode`, `uid`, `gid`, `mtime` (decimal, seconds) and `rdev` (a device's number as a
 //! Linux `dev_t`, decimal); rclone's `mtime` (seconds with a fraction, or RFC 3339). We write the

@@ -1,4 +1,5 @@
-//! The file gateway (DESIGN §5): shares whose files are 1:1 with objects under a bucket prefix.
+//! The file gateway (docs/design.md §5): shares whose files are 1:1 with objects under a bucket
+//! prefix.
 //!
 //! Front ends (NFS, FUSE) call [`Files`] with the caller's identity; nothing here knows which
 //! protocol called. The catalog's inode table is the namespace clients see (stable 64-bit file
@@ -106,6 +107,7 @@ pub struct Attr {
     pub ctime_ns: i64,
     /// A block or character device's (major, minor); (0, 0) for every other kind.
     pub rdev: (u32, u32),
+    pub atime_ns: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,16 +254,6 @@ pub fn validate_share_name(name: &str) -> Result<(), GatewayError> {
     }
 }
 
-pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
-pub(crate) fn now_unix() -> i64 {
-    now_ns() / 1_000_000_000
-}
-
 /// Creates a share (and its root directory) in the catalog; a running daemon exports it at once.
 pub fn create_share(catalog: &Catalog, spec: &ShareSpec) -> Result<ShareRow, GatewayError> {
     validate_share_name(&spec.name)?;
@@ -288,7 +280,7 @@ pub fn create_share(catalog: &Catalog, spec: &ShareSpec) -> Result<ShareRow, Gat
             other.name, other.bucket_prefix
         )));
     }
-    let now = now_ns();
+    let now = crate::clock::unix_nanos();
     let row = ShareRow {
         id: 0,
         name: spec.name.clone(),
@@ -428,12 +420,12 @@ impl Files {
             GatewayError::Internal(format!("creating {}: {e}", config.staging_dir.display()).into())
         })?;
         // The start time in nanoseconds differs between any two runs of the daemon.
-        let verifier = now_ns().to_be_bytes();
+        let verifier = crate::clock::unix_nanos().to_be_bytes();
         let key = crate::catalog::settings::keys::FILES_HANDLE_GENERATION;
         let handle_generation = match catalog.setting(key)?.and_then(|v| v.parse().ok()) {
             Some(g) => g,
             None => {
-                let g = u64::try_from(now_ns()).unwrap_or(1);
+                let g = u64::try_from(crate::clock::unix_nanos()).unwrap_or(1);
                 catalog.set_settings(&[(key, &g.to_string())])?;
                 g
             }
@@ -624,6 +616,7 @@ impl Files {
             mtime_ns: row.mtime_ns,
             ctime_ns: row.ctime_ns,
             rdev: row.rdev,
+            atime_ns: row.atime_ns,
         }
     }
 }
@@ -918,6 +911,115 @@ mod tests {
         assert_eq!(
             (back.id, back.kind, back.rdev),
             (dev.id, FileKind::BlockDev, (8, 1))
+        );
+    }
+
+    /// POSIX times through the gateway (issue 18): each change of a directory's entries
+    /// advances its mtime and ctime, a read advances atime by relatime rules, and SETATTR
+    /// stores an explicit atime.
+    #[tokio::test]
+    async fn issue_18_directory_times_advance_and_reads_set_atime() {
+        let (_dir, files, root) = local_gateway();
+        let me = Caller::root_local();
+        let d = files
+            .mkdir(&me, root, b"d", SetAttr::default())
+            .await
+            .unwrap();
+        let e = files
+            .mkdir(&me, root, b"e", SetAttr::default())
+            .await
+            .unwrap();
+        let times = |files: &Arc<Files>, id: FileId| {
+            let files = files.clone();
+            async move {
+                let a = files.getattr(&Caller::root_local(), id).await.unwrap();
+                (a.mtime_ns, a.ctime_ns)
+            }
+        };
+        // Each step changes the entries of the directories listed with it.
+        let mut step = 0;
+        loop {
+            let before = [times(&files, d.id).await, times(&files, e.id).await];
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let changed: &[FileId] = match step {
+                0 => {
+                    files
+                        .create(&me, d.id, b"f", CreateMode::Guarded, SetAttr::default())
+                        .await
+                        .unwrap();
+                    &[d.id]
+                }
+                1 => {
+                    files
+                        .mkdir(&me, d.id, b"sub", SetAttr::default())
+                        .await
+                        .unwrap();
+                    &[d.id]
+                }
+                2 => {
+                    files.symlink(&me, d.id, b"l", b"f").await.unwrap();
+                    &[d.id]
+                }
+                3 => {
+                    files.rename(&me, d.id, b"f", e.id, b"g").await.unwrap();
+                    &[d.id, e.id]
+                }
+                4 => {
+                    files.rename(&me, e.id, b"g", e.id, b"h").await.unwrap();
+                    &[e.id]
+                }
+                5 => {
+                    files.remove(&me, e.id, b"h").await.unwrap();
+                    &[e.id]
+                }
+                6 => {
+                    files.rmdir(&me, d.id, b"sub").await.unwrap();
+                    &[d.id]
+                }
+                _ => break,
+            };
+            for (i, dir) in [d.id, e.id].into_iter().enumerate() {
+                let after = times(&files, dir).await;
+                if changed.contains(&dir) {
+                    assert!(after.0 > before[i].0, "step {step}: mtime of {dir:?}");
+                    assert!(after.1 > before[i].1, "step {step}: ctime of {dir:?}");
+                } else {
+                    assert_eq!(after, before[i], "step {step}: {dir:?} untouched");
+                }
+            }
+            step += 1;
+        }
+
+        // atime: a read of a file written since its last access advances it; a second read
+        // does not (relatime); SETATTR sets it as asked.
+        let f = files
+            .create(&me, root, b"a", CreateMode::Guarded, SetAttr::default())
+            .await
+            .unwrap();
+        files
+            .write(&me, f.id, 0, b"data", Stability::FileSync)
+            .await
+            .unwrap();
+        let written = files.getattr(&me, f.id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (_, _, read) = files.read(&me, f.id, 0, 4).await.unwrap();
+        assert!(read.atime_ns > written.mtime_ns, "{read:?}");
+        assert_eq!(
+            files.getattr(&me, f.id).await.unwrap().atime_ns,
+            read.atime_ns
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (_, _, again) = files.read(&me, f.id, 0, 4).await.unwrap();
+        assert_eq!(again.atime_ns, read.atime_ns, "relatime: no change since");
+        let set = SetAttr {
+            atime: Some(SetTime::Client(1_234_567_890_123_456_789)),
+            ..SetAttr::default()
+        };
+        let a = files.setattr(&me, f.id, set).await.unwrap();
+        assert_eq!(a.atime_ns, 1_234_567_890_123_456_789);
+        assert_eq!(
+            files.getattr(&me, f.id).await.unwrap().atime_ns,
+            1_234_567_890_123_456_789
         );
     }
 

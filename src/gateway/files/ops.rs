@@ -11,7 +11,7 @@ use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::path::{self, validate_name};
 use crate::gateway::files::{
-    Attr, Caller, CreateMode, DirEntry, FileId, FileKind, Files, SetAttr, SetTime, now_ns, permits,
+    Attr, Caller, CreateMode, DirEntry, FileId, FileKind, Files, SetAttr, SetTime, permits,
 };
 
 /// The longest symlink target we accept or read back.
@@ -130,7 +130,7 @@ impl Files {
             &path,
             kind,
             (mode & 0o7777, slot.who.uid, slot.who.gid),
-            now_ns(),
+            crate::clock::unix_nanos(),
         ))
     }
 
@@ -190,6 +190,7 @@ impl Files {
             row.mtime_ns = i64::from_be_bytes(verf);
         }
         let attr = self.insert(&row)?;
+        self.entries_changed(slot.dir.id)?;
         if matches!(how, CreateMode::Exclusive(_)) {
             return Ok(attr);
         }
@@ -214,7 +215,9 @@ impl Files {
         let slot = self.slot(caller, dir, name).await?.vacant()?;
         let mode = attrs.mode.unwrap_or(slot.share.default_dir_mode);
         let row = self.new_inode(&slot, InodeKind::Dir, mode)?;
-        self.insert(&row)
+        let attr = self.insert(&row)?;
+        self.entries_changed(slot.dir.id)?;
+        Ok(attr)
     }
 
     pub async fn symlink(
@@ -235,7 +238,9 @@ impl Files {
         let mut row = self.new_inode(&slot, InodeKind::Symlink, 0o777)?;
         row.target = Some(target.to_owned());
         row.size = target.len() as u64;
-        self.insert(&row)
+        let attr = self.insert(&row)?;
+        self.entries_changed(slot.dir.id)?;
+        Ok(attr)
     }
 
     /// MKNOD: a FIFO, socket, or block or character device (`rdev` is (major, minor), kept for
@@ -331,12 +336,12 @@ impl Files {
         caller: &Caller,
         dir: FileId,
         name: &[u8],
-    ) -> Result<(ShareRow, InodeRow), GatewayError> {
+    ) -> Result<(ShareRow, InodeRow, i64), GatewayError> {
         let slot = self.slot(caller, dir, name).await?;
         let child = slot
             .existing
             .ok_or_else(|| GatewayError::NotFound(path::join(&slot.dir.path, &slot.name)))?;
-        Ok((slot.share, child))
+        Ok((slot.share, child, slot.dir.id))
     }
 
     pub async fn remove(
@@ -345,13 +350,14 @@ impl Files {
         dir: FileId,
         name: &[u8],
     ) -> Result<(), GatewayError> {
-        let (_, child) = self.existing_child(caller, dir, name).await?;
+        let (_, child, dir) = self.existing_child(caller, dir, name).await?;
         if child.kind == InodeKind::Dir {
             return Err(GatewayError::IsDirectory(child.path));
         }
         let lock = self.inode_lock(child.id);
         let _guard = lock.lock().await;
         self.catalog.remove_inode(&child)?;
+        self.entries_changed(dir)?;
         self.drop_local(child.id);
         self.wake.notify_one();
         Ok(())
@@ -363,7 +369,7 @@ impl Files {
         dir: FileId,
         name: &[u8],
     ) -> Result<(), GatewayError> {
-        let (share, child) = self.existing_child(caller, dir, name).await?;
+        let (share, child, dir) = self.existing_child(caller, dir, name).await?;
         if child.kind != InodeKind::Dir {
             return Err(GatewayError::NotDirectory(child.path));
         }
@@ -372,6 +378,7 @@ impl Files {
             return Err(GatewayError::NotEmpty(child.path));
         }
         self.catalog.remove_inode(&child)?;
+        self.entries_changed(dir)?;
         self.wake.notify_one();
         Ok(())
     }
@@ -432,9 +439,11 @@ impl Files {
             dst_dir.id,
             to_name,
             &new_path,
-            now_ns(),
+            crate::clock::unix_nanos(),
             replaced.as_ref(),
         )?;
+        self.entries_changed(src_dir.id)?;
+        self.entries_changed(dst_dir.id)?;
         if let Some(old) = replaced {
             self.drop_local(old.id);
         }
@@ -454,7 +463,8 @@ impl Files {
             return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
         }
         let owner = who.uid == 0 || who.uid == row.uid;
-        if (set.mode.is_some() || matches!(set.mtime, Some(SetTime::Client(_)))) && !owner {
+        let client_time = |t: Option<SetTime>| matches!(t, Some(SetTime::Client(_)));
+        if (set.mode.is_some() || client_time(set.mtime) || client_time(set.atime)) && !owner {
             return Err(GatewayError::PermissionDenied(format!(
                 "not owner of {}",
                 row.path
@@ -476,7 +486,9 @@ impl Files {
                 row.path
             )));
         }
-        if (set.size.is_some() || set.mtime == Some(SetTime::ServerNow))
+        if (set.size.is_some()
+            || set.mtime == Some(SetTime::ServerNow)
+            || set.atime == Some(SetTime::ServerNow))
             && !owner
             && !permits(&who, &row, 2)
         {
@@ -491,7 +503,8 @@ impl Files {
             && set.mode.is_none_or(|m| m & 0o7777 == row.mode & 0o7777)
             && set.uid.is_none_or(|u| u == row.uid)
             && set.gid.is_none_or(|g| g == row.gid)
-            && set.mtime.is_none();
+            && set.mtime.is_none()
+            && set.atime.is_none();
         if unchanged {
             // What clients send after CREATE (mode, size 0 for O_TRUNC): nothing to record,
             // and no upload to schedule.
@@ -511,7 +524,7 @@ impl Files {
             .catalog
             .inode(row.id)?
             .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
-        let now = now_ns();
+        let now = crate::clock::unix_nanos();
         if let Some(m) = set.mode {
             row.mode = m & 0o7777;
         }
@@ -526,11 +539,32 @@ impl Files {
             Some(SetTime::Client(t)) => row.mtime_ns = t,
             None => {}
         }
+        match set.atime {
+            Some(SetTime::ServerNow) => row.atime_ns = now,
+            Some(SetTime::Client(t)) => row.atime_ns = t,
+            None => {}
+        }
         row.ctime_ns = now;
-        row.version += 1;
-        self.catalog.save_inode(&row)?;
-        self.touched(row.id);
+        // The atime is kept locally only: a change of it alone (touch -a) uploads nothing.
+        let atime_only = set
+            == SetAttr {
+                atime: set.atime,
+                ..SetAttr::default()
+            };
+        if atime_only {
+            self.catalog.save_inode(&row)?;
+        } else {
+            row.version += 1;
+            self.catalog.save_inode(&row)?;
+            self.touched(row.id);
+        }
         Ok(self.attr(&row))
+    }
+
+    /// POSIX: creating, removing or renaming an entry advances its directory's mtime and
+    /// ctime, which tools (make, rsync, backup software) use to notice changes.
+    fn entries_changed(&self, dir: i64) -> Result<(), GatewayError> {
+        Ok(self.catalog.touch_dir(dir, crate::clock::unix_nanos())?)
     }
 
     /// Records a new inode; the uploader will create its object.

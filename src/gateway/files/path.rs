@@ -1,7 +1,7 @@
 //! Path ↔ key: a file's object key is its share's bucket prefix plus its path, byte for byte.
 //!
-//! Limits (DESIGN §2, issue 6): names are UTF-8, 1 to 255 bytes, never `.` or `..`, no `/` and
-//! no control characters (object_store cannot express them and S3 tools mangle them); a whole
+//! Limits (docs/design.md §2, issue 6): names are UTF-8, 1 to 255 bytes, never `.` or `..`, no `/`
+//! and no control characters (object_store cannot express them and S3 tools mangle them); a whole
 //! key is at most 1024 bytes, S3's own limit. Pure functions, no I/O.
 
 use crate::gateway::GatewayError;

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::meta;
-use crate::gateway::files::{Files, now_ns, now_unix, path};
+use crate::gateway::files::{Files, path};
 
 fn same_etag(a: Option<&str>, b: Option<&str>) -> bool {
     let norm = |e: Option<&str>| e.map(|s| s.trim_matches('"').to_owned());
@@ -27,7 +27,8 @@ impl Files {
         share: &ShareRow,
         dir: &InodeRow,
     ) -> Result<InodeRow, GatewayError> {
-        let age = u64::try_from(now_unix().saturating_sub(dir.refreshed_unix)).unwrap_or(0);
+        let age = u64::try_from(crate::clock::unix_secs().saturating_sub(dir.refreshed_unix))
+            .unwrap_or(0);
         if dir.refreshed_unix != 0 && share.refresh_secs > 0 && age < share.refresh_secs {
             return Ok(dir.clone());
         }
@@ -141,7 +142,7 @@ impl Files {
                     &path,
                     InodeKind::Dir,
                     owner,
-                    now_ns(),
+                    crate::clock::unix_nanos(),
                 );
                 row.synced_version = row.version;
                 self.catalog.insert_inode(&row)?;
@@ -165,7 +166,7 @@ impl Files {
             }
         }
         let mut row = self.catalog.inode(dir.id)?.unwrap_or_else(|| dir.clone());
-        row.refreshed_unix = now_unix();
+        row.refreshed_unix = crate::clock::unix_secs();
         self.catalog.save_inode(&row)?;
         Ok(row)
     }

@@ -20,7 +20,7 @@ use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::meta;
 use crate::gateway::files::traffic::Counted;
-use crate::gateway::files::{Files, now_unix, path};
+use crate::gateway::files::{Files, path};
 
 /// Uploads in flight at once (each large one also runs parallel parts).
 const UPLOAD_CONCURRENCY: usize = 8;
@@ -341,7 +341,9 @@ impl Files {
                 unstage: d.kind == InodeKind::File,
             })
             .collect();
-        let outcomes = self.catalog.mark_synced_batch(&items, now_unix())?;
+        let outcomes = self
+            .catalog
+            .mark_synced_batch(&items, crate::clock::unix_secs())?;
         drop(items);
         for (d, outcome) in done.iter().zip(outcomes) {
             match outcome {

@@ -49,6 +49,23 @@ pub struct ObjectInfo {
     pub content_type: Option<String>,
     pub metadata: Vec<(String, String)>,
     pub modified_unix: i64,
+    /// Part sizes, in order, of an object completed from a multipart upload (else empty).
+    pub parts: Vec<u64>,
+}
+
+impl ObjectInfo {
+    /// The byte range of part `number` (from 1) and how many parts the object has. An object
+    /// put whole is one part, as in S3. `None`: no such part.
+    pub fn part(&self, number: u32) -> Option<(Range<u64>, u32)> {
+        let index = usize::try_from(number).ok()?.checked_sub(1)?;
+        if self.parts.is_empty() {
+            return (index == 0).then_some((0..self.size, 1));
+        }
+        let count = u32::try_from(self.parts.len()).ok()?;
+        let start: u64 = self.parts.get(..index)?.iter().sum();
+        let len = *self.parts.get(index)?;
+        Some((start..start + len, count))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,12 +120,6 @@ impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Device({})", self.inner.job)
     }
-}
-
-pub(crate) fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl Device {
@@ -280,8 +291,9 @@ impl Device {
             etag: written.etag,
             content_type: attrs.content_type,
             metadata: attrs.metadata,
-            modified_unix: now(),
+            modified_unix: crate::clock::unix_secs(),
             segments: written.segments,
+            parts: Vec::new(),
         };
         self.commit(rec).await
     }
@@ -452,6 +464,7 @@ fn info(rec: &ObjectRecord) -> ObjectInfo {
         content_type: rec.content_type.clone(),
         metadata: rec.metadata.clone(),
         modified_unix: rec.modified_unix,
+        parts: rec.parts.clone(),
     }
 }
 
@@ -495,6 +508,39 @@ pub fn device_dir(data_dir: &Path, job: &str) -> std::path::PathBuf {
 #[cfg(test)]
 pub(crate) mod tests {
     use futures::StreamExt;
+
+    #[test]
+    fn object_parts_are_found_by_number() {
+        let info = |parts: Vec<u64>| ObjectInfo {
+            key: "k".into(),
+            size: 25,
+            etag: String::new(),
+            sha256: String::new(),
+            content_type: None,
+            metadata: Vec::new(),
+            modified_unix: 0,
+            parts,
+        };
+        let split = info(vec![10, 10, 5]);
+        let whole = info(Vec::new());
+        let cases = [
+            (&split, 1, Some((0..10, 3))),
+            (&split, 2, Some((10..20, 3))),
+            (&split, 3, Some((20..25, 3))),
+            (&split, 4, None),
+            (&split, 0, None),
+            (&whole, 1, Some((0..25, 1))),
+            (&whole, 2, None),
+        ];
+        for (object, number, want) in cases {
+            assert_eq!(
+                object.part(number),
+                want,
+                "part {number} of {:?}",
+                object.parts
+            );
+        }
+    }
 
     use super::*;
     use crate::gateway::import::{JobKind, JobManifestFile, JobRequest, create_job, unlock_job};

@@ -355,6 +355,7 @@ async fn rehash(
         metadata: Vec::new(),
         modified_unix: 0,
         segments: segments.to_vec(),
+        parts: Vec::new(),
     });
     let mut hasher = EtagHasher::listed(lengths);
     let mut stream = segment_stream(device.inner.segs.clone(), rec, 0..size);
@@ -518,6 +519,9 @@ async fn copy_counted(
                 obj.modified_unix
             },
             segments: written.segments,
+            // The source's part boundaries are not fetched (only its ETag is checked), so an
+            // exported object answers partNumber=1 with its whole body.
+            parts: Vec::new(),
         })
         .await?;
     Ok(Outcome::Copied { sha256, verified })

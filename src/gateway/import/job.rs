@@ -154,12 +154,6 @@ pub struct JobStatus {
     pub counts: JobCounts,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// The S3 bucket a job's URL names (the device exposes it under the same name).
 pub(crate) fn bucket_of(url: &str) -> Result<(String, String), GatewayError> {
     match parse_bucket_url(url).map_err(GatewayError::InvalidArgument)? {
@@ -209,7 +203,7 @@ pub fn create_job(catalog: &Catalog, req: &JobRequest) -> Result<CreatedJob, Gat
     );
     let unlock_code = keys::generate_unlock_code().map_err(internal)?;
     let key = keys::derive_job_key(&unlock_code, &salt, req.kdf).map_err(internal)?;
-    let created_unix = now();
+    let created_unix = crate::clock::unix_secs();
     let file = JobManifestFile {
         format: MANIFEST_FILE_FORMAT.to_owned(),
         job: id.clone(),

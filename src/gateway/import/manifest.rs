@@ -14,7 +14,7 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::GatewayError;
-use crate::gateway::import::device::{Device, now};
+use crate::gateway::import::device::Device;
 use crate::gateway::import::job::{JobKind, JobState};
 use crate::store::device as keys;
 use crate::store::keys::{hex, parse_hex};
@@ -119,7 +119,7 @@ impl Device {
             job: self.inner.job.clone(),
             objects,
             bytes,
-            sealed_unix: now(),
+            sealed_unix: crate::clock::unix_secs(),
         })
         .map_err(|e| GatewayError::Internal(Box::new(e)))?;
         let mut text = String::with_capacity(256 * usize::try_from(objects).unwrap_or(0));

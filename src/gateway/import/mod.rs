@@ -1,4 +1,4 @@
-//! Bulk import/export jobs: the device mode (DESIGN §7).
+//! Bulk import/export jobs: the device mode (docs/design.md §7).
 //!
 //! A job is created with an unlock code and a manifest file (`job.rs`); both unlock the device
 //! (`Device`, `device.rs`), whose data set clients fill through the S3 front end. Everything

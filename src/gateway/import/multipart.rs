@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::gateway::GatewayError;
-use crate::gateway::import::device::{Device, ObjectAttrs, PutResult, now};
+use crate::gateway::import::device::{Device, ObjectAttrs, PutResult};
 use crate::gateway::import::record::{
     self, ExpectedDigests, ObjectRecord, PartRecord, UploadRecord,
 };
@@ -100,7 +100,7 @@ impl Device {
             size: written.size,
             md5: written.etag,
             sha256: hex(&written.sha256),
-            modified_unix: now(),
+            modified_unix: crate::clock::unix_secs(),
             segments: written.segments,
         };
         let sealed = record::seal(
@@ -241,6 +241,7 @@ impl Device {
         let mut md5s = Vec::with_capacity(chosen.len());
         let mut segments = Vec::new();
         let mut size = 0u64;
+        let parts = chosen.iter().map(|p| p.size).collect();
         for p in &chosen {
             md5s.push(parse_hex::<16>(&p.md5).ok_or_else(|| {
                 GatewayError::Corrupt(
@@ -257,8 +258,9 @@ impl Device {
             etag: multipart_etag(&md5s),
             content_type: upload.content_type,
             metadata: upload.metadata,
-            modified_unix: now(),
+            modified_unix: crate::clock::unix_secs(),
             segments,
+            parts,
         };
         // The whole object's SHA-256 from what the device holds (each segment authenticated).
         let mut sha = Sha256::default();

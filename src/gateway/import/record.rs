@@ -32,6 +32,11 @@ pub struct ObjectRecord {
     pub metadata: Vec<(String, String)>,
     pub modified_unix: i64,
     pub segments: Vec<Segment>,
+    /// Part sizes of an object completed from a multipart upload, in order, so a GET with
+    /// `partNumber` can return one part (transfer managers download that way). Empty for an
+    /// object put whole, and for records written before parts were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<u64>,
 }
 
 /// A multipart upload in progress.

@@ -1,4 +1,4 @@
-//! The tape library (DESIGN §6): its elements — one medium transport, storage slots,
+//! The tape library (docs/design.md §6): its elements — one medium transport, storage slots,
 //! import/export (mail) slots and drives — which tape sits in which, and moving tapes among
 //! them. Moving a tape to a mail slot ejects it to the shelf.
 //!

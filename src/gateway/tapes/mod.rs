@@ -1,4 +1,4 @@
-//! Virtual tapes (DESIGN §6): the rules for creating and deleting them, and (in `medium`) a
+//! Virtual tapes (docs/design.md §6): the rules for creating and deleting them, and (in `medium`) a
 //! tape's data as an append-only stream of records and filemarks over the write-back cache.
 //!
 //! A tape's record data is one byte stream cut into 1 MiB cache objects `t<id>/<index>` (the

@@ -1,5 +1,5 @@
-//! The tape shelf (DESIGN §6): archiving an ejected tape into archive objects, retrieving it
-//! back into the library read-only, and verifying an archive.
+//! The tape shelf (docs/design.md §6): archiving an ejected tape into archive objects, retrieving
+//! it back into the library read-only, and verifying an archive.
 //!
 //! Archive format (docs/formats.md, version 1): the tape's data stream cut into parts of
 //! `PART_BYTES` (a power-of-two number of MiB, so part tree hashes combine into the whole's),
@@ -438,9 +438,7 @@ async fn step(
     library: &crate::gateway::library::Library,
 ) -> Result<bool, GatewayError> {
     let tapes = catalog.tapes()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = crate::clock::unix_secs();
     if let Some(t) = tapes
         .iter()
         .find(|t| matches!(t.state, TapeState::InTransit | TapeState::Archiving))

@@ -1,4 +1,4 @@
-//! Snapshot manifests (DESIGN §2, §4): the list of chunk ids of a volume at one instant.
+//! Snapshot manifests (docs/design.md §2, §4): the list of chunk ids of a volume at one instant.
 //!
 //! Layout in the bucket: `snapshots/<id>/map/<n>` parts (binary entries: chunk index as u64 LE,
 //! then the 32-byte chunk id), then `snapshots/<id>/manifest` (a TOML header naming the parts

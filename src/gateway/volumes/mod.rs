@@ -1,4 +1,5 @@
-//! Block volumes (DESIGN §4): creation rules, the LBA → chunk mapping, and (in `volume.rs`) the
+//! Block volumes (docs/design.md §4): creation rules, the LBA → chunk mapping, and (in `volume.rs`)
+//! the
 //! `BlockDevice` each volume presents over the write-back cache.
 //!
 //! Chunk size is 1 MiB (docs/decisions/0002): the unit of upload, dedup and cache fill. A volume
@@ -249,7 +250,7 @@ pub(crate) fn create_with(
         mode: new.mode,
         serial: &serial,
         uuid,
-        created_unix: crate::daemon::unix_now(),
+        created_unix: crate::clock::unix_secs(),
         local_path: new.local_path,
         origin_snapshot: None,
     })?)

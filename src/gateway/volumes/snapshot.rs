@@ -1,4 +1,4 @@
-//! Snapshots of volumes (DESIGN §4): request, take, restore, delete.
+//! Snapshots of volumes (docs/design.md §4): request, take, restore, delete.
 //!
 //! A snapshot is taken in three steps. The cut (`Volume::capture`): writes wait while the
 //! chunks not yet in the bucket are copied to a local stage file and the chunk map of the rest
@@ -121,7 +121,7 @@ pub fn request(
         scheduled,
         state: SnapshotState::Requested,
         error: None,
-        requested_unix: crate::daemon::unix_now(),
+        requested_unix: crate::clock::unix_secs(),
         completed_unix: None,
         chunks: 0,
         new_chunks: 0,
@@ -247,7 +247,7 @@ async fn take_inner(
         map.len() as u64,
         new_chunks,
         uploaded,
-        crate::daemon::unix_now(),
+        crate::clock::unix_secs(),
     )?;
     tracing::info!(
         snapshot = %snapshot.id,
@@ -340,7 +340,7 @@ pub async fn restore(
             mode,
             serial: &serial,
             uuid,
-            created_unix: crate::daemon::unix_now(),
+            created_unix: crate::clock::unix_secs(),
             local_path,
             origin_snapshot: Some(snapshot),
         },
@@ -389,7 +389,7 @@ pub async fn settle_interrupted(
                         m.map.len() as u64,
                         row.new_chunks,
                         row.uploaded_bytes,
-                        crate::daemon::unix_now(),
+                        crate::clock::unix_secs(),
                     )?;
                 }
                 Err(GatewayError::NotFound(_)) => {

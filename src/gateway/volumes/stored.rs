@@ -1,5 +1,5 @@
 //! A stored volume: the local file or block device is the source of truth; changed chunks are
-//! shipped to the bucket in the background (DESIGN §4).
+//! shipped to the bucket in the background (docs/design.md §4).
 //!
 //! Invariants:
 //! - A chunk is recorded dirty in the catalog *before* its first local write since its last

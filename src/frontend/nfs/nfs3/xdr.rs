@@ -57,7 +57,7 @@ pub(super) fn fattr(a: &Attr) -> fattr3 {
         },
         fsid: u64::try_from(a.share.0).unwrap_or(0),
         fileid: a.id.0,
-        atime: time(a.mtime_ns),
+        atime: time(a.atime_ns),
         mtime: time(a.mtime_ns),
         ctime: time(a.ctime_ns),
     }

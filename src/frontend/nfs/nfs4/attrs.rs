@@ -292,7 +292,14 @@ pub fn encode(env: &AttrEnv<'_>, obj: &Obj<'_>, fh: &[u8], want: &Bitmap) -> (Bi
                     Obj::File(a) => a.size.div_ceil(4096) * 4096,
                 });
             }
-            FATTR4_TIME_ACCESS | FATTR4_TIME_MODIFY => time(&mut v, mtime(obj)),
+            FATTR4_TIME_ACCESS => time(
+                &mut v,
+                match obj {
+                    Obj::Root { change } => *change as i64,
+                    Obj::File(a) => a.atime_ns,
+                },
+            ),
+            FATTR4_TIME_MODIFY => time(&mut v, mtime(obj)),
             FATTR4_TIME_METADATA => time(
                 &mut v,
                 match obj {
@@ -435,6 +442,7 @@ mod tests {
             mtime_ns: 1_500_000_000,
             ctime_ns: 2_000_000_001,
             rdev: (0, 0),
+            atime_ns: 1_500_000_000,
         }
     }
 

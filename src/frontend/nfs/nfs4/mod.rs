@@ -23,7 +23,7 @@ pub mod state;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::frontend::nfs::handles::{HandleError, Handles};
 use crate::frontend::nfs::nfs3::Outcome;
@@ -155,9 +155,7 @@ impl Nfs4 {
                 "NFSv4 grace period: clients of the last run may reclaim their locks"
             );
         }
-        let root_change = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
+        let root_change = crate::clock::unix_nanos().max(1) as u64;
         Self {
             state: State::new(opts.lease),
             ids: idmap::IdMap::load(opts.id_domain.as_deref()),

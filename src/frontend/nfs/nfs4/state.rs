@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::gateway::files::FileId;
 
@@ -153,11 +153,8 @@ pub const MAX_CACHED_REPLY: u32 = 64 * 1024;
 
 impl State {
     pub fn new(lease: Duration) -> Self {
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32 ^ d.subsec_nanos())
-            .unwrap_or(1)
-            .max(1);
+        let now = crate::clock::since_epoch();
+        let epoch = (now.as_secs() as u32 ^ now.subsec_nanos()).max(1);
         Self {
             epoch,
             lease,
