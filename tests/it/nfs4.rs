@@ -54,6 +54,15 @@ fn files_locks_and_lease_expiry_across_two_clients() {
 
     // A write lock through A blocks B's lock; LOCKT names A's lock owner.
     let lock_a = a.lock(&fh, &sid_a, b"owner-a", 0, u64::MAX, false).unwrap();
+    // `status` (the status file, rewritten every second) counts it.
+    let started = Instant::now();
+    while gw.status_value("files.locks_held") != Some(1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "locks_held never 1"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (status, holder) = b.lock(&fh, &sid_b, b"owner-b", 10, 5, false).unwrap_err();
     assert_eq!(
         (status, holder.as_slice()),
@@ -127,6 +136,14 @@ fn a_lock_is_reclaimed_after_kill_9_and_others_wait_for_grace() {
 
     let gw = start(&data_dir);
     let nfs = addr(&gw);
+    let started = Instant::now();
+    while gw.status_value("files.lock_grace_secs").unwrap_or(0) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "status shows no grace period"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // A second client, new to this server, may not lock in the grace period.
     let mut b = Session::new(&nfs, b"newcomer", false);
     assert_eq!(

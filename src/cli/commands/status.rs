@@ -141,6 +141,19 @@ pub fn run(config: Config) -> Result<ExitCode> {
             f.upload_errors,
             ByteSize(f.download_bytes)
         )?;
+        let grace = if f.lock_grace_secs > 0 {
+            format!(
+                "; grace period, {} s left: only clients of the last run may lock",
+                f.lock_grace_secs
+            )
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "locks:          {} byte-range locks, {} share reservations held{grace}",
+            f.locks_held, f.share_reservations
+        )?;
     }
     for v in &snap.volumes {
         writeln!(

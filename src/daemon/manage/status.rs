@@ -211,6 +211,7 @@ fn from_live(l: &Live, s: &mut Status) {
     };
     let u = l.files.upload_counters();
     let staging = l.files.staging_use();
+    let (locks_held, share_reservations, grace) = l.files.locks().figures();
     s.files = FilesFigures {
         uploads: u.uploads.load(Relaxed),
         upload_errors: u.errors.load(Relaxed),
@@ -220,6 +221,9 @@ fn from_live(l: &Live, s: &mut Status) {
         staging_bytes: staging.bytes,
         staging_limit_bytes: staging.limit_bytes.unwrap_or(0),
         writers_waiting: staging.writers_waiting,
+        locks_held,
+        share_reservations,
+        lock_grace_secs: grace.as_secs_f64().ceil() as u64,
     };
     s.volume_io = l
         .volumes

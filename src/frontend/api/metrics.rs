@@ -65,7 +65,7 @@ pub fn render(s: &Status) -> String {
         c.hits as f64 / lookups as f64
     };
     let f = &s.files;
-    let scalars: [(&str, &str, &str, f64); 14] = [
+    let scalars: [(&str, &str, &str, f64); 16] = [
         (
             "tidegate_cache_bytes",
             "gauge",
@@ -149,6 +149,18 @@ pub fn render(s: &Status) -> String {
             "gauge",
             "File writers held until uploads free staging room.",
             f.writers_waiting as f64,
+        ),
+        (
+            "tidegate_files_locks_held",
+            "gauge",
+            "Byte-range locks held on share files (NFSv4.1 and FUSE).",
+            f.locks_held as f64,
+        ),
+        (
+            "tidegate_files_lock_grace_seconds",
+            "gauge",
+            "Seconds left of the lock grace period after a restart (0: none).",
+            f.lock_grace_secs as f64,
         ),
     ];
     for (name, kind, help, value) in scalars {

@@ -377,6 +377,15 @@ pub struct FilesFigures {
     /// 0: unbounded.
     pub staging_limit_bytes: u64,
     pub writers_waiting: u64,
+    /// Byte-range locks and share reservations held by NFSv4.1 and FUSE clients.
+    #[serde(default)]
+    pub locks_held: u64,
+    #[serde(default)]
+    pub share_reservations: u64,
+    /// Seconds left of the grace period after a restart (0: none), in which only the clients
+    /// of the last run may take back their locks.
+    #[serde(default)]
+    pub lock_grace_secs: u64,
 }
 
 /// Block I/O on one volume since start.

@@ -117,6 +117,24 @@ impl LockTable {
         *self.grace_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Byte-range locks held, share reservations held, and what is left of the grace period.
+    pub fn figures(&self) -> (u64, u64, Duration) {
+        let grace = self
+            .grace_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(Duration::ZERO, |until| {
+                until.saturating_duration_since(Instant::now())
+            });
+        let t = self.table();
+        let count = |n: usize| n as u64;
+        (
+            count(t.locks.values().map(Vec::len).sum()),
+            count(t.shares.values().map(Vec::len).sum()),
+            grace,
+        )
+    }
+
     pub fn in_grace(&self) -> bool {
         let mut g = self.grace_until.lock().unwrap_or_else(|p| p.into_inner());
         match *g {
@@ -383,8 +401,11 @@ mod tests {
             Err(Refused::ShareDenied)
         );
         assert!(t.denied(F, None, SHARE_WRITE));
+        assert_eq!(t.figures().0, 1);
         t.release_where(|o| o.client == 1);
+        assert_eq!(t.figures().0, 0);
         assert!(t.reserve(F, &owner(2), SHARE_WRITE, 0).is_ok());
+        assert_eq!(t.figures().1, 1);
         assert!(t.test(F, &owner(2), LockKind::Write, 0, 1).is_none());
     }
 }
