@@ -201,3 +201,49 @@ fn issue_18_startup_errors_print_each_cause_once() {
     assert!(line.contains("catalog.db"), "{line}");
     assert_causes_once(&line, "file is not a database");
 }
+
+/// Readiness means ready: right after a restart announces itself (run/ready.toml), each of three
+/// volumes answers an iSCSI login and the share a MOUNT, each at the first attempt.
+#[test]
+fn issue_18_volumes_and_shares_serve_the_moment_readiness_is_announced() {
+    use crate::support::gateway::Gateway;
+    use crate::support::tool;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for v in ["r1", "r2", "r3"] {
+        let out = run(tidegate(&data).args(["volume", "create", "--name", v, "--size", "16MiB"]));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let args = ["--iscsi-listen", "127.0.0.1:0"];
+    let gw = Gateway::start_with(&data, None, &args).unwrap();
+    let out = run(tidegate(&data).args(["share", "create", "extra", "--squash", "none"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    gw.stop();
+
+    for round in 0..3 {
+        // start_with returns as soon as the readiness file names the new process.
+        let gw = Gateway::start_with(&data, None, &args).unwrap();
+        let portal = gw.ready_value("iscsi").unwrap();
+        for v in ["r1", "r2", "r3"] {
+            let url = format!("iscsi://{portal}/iqn.2026-11.org.tidegate:tidegate.{v}/0");
+            let out = Command::new(tool("iscsi-inq")).arg(&url).output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: login to {v} failed at once after readiness: {}",
+                stderr(&out)
+            );
+        }
+        let nfs = gw.ready_value("nfs").unwrap();
+        let port = nfs.rsplit(':').next().unwrap();
+        for share in ["share", "extra"] {
+            let url = format!("nfs://127.0.0.1/{share}?nfsport={port}&mountport={port}");
+            let out = Command::new(tool("nfs-ls")).arg(&url).output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: mounting {share} failed at once after readiness: {}",
+                stderr(&out)
+            );
+        }
+        gw.stop();
+    }
+}
