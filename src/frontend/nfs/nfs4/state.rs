@@ -147,6 +147,10 @@ pub struct State {
 }
 
 pub const MAX_SLOTS: u32 = 64;
+/// Client records and sessions kept at most (a flood of EXCHANGE_IDs or CREATE_SESSIONs gets
+/// DELAY rather than growing memory without bound; records of silent clients expire).
+pub const MAX_CLIENTS: usize = 4096;
+pub const MAX_SESSIONS_PER_CLIENT: usize = 16;
 /// Replies larger than this are not cached (a retransmission then gets
 /// RETRY_UNCACHED_REP): slots × sessions × this bounds the cache.
 pub const MAX_CACHED_REPLY: u32 = 64 * 1024;
@@ -231,6 +235,9 @@ impl State {
                 });
             }
         }
+        if inner.clients.len() >= MAX_CLIENTS {
+            return Err(NFS4ERR_DELAY);
+        }
         // Drop an earlier unconfirmed record of this owner; a confirmed one stays until the
         // new record is confirmed.
         for (id, conf, _, _) in &existing {
@@ -304,6 +311,15 @@ impl State {
             Some(c) => c.owner.clone(),
             None => return Err(NFS4ERR_STALE_CLIENTID),
         };
+        if inner
+            .sessions
+            .values()
+            .filter(|s| s.client == client)
+            .count()
+            >= MAX_SESSIONS_PER_CLIENT
+        {
+            return Err(NFS4ERR_DELAY);
+        }
         let replaced: Vec<u64> = inner
             .clients
             .iter()
@@ -615,6 +631,19 @@ mod tests {
         );
         let (sid, _) = st.create_session(x.client, x.seq, attrs(4)).unwrap();
         (x.client, sid)
+    }
+
+    #[test]
+    fn sessions_per_client_are_bounded() {
+        let st = State::new(Duration::from_secs(60));
+        let (client, _) = session(&st);
+        for i in 1..MAX_SESSIONS_PER_CLIENT as u32 {
+            st.create_session(client, 1 + i, attrs(1)).unwrap();
+        }
+        assert_eq!(
+            st.create_session(client, 99, attrs(1)).err(),
+            Some(NFS4ERR_DELAY)
+        );
     }
 
     #[test]
