@@ -127,6 +127,44 @@ fn attrs(log: &str, name: &str) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
+/// guest/nfs.sh's `dir-times` section: for create, mkdir, rename, unlink and rmdir the
+/// directory's mtime and ctime both moved; the read moved the old atime.
+fn check_times(log: &str, ctx: &str) {
+    assert_eq!(rc(log, "dir-times"), Some(0), "{ctx}");
+    let lines = section(log, "dir-times");
+    for op in ["create", "mkdir", "rename", "unlink", "rmdir"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{op}|")))
+            .unwrap_or_else(|| panic!("no {op} line in {lines:?}\n{ctx}"));
+        let f: Vec<&str> = line.split('|').collect();
+        let [_, m0, c0, m1, c1] = f.as_slice() else {
+            panic!("{line}");
+        };
+        assert!(
+            m1 > m0,
+            "{op}: the directory's mtime did not advance: {line}\n{ctx}"
+        );
+        assert!(
+            c1 > c0,
+            "{op}: the directory's ctime did not advance: {line}\n{ctx}"
+        );
+    }
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("atime|"))
+        .unwrap_or_else(|| panic!("no atime line in {lines:?}\n{ctx}"));
+    let f: Vec<&str> = line.split('|').collect();
+    assert!(
+        f[1].starts_with("2020-01-02"),
+        "the atime was not set old: {line}\n{ctx}"
+    );
+    assert!(
+        f[2] > f[1],
+        "a read did not advance the old atime: {line}\n{ctx}"
+    );
+}
+
 /// The checks of one run of guest/nfs.sh: every step succeeded, `/proc/mounts` shows `vers`,
 /// both copies read back byte-identical with the source's attributes, and the bucket holds
 /// the same bytes with the same metadata.
@@ -146,6 +184,7 @@ pub(crate) fn check_tree(rig: &Rig, log: &str, vers: &str) {
     ] {
         assert_eq!(rc(log, step), Some(0), "step {step}\n{}", ctx());
     }
+    check_times(log, &ctx());
     let mounts = section(log, "proc-mounts").join("\n");
     assert!(
         mounts.contains(&format!("vers={vers}")) && mounts.contains("10.0.2.2:/share"),

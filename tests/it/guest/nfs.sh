@@ -52,4 +52,31 @@ step untarred-sums sums /mnt/untarred/tree
 step src-attrs attrs $src
 step copied-attrs attrs /mnt/copied
 step untarred-attrs attrs /mnt/untarred/tree
+# POSIX times through the kernel client: each change of a directory's entries moves its mtime
+# and ctime; a read of a file whose atime is older than its mtime moves its atime (relatime).
+mkdir /mnt/tdir
+dirtimes() { stat -c '%y|%z' /mnt/tdir; }
+times_of() {
+    for op in create mkdir rename unlink rmdir; do
+        before=$(dirtimes)
+        sleep 0.2
+        case $op in
+        create) : >/mnt/tdir/f ;;
+        mkdir) mkdir /mnt/tdir/d ;;
+        rename) mv /mnt/tdir/f /mnt/tdir/g ;;
+        unlink) rm /mnt/tdir/g ;;
+        rmdir) rmdir /mnt/tdir/d ;;
+        esac
+        echo "$op|$before|$(dirtimes)"
+    done
+    echo data >/mnt/tdir/a
+    touch -a -d '2020-01-02 03:04:05' /mnt/tdir/a
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    before=$(stat -c '%x' /mnt/tdir/a)
+    cat /mnt/tdir/a >/dev/null
+    echo 3 >/proc/sys/vm/drop_caches
+    echo "atime|$before|$(stat -c '%x' /mnt/tdir/a)"
+}
+step dir-times times_of
 step final-umount umount /mnt
