@@ -250,7 +250,11 @@ fn host_lock_partner(nfs: String) -> HostSaw {
     wait_for(&mut watcher, "/share/guest-held", Duration::from_secs(600));
     let lock = watcher.fh("/share/guest.lock").unwrap();
     let guest_lock_seen = watcher.lockt(&lock, b"w", 0, 1).is_err();
-    wait_for(&mut watcher, "/share/guest-released", Duration::from_secs(300));
+    wait_for(
+        &mut watcher,
+        "/share/guest-released",
+        Duration::from_secs(300),
+    );
     let guest_lock_gone = watcher.lockt(&lock, b"w", 0, u64::MAX).is_ok();
     HostSaw {
         guest_lock_seen,
@@ -276,7 +280,15 @@ fn nfs_v41_kernel_client_mounts_with_no_options_and_its_locks_meet_other_clients
     assert_eq!(section(&log, "busy"), ["1"], "{}", ctx());
     assert_eq!(rc(&log, "wait-for-expiry"), Some(0), "{}", ctx());
     let saw = partner.join().unwrap();
-    assert!(saw.guest_lock_seen, "LOCKT did not see the guest's lock\n{}", ctx());
-    assert!(saw.guest_lock_gone, "the guest's lock outlived its close\n{}", ctx());
+    assert!(
+        saw.guest_lock_seen,
+        "LOCKT did not see the guest's lock\n{}",
+        ctx()
+    );
+    assert!(
+        saw.guest_lock_gone,
+        "the guest's lock outlived its close\n{}",
+        ctx()
+    );
     assert_eq!(rc(&log, "final-umount"), Some(0), "{}", ctx());
 }
