@@ -2,9 +2,10 @@
 # Runs in the NFS-client guest as /test.sh for benches/nfs4.sh (which fills in the @NAMES@):
 # mounts the three targets side by side with the kernel's NFS client, then runs each workload
 # on the three in turn (the order rotates from one workload to the next), so load from elsewhere
-# on the host hits them alike. Prints `== RESULT WORKLOAD TARGET VALUE [EXTRA]` lines, and the
-# mount's per-operation counters from /proc/self/mountstats before and after each run, for the
-# host to read (markers from tests/it/guest/steps.sh).
+# on the host hits them alike. Prints `== RESULT WORKLOAD TARGET VALUE [EXTRA]` lines, the
+# mount's per-operation counters from /proc/self/mountstats before and after each run, and
+# `== MARK BEGIN|END` around each run (the host reads the servers' CPU times as they appear),
+# for the host to read (markers from tests/it/guest/steps.sh).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
 . /steps.sh
@@ -78,10 +79,12 @@ run() { # WORKLOAD TARGET: settle, drop caches, run once, print its result and c
     sleep "$SETTLE"
     drop_caches
     opstats /mnt/$t | sed "s/^/== OPS0 $w $t /"
+    echo "== MARK BEGIN $w $t"
     t0=$(now)
     out=$($w "$t" "$dir")
     rc=$?
     t1=$(now)
+    echo "== MARK END $w $t"
     opstats /mnt/$t | sed "s/^/== OPS1 $w $t /"
     [ $rc = 0 ] || { echo "== FAILED $w $t rc=$rc"; return 1; }
     case $w in

@@ -119,7 +119,18 @@ timeout "$LIMIT" qemu-system-x86_64 -machine q35,accel=tcg -display none -no-reb
     -initrd "$WORK/initrd.cpio" -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4" \
     -netdev user,id=net0 -device virtio-net-pci,netdev=net0 &
 QEMU_PID=$!
+# Both servers' CPU times as each of the guest's MARK lines reaches the serial log (within
+# the 10 ms ticks of /proc), and what tidegate has read from its bucket (its status figures,
+# up to a second old): what each run cost the server, read on the host's clock.
+bucket_reads() { "$BIN" --data-dir "$WORK/tidegate" status | sed -n 's/.*, \([0-9.]* [KMGT]*i*B\) read from the bucket.*/\1/p'; }
+tail -n +1 -F --pid=$QEMU_PID "$WORK/serial.log" 2>/dev/null | while IFS= read -r line; do
+    case $line in
+    "== MARK "*) echo "${line%$'\r'} $(cpu_of $TG_PID) $(cpu_of $GANESHA_PID) $(bucket_reads)" ;;
+    esac
+done >"$WORK/marks.txt" &
+MARKS_PID=$!
 wait $QEMU_PID || true
+wait $MARKS_PID || true
 QEMU_PID=
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 TG_CPU=$(awk -v a="$TG_CPU0" -v b="$(cpu_of $TG_PID)" 'BEGIN { printf "%.1f", b - a }')
@@ -142,10 +153,10 @@ echo "load average before: $LOAD_BEFORE; after: $LOAD_AFTER ($(nproc) cores)"
 echo "tidegate: $("$BIN" --version 2>/dev/null || echo "$BIN"), embedded default (local-directory bucket), NFS on 127.0.0.1:2049, rpcbind on 111"
 echo "ganesha: $(dpkg-query -W -f '${Version}' nfs-ganesha) FSAL VFS, NFSv4 only, on $WORK (same disk)"
 echo "server CPU during the guest run: tidegate ${TG_CPU} s, ganesha ${GA_CPU} s"
-python3 - "$WORK/serial.txt" "$SIZE_MIB" "$RAND_SECS" <<'EOF'
+python3 - "$WORK/serial.txt" "$SIZE_MIB" "$RAND_SECS" "$WORK/marks.txt" <<'EOF'
 import collections, statistics, sys
 
-log, size, secs = sys.argv[1], sys.argv[2], sys.argv[3]
+log, size, secs, marks = sys.argv[1:5]
 results = collections.defaultdict(list)  # (workload, target) -> [value]
 latency = collections.defaultdict(list)
 ops = {}  # (workload, target, 0|1) -> {op: [ops, rtt_ms, exec_ms]}
@@ -161,9 +172,24 @@ for line in open(log, errors="replace"):
         # the last round's counters are the ones shown.
         key = (f[2], f[3], int(f[1][-1]))
         table = ops.setdefault(key, {})
-        table[f[4].rstrip(":")] = [int(f[5]), int(f[11]), int(f[12])]
+        table[f[4].rstrip(":")] = [int(f[5]), int(f[10]), int(f[11]), int(f[12])]
     elif line.startswith("== FILES "):
-        files = f"{f[2]} files, {int(f[3]) >> 10} MiB"
+        nfiles = int(f[2])
+        files = f"{nfiles} files, {int(f[3]) >> 10} MiB"
+# == MARK BEGIN|END WORKLOAD TARGET TIDEGATE_CPU GANESHA_CPU READ_BYTES UNIT: each run's
+# server CPU seconds and tidegate's reads from its bucket (the last round's, as the counters).
+UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+cpu, fetched, begin = {}, {}, {}
+for line in open(marks, errors="replace"):
+    f = line.split()
+    if len(f) == 9 and f[8] in UNITS:
+        now = (float(f[6] if f[4] == "ganesha" else f[5]), float(f[7]) * UNITS[f[8]])
+        if f[2] == "BEGIN":
+            begin[f[3], f[4]] = now
+        elif (f[3], f[4]) in begin:
+            b = begin[f[3], f[4]]
+            cpu[f[3], f[4]] = now[0] - b[0]
+            fetched[f[3], f[4]] = now[1] - b[1]
 
 targets = ["tg41", "tg3", "ganesha"]
 lines = [
@@ -191,19 +217,30 @@ if latency:
     print(f"4 KiB random read, mean latency at QD16: {lat}")
 
 # Where the time went: each workload's NFS operations on each mount (the guest's mountstats,
-# after minus before), the busiest first: count and mean round trip as the client saw it.
-print("\nper-operation counts and mean round trips (client side), busiest first:")
+# after minus before), the busiest first: count, mean round trip and mean wait in the client
+# before sending (slots, congestion), and the server's CPU time over the run.
+print("\nper-operation counts, mean round trips and client queueing, busiest first; server CPU:")
 for w, _ in lines:
     for t in targets:
         a, b = ops.get((w, t, 0), {}), ops.get((w, t, 1), {})
         rows = []
-        for op, (n1, rtt1, ex1) in b.items():
-            n0, rtt0, ex0 = a.get(op, [0, 0, 0])
+        for op, (n1, q1, rtt1, ex1) in b.items():
+            n0, q0, rtt0, ex0 = a.get(op, [0, 0, 0, 0])
             if n1 > n0:
-                rows.append((ex1 - ex0, op, n1 - n0, (rtt1 - rtt0) / (n1 - n0)))
+                n = n1 - n0
+                rows.append((ex1 - ex0, op, n, (rtt1 - rtt0) / n, (q1 - q0) / n))
         rows.sort(reverse=True)
-        text = ", ".join(f"{op} {n} x {rtt:.2f} ms" for _, op, n, rtt in rows[:5])
+        text = ", ".join(f"{op} {n} x {rtt:.2f} ms (queued {q:.2f})" for _, op, n, rtt, q in rows[:4])
         print(f"  {w:9} {t:7} {text}")
+        if (w, t) in cpu:
+            per, unit = {"untar": (nfiles, "file"), "rand_read": (rows[0][2] if rows else 0, "READ")}.get(
+                w, (int(size), "MiB"))
+            server = "ganesha" if t == "ganesha" else "tidegate"
+            each = f", {cpu[w, t] * 1000 / per:.2f} ms per {unit}" if per else ""
+            got = ""
+            if t != "ganesha" and fetched.get((w, t), 0) >= 1 << 20:
+                got = f"; {fetched[w, t] / (1 << 20):.0f} MiB read from its bucket"
+            print(f"  {'':17} {server} CPU {cpu[w, t]:.1f} s{each}{got}")
 if missed:
     print(f"\nbelow the 0.8 target: {', '.join(missed)}")
 EOF
