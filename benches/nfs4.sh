@@ -113,7 +113,7 @@ cpu_of() { awk '{ printf "%.1f", ($14 + $15) / 100 }' "/proc/$1/stat"; } # CPU s
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 TG_CPU0=$(cpu_of $TG_PID) GA_CPU0=$(cpu_of $GANESHA_PID)
 STARTED=$EPOCHSECONDS
-echo "booting the guest (TCG: about 10 minutes a round at the default sizes), load average $LOAD_BEFORE" >&2
+echo "booting the guest (TCG: 6-7 minutes a round at the default sizes), load average $LOAD_BEFORE" >&2
 timeout "$LIMIT" qemu-system-x86_64 -machine q35,accel=tcg -display none -no-reboot \
     -serial "file:$WORK/serial.log" -m 3072 -smp 2 -kernel "$IMAGE/vmlinuz" \
     -initrd "$WORK/initrd.cpio" -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4" \
