@@ -24,11 +24,12 @@ pub const TAPE_MODULES: &str =
 
 /// What the NFS client tests need inside: mount.nfs (nfs-common) and /etc/protocols (netbase;
 /// without it mount.nfs cannot name `tcp` and fails with "Protocol not supported"); iproute2
-/// and kmod to bring up the network and load the client.
-pub const NFS_PACKAGES: &str = "nfs-common,netbase,iproute2,kmod";
+/// and kmod to bring up the network and load the client. In a file of its own because
+/// benches/nfs4.sh builds the same guest plus fio.
+pub const NFS_PACKAGES: &str = include_str!("../guest/nfs.packages");
 /// The kernel's NFS client, v3 and v4 (nfsv4 needs dns_resolver, which modprobe does not find
-/// as a dependency on its own), and the network.
-pub const NFS_MODULES: &str = "virtio_pci virtio_net sunrpc lockd nfs nfsv3 nfsv4 dns_resolver";
+/// as a dependency on its own), and the network (a file of its own, as NFS_PACKAGES).
+pub const NFS_MODULES: &str = include_str!("../guest/nfs.modules");
 
 const BUILD: &str = include_str!("../guest/build.sh");
 const INIT: &str = include_str!("../guest/init.sh");
@@ -55,6 +56,8 @@ pub fn nfs_client() -> &'static Image {
 /// Builds the guest `kind` (each kind keeps its own cache directory, so building one never
 /// evicts another).
 fn build(kind: &str, packages: &str, modules: &str) -> Image {
+    // The lists kept in files end with a newline; the cache key is of the lists themselves.
+    let (packages, modules) = (packages.trim(), modules.trim());
     for t in ["debootstrap", "dpkg-deb", "cpio", "apt-get"] {
         tool(t);
     }
