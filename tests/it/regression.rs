@@ -16,6 +16,8 @@ fn spawn_serve(data: &Path, log: &Path) -> Child {
         .args(["--iscsi-listen", "127.0.0.1:0"])
         .args(["--nfs-listen", "127.0.0.1:0"])
         .args(["--api-listen", "127.0.0.1:0"])
+        // Port 111 belongs to the tests of the port-111 group (.config/nextest.toml).
+        .args(["--rpcbind", "off"])
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)
@@ -140,6 +142,7 @@ fn failed_start(data: &Path, args: &[&str]) -> String {
         .arg("serve")
         .args(["--iscsi-listen", "127.0.0.1:0"])
         .args(["--api-listen", "127.0.0.1:0"])
+        .args(["--rpcbind", "off"])
         .args(args));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let lines = crate::support::error_lines(&out);
