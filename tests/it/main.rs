@@ -7,6 +7,7 @@
 mod api;
 mod appliance;
 mod cli;
+mod compat;
 mod console;
 mod device;
 mod device_export;
