@@ -228,6 +228,37 @@ pub async fn conditional_create(bucket: &Bucket, run: &str) -> Result<bool, Stri
     }
 }
 
+/// Two gateways pairing one bucket at the same moment, the second (another key) having seen no
+/// key check: on a server that honours conditional writes the second is refused with `WrongKey`
+/// and the first's key check stays; on one that ignores them (Garage) the second overwrites it,
+/// as it always has. `conditional` says which the server is. Uses `gateway/keycheck` of the
+/// bucket given, so give it a prefix of its own.
+pub async fn pairing_race(bucket: &Bucket, conditional: bool) -> Result<(), String> {
+    use crate::store::keycheck::{Pairing, create_once, ensure};
+    let first = Codec::new(MasterKey::generate().map_err(|e| e.to_string())?);
+    let second = Codec::new(MasterKey::generate().map_err(|e| e.to_string())?);
+    let paired = ensure(bucket, &first, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(paired == Pairing::Created, "first pairing gave {paired:?}");
+    let raced = create_once(bucket, &second).await;
+    let survivor = if conditional { &first } else { &second };
+    let result = match (conditional, raced) {
+        (true, Err(StoreError::WrongKey { .. })) | (false, Ok(Pairing::Created)) => {
+            match ensure(bucket, survivor, false).await {
+                Ok(Pairing::Verified) => Ok(()),
+                other => Err(format!("the surviving key check gave {other:?}")),
+            }
+        }
+        (_, other) => Err(format!("the racing pairing gave {other:?}")),
+    };
+    bucket
+        .delete(crate::store::keys::KEYCHECK)
+        .await
+        .map_err(|e| e.to_string())?;
+    result
+}
+
 /// Chunks through the codec: round trip, zero chunks, dedup, and a tampered object reported as
 /// corrupt with its name. `tamper` overwrites an object with the given bytes behind the store's
 /// back (a file write for `file://`, a raw PUT for S3).
@@ -292,6 +323,7 @@ mod tests {
         bucket.check().await.unwrap();
         objects(&bucket, "local", 12 << 20).await.unwrap();
         assert_eq!(conditional_create(&bucket, "local").await, Ok(true));
+        pairing_race(&bucket, true).await.unwrap();
         chunks(bucket).await.unwrap();
     }
 

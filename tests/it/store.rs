@@ -33,6 +33,9 @@ pub(crate) fn passes_the_store_contract(server: &dyn S3Server, conditional: bool
         );
         contract::chunks(bucket.clone()).await.unwrap();
     });
+    let race = server.open_bucket("contract-pairing");
+    rt.block_on(contract::pairing_race(&race, conditional))
+        .unwrap_or_else(|e| panic!("{}: {e}", server.name()));
     // The prefix really scopes the objects: nothing landed at the bucket root.
     let root = server.open_bucket("");
     let stray = rt.block_on(root.list("contract/")).unwrap();
