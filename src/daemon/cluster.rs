@@ -97,11 +97,12 @@ impl ClusterStatus {
             .collect()
     }
 
-    /// Every partition has all its copies reachable and nothing is left to copy.
+    /// Every device is up and every partition has all its copies reachable. Garage's resync
+    /// queue is shown beside it but not required to be empty: it holds retries scheduled a
+    /// minute or more ahead, which are no-ops once a returning device has repaired itself.
     pub fn fully_redundant(&self) -> bool {
         self.partitions > 0
             && self.partitions_all_ok == self.partitions
-            && self.resync_queue == 0
             && self.missing().is_empty()
     }
 
@@ -131,9 +132,9 @@ impl ClusterStatus {
         ));
         let missing = self.missing();
         out.push(if self.fully_redundant() {
-            "redundancy: full (every object has all its copies)".to_owned()
+            "redundancy: full (every device up, every partition with all its copies)".to_owned()
         } else if missing.is_empty() {
-            "redundancy: RESTORING (every device is up; Garage is still copying)".to_owned()
+            "redundancy: RESTORING (every device is up; Garage is still connecting)".to_owned()
         } else {
             format!(
                 "redundancy: DEGRADED (missing devices: {})",

@@ -251,6 +251,22 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
         m.check_all(bucket, dir.path(), &want);
     }
     let loaded = started.elapsed();
+    // Garage's disks hold ciphertext and opaque names only: neither a file's content nor its
+    // name appears anywhere in a device's Garage metadata or data.
+    let marker_content = b"a file 7\na file 7\n".to_vec();
+    let marker_name = b"a-7.txt".to_vec();
+    for d in &data {
+        for (path, bytes) in files(&d.join("cluster")) {
+            for marker in [&marker_content, &marker_name] {
+                assert!(
+                    !bytes.windows(marker.len()).any(|w| w == &marker[..]),
+                    "{} holds {:?} in the clear",
+                    path,
+                    String::from_utf8_lossy(marker)
+                );
+            }
+        }
+    }
 
     // One device lost: loads continue through the others, nothing is refused.
     members[4].kill();
@@ -292,6 +308,31 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
     assert!(
         err.contains("ServiceUnavailable") && err.contains("write quorum lost"),
         "{err}"
+    );
+    let refused_at = started.elapsed();
+
+    // Both come back (same data dirs, same ports): writes resume, Garage brings them up to
+    // date, and the status says so.
+    for m in &mut members[3..] {
+        m.device = Some(Unlocked::start(&m.job));
+    }
+    let s = members[0].wait_status("full redundancy again", |s| {
+        s.contains("redundancy: full") && s.contains("writes: accepted")
+    });
+    assert!(s.contains("5 of 5 devices up"), "{s}");
+    let o = members[2].upload(&third, bucket);
+    assert!(
+        o.status.success(),
+        "upload via dev3 after the return: {}",
+        stderr(&o)
+    );
+    want.extend(files(&third));
+    want.sort();
+    members[4].check_all(bucket, dir.path(), &want);
+    eprintln!(
+        "device cluster: writes refused {:.1} s in, whole again and checked at {:.1} s",
+        refused_at.as_secs_f64(),
+        started.elapsed().as_secs_f64()
     );
     eprintln!(
         "device cluster: 5 devices up in {:.1} s, loaded and read on all in {:.1} s, whole test {:.1} s",

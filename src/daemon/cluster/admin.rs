@@ -12,6 +12,8 @@ use super::{ClusterError, ClusterFile, ClusterStatus, DeviceHealth};
 const POLL: Duration = Duration::from_millis(500);
 /// How often the creating device looks for staged layout changes (devices that joined later).
 const LAYOUT_EVERY: Duration = Duration::from_secs(5);
+/// How long a starting device waits for its node's tables to catch up before serving.
+const TABLE_SYNC_LIMIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -165,7 +167,61 @@ pub async fn bring_up(
     if file.creator {
         ensure_key_and_bucket(admin, file).await?;
     }
+    // A device that was down (or replaces one) pulls what it missed at once instead of at
+    // Garage's next anti-entropy round: its tables' entries, then the blocks they name.
+    for repair in ["tables", "blocks"] {
+        if let Err(e) = admin
+            .post(
+                "LaunchRepairOperation?node=self",
+                json!({ "repairType": repair }),
+            )
+            .await
+        {
+            tracing::warn!(repair, error = %e, "device cluster: starting a garage repair");
+        }
+    }
+    wait_tables_synced(admin, &mut say).await;
     Ok(node)
+}
+
+/// Waits (bounded) until this node's table sync workers have no partition left to sync. With
+/// `consistency_mode = "degraded"` a read is answered by one copy, preferably this node's, so a
+/// device that was down must not serve before it holds what was written meanwhile.
+async fn wait_tables_synced(admin: &Admin, say: &mut impl FnMut(String)) {
+    let start = tokio::time::Instant::now();
+    let mut quiet = 0;
+    while start.elapsed() < TABLE_SYNC_LIMIT {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Ok(answer) = admin
+            .post("ListWorkers?node=self", json!({ "busyOnly": false }))
+            .await
+        else {
+            continue;
+        };
+        let left: u64 = answer["success"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(Value::as_array)
+            .flatten()
+            .filter(|w| w["name"].as_str().is_some_and(|n| n.ends_with(" sync")))
+            .filter_map(|w| w["queueLength"].as_u64())
+            .sum();
+        if left == 0 {
+            quiet += 1;
+            // The repair request reaches the workers asynchronously: an empty queue counts only
+            // once it has stayed empty for a few polls.
+            if quiet >= 4 {
+                return;
+            }
+        } else {
+            quiet = 0;
+            say(format!(
+                "cluster: syncing this node's tables ({left} partitions left)"
+            ));
+        }
+    }
+    tracing::warn!("device cluster: table sync not finished; serving anyway");
 }
 
 async fn apply(admin: &Admin, layout: &Value) -> Result<(), ClusterError> {
