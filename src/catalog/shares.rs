@@ -219,6 +219,13 @@ impl Catalog {
             [share_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        // Each hard link name is an object of its own that may still be owed.
+        let links: i64 = conn.query_row(
+            "SELECT count(*) FROM links l JOIN inodes i ON i.id = l.inode
+             WHERE l.share_id = ?1 AND l.synced_version != i.version",
+            [share_id],
+            |r| r.get(0),
+        )?;
         let deletes: i64 = conn.query_row(
             "SELECT count(*) FROM pending_deletes WHERE share_id = ?1",
             [share_id],
@@ -230,7 +237,7 @@ impl Catalog {
             |r| r.get(0),
         )?;
         Ok(ShareSyncStats {
-            dirty_files: u64::try_from(files).unwrap_or(0),
+            dirty_files: u64::try_from(files + links).unwrap_or(0),
             dirty_bytes: u64::try_from(bytes).unwrap_or(0),
             pending_deletes: u64::try_from(deletes).unwrap_or(0),
             last_upload_unix: last,
