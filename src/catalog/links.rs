@@ -368,13 +368,15 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records that link `id`'s object holds inode version `version` at `key`. Its previous
-    /// key, if different, is queued for deletion and a queued deletion of `key` is dropped, as
-    /// `mark_synced` does for inodes. Returns false if the link is gone.
+    /// Records that link `id`'s object, copied for the name at `path`, holds inode version
+    /// `version` at `key`. Its previous key, if different, is queued for deletion and a queued
+    /// deletion of `key` is dropped, as `mark_synced` does for inodes. A link moved while its
+    /// object was copied keeps `key` as its object but stays dirty, so it is copied again to
+    /// its new key. Returns false if the link is gone.
     pub fn mark_link_synced(
         &self,
         id: i64,
-        version: i64,
+        (path, version): (&str, i64),
         key: &str,
         etag: Option<&str>,
     ) -> Result<bool, CatalogError> {
@@ -389,6 +391,7 @@ impl Catalog {
             queue_delete(&tx, link.share_id, old)?;
         }
         tx.execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
+        let version = if link.path == path { version } else { 0 };
         tx.execute(
             "UPDATE links SET synced_version = ?2, remote_key = ?3, etag = ?4 WHERE id = ?1",
             params![id, version, key, etag],
@@ -416,30 +419,22 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::shares::{InodeKind, ShareRow, Squash};
+    use crate::catalog::shares::InodeKind;
+    use crate::catalog::shares::tests::{catalog_with_share, node};
 
     fn setup() -> (tempfile::TempDir, Catalog, InodeRow) {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Catalog::open(&dir.path().join("c.db")).unwrap();
-        let share = ShareRow {
-            id: 0,
-            name: "s".into(),
-            bucket_prefix: "shares/s/".into(),
-            read_only: false,
-            squash: Squash::Root,
-            allowed_clients: String::new(),
-            default_uid: 0,
-            default_gid: 0,
-            default_file_mode: 0o644,
-            default_dir_mode: 0o755,
-            refresh_secs: 300,
-            created_unix: 0,
-            last_upload_unix: None,
-        };
-        let root = InodeRow::new(0, None, "", InodeKind::Dir, (0o755, 0, 0), 0);
-        let share = c.create_share(&share, &root).unwrap();
-        let root = c.share_root(share.id).unwrap().unwrap();
+        let (dir, c, _, root) = catalog_with_share();
         (dir, c, root)
+    }
+
+    fn dir(c: &Catalog, parent: &InodeRow, path: &str) -> InodeRow {
+        c.insert_inode(&node(
+            parent.share_id,
+            Some(parent.id),
+            path,
+            InodeKind::Dir,
+        ))
+        .unwrap()
     }
 
     fn file(c: &Catalog, parent: &InodeRow, path: &str) -> InodeRow {
@@ -462,23 +457,15 @@ mod tests {
         for l in c.dirty_links(row.share_id, 100).unwrap() {
             let link = c.link(l).unwrap().unwrap();
             let key = format!("shares/s/{}", link.path);
-            c.mark_link_synced(l, row.version, &key, Some("e")).unwrap();
+            c.mark_link_synced(l, (&link.path, row.version), &key, Some("e"))
+                .unwrap();
         }
     }
 
     #[test]
     fn links_are_found_listed_counted_and_removed_name_by_name() {
         let (_d, c, root) = setup();
-        let d = c
-            .insert_inode(&InodeRow::new(
-                root.share_id,
-                Some(root.id),
-                "d",
-                InodeKind::Dir,
-                (0o755, 0, 0),
-                1,
-            ))
-            .unwrap();
+        let d = dir(&c, &root, "d");
         let f = file(&c, &root, "f");
         let other = file(&c, &root, "g");
         assert!(c.add_link(f.id, d.id, ("l", "d/l"), 5).unwrap().is_some());
@@ -561,16 +548,7 @@ mod tests {
     #[test]
     fn renames_move_link_names_and_links_below_a_moved_directory() {
         let (_d, c, root) = setup();
-        let d = c
-            .insert_inode(&InodeRow::new(
-                root.share_id,
-                Some(root.id),
-                "d",
-                InodeKind::Dir,
-                (0o755, 0, 0),
-                1,
-            ))
-            .unwrap();
+        let d = dir(&c, &root, "d");
         let f = file(&c, &root, "f");
         c.add_link(f.id, d.id, ("l", "d/l"), 2).unwrap();
         c.add_link(f.id, root.id, ("m", "m"), 2).unwrap();
@@ -582,6 +560,12 @@ mod tests {
         let l = c.child(d.id, "l").unwrap().unwrap();
         assert_eq!(l.path, "e/l");
         assert_eq!(c.dirty_links(root.share_id, 10).unwrap(), [l.link.unwrap()]);
+        // A copy made for the old path (the move came while it ran) leaves the name dirty.
+        let version = c.inode(f.id).unwrap().unwrap().version;
+        c.mark_link_synced(l.link.unwrap(), ("d/l", version), "shares/s/d/l", None)
+            .unwrap();
+        assert_eq!(c.dirty_links(root.share_id, 10).unwrap(), [l.link.unwrap()]);
+        assert!(c.key_in_use(root.share_id, "shares/s/d/l").unwrap());
         // A link name moves over another file, which goes.
         let g = file(&c, &root, "g");
         let m = c.child(root.id, "m").unwrap().unwrap();

@@ -246,7 +246,7 @@ impl Catalog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn share() -> ShareRow {
@@ -267,11 +267,17 @@ mod tests {
         }
     }
 
-    fn node(share_id: i64, parent: Option<i64>, path: &str, kind: InodeKind) -> InodeRow {
+    pub(in crate::catalog) fn node(
+        share_id: i64,
+        parent: Option<i64>,
+        path: &str,
+        kind: InodeKind,
+    ) -> InodeRow {
         InodeRow::new(share_id, parent, path, kind, (0o755, 0, 0), 0)
     }
 
-    fn catalog_with_share() -> (tempfile::TempDir, Catalog, ShareRow, InodeRow) {
+    pub(in crate::catalog) fn catalog_with_share()
+    -> (tempfile::TempDir, Catalog, ShareRow, InodeRow) {
         let dir = tempfile::tempdir().unwrap();
         let c = Catalog::open(&dir.path().join("c.db")).unwrap();
         let s = c

@@ -18,17 +18,17 @@ use crate::gateway::files::{
 pub const MAX_SYMLINK_BYTES: usize = 4096;
 
 /// A name in a writable directory, as create-like operations see it.
-struct Slot {
-    dir: InodeRow,
-    share: ShareRow,
+pub(super) struct Slot {
+    pub(super) dir: InodeRow,
+    pub(super) share: ShareRow,
     who: Caller,
-    name: String,
+    pub(super) name: String,
     existing: Option<InodeRow>,
 }
 
 impl Slot {
     /// The slot if nothing is there yet.
-    fn vacant(self) -> Result<Self, GatewayError> {
+    pub(super) fn vacant(self) -> Result<Self, GatewayError> {
         match &self.existing {
             Some(e) => Err(GatewayError::AlreadyExists(e.path.clone())),
             None => Ok(self),
@@ -135,7 +135,12 @@ impl Files {
     }
 
     /// The place `name` in a directory the caller may change, with what is there now.
-    async fn slot(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<Slot, GatewayError> {
+    pub(super) async fn slot(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+    ) -> Result<Slot, GatewayError> {
         let (dir_row, share, who) = self.writable_dir(caller, dir)?;
         let name = validate_name(name)?.to_owned();
         let dir_row = self.maybe_refresh(&share, &dir_row).await?;
@@ -315,21 +320,6 @@ impl Files {
         Ok(target)
     }
 
-    /// LINK: S3 has nothing a second name could share, so hard links are refused.
-    pub async fn link(
-        &self,
-        caller: &Caller,
-        file: FileId,
-        _dir: FileId,
-        _name: &[u8],
-    ) -> Result<Attr, GatewayError> {
-        let (_, share) = self.node(file)?;
-        self.effective(&share, caller)?;
-        Err(GatewayError::NotSupported(
-            "hard links: a share's files are single objects; use a symlink or a copy".into(),
-        ))
-    }
-
     /// The entry `name` of a directory the caller may change.
     async fn existing_child(
         &self,
@@ -356,9 +346,14 @@ impl Files {
         }
         let lock = self.inode_lock(child.id);
         let _guard = lock.lock().await;
-        self.catalog.remove_inode(&child)?;
+        // One name of a file with hard links goes alone; the file lives on under the others.
+        if self
+            .catalog
+            .remove_name(&child, crate::clock::unix_nanos())?
+        {
+            self.drop_local(child.id);
+        }
         self.entries_changed(dir)?;
-        self.drop_local(child.id);
         self.wake.notify_one();
         Ok(())
     }
@@ -396,7 +391,7 @@ impl Files {
         let (src_dir, share, _) = self.writable_dir(caller, from_dir)?;
         let (dst_dir, dst_share, _) = self.writable_dir(caller, to_dir)?;
         if share.id != dst_share.id {
-            return Err(GatewayError::InvalidArgument(
+            return Err(GatewayError::CrossDevice(
                 "rename across shares is not possible".into(),
             ));
         }
@@ -420,6 +415,8 @@ impl Files {
         }
         let replaced = self.catalog.child(dst_dir.id, to_name)?;
         if let Some(old) = &replaced {
+            // Two names of one file (or one name twice): success, and nothing changes (RFC
+            // 8881 §18.26.3, rename(2)).
             if old.id == src.id {
                 return Ok(());
             }
@@ -444,7 +441,9 @@ impl Files {
         )?;
         self.entries_changed(src_dir.id)?;
         self.entries_changed(dst_dir.id)?;
-        if let Some(old) = replaced {
+        if let Some(old) = replaced
+            && self.catalog.inode(old.id)?.is_none()
+        {
             self.drop_local(old.id);
         }
         self.touched(src.id);
@@ -563,7 +562,7 @@ impl Files {
 
     /// POSIX: creating, removing or renaming an entry advances its directory's mtime and
     /// ctime, which tools (make, rsync, backup software) use to notice changes.
-    fn entries_changed(&self, dir: i64) -> Result<(), GatewayError> {
+    pub(super) fn entries_changed(&self, dir: i64) -> Result<(), GatewayError> {
         Ok(self.catalog.touch_dir(dir, crate::clock::unix_nanos())?)
     }
 
@@ -595,19 +594,19 @@ impl Files {
         } else {
             row
         };
-        let after = i64::try_from(cookie).unwrap_or(i64::MAX);
         let mut children = self
             .catalog
-            .children(row.id, after, max.saturating_add(1))?;
+            .dir_entries(row.id, cookie, max.saturating_add(1))?;
         let eof = children.len() <= max;
         children.truncate(max);
         Ok(DirPage {
             dir: self.attr(&row),
             entries: children
                 .iter()
-                .map(|c| DirEntry {
+                .map(|(cookie, c)| DirEntry {
                     name: c.name.clone(),
                     attr: self.attr(c),
+                    cookie: *cookie,
                 })
                 .collect(),
             eof,

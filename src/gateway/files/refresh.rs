@@ -59,6 +59,9 @@ impl Files {
                 continue;
             }
             match self.catalog.child(dir.id, name)? {
+                // A hard link's object is a copy we made of its file's (ADR 0013), never a
+                // file of its own.
+                Some(child) if child.link.is_some() => {}
                 Some(child) if child.dirty() || child.kind == InodeKind::Dir => {}
                 Some(child)
                     if child.remote_key.as_deref() == Some(key.as_str())
@@ -163,6 +166,16 @@ impl Files {
                     self.catalog.forget_inode(child.id)?;
                     self.drop_local(child.id);
                 }
+            }
+        }
+        // Likewise link names whose current objects are gone: the name was removed elsewhere.
+        for link in self.catalog.links_in(dir.id)? {
+            let current = self
+                .catalog
+                .inode(link.inode)?
+                .is_some_and(|i| i.version == link.synced_version);
+            if current && link.remote_key.is_some() && !seen.contains(&link.name) {
+                self.catalog.forget_link(link.id)?;
             }
         }
         let mut row = self.catalog.inode(dir.id)?.unwrap_or_else(|| dir.clone());
