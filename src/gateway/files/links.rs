@@ -229,6 +229,12 @@ mod tests {
         files.rename(&me, root, b"f", d.id, b"l").await.unwrap();
         assert_eq!(files.lookup(&me, root, b"f").await.unwrap().nlink, 2);
 
+        // The directory holding the link moves: the link's object follows.
+        files.rename(&me, root, b"d", root, b"e").await.unwrap();
+        assert!(files.drain(Duration::from_secs(10)).await.unwrap());
+        assert!(!object("d/l").exists());
+        assert_eq!(std::fs::read(object("e/l")).unwrap(), b"two");
+
         // The file's own name goes: the link keeps the data, and its object stays.
         files.remove(&me, root, b"f").await.unwrap();
         let left = files.getattr(&me, f.id).await.unwrap();
@@ -237,13 +243,13 @@ mod tests {
         assert_eq!(&data[..], b"two");
         assert!(files.drain(Duration::from_secs(10)).await.unwrap());
         assert!(!object("f").exists());
-        assert_eq!(std::fs::read(object("d/l")).unwrap(), b"two");
+        assert_eq!(std::fs::read(object("e/l")).unwrap(), b"two");
         files.remove(&me, d.id, b"l").await.unwrap();
         assert!(matches!(
             files.getattr(&me, f.id).await,
             Err(GatewayError::Stale(_))
         ));
         assert!(files.drain(Duration::from_secs(10)).await.unwrap());
-        assert!(!object("d/l").exists());
+        assert!(!object("e/l").exists());
     }
 }
