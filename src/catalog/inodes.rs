@@ -187,8 +187,13 @@ impl Catalog {
     /// `link` is set and its parent, name and path are the link's).
     pub fn child(&self, parent: i64, name: &str) -> Result<Option<InodeRow>, CatalogError> {
         let conn = self.conn();
+        // The share is named so that the (share_id, parent, name) unique index finds the entry:
+        // `parent` alone uses `inodes_by_parent` and reads every entry of the directory, which
+        // made each create in a large directory cost time in proportion to its size (issue 21).
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {INODE_COLUMNS} FROM inodes WHERE parent = ?1 AND name = ?2"
+            "SELECT {INODE_COLUMNS} FROM inodes
+             WHERE share_id = (SELECT share_id FROM inodes WHERE id = ?1)
+                 AND parent = ?1 AND name = ?2"
         ))?;
         match stmt
             .query_row(params![parent, name], row_to_inode)
@@ -235,6 +240,19 @@ impl Catalog {
         Ok(InodeRow { id, ..row.clone() })
     }
 
+    /// Inserts a new entry of directory `row.parent` and advances the directory's mtime and
+    /// ctime to `now_ns` (POSIX), in one transaction: a create costs one commit.
+    pub fn insert_entry(&self, row: &InodeRow, now_ns: i64) -> Result<InodeRow, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let id = insert_inode(&tx, row)?;
+        if let Some(dir) = row.parent {
+            touch_dir(&tx, dir, now_ns)?;
+        }
+        tx.commit()?;
+        Ok(InodeRow { id, ..row.clone() })
+    }
+
     /// Writes back every mutable column of `row`.
     pub fn save_inode(&self, row: &InodeRow) -> Result<(), CatalogError> {
         update_inode(&self.conn(), row)
@@ -276,12 +294,7 @@ impl Catalog {
     /// ctime become `now_ns` (POSIX). Local only: a directory's times are not in the bucket,
     /// so nothing is uploaded for them.
     pub fn touch_dir(&self, id: i64, now_ns: i64) -> Result<(), CatalogError> {
-        self.conn()
-            .prepare_cached(
-                "UPDATE inodes SET mtime_ns = ?2, ctime_ns = ?2 WHERE id = ?1 AND kind = 'dir'",
-            )?
-            .execute(params![id, now_ns])?;
-        Ok(())
+        touch_dir(&self.conn(), id, now_ns)
     }
 
     /// Records a read's access time, without waiting for the disk: an access time lost with
@@ -306,20 +319,38 @@ impl Catalog {
         Ok(())
     }
 
-    /// Removes an inode whose object vanished from the bucket (nothing left to delete there).
-    /// An inode with a hard link whose object is current keeps living under that name instead.
-    pub fn forget_inode(&self, id: i64) -> Result<(), CatalogError> {
+    /// Removes the name `row` was found by (its own or, with [`InodeRow::link`], a hard link;
+    /// see `links::remove_name`) and advances the directory's mtime and ctime to `now_ns`, in
+    /// one transaction. Returns true when that was the inode's last name and the inode is gone
+    /// (its object queued for deletion).
+    pub fn remove_entry(&self, row: &InodeRow, now_ns: i64) -> Result<bool, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        links::forget_primary(&tx, id)?;
+        let gone = links::remove_name(&tx, row, now_ns)?;
+        if let Some(dir) = row.parent {
+            touch_dir(&tx, dir, now_ns)?;
+        }
         tx.commit()?;
-        Ok(())
+        Ok(gone)
+    }
+
+    /// Removes an inode whose object vanished from the bucket (nothing left to delete there).
+    /// An inode with a hard link whose object is current keeps living under that name instead.
+    /// Returns whether the inode is gone.
+    pub fn forget_inode(&self, id: i64) -> Result<bool, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let gone = links::forget_primary(&tx, id)?;
+        tx.commit()?;
+        Ok(gone)
     }
 
     /// Moves `row` to `new_parent`/`new_name` (path `new_path`), replacing `replaced` if given,
     /// and rewrites the paths of everything below it; every moved inode becomes dirty so the
-    /// uploader copies its object to the new key. One transaction. Either may be a name found by
-    /// a hard link ([`InodeRow::link`]): that name alone moves or goes (ADR 0013).
+    /// uploader copies its object to the new key. Both directories' mtime and ctime become
+    /// `ctime_ns` (their entries changed). One transaction. Either may be a name found by a
+    /// hard link ([`InodeRow::link`]): that name alone moves or goes (ADR 0013). Returns true
+    /// when `replaced` was its file's last name, so the file is gone.
     pub fn rename_inode(
         &self,
         row: &InodeRow,
@@ -328,11 +359,15 @@ impl Catalog {
         new_path: &str,
         ctime_ns: i64,
         replaced: Option<&InodeRow>,
-    ) -> Result<(), CatalogError> {
+    ) -> Result<bool, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        if let Some(old) = replaced {
-            links::remove_name(&tx, old, ctime_ns)?;
+        let gone = match replaced {
+            Some(old) => links::remove_name(&tx, old, ctime_ns)?,
+            None => false,
+        };
+        for dir in row.parent.into_iter().chain([new_parent]) {
+            touch_dir(&tx, dir, ctime_ns)?;
         }
         if let Some(link) = row.link {
             links::move_link(
@@ -343,7 +378,7 @@ impl Catalog {
                 ctime_ns,
             )?;
             tx.commit()?;
-            return Ok(());
+            return Ok(gone);
         }
         tx.execute(
             "UPDATE inodes SET parent = ?2, name = ?3, path = ?4, ctime_ns = ?5,
@@ -366,7 +401,7 @@ impl Catalog {
             links::move_subtree(&tx, row.share_id, &row.path, new_path)?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(gone)
     }
 
     /// Inodes of a share whose bucket state lags the catalog, oldest first.
@@ -587,6 +622,20 @@ fn update_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<(), Catal
         row.rdev.1,
         row.atime_ns,
     ])?;
+    Ok(())
+}
+
+/// A directory's entries changed: its mtime and ctime become `now_ns`. Local only: a
+/// directory's times are not in the bucket, so nothing is uploaded for them.
+pub(super) fn touch_dir(
+    conn: &rusqlite::Connection,
+    id: i64,
+    now_ns: i64,
+) -> Result<(), CatalogError> {
+    conn.prepare_cached(
+        "UPDATE inodes SET mtime_ns = ?2, ctime_ns = ?2 WHERE id = ?1 AND kind = 'dir'",
+    )?
+    .execute(params![id, now_ns])?;
     Ok(())
 }
 

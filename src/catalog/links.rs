@@ -10,7 +10,7 @@
 
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
-use crate::catalog::inodes::{INODE_COLUMNS, queue_delete, row_to_inode};
+use crate::catalog::inodes::{INODE_COLUMNS, queue_delete, row_to_inode, touch_dir};
 use crate::catalog::shares::InodeRow;
 use crate::catalog::{Catalog, CatalogError};
 
@@ -192,10 +192,11 @@ fn promote(
 }
 
 /// The inode's object vanished from the bucket: a link whose object is current takes the
-/// inode's name (nothing to delete), else the inode and its links are dropped.
-pub(super) fn forget_primary(tx: &Transaction<'_>, id: i64) -> Result<(), CatalogError> {
+/// inode's name (nothing to delete), else the inode and its links are dropped. Returns whether
+/// the inode is gone.
+pub(super) fn forget_primary(tx: &Transaction<'_>, id: i64) -> Result<bool, CatalogError> {
     let Some(inode) = inode_in(tx, id)? else {
-        return Ok(());
+        return Ok(true);
     };
     let current = tx
         .prepare_cached(&format!(
@@ -205,7 +206,10 @@ pub(super) fn forget_primary(tx: &Transaction<'_>, id: i64) -> Result<(), Catalo
         .query_row(params![id, inode.synced_version], row_to_link)
         .optional()?;
     match current {
-        Some(link) => promote(tx, &inode, &link, inode.ctime_ns),
+        Some(link) => {
+            promote(tx, &inode, &link, inode.ctime_ns)?;
+            Ok(false)
+        }
         None => {
             // The links' rows go with the inode (ON DELETE CASCADE); their objects too.
             let keys: Vec<(i64, String)> = tx
@@ -216,7 +220,7 @@ pub(super) fn forget_primary(tx: &Transaction<'_>, id: i64) -> Result<(), Catalo
                 queue_delete(tx, share, &key)?;
             }
             tx.execute("DELETE FROM inodes WHERE id = ?1", [id])?;
-            Ok(())
+            Ok(true)
         }
     }
 }
@@ -261,7 +265,8 @@ impl Catalog {
         link_in(&self.conn(), id)
     }
 
-    /// Adds the name `name` (path `path`) in directory `parent` to inode `inode`, unless the
+    /// Adds the name `name` (path `path`) in directory `parent` to inode `inode` (the file's
+    /// ctime and the directory's mtime and ctime become `ctime_ns`), unless the
     /// name is taken (then `Ok(None)`) or the inode is gone (`Ok(None)` as well: the caller
     /// checked it a moment ago and reports it). Returns the inode with its new link count.
     pub fn add_link(
@@ -287,19 +292,10 @@ impl Catalog {
             "UPDATE inodes SET nlink = nlink + 1, ctime_ns = ?2 WHERE id = ?1",
             params![inode, ctime_ns],
         )?;
+        touch_dir(&tx, parent, ctime_ns)?;
         let row = inode_in(&tx, inode)?;
         tx.commit()?;
         Ok(row)
-    }
-
-    /// Removes the name `row` was found by (see [`InodeRow::link`]); returns true if it was the
-    /// inode's last name and the inode is gone. One transaction.
-    pub fn remove_name(&self, row: &InodeRow, ctime_ns: i64) -> Result<bool, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let gone = remove_name(&tx, row, ctime_ns)?;
-        tx.commit()?;
-        Ok(gone)
     }
 
     /// Entries of directory `parent` after READDIR cookie `after` (0: from the start), at most
@@ -505,7 +501,7 @@ mod tests {
         // Removing the inode's own name promotes a link; the last name removes the inode.
         sync_all(&c, f.id, "shares/s/f");
         let own = c.child(root.id, "f").unwrap().unwrap();
-        assert!(!c.remove_name(&own, 7).unwrap());
+        assert!(!c.remove_entry(&own, 7).unwrap());
         let now = c.inode(f.id).unwrap().unwrap();
         assert_eq!(
             (now.path.as_str(), now.nlink, now.dirty()),
@@ -516,11 +512,11 @@ mod tests {
         assert!(c.is_pending_delete("shares/s/f").unwrap());
         assert!(c.child(d.id, "l").unwrap().unwrap().link.is_none());
         let m = c.child(root.id, "m").unwrap().unwrap();
-        assert!(!c.remove_name(&m, 8).unwrap());
+        assert!(!c.remove_entry(&m, 8).unwrap());
         assert!(c.is_pending_delete("shares/s/m").unwrap());
         assert_eq!(c.inode(f.id).unwrap().unwrap().nlink, 1);
         let last = c.child(d.id, "l").unwrap().unwrap();
-        assert!(c.remove_name(&last, 9).unwrap());
+        assert!(c.remove_entry(&last, 9).unwrap());
         assert!(c.inode(f.id).unwrap().is_none());
         assert!(!c.has_children(d.id).unwrap());
     }
@@ -533,7 +529,7 @@ mod tests {
             .unwrap();
         c.add_link(f.id, root.id, ("l", "l"), 2).unwrap().unwrap();
         // Not yet copied: the link has no object, so the inode is uploaded to its new key.
-        c.remove_name(&c.child(root.id, "f").unwrap().unwrap(), 3)
+        c.remove_entry(&c.child(root.id, "f").unwrap().unwrap(), 3)
             .unwrap();
         let now = c.inode(f.id).unwrap().unwrap();
         assert_eq!(now.path, "l");

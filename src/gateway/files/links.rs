@@ -9,6 +9,7 @@
 //! never reads an object being replaced or deleted, and the link row records the version it
 //! copied.
 
+use crate::catalog::Catalog;
 use crate::catalog::shares::{InodeKind, ShareRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::{Attr, Caller, FileId, Files, path};
@@ -39,7 +40,7 @@ impl Files {
         // The slot checks the caller against the directory's share (allow-list, squash,
         // permissions); the file must be in that same share.
         let slot = self.slot(caller, dir, name).await?;
-        let (row, share) = self.node(file)?;
+        let (row, share) = self.node(file).await?;
         if row.kind == InodeKind::Dir {
             return Err(GatewayError::IsDirectory(row.path));
         }
@@ -54,20 +55,17 @@ impl Files {
         path::key(&share.bucket_prefix, &new_path)?;
         let lock = self.inode_lock(row.id);
         let _guard = lock.lock().await;
-        let added = self.catalog.add_link(
-            row.id,
-            slot.dir.id,
-            (&slot.name, &new_path),
-            crate::clock::unix_nanos(),
-        )?;
-        let Some(linked) = added else {
-            // Taken, or the file removed, since the checks above.
-            return match self.catalog.inode(row.id)? {
-                Some(_) => Err(GatewayError::AlreadyExists(new_path)),
-                None => Err(GatewayError::Stale(format!("file id {}", file.0))),
-            };
-        };
-        self.entries_changed(slot.dir.id)?;
+        let (id, parent, name) = (row.id, slot.dir.id, slot.name);
+        let linked = self
+            .blocking(move |c| {
+                match c.add_link(id, parent, (&name, &new_path), crate::clock::unix_nanos())? {
+                    Some(linked) => Ok(linked),
+                    // Taken, or the file removed, since the checks above.
+                    None if c.inode(id)?.is_some() => Err(GatewayError::AlreadyExists(new_path)),
+                    None => Err(GatewayError::Stale(format!("file id {id}"))),
+                }
+            })
+            .await?;
         self.wake.notify_one();
         Ok(self.attr(&linked))
     }
@@ -76,7 +74,11 @@ impl Files {
     /// newer than the name's.
     pub(super) async fn sync_links(&self, share: &ShareRow) -> Result<LinkRound, GatewayError> {
         let mut round = LinkRound::default();
-        for id in self.catalog.dirty_links(share.id, LINK_BATCH)? {
+        let share_id = share.id;
+        let due = self
+            .blocking(move |c| Ok(c.dirty_links(share_id, LINK_BATCH)?))
+            .await?;
+        for id in due {
             match self.sync_link(share, id).await {
                 Ok(true) => round.copied += 1,
                 Ok(false) => {}
@@ -91,7 +93,7 @@ impl Files {
 
     /// One link name: returns whether its object was copied.
     async fn sync_link(&self, share: &ShareRow, id: i64) -> Result<bool, GatewayError> {
-        let Some((source, key, _, _)) = self.link_copy(share, id)? else {
+        let Some((source, key, _, _)) = self.link_copy(share, id).await? else {
             return Ok(false);
         };
         // Both keys locked, in a fixed order so two copies never wait on each other.
@@ -112,23 +114,9 @@ impl Files {
         result
     }
 
-    /// The copy link `id` is due, as (source key, link key, link path, inode version): the
-    /// inode's object holds its current version and the name's object does not.
-    fn link_copy(&self, share: &ShareRow, id: i64) -> Result<Option<LinkCopy>, GatewayError> {
-        let Some(link) = self.catalog.link(id)? else {
-            return Ok(None);
-        };
-        let Some(inode) = self.catalog.inode(link.inode)? else {
-            return Ok(None);
-        };
-        if inode.dirty() || link.synced_version == inode.version {
-            return Ok(None);
-        }
-        let Some(source) = inode.remote_key else {
-            return Ok(None);
-        };
-        let key = path::key(&share.bucket_prefix, &link.path)?;
-        Ok(Some((source, key, link.path, inode.version)))
+    async fn link_copy(&self, share: &ShareRow, id: i64) -> Result<Option<LinkCopy>, GatewayError> {
+        let prefix = share.bucket_prefix.clone();
+        self.blocking(move |c| link_copy(c, &prefix, id)).await
     }
 
     async fn copy_link_locked(
@@ -141,7 +129,8 @@ impl Files {
         // Checked again under the locks: the inode may have changed or moved since. From here
         // on its object at `source` cannot change (its upload needs that key's lock), so the
         // copy holds `version` even if the inode changes again meanwhile.
-        let Some((now_source, now_key, link_path, version)) = self.link_copy(share, id)? else {
+        let Some((now_source, now_key, link_path, version)) = self.link_copy(share, id).await?
+        else {
             return Ok(false);
         };
         if now_source != source || now_key != key {
@@ -149,16 +138,39 @@ impl Files {
         }
         self.bucket.copy_object(source, key).await?;
         let etag = self.bucket.head_object(key).await?.and_then(|h| h.etag);
-        if !self
-            .catalog
-            .mark_link_synced(id, (&link_path, version), key, etag.as_deref())?
-            && !self.catalog.key_in_use(share.id, key)?
-        {
+        let (share_id, owned_key) = (share.id, key.to_owned());
+        let orphan = self
+            .blocking(move |c| {
+                let kept =
+                    c.mark_link_synced(id, (&link_path, version), &owned_key, etag.as_deref())?;
+                Ok(!kept && !c.key_in_use(share_id, &owned_key)?)
+            })
+            .await?;
+        if orphan {
             // The name was removed while its object was copied: that object belongs to nobody.
             self.bucket.delete_object(key).await?;
         }
         Ok(true)
     }
+}
+
+/// The copy link `id` is due, as (source key, link key, link path, inode version): the inode's
+/// object holds its current version and the name's object does not.
+fn link_copy(catalog: &Catalog, prefix: &str, id: i64) -> Result<Option<LinkCopy>, GatewayError> {
+    let Some(link) = catalog.link(id)? else {
+        return Ok(None);
+    };
+    let Some(inode) = catalog.inode(link.inode)? else {
+        return Ok(None);
+    };
+    if inode.dirty() || link.synced_version == inode.version {
+        return Ok(None);
+    }
+    let Some(source) = inode.remote_key else {
+        return Ok(None);
+    };
+    let key = path::key(prefix, &link.path)?;
+    Ok(Some((source, key, link.path, inode.version)))
 }
 
 #[cfg(test)]
