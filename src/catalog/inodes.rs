@@ -308,12 +308,13 @@ impl Catalog {
 
     /// Removes an inode whose object vanished from the bucket (nothing left to delete there).
     /// An inode with a hard link whose object is current keeps living under that name instead.
-    pub fn forget_inode(&self, id: i64) -> Result<(), CatalogError> {
+    /// Returns whether the inode is gone.
+    pub fn forget_inode(&self, id: i64) -> Result<bool, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        links::forget_primary(&tx, id)?;
+        let gone = links::forget_primary(&tx, id)?;
         tx.commit()?;
-        Ok(())
+        Ok(gone)
     }
 
     /// Moves `row` to `new_parent`/`new_name` (path `new_path`), replacing `replaced` if given,

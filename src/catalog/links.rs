@@ -192,10 +192,11 @@ fn promote(
 }
 
 /// The inode's object vanished from the bucket: a link whose object is current takes the
-/// inode's name (nothing to delete), else the inode and its links are dropped.
-pub(super) fn forget_primary(tx: &Transaction<'_>, id: i64) -> Result<(), CatalogError> {
+/// inode's name (nothing to delete), else the inode and its links are dropped. Returns whether
+/// the inode is gone.
+pub(super) fn forget_primary(tx: &Transaction<'_>, id: i64) -> Result<bool, CatalogError> {
     let Some(inode) = inode_in(tx, id)? else {
-        return Ok(());
+        return Ok(true);
     };
     let current = tx
         .prepare_cached(&format!(
@@ -205,7 +206,10 @@ pub(super) fn forget_primary(tx: &Transaction<'_>, id: i64) -> Result<(), Catalo
         .query_row(params![id, inode.synced_version], row_to_link)
         .optional()?;
     match current {
-        Some(link) => promote(tx, &inode, &link, inode.ctime_ns),
+        Some(link) => {
+            promote(tx, &inode, &link, inode.ctime_ns)?;
+            Ok(false)
+        }
         None => {
             // The links' rows go with the inode (ON DELETE CASCADE); their objects too.
             let keys: Vec<(i64, String)> = tx
@@ -216,7 +220,7 @@ pub(super) fn forget_primary(tx: &Transaction<'_>, id: i64) -> Result<(), Catalo
                 queue_delete(tx, share, &key)?;
             }
             tx.execute("DELETE FROM inodes WHERE id = ?1", [id])?;
-            Ok(())
+            Ok(true)
         }
     }
 }

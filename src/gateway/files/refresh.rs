@@ -84,8 +84,10 @@ impl Files {
                         }
                         (found, kind) => {
                             // Another kind of file now has this name: a new file id.
-                            if let Some(child) = found {
-                                self.catalog.forget_inode(child.id)?;
+                            // (With a current hard link elsewhere, it lives on there.)
+                            if let Some(child) = found
+                                && self.catalog.forget_inode(child.id)?
+                            {
                                 self.drop_local(child.id);
                             }
                             let Some(kind) = kind else { continue };
@@ -162,8 +164,8 @@ impl Files {
                     && !child.dirty()
                     && child.remote_key.is_some()
                     && !seen.contains(&child.name)
+                    && self.catalog.forget_inode(child.id)?
                 {
-                    self.catalog.forget_inode(child.id)?;
                     self.drop_local(child.id);
                 }
             }
