@@ -187,14 +187,7 @@ impl Catalog {
     /// `link` is set and its parent, name and path are the link's).
     pub fn child(&self, parent: i64, name: &str) -> Result<Option<InodeRow>, CatalogError> {
         let conn = self.conn();
-        // The share is named so that the (share_id, parent, name) unique index finds the entry:
-        // `parent` alone uses `inodes_by_parent` and reads every entry of the directory, which
-        // made each create in a large directory cost time in proportion to its size (issue 21).
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {INODE_COLUMNS} FROM inodes
-             WHERE share_id = (SELECT share_id FROM inodes WHERE id = ?1)
-                 AND parent = ?1 AND name = ?2"
-        ))?;
+        let mut stmt = conn.prepare_cached(&child_query())?;
         match stmt
             .query_row(params![parent, name], row_to_inode)
             .optional()?
@@ -572,6 +565,18 @@ impl Catalog {
     }
 }
 
+/// The entry `?2` of directory `?1`. The share is named so that the (share_id, parent, name)
+/// unique index finds the entry: `parent` alone uses `inodes_by_parent` and reads every entry of
+/// the directory, which made each lookup and create in a large directory cost time in
+/// proportion to its size (issue 21: 0.7 ms a file at first, 18 ms by 20,000 files).
+fn child_query() -> String {
+    format!(
+        "SELECT {INODE_COLUMNS} FROM inodes
+         WHERE share_id = (SELECT share_id FROM inodes WHERE id = ?1)
+             AND parent = ?1 AND name = ?2"
+    )
+}
+
 pub(super) fn insert_inode(
     conn: &rusqlite::Connection,
     row: &InodeRow,
@@ -650,4 +655,29 @@ pub(super) fn queue_delete(
         params![share_id, key],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_21_a_directory_entry_is_found_by_the_unique_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let conn = c.conn();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", child_query()))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(params![1, "x"], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("(share_id=? AND parent=? AND name=?)")),
+            "the lookup scans the directory: {plan:?}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ mod appliance;
 mod cli;
 mod console;
 mod device;
+mod device_cluster;
 mod device_export;
 mod device_full;
 mod device_nfs;

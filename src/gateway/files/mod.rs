@@ -1029,6 +1029,65 @@ mod tests {
         );
     }
 
+    /// Issue 18: a file operation waiting on the catalog (here on another connection's write
+    /// transaction, as it would on a slow fsync) must leave the runtime's thread free. On a
+    /// current-thread runtime a catalog call made inline would hold the only thread, and the
+    /// ticking task next to it would not run until the create returned.
+    #[test]
+    fn issue_18_a_busy_catalog_leaves_the_runtime_free() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        const HOLD: Duration = Duration::from_millis(600);
+        let (dir, files, root) = local_gateway();
+        let db = dir.path().join("c.db");
+        let released = Arc::new(AtomicBool::new(false));
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = {
+            let released = released.clone();
+            std::thread::spawn(move || {
+                let conn = rusqlite::Connection::open(&db).unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                locked.send(()).unwrap();
+                std::thread::sleep(HOLD);
+                released.store(true, Ordering::SeqCst);
+                conn.execute_batch("COMMIT").unwrap();
+            })
+        };
+        is_locked.recv().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ticks = rt.block_on(async move {
+            let ticks = Arc::new(AtomicU64::new(0));
+            let ticker = tokio::spawn({
+                let ticks = ticks.clone();
+                async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        ticks.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            let create = tokio::spawn(async move {
+                let me = Caller::root_local();
+                files
+                    .create(&me, root, b"f", CreateMode::Guarded, SetAttr::default())
+                    .await
+            });
+            create.await.unwrap().unwrap();
+            // The create had to wait for the other connection's transaction.
+            assert!(released.load(Ordering::SeqCst), "the catalog was not busy");
+            ticker.abort();
+            ticks.load(Ordering::SeqCst)
+        });
+        holder.join().unwrap();
+        // About 60 ticks fit in the hold; inline, none would have run.
+        assert!(
+            ticks >= 5,
+            "only {ticks} ticks while the create waited on the catalog"
+        );
+    }
+
     #[test]
     fn share_names_are_checked() {
         for (name, ok) in [
