@@ -520,11 +520,37 @@ fn nfs_semantics_through_a_raw_client() {
     );
     assert_eq!(c.rmdir(&e, "d2"), nfs::NFS3_OK);
 
-    // Symlinks; hard links are refused.
+    // Symlinks.
     let l = c.symlink(&root, "link", "x").unwrap();
     assert_eq!(c.readlink(&l).unwrap(), "x");
     assert_eq!(c.getattr(&l).unwrap().ftype, 5);
-    assert_eq!(c.link(&f, &root, "hard"), nfs::NFS3ERR_NOTSUPP);
+
+    // Hard links (LINK3, RFC 1813 §3.3.15): one file id and nlink 2 under both names, data
+    // written through one read through the other, every name listed by READDIRPLUS; the
+    // RFC's errors for a taken name and a directory; REMOVE of one name leaves the other.
+    assert_eq!(c.link(&f, &root, "hard"), nfs::NFS3_OK);
+    assert_eq!(c.lookup(&root, "hard").unwrap(), f, "the same file handle");
+    let (a, b) = (c.getattr(&f).unwrap(), c.getattr(&f).unwrap());
+    assert_eq!((a.nlink, a.fileid), (2, b.fileid));
+    let hard = c.lookup(&root, "hard").unwrap();
+    c.write(&hard, 0, b"via hard", 2).unwrap();
+    assert_eq!(c.read(&f, 0, 8).unwrap().0, b"via hard");
+    assert_eq!(c.link(&f, &root, "x"), nfs::NFS3ERR_EXIST);
+    assert_eq!(c.link(&e, &root, "dirlink"), nfs::NFS3ERR_ISDIR);
+    assert_eq!(c.link(&f, &f, "n"), nfs::NFS3ERR_NOTDIR);
+    let mut listed = c.readdirplus_all(&root);
+    listed.sort();
+    assert!(listed.contains(&"hard".to_owned()) && listed.contains(&"x".to_owned()));
+    assert_eq!(
+        c.rename(&root, "x", &root, "hard"),
+        nfs::NFS3_OK,
+        "names of one file"
+    );
+    assert_eq!(c.getattr(&f).unwrap().nlink, 2, "and nothing changed");
+    assert_eq!(c.remove(&root, "x"), nfs::NFS3_OK);
+    assert_eq!(c.getattr(&f).unwrap().nlink, 1);
+    assert_eq!(c.read(&f, 0, 8).unwrap().0, b"via hard");
+    assert_eq!(c.lookup(&root, "x"), Err(nfs::NFS3ERR_NOENT));
 
     // A 5000-entry directory lists every name exactly once through READDIRPLUS pages.
     let big = c.mkdir(&root, "big").unwrap();
