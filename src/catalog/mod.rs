@@ -162,6 +162,29 @@ impl Catalog {
     }
 }
 
+/// Test support: holds the write lock of the catalog at `path` from a connection of its own,
+/// as another process's transaction or a slow fsync would, until dropped.
+#[cfg(test)]
+pub(crate) struct WriteLockHolder(Connection);
+
+#[cfg(test)]
+impl WriteLockHolder {
+    pub(crate) fn take(path: &Path) -> Self {
+        let conn = Connection::open(path).expect("open the catalog");
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .expect("take the write lock");
+        Self(conn)
+    }
+}
+
+#[cfg(test)]
+impl Drop for WriteLockHolder {
+    fn drop(&mut self) {
+        // Nothing was written: ending the transaction only releases the lock.
+        let _ = self.0.execute_batch("COMMIT");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

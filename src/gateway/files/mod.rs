@@ -1044,12 +1044,11 @@ mod tests {
         let holder = {
             let released = released.clone();
             std::thread::spawn(move || {
-                let conn = rusqlite::Connection::open(&db).unwrap();
-                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                let lock = crate::catalog::WriteLockHolder::take(&db);
                 locked.send(()).unwrap();
                 std::thread::sleep(HOLD);
                 released.store(true, Ordering::SeqCst);
-                conn.execute_batch("COMMIT").unwrap();
+                drop(lock);
             })
         };
         is_locked.recv().unwrap();
