@@ -2,7 +2,9 @@
 //! SQL.
 //!
 //! WAL mode, one connection behind a mutex (one writer), `synchronous=FULL` so a committed
-//! transaction survives power loss. It is not the truth about the bucket: everything in it can be
+//! transaction survives power loss. The API is synchronous and a write may wait for an fsync:
+//! async callers on a request path run it on tokio's blocking pool (the file gateway does, in
+//! `gateway/files/blocking.rs`), never inline on a worker. It is not the truth about the bucket: everything in it can be
 //! rebuilt from the bucket's manifests and catalog backups. Table groups get a file each:
 //! `settings.rs` (gateway identity, integrity events), `volumes.rs`, `snapshots.rs`, `stored.rs`,
 //! `shares.rs` and `inodes.rs` (the file gateway), `tapes.rs`, `jobs.rs` and `gc.rs`.

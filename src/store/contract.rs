@@ -3,14 +3,20 @@
 //! server (Garage).
 //!
 //! Test support only; nothing on the data path calls it. It writes under a fresh prefix of its own
-//! and deletes what it wrote, so it can run against a bucket that holds other data.
+//! and deletes what it wrote, so it can run against a bucket that holds other data. `inject`
+//! wraps a bucket with a server difference on purpose, to show that the suite catches one.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::store::device::{Md5, multipart_etag};
 use crate::store::frame::CorruptReason;
+use crate::store::keys::hex;
 use crate::store::{Bucket, ChunkRef, ChunkStore, Codec, FrameError, MasterKey, StoreError};
+
+mod inject;
+pub use inject::with_unsuffixed_multipart_etags;
 
 macro_rules! ensure {
     ($cond:expr, $($msg:tt)+) => {
@@ -27,7 +33,63 @@ fn pattern(len: usize, seed: u8) -> Bytes {
         .into()
 }
 
-/// Object operations: put/get/range/head/list/delete, missing objects, multipart.
+fn md5(data: &[u8]) -> [u8; 16] {
+    let mut m = Md5::default();
+    m.update(data);
+    m.finish()
+}
+
+/// The ETag forms the device import's verification relies on (gateway/import/transfer.rs): a
+/// single PUT's ETag is the MD5 of its bytes, a multipart upload's the MD5 of its parts' MD5s
+/// followed by `-<parts>`, and a listing reports the same ETag as a HEAD. Only where the store
+/// has content ETags at all (an S3 server; a `file://` bucket's are file versions, and the import
+/// hashes the bytes read back there instead).
+async fn etags(
+    bucket: &Bucket,
+    dir: &str,
+    small: (&str, &[u8]),
+    large: (&str, &[u8]),
+) -> Result<(), String> {
+    if !bucket.keeps_user_metadata() {
+        return Ok(());
+    }
+    let etag_of = |key: &str| {
+        let key = key.to_owned();
+        async move {
+            let head = bucket.head_object(&key).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(
+                head.and_then(|h| h.etag)
+                    .map(|e| e.trim_matches('"').to_owned())
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let want = hex(&md5(small.1));
+    let got = etag_of(small.0).await?;
+    ensure!(
+        got == want,
+        "single-part ETag {got:?}, expected the MD5 {want}"
+    );
+    let parts: Vec<[u8; 16]> = large.1.chunks(bucket.part_size).map(md5).collect();
+    let want = multipart_etag(&parts);
+    let got = etag_of(large.0).await?;
+    ensure!(
+        got == want,
+        "multipart ETag {got:?}, expected {want} (MD5 of the part MD5s, then -<parts>)"
+    );
+    let listed = bucket.list(dir).await.map_err(|e| e.to_string())?;
+    let listed = listed
+        .iter()
+        .find(|o| o.key == large.0)
+        .and_then(|o| o.etag.clone());
+    ensure!(
+        listed.as_deref() == Some(got.as_str()),
+        "listing gave ETag {listed:?}, HEAD gave {got}"
+    );
+    Ok(())
+}
+
+/// Object operations: put/get/range/head/list/delete, missing objects, multipart, ETag forms.
 /// `large` is the size of the object that must go up as a multipart upload.
 pub async fn objects(bucket: &Bucket, run: &str, large: usize) -> Result<(), String> {
     let p = format!("contract/{run}");
@@ -100,6 +162,7 @@ pub async fn objects(bucket: &Bucket, run: &str, large: usize) -> Result<(), Str
             == big.slice(large - 5000..),
         "ranged get across parts"
     );
+    etags(bucket, &format!("{p}/"), (&key, &other), (&big_key, &big)).await?;
 
     for i in 0..5 {
         bucket
@@ -134,6 +197,66 @@ pub async fn objects(bucket: &Bucket, run: &str, large: usize) -> Result<(), Str
         "objects left after delete"
     );
     Ok(())
+}
+
+/// Whether the server honours a conditional create (PUT with If-None-Match: *): `Ok(true)` if a
+/// second create of the same key is refused and the first object kept, `Ok(false)` if the
+/// second overwrites it (the condition ignored), an error for anything else. The suite asserts
+/// the answer each server must give, as docs/compatibility.md states it.
+pub async fn conditional_create(bucket: &Bucket, run: &str) -> Result<bool, String> {
+    let key = format!("contract/{run}/conditional");
+    bucket.delete(&key).await.map_err(|e| e.to_string())?;
+    let first = bucket
+        .put_if_absent(&key, Bytes::from_static(b"first"))
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(first, "a create of an absent key was refused");
+    let second = bucket
+        .put_if_absent(&key, Bytes::from_static(b"second"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = bucket.get(&key).await.map_err(|e| e.to_string())?;
+    bucket.delete(&key).await.map_err(|e| e.to_string())?;
+    match (second, &now[..]) {
+        (false, b"first") => Ok(true),
+        (true, b"second") => Ok(false),
+        (refused, body) => Err(format!(
+            "second create {} but the object holds {:?}",
+            if refused { "succeeded" } else { "was refused" },
+            String::from_utf8_lossy(body)
+        )),
+    }
+}
+
+/// Two gateways pairing one bucket at the same moment, the second (another key) having seen no
+/// key check: on a server that honours conditional writes the second is refused with `WrongKey`
+/// and the first's key check stays; on one that ignores them (Garage) the second overwrites it,
+/// as it always has. `conditional` says which the server is. Uses `gateway/keycheck` of the
+/// bucket given, so give it a prefix of its own.
+pub async fn pairing_race(bucket: &Bucket, conditional: bool) -> Result<(), String> {
+    use crate::store::keycheck::{Pairing, create_once, ensure};
+    let first = Codec::new(MasterKey::generate().map_err(|e| e.to_string())?);
+    let second = Codec::new(MasterKey::generate().map_err(|e| e.to_string())?);
+    let paired = ensure(bucket, &first, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(paired == Pairing::Created, "first pairing gave {paired:?}");
+    let raced = create_once(bucket, &second).await;
+    let survivor = if conditional { &first } else { &second };
+    let result = match (conditional, raced) {
+        (true, Err(StoreError::WrongKey { .. })) | (false, Ok(Pairing::Created)) => {
+            match ensure(bucket, survivor, false).await {
+                Ok(Pairing::Verified) => Ok(()),
+                other => Err(format!("the surviving key check gave {other:?}")),
+            }
+        }
+        (_, other) => Err(format!("the racing pairing gave {other:?}")),
+    };
+    bucket
+        .delete(crate::store::keys::KEYCHECK)
+        .await
+        .map_err(|e| e.to_string())?;
+    result
 }
 
 /// Chunks through the codec: round trip, zero chunks, dedup, and a tampered object reported as
@@ -199,6 +322,8 @@ mod tests {
         let bucket = Arc::new(Bucket::open(&cfg, true).unwrap());
         bucket.check().await.unwrap();
         objects(&bucket, "local", 12 << 20).await.unwrap();
+        assert_eq!(conditional_create(&bucket, "local").await, Ok(true));
+        pairing_race(&bucket, true).await.unwrap();
         chunks(bucket).await.unwrap();
     }
 

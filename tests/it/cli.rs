@@ -6,6 +6,7 @@ use std::process::Command;
 
 use crate::support::garage::Garage;
 use crate::support::gateway::Gateway;
+use crate::support::s3::S3Server;
 use crate::support::{error_lines, noise, python_with_botocore, run, stderr, stdout, tidegate};
 
 const MIB: usize = 1 << 20;

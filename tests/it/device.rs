@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::garage::Garage;
+use crate::support::s3::S3Server;
 use crate::support::{self, python_with, run, stderr, stdout, tidegate, tool};
 
 /// A job created on a fresh data dir.
@@ -24,12 +25,12 @@ pub struct Job {
     pub data: PathBuf,
 }
 
-pub fn create_job(dir: &Path, garage: &Garage, prefix: &str) -> Job {
+pub fn create_job(dir: &Path, garage: &dyn S3Server, prefix: &str) -> Job {
     create_job_of(dir, garage, "import", prefix)
 }
 
 /// A job of `kind` (`import`: into Garage's bucket under `prefix`; `export`: from it).
-pub fn create_job_of(dir: &Path, garage: &Garage, kind: &str, prefix: &str) -> Job {
+pub fn create_job_of(dir: &Path, garage: &dyn S3Server, kind: &str, prefix: &str) -> Job {
     let data = dir.join("device-data");
     std::fs::create_dir_all(&data).unwrap();
     let manifest = dir.join("job.manifest.json");
@@ -42,11 +43,11 @@ pub fn create_job_of(dir: &Path, garage: &Garage, kind: &str, prefix: &str) -> J
         } else {
             "--source"
         },
-        &format!("s3://{}/{prefix}", garage.bucket),
+        &format!("s3://{}/{prefix}", garage.bucket()),
         "--endpoint",
-        &garage.endpoint,
+        garage.endpoint(),
         "--region",
-        "garage",
+        garage.region(),
         "--manifest-out",
         manifest.to_str().unwrap(),
     ]));
@@ -214,6 +215,12 @@ impl Unlocked {
         cmd
     }
 
+    /// kill -9 of the device process (a power loss), waiting until it is gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn lock(mut self, job: &Job) {
         let o = run(tidegate(&job.data).args(["device", "lock"]));
         assert!(o.status.success(), "device lock: {}", stderr(&o));
@@ -251,13 +258,13 @@ pub fn boto3(script: &str, env: impl FnOnce(&mut Command)) -> String {
     stdout(&o)
 }
 
-/// Garage's environment for boto3 scripts and `job import`.
-pub fn garage_env(garage: &Garage, cmd: &mut Command) {
-    cmd.env("AWS_ACCESS_KEY_ID", &garage.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &garage.secret_key)
-        .env("AWS_DEFAULT_REGION", "garage")
-        .env("ENDPOINT", &garage.endpoint)
-        .env("BUCKET", &garage.bucket)
+/// A real server's environment for boto3 scripts and `job import`.
+pub fn garage_env(garage: &dyn S3Server, cmd: &mut Command) {
+    cmd.env("AWS_ACCESS_KEY_ID", garage.access_key())
+        .env("AWS_SECRET_ACCESS_KEY", garage.secret_key())
+        .env("AWS_DEFAULT_REGION", garage.region())
+        .env("ENDPOINT", garage.endpoint())
+        .env("BUCKET", garage.bucket())
         .env_remove("AWS_CA_BUNDLE");
 }
 
@@ -308,7 +315,7 @@ pub fn files_under(dir: &Path) -> Vec<(String, PathBuf)> {
 }
 
 /// Runs `job import` with Garage's credentials.
-pub fn import(job: &Job, garage: &Garage, extra: &[&str]) -> Output {
+pub fn import(job: &Job, garage: &dyn S3Server, extra: &[&str]) -> Output {
     let mut cmd = tidegate(&job.data);
     cmd.args([
         "job",
@@ -323,7 +330,7 @@ pub fn import(job: &Job, garage: &Garage, extra: &[&str]) -> Output {
 }
 
 /// Starts `job import` in the background (output discarded), to be killed mid-way.
-pub fn spawn_import(job: &Job, garage: &Garage, extra: &[&str]) -> Child {
+pub fn spawn_import(job: &Job, garage: &dyn S3Server, extra: &[&str]) -> Child {
     let mut cmd = tidegate(&job.data);
     cmd.args(["job", "import"])
         .args(extra)
@@ -343,7 +350,7 @@ pub fn report(job: &Job) -> serde_json::Value {
 
 /// sha256 and size of every object under `prefix` in Garage, by key relative to the prefix,
 /// sorted (boto3, 8 GETs at a time, each body hashed as it streams: objects may be GiBs).
-pub fn target_hashes(garage: &Garage, prefix: &str) -> Vec<(String, String, u64)> {
+pub fn target_hashes(garage: &dyn S3Server, prefix: &str) -> Vec<(String, String, u64)> {
     let script = format!(
         "{CLIENT}
 import hashlib
@@ -709,7 +716,7 @@ fn device_wrong_unlock_code_is_refused_and_reveals_nothing() {
 }
 
 /// Loads `n` small objects and one two-segment object through boto3, seals, locks.
-fn loaded_job(dir: &Path, garage: &Garage, prefix: &str, n: usize, size: usize) -> Job {
+fn loaded_job(dir: &Path, garage: &dyn S3Server, prefix: &str, n: usize, size: usize) -> Job {
     let job = create_job(dir, garage, prefix);
     // Plain HTTP on loopback stays allowed; these tests load over it.
     let dev = Unlocked::start_with(&job, &["--plain-http"]);
@@ -735,6 +742,18 @@ print('ok')
     job
 }
 
+/// The device smoke of the compatibility suite (tests/it/compat.rs): 40 small objects with
+/// metadata and one multipart-sized object loaded through boto3, imported into `server`'s
+/// bucket with every object verified by its ETag, then hashed there by boto3.
+pub(crate) fn import_smoke(server: &dyn S3Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let job = loaded_job(dir.path(), server, "imported/", 40, 3000);
+    let r = import_all(&job, server, &[], 41);
+    assert_eq!(r["imported_objects"], 41, "{r}");
+    let hashes = target_hashes(server, "imported/");
+    assert_eq!(hashes.len(), 41, "{hashes:?}");
+}
+
 /// Locks the device, then seals the job offline with its manifest and code.
 /// `job seal` through the running device, which must report `objects` objects sealed.
 pub fn seal_running(job: &Job, objects: usize) {
@@ -749,7 +768,12 @@ pub fn seal_running(job: &Job, objects: usize) {
 
 /// `job import` into Garage, which must complete with all `objects` imported and none failed;
 /// returns the report.
-pub fn import_all(job: &Job, garage: &Garage, extra: &[&str], objects: usize) -> serde_json::Value {
+pub fn import_all(
+    job: &Job,
+    garage: &dyn S3Server,
+    extra: &[&str],
+    objects: usize,
+) -> serde_json::Value {
     let o = import(job, garage, extra);
     assert!(
         o.status.success(),

@@ -7,8 +7,10 @@
 mod api;
 mod appliance;
 mod cli;
+mod compat;
 mod console;
 mod device;
+mod device_cluster;
 mod device_export;
 mod device_full;
 mod device_nfs;

@@ -9,16 +9,21 @@ use std::time::{Duration, Instant};
 use crate::support::garage::Garage;
 use crate::support::gateway::Gateway;
 use crate::support::nfs::{self, Client, Sattr};
+use crate::support::s3::S3Server;
 use crate::support::{
     activate_on, free_port, noise, python_with_botocore, run, stderr, stdout, tidegate, tool,
 };
 
 const MIB: usize = 1 << 20;
 
-/// A daemon on Garage (bucket prefix `gw/`) with a short upload delay.
-pub(crate) fn garage_gateway(garage: &Garage, dir: &Path, nfs_port: u16) -> (Gateway, PathBuf) {
+/// A daemon on a real server's bucket (prefix `gw/`) with a short upload delay.
+pub(crate) fn garage_gateway(
+    server: &dyn S3Server,
+    dir: &Path,
+    nfs_port: u16,
+) -> (Gateway, PathBuf) {
     let data = dir.join("data");
-    let config = activate_on(garage, dir, &data, "gw", &[]);
+    let config = activate_on(server, dir, &data, "gw", &[]);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[files]\nupload_delay_ms = 200\n");
     std::fs::write(&config, text).unwrap();
@@ -29,13 +34,19 @@ pub(crate) fn garage_gateway(garage: &Garage, dir: &Path, nfs_port: u16) -> (Gat
 /// Garage, a daemon on it, and the share `docs` (no squash: the tests run as root).
 pub(crate) fn docs_on_garage(dir: &Path, nfs_port: u16) -> (Garage, Gateway, PathBuf) {
     let garage = Garage::start();
-    let (gw, config) = garage_gateway(&garage, dir, nfs_port);
+    let (gw, config) = docs_on(&garage, dir, nfs_port);
+    (garage, gw, config)
+}
+
+/// A daemon on `server` and the share `docs` (no squash: the tests run as root).
+pub(crate) fn docs_on(server: &dyn S3Server, dir: &Path, nfs_port: u16) -> (Gateway, PathBuf) {
+    let (gw, config) = garage_gateway(server, dir, nfs_port);
     tg(
         &gw,
         Some(&config),
         &["share", "create", "docs", "--squash", "none"],
     );
-    (garage, gw, config)
+    (gw, config)
 }
 
 fn start(data: &Path, config: Option<&Path>, nfs_port: u16) -> Gateway {
@@ -112,20 +123,20 @@ pub(crate) fn wait_uploaded(gw: &Gateway, config: Option<&Path>, share: &str, li
 
 /// An object's bytes and metadata (as `boto3 get` prints it), fetched with boto3 through a file
 /// in `dir`.
-pub(crate) fn object(garage: &Garage, dir: &Path, key: &str) -> (Vec<u8>, String) {
+pub(crate) fn object(garage: &dyn S3Server, dir: &Path, key: &str) -> (Vec<u8>, String) {
     let got = dir.join("got");
     let meta = boto3(garage, &["get", key, got.to_str().unwrap()]);
     (std::fs::read(&got).unwrap(), meta)
 }
 
-/// Runs boto3 against the Garage bucket: `get KEY OUT` (prints the metadata as lines
+/// Runs boto3 against a real server's bucket: `get KEY OUT` (prints the metadata as lines
 /// `key=value`), `put KEY IN k=v...`, `delete KEY`, `list PREFIX` (one key a line), `uploads
 /// PREFIX` (the multipart uploads in progress, one id a line), `hashes PREFIX` (for each
 /// object, a line `KEY<tab>SHA256<tab>k=v k=v...` with its metadata).
-pub(crate) fn boto3(garage: &Garage, args: &[&str]) -> String {
+pub(crate) fn boto3(server: &dyn S3Server, args: &[&str]) -> String {
     const SCRIPT: &str = r#"
 import os, sys, boto3
-s3 = boto3.client("s3", endpoint_url=os.environ["EP"], region_name="garage",
+s3 = boto3.client("s3", endpoint_url=os.environ["EP"], region_name=os.environ["REGION"],
     aws_access_key_id=os.environ["AK"], aws_secret_access_key=os.environ["SK"])
 b = os.environ["BUCKET"]
 op, key = sys.argv[1], sys.argv[2]
@@ -158,10 +169,11 @@ elif op == "uploads":
         .arg("-c")
         .arg(SCRIPT)
         .args(args)
-        .env("EP", &garage.endpoint)
-        .env("AK", &garage.access_key)
-        .env("SK", &garage.secret_key)
-        .env("BUCKET", &garage.bucket)
+        .env("EP", server.endpoint())
+        .env("REGION", server.region())
+        .env("AK", server.access_key())
+        .env("SK", server.secret_key())
+        .env("BUCKET", server.bucket())
         .env_remove("AWS_CA_BUNDLE")
         .output()
         .unwrap();
@@ -169,8 +181,8 @@ elif op == "uploads":
     stdout(&out)
 }
 
-fn s3cmd_ls(garage: &Garage, prefix: &str) -> String {
-    let host = garage.endpoint.trim_start_matches("http://");
+fn s3cmd_ls(server: &dyn S3Server, prefix: &str) -> String {
+    let host = server.endpoint().trim_start_matches("http://");
     let out = Command::new(tool("s3cmd"))
         .args([
             "--no-ssl",
@@ -179,16 +191,16 @@ fn s3cmd_ls(garage: &Garage, prefix: &str) -> String {
             "--host-bucket",
             host,
             "--region",
-            "garage",
+            server.region(),
             "--access_key",
-            &garage.access_key,
+            server.access_key(),
             "--secret_key",
-            &garage.secret_key,
+            server.secret_key(),
             "--config",
             "/dev/null",
             "ls",
             "--recursive",
-            &format!("s3://{}/{prefix}", garage.bucket),
+            &format!("s3://{}/{prefix}", server.bucket()),
         ])
         .env_remove("AWS_CA_BUNDLE")
         .output()
@@ -274,8 +286,15 @@ fn libnfs_round_trips_are_byte_identical_and_readable_straight_from_the_bucket()
 
 #[test]
 fn foreign_objects_appear_after_share_refresh_and_deleted_ones_vanish() {
+    foreign_objects_refresh_and_metadata_round_trip(&Garage::start());
+}
+
+/// The share smoke of the compatibility suite (tests/it/compat.rs): foreign objects with and
+/// without metadata refreshed in, changed and deleted; a file written over NFS uploaded with
+/// its metadata in both dialects tidegate writes.
+pub(crate) fn foreign_objects_refresh_and_metadata_round_trip(garage: &dyn S3Server) {
     let dir = tempfile::tempdir().unwrap();
-    let (garage, gw, config) = docs_on_garage(dir.path(), 0);
+    let (gw, config) = docs_on(garage, dir.path(), 0);
     let config = Some(config.as_path());
     // The first listing caches the (empty) directory for the refresh interval.
     assert!(nfs_ls(&url(&gw, "docs")).is_empty());
@@ -283,7 +302,7 @@ fn foreign_objects_appear_after_share_refresh_and_deleted_ones_vanish() {
     let body = dir.path().join("body");
     std::fs::write(&body, b"written by boto3\n").unwrap();
     boto3(
-        &garage,
+        garage,
         &[
             "put",
             "gw/shares/docs/from-s3.txt",
@@ -312,7 +331,7 @@ fn foreign_objects_appear_after_share_refresh_and_deleted_ones_vanish() {
     // Changed in the bucket: re-read after a refresh (ETag differs).
     std::fs::write(&body, b"changed by boto3, longer now\n").unwrap();
     boto3(
-        &garage,
+        garage,
         &["put", "gw/shares/docs/from-s3.txt", body.to_str().unwrap()],
     );
     tg(&gw, config, &["share", "refresh", "docs"]);
@@ -332,7 +351,7 @@ fn foreign_objects_appear_after_share_refresh_and_deleted_ones_vanish() {
     let local = c.create(&root, "local.txt", 0, 0o644).unwrap();
     c.write(&local, 0, b"mine", 0).unwrap();
     boto3(
-        &garage,
+        garage,
         &["put", "gw/shares/docs/local.txt", body.to_str().unwrap()],
     );
     tg(&gw, config, &["share", "refresh", "docs"]);
@@ -340,16 +359,20 @@ fn foreign_objects_appear_after_share_refresh_and_deleted_ones_vanish() {
     c.commit(&local).unwrap();
 
     // Deleted in the bucket: gone after a refresh.
-    boto3(&garage, &["delete", "gw/shares/docs/from-s3.txt"]);
+    boto3(garage, &["delete", "gw/shares/docs/from-s3.txt"]);
     tg(&gw, config, &["share", "refresh", "docs"]);
     assert_eq!(c.lookup(&root, "from-s3.txt"), Err(nfs::NFS3ERR_NOENT));
 
     // A file written over NFS shows up in s3cmd ls once uploaded, with our content.
     wait_uploaded(&gw, config, "docs", Duration::from_secs(60));
-    let ls = s3cmd_ls(&garage, "gw/shares/docs/");
+    let ls = s3cmd_ls(garage, "gw/shares/docs/");
     assert!(ls.contains("gw/shares/docs/local.txt"), "{ls}");
-    let (got, _) = object(&garage, dir.path(), "gw/shares/docs/local.txt");
+    let (got, meta) = object(garage, dir.path(), "gw/shares/docs/local.txt");
     assert_eq!(got, b"mine");
+    // s3fs's dialect (file-*) and rclone's (mtime), as docs/formats.md lists them.
+    for key in ["file-permissions=0100644", "file-owner=0", "mtime="] {
+        assert!(meta.contains(key), "metadata has {key}: {meta}");
+    }
 }
 
 #[test]

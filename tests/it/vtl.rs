@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::support::gateway::Gateway;
-use crate::support::{python_with_botocore, run, stderr, stdout, tidegate, tool};
+use crate::support::s3::S3Server;
+use crate::support::{activate_on, python_with_botocore, run, stderr, stdout, tidegate, tool};
 
 const TARGET: &str = "iqn.2026-11.org.tidegate:tidegate:vtl";
 /// The records `vtl_client full` writes, as (length, seed), in order.
@@ -223,20 +224,16 @@ fn wait_state(data: &Path, barcode: &str, state: &str, gw: &Gateway) {
     }
 }
 
-#[test]
-fn vtl_shelf_archive_retrieve_and_tamper() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    create_tapes(&data, 2);
-    let gw = start(&data);
-    ok(&gw, "full");
-    // Eject TDG00001 (the first storage slot): archived with botocore's tree hash of its data.
-    ok(&gw, "eject");
-    wait_state(&data, "TDG00001", "ARCHIVED", &gw);
-    let t = show(&data, "TDG00001");
+/// Writes the client's records on TDG00001 and ejects it: it must reach the shelf with
+/// botocore's tree hash of its data, which is returned.
+fn archive_first_tape(dir: &Path, data: &Path, gw: &Gateway) -> String {
+    ok(gw, "full");
+    ok(gw, "eject");
+    wait_state(data, "TDG00001", "ARCHIVED", gw);
+    let t = show(data, "TDG00001");
     assert_eq!(t["location"], "shelf");
     let stream: Vec<u8> = RECORDS.iter().flat_map(|&(l, s)| fill(l, s)).collect();
-    let file = dir.path().join("stream");
+    let file = dir.join("stream");
     std::fs::write(&file, &stream).unwrap();
     let out = Command::new(python_with_botocore())
         .args([
@@ -250,6 +247,53 @@ fn vtl_shelf_archive_retrieve_and_tamper() {
     assert!(out.status.success(), "{}", stderr(&out));
     let expected = stdout(&out).trim().to_owned();
     assert_eq!(t["tree_hash"], expected);
+    expected
+}
+
+/// `tape verify` (the archive read back from the bucket gives `expected`), then `tape retrieve`:
+/// TDG00001 is back in a slot, read-only, with the records the client wrote.
+fn verify_and_retrieve_first_tape(data: &Path, gw: &Gateway, expected: &str) {
+    let verify = run(tidegate(data).args(["tape", "verify", "TDG00001"]));
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    assert!(stdout(&verify).contains(expected));
+    let out = run(tidegate(data).args(["tape", "retrieve", "TDG00001"]));
+    assert!(out.status.success(), "{}\n{}", stderr(&out), gw.log_text());
+    let t = show(data, "TDG00001");
+    assert_eq!(
+        (t["state"].as_str(), t["read_only"].as_str()),
+        ("RETRIEVED", "true")
+    );
+    ok(gw, "readonly");
+}
+
+/// The tape smoke of the compatibility suite (tests/it/compat.rs): a library on `server`'s
+/// bucket; a tape written, ejected to the shelf with botocore's tree hash, verified from the
+/// bucket, and retrieved read-only with the same records.
+pub(crate) fn tape_shelved_and_retrieved(server: &dyn S3Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    activate_on(server, dir.path(), &data, "vtl", &[]);
+    create_tapes(&data, 2);
+    let gw = start(&data);
+    let expected = archive_first_tape(dir.path(), &data, &gw);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let inventory = rt
+        .block_on(server.open_bucket("vtl").get("shelf/inventory.json"))
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&inventory).contains(&expected),
+        "inventory lacks the tree hash"
+    );
+    verify_and_retrieve_first_tape(&data, &gw, &expected);
+}
+
+#[test]
+fn vtl_shelf_archive_retrieve_and_tamper() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    create_tapes(&data, 2);
+    let gw = start(&data);
+    let expected = archive_first_tape(dir.path(), &data, &gw);
     let bucket = data.join("bucket");
     let inventory = std::fs::read_to_string(bucket.join("shelf/inventory.json")).unwrap();
     assert!(inventory.contains(&expected), "{inventory}");
@@ -257,19 +301,8 @@ fn vtl_shelf_archive_retrieve_and_tamper() {
     assert!(bucket.join("shelf/TDG00001/index").is_file());
     let listed = stdout(&run(tidegate(&data).args(["tape", "list"])));
     assert!(listed.contains("ARCHIVED"), "{listed}");
-    let verify = run(tidegate(&data).args(["tape", "verify", "TDG00001"]));
-    assert!(verify.status.success(), "{}", stderr(&verify));
-    assert!(stdout(&verify).contains(&expected));
-
-    // Retrieval brings it back read-only into a slot with the same bytes.
-    let out = run(tidegate(&data).args(["tape", "retrieve", "TDG00001"]));
-    assert!(out.status.success(), "{}\n{}", stderr(&out), gw.log_text());
-    let t = show(&data, "TDG00001");
-    assert_eq!(
-        (t["state"].as_str(), t["read_only"].as_str()),
-        ("RETRIEVED", "true")
-    );
-    ok(&gw, "readonly");
+    // Verified from the bucket, then retrieved read-only into a slot with the same bytes.
+    verify_and_retrieve_first_tape(&data, &gw, &expected);
 
     // A retrieved tape ejected goes straight back to ARCHIVED; then one flipped byte in its
     // archive makes retrieval and verification refuse, naming the tape.

@@ -57,7 +57,7 @@ pub async fn serve(
         rpcbind: None,
     };
     let handles = Handles::new(files.handle_generation());
-    let nfs4 = nfs4::Nfs4::new(&files, nfs4_options);
+    let nfs4 = nfs4::Nfs4::new(&files, nfs4_options).await;
     let server = Arc::new(Server {
         files,
         handles,

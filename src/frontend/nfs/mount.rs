@@ -84,7 +84,7 @@ pub async fn dispatch(
         }
         2 => push(&mut out, 0),
         5 => {
-            match files.exports() {
+            match files.exports().await {
                 Ok(list) => {
                     for dir in list {
                         push(&mut out, 1);

@@ -11,14 +11,16 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::catalog::shares::{InodeKind, InodeRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
+use crate::gateway::files::local::{self, LocalWrite, Written, io_err, staged_bytes};
 use crate::gateway::files::traffic::Counted;
-use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, permits};
+use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, blocking, permits};
 
 /// How much a bucket read fetches at once: a client's sequential READs are then served from
 /// memory for the rest of the window.
@@ -46,14 +48,6 @@ pub(crate) struct Window {
     data: Bytes,
 }
 
-fn io_err(what: String) -> impl FnOnce(std::io::Error) -> GatewayError {
-    move |e| match e.raw_os_error() {
-        Some(28) => GatewayError::NoSpace(format!("{what}: {e}")),
-        _ => GatewayError::Internal(format!("{what}: {e}").into()),
-    }
-}
-
-/// Data operations apply to regular files only.
 /// How old an atime may get before a read advances it even if the file has not changed.
 const RELATIME_MAX_AGE_NS: i64 = 24 * 3600 * 1_000_000_000;
 
@@ -65,6 +59,7 @@ fn relatime_due(row: &InodeRow, now_ns: i64) -> bool {
         || now_ns.saturating_sub(row.atime_ns) > RELATIME_MAX_AGE_NS
 }
 
+/// Data operations apply to regular files only.
 fn regular(row: &InodeRow) -> Result<(), GatewayError> {
     match row.kind {
         InodeKind::File => Ok(()),
@@ -85,10 +80,10 @@ impl Files {
         self.config.staging_dir.join(id.to_string())
     }
 
-    /// Forgets local state of a removed inode (its staging file, read-ahead, flags).
+    /// Forgets the in-memory state of a removed inode (read-ahead, flags, its early upload,
+    /// its share of staging). Its staging files were removed by the blocking step that
+    /// removed it from the catalog (`local::remove_staging`).
     pub(crate) fn drop_local(&self, id: i64) {
-        let _ = std::fs::remove_file(self.staging_path(id));
-        BlockMap::remove(&self.staging_path(id));
         self.readahead_map().remove(&id);
         let mut live = self.live();
         live.uncommitted.remove(&id);
@@ -97,7 +92,7 @@ impl Files {
         live.locks.remove(&id);
         drop(live);
         self.early_discard(id);
-        self.account(id);
+        self.account(id, 0);
     }
 
     fn readahead_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Window>> {
@@ -111,7 +106,7 @@ impl Files {
         offset: u64,
         count: u32,
     ) -> Result<(Bytes, bool, Attr), GatewayError> {
-        let (row, share) = self.node(id)?;
+        let (row, share) = self.node(id).await?;
         let who = self.effective(&share, caller)?;
         regular(&row)?;
         if !permits(&who, &row, 4) && who.uid != row.uid {
@@ -125,9 +120,23 @@ impl Files {
         let data = if row.staged {
             let lock = self.inode_lock(row.id);
             let _guard = lock.lock().await;
-            match (BlockMap::load(&self.staging_path(row.id)), &row.remote_key) {
-                (Some(map), Some(key)) => self.read_sparse(&row, &map, key, offset, end).await?,
-                _ => self.read_staged(row.id, offset, end)?,
+            // A sparsely staged file (one with a block map) reads block by block; any other
+            // reads its staging file in the same hop.
+            let path = self.staging_path(row.id);
+            let key = row.remote_key.clone();
+            let local = self
+                .blocking(move |_| {
+                    Ok(
+                        match key.and_then(|k| BlockMap::load(&path).map(|m| (m, k))) {
+                            Some(sparse) => Err(sparse),
+                            None => Ok(local::read_staged(&path, offset, end)?),
+                        },
+                    )
+                })
+                .await?;
+            match local {
+                Ok(data) => data,
+                Err((map, key)) => self.read_sparse(&row, &map, &key, offset, end).await?,
             }
         } else if let Some(key) = &row.remote_key {
             self.read_remote(&row, key, offset, end).await?
@@ -136,7 +145,7 @@ impl Files {
             Bytes::from(vec![0u8; usize::try_from(end - offset).unwrap_or(0)])
         };
         self.count(share.id, Counted::Read(data.len() as u64));
-        let row = self.accessed(row)?;
+        let row = self.accessed(row).await?;
         Ok((data, end >= row.size, self.attr(&row)))
     }
 
@@ -144,37 +153,21 @@ impl Files {
     /// is not newer than the mtime or ctime, or is a day old, so a file read over and over
     /// costs one catalog write a day, not one per READ, while "read since it last changed"
     /// stays answerable (mail readers, tmpwatch).
-    fn accessed(&self, mut row: InodeRow) -> Result<InodeRow, GatewayError> {
+    async fn accessed(&self, mut row: InodeRow) -> Result<InodeRow, GatewayError> {
         let now = crate::clock::unix_nanos();
         if relatime_due(&row, now) {
-            self.catalog.set_atime(row.id, now)?;
+            let id = row.id;
+            self.blocking(move |c| Ok(c.set_atime(id, now)?)).await?;
             row.atime_ns = now;
         }
         Ok(row)
     }
 
-    fn read_staged(&self, id: i64, offset: u64, end: u64) -> Result<Bytes, GatewayError> {
+    /// Reads `offset..end` of inode `id`'s staging file (one hop).
+    async fn read_local(&self, id: i64, offset: u64, end: u64) -> Result<Bytes, GatewayError> {
         let path = self.staging_path(id);
-        let mut buf = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            // Created, never synced, and lost with a power failure: nothing of it was
-            // committed, so it reads as the hole it started as.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Bytes::from(buf)),
-            Err(e) => return Err(io_err(format!("opening {}", path.display()))(e)),
-        };
-        let mut done = 0;
-        while done < buf.len() {
-            let n = file
-                .read_at(&mut buf[done..], offset + done as u64)
-                .map_err(io_err(format!("reading {}", path.display())))?;
-            if n == 0 {
-                // Past the staging file's end but within the recorded size: zeros.
-                break;
-            }
-            done += n;
-        }
-        Ok(Bytes::from(buf))
+        self.blocking(move |_| local::read_staged(&path, offset, end))
+            .await
     }
 
     /// A read of a sparsely staged file: present blocks from the staging file, the rest from
@@ -192,7 +185,7 @@ impl Files {
             let from = offset.max(b * map.block);
             let to = end.min((b + 1).saturating_mul(map.block));
             let piece = if map.is_present(b) {
-                self.read_staged(row.id, from, to)?
+                self.read_local(row.id, from, to).await?
             } else {
                 self.read_remote(row, key, from, to).await?
             };
@@ -209,7 +202,14 @@ impl Files {
         range: Option<(u64, u64)>,
     ) -> Result<(), GatewayError> {
         let path = self.staging_path(row.id);
-        let (Some(mut map), Some(key)) = (BlockMap::load(&path), &row.remote_key) else {
+        let Some(key) = &row.remote_key else {
+            return Ok(());
+        };
+        let map = {
+            let path = path.clone();
+            self.blocking(move |_| Ok(BlockMap::load(&path))).await?
+        };
+        let Some(mut map) = map else {
             return Ok(());
         };
         let wanted: Vec<u64> = match range {
@@ -222,33 +222,49 @@ impl Files {
         if wanted.is_empty() && range.is_some() {
             return Ok(());
         }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
+        let file = {
+            let path = path.clone();
+            Arc::new(
+                self.blocking(move |_| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io_err(format!("opening {}", path.display())))
+                })
+                .await?,
+            )
+        };
         for b in wanted {
             let r = map.range(b);
             let data = self.bucket.read_object(key, r.clone()).await?;
             self.counters
                 .downloaded
                 .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            file.write_all_at(&data, r.start)
-                .map_err(io_err(format!("writing {}", path.display())))?;
+            let (file, path) = (file.clone(), path.clone());
+            self.blocking(move |_| {
+                file.write_all_at(&data, r.start)
+                    .map_err(io_err(format!("writing {}", path.display())))
+            })
+            .await?;
             map.set_present(b);
         }
-        if range.is_none() {
-            // Fully local now: the file is an ordinary staging file.
-            file.sync_all()
-                .map_err(io_err(format!("syncing {}", path.display())))?;
-            BlockMap::remove(&path);
-            self.account(row.id);
-            return Ok(());
-        }
-        map.save(&path, false).map_err(io_err(format!(
-            "writing the block map of {}",
-            path.display()
-        )))?;
-        self.account(row.id);
+        let bytes = self
+            .blocking(move |_| {
+                if range.is_none() {
+                    // Fully local now: the file is an ordinary staging file.
+                    file.sync_all()
+                        .map_err(io_err(format!("syncing {}", path.display())))?;
+                    BlockMap::remove(&path);
+                } else {
+                    map.save(&path, false).map_err(io_err(format!(
+                        "writing the block map of {}",
+                        path.display()
+                    )))?;
+                }
+                Ok(staged_bytes(&path))
+            })
+            .await?;
+        self.account(row.id, bytes);
         Ok(())
     }
 
@@ -362,65 +378,83 @@ impl Files {
         }
         self.early_discard(row.id);
         let path = self.staging_path(row.id);
+        let mut row = row.clone();
+        row.staged = true;
         if row.remote_key.is_none() || row.size == 0 {
             // Nothing to fetch: the staging file starts as a hole of the recorded size. Neither
             // it nor the catalog is synced here; no byte of it is acknowledged as durable until
             // a COMMIT, which syncs the file, its directory entry and the catalog together (a
             // small file then costs one round of fsyncs, not three).
-            let file = std::fs::File::create(&path)
-                .map_err(io_err(format!("creating {}", path.display())))?;
-            file.set_len(row.size)
-                .map_err(io_err(format!("sizing {}", path.display())))?;
-            BlockMap::remove(&path);
+            let stored = row.clone();
+            let bytes = self
+                .blocking(move |c| {
+                    local::create_hole(&path, stored.size)?;
+                    c.save_inode_unsynced(&stored)?;
+                    Ok(staged_bytes(&path))
+                })
+                .await?;
             self.live().new_entries.insert(row.id);
-            self.account(row.id);
-            let mut row = row.clone();
-            row.staged = true;
-            self.catalog.save_inode_unsynced(&row)?;
+            self.account(row.id, bytes);
             self.readahead_map().remove(&row.id);
             return Ok(row);
         }
         let tmp = path.with_extension("part");
-        let sparse = self.stages_sparsely(row);
-        {
-            let file = std::fs::File::create(&tmp)
-                .map_err(io_err(format!("creating {}", tmp.display())))?;
-            if sparse {
-                BlockMap::new(row.size, self.bucket.part_size())
-                    .save(&path, true)
-                    .map_err(io_err(format!(
-                        "writing the block map of {}",
-                        path.display()
-                    )))?;
-            } else if let Some(key) = &row.remote_key
-                && row.size > 0
-            {
-                // The whole object comes down once; later writes are local.
-                let mut at = 0u64;
-                while at < row.size {
-                    let end = at.saturating_add(READ_AHEAD_BYTES).min(row.size);
-                    let piece = self.bucket.read_object(key, at..end).await?;
-                    if piece.is_empty() {
-                        break;
-                    }
-                    self.counters
-                        .downloaded
-                        .fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    file.write_all_at(&piece, at)
-                        .map_err(io_err(format!("writing {}", tmp.display())))?;
-                    at += piece.len() as u64;
+        let sparse = self.stages_sparsely(&row);
+        let file = {
+            let (tmp, path) = (tmp.clone(), path.clone());
+            let (size, part) = (row.size, self.bucket.part_size());
+            self.blocking(move |_| {
+                let file = std::fs::File::create(&tmp)
+                    .map_err(io_err(format!("creating {}", tmp.display())))?;
+                if sparse {
+                    BlockMap::new(size, part)
+                        .save(&path, true)
+                        .map_err(io_err(format!(
+                            "writing the block map of {}",
+                            path.display()
+                        )))?;
                 }
+                Ok(Arc::new(file))
+            })
+            .await?
+        };
+        if !sparse && let Some(key) = &row.remote_key {
+            // The whole object comes down once; later writes are local.
+            let mut at = 0u64;
+            while at < row.size {
+                let end = at.saturating_add(READ_AHEAD_BYTES).min(row.size);
+                let piece = self.bucket.read_object(key, at..end).await?;
+                if piece.is_empty() {
+                    break;
+                }
+                self.counters
+                    .downloaded
+                    .fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let len = piece.len() as u64;
+                let (file, tmp) = (file.clone(), tmp.clone());
+                self.blocking(move |_| {
+                    file.write_all_at(&piece, at)
+                        .map_err(io_err(format!("writing {}", tmp.display())))
+                })
+                .await?;
+                at += len;
             }
-            file.set_len(row.size)
-                .map_err(io_err(format!("sizing {}", tmp.display())))?;
-            file.sync_all()
-                .map_err(io_err(format!("syncing {}", tmp.display())))?;
         }
-        std::fs::rename(&tmp, &path).map_err(io_err(format!("renaming {}", tmp.display())))?;
-        self.account(row.id);
-        let mut row = row.clone();
-        row.staged = true;
-        self.catalog.save_inode(&row)?;
+        let stored = row.clone();
+        let bytes = self
+            .blocking(move |c| {
+                file.set_len(stored.size)
+                    .map_err(io_err(format!("sizing {}", tmp.display())))?;
+                file.sync_all()
+                    .map_err(io_err(format!("syncing {}", tmp.display())))?;
+                drop(file);
+                std::fs::rename(&tmp, &path)
+                    .map_err(io_err(format!("renaming {}", tmp.display())))?;
+                c.save_inode(&stored)?;
+                Ok(staged_bytes(&path))
+            })
+            .await?;
+        self.account(row.id, bytes);
         self.readahead_map().remove(&row.id);
         Ok(row)
     }
@@ -451,7 +485,7 @@ impl Files {
         data: &[u8],
         stability: Stability,
     ) -> Result<(Stability, Attr), GatewayError> {
-        let (row, share) = self.node(id)?;
+        let (row, share) = self.node(id).await?;
         let who = self.effective(&share, caller)?;
         if share.read_only {
             return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
@@ -477,55 +511,92 @@ impl Files {
         };
         self.staging_room(row.id, end.saturating_sub(row.size).saturating_add(fetch))
             .await;
+        // The blocking step owns its copy of the data.
+        let data = data.to_vec();
+        let stable = stability != Stability::Unstable;
         let lock = self.inode_lock(row.id);
         let _guard = lock.lock().await;
-        let row = self
-            .catalog
-            .inode(row.id)?
-            .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
-        let mut row = self.stage(&row).await?;
-        self.fill_blocks(&row, Some((offset, end))).await?;
-        let path = self.staging_path(row.id);
-        // `create`: a staging file created but never synced is gone after a power loss, and
-        // the client then resends what it had not committed into a new one.
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
-        file.write_all_at(data, offset)
-            .map_err(io_err(format!("writing {}", path.display())))?;
-        self.early_note_write(row.id, end);
-        let committed = if stability == Stability::Unstable {
-            self.live().uncommitted.insert(row.id);
-            Stability::Unstable
-        } else {
-            file.sync_data()
-                .map_err(io_err(format!("syncing {}", path.display())))?;
-            self.sync_staging_entry(row.id)?;
-            Stability::FileSync
+        // One hop in the usual case: the row read again, staged if it is new, the bytes
+        // written (and synced for a stable write) and the catalog updated.
+        let (row, staged_now, bytes) = match self.write_local(row.id, offset, data, stable).await? {
+            Written::Done {
+                row,
+                staged_now,
+                bytes,
+            } => (row, staged_now, bytes),
+            Written::NeedsBucket { row, data } => {
+                let row = self.stage(&row).await?;
+                self.fill_blocks(&row, Some((offset, end))).await?;
+                match self.write_local(row.id, offset, data, stable).await? {
+                    Written::Done { row, bytes, .. } => (row, false, bytes),
+                    Written::NeedsBucket { row, .. } => {
+                        return Err(GatewayError::Internal(
+                            format!("{}: staged, yet blocks are missing", row.path).into(),
+                        ));
+                    }
+                }
+            }
         };
-        let now = crate::clock::unix_nanos();
-        row.size = row.size.max(end);
-        row.mtime_ns = now;
-        row.ctime_ns = now;
-        row.version += 1;
-        if committed == Stability::Unstable {
-            self.catalog.save_inode_unsynced(&row)?;
-        } else {
-            self.catalog.save_inode(&row)?;
+        if staged_now {
+            self.early_discard(row.id);
+            self.readahead_map().remove(&row.id);
         }
+        {
+            let mut live = self.live();
+            if stable {
+                // Its directory entry was synced with it.
+                live.new_entries.remove(&row.id);
+            } else {
+                if staged_now {
+                    live.new_entries.insert(row.id);
+                }
+                live.uncommitted.insert(row.id);
+            }
+        }
+        self.early_note_write(row.id, end);
         self.touched(row.id);
-        self.account(row.id);
-        self.count(share.id, Counted::Write(data.len() as u64));
+        self.account(row.id, bytes);
+        self.count(share.id, Counted::Write(end - offset));
+        let committed = if stable {
+            Stability::FileSync
+        } else {
+            Stability::Unstable
+        };
         Ok((committed, self.attr(&row)))
+    }
+
+    /// Runs one [`LocalWrite`] on the blocking pool. Caller holds the inode lock.
+    async fn write_local(
+        &self,
+        id: i64,
+        offset: u64,
+        data: Vec<u8>,
+        stable: bool,
+    ) -> Result<Written, GatewayError> {
+        let path = self.staging_path(id);
+        let staging_dir = self.config.staging_dir.clone();
+        let entry_unsynced = self.live().new_entries.contains(&id);
+        self.blocking(move |c| {
+            local::write(
+                c,
+                LocalWrite {
+                    id,
+                    path: &path,
+                    offset,
+                    data,
+                    stable,
+                    staging_dir: &staging_dir,
+                    entry_unsynced,
+                },
+            )
+        })
+        .await
     }
 
     /// COMMIT / fsync: every byte written to the file so far is on local disk when this
     /// returns. The file is uploaded once it has been idle for the upload delay.
     pub async fn commit(&self, caller: &Caller, id: FileId) -> Result<Attr, GatewayError> {
-        let (row, share) = self.node(id)?;
+        let (row, share) = self.node(id).await?;
         self.effective(&share, caller)?;
         let pending = {
             let live = self.live();
@@ -538,19 +609,20 @@ impl Files {
             let lock = self.inode_lock(row.id);
             let _guard = lock.lock().await;
             // The staging file (and its directory entry, when new) and the catalog's WAL are
-            // synced at the same time: the COMMIT costs one fsync latency, not three.
+            // synced at the same time, on two blocking threads: the COMMIT costs one fsync
+            // latency, not three.
             let path = self.staging_path(row.id);
             let dir = self
                 .live()
                 .new_entries
                 .remove(&row.id)
                 .then(|| self.config.staging_dir.clone());
-            let files = tokio::task::spawn_blocking(move || sync_staged(&path, dir.as_deref()));
-            let catalog = self.catalog.sync_inode(row.id);
-            files.await.map_err(|e| {
-                GatewayError::Internal(format!("syncing file {}: {e}", row.id).into())
-            })??;
+            let id = row.id;
+            let files = self.blocking(move |_| local::sync_staged(&path, dir.as_deref()));
             // The size and version recorded by unsynced WRITEs reach the disk too.
+            let catalog = self.blocking(move |c| Ok(c.sync_inode(id)?));
+            let (files, catalog) = tokio::join!(files, catalog);
+            files?;
             catalog?;
         }
         self.live().uncommitted.remove(&row.id);
@@ -562,18 +634,6 @@ impl Files {
         Ok(self.attr(&row))
     }
 
-    /// Makes a new staging file's directory entry durable (a stable WRITE to a file staged
-    /// since the last sync).
-    fn sync_staging_entry(&self, id: i64) -> Result<(), GatewayError> {
-        if self.live().new_entries.remove(&id) {
-            let dir = &self.config.staging_dir;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(format!("syncing {}", dir.display())))?;
-        }
-        Ok(())
-    }
-
     /// Sets a file's size: shrinking drops bytes, growing adds a hole that reads as zeros.
     pub(crate) async fn truncate(&self, row: &InodeRow, size: u64) -> Result<(), GatewayError> {
         if size == row.size {
@@ -581,20 +641,15 @@ impl Files {
         }
         let lock = self.inode_lock(row.id);
         let _guard = lock.lock().await;
-        let row = self
-            .catalog
-            .inode(row.id)?
-            .ok_or_else(|| GatewayError::Stale(format!("file id {}", row.id)))?;
+        let id = row.id;
+        let row = self.blocking(move |c| blocking::current(c, id)).await?;
         // An upload started early holds the old size.
         self.early_discard(row.id);
-        let mut row = if size == 0 {
+        let emptied = size == 0;
+        let row = if emptied {
             // Nothing of the old content survives: no need to fetch it.
-            let mut empty = row.clone();
-            empty.remote_key = row.remote_key.clone();
+            let mut empty = row;
             empty.size = 0;
-            let path = self.staging_path(row.id);
-            std::fs::File::create(&path).map_err(io_err(format!("creating {}", path.display())))?;
-            BlockMap::remove(&path);
             empty.staged = true;
             empty
         } else {
@@ -604,47 +659,44 @@ impl Files {
             row
         };
         let path = self.staging_path(row.id);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
-        file.set_len(size)
-            .map_err(io_err(format!("sizing {}", path.display())))?;
-        file.sync_all()
-            .map_err(io_err(format!("syncing {}", path.display())))?;
-        self.sync_staging_entry(row.id)?;
-        let now = crate::clock::unix_nanos();
-        row.size = size;
-        row.mtime_ns = now;
-        row.ctime_ns = now;
-        row.version += 1;
-        self.catalog.save_inode(&row)?;
+        let dir = self
+            .live()
+            .new_entries
+            .remove(&row.id)
+            .then(|| self.config.staging_dir.clone());
+        let (row, bytes) = self
+            .blocking(move |c| {
+                let mut row = row;
+                if emptied {
+                    std::fs::File::create(&path)
+                        .map_err(io_err(format!("creating {}", path.display())))?;
+                    BlockMap::remove(&path);
+                }
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(format!("opening {}", path.display())))?;
+                file.set_len(size)
+                    .map_err(io_err(format!("sizing {}", path.display())))?;
+                file.sync_all()
+                    .map_err(io_err(format!("syncing {}", path.display())))?;
+                if let Some(dir) = dir {
+                    local::sync_dir(&dir)?;
+                }
+                let now = crate::clock::unix_nanos();
+                row.size = size;
+                row.mtime_ns = now;
+                row.ctime_ns = now;
+                row.version += 1;
+                c.save_inode(&row)?;
+                Ok((row, staged_bytes(&path)))
+            })
+            .await?;
         self.readahead_map().remove(&row.id);
         self.touched(row.id);
-        self.account(row.id);
+        self.account(row.id, bytes);
         Ok(())
     }
-}
-
-/// Syncs a staging file, its block map if it has one, and (for a file created since the last
-/// sync) the staging directory, so the file's name survives a power loss too.
-fn sync_staged(path: &std::path::Path, dir: Option<&std::path::Path>) -> Result<(), GatewayError> {
-    if let Ok(file) = std::fs::File::open(path) {
-        file.sync_all()
-            .map_err(io_err(format!("syncing {}", path.display())))?;
-    }
-    if let Ok(map) = std::fs::File::open(BlockMap::path(path)) {
-        map.sync_all().map_err(io_err(format!(
-            "syncing the block map of {}",
-            path.display()
-        )))?;
-    }
-    if let Some(dir) = dir {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(format!("syncing {}", dir.display())))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use crate::catalog::shares::InodeKind;
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
-use crate::gateway::files::{FileId, Files, path};
+use crate::gateway::files::{FileId, Files, blocking, path};
 use crate::store::objects::read_range;
 use crate::store::upload::CheckedPart;
 
@@ -105,7 +105,7 @@ impl Files {
             let (bucket, catalog) = (self.bucket.clone(), self.catalog.clone());
             tokio::spawn(async move {
                 if abort_logged(&bucket, &f.key, &f.upload_id).await {
-                    forget(&catalog, &f.upload_id);
+                    forget(catalog, f.upload_id).await;
                 }
             });
         }
@@ -115,14 +115,14 @@ impl Files {
     /// recorded, for the next start to abort.
     async fn early_abort(&self, key: &str, upload_id: &str) {
         if abort_logged(&self.bucket, key, upload_id).await {
-            forget(&self.catalog, upload_id);
+            forget(self.catalog.clone(), upload_id.to_owned()).await;
         }
     }
 
     /// Aborts the multipart uploads an earlier run left open (a crash cut them short; none of
     /// this run's has started yet). Returns whether any is left because the bucket refused.
     async fn abort_leftover_uploads(&self) -> bool {
-        let left = match self.catalog.share_uploads() {
+        let left = match self.blocking(|c| Ok(c.share_uploads()?)).await {
             Ok(left) => left,
             Err(e) => {
                 tracing::warn!(error = %e, "listing the uploads left open by the last run");
@@ -134,7 +134,7 @@ impl Files {
             match self.bucket.abort_upload(&key, &upload_id).await {
                 Ok(()) => {
                     tracing::info!(key, "aborted a multipart upload left open by the last run");
-                    forget(&self.catalog, &upload_id);
+                    forget(self.catalog.clone(), upload_id).await;
                 }
                 Err(e) => {
                     tracing::warn!(key, error = %e, "could not abort a multipart upload left open by the last run; will try again");
@@ -261,19 +261,28 @@ impl Files {
         };
         for id in due {
             self.early().watch.remove(&id);
-            let (row, share) = match self.node(FileId(u64::try_from(id).unwrap_or(0))) {
+            let file = FileId(u64::try_from(id).unwrap_or(0));
+            let staging = self.staging_path(id);
+            // The row, its share and its staging file's length and block map, in one hop.
+            let found = self
+                .blocking(move |c| {
+                    let (row, share) = blocking::node(c, file)?;
+                    let on_disk = std::fs::metadata(&staging).map(|m| m.len()).ok();
+                    let sparse = BlockMap::load(&staging).is_some();
+                    Ok((row, share, on_disk, sparse))
+                })
+                .await;
+            let (row, share, on_disk, sparse) = match found {
                 Ok(found) => found,
                 Err(GatewayError::Stale(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let staging = self.staging_path(id);
-            let on_disk = std::fs::metadata(&staging).map(|m| m.len()).ok();
             if row.kind != InodeKind::File
                 || !row.staged
                 || !row.dirty()
                 || row.size < self.bucket.multipart_threshold()
                 || on_disk != Some(row.size)
-                || BlockMap::load(&staging).is_some()
+                || sparse
             {
                 continue;
             }
@@ -282,9 +291,14 @@ impl Files {
                 .bucket
                 .begin_checked(&key, &Self::object_meta(&row))
                 .await?;
-            if let Err(e) = self.catalog.note_share_upload(&key, &upload_id) {
+            let noted = {
+                let (key, upload_id) = (key.clone(), upload_id.clone());
+                self.blocking(move |c| Ok(c.note_share_upload(&key, &upload_id)?))
+                    .await
+            };
+            if let Err(e) = noted {
                 self.bucket.abort_resumable(&key, &upload_id).await;
-                return Err(e.into());
+                return Err(e);
             }
             tracing::debug!(key, size = row.size, "early upload started");
             let f = EarlyFile {
@@ -363,7 +377,11 @@ impl Files {
         let Some(f) = f else {
             return Ok(None);
         };
-        let on_disk = std::fs::metadata(staging).map(|m| m.len()).ok();
+        let on_disk = {
+            let staging = staging.to_path_buf();
+            self.blocking(move |_| Ok(std::fs::metadata(&staging).map(|m| m.len()).ok()))
+                .await?
+        };
         if f.version != row.version || f.key != key || on_disk != Some(f.size) {
             tracing::debug!(key, "early upload stale at completion");
             self.counters
@@ -408,7 +426,7 @@ impl Files {
         };
         match self.bucket.complete_checked(key, &f.upload_id, &sent).await {
             Ok(etag) => {
-                forget(&self.catalog, &f.upload_id);
+                forget(self.catalog.clone(), f.upload_id.clone()).await;
                 tracing::debug!(key, parts, early, took = ?started.elapsed(), "early upload completed");
                 self.counters
                     .early_completed
@@ -434,10 +452,13 @@ async fn abort_logged(bucket: &crate::store::Bucket, key: &str, upload_id: &str)
     }
 }
 
-/// Drops a finished upload's record. A record left behind costs one needless abort at the next
-/// start, so a failure here is only logged.
-fn forget(catalog: &crate::catalog::Catalog, upload_id: &str) {
-    if let Err(e) = catalog.forget_share_upload(upload_id) {
-        tracing::warn!(error = %e, "forgetting a finished multipart upload");
+/// Drops a finished upload's record (on the blocking pool). A record left behind costs one
+/// needless abort at the next start, so a failure here is only logged.
+async fn forget(catalog: Arc<crate::catalog::Catalog>, upload_id: String) {
+    let done = tokio::task::spawn_blocking(move || catalog.forget_share_upload(&upload_id)).await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "forgetting a finished multipart upload"),
+        Err(e) => tracing::warn!(error = %e, "forgetting a finished multipart upload"),
     }
 }

@@ -9,9 +9,11 @@
 //! durability point. Invariants: a local change not yet in the bucket is never overwritten by a
 //! refresh; a file id never names a different file (ids are not reused).
 
+mod blocking;
 mod blocks;
 pub mod data;
 mod early;
+mod local;
 pub mod locks;
 pub mod meta;
 pub mod ops;
@@ -466,9 +468,12 @@ impl Files {
 
     /// The clients that may reclaim locks after a restart (stable-storage client records,
     /// RFC 8881 §8.4.3): recorded when a client first gets state, dropped when it goes.
-    pub fn lock_clients(&self) -> Result<Vec<Vec<u8>>, GatewayError> {
+    pub async fn lock_clients(&self) -> Result<Vec<Vec<u8>>, GatewayError> {
         let key = crate::catalog::settings::keys::FILES_LOCK_CLIENTS;
-        let value = self.catalog.setting(key)?.unwrap_or_default();
+        let value = self
+            .blocking(move |c| Ok(c.setting(key)?))
+            .await?
+            .unwrap_or_default();
         Ok(value
             .split(',')
             .filter(|h| !h.is_empty())
@@ -477,11 +482,12 @@ impl Files {
     }
 
     /// Replaces the recorded lock clients.
-    pub fn set_lock_clients(&self, clients: &[Vec<u8>]) -> Result<(), GatewayError> {
+    pub async fn set_lock_clients(&self, clients: &[Vec<u8>]) -> Result<(), GatewayError> {
         let key = crate::catalog::settings::keys::FILES_LOCK_CLIENTS;
         let value: Vec<String> = clients.iter().map(|c| crate::store::keys::hex(c)).collect();
-        self.catalog.set_settings(&[(key, &value.join(","))])?;
-        Ok(())
+        let value = value.join(",");
+        self.blocking(move |c| Ok(c.set_settings(&[(key, &value)])?))
+            .await
     }
 
     /// The write verifier of this run (RFC 1813 §3.3.7): it changes whenever the gateway
@@ -503,21 +509,6 @@ impl Files {
     /// the delay has passed, and it sleeps until the first inode is.
     fn touched(&self, id: i64) {
         self.live().changed.insert(id, Instant::now());
-    }
-
-    /// The inode behind a file id and its share; a vanished id is `Stale`.
-    fn node(&self, id: FileId) -> Result<(InodeRow, ShareRow), GatewayError> {
-        let row = self
-            .catalog
-            .inode(id.row_id()?)?
-            .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
-        let share = self
-            .catalog
-            .shares()?
-            .into_iter()
-            .find(|s| s.id == row.share_id)
-            .ok_or_else(|| GatewayError::Stale(format!("file id {} (share gone)", id.0)))?;
-        Ok((row, share))
     }
 
     /// The caller as the share sees it: refused if its address is not allowed, then squashed.
@@ -559,21 +550,29 @@ impl Files {
     pub async fn export(&self, caller: &Caller, export_path: &str) -> Result<Export, GatewayError> {
         let trimmed = export_path.trim_matches('/');
         let (name, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
-        let share = self
-            .catalog
-            .share_by_name(name)?
-            .ok_or_else(|| GatewayError::NotFound(format!("export {export_path}")))?;
+        let not_found = || GatewayError::NotFound(format!("export {export_path}"));
+        let name = name.to_owned();
+        let (share, root) = self
+            .blocking(move |c| {
+                let Some(share) = c.share_by_name(&name)? else {
+                    return Ok(None);
+                };
+                let root = c.share_root(share.id)?;
+                Ok(root.map(|root| (share, root)))
+            })
+            .await?
+            .ok_or_else(not_found)?;
         let who = self.effective(&share, caller)?;
-        let mut node = self
-            .catalog
-            .share_root(share.id)?
-            .ok_or_else(|| GatewayError::NotFound(format!("export {export_path}")))?;
+        let mut node = root;
         for part in rest.split('/').filter(|p| !p.is_empty()) {
-            let attr = self.lookup_as(&who, &share, &node, part.as_bytes()).await?;
+            let attr = self
+                .lookup_as(&who, &share, &node, part.as_bytes(), None)
+                .await?;
+            let id = attr.id.row_id()?;
             node = self
-                .catalog
-                .inode(attr.id.row_id()?)?
-                .ok_or_else(|| GatewayError::NotFound(format!("export {export_path}")))?;
+                .blocking(move |c| Ok(c.inode(id)?))
+                .await?
+                .ok_or_else(not_found)?;
             if node.kind != InodeKind::Dir {
                 return Err(GatewayError::NotDirectory(export_path.to_owned()));
             }
@@ -586,13 +585,9 @@ impl Files {
     }
 
     /// Export paths of every share, for MOUNT EXPORT.
-    pub fn exports(&self) -> Result<Vec<String>, GatewayError> {
-        Ok(self
-            .catalog
-            .shares()?
-            .into_iter()
-            .map(|s| format!("/{}", s.name))
-            .collect())
+    pub async fn exports(&self) -> Result<Vec<String>, GatewayError> {
+        let shares = self.blocking(|c| Ok(c.shares()?)).await?;
+        Ok(shares.into_iter().map(|s| format!("/{}", s.name)).collect())
     }
 
     fn attr(&self, row: &InodeRow) -> Attr {
@@ -1020,6 +1015,65 @@ mod tests {
         assert_eq!(
             files.getattr(&me, f.id).await.unwrap().atime_ns,
             1_234_567_890_123_456_789
+        );
+    }
+
+    /// Issue 18: a file operation waiting on the catalog (here on another connection's write
+    /// transaction, as it would on a slow fsync) must leave the runtime's thread free. On a
+    /// current-thread runtime a catalog call made inline would hold the only thread, and the
+    /// ticking task next to it would not run until the create returned.
+    #[test]
+    fn issue_18_a_busy_catalog_leaves_the_runtime_free() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        const HOLD: Duration = Duration::from_millis(600);
+        let (dir, files, root) = local_gateway();
+        let db = dir.path().join("c.db");
+        let released = Arc::new(AtomicBool::new(false));
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = {
+            let released = released.clone();
+            std::thread::spawn(move || {
+                let conn = rusqlite::Connection::open(&db).unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                locked.send(()).unwrap();
+                std::thread::sleep(HOLD);
+                released.store(true, Ordering::SeqCst);
+                conn.execute_batch("COMMIT").unwrap();
+            })
+        };
+        is_locked.recv().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ticks = rt.block_on(async move {
+            let ticks = Arc::new(AtomicU64::new(0));
+            let ticker = tokio::spawn({
+                let ticks = ticks.clone();
+                async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        ticks.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            let create = tokio::spawn(async move {
+                let me = Caller::root_local();
+                files
+                    .create(&me, root, b"f", CreateMode::Guarded, SetAttr::default())
+                    .await
+            });
+            create.await.unwrap().unwrap();
+            // The create had to wait for the other connection's transaction.
+            assert!(released.load(Ordering::SeqCst), "the catalog was not busy");
+            ticker.abort();
+            ticks.load(Ordering::SeqCst)
+        });
+        holder.join().unwrap();
+        // About 60 ticks fit in the hold; inline, none would have run.
+        assert!(
+            ticks >= 5,
+            "only {ticks} ticks while the create waited on the catalog"
         );
     }
 

@@ -9,7 +9,10 @@
 
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
+use crate::gateway::files::blocking;
+use crate::gateway::files::local::remove_staging;
 use crate::gateway::files::path::{self, validate_name};
+use crate::gateway::files::refresh::refresh_due;
 use crate::gateway::files::{
     Attr, Caller, CreateMode, DirEntry, FileId, FileKind, Files, SetAttr, SetTime, permits,
 };
@@ -46,7 +49,7 @@ pub struct DirPage {
 
 impl Files {
     pub async fn getattr(&self, caller: &Caller, id: FileId) -> Result<Attr, GatewayError> {
-        let (row, share) = self.node(id)?;
+        let (row, share) = self.node(id).await?;
         self.effective(&share, caller)?;
         Ok(self.attr(&row))
     }
@@ -57,9 +60,48 @@ impl Files {
         dir: FileId,
         name: &[u8],
     ) -> Result<Attr, GatewayError> {
-        let (row, share) = self.node(dir)?;
+        let (row, share, entry) = self.dir_entry(dir, name).await?;
         let who = self.effective(&share, caller)?;
-        self.lookup_as(&who, &share, &row, name).await
+        self.lookup_as(&who, &share, &row, name, entry).await
+    }
+
+    /// A directory, its share and, when no refresh of it is due, its entry `name` (`Some(None)`:
+    /// there is none), read in one hop: what a lookup or a create needs first.
+    async fn dir_entry(
+        &self,
+        dir: FileId,
+        name: &[u8],
+    ) -> Result<(InodeRow, ShareRow, Option<Option<InodeRow>>), GatewayError> {
+        let name = validate_name(name).ok().map(str::to_owned);
+        self.blocking(move |c| {
+            let (row, share) = blocking::node(c, dir)?;
+            let entry = match name {
+                Some(name) if row.kind == InodeKind::Dir && !refresh_due(&share, &row) => {
+                    Some(c.child(row.id, &name)?)
+                }
+                _ => None,
+            };
+            Ok((row, share, entry))
+        })
+        .await
+    }
+
+    /// The entry `name` of `dir` after a refresh if one is due; `entry` is what
+    /// [`Self::dir_entry`] found, if it looked.
+    async fn entry(
+        &self,
+        share: &ShareRow,
+        dir: &InodeRow,
+        name: &str,
+        entry: Option<Option<InodeRow>>,
+    ) -> Result<(InodeRow, Option<InodeRow>), GatewayError> {
+        if let Some(found) = entry {
+            return Ok((dir.clone(), found));
+        }
+        let dir = self.maybe_refresh(share, dir).await?;
+        let (id, name) = (dir.id, name.to_owned());
+        let found = self.blocking(move |c| Ok(c.child(id, &name)?)).await?;
+        Ok((dir, found))
     }
 
     pub(crate) async fn lookup_as(
@@ -68,6 +110,7 @@ impl Files {
         share: &ShareRow,
         dir: &InodeRow,
         name: &[u8],
+        entry: Option<Option<InodeRow>>,
     ) -> Result<Attr, GatewayError> {
         if dir.kind != InodeKind::Dir {
             return Err(GatewayError::NotDirectory(dir.path.clone()));
@@ -82,7 +125,10 @@ impl Files {
             b"." => return Ok(self.attr(dir)),
             b".." => {
                 let parent = match dir.parent {
-                    Some(p) => self.catalog.inode(p)?.unwrap_or_else(|| dir.clone()),
+                    Some(p) => self
+                        .blocking(move |c| Ok(c.inode(p)?))
+                        .await?
+                        .unwrap_or_else(|| dir.clone()),
                     None => dir.clone(),
                 };
                 return Ok(self.attr(&parent));
@@ -90,21 +136,17 @@ impl Files {
             _ => {}
         }
         let name = validate_name(name)?;
-        let dir = self.maybe_refresh(share, dir).await?;
-        let child = self
-            .catalog
-            .child(dir.id, name)?
-            .ok_or_else(|| GatewayError::NotFound(path::join(&dir.path, name)))?;
+        let (dir, child) = self.entry(share, dir, name, entry).await?;
+        let child = child.ok_or_else(|| GatewayError::NotFound(path::join(&dir.path, name)))?;
         Ok(self.attr(&child))
     }
 
-    /// A directory the caller may change, in a writable share.
+    /// A directory the caller may change, in a writable share (`row` and `share` as read).
     fn writable_dir(
         &self,
         caller: &Caller,
-        dir: FileId,
+        (row, share): (InodeRow, ShareRow),
     ) -> Result<(InodeRow, ShareRow, Caller), GatewayError> {
-        let (row, share) = self.node(dir)?;
         let who = self.effective(&share, caller)?;
         if share.read_only {
             return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
@@ -136,10 +178,10 @@ impl Files {
 
     /// The place `name` in a directory the caller may change, with what is there now.
     async fn slot(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<Slot, GatewayError> {
-        let (dir_row, share, who) = self.writable_dir(caller, dir)?;
+        let (dir_row, share, entry) = self.dir_entry(dir, name).await?;
+        let (dir_row, share, who) = self.writable_dir(caller, (dir_row, share))?;
         let name = validate_name(name)?.to_owned();
-        let dir_row = self.maybe_refresh(&share, &dir_row).await?;
-        let existing = self.catalog.child(dir_row.id, &name)?;
+        let (dir_row, existing) = self.entry(&share, &dir_row, &name, entry).await?;
         Ok(Slot {
             dir: dir_row,
             share,
@@ -189,8 +231,7 @@ impl Files {
             // §3.3.8), so a retransmitted CREATE can be recognised.
             row.mtime_ns = i64::from_be_bytes(verf);
         }
-        let attr = self.insert(&row)?;
-        self.entries_changed(slot.dir.id)?;
+        let attr = self.insert(row).await?;
         if matches!(how, CreateMode::Exclusive(_)) {
             return Ok(attr);
         }
@@ -215,8 +256,7 @@ impl Files {
         let slot = self.slot(caller, dir, name).await?.vacant()?;
         let mode = attrs.mode.unwrap_or(slot.share.default_dir_mode);
         let row = self.new_inode(&slot, InodeKind::Dir, mode)?;
-        let attr = self.insert(&row)?;
-        self.entries_changed(slot.dir.id)?;
+        let attr = self.insert(row).await?;
         Ok(attr)
     }
 
@@ -238,8 +278,7 @@ impl Files {
         let mut row = self.new_inode(&slot, InodeKind::Symlink, 0o777)?;
         row.target = Some(target.to_owned());
         row.size = target.len() as u64;
-        let attr = self.insert(&row)?;
-        self.entries_changed(slot.dir.id)?;
+        let attr = self.insert(row).await?;
         Ok(attr)
     }
 
@@ -277,7 +316,7 @@ impl Files {
         let mode = attrs.mode.unwrap_or(slot.share.default_file_mode);
         let mut row = self.new_inode(&slot, kind, mode)?;
         row.rdev = rdev;
-        let attr = self.insert(&row)?;
+        let attr = self.insert(row).await?;
         // Owner and times the caller asked for (none: setattr records nothing); a special
         // file has no size to set.
         let rest = SetAttr {
@@ -289,7 +328,7 @@ impl Files {
     }
 
     pub async fn readlink(&self, caller: &Caller, id: FileId) -> Result<String, GatewayError> {
-        let (mut row, share) = self.node(id)?;
+        let (mut row, share) = self.node(id).await?;
         self.effective(&share, caller)?;
         if row.kind != InodeKind::Symlink {
             return Err(GatewayError::InvalidArgument(format!(
@@ -311,7 +350,7 @@ impl Files {
             .await?;
         let target = String::from_utf8_lossy(&body).into_owned();
         row.target = Some(target.clone());
-        self.catalog.save_inode(&row)?;
+        self.blocking(move |c| Ok(c.save_inode(&row)?)).await?;
         Ok(target)
     }
 
@@ -323,7 +362,7 @@ impl Files {
         _dir: FileId,
         _name: &[u8],
     ) -> Result<Attr, GatewayError> {
-        let (_, share) = self.node(file)?;
+        let (_, share) = self.node(file).await?;
         self.effective(&share, caller)?;
         Err(GatewayError::NotSupported(
             "hard links: a share's files are single objects; use a symlink or a copy".into(),
@@ -336,12 +375,12 @@ impl Files {
         caller: &Caller,
         dir: FileId,
         name: &[u8],
-    ) -> Result<(ShareRow, InodeRow, i64), GatewayError> {
+    ) -> Result<(ShareRow, InodeRow), GatewayError> {
         let slot = self.slot(caller, dir, name).await?;
         let child = slot
             .existing
             .ok_or_else(|| GatewayError::NotFound(path::join(&slot.dir.path, &slot.name)))?;
-        Ok((slot.share, child, slot.dir.id))
+        Ok((slot.share, child))
     }
 
     pub async fn remove(
@@ -350,15 +389,21 @@ impl Files {
         dir: FileId,
         name: &[u8],
     ) -> Result<(), GatewayError> {
-        let (_, child, dir) = self.existing_child(caller, dir, name).await?;
+        let (_, child) = self.existing_child(caller, dir, name).await?;
         if child.kind == InodeKind::Dir {
             return Err(GatewayError::IsDirectory(child.path));
         }
         let lock = self.inode_lock(child.id);
         let _guard = lock.lock().await;
-        self.catalog.remove_inode(&child)?;
-        self.entries_changed(dir)?;
-        self.drop_local(child.id);
+        let id = child.id;
+        let staging = self.staging_path(id);
+        self.blocking(move |c| {
+            c.remove_entry(&child, crate::clock::unix_nanos())?;
+            remove_staging(&staging);
+            Ok(())
+        })
+        .await?;
+        self.drop_local(id);
         self.wake.notify_one();
         Ok(())
     }
@@ -369,16 +414,18 @@ impl Files {
         dir: FileId,
         name: &[u8],
     ) -> Result<(), GatewayError> {
-        let (share, child, dir) = self.existing_child(caller, dir, name).await?;
+        let (share, child) = self.existing_child(caller, dir, name).await?;
         if child.kind != InodeKind::Dir {
             return Err(GatewayError::NotDirectory(child.path));
         }
         let child = self.maybe_refresh(&share, &child).await?;
-        if self.catalog.has_children(child.id)? {
-            return Err(GatewayError::NotEmpty(child.path));
-        }
-        self.catalog.remove_inode(&child)?;
-        self.entries_changed(dir)?;
+        self.blocking(move |c| {
+            if c.has_children(child.id)? {
+                return Err(GatewayError::NotEmpty(child.path));
+            }
+            Ok(c.remove_entry(&child, crate::clock::unix_nanos())?)
+        })
+        .await?;
         self.wake.notify_one();
         Ok(())
     }
@@ -393,8 +440,11 @@ impl Files {
         to_dir: FileId,
         to_name: &[u8],
     ) -> Result<(), GatewayError> {
-        let (src_dir, share, _) = self.writable_dir(caller, from_dir)?;
-        let (dst_dir, dst_share, _) = self.writable_dir(caller, to_dir)?;
+        let (src, dst) = self
+            .blocking(move |c| Ok((blocking::node(c, from_dir)?, blocking::node(c, to_dir)?)))
+            .await?;
+        let (src_dir, share, _) = self.writable_dir(caller, src)?;
+        let (dst_dir, dst_share, _) = self.writable_dir(caller, dst)?;
         if share.id != dst_share.id {
             return Err(GatewayError::InvalidArgument(
                 "rename across shares is not possible".into(),
@@ -404,9 +454,23 @@ impl Files {
         let to_name = validate_name(to_name)?;
         let src_dir = self.maybe_refresh(&share, &src_dir).await?;
         let dst_dir = self.maybe_refresh(&share, &dst_dir).await?;
-        let src = self
-            .catalog
-            .child(src_dir.id, from_name)?
+        let (from, to) = (from_name.to_owned(), to_name.to_owned());
+        let (src_id, dst_id) = (src_dir.id, dst_dir.id);
+        let (src, replaced) = self
+            .blocking(move |c| {
+                let Some(src) = c.child(src_id, &from)? else {
+                    return Ok(None);
+                };
+                let replaced = match c.child(dst_id, &to)? {
+                    Some(old) => {
+                        let full = old.kind == InodeKind::Dir && c.has_children(old.id)?;
+                        Some((old, full))
+                    }
+                    None => None,
+                };
+                Ok(Some((src, replaced)))
+            })
+            .await?
             .ok_or_else(|| GatewayError::NotFound(path::join(&src_dir.path, from_name)))?;
         let new_path = path::join(&dst_dir.path, to_name);
         path::key(&share.bucket_prefix, &new_path)?;
@@ -418,36 +482,45 @@ impl Files {
                 src.path
             )));
         }
-        let replaced = self.catalog.child(dst_dir.id, to_name)?;
-        if let Some(old) = &replaced {
+        if let Some((old, full)) = &replaced {
             if old.id == src.id {
                 return Ok(());
             }
             match (src.kind == InodeKind::Dir, old.kind == InodeKind::Dir) {
                 (true, false) => return Err(GatewayError::NotDirectory(old.path.clone())),
                 (false, true) => return Err(GatewayError::IsDirectory(old.path.clone())),
-                (true, true) if self.catalog.has_children(old.id)? => {
+                (true, true) if *full => {
                     return Err(GatewayError::NotEmpty(old.path.clone()));
                 }
                 _ => {}
             }
         }
+        let replaced = replaced.map(|(old, _)| old);
         let lock = self.inode_lock(src.id);
         let _guard = lock.lock().await;
-        self.catalog.rename_inode(
-            &src,
-            dst_dir.id,
-            to_name,
-            &new_path,
-            crate::clock::unix_nanos(),
-            replaced.as_ref(),
-        )?;
-        self.entries_changed(src_dir.id)?;
-        self.entries_changed(dst_dir.id)?;
-        if let Some(old) = replaced {
-            self.drop_local(old.id);
+        let src_id = src.id;
+        let gone = replaced.as_ref().map(|old| old.id);
+        let gone_staging = gone.map(|id| self.staging_path(id));
+        let to = to_name.to_owned();
+        self.blocking(move |c| {
+            c.rename_inode(
+                &src,
+                dst_id,
+                &to,
+                &new_path,
+                crate::clock::unix_nanos(),
+                replaced.as_ref(),
+            )?;
+            if let Some(staging) = &gone_staging {
+                remove_staging(staging);
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some(old) = gone {
+            self.drop_local(old);
         }
-        self.touched(src.id);
+        self.touched(src_id);
         Ok(())
     }
 
@@ -457,7 +530,7 @@ impl Files {
         id: FileId,
         set: SetAttr,
     ) -> Result<Attr, GatewayError> {
-        let (row, share) = self.node(id)?;
+        let (row, share) = self.node(id).await?;
         let who = self.effective(&share, caller)?;
         if share.read_only {
             return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
@@ -520,60 +593,37 @@ impl Files {
         }
         let lock = self.inode_lock(row.id);
         let _guard = lock.lock().await;
-        let mut row = self
-            .catalog
-            .inode(row.id)?
-            .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
-        let now = crate::clock::unix_nanos();
-        if let Some(m) = set.mode {
-            row.mode = m & 0o7777;
-        }
-        if let Some(u) = set.uid {
-            row.uid = u;
-        }
-        if let Some(g) = set.gid {
-            row.gid = g;
-        }
-        match set.mtime {
-            Some(SetTime::ServerNow) => row.mtime_ns = now,
-            Some(SetTime::Client(t)) => row.mtime_ns = t,
-            None => {}
-        }
-        match set.atime {
-            Some(SetTime::ServerNow) => row.atime_ns = now,
-            Some(SetTime::Client(t)) => row.atime_ns = t,
-            None => {}
-        }
-        row.ctime_ns = now;
+        // The change is made to the row as stored now, in the same hop that reads it.
+        let row_id = row.id;
+        let row = self
+            .blocking(move |c| {
+                let mut row = blocking::current(c, row_id)?;
+                apply_setattr(&mut row, set);
+                c.save_inode(&row)?;
+                Ok(row)
+            })
+            .await?;
         // The atime is kept locally only: a change of it alone (touch -a) uploads nothing.
         let atime_only = set
             == SetAttr {
                 atime: set.atime,
                 ..SetAttr::default()
             };
-        if atime_only {
-            self.catalog.save_inode(&row)?;
-        } else {
-            row.version += 1;
-            self.catalog.save_inode(&row)?;
+        if !atime_only {
             self.touched(row.id);
         }
         Ok(self.attr(&row))
     }
 
-    /// POSIX: creating, removing or renaming an entry advances its directory's mtime and
-    /// ctime, which tools (make, rsync, backup software) use to notice changes.
-    fn entries_changed(&self, dir: i64) -> Result<(), GatewayError> {
-        Ok(self.catalog.touch_dir(dir, crate::clock::unix_nanos())?)
-    }
-
-    /// Records a new inode; the uploader will create its object.
-    fn insert(&self, row: &InodeRow) -> Result<Attr, GatewayError> {
-        let row = self.catalog.insert_inode(row)?;
+    /// Records a new inode, with its directory's new times; the uploader will create its
+    /// object.
+    async fn insert(&self, row: InodeRow) -> Result<Attr, GatewayError> {
+        let row = self
+            .blocking(move |c| Ok(c.insert_entry(&row, crate::clock::unix_nanos())?))
+            .await?;
         self.touched(row.id);
         Ok(self.attr(&row))
     }
-
     /// Entries of a directory after `cookie` (0 = from the start), at most `max`.
     pub async fn readdir(
         &self,
@@ -582,7 +632,21 @@ impl Files {
         cookie: u64,
         max: usize,
     ) -> Result<DirPage, GatewayError> {
-        let (row, share) = self.node(dir)?;
+        let after = i64::try_from(cookie).unwrap_or(i64::MAX);
+        let limit = max.saturating_add(1);
+        // The page is read in the same hop as the directory unless a refresh comes first.
+        let (row, share, page) = self
+            .blocking(move |c| {
+                let (row, share) = blocking::node(c, dir)?;
+                let page =
+                    if row.kind == InodeKind::Dir && (cookie != 0 || !refresh_due(&share, &row)) {
+                        Some(c.children(row.id, after, limit)?)
+                    } else {
+                        None
+                    };
+                Ok((row, share, page))
+            })
+            .await?;
         let who = self.effective(&share, caller)?;
         if row.kind != InodeKind::Dir {
             return Err(GatewayError::NotDirectory(row.path));
@@ -590,15 +654,17 @@ impl Files {
         if !permits(&who, &row, 4) {
             return Err(GatewayError::PermissionDenied(format!("read {}", row.path)));
         }
-        let row = if cookie == 0 {
-            self.maybe_refresh(&share, &row).await?
-        } else {
-            row
+        let (row, mut children) = match page {
+            Some(page) => (row, page),
+            None => {
+                let row = self.maybe_refresh(&share, &row).await?;
+                let id = row.id;
+                let page = self
+                    .blocking(move |c| Ok(c.children(id, after, limit)?))
+                    .await?;
+                (row, page)
+            }
         };
-        let after = i64::try_from(cookie).unwrap_or(i64::MAX);
-        let mut children = self
-            .catalog
-            .children(row.id, after, max.saturating_add(1))?;
         let eof = children.len() <= max;
         children.truncate(max);
         Ok(DirPage {
@@ -616,7 +682,7 @@ impl Files {
 
     /// ACCESS: which of read (4), write (2), execute/search (1) the caller has.
     pub async fn access(&self, caller: &Caller, id: FileId) -> Result<(Attr, u32), GatewayError> {
-        let (row, share) = self.node(id)?;
+        let (row, share) = self.node(id).await?;
         let who = self.effective(&share, caller)?;
         let mut granted = 0;
         for bit in [4, 2, 1] {
@@ -628,5 +694,40 @@ impl Files {
             granted &= !2;
         }
         Ok((self.attr(&row), granted))
+    }
+}
+
+/// Applies a SETATTR's changes to `row` (already checked): the ctime becomes now, and
+/// anything but the atime alone makes the inode dirty (the atime is kept locally only, so
+/// `touch -a` uploads nothing).
+fn apply_setattr(row: &mut InodeRow, set: SetAttr) {
+    let now = crate::clock::unix_nanos();
+    if let Some(m) = set.mode {
+        row.mode = m & 0o7777;
+    }
+    if let Some(u) = set.uid {
+        row.uid = u;
+    }
+    if let Some(g) = set.gid {
+        row.gid = g;
+    }
+    match set.mtime {
+        Some(SetTime::ServerNow) => row.mtime_ns = now,
+        Some(SetTime::Client(t)) => row.mtime_ns = t,
+        None => {}
+    }
+    match set.atime {
+        Some(SetTime::ServerNow) => row.atime_ns = now,
+        Some(SetTime::Client(t)) => row.atime_ns = t,
+        None => {}
+    }
+    row.ctime_ns = now;
+    let atime_only = set
+        == SetAttr {
+            atime: set.atime,
+            ..SetAttr::default()
+        };
+    if !atime_only {
+        row.version += 1;
     }
 }

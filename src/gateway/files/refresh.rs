@@ -7,17 +7,49 @@
 //! vanishes. Invariant: an inode with local changes not yet uploaded (`version !=
 //! synced_version`) is never touched, and an object queued for deletion is not resurrected.
 //! Directories are never removed by a refresh (an empty one may be a local mkdir).
+//!
+//! A refresh reads the catalog in one blocking step, HEADs the objects that are new or
+//! changed, and writes in a second step that checks each entry again: a local change made
+//! while the HEADs ran wins, as it would have without them.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 
+use crate::catalog::Catalog;
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
+use crate::gateway::files::local::remove_staging;
 use crate::gateway::files::meta;
 use crate::gateway::files::{Files, path};
+use crate::store::objects::{Listing, ObjectHead};
 
 fn same_etag(a: Option<&str>, b: Option<&str>) -> bool {
     let norm = |e: Option<&str>| e.map(|s| s.trim_matches('"').to_owned());
     norm(a) == norm(b)
+}
+
+/// Whether `dir`'s listing is older than its share allows (or was never made, or marked stale).
+pub(crate) fn refresh_due(share: &ShareRow, dir: &InodeRow) -> bool {
+    let age =
+        u64::try_from(crate::clock::unix_secs().saturating_sub(dir.refreshed_unix)).unwrap_or(0);
+    !(dir.refreshed_unix != 0 && share.refresh_secs > 0 && age < share.refresh_secs)
+}
+
+/// What the first step found: the names listed, and the objects to HEAD (index into the
+/// listing, the entry now at that name).
+struct Plan {
+    seen: HashSet<String>,
+    head: Vec<(usize, Option<InodeRow>)>,
+}
+
+/// What the second step changed that the caller must forget in memory.
+#[derive(Default)]
+struct Applied {
+    /// Inodes gone from the catalog (their staging files are removed already).
+    forgotten: Vec<i64>,
+    /// Inodes whose object changed: their read-ahead windows are stale.
+    changed: Vec<i64>,
+    dir: Option<InodeRow>,
 }
 
 impl Files {
@@ -27,9 +59,7 @@ impl Files {
         share: &ShareRow,
         dir: &InodeRow,
     ) -> Result<InodeRow, GatewayError> {
-        let age = u64::try_from(crate::clock::unix_secs().saturating_sub(dir.refreshed_unix))
-            .unwrap_or(0);
-        if dir.refreshed_unix != 0 && share.refresh_secs > 0 && age < share.refresh_secs {
+        if !refresh_due(share, dir) {
             return Ok(dir.clone());
         }
         self.refresh_dir(share, dir).await
@@ -42,133 +72,46 @@ impl Files {
         dir: &InodeRow,
     ) -> Result<InodeRow, GatewayError> {
         let prefix = path::dir_prefix(&share.bucket_prefix, &dir.path);
-        let listing = self.bucket.list_level(&prefix).await?;
-        let mut seen = HashSet::new();
-        for (key, size, etag, modified_ns) in &listing.objects {
-            let Some(name) = key.strip_prefix(&prefix) else {
-                continue;
-            };
-            // The directory's own marker, or a key we could not name as a file.
-            if name.is_empty() || path::validate_name(name.as_bytes()).is_err() {
-                continue;
-            }
-            seen.insert(name.to_owned());
-            // Queued for deletion, or the old key of an inode moved here or elsewhere but not
-            // yet copied: neither is a new file.
-            if self.catalog.is_pending_delete(key)? {
-                continue;
-            }
-            match self.catalog.child(dir.id, name)? {
-                Some(child) if child.dirty() || child.kind == InodeKind::Dir => {}
-                Some(child)
-                    if child.remote_key.as_deref() == Some(key.as_str())
-                        && same_etag(child.etag.as_deref(), etag.as_deref()) => {}
-                None if self.catalog.key_in_use(share.id, key)? => {}
-                found => {
-                    let head = self.bucket.head_object(key).await?.unwrap_or_default();
-                    let m = meta::parse(&head.metadata);
-                    // An object whose metadata says directory is a marker-like leftover, not
-                    // a file; one that says nothing is a regular file.
-                    let kind = match m.kind() {
-                        Some(InodeKind::Dir) => None,
-                        Some(k) => Some(k),
-                        None => Some(InodeKind::File),
-                    };
-                    let mut row = match (found, kind) {
-                        (Some(child), Some(k)) if child.kind == k => {
-                            self.readahead_map_remove(child.id);
-                            child
-                        }
-                        (found, kind) => {
-                            // Another kind of file now has this name: a new file id.
-                            if let Some(child) = found {
-                                self.catalog.forget_inode(child.id)?;
-                                self.drop_local(child.id);
-                            }
-                            let Some(kind) = kind else { continue };
-                            let path = path::join(&dir.path, name);
-                            let owner = (0, 0, 0);
-                            InodeRow::new(share.id, Some(dir.id), &path, kind, owner, 0)
-                        }
-                    };
-                    row.size = *size;
-                    row.etag.clone_from(etag);
-                    row.remote_key = Some(key.clone());
-                    row.mtime_ns = m.mtime_ns.unwrap_or(*modified_ns);
-                    row.ctime_ns = m.ctime_ns.unwrap_or(row.mtime_ns);
-                    row.mode = m.perm_or(if row.kind == InodeKind::Symlink {
-                        0o777
-                    } else {
-                        share.default_file_mode
-                    });
-                    row.uid = m.uid.unwrap_or(share.default_uid);
-                    row.gid = m.gid.unwrap_or(share.default_gid);
-                    row.rdev = match row.kind {
-                        InodeKind::BlockDev | InodeKind::CharDev => m.rdev.unwrap_or((0, 0)),
-                        InodeKind::File
-                        | InodeKind::Dir
-                        | InodeKind::Symlink
-                        | InodeKind::Fifo
-                        | InodeKind::Socket => (0, 0),
-                    };
-                    row.extra_meta = m.extra;
-                    row.target = None;
-                    row.synced_version = row.version;
-                    if row.id == 0 {
-                        self.catalog.insert_inode(&row)?;
-                    } else {
-                        self.catalog.save_inode(&row)?;
-                    }
-                }
-            }
+        let listing = std::sync::Arc::new(self.bucket.list_level(&prefix).await?);
+        let plan = {
+            let (listing, prefix, dir, share_id) =
+                (listing.clone(), prefix.clone(), dir.clone(), share.id);
+            self.blocking(move |c| plan(c, &listing, &prefix, &dir, share_id))
+                .await?
+        };
+        let mut heads = Vec::with_capacity(plan.head.len());
+        for (i, found) in plan.head {
+            let head = self
+                .bucket
+                .head_object(&listing.objects[i].0)
+                .await?
+                .unwrap_or_default();
+            heads.push((i, found, head));
         }
-        for sub in &listing.prefixes {
-            let Some(name) = sub.strip_prefix(&prefix) else {
-                continue;
-            };
-            let name = name.trim_end_matches('/');
-            if path::validate_name(name.as_bytes()).is_err() {
-                continue;
-            }
-            seen.insert(name.to_owned());
-            // Objects still at the old keys of a local move are not a directory of their own.
-            let owned = self.catalog.prefix_owned(share.id, &format!("{sub}/"))?;
-            if !owned && self.catalog.child(dir.id, name)?.is_none() {
-                let owner = (share.default_dir_mode, share.default_uid, share.default_gid);
-                let path = path::join(&dir.path, name);
-                let mut row = InodeRow::new(
-                    share.id,
-                    Some(dir.id),
-                    &path,
-                    InodeKind::Dir,
-                    owner,
-                    crate::clock::unix_nanos(),
-                );
-                row.synced_version = row.version;
-                self.catalog.insert_inode(&row)?;
-            }
+        let applied = {
+            let (share, dir, prefix) = (share.clone(), dir.clone(), prefix.clone());
+            let staging_dir = self.config.staging_dir.clone();
+            let seen = plan.seen;
+            self.blocking(move |c| {
+                apply(
+                    c,
+                    &share,
+                    &dir,
+                    (&listing, &prefix),
+                    heads,
+                    &seen,
+                    &staging_dir,
+                )
+            })
+            .await?
+        };
+        for id in applied.changed {
+            self.readahead_map_remove(id);
         }
-        // Clean files whose objects are gone from the bucket vanish.
-        let mut after = 0;
-        loop {
-            let page = self.catalog.children(dir.id, after, 1000)?;
-            let Some(last) = page.last() else { break };
-            after = last.id;
-            for child in &page {
-                if child.kind != InodeKind::Dir
-                    && !child.dirty()
-                    && child.remote_key.is_some()
-                    && !seen.contains(&child.name)
-                {
-                    self.catalog.forget_inode(child.id)?;
-                    self.drop_local(child.id);
-                }
-            }
+        for id in applied.forgotten {
+            self.drop_local(id);
         }
-        let mut row = self.catalog.inode(dir.id)?.unwrap_or_else(|| dir.clone());
-        row.refreshed_unix = crate::clock::unix_secs();
-        self.catalog.save_inode(&row)?;
-        Ok(row)
+        Ok(applied.dir.unwrap_or_else(|| dir.clone()))
     }
 
     fn readahead_map_remove(&self, id: i64) {
@@ -177,4 +120,194 @@ impl Files {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
     }
+}
+
+/// The name a listed object of `dir` has, if it can name a file (not the directory's own
+/// marker, nor a key we could not name as a file).
+fn listed_name<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
+    let name = key.strip_prefix(prefix)?;
+    (!name.is_empty() && path::validate_name(name.as_bytes()).is_ok()).then_some(name)
+}
+
+/// The name a listed common prefix of `dir` gives its subdirectory, if it can name one.
+fn listed_dir(sub: &str, prefix: &str) -> Option<String> {
+    let name = sub.strip_prefix(prefix)?.trim_end_matches('/');
+    path::validate_name(name.as_bytes())
+        .is_ok()
+        .then(|| name.to_owned())
+}
+
+/// Whether the listed object `key` (with `etag`) must be read: it is new, or its object
+/// changed, and no local change or pending move owns the name.
+fn wants_head(
+    catalog: &Catalog,
+    share_id: i64,
+    key: &str,
+    etag: Option<&str>,
+    found: Option<&InodeRow>,
+) -> Result<bool, GatewayError> {
+    // Queued for deletion, or the old key of an inode moved here or elsewhere but not yet
+    // copied: neither is a new file.
+    if catalog.is_pending_delete(key)? {
+        return Ok(false);
+    }
+    Ok(match found {
+        Some(child) if child.dirty() || child.kind == InodeKind::Dir => false,
+        Some(child) => {
+            child.remote_key.as_deref() != Some(key) || !same_etag(child.etag.as_deref(), etag)
+        }
+        None => !catalog.key_in_use(share_id, key)?,
+    })
+}
+
+/// The first step: which listed objects to HEAD.
+fn plan(
+    catalog: &Catalog,
+    listing: &Listing,
+    prefix: &str,
+    dir: &InodeRow,
+    share_id: i64,
+) -> Result<Plan, GatewayError> {
+    let mut seen = HashSet::new();
+    let mut head = Vec::new();
+    for (i, (key, _, etag, _)) in listing.objects.iter().enumerate() {
+        let Some(name) = listed_name(key, prefix) else {
+            continue;
+        };
+        seen.insert(name.to_owned());
+        let found = catalog.child(dir.id, name)?;
+        if wants_head(catalog, share_id, key, etag.as_deref(), found.as_ref())? {
+            head.push((i, found));
+        }
+    }
+    for sub in &listing.prefixes {
+        if let Some(name) = listed_dir(sub, prefix) {
+            seen.insert(name);
+        }
+    }
+    Ok(Plan { seen, head })
+}
+
+/// The second step: records what the HEADs found (each entry checked again, so a local change
+/// made meanwhile is kept), adds new directories, drops clean files whose objects are gone, and
+/// stamps the directory as refreshed.
+fn apply(
+    catalog: &Catalog,
+    share: &ShareRow,
+    dir: &InodeRow,
+    (listing, prefix): (&Listing, &str),
+    heads: Vec<(usize, Option<InodeRow>, ObjectHead)>,
+    seen: &HashSet<String>,
+    staging_dir: &std::path::Path,
+) -> Result<Applied, GatewayError> {
+    let mut applied = Applied::default();
+    let staging = |id: i64| -> PathBuf { staging_dir.join(id.to_string()) };
+    for (i, found, head) in heads {
+        let (key, size, etag, modified_ns) = &listing.objects[i];
+        let Some(name) = listed_name(key, prefix) else {
+            continue;
+        };
+        let now = catalog.child(dir.id, name)?;
+        if now != found || !wants_head(catalog, share.id, key, etag.as_deref(), now.as_ref())? {
+            continue;
+        }
+        let m = meta::parse(&head.metadata);
+        // An object whose metadata says directory is a marker-like leftover, not a file; one
+        // that says nothing is a regular file.
+        let kind = match m.kind() {
+            Some(InodeKind::Dir) => None,
+            Some(k) => Some(k),
+            None => Some(InodeKind::File),
+        };
+        let mut row = match (found, kind) {
+            (Some(child), Some(k)) if child.kind == k => {
+                applied.changed.push(child.id);
+                child
+            }
+            (found, kind) => {
+                // Another kind of file now has this name: a new file id.
+                if let Some(child) = found {
+                    catalog.forget_inode(child.id)?;
+                    remove_staging(&staging(child.id));
+                    applied.forgotten.push(child.id);
+                }
+                let Some(kind) = kind else { continue };
+                let path = path::join(&dir.path, name);
+                let owner = (0, 0, 0);
+                InodeRow::new(share.id, Some(dir.id), &path, kind, owner, 0)
+            }
+        };
+        row.size = *size;
+        row.etag.clone_from(etag);
+        row.remote_key = Some(key.clone());
+        row.mtime_ns = m.mtime_ns.unwrap_or(*modified_ns);
+        row.ctime_ns = m.ctime_ns.unwrap_or(row.mtime_ns);
+        row.mode = m.perm_or(if row.kind == InodeKind::Symlink {
+            0o777
+        } else {
+            share.default_file_mode
+        });
+        row.uid = m.uid.unwrap_or(share.default_uid);
+        row.gid = m.gid.unwrap_or(share.default_gid);
+        row.rdev = match row.kind {
+            InodeKind::BlockDev | InodeKind::CharDev => m.rdev.unwrap_or((0, 0)),
+            InodeKind::File
+            | InodeKind::Dir
+            | InodeKind::Symlink
+            | InodeKind::Fifo
+            | InodeKind::Socket => (0, 0),
+        };
+        row.extra_meta = m.extra;
+        row.target = None;
+        row.synced_version = row.version;
+        if row.id == 0 {
+            catalog.insert_inode(&row)?;
+        } else {
+            catalog.save_inode(&row)?;
+        }
+    }
+    for sub in &listing.prefixes {
+        let Some(name) = listed_dir(sub, prefix) else {
+            continue;
+        };
+        // Objects still at the old keys of a local move are not a directory of their own.
+        let owned = catalog.prefix_owned(share.id, &format!("{sub}/"))?;
+        if !owned && catalog.child(dir.id, &name)?.is_none() {
+            let owner = (share.default_dir_mode, share.default_uid, share.default_gid);
+            let path = path::join(&dir.path, &name);
+            let mut row = InodeRow::new(
+                share.id,
+                Some(dir.id),
+                &path,
+                InodeKind::Dir,
+                owner,
+                crate::clock::unix_nanos(),
+            );
+            row.synced_version = row.version;
+            catalog.insert_inode(&row)?;
+        }
+    }
+    // Clean files whose objects are gone from the bucket vanish.
+    let mut after = 0;
+    loop {
+        let page = catalog.children(dir.id, after, 1000)?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for child in &page {
+            if child.kind != InodeKind::Dir
+                && !child.dirty()
+                && child.remote_key.is_some()
+                && !seen.contains(&child.name)
+            {
+                catalog.forget_inode(child.id)?;
+                remove_staging(&staging(child.id));
+                applied.forgotten.push(child.id);
+            }
+        }
+    }
+    let mut row = catalog.inode(dir.id)?.unwrap_or_else(|| dir.clone());
+    row.refreshed_unix = crate::clock::unix_secs();
+    catalog.save_inode(&row)?;
+    applied.dir = Some(row);
+    Ok(applied)
 }

@@ -34,12 +34,10 @@ pub(crate) fn allocated(path: &Path) -> u64 {
 }
 
 impl Files {
-    /// Records what inode `id`'s staging files take now (0: none), waking waiting writers when
+    /// Records what inode `id`'s staging files take now (`now`, measured by the blocking step
+    /// that changed them with `local::staged_bytes`; 0: none), waking waiting writers when
     /// room was freed.
-    pub(crate) fn account(&self, id: i64) {
-        let path = self.staging_path(id);
-        let now =
-            allocated(&path) + allocated(&crate::gateway::files::blocks::BlockMap::path(&path));
+    pub(crate) fn account(&self, id: i64, now: u64) {
         let freed = {
             let mut live = self.live();
             let before = if now == 0 {

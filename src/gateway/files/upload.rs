@@ -18,6 +18,7 @@ use futures::StreamExt;
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow, SyncedItem};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
+use crate::gateway::files::local::remove_staging;
 use crate::gateway::files::meta;
 use crate::gateway::files::traffic::Counted;
 use crate::gateway::files::{Files, path};
@@ -107,9 +108,12 @@ impl Files {
     /// for (shutdown, tests).
     pub async fn upload_round(&self, now: bool) -> Result<Round, GatewayError> {
         let mut round = Round::default();
-        for share in self.catalog.shares()? {
+        for share in self.blocking(|c| Ok(c.shares()?)).await? {
             // Ids first (the dirty index alone); rows only for those due now.
-            let dirty = self.catalog.dirty_ids(share.id, 4096)?;
+            let share_id = share.id;
+            let dirty = self
+                .blocking(move |c| Ok(c.dirty_ids(share_id, 4096)?))
+                .await?;
             let mut due_ids = Vec::new();
             // A writer waits for staging room: committed files go up now, not after the delay.
             let pressure = self.staging_pressure();
@@ -138,13 +142,18 @@ impl Files {
                     }
                 }
             }
-            let mut due = Vec::with_capacity(due_ids.len());
-            for id in due_ids {
-                // Gone since it was listed: nothing to upload.
-                if let Some(row) = self.catalog.inode(id)? {
-                    due.push(row);
-                }
-            }
+            let due = self
+                .blocking(move |c| {
+                    let mut due = Vec::with_capacity(due_ids.len());
+                    for id in due_ids {
+                        // Gone since it was listed: nothing to upload.
+                        if let Some(row) = c.inode(id)? {
+                            due.push(row);
+                        }
+                    }
+                    Ok(due)
+                })
+                .await?;
             // Uploads run in parallel; those finished within RECORD_EVERY of each other are
             // recorded in one catalog transaction, so a burst of small files costs a few
             // fsyncs a second, not one or two each (each holds the catalog, which every NFS
@@ -205,14 +214,14 @@ impl Files {
         &self,
         id: crate::gateway::files::FileId,
     ) -> Result<(), GatewayError> {
-        let target = match self.node(id) {
+        let target = match self.node(id).await {
             Ok((row, _)) => row.version,
             Err(GatewayError::Stale(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
         let mut settling = false;
         loop {
-            let (row, share) = match self.node(id) {
+            let (row, share) = match self.node(id).await {
                 Ok(found) => found,
                 Err(GatewayError::Stale(_)) => return Ok(()),
                 Err(e) => return Err(e),
@@ -257,10 +266,19 @@ impl Files {
     }
 
     async fn run_deletes(&self, share: &ShareRow) -> Result<(), GatewayError> {
-        for key in self.catalog.pending_deletes(share.id)? {
+        let share_id = share.id;
+        let keys = self
+            .blocking(move |c| Ok(c.pending_deletes(share_id)?))
+            .await?;
+        for key in keys {
             let lock = self.key_lock(&key);
             let guard = lock.lock().await;
-            let result = if self.catalog.key_in_use(share.id, &key)? {
+            let in_use = {
+                let key = key.clone();
+                self.blocking(move |c| Ok(c.key_in_use(share_id, &key)?))
+                    .await?
+            };
+            let result = if in_use {
                 Ok(())
             } else {
                 self.bucket.delete_object(&key).await
@@ -268,7 +286,10 @@ impl Files {
             drop(guard);
             self.release_key_lock(&key, lock);
             match result {
-                Ok(()) => self.catalog.done_delete(&key)?,
+                Ok(()) => {
+                    let key = key.clone();
+                    self.blocking(move |c| Ok(c.done_delete(&key)?)).await?;
+                }
                 Err(e) => {
                     tracing::warn!(share = %share.name, key, error = %e, "delete failed; will retry");
                 }
@@ -331,36 +352,41 @@ impl Files {
         for id in ids {
             inode_guards.push(self.inode_lock(id).lock_owned().await);
         }
-        let items: Vec<SyncedItem<'_>> = done
+        // The batch is recorded and the staging files it frees are removed in one hop.
+        let items: Vec<Synced> = done
             .iter()
-            .map(|d| SyncedItem {
+            .map(|d| Synced {
                 id: d.id,
                 version: d.version,
-                key: d.key.as_deref(),
-                etag: d.etag.as_deref(),
+                key: d.key.clone(),
+                etag: d.etag.clone(),
                 unstage: d.kind == InodeKind::File,
+                staging: self.staging_path(d.id),
             })
             .collect();
-        let outcomes = self
-            .catalog
-            .mark_synced_batch(&items, crate::clock::unix_secs())?;
-        drop(items);
+        let outcomes = self.blocking(move |c| record_synced(c, &items)).await?;
         for (d, outcome) in done.iter().zip(outcomes) {
             match outcome {
                 Some(unstaged) => {
                     self.counters.uploads.fetch_add(1, Ordering::Relaxed);
                     self.count(share.id, Counted::Upload(d.size));
                     if unstaged {
-                        let _ = std::fs::remove_file(self.staging_path(d.id));
-                        BlockMap::remove(&self.staging_path(d.id));
-                        self.account(d.id);
+                        self.account(d.id, 0);
                     }
                     tracing::debug!(share = %share.name, key = ?d.key, "uploaded");
                 }
                 // Deleted while it was uploading: the object just written belongs to nobody.
                 None if d.kind != InodeKind::Dir => {
+                    let share_id = share.id;
+                    let in_use = match d.key.clone() {
+                        Some(key) => {
+                            self.blocking(move |c| Ok(c.key_in_use(share_id, &key)?))
+                                .await?
+                        }
+                        None => true,
+                    };
                     if let Some(key) = &d.key
-                        && !self.catalog.key_in_use(share.id, key)?
+                        && !in_use
                         && let Err(e) = self.bucket.delete_object(key).await
                     {
                         tracing::warn!(share = %share.name, key, error = %e, "removing an orphan failed");
@@ -401,7 +427,8 @@ impl Files {
         key: &str,
     ) -> Result<Option<(InodeRow, Option<String>, Option<String>)>, GatewayError> {
         // The row as it is now; gone, moved or already synced means a later round decides.
-        let Some(row) = self.catalog.inode(listed.id)? else {
+        let id = listed.id;
+        let Some(row) = self.blocking(move |c| Ok(c.inode(id)?)).await? else {
             return Ok(None);
         };
         if row.path != listed.path || !row.dirty() {
@@ -457,23 +484,35 @@ impl Files {
         let m = Self::object_meta(row);
         if row.staged {
             let staging = self.staging_path(row.id);
-            if !staging.exists() && BlockMap::load(&staging).is_none() {
-                // Staged, never synced, and lost with a power failure: none of it was
-                // committed, and what the catalog knows is a hole of the recorded size.
-                let lock = self.inode_lock(row.id);
-                let _guard = lock.lock().await;
-                if !self.catalog.inode(row.id)?.is_some_and(|r| r.staged) {
-                    return Err(GatewayError::Stale(format!("file id {} changed", row.id)));
+            let map = {
+                let staging = staging.clone();
+                self.blocking(move |_| Ok((staging.exists(), BlockMap::load(&staging))))
+                    .await?
+            };
+            let map = match map {
+                (false, None) => {
+                    // Staged, never synced, and lost with a power failure: none of it was
+                    // committed, and what the catalog knows is a hole of the recorded size.
+                    let lock = self.inode_lock(row.id);
+                    let _guard = lock.lock().await;
+                    let (id, size, staging) = (row.id, row.size, staging.clone());
+                    self.blocking(move |c| {
+                        if !c.inode(id)?.is_some_and(|r| r.staged) {
+                            return Err(GatewayError::Stale(format!("file id {id} changed")));
+                        }
+                        std::fs::File::create(&staging)
+                            .and_then(|f| f.set_len(size))
+                            .map_err(|e| {
+                                GatewayError::Internal(
+                                    format!("recreating {}: {e}", staging.display()).into(),
+                                )
+                            })?;
+                        Ok(BlockMap::load(&staging))
+                    })
+                    .await?
                 }
-                std::fs::File::create(&staging)
-                    .and_then(|f| f.set_len(row.size))
-                    .map_err(|e| {
-                        GatewayError::Internal(
-                            format!("recreating {}: {e}", staging.display()).into(),
-                        )
-                    })?;
-            }
-            let map = BlockMap::load(&staging);
+                (_, map) => map,
+            };
             if map.is_some() {
                 self.early_discard(row.id);
             } else if let Some(etag) = self.early_finish(row, key, &staging).await? {
@@ -526,10 +565,10 @@ impl Files {
                 // (a test store): re-upload from a staged copy.
                 let lock = self.inode_lock(row.id);
                 let guard = lock.lock().await;
+                let id = row.id;
                 let current = self
-                    .catalog
-                    .inode(row.id)?
-                    .ok_or_else(|| GatewayError::Stale(format!("file id {}", row.id)))?;
+                    .blocking(move |c| crate::gateway::files::blocking::current(c, id))
+                    .await?;
                 let staged = self.stage(&current).await?;
                 drop(guard);
                 Ok(self
@@ -539,4 +578,40 @@ impl Files {
             }
         }
     }
+}
+
+/// One upload to record, owned for the blocking step.
+struct Synced {
+    id: i64,
+    version: i64,
+    key: Option<String>,
+    etag: Option<String>,
+    unstage: bool,
+    staging: std::path::PathBuf,
+}
+
+/// Records a batch of uploads (`Catalog::mark_synced_batch`, one transaction) and removes the
+/// staging files of those unstaged. Per item: `None` if the inode is gone, else whether it was
+/// unstaged.
+fn record_synced(
+    catalog: &crate::catalog::Catalog,
+    items: &[Synced],
+) -> Result<Vec<Option<bool>>, GatewayError> {
+    let batch: Vec<SyncedItem<'_>> = items
+        .iter()
+        .map(|d| SyncedItem {
+            id: d.id,
+            version: d.version,
+            key: d.key.as_deref(),
+            etag: d.etag.as_deref(),
+            unstage: d.unstage,
+        })
+        .collect();
+    let outcomes = catalog.mark_synced_batch(&batch, crate::clock::unix_secs())?;
+    for (d, outcome) in items.iter().zip(&outcomes) {
+        if *outcome == Some(true) {
+            remove_staging(&d.staging);
+        }
+    }
+    Ok(outcomes)
 }

@@ -1,13 +1,12 @@
 //! A real Garage S3 server on loopback, one per test, with its own data dir and ports.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidegate::config::{BucketConfig, BucketLocation, Credentials};
-use tidegate::store::Bucket;
 use tidegate::store::master::random_hex;
+
+use super::s3::{S3Server, wait_listable};
 
 pub struct Garage {
     child: Child,
@@ -120,54 +119,37 @@ impl Garage {
     }
 
     fn wait_ready(&mut self, limit: Duration) -> bool {
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let bucket = Bucket::open(&self.bucket_config(""), false).expect("bucket client");
         let start = Instant::now();
         while start.elapsed() < limit {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if rt.block_on(bucket.check()).is_ok() {
+            if wait_listable(self, Duration::from_millis(100)) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
         false
     }
+}
 
-    pub fn bucket_config(&self, prefix: &str) -> BucketConfig {
-        let mut cfg = BucketConfig::local(PathBuf::new());
-        cfg.location = BucketLocation::S3 {
-            bucket: self.bucket.clone(),
-            prefix: prefix.to_owned(),
-        };
-        cfg.endpoint = Some(self.endpoint.clone());
-        cfg.region = "garage".to_owned();
-        cfg.credentials = Credentials::Static {
-            access_key_id: self.access_key.clone(),
-            secret_access_key: self.secret_key.clone(),
-        };
-        cfg
+impl S3Server for Garage {
+    fn name(&self) -> &'static str {
+        "garage"
     }
-
-    pub fn open_bucket(&self, prefix: &str) -> Arc<Bucket> {
-        Arc::new(Bucket::open(&self.bucket_config(prefix), false).expect("bucket client"))
+    fn endpoint(&self) -> &str {
+        &self.endpoint
     }
-
-    /// Writes a credentials file (mode 0600) for `tidegate activate --credentials-file`.
-    pub fn credentials_file(&self, dir: &Path) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let path = dir.join("garage-credentials.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
-                self.access_key, self.secret_key
-            ),
-        )
-        .expect("writing credentials");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        path
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+    fn region(&self) -> &str {
+        "garage"
+    }
+    fn access_key(&self) -> &str {
+        &self.access_key
+    }
+    fn secret_key(&self) -> &str {
+        &self.secret_key
     }
 }
 

@@ -1,14 +1,17 @@
-//! Shared test rig: resolving client tools, running the tidegate binary, a real Garage S3
-//! server, and a daemon started and waited for by its readiness file.
+//! Shared test rig: resolving client tools, running the tidegate binary, real S3 servers
+//! (Garage, moto, Ceph RGW), and a daemon started and waited for by its readiness file.
 
 pub mod cunit;
 pub mod garage;
 pub mod gateway;
 pub mod guest;
+pub mod moto;
 pub mod nfs;
 pub mod nfs4;
 pub mod qemu;
+pub mod rgw;
 pub mod rpcbind;
+pub mod s3;
 pub mod tgt;
 
 use std::path::{Path, PathBuf};
@@ -133,9 +136,9 @@ pub fn tamper_with_the_only_chunk(data_dir: &Path) -> String {
         .into_owned()
 }
 
-/// Activates a gateway in `data` on the Garage bucket under `prefix`; returns its config path.
+/// Activates a gateway in `data` on a real server's bucket under `prefix`; returns its config path.
 pub fn activate_on(
-    garage: &garage::Garage,
+    server: &dyn s3::S3Server,
     dir: &Path,
     data: &Path,
     prefix: &str,
@@ -145,16 +148,16 @@ pub fn activate_on(
         .args([
             "activate",
             "--bucket",
-            &format!("s3://{}/{prefix}", garage.bucket),
+            &format!("s3://{}/{prefix}", server.bucket()),
         ])
         .args([
             "--endpoint",
-            &garage.endpoint,
+            server.endpoint(),
             "--region",
-            "garage",
+            server.region(),
             "--credentials-file",
         ])
-        .arg(garage.credentials_file(dir))
+        .arg(server.credentials_file(dir))
         .args(extra));
     assert!(out.status.success(), "{}", stderr(&out));
     // activate wrote DATA_DIR/tidegate.toml, which every later command finds by itself.

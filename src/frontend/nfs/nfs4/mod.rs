@@ -21,9 +21,10 @@ mod ops;
 mod session;
 pub mod state;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::frontend::nfs::handles::{HandleError, Handles};
 use crate::frontend::nfs::nfs3::Outcome;
@@ -41,6 +42,10 @@ pub const MINOR_VERSION: u32 = 1;
 const MAX_OPS: u32 = 128;
 /// Tags, owner ids and other opaques bounded by NFS4_OPAQUE_LIMIT.
 const OPAQUE_LIMIT: usize = 1024;
+/// How often expired leases are looked for (at most; on the next COMPOUND after this). A
+/// lease is 90 s by default, so a second late is nothing, and a COMPOUND does not walk every
+/// client.
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Settings of the NFSv4.1 server.
 #[derive(Debug, Clone)]
@@ -70,8 +75,16 @@ pub struct Nfs4 {
     root_change: u64,
     /// Owners that held state before the restart and have not yet sent RECLAIM_COMPLETE.
     reclaimers: Mutex<HashSet<Vec<u8>>>,
-    /// Owners last written to the catalog as holding state.
-    recorded: Mutex<Vec<Vec<u8>>>,
+    /// Owners written to the catalog as holding state (stable-storage client records, RFC
+    /// 8881 §8.4.3): a client is added, durably, before its first state is granted, and
+    /// clients that hold none are dropped lazily, at a reap. The async lock serialises the
+    /// writes and is held from a client's check to its state's grant, so a shrink never drops
+    /// a client being granted state.
+    recorded: tokio::sync::Mutex<BTreeSet<Vec<u8>>>,
+    /// Some client may have lost its last state since the last shrink of `recorded`.
+    released: AtomicBool,
+    /// When expired leases are looked for next.
+    next_reap: Mutex<Instant>,
 }
 
 /// A current or saved filehandle.
@@ -142,8 +155,8 @@ struct Slot {
 impl Nfs4 {
     /// Starts the server; if clients held state when the gateway last ran, starts the grace
     /// period in which they reclaim it.
-    pub fn new(files: &Files, opts: Options) -> Self {
-        let recorded = files.lock_clients().unwrap_or_else(|e| {
+    pub async fn new(files: &Files, opts: Options) -> Self {
+        let recorded = files.lock_clients().await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading the NFSv4 clients of the last run");
             Vec::new()
         });
@@ -160,7 +173,9 @@ impl Nfs4 {
             state: State::new(opts.lease),
             ids: idmap::IdMap::load(opts.id_domain.as_deref()),
             reclaimers: Mutex::new(recorded.iter().cloned().collect()),
-            recorded: Mutex::new(recorded),
+            recorded: tokio::sync::Mutex::new(recorded.into_iter().collect()),
+            released: AtomicBool::new(false),
+            next_reap: Mutex::new(Instant::now()),
             opts,
             root_change,
         }
@@ -193,7 +208,7 @@ impl Nfs4 {
         caller: &Caller,
         args: &[u8],
     ) -> Option<Vec<u8>> {
-        self.reap(files);
+        self.reap(files).await;
         let mut r = Reader::new(args, 0);
         let tag = r.opaque(OPAQUE_LIMIT).ok()?.to_vec();
         let minor = r.u32().ok()?;
@@ -355,12 +370,18 @@ impl Nfs4 {
         ))
     }
 
-    /// Expires clients whose lease ran out and releases their locks and reservations.
-    fn reap(&self, files: &Files) {
-        let gone = self.state.expire();
-        if gone.is_empty() {
-            return;
+    /// Expires clients whose lease ran out and releases their locks and reservations, at most
+    /// every [`REAP_EVERY`]; then drops clients that hold no state from the catalog's list.
+    async fn reap(&self, files: &Files) {
+        {
+            let mut next = self.next_reap.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if now < *next {
+                return;
+            }
+            *next = now + REAP_EVERY;
         }
+        let gone = self.state.expire();
         for (client, _) in &gone {
             files.locks().release_where(|o| o.client == *client);
             tracing::info!(
@@ -368,26 +389,65 @@ impl Nfs4 {
                 "NFSv4 lease expired: locks released"
             );
         }
-        self.record_clients(files);
+        if !gone.is_empty() {
+            self.released.store(true, Ordering::Relaxed);
+        }
+        if self.released.swap(false, Ordering::Relaxed) {
+            self.shrink_recorded(files).await;
+        }
     }
 
-    /// Writes the owners that hold state to the catalog when they changed, so that after a
-    /// restart exactly they may reclaim.
-    fn record_clients(&self, files: &Files) {
-        let mut owners = self.state.owners_with_state();
+    /// Notes that some client may have given up its last state (CLOSE, DESTROY_CLIENTID, the
+    /// end of grace): the next reap rewrites the catalog's list without it. Being listed
+    /// without state costs nothing but a wait in the next grace period, so this is lazy.
+    fn note_released(&self) {
+        self.released.store(true, Ordering::Relaxed);
+    }
+
+    /// Makes sure `client` is in the catalog's list of clients with state, writing it there
+    /// (durably) if it is not. The returned guard keeps the list from shrinking: hold it until
+    /// the state is granted. Clients already listed pay a set lookup.
+    async fn record_client(
+        &self,
+        files: &Files,
+        client: u64,
+    ) -> Result<tokio::sync::MutexGuard<'_, BTreeSet<Vec<u8>>>, crate::gateway::GatewayError> {
+        let mut recorded = self.recorded.lock().await;
+        let Some(owner) = self.state.client_owner(client) else {
+            // Gone meanwhile: the operation fails on its own further on.
+            return Ok(recorded);
+        };
+        if !recorded.contains(&owner) {
+            let mut with = recorded.clone();
+            with.insert(owner);
+            files
+                .set_lock_clients(&with.iter().cloned().collect::<Vec<_>>())
+                .await?;
+            *recorded = with;
+        }
+        Ok(recorded)
+    }
+
+    /// Rewrites the catalog's list as the clients that hold state now (and, in grace, those
+    /// that may still reclaim), when that differs from what is written.
+    async fn shrink_recorded(&self, files: &Files) {
+        let mut recorded = self.recorded.lock().await;
+        let mut owners: BTreeSet<Vec<u8>> = self.state.owners_with_state().into_iter().collect();
         if files.locks().in_grace() {
             let pending = self.reclaimers.lock().unwrap_or_else(|p| p.into_inner());
             owners.extend(pending.iter().cloned());
-            owners.sort();
-            owners.dedup();
         }
-        let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
         if *recorded == owners {
             return;
         }
-        match files.set_lock_clients(&owners) {
+        let list: Vec<Vec<u8>> = owners.iter().cloned().collect();
+        match files.set_lock_clients(&list).await {
             Ok(()) => *recorded = owners,
-            Err(e) => tracing::warn!(error = %e, "recording NFSv4 clients with state"),
+            Err(e) => {
+                // Tried again at the next reap.
+                self.note_released();
+                tracing::warn!(error = %e, "recording NFSv4 clients with state");
+            }
         }
     }
 
@@ -422,6 +482,7 @@ impl Nfs4 {
         let mut pending = self.reclaimers.lock().unwrap_or_else(|p| p.into_inner());
         if pending.remove(owner) && pending.is_empty() {
             files.locks().end_grace();
+            self.note_released();
             tracing::info!("NFSv4 grace period over: every client reclaimed");
         }
     }

@@ -353,7 +353,7 @@ impl Ops<'_> {
         ctx: &Ctx<'_>,
         after: u64,
     ) -> Result<Vec<(u64, String, Attr)>, Fail> {
-        let names = self.files.exports().map_err(gw)?;
+        let names = self.files.exports().await.map_err(gw)?;
         let mut out = Vec::new();
         for (i, path) in names.iter().enumerate() {
             let c = i as u64 + COOKIE_BASE + 1;
@@ -572,6 +572,13 @@ impl Ops<'_> {
                 return Err(NFS4ERR_ACCESS.into());
             }
         }
+        // Listed in the catalog before it holds any state, so that after a restart it may
+        // reclaim; the guard is held until the state exists.
+        let recorded = self
+            .nfs
+            .record_client(self.files, client)
+            .await
+            .map_err(gw)?;
         let who = owner(client, &open_owner);
         let existing = self.nfs.state.find_open(client, &open_owner, file.id);
         let (all_access, all_deny) = match &existing {
@@ -613,7 +620,7 @@ impl Ops<'_> {
                 },
             }),
         };
-        self.nfs.record_clients(self.files);
+        drop(recorded);
         ctx.cur = Some(Fh::File(file.id));
         ctx.cur_sid = Some(sid);
         let mut out = Out::new();
@@ -742,7 +749,7 @@ impl Ops<'_> {
         self.files
             .locks()
             .unreserve(file, &owner(client, open_owner));
-        self.nfs.record_clients(self.files);
+        self.nfs.note_released();
         ctx.cur_sid = None;
         let mut out = Out::new();
         write_stateid(&mut out, &StateId::INVALID);

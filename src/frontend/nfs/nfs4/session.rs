@@ -225,7 +225,7 @@ impl Ops<'_> {
         let clientid = r.u64()?;
         self.nfs.state.destroy_client(clientid)?;
         self.files.locks().release_where(|o| o.client == clientid);
-        self.nfs.record_clients(self.files);
+        self.nfs.note_released();
         Ok(Out::new())
     }
 

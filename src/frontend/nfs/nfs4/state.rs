@@ -504,10 +504,12 @@ impl State {
     /// Owners of every confirmed client that holds state (the stable-storage record).
     pub fn owners_with_state(&self) -> Vec<Vec<u8>> {
         let inner = self.inner();
+        let holding: std::collections::HashSet<u64> =
+            inner.states.values().map(|s| s.client).collect();
         let mut owners: Vec<Vec<u8>> = inner
             .clients
             .iter()
-            .filter(|(id, c)| c.confirmed && inner.states.values().any(|s| s.client == **id))
+            .filter(|(id, c)| c.confirmed && holding.contains(id))
             .map(|(_, c)| c.owner.clone())
             .collect();
         owners.sort();

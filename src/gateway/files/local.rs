@@ -1,0 +1,181 @@
+//! The staging files' blocking steps: plain functions that run inside one
+//! [`Files::blocking`](crate::gateway::files::Files) closure each, often together with the
+//! catalog change they belong to (blocking.rs). Nothing here is async and nothing here touches
+//! the gateway's in-memory state; callers update that once the step has returned.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::catalog::Catalog;
+use crate::catalog::shares::InodeRow;
+use crate::gateway::GatewayError;
+use crate::gateway::files::blocking;
+use crate::gateway::files::blocks::BlockMap;
+use crate::gateway::files::staging::allocated;
+
+pub(crate) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> GatewayError {
+    move |e| match e.raw_os_error() {
+        Some(28) => GatewayError::NoSpace(format!("{what}: {e}")),
+        _ => GatewayError::Internal(format!("{what}: {e}").into()),
+    }
+}
+
+/// Bytes an inode's staging files (the file and its block map) take on disk.
+pub(crate) fn staged_bytes(path: &Path) -> u64 {
+    allocated(path) + allocated(&BlockMap::path(path))
+}
+
+/// Removes an inode's staging file and block map, if any.
+pub(crate) fn remove_staging(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    BlockMap::remove(path);
+}
+
+/// Creates a staging file as a hole of `size` bytes, with no block map: a file with nothing
+/// to fetch from the bucket. Neither it nor its directory entry is synced here; no byte of it
+/// is acknowledged as durable before a COMMIT or stable WRITE syncs both.
+pub(crate) fn create_hole(path: &Path, size: u64) -> Result<(), GatewayError> {
+    let file =
+        std::fs::File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
+    file.set_len(size)
+        .map_err(io_err(format!("sizing {}", path.display())))?;
+    BlockMap::remove(path);
+    Ok(())
+}
+
+/// Reads `offset..end` of a staging file; what lies past its end (or a file lost before it
+/// was ever synced) reads as zeros.
+pub(crate) fn read_staged(path: &Path, offset: u64, end: u64) -> Result<Bytes, GatewayError> {
+    let mut buf = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        // Created, never synced, and lost with a power failure: nothing of it was
+        // committed, so it reads as the hole it started as.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Bytes::from(buf)),
+        Err(e) => return Err(io_err(format!("opening {}", path.display()))(e)),
+    };
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file
+            .read_at(&mut buf[done..], offset + done as u64)
+            .map_err(io_err(format!("reading {}", path.display())))?;
+        if n == 0 {
+            // Past the staging file's end but within the recorded size: zeros.
+            break;
+        }
+        done += n;
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Syncs a staging file, its block map if it has one, and (for a file created since the last
+/// sync) the staging directory, so the file's name survives a power loss too.
+pub(crate) fn sync_staged(path: &Path, dir: Option<&Path>) -> Result<(), GatewayError> {
+    if let Ok(file) = std::fs::File::open(path) {
+        file.sync_all()
+            .map_err(io_err(format!("syncing {}", path.display())))?;
+    }
+    if let Ok(map) = std::fs::File::open(BlockMap::path(path)) {
+        map.sync_all().map_err(io_err(format!(
+            "syncing the block map of {}",
+            path.display()
+        )))?;
+    }
+    if let Some(dir) = dir {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), GatewayError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("syncing {}", dir.display())))
+}
+
+/// A WRITE as one blocking step.
+pub(crate) struct LocalWrite<'a> {
+    pub id: i64,
+    pub path: &'a Path,
+    pub offset: u64,
+    pub data: Vec<u8>,
+    /// FILE_SYNC / DATA_SYNC: the bytes and the catalog are synced before it returns.
+    pub stable: bool,
+    /// The staging directory, and whether the file's entry in it may not be synced yet (a
+    /// stable write then syncs it, as it does for a file it stages itself).
+    pub staging_dir: &'a Path,
+    pub entry_unsynced: bool,
+}
+
+/// What a [`LocalWrite`] did.
+pub(crate) enum Written {
+    Done {
+        row: InodeRow,
+        /// The file was staged by this write (a new staging file).
+        staged_now: bool,
+        /// What the inode's staging files take on disk now.
+        bytes: u64,
+    },
+    /// Part of what the write touches is still only in the bucket: the caller stages or
+    /// fills it, and runs the write again (the data comes back unused).
+    NeedsBucket { row: InodeRow, data: Vec<u8> },
+}
+
+/// Writes into an inode's staging file and records the new size and times, staging the file
+/// first when nothing of it must come from the bucket (a new file, or one never uploaded).
+/// Caller holds the inode lock. The row is marked staged in the same catalog write as the
+/// data's size, before the write is acknowledged.
+pub(crate) fn write(catalog: &Catalog, w: LocalWrite<'_>) -> Result<Written, GatewayError> {
+    let mut row = blocking::current(catalog, w.id)?;
+    let end = w.offset + w.data.len() as u64;
+    let staged_now = !row.staged;
+    if staged_now && row.remote_key.is_some() && row.size > 0 {
+        return Ok(Written::NeedsBucket { row, data: w.data });
+    }
+    if !staged_now
+        && row.remote_key.is_some()
+        && let Some(map) = BlockMap::load(w.path)
+        && map.blocks_of(w.offset, end).any(|b| !map.is_present(b))
+    {
+        return Ok(Written::NeedsBucket { row, data: w.data });
+    }
+    let path = w.path;
+    if staged_now {
+        create_hole(path, row.size)?;
+        row.staged = true;
+    }
+    // `create`: a staging file created but never synced is gone after a power loss, and the
+    // client then resends what it had not committed into a new one.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    file.write_all_at(&w.data, w.offset)
+        .map_err(io_err(format!("writing {}", path.display())))?;
+    if w.stable {
+        file.sync_data()
+            .map_err(io_err(format!("syncing {}", path.display())))?;
+        if staged_now || w.entry_unsynced {
+            sync_dir(w.staging_dir)?;
+        }
+    }
+    let now = crate::clock::unix_nanos();
+    row.size = row.size.max(end);
+    row.mtime_ns = now;
+    row.ctime_ns = now;
+    row.version += 1;
+    if w.stable {
+        catalog.save_inode(&row)?;
+    } else {
+        catalog.save_inode_unsynced(&row)?;
+    }
+    Ok(Written::Done {
+        row,
+        staged_now,
+        bytes: staged_bytes(path),
+    })
+}
