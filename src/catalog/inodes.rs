@@ -9,7 +9,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::catalog::shares::{as_i64, bad, u32_at, u64_at};
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, links};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InodeKind {
@@ -78,6 +78,12 @@ pub struct InodeRow {
     pub refreshed_unix: i64,
     /// A block or character device's (major, minor); (0, 0) for every other kind.
     pub rdev: (u32, u32),
+    /// How many names the inode has (schema 11): 1 plus its hard links. Changed only by the
+    /// catalog's link operations, never written back by [`Catalog::save_inode`].
+    pub nlink: u32,
+    /// Set when the row was found by one of the inode's other names (a hard link, the
+    /// `links` row with this id): `parent`, `name` and `path` are then that name's.
+    pub link: Option<i64>,
 }
 
 impl InodeRow {
@@ -114,6 +120,8 @@ impl InodeRow {
             synced_version: 0,
             refreshed_unix: 0,
             rdev: (0, 0),
+            nlink: 1,
+            link: None,
         }
     }
 
@@ -124,7 +132,7 @@ impl InodeRow {
 
 pub(super) const INODE_COLUMNS: &str = "id, share_id, parent, name, path, kind, mode, uid, gid, size, \
      mtime_ns, ctime_ns, target, remote_key, etag, extra_meta, staged, version, synced_version, \
-     refreshed_unix, rdev_major, rdev_minor, atime_ns";
+     refreshed_unix, rdev_major, rdev_minor, atime_ns, nlink";
 
 pub(super) fn row_to_inode(r: &Row<'_>) -> rusqlite::Result<InodeRow> {
     let kind: String = r.get(5)?;
@@ -151,6 +159,8 @@ pub(super) fn row_to_inode(r: &Row<'_>) -> rusqlite::Result<InodeRow> {
         refreshed_unix: r.get(19)?,
         rdev: (u32_at(r, 20)?, u32_at(r, 21)?),
         atime_ns: r.get(22)?,
+        nlink: u32_at(r, 23)?,
+        link: None,
     })
 }
 /// One upload to record with [`Catalog::mark_synced_batch`].
@@ -173,12 +183,18 @@ impl Catalog {
         Ok(stmt.query_row([id], row_to_inode).optional()?)
     }
 
+    /// The inode named `name` in `parent`, by its own name or by a hard link (then the row's
+    /// `link` is set and its parent, name and path are the link's).
     pub fn child(&self, parent: i64, name: &str) -> Result<Option<InodeRow>, CatalogError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&child_query())?;
-        Ok(stmt
+        match stmt
             .query_row(params![parent, name], row_to_inode)
-            .optional()?)
+            .optional()?
+        {
+            Some(row) => Ok(Some(row)),
+            None => links::named(&conn, parent, name),
+        }
     }
 
     /// Children of `parent` with ids above `after`, in id order (stable READDIR cookies).
@@ -201,7 +217,8 @@ impl Catalog {
 
     pub fn has_children(&self, parent: i64) -> Result<bool, CatalogError> {
         Ok(self.conn().query_row(
-            "SELECT EXISTS (SELECT 1 FROM inodes WHERE parent = ?1)",
+            "SELECT EXISTS (SELECT 1 FROM inodes WHERE parent = ?1)
+                 OR EXISTS (SELECT 1 FROM links WHERE parent = ?1)",
             [parent],
             |r| r.get(0),
         )?)
@@ -295,33 +312,38 @@ impl Catalog {
         Ok(())
     }
 
-    /// Removes an entry of directory `row.parent` as [`Self::remove_inode`] does, and advances
-    /// the directory's mtime and ctime to `now_ns`, in the same transaction.
-    pub fn remove_entry(&self, row: &InodeRow, now_ns: i64) -> Result<(), CatalogError> {
+    /// Removes the name `row` was found by (its own or, with [`InodeRow::link`], a hard link;
+    /// see `links::remove_name`) and advances the directory's mtime and ctime to `now_ns`, in
+    /// one transaction. Returns true when that was the inode's last name and the inode is gone
+    /// (its object queued for deletion).
+    pub fn remove_entry(&self, row: &InodeRow, now_ns: i64) -> Result<bool, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM inodes WHERE id = ?1", [row.id])?;
-        if let Some(key) = &row.remote_key {
-            queue_delete(&tx, row.share_id, key)?;
-        }
+        let gone = links::remove_name(&tx, row, now_ns)?;
         if let Some(dir) = row.parent {
             touch_dir(&tx, dir, now_ns)?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(gone)
     }
 
-    /// Removes an inode that vanished from the bucket (nothing left to delete there).
-    pub fn forget_inode(&self, id: i64) -> Result<(), CatalogError> {
-        self.conn()
-            .execute("DELETE FROM inodes WHERE id = ?1", [id])?;
-        Ok(())
+    /// Removes an inode whose object vanished from the bucket (nothing left to delete there).
+    /// An inode with a hard link whose object is current keeps living under that name instead.
+    /// Returns whether the inode is gone.
+    pub fn forget_inode(&self, id: i64) -> Result<bool, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let gone = links::forget_primary(&tx, id)?;
+        tx.commit()?;
+        Ok(gone)
     }
 
     /// Moves `row` to `new_parent`/`new_name` (path `new_path`), replacing `replaced` if given,
     /// and rewrites the paths of everything below it; every moved inode becomes dirty so the
     /// uploader copies its object to the new key. Both directories' mtime and ctime become
-    /// `ctime_ns` (their entries changed). One transaction.
+    /// `ctime_ns` (their entries changed). One transaction. Either may be a name found by a
+    /// hard link ([`InodeRow::link`]): that name alone moves or goes (ADR 0013). Returns true
+    /// when `replaced` was its file's last name, so the file is gone.
     pub fn rename_inode(
         &self,
         row: &InodeRow,
@@ -330,23 +352,32 @@ impl Catalog {
         new_path: &str,
         ctime_ns: i64,
         replaced: Option<&InodeRow>,
-    ) -> Result<(), CatalogError> {
+    ) -> Result<bool, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        if let Some(old) = replaced {
-            tx.execute("DELETE FROM inodes WHERE id = ?1", [old.id])?;
-            if let Some(key) = &old.remote_key {
-                queue_delete(&tx, old.share_id, key)?;
-            }
+        let gone = match replaced {
+            Some(old) => links::remove_name(&tx, old, ctime_ns)?,
+            None => false,
+        };
+        for dir in row.parent.into_iter().chain([new_parent]) {
+            touch_dir(&tx, dir, ctime_ns)?;
+        }
+        if let Some(link) = row.link {
+            links::move_link(
+                &tx,
+                link,
+                row.id,
+                (new_parent, new_name, new_path),
+                ctime_ns,
+            )?;
+            tx.commit()?;
+            return Ok(gone);
         }
         tx.execute(
             "UPDATE inodes SET parent = ?2, name = ?3, path = ?4, ctime_ns = ?5,
                  version = version + 1 WHERE id = ?1",
             params![row.id, new_parent, new_name, new_path, ctime_ns],
         )?;
-        for dir in row.parent.into_iter().chain([new_parent]) {
-            touch_dir(&tx, dir, ctime_ns)?;
-        }
         if row.kind == InodeKind::Dir && !row.path.is_empty() {
             // length() and substr() count characters on both sides, so non-ASCII names
             // are cut where they should be.
@@ -360,9 +391,10 @@ impl Catalog {
                     format!("{new_path}/")
                 ],
             )?;
+            links::move_subtree(&tx, row.share_id, &row.path, new_path)?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(gone)
     }
 
     /// Inodes of a share whose bucket state lags the catalog, oldest first.
@@ -462,6 +494,8 @@ impl Catalog {
         Ok(self.conn().query_row(
             "SELECT EXISTS (SELECT 1 FROM inodes WHERE share_id = ?1 AND remote_key IS NOT NULL
                  AND substr(remote_key, 1, length(?2)) = ?2)
+             OR EXISTS (SELECT 1 FROM links WHERE share_id = ?1 AND remote_key IS NOT NULL
+                 AND substr(remote_key, 1, length(?2)) = ?2)
              OR EXISTS (SELECT 1 FROM pending_deletes WHERE share_id = ?1
                  AND substr(key, 1, length(?2)) = ?2)",
             params![share_id, prefix],
@@ -519,10 +553,12 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Whether some inode's object currently lives at `key` (a queued delete must then wait).
+    /// Whether some inode's object, or one of a hard link, currently lives at `key` (a queued
+    /// delete must then wait).
     pub fn key_in_use(&self, share_id: i64, key: &str) -> Result<bool, CatalogError> {
         Ok(self.conn().query_row(
-            "SELECT EXISTS (SELECT 1 FROM inodes WHERE share_id = ?1 AND remote_key = ?2)",
+            "SELECT EXISTS (SELECT 1 FROM inodes WHERE share_id = ?1 AND remote_key = ?2)
+                 OR EXISTS (SELECT 1 FROM links WHERE share_id = ?1 AND remote_key = ?2)",
             params![share_id, key],
             |r| r.get(0),
         )?)
@@ -596,7 +632,11 @@ fn update_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<(), Catal
 
 /// A directory's entries changed: its mtime and ctime become `now_ns`. Local only: a
 /// directory's times are not in the bucket, so nothing is uploaded for them.
-fn touch_dir(conn: &rusqlite::Connection, id: i64, now_ns: i64) -> Result<(), CatalogError> {
+pub(super) fn touch_dir(
+    conn: &rusqlite::Connection,
+    id: i64,
+    now_ns: i64,
+) -> Result<(), CatalogError> {
     conn.prepare_cached(
         "UPDATE inodes SET mtime_ns = ?2, ctime_ns = ?2 WHERE id = ?1 AND kind = 'dir'",
     )?
@@ -604,7 +644,11 @@ fn touch_dir(conn: &rusqlite::Connection, id: i64, now_ns: i64) -> Result<(), Ca
     Ok(())
 }
 
-fn queue_delete(tx: &rusqlite::Connection, share_id: i64, key: &str) -> Result<(), CatalogError> {
+pub(super) fn queue_delete(
+    tx: &rusqlite::Connection,
+    share_id: i64,
+    key: &str,
+) -> Result<(), CatalogError> {
     tx.execute(
         "INSERT INTO pending_deletes (share_id, key) VALUES (?1, ?2)
          ON CONFLICT (key) DO NOTHING",

@@ -7,11 +7,12 @@
 //! `gateway/files/blocking.rs`), never inline on a worker. It is not the truth about the bucket: everything in it can be
 //! rebuilt from the bucket's manifests and catalog backups. Table groups get a file each:
 //! `settings.rs` (gateway identity, integrity events), `volumes.rs`, `snapshots.rs`, `stored.rs`,
-//! `shares.rs` and `inodes.rs` (the file gateway), `tapes.rs`, `jobs.rs` and `gc.rs`.
+//! `shares.rs`, `inodes.rs` and `links.rs` (the file gateway), `tapes.rs`, `jobs.rs` and `gc.rs`.
 
 pub mod gc;
 pub mod inodes;
 pub mod jobs;
+pub mod links;
 mod schema;
 pub mod settings;
 pub mod shares;

@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_share_uploads.sql"),
     include_str!("migrations/0011_special_files.sql"),
     include_str!("migrations/0012_inode_atime.sql"),
+    include_str!("migrations/0013_links.sql"),
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

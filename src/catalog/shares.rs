@@ -219,6 +219,13 @@ impl Catalog {
             [share_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        // Each hard link name is an object of its own that may still be owed.
+        let links: i64 = conn.query_row(
+            "SELECT count(*) FROM links l JOIN inodes i ON i.id = l.inode
+             WHERE l.share_id = ?1 AND l.synced_version != i.version",
+            [share_id],
+            |r| r.get(0),
+        )?;
         let deletes: i64 = conn.query_row(
             "SELECT count(*) FROM pending_deletes WHERE share_id = ?1",
             [share_id],
@@ -230,7 +237,7 @@ impl Catalog {
             |r| r.get(0),
         )?;
         Ok(ShareSyncStats {
-            dirty_files: u64::try_from(files).unwrap_or(0),
+            dirty_files: u64::try_from(files + links).unwrap_or(0),
             dirty_bytes: u64::try_from(bytes).unwrap_or(0),
             pending_deletes: u64::try_from(deletes).unwrap_or(0),
             last_upload_unix: last,
@@ -239,7 +246,7 @@ impl Catalog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn share() -> ShareRow {
@@ -260,11 +267,17 @@ mod tests {
         }
     }
 
-    fn node(share_id: i64, parent: Option<i64>, path: &str, kind: InodeKind) -> InodeRow {
+    pub(in crate::catalog) fn node(
+        share_id: i64,
+        parent: Option<i64>,
+        path: &str,
+        kind: InodeKind,
+    ) -> InodeRow {
         InodeRow::new(share_id, parent, path, kind, (0o755, 0, 0), 0)
     }
 
-    fn catalog_with_share() -> (tempfile::TempDir, Catalog, ShareRow, InodeRow) {
+    pub(in crate::catalog) fn catalog_with_share()
+    -> (tempfile::TempDir, Catalog, ShareRow, InodeRow) {
         let dir = tempfile::tempdir().unwrap();
         let c = Catalog::open(&dir.path().join("c.db")).unwrap();
         let s = c

@@ -44,7 +44,10 @@ pub enum GatewayError {
     /// A name or key longer than the gateway allows (255-byte names, 1024-byte keys).
     #[error("name too long: {0}")]
     NameTooLong(String),
-    /// The operation is not offered (hard links on a share).
+    /// The operation would join two file systems (a hard link or rename across shares).
+    #[error("cross-device: {0}")]
+    CrossDevice(String),
+    /// The operation is not offered.
     #[error("not supported: {0}")]
     NotSupported(String),
     /// A file id that named something that no longer exists.

@@ -238,6 +238,7 @@ pub fn gateway_error(e: &GatewayError) -> ScsiResponse {
         | GatewayError::NotDirectory(_)
         | GatewayError::IsDirectory(_)
         | GatewayError::NameTooLong(_)
+        | GatewayError::CrossDevice(_)
         | GatewayError::Stale(_) => INTERNAL_TARGET_FAILURE,
         GatewayError::PermissionDenied(_) => WRITE_PROTECTED,
         GatewayError::NotSupported(_) => INVALID_FIELD_IN_CDB,

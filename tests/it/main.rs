@@ -16,6 +16,7 @@ mod device_full;
 mod device_nfs;
 mod device_resume;
 mod fuse;
+mod hard_links;
 mod iscsi_volume;
 mod layering;
 mod malformed;

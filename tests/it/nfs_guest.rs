@@ -165,6 +165,22 @@ fn check_times(log: &str, ctx: &str) {
     );
 }
 
+/// guest/nfs.sh's `hard-links` section: `stat -c '%h %i'` of both names (2 links, one inode),
+/// the first name's content after a write through the second, then the second name alone (1
+/// link, the same inode) and its content.
+fn check_hard_links(log: &str, ctx: &str) {
+    assert_eq!(rc(log, "hard-links"), Some(0), "{ctx}");
+    let lines = section(log, "hard-links");
+    let [a, b, read_a, after, read_b] = lines.as_slice() else {
+        panic!("hard-links: {lines:?}\n{ctx}");
+    };
+    let inode = a.strip_prefix("2 ").unwrap_or_else(|| panic!("{a}\n{ctx}"));
+    assert_eq!(*b, format!("2 {inode}"), "{ctx}");
+    assert_eq!(*read_a, "changed", "{ctx}");
+    assert_eq!(*after, format!("1 {inode}"), "{ctx}");
+    assert_eq!(*read_b, "changed", "{ctx}");
+}
+
 /// The checks of one run of guest/nfs.sh: every step succeeded, `/proc/mounts` shows `vers`,
 /// both copies read back byte-identical with the source's attributes, and the bucket holds
 /// the same bytes with the same metadata.
@@ -185,6 +201,7 @@ pub(crate) fn check_tree(rig: &Rig, log: &str, vers: &str) {
         assert_eq!(rc(log, step), Some(0), "step {step}\n{}", ctx());
     }
     check_times(log, &ctx());
+    check_hard_links(log, &ctx());
     let mounts = section(log, "proc-mounts").join("\n");
     assert!(
         mounts.contains(&format!("vers={vers}")) && mounts.contains("10.0.2.2:/share"),

@@ -520,11 +520,37 @@ fn nfs_semantics_through_a_raw_client() {
     );
     assert_eq!(c.rmdir(&e, "d2"), nfs::NFS3_OK);
 
-    // Symlinks; hard links are refused.
+    // Symlinks.
     let l = c.symlink(&root, "link", "x").unwrap();
     assert_eq!(c.readlink(&l).unwrap(), "x");
     assert_eq!(c.getattr(&l).unwrap().ftype, 5);
-    assert_eq!(c.link(&f, &root, "hard"), nfs::NFS3ERR_NOTSUPP);
+
+    // Hard links (LINK3, RFC 1813 §3.3.15): one file id and nlink 2 under both names, data
+    // written through one read through the other, every name listed by READDIRPLUS; the
+    // RFC's errors for a taken name and a directory; REMOVE of one name leaves the other.
+    assert_eq!(c.link(&f, &root, "hard"), nfs::NFS3_OK);
+    assert_eq!(c.lookup(&root, "hard").unwrap(), f, "the same file handle");
+    let (a, b) = (c.getattr(&f).unwrap(), c.getattr(&f).unwrap());
+    assert_eq!((a.nlink, a.fileid), (2, b.fileid));
+    let hard = c.lookup(&root, "hard").unwrap();
+    c.write(&hard, 0, b"via hard", 2).unwrap();
+    assert_eq!(c.read(&f, 0, 8).unwrap().0, b"via hard");
+    assert_eq!(c.link(&f, &root, "x"), nfs::NFS3ERR_EXIST);
+    assert_eq!(c.link(&e, &root, "dirlink"), nfs::NFS3ERR_ISDIR);
+    assert_eq!(c.link(&f, &f, "n"), nfs::NFS3ERR_NOTDIR);
+    let mut listed = c.readdirplus_all(&root);
+    listed.sort();
+    assert!(listed.contains(&"hard".to_owned()) && listed.contains(&"x".to_owned()));
+    assert_eq!(
+        c.rename(&root, "x", &root, "hard"),
+        nfs::NFS3_OK,
+        "names of one file"
+    );
+    assert_eq!(c.getattr(&f).unwrap().nlink, 2, "and nothing changed");
+    assert_eq!(c.remove(&root, "x"), nfs::NFS3_OK);
+    assert_eq!(c.getattr(&f).unwrap().nlink, 1);
+    assert_eq!(c.read(&f, 0, 8).unwrap().0, b"via hard");
+    assert_eq!(c.lookup(&root, "x"), Err(nfs::NFS3ERR_NOENT));
 
     // A 5000-entry directory lists every name exactly once through READDIRPLUS pages.
     let big = c.mkdir(&root, "big").unwrap();
@@ -816,10 +842,24 @@ fn settled_value(gw: &Gateway, key: &str, want: i64) -> i64 {
 /// Garage and a gateway (data in `dir/data`) with share `docs` and the upload delay given;
 /// returns the config path too.
 fn docs_with_delay(dir: &Path, delay_ms: u64) -> (Garage, Gateway, PathBuf) {
+    docs_with(dir, delay_ms, None)
+}
+
+/// As `docs_with_delay`, with the bucket's upload rate limited to `upload_limit` bytes a
+/// second when given.
+fn docs_with(dir: &Path, delay_ms: u64, upload_limit: Option<u64>) -> (Garage, Gateway, PathBuf) {
     let garage = Garage::start();
     let data_dir = dir.join("data");
     let config = activate_on(&garage, dir, &data_dir, "gw", &[]);
     let mut text = std::fs::read_to_string(&config).unwrap();
+    if let Some(limit) = upload_limit {
+        assert!(text.contains("[bucket]\n"), "{text}");
+        text = text.replacen(
+            "[bucket]\n",
+            &format!("[bucket]\nupload_limit = {limit}\n"),
+            1,
+        );
+    }
     text.push_str(&format!("\n[files]\nupload_delay_ms = {delay_ms}\n"));
     std::fs::write(&config, text).unwrap();
     let gw = start(&data_dir, Some(&config), 0);
@@ -834,14 +874,18 @@ fn docs_with_delay(dir: &Path, delay_ms: u64) -> (Garage, Gateway, PathBuf) {
 #[test]
 fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload() {
     let dir = tempfile::tempdir().unwrap();
-    // Long enough that the early upload, not the delay, starts the upload.
-    let (garage, gw, config) = docs_with_delay(dir.path(), 4000);
+    // A delay long enough that the early upload, not the delay, starts the upload, and an
+    // upload rate that keeps 100 MiB in flight for about 10 s: the rewrite below must land
+    // while the early upload runs, and a boto3 listing costs a second or more on a loaded
+    // machine.
+    let (garage, gw, config) = docs_with(dir.path(), 4000, Some(10 * MIB as u64));
     let config = Some(config.as_path());
     let mut c = Client::connect(&nfs_addr(&gw));
     let root = c.mount("/docs").unwrap();
     let mut data = noise(100 * MIB, 11);
     let f = write_committed(&mut c, &root, "stream.bin", &data);
-    // The upload starts a moment after the COMMIT, well inside the 4 s delay.
+    // The upload starts a moment after the COMMIT, inside the 4 s delay; it is seen while it
+    // runs.
     let committed = Instant::now();
     loop {
         let uploads = boto3(&garage, &["uploads", "gw/shares/docs/stream.bin"]);
@@ -849,13 +893,13 @@ fn a_large_committed_file_uploads_early_and_a_rewrite_abandons_the_early_upload(
             break;
         }
         assert!(
-            committed.elapsed() < Duration::from_secs(3),
-            "no multipart upload in progress 3 s after the COMMIT: {uploads:?}"
+            committed.elapsed() < Duration::from_secs(8),
+            "no multipart upload in progress 8 s after the COMMIT: {uploads:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Rewrite at once, while the early upload is still in flight (no wait for a fresh status
-    // figure here: on a quiet machine 100 MiB reach Garage in about a second).
+    // figure here).
     assert_eq!(gw.status_value("files.early_abandoned"), Some(0));
 
     let patch = vec![0x5Au8; 3000];

@@ -9,10 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::fuse::{Unmount, mounted};
+use crate::fuse::start_with_fuse;
 use crate::nfs_share::{boto3, garage_gateway, nfs_addr, object, tg, wait_uploaded};
 use crate::support::garage::Garage;
-use crate::support::gateway::Gateway;
 use crate::support::nfs::{self, Client};
 use crate::support::nfs4::{self, Session};
 use crate::support::{stderr, tool};
@@ -175,23 +174,7 @@ fn special_files_reach_the_bucket_with_their_type_and_come_back_over_nfs_and_fus
 
     // After a restart, through a FUSE mount: the same kinds and device numbers.
     assert_eq!(gw.stop(), Some(0));
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let _unmount = Unmount(mnt.clone());
-    let gw = Gateway::start_with(
-        &dir.path().join("data"),
-        Some(&config),
-        &[
-            "--iscsi-listen",
-            "127.0.0.1:0",
-            "--nfs-listen",
-            "127.0.0.1:0",
-            "--fuse",
-            &format!("docs={}", mnt.display()),
-        ],
-    )
-    .unwrap();
-    assert!(mounted(&mnt));
+    let (gw, mnt, _unmount) = start_with_fuse(dir.path(), Some(&config), "docs");
     let stat = |name: &str| std::fs::symlink_metadata(mnt.join(name)).unwrap();
     assert!(stat("fifo3").file_type().is_fifo());
     assert!(stat("sock3").file_type().is_socket());

@@ -77,6 +77,7 @@ pub fn api_error(e: GatewayError) -> ApiError {
         GatewayError::PermissionDenied(_) => (403, "permission_denied"),
         GatewayError::NameTooLong(_) => (400, "name_too_long"),
         GatewayError::NotSupported(_) => (501, "not_supported"),
+        GatewayError::CrossDevice(_) => (409, "cross_device"),
         GatewayError::Stale(_) => (404, "stale"),
         GatewayError::ReadOnly(_) => (403, "read_only"),
         GatewayError::NoSpace(_) => (507, "no_space"),

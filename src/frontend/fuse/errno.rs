@@ -24,6 +24,7 @@ pub fn errno(e: &GatewayError) -> Errno {
         GatewayError::PermissionDenied(_) => Errno::EACCES,
         GatewayError::NameTooLong(_) => Errno::ENAMETOOLONG,
         GatewayError::NotSupported(_) => Errno::ENOTSUP,
+        GatewayError::CrossDevice(_) => Errno::EXDEV,
         GatewayError::Stale(_) => Errno::ESTALE,
     }
 }

@@ -597,8 +597,7 @@ impl fuser::Filesystem for ShareFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        // Offsets are file ids (the gateway's READDIR cookies); "." and ".." are left to the
-        // kernel.
+        // Offsets are the gateway's READDIR cookies; "." and ".." are left to the kernel.
         let page = self.run(
             self.files
                 .readdir(&caller(req), self.id(ino), offset, READDIR_PAGE),
@@ -606,7 +605,7 @@ impl fuser::Filesystem for ShareFs {
         match page {
             Ok(page) => {
                 for e in &page.entries {
-                    if reply.add(self.ino(e.attr.id), e.attr.id.0, kind(e.attr.kind), &e.name) {
+                    if reply.add(self.ino(e.attr.id), e.cookie, kind(e.attr.kind), &e.name) {
                         break;
                     }
                 }

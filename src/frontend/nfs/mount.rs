@@ -20,7 +20,7 @@ fn mountstat(e: &GatewayError) -> u32 {
         GatewayError::NotFound(_) | GatewayError::Stale(_) => 2,
         GatewayError::PermissionDenied(_) => 13,
         GatewayError::NotDirectory(_) => 20,
-        GatewayError::InvalidArgument(_) => 22,
+        GatewayError::InvalidArgument(_) | GatewayError::CrossDevice(_) => 22,
         GatewayError::NameTooLong(_) => 63,
         GatewayError::NotSupported(_) => 10004,
         GatewayError::AlreadyExists(_)

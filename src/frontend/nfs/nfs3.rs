@@ -12,6 +12,7 @@ use crate::frontend::nfs::handles::Handles;
 use crate::frontend::nfs::rpc::{Reader, RpcError};
 use crate::frontend::nfs::status::nfsstat;
 use crate::gateway::GatewayError;
+use crate::gateway::files::MAX_LINKS;
 use crate::gateway::files::data::MAX_IO_BYTES;
 use crate::gateway::files::path::MAX_NAME_BYTES;
 use crate::gateway::files::{
@@ -460,7 +461,7 @@ impl Nfs3<'_> {
             one.bool(true)
                 .u64(e.attr.id.0)
                 .opaque(e.name.as_bytes())
-                .u64(e.attr.id.0);
+                .u64(e.cookie);
             if plus {
                 one.xdr(&post(Some(&e.attr)))
                     .xdr(&post_op_fh3::handle(self.fh(e.attr.id)));
@@ -528,15 +529,15 @@ impl Nfs3<'_> {
                         seconds: 0,
                         nseconds: 1,
                     },
-                    // FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME; no FSF3_LINK.
-                    properties: 0x0002 | 0x0008 | 0x0010,
+                    // FSF3_LINK | FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME.
+                    properties: 0x0001 | 0x0002 | 0x0008 | 0x0010,
                 });
             }
             _ => {
-                // linkmax 1 (no hard links), name_max, no_trunc, chown_restricted,
-                // case_insensitive false, case_preserving.
+                // linkmax, name_max, no_trunc, chown_restricted, case_insensitive false,
+                // case_preserving.
                 out.xdr(&post(Some(&a)))
-                    .u32(1)
+                    .u32(MAX_LINKS)
                     .u32(MAX_NAME_BYTES as u32)
                     .bool(true)
                     .bool(true)

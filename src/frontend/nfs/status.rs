@@ -24,6 +24,7 @@ pub fn nfsstat(e: &GatewayError) -> nfsstat3 {
         GatewayError::PermissionDenied(_) => nfsstat3::NFS3ERR_ACCES,
         GatewayError::NameTooLong(_) => nfsstat3::NFS3ERR_NAMETOOLONG,
         GatewayError::NotSupported(_) => nfsstat3::NFS3ERR_NOTSUPP,
+        GatewayError::CrossDevice(_) => nfsstat3::NFS3ERR_XDEV,
         GatewayError::Stale(_) => nfsstat3::NFS3ERR_STALE,
     }
 }
@@ -49,6 +50,7 @@ pub fn nfsstat4(e: &GatewayError) -> u32 {
         GatewayError::PermissionDenied(_) => NFS4ERR_ACCESS,
         GatewayError::NameTooLong(_) => NFS4ERR_NAMETOOLONG,
         GatewayError::NotSupported(_) => NFS4ERR_NOTSUPP,
+        GatewayError::CrossDevice(_) => NFS4ERR_XDEV,
         GatewayError::Stale(_) => NFS4ERR_STALE,
     }
 }

@@ -16,7 +16,8 @@ pub fn s3_error(e: GatewayError) -> S3Error {
         GatewayError::NoSpace(_) | GatewayError::Busy(_) => S3ErrorCode::SlowDown,
         GatewayError::InvalidArgument(_)
         | GatewayError::NotDirectory(_)
-        | GatewayError::IsDirectory(_) => S3ErrorCode::InvalidArgument,
+        | GatewayError::IsDirectory(_)
+        | GatewayError::CrossDevice(_) => S3ErrorCode::InvalidArgument,
         GatewayError::OutOfRange(_) => S3ErrorCode::InvalidRange,
         GatewayError::NameTooLong(_) => S3ErrorCode::KeyTooLongError,
         GatewayError::NotSupported(_) => S3ErrorCode::NotImplemented,

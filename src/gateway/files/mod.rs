@@ -13,6 +13,7 @@ mod blocking;
 mod blocks;
 pub mod data;
 mod early;
+mod links;
 mod local;
 pub mod locks;
 pub mod meta;
@@ -36,6 +37,9 @@ use crate::store::Bucket;
 
 /// The uid/gid a squashed caller becomes (the traditional `nobody`).
 pub const ANONYMOUS_ID: u32 = 65_534;
+/// The most names a file may have, as PATHCONF and NFSv4's `maxlink` report it: the catalog
+/// sets no limit of its own short of the 32-bit count every protocol carries.
+pub const MAX_LINKS: u32 = u32::MAX;
 /// How long after its last change (and COMMIT) a file waits before it is uploaded.
 pub const DEFAULT_UPLOAD_DELAY: Duration = Duration::from_secs(2);
 /// How stale a directory listing may get before the bucket is listed again.
@@ -151,6 +155,9 @@ pub enum Stability {
 pub struct DirEntry {
     pub name: String,
     pub attr: Attr,
+    /// Where READDIR resumes after this entry; stable while the entry exists (a file's hard
+    /// links share one file id, so the id alone cannot serve).
+    pub cookie: u64,
 }
 
 /// What a MOUNT of an export path resolves to.
@@ -604,7 +611,11 @@ impl Files {
                 InodeKind::CharDev => FileKind::CharDev,
             },
             mode: row.mode & 0o7777,
-            nlink: if row.kind == InodeKind::Dir { 2 } else { 1 },
+            nlink: if row.kind == InodeKind::Dir {
+                2
+            } else {
+                row.nlink.max(1)
+            },
             uid: row.uid,
             gid: row.gid,
             size: row.size,
@@ -691,7 +702,7 @@ mod tests {
     }
 
     /// A gateway over a `file://` bucket in a temp dir, with the share `s` (no squash).
-    fn local_gateway() -> (tempfile::TempDir, Arc<Files>, FileId) {
+    pub(super) fn local_gateway() -> (tempfile::TempDir, Arc<Files>, FileId) {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Arc::new(Catalog::open(&dir.path().join("c.db")).unwrap());
         let cfg = crate::config::BucketConfig::local(dir.path().join("bucket"));

@@ -21,17 +21,17 @@ use crate::gateway::files::{
 pub const MAX_SYMLINK_BYTES: usize = 4096;
 
 /// A name in a writable directory, as create-like operations see it.
-struct Slot {
-    dir: InodeRow,
-    share: ShareRow,
+pub(super) struct Slot {
+    pub(super) dir: InodeRow,
+    pub(super) share: ShareRow,
     who: Caller,
-    name: String,
+    pub(super) name: String,
     existing: Option<InodeRow>,
 }
 
 impl Slot {
     /// The slot if nothing is there yet.
-    fn vacant(self) -> Result<Self, GatewayError> {
+    pub(super) fn vacant(self) -> Result<Self, GatewayError> {
         match &self.existing {
             Some(e) => Err(GatewayError::AlreadyExists(e.path.clone())),
             None => Ok(self),
@@ -177,7 +177,12 @@ impl Files {
     }
 
     /// The place `name` in a directory the caller may change, with what is there now.
-    async fn slot(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<Slot, GatewayError> {
+    pub(super) async fn slot(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+    ) -> Result<Slot, GatewayError> {
         let (dir_row, share, entry) = self.dir_entry(dir, name).await?;
         let (dir_row, share, who) = self.writable_dir(caller, (dir_row, share))?;
         let name = validate_name(name)?.to_owned();
@@ -354,21 +359,6 @@ impl Files {
         Ok(target)
     }
 
-    /// LINK: S3 has nothing a second name could share, so hard links are refused.
-    pub async fn link(
-        &self,
-        caller: &Caller,
-        file: FileId,
-        _dir: FileId,
-        _name: &[u8],
-    ) -> Result<Attr, GatewayError> {
-        let (_, share) = self.node(file).await?;
-        self.effective(&share, caller)?;
-        Err(GatewayError::NotSupported(
-            "hard links: a share's files are single objects; use a symlink or a copy".into(),
-        ))
-    }
-
     /// The entry `name` of a directory the caller may change.
     async fn existing_child(
         &self,
@@ -397,13 +387,20 @@ impl Files {
         let _guard = lock.lock().await;
         let id = child.id;
         let staging = self.staging_path(id);
-        self.blocking(move |c| {
-            c.remove_entry(&child, crate::clock::unix_nanos())?;
-            remove_staging(&staging);
-            Ok(())
-        })
-        .await?;
-        self.drop_local(id);
+        // One name of a file with hard links goes alone; the file lives on under the others,
+        // and so do its staging file and its state in memory.
+        let gone = self
+            .blocking(move |c| {
+                let gone = c.remove_entry(&child, crate::clock::unix_nanos())?;
+                if gone {
+                    remove_staging(&staging);
+                }
+                Ok(gone)
+            })
+            .await?;
+        if gone {
+            self.drop_local(id);
+        }
         self.wake.notify_one();
         Ok(())
     }
@@ -446,7 +443,7 @@ impl Files {
         let (src_dir, share, _) = self.writable_dir(caller, src)?;
         let (dst_dir, dst_share, _) = self.writable_dir(caller, dst)?;
         if share.id != dst_share.id {
-            return Err(GatewayError::InvalidArgument(
+            return Err(GatewayError::CrossDevice(
                 "rename across shares is not possible".into(),
             ));
         }
@@ -483,6 +480,8 @@ impl Files {
             )));
         }
         if let Some((old, full)) = &replaced {
+            // Two names of one file (or one name twice): success, and nothing changes (RFC
+            // 8881 §18.26.3, rename(2)).
             if old.id == src.id {
                 return Ok(());
             }
@@ -499,25 +498,28 @@ impl Files {
         let lock = self.inode_lock(src.id);
         let _guard = lock.lock().await;
         let src_id = src.id;
-        let gone = replaced.as_ref().map(|old| old.id);
-        let gone_staging = gone.map(|id| self.staging_path(id));
+        let replaced_id = replaced.as_ref().map(|old| old.id);
+        let replaced_staging = replaced_id.map(|id| self.staging_path(id));
         let to = to_name.to_owned();
-        self.blocking(move |c| {
-            c.rename_inode(
-                &src,
-                dst_id,
-                &to,
-                &new_path,
-                crate::clock::unix_nanos(),
-                replaced.as_ref(),
-            )?;
-            if let Some(staging) = &gone_staging {
-                remove_staging(staging);
-            }
-            Ok(())
-        })
-        .await?;
-        if let Some(old) = gone {
+        // A replaced name of a file with hard links goes alone: the file, its staging file and
+        // its state in memory stay while it has other names.
+        let gone = self
+            .blocking(move |c| {
+                let gone = c.rename_inode(
+                    &src,
+                    dst_id,
+                    &to,
+                    &new_path,
+                    crate::clock::unix_nanos(),
+                    replaced.as_ref(),
+                )?;
+                if gone && let Some(staging) = &replaced_staging {
+                    remove_staging(staging);
+                }
+                Ok(gone)
+            })
+            .await?;
+        if gone && let Some(old) = replaced_id {
             self.drop_local(old);
         }
         self.touched(src_id);
@@ -632,7 +634,6 @@ impl Files {
         cookie: u64,
         max: usize,
     ) -> Result<DirPage, GatewayError> {
-        let after = i64::try_from(cookie).unwrap_or(i64::MAX);
         let limit = max.saturating_add(1);
         // The page is read in the same hop as the directory unless a refresh comes first.
         let (row, share, page) = self
@@ -640,7 +641,7 @@ impl Files {
                 let (row, share) = blocking::node(c, dir)?;
                 let page =
                     if row.kind == InodeKind::Dir && (cookie != 0 || !refresh_due(&share, &row)) {
-                        Some(c.children(row.id, after, limit)?)
+                        Some(c.dir_entries(row.id, cookie, limit)?)
                     } else {
                         None
                     };
@@ -660,7 +661,7 @@ impl Files {
                 let row = self.maybe_refresh(&share, &row).await?;
                 let id = row.id;
                 let page = self
-                    .blocking(move |c| Ok(c.children(id, after, limit)?))
+                    .blocking(move |c| Ok(c.dir_entries(id, cookie, limit)?))
                     .await?;
                 (row, page)
             }
@@ -671,9 +672,10 @@ impl Files {
             dir: self.attr(&row),
             entries: children
                 .iter()
-                .map(|c| DirEntry {
+                .map(|(cookie, c)| DirEntry {
                     name: c.name.clone(),
                     attr: self.attr(c),
+                    cookie: *cookie,
                 })
                 .collect(),
             eof,

@@ -152,6 +152,9 @@ fn wants_head(
         return Ok(false);
     }
     Ok(match found {
+        // A hard link's object is a copy we made of its file's (ADR 0013), never a file of
+        // its own.
+        Some(child) if child.link.is_some() => false,
         Some(child) if child.dirty() || child.kind == InodeKind::Dir => false,
         Some(child) => {
             child.remote_key.as_deref() != Some(key) || !same_etag(child.etag.as_deref(), etag)
@@ -226,8 +229,10 @@ fn apply(
             }
             (found, kind) => {
                 // Another kind of file now has this name: a new file id.
-                if let Some(child) = found {
-                    catalog.forget_inode(child.id)?;
+                // (With a current hard link elsewhere, it lives on under that name.)
+                if let Some(child) = found
+                    && catalog.forget_inode(child.id)?
+                {
                     remove_staging(&staging(child.id));
                     applied.forgotten.push(child.id);
                 }
@@ -298,11 +303,20 @@ fn apply(
                 && !child.dirty()
                 && child.remote_key.is_some()
                 && !seen.contains(&child.name)
+                && catalog.forget_inode(child.id)?
             {
-                catalog.forget_inode(child.id)?;
                 remove_staging(&staging(child.id));
                 applied.forgotten.push(child.id);
             }
+        }
+    }
+    // Likewise hard link names whose current objects are gone: removed elsewhere.
+    for link in catalog.links_in(dir.id)? {
+        let current = catalog
+            .inode(link.inode)?
+            .is_some_and(|i| i.version == link.synced_version);
+        if current && link.remote_key.is_some() && !seen.contains(&link.name) {
+            catalog.forget_link(link.id)?;
         }
     }
     let mut row = catalog.inode(dir.id)?.unwrap_or_else(|| dir.clone());

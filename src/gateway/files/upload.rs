@@ -201,6 +201,10 @@ impl Files {
             }
             round.uploaded += done.len() as u64;
             self.record(&share, done).await?;
+            // Hard link names, once the objects they copy are current.
+            let links = self.sync_links(&share).await?;
+            round.uploaded += links.copied;
+            round.failed += links.failed;
             self.run_deletes(&share).await?;
         }
         Ok(round)
@@ -403,7 +407,7 @@ impl Files {
         Ok(())
     }
 
-    fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.live()
             .key_locks
             .entry(key.to_owned())
@@ -411,7 +415,7 @@ impl Files {
             .clone()
     }
 
-    fn release_key_lock(&self, key: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+    pub(super) fn release_key_lock(&self, key: &str, lock: Arc<tokio::sync::Mutex<()>>) {
         let mut live = self.live();
         // Only the map's reference and ours: nobody else waits for this key.
         if Arc::strong_count(&lock) == 2 {

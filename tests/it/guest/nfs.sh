@@ -79,4 +79,19 @@ times_of() {
     echo "atime|$before|$(stat -c '%x' /mnt/tdir/a)"
 }
 step dir-times times_of
+# Hard links: two names, one inode with 2 links; a write through one name reads through the
+# other (after the page cache is dropped); removing the first name leaves the other.
+hard_links() {
+    echo linked >/mnt/hl-a
+    ln /mnt/hl-a /mnt/tdir/hl-b
+    stat -c '%h %i' /mnt/hl-a /mnt/tdir/hl-b
+    echo changed >/mnt/tdir/hl-b
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    cat /mnt/hl-a
+    rm /mnt/hl-a
+    stat -c '%h %i' /mnt/tdir/hl-b
+    cat /mnt/tdir/hl-b
+}
+step hard-links hard_links
 step final-umount umount /mnt

@@ -15,7 +15,6 @@ pub const NFS3ERR_NOTDIR: u32 = 20;
 pub const NFS3ERR_ISDIR: u32 = 21;
 pub const NFS3ERR_INVAL: u32 = 22;
 pub const NFS3ERR_NOTEMPTY: u32 = 66;
-pub const NFS3ERR_NOTSUPP: u32 = 10004;
 
 const NFS: u32 = 100_003;
 const MOUNT: u32 = 100_005;

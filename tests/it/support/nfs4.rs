@@ -1,7 +1,7 @@
 //! A small raw NFSv4.1 client (RFC 8881) over the NFSv3 client's RPC transport: a session
 //! (EXCHANGE_ID, CREATE_SESSION, RECLAIM_COMPLETE), COMPOUNDs behind SEQUENCE, and the
 //! operations the tests need (OPEN, WRITE, COMMIT, READ, LOCK, LOCKT, LOCKU, CLOSE, CREATE,
-//! GETATTR of type and rawdev). Each
+//! LINK, RENAME, GETATTR of type and rawdev, of fileid and numlinks). Each
 //! helper returns the operation's status so tests can assert on DENIED, GRACE, BAD_STATEID
 //! and the rest, and on the bytes of whole replies (the reply cache).
 
@@ -24,6 +24,10 @@ pub const NFS4ERR_TOO_MANY_OPS: u32 = 10070;
 pub const NFS4ERR_OP_NOT_IN_SESSION: u32 = 10071;
 pub const NFS4ERR_INVAL: u32 = 22;
 pub const NFS4ERR_WRONG_TYPE: u32 = 10083;
+pub const NFS4ERR_EXIST: u32 = 17;
+pub const NFS4ERR_XDEV: u32 = 18;
+pub const NFS4ERR_NOTDIR: u32 = 20;
+pub const NFS4ERR_ISDIR: u32 = 21;
 
 pub const OP_CLOSE: u32 = 4;
 pub const OP_COMMIT: u32 = 5;
@@ -33,11 +37,14 @@ pub const OP_GETFH: u32 = 10;
 pub const OP_LOCK: u32 = 12;
 pub const OP_LOCKT: u32 = 13;
 pub const OP_LOCKU: u32 = 14;
+pub const OP_LINK: u32 = 11;
 pub const OP_LOOKUP: u32 = 15;
 pub const OP_OPEN: u32 = 18;
 pub const OP_PUTFH: u32 = 22;
 pub const OP_PUTROOTFH: u32 = 24;
 pub const OP_READ: u32 = 25;
+pub const OP_RENAME: u32 = 29;
+pub const OP_SAVEFH: u32 = 32;
 pub const OP_WRITE: u32 = 38;
 pub const OP_EXCHANGE_ID: u32 = 42;
 pub const OP_CREATE_SESSION: u32 = 43;
@@ -51,11 +58,31 @@ pub const NF4SOCK: u32 = 6;
 pub const NF4FIFO: u32 = 7;
 
 const FATTR4_TYPE: u32 = 1;
+const FATTR4_FILEID: u32 = 20;
+const FATTR4_NUMLINKS: u32 = 35;
 const FATTR4_MODE: u32 = 33;
 const FATTR4_RAWDEV: u32 = 41;
 
 pub const WRITE_LT: u32 = 2;
 pub const FILE_SYNC4: u32 = 2;
+
+/// A change_info4 (RFC 8881 §3.3.8): whether atomic, the change attribute before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeInfo {
+    pub atomic: bool,
+    pub before: u64,
+    pub after: u64,
+}
+
+impl ChangeInfo {
+    fn dec(d: &mut Dec<'_>) -> Self {
+        Self {
+            atomic: d.u32() != 0,
+            before: d.u64(),
+            after: d.u64(),
+        }
+    }
+}
 
 /// A stateid4: seqid and "other".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,15 +447,19 @@ impl Session {
         Ok(d.opaque())
     }
 
-    /// GETATTR of FATTR4_TYPE and FATTR4_RAWDEV: (nfs_ftype4, (specdata1, specdata2)).
-    pub fn type_and_rawdev(&mut self, fh: &[u8]) -> Result<(u32, (u32, u32)), u32> {
+    /// GETATTR of the attributes numbered `attrs` (each below 64): their values' bytes.
+    fn getattr(&mut self, fh: &[u8], attrs: &[u32]) -> Result<Vec<u8>, u32> {
+        let mut words = [0u32; 2];
+        for a in attrs {
+            words[(a / 32) as usize] |= 1 << (a % 32);
+        }
         let e = Enc::default()
             .u32(OP_PUTFH)
             .opaque(fh)
             .u32(OP_GETATTR)
             .u32(2)
-            .u32(1 << FATTR4_TYPE)
-            .u32(1 << (FATTR4_RAWDEV - 32));
+            .u32(words[0])
+            .u32(words[1]);
         let r = self.compound(2, &e.0);
         if r.status != NFS4_OK {
             return Err(r.status);
@@ -436,9 +467,64 @@ impl Session {
         let mut d = Dec::new(last_body(&r));
         let words = d.u32() as usize;
         d.fixed(4 * words);
-        let vals = d.opaque();
+        Ok(d.opaque())
+    }
+
+    /// GETATTR of FATTR4_TYPE and FATTR4_RAWDEV: (nfs_ftype4, (specdata1, specdata2)).
+    pub fn type_and_rawdev(&mut self, fh: &[u8]) -> Result<(u32, (u32, u32)), u32> {
+        let vals = self.getattr(fh, &[FATTR4_TYPE, FATTR4_RAWDEV])?;
         let mut v = Dec::new(&vals);
         Ok((v.u32(), (v.u32(), v.u32())))
+    }
+
+    /// PUTFH `saved`, SAVEFH, PUTFH `current`, then `op` with its encoded arguments: the shape
+    /// of LINK and RENAME. Returns the last result's body.
+    fn saved_and_current(&mut self, saved: &[u8], current: &[u8], op: Enc) -> Result<Vec<u8>, u32> {
+        let e = Enc::default()
+            .u32(OP_PUTFH)
+            .opaque(saved)
+            .u32(OP_SAVEFH)
+            .u32(OP_PUTFH)
+            .opaque(current)
+            .raw(&op.0);
+        let r = self.compound(4, &e.0);
+        if r.status != NFS4_OK {
+            return Err(r.status);
+        }
+        Ok(last_body(&r).to_vec())
+    }
+
+    /// LINK (RFC 8881 §18.9): `file` gets the name `name` in `dir`; returns the directory's
+    /// change_info4.
+    pub fn link(&mut self, file: &[u8], dir: &[u8], name: &str) -> Result<ChangeInfo, u32> {
+        let op = Enc::default().u32(OP_LINK).opaque(name.as_bytes());
+        let body = self.saved_and_current(file, dir, op)?;
+        Ok(ChangeInfo::dec(&mut Dec::new(&body)))
+    }
+
+    /// RENAME (RFC 8881 §18.26) of `from`/`fname` to `to`/`tname`; returns the source and
+    /// target directories' change_info4.
+    pub fn rename(
+        &mut self,
+        from: &[u8],
+        fname: &str,
+        to: &[u8],
+        tname: &str,
+    ) -> Result<(ChangeInfo, ChangeInfo), u32> {
+        let op = Enc::default()
+            .u32(OP_RENAME)
+            .opaque(fname.as_bytes())
+            .opaque(tname.as_bytes());
+        let body = self.saved_and_current(from, to, op)?;
+        let mut d = Dec::new(&body);
+        Ok((ChangeInfo::dec(&mut d), ChangeInfo::dec(&mut d)))
+    }
+
+    /// GETATTR of FATTR4_FILEID and FATTR4_NUMLINKS.
+    pub fn fileid_and_numlinks(&mut self, fh: &[u8]) -> Result<(u64, u32), u32> {
+        let vals = self.getattr(fh, &[FATTR4_FILEID, FATTR4_NUMLINKS])?;
+        let mut v = Dec::new(&vals);
+        Ok((v.u64(), v.u32()))
     }
 
     pub fn close(&mut self, fh: &[u8], sid: &StateId) -> u32 {
@@ -460,7 +546,8 @@ pub fn last_body(r: &Reply) -> &[u8] {
         }
         let op = d.u32();
         let st = d.u32();
-        let bodiless = matches!(op, OP_PUTFH | OP_PUTROOTFH | OP_LOOKUP) && st == NFS4_OK;
+        let bodiless =
+            matches!(op, OP_PUTFH | OP_PUTROOTFH | OP_LOOKUP | OP_SAVEFH) && st == NFS4_OK;
         if !bodiless {
             return d.rest();
         }

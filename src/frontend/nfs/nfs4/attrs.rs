@@ -204,11 +204,12 @@ pub fn encode(env: &AttrEnv<'_>, obj: &Obj<'_>, fh: &[u8], want: &Bitmap) -> (Bi
                     Obj::File(a) => a.size,
                 });
             }
-            // Hard links are refused (a file is one object); no named attributes.
-            FATTR4_LINK_SUPPORT | FATTR4_NAMED_ATTR | FATTR4_CASE_INSENSITIVE => {
+            // No named attributes.
+            FATTR4_NAMED_ATTR | FATTR4_CASE_INSENSITIVE => {
                 v.bool(false);
             }
-            FATTR4_SYMLINK_SUPPORT
+            FATTR4_LINK_SUPPORT
+            | FATTR4_SYMLINK_SUPPORT
             | FATTR4_UNIQUE_HANDLES
             | FATTR4_CANSETTIME
             | FATTR4_CASE_PRESERVING
@@ -248,7 +249,7 @@ pub fn encode(env: &AttrEnv<'_>, obj: &Obj<'_>, fh: &[u8], want: &Bitmap) -> (Bi
                 v.u64(MAX_FILE_SIZE);
             }
             FATTR4_MAXLINK => {
-                v.u32(1);
+                v.u32(crate::gateway::files::MAX_LINKS);
             }
             FATTR4_MAXNAME => {
                 v.u32(MAX_NAME_BYTES as u32);

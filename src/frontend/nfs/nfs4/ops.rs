@@ -22,8 +22,8 @@ use super::{
 /// Room kept in a READ or READDIR reply for the COMPOUND's other results.
 const REPLY_OVERHEAD: u32 = 512;
 const MAX_DIR_ENTRIES: usize = 1024;
-/// READDIR cookies 1 and 2 are reserved (RFC 8881 §18.23.3): an entry's cookie is its file
-/// id plus this.
+/// READDIR cookies 1 and 2 are reserved (RFC 8881 §18.23.3): an entry's cookie is the
+/// gateway's plus this.
 const COOKIE_BASE: u64 = 2;
 
 fn gw(e: GatewayError) -> Fail {
@@ -286,7 +286,7 @@ impl Ops<'_> {
         if cookie == 1 || cookie == 2 {
             return Err(NFS4ERR_BAD_COOKIE.into());
         }
-        // Cookies are file ids, stable whatever is added or removed: one verifier serves.
+        // Cookies are stable whatever is added or removed: one verifier serves.
         let _ = verf;
         let budget = maxcount
             .min(ctx.max_response)
@@ -305,7 +305,7 @@ impl Ops<'_> {
                 let mut v: Vec<(u64, String, Attr)> = page
                     .entries
                     .into_iter()
-                    .map(|e| (e.attr.id.0 + COOKIE_BASE, e.name, e.attr))
+                    .map(|e| (e.cookie + COOKIE_BASE, e.name, e.attr))
                     .collect();
                 if !eof {
                     // Marks "more to come" for the loop below.
@@ -934,16 +934,23 @@ impl Ops<'_> {
             Fh::File(id) => id,
             Fh::Root => return Err(NFS4ERR_ISDIR.into()),
         };
-        let (dir, _) = self.cur_dir(ctx).await?;
+        let (dir, d) = self.cur_dir(ctx).await?;
         let a = self.attr(ctx, file).await?;
         if a.kind == FileKind::Dir {
             return Err(NFS4ERR_ISDIR.into());
         }
+        if a.share != d.share {
+            return Err(NFS4ERR_XDEV.into());
+        }
+        let before = attrs::change_of(&d);
         self.files
             .link(ctx.caller, file, dir, name)
             .await
             .map_err(gw)?;
-        Err(NFS4ERR_NOTSUPP.into())
+        let after = self.change(ctx, Fh::File(dir)).await;
+        let mut out = Out::new();
+        cinfo(&mut out, before, after);
+        Ok(out)
     }
 
     pub(super) async fn setattr(&self, ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> OpResult {
