@@ -353,81 +353,75 @@ impl Cache {
             .ok_or_else(|| self.out_of_range(name, offset, len))? as u64;
         let inner = &self.inner;
         let capacity = inner.config.buffer_capacity;
-        let mut waiting = WaitGuard {
-            inner,
-            counted: false,
-        };
         // Whether the uploader needs to hear of this write: it sleeps until the earliest due
         // upload, so only a newly dirty object or a filling buffer changes its plan. Waking it
         // on every write made it rescan all dirty objects thousands of times a second.
-        let wake_uploader;
-        loop {
-            let space = inner.space.notified();
-            tokio::pin!(space);
-            space.as_mut().enable();
-            {
-                let mut st = inner.state();
-                if st.closed {
-                    return Err(CacheError::Closed);
-                }
-                let mut fits = st.journal.total_bytes() + st.journal.cost(rec_len) <= capacity;
-                if !fits {
-                    let needed = st.needed_from();
-                    st.journal
-                        .reclaim(needed, true)
-                        .map_err(|source| CacheError::Journal {
-                            what: "reclaiming",
-                            source,
-                        })?;
-                    fits = st.journal.total_bytes() + st.journal.cost(rec_len) <= capacity;
-                }
-                if fits {
-                    let seq = st.journal.next_seq();
-                    let encoded = record::encode_parts(&Record {
-                        seq,
-                        name,
-                        offset,
-                        op,
-                    })
-                    .ok_or_else(|| self.out_of_range(name, offset, len))?;
-                    let was_dirty = st.dirty_names.contains(name);
-                    let active = st.journal.active_segment();
-                    let at = st
-                        .journal
-                        .append(&encoded)
-                        .map_err(|source| CacheError::Journal {
-                            what: "appending",
-                            source,
-                        })?;
-                    st.apply(name, offset, op, seq, at);
-                    if active != Some(at.segment) {
-                        // A segment was sealed: free the old ones no extent points into any
-                        // more (records overwritten since), so rewrites of the same data need
-                        // no upload to make room.
-                        // The write is journaled already; a failed delete only keeps space.
-                        let needed = st.needed_from();
-                        if let Err(e) = st.journal.reclaim(needed, false) {
-                            tracing::warn!(error = %e, "journal reclaim failed");
-                        }
-                    }
-                    wake_uploader =
-                        !was_dirty || waiting.counted || st.journal.total_bytes() > capacity / 2;
-                    break;
-                }
-                if !waiting.counted {
-                    waiting.counted = true;
-                    st.writers_waiting += 1;
+        let wake_uploader = wait_for_space(inner, |st, waited| {
+            let mut fits = st.journal.total_bytes() + st.journal.cost(rec_len) <= capacity;
+            if !fits {
+                let needed = st.needed_from();
+                st.journal
+                    .reclaim(needed, true)
+                    .map_err(|source| CacheError::Journal {
+                        what: "reclaiming",
+                        source,
+                    })?;
+                fits = st.journal.total_bytes() + st.journal.cost(rec_len) <= capacity;
+            }
+            if !fits {
+                return Ok(None);
+            }
+            let seq = st.journal.next_seq();
+            let encoded = record::encode_parts(&Record {
+                seq,
+                name,
+                offset,
+                op,
+            })
+            .ok_or_else(|| self.out_of_range(name, offset, len))?;
+            let was_dirty = st.dirty_names.contains(name);
+            let active = st.journal.active_segment();
+            let at = st
+                .journal
+                .append(&encoded)
+                .map_err(|source| CacheError::Journal {
+                    what: "appending",
+                    source,
+                })?;
+            st.apply(name, offset, op, seq, at);
+            if active != Some(at.segment) {
+                // A segment was sealed: free the old ones no extent points into any more
+                // (records overwritten since), so rewrites of the same data need no upload
+                // to make room. The write is journaled already; a failed delete only keeps
+                // space.
+                let needed = st.needed_from();
+                if let Err(e) = st.journal.reclaim(needed, false) {
+                    tracing::warn!(error = %e, "journal reclaim failed");
                 }
             }
-            // The uploader treats waiting writers as urgency and uploads at once.
-            inner.wake.notify_one();
-            space.await;
-        }
-        drop(waiting);
+            Ok(Some(
+                !was_dirty || waited || st.journal.total_bytes() > capacity / 2,
+            ))
+        })
+        .await?;
         if wake_uploader {
             inner.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Waits until the upload buffer has room for about `bytes` more (at most a quarter of the
+    /// buffer is asked for). A hint for callers that hold a lock of their own while they write
+    /// (a volume's snapshot gate): waiting here first, without that lock, means the lock is not
+    /// held for as long as uploads take to free space. A write may still wait, briefly, if
+    /// other writers take the room first.
+    pub async fn room_for(&self, bytes: u64) -> Result<(), CacheError> {
+        let capacity = self.inner.config.buffer_capacity;
+        let bytes = bytes.min(capacity / 4);
+        wait_for_space(&self.inner, |st, _| {
+            Ok((st.journal.total_bytes() + bytes <= capacity).then_some(()))
+        })
+        .await
     }
 
     /// Returns once every write that returned before this call is durable in the journal.
@@ -606,6 +600,39 @@ impl Cache {
             h.abort();
             let _ = h.await;
         }
+    }
+}
+
+/// Runs `attempt` under the index lock until it returns `Some`, waiting for journal space
+/// between tries. While it waits the caller counts as a waiting writer, which the uploader
+/// treats as urgency; `attempt` is told whether it has waited.
+async fn wait_for_space<T>(
+    inner: &Inner,
+    mut attempt: impl FnMut(&mut State, bool) -> Result<Option<T>, CacheError>,
+) -> Result<T, CacheError> {
+    let mut waiting = WaitGuard {
+        inner,
+        counted: false,
+    };
+    loop {
+        let space = inner.space.notified();
+        tokio::pin!(space);
+        space.as_mut().enable();
+        {
+            let mut st = inner.state();
+            if st.closed {
+                return Err(CacheError::Closed);
+            }
+            if let Some(done) = attempt(&mut st, waiting.counted)? {
+                return Ok(done);
+            }
+            if !waiting.counted {
+                waiting.counted = true;
+                st.writers_waiting += 1;
+            }
+        }
+        inner.wake.notify_one();
+        space.await;
     }
 }
 

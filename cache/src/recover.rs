@@ -11,7 +11,13 @@ use crate::record::{self, SEGMENT_HEADER_LEN};
 use crate::{Area, CacheConfig, CacheError};
 
 /// Largest journal segment: big enough to make rotation rare, small enough to reclaim promptly.
-const MAX_SEGMENT_BYTES: u64 = 64 << 20;
+/// Space comes back a segment at a time, so this is also the step in which a full buffer
+/// admits waiting writers: at 64 MiB (and an eighth of the buffer) a sustained writer stalled
+/// until 64 uploads had finished, then ran, then stalled again; at 16 MiB (and a 32nd) it
+/// follows the uploads closely, and the unlink done under the index lock is a quarter as long.
+const MAX_SEGMENT_BYTES: u64 = 16 << 20;
+/// The buffer holds at least this many segments (when the object size allows).
+const MIN_SEGMENTS: u64 = 32;
 
 pub(crate) fn open(config: &CacheConfig) -> Result<State, CacheError> {
     let bad = |reason| Err(CacheError::Config { reason });
@@ -32,7 +38,7 @@ pub(crate) fn open(config: &CacheConfig) -> Result<State, CacheError> {
         .ok_or(CacheError::Config {
             reason: "object_size too large",
         })? as u64;
-    let segment_bytes = (config.buffer_capacity / 8)
+    let segment_bytes = (config.buffer_capacity / MIN_SEGMENTS)
         .min(MAX_SEGMENT_BYTES)
         .max(max_record);
     // Two segments: the active one plus room to seal it and start the next while reclaiming.

@@ -697,3 +697,103 @@ async fn uploads_wait_for_writes_to_pause_but_not_past_the_maximum_age() {
     );
     cache.close().await;
 }
+
+/// A bucket whose uploads finish only as the test allows them, one permit each.
+struct GatedSink {
+    permits: tokio::sync::Semaphore,
+    done: AtomicU64,
+}
+
+impl Sink for GatedSink {
+    fn fetch(&self, _name: &str) -> BoxFuture<'_, Result<Option<Bytes>, SinkError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn upload(&self, _name: &str, _data: Bytes) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.permits.acquire().await.unwrap().forget();
+            self.done.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+/// Lets one more upload finish and gives the cache a moment to act on it.
+async fn release_one(sink: &GatedSink, released: &mut u64) {
+    sink.permits.add_permits(1);
+    *released += 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sink.done.load(Ordering::SeqCst) < *released && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+/// Issue 20: a full buffer admits a waiting writer as soon as uploads free one journal
+/// segment (a few objects), not after a large part of the buffer has drained; `room_for`
+/// waits (counted as a waiting writer) and returns at the same point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_20_a_full_buffer_admits_writers_at_the_pace_of_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 objects' worth of buffer: 32 segments of two records each.
+    let cfg = lazy_config(dir.path(), 256 * OBJ, 64 * OBJ);
+    let sink = Arc::new(GatedSink {
+        permits: tokio::sync::Semaphore::new(0),
+        done: AtomicU64::new(0),
+    });
+    let cache = Cache::open(cfg, sink.clone()).unwrap();
+    // Fill the buffer with distinct objects until a write has to wait.
+    let mut i = 0u16;
+    let blocked = loop {
+        let c = cache.clone();
+        let mut w =
+            tokio::spawn(async move { c.write(&format!("o{i}"), 0, &vec![1; OBJ as usize]).await });
+        i += 1;
+        assert!(i < 200, "the buffer never filled: {:?}", cache.stats());
+        // Done, or counted as waiting: no timing guess, the machine may be slow.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !w.is_finished() && cache.stats().writers_waiting == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "write neither done nor waiting"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if w.is_finished() {
+            (&mut w).await.unwrap().unwrap();
+        } else {
+            break w;
+        }
+    };
+    let room = {
+        let c = cache.clone();
+        tokio::spawn(async move { c.room_for(OBJ).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.stats().writers_waiting < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", cache.stats());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(!room.is_finished() && !blocked.is_finished());
+    // Let uploads finish one at a time until the writer is admitted, then until `room_for` is.
+    let mut released = 0;
+    while !blocked.is_finished() {
+        assert!(
+            released < 4,
+            "{released} uploads and the writer still waits ({i} objects)"
+        );
+        release_one(&sink, &mut released).await;
+    }
+    let for_writer = released;
+    while !room.is_finished() {
+        assert!(
+            released - for_writer < 4,
+            "{released} uploads and room_for still waits ({i} objects)"
+        );
+        release_one(&sink, &mut released).await;
+    }
+    blocked.await.unwrap().unwrap();
+    room.await.unwrap().unwrap();
+    sink.permits.add_permits(1000);
+    cache.drain().await.unwrap();
+    cache.close().await;
+}

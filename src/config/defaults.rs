@@ -11,8 +11,7 @@ pub const NAME: &str = "tidegate";
 pub const REGION: &str = "us-east-1";
 pub const LOCAL_BUCKET_DIR: &str = "bucket";
 pub const CONFIG_FILE: &str = "tidegate.toml";
-pub const CACHE_SIZE: u64 = 1 << 30;
-pub const UPLOAD_BUFFER_SIZE: u64 = 1 << 30;
+// The cache and upload buffer sizes follow the disk: `sizing.rs` holds the rule.
 pub const MIN_DISK_SIZE: u64 = 64 << 20;
 /// object_store's own default is 10 retries within 3 minutes; a gateway's uploader retries again
 /// on top, so a single request gives up sooner and the caller decides.

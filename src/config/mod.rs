@@ -10,6 +10,7 @@ pub mod bandwidth;
 pub mod defaults;
 pub mod file;
 pub mod size;
+pub mod sizing;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -173,6 +174,8 @@ impl Config {
 pub struct DiskConfig {
     pub path: PathBuf,
     pub size: ByteSize,
+    /// Where `size` came from: the config file, or the sizing rule (`sizing.rs`).
+    pub sizing: sizing::Sizing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,13 +350,30 @@ impl Config {
             &data_dir,
             &gateway.key_file.unwrap_or_else(|| PathBuf::from("key")),
         );
-        let cache = disk_config(file.cache, "cache", &data_dir, defaults::CACHE_SIZE)?;
-        let upload_buffer = disk_config(
-            file.upload_buffer,
-            "upload_buffer",
-            &data_dir,
-            defaults::UPLOAD_BUFFER_SIZE,
-        )?;
+        let (cache_path, cache_size) = disk_section(file.cache, "cache", &data_dir)?;
+        let (buffer_path, buffer_size) =
+            disk_section(file.upload_buffer, "upload_buffer", &data_dir)?;
+        // Measured only when the config leaves a size open: statvfs and a walk of the areas.
+        let [cache_auto, buffer_auto] = if cache_size.is_none() || buffer_size.is_none() {
+            sizing::plan(&cache_path, &buffer_path, &data_dir).map(Some)
+        } else {
+            [None, None]
+        };
+        let disk = |path: PathBuf, size: Option<ByteSize>, auto: Option<(u64, sizing::Sizing)>| {
+            let (size, sizing) = match (size, auto) {
+                (Some(size), _) => (size, sizing::Sizing::Configured),
+                (None, Some((bytes, how))) => (ByteSize(bytes), how),
+                (None, None) => (
+                    ByteSize(sizing::FLOOR),
+                    sizing::Sizing::Unmeasured {
+                        fs_path: path.clone(),
+                    },
+                ),
+            };
+            DiskConfig { path, size, sizing }
+        };
+        let cache = disk(cache_path, cache_size, cache_auto);
+        let upload_buffer = disk(buffer_path, buffer_size, buffer_auto);
         let bucket = match file.bucket {
             Some(section) => bucket_config(section, &data_dir)?,
             None if origin == Origin::Embedded => {
@@ -718,15 +738,16 @@ fn load_credentials(path: &Path) -> Result<Credentials, ConfigError> {
     })
 }
 
-fn disk_config(
+/// An area's path and, when the file gives one, its size (checked against the smallest area).
+fn disk_section(
     section: Option<DiskSection>,
     name: &str,
     data_dir: &Path,
-    default_size: u64,
-) -> Result<DiskConfig, ConfigError> {
+) -> Result<(PathBuf, Option<ByteSize>), ConfigError> {
     let section = section.unwrap_or_default();
-    let size = section.size.unwrap_or(ByteSize(default_size));
-    if size.bytes() < defaults::MIN_DISK_SIZE {
+    if let Some(size) = section.size
+        && size.bytes() < defaults::MIN_DISK_SIZE
+    {
         return Err(ConfigError::new(
             format!("{name}.size"),
             format!(
@@ -741,7 +762,7 @@ fn disk_config(
             .path
             .unwrap_or_else(|| PathBuf::from(name.replace('_', "-"))),
     );
-    Ok(DiskConfig { path, size })
+    Ok((path, section.size))
 }
 
 fn absolute(base: &Path, path: &Path) -> PathBuf {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::ByteSize;
+use crate::config::sizing::{FsSpace, fs_space};
 
 /// Space the data dir's filesystem keeps free beyond what the cache areas may still take: the
 /// catalog and its WAL, file-gateway staging, snapshot stages and logs live there.
@@ -45,14 +46,6 @@ pub fn damaged_tapes(tapes: &[crate::catalog::tapes::TapeRow]) -> Vec<String> {
                 .unwrap_or_else(|| format!("tape {} is damaged", t.barcode))
         })
         .collect()
-}
-
-/// Free and total bytes of a filesystem, and an id telling filesystems apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FsSpace {
-    pub id: u64,
-    pub free: u64,
-    pub total: u64,
 }
 
 /// The cache, the upload buffer (each with what it may still grow by, from how much it holds)
@@ -120,6 +113,41 @@ fn problems_with(i: &Inputs, space: impl Fn(&Path) -> Option<FsSpace>) -> Vec<St
     out
 }
 
+/// The upload buffer counts as small for the volumes' writes once a sample finds it this full
+/// (percent): writers are held when it fills, and the buffer exists so that they are not.
+const BUFFER_SMALL_PERCENT: u64 = 90;
+
+/// Advice when the history (the last hour) shows the upload buffer near full: the install
+/// guide's rule, a buffer the size of the largest burst less what the uplink carries meanwhile,
+/// measured as the largest rise of client writes over bucket uploads. `None` when it fits.
+pub fn buffer_warning(
+    samples: &[crate::frontend::api::types::Sample],
+    capacity: u64,
+) -> Option<String> {
+    let peak = samples.iter().map(|s| s.buffer_bytes).max()?;
+    if capacity == 0 || peak.saturating_mul(100) < capacity.saturating_mul(BUFFER_SMALL_PERCENT) {
+        return None;
+    }
+    // Backlog = writes - uploads (cumulative); its largest rise over any earlier point is the
+    // largest burst the buffer had to hold.
+    let mut lowest = i128::MAX;
+    let mut burst = 0i128;
+    for s in samples {
+        let backlog = i128::from(s.write_bytes) - i128::from(s.upload_bytes);
+        lowest = lowest.min(backlog);
+        burst = burst.max(backlog - lowest);
+    }
+    let burst = u64::try_from(burst).unwrap_or(0);
+    Some(format!(
+        "the upload buffer ({}) reached {} in the last hour: volume writes ran up to {} ahead \
+         of uploads, and writers are held when it fills; give upload_buffer.size at least the \
+         largest burst less what the uplink carries during it (docs/install.md, Sizing)",
+        ByteSize(capacity),
+        ByteSize(peak),
+        ByteSize(burst)
+    ))
+}
+
 /// Disks sharing a filesystem share its free space: the cache and the upload buffer on one disk
 /// must both fit. A filesystem is nearly full when its free space is less than what the areas on
 /// it may still take, plus the data dir's reserve if the data dir is there too.
@@ -157,18 +185,6 @@ fn disk_problems(disks: &[Disk], space: impl Fn(&Path) -> Option<FsSpace>) -> Ve
         ));
     }
     out
-}
-
-/// statvfs of `path`, or of its nearest existing parent (an area not created yet still lands on
-/// that filesystem).
-pub fn fs_space(path: &Path) -> Option<FsSpace> {
-    let existing = path.ancestors().find(|p| p.exists())?;
-    let s = rustix::fs::statvfs(existing).ok()?;
-    Some(FsSpace {
-        id: s.f_fsid,
-        free: s.f_bavail.saturating_mul(s.f_frsize),
-        total: s.f_blocks.saturating_mul(s.f_frsize),
-    })
 }
 
 #[cfg(test)]
@@ -250,5 +266,39 @@ mod tests {
         let s = fs_space(&dir.path().join("not/yet")).expect("statvfs");
         assert!(s.total > 0 && s.free <= s.total, "{s:?}");
         assert_eq!(Some(s.id), fs_space(dir.path()).map(|s| s.id));
+    }
+
+    fn sample(
+        write_bytes: u64,
+        upload_bytes: u64,
+        buffer_bytes: u64,
+    ) -> crate::frontend::api::types::Sample {
+        crate::frontend::api::types::Sample {
+            unix: 0,
+            upload_bytes,
+            download_bytes: 0,
+            read_bytes: 0,
+            write_bytes,
+            buffer_bytes,
+        }
+    }
+
+    #[test]
+    fn buffer_warning_names_the_burst_once_the_buffer_neared_full() {
+        const MIB: u64 = 1 << 20;
+        // Writes ran 900 MiB ahead of uploads and the 1 GiB buffer reached 95%.
+        let full = [
+            sample(0, 0, 0),
+            sample(500 * MIB, 100 * MIB, 400 * MIB),
+            sample(1200 * MIB, 300 * MIB, 973 * MIB),
+            sample(1300 * MIB, 1300 * MIB, 0),
+        ];
+        let w = buffer_warning(&full, 1024 * MIB).expect("a warning");
+        assert!(w.contains("900 MiB ahead"), "{w}");
+        assert!(w.contains("upload_buffer.size"), "{w}");
+        // The same traffic with a buffer that never passed 90%: nothing to say.
+        let calm = full.map(|s| sample(s.write_bytes, s.upload_bytes, s.buffer_bytes / 2));
+        assert_eq!(buffer_warning(&calm, 1024 * MIB), None);
+        assert_eq!(buffer_warning(&[], 1024 * MIB), None);
     }
 }

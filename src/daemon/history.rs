@@ -43,6 +43,7 @@ mod tests {
                 download_bytes: 0,
                 read_bytes: 0,
                 write_bytes: 0,
+                buffer_bytes: 0,
             });
         }
         let s = h.samples();

@@ -703,3 +703,61 @@ fn share_metrics_and_status_follow_an_nfs_client() {
     promtool(&after);
     assert_eq!(gw.stop(), Some(0));
 }
+
+/// Issue 20: the embedded default sizes the cache and the upload buffer from the file system
+/// that holds them, and the API and `tidegate status` say how large they are and why; a size
+/// set in the config wins and says so.
+#[test]
+fn issue_20_status_shows_the_area_sizes_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gw = start(&data, None);
+    let status = Api::of(&gw, &data).ok("GET", "/api/v1/status", None);
+    // The rule's input measured with coreutils: free space of the file system (the areas hold
+    // next to nothing yet). Other processes write meanwhile, so allow 2 GiB of drift.
+    let df = Command::new(tool("stat"))
+        .args(["-f", "--format", "%a %S"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let fields: Vec<u64> = stdout(&df)
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let free = fields[0] * fields[1];
+    let expected = (free / 100 * 30).clamp(1 << 30, 512 << 30);
+    for area in ["cache", "upload_buffer"] {
+        let capacity = status[area]["capacity"].as_u64().unwrap();
+        assert!(
+            capacity.abs_diff(expected) < 2 << 30,
+            "{area}: {capacity} for {free} free: {status}"
+        );
+        let why = status[area]["sizing"].as_str().unwrap();
+        assert!(why.starts_with("automatic: 30% of "), "{area}: {why}");
+    }
+    let text = stdout(&crate::support::run(
+        crate::support::tidegate(&data).arg("status"),
+    ));
+    assert_eq!(
+        text.matches("automatic: 30% of ").count(),
+        2,
+        "both areas, with their reason: {text}"
+    );
+    drop(gw);
+
+    // A configured size is used as given and named as such; the cache still follows the disk.
+    let data2 = dir.path().join("data2");
+    crate::support::activate_with_dir_bucket(&data2, &dir.path().join("bucket2"));
+    let config = data2.join("tidegate.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[upload_buffer]\nsize = \"256MiB\"\n");
+    std::fs::write(&config, text).unwrap();
+    let out = crate::support::run(crate::support::tidegate(&data2).arg("status"));
+    let text = stdout(&out);
+    assert!(text.contains("256 MiB (not created yet)"), "{text}");
+    assert!(
+        text.contains("upload_buffer.size set in the config"),
+        "{text}"
+    );
+    assert!(text.contains("automatic: 30% of "), "{text}");
+}

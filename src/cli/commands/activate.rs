@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use crate::cli::args::ActivateArgs;
 use crate::config::defaults;
 use crate::config::file::{BucketSection, DiskSection, FileConfig, GatewaySection};
+use crate::config::sizing::Role;
 use crate::store::keycheck::Pairing;
 
 /// Where `activate` and `recover` write the config.
@@ -94,6 +95,18 @@ fn print_activation(done: &crate::daemon::activate::Activation) -> Result<ExitCo
         done.fingerprint,
         if done.key_created { ", new" } else { "" }
     )?;
+    for (what, disk, role) in [
+        ("cache:  ", &done.config.cache, Role::Cache),
+        ("buffer: ", &done.config.upload_buffer, Role::UploadBuffer),
+    ] {
+        writeln!(
+            out,
+            "  {what} {} at {} ({})",
+            disk.size,
+            disk.path.display(),
+            disk.sizing.describe(role, disk.size.bytes())
+        )?;
+    }
     if done.key_created {
         writeln!(
             out,

@@ -87,8 +87,20 @@ pub fn run(config: Config) -> Result<ExitCode> {
         s.catalog_schema
             .map_or("not created yet".to_owned(), |v| format!("schema v{v}"))
     )?;
-    writeln!(out, "cache:          {}", area(&s.cache))?;
-    writeln!(out, "upload buffer:  {}", area(&s.upload_buffer))?;
+    // A running daemon sized its areas when it started: its figures, not this look's.
+    let (cache_cap, buffer_cap) = if snap.running {
+        (snap.cache.capacity, snap.upload_buffer.capacity)
+    } else {
+        (s.cache.capacity, s.upload_buffer.capacity)
+    };
+    writeln!(out, "cache:          {}", area(&s.cache, cache_cap))?;
+    writeln!(out, "                {}", snap.cache.sizing)?;
+    writeln!(
+        out,
+        "upload buffer:  {}",
+        area(&s.upload_buffer, buffer_cap)
+    )?;
+    writeln!(out, "                {}", snap.upload_buffer.sizing)?;
     if snap.running {
         let c = &snap.cache;
         let lookups = c.hits + c.misses;
@@ -207,6 +219,9 @@ pub fn run(config: Config) -> Result<ExitCode> {
     for p in &snap.problems {
         writeln!(out, "PROBLEM:        {p}")?;
     }
+    for w in &snap.warnings {
+        writeln!(out, "warning:        {w}")?;
+    }
     Ok(if s.healthy() {
         ExitCode::SUCCESS
     } else {
@@ -214,18 +229,18 @@ pub fn run(config: Config) -> Result<ExitCode> {
     })
 }
 
-fn area(a: &AreaStatus) -> String {
+fn area(a: &AreaStatus, capacity: u64) -> String {
     match a.used {
         Some(used) => format!(
             "{}  {} of {} used",
             a.path.display(),
             ByteSize(used),
-            ByteSize(a.capacity)
+            ByteSize(capacity)
         ),
         None => format!(
             "{}  {} (not created yet)",
             a.path.display(),
-            ByteSize(a.capacity)
+            ByteSize(capacity)
         ),
     }
 }

@@ -185,6 +185,7 @@ impl Manager {
             download_bytes: t.get_bytes,
             read_bytes,
             write_bytes,
+            buffer_bytes: l.cache.stats().buffer_bytes,
         });
     }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::catalog::Catalog;
 use crate::catalog::tapes::{TapeRow, TapeState};
 use crate::config::Config;
+use crate::config::sizing::Role;
 use crate::daemon::health;
 use crate::daemon::volumes::target_name;
 use crate::frontend::api::types::{
@@ -99,6 +100,11 @@ pub fn assemble(config: &Config, listed: Listed, live: Option<&Live>) -> Status 
         ..Status::default()
     };
     s.cache.capacity = config.cache.size.bytes();
+    s.cache.sizing = config.cache.sizing.describe(Role::Cache, s.cache.capacity);
+    s.upload_buffer.sizing = config
+        .upload_buffer
+        .sizing
+        .describe(Role::UploadBuffer, config.upload_buffer.size.bytes());
     match live {
         Some(l) => {
             from_live(l, &mut s);
@@ -117,6 +123,12 @@ pub fn assemble(config: &Config, listed: Listed, live: Option<&Live>) -> Status 
         disks: health::disks(config, s.cache.bytes, s.upload_buffer.bytes),
     });
     s.problems.extend(listed.problem);
+    if let Some(l) = live {
+        s.warnings.extend(health::buffer_warning(
+            &l.history.samples(),
+            s.upload_buffer.capacity,
+        ));
+    }
     s.healthy = s.problems.is_empty();
     s
 }

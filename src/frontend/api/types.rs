@@ -329,6 +329,9 @@ pub struct Sample {
     pub download_bytes: u64,
     pub read_bytes: u64,
     pub write_bytes: u64,
+    /// The upload buffer's fill level when sampled.
+    #[serde(default)]
+    pub buffer_bytes: u64,
 }
 
 // ---- status --------------------------------------------------------------------------------
@@ -337,6 +340,9 @@ pub struct Sample {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheFigures {
     pub capacity: u64,
+    /// Why the capacity is what it is: the config, or the sizing rule and what it measured.
+    #[serde(default)]
+    pub sizing: String,
     pub bytes: u64,
     pub dirty_bytes: u64,
     /// Age of the oldest data not yet in the bucket.
@@ -349,6 +355,9 @@ pub struct CacheFigures {
 pub struct BufferFigures {
     pub bytes: u64,
     pub capacity: u64,
+    /// Why the capacity is what it is (as `CacheFigures::sizing`).
+    #[serde(default)]
+    pub sizing: String,
 }
 
 /// Requests to the bucket since start.
@@ -451,6 +460,10 @@ pub struct Status {
     pub running: bool,
     pub healthy: bool,
     pub problems: Vec<String>,
+    /// Advice that does not make the gateway unhealthy (an upload buffer small for the
+    /// volumes' write bursts).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub cache: CacheFigures,
     pub upload_buffer: BufferFigures,
     pub uploads: u64,

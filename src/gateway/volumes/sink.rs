@@ -107,14 +107,19 @@ impl Sink for BucketSink {
         Box::pin(async move {
             let (owner, index) = parsed.ok_or_else(|| not_ours(&name))?;
             let stored = self.chunks.put(data).await.map_err(store_error)?;
-            let id = match &stored {
+            let id = match stored {
                 ChunkRef::Zero => None,
-                ChunkRef::Stored(id) => Some(&id.0),
+                ChunkRef::Stored(id) => Some(id.0),
             };
-            match owner {
-                Owner::Volume(v) => self.catalog.set_chunk(v, index, id),
-                Owner::Tape(t) => self.catalog.set_tape_chunk(t, index, id),
-            }
+            // A synchronous SQLite commit (an fsync): on a blocking thread, not on one of the
+            // runtime's few workers, where it stalled every client's I/O once per upload.
+            let catalog = self.catalog.clone();
+            tokio::task::spawn_blocking(move || match owner {
+                Owner::Volume(v) => catalog.set_chunk(v, index, id.as_ref()),
+                Owner::Tape(t) => catalog.set_tape_chunk(t, index, id.as_ref()),
+            })
+            .await
+            .map_err(|e| SinkError::new(SinkErrorKind::Other, e.to_string()))?
             .map_err(catalog_error)
         })
     }

@@ -197,6 +197,10 @@ impl BlockDevice for Volume {
     fn write(&self, lba: u64, data: Bytes, fua: bool) -> BoxFuture<'_, Result<(), GatewayError>> {
         Box::pin(async move {
             let (offset, len) = write_range(&self.row, lba, data.len())?;
+            // Room in the upload buffer first, without the gate: a write that waited for
+            // uploads while holding it would hold a snapshot's cut (and every write queued
+            // behind the cut) for as long as uploads take.
+            self.cache.room_for(len).await.map_err(cache_error)?;
             let _writing = self.gate.read().await;
             let mut at = 0usize;
             for s in self.segments(offset, len) {
