@@ -10,7 +10,6 @@ mod cli;
 mod compat;
 mod console;
 mod device;
-mod device_cluster;
 mod device_export;
 mod device_full;
 mod device_nfs;

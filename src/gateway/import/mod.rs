@@ -14,7 +14,6 @@
 //! manifest) only once its segments are durable and its record committed; a job's data set
 //! never changes after SEALED.
 
-mod cluster;
 mod device;
 mod etag;
 mod export;
@@ -28,12 +27,11 @@ mod segments;
 mod share;
 mod transfer;
 
-pub use cluster::{ClusterLink, QuorumLost, WriteGate};
 pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult, device_dir};
 pub use export::{ExportOptions, ExportReport, open_export, run_export};
 pub use job::{
-    CreatedJob, JobKind, JobManifestFile, JobRequest, JobState, JobStatus, adopt_job, check_unlock,
-    complete_job, create_job, job_status, unlock_job, unlock_job_in,
+    CreatedJob, JobKind, JobManifestFile, JobRequest, JobState, JobStatus, complete_job,
+    create_job, job_status, unlock_job,
 };
 pub use manifest::ManifestCheck;
 pub use multipart::{PartInfo, UploadInfo};
