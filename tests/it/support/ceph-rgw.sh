@@ -7,6 +7,8 @@
 # Prints nothing on success; DIR/ceph.conf is the cluster's config and DIR/*.log its logs. The
 # daemons' pids are in DIR/run/*.pid (the caller stops them). Exits non-zero on a failed step.
 set -euo pipefail
+# Name the step that failed: most steps send their own output to /dev/null.
+trap 'echo "ceph-rgw.sh: line $LINENO: \"$BASH_COMMAND\" exited $?" >&2' ERR
 dir=$1 mon_port=$2 rgw_port=$3 access_key=$4 secret_key=$5
 mkdir -p "$dir"/{run,mon.a,osd.0,mgr.x}
 conf=$dir/ceph.conf

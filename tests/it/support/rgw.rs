@@ -65,11 +65,15 @@ impl Rgw {
                 eprintln!("rgw attempt {attempt}: bucket not ready: {made:?}");
             }
             eprintln!(
-                "rgw attempt {attempt} failed: {}\nrgw log:\n{}",
+                "rgw attempt {attempt} failed ({}): {}\nrgw log:\n{}",
+                out.status,
                 String::from_utf8_lossy(&out.stderr),
                 std::fs::read_to_string(rgw.dir.path().join("client.rgw.a.log"))
                     .unwrap_or_default()
             );
+            // A step that failed at once (a port taken between choosing and binding it, a
+            // daemon of the previous attempt still going away) may not fail a moment later.
+            std::thread::sleep(Duration::from_secs(2));
         }
         panic!("ceph rgw did not start after 3 attempts");
     }
