@@ -547,4 +547,63 @@ pub enum DeviceCommand {
     },
     /// Lock the unlocked device: its key is dropped and the endpoint stops.
     Lock,
+    /// The unlocked device's job and, in a device cluster, every device's state, the data
+    /// set's redundancy and whether writes are accepted.
+    Status,
+    /// Device clusters: several devices hold one job's data set in a Garage cluster
+    /// (docs/operations.md, "Device clusters").
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// On the first device: set up its Garage node for the job and print the join token for
+    /// the others. `device unlock` then runs the node and waits for the other devices.
+    Create {
+        /// The job's manifest file (written by `job create` on this device).
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// How many devices the cluster has (at least 3: one per copy); the first layout is
+        /// applied once this many have joined.
+        #[arg(long)]
+        devices: usize,
+        #[command(flatten)]
+        node: ClusterNodeArgs,
+    },
+    /// On every other device: join the cluster with the token `cluster create` printed and a
+    /// copy of the job's manifest file.
+    Join {
+        /// The join token (TIDEGATE_CLUSTER_TOKEN keeps it out of the process list).
+        #[arg(long, env = "TIDEGATE_CLUSTER_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        #[command(flatten)]
+        node: ClusterNodeArgs,
+    },
+}
+
+/// This device's Garage node.
+#[derive(Debug, clap::Args)]
+pub struct ClusterNodeArgs {
+    /// This device's name in the cluster (its Garage zone); unique per device.
+    #[arg(long)]
+    pub name: String,
+    /// Garage's RPC address, bound and announced to the other devices (must be reachable
+    /// from them).
+    #[arg(long, value_name = "IP:PORT")]
+    pub rpc_addr: std::net::SocketAddr,
+    /// Garage's S3 API, used only by this device's tidegate.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:3900")]
+    pub garage_s3_listen: std::net::SocketAddr,
+    /// Garage's admin API, used only by this device's tidegate.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:3903")]
+    pub garage_admin_listen: std::net::SocketAddr,
+    /// Capacity this device offers to the cluster (default: the data dir's free space).
+    #[arg(long)]
+    pub capacity: Option<ByteSize>,
+    /// The garage binary (default: $TIDEGATE_GARAGE, `garage` on PATH, ~/.cargo/bin/garage).
+    #[arg(long, value_name = "PATH")]
+    pub garage_bin: Option<PathBuf>,
 }

@@ -2,8 +2,8 @@
 //! which `job seal` and `device lock` reach the process that holds the key.
 //!
 //! The control protocol is one line each way: `seal` → `ok <objects> <bytes>`, `lock` → `ok`
-//! (then the process drops the key and exits), `status` → `ok <job>`; failures are
-//! `error <message>`. Invariant: the key lives only in this process; locking ends it. The
+//! (then the process drops the key and exits), `status` → `ok <job>`, `cluster` → `ok <JSON of
+//! the cluster's status>` or `ok standalone`; failures are `error <message>`. Invariant: the key lives only in this process; locking ends it. The
 //! endpoint's TLS key (a fresh one per unlock) likewise lives only here; its certificate is
 //! written to `DATA_DIR/device/<job>/endpoint-cert.pem` for clients to trust.
 
@@ -15,6 +15,9 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 use crate::frontend::s3::EndpointTls;
 use crate::gateway::import::{Device, device_dir};
+
+/// The cluster's status as the health watch keeps it, for `device status`.
+pub type ClusterView = std::sync::Arc<std::sync::RwLock<crate::daemon::cluster::ClusterStatus>>;
 
 /// How the S3 endpoint speaks. The CLI allows plain HTTP on a loopback address only.
 #[derive(Debug, Clone)]
@@ -95,6 +98,7 @@ pub async fn serve(
     listen: SocketAddr,
     transport: Transport,
     run_dir: &Path,
+    cluster: Option<ClusterView>,
     ready: impl FnOnce(&Endpoint),
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(run_dir)?;
@@ -138,8 +142,9 @@ pub async fn serve(
                 let Ok((stream, _)) = accepted else { continue };
                 let device = device.clone();
                 let stop_tx = stop_tx.clone();
+                let cluster = cluster.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &device, &stop_tx).await {
+                    if let Err(e) = handle(stream, &device, cluster.as_ref(), &stop_tx).await {
                         tracing::warn!(error = %e, "device control connection");
                     }
                 });
@@ -155,6 +160,7 @@ pub async fn serve(
 async fn handle(
     stream: UnixStream,
     device: &Device,
+    cluster: Option<&ClusterView>,
     stop: &tokio::sync::watch::Sender<bool>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -168,6 +174,16 @@ async fn handle(
             Err(e) => format!("error {e}"),
         },
         "lock" => "ok".to_owned(),
+        "cluster" => match cluster {
+            None => "ok standalone".to_owned(),
+            Some(view) => {
+                let snapshot = view.read().unwrap_or_else(|p| p.into_inner()).clone();
+                match serde_json::to_string(&snapshot) {
+                    Ok(json) => format!("ok {json}"),
+                    Err(e) => format!("error {e}"),
+                }
+            }
+        },
         other => format!("error unknown command {other:?}"),
     };
     write.write_all(format!("{reply}\n").as_bytes()).await?;

@@ -8,6 +8,7 @@
 pub mod activate;
 pub mod backup;
 pub mod bandwidth;
+pub mod cluster;
 pub mod device;
 pub mod device_nfs;
 pub mod health;

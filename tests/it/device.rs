@@ -215,6 +215,12 @@ impl Unlocked {
         cmd
     }
 
+    /// kill -9 of the device process (a power loss), waiting until it is gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn lock(mut self, job: &Job) {
         let o = run(tidegate(&job.data).args(["device", "lock"]));
         assert!(o.status.success(), "device lock: {}", stderr(&o));

@@ -10,6 +10,7 @@ mod cli;
 mod compat;
 mod console;
 mod device;
+mod device_cluster;
 mod device_export;
 mod device_full;
 mod device_nfs;

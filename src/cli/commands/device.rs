@@ -9,11 +9,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 
 use crate::catalog::Catalog;
-use crate::cli::args::DeviceCommand;
+use crate::cli::args::{ClusterCommand, ClusterNodeArgs, DeviceCommand};
 use crate::cli::{UsageError, gateway_error};
 use crate::config::Config;
+use crate::daemon::cluster::{self, ClusterFile, ClusterStatus, Setup};
 use crate::daemon::device::{Transport, cert_path, serve};
-use crate::gateway::import::{JobManifestFile, unlock_job};
+use crate::gateway::import::{JobManifestFile, adopt_job, unlock_job_in};
 
 pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
     let rt = crate::cli::runtime()?;
@@ -38,10 +39,49 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
                 .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
             let catalog = Arc::new(Catalog::open(&config.catalog_path())?);
             let manifest = JobManifestFile::read(&unlock.manifest).map_err(gateway_error)?;
+            let cluster_file = ClusterFile::load(&config.data_dir)?;
+            if let Some(file) = &cluster_file
+                && file.job != manifest.job
+            {
+                bail!(
+                    "this device is in the cluster of job {}, not job {}",
+                    file.job,
+                    manifest.job
+                );
+            }
             rt.block_on(async {
-                let device = unlock_job(catalog, &config.data_dir, &manifest, &unlock.unlock_code)
+                // The key is checked before the cluster starts: a wrong code starts nothing.
+                crate::gateway::import::check_unlock(&catalog, &manifest, &unlock.unlock_code)
                     .await
                     .map_err(refused)?;
+                let cluster = match &cluster_file {
+                    Some(file) => Some(
+                        cluster::start(&config.data_dir, file, |line| {
+                            let _ = writeln!(std::io::stdout(), "{line}");
+                        })
+                        .await
+                        .context("bringing up the device cluster")?,
+                    ),
+                    None => None,
+                };
+                let link = cluster.as_ref().map(|c| c.link.clone());
+                let device = match unlock_job_in(
+                    catalog,
+                    &config.data_dir,
+                    &manifest,
+                    &unlock.unlock_code,
+                    link,
+                )
+                .await
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        if let Some(c) = cluster {
+                            c.stop().await;
+                        }
+                        return Err(refused(e));
+                    }
+                };
                 let (access, secret) = device.credentials();
                 let (objects, bytes) = device.object_count();
                 let bucket = device.bucket_name().to_owned();
@@ -72,11 +112,13 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
                         cert_path: cert_path(&config.data_dir, &job),
                     }
                 };
+                let view = cluster.as_ref().map(|c| c.status.clone());
                 let served = serve(
                     device,
                     s3_listen,
                     transport,
                     &config.run_dir(),
+                    view,
                     |endpoint| {
                         let mut out = std::io::stdout().lock();
                         let _ = writeln!(
@@ -99,12 +141,40 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
                 if let Some(nfs) = nfs {
                     nfs.stop().await;
                 }
+                if let Some(c) = cluster {
+                    c.stop().await;
+                }
                 served.context("serving the device")?;
                 writeln!(std::io::stdout(), "locked: job {job}'s key dropped")?;
                 Ok::<_, anyhow::Error>(())
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        DeviceCommand::Status => {
+            let run = config.run_dir();
+            let Some(job) = rt.block_on(crate::daemon::device::control(&run, "status"))? else {
+                writeln!(std::io::stdout(), "no device is unlocked")?;
+                return Ok(ExitCode::SUCCESS);
+            };
+            let reply = rt
+                .block_on(crate::daemon::device::control(&run, "cluster"))?
+                .unwrap_or_default();
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "device: {}", job.trim_start_matches("ok "))?;
+            match reply.strip_prefix("ok ") {
+                Some("standalone") => writeln!(out, "cluster: none (standalone device)")?,
+                Some(json) => {
+                    let status: ClusterStatus =
+                        serde_json::from_str(json).context("reading the cluster status")?;
+                    for line in status.lines() {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                None => bail!("the device answered {reply:?}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Cluster(cmd) => cluster_command(cmd, &config),
         DeviceCommand::Lock => {
             match rt.block_on(crate::daemon::device::control(&config.run_dir(), "lock"))? {
                 Some(reply) if reply == "ok" => {
@@ -117,6 +187,65 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
             }
+        }
+    }
+}
+
+fn setup_of(node: ClusterNodeArgs) -> Setup {
+    Setup {
+        name: node.name,
+        rpc_addr: node.rpc_addr,
+        s3_addr: node.garage_s3_listen,
+        admin_addr: node.garage_admin_listen,
+        capacity_bytes: node.capacity.map(|c| c.bytes()),
+        garage_bin: node.garage_bin,
+    }
+}
+
+fn cluster_command(cmd: ClusterCommand, config: &Config) -> Result<ExitCode> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let catalog = Catalog::open(&config.catalog_path())?;
+    match cmd {
+        ClusterCommand::Create {
+            manifest,
+            devices,
+            node,
+        } => {
+            let manifest = JobManifestFile::read(&manifest).map_err(gateway_error)?;
+            if catalog.job(&manifest.job)?.is_none() {
+                bail!("job {} was not created on this device", manifest.job);
+            }
+            let (file, token) =
+                cluster::create(&config.data_dir, &manifest.job, devices, &setup_of(node))?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "cluster for job {} created: this device is {:?}, node {}",
+                file.job,
+                file.name,
+                file.peer.unwrap_or_default()
+            )?;
+            writeln!(out, "devices: {devices}")?;
+            writeln!(out, "join token: {token}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Join {
+            token,
+            manifest,
+            node,
+        } => {
+            let manifest = JobManifestFile::read(&manifest).map_err(gateway_error)?;
+            let file = cluster::join(&config.data_dir, &manifest.job, &token, &setup_of(node))?;
+            adopt_job(&catalog, &manifest).map_err(gateway_error)?;
+            writeln!(
+                std::io::stdout(),
+                "joined the cluster of job {} as {:?} ({} devices); `device unlock` starts the node",
+                file.job,
+                file.name,
+                file.size
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

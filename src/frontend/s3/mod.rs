@@ -134,6 +134,7 @@ impl S3 for DeviceS3 {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         self.bucket(&req.input.bucket)?;
+        self.device.sync_all().await.map_err(error::s3_error)?;
         Ok(S3Response::new(list::objects_v1(&self.device, req.input)))
     }
 
@@ -142,6 +143,7 @@ impl S3 for DeviceS3 {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         self.bucket(&req.input.bucket)?;
+        self.device.sync_all().await.map_err(error::s3_error)?;
         Ok(S3Response::new(list::objects_v2(&self.device, req.input)?))
     }
 
@@ -160,6 +162,10 @@ impl S3 for DeviceS3 {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         self.bucket(&req.input.bucket)?;
+        self.device
+            .sync_key(&req.input.key)
+            .await
+            .map_err(error::s3_error)?;
         Ok(S3Response::new(objects::get(&self.device, req.input)?))
     }
 
@@ -168,6 +174,10 @@ impl S3 for DeviceS3 {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.bucket(&req.input.bucket)?;
+        self.device
+            .sync_key(&req.input.key)
+            .await
+            .map_err(error::s3_error)?;
         Ok(S3Response::new(objects::head(&self.device, req.input)?))
     }
 
@@ -198,8 +208,9 @@ impl S3 for DeviceS3 {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         self.bucket(&req.input.bucket)?;
-        if let CopySource::Bucket { bucket, .. } = &req.input.copy_source {
+        if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
             self.bucket(bucket)?;
+            self.device.sync_key(key).await.map_err(error::s3_error)?;
         }
         Ok(S3Response::new(
             objects::copy(&self.device, req.input).await?,

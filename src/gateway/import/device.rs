@@ -22,6 +22,7 @@ pub type ByteStream =
 use crate::catalog::Catalog;
 use crate::catalog::jobs::JobRow;
 use crate::gateway::GatewayError;
+use crate::gateway::import::cluster::{ClusterLink, RecordCache};
 use crate::gateway::import::job::{JobState, bucket_of};
 use crate::gateway::import::record::{self, ExpectedDigests, ObjectRecord};
 use crate::gateway::import::segments::{self, SegmentStore, SegmentWriter};
@@ -108,6 +109,9 @@ pub(crate) struct Inner {
     pub sealed: AtomicBool,
     /// Records that did not open when the device was unlocked (tampered or damaged).
     pub unreadable: u64,
+    /// The cluster holding the data set, when the device is one of a device cluster.
+    pub cluster: Option<ClusterLink>,
+    pub records: RecordCache,
 }
 
 /// An unlocked device (cheap to clone; the key goes when the last clone does).
@@ -130,6 +134,7 @@ impl Device {
         data_dir: &Path,
         row: JobRow,
         key: MasterKey,
+        cluster: Option<ClusterLink>,
     ) -> Result<Self, GatewayError> {
         let (bucket, _prefix) = bucket_of(&row.bucket_url)?;
         let dir = device_dir(data_dir, &row.id);
@@ -139,11 +144,18 @@ impl Device {
             job: row.id.clone(),
             dir,
             codec: codec.clone(),
+            remote: cluster.as_ref().map(|c| c.bucket.clone()),
         });
         let mut index = BTreeMap::new();
         let mut unreadable = 0;
         let mut referenced = std::collections::HashSet::new();
-        for obj in catalog.job_objects(&row.id)? {
+        // A cluster's index is its bucket's records (`sync_all` below), never this catalog's.
+        let local = if cluster.is_some() {
+            Vec::new()
+        } else {
+            catalog.job_objects(&row.id)?
+        };
+        for obj in local {
             let aad = record::object_aad(&row.id, &obj.name_id);
             match record::open::<ObjectRecord>(&codec, &aad, obj.record) {
                 Ok(rec) if keys::name_id(&key, &rec.key).as_slice() == obj.name_id => {
@@ -177,8 +189,16 @@ impl Device {
                 commit: tokio::sync::Mutex::new(()),
                 sealed: AtomicBool::new(!state.accepts_writes()),
                 unreadable,
+                cluster,
+                records: RecordCache::default(),
             }),
         };
+        if device.in_cluster() {
+            // Orphan segments cannot be told from another device's writes in flight: a
+            // cluster's are left (unreferenced ciphertext), never removed here.
+            device.sync_all().await?;
+            return Ok(device);
+        }
         if state.accepts_writes() {
             let orphans: Vec<String> = device
                 .inner
@@ -237,7 +257,9 @@ impl Device {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<ObjectRecord>>> {
+    pub(crate) fn write_index(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<ObjectRecord>>> {
         self.inner
             .index
             .write()
@@ -245,6 +267,9 @@ impl Device {
     }
 
     pub(crate) fn check_writable(&self) -> Result<(), GatewayError> {
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.gate.check()?;
+        }
         if self.is_sealed() {
             return Err(GatewayError::ReadOnly(format!(
                 "job {} is sealed; its data set can no longer change",
@@ -316,6 +341,10 @@ impl Device {
             size: rec.size,
             sha256: rec.sha256.clone(),
         };
+        if let Err(e) = self.publish(&name_id, &sealed).await {
+            self.inner.segs.remove(&rec.segments).await;
+            return Err(e);
+        }
         if let Err(e) =
             self.inner
                 .catalog
@@ -367,6 +396,7 @@ impl Device {
         let _guard = self.inner.commit.lock().await;
         self.check_writable()?;
         let name_id = keys::name_id(&self.inner.key, key);
+        self.unpublish(&name_id).await?;
         self.inner
             .catalog
             .delete_job_object(&self.inner.job, &name_id)?;
@@ -489,8 +519,12 @@ pub(crate) fn segment_stream(
     let stream = futures::stream::iter(pieces)
         .map(move |(seg, from, to)| {
             let segs = segs.clone();
+            // A task per segment: a bucket read's future is not `Sync`, its handle is.
+            let read = tokio::spawn(async move { segs.read(&seg).await });
             async move {
-                let data = segs.read(&seg).await?;
+                let data = read
+                    .await
+                    .map_err(|e| GatewayError::Internal(Box::new(e)))??;
                 let from = usize::try_from(from).unwrap_or(usize::MAX);
                 let to = usize::try_from(to).unwrap_or(usize::MAX);
                 Ok(data.slice(from..to))

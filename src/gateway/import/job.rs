@@ -15,6 +15,7 @@ use crate::catalog::jobs::{JobCounts, JobRow};
 use crate::config::{BucketConfig, BucketLocation, Credentials, parse_bucket_url};
 use crate::gateway::GatewayError;
 use crate::gateway::import::Device;
+use crate::gateway::import::cluster::ClusterLink;
 use crate::store::MasterKey;
 use crate::store::device::{self as keys, KdfParams};
 
@@ -293,6 +294,16 @@ pub(crate) async fn job_key(
     Ok((row, key))
 }
 
+/// Checks an unlock code against a job's manifest file and catalog row, opening nothing (a
+/// device cluster starts only for the right code).
+pub async fn check_unlock(
+    catalog: &Catalog,
+    manifest: &JobManifestFile,
+    code: &str,
+) -> Result<(), GatewayError> {
+    job_key(catalog, manifest, code).await.map(|_| ())
+}
+
 /// Checks the key, lets `next` refuse the job or name the state it moves to, and opens the
 /// job's data set.
 pub(crate) async fn open_job(
@@ -302,6 +313,18 @@ pub(crate) async fn open_job(
     code: &str,
     next: impl FnOnce(&JobRow, JobState) -> Result<Option<JobState>, GatewayError>,
 ) -> Result<Device, GatewayError> {
+    open_job_in(catalog, data_dir, manifest, code, next, None).await
+}
+
+/// `open_job`, with the data set in a device cluster when `cluster` is given.
+async fn open_job_in(
+    catalog: Arc<Catalog>,
+    data_dir: &Path,
+    manifest: &JobManifestFile,
+    code: &str,
+    next: impl FnOnce(&JobRow, JobState) -> Result<Option<JobState>, GatewayError>,
+    cluster: Option<ClusterLink>,
+) -> Result<Device, GatewayError> {
     let (row, key) = job_key(&catalog, manifest, code).await?;
     let state = JobState::parse(&row.state).unwrap_or(JobState::Failed);
     if let Some(next) = next(&row, state)? {
@@ -310,7 +333,7 @@ pub(crate) async fn open_job(
     let row = catalog
         .job(&row.id)?
         .ok_or_else(|| GatewayError::NotFound(format!("job {}", row.id)))?;
-    Device::open(catalog, data_dir, row, key).await
+    Device::open(catalog, data_dir, row, key, cluster).await
 }
 
 /// Unlocks a job's device for clients: checks the key, opens the data set. A CREATED import
@@ -321,20 +344,68 @@ pub async fn unlock_job(
     manifest: &JobManifestFile,
     code: &str,
 ) -> Result<Device, GatewayError> {
-    open_job(catalog, data_dir, manifest, code, |row, state| {
-        if row.kind == JobKind::Export.as_str() {
-            return match state {
-                JobState::Ready | JobState::Complete => Ok(None),
-                _ => Err(GatewayError::InvalidArgument(format!(
-                    "export job {} is {}; its data set is not ready for clients yet (run \
+    unlock_job_in(catalog, data_dir, manifest, code, None).await
+}
+
+/// `unlock_job` for a device of a device cluster: the data set is the cluster's.
+pub async fn unlock_job_in(
+    catalog: Arc<Catalog>,
+    data_dir: &Path,
+    manifest: &JobManifestFile,
+    code: &str,
+    cluster: Option<ClusterLink>,
+) -> Result<Device, GatewayError> {
+    open_job_in(
+        catalog,
+        data_dir,
+        manifest,
+        code,
+        |row, state| {
+            if row.kind == JobKind::Export.as_str() {
+                return match state {
+                    JobState::Ready | JobState::Complete => Ok(None),
+                    _ => Err(GatewayError::InvalidArgument(format!(
+                        "export job {} is {}; its data set is not ready for clients yet (run \
                      `tidegate job export`)",
-                    row.id, row.state
-                ))),
-            };
-        }
-        Ok((state == JobState::Created).then_some(JobState::Loading))
-    })
+                        row.id, row.state
+                    ))),
+                };
+            }
+            Ok((state == JobState::Created).then_some(JobState::Loading))
+        },
+        cluster,
+    )
     .await
+}
+
+/// Enters a job created on another device into this device's catalog from its manifest file
+/// (a device joining a device cluster); nothing happens if the job is already here. The key
+/// check comes from the file, so a later unlock checks the code exactly as on the first device.
+pub fn adopt_job(catalog: &Catalog, manifest: &JobManifestFile) -> Result<(), GatewayError> {
+    if catalog.job(&manifest.job)?.is_some() {
+        return Ok(());
+    }
+    if manifest.kind != JobKind::Import.as_str() {
+        return Err(GatewayError::InvalidArgument(format!(
+            "job {} is an {} job; only import jobs run on a device cluster",
+            manifest.job, manifest.kind
+        )));
+    }
+    bucket_of(&manifest.bucket_url)?;
+    Ok(catalog.insert_job(&JobRow {
+        id: manifest.job.clone(),
+        kind: manifest.kind.clone(),
+        bucket_url: manifest.bucket_url.clone(),
+        endpoint: manifest.endpoint.clone(),
+        region: manifest.region.clone(),
+        state: JobState::Created.as_str().to_owned(),
+        reason: None,
+        key_check: manifest.key_check.clone(),
+        created_unix: manifest.created_unix,
+        updated_unix: crate::clock::unix_secs(),
+        sealed_unix: None,
+        finished_unix: None,
+    })?)
 }
 
 /// Marks a READY export job COMPLETE: its clients are done with the data set.

@@ -14,6 +14,7 @@
 //! manifest) only once its segments are durable and its record committed; a job's data set
 //! never changes after SEALED.
 
+mod cluster;
 mod device;
 mod etag;
 mod export;
@@ -27,11 +28,12 @@ mod segments;
 mod share;
 mod transfer;
 
+pub use cluster::{ClusterLink, QuorumLost, WriteGate};
 pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult, device_dir};
 pub use export::{ExportOptions, ExportReport, open_export, run_export};
 pub use job::{
-    CreatedJob, JobKind, JobManifestFile, JobRequest, JobState, JobStatus, complete_job,
-    create_job, job_status, unlock_job,
+    CreatedJob, JobKind, JobManifestFile, JobRequest, JobState, JobStatus, adopt_job, check_unlock,
+    complete_job, create_job, job_status, unlock_job, unlock_job_in,
 };
 pub use manifest::ManifestCheck;
 pub use multipart::{PartInfo, UploadInfo};

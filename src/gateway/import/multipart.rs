@@ -283,6 +283,7 @@ impl Device {
             &record::object_aad(&self.inner.job, &name_id),
             &rec,
         )?;
+        self.publish(&name_id, &sealed).await?;
         self.inner.catalog.finish_job_upload(
             &self.inner.job,
             upload_id,

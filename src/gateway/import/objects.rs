@@ -236,6 +236,11 @@ impl ObjectStore for DeviceObjects {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         let key = self.key(location)?;
+        // In a device cluster another device may have changed the object: its record first.
+        self.device
+            .sync_key(&key)
+            .await
+            .map_err(|e| error(&key, e))?;
         let info = self.device.head(&key).map_err(|e| error(&key, e))?;
         let meta = object_meta(location.clone(), info.size, &info.etag, info.modified_unix);
         options.check_preconditions(&meta)?;
@@ -314,6 +319,10 @@ impl ObjectStore for DeviceObjects {
         let Some(prefix) = self.list_prefix(prefix) else {
             return Ok(result);
         };
+        self.device
+            .sync_all()
+            .await
+            .map_err(|e| error(&prefix, e))?;
         let mut after: Option<String> = None;
         loop {
             let page = self.device.list(&prefix, Some("/"), after.as_deref(), PAGE);

@@ -6,6 +6,10 @@
 //! dropped without finishing removes what it wrote (a segment still being written when it is
 //! dropped is left as an orphan, removed when the device next opens writable). Reads return bytes only after the frame
 //! authenticated.
+//!
+//! A device in a cluster (docs/operations.md, "Device clusters") keeps the same frames as
+//! objects `seg/<id>` in the cluster's Garage bucket instead of files: `finish` then returns only
+//! after Garage acknowledged every segment at its write quorum.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -16,9 +20,9 @@ use bytes::{Bytes, BytesMut};
 use crate::gateway::GatewayError;
 use crate::gateway::import::etag::EtagHasher;
 use crate::gateway::import::record::{ExpectedDigests, Segment};
-use crate::store::Codec;
 use crate::store::device::Sha256;
 use crate::store::keys::hex;
+use crate::store::{Bucket, Codec};
 
 /// Plaintext per segment: large enough that per-file costs vanish, small enough to seal on the
 /// blocking pool without holding much memory per stream.
@@ -30,6 +34,13 @@ pub(crate) struct SegmentStore {
     pub job: String,
     pub dir: PathBuf,
     pub codec: Codec,
+    /// The cluster's bucket when the data set lives in a device cluster; `None`: files in `dir`.
+    pub remote: Option<Arc<Bucket>>,
+}
+
+/// The object key of a segment in a cluster's bucket.
+pub(crate) fn segment_key(id: &str) -> String {
+    format!("seg/{id}")
 }
 
 impl SegmentStore {
@@ -43,10 +54,14 @@ impl SegmentStore {
 
     /// Reads and authenticates one segment.
     pub(crate) async fn read(&self, seg: &Segment) -> Result<Bytes, GatewayError> {
-        let path = self.path(&seg.id);
-        let frame = tokio::fs::read(&path).await.map_err(|e| {
-            GatewayError::Corrupt(format!("device segment {} is unreadable: {e}", seg.id).into())
-        })?;
+        let frame = match &self.remote {
+            Some(bucket) => bucket.get(&segment_key(&seg.id)).await?.to_vec(),
+            None => tokio::fs::read(self.path(&seg.id)).await.map_err(|e| {
+                GatewayError::Corrupt(
+                    format!("device segment {} is unreadable: {e}", seg.id).into(),
+                )
+            })?,
+        };
         let codec = self.codec.clone();
         let aad = self.aad(&seg.id);
         let data = tokio::task::spawn_blocking(move || codec.open(&aad, frame))
@@ -63,6 +78,14 @@ impl SegmentStore {
 
     /// Removes segment files (after the record that named them is gone). Missing ones are fine.
     pub(crate) async fn remove(&self, segments: &[Segment]) {
+        if let Some(bucket) = &self.remote {
+            for s in segments {
+                if let Err(e) = bucket.delete(&segment_key(&s.id)).await {
+                    tracing::warn!(job = %self.job, segment = %s.id, error = %e, "removing a segment");
+                }
+            }
+            return;
+        }
         for s in segments {
             if let Err(e) = tokio::fs::remove_file(self.path(&s.id)).await
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -91,6 +114,19 @@ impl SegmentStore {
     }
 
     pub(crate) fn remove_ids_now(&self, ids: &[String]) {
+        if let Some(bucket) = &self.remote {
+            // Called from `Drop`: the deletes go on in the background when a runtime is there;
+            // a segment left behind is only unreferenced ciphertext.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (bucket, ids) = (bucket.clone(), ids.to_vec());
+                rt.spawn(async move {
+                    for id in ids {
+                        let _ = bucket.delete(&segment_key(&id)).await;
+                    }
+                });
+            }
+            return;
+        }
         for id in ids {
             let _ = std::fs::remove_file(self.path(id));
         }
@@ -199,9 +235,10 @@ impl SegmentWriter {
             len,
         });
         let store = self.store.clone();
-        self.sealing.push_back(tokio::task::spawn_blocking(move || {
-            write_segment(&store, &id, &data)
-        }));
+        self.sealing.push_back(match store.remote.clone() {
+            Some(bucket) => tokio::spawn(put_segment(store, bucket, id, data)),
+            None => tokio::task::spawn_blocking(move || write_segment(&store, &id, &data)),
+        });
         self.size += len;
         Ok(())
     }
@@ -274,6 +311,25 @@ fn write_segment(store: &SegmentStore, id: &str, data: &[u8]) -> Result<(), Gate
     let mut f = std::fs::File::create(&path).map_err(io)?;
     f.write_all(&frame).map_err(io)?;
     f.sync_all().map_err(io)
+}
+
+/// Seals a segment and stores it in the cluster's bucket; returns once Garage acknowledged it.
+async fn put_segment(
+    store: Arc<SegmentStore>,
+    bucket: Arc<Bucket>,
+    id: String,
+    data: Bytes,
+) -> Result<(), GatewayError> {
+    let aad = store.aad(&id);
+    let codec = store.codec.clone();
+    let frame = tokio::task::spawn_blocking(move || codec.seal(&aad, &data))
+        .await
+        .map_err(|e| GatewayError::Internal(Box::new(e)))?
+        .map_err(|e| GatewayError::Internal(Box::new(e)))?;
+    bucket
+        .put(&segment_key(&id), Bytes::from(frame))
+        .await
+        .map_err(GatewayError::from)
 }
 
 /// Creates the job's directories.

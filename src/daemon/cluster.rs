@@ -1,0 +1,395 @@
+//! Device clusters (issue 19, docs/operations.md "Device clusters"): several devices hold one
+//! job's data set in a Garage cluster, one Garage node per device, each device its own zone,
+//! three copies of everything, `consistency_mode = "degraded"`.
+//!
+//! Owns the cluster's files under `DATA_DIR/cluster/` (`cluster.json`: this device's place in
+//! the cluster and the shared secrets; `garage.toml`; Garage's `meta/` and `data/`;
+//! `garage.log`; `garage.pid`), the join token, the supervised `garage` process, bringing the
+//! cluster up (connect, layout, key, bucket) and watching its health. Must not: touch object
+//! data (the gateway does, through the bucket it is handed). Invariant: the write gate is closed
+//! whenever Garage reports a partition without its write quorum.
+//!
+//! Why `degraded`: with 3 copies on 5 zones, one device down leaves every partition 2 copies,
+//! a quorum for reads and writes in every mode; two down leave some partitions 1 copy, which
+//! `consistent` cannot read and `degraded` can (reads need 1 copy, writes still 2), while
+//! `dangerous` would also accept writes onto that single copy.
+
+mod admin;
+mod files;
+mod supervise;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BucketConfig, BucketLocation, Credentials};
+use crate::gateway::import::{ClusterLink, WriteGate};
+use crate::store::Bucket;
+
+pub use files::{ClusterFile, Setup, cluster_dir, create, join};
+pub use supervise::Supervisor;
+
+/// Garage's replication factor for a device cluster: a device may be lost with two copies left.
+pub const REPLICATION: usize = 3;
+/// The S3 region Garage is configured with (only tidegate talks to this endpoint).
+const REGION: &str = "garage";
+/// How often health is read from Garage.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// How long bringing the cluster up waits for the other devices.
+const BRING_UP_LIMIT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the join token is not valid: {0}")]
+    Token(String),
+    #[error("no garage binary found: {0}")]
+    NoGarage(String),
+    #[error("garage's admin API: {0}")]
+    Admin(String),
+    #[error("the cluster did not come up within {limit:?}: {waiting}")]
+    Timeout { limit: Duration, waiting: String },
+}
+
+/// One device as the cluster sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceHealth {
+    pub name: String,
+    pub up: bool,
+    /// For a device that is down: seconds since Garage last heard from it.
+    pub last_seen_secs: Option<u64>,
+}
+
+/// The cluster's health as `device status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub this_device: String,
+    pub layout_version: u64,
+    pub devices: Vec<DeviceHealth>,
+    /// Garage's word: `healthy`, `degraded` or `unavailable`.
+    pub garage: String,
+    pub partitions: usize,
+    /// Partitions with a write quorum (2 of 3 copies reachable).
+    pub partitions_quorum: usize,
+    /// Partitions with all 3 copies reachable.
+    pub partitions_all_ok: usize,
+    /// Blocks Garage still has to copy to bring every node up to date (summed over nodes).
+    pub resync_queue: u64,
+    /// Why writes are refused, while they are.
+    pub writes_refused: Option<String>,
+}
+
+impl ClusterStatus {
+    pub fn missing(&self) -> Vec<&str> {
+        self.devices
+            .iter()
+            .filter(|d| !d.up)
+            .map(|d| d.name.as_str())
+            .collect()
+    }
+
+    /// Every device is up and every partition has all its copies reachable. Garage's resync
+    /// queue is shown beside it but not required to be empty: it holds retries scheduled a
+    /// minute or more ahead, which are no-ops once a returning device has repaired itself.
+    pub fn fully_redundant(&self) -> bool {
+        self.partitions > 0
+            && self.partitions_all_ok == self.partitions
+            && self.missing().is_empty()
+    }
+
+    /// The lines `device status` prints.
+    pub fn lines(&self) -> Vec<String> {
+        let up = self.devices.iter().filter(|d| d.up).count();
+        let mut out = vec![format!(
+            "cluster: {up} of {} devices up (this device: {}; layout version {}; {REPLICATION} copies, \
+             consistency degraded)",
+            self.devices.len(),
+            self.this_device,
+            self.layout_version
+        )];
+        for d in &self.devices {
+            out.push(match (d.up, d.last_seen_secs) {
+                (true, _) => format!("device {}: up", d.name),
+                (false, Some(s)) => format!("device {}: DOWN (last seen {s} s ago)", d.name),
+                (false, None) => format!(
+                    "device {}: DOWN (not seen since this device started)",
+                    d.name
+                ),
+            });
+        }
+        out.push(format!(
+            "partitions: {} of {} with all copies, {} with a write quorum; resync queue {} blocks",
+            self.partitions_all_ok, self.partitions, self.partitions_quorum, self.resync_queue
+        ));
+        let missing = self.missing();
+        out.push(if self.fully_redundant() {
+            "redundancy: full (every device up, every partition with all its copies)".to_owned()
+        } else if missing.is_empty() {
+            "redundancy: RESTORING (every device is up; Garage is still connecting)".to_owned()
+        } else {
+            format!(
+                "redundancy: DEGRADED (missing devices: {})",
+                missing.join(", ")
+            )
+        });
+        out.push(match &self.writes_refused {
+            Some(reason) => format!("writes: REFUSED ({reason})"),
+            None => "writes: accepted".to_owned(),
+        });
+        out
+    }
+}
+
+/// A device's running cluster membership: the supervised Garage node, the link the device
+/// writes through, and the health watch.
+#[derive(Debug)]
+pub struct Running {
+    pub link: ClusterLink,
+    pub status: Arc<RwLock<ClusterStatus>>,
+    supervisor: Supervisor,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the health watch and the Garage node.
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.supervisor.stop().await;
+    }
+
+    pub fn snapshot(&self) -> ClusterStatus {
+        self.status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Starts this device's Garage node and brings the cluster up far enough to serve: the node is
+/// connected, the layout holds every device (the creating device applies it once `size`
+/// devices are staged), and the bucket answers with the cluster's key. `progress` receives one
+/// line per change of what is waited for.
+pub async fn start(
+    data_dir: &Path,
+    file: &ClusterFile,
+    progress: impl Fn(&str),
+) -> Result<Running, ClusterError> {
+    let supervisor = Supervisor::start(data_dir, file)?;
+    let admin = admin::Admin::new(file)?;
+    let up = admin::bring_up(&admin, file, &progress);
+    let up = tokio::time::timeout(BRING_UP_LIMIT, up).await;
+    let node = match up {
+        Ok(Ok(node)) => node,
+        Ok(Err(e)) => {
+            supervisor.stop().await;
+            return Err(e);
+        }
+        Err(_) => {
+            supervisor.stop().await;
+            return Err(ClusterError::Timeout {
+                limit: BRING_UP_LIMIT,
+                waiting: "the layout or the bucket".into(),
+            });
+        }
+    };
+    let bucket = Arc::new(cluster_bucket(file)?);
+    // The bucket answers once this node has the bucket and key tables (they spread from the
+    // device that made them).
+    let mut waited = 0u32;
+    while let Err(e) = bucket.check().await {
+        waited += 1;
+        if waited.is_multiple_of(50) {
+            progress(&format!("cluster: waiting for the cluster bucket ({e})"));
+        }
+        if waited > 3000 {
+            supervisor.stop().await;
+            return Err(ClusterError::Setup(format!(
+                "the cluster bucket does not answer: {e}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let link = ClusterLink {
+        bucket,
+        gate: WriteGate::default(),
+    };
+    let status = Arc::new(RwLock::new(ClusterStatus {
+        this_device: file.name.clone(),
+        ..ClusterStatus::default()
+    }));
+    let mut tasks = Vec::new();
+    if let Ok(s) = admin::read_status(&admin, &file.name).await {
+        apply_health(&s, &link.gate, &status);
+    }
+    tasks.push(tokio::spawn(watch_health(
+        admin.clone(),
+        file.name.clone(),
+        link.gate.clone(),
+        status.clone(),
+    )));
+    if file.creator {
+        tasks.push(tokio::spawn(admin::keep_layout(admin, node)));
+    }
+    Ok(Running {
+        link,
+        status,
+        supervisor,
+        tasks,
+    })
+}
+
+/// The cluster's bucket through this device's own Garage node. Few retries: a write that
+/// cannot reach its quorum should fail quickly as unavailable, not hang in backoff.
+fn cluster_bucket(file: &ClusterFile) -> Result<Bucket, ClusterError> {
+    let mut cfg = BucketConfig::local(PathBuf::new());
+    cfg.location = BucketLocation::S3 {
+        bucket: file.bucket.clone(),
+        prefix: String::new(),
+    };
+    cfg.endpoint = Some(format!("http://{}", file.s3_addr));
+    cfg.region = REGION.to_owned();
+    cfg.path_style = true;
+    cfg.max_retries = 2;
+    cfg.retry_timeout = Duration::from_secs(15);
+    cfg.credentials = Credentials::Static {
+        access_key_id: file.access_key.clone(),
+        secret_access_key: file.secret_key.clone(),
+    };
+    Bucket::open(&cfg, false).map_err(|e| ClusterError::Setup(e.to_string()))
+}
+
+async fn watch_health(
+    admin: admin::Admin,
+    name: String,
+    gate: WriteGate,
+    status: Arc<RwLock<ClusterStatus>>,
+) {
+    loop {
+        tokio::time::sleep(HEALTH_EVERY).await;
+        match admin::read_status(&admin, &name).await {
+            Ok(s) => apply_health(&s, &gate, &status),
+            Err(e) => {
+                // This device's own node does not answer: nothing it would write can be
+                // acknowledged, so writes stop until it is back (the supervisor restarts it).
+                let reason = format!("this device's Garage node does not answer ({e})");
+                gate.refuse(reason.clone());
+                status
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .writes_refused = Some(reason);
+            }
+        }
+    }
+}
+
+/// Closes the write gate while some partition lacks its write quorum, naming the lost devices.
+fn apply_health(s: &ClusterStatus, gate: &WriteGate, status: &Arc<RwLock<ClusterStatus>>) {
+    let mut s = s.clone();
+    if s.partitions > 0 && s.partitions_quorum < s.partitions {
+        let missing = s.missing();
+        let who = if missing.is_empty() {
+            "every device is in the layout but this node is not yet connected to enough of them"
+                .to_owned()
+        } else {
+            format!(
+                "{} of {} devices are down ({})",
+                missing.len(),
+                s.devices.len(),
+                missing.join(", ")
+            )
+        };
+        let reason = format!(
+            "write quorum lost: {who}; {} of {} data partitions have fewer than 2 of their \
+             {REPLICATION} copies reachable. Reads continue; writes resume when a device returns",
+            s.partitions - s.partitions_quorum,
+            s.partitions
+        );
+        if gate.refused().as_deref() != Some(reason.as_str()) {
+            tracing::warn!(%reason, "device cluster: refusing writes");
+        }
+        gate.refuse(reason.clone());
+        s.writes_refused = Some(reason);
+    } else {
+        if gate.refused().is_some() {
+            tracing::info!("device cluster: write quorum back, accepting writes");
+        }
+        gate.allow();
+        s.writes_refused = None;
+    }
+    *status.write().unwrap_or_else(|p| p.into_inner()) = s;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(up: &[bool], quorum: usize) -> ClusterStatus {
+        ClusterStatus {
+            this_device: "d1".into(),
+            layout_version: 1,
+            devices: up
+                .iter()
+                .enumerate()
+                .map(|(i, &up)| DeviceHealth {
+                    name: format!("d{}", i + 1),
+                    up,
+                    last_seen_secs: (!up).then_some(3),
+                })
+                .collect(),
+            garage: String::new(),
+            partitions: 256,
+            partitions_quorum: quorum,
+            partitions_all_ok: if up.iter().all(|u| *u) { 256 } else { 100 },
+            resync_queue: 0,
+            writes_refused: None,
+        }
+    }
+
+    #[test]
+    fn health_closes_the_gate_only_without_a_write_quorum_and_names_the_lost_devices() {
+        let gate = WriteGate::default();
+        let shared = Arc::new(RwLock::new(ClusterStatus::default()));
+        let cases = [
+            (vec![true; 5], 256, None),
+            (vec![true, true, true, true, false], 256, None),
+            (vec![true, true, true, false, false], 180, Some("d4, d5")),
+            (vec![true; 5], 256, None),
+        ];
+        for (up, quorum, refused) in cases {
+            apply_health(&status(&up, quorum), &gate, &shared);
+            let got = gate.refused();
+            match refused {
+                Some(names) => {
+                    let reason = got.expect("refused");
+                    assert!(
+                        reason.contains("write quorum lost") && reason.contains(names),
+                        "{reason}"
+                    );
+                }
+                None => assert!(got.is_none(), "{got:?}"),
+            }
+        }
+        let lines = status(&[true, false, true], 256).lines().join("\n");
+        assert!(
+            lines.contains("device d2: DOWN") && lines.contains("missing devices: d2"),
+            "{lines}"
+        );
+        assert!(
+            status(&[true; 3], 256)
+                .lines()
+                .join("\n")
+                .contains("redundancy: full")
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! Garage's admin API v2 (on this device's node, loopback): connecting to the creating device,
+//! the layout (each device its own zone), the cluster's key and bucket, and health. Each call is
+//! idempotent, so every device may run `bring_up` at every start.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{ClusterError, ClusterFile, ClusterStatus, DeviceHealth};
+
+/// Pause between rounds while waiting for the other devices.
+const POLL: Duration = Duration::from_millis(500);
+/// How often the creating device looks for staged layout changes (devices that joined later).
+const LAYOUT_EVERY: Duration = Duration::from_secs(5);
+/// How long a starting device waits for its node's tables to catch up before serving.
+const TABLE_SYNC_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+fn admin_err(what: &str, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Admin(format!("{what}: {e}"))
+}
+
+impl Admin {
+    pub fn new(file: &ClusterFile) -> Result<Self, ClusterError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| admin_err("client", e))?;
+        Ok(Self {
+            http,
+            base: format!("http://{}/v2", file.admin_addr),
+            token: file.admin_token.clone(),
+        })
+    }
+
+    /// One call; `Ok(Err((status, body)))` when Garage answered with an error.
+    async fn call(
+        &self,
+        endpoint: &str,
+        body: Option<Value>,
+    ) -> Result<Result<Value, (u16, String)>, ClusterError> {
+        let url = format!("{}/{endpoint}", self.base);
+        let req = match &body {
+            Some(b) => self
+                .http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.to_string()),
+            None => self.http.get(&url),
+        };
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| admin_err(endpoint, e))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| admin_err(endpoint, e))?;
+        if !status.is_success() {
+            return Ok(Err((status.as_u16(), text)));
+        }
+        let value = serde_json::from_str(&text).map_err(|e| admin_err(endpoint, e))?;
+        Ok(Ok(value))
+    }
+
+    async fn get(&self, endpoint: &str) -> Result<Value, ClusterError> {
+        self.call(endpoint, None)
+            .await?
+            .map_err(|(s, t)| admin_err(endpoint, format!("{s}: {t}")))
+    }
+
+    async fn post(&self, endpoint: &str, body: Value) -> Result<Value, ClusterError> {
+        self.call(endpoint, Some(body))
+            .await?
+            .map_err(|(s, t)| admin_err(endpoint, format!("{s}: {t}")))
+    }
+}
+
+/// This node's id (the first node GetNodeInfo?node=self answers for).
+async fn node_id(admin: &Admin) -> Result<String, ClusterError> {
+    let v = admin.get("GetNodeInfo?node=self").await?;
+    v["success"]
+        .as_object()
+        .and_then(|m| m.keys().next().cloned())
+        .ok_or_else(|| admin_err("GetNodeInfo", "no node in the answer"))
+}
+
+/// Node ids in the current layout and in staged changes that add a role.
+fn layout_nodes(layout: &Value) -> (Vec<String>, Vec<String>) {
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|r| r.get("remove").is_none())
+                    .filter_map(|r| r["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (ids(&layout["roles"]), ids(&layout["stagedRoleChanges"]))
+}
+
+/// Brings this device's node into the cluster and waits until it can serve; returns the node id.
+pub async fn bring_up(
+    admin: &Admin,
+    file: &ClusterFile,
+    progress: &impl Fn(&str),
+) -> Result<String, ClusterError> {
+    // The admin API answers once the node runs.
+    let node = loop {
+        match node_id(admin).await {
+            Ok(id) => break id,
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    };
+    let mut said = String::new();
+    let mut say = |line: String| {
+        if line != said {
+            progress(&line);
+            said = line;
+        }
+    };
+    if let (false, Some(peer)) = (file.creator, &file.peer) {
+        loop {
+            let answer = admin.post("ConnectClusterNodes", json!([peer])).await?;
+            if answer[0]["success"].as_bool() == Some(true) {
+                break;
+            }
+            say(format!(
+                "cluster: waiting for the creating device's node {peer} ({})",
+                answer[0]["error"].as_str().unwrap_or("no answer")
+            ));
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    loop {
+        let layout = admin.get("GetClusterLayout").await?;
+        let (current, staged) = layout_nodes(&layout);
+        if !current.contains(&node) && !staged.contains(&node) {
+            admin
+                .post(
+                    "UpdateClusterLayout",
+                    json!({"roles": [{"id": node, "zone": file.name, "capacity": file.capacity_bytes, "tags": []}]}),
+                )
+                .await?;
+            continue;
+        }
+        if current.contains(&node) {
+            break;
+        }
+        let known = current.len() + staged.iter().filter(|s| !current.contains(s)).count();
+        if file.creator && known >= file.size {
+            apply(admin, &layout).await?;
+            continue;
+        }
+        say(format!(
+            "cluster: {known} of {} devices in the layout; waiting for the others",
+            file.size
+        ));
+        tokio::time::sleep(POLL).await;
+    }
+    if file.creator {
+        ensure_key_and_bucket(admin, file).await?;
+    }
+    // A device that was down (or replaces one) pulls what it missed at once instead of at
+    // Garage's next anti-entropy round: its tables' entries, then the blocks they name.
+    for repair in ["tables", "blocks"] {
+        if let Err(e) = admin
+            .post(
+                "LaunchRepairOperation?node=self",
+                json!({ "repairType": repair }),
+            )
+            .await
+        {
+            tracing::warn!(repair, error = %e, "device cluster: starting a garage repair");
+        }
+    }
+    wait_tables_synced(admin, &mut say).await;
+    Ok(node)
+}
+
+/// Waits (bounded) until this node's table sync workers have no partition left to sync. With
+/// `consistency_mode = "degraded"` a read is answered by one copy, preferably this node's, so a
+/// device that was down must not serve before it holds what was written meanwhile.
+async fn wait_tables_synced(admin: &Admin, say: &mut impl FnMut(String)) {
+    let start = tokio::time::Instant::now();
+    let mut quiet = 0;
+    while start.elapsed() < TABLE_SYNC_LIMIT {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Ok(answer) = admin
+            .post("ListWorkers?node=self", json!({ "busyOnly": false }))
+            .await
+        else {
+            continue;
+        };
+        let left: u64 = answer["success"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(Value::as_array)
+            .flatten()
+            .filter(|w| w["name"].as_str().is_some_and(|n| n.ends_with(" sync")))
+            .filter_map(|w| w["queueLength"].as_u64())
+            .sum();
+        if left == 0 {
+            quiet += 1;
+            // The repair request reaches the workers asynchronously: an empty queue counts only
+            // once it has stayed empty for a few polls.
+            if quiet >= 4 {
+                return;
+            }
+        } else {
+            quiet = 0;
+            say(format!(
+                "cluster: syncing this node's tables ({left} partitions left)"
+            ));
+        }
+    }
+    tracing::warn!("device cluster: table sync not finished; serving anyway");
+}
+
+async fn apply(admin: &Admin, layout: &Value) -> Result<(), ClusterError> {
+    let version = layout["version"].as_u64().unwrap_or(0) + 1;
+    let applied = admin
+        .post("ApplyClusterLayout", json!({ "version": version }))
+        .await?;
+    tracing::info!(version, message = %applied["message"], "device cluster: layout applied");
+    Ok(())
+}
+
+/// The cluster's S3 key (the token's) and bucket, with the key allowed on the bucket.
+async fn ensure_key_and_bucket(admin: &Admin, file: &ClusterFile) -> Result<(), ClusterError> {
+    let key_info = admin
+        .call(&format!("GetKeyInfo?id={}", file.access_key), None)
+        .await?;
+    if key_info.is_err() {
+        admin
+            .post(
+                "ImportKey",
+                json!({"accessKeyId": file.access_key, "secretAccessKey": file.secret_key, "name": "tidegate-device-cluster"}),
+            )
+            .await?;
+    }
+    let bucket = match admin
+        .call(&format!("GetBucketInfo?globalAlias={}", file.bucket), None)
+        .await?
+    {
+        Ok(info) => info,
+        Err(_) => {
+            admin
+                .post("CreateBucket", json!({"globalAlias": file.bucket}))
+                .await?
+        }
+    };
+    let id = bucket["id"]
+        .as_str()
+        .ok_or_else(|| admin_err("CreateBucket", "no bucket id in the answer"))?;
+    admin
+        .post(
+            "AllowBucketKey",
+            json!({"bucketId": id, "accessKeyId": file.access_key, "permissions": {"read": true, "write": true, "owner": true}}),
+        )
+        .await?;
+    Ok(())
+}
+
+/// On the creating device: applies staged layout changes (a device that joined after the
+/// first layout, or a replacement) as they appear.
+pub async fn keep_layout(admin: Admin, _node: String) {
+    loop {
+        tokio::time::sleep(LAYOUT_EVERY).await;
+        let Ok(layout) = admin.get("GetClusterLayout").await else {
+            continue;
+        };
+        let staged = layout["stagedRoleChanges"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+        if staged && let Err(e) = apply(&admin, &layout).await {
+            tracing::warn!(error = %e, "device cluster: applying a staged layout change");
+        }
+    }
+}
+
+/// Health and membership as `device status` shows them.
+pub async fn read_status(admin: &Admin, this: &str) -> Result<ClusterStatus, ClusterError> {
+    let health = admin.get("GetClusterHealth").await?;
+    let status = admin.get("GetClusterStatus").await?;
+    let mut devices: Vec<DeviceHealth> = status["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| {
+                    let zone = n["role"]["zone"].as_str()?;
+                    Some(DeviceHealth {
+                        name: zone.to_owned(),
+                        up: n["isUp"].as_bool().unwrap_or(false),
+                        last_seen_secs: n["lastSeenSecsAgo"].as_u64(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    devices.sort_by(|a, b| a.name.cmp(&b.name));
+    let resync_queue = status["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n["resyncQueueLen"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    let count = |k: &str| {
+        health[k]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    Ok(ClusterStatus {
+        this_device: this.to_owned(),
+        layout_version: status["layoutVersion"].as_u64().unwrap_or(0),
+        devices,
+        garage: health["status"].as_str().unwrap_or("unknown").to_owned(),
+        partitions: count("partitions"),
+        partitions_quorum: count("partitionsQuorum"),
+        partitions_all_ok: count("partitionsAllOk"),
+        resync_queue,
+        writes_refused: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_nodes_reads_roles_and_staged_additions_not_removals() {
+        let layout = json!({
+            "version": 1,
+            "roles": [{"id": "a", "zone": "d1"}, {"id": "b", "zone": "d2"}],
+            "stagedRoleChanges": [{"id": "c", "zone": "d3", "capacity": 1, "tags": []}, {"id": "b", "remove": true}],
+        });
+        assert_eq!(
+            layout_nodes(&layout),
+            (vec!["a".to_owned(), "b".to_owned()], vec!["c".to_owned()])
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! A device whose data set lives in a device cluster's Garage bucket (docs/operations.md,
+//! "Device clusters"): segments as `seg/<id>` (`segments.rs`) and the object index as one sealed
+//! record per object, `rec/<name id hex>`, so every device of the cluster lists and reads the
+//! whole data set and none holds state of it alone.
+//!
+//! The in-memory index is a cache of the bucket's records: a HEAD or GET fetches the object's
+//! record first (`sync_key`), a listing first reconciles the index with the bucket's `rec/`
+//! listing (`sync_all`). Writes pass the `WriteGate`, which the daemon closes while Garage reports
+//! a partition without its write quorum: a PUT could land in any partition, so none is accepted
+//! then. Must not: decide cluster membership or talk to Garage's admin API (the daemon does).
+//! Invariant: a write is acknowledged only after Garage acknowledged its segments and then its
+//! record (both at Garage's write quorum).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+
+use crate::gateway::GatewayError;
+use crate::gateway::import::Device;
+use crate::gateway::import::record::{self, ObjectRecord};
+use crate::store::device as keys;
+use crate::store::keys::hex;
+use crate::store::{Bucket, StoreError};
+
+/// Records fetched at once while reconciling a listing.
+const RECORD_FETCHES: usize = 16;
+
+/// Why writes are refused while the cluster has lost a write quorum (the daemon's words).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct QuorumLost(pub String);
+
+/// Open (writes accepted) or closed with a reason; shared by the daemon's health watch and the
+/// device.
+#[derive(Debug, Clone, Default)]
+pub struct WriteGate(Arc<RwLock<Option<String>>>);
+
+impl WriteGate {
+    pub fn refuse(&self, reason: String) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    pub fn allow(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The reason writes are refused now, if they are.
+    pub fn refused(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn check(&self) -> Result<(), GatewayError> {
+        match self.refused() {
+            Some(reason) => Err(GatewayError::Unavailable(Box::new(QuorumLost(reason)))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a device needs of its cluster: the cluster bucket (through this device's own Garage
+/// node) and the write gate.
+#[derive(Debug, Clone)]
+pub struct ClusterLink {
+    pub bucket: Arc<Bucket>,
+    pub gate: WriteGate,
+}
+
+/// The device's view of the bucket's records: for each record object, the listing stamp it
+/// had when it was loaded and the listing generation that loaded (or wrote) it.
+#[derive(Debug, Default)]
+pub(crate) struct RecordCache {
+    stamps: std::sync::Mutex<HashMap<String, Stamp>>,
+    generation: AtomicU64,
+    /// One reconciliation at a time: concurrent listings would fetch the same records.
+    syncing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified_unix: i64,
+    size: u64,
+    generation: u64,
+}
+
+/// The object key of a record in the cluster's bucket.
+fn record_key(name_id: &[u8]) -> String {
+    format!("rec/{}", hex(name_id))
+}
+
+impl RecordCache {
+    fn set(&self, key: String, stamp: Stamp) {
+        self.stamps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, stamp);
+    }
+
+    fn get(&self, key: &str) -> Option<Stamp> {
+        self.stamps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// A stamp for a record this device just wrote: newer than every listing begun so far, so
+    /// a listing that started before the write cannot remove it.
+    fn written(&self, key: String, size: u64) {
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        self.set(
+            key,
+            Stamp {
+                modified_unix: 0,
+                size,
+                generation,
+            },
+        );
+    }
+}
+
+impl Device {
+    fn link(&self) -> Option<&ClusterLink> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// Whether this device's data set lives in a cluster.
+    pub fn in_cluster(&self) -> bool {
+        self.link().is_some()
+    }
+
+    /// Stores a sealed object record in the cluster (a no-op on a standalone device); returns
+    /// once Garage acknowledged it.
+    pub(crate) async fn publish(&self, name_id: &[u8], sealed: &[u8]) -> Result<(), GatewayError> {
+        let Some(link) = self.link() else {
+            return Ok(());
+        };
+        link.gate.check()?;
+        let key = record_key(name_id);
+        link.bucket
+            .put(&key, bytes::Bytes::copy_from_slice(sealed))
+            .await?;
+        self.inner.records.written(key, sealed.len() as u64);
+        Ok(())
+    }
+
+    /// Removes an object's record from the cluster (a no-op on a standalone device).
+    pub(crate) async fn unpublish(&self, name_id: &[u8]) -> Result<(), GatewayError> {
+        let Some(link) = self.link() else {
+            return Ok(());
+        };
+        link.gate.check()?;
+        link.bucket.delete(&record_key(name_id)).await?;
+        Ok(())
+    }
+
+    /// Opens a sealed record fetched from the bucket; `None` (logged) when it does not verify.
+    fn open_record(&self, name_id: Option<&[u8]>, sealed: Vec<u8>) -> Option<ObjectRecord> {
+        let inner = &self.inner;
+        let try_open = |id: &[u8]| {
+            record::open::<ObjectRecord>(&inner.codec, &record::object_aad(&inner.job, id), sealed)
+                .ok()
+                .filter(|rec| keys::name_id(&inner.key, &rec.key).as_slice() == id)
+        };
+        let opened = name_id.and_then(try_open);
+        if opened.is_none() {
+            tracing::warn!(job = %inner.job, "a cluster object record does not verify");
+        }
+        opened
+    }
+
+    /// Brings the index entry of `key` up to date with the cluster (a no-op standalone): the
+    /// object another device put, replaced or deleted is seen at once.
+    pub async fn sync_key(&self, key: &str) -> Result<(), GatewayError> {
+        let Some(link) = self.link() else {
+            return Ok(());
+        };
+        let name_id = keys::name_id(&self.inner.key, key);
+        let rkey = record_key(&name_id);
+        match link.bucket.get(&rkey).await {
+            Ok(sealed) => {
+                let size = sealed.len() as u64;
+                if let Some(rec) = self.open_record(Some(&name_id), sealed.to_vec()) {
+                    self.write_index().insert(rec.key.clone(), Arc::new(rec));
+                    self.inner.records.written(rkey, size);
+                }
+                Ok(())
+            }
+            Err(StoreError::NotFound { .. }) => {
+                self.write_index().remove(key);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reconciles the whole index with the cluster's records (a no-op standalone): new and
+    /// changed records are fetched, records gone from the bucket leave the index.
+    pub async fn sync_all(&self) -> Result<(), GatewayError> {
+        let Some(link) = self.link() else {
+            return Ok(());
+        };
+        let records = &self.inner.records;
+        let _one = records.syncing.lock().await;
+        let generation = records.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let listed = link.bucket.list("rec/").await?;
+        let mut present = std::collections::HashSet::new();
+        let mut stale = Vec::new();
+        for obj in &listed {
+            present.insert(obj.key.clone());
+            let known = records.get(&obj.key);
+            if known.is_none_or(|s| s.modified_unix != obj.modified_unix || s.size != obj.size) {
+                stale.push(obj.clone());
+            }
+        }
+        let fetched: Vec<_> = futures::stream::iter(stale)
+            .map(|obj| {
+                let bucket = link.bucket.clone();
+                async move { (bucket.get(&obj.key).await, obj) }
+            })
+            .buffer_unordered(RECORD_FETCHES)
+            .collect()
+            .await;
+        for (got, obj) in fetched {
+            let sealed = match got {
+                Ok(sealed) => sealed,
+                // Deleted between the listing and the fetch: the next listing drops it.
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let name_id = obj
+                .key
+                .strip_prefix("rec/")
+                .and_then(crate::store::keys::parse_hex::<32>);
+            if let Some(rec) = self.open_record(name_id.as_ref().map(|n| &n[..]), sealed.to_vec()) {
+                self.write_index().insert(rec.key.clone(), Arc::new(rec));
+            }
+            records.set(
+                obj.key.clone(),
+                Stamp {
+                    modified_unix: obj.modified_unix,
+                    size: obj.size,
+                    generation,
+                },
+            );
+        }
+        let gone: Vec<String> = self
+            .read_index()
+            .keys()
+            .filter(|name| {
+                let rkey = record_key(&keys::name_id(&self.inner.key, name));
+                !present.contains(&rkey)
+                    && records
+                        .get(&rkey)
+                        .is_none_or(|s| s.generation <= generation)
+            })
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            let mut index = self.write_index();
+            for name in gone {
+                index.remove(&name);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_gate_refuses_with_its_reason_until_opened() {
+        let gate = WriteGate::default();
+        assert!(gate.check().is_ok());
+        gate.refuse("write quorum lost: devices d4, d5 are down".into());
+        match gate.check() {
+            Err(GatewayError::Unavailable(e)) => assert!(e.to_string().contains("d4, d5")),
+            other => panic!("{other:?}"),
+        }
+        gate.allow();
+        assert!(gate.check().is_ok());
+    }
+}

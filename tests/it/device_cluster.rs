@@ -1,0 +1,343 @@
+//! Device clusters (issue 19) with real clients: five `device unlock` processes, each running
+//! its own Garage node (replication 3, a zone per device) on loopback, are set up by `device
+//! cluster create|join`; the AWS CLI puts a tree through one device and every device lists and
+//! returns it byte for byte; with one device killed (-9, its Garage node too) loads go on
+//! through the others; with two killed every object still reads, a PUT gets
+//! `ServiceUnavailable` naming the lost write quorum, and `device status` names both devices.
+//!
+//! Sizes are small (24 files, one of 20 MiB that spans three segments): the test checks the
+//! wiring and the failure behaviour, not throughput.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::device::{Job, Unlocked};
+use crate::support::{free_port, run, stderr, stdout, tidegate};
+
+const DEVICES: usize = 5;
+
+/// A file tree of `count` small files plus, when `big`, one of 20 MiB.
+fn tree(dir: &Path, tag: &str, count: usize, big: bool) {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    for i in 0..count {
+        std::fs::write(
+            dir.join("sub").join(format!("{tag}-{i}.txt")),
+            format!("{tag} file {i}\n").repeat(i * 37 + 1),
+        )
+        .unwrap();
+    }
+    if big {
+        let data: Vec<u8> = (0..20u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(dir.join(format!("{tag}-big.bin")), data).unwrap();
+    }
+}
+
+/// Every file under `dir`, relative path → bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn kill9(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+struct Member {
+    job: Job,
+    device: Option<Unlocked>,
+}
+
+/// A killed device leaves its Garage node behind (as a power loss would not): the test stops
+/// both, whatever happens.
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.device.is_some() {
+            self.kill();
+        }
+    }
+}
+
+impl Member {
+    fn device(&self) -> &Unlocked {
+        self.device.as_ref().expect("device is running")
+    }
+
+    /// kill -9 of the device and of its Garage node, as a power loss would take both.
+    fn kill(&mut self) {
+        let garage = std::fs::read_to_string(self.job.data.join("cluster/garage.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        if let Some(mut d) = self.device.take() {
+            d.kill9();
+        }
+        if let Some(pid) = garage {
+            kill9(pid);
+        }
+    }
+
+    fn status(&self) -> String {
+        let o = run(tidegate(&self.job.data).args(["device", "status"]));
+        assert!(o.status.success(), "device status: {}", stderr(&o));
+        stdout(&o)
+    }
+
+    /// Waits (bounded) until `device status` satisfies `want`.
+    fn wait_status(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let s = self.status();
+            if want(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never showed {what}:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn upload(&self, src: &Path, bucket: &str) -> std::process::Output {
+        run(self.device().aws().args([
+            "s3",
+            "cp",
+            "--recursive",
+            "--only-show-errors",
+            src.to_str().unwrap(),
+            &format!("s3://{bucket}/"),
+        ]))
+    }
+
+    /// Downloads the whole bucket through this device and compares it with `want`.
+    fn check_all(&self, bucket: &str, scratch: &Path, want: &[(String, Vec<u8>)]) {
+        let out = scratch.join(format!("get-{}", free_port()));
+        let o = run(self.device().aws().args([
+            "s3",
+            "cp",
+            "--recursive",
+            "--only-show-errors",
+            &format!("s3://{bucket}/"),
+            out.to_str().unwrap(),
+        ]));
+        assert!(o.status.success(), "download: {}", stderr(&o));
+        let got = files(&out);
+        assert_eq!(got.len(), want.len(), "object count");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g == w, "{} differs from what was put", g.0);
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+#[test]
+fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<PathBuf> = (1..=DEVICES)
+        .map(|i| dir.path().join(format!("dev{i}")))
+        .collect();
+    for d in &data {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let manifest = dir.path().join("job.manifest.json");
+    let o = run(tidegate(&data[0]).args([
+        "job",
+        "create",
+        "import",
+        "--target",
+        "s3://target/cluster",
+        "--endpoint",
+        "http://127.0.0.1:9",
+        "--region",
+        "garage",
+        "--manifest-out",
+        manifest.to_str().unwrap(),
+    ]));
+    assert!(o.status.success(), "job create: {}", stderr(&o));
+    let created = stdout(&o);
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_owned()
+    };
+    let (job_id, code) = (field(&created, "job"), field(&created, "unlock code"));
+
+    let node_args = |i: usize| -> Vec<String> {
+        vec![
+            "--manifest".into(),
+            manifest.to_str().unwrap().into(),
+            "--name".into(),
+            format!("dev{}", i + 1),
+            "--rpc-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--garage-s3-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--garage-admin-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--capacity".into(),
+            "1GiB".into(),
+        ]
+    };
+    let o = run(tidegate(&data[0])
+        .args(["device", "cluster", "create", "--devices", "5"])
+        .args(node_args(0)));
+    assert!(o.status.success(), "cluster create: {}", stderr(&o));
+    let token = field(&stdout(&o), "join token");
+    // The configuration holds secrets: owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data[0].join("cluster/garage.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "garage.toml is readable by others");
+    for (i, d) in data.iter().enumerate().skip(1) {
+        let o = run(tidegate(d)
+            .args(["device", "cluster", "join"])
+            .env("TIDEGATE_CLUSTER_TOKEN", &token)
+            .args(node_args(i)));
+        assert!(o.status.success(), "cluster join: {}", stderr(&o));
+    }
+    // The five unlock together: each waits for the layout that needs all five.
+    let mut members: Vec<Member> = std::thread::scope(|s| {
+        let handles: Vec<_> = data
+            .iter()
+            .map(|d| {
+                let job = Job {
+                    id: job_id.clone(),
+                    code: code.clone(),
+                    manifest: manifest.clone(),
+                    data: d.clone(),
+                };
+                s.spawn(move || {
+                    let device = Unlocked::start(&job);
+                    Member {
+                        job,
+                        device: Some(device),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let up = started.elapsed();
+    let bucket = "target";
+    let status = members[0].wait_status("full redundancy", |s| s.contains("redundancy: full"));
+    assert!(status.contains("5 of 5 devices up"), "{status}");
+
+    // Put through device 1; every device lists and returns the same bytes.
+    let first = dir.path().join("first");
+    tree(&first, "a", 20, true);
+    let o = members[0].upload(&first, bucket);
+    assert!(o.status.success(), "upload via dev1: {}", stderr(&o));
+    let mut want = files(&first);
+    for m in &members {
+        m.check_all(bucket, dir.path(), &want);
+    }
+    let loaded = started.elapsed();
+    // Garage's disks hold ciphertext and opaque names only: neither a file's content nor its
+    // name appears anywhere in a device's Garage metadata or data.
+    let marker_content = b"a file 7\na file 7\n".to_vec();
+    let marker_name = b"a-7.txt".to_vec();
+    for d in &data {
+        for (path, bytes) in files(&d.join("cluster")) {
+            for marker in [&marker_content, &marker_name] {
+                assert!(
+                    !bytes.windows(marker.len()).any(|w| w == &marker[..]),
+                    "{} holds {:?} in the clear",
+                    path,
+                    String::from_utf8_lossy(marker)
+                );
+            }
+        }
+    }
+
+    // One device lost: loads continue through the others, nothing is refused.
+    members[4].kill();
+    members[0].wait_status("dev5 down", |s| s.contains("device dev5: DOWN"));
+    let second = dir.path().join("second");
+    tree(&second, "b", 4, false);
+    let o = members[1].upload(&second, bucket);
+    assert!(
+        o.status.success(),
+        "upload via dev2 with dev5 down: {}",
+        stderr(&o)
+    );
+    want.extend(files(&second));
+    want.sort();
+    members[3].check_all(bucket, dir.path(), &want);
+    let s = members[2].status();
+    assert!(
+        s.contains("writes: accepted") && s.contains("missing devices: dev5"),
+        "{s}"
+    );
+
+    // Two lost: every object still reads; a PUT is refused, naming the lost quorum.
+    members[3].kill();
+    let s = members[0].wait_status("writes refused", |s| s.contains("writes: REFUSED"));
+    assert!(
+        s.contains("device dev4: DOWN") && s.contains("device dev5: DOWN"),
+        "{s}"
+    );
+    assert!(s.contains("missing devices: dev4, dev5"), "{s}");
+    members[1].check_all(bucket, dir.path(), &want);
+    let third = dir.path().join("third");
+    tree(&third, "c", 1, false);
+    let o = members[2].upload(&third, bucket);
+    assert!(
+        !o.status.success(),
+        "a PUT with two devices down was accepted"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("ServiceUnavailable") && err.contains("write quorum lost"),
+        "{err}"
+    );
+    let refused_at = started.elapsed();
+
+    // Both come back (same data dirs, same ports): writes resume, Garage brings them up to
+    // date, and the status says so.
+    for m in &mut members[3..] {
+        m.device = Some(Unlocked::start(&m.job));
+    }
+    let s = members[0].wait_status("full redundancy again", |s| {
+        s.contains("redundancy: full") && s.contains("writes: accepted")
+    });
+    assert!(s.contains("5 of 5 devices up"), "{s}");
+    let o = members[2].upload(&third, bucket);
+    assert!(
+        o.status.success(),
+        "upload via dev3 after the return: {}",
+        stderr(&o)
+    );
+    want.extend(files(&third));
+    want.sort();
+    members[4].check_all(bucket, dir.path(), &want);
+    eprintln!(
+        "device cluster: writes refused {:.1} s in, whole again and checked at {:.1} s",
+        refused_at.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "device cluster: 5 devices up in {:.1} s, loaded and read on all in {:.1} s, whole test {:.1} s",
+        up.as_secs_f64(),
+        loaded.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
