@@ -16,16 +16,19 @@
 
 mod admin;
 mod files;
+mod restore;
 mod supervise;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BucketConfig, BucketLocation, Credentials};
-use crate::gateway::import::{ClusterLink, WriteGate};
+use crate::gateway::import::{ClusterLink, TableSync, WriteGate};
 use crate::store::Bucket;
 
 pub use files::{ClusterFile, Setup, cluster_dir, create, join};
@@ -37,6 +40,11 @@ pub const REPLICATION: usize = 3;
 const REGION: &str = "garage";
 /// How often health is read from Garage.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Garage's RPC timeout (`rpc_timeout_msec`; Garage's default is 300 s). Garage copies a block a
+/// node has just learnt of (a returned node, from the synced tables) 2 × this later, so it bounds
+/// how soon a returned device is fully redundant; between devices on one LAN, moving blocks of
+/// 1 MiB, an RPC that has not answered in 20 s has failed.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long bringing the cluster up waits for the other devices.
 const BRING_UP_LIMIT: Duration = Duration::from_secs(600);
 
@@ -86,6 +94,10 @@ pub struct ClusterStatus {
     pub resync_queue: u64,
     /// Why writes are refused, while they are.
     pub writes_refused: Option<String>,
+    /// While a device that was down is being brought up to date (`restore.rs`): what is
+    /// waited for.
+    #[serde(default)]
+    pub restoring: Option<String>,
 }
 
 impl ClusterStatus {
@@ -97,13 +109,16 @@ impl ClusterStatus {
             .collect()
     }
 
-    /// Every device is up and every partition has all its copies reachable. Garage's resync
-    /// queue is shown beside it but not required to be empty: it holds retries scheduled a
-    /// minute or more ahead, which are no-ops once a returning device has repaired itself.
+    /// Every device is up, every partition has all its copies reachable, and every copy is up
+    /// to date: since the last return, every node has pushed its table entries to the others
+    /// and the blocks the returned devices missed have been copied (`restore.rs`). Garage's
+    /// resync queue is shown beside it but not required to be empty: it also holds the checks
+    /// Garage schedules for every newly written block.
     pub fn fully_redundant(&self) -> bool {
         self.partitions > 0
             && self.partitions_all_ok == self.partitions
             && self.missing().is_empty()
+            && self.restoring.is_none()
     }
 
     /// The lines `device status` prints.
@@ -132,9 +147,16 @@ impl ClusterStatus {
         ));
         let missing = self.missing();
         out.push(if self.fully_redundant() {
-            "redundancy: full (every device up, every partition with all its copies)".to_owned()
-        } else if missing.is_empty() {
+            "redundancy: full (every device up, every partition with all its copies, every copy \
+             up to date)"
+                .to_owned()
+        } else if missing.is_empty() && self.partitions_all_ok < self.partitions {
             "redundancy: RESTORING (every device is up; Garage is still connecting)".to_owned()
+        } else if missing.is_empty() {
+            format!(
+                "redundancy: RESTORING ({})",
+                self.restoring.as_deref().unwrap_or("")
+            )
         } else {
             format!(
                 "redundancy: DEGRADED (missing devices: {})",
@@ -203,7 +225,7 @@ pub async fn start(
             });
         }
     };
-    let bucket = Arc::new(cluster_bucket(file)?);
+    let bucket = Arc::new(cluster_bucket(file, file.s3_addr)?);
     // The bucket answers once this node has the bucket and key tables (they spread from the
     // device that made them).
     let mut waited = 0u32;
@@ -223,20 +245,41 @@ pub async fn start(
     let link = ClusterLink {
         bucket,
         gate: WriteGate::default(),
+        tables: TableSync::default(),
     };
+    // This node may have been down while the others took writes: before serving, every node
+    // pushes it what it lacks (bounded; the restorer task carries on if this runs out).
+    let restore = Arc::new(restore::Restore::new(link.tables.clone()));
+    let mut said = String::new();
+    restore::initial_tables(&admin, file, &restore, &mut |line: String| {
+        if line != said {
+            progress(&line);
+            said = line;
+        }
+    })
+    .await;
     let status = Arc::new(RwLock::new(ClusterStatus {
         this_device: file.name.clone(),
         ..ClusterStatus::default()
     }));
     let mut tasks = Vec::new();
+    let mut seen = Seen::default();
     if let Ok(s) = admin::read_status(&admin, &file.name).await {
-        apply_health(&s, &link.gate, &status);
+        seen.update(&s, &restore);
+        apply_health(&s, &link.gate, &status, restore.pending());
     }
+    tasks.push(tokio::spawn(restore::restorer(
+        admin.clone(),
+        file.clone(),
+        restore.clone(),
+    )));
     tasks.push(tokio::spawn(watch_health(
         admin.clone(),
         file.name.clone(),
         link.gate.clone(),
         status.clone(),
+        restore.clone(),
+        (seen, supervisor.starts()),
     )));
     if file.creator {
         tasks.push(tokio::spawn(admin::keep_layout(admin, node)));
@@ -249,15 +292,26 @@ pub async fn start(
     })
 }
 
-/// The cluster's bucket through this device's own Garage node. Few retries: a write that
-/// cannot reach its quorum should fail quickly as unavailable, not hang in backoff.
-fn cluster_bucket(file: &ClusterFile) -> Result<Bucket, ClusterError> {
+/// The layout tag by which a device's node publishes its S3 address (so the others can compare
+/// what each node answers, `restore.rs`).
+fn s3_tag(addr: std::net::SocketAddr) -> String {
+    format!("{S3_TAG}{addr}")
+}
+const S3_TAG: &str = "s3=";
+
+/// The cluster's bucket through the Garage node whose S3 API is at `s3_addr` (this device's
+/// own, but for comparisons). Few retries: a write that cannot reach its quorum should fail
+/// quickly as unavailable, not hang in backoff.
+fn cluster_bucket(
+    file: &ClusterFile,
+    s3_addr: std::net::SocketAddr,
+) -> Result<Bucket, ClusterError> {
     let mut cfg = BucketConfig::local(PathBuf::new());
     cfg.location = BucketLocation::S3 {
         bucket: file.bucket.clone(),
         prefix: String::new(),
     };
-    cfg.endpoint = Some(format!("http://{}", file.s3_addr));
+    cfg.endpoint = Some(format!("http://{s3_addr}"));
     cfg.region = REGION.to_owned();
     cfg.path_style = true;
     cfg.max_retries = 2;
@@ -269,17 +323,56 @@ fn cluster_bucket(file: &ClusterFile) -> Result<Bucket, ClusterError> {
     Bucket::open(&cfg, false).map_err(|e| ClusterError::Setup(e.to_string()))
 }
 
+/// What the health watch has seen: which devices were up, whether this device's own node
+/// answered, and how many times it has been started. A change from down to up (or a restart)
+/// is a return: the returned node's tables may lack what was written meanwhile.
+#[derive(Debug, Default)]
+struct Seen {
+    up: HashMap<String, bool>,
+    own_lost: bool,
+    starts: u64,
+}
+
+impl Seen {
+    fn update(&mut self, s: &ClusterStatus, restore: &restore::Restore) {
+        for d in &s.devices {
+            if self.up.insert(d.name.clone(), d.up) == Some(false) && d.up {
+                restore.returned(&format!("device {}", d.name));
+            }
+        }
+        if std::mem::take(&mut self.own_lost) {
+            restore.returned("this device's Garage node");
+        }
+    }
+
+    fn own_node(&mut self, starts: &AtomicU64, restore: &restore::Restore) {
+        let now = starts.load(Ordering::SeqCst);
+        if self.starts != 0 && now != self.starts {
+            restore.returned("this device's restarted Garage node");
+        }
+        self.starts = now;
+    }
+}
+
 async fn watch_health(
     admin: admin::Admin,
     name: String,
     gate: WriteGate,
     status: Arc<RwLock<ClusterStatus>>,
+    restore: Arc<restore::Restore>,
+    (mut seen, starts): (Seen, Arc<AtomicU64>),
 ) {
+    seen.own_node(&starts, &restore);
     loop {
         tokio::time::sleep(HEALTH_EVERY).await;
+        seen.own_node(&starts, &restore);
         match admin::read_status(&admin, &name).await {
-            Ok(s) => apply_health(&s, &gate, &status),
+            Ok(s) => {
+                seen.update(&s, &restore);
+                apply_health(&s, &gate, &status, restore.pending());
+            }
             Err(e) => {
+                seen.own_lost = true;
                 // This device's own node does not answer: nothing it would write can be
                 // acknowledged, so writes stop until it is back (the supervisor restarts it).
                 let reason = format!("this device's Garage node does not answer ({e})");
@@ -293,9 +386,16 @@ async fn watch_health(
     }
 }
 
-/// Closes the write gate while some partition lacks its write quorum, naming the lost devices.
-fn apply_health(s: &ClusterStatus, gate: &WriteGate, status: &Arc<RwLock<ClusterStatus>>) {
+/// Closes the write gate while some partition lacks its write quorum, naming the lost devices;
+/// publishes the status with what restoring after a return still waits for.
+fn apply_health(
+    s: &ClusterStatus,
+    gate: &WriteGate,
+    status: &Arc<RwLock<ClusterStatus>>,
+    restoring: Option<String>,
+) {
     let mut s = s.clone();
+    s.restoring = restoring;
     if s.partitions > 0 && s.partitions_quorum < s.partitions {
         let missing = s.missing();
         let who = if missing.is_empty() {
@@ -353,6 +453,7 @@ mod tests {
             partitions_all_ok: if up.iter().all(|u| *u) { 256 } else { 100 },
             resync_queue: 0,
             writes_refused: None,
+            restoring: None,
         }
     }
 
@@ -367,7 +468,7 @@ mod tests {
             (vec![true; 5], 256, None),
         ];
         for (up, quorum, refused) in cases {
-            apply_health(&status(&up, quorum), &gate, &shared);
+            apply_health(&status(&up, quorum), &gate, &shared, None);
             let got = gate.refused();
             match refused {
                 Some(names) => {

@@ -16,6 +16,11 @@ use crate::device::{Job, Unlocked};
 use crate::support::{free_port, run, stderr, stdout, tidegate};
 
 const DEVICES: usize = 5;
+/// How long a status change may take to show (Garage notices a lost node within seconds).
+const STATUS_LIMIT: Duration = Duration::from_secs(90);
+/// How long a return may take to be fully redundant: the table sync, then Garage's block
+/// resync delay (2 × the cluster's 20 s RPC timeout), on a loaded 2-core machine.
+const WHOLE_LIMIT: Duration = Duration::from_secs(180);
 
 /// A file tree of `count` small files plus, when `big`, one of 20 MiB.
 fn tree(dir: &Path, tag: &str, count: usize, big: bool) {
@@ -97,9 +102,9 @@ impl Member {
         stdout(&o)
     }
 
-    /// Waits (bounded) until `device status` satisfies `want`.
-    fn wait_status(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(90);
+    /// Waits (at most `limit`) until `device status` satisfies `want`.
+    fn wait_status(&self, what: &str, limit: Duration, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
         loop {
             let s = self.status();
             if want(&s) {
@@ -122,6 +127,30 @@ impl Member {
             src.to_str().unwrap(),
             &format!("s3://{bucket}/"),
         ]))
+    }
+
+    /// Lists the bucket through this device and compares the keys with `want`'s.
+    fn check_listing(&self, bucket: &str, want: &[(String, Vec<u8>)], when: &str) {
+        let o =
+            run(self
+                .device()
+                .aws()
+                .args(["s3", "ls", "--recursive", &format!("s3://{bucket}/")]));
+        assert!(o.status.success(), "list: {}", stderr(&o));
+        let mut got: Vec<String> = stdout(&o)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned))
+            .collect();
+        got.sort();
+        let want: Vec<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            got,
+            want,
+            "{when}: listing through {} ({} of {} objects)",
+            self.job.data.display(),
+            got.len(),
+            want.len()
+        );
     }
 
     /// Downloads the whole bucket through this device and compares it with `want`.
@@ -238,7 +267,9 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
     });
     let up = started.elapsed();
     let bucket = "target";
-    let status = members[0].wait_status("full redundancy", |s| s.contains("redundancy: full"));
+    let status = members[0].wait_status("full redundancy", STATUS_LIMIT, |s| {
+        s.contains("redundancy: full")
+    });
     assert!(status.contains("5 of 5 devices up"), "{status}");
 
     // Put through device 1; every device lists and returns the same bytes.
@@ -270,7 +301,9 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
 
     // One device lost: loads continue through the others, nothing is refused.
     members[4].kill();
-    members[0].wait_status("dev5 down", |s| s.contains("device dev5: DOWN"));
+    members[0].wait_status("dev5 down", STATUS_LIMIT, |s| {
+        s.contains("device dev5: DOWN")
+    });
     let second = dir.path().join("second");
     tree(&second, "b", 4, false);
     let o = members[1].upload(&second, bucket);
@@ -290,7 +323,9 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
 
     // Two lost: every object still reads; a PUT is refused, naming the lost quorum.
     members[3].kill();
-    let s = members[0].wait_status("writes refused", |s| s.contains("writes: REFUSED"));
+    let s = members[0].wait_status("writes refused", STATUS_LIMIT, |s| {
+        s.contains("writes: REFUSED")
+    });
     assert!(
         s.contains("device dev4: DOWN") && s.contains("device dev5: DOWN"),
         "{s}"
@@ -316,10 +351,27 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
     for m in &mut members[3..] {
         m.device = Some(Unlocked::start(&m.job));
     }
-    let s = members[0].wait_status("full redundancy again", |s| {
+    let returned_at = started.elapsed();
+    // A returned device serves only once the others have pushed it what it missed: its own
+    // node answers listings, and without that push it would list only what it held before.
+    for m in &members[3..] {
+        m.check_listing(bucket, &want, "right after the return");
+    }
+    // Blocks the returned devices missed are copied later (2 × Garage's RPC timeout after the
+    // tables): until then redundancy is not full, whatever the partitions say.
+    let s = members[0].status();
+    assert!(
+        !s.contains("redundancy: full"),
+        "full at once after the return:\n{s}"
+    );
+    let s = members[0].wait_status("full redundancy again", WHOLE_LIMIT, |s| {
         s.contains("redundancy: full") && s.contains("writes: accepted")
     });
     assert!(s.contains("5 of 5 devices up"), "{s}");
+    let whole_at = started.elapsed();
+    for m in &members {
+        m.check_listing(bucket, &want, "once redundancy is full again");
+    }
     let o = members[2].upload(&third, bucket);
     assert!(
         o.status.success(),
@@ -330,8 +382,11 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
     want.sort();
     members[4].check_all(bucket, dir.path(), &want);
     eprintln!(
-        "device cluster: writes refused {:.1} s in, whole again and checked at {:.1} s",
+        "device cluster: writes refused {:.1} s in, returned at {:.1} s, full redundancy at \
+         {:.1} s, checked at {:.1} s",
         refused_at.as_secs_f64(),
+        returned_at.as_secs_f64(),
+        whole_at.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
     eprintln!(

@@ -12,8 +12,6 @@ use super::{ClusterError, ClusterFile, ClusterStatus, DeviceHealth};
 const POLL: Duration = Duration::from_millis(500);
 /// How often the creating device looks for staged layout changes (devices that joined later).
 const LAYOUT_EVERY: Duration = Duration::from_secs(5);
-/// How long a starting device waits for its node's tables to catch up before serving.
-const TABLE_SYNC_LIMIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -68,13 +66,13 @@ impl Admin {
         Ok(Ok(value))
     }
 
-    async fn get(&self, endpoint: &str) -> Result<Value, ClusterError> {
+    pub(super) async fn get(&self, endpoint: &str) -> Result<Value, ClusterError> {
         self.call(endpoint, None)
             .await?
             .map_err(|(s, t)| admin_err(endpoint, format!("{s}: {t}")))
     }
 
-    async fn post(&self, endpoint: &str, body: Value) -> Result<Value, ClusterError> {
+    pub(super) async fn post(&self, endpoint: &str, body: Value) -> Result<Value, ClusterError> {
         self.call(endpoint, Some(body))
             .await?
             .map_err(|(s, t)| admin_err(endpoint, format!("{s}: {t}")))
@@ -145,7 +143,7 @@ pub async fn bring_up(
             admin
                 .post(
                     "UpdateClusterLayout",
-                    json!({"roles": [{"id": node, "zone": file.name, "capacity": file.capacity_bytes, "tags": []}]}),
+                    json!({"roles": [{"id": node, "zone": file.name, "capacity": file.capacity_bytes, "tags": [super::s3_tag(file.s3_addr)]}]}),
                 )
                 .await?;
             continue;
@@ -167,61 +165,7 @@ pub async fn bring_up(
     if file.creator {
         ensure_key_and_bucket(admin, file).await?;
     }
-    // A device that was down (or replaces one) pulls what it missed at once instead of at
-    // Garage's next anti-entropy round: its tables' entries, then the blocks they name.
-    for repair in ["tables", "blocks"] {
-        if let Err(e) = admin
-            .post(
-                "LaunchRepairOperation?node=self",
-                json!({ "repairType": repair }),
-            )
-            .await
-        {
-            tracing::warn!(repair, error = %e, "device cluster: starting a garage repair");
-        }
-    }
-    wait_tables_synced(admin, &mut say).await;
     Ok(node)
-}
-
-/// Waits (bounded) until this node's table sync workers have no partition left to sync. With
-/// `consistency_mode = "degraded"` a read is answered by one copy, preferably this node's, so a
-/// device that was down must not serve before it holds what was written meanwhile.
-async fn wait_tables_synced(admin: &Admin, say: &mut impl FnMut(String)) {
-    let start = tokio::time::Instant::now();
-    let mut quiet = 0;
-    while start.elapsed() < TABLE_SYNC_LIMIT {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let Ok(answer) = admin
-            .post("ListWorkers?node=self", json!({ "busyOnly": false }))
-            .await
-        else {
-            continue;
-        };
-        let left: u64 = answer["success"]
-            .as_object()
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter_map(Value::as_array)
-            .flatten()
-            .filter(|w| w["name"].as_str().is_some_and(|n| n.ends_with(" sync")))
-            .filter_map(|w| w["queueLength"].as_u64())
-            .sum();
-        if left == 0 {
-            quiet += 1;
-            // The repair request reaches the workers asynchronously: an empty queue counts only
-            // once it has stayed empty for a few polls.
-            if quiet >= 4 {
-                return;
-            }
-        } else {
-            quiet = 0;
-            say(format!(
-                "cluster: syncing this node's tables ({left} partitions left)"
-            ));
-        }
-    }
-    tracing::warn!("device cluster: table sync not finished; serving anyway");
 }
 
 async fn apply(admin: &Admin, layout: &Value) -> Result<(), ClusterError> {
@@ -332,6 +276,7 @@ pub async fn read_status(admin: &Admin, this: &str) -> Result<ClusterStatus, Clu
         partitions_all_ok: count("partitionsAllOk"),
         resync_queue,
         writes_refused: None,
+        restoring: None,
     })
 }
 

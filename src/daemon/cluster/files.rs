@@ -123,6 +123,7 @@ impl ClusterFile {
              db_engine = \"sqlite\"\n\
              replication_factor = {rf}\n\
              consistency_mode = \"degraded\"\n\
+             rpc_timeout_msec = {rpc_timeout}\n\
              rpc_bind_addr = \"{rpc}\"\n\
              rpc_public_addr = \"{rpc}\"\n\
              rpc_secret = \"{secret}\"\n\
@@ -137,6 +138,7 @@ impl ClusterFile {
             meta = dir.join("meta").display().to_string(),
             data = dir.join("data").display().to_string(),
             rf = super::REPLICATION,
+            rpc_timeout = super::RPC_TIMEOUT.as_millis(),
             rpc = self.rpc_addr,
             secret = self.rpc_secret,
             region = super::REGION,

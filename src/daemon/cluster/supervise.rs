@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{ClusterError, ClusterFile, cluster_dir};
@@ -50,6 +52,7 @@ pub fn garage_binary(configured: Option<&Path>) -> Result<PathBuf, ClusterError>
 pub struct Supervisor {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    starts: Arc<AtomicU64>,
 }
 
 impl Supervisor {
@@ -59,8 +62,15 @@ impl Supervisor {
         let conf = file.garage_toml(data_dir);
         stop_leftover(&dir, &conf);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(run(bin, dir, conf, stop_rx));
-        Ok(Self { stop, task })
+        let starts = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(bin, dir, conf, stop_rx, starts.clone()));
+        Ok(Self { stop, task, starts })
+    }
+
+    /// How many times the node has been started: a restart means its tables may have missed
+    /// writes (the health watch then has them brought up to date).
+    pub fn starts(&self) -> Arc<AtomicU64> {
+        self.starts.clone()
     }
 
     pub async fn stop(self) {
@@ -99,6 +109,7 @@ async fn run(
     dir: PathBuf,
     conf: PathBuf,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    starts: Arc<AtomicU64>,
 ) {
     loop {
         let log = std::fs::OpenOptions::new()
@@ -132,6 +143,7 @@ async fn run(
                 }
             }
         };
+        starts.fetch_add(1, Ordering::SeqCst);
         if let Some(pid) = child.id() {
             let _ = std::fs::write(pid_file(&dir), format!("{pid}\n"));
         }

@@ -5,14 +5,15 @@
 //!
 //! The in-memory index is a cache of the bucket's records: a HEAD or GET fetches the object's
 //! record first (`sync_key`), a listing first reconciles the index with the bucket's `rec/`
-//! listing (`sync_all`). Writes pass the `WriteGate`, which the daemon closes while Garage reports
-//! a partition without its write quorum: a PUT could land in any partition, so none is accepted
-//! then. Must not: decide cluster membership or talk to Garage's admin API (the daemon does).
+//! listing (`sync_all`); while the daemon reports the cluster's tables not yet whole
+//! (`TableSync`, after a device returned) both only add and replace, never remove. Writes pass
+//! the `WriteGate`, which the daemon closes while Garage reports a partition without its write
+//! quorum: a PUT could land in any partition, so none is accepted then. Must not: decide cluster membership or talk to Garage's admin API (the daemon does).
 //! Invariant: a write is acknowledged only after Garage acknowledged its segments and then its
 //! record (both at Garage's write quorum).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
@@ -59,12 +60,31 @@ impl WriteGate {
     }
 }
 
+/// Whether the cluster's tables are known to be whole on every node: false from a device's start,
+/// and again from the moment a device that was down returns, until the daemon has had every node
+/// push its table entries to every other (ADR 0014). While false, a node may answer reads from
+/// tables that lack entries written while it was down, so an absence it reports proves nothing:
+/// the index keeps what it has and only adds.
+#[derive(Debug, Clone, Default)]
+pub struct TableSync(Arc<AtomicBool>);
+
+impl TableSync {
+    pub fn set(&self, synced: bool) {
+        self.0.store(synced, Ordering::SeqCst);
+    }
+
+    pub fn synced(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// What a device needs of its cluster: the cluster bucket (through this device's own Garage
-/// node) and the write gate.
+/// node), the write gate, and whether absences the bucket reports can be trusted.
 #[derive(Debug, Clone)]
 pub struct ClusterLink {
     pub bucket: Arc<Bucket>,
     pub gate: WriteGate,
+    pub tables: TableSync,
 }
 
 /// The device's view of the bucket's records: for each record object, the listing stamp it
@@ -187,10 +207,12 @@ impl Device {
                 }
                 Ok(())
             }
-            Err(StoreError::NotFound { .. }) => {
+            // An absence counts only once the tables are whole (`TableSync`).
+            Err(StoreError::NotFound { .. }) if link.tables.synced() => {
                 self.write_index().remove(key);
                 Ok(())
             }
+            Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -204,6 +226,8 @@ impl Device {
         let records = &self.inner.records;
         let _one = records.syncing.lock().await;
         let generation = records.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        // Read before listing: a listing begun before the tables were whole may lack entries.
+        let complete = link.tables.synced();
         let listed = link.bucket.list("rec/").await?;
         let mut present = std::collections::HashSet::new();
         let mut stale = Vec::new();
@@ -244,6 +268,9 @@ impl Device {
                     generation,
                 },
             );
+        }
+        if !complete {
+            return Ok(());
         }
         let gone: Vec<String> = self
             .read_index()

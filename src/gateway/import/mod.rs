@@ -28,7 +28,7 @@ mod segments;
 mod share;
 mod transfer;
 
-pub use cluster::{ClusterLink, QuorumLost, WriteGate};
+pub use cluster::{ClusterLink, QuorumLost, TableSync, WriteGate};
 pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult, device_dir};
 pub use export::{ExportOptions, ExportReport, open_export, run_export};
 pub use job::{
