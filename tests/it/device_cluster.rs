@@ -155,7 +155,8 @@ impl Member {
 
     /// Downloads the whole bucket through this device and compares it with `want`.
     fn check_all(&self, bucket: &str, scratch: &Path, want: &[(String, Vec<u8>)]) {
-        let out = scratch.join(format!("get-{}", free_port()));
+        let name = self.job.data.file_name().unwrap().to_string_lossy();
+        let out = scratch.join(format!("get-{name}-{}", free_port()));
         let o = run(self.device().aws().args([
             "s3",
             "cp",
@@ -172,6 +173,16 @@ impl Member {
         }
         std::fs::remove_dir_all(&out).unwrap();
     }
+}
+
+/// Runs `check` on every member at once (a failure fails the test with its message).
+fn each(members: &[Member], check: impl Fn(&Member) + Sync) {
+    std::thread::scope(|s| {
+        for m in members {
+            let check = &check;
+            s.spawn(move || check(m));
+        }
+    });
 }
 
 #[test]
@@ -278,9 +289,8 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
     let o = members[0].upload(&first, bucket);
     assert!(o.status.success(), "upload via dev1: {}", stderr(&o));
     let mut want = files(&first);
-    for m in &members {
-        m.check_all(bucket, dir.path(), &want);
-    }
+    // Each device on its own thread: the checks are independent and mostly wait on the clients.
+    each(&members, |m| m.check_all(bucket, dir.path(), &want));
     let loaded = started.elapsed();
     // Garage's disks hold ciphertext and opaque names only: neither a file's content nor its
     // name appears anywhere in a device's Garage metadata or data.
@@ -354,9 +364,9 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
     let returned_at = started.elapsed();
     // A returned device serves only once the others have pushed it what it missed: its own
     // node answers listings, and without that push it would list only what it held before.
-    for m in &members[3..] {
-        m.check_listing(bucket, &want, "right after the return");
-    }
+    each(&members[3..], |m| {
+        m.check_listing(bucket, &want, "right after the return")
+    });
     // Blocks the returned devices missed are copied later (2 × Garage's RPC timeout after the
     // tables): until then redundancy is not full, whatever the partitions say.
     let s = members[0].status();
@@ -369,9 +379,9 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
     });
     assert!(s.contains("5 of 5 devices up"), "{s}");
     let whole_at = started.elapsed();
-    for m in &members {
-        m.check_listing(bucket, &want, "once redundancy is full again");
-    }
+    each(&members, |m| {
+        m.check_listing(bucket, &want, "once redundancy is full again")
+    });
     let o = members[2].upload(&third, bucket);
     assert!(
         o.status.success(),
