@@ -17,6 +17,7 @@
 mod device;
 mod etag;
 mod export;
+mod functions;
 mod job;
 mod manifest;
 mod multipart;
@@ -29,6 +30,10 @@ mod transfer;
 
 pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult, device_dir};
 pub use export::{ExportOptions, ExportReport, open_export, run_export};
+pub use functions::{
+    FunctionError, FunctionRequest, FunctionSpec, FunctionsReport, Outcome, OutcomeStatus,
+    install_function,
+};
 pub use job::{
     CreatedJob, JobKind, JobManifestFile, JobRequest, JobState, JobStatus, complete_job,
     create_job, job_status, unlock_job,
