@@ -820,6 +820,55 @@ mod tests {
         }
     }
 
+    /// Objects stored before the function's workers started (a restart, or a queue that
+    /// overflowed) are found by the start-up scan; the seal waits for their runs.
+    #[tokio::test]
+    async fn objects_without_an_outcome_run_at_start_and_seal_waits_for_them() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = crate::gateway::import::device::tests::device(dir.path()).await;
+        for (key, data) in [("a.txt", &b"1\n2\n"[..]), ("b.bin", b"x\n")] {
+            let mut w = d.writer().unwrap();
+            w.write(Bytes::from_static(data)).await.unwrap();
+            d.put(key, w, ObjectAttrs::default(), ExpectedDigests::default())
+                .await
+                .unwrap();
+        }
+        let program = dir.path().join("count.sh");
+        std::fs::write(
+            &program,
+            r#"#!/bin/sh
+n=$(wc -l | tr -d ' ')
+echo "{\"suffix\": \".n\", \"text\": \"$n\"}"
+echo "{\"metadata\": {\"n\": \"$n\"}}"
+"#,
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &program,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let req = FunctionRequest {
+            program,
+            pattern: "*.txt".into(),
+            timeout: Duration::from_secs(20),
+            memory_bytes: FunctionRequest::DEFAULT_MEMORY_BYTES,
+        };
+        install_function(dir.path(), d.job_id(), &req).expect("bubblewrap is needed");
+        start(&d).await.unwrap();
+        assert_eq!(d.seal().await.unwrap().0, 3);
+        let (_, mut body) = d.read("a.txt.n", None).unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap(), "2");
+        assert_eq!(
+            d.head("a.txt").unwrap().metadata,
+            vec![("n".to_owned(), "2".to_owned())]
+        );
+        let report = report(&d).await.unwrap().unwrap();
+        assert_eq!((report.ok, report.outcomes.len()), (1, 1), "{report:?}");
+        assert_eq!(report.outcomes[0].derived, ["a.txt.n"]);
+    }
+
     #[test]
     fn derived_keys_are_marked_header_safe() {
         assert_eq!(encode_key("a/b c.txt"), "a/b%20c.txt");

@@ -377,10 +377,11 @@ mod tests {
     async fn a_program_past_its_timeout_is_killed_with_its_children() {
         let tools = Tools::find().expect("bubblewrap is needed: apt-get install bubblewrap");
         let dir = tempfile::tempdir().unwrap();
+        // Odd durations mark this test's processes in the host's process table.
         let prog = script(
             dir.path(),
             "s.sh",
-            "#!/bin/sh\nsleep 1000 &\nexec sleep 1001\n",
+            "#!/bin/sh\nsleep 987.651 &\nexec sleep 987.652\n",
         );
         let limits = Limits {
             timeout: Duration::from_millis(1500),
@@ -392,5 +393,12 @@ mod tests {
             done.elapsed < REAP_GRACE + Duration::from_secs(2),
             "{done:?}"
         );
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains("987.65"))
+            .collect();
+        assert!(left.is_empty(), "still running: {left:?}");
     }
 }
