@@ -267,10 +267,14 @@ struct State {
     closed: bool,
     /// The object version (SHA-256) each key's last recorded run saw.
     done: HashMap<String, String>,
+    /// Offers the queue had no room for (left to a scan).
+    overflows: u64,
 }
 
 struct Queue {
     pattern: String,
+    /// Keys held at most (`QUEUE_OBJECTS`; smaller in tests).
+    capacity: usize,
     state: Mutex<State>,
     work: Notify,
     idle: Notify,
@@ -294,8 +298,9 @@ impl Queue {
         if st.done.get(&rec.key) == Some(&rec.sha256) || st.queued_set.contains(&rec.key) {
             return;
         }
-        if st.queued.len() >= QUEUE_OBJECTS {
+        if st.queued.len() >= self.capacity {
             st.rescan = true;
+            st.overflows += 1;
         } else {
             st.queued.push_back(rec.key.clone());
             st.queued_set.insert(rec.key.clone());
@@ -376,7 +381,7 @@ impl Queue {
             {
                 continue;
             }
-            if st.queued.len() >= QUEUE_OBJECTS {
+            if st.queued.len() >= self.capacity {
                 st.rescan = true;
                 break;
             }
@@ -413,6 +418,10 @@ struct Runner {
 /// Starts the job's function workers, if the job has a function and still takes writes; the
 /// queue starts with a scan, so runs a lock or a crash cut short are redone.
 pub(crate) async fn start(device: &Device) -> Result<(), GatewayError> {
+    start_with(device, QUEUE_OBJECTS).await
+}
+
+async fn start_with(device: &Device, capacity: usize) -> Result<(), GatewayError> {
     if device.is_sealed() {
         return Ok(());
     }
@@ -446,6 +455,7 @@ pub(crate) async fn start(device: &Device) -> Result<(), GatewayError> {
     }
     let queue = Arc::new(Queue {
         pattern: spec.pattern.clone(),
+        capacity,
         state: Mutex::new(state),
         work: Notify::new(),
         idle: Notify::new(),
@@ -820,30 +830,18 @@ mod tests {
         }
     }
 
-    /// Objects stored before the function's workers started (a restart, or a queue that
-    /// overflowed) are found by the start-up scan; the seal waits for their runs.
-    #[tokio::test]
-    async fn objects_without_an_outcome_run_at_start_and_seal_waits_for_them() {
-        use futures::StreamExt;
-        let dir = tempfile::tempdir().unwrap();
-        let d = crate::gateway::import::device::tests::device(dir.path()).await;
-        for (key, data) in [("a.txt", &b"1\n2\n"[..]), ("b.bin", b"x\n")] {
-            let mut w = d.writer().unwrap();
-            w.write(Bytes::from_static(data)).await.unwrap();
-            d.put(key, w, ObjectAttrs::default(), ExpectedDigests::default())
-                .await
-                .unwrap();
-        }
-        let program = dir.path().join("count.sh");
-        std::fs::write(
-            &program,
-            r#"#!/bin/sh
-n=$(wc -l | tr -d ' ')
-echo "{\"suffix\": \".n\", \"text\": \"$n\"}"
-echo "{\"metadata\": {\"n\": \"$n\"}}"
-"#,
-        )
-        .unwrap();
+    async fn put(d: &Device, key: &str, data: &'static [u8]) {
+        let mut w = d.writer().unwrap();
+        w.write(Bytes::from_static(data)).await.unwrap();
+        d.put(key, w, ObjectAttrs::default(), ExpectedDigests::default())
+            .await
+            .unwrap();
+    }
+
+    /// Installs `script` as the job's function for `*.txt`.
+    fn install(dir: &Path, d: &Device, script: &str) {
+        let program = dir.join("function.sh");
+        std::fs::write(&program, script).unwrap();
         std::fs::set_permissions(
             &program,
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -855,7 +853,27 @@ echo "{\"metadata\": {\"n\": \"$n\"}}"
             timeout: Duration::from_secs(20),
             memory_bytes: FunctionRequest::DEFAULT_MEMORY_BYTES,
         };
-        install_function(dir.path(), d.job_id(), &req).expect("bubblewrap is needed");
+        install_function(dir, d.job_id(), &req).expect("bubblewrap is needed");
+    }
+
+    /// Objects stored before the function's workers started (a restart) are found by the
+    /// start-up scan; the seal waits for their runs.
+    #[tokio::test]
+    async fn objects_without_an_outcome_run_at_start_and_seal_waits_for_them() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = crate::gateway::import::device::tests::device(dir.path()).await;
+        put(&d, "a.txt", b"1\n2\n").await;
+        put(&d, "b.bin", b"x\n").await;
+        install(
+            dir.path(),
+            &d,
+            r#"#!/bin/sh
+n=$(wc -l | tr -d ' ')
+echo "{\"suffix\": \".n\", \"text\": \"$n\"}"
+echo "{\"metadata\": {\"n\": \"$n\"}}"
+"#,
+        );
         start(&d).await.unwrap();
         assert_eq!(d.seal().await.unwrap().0, 3);
         let (_, mut body) = d.read("a.txt.n", None).unwrap();
@@ -867,6 +885,33 @@ echo "{\"metadata\": {\"n\": \"$n\"}}"
         let report = report(&d).await.unwrap().unwrap();
         assert_eq!((report.ok, report.outcomes.len()), (1, 1), "{report:?}");
         assert_eq!(report.outcomes[0].derived, ["a.txt.n"]);
+    }
+
+    /// Objects a full queue had no room for are run all the same, before the seal.
+    #[tokio::test]
+    async fn objects_past_a_full_queue_run_before_the_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = crate::gateway::import::device::tests::device(dir.path()).await;
+        install(
+            dir.path(),
+            &d,
+            "#!/bin/sh\ncat >/dev/null\nsleep 0.3\necho '{\"suffix\": \".done\", \"text\": \"\"}'\n",
+        );
+        start_with(&d, 2).await.unwrap();
+        let keys = [
+            "1.txt", "2.txt", "3.txt", "4.txt", "5.txt", "6.txt", "7.txt",
+        ];
+        for key in keys {
+            put(&d, key, b"x").await;
+        }
+        let queue = d.inner.functions.queue.get().unwrap().clone();
+        assert!(queue.lock().overflows > 0, "the queue never filled");
+        assert_eq!(d.seal().await.unwrap().0, 14);
+        for key in keys {
+            d.head(&format!("{key}.done")).unwrap();
+        }
+        let report = report(&d).await.unwrap().unwrap();
+        assert_eq!(report.ok, 7, "{report:?}");
     }
 
     #[test]
