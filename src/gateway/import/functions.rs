@@ -16,11 +16,12 @@
 
 mod outcomes;
 mod protocol;
+mod queue;
+mod report;
 mod sandbox;
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,9 +33,13 @@ use crate::gateway::import::device::{Device, Inner, ObjectAttrs, segment_stream}
 use crate::gateway::import::record::{self, ExpectedDigests, ObjectRecord};
 
 pub use outcomes::{Outcome, OutcomeStatus};
+pub(crate) use queue::Hook;
+pub use report::FunctionsReport;
+pub(crate) use report::report;
 pub use sandbox::SandboxError;
 
 use outcomes::OutcomeLog;
+use queue::{Queue, State};
 use sandbox::{Ending, Limits, Tools};
 
 /// Objects the queue holds before it overflows into a rescan of the index.
@@ -232,178 +237,6 @@ fn encode_key(key: &str) -> String {
         }
     }
     out
-}
-
-/// The device's end of the queue: `Inner` holds one; empty when the job has no function.
-#[derive(Default)]
-pub(crate) struct Hook {
-    queue: OnceLock<Arc<Queue>>,
-}
-
-impl Hook {
-    /// Offers a just-committed object. Never waits: it runs under the commit lock.
-    pub(crate) fn committed(&self, rec: &ObjectRecord) {
-        if let Some(q) = self.queue.get() {
-            q.offer(rec);
-        }
-    }
-}
-
-impl Drop for Hook {
-    fn drop(&mut self) {
-        if let Some(q) = self.queue.get() {
-            q.close();
-        }
-    }
-}
-
-#[derive(Default)]
-struct State {
-    queued: VecDeque<String>,
-    queued_set: HashSet<String>,
-    running: HashSet<String>,
-    /// Objects may match with no outcome and not be queued: scan the index.
-    rescan: bool,
-    closed: bool,
-    /// The object version (SHA-256) each key's last recorded run saw.
-    done: HashMap<String, String>,
-    /// Offers the queue had no room for (left to a scan).
-    overflows: u64,
-}
-
-struct Queue {
-    pattern: String,
-    /// Keys held at most (`QUEUE_OBJECTS`; smaller in tests).
-    capacity: usize,
-    state: Mutex<State>,
-    work: Notify,
-    idle: Notify,
-}
-
-impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Every change is a few field updates with no I/O: a panic leaves them usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn wants(&self, rec: &ObjectRecord) -> bool {
-        matches(&self.pattern, &rec.key) && !is_derived(rec)
-    }
-
-    fn offer(&self, rec: &ObjectRecord) {
-        if !self.wants(rec) {
-            return;
-        }
-        let mut st = self.lock();
-        if st.done.get(&rec.key) == Some(&rec.sha256) || st.queued_set.contains(&rec.key) {
-            return;
-        }
-        if st.queued.len() >= self.capacity {
-            st.rescan = true;
-            st.overflows += 1;
-        } else {
-            st.queued.push_back(rec.key.clone());
-            st.queued_set.insert(rec.key.clone());
-        }
-        drop(st);
-        self.work.notify_one();
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.work.notify_waiters();
-        self.idle.notify_waiters();
-    }
-
-    fn is_idle(&self) -> bool {
-        let st = self.lock();
-        st.closed || (st.queued.is_empty() && st.running.is_empty() && !st.rescan)
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_idle() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// The next key to run (marked running), or `None` once the device is gone.
-    async fn next(&self, device: &Weak<Inner>) -> Option<String> {
-        loop {
-            let notified = self.work.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let scan = {
-                let mut st = self.lock();
-                if st.closed {
-                    return None;
-                }
-                let st = &mut *st;
-                if let Some(at) = st.queued.iter().position(|k| !st.running.contains(k)) {
-                    let key = st.queued.remove(at)?;
-                    st.queued_set.remove(&key);
-                    st.running.insert(key.clone());
-                    return Some(key);
-                }
-                std::mem::take(&mut st.rescan)
-            };
-            if scan {
-                let inner = device.upgrade()?;
-                self.rescan(&Device { inner });
-                continue;
-            }
-            if self.is_idle() {
-                self.idle.notify_waiters();
-            }
-            notified.await;
-        }
-    }
-
-    /// Queues objects that match and have no outcome for their current version, up to the
-    /// queue's bound; asks for another scan if more remain.
-    fn rescan(&self, device: &Device) {
-        let candidates: Vec<(String, String)> = device
-            .read_index()
-            .values()
-            .filter(|rec| self.wants(rec))
-            .map(|rec| (rec.key.clone(), rec.sha256.clone()))
-            .collect();
-        let mut st = self.lock();
-        for (key, sha) in candidates {
-            if st.done.get(&key) == Some(&sha)
-                || st.queued_set.contains(&key)
-                || st.running.contains(&key)
-            {
-                continue;
-            }
-            if st.queued.len() >= self.capacity {
-                st.rescan = true;
-                break;
-            }
-            st.queued.push_back(key.clone());
-            st.queued_set.insert(key);
-        }
-        drop(st);
-        self.work.notify_waiters();
-    }
-
-    fn finish(&self, key: &str, ran: Option<&str>) {
-        let mut st = self.lock();
-        st.running.remove(key);
-        if let Some(sha) = ran {
-            st.done.insert(key.to_owned(), sha.to_owned());
-        }
-        drop(st);
-        if self.is_idle() {
-            self.idle.notify_waiters();
-        }
-        self.work.notify_one();
-    }
 }
 
 /// What every run of a job's function shares.
@@ -732,77 +565,6 @@ impl Device {
             }
         }
     }
-}
-
-/// The function section of the import report.
-#[derive(Debug, Clone, Serialize)]
-pub struct FunctionsReport {
-    pub program: PathBuf,
-    pub program_sha256: String,
-    pub pattern: String,
-    pub timeout_seconds: f64,
-    pub memory_bytes: u64,
-    pub ok: u64,
-    pub failed: u64,
-    pub timed_out: u64,
-    pub errors: u64,
-    pub not_run: u64,
-    /// One per object the function applies to, by key: its last run on the object as stored.
-    pub outcomes: Vec<Outcome>,
-}
-
-/// The job's function outcomes for the objects it holds, or `None` without a function.
-pub(crate) async fn report(device: &Device) -> Result<Option<FunctionsReport>, GatewayError> {
-    let dir = device.inner.segs.dir.clone();
-    let log = OutcomeLog::new(&dir, device.job_id(), device.inner.codec.clone());
-    let loaded = tokio::task::spawn_blocking(move || {
-        let Some(spec) = read_spec(&dir)? else {
-            return Ok::<_, FunctionError>(None);
-        };
-        Ok(Some((spec, log.read()?.0)))
-    })
-    .await
-    .map_err(|e| GatewayError::Internal(Box::new(e)))??;
-    let Some((spec, logged)) = loaded else {
-        return Ok(None);
-    };
-    let mut last: HashMap<String, Outcome> = HashMap::new();
-    for o in logged {
-        last.insert(o.key.clone(), o);
-    }
-    let mut outcomes = Vec::new();
-    for rec in device.read_index().values() {
-        if !matches(&spec.pattern, &rec.key) || is_derived(rec) {
-            continue;
-        }
-        outcomes.push(match last.remove(&rec.key) {
-            Some(o) if o.sha256 == rec.sha256 => o,
-            _ => Outcome {
-                key: rec.key.clone(),
-                sha256: rec.sha256.clone(),
-                size: rec.size,
-                status: OutcomeStatus::NotRun,
-                reason: "no run recorded for the object as stored".to_owned(),
-                derived: Vec::new(),
-                metadata: Vec::new(),
-                seconds: 0.0,
-            },
-        });
-    }
-    let count = |s: OutcomeStatus| outcomes.iter().filter(|o| o.status == s).count() as u64;
-    Ok(Some(FunctionsReport {
-        program: spec.source.clone(),
-        program_sha256: spec.program_sha256.clone(),
-        pattern: spec.pattern.clone(),
-        timeout_seconds: Duration::from_millis(spec.timeout_ms).as_secs_f64(),
-        memory_bytes: spec.memory_bytes,
-        ok: count(OutcomeStatus::Ok),
-        failed: count(OutcomeStatus::Failed),
-        timed_out: count(OutcomeStatus::Timeout),
-        errors: count(OutcomeStatus::Error),
-        not_run: count(OutcomeStatus::NotRun),
-        outcomes,
-    }))
 }
 
 #[cfg(test)]
