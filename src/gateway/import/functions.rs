@@ -1,9 +1,9 @@
 //! Functions on PUT (issue 19): the operator's program runs once for each stored object whose
 //! key matches the job's pattern, in a sandbox (`sandbox.rs`), asynchronously behind the PUT.
 //!
-//! A commit offers the object to a bounded in-memory queue (`Hook::committed`, never waiting:
-//! it runs under the device's commit lock); when the queue is full, or after an unlock, the
-//! workers find the rest by scanning the index for objects with no outcome for their current
+//! A commit offers the object to a bounded in-memory queue (`queue.rs`: `Hook::committed`
+//! never waits, it runs under the device's commit lock); when the queue is full, or after an
+//! unlock, the workers find the rest by scanning the index for objects with no outcome for their current
 //! version (the outcome log, `outcomes.rs`). So nothing is lost when the queue overflows or
 //! the device restarts: the queue is rebuilt, not persisted. A run may add derived objects
 //! (`<key><suffix>`) and user metadata through its stdout (`protocol.rs`); they are applied
