@@ -677,6 +677,40 @@ echo "{\"metadata\": {\"n\": \"$n\"}}"
     }
 
     #[test]
+    fn programs_that_cannot_run_and_limits_out_of_range_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("exe");
+        let plain = dir.path().join("plain");
+        for (path, mode) in [(&exe, 0o755), (&plain, 0o644)] {
+            std::fs::write(path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let req = |program: &Path, timeout_secs, memory_bytes| FunctionRequest {
+            program: program.to_owned(),
+            pattern: String::new(),
+            timeout: Duration::from_secs(timeout_secs),
+            memory_bytes,
+        };
+        req(&exe, 30, 256 << 20)
+            .check()
+            .expect("bubblewrap is needed");
+        let refused = [
+            req(&plain, 30, 256 << 20),
+            req(&dir.path().join("missing"), 30, 256 << 20),
+            req(dir.path(), 30, 256 << 20),
+            req(&exe, 0, 256 << 20),
+            req(&exe, 30, 1 << 20),
+        ];
+        for r in refused {
+            assert!(
+                matches!(r.check(), Err(FunctionError::Program { .. })),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
     fn derived_keys_are_marked_header_safe() {
         assert_eq!(encode_key("a/b c.txt"), "a/b%20c.txt");
         assert_eq!(encode_key("é"), "%C3%A9");
