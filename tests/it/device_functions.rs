@@ -236,3 +236,29 @@ print(json.dumps(out))
     assert_eq!(functions["failed"], 4);
     assert!(!Path::new("/usr/tidegate-escaped").exists());
 }
+
+/// A program that cannot run is refused before the job exists (exit 2, nothing created).
+#[test]
+fn device_functions_a_program_that_cannot_run_is_refused_at_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let script = dir.path().join("not-executable.py");
+    std::fs::write(&script, PROGRAM).unwrap();
+    for program in [script.as_path(), dir.path().join("missing").as_path()] {
+        let o = crate::support::run(
+            crate::support::tidegate(&data)
+                .args(["job", "create", "import", "--target", "s3://b/p"])
+                .args(["--endpoint", "http://127.0.0.1:9", "--manifest-out"])
+                .arg(dir.path().join("m.json"))
+                .arg("--on-put")
+                .arg(program),
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", crate::support::stderr(&o));
+        assert!(
+            crate::support::stderr(&o).contains("--on-put"),
+            "{}",
+            crate::support::stderr(&o)
+        );
+        assert!(!dir.path().join("m.json").exists());
+    }
+}
