@@ -13,6 +13,7 @@ mod device;
 mod device_cluster;
 mod device_export;
 mod device_full;
+mod device_functions;
 mod device_nfs;
 mod device_resume;
 mod fuse;

@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     /// The cluster holding the data set, when the device is one of a device cluster.
     pub cluster: Option<ClusterLink>,
     pub records: RecordCache,
+    /// Functions on PUT: offered every committed object (`functions.rs`).
+    pub functions: crate::gateway::import::functions::Hook,
 }
 
 /// An unlocked device (cheap to clone; the key goes when the last clone does).
@@ -191,6 +193,7 @@ impl Device {
                 unreadable,
                 cluster,
                 records: RecordCache::default(),
+                functions: Default::default(),
             }),
         };
         if device.in_cluster() {
@@ -212,6 +215,7 @@ impl Device {
                 device.inner.segs.remove_ids_now(&orphans);
             }
         }
+        crate::gateway::import::functions::start(&device).await?;
         Ok(device)
     }
 
@@ -353,7 +357,9 @@ impl Device {
             self.inner.segs.remove(&rec.segments).await;
             return Err(e.into());
         }
-        let old = self.write_index().insert(rec.key.clone(), Arc::new(rec));
+        let rec = Arc::new(rec);
+        let old = self.write_index().insert(rec.key.clone(), rec.clone());
+        self.inner.functions.committed(&rec);
         if let Some(old) = old {
             self.inner.segs.remove(&old.segments).await;
         }
