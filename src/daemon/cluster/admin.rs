@@ -162,8 +162,16 @@ pub async fn bring_up(
         ));
         tokio::time::sleep(POLL).await;
     }
-    if file.creator {
-        ensure_key_and_bucket(admin, file).await?;
+    // The key and bucket tables are written to every node at a quorum: right after the layout
+    // is applied this node may not be connected to enough of the others yet (Garage answers
+    // 503). Retried until the bring-up's own time limit.
+    while file.creator
+        && let Err(e) = ensure_key_and_bucket(admin, file).await
+    {
+        say(format!(
+            "cluster: waiting to create the cluster's key and bucket ({e})"
+        ));
+        tokio::time::sleep(POLL).await;
     }
     Ok(node)
 }
