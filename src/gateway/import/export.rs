@@ -1,7 +1,8 @@
 //! The export: a source bucket's objects copied onto the device, verified, sealed for clients.
 //!
 //! `job export` lists the source prefix and copies every object not yet on the device:
-//! `parallel` objects at a time, each read by ranged GETs of one segment's length (the first
+//! `parallel` objects downloading at a time (a one-range object leaves its slot to the next
+//! while it is sealed and committed), each read by ranged GETs of one segment's length (the first
 //! range also brings the content type and user metadata, so no HEAD is needed). One object is
 //! not one ordered stream: up to `RANGES_AHEAD` of its GETs run at once as their own tasks, and
 //! their bytes go to the segment writer in range order (which hashes them in order on its own
@@ -51,6 +52,10 @@ use crate::store::{Bucket, StoreError};
 /// and sealed, so one large object streams at the source's pace even when it is the last one
 /// left (tuned with `benches/device_export.sh`; docs/testing.md has the figures).
 const RANGES_AHEAD: usize = 6;
+
+/// Copies under way per download lane: a small object's copy leaves its lane once downloaded,
+/// so the next download starts while it is sealed, fsynced and committed.
+const COPIES_PER_LANE: usize = 4;
 
 /// Records committed in one catalog transaction at most.
 const COMMIT_BATCH: usize = 64;
@@ -208,17 +213,14 @@ pub async fn run_export(
     );
     let gets_before = source.traffic().gets;
 
-    // Fetched bytes not yet handed to a writer: 2 × parallel ranges' worth over all objects.
-    let permits = Arc::new(Semaphore::new(
-        opts.parallel.max(1) * 2 * budget_units(SEGMENT_BYTES as u64) as usize,
-    ));
+    let limits = Limits::new(opts.parallel.max(1));
     let (commits, committer) = Commits::start(device.clone());
     let results: Vec<(crate::store::ObjectInfo, Outcome)> = futures::stream::iter(work)
         .map(|obj| {
-            let (source, progress, permits) = (&source, progress.clone(), permits.clone());
-            let commits = &commits;
+            let (source, progress, limits, commits) =
+                (&source, progress.clone(), &limits, &commits);
             async move {
-                let outcome = copy_one(source, device, commits, &obj, &permits, &progress).await;
+                let outcome = copy_one(source, device, commits, &obj, limits, &progress).await;
                 match &outcome {
                     Outcome::Copied { .. } => progress.done_objects.fetch_add(1, Ordering::Relaxed),
                     Outcome::Failed(_) => progress.failed_objects.fetch_add(1, Ordering::Relaxed),
@@ -226,7 +228,7 @@ pub async fn run_export(
                 (obj, outcome)
             }
         })
-        .buffer_unordered(opts.parallel.max(1))
+        .buffer_unordered(opts.parallel.max(1) * COPIES_PER_LANE)
         .collect()
         .await;
     drop(commits);
@@ -433,6 +435,26 @@ impl Ranges {
     }
 }
 
+/// What bounds an export's copies.
+struct Limits {
+    /// Objects downloading at once: `--parallel`.
+    lanes: Arc<Semaphore>,
+    /// Fetched bytes not yet taken by a writer (a one-range object's until it is sealed):
+    /// 2 × `--parallel` segments' worth over all objects, in `BUDGET_UNIT_BYTES`.
+    budget: Arc<Semaphore>,
+}
+
+impl Limits {
+    fn new(parallel: usize) -> Self {
+        Self {
+            lanes: Arc::new(Semaphore::new(parallel)),
+            budget: Arc::new(Semaphore::new(
+                parallel * 2 * budget_units(SEGMENT_BYTES as u64) as usize,
+            )),
+        }
+    }
+}
+
 /// Copied objects' records waiting to be committed together.
 type CommitRequest = (
     ObjectRecord,
@@ -559,20 +581,11 @@ async fn copy_one(
     device: &Device,
     commits: &Commits,
     obj: &crate::store::ObjectInfo,
-    permits: &Arc<Semaphore>,
+    limits: &Limits,
     progress: &ImportProgress,
 ) -> Outcome {
     let mut counted = 0u64;
-    let outcome = copy_counted(
-        source,
-        device,
-        commits,
-        obj,
-        permits,
-        progress,
-        &mut counted,
-    )
-    .await;
+    let outcome = copy_counted(source, device, commits, obj, limits, progress, &mut counted).await;
     match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -587,7 +600,7 @@ async fn copy_counted(
     device: &Device,
     commits: &Commits,
     obj: &crate::store::ObjectInfo,
-    permits: &Arc<Semaphore>,
+    limits: &Limits,
     progress: &ImportProgress,
     counted: &mut u64,
 ) -> Result<Outcome, GatewayError> {
@@ -603,6 +616,13 @@ async fn copy_counted(
             "{key} changed in the source during the export (a rerun copies it again)"
         ))
     };
+    let single = ranges.len() == 1;
+    let lane = limits
+        .lanes
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| GatewayError::Internal(Box::new(e)))?;
     let mut writer = device.writer()?;
     let check = match (is_md5(&etag), multipart_parts(&etag)) {
         (true, _) => Check::Md5(parse_hex::<16>(&etag).unwrap_or_default()),
@@ -617,7 +637,12 @@ async fn copy_counted(
     };
     let mut attrs = None;
     let mut received = 0u64;
-    let mut ranges = Ranges::new(source_fetch(source.clone(), key), ranges, permits.clone());
+    let mut ranges = Ranges::new(
+        source_fetch(source.clone(), key),
+        ranges,
+        limits.budget.clone(),
+    );
+    let mut kept = None;
     while let Some((permit, (head, data))) = ranges.next().await? {
         if head.etag.as_deref().map(|t| t.trim_matches('"')) != Some(etag.as_str())
             || head.size != obj.size
@@ -630,9 +655,18 @@ async fn copy_counted(
         let len = data.len() as u64;
         received += len;
         writer.write(data).await?;
-        drop(permit);
+        // A one-range object's bytes stay in its writer until `finish`: its budget goes then.
+        if single {
+            kept = Some(permit);
+        }
         progress.done_bytes.fetch_add(len, Ordering::Relaxed);
         *counted += len;
+    }
+    // A one-range object's download is over: its lane goes to the next object while this one
+    // is sealed, fsynced and committed. A larger one keeps its lane to the end, which bounds
+    // the segments that copies being finished hold.
+    if single {
+        drop(lane);
     }
     if received != obj.size {
         return Err(changed());
@@ -644,7 +678,9 @@ async fn copy_counted(
         },
         sha256: None,
     };
-    let written = match writer.finish(expected).await {
+    let finished = writer.finish(expected).await;
+    drop(kept);
+    let written = match finished {
         Ok(w) => w,
         Err(GatewayError::Corrupt(e)) if e.is::<DigestMismatch>() => {
             return Ok(Outcome::Failed(

@@ -130,13 +130,42 @@ enum Hashing {
     /// Not started: an object of at most one segment is hashed in the same blocking task that
     /// seals it (one task per small object, not two).
     Idle(Box<(Sha256, EtagHasher)>),
-    /// A second segment came: a blocking task hashes the segments in the order they are sent
-    /// while the writer goes on receiving and sealing later ones.
+    /// A second segment came: two blocking tasks, one per digest, hash the segments in the
+    /// order they are sent (side by side on two cores when there are two) while the writer
+    /// goes on receiving and sealing later ones.
     Running {
-        tx: tokio::sync::mpsc::Sender<Bytes>,
-        task: tokio::task::JoinHandle<(Sha256, EtagHasher)>,
+        sha: Digest<Sha256>,
+        etag: Digest<EtagHasher>,
     },
     Done,
+}
+
+/// One digest fed in order on its own blocking task.
+#[derive(Debug)]
+struct Digest<D> {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    task: tokio::task::JoinHandle<D>,
+}
+
+impl<D: Send + 'static> Digest<D> {
+    fn start(mut digest: D, update: fn(&mut D, &[u8])) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASHES_QUEUED);
+        let task = tokio::task::spawn_blocking(move || {
+            while let Some(piece) = rx.blocking_recv() {
+                update(&mut digest, &piece);
+            }
+            digest
+        });
+        Self { tx, task }
+    }
+
+    /// Closing the queue lets the task finish the digest.
+    async fn finish(self) -> Result<D, GatewayError> {
+        drop(self.tx);
+        self.task
+            .await
+            .map_err(|e| GatewayError::Internal(Box::new(e)))
+    }
 }
 
 /// Receives an object's bytes in any pieces and stores them as sealed segments, hashing as it
@@ -219,35 +248,31 @@ impl SegmentWriter {
         Ok(id)
     }
 
-    /// The in-order hashing task's queue, starting the task on the first full segment.
-    fn hasher(&mut self) -> Result<tokio::sync::mpsc::Sender<Bytes>, GatewayError> {
+    /// The in-order hashing tasks' queues, starting the tasks on the first full segment.
+    fn hashers(&mut self) -> Result<[tokio::sync::mpsc::Sender<Bytes>; 2], GatewayError> {
         self.hashing = match std::mem::replace(&mut self.hashing, Hashing::Done) {
             Hashing::Idle(state) => {
-                let (mut sha, mut etag) = *state;
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASHES_QUEUED);
-                let task = tokio::task::spawn_blocking(move || {
-                    while let Some(piece) = rx.blocking_recv() {
-                        sha.update(&piece);
-                        etag.update(&piece);
-                    }
-                    (sha, etag)
-                });
-                Hashing::Running { tx, task }
+                let (sha, etag) = *state;
+                Hashing::Running {
+                    sha: Digest::start(sha, Sha256::update),
+                    etag: Digest::start(etag, EtagHasher::update),
+                }
             }
             other => other,
         };
         match &self.hashing {
-            Hashing::Running { tx, .. } => Ok(tx.clone()),
+            Hashing::Running { sha, etag } => Ok([sha.tx.clone(), etag.tx.clone()]),
             Hashing::Idle(_) | Hashing::Done => Err(hashing_died()),
         }
     }
 
     async fn flush(&mut self, data: Bytes) -> Result<(), GatewayError> {
-        let hasher = self.hasher()?;
-        hasher
-            .send(data.clone())
-            .await
-            .map_err(|_| hashing_died())?;
+        for hasher in self.hashers()? {
+            hasher
+                .send(data.clone())
+                .await
+                .map_err(|_| hashing_died())?;
+        }
         self.seal(data).await
     }
 
@@ -295,15 +320,14 @@ impl SegmentWriter {
                 .map_err(|e| GatewayError::Internal(Box::new(e)))??
             }
             (Hashing::Idle(state), None) => *state,
-            (Hashing::Running { tx, task }, last) => {
+            (Hashing::Running { sha, etag }, last) => {
                 if let Some(data) = last {
-                    tx.send(data.clone()).await.map_err(|_| hashing_died())?;
+                    for tx in [&sha.tx, &etag.tx] {
+                        tx.send(data.clone()).await.map_err(|_| hashing_died())?;
+                    }
                     self.seal(data).await?;
                 }
-                // Closing the queue lets the task finish the digests.
-                drop(tx);
-                task.await
-                    .map_err(|e| GatewayError::Internal(Box::new(e)))?
+                (sha.finish().await?, etag.finish().await?)
             }
             (Hashing::Done, _) => return Err(hashing_died()),
         };
