@@ -108,6 +108,8 @@ pub(crate) struct Inner {
     pub sealed: AtomicBool,
     /// Records that did not open when the device was unlocked (tampered or damaged).
     pub unreadable: u64,
+    /// Functions on PUT: offered every committed object (`functions.rs`).
+    pub functions: crate::gateway::import::functions::Hook,
 }
 
 /// An unlocked device (cheap to clone; the key goes when the last clone does).
@@ -177,6 +179,7 @@ impl Device {
                 commit: tokio::sync::Mutex::new(()),
                 sealed: AtomicBool::new(!state.accepts_writes()),
                 unreadable,
+                functions: Default::default(),
             }),
         };
         if state.accepts_writes() {
@@ -192,6 +195,7 @@ impl Device {
                 device.inner.segs.remove_ids_now(&orphans);
             }
         }
+        crate::gateway::import::functions::start(&device).await?;
         Ok(device)
     }
 
@@ -310,7 +314,8 @@ impl Device {
     }
 
     /// Stores several records in one catalog transaction (one fsync), then in the index, in
-    /// order; the replaced objects' segments are removed. All or none: on failure the new
+    /// order, and offers each to the functions on PUT; the replaced objects' segments are
+    /// removed. All or none: on failure the new
     /// records' segments are removed.
     pub(crate) async fn commit_many(&self, recs: Vec<ObjectRecord>) -> Result<(), GatewayError> {
         let _guard = self.inner.commit.lock().await;
@@ -323,14 +328,18 @@ impl Device {
             self.inner.segs.remove(&segments).await;
             return Err(e);
         }
+        let recs: Vec<Arc<ObjectRecord>> = recs.into_iter().map(Arc::new).collect();
         let mut replaced = Vec::new();
         {
             let mut index = self.write_index();
-            for rec in recs {
-                if let Some(old) = index.insert(rec.key.clone(), Arc::new(rec)) {
+            for rec in &recs {
+                if let Some(old) = index.insert(rec.key.clone(), rec.clone()) {
                     replaced.extend(old.segments.iter().cloned());
                 }
             }
+        }
+        for rec in &recs {
+            self.inner.functions.committed(rec);
         }
         self.inner.segs.remove(&replaced).await;
         Ok(())
