@@ -73,6 +73,8 @@ impl Files {
     ) -> Result<InodeRow, GatewayError> {
         let prefix = path::dir_prefix(&share.bucket_prefix, &dir.path);
         let listing = std::sync::Arc::new(self.bucket.list_level(&prefix).await?);
+        // benches/scale.sh counts these to show that a restart lists nothing.
+        tracing::debug!(share = %share.name, prefix, objects = listing.objects.len(), "listed the bucket level");
         let plan = {
             let (listing, prefix, dir, share_id) =
                 (listing.clone(), prefix.clone(), dir.clone(), share.id);
