@@ -348,3 +348,69 @@ fn flock_through_fuse_and_nfs4_locks_conflict() {
     s.lock(&fh, &sid, b"lo", 0, 10, false).unwrap();
     gw.stop();
 }
+
+/// One COMPOUND's GETATTR after an operation that changed the file reports the change: the
+/// attributes an earlier operation of the same COMPOUND read are never served stale (the
+/// server reuses them between operations to save catalog reads).
+#[test]
+fn a_getattr_after_write_or_setattr_in_one_compound_sees_the_change() {
+    const OP_SETATTR: u32 = 34;
+    const SIZE: u32 = 4;
+    const MODE: u32 = 33;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path(), 90);
+    let mut s = Session::new(&addr(&gw), b"compound-attrs", false);
+    let share = s.fh("/s").unwrap();
+    let (sid, fh) = s.open(&share, "f", b"o", true).unwrap();
+    // A bitmap4 of one attribute.
+    let bitmap = |e: Enc, attr: u32| match attr {
+        0..32 => e.u32(1).u32(1 << attr),
+        _ => e.u32(2).u32(0).u32(1 << (attr - 32)),
+    };
+    let getattr = |e: Enc, attr: u32| bitmap(e.u32(OP_GETATTR), attr);
+    // GETATTR4resok's value of the one attribute asked for.
+    let value = |d: &mut crate::support::nfs::Dec, op: u32| {
+        assert_eq!((d.u32(), d.u32()), (op, NFS4_OK));
+        let words = d.u32() as usize;
+        d.fixed(4 * words);
+        d.opaque()
+    };
+
+    // PUTFH, GETATTR(size), WRITE 5 bytes at 100, GETATTR(size).
+    let e = getattr(Enc::default().u32(OP_PUTFH).opaque(&fh), SIZE).u32(OP_WRITE);
+    let e = sid.enc(e).u64(100).u32(FILE_SYNC4).opaque(b"hello");
+    let r = s.compound(4, &getattr(e, SIZE).0);
+    assert_eq!(r.status, NFS4_OK);
+    assert_eq!(r.results.last(), Some(&(OP_PUTFH, NFS4_OK)));
+    let mut d = crate::support::nfs::Dec::new(&r.tail);
+    assert_eq!(value(&mut d, OP_GETATTR), 0u64.to_be_bytes(), "size before");
+    assert_eq!((d.u32(), d.u32()), (OP_WRITE, NFS4_OK));
+    d.fixed(4 + 4 + 8);
+    assert_eq!(
+        value(&mut d, OP_GETATTR),
+        105u64.to_be_bytes(),
+        "size after"
+    );
+
+    // PUTFH, GETATTR(mode), SETATTR mode 0600, GETATTR(mode).
+    let e = getattr(Enc::default().u32(OP_PUTFH).opaque(&fh), MODE).u32(OP_SETATTR);
+    let e = bitmap(StateId(0, vec![0; 12]).enc(e), MODE).opaque(&0o600u32.to_be_bytes());
+    let r = s.compound(4, &getattr(e, MODE).0);
+    assert_eq!(r.status, NFS4_OK);
+    assert_eq!(r.results.last(), Some(&(OP_PUTFH, NFS4_OK)));
+    let mut d = crate::support::nfs::Dec::new(&r.tail);
+    assert_eq!(
+        value(&mut d, OP_GETATTR),
+        0o644u32.to_be_bytes(),
+        "mode before"
+    );
+    assert_eq!((d.u32(), d.u32()), (OP_SETATTR, NFS4_OK));
+    let words = d.u32() as usize;
+    d.fixed(4 * words);
+    assert_eq!(
+        value(&mut d, OP_GETATTR),
+        0o600u32.to_be_bytes(),
+        "mode after"
+    );
+    assert_eq!(s.close(&fh, &sid), NFS4_OK);
+}

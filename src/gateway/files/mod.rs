@@ -549,37 +549,9 @@ impl Files {
 
     /// The caller as the share sees it: refused if its address is not allowed, then squashed.
     fn effective(&self, share: &ShareRow, caller: &Caller) -> Result<Caller, GatewayError> {
-        if let Some(ip) = caller.addr
-            && !share.allowed_clients.is_empty()
-        {
-            let allowed = share
-                .allowed_clients
-                .split(',')
-                .filter_map(|c| Cidr::parse(c).ok())
-                .any(|c| c.contains(ip));
-            if !allowed {
-                return Err(GatewayError::PermissionDenied(format!(
-                    "client {ip} is not in share {}'s allowed clients",
-                    share.name
-                )));
-            }
-        }
+        let who = effective(share, caller)?;
         self.count(share.id, traffic::Counted::Call);
-        let squash = match share.squash {
-            Squash::All => true,
-            Squash::Root => caller.uid == 0,
-            Squash::None => false,
-        };
-        Ok(if squash {
-            Caller {
-                uid: ANONYMOUS_ID,
-                gid: ANONYMOUS_ID,
-                groups: Vec::new(),
-                addr: caller.addr,
-            }
-        } else {
-            caller.clone()
-        })
+        Ok(who)
     }
 
     /// Resolves an export path (`/NAME` or `/NAME/sub/dir`) for MOUNT.
@@ -693,6 +665,41 @@ fn sweep_staging(
 
 /// Whether `who` may read (4), write (2) or search/execute (1) `row`: root may do anything but
 /// execute a file with no execute bit; others by owner, group, then other bits.
+/// Who `caller` is in `share`: refused if not among its allowed clients, squashed as it says.
+/// Pure, so that a blocking step may check permissions on the rows it reads.
+pub(crate) fn effective(share: &ShareRow, caller: &Caller) -> Result<Caller, GatewayError> {
+    if let Some(ip) = caller.addr
+        && !share.allowed_clients.is_empty()
+    {
+        let allowed = share
+            .allowed_clients
+            .split(',')
+            .filter_map(|c| Cidr::parse(c).ok())
+            .any(|c| c.contains(ip));
+        if !allowed {
+            return Err(GatewayError::PermissionDenied(format!(
+                "client {ip} is not in share {}'s allowed clients",
+                share.name
+            )));
+        }
+    }
+    let squash = match share.squash {
+        Squash::All => true,
+        Squash::Root => caller.uid == 0,
+        Squash::None => false,
+    };
+    Ok(if squash {
+        Caller {
+            uid: ANONYMOUS_ID,
+            gid: ANONYMOUS_ID,
+            groups: Vec::new(),
+            addr: caller.addr,
+        }
+    } else {
+        caller.clone()
+    })
+}
+
 pub(crate) fn permits(who: &Caller, row: &InodeRow, want: u32) -> bool {
     let mode = row.mode;
     if who.uid == 0 {

@@ -101,6 +101,11 @@ struct Ctx<'a> {
     saved: Option<Fh>,
     cur_sid: Option<StateId>,
     saved_sid: Option<StateId>,
+    /// The current file's attributes as the last operation of this COMPOUND left them (OPEN,
+    /// LOOKUP, SETATTR, WRITE, GETATTR), so that the GETATTR and GETFH a client puts after them
+    /// cost no second catalog read. Only ever used for the file it names; an operation that
+    /// may change anything else drops it ([`keeps_attr`]).
+    cur_attr: Option<crate::gateway::files::Attr>,
     /// The client of the COMPOUND's SEQUENCE.
     client: Option<u64>,
     /// The session's response limit (READ and READDIR stay under it).
@@ -234,6 +239,7 @@ impl Nfs4 {
             saved: None,
             cur_sid: None,
             saved_sid: None,
+            cur_attr: None,
             client: None,
             max_response: u32::MAX,
         };
@@ -530,6 +536,14 @@ impl Ops<'_> {
     }
 
     async fn run(&self, op: u32, ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> OpResult {
+        let result = self.dispatch(op, ctx, r).await;
+        if result.is_err() || !keeps_attr(op) {
+            ctx.cur_attr = None;
+        }
+        result
+    }
+
+    async fn dispatch(&self, op: u32, ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> OpResult {
         match op {
             OP_EXCHANGE_ID => self.exchange_id(ctx, r),
             OP_CREATE_SESSION => self.create_session(ctx, r),
@@ -557,10 +571,7 @@ impl Ops<'_> {
             OP_GETFH => {
                 let fh = cur(ctx)?;
                 if let Fh::File(id) = fh {
-                    self.files
-                        .getattr(ctx.caller, id)
-                        .await
-                        .map_err(|e| Fail::from(status4(&e)))?;
+                    self.attr(ctx, id).await?;
                 }
                 let mut out = Out::new();
                 out.opaque(&self.fh_bytes(fh));
@@ -624,6 +635,31 @@ impl Ops<'_> {
             _ => Err(NFS4ERR_OP_ILLEGAL.into()),
         }
     }
+}
+
+/// Whether the current file's attributes as left by the operation before are still true after
+/// `op`: it leaves the current filehandle and its attributes alone, or sets `cur_attr` itself.
+/// READ is not among them (it moves the access time), nor is anything that changes a
+/// directory or the current filehandle without reading it.
+fn keeps_attr(op: u32) -> bool {
+    matches!(
+        op,
+        OP_GETATTR
+            | OP_GETFH
+            | OP_SAVEFH
+            | OP_ACCESS
+            | OP_VERIFY
+            | OP_NVERIFY
+            | OP_OPEN
+            | OP_LOOKUP
+            | OP_SETATTR
+            | OP_WRITE
+            | OP_COMMIT
+            | OP_CLOSE
+            | OP_LOCK
+            | OP_LOCKT
+            | OP_LOCKU
+    )
 }
 
 fn cur(ctx: &Ctx<'_>) -> Result<Fh, u32> {

@@ -8,6 +8,7 @@ use crate::frontend::nfs::rpc::{Out, Reader};
 use crate::gateway::GatewayError;
 use crate::gateway::files::data::MAX_IO_BYTES;
 use crate::gateway::files::locks::{LockKind, Refused, SHARE_READ, SHARE_WRITE};
+use crate::gateway::files::ops::NewFile;
 use crate::gateway::files::path::MAX_NAME_BYTES;
 use crate::gateway::files::{Attr, CreateMode, FileId, FileKind, SetAttr, Stability};
 
@@ -135,8 +136,13 @@ fn special_kind(type4: u32) -> Option<FileKind> {
 }
 
 impl Ops<'_> {
-    async fn attr(&self, ctx: &Ctx<'_>, id: FileId) -> Result<Attr, Fail> {
-        self.files.getattr(ctx.caller, id).await.map_err(gw)
+    /// The attributes of `id`: those the COMPOUND's last operation left for the current file
+    /// when it is `id`, else read from the gateway.
+    pub(super) async fn attr(&self, ctx: &Ctx<'_>, id: FileId) -> Result<Attr, Fail> {
+        match &ctx.cur_attr {
+            Some(a) if a.id == id && ctx.cur == Some(Fh::File(id)) => Ok(a.clone()),
+            _ => self.files.getattr(ctx.caller, id).await.map_err(gw),
+        }
     }
 
     /// The change attribute of a directory (for change_info4).
@@ -176,13 +182,15 @@ impl Ops<'_> {
             Fh::File(dir) => {
                 let d = self.attr(ctx, dir).await?;
                 not_dir(&d)?;
-                self.files
-                    .lookup(ctx.caller, dir, name)
-                    .await
-                    .map_err(gw)?
-                    .id
+                let a = self.files.lookup(ctx.caller, dir, name).await.map_err(gw)?;
+                let id = a.id;
+                ctx.cur_attr = Some(a);
+                id
             }
         };
+        if ctx.cur_attr.as_ref().is_some_and(|a| a.id != found) {
+            ctx.cur_attr = None;
+        }
         ctx.cur = Some(Fh::File(found));
         ctx.cur_sid = None;
         Ok(Out::new())
@@ -224,6 +232,10 @@ impl Ops<'_> {
 
     pub(super) async fn getattr(&self, ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> OpResult {
         let want = Bitmap::read(r)?;
+        if let Fh::File(id) = cur(ctx)? {
+            let a = self.attr(ctx, id).await?;
+            ctx.cur_attr = Some(a);
+        }
         let (got, vals) = self.encode_cur(ctx, &want).await?;
         let mut out = Out::new();
         attrs::write_encoded(&mut out, &got, &vals);
@@ -524,27 +536,39 @@ impl Ops<'_> {
                     }
                     .into());
                 }
-                let (dir, d) = self.cur_dir(ctx).await?;
-                let before = attrs::change_of(&d);
-                let existing = self.files.lookup(ctx.caller, dir, &name).await;
-                let (a, created) = match (&how, existing) {
-                    (None, Ok(a)) => (a, false),
-                    (None, Err(e)) => return Err(gw(e)),
-                    (Some(c), existing) => {
-                        let fresh = existing.is_err();
+                match &how {
+                    None => {
+                        let (dir, d) = self.cur_dir(ctx).await?;
+                        let change = attrs::change_of(&d);
                         let a = self
                             .files
-                            .create(ctx.caller, dir, &name, c.mode, c.attrs.set)
+                            .lookup(ctx.caller, dir, &name)
                             .await
                             .map_err(gw)?;
-                        if fresh {
+                        (a, change, change, false)
+                    }
+                    Some(c) => {
+                        // The gateway checks that the directory is one and may be written,
+                        // and reads it before and after, in the hops of the create itself.
+                        let dir = cur_file(ctx, NFS4ERR_ROFS)?;
+                        let req = NewFile {
+                            dir,
+                            name: &name,
+                            how: c.mode,
+                            attrs: c.attrs.set,
+                        };
+                        let opened = self.files.create_open(ctx.caller, req).await.map_err(gw)?;
+                        if opened.created {
                             attrset = c.attrs.bits.clone();
                         }
-                        (a, fresh)
+                        (
+                            opened.attr,
+                            attrs::change_of(&opened.dir_before),
+                            attrs::change_of(&opened.dir_after),
+                            opened.created,
+                        )
                     }
-                };
-                let after = self.change(ctx, Fh::File(dir)).await;
-                (a, before, after, created)
+                }
             }
             None => {
                 let id = cur_file(ctx, NFS4ERR_ISDIR)?;
@@ -623,6 +647,7 @@ impl Ops<'_> {
         drop(recorded);
         ctx.cur = Some(Fh::File(file.id));
         ctx.cur_sid = Some(sid);
+        ctx.cur_attr = Some(file);
         let mut out = Out::new();
         write_stateid(&mut out, &sid);
         cinfo(&mut out, before, after);
@@ -791,11 +816,12 @@ impl Ops<'_> {
         let a = self.attr(ctx, id).await?;
         regular(&a)?;
         self.io_state(ctx, sid, id, true)?;
-        let (committed, _) = self
+        let (committed, after) = self
             .files
             .write(ctx.caller, id, offset, data, stable)
             .await
             .map_err(gw)?;
+        ctx.cur_attr = Some(after);
         let mut out = Out::new();
         out.u32(data.len() as u32)
             .u32(match committed {
@@ -972,10 +998,12 @@ impl Ops<'_> {
             self.io_state(ctx, sid, id, true)
                 .map_err(|f| fail(f.status))?;
         }
-        self.files
+        let after = self
+            .files
             .setattr(ctx.caller, id, attrs.set)
             .await
             .map_err(|e| fail(status4(&e)))?;
+        ctx.cur_attr = Some(after);
         let mut out = Out::new();
         attrs.bits.write(&mut out);
         Ok(out)
