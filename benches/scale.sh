@@ -136,9 +136,6 @@ row "tape: load + unload (each with RES)" "$CYCLES" "$(val "$VTL" cycle_seconds)
 # --- the share ---------------------------------------------------------------------------------
 mkdir "$MNT/small"
 for i in $(seq 10); do echo x >"$MNT/small/s$i"; done
-sleep 3
-P=$(python3 "$FILESPY" probe "$MNT" small "$PROBE")
-for op in create lookup stat remove; do row "probe in dir of 10: $op (us/op)" "$PROBE" "$(val "$P" "$op us_per_op")"; done
 
 t=$(now)
 python3 "$FILESPY" create "$MNT" big "$BIG" "$WRITERS" >"$WORK/big.out"
@@ -159,6 +156,9 @@ t=$(now)
 drain
 row "share: uploads drained" "$FILES" "$(since "$t")"
 
+# The two directories back to back, so that both see the same load from elsewhere.
+P=$(python3 "$FILESPY" probe "$MNT" small "$PROBE")
+for op in create lookup stat remove; do row "probe in dir of 10: $op (us/op)" "$PROBE" "$(val "$P" "$op us_per_op")"; done
 P=$(python3 "$FILESPY" probe "$MNT" big "$PROBE")
 for op in create lookup stat remove; do row "probe in dir of $BIG: $op (us/op)" "$PROBE" "$(val "$P" "$op us_per_op")"; done
 # Upload of one file: PROBE new files in each directory, the time until they are all in the

@@ -4,7 +4,8 @@
 //! access) or was marked stale by `tidegate share refresh`. New objects become inodes with
 //! attributes from their metadata (share defaults where there is none); an object whose ETag
 //! changed is re-read (HEAD) and its cached window dropped; a clean file whose object is gone
-//! vanishes. Invariant: an inode with local changes not yet uploaded (`version !=
+//! vanishes, once a second listing confirms it (a file uploaded while the first listing ran is
+//! not in it). Invariant: an inode with local changes not yet uploaded (`version !=
 //! synced_version`) is never touched, and an object queued for deletion is not resurrected.
 //! Directories are never removed by a refresh (an empty one may be a local mkdir).
 //!
