@@ -500,6 +500,8 @@ pub enum JobKindArgs {
         target: String,
         #[command(flatten)]
         common: JobCreateArgs,
+        #[command(flatten)]
+        on_put: OnPutArgs,
     },
     /// The device is filled from SOURCE (`job export`) for clients to read.
     Export {
@@ -547,4 +549,24 @@ pub enum DeviceCommand {
     },
     /// Lock the unlocked device: its key is dropped and the endpoint stops.
     Lock,
+}
+
+/// A function on PUT for an import job (docs/device.md, "Functions on PUT").
+#[derive(Debug, Args)]
+pub struct OnPutArgs {
+    /// Run PROGRAM (an executable file; copied into the job) in a sandbox for each object
+    /// stored whose key matches --match: the object on stdin, its key, size, ETag and metadata
+    /// in TIDEGATE_* variables.
+    #[arg(long, value_name = "PROGRAM")]
+    pub on_put: Option<PathBuf>,
+    /// Which keys: a prefix, or a glob over the whole key where `*` matches any characters
+    /// (`*.txt`) [default: every key]
+    #[arg(long = "match", value_name = "PATTERN", requires = "on_put")]
+    pub pattern: Option<String>,
+    /// Wall-clock (and CPU) time one run may take before it is killed [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "on_put")]
+    pub timeout: Option<std::time::Duration>,
+    /// Address space of each process of a run, and the size of its scratch /tmp [default: 256MiB]
+    #[arg(long, value_name = "SIZE", requires = "on_put")]
+    pub memory: Option<ByteSize>,
 }

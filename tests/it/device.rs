@@ -31,26 +31,39 @@ pub fn create_job(dir: &Path, garage: &dyn S3Server, prefix: &str) -> Job {
 
 /// A job of `kind` (`import`: into Garage's bucket under `prefix`; `export`: from it).
 pub fn create_job_of(dir: &Path, garage: &dyn S3Server, kind: &str, prefix: &str) -> Job {
+    create_job_with(dir, garage, kind, prefix, &[])
+}
+
+/// `create_job_of` with `extra` arguments to `job create KIND` (e.g. `--on-put`).
+pub fn create_job_with(
+    dir: &Path,
+    garage: &dyn S3Server,
+    kind: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> Job {
     let data = dir.join("device-data");
     std::fs::create_dir_all(&data).unwrap();
     let manifest = dir.join("job.manifest.json");
-    let o = run(tidegate(&data).args([
-        "job",
-        "create",
-        kind,
-        if kind == "import" {
-            "--target"
-        } else {
-            "--source"
-        },
-        &format!("s3://{}/{prefix}", garage.bucket()),
-        "--endpoint",
-        garage.endpoint(),
-        "--region",
-        garage.region(),
-        "--manifest-out",
-        manifest.to_str().unwrap(),
-    ]));
+    let o = run(tidegate(&data)
+        .args([
+            "job",
+            "create",
+            kind,
+            if kind == "import" {
+                "--target"
+            } else {
+                "--source"
+            },
+            &format!("s3://{}/{prefix}", garage.bucket()),
+            "--endpoint",
+            garage.endpoint(),
+            "--region",
+            garage.region(),
+            "--manifest-out",
+            manifest.to_str().unwrap(),
+        ])
+        .args(extra));
     assert!(o.status.success(), "job create: {}", stderr(&o));
     let out = stdout(&o);
     let field = |name: &str| {

@@ -12,6 +12,7 @@ mod console;
 mod device;
 mod device_export;
 mod device_full;
+mod device_functions;
 mod device_nfs;
 mod device_resume;
 mod fuse;

@@ -29,9 +29,18 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cmd {
         JobCommand::Create { kind } => {
-            let (kind, url, common) = match kind {
-                JobKindArgs::Import { target, common } => (JobKind::Import, target, common),
-                JobKindArgs::Export { source, common } => (JobKind::Export, source, common),
+            let (kind, url, common, function) = match kind {
+                JobKindArgs::Import {
+                    target,
+                    common,
+                    on_put,
+                } => (
+                    JobKind::Import,
+                    target,
+                    common,
+                    super::function::request(on_put)?,
+                ),
+                JobKindArgs::Export { source, common } => (JobKind::Export, source, common, None),
             };
             let pending = common.manifest_out.clone();
             let manifest_path = match pending {
@@ -50,6 +59,9 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
                 },
             )
             .map_err(gateway_error)?;
+            if let Some(function) = &function {
+                super::function::install(&config, &created.id, function)?;
+            }
             writeln!(out, "job: {}", created.id)?;
             writeln!(out, "unlock code: {}", created.unlock_code)?;
             writeln!(out, "manifest file: {}", created.manifest_path.display())?;

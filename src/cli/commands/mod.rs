@@ -4,6 +4,7 @@ pub mod activate;
 pub mod bench;
 pub mod chunk;
 pub mod device;
+pub mod function;
 pub mod gc;
 pub mod job;
 pub mod recover;

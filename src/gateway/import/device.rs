@@ -108,6 +108,8 @@ pub(crate) struct Inner {
     pub sealed: AtomicBool,
     /// Records that did not open when the device was unlocked (tampered or damaged).
     pub unreadable: u64,
+    /// Functions on PUT: offered every committed object (`functions.rs`).
+    pub functions: crate::gateway::import::functions::Hook,
 }
 
 /// An unlocked device (cheap to clone; the key goes when the last clone does).
@@ -177,6 +179,7 @@ impl Device {
                 commit: tokio::sync::Mutex::new(()),
                 sealed: AtomicBool::new(!state.accepts_writes()),
                 unreadable,
+                functions: Default::default(),
             }),
         };
         if state.accepts_writes() {
@@ -192,6 +195,7 @@ impl Device {
                 device.inner.segs.remove_ids_now(&orphans);
             }
         }
+        crate::gateway::import::functions::start(&device).await?;
         Ok(device)
     }
 
@@ -324,7 +328,9 @@ impl Device {
             self.inner.segs.remove(&rec.segments).await;
             return Err(e.into());
         }
-        let old = self.write_index().insert(rec.key.clone(), Arc::new(rec));
+        let rec = Arc::new(rec);
+        let old = self.write_index().insert(rec.key.clone(), rec.clone());
+        self.inner.functions.committed(&rec);
         if let Some(old) = old {
             self.inner.segs.remove(&old.segments).await;
         }

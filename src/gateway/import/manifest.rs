@@ -105,7 +105,7 @@ impl Device {
         if !state.accepts_writes() {
             return Ok(self.object_count());
         }
-        let _guard = self.inner.commit.lock().await;
+        let _guard = self.lock_after_functions().await;
         self.inner
             .sealed
             .store(true, std::sync::atomic::Ordering::SeqCst);

@@ -7,7 +7,9 @@
 //! the data set and writes the HMAC-signed device manifest (`manifest.rs`); `transfer.rs`
 //! imports it into the target bucket, verifying every object, and writes the report. The same
 //! data set can be filled over NFS: `objects.rs` shows it as an object store and `share.rs`
-//! runs a file-gateway share over that (docs/decisions/0009-device-nfs.md).
+//! runs a file-gateway share over that (docs/decisions/0009-device-nfs.md). An import job may
+//! have a function on PUT (`functions.rs`): the operator's program, run in a sandbox for each
+//! object stored, behind the PUT (docs/decisions/0015-functions-on-put-in-bubblewrap.md).
 //!
 //! Must not: know which protocol called it, talk to a bucket except through `store`, or keep the
 //! job key anywhere but in memory. Invariant: an object is visible (listed, readable, in the
@@ -17,6 +19,7 @@
 mod device;
 mod etag;
 mod export;
+mod functions;
 mod job;
 mod manifest;
 mod multipart;
@@ -29,6 +32,10 @@ mod transfer;
 
 pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult, device_dir};
 pub use export::{ExportOptions, ExportReport, open_export, run_export};
+pub use functions::{
+    FunctionError, FunctionRequest, FunctionSpec, FunctionsReport, Outcome, OutcomeStatus,
+    install_function,
+};
 pub use job::{
     CreatedJob, JobKind, JobManifestFile, JobRequest, JobState, JobStatus, complete_job,
     create_job, job_status, unlock_job,

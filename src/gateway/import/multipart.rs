@@ -294,12 +294,14 @@ impl Device {
             sha256: rec.sha256.clone(),
         };
         let used: std::collections::HashSet<u32> = listed.iter().map(|(n, _)| *n).collect();
+        let rec = Arc::new(rec);
         let old = self
             .inner
             .index
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_owned(), Arc::new(rec));
+            .insert(key.to_owned(), rec.clone());
+        self.inner.functions.committed(&rec);
         if let Some(old) = old {
             self.inner.segs.remove(&old.segments).await;
         }

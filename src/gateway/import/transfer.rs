@@ -109,6 +109,9 @@ pub struct ImportReport {
     pub run_reused_bytes: u64,
     pub run_seconds: f64,
     pub failures: Vec<Failure>,
+    /// The job's function on PUT and its outcome per object, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub functions: Option<crate::gateway::import::FunctionsReport>,
     #[serde(skip)]
     pub rows: Vec<ReportRow>,
 }
@@ -353,6 +356,7 @@ pub async fn run_import(
         run_reused_bytes: progress.reused_bytes.load(Ordering::Relaxed),
         run_seconds: started.elapsed().as_secs_f64(),
         failures,
+        functions: crate::gateway::import::functions::report(device).await?,
         rows: Vec::new(),
     };
     report.rows = rows;

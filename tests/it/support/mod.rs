@@ -91,6 +91,12 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("running tidegate")
 }
 
+/// `o`, once it is known to have succeeded; else a panic naming `what` with its output.
+pub fn succeeded(what: &str, o: Output) -> Output {
+    assert!(o.status.success(), "{what}: {}{}", stdout(&o), stderr(&o));
+    o
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -1,0 +1,718 @@
+//! Functions on PUT (issue 19): the operator's program runs once for each stored object whose
+//! key matches the job's pattern, in a sandbox (`sandbox.rs`), asynchronously behind the PUT.
+//!
+//! A commit offers the object to a bounded in-memory queue (`queue.rs`: `Hook::committed`
+//! never waits, it runs under the device's commit lock); when the queue is full, or after an
+//! unlock, the workers find the rest by scanning the index for objects with no outcome for their current
+//! version (the outcome log, `outcomes.rs`). So nothing is lost when the queue overflows or
+//! the device restarts: the queue is rebuilt, not persisted. A run may add derived objects
+//! (`<key><suffix>`) and user metadata through its stdout (`protocol.rs`); they are applied
+//! only when it exits 0, and only while the object is still the version it read.
+//!
+//! Must not: change an object's bytes, lose an object whatever its function does, or let a
+//! function's output start another function (derived objects carry `tidegate-derived-from`
+//! and are never offered). Invariant: `job seal` writes the manifest only once the queue is
+//! empty and no run is in flight, with the commit lock held so nothing new arrives.
+
+mod outcomes;
+mod protocol;
+mod queue;
+mod report;
+mod sandbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::gateway::GatewayError;
+use crate::gateway::import::device::{Device, Inner, ObjectAttrs, segment_stream};
+use crate::gateway::import::record::{self, ExpectedDigests, ObjectRecord};
+
+pub use outcomes::{Outcome, OutcomeStatus};
+pub(crate) use queue::Hook;
+pub use report::FunctionsReport;
+pub(crate) use report::report;
+pub use sandbox::SandboxError;
+
+use outcomes::OutcomeLog;
+use queue::{Queue, State};
+use sandbox::{Ending, Limits, Tools};
+
+/// Objects the queue holds before it overflows into a rescan of the index.
+const QUEUE_OBJECTS: usize = 1024;
+/// Runs at once: functions share the device's cores with the clients loading it.
+const MAX_WORKERS: usize = 4;
+/// The function's definition, beside the job's segments.
+const SPEC_FILE: &str = "function.json";
+/// The copy of the program that runs (the operator's file may change or go after create).
+const PROGRAM_DIR: &str = "function";
+/// Metadata a derived object carries: the key it came from, percent-encoded.
+pub const DERIVED_FROM: &str = "tidegate-derived-from";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    #[error("--on-put {}: {reason}", path.display())]
+    Program { path: PathBuf, reason: String },
+    #[error("{action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the function definition {} does not parse", path.display())]
+    Spec {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Log(#[from] outcomes::OutcomeLogError),
+}
+
+impl From<FunctionError> for GatewayError {
+    fn from(e: FunctionError) -> Self {
+        match e {
+            e @ (FunctionError::Program { .. } | FunctionError::Sandbox(_)) => {
+                GatewayError::InvalidArgument(crate::error_chain::chain(&e))
+            }
+            other => GatewayError::Internal(Box::new(other)),
+        }
+    }
+}
+
+/// What `job create … --on-put` asks for.
+#[derive(Debug, Clone)]
+pub struct FunctionRequest {
+    pub program: PathBuf,
+    /// A key prefix, or a glob where `*` matches any characters (`*.txt`, `logs/*.gz`).
+    pub pattern: String,
+    pub timeout: Duration,
+    pub memory_bytes: u64,
+}
+
+impl FunctionRequest {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MEMORY_BYTES: u64 = 256 << 20;
+
+    /// Refuses a program that is not an executable file, limits out of range, or a machine
+    /// without the sandbox's tools: before the job exists.
+    pub fn check(&self) -> Result<(), FunctionError> {
+        use std::os::unix::fs::PermissionsExt;
+        let bad = |reason: &str| FunctionError::Program {
+            path: self.program.clone(),
+            reason: reason.to_owned(),
+        };
+        let meta = std::fs::metadata(&self.program).map_err(|e| bad(&e.to_string()))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(bad("not an executable file"));
+        }
+        if self.timeout.is_zero() {
+            return Err(bad("--timeout must be more than 0"));
+        }
+        if self.memory_bytes < 16 << 20 {
+            return Err(bad("--memory must be at least 16MiB"));
+        }
+        Tools::find()?;
+        Ok(())
+    }
+}
+
+/// A job's function as stored in `DEVICE_DIR/function.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FunctionSpec {
+    /// The program's file name under `DEVICE_DIR/function/`.
+    pub program: String,
+    /// Where the operator's program was copied from, and its SHA-256 (for the report).
+    pub source: PathBuf,
+    pub program_sha256: String,
+    pub pattern: String,
+    pub timeout_ms: u64,
+    pub memory_bytes: u64,
+}
+
+/// Copies the program into the job's device directory and writes its definition.
+pub fn install_function(
+    data_dir: &Path,
+    job: &str,
+    req: &FunctionRequest,
+) -> Result<FunctionSpec, FunctionError> {
+    use std::os::unix::fs::PermissionsExt;
+    req.check()?;
+    let dir = crate::gateway::import::device_dir(data_dir, job);
+    let io = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| FunctionError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let bytes = std::fs::read(&req.program).map_err(io("reading", &req.program))?;
+    let name = req
+        .program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "program".to_owned());
+    let prog_dir = dir.join(PROGRAM_DIR);
+    std::fs::create_dir_all(&prog_dir).map_err(io("creating", &prog_dir))?;
+    let copy = prog_dir.join(&name);
+    std::fs::write(&copy, &bytes).map_err(io("writing", &copy))?;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o555))
+        .map_err(io("setting the mode of", &copy))?;
+    let spec = FunctionSpec {
+        program: name,
+        source: std::path::absolute(&req.program).unwrap_or_else(|_| req.program.clone()),
+        program_sha256: {
+            let mut sha = crate::store::device::Sha256::default();
+            sha.update(&bytes);
+            crate::store::keys::hex(&sha.finish())
+        },
+        pattern: req.pattern.clone(),
+        timeout_ms: u64::try_from(req.timeout.as_millis()).unwrap_or(u64::MAX),
+        memory_bytes: req.memory_bytes,
+    };
+    let path = dir.join(SPEC_FILE);
+    let json = serde_json::to_vec_pretty(&spec).map_err(|source| FunctionError::Spec {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, json).map_err(io("writing", &path))?;
+    Ok(spec)
+}
+
+fn read_spec(device_dir: &Path) -> Result<Option<FunctionSpec>, FunctionError> {
+    let path = device_dir.join(SPEC_FILE);
+    match std::fs::read(&path) {
+        Ok(data) => serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|source| FunctionError::Spec { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FunctionError::Io {
+            action: "reading",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Whether `key` matches `pattern`: a prefix, or with `*`, a glob over the whole key.
+pub fn matches(pattern: &str, key: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = key.strip_prefix(first) else {
+        return false;
+    };
+    let middle: Vec<&str> = parts.collect();
+    let Some((last, middle)) = middle.split_last() else {
+        return true; // no `*`: a prefix
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+fn is_derived(rec: &ObjectRecord) -> bool {
+    rec.metadata.iter().any(|(k, _)| k == DERIVED_FROM)
+}
+
+/// The key a derived object names, percent-encoded to stay a valid header value.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What every run of a job's function shares.
+struct Runner {
+    spec: FunctionSpec,
+    program: PathBuf,
+    tools: Tools,
+    log: OutcomeLog,
+    queue: Arc<Queue>,
+}
+
+/// Starts the job's function workers, if the job has a function and still takes writes; the
+/// queue starts with a scan, so runs a lock or a crash cut short are redone.
+pub(crate) async fn start(device: &Device) -> Result<(), GatewayError> {
+    start_with(device, QUEUE_OBJECTS).await
+}
+
+async fn start_with(device: &Device, capacity: usize) -> Result<(), GatewayError> {
+    if device.is_sealed() {
+        return Ok(());
+    }
+    let dir = device.inner.segs.dir.clone();
+    let log = OutcomeLog::new(&dir, device.job_id(), device.inner.codec.clone());
+    let loaded = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(spec) = read_spec(&dir)? else {
+                return Ok::<_, FunctionError>(None);
+            };
+            let tools = Tools::find()?;
+            let (outcomes, unreadable) = log.read()?;
+            Ok(Some((spec, dir, tools, outcomes, unreadable)))
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(Box::new(e)))??
+    };
+    let Some((spec, dir, tools, outcomes, unreadable)) = loaded else {
+        return Ok(());
+    };
+    if unreadable > 0 {
+        tracing::warn!(job = %device.job_id(), records = unreadable, "function outcome records do not verify; their objects run again");
+    }
+    let mut state = State {
+        rescan: true,
+        ..State::default()
+    };
+    for o in outcomes {
+        state.done.insert(o.key, o.sha256);
+    }
+    let queue = Arc::new(Queue {
+        pattern: spec.pattern.clone(),
+        capacity,
+        state: Mutex::new(state),
+        work: Notify::new(),
+        idle: Notify::new(),
+    });
+    let runner = Arc::new(Runner {
+        program: dir.join(PROGRAM_DIR).join(&spec.program),
+        spec,
+        tools,
+        log,
+        queue: queue.clone(),
+    });
+    if device.inner.functions.queue.set(queue).is_err() {
+        return Ok(()); // already started on this device
+    }
+    let workers = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, MAX_WORKERS);
+    for _ in 0..workers {
+        tokio::spawn(worker(Arc::downgrade(&device.inner), runner.clone()));
+    }
+    Ok(())
+}
+
+async fn worker(device: Weak<Inner>, runner: Arc<Runner>) {
+    while let Some(key) = runner.queue.next(&device).await {
+        let Some(inner) = device.upgrade() else {
+            return;
+        };
+        let device = Device { inner };
+        let rec = device.read_index().get(&key).cloned();
+        let ran = match rec {
+            Some(rec) if runner.queue.wants(&rec) => {
+                let outcome = invoke(&device, &runner, &rec).await;
+                tracing::info!(job = %device.job_id(), status = ?outcome.status, seconds = outcome.seconds, "function ran");
+                let log = runner.log.clone();
+                let outcome_for_log = outcome.clone();
+                match tokio::task::spawn_blocking(move || log.append(&outcome_for_log)).await {
+                    Ok(Ok(())) => Some(rec.sha256.clone()),
+                    Ok(Err(e)) => {
+                        tracing::warn!(job = %device.job_id(), error = %crate::error_chain::chain(&e), "function outcome not recorded; it runs again at the next unlock");
+                        Some(rec.sha256.clone())
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %device.job_id(), error = %e, "function outcome not recorded");
+                        Some(rec.sha256.clone())
+                    }
+                }
+            }
+            _ => None,
+        };
+        runner.queue.finish(&key, ran.as_deref());
+    }
+}
+
+/// The function's environment: nothing of the device's own, the object described.
+fn environment(device: &Device, rec: &ObjectRecord) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("HOME".to_owned(), "/tmp".to_owned()),
+        ("TMPDIR".to_owned(), "/tmp".to_owned()),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+        ("TIDEGATE_SCRATCH".to_owned(), "/tmp".to_owned()),
+        ("TIDEGATE_JOB".to_owned(), device.job_id().to_owned()),
+        (
+            "TIDEGATE_BUCKET".to_owned(),
+            device.bucket_name().to_owned(),
+        ),
+        ("TIDEGATE_KEY".to_owned(), rec.key.clone()),
+        ("TIDEGATE_SIZE".to_owned(), rec.size.to_string()),
+        ("TIDEGATE_ETAG".to_owned(), rec.etag.clone()),
+        ("TIDEGATE_SHA256".to_owned(), rec.sha256.clone()),
+        (
+            "TIDEGATE_METADATA".to_owned(),
+            serde_json::to_string(
+                &rec.metadata
+                    .iter()
+                    .cloned()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+            .unwrap_or_default(),
+        ),
+    ];
+    if let Some(t) = &rec.content_type {
+        env.push(("TIDEGATE_CONTENT_TYPE".to_owned(), t.clone()));
+    }
+    for (name, value) in &rec.metadata {
+        let var: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        env.push((format!("TIDEGATE_META_{var}"), value.clone()));
+    }
+    env
+}
+
+async fn invoke(device: &Device, runner: &Runner, rec: &Arc<ObjectRecord>) -> Outcome {
+    let mut outcome = Outcome {
+        key: rec.key.clone(),
+        sha256: rec.sha256.clone(),
+        size: rec.size,
+        status: OutcomeStatus::Error,
+        reason: String::new(),
+        derived: Vec::new(),
+        metadata: Vec::new(),
+        seconds: 0.0,
+    };
+    let limits = Limits {
+        timeout: Duration::from_millis(runner.spec.timeout_ms),
+        memory_bytes: runner.spec.memory_bytes,
+    };
+    let input = segment_stream(device.inner.segs.clone(), rec.clone(), 0..rec.size);
+    let env = environment(device, rec);
+    let done = match sandbox::run(&runner.tools, &runner.program, &env, input, limits).await {
+        Ok(done) => done,
+        Err(e) => {
+            outcome.reason = crate::error_chain::chain(&e);
+            return outcome;
+        }
+    };
+    outcome.seconds = done.elapsed.as_secs_f64();
+    let stderr = if done.stderr_tail.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {}", done.stderr_tail)
+    };
+    (outcome.status, outcome.reason) = match (&done.ending, &done.input_error) {
+        (_, Some(e)) => (
+            OutcomeStatus::Error,
+            format!("the object could not be read: {e}"),
+        ),
+        (Ending::TimedOut, _) => (
+            OutcomeStatus::Timeout,
+            format!("killed at its timeout of {:?}{stderr}", limits.timeout),
+        ),
+        (Ending::OutputTooLarge, _) => (
+            OutcomeStatus::Failed,
+            format!("killed: stdout passed {} bytes", protocol::MAX_OUTPUT_BYTES),
+        ),
+        (Ending::Exited(code), _) if *code > 128 => (
+            OutcomeStatus::Failed,
+            format!(
+                "exit status {code} (killed by signal {}, e.g. its CPU or memory limit){stderr}",
+                code - 128
+            ),
+        ),
+        (Ending::Exited(0), None) => match protocol::parse(&done.stdout) {
+            Ok(dirs) => match apply(device, rec, dirs, &mut outcome).await {
+                Ok(()) => (OutcomeStatus::Ok, String::new()),
+                Err(e) => (OutcomeStatus::Failed, e.to_string()),
+            },
+            Err(e) => (OutcomeStatus::Failed, e.to_string()),
+        },
+        (Ending::Exited(code), _) => (OutcomeStatus::Failed, format!("exit status {code}{stderr}")),
+    };
+    outcome
+}
+
+/// Stores a successful run's derived objects, then adds its metadata to the object; refused
+/// once the object is no longer the version the function read.
+async fn apply(
+    device: &Device,
+    rec: &ObjectRecord,
+    dirs: protocol::Directives,
+    outcome: &mut Outcome,
+) -> Result<(), GatewayError> {
+    for d in dirs.derived {
+        device.check_version(rec)?;
+        let key = format!("{}{}", rec.key, d.suffix);
+        Device::check_key(&key)?;
+        let mut writer = device.writer()?;
+        writer.write(Bytes::from(d.data)).await?;
+        let attrs = ObjectAttrs {
+            content_type: d.content_type,
+            metadata: vec![(DERIVED_FROM.to_owned(), encode_key(&rec.key))],
+        };
+        device
+            .put(&key, writer, attrs, ExpectedDigests::default())
+            .await?;
+        outcome.derived.push(key);
+    }
+    if !dirs.metadata.is_empty() {
+        device.add_function_metadata(rec, &dirs.metadata).await?;
+        outcome.metadata = dirs.metadata.into_iter().map(|(n, _)| n).collect();
+    }
+    Ok(())
+}
+
+impl Device {
+    fn check_version(&self, rec: &ObjectRecord) -> Result<(), GatewayError> {
+        let index = self.read_index();
+        match index.get(&rec.key) {
+            Some(now) if now.sha256 == rec.sha256 && now.segments == rec.segments => Ok(()),
+            _ => Err(GatewayError::Busy(format!(
+                "{} changed while its function ran; the new version runs again",
+                rec.key
+            ))),
+        }
+    }
+
+    /// Adds `pairs` to the object's user metadata (its bytes and segments untouched). A name
+    /// the object already has is refused: a function adds, it never rewrites.
+    async fn add_function_metadata(
+        &self,
+        rec: &ObjectRecord,
+        pairs: &[(String, String)],
+    ) -> Result<(), GatewayError> {
+        let _guard = self.inner.commit.lock().await;
+        self.check_writable()?;
+        self.check_version(rec)?;
+        let mut updated = rec.clone();
+        for (name, value) in pairs {
+            if updated.metadata.iter().any(|(n, _)| n == name) {
+                return Err(GatewayError::AlreadyExists(format!(
+                    "metadata {name:?} on {}: a function adds metadata, it does not replace it",
+                    rec.key
+                )));
+            }
+            updated.metadata.push((name.clone(), value.clone()));
+        }
+        let meta_bytes: usize = updated
+            .metadata
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum();
+        if meta_bytes > protocol::MAX_METADATA_BYTES {
+            return Err(GatewayError::InvalidArgument(format!(
+                "{}: user metadata would pass {} bytes",
+                rec.key,
+                protocol::MAX_METADATA_BYTES
+            )));
+        }
+        let name_id = crate::store::device::name_id(&self.inner.key, &updated.key);
+        let sealed = record::seal(
+            &self.inner.codec,
+            &record::object_aad(&self.inner.job, &name_id),
+            &updated,
+        )?;
+        let catalog = self.inner.catalog.clone();
+        let job = self.inner.job.clone();
+        let size = updated.size;
+        tokio::task::spawn_blocking(move || catalog.put_job_object(&job, &name_id, &sealed, size))
+            .await
+            .map_err(|e| GatewayError::Internal(Box::new(e)))??;
+        self.inner
+            .index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(updated.key.clone(), Arc::new(updated));
+        Ok(())
+    }
+
+    /// The commit lock, taken once no function is queued or running: `job seal` freezes the
+    /// data set only after every stored object's function ran (their derived objects are part
+    /// of it). Holding the lock keeps new objects out until the seal is done.
+    pub(crate) async fn lock_after_functions(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        let Some(queue) = self.inner.functions.queue.get() else {
+            return self.inner.commit.lock().await;
+        };
+        loop {
+            if !queue.is_idle() {
+                tracing::info!(job = %self.inner.job, "waiting for functions on PUT to finish before sealing");
+            }
+            queue.wait_idle().await;
+            let guard = self.inner.commit.lock().await;
+            if queue.is_idle() {
+                return guard;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_are_prefixes_or_whole_key_globs() {
+        let cases = [
+            ("", "anything", true),
+            ("logs/", "logs/a.gz", true),
+            ("logs/", "log/a", false),
+            ("*.txt", "a/b.txt", true),
+            ("*.txt", "a/b.txt.lines", false),
+            ("*.txt", ".txt", true),
+            ("logs/*.gz", "logs/x/y.gz", true),
+            ("logs/*.gz", "other/y.gz", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "a-c-b", false),
+            ("*", "", true),
+            ("a*a", "a", false),
+        ];
+        for (pattern, key, want) in cases {
+            assert_eq!(matches(pattern, key), want, "{pattern:?} {key:?}");
+        }
+    }
+
+    async fn put(d: &Device, key: &str, data: &'static [u8]) {
+        let mut w = d.writer().unwrap();
+        w.write(Bytes::from_static(data)).await.unwrap();
+        d.put(key, w, ObjectAttrs::default(), ExpectedDigests::default())
+            .await
+            .unwrap();
+    }
+
+    /// Installs `script` as the job's function for `*.txt`.
+    fn install(dir: &Path, d: &Device, script: &str) {
+        let program = dir.join("function.sh");
+        std::fs::write(&program, script).unwrap();
+        std::fs::set_permissions(
+            &program,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let req = FunctionRequest {
+            program,
+            pattern: "*.txt".into(),
+            timeout: Duration::from_secs(20),
+            memory_bytes: FunctionRequest::DEFAULT_MEMORY_BYTES,
+        };
+        install_function(dir, d.job_id(), &req).expect("bubblewrap is needed");
+    }
+
+    /// Objects stored before the function's workers started (a restart) are found by the
+    /// start-up scan; the seal waits for their runs.
+    #[tokio::test]
+    async fn objects_without_an_outcome_run_at_start_and_seal_waits_for_them() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = crate::gateway::import::device::tests::device(dir.path()).await;
+        put(&d, "a.txt", b"1\n2\n").await;
+        put(&d, "b.bin", b"x\n").await;
+        install(
+            dir.path(),
+            &d,
+            r#"#!/bin/sh
+n=$(wc -l | tr -d ' ')
+echo "{\"suffix\": \".n\", \"text\": \"$n\"}"
+echo "{\"metadata\": {\"n\": \"$n\"}}"
+"#,
+        );
+        start(&d).await.unwrap();
+        assert_eq!(d.seal().await.unwrap().0, 3);
+        let (_, mut body) = d.read("a.txt.n", None).unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap(), "2");
+        assert_eq!(
+            d.head("a.txt").unwrap().metadata,
+            vec![("n".to_owned(), "2".to_owned())]
+        );
+        let report = report(&d).await.unwrap().unwrap();
+        assert_eq!((report.ok, report.outcomes.len()), (1, 1), "{report:?}");
+        assert_eq!(report.outcomes[0].derived, ["a.txt.n"]);
+    }
+
+    /// Objects a full queue had no room for are run all the same, before the seal.
+    #[tokio::test]
+    async fn objects_past_a_full_queue_run_before_the_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = crate::gateway::import::device::tests::device(dir.path()).await;
+        install(
+            dir.path(),
+            &d,
+            "#!/bin/sh\ncat >/dev/null\nsleep 0.3\necho '{\"suffix\": \".done\", \"text\": \"\"}'\n",
+        );
+        start_with(&d, 2).await.unwrap();
+        let keys = [
+            "1.txt", "2.txt", "3.txt", "4.txt", "5.txt", "6.txt", "7.txt",
+        ];
+        for key in keys {
+            put(&d, key, b"x").await;
+        }
+        let queue = d.inner.functions.queue.get().unwrap().clone();
+        assert!(queue.lock().overflows > 0, "the queue never filled");
+        assert_eq!(d.seal().await.unwrap().0, 14);
+        for key in keys {
+            d.head(&format!("{key}.done")).unwrap();
+        }
+        let report = report(&d).await.unwrap().unwrap();
+        assert_eq!(report.ok, 7, "{report:?}");
+    }
+
+    #[test]
+    fn programs_that_cannot_run_and_limits_out_of_range_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("exe");
+        let plain = dir.path().join("plain");
+        for (path, mode) in [(&exe, 0o755), (&plain, 0o644)] {
+            std::fs::write(path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let req = |program: &Path, timeout_secs, memory_bytes| FunctionRequest {
+            program: program.to_owned(),
+            pattern: String::new(),
+            timeout: Duration::from_secs(timeout_secs),
+            memory_bytes,
+        };
+        req(&exe, 30, 256 << 20)
+            .check()
+            .expect("bubblewrap is needed");
+        let refused = [
+            req(&plain, 30, 256 << 20),
+            req(&dir.path().join("missing"), 30, 256 << 20),
+            req(dir.path(), 30, 256 << 20),
+            req(&exe, 0, 256 << 20),
+            req(&exe, 30, 1 << 20),
+        ];
+        for r in refused {
+            assert!(
+                matches!(r.check(), Err(FunctionError::Program { .. })),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn derived_keys_are_marked_header_safe() {
+        assert_eq!(encode_key("a/b c.txt"), "a/b%20c.txt");
+        assert_eq!(encode_key("é"), "%C3%A9");
+    }
+}
