@@ -491,16 +491,13 @@ impl Catalog {
     /// Whether some inode's object, or an object queued for deletion, lives under `prefix`
     /// (a key prefix ending in `/`): such a prefix in a listing is not a new directory.
     pub fn prefix_owned(&self, share_id: i64, prefix: &str) -> Result<bool, CatalogError> {
-        Ok(self.conn().query_row(
-            "SELECT EXISTS (SELECT 1 FROM inodes WHERE share_id = ?1 AND remote_key IS NOT NULL
-                 AND substr(remote_key, 1, length(?2)) = ?2)
-             OR EXISTS (SELECT 1 FROM links WHERE share_id = ?1 AND remote_key IS NOT NULL
-                 AND substr(remote_key, 1, length(?2)) = ?2)
-             OR EXISTS (SELECT 1 FROM pending_deletes WHERE share_id = ?1
-                 AND substr(key, 1, length(?2)) = ?2)",
-            params![share_id, prefix],
-            |r| r.get(0),
-        )?)
+        let Some(end) = prefix_end(prefix) else {
+            return Ok(false);
+        };
+        Ok(self
+            .conn()
+            .prepare_cached(PREFIX_OWNED)?
+            .query_row(params![share_id, prefix, end], |r| r.get(0))?)
     }
 
     pub fn pending_deletes(&self, share_id: i64) -> Result<Vec<String>, CatalogError> {
@@ -575,6 +572,31 @@ fn child_query() -> String {
          WHERE share_id = (SELECT share_id FROM inodes WHERE id = ?1)
              AND parent = ?1 AND name = ?2"
     )
+}
+
+/// Whether share `?1` has an object under key prefix `?2` (`?3` is [`prefix_end`] of it). A
+/// key range, not `substr`, so that the key indexes find it: a refresh asks this for every
+/// sub-prefix listed, and a `substr` test read every key of the share each time (issue 21).
+pub(super) const PREFIX_OWNED: &str = "SELECT EXISTS (SELECT 1 FROM inodes WHERE share_id = ?1
+         AND remote_key IS NOT NULL AND remote_key >= ?2 AND remote_key < ?3)
+     OR EXISTS (SELECT 1 FROM links WHERE share_id = ?1
+         AND remote_key IS NOT NULL AND remote_key >= ?2 AND remote_key < ?3)
+     OR EXISTS (SELECT 1 FROM pending_deletes WHERE key >= ?2 AND key < ?3 AND share_id = ?1)";
+
+/// The least string above every string that starts with `prefix` (SQLite compares text as
+/// UTF-8 bytes, which orders as code points): its last character incremented. `None` for an
+/// empty prefix.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // The next code point, skipping the surrogates, which no string holds.
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 pub(super) fn insert_inode(
@@ -679,5 +701,160 @@ mod tests {
                 .any(|step| step.contains("(share_id=? AND parent=? AND name=?)")),
             "the lookup scans the directory: {plan:?}"
         );
+    }
+
+    /// SQLite's plan for `sql`, one line per step.
+    fn plan_of(c: &Catalog, sql: &str) -> Vec<String> {
+        let conn = c.conn();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        stmt.query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// The steps of a statement's plan that cost time in proportion to a table, a share or a
+    /// directory: a SCAN (a whole table or index), an entry looked up by name that the index
+    /// finds by parent alone (every entry of the directory is read), or rows found by share
+    /// alone (every row of the share), except through the index of dirty inodes.
+    fn slow_steps(sql: &str, plan: &[String]) -> Vec<String> {
+        plan.iter()
+            .filter(|step| {
+                let scan = step.starts_with("SCAN ") && !step.starts_with("SCAN CONSTANT ROW");
+                let by_parent = sql.contains("name =") && step.ends_with("(parent=?)");
+                scan || by_parent || (by_share_only(step) && !step.contains("_dirty "))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a SEARCH step narrows its rows by nothing but the share: its index constraint
+    /// has no equality on another column and no range bounded on both sides (SQLite writes
+    /// `remote_key IS NOT NULL` as `remote_key>?`, which bounds nothing).
+    fn by_share_only(step: &str) -> bool {
+        let Some((_, cons)) = step.rsplit_once('(') else {
+            return false;
+        };
+        let terms: Vec<&str> = cons.trim_end_matches(')').split(" AND ").collect();
+        let narrowed = terms.iter().any(|t| {
+            let equal = t.ends_with("=?") && !t.contains('<') && !t.contains('>');
+            let column = t.split(['<', '>', '=']).next().unwrap_or("");
+            (equal && column != "share_id")
+                || (t.contains('>') && terms.iter().any(|u| u.starts_with(&format!("{column}<"))))
+        });
+        step.starts_with("SEARCH ") && !narrowed
+    }
+
+    /// Issue 21: create, lookup, stat, attribute changes, READDIR, upload bookkeeping, links,
+    /// rename and remove of one file must cost the same in a directory of 10 or 100,000
+    /// entries, in a share of any size. Every statement these operations run (recorded with
+    /// SQLite's trace hook, values bound) must find its rows through an index.
+    #[test]
+    fn issue_21_per_file_statements_search_never_scan() {
+        use crate::catalog::shares::tests::{catalog_with_share, node};
+        use std::sync::{Arc, Mutex};
+
+        let (_dir, c, s, root) = catalog_with_share();
+        let d = c
+            .insert_inode(&node(s.id, Some(root.id), "d", InodeKind::Dir))
+            .unwrap();
+        for i in 0..50 {
+            let f = node(s.id, Some(d.id), &format!("d/f{i}"), InodeKind::File);
+            c.insert_entry(&f, 1).unwrap();
+        }
+        let ran = Arc::new(Mutex::new(Vec::<String>::new()));
+        let record = ran.clone();
+        c.conn()
+            .trace_v2(
+                rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
+                Some(move |e: rusqlite::trace::TraceEvent<'_>| {
+                    if let rusqlite::trace::TraceEvent::Stmt(stmt, sql) = e {
+                        let sql = stmt.expanded_sql().unwrap_or_else(|| sql.to_owned());
+                        record.lock().unwrap().push(sql);
+                    }
+                }),
+            )
+            .unwrap();
+
+        // Create (a lookup that misses, then the insert), lookup, stat.
+        assert!(c.child(d.id, "new").unwrap().is_none());
+        let f = node(s.id, Some(d.id), "d/new", InodeKind::File);
+        let mut f = c.insert_entry(&f, 2).unwrap();
+        assert_eq!(c.child(d.id, "new").unwrap().unwrap().id, f.id);
+        c.inode(f.id).unwrap().unwrap();
+        // Writes and attribute changes.
+        f.size = 5;
+        f.version += 1;
+        c.save_inode_unsynced(&f).unwrap();
+        c.sync_inode(f.id).unwrap();
+        c.save_inode(&f).unwrap();
+        c.set_atime(f.id, 3).unwrap();
+        // READDIR, from the start and from a cookie.
+        let page = c.dir_entries(d.id, 0, 10).unwrap();
+        c.dir_entries(d.id, page.last().unwrap().0, 10).unwrap();
+        c.has_children(d.id).unwrap();
+        // The upload's bookkeeping.
+        c.dirty_ids(s.id, 10).unwrap();
+        let item = SyncedItem {
+            id: f.id,
+            version: f.version,
+            key: Some("share/d/new"),
+            etag: Some("e"),
+            unstage: true,
+        };
+        c.mark_synced_batch(&[item], 4).unwrap();
+        c.key_in_use(s.id, "share/d/new").unwrap();
+        c.is_pending_delete("share/d/new").unwrap();
+        c.prefix_owned(s.id, "share/d/").unwrap();
+        // A hard link, looked up, renamed; the file renamed; both removed.
+        let linked = c.add_link(f.id, d.id, ("l", "d/l"), 5).unwrap().unwrap();
+        let l = c.child(d.id, "l").unwrap().unwrap();
+        c.rename_inode(&l, root.id, "l2", "l2", 6, None).unwrap();
+        let f = c.inode(linked.id).unwrap().unwrap();
+        c.rename_inode(&f, d.id, "new2", "d/new2", 7, None).unwrap();
+        let l = c.child(root.id, "l2").unwrap().unwrap();
+        c.remove_entry(&l, 8).unwrap();
+        let f = c.child(d.id, "new2").unwrap().unwrap();
+        c.remove_entry(&f, 9).unwrap();
+        c.done_delete("share/d/new").unwrap();
+
+        c.conn()
+            .trace_v2(
+                rusqlite::trace::TraceEventCodes::empty(),
+                None::<fn(rusqlite::trace::TraceEvent<'_>)>,
+            )
+            .unwrap();
+        let ran = ran.lock().unwrap().clone();
+        assert!(ran.len() > 20, "the trace recorded too little: {ran:?}");
+        let mut slow = Vec::new();
+        for sql in &ran {
+            let word = sql.split_whitespace().next().unwrap_or("").to_uppercase();
+            if !matches!(word.as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE") {
+                continue;
+            }
+            let steps = slow_steps(sql, &plan_of(&c, sql));
+            if !steps.is_empty() {
+                slow.push(format!("{sql}\n    {steps:?}"));
+            }
+        }
+        assert!(
+            slow.is_empty(),
+            "per-file statements scan:\n{}",
+            slow.join("\n")
+        );
+    }
+
+    #[test]
+    fn prefix_end_is_above_every_string_with_the_prefix() {
+        let cases = [
+            ("a/", Some("a0")),
+            ("é/x", Some("é/y")),
+            ("", None),
+            ("a\u{D7FF}", Some("a\u{E000}")),
+            ("a\u{10FFFF}", Some("b")),
+        ];
+        for (prefix, end) in cases {
+            assert_eq!(prefix_end(prefix).as_deref(), end, "{prefix:?}");
+        }
     }
 }

@@ -220,6 +220,22 @@ impl Catalog {
         Ok(old)
     }
 
+    /// Inserts or replaces several objects (state back to `stored`) in one transaction: one
+    /// fsync for all of them, so a batch of small objects does not pay one each.
+    pub fn put_job_objects(
+        &self,
+        job: &str,
+        objects: &[([u8; 32], Vec<u8>, u64)],
+    ) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for (name_id, record, size) in objects {
+            upsert_object(&tx, job, name_id, record, *size)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Removes an object; returns its record if it existed.
     pub fn delete_job_object(
         &self,

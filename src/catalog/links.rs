@@ -88,13 +88,17 @@ pub(super) fn named(
     Ok(inode_in(conn, link.inode)?.map(|row| seen_as(row, &link)))
 }
 
+/// Whether `name` in `parent` is an inode's own name or a link's. The share is named so that
+/// the inodes' (share_id, parent, name) unique index finds the entry: `parent` alone reads
+/// every entry of the directory (issue 21, as `Catalog::child` did).
+pub(super) const NAME_TAKEN: &str = "SELECT EXISTS (SELECT 1 FROM inodes
+         WHERE share_id = (SELECT share_id FROM inodes WHERE id = ?1) AND parent = ?1 AND name = ?2)
+     OR EXISTS (SELECT 1 FROM links WHERE parent = ?1 AND name = ?2)";
+
 fn name_taken(conn: &rusqlite::Connection, parent: i64, name: &str) -> Result<bool, CatalogError> {
-    Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM inodes WHERE parent = ?1 AND name = ?2)
-             OR EXISTS (SELECT 1 FROM links WHERE parent = ?1 AND name = ?2)",
-        params![parent, name],
-        |r| r.get(0),
-    )?)
+    Ok(conn
+        .prepare_cached(NAME_TAKEN)?
+        .query_row(params![parent, name], |r| r.get(0))?)
 }
 
 /// Removes the name `row` was found by (its own or a link) in `tx`: a link's row goes, and

@@ -147,9 +147,21 @@ impl Catalog {
     }
 
     /// Writes a consistent, compacted copy of the catalog to `path` (which must not exist).
+    ///
+    /// The copy is read through a connection of its own: in WAL mode its read transaction sees
+    /// one snapshot while writers carry on, so the copy (seconds at a million files) does not
+    /// hold the connection every file operation needs (issue 21). An in-memory catalog has no
+    /// file another connection could open, and is copied through its own.
     pub fn backup_to(&self, path: &Path) -> Result<(), CatalogError> {
         let target = path.to_string_lossy().into_owned();
-        self.conn().execute("VACUUM INTO ?1", [target])?;
+        if self.path == Path::new(":memory:") {
+            self.conn().execute("VACUUM INTO ?1", [target])?;
+            return Ok(());
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let reader = Connection::open_with_flags(&self.path, flags)?;
+        reader.busy_timeout(BUSY_TIMEOUT)?;
+        reader.execute("VACUUM INTO ?1", [target])?;
         Ok(())
     }
 
@@ -188,6 +200,33 @@ impl Drop for WriteLockHolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 21: a backup (seconds at a million files) does not hold the connection every file
+    /// operation waits for; it copies what was committed.
+    #[test]
+    fn issue_21_a_backup_leaves_the_connection_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::sync::Arc::new(Catalog::open(&dir.path().join("c.db")).unwrap());
+        c.set_settings(&[("k", "v")]).unwrap();
+        let copy = dir.path().join("copy.db");
+        let held = c.conn();
+        let (done, finished) = std::sync::mpsc::channel();
+        let (c2, copy2) = (c.clone(), copy.clone());
+        let backup = std::thread::spawn(move || {
+            let r = c2.backup_to(&copy2);
+            let _ = done.send(());
+            r
+        });
+        let waited = finished.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        backup.join().unwrap().unwrap();
+        assert!(
+            waited.is_ok(),
+            "the backup waited for the catalog's connection"
+        );
+        let copied = Catalog::open(&copy).unwrap();
+        assert_eq!(copied.setting("k").unwrap().as_deref(), Some("v"));
+    }
 
     #[test]
     fn opens_migrates_and_reopens() {

@@ -9,6 +9,7 @@
  *   vtl_client URL bench    load a tape and measure throughput (VTL_LUN=n: a bare drive LUN)
  *   vtl_client URL unload   move the tape in the first full drive to an empty slot
  *   vtl_client URL eject    move the first tape in a storage slot to a mail slot
+ *   vtl_client URL cycles   count the tapes, then load and unload VTL_CYCLES of them (scale bench)
  *   vtl_client URL readonly load a retrieved tape, read what `full` wrote, see writes refused
  *
  * URL is iscsi://host:port/iqn (no LUN). Prints "element ADDR TYPE BARCODE" for every full
@@ -496,6 +497,27 @@ static void bench(void)
 	       n * (double)block / (t3 - t2) / 1e6);
 }
 
+/* Scale: VTL_CYCLES (default 10) loads and unloads, each choosing its tape and drive with a
+ * READ ELEMENT STATUS over the whole library; prints the count of full storage slots, the time
+ * of one element status and of the cycles. */
+static void cycles(void)
+{
+	int n = getenv("VTL_CYCLES") ? atoi(getenv("VTL_CYCLES")) : 10;
+	double t0 = now();
+	element_status();
+	double t1 = now();
+	int tapes = 0;
+	for (int i = 0; i < n_elements; i++)
+		tapes += elements[i].type == 2 && elements[i].full;
+	for (int i = 0; i < n; i++) {
+		int slot = load();
+		move_medium(loaded_drive, slot);
+		expect_good("MOVE MEDIUM drive to slot");
+	}
+	printf("tapes %d\nelement_status_seconds %.3f\ncycles %d\ncycle_seconds %.3f\n", tapes,
+	       t1 - t0, n, now() - t1);
+}
+
 static void verify(void)
 {
 	element_status();
@@ -564,6 +586,8 @@ int main(int argc, char **argv)
 		unload();
 	} else if (!strcmp(argv[2], "eject")) {
 		eject();
+	} else if (!strcmp(argv[2], "cycles")) {
+		cycles();
 	} else {
 		fail("unknown mode");
 	}

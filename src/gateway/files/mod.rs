@@ -397,6 +397,20 @@ struct Live {
     locks: HashMap<i64, Arc<tokio::sync::Mutex<()>>>,
     /// Serialises bucket writes to one key (uploads, copies, markers).
     key_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Sizes of `changed` and `locks` at which the next insert prunes them (`prune_live`).
+    changed_prune_at: usize,
+    locks_prune_at: usize,
+}
+
+/// The fewest entries `Live::changed` or `Live::locks` prune at. Each prune drops what no
+/// longer matters and sets the next bound at twice what is left, so the maps stay in proportion
+/// to the files being written or locked, not to every file ever written (issue 21), at an
+/// amortised O(1) per insert.
+const LIVE_PRUNE_MIN: usize = 4096;
+
+/// The next size at which a map left with `len` entries is pruned.
+fn next_prune(len: usize) -> usize {
+    len.saturating_mul(2).max(LIVE_PRUNE_MIN)
 }
 
 /// The file gateway over one bucket: every share in the catalog.
@@ -509,13 +523,28 @@ impl Files {
     }
 
     fn inode_lock(&self, id: i64) -> Arc<tokio::sync::Mutex<()>> {
-        self.live().locks.entry(id).or_default().clone()
+        let mut live = self.live();
+        if live.locks.len() >= live.locks_prune_at {
+            // A lock only the map refers to is neither held nor awaited: the next caller may
+            // as well get a new one.
+            live.locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            live.locks_prune_at = next_prune(live.locks.len());
+        }
+        live.locks.entry(id).or_default().clone()
     }
 
     /// Records a change for the upload delay. The uploader is not woken: nothing is due before
     /// the delay has passed, and it sleeps until the first inode is.
     fn touched(&self, id: i64) {
-        self.live().changed.insert(id, Instant::now());
+        let mut live = self.live();
+        if live.changed.len() >= live.changed_prune_at {
+            // A change older than this is treated as no record at all (`upload_round`,
+            // `early_start_quiet`), so forgetting it changes nothing.
+            let keep = upload::change_memory(self.config.upload_delay);
+            live.changed.retain(|_, at| at.elapsed() < keep);
+            live.changed_prune_at = next_prune(live.changed.len());
+        }
+        live.changed.insert(id, Instant::now());
     }
 
     /// The caller as the share sees it: refused if its address is not allowed, then squashed.
@@ -706,6 +735,43 @@ mod tests {
         }
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("host").is_err());
+    }
+
+    /// Issue 21: the per-inode maps hold the files being written or locked, not every file
+    /// ever touched.
+    #[test]
+    fn issue_21_live_maps_forget_idle_files() {
+        let (_dir, files, _root) = local_gateway();
+        let held = files.inode_lock(1);
+        for id in 2..100_000 {
+            drop(files.inode_lock(id));
+        }
+        let live = files.live();
+        assert!(
+            live.locks.len() < 2 * LIVE_PRUNE_MIN,
+            "{}",
+            live.locks.len()
+        );
+        assert!(
+            Arc::ptr_eq(&live.locks[&1], &held),
+            "a held lock was dropped"
+        );
+        drop(live);
+        // Changes inside the upload delay are all kept (the test gateway's delay is zero, so
+        // only the grace of uncommitted writes counts: every change here is recent).
+        for id in 0..10_000 {
+            files.touched(id);
+        }
+        assert_eq!(files.live().changed.len(), 10_000);
+        // Changes older than that are forgotten at the next prune.
+        let old = Instant::now() - upload::change_memory(Duration::ZERO) - Duration::from_secs(1);
+        for at in files.live().changed.values_mut() {
+            *at = old;
+        }
+        for id in 10_000..10_000 + 2 * LIVE_PRUNE_MIN as i64 {
+            files.touched(id);
+        }
+        assert!(files.live().changed.len() <= 2 * LIVE_PRUNE_MIN);
     }
 
     /// A gateway over a `file://` bucket in a temp dir, with the share `s` (no squash).

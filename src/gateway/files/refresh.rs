@@ -4,7 +4,8 @@
 //! access) or was marked stale by `tidegate share refresh`. New objects become inodes with
 //! attributes from their metadata (share defaults where there is none); an object whose ETag
 //! changed is re-read (HEAD) and its cached window dropped; a clean file whose object is gone
-//! vanishes. Invariant: an inode with local changes not yet uploaded (`version !=
+//! vanishes, once a second listing confirms it (a file uploaded while the first listing ran is
+//! not in it). Invariant: an inode with local changes not yet uploaded (`version !=
 //! synced_version`) is never touched, and an object queued for deletion is not resurrected.
 //! Directories are never removed by a refresh (an empty one may be a local mkdir).
 //!
@@ -50,6 +51,16 @@ struct Applied {
     /// Inodes whose object changed: their read-ahead windows are stale.
     changed: Vec<i64>,
     dir: Option<InodeRow>,
+    /// Clean names whose objects the listing did not show (`forget_vanished` decides).
+    vanished: Vec<Vanished>,
+}
+
+/// A clean name the first listing did not show, as it was then: it is forgotten only if a
+/// second listing misses it too and nothing uploaded it meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Vanished {
+    File { id: i64, version: i64, key: String },
+    Link { id: i64, key: String },
 }
 
 impl Files {
@@ -73,6 +84,8 @@ impl Files {
     ) -> Result<InodeRow, GatewayError> {
         let prefix = path::dir_prefix(&share.bucket_prefix, &dir.path);
         let listing = std::sync::Arc::new(self.bucket.list_level(&prefix).await?);
+        // benches/scale.sh counts these to show that a restart lists nothing.
+        tracing::debug!(share = %share.name, prefix, objects = listing.objects.len(), "listed the bucket level");
         let plan = {
             let (listing, prefix, dir, share_id) =
                 (listing.clone(), prefix.clone(), dir.clone(), share.id);
@@ -108,7 +121,26 @@ impl Files {
         for id in applied.changed {
             self.readahead_map_remove(id);
         }
-        for id in applied.forgotten {
+        let mut forgotten = applied.forgotten;
+        if !applied.vanished.is_empty() {
+            // A file uploaded after the listing was taken is not in it, yet is clean now:
+            // forgetting it would hide a file that is in the bucket (issue 21: 129 of 100,000
+            // files created while their directory refreshed vanished). Every candidate was
+            // clean before this second listing began, so one that still exists is in it.
+            let again = self.bucket.list_level(&prefix).await?;
+            let names: HashSet<String> = again
+                .objects
+                .iter()
+                .filter_map(|(key, ..)| listed_name(key, &prefix).map(str::to_owned))
+                .collect();
+            let (vanished, dir_id) = (applied.vanished, dir.id);
+            let staging_dir = self.config.staging_dir.clone();
+            forgotten.extend(
+                self.blocking(move |c| forget_vanished(c, dir_id, &vanished, &names, &staging_dir))
+                    .await?,
+            );
+        }
+        for id in forgotten {
             self.drop_local(id);
         }
         Ok(applied.dir.unwrap_or_else(|| dir.clone()))
@@ -292,7 +324,8 @@ fn apply(
             catalog.insert_inode(&row)?;
         }
     }
-    // Clean files whose objects are gone from the bucket vanish.
+    // Clean names whose objects are not in the listing: gone from the bucket, or uploaded
+    // after the listing was taken (`forget_vanished` tells which).
     let mut after = 0;
     loop {
         let page = catalog.children(dir.id, after, 1000)?;
@@ -301,22 +334,26 @@ fn apply(
         for child in &page {
             if child.kind != InodeKind::Dir
                 && !child.dirty()
-                && child.remote_key.is_some()
                 && !seen.contains(&child.name)
-                && catalog.forget_inode(child.id)?
+                && let Some(key) = &child.remote_key
             {
-                remove_staging(&staging(child.id));
-                applied.forgotten.push(child.id);
+                applied.vanished.push(Vanished::File {
+                    id: child.id,
+                    version: child.version,
+                    key: key.clone(),
+                });
             }
         }
     }
-    // Likewise hard link names whose current objects are gone: removed elsewhere.
     for link in catalog.links_in(dir.id)? {
         let current = catalog
             .inode(link.inode)?
             .is_some_and(|i| i.version == link.synced_version);
-        if current && link.remote_key.is_some() && !seen.contains(&link.name) {
-            catalog.forget_link(link.id)?;
+        if current
+            && !seen.contains(&link.name)
+            && let Some(key) = link.remote_key
+        {
+            applied.vanished.push(Vanished::Link { id: link.id, key });
         }
     }
     let mut row = catalog.inode(dir.id)?.unwrap_or_else(|| dir.clone());
@@ -324,4 +361,130 @@ fn apply(
     catalog.save_inode(&row)?;
     applied.dir = Some(row);
     Ok(applied)
+}
+
+/// Forgets the names of `dir` that the first listing missed (`vanished`) and a later one
+/// (`names`) misses too, unless they changed meanwhile: a file whose object vanished from the
+/// bucket was removed elsewhere, and so was a hard link name whose current object did. Returns
+/// the inodes gone (their staging files removed).
+fn forget_vanished(
+    catalog: &Catalog,
+    dir: i64,
+    vanished: &[Vanished],
+    names: &HashSet<String>,
+    staging_dir: &std::path::Path,
+) -> Result<Vec<i64>, GatewayError> {
+    let mut forgotten = Vec::new();
+    for v in vanished {
+        match v {
+            Vanished::File { id, version, key } => {
+                let Some(row) = catalog.inode(*id)? else {
+                    continue;
+                };
+                let unchanged = !row.dirty()
+                    && row.version == *version
+                    && row.remote_key.as_deref() == Some(key.as_str())
+                    && row.parent == Some(dir);
+                if unchanged && !names.contains(&row.name) && catalog.forget_inode(*id)? {
+                    remove_staging(&staging_dir.join(id.to_string()));
+                    forgotten.push(*id);
+                }
+            }
+            Vanished::Link { id, key } => {
+                let Some(link) = catalog.link(*id)? else {
+                    continue;
+                };
+                let current = catalog
+                    .inode(link.inode)?
+                    .is_some_and(|i| i.version == link.synced_version);
+                let unchanged = current
+                    && link.remote_key.as_deref() == Some(key.as_str())
+                    && link.parent == dir;
+                if unchanged && !names.contains(&link.name) {
+                    catalog.forget_link(*id)?;
+                }
+            }
+        }
+    }
+    Ok(forgotten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::files::tests::local_gateway;
+    use crate::gateway::files::{Caller, CreateMode, SetAttr, Stability};
+    use std::time::Duration;
+
+    /// Issue 21: a file uploaded after its directory's listing was taken is not in that
+    /// listing, yet clean when the refresh applies it; it must stay. A file whose object is
+    /// really gone still vanishes.
+    #[tokio::test]
+    async fn issue_21_a_file_uploaded_during_a_refresh_is_kept() {
+        let (dir, files, root) = local_gateway();
+        let me = Caller::root_local();
+        let mut ids = Vec::new();
+        for name in [&b"late"[..], b"gone"] {
+            let f = files
+                .create(&me, root, name, CreateMode::Guarded, SetAttr::default())
+                .await
+                .unwrap();
+            files
+                .write(&me, f.id, 0, b"x", Stability::FileSync)
+                .await
+                .unwrap();
+            ids.push(i64::try_from(f.id.0).unwrap());
+        }
+        assert!(files.drain(Duration::from_secs(10)).await.unwrap());
+        let share = files.catalog.shares().unwrap().remove(0);
+        let root_row = files
+            .catalog
+            .inode(i64::try_from(root.0).unwrap())
+            .unwrap()
+            .unwrap();
+        let prefix = path::dir_prefix(&share.bucket_prefix, &root_row.path);
+        // The first listing as taken before "late" was uploaded.
+        let mut stale = files.bucket.list_level(&prefix).await.unwrap();
+        stale.objects.retain(|(key, ..)| !key.ends_with("/late"));
+        let seen: HashSet<String> = stale
+            .objects
+            .iter()
+            .filter_map(|(k, ..)| listed_name(k, &prefix).map(str::to_owned))
+            .collect();
+        let staging = dir.path().join("staging");
+        let applied = apply(
+            &files.catalog,
+            &share,
+            &root_row,
+            (&stale, &prefix),
+            Vec::new(),
+            &seen,
+            &staging,
+        )
+        .unwrap();
+        assert!(applied.forgotten.is_empty(), "forgotten on one listing");
+        assert_eq!(applied.vanished.len(), 1);
+        // Meanwhile "gone" is deleted from the bucket by someone else.
+        std::fs::remove_file(dir.path().join("bucket/shares/s/gone")).unwrap();
+        let again = files.bucket.list_level(&prefix).await.unwrap();
+        let names = again
+            .objects
+            .iter()
+            .filter_map(|(k, ..)| listed_name(k, &prefix).map(str::to_owned))
+            .collect();
+        let mut vanished = applied.vanished;
+        vanished.push(Vanished::File {
+            id: ids[1],
+            version: files.catalog.inode(ids[1]).unwrap().unwrap().version,
+            key: format!("{prefix}gone"),
+        });
+        let forgotten =
+            forget_vanished(&files.catalog, root_row.id, &vanished, &names, &staging).unwrap();
+        assert_eq!(forgotten, [ids[1]]);
+        assert!(files.catalog.inode(ids[0]).unwrap().is_some(), "late kept");
+        assert!(
+            files.catalog.inode(ids[1]).unwrap().is_none(),
+            "gone forgotten"
+        );
+    }
 }

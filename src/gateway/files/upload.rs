@@ -30,6 +30,12 @@ const UNCOMMITTED_GRACE: Duration = Duration::from_secs(60);
 /// Under staging pressure, how long an uncommitted file must have been left alone before it is
 /// uploaded to make room.
 const PRESSURE_QUIET: Duration = Duration::from_secs(1);
+
+/// How long a file's last change matters to the uploader: past both the upload delay and the
+/// grace of uncommitted writes, an old change time and none at all decide alike.
+pub(super) fn change_memory(upload_delay: Duration) -> Duration {
+    upload_delay.max(UNCOMMITTED_GRACE).max(PRESSURE_QUIET)
+}
 /// How often the uploader looks for due work when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
 /// The shortest sleep between rounds, so files falling due one by one are taken a batch at a

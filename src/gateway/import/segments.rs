@@ -4,8 +4,9 @@
 //!
 //! Invariant: `SegmentWriter::finish` returns only after every segment file is fsynced; a writer
 //! dropped without finishing removes what it wrote (a segment still being written when it is
-//! dropped is left as an orphan, removed when the device next opens writable). Reads return bytes only after the frame
-//! authenticated.
+//! dropped is left as an orphan, removed when the device next opens writable); the digests are
+//! those of the bytes in the order `write` received them, however many segments are sealed at
+//! once. Reads return bytes only after the frame authenticated.
 //!
 //! A device in a cluster (docs/operations.md, "Device clusters") keeps the same frames as
 //! objects `seg/<id>` in the cluster's Garage bucket instead of files: `finish` then returns only
@@ -151,18 +152,70 @@ pub(crate) struct Written {
     pub etag: String,
 }
 
-/// Segments being sealed and written while the next one fills: enough to hide one fsync behind
-/// the hashing of the next segment.
-const SEALS_IN_FLIGHT: usize = 2;
+/// Segments being sealed and written at once per writer: sealing runs in parallel, so a slow
+/// fsync of one segment does not hold up the next ones (3 × 8 MiB per large object).
+const SEALS_IN_FLIGHT: usize = 3;
+
+/// Segments queued for the in-order hashing task beyond the one it is hashing: enough to absorb
+/// a burst of ranges arriving together without letting a slow hash hold much memory.
+const HASHES_QUEUED: usize = 2;
+
+/// The whole-object digests, which must see the bytes in order.
+#[derive(Debug)]
+enum Hashing {
+    /// Not started: an object of at most one segment is hashed in the same blocking task that
+    /// seals it (one task per small object, not two).
+    Idle(Box<(Sha256, EtagHasher)>),
+    /// A second segment came: two blocking tasks, one per digest, hash the segments in the
+    /// order they are sent (side by side on two cores when there are two) while the writer
+    /// goes on receiving and sealing later ones.
+    Running {
+        sha: Digest<Sha256>,
+        etag: Digest<EtagHasher>,
+    },
+    Done,
+}
+
+/// One digest fed in order on its own blocking task.
+#[derive(Debug)]
+struct Digest<D> {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    task: tokio::task::JoinHandle<D>,
+}
+
+impl<D: Send + 'static> Digest<D> {
+    fn start(mut digest: D, update: fn(&mut D, &[u8])) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASHES_QUEUED);
+        let task = tokio::task::spawn_blocking(move || {
+            while let Some(piece) = rx.blocking_recv() {
+                update(&mut digest, &piece);
+            }
+            digest
+        });
+        Self { tx, task }
+    }
+
+    /// Closing the queue lets the task finish the digest.
+    async fn finish(self) -> Result<D, GatewayError> {
+        drop(self.tx);
+        self.task
+            .await
+            .map_err(|e| GatewayError::Internal(Box::new(e)))
+    }
+}
 
 /// Receives an object's bytes in any pieces and stores them as sealed segments, hashing as it
-/// goes. Hashing runs in order on the blocking pool; sealing and writing a segment overlap the
-/// hashing of the next (at most `SEALS_IN_FLIGHT`), and `finish` waits for all of them.
+/// goes. Pieces that already are a whole segment are sealed as received (no copy). Hashing runs
+/// in order on its own blocking task and overlaps the receiving of later pieces; sealing and
+/// writing segments run in parallel beside it (at most `SEALS_IN_FLIGHT`), and `finish` waits
+/// for all of them.
 #[derive(Debug)]
 pub struct SegmentWriter {
     store: Arc<SegmentStore>,
-    buf: BytesMut,
-    hashes: Option<(Sha256, EtagHasher)>,
+    /// Bytes of the segment being filled, as received.
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    hashing: Hashing,
     sealing: VecDeque<tokio::task::JoinHandle<Result<(), GatewayError>>>,
     segments: Vec<Segment>,
     size: u64,
@@ -173,8 +226,9 @@ impl SegmentWriter {
     pub(crate) fn new(store: Arc<SegmentStore>) -> Self {
         Self {
             store,
-            buf: BytesMut::new(),
-            hashes: Some((Sha256::default(), EtagHasher::single())),
+            pending: Vec::new(),
+            pending_len: 0,
+            hashing: Hashing::Idle(Box::new((Sha256::default(), EtagHasher::single()))),
             sealing: VecDeque::new(),
             segments: Vec::new(),
             size: 0,
@@ -184,62 +238,91 @@ impl SegmentWriter {
 
     /// Computes the ETag at these part boundaries instead of the MD5 (before any write).
     pub(crate) fn with_etag(mut self, etag: EtagHasher) -> Self {
-        if let Some((_, e)) = self.hashes.as_mut() {
-            *e = etag;
+        if let Hashing::Idle(state) = &mut self.hashing {
+            state.1 = etag;
         }
         self
     }
 
     pub async fn write(&mut self, mut data: Bytes) -> Result<(), GatewayError> {
         while !data.is_empty() {
-            if self.buf.capacity() == 0 {
-                self.buf.reserve(SEGMENT_BYTES);
-            }
-            let room = SEGMENT_BYTES - self.buf.len();
-            let piece = data.split_to(room.min(data.len()));
-            self.buf.extend_from_slice(&piece);
-            if self.buf.len() == SEGMENT_BYTES {
-                self.flush().await?;
+            let piece = data.split_to((SEGMENT_BYTES - self.pending_len).min(data.len()));
+            self.pending_len += piece.len();
+            self.pending.push(piece);
+            if self.pending_len == SEGMENT_BYTES {
+                let segment = self.take_pending();
+                self.flush(segment).await?;
             }
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), GatewayError> {
-        let data = std::mem::take(&mut self.buf).freeze();
-        let mut raw = [0u8; 16];
-        crate::store::device::new_salt()
-            .map(|s| raw = s)
-            .map_err(|e| GatewayError::Internal(Box::new(e)))?;
-        let id = hex(&raw);
-        let len = data.len() as u64;
-        let (mut sha, mut etag) = self
-            .hashes
-            .take()
-            .unwrap_or_else(|| (Sha256::default(), EtagHasher::single()));
-        let hashed = data.clone();
-        let hashes = tokio::task::spawn_blocking(move || {
-            sha.update(&hashed);
-            etag.update(&hashed);
-            (sha, etag)
-        })
-        .await
-        .map_err(|e| GatewayError::Internal(Box::new(e)))?;
-        self.hashes = Some(hashes);
-        while self.sealing.len() >= SEALS_IN_FLIGHT {
-            self.wait_oldest().await?;
+    /// The segment being filled as one buffer: the piece itself when it came whole.
+    fn take_pending(&mut self) -> Bytes {
+        self.pending_len = 0;
+        if self.pending.len() == 1 {
+            return self.pending.pop().unwrap_or_default();
         }
-        // Recorded before the write: a half-written file is removed on drop too.
+        let mut buf = BytesMut::with_capacity(self.pending.iter().map(Bytes::len).sum());
+        for piece in self.pending.drain(..) {
+            buf.extend_from_slice(&piece);
+        }
+        buf.freeze()
+    }
+
+    /// A new segment's id, recorded before anything is written: a half-written file is removed
+    /// on drop too.
+    fn new_segment(&mut self, len: u64) -> Result<String, GatewayError> {
+        let raw =
+            crate::store::device::new_salt().map_err(|e| GatewayError::Internal(Box::new(e)))?;
+        let id = hex(&raw);
         self.segments.push(Segment {
             id: id.clone(),
             len,
         });
+        self.size += len;
+        Ok(id)
+    }
+
+    /// The in-order hashing tasks' queues, starting the tasks on the first full segment.
+    fn hashers(&mut self) -> Result<[tokio::sync::mpsc::Sender<Bytes>; 2], GatewayError> {
+        self.hashing = match std::mem::replace(&mut self.hashing, Hashing::Done) {
+            Hashing::Idle(state) => {
+                let (sha, etag) = *state;
+                Hashing::Running {
+                    sha: Digest::start(sha, Sha256::update),
+                    etag: Digest::start(etag, EtagHasher::update),
+                }
+            }
+            other => other,
+        };
+        match &self.hashing {
+            Hashing::Running { sha, etag } => Ok([sha.tx.clone(), etag.tx.clone()]),
+            Hashing::Idle(_) | Hashing::Done => Err(hashing_died()),
+        }
+    }
+
+    async fn flush(&mut self, data: Bytes) -> Result<(), GatewayError> {
+        for hasher in self.hashers()? {
+            hasher
+                .send(data.clone())
+                .await
+                .map_err(|_| hashing_died())?;
+        }
+        self.seal(data).await
+    }
+
+    /// Seals and writes `data` as the next segment beside the ones in flight.
+    async fn seal(&mut self, data: Bytes) -> Result<(), GatewayError> {
+        while self.sealing.len() >= SEALS_IN_FLIGHT {
+            self.wait_oldest().await?;
+        }
+        let id = self.new_segment(data.len() as u64)?;
         let store = self.store.clone();
         self.sealing.push_back(match store.remote.clone() {
             Some(bucket) => tokio::spawn(put_segment(store, bucket, id, data)),
             None => tokio::task::spawn_blocking(move || write_segment(&store, &id, &data)),
         });
-        self.size += len;
         Ok(())
     }
 
@@ -258,16 +341,36 @@ impl SegmentWriter {
         mut self,
         expected: ExpectedDigests,
     ) -> Result<Written, GatewayError> {
-        if !self.buf.is_empty() {
-            self.flush().await?;
-        }
+        let last = (self.pending_len > 0).then(|| self.take_pending());
+        let (sha, etag) = match (std::mem::replace(&mut self.hashing, Hashing::Done), last) {
+            // At most one segment: hashed, sealed and written by one blocking task.
+            (Hashing::Idle(state), Some(data)) => {
+                let (mut sha, mut etag) = *state;
+                let id = self.new_segment(data.len() as u64)?;
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    sha.update(&data);
+                    etag.update(&data);
+                    write_segment(&store, &id, &data).map(|()| (sha, etag))
+                })
+                .await
+                .map_err(|e| GatewayError::Internal(Box::new(e)))??
+            }
+            (Hashing::Idle(state), None) => *state,
+            (Hashing::Running { sha, etag }, last) => {
+                if let Some(data) = last {
+                    for tx in [&sha.tx, &etag.tx] {
+                        tx.send(data.clone()).await.map_err(|_| hashing_died())?;
+                    }
+                    self.seal(data).await?;
+                }
+                (sha.finish().await?, etag.finish().await?)
+            }
+            (Hashing::Done, _) => return Err(hashing_died()),
+        };
         while !self.sealing.is_empty() {
             self.wait_oldest().await?;
         }
-        let (sha, etag) = self
-            .hashes
-            .take()
-            .unwrap_or_else(|| (Sha256::default(), EtagHasher::single()));
         let (sha256, etag) = (sha.finish(), etag.finish());
         let mismatch = |which| GatewayError::Corrupt(Box::new(DigestMismatch { which }));
         if expected.md5.is_some_and(|m| hex(&m) != etag) {
@@ -284,6 +387,10 @@ impl SegmentWriter {
             etag,
         })
     }
+}
+
+fn hashing_died() -> GatewayError {
+    GatewayError::Internal("the hashing task of a segment writer ended early".into())
 }
 
 impl Drop for SegmentWriter {
@@ -336,4 +443,84 @@ async fn put_segment(
 pub(crate) fn prepare(dir: &Path) -> Result<(), GatewayError> {
     std::fs::create_dir_all(dir.join("seg"))
         .map_err(|e| GatewayError::Internal(format!("creating {}: {e}", dir.display()).into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::import::device::tests::device;
+    use crate::store::device::Md5;
+
+    /// Whatever the pieces (whole segments taken as received, pieces across segment edges, tiny
+    /// ones), the segments hold the bytes in order and the digests are those of the whole
+    /// object: the hashing task sees the segments in order while sealing runs beside it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn digests_and_segments_follow_the_byte_order_whatever_the_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = device(dir.path()).await;
+        let seg = SEGMENT_BYTES;
+        // Each segment-sized stretch has its own byte, so a segment out of place changes both
+        // the digests and the bytes read back.
+        let data = Bytes::from(
+            (0..seg * 5 + 777)
+                .map(|i| (i / seg * 37 + i % 251) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let piecings: [&[usize]; 4] = [
+            &[seg, seg, seg, seg, seg, 777],
+            &[seg / 2 + 1, seg, 3, seg * 2, 100],
+            &[1, seg * 5 + 776],
+            &[seg * 5 + 777],
+        ];
+        let mut sha = Sha256::default();
+        sha.update(&data);
+        let sha = sha.finish();
+        let mut md5 = Md5::default();
+        md5.update(&data);
+        let md5 = md5.finish();
+        for pieces in piecings {
+            let mut w = d.writer().unwrap();
+            let mut rest = data.clone();
+            for &n in pieces {
+                let n = n.min(rest.len());
+                w.write(rest.split_to(n)).await.unwrap();
+            }
+            w.write(rest).await.unwrap();
+            let written = w.finish(ExpectedDigests::default()).await.unwrap();
+            assert_eq!(written.sha256, sha, "{pieces:?}");
+            assert_eq!(written.etag, hex(&md5), "{pieces:?}");
+            assert_eq!(written.size, data.len() as u64);
+            assert_eq!(written.segments.len(), 6, "{pieces:?}");
+            let mut back = Vec::new();
+            for s in &written.segments {
+                back.extend_from_slice(&d.inner.segs.read(s).await.unwrap());
+            }
+            assert!(back == data, "bytes out of order for pieces {pieces:?}");
+            d.inner.segs.remove(&written.segments).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_object_is_one_segment_and_an_empty_one_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = device(dir.path()).await;
+        let mut w = d.writer().unwrap();
+        w.write(Bytes::from_static(b"abc")).await.unwrap();
+        w.write(Bytes::from_static(b"def")).await.unwrap();
+        let written = w.finish(ExpectedDigests::default()).await.unwrap();
+        assert_eq!(written.etag, "e80b5017098950fc58aad83c8c14978e");
+        assert_eq!(written.segments.len(), 1);
+        assert_eq!(
+            &d.inner.segs.read(&written.segments[0]).await.unwrap()[..],
+            b"abcdef"
+        );
+        let empty = d
+            .writer()
+            .unwrap()
+            .finish(ExpectedDigests::default())
+            .await
+            .unwrap();
+        assert_eq!(empty.etag, "d41d8cd98f00b204e9800998ecf8427e");
+        assert!(empty.segments.is_empty());
+    }
 }
