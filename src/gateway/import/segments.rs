@@ -348,13 +348,25 @@ impl SegmentWriter {
                 let (mut sha, mut etag) = *state;
                 let id = self.new_segment(data.len() as u64)?;
                 let store = self.store.clone();
-                tokio::task::spawn_blocking(move || {
+                let remote = store.remote.clone();
+                let hashed = tokio::task::spawn_blocking(move || {
                     sha.update(&data);
                     etag.update(&data);
-                    write_segment(&store, &id, &data).map(|()| (sha, etag))
+                    // A cluster's segment goes to the cluster's bucket below, not to a file.
+                    match remote {
+                        Some(_) => Ok((sha, etag, Some((store, id, data)))),
+                        None => write_segment(&store, &id, &data).map(|()| (sha, etag, None)),
+                    }
                 })
                 .await
-                .map_err(|e| GatewayError::Internal(Box::new(e)))??
+                .map_err(|e| GatewayError::Internal(Box::new(e)))??;
+                let (sha, etag, remote_put) = hashed;
+                if let Some((store, id, data)) = remote_put
+                    && let Some(bucket) = store.remote.clone()
+                {
+                    put_segment(store, bucket, id, data).await?;
+                }
+                (sha, etag)
             }
             (Hashing::Idle(state), None) => *state,
             (Hashing::Running { sha, etag }, last) => {
