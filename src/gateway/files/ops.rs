@@ -592,8 +592,9 @@ impl Files {
         if set.size.is_some() {
             // A size change truncates the staging file (and may fetch from the bucket)
             // first, so it is checked on the row as read before.
+            // The share's call is counted once, after the hop below.
             let (row, share) = self.node(id).await?;
-            let who = self.effective(&share, caller)?;
+            let who = effective(&share, caller)?;
             let changed = check_setattr(&who, &share, &row, &set)?;
             if let Some(size) = set.size
                 && changed
