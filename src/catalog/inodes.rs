@@ -226,61 +226,46 @@ impl Catalog {
 
     /// Inserts an inode (its `id` is ignored) and returns it with the id assigned.
     pub fn insert_inode(&self, row: &InodeRow) -> Result<InodeRow, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let id = insert_inode(&tx, row)?;
-        tx.commit()?;
-        Ok(InodeRow { id, ..row.clone() })
+        self.grouped(|conn| {
+            let tx = conn.transaction()?;
+            let id = insert_inode(&tx, row)?;
+            tx.commit()?;
+            Ok(InodeRow { id, ..row.clone() })
+        })
     }
 
     /// Inserts a new entry of directory `row.parent` and advances the directory's mtime and
     /// ctime to `now_ns` (POSIX), in one transaction: a create costs one commit.
     pub fn insert_entry(&self, row: &InodeRow, now_ns: i64) -> Result<InodeRow, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let id = insert_inode(&tx, row)?;
-        if let Some(dir) = row.parent {
-            touch_dir(&tx, dir, now_ns)?;
-        }
-        tx.commit()?;
-        Ok(InodeRow { id, ..row.clone() })
+        self.grouped(|conn| {
+            let tx = conn.transaction()?;
+            let id = insert_inode(&tx, row)?;
+            if let Some(dir) = row.parent {
+                touch_dir(&tx, dir, now_ns)?;
+            }
+            tx.commit()?;
+            Ok(InodeRow { id, ..row.clone() })
+        })
     }
 
     /// Writes back every mutable column of `row`.
     pub fn save_inode(&self, row: &InodeRow) -> Result<(), CatalogError> {
-        update_inode(&self.conn(), row)
+        self.grouped(|conn| update_inode(conn, row))
     }
 
     /// Like `save_inode`, without waiting for the disk (`synchronous=NORMAL` for this one
     /// transaction): it survives a crash of the process (WAL in the page cache) and is made
-    /// durable by the next synchronous write, e.g. `sync_inode`. For UNSTABLE writes, whose
+    /// durable by the next sync of the WAL, e.g. `sync_inode`. For UNSTABLE writes, whose
     /// durability point is the COMMIT that follows.
     pub fn save_inode_unsynced(&self, row: &InodeRow) -> Result<(), CatalogError> {
-        self.unsynced(|conn| update_inode(conn, row))
+        self.relaxed(|conn| update_inode(conn, row))
     }
 
-    /// Runs `change` with `synchronous=NORMAL` for its transaction only.
-    fn unsynced(
-        &self,
-        change: impl FnOnce(&rusqlite::Connection) -> Result<(), CatalogError>,
-    ) -> Result<(), CatalogError> {
-        let conn = self.conn();
-        // Cached statements: parsing the pragmas was a tenth of a small file's catalog time.
-        conn.prepare_cached("PRAGMA synchronous = NORMAL")?
-            .execute([])?;
-        let result = change(&conn);
-        conn.prepare_cached("PRAGMA synchronous = FULL")?
-            .execute([])?;
-        result
-    }
-
-    /// A synchronous no-op update of one inode: the WAL, with every earlier unsynced
-    /// transaction in it, is on disk when this returns.
-    pub fn sync_inode(&self, id: i64) -> Result<(), CatalogError> {
-        self.conn()
-            .prepare_cached("UPDATE inodes SET version = version WHERE id = ?1")?
-            .execute([id])?;
-        Ok(())
+    /// Makes inode `id`'s unsynced changes durable: the WAL, with every earlier unsynced
+    /// transaction in it, is on disk when this returns (one group-committed sync, shared with
+    /// concurrent callers; no transaction).
+    pub fn sync_inode(&self, _id: i64) -> Result<(), CatalogError> {
+        self.durable()
     }
 
     /// A directory's entries changed (an entry created, removed or renamed): its mtime and
@@ -293,7 +278,7 @@ impl Catalog {
     /// Records a read's access time, without waiting for the disk: an access time lost with
     /// power is harmless, and reads must not pay an fsync.
     pub fn set_atime(&self, id: i64, atime_ns: i64) -> Result<(), CatalogError> {
-        self.unsynced(|conn| {
+        self.relaxed(|conn| {
             conn.prepare_cached("UPDATE inodes SET atime_ns = ?2 WHERE id = ?1")?
                 .execute(params![id, atime_ns])?;
             Ok(())
@@ -302,14 +287,15 @@ impl Catalog {
 
     /// Removes an inode; its object (if any) is queued for deletion in the same transaction.
     pub fn remove_inode(&self, row: &InodeRow) -> Result<(), CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute("DELETE FROM inodes WHERE id = ?1", [row.id])?;
-        if let Some(key) = &row.remote_key {
-            queue_delete(&tx, row.share_id, key)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.grouped(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM inodes WHERE id = ?1", [row.id])?;
+            if let Some(key) = &row.remote_key {
+                queue_delete(&tx, row.share_id, key)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Removes the name `row` was found by (its own or, with [`InodeRow::link`], a hard link;
@@ -317,25 +303,27 @@ impl Catalog {
     /// one transaction. Returns true when that was the inode's last name and the inode is gone
     /// (its object queued for deletion).
     pub fn remove_entry(&self, row: &InodeRow, now_ns: i64) -> Result<bool, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let gone = links::remove_name(&tx, row, now_ns)?;
-        if let Some(dir) = row.parent {
-            touch_dir(&tx, dir, now_ns)?;
-        }
-        tx.commit()?;
-        Ok(gone)
+        self.grouped(|conn| {
+            let tx = conn.transaction()?;
+            let gone = links::remove_name(&tx, row, now_ns)?;
+            if let Some(dir) = row.parent {
+                touch_dir(&tx, dir, now_ns)?;
+            }
+            tx.commit()?;
+            Ok(gone)
+        })
     }
 
     /// Removes an inode whose object vanished from the bucket (nothing left to delete there).
     /// An inode with a hard link whose object is current keeps living under that name instead.
     /// Returns whether the inode is gone.
     pub fn forget_inode(&self, id: i64) -> Result<bool, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let gone = links::forget_primary(&tx, id)?;
-        tx.commit()?;
-        Ok(gone)
+        self.grouped(|conn| {
+            let tx = conn.transaction()?;
+            let gone = links::forget_primary(&tx, id)?;
+            tx.commit()?;
+            Ok(gone)
+        })
     }
 
     /// Moves `row` to `new_parent`/`new_name` (path `new_path`), replacing `replaced` if given,
@@ -353,48 +341,49 @@ impl Catalog {
         ctime_ns: i64,
         replaced: Option<&InodeRow>,
     ) -> Result<bool, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let gone = match replaced {
-            Some(old) => links::remove_name(&tx, old, ctime_ns)?,
-            None => false,
-        };
-        for dir in row.parent.into_iter().chain([new_parent]) {
-            touch_dir(&tx, dir, ctime_ns)?;
-        }
-        if let Some(link) = row.link {
-            links::move_link(
-                &tx,
-                link,
-                row.id,
-                (new_parent, new_name, new_path),
-                ctime_ns,
-            )?;
-            tx.commit()?;
-            return Ok(gone);
-        }
-        tx.execute(
-            "UPDATE inodes SET parent = ?2, name = ?3, path = ?4, ctime_ns = ?5,
-                 version = version + 1 WHERE id = ?1",
-            params![row.id, new_parent, new_name, new_path, ctime_ns],
-        )?;
-        if row.kind == InodeKind::Dir && !row.path.is_empty() {
-            // length() and substr() count characters on both sides, so non-ASCII names
-            // are cut where they should be.
+        self.grouped(|conn| {
+            let tx = conn.transaction()?;
+            let gone = match replaced {
+                Some(old) => links::remove_name(&tx, old, ctime_ns)?,
+                None => false,
+            };
+            for dir in row.parent.into_iter().chain([new_parent]) {
+                touch_dir(&tx, dir, ctime_ns)?;
+            }
+            if let Some(link) = row.link {
+                links::move_link(
+                    &tx,
+                    link,
+                    row.id,
+                    (new_parent, new_name, new_path),
+                    ctime_ns,
+                )?;
+                tx.commit()?;
+                return Ok(gone);
+            }
             tx.execute(
-                "UPDATE inodes SET path = ?3 || substr(path, length(?2) + 1),
+                "UPDATE inodes SET parent = ?2, name = ?3, path = ?4, ctime_ns = ?5,
+                 version = version + 1 WHERE id = ?1",
+                params![row.id, new_parent, new_name, new_path, ctime_ns],
+            )?;
+            if row.kind == InodeKind::Dir && !row.path.is_empty() {
+                // length() and substr() count characters on both sides, so non-ASCII names
+                // are cut where they should be.
+                tx.execute(
+                    "UPDATE inodes SET path = ?3 || substr(path, length(?2) + 1),
                      version = version + 1
                  WHERE share_id = ?1 AND substr(path, 1, length(?2)) = ?2",
-                params![
-                    row.share_id,
-                    format!("{}/", row.path),
-                    format!("{new_path}/")
-                ],
-            )?;
-            links::move_subtree(&tx, row.share_id, &row.path, new_path)?;
-        }
-        tx.commit()?;
-        Ok(gone)
+                    params![
+                        row.share_id,
+                        format!("{}/", row.path),
+                        format!("{new_path}/")
+                    ],
+                )?;
+                links::move_subtree(&tx, row.share_id, &row.path, new_path)?;
+            }
+            tx.commit()?;
+            Ok(gone)
+        })
     }
 
     /// Inodes of a share whose bucket state lags the catalog, oldest first.
@@ -442,50 +431,51 @@ impl Catalog {
         items: &[SyncedItem<'_>],
         unix_now: i64,
     ) -> Result<Vec<Option<bool>>, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut out = Vec::with_capacity(items.len());
-        let mut shares = std::collections::BTreeSet::new();
-        for item in items {
-            let Some(row) = tx
-                .query_row(
-                    &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
-                    [item.id],
-                    row_to_inode,
-                )
-                .optional()?
-            else {
-                out.push(None);
-                continue;
-            };
-            if let Some(old) = &row.remote_key
-                && Some(old.as_str()) != item.key
-            {
-                queue_delete(&tx, row.share_id, old)?;
-            }
-            if let Some(key) = item.key {
-                tx.execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
-            }
-            tx.execute(
+        self.grouped(|conn| {
+            let tx = conn.transaction()?;
+            let mut out = Vec::with_capacity(items.len());
+            let mut shares = std::collections::BTreeSet::new();
+            for item in items {
+                let Some(row) = tx
+                    .query_row(
+                        &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
+                        [item.id],
+                        row_to_inode,
+                    )
+                    .optional()?
+                else {
+                    out.push(None);
+                    continue;
+                };
+                if let Some(old) = &row.remote_key
+                    && Some(old.as_str()) != item.key
+                {
+                    queue_delete(&tx, row.share_id, old)?;
+                }
+                if let Some(key) = item.key {
+                    tx.execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
+                }
+                tx.execute(
                 "UPDATE inodes SET synced_version = ?2, remote_key = ?3, etag = ?4 WHERE id = ?1",
                 params![item.id, item.version, item.key, item.etag],
             )?;
-            let unstaged = item.unstage
-                && tx.execute(
-                    "UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2",
-                    params![item.id, item.version],
-                )? > 0;
-            shares.insert(row.share_id);
-            out.push(Some(unstaged));
-        }
-        for share in shares {
-            tx.execute(
-                "UPDATE shares SET last_upload_unix = ?2 WHERE id = ?1",
-                params![share, unix_now],
-            )?;
-        }
-        tx.commit()?;
-        Ok(out)
+                let unstaged = item.unstage
+                    && tx.execute(
+                        "UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2",
+                        params![item.id, item.version],
+                    )? > 0;
+                shares.insert(row.share_id);
+                out.push(Some(unstaged));
+            }
+            for share in shares {
+                tx.execute(
+                    "UPDATE shares SET last_upload_unix = ?2 WHERE id = ?1",
+                    params![share, unix_now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
     /// Whether some inode's object, or an object queued for deletion, lives under `prefix`

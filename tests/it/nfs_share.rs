@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::garage::Garage;
@@ -425,6 +426,104 @@ fn committed_data_survives_kill_9_and_the_same_handle_still_works() {
     wait_uploaded(&gw, Some(&config), "docs", Duration::from_secs(120));
     let (got, _) = object(&garage, dir.path(), "gw/shares/docs/crash.bin");
     assert!(got == data);
+}
+
+/// Issue 20: CREATEs and COMMITs from many clients at once share group-committed fsyncs (the
+/// catalog's WAL, the staging directory). Every file whose `nfs-cp` returned (libnfs's close
+/// sends COMMIT) before the gateway was killed with -9 is there, whole, after the restart;
+/// copies cut short by the kill are not counted.
+#[test]
+fn issue_20_concurrent_small_files_acknowledged_before_kill_9_survive() {
+    const CLIENTS: usize = 8;
+    const FILES_EACH: usize = 60;
+    // Killed once this many files have been acknowledged, with copies still in flight.
+    const KILL_AFTER: usize = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_garage, gw, config) = docs_on_garage(dir.path(), port);
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let killed = std::sync::Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|w| {
+            let (acked, src, killed) = (acked.clone(), src.clone(), killed.clone());
+            let nfs_port = nfs_addr(&gw).rsplit(':').next().unwrap().to_owned();
+            std::thread::spawn(move || {
+                for i in 0..FILES_EACH {
+                    let name = format!("c{w}-{i}.bin");
+                    let data = noise(
+                        1 + (w * 7919 + i * 104_729) % (64 << 10),
+                        (w * 1000 + i) as u64,
+                    );
+                    let local = src.join(&name);
+                    std::fs::write(&local, &data).unwrap();
+                    let mut copy = Command::new(tool("nfs-cp"))
+                        .arg(&local)
+                        .arg(format!(
+                            "nfs://127.0.0.1/docs/{name}?nfsport={nfs_port}&mountport={nfs_port}"
+                        ))
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    // libnfs reconnects for ever to a server that died: a copy still running
+                    // at the kill is stopped, and was never acknowledged.
+                    let status = loop {
+                        if let Some(status) = copy.try_wait().unwrap() {
+                            break Some(status);
+                        }
+                        if killed.load(Ordering::SeqCst) {
+                            let _ = copy.kill();
+                            let _ = copy.wait();
+                            break None;
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    };
+                    match status {
+                        Some(status) if status.success() => {}
+                        None => return,
+                        Some(status) => {
+                            let out = copy.wait_with_output().unwrap();
+                            // Before the kill, every copy must succeed.
+                            assert!(
+                                killed.load(Ordering::SeqCst),
+                                "nfs-cp {name}: {status}: {}",
+                                stderr(&out)
+                            );
+                            return;
+                        }
+                    }
+                    acked.lock().unwrap().push((name, data));
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(200);
+    while acked.lock().unwrap().len() < KILL_AFTER {
+        assert!(Instant::now() < deadline, "the copies did not get going");
+        assert!(
+            !workers.iter().all(|w| w.is_finished()),
+            "every client stopped before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    killed.store(true, Ordering::SeqCst);
+    gw.kill9();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked.len() >= KILL_AFTER);
+
+    let gw = start(&dir.path().join("data"), Some(&config), port);
+    for (name, data) in &acked {
+        let back = nfs_cat(&url(&gw, &format!("docs/{name}")));
+        assert!(
+            back == *data,
+            "{name}: acknowledged before kill -9, then lost or changed"
+        );
+    }
 }
 
 /// The embedded default: its `share` export, local-directory bucket.

@@ -608,21 +608,26 @@ impl Files {
         if row.kind == InodeKind::File && row.staged && pending {
             let lock = self.inode_lock(row.id);
             let _guard = lock.lock().await;
-            // The staging file (and its directory entry, when new) and the catalog's WAL are
-            // synced at the same time, on two blocking threads: the COMMIT costs one fsync
-            // latency, not three.
+            // The staging file, its directory entry (when new) and the catalog's WAL are
+            // synced at the same time, on three blocking threads: the COMMIT costs one fsync
+            // latency, not three. The directory and the WAL syncs are group commits shared
+            // with concurrent operations.
             let path = self.staging_path(row.id);
-            let dir = self
-                .live()
-                .new_entries
-                .remove(&row.id)
-                .then(|| self.config.staging_dir.clone());
+            let new_entry = self.live().new_entries.remove(&row.id);
             let id = row.id;
-            let files = self.blocking(move |_| local::sync_staged(&path, dir.as_deref()));
+            let file = self.blocking(move |_| local::sync_staged(&path));
+            let dir = async {
+                if new_entry {
+                    self.sync_staging_dir().await
+                } else {
+                    Ok(())
+                }
+            };
             // The size and version recorded by unsynced WRITEs reach the disk too.
             let catalog = self.blocking(move |c| Ok(c.sync_inode(id)?));
-            let (files, catalog) = tokio::join!(files, catalog);
-            files?;
+            let (file, dir, catalog) = tokio::join!(file, dir, catalog);
+            file?;
+            dir?;
             catalog?;
         }
         self.live().uncommitted.remove(&row.id);

@@ -36,13 +36,20 @@ pub(crate) fn remove_staging(path: &Path) {
 /// Creates a staging file as a hole of `size` bytes, with no block map: a file with nothing
 /// to fetch from the bucket. Neither it nor its directory entry is synced here; no byte of it
 /// is acknowledged as durable before a COMMIT or stable WRITE syncs both.
-pub(crate) fn create_hole(path: &Path, size: u64) -> Result<(), GatewayError> {
-    let file =
-        std::fs::File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
-    file.set_len(size)
-        .map_err(io_err(format!("sizing {}", path.display())))?;
+pub(crate) fn create_hole(path: &Path, size: u64) -> Result<std::fs::File, GatewayError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(format!("creating {}", path.display())))?;
+    // A new file is already empty: sizing it would be one more system call per small file.
+    if size > 0 {
+        file.set_len(size)
+            .map_err(io_err(format!("sizing {}", path.display())))?;
+    }
     BlockMap::remove(path);
-    Ok(())
+    Ok(file)
 }
 
 /// Reads `offset..end` of a staging file; what lies past its end (or a file lost before it
@@ -70,9 +77,9 @@ pub(crate) fn read_staged(path: &Path, offset: u64, end: u64) -> Result<Bytes, G
     Ok(Bytes::from(buf))
 }
 
-/// Syncs a staging file, its block map if it has one, and (for a file created since the last
-/// sync) the staging directory, so the file's name survives a power loss too.
-pub(crate) fn sync_staged(path: &Path, dir: Option<&Path>) -> Result<(), GatewayError> {
+/// Syncs a staging file and its block map if it has one. A file created since the staging
+/// directory was last synced needs that too (`Files::sync_staging_dir`), for its name.
+pub(crate) fn sync_staged(path: &Path) -> Result<(), GatewayError> {
     if let Ok(file) = std::fs::File::open(path) {
         file.sync_all()
             .map_err(io_err(format!("syncing {}", path.display())))?;
@@ -82,9 +89,6 @@ pub(crate) fn sync_staged(path: &Path, dir: Option<&Path>) -> Result<(), Gateway
             "syncing the block map of {}",
             path.display()
         )))?;
-    }
-    if let Some(dir) = dir {
-        sync_dir(dir)?;
     }
     Ok(())
 }
@@ -142,18 +146,19 @@ pub(crate) fn write(catalog: &Catalog, w: LocalWrite<'_>) -> Result<Written, Gat
         return Ok(Written::NeedsBucket { row, data: w.data });
     }
     let path = w.path;
-    if staged_now {
-        create_hole(path, row.size)?;
+    let file = if staged_now {
         row.staged = true;
-    }
-    // `create`: a staging file created but never synced is gone after a power loss, and the
-    // client then resends what it had not committed into a new one.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io_err(format!("opening {}", path.display())))?;
+        create_hole(path, row.size)?
+    } else {
+        // `create`: a staging file created but never synced is gone after a power loss, and
+        // the client then resends what it had not committed into a new one.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(format!("opening {}", path.display())))?
+    };
     file.write_all_at(&w.data, w.offset)
         .map_err(io_err(format!("writing {}", path.display())))?;
     if w.stable {

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::catalog::Catalog;
+use crate::catalog::group::GroupSync;
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow, ShareSyncStats, Squash};
 use crate::gateway::GatewayError;
 use crate::store::Bucket;
@@ -431,6 +432,9 @@ pub struct Files {
     counters: upload::UploadCounters,
     traffic: Mutex<HashMap<i64, Arc<traffic::ShareTraffic>>>,
     lock_table: locks::LockTable,
+    /// Group commit of the staging directory: concurrent COMMITs of new files share one
+    /// directory fsync (staging.rs).
+    dir_sync: Arc<GroupSync>,
 }
 
 impl Files {
@@ -473,6 +477,7 @@ impl Files {
             counters: upload::UploadCounters::default(),
             traffic: Mutex::new(HashMap::new()),
             lock_table: locks::LockTable::new(),
+            dir_sync: Arc::default(),
         })
     }
 

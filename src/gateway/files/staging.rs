@@ -14,7 +14,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::gateway::files::Files;
+use crate::gateway::GatewayError;
+use crate::gateway::files::{Files, local};
 
 /// How often a waiting writer looks again even if no upload signalled (a file removed by
 /// other means, an upload that failed and freed nothing).
@@ -92,6 +93,15 @@ impl Files {
             self.wake.notify_one();
             let _ = tokio::time::timeout(RECHECK, freed).await;
         }
+    }
+
+    /// Syncs the staging directory, so the names of staging files created before the call
+    /// survive a power loss. Concurrent callers share one fsync (group commit): a burst of
+    /// small files committed at once costs one directory sync, not one each.
+    pub(crate) async fn sync_staging_dir(&self) -> Result<(), GatewayError> {
+        let (group, dir) = (self.dir_sync.clone(), self.config.staging_dir.clone());
+        self.blocking(move |_| group.sync(|| local::sync_dir(&dir)))
+            .await
     }
 
     pub fn staging_use(&self) -> StagingUse {
