@@ -79,7 +79,7 @@ TG_PREFIX=tg/shares/bench
 tg_start() {
     rm -f "$TG_DATA/run/ready.toml"
     "$BIN" --data-dir "$TG_DATA" serve --iscsi-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 \
-        --nfs-listen 127.0.0.1:0 >>"$WORK/tidegate.log" 2>&1 &
+        --nfs-listen 127.0.0.1:0 --rpcbind off >>"$WORK/tidegate.log" 2>&1 &
     TG_PID=$!
     for _ in $(seq 300); do [ -f "$TG_DATA/run/ready.toml" ] && break; sleep 0.1; done
     local port
