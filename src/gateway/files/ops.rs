@@ -172,33 +172,74 @@ impl Files {
         caller: &Caller,
         (row, share): (InodeRow, ShareRow),
     ) -> Result<(InodeRow, ShareRow, Caller), GatewayError> {
-        let who = self.effective(&share, caller)?;
-        if share.read_only {
-            return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
-        }
-        if row.kind != InodeKind::Dir {
-            return Err(GatewayError::NotDirectory(row.path));
-        }
-        if !permits(&who, &row, 3) {
-            return Err(GatewayError::PermissionDenied(format!(
-                "write {}",
-                row.path
-            )));
-        }
+        let who = writable_dir(&share, caller, &row)?;
+        self.count(share.id, crate::gateway::files::traffic::Counted::Call);
         Ok((row, share, who))
     }
 
     fn new_inode(&self, slot: &Slot, kind: InodeKind, mode: u32) -> Result<InodeRow, GatewayError> {
-        let path = path::join(&slot.dir.path, &slot.name);
-        path::key(&slot.share.bucket_prefix, &path)?;
-        Ok(InodeRow::new(
-            slot.share.id,
-            Some(slot.dir.id),
-            &path,
-            kind,
-            (mode & 0o7777, slot.who.uid, slot.who.gid),
-            crate::clock::unix_nanos(),
-        ))
+        new_inode(slot, kind, mode)
+    }
+
+    /// A new file `name` in `dir` (mode given, or the share's default), made in the same hop
+    /// that reads the directory and checks the name is free: what a small-file CREATE or
+    /// OPEN costs most often. Otherwise (the name is taken, or a refresh of the directory is
+    /// due first) the slot, for the caller to go on as for any create.
+    async fn make_file(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        mode: Option<u32>,
+        verf: Option<[u8; 8]>,
+    ) -> Result<Made, GatewayError> {
+        let (caller, name) = (caller.clone(), name.to_vec());
+        let first = self
+            .blocking(move |c| {
+                let (dir, share) = blocking::node(c, dir)?;
+                let who = writable_dir(&share, &caller, &dir)?;
+                let name = validate_name(&name)?.to_owned();
+                let due = refresh_due(&share, &dir);
+                let existing = if due { None } else { c.child(dir.id, &name)? };
+                let slot = Slot {
+                    dir,
+                    share,
+                    who,
+                    name,
+                    existing,
+                };
+                if due || slot.existing.is_some() {
+                    return Ok((slot, None, due));
+                }
+                let mut row = new_inode(&slot, InodeKind::File, {
+                    mode.unwrap_or(slot.share.default_file_mode)
+                })?;
+                if let Some(verf) = verf {
+                    // The verifier is kept in mtime until the client's follow-up SETATTR
+                    // (RFC 1813 §3.3.8), so a retransmitted CREATE can be recognised.
+                    row.mtime_ns = i64::from_be_bytes(verf);
+                }
+                let row = c.insert_entry(&row, crate::clock::unix_nanos())?;
+                let dir_after = blocking::current(c, slot.dir.id)?;
+                Ok((slot, Some((row, dir_after)), false))
+            })
+            .await?;
+        let (mut slot, made, due) = first;
+        self.count(slot.share.id, crate::gateway::files::traffic::Counted::Call);
+        if let Some((row, dir_after)) = made {
+            self.touched(row.id);
+            return Ok(Made::New {
+                slot,
+                row,
+                dir_after,
+            });
+        }
+        if due {
+            let (dir, existing) = self.entry(&slot.share, &slot.dir, &slot.name, None).await?;
+            slot.dir = dir;
+            slot.existing = existing;
+        }
+        Ok(Made::Slot(slot))
     }
 
     /// The place `name` in a directory the caller may change, with what is there now.
@@ -252,7 +293,28 @@ impl Files {
             how,
             attrs,
         } = req;
-        let mut slot = self.slot(caller, dir, name).await?;
+        let verf = match how {
+            CreateMode::Exclusive(verf) => Some(verf),
+            _ => None,
+        };
+        let mut slot = match self.make_file(caller, dir, name, attrs.mode, verf).await? {
+            Made::New {
+                slot,
+                row,
+                dir_after,
+            } => {
+                let access = rwx(&slot.who, &slot.share, &row);
+                let opened = Opened {
+                    attr: self.attr(&row),
+                    created: true,
+                    dir_before: self.attr(&slot.dir),
+                    dir_after: self.attr(&dir_after),
+                    access: Some(access),
+                };
+                return self.set_after_create(caller, how, attrs, opened).await;
+            }
+            Made::Slot(slot) => slot,
+        };
         let dir_before = self.attr(&slot.dir);
         let unchanged = |attr, row: &InodeRow| Opened {
             attr,
@@ -289,31 +351,45 @@ impl Files {
                 }
             };
         }
+        // A refresh came first: the file is made in a hop of its own.
         let mode = attrs.mode.unwrap_or(slot.share.default_file_mode);
         let mut row = self.new_inode(&slot, InodeKind::File, mode)?;
-        if let CreateMode::Exclusive(verf) = how {
-            // The verifier is kept in mtime until the client's follow-up SETATTR (RFC 1813
-            // §3.3.8), so a retransmitted CREATE can be recognised.
+        if let Some(verf) = verf {
             row.mtime_ns = i64::from_be_bytes(verf);
         }
-        let made = rwx(&slot.who, &slot.share, &row);
+        let access = rwx(&slot.who, &slot.share, &row);
         let (attr, dir_after) = self.insert_in(row, slot.dir.id).await?;
-        let rest = SetAttr {
-            mode: None,
-            ..attrs
-        };
-        let (attr, access) =
-            if matches!(how, CreateMode::Exclusive(_)) || rest == SetAttr::default() {
-                (attr, Some(made))
-            } else {
-                (self.setattr(caller, attr.id, rest).await?, None)
-            };
-        Ok(Opened {
+        let opened = Opened {
             attr,
             created: true,
             dir_before,
             dir_after,
-            access,
+            access: Some(access),
+        };
+        self.set_after_create(caller, how, attrs, opened).await
+    }
+
+    /// The attributes a create asked for beyond the mode (set with the new file), applied to
+    /// the new file; an exclusive create sets them in the client's follow-up SETATTR instead.
+    async fn set_after_create(
+        &self,
+        caller: &Caller,
+        how: CreateMode,
+        attrs: SetAttr,
+        opened: Opened,
+    ) -> Result<Opened, GatewayError> {
+        let rest = SetAttr {
+            mode: None,
+            ..attrs
+        };
+        if matches!(how, CreateMode::Exclusive(_)) || rest == SetAttr::default() {
+            return Ok(opened);
+        }
+        Ok(Opened {
+            attr: self.setattr(caller, opened.attr.id, rest).await?,
+            // An owner or group set here may change them.
+            access: None,
+            ..opened
         })
     }
 
@@ -725,6 +801,51 @@ impl Files {
         let who = self.effective(&share, caller)?;
         Ok((self.attr(&row), rwx(&who, &share, &row)))
     }
+}
+
+/// A directory `who` may change in `share`: the caller as the share sees it. Pure, for the
+/// blocking steps of create-like operations.
+fn writable_dir(share: &ShareRow, caller: &Caller, row: &InodeRow) -> Result<Caller, GatewayError> {
+    let who = effective(share, caller)?;
+    if share.read_only {
+        return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
+    }
+    if row.kind != InodeKind::Dir {
+        return Err(GatewayError::NotDirectory(row.path.clone()));
+    }
+    if !permits(&who, row, 3) {
+        return Err(GatewayError::PermissionDenied(format!(
+            "write {}",
+            row.path
+        )));
+    }
+    Ok(who)
+}
+
+/// The row of a new inode in `slot`, owned by the caller.
+fn new_inode(slot: &Slot, kind: InodeKind, mode: u32) -> Result<InodeRow, GatewayError> {
+    let path = path::join(&slot.dir.path, &slot.name);
+    path::key(&slot.share.bucket_prefix, &path)?;
+    Ok(InodeRow::new(
+        slot.share.id,
+        Some(slot.dir.id),
+        &path,
+        kind,
+        (mode & 0o7777, slot.who.uid, slot.who.gid),
+        crate::clock::unix_nanos(),
+    ))
+}
+
+/// What [`Files::make_file`] did.
+enum Made {
+    /// The file is new.
+    New {
+        slot: Slot,
+        row: InodeRow,
+        dir_after: InodeRow,
+    },
+    /// Nothing was made: the name's slot, as [`Files::slot`] gives it.
+    Slot(Slot),
 }
 
 /// The read (4), write (2) and execute (1) bits `who` has on `row` in `share` (no write in a
