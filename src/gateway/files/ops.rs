@@ -230,8 +230,7 @@ impl Files {
             self.touched(row.id);
             return Ok(Made::New {
                 slot,
-                row,
-                dir_after,
+                made: Box::new((row, dir_after)),
             });
         }
         if due {
@@ -298,11 +297,8 @@ impl Files {
             _ => None,
         };
         let mut slot = match self.make_file(caller, dir, name, attrs.mode, verf).await? {
-            Made::New {
-                slot,
-                row,
-                dir_after,
-            } => {
+            Made::New { slot, made } => {
+                let (row, dir_after) = *made;
                 let access = rwx(&slot.who, &slot.share, &row);
                 let opened = Opened {
                     attr: self.attr(&row),
@@ -841,8 +837,8 @@ enum Made {
     /// The file is new.
     New {
         slot: Slot,
-        row: InodeRow,
-        dir_after: InodeRow,
+        /// The new file and the directory after.
+        made: Box<(InodeRow, InodeRow)>,
     },
     /// Nothing was made: the name's slot, as [`Files::slot`] gives it.
     Slot(Slot),
