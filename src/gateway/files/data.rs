@@ -20,7 +20,9 @@ use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::local::{self, LocalWrite, Written, io_err, staged_bytes};
 use crate::gateway::files::traffic::Counted;
-use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, blocking, permits};
+use crate::gateway::files::{
+    Attr, Caller, FileId, Files, Stability, blocking, clean, effective, permits,
+};
 
 /// How much a bucket read fetches at once: a client's sequential READs are then served from
 /// memory for the rest of the window.
@@ -85,6 +87,7 @@ impl Files {
     /// removed it from the catalog (`local::remove_staging`).
     pub(crate) fn drop_local(&self, id: i64) {
         self.readahead_map().remove(&id);
+        self.forget_clean(id);
         let mut live = self.live();
         live.uncommitted.remove(&id);
         live.new_entries.remove(&id);
@@ -106,18 +109,41 @@ impl Files {
         offset: u64,
         count: u32,
     ) -> Result<(Bytes, bool, Attr), GatewayError> {
-        let (row, share) = self.node(id).await?;
-        let who = self.effective(&share, caller)?;
-        regular(&row)?;
-        if !permits(&who, &row, 4) && who.uid != row.uid {
-            return Err(GatewayError::PermissionDenied(format!("read {}", row.path)));
-        }
         let count = u64::from(count.min(MAX_IO_BYTES));
+        let (clean, caller) = (self.clean.clone(), caller.clone());
+        // One hop: the inode, the checks and, for a file with a clean copy, its bytes.
+        let (row, share, copied) = self
+            .blocking(move |c| {
+                let (row, share) = blocking::node(c, id)?;
+                let who = effective(&share, &caller)?;
+                regular(&row)?;
+                if !permits(&who, &row, 4) && who.uid != row.uid {
+                    return Err(GatewayError::PermissionDenied(format!("read {}", row.path)));
+                }
+                let end = offset.saturating_add(count).min(row.size);
+                let copied = match &clean {
+                    Some(clean) if !row.staged && offset < end => {
+                        clean.hit(row.id, row.etag.as_deref()).and_then(|hit| {
+                            let data = clean::read_copy(&hit.path, offset, end).ok()?;
+                            clean.still(&hit).then_some(data)
+                        })
+                    }
+                    _ => None,
+                };
+                Ok((row, share, copied))
+            })
+            .await?;
+        self.count(share.id, Counted::Call);
         if offset >= row.size || count == 0 {
             return Ok((Bytes::new(), offset >= row.size, self.attr(&row)));
         }
         let end = offset.saturating_add(count).min(row.size);
-        let data = if row.staged {
+        let data = if let Some(data) = copied {
+            self.counters
+                .clean_read
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            data
+        } else if row.staged {
             let lock = self.inode_lock(row.id);
             let _guard = lock.lock().await;
             // A sparsely staged file (one with a block map) reads block by block; any other
@@ -380,6 +406,39 @@ impl Files {
         let path = self.staging_path(row.id);
         let mut row = row.clone();
         row.staged = true;
+        let sparse = self.stages_sparsely(&row);
+        if let Some(clean) = self.clean.clone() {
+            // A clean copy of the object becomes the staging file instead of a download. A
+            // file that stages sparsely does not use it: its upload copies unchanged parts
+            // server-side only when the staging file holds just the written ones.
+            let (stored, path) = (row.clone(), path.clone());
+            let reused = self
+                .blocking(move |c| {
+                    let etag = stored.etag.as_deref();
+                    let Some(copy) = clean.take(stored.id, etag) else {
+                        return Ok(None);
+                    };
+                    if sparse {
+                        let _ = std::fs::remove_file(&copy);
+                        return Ok(None);
+                    }
+                    std::fs::rename(&copy, &path)
+                        .map_err(io_err(format!("staging {}", copy.display())))?;
+                    // Uploaded copies were not always synced (an uncommitted file goes up
+                    // after a while anyway); the catalog is about to say this file holds it.
+                    std::fs::File::open(&path)
+                        .and_then(|f| f.sync_all())
+                        .map_err(io_err(format!("syncing {}", path.display())))?;
+                    c.save_inode(&stored)?;
+                    Ok(Some(staged_bytes(&path)))
+                })
+                .await?;
+            if let Some(bytes) = reused {
+                self.account(row.id, bytes);
+                self.readahead_map().remove(&row.id);
+                return Ok(row);
+            }
+        }
         if row.remote_key.is_none() || row.size == 0 {
             // Nothing to fetch: the staging file starts as a hole of the recorded size. Neither
             // it nor the catalog is synced here; no byte of it is acknowledged as durable until
@@ -399,7 +458,6 @@ impl Files {
             return Ok(row);
         }
         let tmp = path.with_extension("part");
-        let sparse = self.stages_sparsely(&row);
         let file = {
             let (tmp, path) = (tmp.clone(), path.clone());
             let (size, part) = (row.size, self.bucket.part_size());
