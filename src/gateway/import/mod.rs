@@ -12,7 +12,7 @@
 //! object stored, behind the PUT (docs/decisions/0015-functions-on-put-in-bubblewrap.md).
 //! A device of a device cluster keeps its data set in the cluster's bucket (`cluster.rs`); it
 //! seals for every device of the cluster (`seal.rs`) and imports in shares that meet in the
-//! cluster with one report (`parts.rs`, docs/decisions/0016-cluster-seal-and-shared-import.md).
+//! cluster with one report (`parts.rs`, docs/decisions/0017-cluster-seal-and-shared-import.md).
 //!
 //! Must not: know which protocol called it, talk to a bucket except through `store`, or keep the
 //! job key anywhere but in memory. Invariant: an object is visible (listed, readable, in the

@@ -1,5 +1,5 @@
 //! Importing a device cluster's data set from several devices at once (issue 19 item 4,
-//! docs/decisions/0016): `job import --share I/N` on N devices (or one after another) imports
+//! docs/decisions/0017): `job import --share I/N` on N devices (or one after another) imports
 //! share I of N, and the shares' results meet in the cluster.
 //!
 //! - **Which objects are whose** (`assign`) is a function of the signed manifest alone, which

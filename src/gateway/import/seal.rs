@@ -1,4 +1,4 @@
-//! Sealing a device cluster's data set (issue 19 item 4, docs/decisions/0016): `job seal` on
+//! Sealing a device cluster's data set (issue 19 item 4, docs/decisions/0017): `job seal` on
 //! any device freezes every device's writes, then writes one signed manifest into the cluster.
 //!
 //! The protocol, through three kinds of objects in the cluster bucket:
