@@ -439,6 +439,52 @@ mod tests {
         }
     }
 
+    fn row(key: &str, status: &str) -> Row {
+        Row {
+            key: key.into(),
+            size: 1,
+            sha256: String::new(),
+            etag: String::new(),
+            status: status.into(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_merge_lists_each_object_once_and_an_import_wins_over_a_failure() {
+        let part = |rows: &[(&str, &str, &str)], runs: usize| Part {
+            complete: true,
+            rows: rows
+                .iter()
+                .map(|(id, key, status)| (id.to_string(), row(key, status)))
+                .collect(),
+            runs: vec![ShareRun::default(); runs],
+        };
+        let parts = vec![
+            (
+                format!("{PARTS}2-1"),
+                part(&[("01", "a", "imported"), ("02", "b", "failed")], 2),
+            ),
+            (format!("{PARTS}2-2"), part(&[("03", "c", "imported")], 1)),
+            // A part of an earlier split (1 share) imported b: that wins over share 1/2's
+            // failure, and its runs are not one of the 2 shares'.
+            (format!("{PARTS}1-1"), part(&[("02", "b", "imported")], 1)),
+        ];
+        let Finished::Merged(rows, shares) = merge(parts, 2) else {
+            panic!("not merged");
+        };
+        let got: Vec<(&str, &str)> = rows.iter().map(|r| (r.key.as_str(), r.status)).collect();
+        assert_eq!(
+            got,
+            [("a", "imported"), ("b", "imported"), ("c", "imported")]
+        );
+        let shares: Vec<(&str, u64, usize)> = shares
+            .iter()
+            .map(|s| (s.share.as_str(), s.objects, s.runs.len()))
+            .collect();
+        assert_eq!(shares, [("1/2", 2, 2), ("2/2", 1, 1)]);
+    }
+
     #[test]
     fn shares_parse_as_index_over_count() {
         assert_eq!("2/3".parse::<Share>(), Ok(Share { index: 2, count: 3 }));
