@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::catalog::shares::{InodeKind, InodeRow};
+use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::local::{self, LocalWrite, Written, io_err, staged_bytes};
@@ -59,6 +59,33 @@ fn relatime_due(row: &InodeRow, now_ns: i64) -> bool {
     row.atime_ns <= row.mtime_ns
         || row.atime_ns <= row.ctime_ns
         || now_ns.saturating_sub(row.atime_ns) > RELATIME_MAX_AGE_NS
+}
+
+/// Whether `caller` may write `len` bytes at `offset` of `row` in `share`. Pure, for the
+/// write's blocking step.
+fn check_write(
+    share: &ShareRow,
+    caller: &Caller,
+    row: &InodeRow,
+    offset: u64,
+    len: usize,
+) -> Result<(), GatewayError> {
+    let who = effective(share, caller)?;
+    if share.read_only {
+        return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
+    }
+    regular(row)?;
+    if !permits(&who, row, 2) && who.uid != row.uid {
+        return Err(GatewayError::PermissionDenied(format!(
+            "write {}",
+            row.path
+        )));
+    }
+    offset
+        .checked_add(len as u64)
+        .filter(|e| *e <= i64::MAX as u64)
+        .ok_or_else(|| GatewayError::OutOfRange(format!("write at {offset}")))?;
+    Ok(())
 }
 
 /// Data operations apply to regular files only.
@@ -543,49 +570,44 @@ impl Files {
         data: &[u8],
         stability: Stability,
     ) -> Result<(Stability, Attr), GatewayError> {
-        let (row, share) = self.node(id).await?;
-        let who = self.effective(&share, caller)?;
-        if share.read_only {
-            return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
-        }
-        regular(&row)?;
-        if !permits(&who, &row, 2) && who.uid != row.uid {
-            return Err(GatewayError::PermissionDenied(format!(
-                "write {}",
-                row.path
-            )));
-        }
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= i64::MAX as u64)
-            .ok_or_else(|| GatewayError::OutOfRange(format!("write at {offset}")))?;
-        // Room for what this write adds to staging (and for the download that stages an
-        // uploaded file), waited for before the inode lock: the uploads that make room take
-        // inode locks themselves.
-        let fetch = match (&row.remote_key, row.staged) {
-            (Some(_), false) if self.stages_sparsely(&row) => self.bucket.part_size(),
-            (Some(_), false) => row.size,
-            _ => 0,
-        };
-        self.staging_room(row.id, end.saturating_sub(row.size).saturating_add(fetch))
-            .await;
-        // The blocking step owns its copy of the data.
-        let data = data.to_vec();
+        let row_id = id.row_id()?;
         let stable = stability != Stability::Unstable;
-        let lock = self.inode_lock(row.id);
-        let _guard = lock.lock().await;
-        // One hop in the usual case: the row read again, staged if it is new, the bytes
-        // written (and synced for a stable write) and the catalog updated.
-        let (row, staged_now, bytes) = match self.write_local(row.id, offset, data, stable).await? {
+        // Room for the bytes this write adds to staging, waited for before the inode lock:
+        // the uploads that make room take inode locks themselves.
+        self.staging_room(row_id, data.len() as u64).await;
+        let lock = self.inode_lock(row_id);
+        let guard = lock.lock().await;
+        // One hop in the usual case: the inode and its share read, the checks, the file staged
+        // if it is new, the bytes written (and synced for a stable write) and the catalog
+        // updated.
+        let (written, share) = self
+            .write_local(id, offset, data.to_vec(), stable, Some(caller.clone()))
+            .await?;
+        self.count(share.id, Counted::Call);
+        let end = offset.saturating_add(data.len() as u64);
+        let (row, staged_now, bytes) = match written {
             Written::Done {
                 row,
                 staged_now,
                 bytes,
             } => (row, staged_now, bytes),
             Written::NeedsBucket { row, data } => {
+                // Part of the file must come from the bucket first: room for that download
+                // too, again waited for without the inode lock.
+                drop(guard);
+                let fetch = if self.stages_sparsely(&row) {
+                    self.bucket.part_size()
+                } else {
+                    row.size
+                };
+                self.staging_room(row.id, fetch).await;
+                let _guard = lock.lock().await;
+                // Re-read: the file may have changed while the lock was free.
+                let row_id = row.id;
+                let row = self.blocking(move |c| blocking::current(c, row_id)).await?;
                 let row = self.stage(&row).await?;
                 self.fill_blocks(&row, Some((offset, end))).await?;
-                match self.write_local(row.id, offset, data, stable).await? {
+                match self.write_local(id, offset, data, stable, None).await?.0 {
                     Written::Done { row, bytes, .. } => (row, false, bytes),
                     Written::NeedsBucket { row, .. } => {
                         return Err(GatewayError::Internal(
@@ -623,22 +645,29 @@ impl Files {
         Ok((committed, self.attr(&row)))
     }
 
-    /// Runs one [`LocalWrite`] on the blocking pool. Caller holds the inode lock.
+    /// Runs one [`LocalWrite`] on the blocking pool, after checking that `check` may write
+    /// when given; returns what it did and the file's share. Caller holds the inode lock.
     async fn write_local(
         &self,
-        id: i64,
+        id: FileId,
         offset: u64,
         data: Vec<u8>,
         stable: bool,
-    ) -> Result<Written, GatewayError> {
-        let path = self.staging_path(id);
+        check: Option<Caller>,
+    ) -> Result<(Written, ShareRow), GatewayError> {
+        let row_id = id.row_id()?;
+        let path = self.staging_path(row_id);
         let staging_dir = self.config.staging_dir.clone();
-        let entry_unsynced = self.live().new_entries.contains(&id);
+        let entry_unsynced = self.live().new_entries.contains(&row_id);
         self.blocking(move |c| {
-            local::write(
+            let (row, share) = blocking::node(c, id)?;
+            if let Some(caller) = &check {
+                check_write(&share, caller, &row, offset, data.len())?;
+            }
+            let written = local::write(
                 c,
                 LocalWrite {
-                    id,
+                    id: row.id,
                     path: &path,
                     offset,
                     data,
@@ -646,7 +675,8 @@ impl Files {
                     staging_dir: &staging_dir,
                     entry_unsynced,
                 },
-            )
+            )?;
+            Ok((written, share))
         })
         .await
     }

@@ -58,6 +58,10 @@ pub struct Opened {
     /// The directory before the call and after it (the same when nothing was made).
     pub dir_before: Attr,
     pub dir_after: Attr,
+    /// The caller's read (4), write (2) and execute (1) bits on the file as [`Files::access`]
+    /// would answer them, read in the same hops; `None` if attributes set after the create
+    /// may have changed them.
+    pub access: Option<u32>,
 }
 
 /// What READDIR pages are made of.
@@ -250,11 +254,12 @@ impl Files {
         } = req;
         let mut slot = self.slot(caller, dir, name).await?;
         let dir_before = self.attr(&slot.dir);
-        let unchanged = |attr| Opened {
+        let unchanged = |attr, row: &InodeRow| Opened {
             attr,
             created: false,
             dir_before: dir_before.clone(),
             dir_after: dir_before.clone(),
+            access: Some(rwx(&slot.who, &slot.share, row)),
         };
         if let Some(existing) = slot.existing.take() {
             return match how {
@@ -263,7 +268,7 @@ impl Files {
                     if existing.kind == InodeKind::File
                         && existing.mtime_ns == i64::from_be_bytes(verf)
                     {
-                        Ok(unchanged(self.attr(&existing)))
+                        Ok(unchanged(self.attr(&existing), &existing))
                     } else {
                         Err(GatewayError::AlreadyExists(existing.path))
                     }
@@ -279,7 +284,8 @@ impl Files {
                     let attr = self
                         .setattr(caller, FileId::of(&existing), only_size)
                         .await?;
-                    Ok(unchanged(attr))
+                    // A size changes nobody's access.
+                    Ok(unchanged(attr, &existing))
                 }
             };
         }
@@ -290,21 +296,24 @@ impl Files {
             // §3.3.8), so a retransmitted CREATE can be recognised.
             row.mtime_ns = i64::from_be_bytes(verf);
         }
+        let made = rwx(&slot.who, &slot.share, &row);
         let (attr, dir_after) = self.insert_in(row, slot.dir.id).await?;
         let rest = SetAttr {
             mode: None,
             ..attrs
         };
-        let attr = if matches!(how, CreateMode::Exclusive(_)) || rest == SetAttr::default() {
-            attr
-        } else {
-            self.setattr(caller, attr.id, rest).await?
-        };
+        let (attr, access) =
+            if matches!(how, CreateMode::Exclusive(_)) || rest == SetAttr::default() {
+                (attr, Some(made))
+            } else {
+                (self.setattr(caller, attr.id, rest).await?, None)
+            };
         Ok(Opened {
             attr,
             created: true,
             dir_before,
             dir_after,
+            access,
         })
     }
 
@@ -714,17 +723,23 @@ impl Files {
     pub async fn access(&self, caller: &Caller, id: FileId) -> Result<(Attr, u32), GatewayError> {
         let (row, share) = self.node(id).await?;
         let who = self.effective(&share, caller)?;
-        let mut granted = 0;
-        for bit in [4, 2, 1] {
-            if permits(&who, &row, bit) {
-                granted |= bit;
-            }
-        }
-        if share.read_only {
-            granted &= !2;
-        }
-        Ok((self.attr(&row), granted))
+        Ok((self.attr(&row), rwx(&who, &share, &row)))
     }
+}
+
+/// The read (4), write (2) and execute (1) bits `who` has on `row` in `share` (no write in a
+/// read-only share).
+fn rwx(who: &Caller, share: &ShareRow, row: &InodeRow) -> u32 {
+    let mut granted = 0;
+    for bit in [4, 2, 1] {
+        if permits(who, row, bit) {
+            granted |= bit;
+        }
+    }
+    if share.read_only {
+        granted &= !2;
+    }
+    granted
 }
 
 /// Applies a SETATTR's changes to `row` (already checked): the ctime becomes now, and
