@@ -119,7 +119,7 @@ impl Copier {
                     .map(|(claim, previous)| {
                         let checked = claim.is_checked();
                         if let Some(p) = previous.filter(|p| p.instance != self.me.instance) {
-                            tracing::info!(previous = %p.describe(), "took over the catalog copies");
+                            tracing::info!(previous = %p.describe(), "claimed the catalog copies from their last writer");
                         }
                         if !checked {
                             tracing::info!(
@@ -149,11 +149,6 @@ impl Copier {
             by,
         }
     }
-}
-
-/// Generations of a gateway's complete catalog copies in the bucket, oldest first.
-pub async fn generations(chunks: &ChunkStore, gateway_id: &str) -> Result<Vec<u64>, DaemonError> {
-    Ok(listed(chunks, gateway_id).await?.0)
 }
 
 /// The complete copies (oldest first) and the parts `(generation, key)` under the gateway's
@@ -201,4 +196,57 @@ async fn prune(chunks: &ChunkStore, gateway_id: &str) -> Result<(), DaemonError>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BucketConfig;
+    use crate::store::keys::part_key;
+    use crate::store::{Bucket, Codec, MasterKey};
+
+    #[tokio::test]
+    async fn prune_keeps_the_newest_copies_whole_and_drops_every_other_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Bucket::open(&BucketConfig::local(dir.path().join("bucket")), true).unwrap();
+        let chunks = ChunkStore::new(Arc::new(bucket), Codec::new(MasterKey::generate().unwrap()));
+        let file = dir.path().join("copy");
+        std::fs::write(&file, vec![1u8; 2500]).unwrap();
+        let total = KEEP as u64 + 2;
+        for g in 1..=total {
+            let key = catalog_backup("gw", g * 10);
+            chunks
+                .put_sealed_file(&key, &file, 1024, false)
+                .await
+                .unwrap();
+        }
+        // A copy cut short before the newest (its manifest never written), and one in progress
+        // after it: the first is garbage, the second is not.
+        let orphan = part_key(&catalog_backup("gw", 15), 1);
+        let pending = part_key(&catalog_backup("gw", total * 10 + 5), 1);
+        for key in [&orphan, &pending] {
+            chunks
+                .bucket()
+                .put(key, bytes::Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        prune(&chunks, "gw").await.unwrap();
+        let (copies, parts) = listed(&chunks, "gw").await.unwrap();
+        let kept: Vec<u64> = (3..=total).map(|g| g * 10).collect();
+        assert_eq!(copies, kept);
+        let mut want: Vec<String> = kept
+            .iter()
+            .flat_map(|g| (1..=3).map(move |n| part_key(&catalog_backup("gw", *g), n)))
+            .collect();
+        want.push(pending);
+        want.sort();
+        let mut got: Vec<String> = parts.into_iter().map(|(_, k)| k).collect();
+        got.sort();
+        assert_eq!(got, want);
+        // Every kept copy still restores.
+        let dest = dir.path().join("restored");
+        let newest = catalog_backup("gw", total * 10);
+        assert_eq!(chunks.get_sealed_file(&newest, &dest).await.unwrap(), 2500);
+    }
 }
