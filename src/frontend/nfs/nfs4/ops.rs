@@ -256,8 +256,16 @@ impl Ops<'_> {
         let granted = match cur(ctx)? {
             Fh::Root => ACCESS4_READ | ACCESS4_LOOKUP,
             Fh::File(id) => {
-                let (a, rwx) = self.files.access(ctx.caller, id).await.map_err(gw)?;
-                let dir = a.kind == FileKind::Dir;
+                // Right after OPEN, the bits it read with the file (a kernel client's OPEN
+                // compound ends with ACCESS and GETATTR).
+                let (kind, rwx) = match (&ctx.cur_access, &ctx.cur_attr) {
+                    (Some((of, rwx)), Some(a)) if *of == id && a.id == id => (a.kind, *rwx),
+                    _ => {
+                        let (a, rwx) = self.files.access(ctx.caller, id).await.map_err(gw)?;
+                        (a.kind, rwx)
+                    }
+                };
+                let dir = kind == FileKind::Dir;
                 let mut g = 0;
                 if rwx & 4 != 0 {
                     g |= ACCESS4_READ;
@@ -525,6 +533,8 @@ impl Ops<'_> {
             self.nfs.may_take_new(self.files, client)?;
         }
         let mut attrset = Bitmap::default();
+        // The caller's access bits when the gateway read them with the file.
+        let mut known_access = None;
         let (file, before, after, created) = match name {
             Some(name) => {
                 if cur(ctx)? == Fh::Root {
@@ -561,6 +571,7 @@ impl Ops<'_> {
                         if opened.created {
                             attrset = c.attrs.bits.clone();
                         }
+                        known_access = opened.access;
                         (
                             opened.attr,
                             attrs::change_of(&opened.dir_before),
@@ -588,8 +599,12 @@ impl Ops<'_> {
             }
         }
         if !created {
-            let (a, rwx) = self.files.access(ctx.caller, file.id).await.map_err(gw)?;
-            let owner_ok = a.uid == ctx.caller.uid;
+            let rwx = match known_access {
+                Some(rwx) => rwx,
+                None => self.files.access(ctx.caller, file.id).await.map_err(gw)?.1,
+            };
+            known_access = Some(rwx);
+            let owner_ok = file.uid == ctx.caller.uid;
             if share_access & SHARE_READ != 0 && rwx & 4 == 0 && !owner_ok
                 || share_access & SHARE_WRITE != 0 && rwx & 2 == 0
             {
@@ -647,6 +662,7 @@ impl Ops<'_> {
         drop(recorded);
         ctx.cur = Some(Fh::File(file.id));
         ctx.cur_sid = Some(sid);
+        ctx.cur_access = known_access.map(|rwx| (file.id, rwx));
         ctx.cur_attr = Some(file);
         let mut out = Out::new();
         write_stateid(&mut out, &sid);
