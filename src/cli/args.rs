@@ -477,6 +477,11 @@ pub enum JobCommand {
         /// Caps the upload rate to the target (bytes per second, e.g. 50MiB), to share a link.
         #[arg(long, value_name = "RATE")]
         upload_limit: Option<ByteSize>,
+        /// On a device cluster: import share I of N of the data set (run the N shares on N
+        /// devices at once; each share's objects are fixed by the signed manifest). The last
+        /// share to finish writes the one report.
+        #[arg(long, value_name = "I/N", default_value = "1/1")]
+        share: crate::gateway::import::Share,
     },
     /// Copy an export job's source onto the device, verifying every object, then seal it for
     /// clients (READY); resumable. Source credentials from AWS_ACCESS_KEY_ID/_SECRET_ACCESS_KEY.

@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BucketConfig, BucketLocation, Credentials};
-use crate::gateway::import::{ClusterLink, TableSync, WriteGate};
+use crate::gateway::import::{ClusterLink, Members, TableSync, WriteGate};
 use crate::store::Bucket;
 
 pub use files::{ClusterFile, Setup, cluster_dir, create, join};
@@ -246,6 +246,8 @@ pub async fn start(
         bucket,
         gate: WriteGate::default(),
         tables: TableSync::default(),
+        device: file.name.clone(),
+        members: Members::default(),
     };
     // This node may have been down while the others took writes: before serving, every node
     // pushes it what it lacks (bounded; the restorer task carries on if this runs out).
@@ -267,6 +269,7 @@ pub async fn start(
     if let Ok(s) = admin::read_status(&admin, &file.name).await {
         seen.update(&s, &restore);
         apply_health(&s, &link.gate, &status, restore.pending());
+        link.members.set(up_devices(&s));
     }
     tasks.push(tokio::spawn(restore::restorer(
         admin.clone(),
@@ -276,7 +279,7 @@ pub async fn start(
     tasks.push(tokio::spawn(watch_health(
         admin.clone(),
         file.name.clone(),
-        link.gate.clone(),
+        (link.gate.clone(), link.members.clone()),
         status.clone(),
         restore.clone(),
         (seen, supervisor.starts()),
@@ -289,6 +292,20 @@ pub async fn start(
         status,
         supervisor,
         tasks,
+    })
+}
+
+/// The link to the cluster through this device's Garage node while another process (its
+/// unlocked device) supervises the node: for `job import` beside a serving device. Absences are
+/// not trusted (the serving device alone knows whether the tables are whole) and the
+/// membership is unknown (a seal is not run from here).
+pub fn attach(file: &ClusterFile) -> Result<ClusterLink, ClusterError> {
+    Ok(ClusterLink {
+        bucket: Arc::new(cluster_bucket(file, file.s3_addr)?),
+        gate: WriteGate::default(),
+        tables: TableSync::default(),
+        device: file.name.clone(),
+        members: Members::default(),
     })
 }
 
@@ -357,7 +374,7 @@ impl Seen {
 async fn watch_health(
     admin: admin::Admin,
     name: String,
-    gate: WriteGate,
+    (gate, members): (WriteGate, Members),
     status: Arc<RwLock<ClusterStatus>>,
     restore: Arc<restore::Restore>,
     (mut seen, starts): (Seen, Arc<AtomicU64>),
@@ -370,6 +387,7 @@ async fn watch_health(
             Ok(s) => {
                 seen.update(&s, &restore);
                 apply_health(&s, &gate, &status, restore.pending());
+                members.set(up_devices(&s));
             }
             Err(e) => {
                 seen.own_lost = true;
@@ -384,6 +402,15 @@ async fn watch_health(
             }
         }
     }
+}
+
+/// The names of the devices Garage reports up.
+fn up_devices(s: &ClusterStatus) -> Vec<String> {
+    s.devices
+        .iter()
+        .filter(|d| d.up)
+        .map(|d| d.name.clone())
+        .collect()
 }
 
 /// Closes the write gate while some partition lacks its write quorum, naming the lost devices;

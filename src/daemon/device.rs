@@ -2,7 +2,7 @@
 //! which `job seal` and `device lock` reach the process that holds the key.
 //!
 //! The control protocol is one line each way: `seal` → `ok <objects> <bytes>`, `lock` → `ok`
-//! (then the process drops the key and exits), `status` → `ok <job>`, `cluster` → `ok <JSON of
+//! (then the process drops the key and exits), `status` → `ok <job>`, `state` → `ok LOADING|SEALING|SEALED`, `cluster` → `ok <JSON of
 //! the cluster's status>` or `ok standalone`; failures are `error <message>`. Invariant: the key lives only in this process; locking ends it. The
 //! endpoint's TLS key (a fresh one per unlock) likewise lives only here; its certificate is
 //! written to `DATA_DIR/device/<job>/endpoint-cert.pem` for clients to trust.
@@ -169,6 +169,7 @@ async fn handle(
     let lock = line.trim() == "lock";
     let reply = match line.trim() {
         "status" => format!("ok {}", device.job_id()),
+        "state" => format!("ok {}", device.seal_state()),
         "seal" => match device.seal().await {
             Ok((objects, bytes)) => format!("ok {objects} {bytes}"),
             Err(e) => format!("error {e}"),

@@ -13,6 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::device::{Job, Unlocked};
+use crate::device_nfs::{Export, NFS3ERR_ROFS};
+use crate::support::nfs::Client;
 use crate::support::{free_port, run, stderr, stdout, tidegate};
 
 const DEVICES: usize = 5;
@@ -23,7 +25,7 @@ const STATUS_LIMIT: Duration = Duration::from_secs(90);
 const WHOLE_LIMIT: Duration = Duration::from_secs(180);
 
 /// A file tree of `count` small files plus, when `big`, one of 20 MiB.
-fn tree(dir: &Path, tag: &str, count: usize, big: bool) {
+pub(crate) fn tree(dir: &Path, tag: &str, count: usize, big: bool) {
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     for i in 0..count {
         std::fs::write(
@@ -41,7 +43,7 @@ fn tree(dir: &Path, tag: &str, count: usize, big: bool) {
 }
 
 /// Every file under `dir`, relative path → bytes.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -59,13 +61,13 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn kill9(pid: u32) {
+pub(crate) fn kill9(pid: u32) {
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
 }
 
-struct Member {
-    job: Job,
-    device: Option<Unlocked>,
+pub(crate) struct Member {
+    pub job: Job,
+    pub device: Option<Unlocked>,
 }
 
 /// A killed device leaves its Garage node behind (as a power loss would not): the test stops
@@ -79,12 +81,12 @@ impl Drop for Member {
 }
 
 impl Member {
-    fn device(&self) -> &Unlocked {
+    pub fn device(&self) -> &Unlocked {
         self.device.as_ref().expect("device is running")
     }
 
     /// kill -9 of the device and of its Garage node, as a power loss would take both.
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let garage = std::fs::read_to_string(self.job.data.join("cluster/garage.pid"))
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok());
@@ -96,14 +98,14 @@ impl Member {
         }
     }
 
-    fn status(&self) -> String {
+    pub fn status(&self) -> String {
         let o = run(tidegate(&self.job.data).args(["device", "status"]));
         assert!(o.status.success(), "device status: {}", stderr(&o));
         stdout(&o)
     }
 
     /// Waits (at most `limit`) until `device status` satisfies `want`.
-    fn wait_status(&self, what: &str, limit: Duration, want: impl Fn(&str) -> bool) -> String {
+    pub fn wait_status(&self, what: &str, limit: Duration, want: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + limit;
         loop {
             let s = self.status();
@@ -118,7 +120,7 @@ impl Member {
         }
     }
 
-    fn upload(&self, src: &Path, bucket: &str) -> std::process::Output {
+    pub fn upload(&self, src: &Path, bucket: &str) -> std::process::Output {
         run(self.device().aws().args([
             "s3",
             "cp",
@@ -175,8 +177,21 @@ impl Member {
     }
 }
 
+/// NFS CREATE of `name` in `dir`, retried for a few seconds until it succeeds (the device's
+/// export follows the cluster's write gate within a poll interval).
+fn wait_nfs_create(c: &mut Client, dir: &[u8], name: &str) -> Result<Vec<u8>, u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.create(dir, name, 0, 0o644);
+        if r.is_ok() || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Runs `check` on every member at once (a failure fails the test with its message).
-fn each(members: &[Member], check: impl Fn(&Member) + Sync) {
+pub(crate) fn each(members: &[Member], check: impl Fn(&Member) + Sync) {
     std::thread::scope(|s| {
         for m in members {
             let check = &check;
@@ -185,25 +200,30 @@ fn each(members: &[Member], check: impl Fn(&Member) + Sync) {
     });
 }
 
-#[test]
-fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
-    let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let data: Vec<PathBuf> = (1..=DEVICES)
-        .map(|i| dir.path().join(format!("dev{i}")))
-        .collect();
+/// Creates an import job on device 1 of `devices` (into `target`, an s3:// URL at `endpoint`),
+/// sets up the cluster with `device cluster create|join` and unlocks every device at once (each
+/// waits for the layout that needs all of them); the devices numbered (from 0) in `nfs` also
+/// serve their NFS export.
+pub(crate) fn form_cluster(
+    dir: &Path,
+    devices: usize,
+    target: &str,
+    endpoint: &str,
+    nfs: &[usize],
+) -> Vec<Member> {
+    let data: Vec<PathBuf> = (1..=devices).map(|i| dir.join(format!("dev{i}"))).collect();
     for d in &data {
         std::fs::create_dir_all(d).unwrap();
     }
-    let manifest = dir.path().join("job.manifest.json");
+    let manifest = dir.join("job.manifest.json");
     let o = run(tidegate(&data[0]).args([
         "job",
         "create",
         "import",
         "--target",
-        "s3://target/cluster",
+        target,
         "--endpoint",
-        "http://127.0.0.1:9",
+        endpoint,
         "--region",
         "garage",
         "--manifest-out",
@@ -236,7 +256,13 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
         ]
     };
     let o = run(tidegate(&data[0])
-        .args(["device", "cluster", "create", "--devices", "5"])
+        .args([
+            "device",
+            "cluster",
+            "create",
+            "--devices",
+            &devices.to_string(),
+        ])
         .args(node_args(0)));
     assert!(o.status.success(), "cluster create: {}", stderr(&o));
     let token = field(&stdout(&o), "join token");
@@ -254,19 +280,24 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
             .args(node_args(i)));
         assert!(o.status.success(), "cluster join: {}", stderr(&o));
     }
-    // The five unlock together: each waits for the layout that needs all five.
-    let mut members: Vec<Member> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = data
             .iter()
-            .map(|d| {
+            .enumerate()
+            .map(|(i, d)| {
                 let job = Job {
                     id: job_id.clone(),
                     code: code.clone(),
                     manifest: manifest.clone(),
                     data: d.clone(),
                 };
+                let extra: &[&str] = if nfs.contains(&i) {
+                    &["--nfs-listen", "127.0.0.1:0"]
+                } else {
+                    &[]
+                };
                 s.spawn(move || {
-                    let device = Unlocked::start(&job);
+                    let device = Unlocked::start_with(&job, extra);
                     Member {
                         job,
                         device: Some(device),
@@ -275,7 +306,25 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    })
+}
+
+#[test]
+fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    // Device 3 also serves NFS: its writes follow the cluster's write quorum too.
+    let mut members = form_cluster(
+        dir.path(),
+        DEVICES,
+        "s3://target/cluster",
+        "http://127.0.0.1:9",
+        &[2],
+    );
+    let export = Export::of(members[2].device());
+    let mut nfs = Client::connect(&export.addr);
+    let nfs_root = nfs.mount(&export.path).unwrap();
+    let data: Vec<PathBuf> = members.iter().map(|m| m.job.data.clone()).collect();
     let up = started.elapsed();
     let bucket = "target";
     let status = members[0].wait_status("full redundancy", STATUS_LIMIT, |s| {
@@ -354,6 +403,20 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
         err.contains("ServiceUnavailable") && err.contains("write quorum lost"),
         "{err}"
     );
+    // NFS writes through device 3 fail at once as read-only (not JUKEBOX, which a hard mount
+    // would retry for ever), while reads go on.
+    // Once device 3 itself refuses writes (and its export has looked, every 100 ms), a create
+    // that went through would leave an object behind, so one try decides.
+    members[2].wait_status("writes refused on dev3", STATUS_LIMIT, |s| {
+        s.contains("writes: REFUSED")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = nfs.create(&nfs_root, "quorum-lost.txt", 0, 0o644);
+    assert_eq!(
+        refused,
+        Err(NFS3ERR_ROFS),
+        "NFS CREATE without a write quorum"
+    );
     let refused_at = started.elapsed();
 
     // Both come back (same data dirs, same ports): writes resume, Garage brings them up to
@@ -391,6 +454,9 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
     want.extend(files(&third));
     want.sort();
     members[4].check_all(bucket, dir.path(), &want);
+    // NFS writes through device 3 are accepted again.
+    let created = wait_nfs_create(&mut nfs, &nfs_root, "quorum-back.txt");
+    assert!(created.is_ok(), "NFS CREATE after the return: {created:?}");
     eprintln!(
         "device cluster: writes refused {:.1} s in, returned at {:.1} s, full redundancy at \
          {:.1} s, checked at {:.1} s",

@@ -16,16 +16,16 @@ use crate::support::nfs::Client;
 use crate::support::{noise, run, stderr, stdout, tidegate, tool};
 
 const MIB: usize = 1 << 20;
-const NFS3ERR_ROFS: u32 = 30;
+pub(crate) const NFS3ERR_ROFS: u32 = 30;
 
 /// The NFS side of an unlocked device: `host:port` and the export path.
-struct Export {
-    addr: String,
-    path: String,
+pub(crate) struct Export {
+    pub addr: String,
+    pub path: String,
 }
 
 impl Export {
-    fn of(dev: &Unlocked) -> Export {
+    pub fn of(dev: &Unlocked) -> Export {
         let line = dev
             .lines
             .iter()

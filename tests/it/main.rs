@@ -11,6 +11,7 @@ mod compat;
 mod console;
 mod device;
 mod device_cluster;
+mod device_cluster_import;
 mod device_export;
 mod device_full;
 mod device_functions;

@@ -414,3 +414,60 @@ fn a_getattr_after_write_or_setattr_in_one_compound_sees_the_change() {
     );
     assert_eq!(s.close(&fh, &sid), NFS4_OK);
 }
+
+/// The ACCESS a client puts after OPEN in one COMPOUND answers from what OPEN read, but never
+/// past an operation that may change it: after a SETATTR that adds the execute bits, ACCESS
+/// grants EXECUTE (the server reuses OPEN's reading to save a catalog read).
+#[test]
+fn access_after_open_and_setattr_in_one_compound_sees_the_new_mode() {
+    const OP_ACCESS: u32 = 3;
+    const OP_SETATTR: u32 = 34;
+    const MODE: u32 = 33;
+    const READ: u32 = 0x01;
+    const MODIFY: u32 = 0x04;
+    const EXECUTE: u32 = 0x20;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path(), 90);
+    let mut s = Session::new(&addr(&gw), b"compound-access", false);
+    let share = s.fh("/s").unwrap();
+    // PUTFH, OPEN (create, 0644), ACCESS, SETATTR mode 0755, ACCESS.
+    let access = READ | MODIFY | EXECUTE;
+    let e = s
+        .open_ops(&share, "tool", b"o", true)
+        .u32(OP_ACCESS)
+        .u32(access)
+        .u32(OP_SETATTR);
+    let e = StateId(0, vec![0; 12])
+        .enc(e)
+        .u32(2)
+        .u32(0)
+        .u32(1 << (MODE - 32))
+        .opaque(&0o755u32.to_be_bytes())
+        .u32(OP_ACCESS)
+        .u32(access);
+    let r = s.compound(5, &e.0);
+    assert_eq!(r.status, NFS4_OK);
+    assert_eq!(r.results.last(), Some(&(OP_PUTFH, NFS4_OK)));
+    let mut d = crate::support::nfs::Dec::new(&r.tail);
+    assert_eq!((d.u32(), d.u32()), (OP_OPEN, NFS4_OK));
+    // OPEN4resok: stateid, change_info4, rflags, attrset, delegation (none).
+    d.fixed(16 + 4 + 16 + 4);
+    let words = d.u32() as usize;
+    d.fixed(4 * words);
+    assert_eq!(d.u32(), 0, "no delegation");
+    assert_eq!((d.u32(), d.u32()), (OP_ACCESS, NFS4_OK));
+    assert_eq!(
+        (d.u32(), d.u32()),
+        (access, READ | MODIFY),
+        "root on a 0644 file: no execute"
+    );
+    assert_eq!((d.u32(), d.u32()), (OP_SETATTR, NFS4_OK));
+    let words = d.u32() as usize;
+    d.fixed(4 * words);
+    assert_eq!((d.u32(), d.u32()), (OP_ACCESS, NFS4_OK));
+    assert_eq!(
+        (d.u32(), d.u32()),
+        (access, READ | MODIFY | EXECUTE),
+        "after chmod 0755 in the same COMPOUND"
+    );
+}

@@ -255,7 +255,8 @@ fn libnfs_round_trips_are_byte_identical_and_readable_straight_from_the_bucket()
     }
 
     wait_uploaded(&gw, config, "docs", Duration::from_secs(300));
-    // Now served from the bucket (staging files are gone once uploaded).
+    // Staging files are gone once uploaded; reads come from the clean copies kept (within
+    // the cache size) or the bucket.
     assert!(
         nfs_cat(&url(&gw, "docs/big.bin")) == big,
         "256 MiB read back over NFS"
@@ -831,15 +832,132 @@ fn a_partial_overwrite_of_a_large_uploaded_file_downloads_only_the_touched_part(
 }
 
 /// Bytes the files in `dir` take on disk (holes excluded), 0 if it is missing.
+/// Bytes the files (not subdirectories) directly in `dir` take on disk.
 fn allocated_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir).map_or(0, |entries| {
         entries
             .flatten()
             .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
             .map(|m| m.blocks() * 512)
             .sum()
     })
+}
+
+/// Garage and a gateway with `cache.size` 64 MiB, the upload delay given and share `docs`;
+/// returns the data dir and config too.
+fn docs_in_64_mib(dir: &Path, delay_ms: u64, port: u16) -> (Garage, Gateway, PathBuf, PathBuf) {
+    let garage = Garage::start();
+    let data = dir.join("data");
+    let config = activate_on(&garage, dir, &data, "gw", &["--cache-size", "64MiB"]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[files]\nupload_delay_ms = {delay_ms}\n"));
+    std::fs::write(&config, text).unwrap();
+    let gw = start(&data, Some(&config), port);
+    tg(
+        &gw,
+        Some(&config),
+        &["share", "create", "docs", "--squash", "none"],
+    );
+    (garage, gw, data, config)
+}
+
+/// Copies `mib` MiB of noise (seeded `i + seed`) to `docs/f{i}` with `nfs-cp`; returns them.
+fn copy_in(gw: &Gateway, dir: &Path, i: usize, mib: usize, seed: u64) -> Vec<u8> {
+    let local = dir.join(format!("f{i}"));
+    let bytes = noise(mib * MIB, i as u64 + seed);
+    std::fs::write(&local, &bytes).unwrap();
+    nfs_cp(local.to_str().unwrap(), &url(gw, &format!("docs/f{i}")));
+    std::fs::remove_file(&local).unwrap();
+    bytes
+}
+
+/// Staging files and the clean copies kept beside them (files-staging/clean).
+fn staging_and_copies(staging: &Path) -> (u64, u64) {
+    (
+        allocated_bytes(staging),
+        allocated_bytes(&staging.join("clean")),
+    )
+}
+
+/// Uploaded files stay on local disk as clean copies: reading one back, and writing into it,
+/// costs no download. The copies share `cache.size` (64 MiB) with staging, the least recently
+/// used going first, so reading an evicted file goes to the bucket again; after kill -9 and a
+/// restart none is trusted and every file reads back whole from the bucket.
+#[test]
+fn uploaded_files_are_read_from_local_copies_within_the_cache_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (garage, gw, data, config) = docs_in_64_mib(dir.path(), 200, port);
+    let staging = data.join("files-staging");
+    let mut files: Vec<Vec<u8>> = Vec::new();
+    let copy = |i: usize, mib: usize| copy_in(&gw, dir.path(), i, mib, 70);
+    for i in 0..3 {
+        files.push(copy(i, 8));
+    }
+    wait_uploaded(&gw, Some(&config), "docs", Duration::from_secs(120));
+    assert_eq!(staging_and_copies(&staging).0, 0, "nothing left staged");
+    for (i, bytes) in files.iter().enumerate() {
+        assert!(nfs_cat(&url(&gw, &format!("docs/f{i}"))) == *bytes, "f{i}");
+    }
+    assert_eq!(live_value(&gw, "files.download_bytes"), 0, "no download");
+    assert!(live_value(&gw, "files.clean_read_bytes") >= 24 * MIB as i64);
+
+    // A write into an uploaded file stages it from its copy, not from the bucket.
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let root = c.mount("/docs").unwrap();
+    let f1 = c.lookup(&root, "f1").unwrap();
+    let patch = vec![0x5Au8; 5000];
+    c.write(&f1, 3 * MIB as u64 + 7, &patch, 0).unwrap();
+    c.commit(&f1).unwrap();
+    files[1][3 * MIB + 7..3 * MIB + 7 + patch.len()].copy_from_slice(&patch);
+    wait_uploaded(&gw, Some(&config), "docs", Duration::from_secs(120));
+    assert_eq!(
+        live_value(&gw, "files.download_bytes"),
+        0,
+        "staged from the copy"
+    );
+    assert!(
+        nfs_cat(&url(&gw, "docs/f1")) == files[1],
+        "f1 after the patch"
+    );
+    let (got, _) = object(&garage, dir.path(), "gw/shares/docs/f1");
+    assert!(got == files[1], "the patched f1 in the bucket");
+
+    // 60 MiB more: copies and staging stay within the 64 MiB, f0 (least recently used) goes.
+    for i in 3..8 {
+        files.push(copy(i, 12));
+        let (staged, copies) = staging_and_copies(&staging);
+        assert!(
+            staged + copies <= (64 + 8) * MIB as u64,
+            "staging {staged} + copies {copies} bytes, over the 64 MiB cache size"
+        );
+    }
+    wait_uploaded(&gw, Some(&config), "docs", Duration::from_secs(120));
+    let kept = live_value(&gw, "files.clean_bytes");
+    assert!(
+        kept > 0 && kept <= 64 * MIB as i64,
+        "copies take {kept} bytes"
+    );
+    assert!(
+        nfs_cat(&url(&gw, "docs/f0")) == files[0],
+        "f0 from the bucket"
+    );
+    assert!(
+        live_value(&gw, "files.download_bytes") >= 8 * MIB as i64,
+        "f0's copy was evicted, so it came from the bucket"
+    );
+
+    // After kill -9, no copy is trusted: everything reads back whole from the bucket.
+    gw.kill9();
+    let gw = start(&data, Some(&config), port);
+    assert_eq!(staging_and_copies(&staging).1, 0, "copies dropped at start");
+    for (i, bytes) in files.iter().enumerate() {
+        assert!(nfs_cat(&url(&gw, &format!("docs/f{i}"))) == *bytes, "f{i}");
+    }
+    assert_eq!(live_value(&gw, "files.clean_read_bytes"), 0);
+    drop(garage);
 }
 
 /// Staging is held to `cache.size` (64 MiB here): 160 MiB of files copied with `nfs-cp`, with
@@ -850,18 +968,7 @@ fn allocated_bytes(dir: &Path) -> u64 {
 #[test]
 fn staging_is_held_to_the_cache_size_and_writers_wait_for_uploads() {
     let dir = tempfile::tempdir().unwrap();
-    let garage = Garage::start();
-    let data = dir.path().join("data");
-    let config = activate_on(&garage, dir.path(), &data, "gw", &["--cache-size", "64MiB"]);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[files]\nupload_delay_ms = 5000\n");
-    std::fs::write(&config, text).unwrap();
-    let gw = start(&data, Some(&config), free_port());
-    tg(
-        &gw,
-        Some(&config),
-        &["share", "create", "docs", "--squash", "none"],
-    );
+    let (garage, gw, data, config) = docs_in_64_mib(dir.path(), 5000, free_port());
     let staging = data.join("files-staging");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
@@ -869,20 +976,14 @@ fn staging_is_held_to_the_cache_size_and_writers_wait_for_uploads() {
         std::thread::spawn(move || {
             let mut most = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                most = most.max(allocated_bytes(&staging));
+                let (staged, copies) = staging_and_copies(&staging);
+                most = most.max(staged + copies);
                 std::thread::sleep(Duration::from_millis(10));
             }
             most
         })
     };
-    let copy = |i: usize, mib: usize| {
-        let local = dir.path().join(format!("f{i}"));
-        let bytes = noise(mib * MIB, i as u64 + 40);
-        std::fs::write(&local, &bytes).unwrap();
-        nfs_cp(local.to_str().unwrap(), &url(&gw, &format!("docs/f{i}")));
-        std::fs::remove_file(&local).unwrap();
-        bytes
-    };
+    let copy = |i: usize, mib: usize| copy_in(&gw, dir.path(), i, mib, 40);
     let mut files: Vec<Vec<u8>> = (0..10).map(|i| copy(i, 16)).collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let most = watcher.join().unwrap();
@@ -890,7 +991,7 @@ fn staging_is_held_to_the_cache_size_and_writers_wait_for_uploads() {
     assert!(most >= 32 * MIB as u64, "staging was used ({most} bytes)");
     assert!(
         most <= (64 + 8) * MIB as u64,
-        "staging peaked at {most} bytes, over the 64 MiB cache size"
+        "staging and clean copies peaked at {most} bytes, over the 64 MiB cache size"
     );
     // Larger than the whole budget: it waits for the others, then goes through alone.
     files.push(copy(10, 80));

@@ -159,8 +159,23 @@ pub fn run(cmd: DeviceCommand, config: Config) -> Result<ExitCode> {
             let reply = rt
                 .block_on(crate::daemon::device::control(&run, "cluster"))?
                 .unwrap_or_default();
+            let state = rt
+                .block_on(crate::daemon::device::control(&run, "state"))?
+                .unwrap_or_default();
             let mut out = std::io::stdout().lock();
             writeln!(out, "device: {}", job.trim_start_matches("ok "))?;
+            writeln!(
+                out,
+                "job state: {}",
+                match state.trim_start_matches("ok ") {
+                    "SEALED" => "SEALED (read-only: every write is refused)",
+                    "SEALING" =>
+                        "SEALING (a seal is begun: every write is refused; the manifest is not \
+                         written yet)",
+                    "LOADING" => "LOADING (writes accepted)",
+                    other => other,
+                }
+            )?;
             match reply.strip_prefix("ok ") {
                 Some("standalone") => writeln!(out, "cluster: none (standalone device)")?,
                 Some(json) => {

@@ -18,6 +18,7 @@ use crate::gateway::GatewayError;
 use crate::gateway::import::{
     Device, ExportOptions, Failure, ImportOptions, ImportProgress, JobKind, JobManifestFile,
     JobRequest, complete_job, create_job, open_export, run_export, run_import, unlock_job,
+    unlock_job_in,
 };
 use crate::store::device::KdfParams;
 
@@ -120,6 +121,12 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
                     }
                 }
                 None => {
+                    if crate::daemon::cluster::ClusterFile::load(&config.data_dir)?.is_some() {
+                        bail!(
+                            "this device is in a device cluster: seal through an unlocked device \
+                             (`tidegate device unlock`, then `tidegate job seal`)"
+                        );
+                    }
                     let (Some(manifest), Some(code)) = (manifest, unlock_code) else {
                         return Err(UsageError(
                             "no device is unlocked; give --manifest and --unlock-code to seal \
@@ -147,11 +154,13 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
             unlock,
             parallel,
             upload_limit,
+            share,
         } => {
-            if rt
+            let serving = rt
                 .block_on(crate::daemon::device::control(&config.run_dir(), "status"))?
-                .is_some()
-            {
+                .is_some();
+            let cluster_file = crate::daemon::cluster::ClusterFile::load(&config.data_dir)?;
+            if serving && cluster_file.is_none() {
                 return Err(UsageError(
                     "the device is unlocked and serving; lock it (`tidegate device lock`) before \
                      importing"
@@ -165,17 +174,40 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
             opts.multipart_threshold = config.bucket.multipart_threshold;
             opts.part_size = config.bucket.part_size;
             opts.upload_limit = upload_limit.map(|b| b.0);
+            opts.share = share;
+            // A cluster device reads the data set through its Garage node: the unlocked
+            // device's (which keeps serving, read-only), or one started for this import.
+            let (link, started) = match &cluster_file {
+                None => (None, None),
+                Some(f) if serving => (
+                    Some(crate::daemon::cluster::attach(f).context("reaching the cluster")?),
+                    None,
+                ),
+                Some(f) => {
+                    let running = rt
+                        .block_on(crate::daemon::cluster::start(&config.data_dir, f, |line| {
+                            eprintln!("{line}");
+                        }))
+                        .context("bringing up the device cluster")?;
+                    (Some(running.link.clone()), Some(running))
+                }
+            };
             let report = transfer(
                 &rt,
                 "import",
-                unlock_job(
+                unlock_job_in(
                     catalog.clone(),
                     &config.data_dir,
                     &file,
                     &unlock.unlock_code,
+                    link,
                 ),
                 |device, progress| async move { run_import(&device, &opts, progress).await },
-            )?;
+            );
+            if let Some(running) = started {
+                rt.block_on(running.stop());
+            }
+            let report = report?;
             writeln!(
                 out,
                 "job {}: {} — {} of {} objects imported ({} of {}), {} failed; this run sent {} \
@@ -201,6 +233,23 @@ pub fn run(cmd: JobCommand, config: Config) -> Result<ExitCode> {
                 }
             )?;
             list_failures(&mut out, &report.failures)?;
+            if let Some(share) = &report.share {
+                writeln!(
+                    out,
+                    "share {share}: {} objects found already whole in the target, not sent again",
+                    report.run_found_objects
+                )?;
+            }
+            if !report.pending_shares.is_empty() {
+                writeln!(
+                    out,
+                    "share {} done; shares {} are not finished: the last share to finish writes \
+                     the job's report",
+                    report.share.as_deref().unwrap_or("1/1"),
+                    report.pending_shares.join(", ")
+                )?;
+                return Ok(ExitCode::from(u8::from(report.failed_objects > 0)));
+            }
             writeln!(
                 out,
                 "report: {}/device/{}/report.json and imports/{}/report.json in the target",

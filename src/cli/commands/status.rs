@@ -146,12 +146,14 @@ pub fn run(config: Config) -> Result<ExitCode> {
         let f = &snap.files;
         writeln!(
             out,
-            "files:          {} uploads ({} started early, {} early ones abandoned), {} upload errors, {} read from the bucket",
+            "files:          {} uploads ({} started early, {} early ones abandoned), {} upload errors, {} read from the bucket, {} from local copies ({} kept)",
             f.uploads,
             f.early_uploads,
             f.early_abandoned,
             f.upload_errors,
-            ByteSize(f.download_bytes)
+            ByteSize(f.download_bytes),
+            ByteSize(f.clean_read_bytes),
+            ByteSize(f.clean_bytes)
         )?;
         let grace = if f.lock_grace_secs > 0 {
             format!(

@@ -228,6 +228,8 @@ fn from_live(l: &Live, s: &mut Status) {
         uploads: u.uploads.load(Relaxed),
         upload_errors: u.errors.load(Relaxed),
         download_bytes: u.downloaded.load(Relaxed),
+        clean_read_bytes: u.clean_read.load(Relaxed),
+        clean_bytes: staging.clean_bytes,
         early_uploads: u.early_completed.load(Relaxed),
         early_abandoned: u.early_abandoned.load(Relaxed),
         staging_bytes: staging.bytes,

@@ -65,7 +65,7 @@ pub fn render(s: &Status) -> String {
         c.hits as f64 / lookups as f64
     };
     let f = &s.files;
-    let scalars: [(&str, &str, &str, f64); 16] = [
+    let scalars: [(&str, &str, &str, f64); 18] = [
         (
             "tidegate_cache_bytes",
             "gauge",
@@ -137,6 +137,18 @@ pub fn render(s: &Status) -> String {
             "gauge",
             "Bytes the file gateway's staging files take on disk.",
             f.staging_bytes as f64,
+        ),
+        (
+            "tidegate_files_clean_bytes",
+            "gauge",
+            "Bytes of uploaded files kept on local disk for reads (within the staging limit).",
+            f.clean_bytes as f64,
+        ),
+        (
+            "tidegate_files_clean_read_bytes_total",
+            "counter",
+            "Bytes of file data read from local clean copies instead of the bucket.",
+            f.clean_read_bytes as f64,
         ),
         (
             "tidegate_files_staging_limit_bytes",

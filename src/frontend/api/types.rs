@@ -378,6 +378,12 @@ pub struct FilesFigures {
     pub upload_errors: u64,
     /// Bytes read from the bucket.
     pub download_bytes: u64,
+    /// Bytes read from clean copies (files kept on local disk after their upload) instead.
+    #[serde(default)]
+    pub clean_read_bytes: u64,
+    /// Bytes the clean copies take on disk, within what staging leaves of its limit.
+    #[serde(default)]
+    pub clean_bytes: u64,
     /// Large files whose upload started before the upload delay ran out, and such uploads
     /// abandoned because the file changed.
     pub early_uploads: u64,

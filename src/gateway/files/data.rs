@@ -15,12 +15,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::catalog::shares::{InodeKind, InodeRow};
+use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::local::{self, LocalWrite, Written, io_err, staged_bytes};
 use crate::gateway::files::traffic::Counted;
-use crate::gateway::files::{Attr, Caller, FileId, Files, Stability, blocking, permits};
+use crate::gateway::files::{
+    Attr, Caller, FileId, Files, Stability, blocking, clean, effective, permits,
+};
 
 /// How much a bucket read fetches at once: a client's sequential READs are then served from
 /// memory for the rest of the window.
@@ -59,6 +61,33 @@ fn relatime_due(row: &InodeRow, now_ns: i64) -> bool {
         || now_ns.saturating_sub(row.atime_ns) > RELATIME_MAX_AGE_NS
 }
 
+/// Whether `caller` may write `len` bytes at `offset` of `row` in `share`. Pure, for the
+/// write's blocking step.
+fn check_write(
+    share: &ShareRow,
+    caller: &Caller,
+    row: &InodeRow,
+    offset: u64,
+    len: usize,
+) -> Result<(), GatewayError> {
+    let who = effective(share, caller)?;
+    if share.read_only {
+        return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
+    }
+    regular(row)?;
+    if !permits(&who, row, 2) && who.uid != row.uid {
+        return Err(GatewayError::PermissionDenied(format!(
+            "write {}",
+            row.path
+        )));
+    }
+    offset
+        .checked_add(len as u64)
+        .filter(|e| *e <= i64::MAX as u64)
+        .ok_or_else(|| GatewayError::OutOfRange(format!("write at {offset}")))?;
+    Ok(())
+}
+
 /// Data operations apply to regular files only.
 fn regular(row: &InodeRow) -> Result<(), GatewayError> {
     match row.kind {
@@ -85,6 +114,7 @@ impl Files {
     /// removed it from the catalog (`local::remove_staging`).
     pub(crate) fn drop_local(&self, id: i64) {
         self.readahead_map().remove(&id);
+        self.forget_clean(id);
         let mut live = self.live();
         live.uncommitted.remove(&id);
         live.new_entries.remove(&id);
@@ -106,18 +136,41 @@ impl Files {
         offset: u64,
         count: u32,
     ) -> Result<(Bytes, bool, Attr), GatewayError> {
-        let (row, share) = self.node(id).await?;
-        let who = self.effective(&share, caller)?;
-        regular(&row)?;
-        if !permits(&who, &row, 4) && who.uid != row.uid {
-            return Err(GatewayError::PermissionDenied(format!("read {}", row.path)));
-        }
         let count = u64::from(count.min(MAX_IO_BYTES));
+        let (clean, caller) = (self.clean.clone(), caller.clone());
+        // One hop: the inode, the checks and, for a file with a clean copy, its bytes.
+        let (row, share, copied) = self
+            .blocking(move |c| {
+                let (row, share) = blocking::node(c, id)?;
+                let who = effective(&share, &caller)?;
+                regular(&row)?;
+                if !permits(&who, &row, 4) && who.uid != row.uid {
+                    return Err(GatewayError::PermissionDenied(format!("read {}", row.path)));
+                }
+                let end = offset.saturating_add(count).min(row.size);
+                let copied = match &clean {
+                    Some(clean) if !row.staged && offset < end => {
+                        clean.hit(row.id, row.etag.as_deref()).and_then(|hit| {
+                            let data = clean::read_copy(&hit.path, offset, end).ok()?;
+                            clean.still(&hit).then_some(data)
+                        })
+                    }
+                    _ => None,
+                };
+                Ok((row, share, copied))
+            })
+            .await?;
+        self.count(share.id, Counted::Call);
         if offset >= row.size || count == 0 {
             return Ok((Bytes::new(), offset >= row.size, self.attr(&row)));
         }
         let end = offset.saturating_add(count).min(row.size);
-        let data = if row.staged {
+        let data = if let Some(data) = copied {
+            self.counters
+                .clean_read
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            data
+        } else if row.staged {
             let lock = self.inode_lock(row.id);
             let _guard = lock.lock().await;
             // A sparsely staged file (one with a block map) reads block by block; any other
@@ -380,6 +433,39 @@ impl Files {
         let path = self.staging_path(row.id);
         let mut row = row.clone();
         row.staged = true;
+        let sparse = self.stages_sparsely(&row);
+        if let Some(clean) = self.clean.clone() {
+            // A clean copy of the object becomes the staging file instead of a download. A
+            // file that stages sparsely does not use it: its upload copies unchanged parts
+            // server-side only when the staging file holds just the written ones.
+            let (stored, path) = (row.clone(), path.clone());
+            let reused = self
+                .blocking(move |c| {
+                    let etag = stored.etag.as_deref();
+                    let Some(copy) = clean.take(stored.id, etag) else {
+                        return Ok(None);
+                    };
+                    if sparse {
+                        let _ = std::fs::remove_file(&copy);
+                        return Ok(None);
+                    }
+                    std::fs::rename(&copy, &path)
+                        .map_err(io_err(format!("staging {}", copy.display())))?;
+                    // Uploaded copies were not always synced (an uncommitted file goes up
+                    // after a while anyway); the catalog is about to say this file holds it.
+                    std::fs::File::open(&path)
+                        .and_then(|f| f.sync_all())
+                        .map_err(io_err(format!("syncing {}", path.display())))?;
+                    c.save_inode(&stored)?;
+                    Ok(Some(staged_bytes(&path)))
+                })
+                .await?;
+            if let Some(bytes) = reused {
+                self.account(row.id, bytes);
+                self.readahead_map().remove(&row.id);
+                return Ok(row);
+            }
+        }
         if row.remote_key.is_none() || row.size == 0 {
             // Nothing to fetch: the staging file starts as a hole of the recorded size. Neither
             // it nor the catalog is synced here; no byte of it is acknowledged as durable until
@@ -399,7 +485,6 @@ impl Files {
             return Ok(row);
         }
         let tmp = path.with_extension("part");
-        let sparse = self.stages_sparsely(&row);
         let file = {
             let (tmp, path) = (tmp.clone(), path.clone());
             let (size, part) = (row.size, self.bucket.part_size());
@@ -485,49 +570,44 @@ impl Files {
         data: &[u8],
         stability: Stability,
     ) -> Result<(Stability, Attr), GatewayError> {
-        let (row, share) = self.node(id).await?;
-        let who = self.effective(&share, caller)?;
-        if share.read_only {
-            return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
-        }
-        regular(&row)?;
-        if !permits(&who, &row, 2) && who.uid != row.uid {
-            return Err(GatewayError::PermissionDenied(format!(
-                "write {}",
-                row.path
-            )));
-        }
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= i64::MAX as u64)
-            .ok_or_else(|| GatewayError::OutOfRange(format!("write at {offset}")))?;
-        // Room for what this write adds to staging (and for the download that stages an
-        // uploaded file), waited for before the inode lock: the uploads that make room take
-        // inode locks themselves.
-        let fetch = match (&row.remote_key, row.staged) {
-            (Some(_), false) if self.stages_sparsely(&row) => self.bucket.part_size(),
-            (Some(_), false) => row.size,
-            _ => 0,
-        };
-        self.staging_room(row.id, end.saturating_sub(row.size).saturating_add(fetch))
-            .await;
-        // The blocking step owns its copy of the data.
-        let data = data.to_vec();
+        let row_id = id.row_id()?;
         let stable = stability != Stability::Unstable;
-        let lock = self.inode_lock(row.id);
-        let _guard = lock.lock().await;
-        // One hop in the usual case: the row read again, staged if it is new, the bytes
-        // written (and synced for a stable write) and the catalog updated.
-        let (row, staged_now, bytes) = match self.write_local(row.id, offset, data, stable).await? {
+        // Room for the bytes this write adds to staging, waited for before the inode lock:
+        // the uploads that make room take inode locks themselves.
+        self.staging_room(row_id, data.len() as u64).await;
+        let lock = self.inode_lock(row_id);
+        let guard = lock.lock().await;
+        // One hop in the usual case: the inode and its share read, the checks, the file staged
+        // if it is new, the bytes written (and synced for a stable write) and the catalog
+        // updated.
+        let (written, share) = self
+            .write_local(id, offset, data.to_vec(), stable, Some(caller.clone()))
+            .await?;
+        self.count(share.id, Counted::Call);
+        let end = offset.saturating_add(data.len() as u64);
+        let (row, staged_now, bytes) = match written {
             Written::Done {
                 row,
                 staged_now,
                 bytes,
             } => (row, staged_now, bytes),
             Written::NeedsBucket { row, data } => {
+                // Part of the file must come from the bucket first: room for that download
+                // too, again waited for without the inode lock.
+                drop(guard);
+                let fetch = if self.stages_sparsely(&row) {
+                    self.bucket.part_size()
+                } else {
+                    row.size
+                };
+                self.staging_room(row.id, fetch).await;
+                let _guard = lock.lock().await;
+                // Re-read: the file may have changed while the lock was free.
+                let row_id = row.id;
+                let row = self.blocking(move |c| blocking::current(c, row_id)).await?;
                 let row = self.stage(&row).await?;
                 self.fill_blocks(&row, Some((offset, end))).await?;
-                match self.write_local(row.id, offset, data, stable).await? {
+                match self.write_local(id, offset, data, stable, None).await?.0 {
                     Written::Done { row, bytes, .. } => (row, false, bytes),
                     Written::NeedsBucket { row, .. } => {
                         return Err(GatewayError::Internal(
@@ -565,22 +645,29 @@ impl Files {
         Ok((committed, self.attr(&row)))
     }
 
-    /// Runs one [`LocalWrite`] on the blocking pool. Caller holds the inode lock.
+    /// Runs one [`LocalWrite`] on the blocking pool, after checking that `check` may write
+    /// when given; returns what it did and the file's share. Caller holds the inode lock.
     async fn write_local(
         &self,
-        id: i64,
+        id: FileId,
         offset: u64,
         data: Vec<u8>,
         stable: bool,
-    ) -> Result<Written, GatewayError> {
-        let path = self.staging_path(id);
+        check: Option<Caller>,
+    ) -> Result<(Written, ShareRow), GatewayError> {
+        let row_id = id.row_id()?;
+        let path = self.staging_path(row_id);
         let staging_dir = self.config.staging_dir.clone();
-        let entry_unsynced = self.live().new_entries.contains(&id);
+        let entry_unsynced = self.live().new_entries.contains(&row_id);
         self.blocking(move |c| {
-            local::write(
+            let (row, share) = blocking::node(c, id)?;
+            if let Some(caller) = &check {
+                check_write(&share, caller, &row, offset, data.len())?;
+            }
+            let written = local::write(
                 c,
                 LocalWrite {
-                    id,
+                    id: row.id,
                     path: &path,
                     offset,
                     data,
@@ -588,7 +675,8 @@ impl Files {
                     staging_dir: &staging_dir,
                     entry_unsynced,
                 },
-            )
+            )?;
+            Ok((written, share))
         })
         .await
     }

@@ -11,6 +11,7 @@
 
 mod blocking;
 mod blocks;
+mod clean;
 pub mod data;
 mod early;
 mod links;
@@ -426,6 +427,8 @@ pub struct Files {
     live: Mutex<Live>,
     early: Mutex<early::EarlyFiles>,
     readahead: Mutex<HashMap<i64, data::Window>>,
+    /// Staging files kept after their upload (`clean.rs`); `None`: none are kept.
+    clean: Option<Arc<clean::CleanCopies>>,
     wake: tokio::sync::Notify,
     /// Signalled when staging room is freed.
     space: tokio::sync::Notify,
@@ -458,6 +461,14 @@ impl Files {
             }
         };
         let staged_sizes = sweep_staging(&catalog, &config.staging_dir)?;
+        // Clean copies need a budget to live in, and staging that survives a crash to come
+        // from (clean.rs).
+        let clean = match config.staging_limit {
+            Some(_) if !config.commit_uploads => Some(Arc::new(clean::CleanCopies::open(
+                config.staging_dir.join(CLEAN_DIR),
+            )?)),
+            _ => None,
+        };
         let live = Live {
             staged_bytes: staged_sizes.values().sum(),
             staged_sizes,
@@ -472,6 +483,7 @@ impl Files {
             live: Mutex::new(live),
             early: Mutex::new(early::EarlyFiles::default()),
             readahead: Mutex::new(HashMap::new()),
+            clean,
             wake: tokio::sync::Notify::new(),
             space: tokio::sync::Notify::new(),
             counters: upload::UploadCounters::default(),
@@ -633,6 +645,9 @@ impl Files {
     }
 }
 
+/// The directory of clean copies, inside the staging directory (`clean.rs`).
+const CLEAN_DIR: &str = "clean";
+
 /// Removes staging files no staged inode owns (left by a crash during staging, or by a share
 /// deleted with `--force`); `.part` downloads are always incomplete. Returns what the staging
 /// files that stay take on disk, per inode.
@@ -649,6 +664,9 @@ fn sweep_staging(
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
+        if name == CLEAN_DIR {
+            continue;
+        }
         let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
         let owned = match stem.parse::<i64>() {
             Ok(id) if ext != "part" && ext != "blocks-new" => {

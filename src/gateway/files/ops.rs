@@ -58,6 +58,10 @@ pub struct Opened {
     /// The directory before the call and after it (the same when nothing was made).
     pub dir_before: Attr,
     pub dir_after: Attr,
+    /// The caller's read (4), write (2) and execute (1) bits on the file as [`Files::access`]
+    /// would answer them, read in the same hops; `None` if attributes set after the create
+    /// may have changed them.
+    pub access: Option<u32>,
 }
 
 /// What READDIR pages are made of.
@@ -168,33 +172,73 @@ impl Files {
         caller: &Caller,
         (row, share): (InodeRow, ShareRow),
     ) -> Result<(InodeRow, ShareRow, Caller), GatewayError> {
-        let who = self.effective(&share, caller)?;
-        if share.read_only {
-            return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
-        }
-        if row.kind != InodeKind::Dir {
-            return Err(GatewayError::NotDirectory(row.path));
-        }
-        if !permits(&who, &row, 3) {
-            return Err(GatewayError::PermissionDenied(format!(
-                "write {}",
-                row.path
-            )));
-        }
+        let who = writable_dir(&share, caller, &row)?;
+        self.count(share.id, crate::gateway::files::traffic::Counted::Call);
         Ok((row, share, who))
     }
 
     fn new_inode(&self, slot: &Slot, kind: InodeKind, mode: u32) -> Result<InodeRow, GatewayError> {
-        let path = path::join(&slot.dir.path, &slot.name);
-        path::key(&slot.share.bucket_prefix, &path)?;
-        Ok(InodeRow::new(
-            slot.share.id,
-            Some(slot.dir.id),
-            &path,
-            kind,
-            (mode & 0o7777, slot.who.uid, slot.who.gid),
-            crate::clock::unix_nanos(),
-        ))
+        new_inode(slot, kind, mode)
+    }
+
+    /// A new file `name` in `dir` (mode given, or the share's default), made in the same hop
+    /// that reads the directory and checks the name is free: what a small-file CREATE or
+    /// OPEN costs most often. Otherwise (the name is taken, or a refresh of the directory is
+    /// due first) the slot, for the caller to go on as for any create.
+    async fn make_file(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        mode: Option<u32>,
+        verf: Option<[u8; 8]>,
+    ) -> Result<Made, GatewayError> {
+        let (caller, name) = (caller.clone(), name.to_vec());
+        let first = self
+            .blocking(move |c| {
+                let (dir, share) = blocking::node(c, dir)?;
+                let who = writable_dir(&share, &caller, &dir)?;
+                let name = validate_name(&name)?.to_owned();
+                let due = refresh_due(&share, &dir);
+                let existing = if due { None } else { c.child(dir.id, &name)? };
+                let slot = Slot {
+                    dir,
+                    share,
+                    who,
+                    name,
+                    existing,
+                };
+                if due || slot.existing.is_some() {
+                    return Ok((slot, None, due));
+                }
+                let mut row = new_inode(&slot, InodeKind::File, {
+                    mode.unwrap_or(slot.share.default_file_mode)
+                })?;
+                if let Some(verf) = verf {
+                    // The verifier is kept in mtime until the client's follow-up SETATTR
+                    // (RFC 1813 §3.3.8), so a retransmitted CREATE can be recognised.
+                    row.mtime_ns = i64::from_be_bytes(verf);
+                }
+                let row = c.insert_entry(&row, crate::clock::unix_nanos())?;
+                let dir_after = blocking::current(c, slot.dir.id)?;
+                Ok((slot, Some((row, dir_after)), false))
+            })
+            .await?;
+        let (mut slot, made, due) = first;
+        self.count(slot.share.id, crate::gateway::files::traffic::Counted::Call);
+        if let Some((row, dir_after)) = made {
+            self.touched(row.id);
+            return Ok(Made::New {
+                slot,
+                made: Box::new((row, dir_after)),
+            });
+        }
+        if due {
+            let (dir, existing) = self.entry(&slot.share, &slot.dir, &slot.name, None).await?;
+            slot.dir = dir;
+            slot.existing = existing;
+        }
+        Ok(Made::Slot(slot))
     }
 
     /// The place `name` in a directory the caller may change, with what is there now.
@@ -248,13 +292,32 @@ impl Files {
             how,
             attrs,
         } = req;
-        let mut slot = self.slot(caller, dir, name).await?;
+        let verf = match how {
+            CreateMode::Exclusive(verf) => Some(verf),
+            _ => None,
+        };
+        let mut slot = match self.make_file(caller, dir, name, attrs.mode, verf).await? {
+            Made::New { slot, made } => {
+                let (row, dir_after) = *made;
+                let access = rwx(&slot.who, &slot.share, &row);
+                let opened = Opened {
+                    attr: self.attr(&row),
+                    created: true,
+                    dir_before: self.attr(&slot.dir),
+                    dir_after: self.attr(&dir_after),
+                    access: Some(access),
+                };
+                return self.set_after_create(caller, how, attrs, opened).await;
+            }
+            Made::Slot(slot) => slot,
+        };
         let dir_before = self.attr(&slot.dir);
-        let unchanged = |attr| Opened {
+        let unchanged = |attr, row: &InodeRow| Opened {
             attr,
             created: false,
             dir_before: dir_before.clone(),
             dir_after: dir_before.clone(),
+            access: Some(rwx(&slot.who, &slot.share, row)),
         };
         if let Some(existing) = slot.existing.take() {
             return match how {
@@ -263,7 +326,7 @@ impl Files {
                     if existing.kind == InodeKind::File
                         && existing.mtime_ns == i64::from_be_bytes(verf)
                     {
-                        Ok(unchanged(self.attr(&existing)))
+                        Ok(unchanged(self.attr(&existing), &existing))
                     } else {
                         Err(GatewayError::AlreadyExists(existing.path))
                     }
@@ -279,32 +342,50 @@ impl Files {
                     let attr = self
                         .setattr(caller, FileId::of(&existing), only_size)
                         .await?;
-                    Ok(unchanged(attr))
+                    // A size changes nobody's access.
+                    Ok(unchanged(attr, &existing))
                 }
             };
         }
+        // A refresh came first: the file is made in a hop of its own.
         let mode = attrs.mode.unwrap_or(slot.share.default_file_mode);
         let mut row = self.new_inode(&slot, InodeKind::File, mode)?;
-        if let CreateMode::Exclusive(verf) = how {
-            // The verifier is kept in mtime until the client's follow-up SETATTR (RFC 1813
-            // §3.3.8), so a retransmitted CREATE can be recognised.
+        if let Some(verf) = verf {
             row.mtime_ns = i64::from_be_bytes(verf);
         }
+        let access = rwx(&slot.who, &slot.share, &row);
         let (attr, dir_after) = self.insert_in(row, slot.dir.id).await?;
-        let rest = SetAttr {
-            mode: None,
-            ..attrs
-        };
-        let attr = if matches!(how, CreateMode::Exclusive(_)) || rest == SetAttr::default() {
-            attr
-        } else {
-            self.setattr(caller, attr.id, rest).await?
-        };
-        Ok(Opened {
+        let opened = Opened {
             attr,
             created: true,
             dir_before,
             dir_after,
+            access: Some(access),
+        };
+        self.set_after_create(caller, how, attrs, opened).await
+    }
+
+    /// The attributes a create asked for beyond the mode (set with the new file), applied to
+    /// the new file; an exclusive create sets them in the client's follow-up SETATTR instead.
+    async fn set_after_create(
+        &self,
+        caller: &Caller,
+        how: CreateMode,
+        attrs: SetAttr,
+        opened: Opened,
+    ) -> Result<Opened, GatewayError> {
+        let rest = SetAttr {
+            mode: None,
+            ..attrs
+        };
+        if matches!(how, CreateMode::Exclusive(_)) || rest == SetAttr::default() {
+            return Ok(opened);
+        }
+        Ok(Opened {
+            attr: self.setattr(caller, opened.attr.id, rest).await?,
+            // An owner or group set here may change them.
+            access: None,
+            ..opened
         })
     }
 
@@ -714,17 +795,68 @@ impl Files {
     pub async fn access(&self, caller: &Caller, id: FileId) -> Result<(Attr, u32), GatewayError> {
         let (row, share) = self.node(id).await?;
         let who = self.effective(&share, caller)?;
-        let mut granted = 0;
-        for bit in [4, 2, 1] {
-            if permits(&who, &row, bit) {
-                granted |= bit;
-            }
-        }
-        if share.read_only {
-            granted &= !2;
-        }
-        Ok((self.attr(&row), granted))
+        Ok((self.attr(&row), rwx(&who, &share, &row)))
     }
+}
+
+/// A directory `who` may change in `share`: the caller as the share sees it. Pure, for the
+/// blocking steps of create-like operations.
+fn writable_dir(share: &ShareRow, caller: &Caller, row: &InodeRow) -> Result<Caller, GatewayError> {
+    let who = effective(share, caller)?;
+    if share.read_only {
+        return Err(GatewayError::ReadOnly(format!("share {}", share.name)));
+    }
+    if row.kind != InodeKind::Dir {
+        return Err(GatewayError::NotDirectory(row.path.clone()));
+    }
+    if !permits(&who, row, 3) {
+        return Err(GatewayError::PermissionDenied(format!(
+            "write {}",
+            row.path
+        )));
+    }
+    Ok(who)
+}
+
+/// The row of a new inode in `slot`, owned by the caller.
+fn new_inode(slot: &Slot, kind: InodeKind, mode: u32) -> Result<InodeRow, GatewayError> {
+    let path = path::join(&slot.dir.path, &slot.name);
+    path::key(&slot.share.bucket_prefix, &path)?;
+    Ok(InodeRow::new(
+        slot.share.id,
+        Some(slot.dir.id),
+        &path,
+        kind,
+        (mode & 0o7777, slot.who.uid, slot.who.gid),
+        crate::clock::unix_nanos(),
+    ))
+}
+
+/// What [`Files::make_file`] did.
+enum Made {
+    /// The file is new.
+    New {
+        slot: Slot,
+        /// The new file and the directory after.
+        made: Box<(InodeRow, InodeRow)>,
+    },
+    /// Nothing was made: the name's slot, as [`Files::slot`] gives it.
+    Slot(Slot),
+}
+
+/// The read (4), write (2) and execute (1) bits `who` has on `row` in `share` (no write in a
+/// read-only share).
+fn rwx(who: &Caller, share: &ShareRow, row: &InodeRow) -> u32 {
+    let mut granted = 0;
+    for bit in [4, 2, 1] {
+        if permits(who, row, bit) {
+            granted |= bit;
+        }
+    }
+    if share.read_only {
+        granted &= !2;
+    }
+    granted
 }
 
 /// Applies a SETATTR's changes to `row` (already checked): the ctime becomes now, and

@@ -27,6 +27,8 @@ pub struct StagingUse {
     pub bytes: u64,
     pub limit_bytes: Option<u64>,
     pub writers_waiting: u64,
+    /// Bytes clean copies take in what staging leaves of the limit (clean.rs).
+    pub clean_bytes: u64,
 }
 
 /// Bytes a file takes on disk (holes do not count); 0 if it is gone.
@@ -51,6 +53,9 @@ impl Files {
         };
         if freed {
             self.space.notify_waiters();
+        } else {
+            // Staging grew: clean copies make room for it (clean.rs).
+            self.trim_clean();
         }
     }
 
@@ -110,6 +115,7 @@ impl Files {
             bytes: live.staged_bytes,
             limit_bytes: self.config.staging_limit,
             writers_waiting: live.writers_waiting,
+            clean_bytes: self.clean.as_ref().map_or(0, |c| c.bytes()),
         }
     }
 

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow, SyncedItem};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocks::BlockMap;
+use crate::gateway::files::clean::CleanCopies;
 use crate::gateway::files::local::remove_staging;
 use crate::gateway::files::meta;
 use crate::gateway::files::traffic::Counted;
@@ -53,6 +54,8 @@ pub struct UploadCounters {
     pub errors: AtomicU64,
     /// Bytes of file data read from the bucket (reads, staging, filled blocks).
     pub downloaded: AtomicU64,
+    /// Bytes of file data read from clean copies instead (clean.rs).
+    pub clean_read: AtomicU64,
     /// Large files whose upload started early (before the upload delay) and completed, and
     /// early uploads abandoned because the file changed (early.rs).
     pub early_completed: AtomicU64,
@@ -374,7 +377,10 @@ impl Files {
                 staging: self.staging_path(d.id),
             })
             .collect();
-        let outcomes = self.blocking(move |c| record_synced(c, &items)).await?;
+        let clean = self.clean.clone();
+        let outcomes = self
+            .blocking(move |c| record_synced(c, &items, clean.as_deref()))
+            .await?;
         for (d, outcome) in done.iter().zip(outcomes) {
             match outcome {
                 Some(unstaged) => {
@@ -405,6 +411,8 @@ impl Files {
                 None => {}
             }
         }
+        // The copies just kept take what staging leaves of the budget.
+        self.trim_clean();
         drop(inode_guards);
         for d in done {
             drop(d.guard);
@@ -600,12 +608,14 @@ struct Synced {
     staging: std::path::PathBuf,
 }
 
-/// Records a batch of uploads (`Catalog::mark_synced_batch`, one transaction) and removes the
-/// staging files of those unstaged. Per item: `None` if the inode is gone, else whether it was
+/// Records a batch of uploads (`Catalog::mark_synced_batch`, one transaction) and keeps the
+/// staging files of those unstaged as clean copies where `clean` allows (a whole file with its
+/// ETag), else removes them. Per item: `None` if the inode is gone, else whether it was
 /// unstaged.
 fn record_synced(
     catalog: &crate::catalog::Catalog,
     items: &[Synced],
+    clean: Option<&CleanCopies>,
 ) -> Result<Vec<Option<bool>>, GatewayError> {
     let batch: Vec<SyncedItem<'_>> = items
         .iter()
@@ -619,7 +629,22 @@ fn record_synced(
         .collect();
     let outcomes = catalog.mark_synced_batch(&batch, crate::clock::unix_secs())?;
     for (d, outcome) in items.iter().zip(&outcomes) {
-        if *outcome == Some(true) {
+        if *outcome != Some(true) {
+            continue;
+        }
+        // A sparsely staged file holds only the parts that were written: not a copy.
+        let whole = !BlockMap::path(&d.staging).exists();
+        let kept = match (clean, &d.etag) {
+            (Some(clean), Some(etag)) if whole => match clean.adopt(d.id, etag, &d.staging) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(inode = d.id, "{e}; removing it instead");
+                    false
+                }
+            },
+            _ => false,
+        };
+        if !kept {
             remove_staging(&d.staging);
         }
     }

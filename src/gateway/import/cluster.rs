@@ -78,13 +78,31 @@ impl TableSync {
     }
 }
 
+/// The devices the daemon last saw up (`None` until it has read Garage's health once). A seal
+/// waits for each of them to confirm it stopped writing (`seal.rs`).
+#[derive(Debug, Clone, Default)]
+pub struct Members(Arc<RwLock<Option<Vec<String>>>>);
+
+impl Members {
+    pub fn set(&self, up: Vec<String>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(up);
+    }
+
+    pub(crate) fn up(&self) -> Option<Vec<String>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// What a device needs of its cluster: the cluster bucket (through this device's own Garage
-/// node), the write gate, and whether absences the bucket reports can be trusted.
+/// node), the write gate, whether absences the bucket reports can be trusted, this device's
+/// name and the devices that are up.
 #[derive(Debug, Clone)]
 pub struct ClusterLink {
     pub bucket: Arc<Bucket>,
     pub gate: WriteGate,
     pub tables: TableSync,
+    pub device: String,
+    pub members: Members,
 }
 
 /// The device's view of the bucket's records: for each record object, the listing stamp it
@@ -141,8 +159,13 @@ impl RecordCache {
 }
 
 impl Device {
-    fn link(&self) -> Option<&ClusterLink> {
+    pub(crate) fn link(&self) -> Option<&ClusterLink> {
         self.inner.cluster.as_ref()
+    }
+
+    /// Why the cluster refuses writes now, if it does (never on a standalone device).
+    pub fn writes_refused(&self) -> Option<String> {
+        self.link().and_then(|l| l.gate.refused())
     }
 
     /// Whether this device's data set lives in a cluster.

@@ -107,6 +107,8 @@ pub(crate) struct Inner {
     /// Serialises commits so the catalog and the index change in the same order.
     pub commit: tokio::sync::Mutex<()>,
     pub sealed: AtomicBool,
+    /// In a cluster: this device has confirmed a seal begun anywhere (`seal.rs`).
+    pub seal_acked: AtomicBool,
     /// Records that did not open when the device was unlocked (tampered or damaged).
     pub unreadable: u64,
     /// The cluster holding the data set, when the device is one of a device cluster.
@@ -190,6 +192,7 @@ impl Device {
                 index: RwLock::new(index),
                 commit: tokio::sync::Mutex::new(()),
                 sealed: AtomicBool::new(!state.accepts_writes()),
+                seal_acked: AtomicBool::new(false),
                 unreadable,
                 cluster,
                 records: RecordCache::default(),
@@ -200,6 +203,9 @@ impl Device {
             // Orphan segments cannot be told from another device's writes in flight: a
             // cluster's are left (unreferenced ciphertext), never removed here.
             device.sync_all().await?;
+            // A seal begun while this device was away stops its writes before it serves.
+            device.observe_seal().await?;
+            crate::gateway::import::seal::watch(&device);
             return Ok(device);
         }
         if state.accepts_writes() {

@@ -105,14 +105,33 @@ impl Device {
         if !state.accepts_writes() {
             return Ok(self.object_count());
         }
+        if self.in_cluster() {
+            return self.seal_cluster().await;
+        }
         let _guard = self.lock_after_functions().await;
         self.inner
             .sealed
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.drop_uploads().await?;
+        let (text, objects, bytes) = self.manifest_text()?;
+        self.write_manifest(&text)?;
+        self.inner
+            .catalog
+            .set_job_state(&self.inner.job, sealed_state.as_str(), None)?;
+        Ok((objects, bytes))
+    }
+
+    /// Aborts the unfinished multipart uploads: a sealed data set has none.
+    pub(crate) async fn drop_uploads(&self) -> Result<(), GatewayError> {
         for upload in self.list_uploads("")? {
             tracing::info!(job = %self.inner.job, key = %upload.key, "dropping an unfinished multipart upload at seal");
             self.abort_upload(&upload.key, &upload.upload_id).await?;
         }
+        Ok(())
+    }
+
+    /// The signed manifest of the index as it is now, with its object count and bytes.
+    pub(crate) fn manifest_text(&self) -> Result<(String, u64, u64), GatewayError> {
         let (objects, bytes) = self.object_count();
         let header = serde_json::to_string(&Header {
             format: FORMAT.to_owned(),
@@ -161,6 +180,11 @@ impl Device {
         .map_err(|e| GatewayError::Internal(Box::new(e)))?;
         text.push_str(&trailer);
         text.push('\n');
+        Ok((text, objects, bytes))
+    }
+
+    /// Writes the manifest file (fsynced, then renamed into place).
+    pub(crate) fn write_manifest(&self, text: &str) -> Result<(), GatewayError> {
         let path = self.manifest_path();
         let tmp = path.with_extension("tmp");
         let io = |e: std::io::Error| {
@@ -172,10 +196,7 @@ impl Device {
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, &path).map_err(io)?;
-        self.inner
-            .catalog
-            .set_job_state(&self.inner.job, sealed_state.as_str(), None)?;
-        Ok((objects, bytes))
+        Ok(())
     }
 
     pub fn manifest_path(&self) -> std::path::PathBuf {

@@ -10,6 +10,9 @@
 //! runs a file-gateway share over that (docs/decisions/0009-device-nfs.md). An import job may
 //! have a function on PUT (`functions.rs`): the operator's program, run in a sandbox for each
 //! object stored, behind the PUT (docs/decisions/0015-functions-on-put-in-bubblewrap.md).
+//! A device of a device cluster keeps its data set in the cluster's bucket (`cluster.rs`); it
+//! seals for every device of the cluster (`seal.rs`) and imports in shares that meet in the
+//! cluster with one report (`parts.rs`, docs/decisions/0017-cluster-seal-and-shared-import.md).
 //!
 //! Must not: know which protocol called it, talk to a bucket except through `store`, or keep the
 //! job key anywhere but in memory. Invariant: an object is visible (listed, readable, in the
@@ -25,13 +28,15 @@ mod job;
 mod manifest;
 mod multipart;
 mod objects;
+mod parts;
 mod record;
 mod report;
+mod seal;
 mod segments;
 mod share;
 mod transfer;
 
-pub use cluster::{ClusterLink, QuorumLost, TableSync, WriteGate};
+pub use cluster::{ClusterLink, Members, QuorumLost, TableSync, WriteGate};
 pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult, device_dir};
 pub use export::{ExportOptions, ExportReport, open_export, run_export};
 pub use functions::{
@@ -45,6 +50,7 @@ pub use job::{
 pub use manifest::ManifestCheck;
 pub use multipart::{PartInfo, UploadInfo};
 pub use objects::DeviceObjects;
+pub use parts::{Share, ShareRun, ShareSummary};
 pub use record::ExpectedDigests;
 pub use report::{Failure, ReportRow};
 pub use segments::{DigestMismatch, SegmentWriter};

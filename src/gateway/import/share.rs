@@ -9,7 +9,9 @@
 //!
 //! Must not: write a name or a byte of file data anywhere but the device store and memory.
 //! Invariant: once the job is sealed the share is read-only, so writes fail at once
-//! (NFS3ERR_ROFS) instead of at COMMIT.
+//! (NFS3ERR_ROFS) instead of at COMMIT; on a device cluster it is also read-only while the
+//! cluster has lost its write quorum (the S3 endpoint's `ServiceUnavailable`), and writable
+//! again when the quorum is back.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,7 +39,7 @@ const REFRESH: Duration = Duration::from_secs(1);
 const UPLOAD_DELAY: Duration = Duration::from_secs(1);
 /// `statfs` f_type of tmpfs (linux/magic.h).
 const TMPFS_MAGIC: u64 = 0x0102_1994;
-/// How often the seal watcher looks.
+/// How often the seal and quorum watcher looks.
 const SEAL_POLL: Duration = Duration::from_millis(100);
 
 /// A `Files` share over an unlocked device.
@@ -97,7 +99,7 @@ impl DeviceShare {
         )?;
         let spec = ShareSpec {
             bucket_prefix: Some(name.clone()),
-            read_only: device.is_sealed(),
+            read_only: device.is_sealed() || device.writes_refused().is_some(),
             // A transfer device: whoever may reach the port copies in as themselves, and
             // directories made from keys are open to every uid.
             squash: Squash::None,
@@ -115,15 +117,36 @@ impl DeviceShare {
         })
     }
 
-    /// Waits until the job is sealed (by `job seal` through the control socket), then makes the
-    /// share read-only. Returns at once if it already is.
+    /// Keeps the share read-only while a device cluster has lost its write quorum, and makes
+    /// it read-only for good once the job is sealed (by `job seal` on this device or, in a
+    /// cluster, any device); returns then.
     pub async fn watch_seal(&self) {
-        while !self.device.is_sealed() {
+        let mut read_only = self.device.is_sealed() || self.device.writes_refused().is_some();
+        loop {
+            let sealed = self.device.is_sealed();
+            let refused = self.device.writes_refused();
+            let now = sealed || refused.is_some();
+            if now != read_only || sealed {
+                match self.catalog.set_share_read_only(&self.name, now) {
+                    Ok(_) if sealed => {
+                        tracing::info!(share = %self.name, "job sealed: the NFS export is read-only");
+                    }
+                    Ok(_) if now => {
+                        tracing::warn!(share = %self.name, reason = %refused.unwrap_or_default(), "the NFS export is read-only while writes are refused");
+                    }
+                    Ok(_) => {
+                        tracing::info!(share = %self.name, "the NFS export accepts writes again")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "changing the device's share to read-only")
+                    }
+                }
+                read_only = now;
+            }
+            if sealed {
+                return;
+            }
             tokio::time::sleep(SEAL_POLL).await;
-        }
-        match self.catalog.set_share_read_only(&self.name, true) {
-            Ok(_) => tracing::info!(share = %self.name, "job sealed: the NFS export is read-only"),
-            Err(e) => tracing::warn!(error = %e, "making the device's share read-only"),
         }
     }
 

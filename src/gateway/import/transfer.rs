@@ -27,6 +27,9 @@ use crate::gateway::import::device::{Device, segment_stream};
 use crate::gateway::import::etag::EtagHasher;
 use crate::gateway::import::job::{JobState, job_bucket};
 use crate::gateway::import::manifest::Entry;
+use crate::gateway::import::parts::{
+    Finished, Share, ShareImport, ShareSummary, assign, share_of_stray,
+};
 use crate::gateway::import::record::ObjectRecord;
 use crate::gateway::import::report::{Failure, ReportRow, failures, write_reports};
 use crate::store::device::{Md5, Sha256, multipart_etag};
@@ -44,6 +47,9 @@ pub struct ImportOptions {
     pub part_size: u64,
     /// Upload rate cap to the target, bytes per second.
     pub upload_limit: Option<u64>,
+    /// The share of a cluster's data set this run imports (`parts.rs`); the whole on a
+    /// standalone device.
+    pub share: Share,
 }
 
 impl ImportOptions {
@@ -55,6 +61,7 @@ impl ImportOptions {
             multipart_threshold: defaults::MULTIPART_THRESHOLD,
             part_size: defaults::PART_SIZE,
             upload_limit: None,
+            share: Share::WHOLE,
         }
     }
 }
@@ -107,7 +114,19 @@ pub struct ImportReport {
     /// Bytes of large objects' parts an interrupted run had sent, kept in the target and not
     /// sent again (included in `run_uploaded_bytes`, which counts whole objects).
     pub run_reused_bytes: u64,
+    /// This run: objects an interrupted run had sent whole, found in the target and not sent
+    /// again (a device cluster's share).
+    pub run_found_objects: u64,
     pub run_seconds: f64,
+    /// The share this run imported, on a device cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
+    /// Shares not finished yet: the report covers this run's share only until they are.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending_shares: Vec<String>,
+    /// Every share of a device cluster's import and its runs (the merged report).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ShareSummary>,
     pub failures: Vec<Failure>,
     /// The job's function on PUT and its outcome per object, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,6 +138,8 @@ pub struct ImportReport {
 /// Why one object did not import: a permanent verdict, or a failure that a rerun may clear.
 enum Outcome {
     Imported,
+    /// Already whole in the target (sent by an interrupted run), not sent again.
+    Found,
     Rejected(String),
     Retry(String),
 }
@@ -162,6 +183,16 @@ pub async fn run_import(
             )));
         }
     }
+    let shares = if device.in_cluster() {
+        Some(ShareImport::begin(device, opts.share).await?)
+    } else if opts.share != Share::WHOLE {
+        return Err(GatewayError::InvalidArgument(format!(
+            "--share {} needs a device cluster: a standalone device imports its data set whole",
+            opts.share
+        )));
+    } else {
+        None
+    };
     let target = Bucket::open(&target_config(&row, opts, false)?, false)?;
     let reports = Bucket::open(&target_config(&row, opts, true)?, false)?;
     target.check().await?;
@@ -170,11 +201,44 @@ pub async fn run_import(
     let started = Instant::now();
 
     let check = device.check_manifest();
-    let states: HashMap<Vec<u8>, (String, u64)> = catalog
-        .job_objects(&job)?
-        .into_iter()
-        .map(|r| (r.name_id, (r.state, r.size)))
-        .collect();
+    // A cluster's import states are its shares' parts; a standalone device's, its catalog.
+    let states: HashMap<Vec<u8>, (String, u64)> = match &shares {
+        Some(s) => s
+            .imported
+            .iter()
+            .map(|id| (id.clone(), ("imported".to_owned(), 0)))
+            .collect(),
+        None => catalog
+            .job_objects(&job)?
+            .into_iter()
+            .map(|r| (r.name_id, (r.state, r.size)))
+            .collect(),
+    };
+    let share = opts.share;
+    let owners = assign(&check.entries, share.count);
+    let mine = |id: &[u8]| {
+        share.count == 1
+            || owners
+                .get(id)
+                .copied()
+                .unwrap_or_else(|| share_of_stray(id, share.count))
+                == share.index
+    };
+    if shares.is_some() {
+        // A record this device's listing has not shown yet is fetched by name.
+        let missing: Vec<String> = {
+            let index = device.read_index();
+            check
+                .entries
+                .iter()
+                .filter(|(id, e)| mine(id) && !index.contains_key(&e.key))
+                .map(|(_, e)| e.key.clone())
+                .collect()
+        };
+        for key in missing {
+            device.sync_key(&key).await?;
+        }
+    }
     let index: Vec<Arc<ObjectRecord>> = device.read_index().values().cloned().collect();
     let mut rows: Vec<ReportRow> = Vec::new();
     let mut work: Vec<(Vec<u8>, Arc<ObjectRecord>, Entry)> = Vec::new();
@@ -182,6 +246,9 @@ pub async fn run_import(
     for rec in index {
         let id = crate::store::device::name_id(&device.inner.key, &rec.key).to_vec();
         seen.insert(id.clone());
+        if !mine(&id) {
+            continue;
+        }
         let row = |status, reason: &str| ReportRow {
             key: rec.key.clone(),
             size: rec.size,
@@ -205,7 +272,7 @@ pub async fn run_import(
         }
     }
     for (id, entry) in &check.entries {
-        if !seen.contains(id) {
+        if !seen.contains(id) && mine(id) {
             rows.push(ReportRow {
                 key: entry.key.clone(),
                 size: entry.size,
@@ -219,7 +286,7 @@ pub async fn run_import(
         }
     }
     for (id, (_, size)) in &states {
-        if !seen.contains(id) && !check.entries.contains_key(id) {
+        if shares.is_none() && !seen.contains(id) && !check.entries.contains_key(id) {
             rows.push(ReportRow {
                 key: format!("<unreadable record {}>", hex(id)),
                 size: *size,
@@ -256,6 +323,7 @@ pub async fn run_import(
     );
     let puts_before = target.traffic().puts;
 
+    let recheck = shares.as_ref().is_some_and(|s| s.resumed);
     let results: Vec<(Vec<u8>, Arc<ObjectRecord>, Outcome)> = futures::stream::iter(work)
         .map(|(id, rec, _entry)| {
             let target = &target;
@@ -263,20 +331,29 @@ pub async fn run_import(
             let segs = device.inner.segs.clone();
             let catalog = &catalog;
             let job = &job;
+            let in_cluster = shares.is_some();
             async move {
-                let outcome =
-                    if rec.size >= target.multipart_threshold() && target.can_resume_uploads() {
-                        let resume = Resume {
-                            catalog,
-                            job,
-                            id: &id,
-                        };
-                        import_resumable(target, &resume, segs, &rec, &progress).await
-                    } else {
-                        import_one(target, segs, &rec, &progress).await
+                let outcome = if recheck && found_in_target(target, segs.clone(), &rec).await {
+                    progress.done_bytes.fetch_add(rec.size, Ordering::Relaxed);
+                    Outcome::Found
+                } else if rec.size >= target.multipart_threshold()
+                    && target.can_resume_uploads()
+                    && !in_cluster
+                {
+                    // The upload ids of resumable uploads are kept in this device's catalog:
+                    // a cluster's share may resume on another device, so there an object is
+                    // sent whole again unless `found_in_target` finds it complete.
+                    let resume = Resume {
+                        catalog,
+                        job,
+                        id: &id,
                     };
+                    import_resumable(target, &resume, segs, &rec, &progress).await
+                } else {
+                    import_one(target, segs, &rec, &progress).await
+                };
                 match &outcome {
-                    Outcome::Imported => {
+                    Outcome::Imported | Outcome::Found => {
                         progress.done_objects.fetch_add(1, Ordering::Relaxed);
                     }
                     Outcome::Rejected(_) | Outcome::Retry(_) => {
@@ -290,9 +367,19 @@ pub async fn run_import(
         .then(|(id, rec, outcome)| {
             let catalog = catalog.clone();
             let job = job.clone();
+            let shares = shares.as_ref();
+            let target = &target;
             async move {
+                if let Some(shares) = shares {
+                    let puts = target.traffic().puts - puts_before;
+                    let found = matches!(outcome, Outcome::Found);
+                    if let Err(e) = shares.note(&outcome_row(&rec, &outcome), found, puts).await {
+                        tracing::warn!(job = %job, error = %e, "recording the share's progress");
+                    }
+                    return (id, rec, outcome);
+                }
                 let (state, reason) = match &outcome {
-                    Outcome::Imported => ("imported", None),
+                    Outcome::Imported | Outcome::Found => ("imported", None),
                     Outcome::Rejected(r) => ("failed", Some(r.as_str())),
                     Outcome::Retry(r) => ("stored", Some(r.as_str())),
                 };
@@ -307,26 +394,28 @@ pub async fn run_import(
 
     let mut run_objects = 0;
     let mut run_bytes = 0;
+    let mut run_found = 0;
     for (_, rec, outcome) in results {
-        let (status, reason) = match outcome {
+        match outcome {
             Outcome::Imported => {
                 run_objects += 1;
                 run_bytes += rec.size;
-                ("imported", String::new())
             }
-            Outcome::Rejected(r) => ("failed", r),
-            Outcome::Retry(r) => ("failed", format!("{r} (a rerun retries it)")),
-        };
-        rows.push(ReportRow {
-            key: rec.key.clone(),
-            size: rec.size,
-            sha256: rec.sha256.clone(),
-            etag: rec.etag.clone(),
-            status,
-            reason,
-        });
+            Outcome::Found => run_found += 1,
+            Outcome::Rejected(_) | Outcome::Retry(_) => {}
+        }
+        rows.push(outcome_row(&rec, &outcome));
     }
     rows.sort_by(|a, b| a.key.cmp(&b.key));
+    let run_puts = target.traffic().puts - puts_before;
+    // A cluster's share: the report is the merge of every share's part once all are complete.
+    let (rows, summaries, pending) = match &shares {
+        None => (rows, Vec::new(), Vec::new()),
+        Some(s) => match s.finish(&rows, run_puts).await? {
+            Finished::Merged(all, summaries) => (all, summaries, Vec::new()),
+            Finished::Pending(pending) => (rows, Vec::new(), pending),
+        },
+    };
     let failures = failures(&rows);
     let imported: Vec<&ReportRow> = rows.iter().filter(|r| r.status == "imported").collect();
     let tampered = check.tampered()
@@ -334,7 +423,9 @@ pub async fn run_import(
         || failures
             .iter()
             .any(|f| !f.reason.contains("a rerun retries it"));
-    let state = if failures.is_empty() {
+    let state = if !pending.is_empty() {
+        JobState::Importing
+    } else if failures.is_empty() {
         JobState::Complete
     } else {
         JobState::Failed
@@ -352,14 +443,22 @@ pub async fn run_import(
         manifest_problem: check.problem.clone(),
         run_uploaded_objects: run_objects,
         run_uploaded_bytes: run_bytes,
-        run_put_requests: target.traffic().puts - puts_before,
+        run_put_requests: run_puts,
         run_reused_bytes: progress.reused_bytes.load(Ordering::Relaxed),
+        run_found_objects: run_found,
         run_seconds: started.elapsed().as_secs_f64(),
+        share: shares.as_ref().map(|s| s.share.to_string()),
+        pending_shares: pending,
+        shares: summaries,
         failures,
         functions: crate::gateway::import::functions::report(device).await?,
         rows: Vec::new(),
     };
     report.rows = rows;
+    if !report.pending_shares.is_empty() {
+        // This share is done; the last share to finish writes the job's report.
+        return Ok(report);
+    }
     let json =
         serde_json::to_vec_pretty(&report).map_err(|e| GatewayError::Internal(Box::new(e)))?;
     write_reports(
@@ -384,6 +483,53 @@ pub async fn run_import(
     });
     catalog.set_job_state(&job, state.as_str(), reason.as_deref())?;
     Ok(report)
+}
+
+/// One object's row in the report.
+fn outcome_row(rec: &ObjectRecord, outcome: &Outcome) -> ReportRow {
+    let (status, reason) = match outcome {
+        Outcome::Imported | Outcome::Found => ("imported", String::new()),
+        Outcome::Rejected(r) => ("failed", r.clone()),
+        Outcome::Retry(r) => ("failed", format!("{r} (a rerun retries it)")),
+    };
+    ReportRow {
+        key: rec.key.clone(),
+        size: rec.size,
+        sha256: rec.sha256.clone(),
+        etag: rec.etag.clone(),
+        status,
+        reason,
+    }
+}
+
+/// Whether the target already holds the object whole: the size it lists and its ETag equal
+/// those of the device's data as this import would send it (read and hashed here; nothing is
+/// sent), and the data matches the manifest's SHA-256. Any failure answers no (it is sent).
+async fn found_in_target(
+    target: &Bucket,
+    segs: Arc<crate::gateway::import::segments::SegmentStore>,
+    rec: &Arc<ObjectRecord>,
+) -> bool {
+    let Ok(Some(head)) = target.head_object(&rec.key).await else {
+        return false;
+    };
+    if head.size != rec.size {
+        return false;
+    }
+    let mut etag = if rec.size >= target.multipart_threshold() {
+        EtagHasher::uniform(target.part_size())
+    } else {
+        EtagHasher::single()
+    };
+    let mut sha = Sha256::default();
+    let mut stream = segment_stream(segs, rec.clone(), 0..rec.size);
+    while let Some(piece) = stream.next().await {
+        let Ok(piece) = piece else { return false };
+        sha.update(&piece);
+        etag.update(&piece);
+    }
+    hex(&sha.finish()) == rec.sha256
+        && head.etag.as_deref().map(|e| e.trim_matches('"')) == Some(etag.finish().as_str())
 }
 
 async fn import_one(

@@ -252,26 +252,7 @@ impl Session {
         owner: &[u8],
         create: bool,
     ) -> Result<(StateId, Vec<u8>), u32> {
-        let mut e = Enc::default()
-            .u32(OP_PUTFH)
-            .opaque(dir)
-            .u32(OP_OPEN)
-            .u32(0)
-            .u32(3)
-            .u32(0)
-            .u64(self.client_id)
-            .opaque(owner);
-        e = if create {
-            e.u32(1)
-                .u32(0)
-                .u32(2)
-                .u32(0)
-                .u32(1 << 1)
-                .opaque(&0o644u32.to_be_bytes())
-        } else {
-            e.u32(0)
-        };
-        e = e.u32(0).opaque(name.as_bytes()).u32(OP_GETFH);
+        let e = self.open_ops(dir, name, owner, create).u32(OP_GETFH);
         let r = self.compound(3, &e.0);
         if r.status != NFS4_OK {
             return Err(r.status);
@@ -288,6 +269,31 @@ impl Session {
         assert_eq!(d.u32(), NFS4_OK);
         let fh = d.opaque();
         Ok((sid, fh))
+    }
+
+    /// PUTFH `dir` and an OPEN of `name` for reading and writing (with `create`, UNCHECKED
+    /// with mode 0644), for callers to put more operations after.
+    pub fn open_ops(&self, dir: &[u8], name: &str, owner: &[u8], create: bool) -> Enc {
+        let e = Enc::default()
+            .u32(OP_PUTFH)
+            .opaque(dir)
+            .u32(OP_OPEN)
+            .u32(0)
+            .u32(3)
+            .u32(0)
+            .u64(self.client_id)
+            .opaque(owner);
+        let e = if create {
+            e.u32(1)
+                .u32(0)
+                .u32(2)
+                .u32(0)
+                .u32(1 << 1)
+                .opaque(&0o644u32.to_be_bytes())
+        } else {
+            e.u32(0)
+        };
+        e.u32(0).opaque(name.as_bytes())
     }
 
     /// OPEN by handle (CLAIM_FH) or, with `reclaim`, CLAIM_PREVIOUS.

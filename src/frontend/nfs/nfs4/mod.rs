@@ -106,6 +106,9 @@ struct Ctx<'a> {
     /// cost no second catalog read. Only ever used for the file it names; an operation that
     /// may change anything else drops it ([`keeps_attr`]).
     cur_attr: Option<crate::gateway::files::Attr>,
+    /// The caller's read/write/execute bits on a file as OPEN found them, for the ACCESS a
+    /// client puts after it; dropped by anything that might change them ([`keeps_access`]).
+    cur_access: Option<(FileId, u32)>,
     /// The client of the COMPOUND's SEQUENCE.
     client: Option<u64>,
     /// The session's response limit (READ and READDIR stay under it).
@@ -240,6 +243,7 @@ impl Nfs4 {
             cur_sid: None,
             saved_sid: None,
             cur_attr: None,
+            cur_access: None,
             client: None,
             max_response: u32::MAX,
         };
@@ -540,6 +544,9 @@ impl Ops<'_> {
         if result.is_err() || !keeps_attr(op) {
             ctx.cur_attr = None;
         }
+        if result.is_err() || !keeps_access(op) {
+            ctx.cur_access = None;
+        }
         result
     }
 
@@ -659,6 +666,15 @@ fn keeps_attr(op: u32) -> bool {
             | OP_LOCK
             | OP_LOCKT
             | OP_LOCKU
+    )
+}
+
+/// Whether the access bits OPEN left are still true after `op`: it changes nothing (OPEN sets
+/// them itself). SETATTR may change the mode or owner, so it is not among them.
+fn keeps_access(op: u32) -> bool {
+    matches!(
+        op,
+        OP_GETATTR | OP_GETFH | OP_SAVEFH | OP_ACCESS | OP_VERIFY | OP_NVERIFY | OP_OPEN
     )
 }
 

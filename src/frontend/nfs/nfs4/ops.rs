@@ -256,8 +256,16 @@ impl Ops<'_> {
         let granted = match cur(ctx)? {
             Fh::Root => ACCESS4_READ | ACCESS4_LOOKUP,
             Fh::File(id) => {
-                let (a, rwx) = self.files.access(ctx.caller, id).await.map_err(gw)?;
-                let dir = a.kind == FileKind::Dir;
+                // Right after OPEN, the bits it read with the file (a kernel client's OPEN
+                // compound ends with ACCESS and GETATTR).
+                let (kind, rwx) = match (&ctx.cur_access, &ctx.cur_attr) {
+                    (Some((of, rwx)), Some(a)) if *of == id && a.id == id => (a.kind, *rwx),
+                    _ => {
+                        let (a, rwx) = self.files.access(ctx.caller, id).await.map_err(gw)?;
+                        (a.kind, rwx)
+                    }
+                };
+                let dir = kind == FileKind::Dir;
                 let mut g = 0;
                 if rwx & 4 != 0 {
                     g |= ACCESS4_READ;
@@ -467,6 +475,28 @@ impl Ops<'_> {
         Ok(())
     }
 
+    /// [`Self::io_state`] for READ and WRITE, where a file that is not a regular one is
+    /// ISDIR or INVAL before any stateid error. The type is read only when the stateid fails
+    /// and no attributes are at hand: otherwise the gateway's read or write refuses other
+    /// types itself, with the same errors, and a READ costs no extra catalog read.
+    async fn data_state(
+        &self,
+        ctx: &mut Ctx<'_>,
+        sid: StateId,
+        id: FileId,
+        write: bool,
+    ) -> Result<(), Fail> {
+        if let Some(a) = ctx.cur_attr.as_ref().filter(|a| a.id == id) {
+            regular(a)?;
+        }
+        if let Err(e) = self.io_state(ctx, sid, id, write) {
+            let a = self.attr(ctx, id).await?;
+            regular(&a)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// The share access of the open behind an open or lock stateid.
     fn open_access(&self, client: u64, rec: &StateRec) -> Result<u32, Fail> {
         match &rec.kind {
@@ -525,6 +555,8 @@ impl Ops<'_> {
             self.nfs.may_take_new(self.files, client)?;
         }
         let mut attrset = Bitmap::default();
+        // The caller's access bits when the gateway read them with the file.
+        let mut known_access = None;
         let (file, before, after, created) = match name {
             Some(name) => {
                 if cur(ctx)? == Fh::Root {
@@ -561,6 +593,7 @@ impl Ops<'_> {
                         if opened.created {
                             attrset = c.attrs.bits.clone();
                         }
+                        known_access = opened.access;
                         (
                             opened.attr,
                             attrs::change_of(&opened.dir_before),
@@ -588,8 +621,12 @@ impl Ops<'_> {
             }
         }
         if !created {
-            let (a, rwx) = self.files.access(ctx.caller, file.id).await.map_err(gw)?;
-            let owner_ok = a.uid == ctx.caller.uid;
+            let rwx = match known_access {
+                Some(rwx) => rwx,
+                None => self.files.access(ctx.caller, file.id).await.map_err(gw)?.1,
+            };
+            known_access = Some(rwx);
+            let owner_ok = file.uid == ctx.caller.uid;
             if share_access & SHARE_READ != 0 && rwx & 4 == 0 && !owner_ok
                 || share_access & SHARE_WRITE != 0 && rwx & 2 == 0
             {
@@ -647,6 +684,7 @@ impl Ops<'_> {
         drop(recorded);
         ctx.cur = Some(Fh::File(file.id));
         ctx.cur_sid = Some(sid);
+        ctx.cur_access = known_access.map(|rwx| (file.id, rwx));
         ctx.cur_attr = Some(file);
         let mut out = Out::new();
         write_stateid(&mut out, &sid);
@@ -786,9 +824,7 @@ impl Ops<'_> {
         let offset = r.u64()?;
         let count = r.u32()?;
         let id = cur_file(ctx, NFS4ERR_ISDIR)?;
-        let a = self.attr(ctx, id).await?;
-        regular(&a)?;
-        self.io_state(ctx, sid, id, false)?;
+        self.data_state(ctx, sid, id, false).await?;
         let count = count
             .min(MAX_IO_BYTES)
             .min(ctx.max_response.saturating_sub(REPLY_OVERHEAD));
@@ -813,9 +849,7 @@ impl Ops<'_> {
         };
         let data = r.opaque(MAX_IO_BYTES as usize)?;
         let id = cur_file(ctx, NFS4ERR_ISDIR)?;
-        let a = self.attr(ctx, id).await?;
-        regular(&a)?;
-        self.io_state(ctx, sid, id, true)?;
+        self.data_state(ctx, sid, id, true).await?;
         let (committed, after) = self
             .files
             .write(ctx.caller, id, offset, data, stable)

@@ -1,0 +1,260 @@
+//! Sealing a device cluster's data set (issue 19 item 4, docs/decisions/0017): `job seal` on
+//! any device freezes every device's writes, then writes one signed manifest into the cluster.
+//!
+//! The protocol, through three kinds of objects in the cluster bucket:
+//! 1. the sealing device writes `seal/begin` (sealed under the job key: who, when);
+//! 2. every device notices it (at unlock, and every `WATCH_EVERY` after), stops accepting
+//!    writes, waits for its commits and functions in flight, drops its unfinished multipart
+//!    uploads and writes `seal/ack/<device>`;
+//! 3. once every device up has acknowledged (and the tables are whole after any return), the
+//!    sealing device lists the cluster's records, writes the manifest as on a standalone device
+//!    and stores it as `seal/manifest`; every device copies it to its own manifest file and
+//!    becomes SEALED.
+//!
+//! Must not: decide membership (the daemon says which devices are up, `Members`). Invariant: the
+//! manifest is written only after every device that could still commit a record has said it
+//! will not: a device that is down cannot reach a write quorum, and one that returns sees
+//! `seal/begin` before it serves.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gateway::GatewayError;
+use crate::gateway::import::Device;
+use crate::gateway::import::cluster::QuorumLost;
+use crate::gateway::import::device::Inner;
+use crate::gateway::import::job::JobState;
+use crate::gateway::import::record;
+use crate::store::StoreError;
+
+const BEGIN: &str = "seal/begin";
+const ACKS: &str = "seal/ack/";
+const MANIFEST: &str = "seal/manifest";
+/// How often an unlocked device looks for a seal begun elsewhere.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How long a seal waits for every device up to confirm, and for whole tables.
+const CONFIRM_LIMIT: Duration = Duration::from_secs(120);
+
+/// Who began the seal, and when.
+#[derive(Debug, Serialize, Deserialize)]
+struct Begin {
+    device: String,
+    unix: i64,
+}
+
+fn aad(job: &str, what: &str) -> String {
+    format!("device/{job}/{what}")
+}
+
+impl Device {
+    /// `LOADING` (writes accepted), `SEALING` (a cluster's seal is begun: writes refused, the
+    /// manifest not written yet) or `SEALED`.
+    pub fn seal_state(&self) -> &'static str {
+        if !self.is_sealed() {
+            "LOADING"
+        } else if self.manifest_path().exists() {
+            "SEALED"
+        } else {
+            "SEALING"
+        }
+    }
+
+    fn cluster_get(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, GatewayError>> {
+        let bucket = self.link().map(|l| l.bucket.clone());
+        let key = key.to_owned();
+        async move {
+            let Some(bucket) = bucket else {
+                return Ok(None);
+            };
+            match bucket.get(&key).await {
+                Ok(b) => Ok(Some(b.to_vec())),
+                Err(StoreError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+
+    /// One look at the cluster's seal: a seal begun elsewhere stops this device's writes
+    /// (and is acknowledged); a manifest written elsewhere becomes this device's manifest file
+    /// and its job state SEALED. Returns whether the manifest is here.
+    pub(crate) async fn observe_seal(&self) -> Result<bool, GatewayError> {
+        if !self.in_cluster() {
+            return Ok(false);
+        }
+        let job = self.inner.job.clone();
+        let state = self
+            .inner
+            .catalog
+            .job(&job)?
+            .and_then(|r| JobState::parse(&r.state));
+        if state.is_some_and(|s| !s.accepts_writes()) && self.manifest_path().exists() {
+            self.inner.sealed.store(true, Ordering::SeqCst);
+            return Ok(true);
+        }
+        if !self.inner.seal_acked.load(Ordering::SeqCst) {
+            let Some(sealed) = self.cluster_get(BEGIN).await? else {
+                return Ok(false);
+            };
+            let begin: Begin = record::open(&self.inner.codec, &aad(&job, BEGIN), sealed)?;
+            if self.cluster_get(MANIFEST).await?.is_none() {
+                tracing::info!(job = %job, by = %begin.device, "device cluster: sealing, writes stop");
+                self.freeze().await?;
+                return Ok(false);
+            }
+            // Sealed already: every device that could write has confirmed.
+            self.inner.sealed.store(true, Ordering::SeqCst);
+            self.inner.seal_acked.store(true, Ordering::SeqCst);
+        }
+        let Some(text) = self.cluster_get(MANIFEST).await? else {
+            return Ok(false);
+        };
+        let text = String::from_utf8(text)
+            .map_err(|e| GatewayError::Corrupt(format!("the cluster's manifest: {e}").into()))?;
+        self.write_manifest(&text)?;
+        let check = self.check_manifest();
+        if let Some(problem) = check.problem {
+            return Err(GatewayError::Corrupt(
+                format!("the cluster's manifest: {problem}").into(),
+            ));
+        }
+        if state.is_some_and(|s| s.accepts_writes()) {
+            self.inner
+                .catalog
+                .set_job_state(&job, JobState::Sealed.as_str(), None)?;
+        }
+        Ok(true)
+    }
+
+    /// Stops this device's writes for a seal: no new commit passes, those in flight and the
+    /// functions queued finish first, unfinished multipart uploads go; then says so in the
+    /// cluster.
+    async fn freeze(&self) -> Result<(), GatewayError> {
+        let Some(link) = self.link() else {
+            return Ok(());
+        };
+        self.inner.sealed.store(true, Ordering::SeqCst);
+        {
+            let _guard = self.lock_after_functions().await;
+        }
+        self.drop_uploads().await?;
+        let ack = record::seal(
+            &self.inner.codec,
+            &aad(&self.inner.job, ACKS),
+            &Begin {
+                device: link.device.clone(),
+                unix: crate::clock::unix_secs(),
+            },
+        )?;
+        link.bucket
+            .put(&format!("{ACKS}{}", link.device), ack.into())
+            .await?;
+        self.inner.seal_acked.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// `seal` on a device of a cluster (the module header's protocol).
+    pub(crate) async fn seal_cluster(&self) -> Result<(u64, u64), GatewayError> {
+        let Some(link) = self.link() else {
+            return Err(GatewayError::Internal("not a cluster device".into()));
+        };
+        let job = self.inner.job.clone();
+        if self.observe_seal().await? {
+            return Ok(self.object_count());
+        }
+        if self.cluster_get(BEGIN).await?.is_none() {
+            link.gate.check()?;
+            let begin = record::seal(
+                &self.inner.codec,
+                &aad(&job, BEGIN),
+                &Begin {
+                    device: link.device.clone(),
+                    unix: crate::clock::unix_secs(),
+                },
+            )?;
+            link.bucket.put(BEGIN, begin.into()).await?;
+        }
+        self.freeze().await?;
+        let deadline = tokio::time::Instant::now() + CONFIRM_LIMIT;
+        loop {
+            let waiting = self.unconfirmed().await?;
+            if waiting.is_empty() && link.tables.synced() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let why = if waiting.is_empty() {
+                    "the cluster's tables are still being brought up to date after a device \
+                     returned"
+                        .to_owned()
+                } else {
+                    format!(
+                        "device(s) {} did not confirm that they stopped writing (unlock them, \
+                         or wait until `device status` shows them DOWN)",
+                        waiting.join(", ")
+                    )
+                };
+                return Err(GatewayError::Unavailable(Box::new(QuorumLost(format!(
+                    "the seal is begun (every device refuses writes) but not finished: {why}; \
+                     run `job seal` again"
+                )))));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // Every record committed anywhere is in the bucket now: the index is made whole.
+        self.sync_all().await?;
+        let (text, objects, bytes) = self.manifest_text()?;
+        self.write_manifest(&text)?;
+        link.bucket.put(MANIFEST, text.into_bytes().into()).await?;
+        self.inner
+            .catalog
+            .set_job_state(&job, JobState::Sealed.as_str(), None)?;
+        tracing::info!(job = %job, objects, bytes, "device cluster: sealed");
+        Ok((objects, bytes))
+    }
+
+    /// The devices up (as the daemon last saw them) that have not acknowledged the seal; while
+    /// the membership is not known yet, a placeholder that keeps the seal waiting.
+    async fn unconfirmed(&self) -> Result<Vec<String>, GatewayError> {
+        let Some(link) = self.link() else {
+            return Ok(Vec::new());
+        };
+        let Some(up) = link.members.up() else {
+            return Ok(vec![
+                "(the cluster's membership is not known yet)".to_owned(),
+            ]);
+        };
+        let acked: std::collections::HashSet<String> = link
+            .bucket
+            .list(ACKS)
+            .await?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix(ACKS).map(str::to_owned))
+            .collect();
+        Ok(up.into_iter().filter(|d| !acked.contains(d)).collect())
+    }
+}
+
+/// Looks for a seal begun elsewhere every `WATCH_EVERY` until the manifest is here or the
+/// device is locked (its last clone dropped).
+pub(crate) fn watch(device: &Device) {
+    let weak: std::sync::Weak<Inner> = Arc::downgrade(&device.inner);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let device = Device { inner };
+            match device.observe_seal().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(job = %device.job_id(), error = %e, "device cluster: reading the seal")
+                }
+            }
+        }
+    });
+}
