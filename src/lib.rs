@@ -8,7 +8,7 @@
 //!                   frontend/iscsi ─▶ scsi (SBC|SSC|SMC) ─▶  │
 //!                                                            ├─▶ store   (codec, bucket I/O)
 //!                                                            └─▶ catalog (SQLite; the only SQL)
-//!  config, clock and error_chain: leaves anyone may use
+//!  config, clock, error_chain and percent: leaves anyone may use
 //! ```
 //!
 //! `daemon` is the composition root that wires them together; `tests/it/layering.rs` holds the
@@ -22,5 +22,6 @@ pub mod daemon;
 pub mod error_chain;
 pub mod frontend;
 pub mod gateway;
+pub mod percent;
 pub mod scsi;
 pub mod store;

@@ -26,15 +26,7 @@ struct Remote {
 
 /// A path segment of a name the operator typed: API paths carry names as one segment.
 fn segment(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::percent::encode(name, false)
 }
 
 impl Remote {

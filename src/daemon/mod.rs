@@ -75,6 +75,11 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     NotActivated(String),
+    #[error(
+        "gateway {gateway_id}'s catalog copies are now written by {by}: two daemons run as this \
+         gateway on one bucket, so this one takes no more copies; stop one of them"
+    )]
+    CopiesTakenOver { gateway_id: String, by: String },
     #[error("file gateway")]
     Files(#[from] crate::gateway::GatewayError),
     #[error("cannot serve rpcbind on {addr} ({bind}) nor register with a system rpcbind")]
@@ -293,13 +298,15 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         library.clone(),
         stop_rx.clone(),
     ));
-    let backups = tokio::spawn(backup_loop(
+    let copier = backup::Copier::new(
         engine.catalog.clone(),
         engine.chunks.clone(),
         gateway_id.clone(),
+        config.name.clone(),
         config.staging_dir(),
-        stop_rx.clone(),
-    ));
+    )
+    .await?;
+    let backups = tokio::spawn(backup_loop(copier, stop_rx.clone()));
     let bandwidth = Arc::new(bandwidth::Bandwidth::new(
         config.bandwidth.clone(),
         engine.catalog.clone(),
@@ -471,7 +478,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = housekeeping.await;
     let _ = snapshots.await;
     let _ = shelf.await;
-    let _ = backups.await;
+    let copier = backups.await;
     if let Some(w) = watchdog {
         let _ = w.await;
     }
@@ -481,16 +488,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = cache.flush().await {
         tracing::error!(error = %e, "flushing the cache at shutdown");
     }
-    match backup::take(
-        &engine.catalog,
-        &engine.chunks,
-        &gateway_id,
-        &config.staging_dir(),
-    )
-    .await
-    {
-        Ok(key) => tracing::info!(%key, "catalog backed up"),
-        Err(e) => tracing::warn!(error = %one_line(&e), "backing up the catalog at shutdown"),
+    match copier {
+        Ok(mut copier) => match copier.take().await {
+            Ok(key) => tracing::info!(%key, "catalog backed up"),
+            Err(e) => tracing::warn!(error = %one_line(&e), "backing up the catalog at shutdown"),
+        },
+        Err(e) => tracing::error!(error = %e, "the catalog backup task failed"),
     }
     Ok(())
 }
@@ -524,29 +527,33 @@ fn api_token(path: &Path) -> Result<String, DaemonError> {
     Ok(token)
 }
 
-/// Backs the catalog up to the bucket whenever it changed, at most every `backup::INTERVAL`.
+/// Backs the catalog up to the bucket whenever it changed, at most every `backup::INTERVAL`;
+/// hands the copier back at shutdown for the last copy. Once another daemon has taken the
+/// gateway's copies over, says so once and stops.
 async fn backup_loop(
-    catalog: Arc<Catalog>,
-    chunks: Arc<ChunkStore>,
-    gateway_id: String,
-    scratch: PathBuf,
+    mut copier: backup::Copier,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> backup::Copier {
+    let catalog = copier.catalog().clone();
     let mut saved = None;
     loop {
         let marker = catalog.change_marker().ok();
         if marker.is_some() && marker != saved {
-            match backup::take(&catalog, &chunks, &gateway_id, &scratch).await {
+            match copier.take().await {
                 Ok(key) => {
                     tracing::debug!(%key, "catalog backed up");
                     saved = marker;
+                }
+                Err(e @ DaemonError::CopiesTakenOver { .. }) => {
+                    tracing::error!(error = %one_line(&e), "backing up the catalog");
+                    return copier;
                 }
                 Err(e) => tracing::warn!(error = %one_line(&e), "backing up the catalog"),
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(backup::INTERVAL) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => return copier,
         }
     }
 }

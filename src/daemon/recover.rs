@@ -114,9 +114,11 @@ pub async fn recover(
         config.data_dir.display()
     )))?;
     if let Some((id, generation)) = &chosen {
-        let data = chunks.get_sealed(&catalog_backup(id, *generation)).await?;
+        // Streamed part by part (either copy format, store::parted), never whole in memory.
         let tmp = config.catalog_path().with_extension("recovering");
-        std::fs::write(&tmp, &data).map_err(io(format!("writing {}", tmp.display())))?;
+        chunks
+            .get_sealed_file(&catalog_backup(id, *generation), &tmp)
+            .await?;
         std::fs::rename(&tmp, config.catalog_path()).map_err(io(format!(
             "installing {}",
             config.catalog_path().display()

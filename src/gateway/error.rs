@@ -61,7 +61,9 @@ impl From<StoreError> for GatewayError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Corrupt(_) | StoreError::WrongKey { .. } => Self::Corrupt(Box::new(e)),
-            StoreError::NotFound { .. } => Self::Internal(Box::new(e)),
+            StoreError::NotFound { .. } | StoreError::Conflict { .. } => {
+                Self::Internal(Box::new(e))
+            }
             StoreError::Unreachable { .. } | StoreError::Other { .. } => {
                 Self::Unavailable(Box::new(e))
             }

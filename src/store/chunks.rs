@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::store::frame::{Codec, FrameError, Sealed};
 use crate::store::keys::ChunkId;
-use crate::store::{Bucket, StoreError};
+use crate::store::{Bucket, Precondition, StoreError};
 
 /// Where a chunk's data is: nowhere (all zeros) or in the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,9 +130,38 @@ impl ChunkStore {
             .map_err(|e| self.internal("seal", e.to_string()))
     }
 
+    /// `put_sealed` under a condition (`None`: none), returning the new ETag; a refusal is
+    /// `StoreError::Conflict`. See `Bucket::put_if` for servers that ignore conditions.
+    pub async fn put_sealed_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        condition: Option<&Precondition>,
+    ) -> Result<Option<String>, StoreError> {
+        let frame = Bytes::from(self.seal_for(key, data).await?);
+        match condition {
+            Some(c) => self.bucket.put_if(key, frame, c).await,
+            None => self.bucket.put_object(key, frame, &[]).await,
+        }
+    }
+
     /// Downloads and opens an object written by `put_sealed`; tampering is `Corrupt`.
     pub async fn get_sealed(&self, key: &str) -> Result<Bytes, StoreError> {
-        let frame = Vec::from(self.bucket.get(key).await?);
+        let frame = self.bucket.get(key).await?;
+        self.open_sealed(key, frame).await
+    }
+
+    /// `get_sealed`, also returning the object's ETag for a later `put_sealed_if`.
+    pub async fn get_sealed_tagged(
+        &self,
+        key: &str,
+    ) -> Result<(Bytes, Option<String>), StoreError> {
+        let (frame, etag) = self.bucket.get_tagged(key).await?;
+        Ok((self.open_sealed(key, frame).await?, etag))
+    }
+
+    async fn open_sealed(&self, key: &str, frame: Bytes) -> Result<Bytes, StoreError> {
+        let frame = Vec::from(frame);
         let codec = self.codec.clone();
         let object = key.to_owned();
         let opened = tokio::task::spawn_blocking(move || codec.open(&object, frame))

@@ -259,6 +259,86 @@ pub async fn pairing_race(bucket: &Bucket, conditional: bool) -> Result<(), Stri
     result
 }
 
+/// Two daemons running as one gateway on one bucket (the old appliance still up after its
+/// replacement was recovered). `conditional` is what `Bucket::conditional_writes` must answer
+/// for this server. Where honoured: the writer record taken over by the second daemon makes the
+/// first one's next check `Conflict` naming the second, and a second copy at a copy's key is
+/// refused rather than overwriting it. Where ignored (Garage): neither is detected, the
+/// behaviour before conditional writes were used. Uses `gateway/race/…` of the bucket given.
+pub async fn catalog_copy_race(bucket: Arc<Bucket>, conditional: bool) -> Result<(), String> {
+    use crate::store::keys::{catalog_backup, catalog_writer, part_key};
+    use crate::store::writer::{Claim, Writer};
+    let honoured = bucket
+        .conditional_writes()
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        honoured == conditional,
+        "conditional writes honoured: {honoured}"
+    );
+    let chunks = ChunkStore::new(
+        bucket.clone(),
+        Codec::new(MasterKey::generate().map_err(|e| e.to_string())?),
+    );
+    let writer = |instance: &str, name: &str| Writer {
+        instance: instance.to_owned(),
+        name: name.to_owned(),
+        host: "contract".to_owned(),
+        since_unix: 1_700_000_000,
+    };
+    let record = catalog_writer("race");
+    let (mut old, previous) = Claim::take(&chunks, &record, writer("0a", "old appliance"))
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        previous.is_none(),
+        "a fresh record had a writer: {previous:?}"
+    );
+    old.check(&chunks).await.map_err(|e| e.to_string())?;
+    let (_new, previous) = Claim::take(&chunks, &record, writer("0b", "recovered appliance"))
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        previous.as_ref().map(|p| p.instance.as_str()) == Some("0a"),
+        "the takeover saw {previous:?}"
+    );
+    let checked = old.check(&chunks).await;
+    match (conditional, &checked) {
+        (true, Err(StoreError::Conflict { by, .. })) => ensure!(
+            by.contains("\"recovered appliance\"") && by.contains("instance 0b"),
+            "the conflict names {by}"
+        ),
+        (false, Ok(())) => {}
+        _ => return Err(format!("the old writer's check gave {checked:?}")),
+    }
+
+    let copy = catalog_backup("race", 1);
+    let file = std::env::temp_dir().join(format!("tidegate-contract-{}", std::process::id()));
+    std::fs::write(&file, b"first copy").map_err(|e| e.to_string())?;
+    // Created only if absent where the server can be trusted with it, as the daemon does.
+    let first = chunks
+        .put_sealed_file(&copy, &file, 1 << 20, conditional)
+        .await;
+    std::fs::write(&file, b"second copy").map_err(|e| e.to_string())?;
+    let second = chunks
+        .put_sealed_file(&copy, &file, 1 << 20, conditional)
+        .await;
+    let kept = chunks.get_sealed_file(&copy, &file).await;
+    let kept = kept.map(|_| std::fs::read(&file).unwrap_or_default());
+    let _ = std::fs::remove_file(&file);
+    for key in [record, part_key(&copy, 1), copy] {
+        bucket.delete(&key).await.map_err(|e| e.to_string())?;
+    }
+    first.map_err(|e| e.to_string())?;
+    match (conditional, second, kept) {
+        (true, Err(StoreError::Conflict { .. }), Ok(k)) if k == b"first copy" => Ok(()),
+        (false, Ok(_), Ok(k)) if k == b"second copy" => Ok(()),
+        (_, second, kept) => Err(format!(
+            "a second copy at one key gave {second:?}, leaving {kept:?}"
+        )),
+    }
+}
+
 /// Chunks through the codec: round trip, zero chunks, dedup, and a tampered object reported as
 /// corrupt with its name. `tamper` overwrites an object with the given bytes behind the store's
 /// back (a file write for `file://`, a raw PUT for S3).
@@ -324,6 +404,8 @@ mod tests {
         objects(&bucket, "local", 12 << 20).await.unwrap();
         assert_eq!(conditional_create(&bucket, "local").await, Ok(true));
         pairing_race(&bucket, true).await.unwrap();
+        // A local directory creates conditionally but cannot compare ETags: not honoured.
+        catalog_copy_race(bucket.clone(), false).await.unwrap();
         chunks(bucket).await.unwrap();
     }
 

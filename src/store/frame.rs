@@ -57,6 +57,8 @@ pub enum CorruptReason {
     /// The GCM tag did not verify: data changed, truncated, moved, or another key.
     Authentication,
     LengthMismatch,
+    /// A parted object's parts (store::parted) are missing or do not add up to its manifest.
+    PartsMismatch,
 }
 
 impl std::fmt::Display for CorruptReason {
@@ -73,6 +75,9 @@ impl std::fmt::Display for CorruptReason {
                  or was sealed with another key",
             ),
             Self::LengthMismatch => f.write_str("decoded length differs from the header"),
+            Self::PartsMismatch => f.write_str(
+                "its parts are missing or do not add up to its manifest (length and hash)",
+            ),
         }
     }
 }

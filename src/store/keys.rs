@@ -64,6 +64,24 @@ pub fn parse_catalog_backup(key: &str) -> Option<(&str, u64)> {
     Some((gateway, generation.parse().ok()?))
 }
 
+/// The key of part `n` (from 1) of the parted object `key` (store::parted): beside the
+/// object, not below it, since a `file://` bucket cannot hold a file and a directory of one name.
+pub fn part_key(key: &str, n: u32) -> String {
+    format!("{key}.part-{n:06}")
+}
+
+/// `(object key, part number)` of a part key.
+pub fn parse_part_key(key: &str) -> Option<(&str, u32)> {
+    let (object, n) = key.rsplit_once(".part-")?;
+    (n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit())).then_some(())?;
+    Some((object, n.parse().ok()?))
+}
+
+/// Who writes gateway `<id>`'s catalog copies (store::writer).
+pub fn catalog_writer(gateway_id: &str) -> String {
+    format!("gateway/{gateway_id}/writer")
+}
+
 /// A chunk's content address: keyed BLAKE3 of its plaintext under the gateway's dedup key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId(pub [u8; 32]);
@@ -145,6 +163,20 @@ pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn part_keys_parse_back() {
+        assert_eq!(
+            parse_part_key(&part_key("gateway/g/catalog/1", 12)),
+            Some(("gateway/g/catalog/1", 12))
+        );
+        for bad in ["gateway/g/catalog/1", "x.part-12", "x.part-00001a"] {
+            assert_eq!(parse_part_key(bad), None, "{bad}");
+        }
+        // A part of a catalog copy is not taken for a copy.
+        let part = part_key(&catalog_backup("g", 7), 1);
+        assert_eq!(parse_catalog_backup(&part), None);
+    }
 
     #[test]
     fn hex_round_trip() {

@@ -11,6 +11,7 @@
 pub mod background;
 pub mod bench;
 pub mod chunks;
+pub mod conditional;
 #[doc(hidden)]
 pub mod contract;
 pub mod device;
@@ -20,9 +21,11 @@ pub mod keys;
 pub mod limit;
 pub mod master;
 pub mod objects;
+pub mod parted;
 mod raw;
 pub mod treehash;
 pub mod upload;
+pub mod writer;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -43,6 +46,7 @@ use object_store::{
 use crate::config::{BucketConfig, BucketLocation, Credentials};
 use crate::error_chain::{innermost, one_line};
 pub use chunks::{ChunkPins, ChunkRef, ChunkStore};
+pub use conditional::Precondition;
 pub use frame::{Codec, FrameError};
 pub use keys::ChunkId;
 pub use master::{KeyError, MasterKey};
@@ -84,6 +88,14 @@ pub enum StoreError {
     NotActivated { bucket: String, key: &'static str },
     #[error("{bucket}: cannot open the bucket: {detail}")]
     Setup { bucket: String, detail: String },
+    /// A conditional write refused: the object changed since the writer last saw it (or
+    /// appeared, for a create). `by` names the other writer where the caller knows it.
+    #[error("{bucket}: {key} was written by {by} meanwhile; this write was refused")]
+    Conflict {
+        bucket: String,
+        key: String,
+        by: String,
+    },
     #[error("{bucket}: {op} {key}: {detail}")]
     Other {
         bucket: String,
@@ -156,6 +168,8 @@ pub struct Bucket {
     user_metadata: bool,
     /// Signed requests object_store cannot express; `None` for `file://` and test stores.
     raw: Option<raw::RawS3>,
+    /// Whether the server honours If-None-Match and If-Match, once probed (`conditional`).
+    conditional: std::sync::OnceLock<Option<conditional::EtagForm>>,
 }
 
 impl Bucket {
@@ -228,6 +242,7 @@ impl Bucket {
             part_size: usize::try_from(cfg.part_size).unwrap_or(usize::MAX),
             user_metadata: !matches!(cfg.location, BucketLocation::Local { .. }),
             raw: raw::RawS3::new(cfg),
+            conditional: std::sync::OnceLock::new(),
         })
     }
 
@@ -246,6 +261,7 @@ impl Bucket {
             part_size: usize::try_from(crate::config::defaults::PART_SIZE).unwrap_or(usize::MAX),
             user_metadata: true,
             raw: None,
+            conditional: std::sync::OnceLock::new(),
         }
     }
 
@@ -304,20 +320,7 @@ impl Bucket {
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let path = ObjectPath::from(key);
-        let result = self
-            .inner
-            .get(&path)
-            .await
-            .map_err(|e| self.classify(e, "get", key))?;
-        let bytes = result
-            .bytes()
-            .await
-            .map_err(|e| self.classify(e, "get", key))?;
-        self.download_limit.acquire(bytes.len() as u64).await;
-        self.traffic
-            .count(&self.traffic.gets, &self.traffic.get_bytes, bytes.len());
-        Ok(bytes)
+        Ok(self.get_tagged(key).await?.0)
     }
 
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{
     Attribute, AttributeValue, Attributes, CopyOptions, GetOptions, ObjectStore, ObjectStoreExt,
-    PutMode, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
+    PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -90,31 +90,6 @@ impl Bucket {
             .await
             .map_err(|e| self.classify(e, "put", key))?;
         Ok(result.e_tag)
-    }
-
-    /// PUTs `data` at `key` only if no object is there (If-None-Match: *); `Ok(false)` when the
-    /// server refused because one is. Servers that ignore the condition (Garage 2.5) overwrite
-    /// and answer `Ok(true)`: callers must not rest correctness on it there
-    /// (docs/compatibility.md).
-    pub async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
-        let path = self.object_path("put", key)?;
-        self.upload_limit.acquire(data.len() as u64).await;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .inner
-            .put_opts(&path, PutPayload::from_bytes(data), opts)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok(false),
-            Err(e) => Err(self.classify(e, "put", key)),
-        }
     }
 
     /// Uploads a local file as the object `key`: one PUT below the multipart threshold, else a

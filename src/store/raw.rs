@@ -13,6 +13,7 @@
 use aws_lc_rs::{digest, hmac};
 
 use crate::config::{BucketConfig, BucketLocation, Credentials};
+use crate::percent::encode as uri_encode;
 use crate::store::StoreError;
 use crate::store::keys::hex;
 
@@ -60,23 +61,6 @@ pub(crate) struct RawS3 {
     path_style: bool,
     credentials: Credentials,
     describe: String,
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters (and `/` when `keep_slash`),
-/// as SigV4's canonical URI wants.
-fn uri_encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'_' | b'~')
-            || (keep_slash && b == b'/')
-        {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A Unix time as RFC 3339 UTC (`2023-11-14T22:13:20Z`), by the days-to-civil algorithm (H.
@@ -773,12 +757,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_and_encoding() {
+    fn amz_dates() {
         assert_eq!(amz_date(0), "19700101T000000Z");
         assert_eq!(amz_date(1_700_000_000), "20231114T221320Z");
         assert_eq!(amz_date(951_782_400), "20000229T000000Z");
-        assert_eq!(uri_encode("a b/c~d%é", true), "a%20b/c~d%25%C3%A9");
-        assert_eq!(uri_encode("a/b", false), "a%2Fb");
     }
 
     #[test]

@@ -406,12 +406,19 @@ fn garbage_collection_frees_only_what_nothing_references() {
     assert_eq!(gw.stop(), Some(0));
 }
 
-fn recover(server: &dyn S3Server, dir: &Path, data: &Path, key: &Path) -> std::process::Output {
+/// `tidegate recover` of the gateway under `prefix` of the server's bucket into `data`.
+pub(crate) fn recover(
+    server: &dyn S3Server,
+    prefix: &str,
+    dir: &Path,
+    data: &Path,
+    key: &Path,
+) -> std::process::Output {
     run(tidegate(data)
         .args([
             "recover",
             "--bucket",
-            &format!("s3://{}/dr", server.bucket()),
+            &format!("s3://{}/{prefix}", server.bucket()),
         ])
         .args(["--endpoint", server.endpoint(), "--region", server.region()])
         .arg("--key-file")
@@ -480,7 +487,7 @@ pub(crate) fn lost_gateway_recovered_then_gc(garage: &dyn S3Server) {
     // The appliance is lost: only the key file survives.
     std::fs::remove_dir_all(&data).unwrap();
     let fresh = dir.path().join("fresh");
-    let out = recover(garage, dir.path(), &fresh, &key);
+    let out = recover(garage, "dr", dir.path(), &fresh, &key);
     assert!(out.status.success(), "recover: {}", stderr(&out));
     let report = stdout(&out);
     assert!(
@@ -534,7 +541,7 @@ pub(crate) fn lost_gateway_recovered_then_gc(garage: &dyn S3Server) {
     let wrong = dir.path().join("wrong.key");
     std::fs::write(&wrong, format!("{}\n", "ab".repeat(32))).unwrap();
     std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let out = recover(garage, dir.path(), &other, &wrong);
+    let out = recover(garage, "dr", dir.path(), &other, &wrong);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
     assert!(!other.join("tidegate.toml").exists());

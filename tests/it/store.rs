@@ -12,7 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use tidegate::store::{Bucket, StoreError, contract};
 
 /// The contract suite (src/store/contract.rs) through a prefix of the server's bucket;
-/// `conditional` is whether the server honours If-None-Match on PUT (docs/compatibility.md).
+/// `conditional` is whether the server honours If-None-Match and If-Match on PUT
+/// (docs/compatibility.md).
 pub(crate) fn passes_the_store_contract(server: &dyn S3Server, conditional: bool) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut cfg = server.bucket_config("contract-prefix");
@@ -32,6 +33,9 @@ pub(crate) fn passes_the_store_contract(server: &dyn S3Server, conditional: bool
             server.name()
         );
         contract::chunks(bucket.clone()).await.unwrap();
+        contract::catalog_copy_race(bucket.clone(), conditional)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", server.name()));
     });
     let race = server.open_bucket("contract-pairing");
     rt.block_on(contract::pairing_race(&race, conditional))

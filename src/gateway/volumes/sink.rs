@@ -63,6 +63,7 @@ fn store_error(e: StoreError) -> SinkError {
         | StoreError::AccessDenied { .. }
         | StoreError::NotActivated { .. }
         | StoreError::Setup { .. }
+        | StoreError::Conflict { .. }
         | StoreError::Other { .. } => SinkErrorKind::Unavailable,
     };
     SinkError::new(kind, e.to_string())
