@@ -102,7 +102,7 @@ struct Ctx<'a> {
     cur_sid: Option<StateId>,
     saved_sid: Option<StateId>,
     /// The current file's attributes as the last operation of this COMPOUND left them (OPEN,
-    /// LOOKUP, SETATTR, WRITE, GETATTR), so that the GETATTR and GETFH a client puts after them
+    /// LOOKUP, SETATTR, WRITE, ACCESS, GETATTR), so that the GETATTR and GETFH a client puts after them
     /// cost no second catalog read. Only ever used for the file it names; an operation that
     /// may change anything else drops it ([`keeps_attr`]).
     cur_attr: Option<crate::gateway::files::Attr>,

@@ -262,7 +262,11 @@ impl Ops<'_> {
                     (Some((of, rwx)), Some(a)) if *of == id && a.id == id => (a.kind, *rwx),
                     _ => {
                         let (a, rwx) = self.files.access(ctx.caller, id).await.map_err(gw)?;
-                        (a.kind, rwx)
+                        let kind = a.kind;
+                        // The file as just read: a kernel client's ACCESS compound ends with
+                        // GETATTR, which then costs no second catalog read.
+                        ctx.cur_attr = Some(a);
+                        (kind, rwx)
                     }
                 };
                 let dir = kind == FileKind::Dir;
