@@ -152,6 +152,15 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The share with id `id`: what every file operation reads with its inode (one row by its
+    /// key, from a cached statement).
+    pub fn share(&self, id: i64) -> Result<Option<ShareRow>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {SHARE_COLUMNS} FROM shares WHERE id = ?1"))?;
+        Ok(stmt.query_row([id], row_to_share).optional()?)
+    }
+
     pub fn share_by_name(&self, name: &str) -> Result<Option<ShareRow>, CatalogError> {
         Ok(self
             .conn()

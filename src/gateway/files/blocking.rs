@@ -41,9 +41,7 @@ pub(crate) fn node(catalog: &Catalog, id: FileId) -> Result<(InodeRow, ShareRow)
         .inode(id.row_id()?)?
         .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
     let share = catalog
-        .shares()?
-        .into_iter()
-        .find(|s| s.id == row.share_id)
+        .share(row.share_id)?
         .ok_or_else(|| GatewayError::Stale(format!("file id {} (share gone)", id.0)))?;
     Ok((row, share))
 }
