@@ -20,6 +20,15 @@
 # data comes from Garage. Every byte read is compared with what was written. Each phase runs
 # the three tools back to back, so load from elsewhere on the machine hits them alike.
 #
+# Acknowledgement alone (before the three tools, ACK_ROUNDS rounds, the two servers alternating):
+# the small files written by the same client over NFSv3 to tidegate with its uploads held off
+# (upload delay 600 s, a new share each round, so no upload and no Garage work runs beside it)
+# and to nfs-ganesha (Debian's, FSAL VFS) exporting a directory on the same disk. ganesha's v3
+# must register with rpcbind, so it runs with a private rpcbind in a network namespace of its
+# own (its port 111 is not the host's) and the client reaches it from inside that namespace;
+# port 111 and 2049 of the host stay free. Each server's CPU time over its run is printed per
+# file. Target (issue 20): tidegate's rate >= 0.8x ganesha's.
+#
 # Garage 2.5 answers a GET of an object between ~3 KiB and 64 KiB in ~44 ms whatever the client
 # (rclone and s3fs both read such files at 22 a second): a client reading small files one at a time
 # is bound by it.
@@ -27,7 +36,8 @@
 # Usage: benches/files.sh   (SMALL_FILES=N and BIG_MIB=N shrink the data set; TIDEGATE_BIN=path
 #        runs that binary instead of building this tree; TOOLS="tidegate s3fs" runs only those
 #        tools and READS=0 skips the cold reads, for quick looks: ratios need all three;
-#        REFERENCE=0 skips the raw-ingest reference)
+#        REFERENCE=0 skips the raw-ingest reference; ACK_ROUNDS=N sets the rounds of the
+#        acknowledgement phase against nfs-ganesha, 0 skips it; ACK_ONLY=1 runs that phase alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -36,7 +46,9 @@ BIG_MIB=${BIG_MIB:-1024}
 SEED=${SEED:-7}
 LIMIT=${LIMIT:-1800}
 export PATH="$HOME/.cargo/bin:$PATH"
+ACK_ROUNDS=${ACK_ROUNDS:-2}
 need garage aws rclone s3fs cc python3 fusermount3 mountpoint
+[ "$ACK_ROUNDS" = 0 ] || need ganesha.nfsd rpcbind unshare nsenter ip
 [ -f /usr/include/nfsc/libnfs.h ] || { echo "missing libnfs-dev: run ./scripts/test first" >&2; exit 1; }
 python3 -c 'import boto3' 2>/dev/null || { echo "missing python3-boto3: run ./scripts/test first" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "no /dev/fuse: rclone and s3fs need FUSE" >&2; exit 1; }
@@ -49,7 +61,7 @@ cleanup() {
     for m in "$WORK/rclone.mnt" "$WORK/s3fs.mnt"; do
         mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
     done
-    for p in ${TG_PID:-} ${RCLONE_PID:-} ${S3FS_PID:-} ${GARAGE_PID:-}; do kill "$p" 2>/dev/null || true; done
+    for p in ${TG_PID:-} ${RCLONE_PID:-} ${S3FS_PID:-} ${GANESHA_PID:-} ${GARAGE_PID:-}; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -82,9 +94,8 @@ tg_start() {
         --nfs-listen 127.0.0.1:0 --rpcbind off >>"$WORK/tidegate.log" 2>&1 &
     TG_PID=$!
     for _ in $(seq 300); do [ -f "$TG_DATA/run/ready.toml" ] && break; sleep 0.1; done
-    local port
-    port=$(sed -n 's/^nfs = ".*:\([0-9]*\)"/\1/p' "$TG_DATA/run/ready.toml")
-    TG_URL="nfs://127.0.0.1/bench?nfsport=$port&mountport=$port"
+    TG_PORT=$(sed -n 's/^nfs = ".*:\([0-9]*\)"/\1/p' "$TG_DATA/run/ready.toml")
+    TG_URL="nfs://127.0.0.1/bench?nfsport=$TG_PORT&mountport=$TG_PORT"
 }
 tg_stop() { kill "$TG_PID"; wait "$TG_PID" 2>/dev/null || true; TG_PID=; }
 tg_wait_safe() { # until share status shows nothing left to upload
@@ -132,6 +143,111 @@ s3fs_start() {
     mountpoint -q "$S3FS_MNT" || { cat "$WORK/s3fs.log" >&2; exit 1; }
 }
 s3fs_stop() { fusermount3 -u "$S3FS_MNT"; wait "$S3FS_PID" 2>/dev/null || true; S3FS_PID=; }
+
+# --- nfs-ganesha over NFSv3, in a network namespace with its own rpcbind --------------------
+GA_DIR=$WORK/ganesha
+GA_EXPORT=$GA_DIR/export
+ganesha_start() {
+    mkdir -p "$GA_EXPORT" "$GA_DIR/recovery"
+    cat >"$GA_DIR/ganesha.conf" <<EOF
+NFS_CORE_PARAM {
+    NFS_Port = 20490;
+    MNT_Port = 20048;
+    Protocols = 3;
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+}
+NFSV4 { Graceless = true; RecoveryRoot = "$GA_DIR/recovery"; }
+EXPORT {
+    Export_Id = 1;
+    Path = "$GA_EXPORT";
+    Pseudo = /share;
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    Protocols = 3;
+    SecType = sys;
+    FSAL { Name = VFS; }
+}
+LOG { Default_Log_Level = WARN; }
+EOF
+    # No Bind_addr: the namespace has loopback only, which getaddrinfo's AI_ADDRCONFIG would
+    # not resolve, and nothing outside the namespace can reach it anyway. /run is private to
+    # it, so its rpcbind's socket is not the host's.
+    cat >"$GA_DIR/ns.sh" <<EOF
+ip link set lo up
+mount -t tmpfs tmpfs /run
+mkdir -p /run/rpcbind
+rpcbind -w -f & rpcb=\$!
+trap 'kill \$rpcb \$ga 2>/dev/null; wait' EXIT TERM
+for _ in \$(seq 100); do [ -S /run/rpcbind.sock ] && break; sleep 0.05; done
+ganesha.nfsd -F -f "$GA_DIR/ganesha.conf" -L "$GA_DIR/ganesha.log" -p "$GA_DIR/ganesha.pid" -N NIV_WARN & ga=\$!
+wait \$ga
+EOF
+    rm -f "$GA_DIR/ganesha.pid"
+    unshare --net --mount --fork --kill-child=TERM bash "$GA_DIR/ns.sh" >>"$GA_DIR/ns.log" 2>&1 &
+    GANESHA_NS=$!
+    GA_URL="nfs://127.0.0.1$GA_EXPORT?nfsport=20490&mountport=20048"
+    for _ in $(seq 300); do
+        [ -s "$GA_DIR/ganesha.pid" ] && GANESHA_PID=$(cat "$GA_DIR/ganesha.pid") &&
+            nsenter -t "$GANESHA_PID" -n ss -Hltn "sport = :20048" | grep -q . && return 0
+        sleep 0.1
+    done
+    cat "$GA_DIR/ns.log" "$GA_DIR/ganesha.log" >&2
+    exit 1
+}
+# unshare ignores SIGTERM while its child runs: stopping ganesha ends the namespace's script,
+# whose exit stops its rpcbind.
+ganesha_stop() { kill "$GANESHA_PID"; wait "$GANESHA_NS" 2>/dev/null || true; GANESHA_PID=; }
+cpu_of() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; } # CPU seconds
+
+# --- acknowledgement alone: tidegate with uploads held off vs nfs-ganesha ------------------------
+ack_phase() {
+    local conf=$TG_DATA/tidegate.toml r t cpu0 order name
+    grep -q '^\[files\]' "$conf" && { echo "$conf already has a [files] section" >&2; exit 1; }
+    cp "$conf" "$WORK/tidegate.toml.saved"
+    printf '\n[files]\nupload_delay_ms = 600000\n' >>"$conf"
+    tg_start
+    ganesha_start
+    echo "   acknowledgement alone, $SMALL_FILES small files, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    for r in $(seq "$ACK_ROUNDS"); do
+        order="tidegate ganesha"
+        [ $((r % 2)) = 0 ] && order="ganesha tidegate"
+        "$BIN" --data-dir "$TG_DATA" share create "ack$r" --squash none >/dev/null
+        rm -rf "${GA_EXPORT:?}"/*
+        sync
+        for name in $order; do
+            if [ "$name" = tidegate ]; then
+                cpu0=$(cpu_of "$TG_PID") t=$(now)
+                "$CLIENT" write-small "nfs://127.0.0.1/ack$r?nfsport=$TG_PORT&mountport=$TG_PORT" "$SMALL_FILES" "$SEED"
+                RESULT[ack.tidegate.$r]=$(since "$t")
+                RESULT[ackcpu.tidegate.$r]=$(awk -v a="$cpu0" -v b="$(cpu_of "$TG_PID")" 'BEGIN{printf "%.2f", b-a}')
+            else
+                cpu0=$(cpu_of "$GANESHA_PID") t=$(now)
+                nsenter -t "$GANESHA_PID" -n "$CLIENT" write-small "$GA_URL" "$SMALL_FILES" "$SEED"
+                RESULT[ack.ganesha.$r]=$(since "$t")
+                RESULT[ackcpu.ganesha.$r]=$(awk -v a="$cpu0" -v b="$(cpu_of "$GANESHA_PID")" 'BEGIN{printf "%.2f", b-a}')
+            fi
+            echo "   round $r $name: acknowledged in ${RESULT[ack.$name.$r]}s, server CPU ${RESULT[ackcpu.$name.$r]}s, load $(cut -d' ' -f1 /proc/loadavg)" >&2
+        done
+    done
+    ganesha_stop
+    tg_stop
+    # The held files are never uploaded: their shares go, and the normal delay comes back.
+    for r in $(seq "$ACK_ROUNDS"); do "$BIN" --data-dir "$TG_DATA" share delete "ack$r" --force >/dev/null; done
+    cp "$WORK/tidegate.toml.saved" "$conf"
+}
+ack_report() {
+    local r
+    echo
+    echo "acknowledgement alone, $SMALL_FILES small files (uploads held off; seconds, server CPU ms a file):"
+    printf '%-10s %10s %10s %10s %10s %8s\n' round tidegate "tg ms/f" ganesha "ga ms/f" "ga/tg"
+    for r in $(seq "$ACK_ROUNDS"); do
+        awk -v r="$r" -v t="${RESULT[ack.tidegate.$r]}" -v g="${RESULT[ack.ganesha.$r]}" \
+            -v tc="${RESULT[ackcpu.tidegate.$r]}" -v gc="${RESULT[ackcpu.ganesha.$r]}" -v n="$SMALL_FILES" \
+            'BEGIN{printf "%-10s %10.2f %10.2f %10.2f %10.2f %8.2f\n", r, t, 1000*tc/n, g, 1000*gc/n, g/t}'
+    done
+    echo "ga/tg = tidegate's rate / ganesha's (target >= 0.8)"
+}
 
 # --- every phase, the three tools back to back ------------------------------------------------
 # Phases, not tools, are the outer loop: on a shared machine the load drifts over minutes, and
@@ -184,6 +300,11 @@ raw_ingest() {
     rm -rf "$WORK/raw-src"
 }
 
+[ "$ACK_ROUNDS" != 0 ] && ack_phase
+if [ "${ACK_ONLY:-0}" = 1 ]; then
+    ack_report
+    exit 0
+fi
 start_all
 write_phase big
 write_phase small
@@ -199,6 +320,7 @@ if [ "${READS:-1}" != 0 ]; then
 fi
 
 # --- report --------------------------------------------------------------------------------------
+[ "$ACK_ROUNDS" != 0 ] && ack_report
 small_bytes=$(awk '{s+=$2} END{print s}' "$WORK/small.manifest")
 echo
 echo "data: big = $BIG_MIB MiB in one file; small = $SMALL_FILES files, $((small_bytes >> 20)) MiB"

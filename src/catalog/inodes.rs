@@ -6,7 +6,7 @@
 //! key, and the old key is queued in `pending_deletes` in the same transaction, so a crash never
 //! loses the only copy and never forgets a leftover object.
 
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, ToSql, params};
 
 use crate::catalog::shares::{as_i64, bad, u32_at, u64_at};
 use crate::catalog::{Catalog, CatalogError, links};
@@ -589,57 +589,68 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
+/// Inserts `row` (its `id` ignored) with every column in one statement, and returns the id
+/// assigned.
 pub(super) fn insert_inode(
     conn: &rusqlite::Connection,
     row: &InodeRow,
 ) -> Result<i64, CatalogError> {
-    conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(
         "INSERT INTO inodes (share_id, parent, name, path, kind, mode, uid, gid, size, mtime_ns,
-             ctime_ns)
-         VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0, 0, 0, 0)",
-    )?
-    .execute(params![
-        row.share_id,
-        row.parent,
-        row.name,
-        row.path,
-        row.kind.as_str()
-    ])?;
-    let id = conn.last_insert_rowid();
-    update_inode(conn, &InodeRow { id, ..row.clone() })?;
-    Ok(id)
+             ctime_ns, target, remote_key, etag, extra_meta, staged, version, synced_version,
+             refreshed_unix, rdev_major, rdev_minor, atime_ns)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+             ?18, ?19, ?20, ?21, ?22)",
+    )?;
+    let kind = row.kind.as_str();
+    let fixed: [&dyn ToSql; 5] = [&row.share_id, &row.parent, &row.name, &row.path, &kind];
+    with_mutable(&mut stmt, &fixed, row)?;
+    Ok(conn.last_insert_rowid())
 }
 
 /// Writes every mutable column of `row` (all but id, share, parent, name, path, kind).
 fn update_inode(conn: &rusqlite::Connection, row: &InodeRow) -> Result<(), CatalogError> {
-    conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(
         "UPDATE inodes SET mode = ?2, uid = ?3, gid = ?4, size = ?5, mtime_ns = ?6,
              ctime_ns = ?7, target = ?8, remote_key = ?9, etag = ?10, extra_meta = ?11,
              staged = ?12, version = ?13, synced_version = ?14, refreshed_unix = ?15,
              rdev_major = ?16, rdev_minor = ?17, atime_ns = ?18
          WHERE id = ?1",
-    )?
-    .execute(params![
-        row.id,
-        row.mode,
-        row.uid,
-        row.gid,
-        as_i64(row.size)?,
-        row.mtime_ns,
-        row.ctime_ns,
-        row.target,
-        row.remote_key,
-        row.etag,
-        row.extra_meta,
-        i64::from(row.staged),
-        row.version,
-        row.synced_version,
-        row.refreshed_unix,
-        row.rdev.0,
-        row.rdev.1,
-        row.atime_ns,
-    ])?;
+    )?;
+    with_mutable(&mut stmt, &[&row.id], row)?;
     Ok(())
+}
+
+/// Runs `stmt` with `first` as its leading parameters, then every mutable column of `row` in
+/// the order `update_inode` names them.
+fn with_mutable(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    first: &[&dyn ToSql],
+    row: &InodeRow,
+) -> Result<usize, CatalogError> {
+    let (size, staged) = (as_i64(row.size)?, i64::from(row.staged));
+    let mutable: [&dyn ToSql; 17] = [
+        &row.mode,
+        &row.uid,
+        &row.gid,
+        &size,
+        &row.mtime_ns,
+        &row.ctime_ns,
+        &row.target,
+        &row.remote_key,
+        &row.etag,
+        &row.extra_meta,
+        &staged,
+        &row.version,
+        &row.synced_version,
+        &row.refreshed_unix,
+        &row.rdev.0,
+        &row.rdev.1,
+        &row.atime_ns,
+    ];
+    Ok(stmt.execute(rusqlite::params_from_iter(
+        first.iter().chain(mutable.iter()),
+    ))?)
 }
 
 /// A directory's entries changed: its mtime and ctime become `now_ns`. Local only: a

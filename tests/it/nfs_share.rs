@@ -527,6 +527,58 @@ fn issue_20_concurrent_small_files_acknowledged_before_kill_9_survive() {
     }
 }
 
+/// Issue 20: SETATTR is checked and applied in one step, and a truncate goes first when it
+/// comes with other attributes; what such a SETATTR acknowledged, and a COMMIT of UNSTABLE
+/// writes, survive kill -9. A SETATTR that changes nothing (what libnfs sends after an O_TRUNC
+/// create, tar's times when they are the file's own) is acknowledged too and changes nothing.
+#[test]
+fn issue_20_setattr_and_commit_acknowledged_before_kill_9_survive() {
+    let (dir, gw, mut c, root) = embedded();
+    let f = c.create(&root, "f", 0, 0o644).unwrap();
+    let nothing = Sattr {
+        size: Some(0),
+        mode: Some(0o644),
+        ..Sattr::default()
+    };
+    assert_eq!(c.setattr(&f, nothing), nfs::NFS3_OK);
+    c.write(&f, 0, b"hello world", 0).unwrap();
+    c.commit(&f).unwrap();
+    let set = Sattr {
+        mode: Some(0o600),
+        size: Some(5),
+        mtime: Some(1_600_000_000),
+        ..Sattr::default()
+    };
+    assert_eq!(c.setattr(&f, set), nfs::NFS3_OK);
+    let again = Sattr {
+        mode: Some(0o600),
+        mtime: Some(1_600_000_000),
+        ..Sattr::default()
+    };
+    assert_eq!(
+        c.setattr(&f, again),
+        nfs::NFS3_OK,
+        "the same attributes again"
+    );
+    let g = c.create(&root, "g", 0, 0o644).unwrap();
+    c.write(&g, 0, b"unstable, then committed", 0).unwrap();
+    c.commit(&g).unwrap();
+    let before = (c.getattr(&f).unwrap(), c.getattr(&g).unwrap());
+    gw.kill9();
+
+    let gw = start(&dir.path().join("data"), None, 0);
+    let mut c = Client::connect(&nfs_addr(&gw));
+    let a = c.getattr(&f).unwrap();
+    assert_eq!(
+        (a.mode, a.size, a.mtime.0),
+        (0o600, 5, 1_600_000_000),
+        "SETATTR acknowledged before kill -9"
+    );
+    assert_eq!((a.clone(), c.getattr(&g).unwrap()), before);
+    assert_eq!(c.read(&f, 0, 100).unwrap().0, b"hello");
+    assert_eq!(c.read(&g, 0, 100).unwrap().0, b"unstable, then committed");
+}
+
 /// The embedded default: its `share` export, local-directory bucket.
 fn embedded() -> (tempfile::TempDir, Gateway, Client, nfs::Fh) {
     let dir = tempfile::tempdir().unwrap();

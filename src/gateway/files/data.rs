@@ -139,7 +139,7 @@ impl Files {
         let count = u64::from(count.min(MAX_IO_BYTES));
         let (clean, caller) = (self.clean.clone(), caller.clone());
         // One hop: the inode, the checks and, for a file with a clean copy, its bytes.
-        let (row, share, copied) = self
+        let (row, share, end, copied) = self
             .blocking(move |c| {
                 let (row, share) = blocking::node(c, id)?;
                 let who = effective(&share, &caller)?;
@@ -157,14 +157,13 @@ impl Files {
                     }
                     _ => None,
                 };
-                Ok((row, share, copied))
+                Ok((row, share, end, copied))
             })
             .await?;
         self.count(share.id, Counted::Call);
         if offset >= row.size || count == 0 {
             return Ok((Bytes::new(), offset >= row.size, self.attr(&row)));
         }
-        let end = offset.saturating_add(count).min(row.size);
         let data = if let Some(data) = copied {
             self.counters
                 .clean_read
@@ -684,47 +683,91 @@ impl Files {
     /// COMMIT / fsync: every byte written to the file so far is on local disk when this
     /// returns. The file is uploaded once it has been idle for the upload delay.
     pub async fn commit(&self, caller: &Caller, id: FileId) -> Result<Attr, GatewayError> {
-        let (row, share) = self.node(id).await?;
-        self.effective(&share, caller)?;
+        let row_id = id.row_id()?;
         let pending = {
             let live = self.live();
-            live.uncommitted.contains(&row.id) || live.new_entries.contains(&row.id)
+            live.uncommitted.contains(&row_id) || live.new_entries.contains(&row_id)
         };
         // Nothing written since the last COMMIT (a kernel client commits on every close and
         // fsync): everything is already on disk. After a restart nothing is pending either;
         // the new write verifier makes clients resend whatever the old run had not synced.
-        if row.kind == InodeKind::File && row.staged && pending {
-            let lock = self.inode_lock(row.id);
-            let _guard = lock.lock().await;
-            // The staging file, its directory entry (when new) and the catalog's WAL are
-            // synced at the same time, on three blocking threads: the COMMIT costs one fsync
-            // latency, not three. The directory and the WAL syncs are group commits shared
-            // with concurrent operations.
-            let path = self.staging_path(row.id);
-            let new_entry = self.live().new_entries.remove(&row.id);
-            let id = row.id;
-            let file = self.blocking(move |_| local::sync_staged(&path));
-            let dir = async {
-                if new_entry {
-                    self.sync_staging_dir().await
-                } else {
-                    Ok(())
-                }
-            };
-            // The size and version recorded by unsynced WRITEs reach the disk too.
-            let catalog = self.blocking(move |c| Ok(c.sync_inode(id)?));
-            let (file, dir, catalog) = tokio::join!(file, dir, catalog);
-            file?;
-            dir?;
-            catalog?;
-        }
+        let (row, share) = if pending {
+            self.commit_pending(caller, id).await?
+        } else {
+            let (row, share) = self.node(id).await?;
+            effective(&share, caller)?;
+            (row, share)
+        };
         self.live().uncommitted.remove(&row.id);
-        self.wake.notify_one();
+        self.wake_if_due(row.id);
         if self.config.commit_uploads && row.kind == InodeKind::File {
             self.upload_committed(id).await?;
         }
+        self.count(share.id, Counted::Call);
         self.count(share.id, Counted::Commit);
         Ok(self.attr(&row))
+    }
+
+    /// The syncs of a COMMIT with writes pending: the staging file, its directory entry (when
+    /// new) and the catalog's WAL, at the same time on three blocking threads, so the COMMIT
+    /// costs one fsync latency, not three; the directory and the WAL syncs are group commits
+    /// shared with concurrent operations. The inode is read and the caller checked in the
+    /// file's hop, not in one of its own before.
+    async fn commit_pending(
+        &self,
+        caller: &Caller,
+        id: FileId,
+    ) -> Result<(InodeRow, ShareRow), GatewayError> {
+        let row_id = id.row_id()?;
+        let lock = self.inode_lock(row_id);
+        let _guard = lock.lock().await;
+        let path = self.staging_path(row_id);
+        let new_entry = self.live().new_entries.remove(&row_id);
+        let caller = caller.clone();
+        let file = self.blocking(move |c| {
+            let (row, share) = blocking::node(c, id)?;
+            effective(&share, &caller)?;
+            if row.kind == InodeKind::File && row.staged {
+                local::sync_staged(&path)?;
+            }
+            Ok((row, share))
+        });
+        let dir = async {
+            if new_entry {
+                self.sync_staging_dir().await
+            } else {
+                Ok(())
+            }
+        };
+        // The size and version recorded by unsynced WRITEs reach the disk too.
+        let catalog = self.blocking(move |c| Ok(c.sync_inode(row_id)?));
+        let (file, dir, catalog) = tokio::join!(file, dir, catalog);
+        if dir.is_err() {
+            // Its name is still not known to be on disk: the next COMMIT syncs it again.
+            self.live().new_entries.insert(row_id);
+        }
+        let found = file?;
+        dir?;
+        catalog?;
+        Ok(found)
+    }
+
+    /// Wakes the uploader if inode `id` is due for upload now (no upload delay, a writer
+    /// waiting for staging room, or a file idle for the delay already). Otherwise the uploader's
+    /// own timer, which never sleeps past a tick, takes it once its delay has passed: a wake at
+    /// every COMMIT made it list every dirty inode once per small file, a fifth of the
+    /// gateway's CPU while a burst of small files was written.
+    pub(crate) fn wake_if_due(&self, id: i64) {
+        let delay = self.config.upload_delay;
+        let due = {
+            let live = self.live();
+            delay.is_zero()
+                || live.writers_waiting > 0
+                || live.changed.get(&id).is_none_or(|at| at.elapsed() >= delay)
+        };
+        if due {
+            self.wake.notify_one();
+        }
     }
 
     /// Sets a file's size: shrinking drops bytes, growing adds a hole that reads as zeros.

@@ -797,6 +797,20 @@ mod tests {
         assert!(files.live().changed.len() <= 2 * LIVE_PRUNE_MIN);
     }
 
+    /// A new file `name` in `dir` holding "data", written FILE_SYNC, as it is after.
+    async fn written(files: &Files, dir: FileId, name: &[u8]) -> Attr {
+        let me = Caller::root_local();
+        let f = files
+            .create(&me, dir, name, CreateMode::Guarded, SetAttr::default())
+            .await
+            .unwrap();
+        files
+            .write(&me, f.id, 0, b"data", Stability::FileSync)
+            .await
+            .unwrap();
+        files.getattr(&me, f.id).await.unwrap()
+    }
+
     /// A gateway over a `file://` bucket in a temp dir, with the share `s` (no squash).
     pub(super) fn local_gateway() -> (tempfile::TempDir, Arc<Files>, FileId) {
         let dir = tempfile::tempdir().unwrap();
@@ -1094,15 +1108,8 @@ mod tests {
 
         // atime: a read of a file written since its last access advances it; a second read
         // does not (relatime); SETATTR sets it as asked.
-        let f = files
-            .create(&me, root, b"a", CreateMode::Guarded, SetAttr::default())
-            .await
-            .unwrap();
-        files
-            .write(&me, f.id, 0, b"data", Stability::FileSync)
-            .await
-            .unwrap();
-        let written = files.getattr(&me, f.id).await.unwrap();
+        let written = written(&files, root, b"a").await;
+        let f = written.clone();
         tokio::time::sleep(Duration::from_millis(2)).await;
         let (_, _, read) = files.read(&me, f.id, 0, 4).await.unwrap();
         assert!(read.atime_ns > written.mtime_ns, "{read:?}");
@@ -1181,6 +1188,69 @@ mod tests {
             ticks >= 5,
             "only {ticks} ticks while the create waited on the catalog"
         );
+    }
+
+    /// Issue 20: a SETATTR that changes nothing persistent (what a client sends after an
+    /// O_TRUNC create, or times equal to the file's own) writes no catalog row and waits for
+    /// no sync; one that changes a time does both, and moves the ctime.
+    #[tokio::test]
+    async fn issue_20_a_setattr_that_changes_nothing_writes_nothing() {
+        let (_dir, files, root) = local_gateway();
+        let me = Caller::root_local();
+        let before = written(&files, root, b"f").await;
+        let f = before.clone();
+        let version = |files: &Files| files.catalog.inode(f.id.0 as i64).unwrap().unwrap().version;
+        let (syncs, v0) = (files.catalog.wal_syncs(), version(&files));
+        let same = SetAttr {
+            mode: Some(before.mode),
+            uid: Some(before.uid),
+            gid: Some(before.gid),
+            size: Some(before.size),
+            atime: Some(SetTime::Client(before.atime_ns)),
+            mtime: Some(SetTime::Client(before.mtime_ns)),
+        };
+        assert_eq!(files.setattr(&me, f.id, same).await.unwrap(), before);
+        assert_eq!(
+            (files.catalog.wal_syncs(), version(&files)),
+            (syncs, v0),
+            "nothing written, nothing synced"
+        );
+        let later = SetAttr {
+            mtime: Some(SetTime::Client(before.mtime_ns + 1)),
+            ..same
+        };
+        let after = files.setattr(&me, f.id, later).await.unwrap();
+        assert_eq!(after.mtime_ns, before.mtime_ns + 1);
+        assert!(after.ctime_ns > before.ctime_ns, "{after:?}");
+        assert!(
+            files.catalog.wal_syncs() > syncs,
+            "a change waits for a sync"
+        );
+        assert_eq!(version(&files), v0 + 1);
+    }
+
+    /// A LOOKUP's directory attributes come from the hop that found the entry, whether the
+    /// entry is there or not.
+    #[tokio::test]
+    async fn lookup_in_gives_the_directory_as_read() {
+        let (_dir, files, root) = local_gateway();
+        let me = Caller::root_local();
+        let f = files
+            .create(&me, root, b"f", CreateMode::Guarded, SetAttr::default())
+            .await
+            .unwrap();
+        let dir = files.getattr(&me, root).await.unwrap();
+        let (found, d) = files.lookup_in(&me, root, b"f").await;
+        assert_eq!((found.unwrap(), d.as_ref()), (f, Some(&dir)));
+        let (missing, d) = files.lookup_in(&me, root, b"nope").await;
+        assert!(
+            matches!(missing, Err(GatewayError::NotFound(_))),
+            "{missing:?}"
+        );
+        assert_eq!(d, Some(dir));
+        let (stale, d) = files.lookup_in(&me, FileId(999_999), b"f").await;
+        assert!(matches!(stale, Err(GatewayError::Stale(_))), "{stale:?}");
+        assert_eq!(d, None);
     }
 
     #[test]

@@ -85,9 +85,32 @@ impl Files {
         dir: FileId,
         name: &[u8],
     ) -> Result<Attr, GatewayError> {
-        let (row, share, entry) = self.dir_entry(dir, name).await?;
-        let who = self.effective(&share, caller)?;
-        self.lookup_as(&who, &share, &row, name, entry).await
+        self.lookup_in(caller, dir, name).await.0
+    }
+
+    /// [`Self::lookup`], with the directory's attributes as read in the same hop (`None` when
+    /// the directory could not be read, or the caller may not see it): the post-operation
+    /// directory attributes of an NFSv3 LOOKUP reply (RFC 1813 §3.3.3), which otherwise cost a
+    /// GETATTR and a hop of their own, three times for each small file libnfs creates.
+    pub async fn lookup_in(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+    ) -> (Result<Attr, GatewayError>, Option<Attr>) {
+        let (row, share, entry) = match self.dir_entry(dir, name).await {
+            Ok(found) => found,
+            Err(e) => return (Err(e), None),
+        };
+        let who = match self.effective(&share, caller) {
+            Ok(who) => who,
+            Err(e) => return (Err(e), None),
+        };
+        let dir_attr = self.attr(&row);
+        (
+            self.lookup_as(&who, &share, &row, name, entry).await,
+            Some(dir_attr),
+        )
     }
 
     /// A directory, its share and, when no refresh of it is due, its entry `name` (`Some(None)`:
@@ -177,10 +200,6 @@ impl Files {
         Ok((row, share, who))
     }
 
-    fn new_inode(&self, slot: &Slot, kind: InodeKind, mode: u32) -> Result<InodeRow, GatewayError> {
-        new_inode(slot, kind, mode)
-    }
-
     /// A new file `name` in `dir` (mode given, or the share's default), made in the same hop
     /// that reads the directory and checks the name is free: what a small-file CREATE or
     /// OPEN costs most often. Otherwise (the name is taken, or a refresh of the directory is
@@ -211,14 +230,7 @@ impl Files {
                 if due || slot.existing.is_some() {
                     return Ok((slot, None, due));
                 }
-                let mut row = new_inode(&slot, InodeKind::File, {
-                    mode.unwrap_or(slot.share.default_file_mode)
-                })?;
-                if let Some(verf) = verf {
-                    // The verifier is kept in mtime until the client's follow-up SETATTR
-                    // (RFC 1813 §3.3.8), so a retransmitted CREATE can be recognised.
-                    row.mtime_ns = i64::from_be_bytes(verf);
-                }
+                let row = file_row(&slot, mode, verf)?;
                 let row = c.insert_entry(&row, crate::clock::unix_nanos())?;
                 let dir_after = blocking::current(c, slot.dir.id)?;
                 Ok((slot, Some((row, dir_after)), false))
@@ -348,11 +360,7 @@ impl Files {
             };
         }
         // A refresh came first: the file is made in a hop of its own.
-        let mode = attrs.mode.unwrap_or(slot.share.default_file_mode);
-        let mut row = self.new_inode(&slot, InodeKind::File, mode)?;
-        if let Some(verf) = verf {
-            row.mtime_ns = i64::from_be_bytes(verf);
-        }
+        let row = file_row(&slot, attrs.mode, verf)?;
         let access = rwx(&slot.who, &slot.share, &row);
         let (attr, dir_after) = self.insert_in(row, slot.dir.id).await?;
         let opened = Opened {
@@ -398,7 +406,7 @@ impl Files {
     ) -> Result<Attr, GatewayError> {
         let slot = self.slot(caller, dir, name).await?.vacant()?;
         let mode = attrs.mode.unwrap_or(slot.share.default_dir_mode);
-        let row = self.new_inode(&slot, InodeKind::Dir, mode)?;
+        let row = new_inode(&slot, InodeKind::Dir, mode)?;
         let attr = self.insert(row).await?;
         Ok(attr)
     }
@@ -418,7 +426,7 @@ impl Files {
         let target = std::str::from_utf8(target)
             .map_err(|_| GatewayError::InvalidArgument("symlink target is not UTF-8".into()))?;
         let slot = self.slot(caller, dir, name).await?.vacant()?;
-        let mut row = self.new_inode(&slot, InodeKind::Symlink, 0o777)?;
+        let mut row = new_inode(&slot, InodeKind::Symlink, 0o777)?;
         row.target = Some(target.to_owned());
         row.size = target.len() as u64;
         let attr = self.insert(row).await?;
@@ -457,7 +465,7 @@ impl Files {
             )));
         }
         let mode = attrs.mode.unwrap_or(slot.share.default_file_mode);
-        let mut row = self.new_inode(&slot, kind, mode)?;
+        let mut row = new_inode(&slot, kind, mode)?;
         row.rdev = rdev;
         let attr = self.insert(row).await?;
         // Owner and times the caller asked for (none: setattr records nothing); a special
@@ -670,37 +678,50 @@ impl Files {
         id: FileId,
         set: SetAttr,
     ) -> Result<Attr, GatewayError> {
-        if set.size.is_some() {
-            // A size change truncates the staging file (and may fetch from the bucket)
-            // first, so it is checked on the row as read before.
-            // The share's call is counted once, after the hop below.
-            let (row, share) = self.node(id).await?;
-            let who = effective(&share, caller)?;
-            let changed = check_setattr(&who, &share, &row, &set)?;
-            if let Some(size) = set.size
-                && changed
-                && row.kind == InodeKind::File
-            {
-                self.truncate(&row, size).await?;
-            }
-        }
         let lock = self.inode_lock(id.row_id()?);
-        let _guard = lock.lock().await;
-        // Checked and changed in one hop on the row as stored now: a SETATTR of mode, owner or
-        // times (three or four per file of an untar) crosses to the pool once.
-        let caller = caller.clone();
-        let (row, share, changed) = self
-            .blocking(move |c| {
-                let (mut row, share) = blocking::node(c, id)?;
-                let who = effective(&share, &caller)?;
-                let changed = check_setattr(&who, &share, &row, &set)?;
-                if changed {
-                    apply_setattr(&mut row, set);
-                    c.save_inode(&row)?;
+        let mut truncated = false;
+        let (row, share, changed) = loop {
+            let guard = lock.lock().await;
+            // Checked and changed in one hop on the row as stored now: a SETATTR of mode,
+            // owner or times (three or four per file of an untar), or one that changes nothing
+            // (the size 0 a client sends after creating a file with O_TRUNC), crosses to the
+            // pool once, and one that changes nothing writes nothing and waits for no sync.
+            let (caller, set) = (caller.clone(), set);
+            let step = self
+                .blocking(move |c| {
+                    let (mut row, share) = blocking::node(c, id)?;
+                    let who = effective(&share, &caller)?;
+                    let set = if truncated {
+                        SetAttr { size: None, ..set }
+                    } else {
+                        set
+                    };
+                    let changed = check_setattr(&who, &share, &row, &set)?;
+                    if let Some(size) = set.size
+                        && changed
+                        && row.kind == InodeKind::File
+                        && size != row.size
+                    {
+                        return Ok(SetStep::Truncate(row, size));
+                    }
+                    if changed {
+                        apply_setattr(&mut row, set);
+                        c.save_inode(&row)?;
+                    }
+                    Ok(SetStep::Done(row, share, changed))
+                })
+                .await?;
+            match step {
+                SetStep::Done(row, share, changed) => break (row, share, changed || truncated),
+                SetStep::Truncate(row, size) => {
+                    // The size first (it may fetch from the bucket, and takes the inode lock
+                    // itself), then the rest on the row as it is after.
+                    drop(guard);
+                    self.truncate(&row, size).await?;
+                    truncated = true;
                 }
-                Ok((row, share, changed))
-            })
-            .await?;
+            }
+        };
         self.count(share.id, crate::gateway::files::traffic::Counted::Call);
         // The atime is kept locally only: a change of it alone (touch -a) uploads nothing.
         let atime_only = set
@@ -832,6 +853,31 @@ fn new_inode(slot: &Slot, kind: InodeKind, mode: u32) -> Result<InodeRow, Gatewa
     ))
 }
 
+/// The row of a new regular file in `slot`: `mode` given, or the share's default. An exclusive
+/// create's verifier is kept in the mtime until the client's follow-up SETATTR (RFC 1813
+/// §3.3.8), so a retransmitted CREATE can be recognised.
+fn file_row(
+    slot: &Slot,
+    mode: Option<u32>,
+    verf: Option<[u8; 8]>,
+) -> Result<InodeRow, GatewayError> {
+    let mode = mode.unwrap_or(slot.share.default_file_mode);
+    let mut row = new_inode(slot, InodeKind::File, mode)?;
+    if let Some(verf) = verf {
+        row.mtime_ns = i64::from_be_bytes(verf);
+    }
+    Ok(row)
+}
+
+/// What a SETATTR's blocking step found.
+enum SetStep {
+    /// Checked, and applied if it changed anything: the row after, its share, and whether it
+    /// changed.
+    Done(InodeRow, ShareRow, bool),
+    /// The size changes: truncate first (outside the hop), then apply the rest.
+    Truncate(InodeRow, u64),
+}
+
 /// What [`Files::make_file`] did.
 enum Made {
     /// The file is new.
@@ -859,9 +905,6 @@ fn rwx(who: &Caller, share: &ShareRow, row: &InodeRow) -> u32 {
     granted
 }
 
-/// Applies a SETATTR's changes to `row` (already checked): the ctime becomes now, and
-/// anything but the atime alone makes the inode dirty (the atime is kept locally only, so
-/// `touch -a` uploads nothing).
 /// Whether `who` may make the change `set` to `row` (`PermissionDenied`, `ReadOnly` or
 /// `IsDirectory` if not), and whether it changes anything: what clients send after CREATE
 /// (mode, size 0 for O_TRUNC) records nothing and schedules no upload.
@@ -918,11 +961,25 @@ fn check_setattr(
         && set.mode.is_none_or(|m| m & 0o7777 == row.mode & 0o7777)
         && set.uid.is_none_or(|u| u == row.uid)
         && set.gid.is_none_or(|g| g == row.gid)
-        && set.mtime.is_none()
-        && set.atime.is_none();
+        && same_time(set.mtime, row.mtime_ns)
+        && same_time(set.atime, row.atime_ns);
     Ok(!unchanged)
 }
 
+/// Whether a SETATTR's time leaves the stored one as it is: not asked for, or the client's own
+/// time equal to it (tar and rsync set times a file may already have). The server's clock
+/// always moves it.
+fn same_time(set: Option<SetTime>, stored_ns: i64) -> bool {
+    match set {
+        None => true,
+        Some(SetTime::Client(t)) => t == stored_ns,
+        Some(SetTime::ServerNow) => false,
+    }
+}
+
+/// Applies a SETATTR's changes to `row` (already checked): the ctime becomes now, and
+/// anything but the atime alone makes the inode dirty (the atime is kept locally only, so
+/// `touch -a` uploads nothing).
 fn apply_setattr(row: &mut InodeRow, set: SetAttr) {
     let now = crate::clock::unix_nanos();
     if let Some(m) = set.mode {

@@ -444,9 +444,21 @@ impl Files {
         listed: &InodeRow,
         key: &str,
     ) -> Result<Option<(InodeRow, Option<String>, Option<String>)>, GatewayError> {
-        // The row as it is now; gone, moved or already synced means a later round decides.
-        let id = listed.id;
-        let Some(row) = self.blocking(move |c| Ok(c.inode(id)?)).await? else {
+        // The row as it is now (gone, moved or already synced means a later round decides)
+        // and, for a staged file, its staging file, read in the same hop.
+        let (id, staging) = (listed.id, self.staging_path(listed.id));
+        let small = self.bucket.multipart_threshold();
+        let found = self
+            .blocking(move |c| {
+                let Some(row) = c.inode(id)? else {
+                    return Ok(None);
+                };
+                let probe = (row.kind == InodeKind::File && row.staged)
+                    .then(|| Staged::probe(&staging, small));
+                Ok(Some((row, probe)))
+            })
+            .await?;
+        let Some((row, probe)) = found else {
             return Ok(None);
         };
         if row.path != listed.path || !row.dirty() {
@@ -475,7 +487,7 @@ impl Files {
                 }
                 (None, None) => None,
             },
-            InodeKind::File => self.sync_file(&row, &key).await?,
+            InodeKind::File => self.sync_file(&row, &key, probe).await?,
             // Zero bytes and the metadata: a new PUT is as cheap as any copy, for a move or
             // an attribute change too.
             InodeKind::Fifo | InodeKind::Socket | InodeKind::BlockDev | InodeKind::CharDev => {
@@ -498,14 +510,24 @@ impl Files {
         )
     }
 
-    async fn sync_file(&self, row: &InodeRow, key: &str) -> Result<Option<String>, GatewayError> {
+    async fn sync_file(
+        &self,
+        row: &InodeRow,
+        key: &str,
+        probe: Option<Staged>,
+    ) -> Result<Option<String>, GatewayError> {
         let m = Self::object_meta(row);
-        if row.staged {
+        if let Some(probe) = probe {
             let staging = self.staging_path(row.id);
-            let map = {
-                let staging = staging.clone();
-                self.blocking(move |_| Ok((staging.exists(), BlockMap::load(&staging))))
-                    .await?
+            let map = match probe {
+                Staged::Small(data) => {
+                    // Read in the hop that read the row: one PUT, no more trips to the pool.
+                    if let Some(etag) = self.early_finish(row, key, &staging).await? {
+                        return Ok(etag);
+                    }
+                    return Ok(self.bucket.put_object(key, data, &m).await?);
+                }
+                Staged::Other { exists, map } => (exists, map),
             };
             let map = match map {
                 (false, None) => {
@@ -594,6 +616,36 @@ impl Files {
                     .put_file(key, &self.staging_path(staged.id), &Self::object_meta(row))
                     .await?)
             }
+        }
+    }
+}
+
+/// A staged file's staging file as the uploader's first hop found it.
+enum Staged {
+    /// Whole (no block map) and under the multipart threshold: its bytes, for one PUT.
+    Small(Bytes),
+    /// Anything else: whether it exists, and its block map if it is staged sparsely.
+    Other { exists: bool, map: Option<BlockMap> },
+}
+
+impl Staged {
+    /// Looks at the staging file at `path`, reading it whole when it has no block map and is
+    /// smaller than `small` bytes. A file that cannot be read is left to the upload proper,
+    /// which reports why.
+    fn probe(path: &std::path::Path, small: u64) -> Self {
+        let map = BlockMap::load(path);
+        if map.is_none()
+            && let Ok(mut file) = std::fs::File::open(path)
+            && file.metadata().is_ok_and(|m| m.len() < small)
+        {
+            let mut data = Vec::new();
+            if std::io::Read::read_to_end(&mut file, &mut data).is_ok() {
+                return Self::Small(Bytes::from(data));
+            }
+        }
+        Self::Other {
+            exists: path.exists(),
+            map,
         }
     }
 }
