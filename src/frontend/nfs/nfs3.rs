@@ -14,6 +14,7 @@ use crate::frontend::nfs::status::nfsstat;
 use crate::gateway::GatewayError;
 use crate::gateway::files::MAX_LINKS;
 use crate::gateway::files::data::MAX_IO_BYTES;
+use crate::gateway::files::ops::NewFile;
 use crate::gateway::files::path::MAX_NAME_BYTES;
 use crate::gateway::files::{
     Attr, Caller, CreateMode, FileId, FileKind, Files, SetAttr, Stability,
@@ -144,16 +145,17 @@ impl Nfs3<'_> {
         let name = Self::name(r)?;
         let mut out = Out::new();
         let dir = dir?;
-        match self.files.lookup(caller, dir, name).await {
+        // The directory's attributes come from the lookup's own hop (none when it could not
+        // be read; they are optional in the reply).
+        let (found, d) = self.files.lookup_in(caller, dir, name).await;
+        match found {
             Ok(a) => {
-                let d = self.attr_of(caller, dir).await;
                 out.status(nfsstat3::NFS3_OK)
                     .xdr(&self.fh(a.id))
                     .xdr(&post(Some(&a)))
                     .xdr(&post(d.as_ref()));
             }
             Err(e) => {
-                let d = self.attr_of(caller, dir).await;
                 out.status(nfsstat(&e)).xdr(&post(d.as_ref()));
             }
         }
@@ -299,8 +301,24 @@ impl Nfs3<'_> {
             }
         };
         let dir = dir?;
-        let result = self.files.create(caller, dir, name, how, attrs).await;
-        Ok(self.created(caller, dir, result).await)
+        let req = NewFile {
+            dir,
+            name,
+            how,
+            attrs,
+        };
+        match self.files.create_open(caller, req).await {
+            // The directory as the create's own hop left it: no GETATTR of it after.
+            Ok(opened) => {
+                let mut out = Out::new();
+                out.status(nfsstat3::NFS3_OK)
+                    .xdr(&post_op_fh3::handle(self.fh(opened.attr.id)))
+                    .xdr(&post(Some(&opened.attr)))
+                    .xdr(&wcc(Some(&opened.dir_after)));
+                Ok(out)
+            }
+            Err(e) => Ok(self.created(caller, dir, Err(e)).await),
+        }
     }
 
     async fn mkdir(&self, caller: &Caller, r: &mut Reader<'_>) -> Result<Out, Reject> {
