@@ -1,12 +1,13 @@
 //! Sealing and importing a device cluster's data set (issue 19 item 4) with real clients: a
 //! 3-device cluster is loaded through two devices with the AWS CLI, `job seal` on devices 2
-//! and 3 at the same moment freezes it on every device (both seals finish, with the
-//! same objects), and `job import --share 1/2` on device 1 and `--share 2/2` on device 3 import
-//! it in parallel into a separate Garage. A second run of share 1 started meanwhile is refused,
+//! and 3 at the same moment freezes it on every device (both seals finish, with the same
+//! objects), and `job import --share 1/2` on device 1 and `--share 2/2` on device 3 import it
+//! in parallel into a separate Garage. A second run of share 1 started meanwhile is refused,
 //! naming device 1. The importer of share 1 is killed (-9) mid-way and its share resumed on
-//! device 2, locked first (the import starts its Garage node): boto3 then finds every object once, byte for
-//! byte, every object that was already in the target at the kill keeps its LastModified (it was
-//! not sent again), and the one report lists every object with both shares' runs.
+//! device 2, locked first (the import starts its Garage node): boto3 then finds every object
+//! once, byte for byte, every object that was already in the target at the kill keeps its
+//! LastModified (it was not sent again), and the one report lists every object with both
+//! shares' runs.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
