@@ -152,6 +152,23 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The inode `id` and its share (`None` if either is gone), read under one hold of the
+    /// connection: every NFS and FUSE call starts with this, and reading the two apart took the
+    /// connection twice and read every share. (As one joined statement SQLite prepared it
+    /// again at each run.)
+    pub fn inode_with_share(&self, id: i64) -> Result<Option<(InodeRow, ShareRow)>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"))?;
+        let Some(row) = stmt.query_row([id], row_to_inode).optional()? else {
+            return Ok(None);
+        };
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {SHARE_COLUMNS} FROM shares WHERE id = ?1"))?;
+        let share = stmt.query_row([row.share_id], row_to_share).optional()?;
+        Ok(share.map(|share| (row, share)))
+    }
+
     pub fn share_by_name(&self, name: &str) -> Result<Option<ShareRow>, CatalogError> {
         Ok(self
             .conn()
@@ -308,6 +325,33 @@ pub(super) mod tests {
             .insert_inode(&node(s.id, Some(root.id), "ab", InodeKind::File))
             .unwrap();
         assert!(again.id > f.id, "ids are never reused");
+    }
+
+    #[test]
+    fn an_inode_is_read_with_its_share() {
+        let (_dir, c, s, root) = catalog_with_share();
+        let second = c
+            .create_share(
+                &ShareRow {
+                    name: "t".into(),
+                    bucket_prefix: "shares/t/".into(),
+                    read_only: true,
+                    default_file_mode: 0o600,
+                    ..share()
+                },
+                &node(0, None, "", InodeKind::Dir),
+            )
+            .unwrap();
+        let f = c
+            .insert_inode(&node(s.id, Some(root.id), "f", InodeKind::File))
+            .unwrap();
+        let second_root = c.share_root(second.id).unwrap().unwrap();
+        for (id, want) in [(f.id, &s), (root.id, &s), (second_root.id, &second)] {
+            let (row, share) = c.inode_with_share(id).unwrap().unwrap();
+            assert_eq!(row, c.inode(id).unwrap().unwrap());
+            assert_eq!(&share, want);
+        }
+        assert!(c.inode_with_share(f.id + 100).unwrap().is_none());
     }
 
     #[test]

@@ -37,15 +37,9 @@ impl Files {
 
 /// [`Files::node`] inside a blocking closure.
 pub(crate) fn node(catalog: &Catalog, id: FileId) -> Result<(InodeRow, ShareRow), GatewayError> {
-    let row = catalog
-        .inode(id.row_id()?)?
-        .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
-    let share = catalog
-        .shares()?
-        .into_iter()
-        .find(|s| s.id == row.share_id)
-        .ok_or_else(|| GatewayError::Stale(format!("file id {} (share gone)", id.0)))?;
-    Ok((row, share))
+    catalog
+        .inode_with_share(id.row_id()?)?
+        .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))
 }
 
 /// The inode `id` as stored now; a vanished one is `Stale`.
