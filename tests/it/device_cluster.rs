@@ -1,18 +1,26 @@
-//! Device clusters (issue 19) with real clients: five `device unlock` processes, each running
-//! its own Garage node (replication 3, a zone per device) on loopback, are set up by `device
-//! cluster create|join`; the AWS CLI puts a tree through one device and every device lists and
-//! returns it byte for byte; with one device killed (-9, its Garage node too) loads go on
-//! through the others; with two killed every object still reads, a PUT gets
-//! `ServiceUnavailable` naming the lost write quorum, and `device status` names both devices.
+//! Device clusters (issue 19) with real clients, at the acceptance's sizes: five `device
+//! unlock` processes, each running its own Garage node (replication 3, a zone per device) on
+//! loopback, are set up by `device cluster create|join`. `aws s3 cp --recursive` of 2,000 files
+//! and a 1 GiB file through device 1 and `s3cmd sync` of another tree through device 3 run at
+//! once; device 1 (and its Garage node) is killed with -9 mid-load, and the AWS CLI is run again
+//! against device 2 as a user would (`aws s3 sync`, which sends what is missing). Every
+//! acknowledged object is still there, every object lists on every live device and reads back
+//! byte for byte from each; no content or name is found in any Garage directory. With a second
+//! device killed every object still reads, a PUT gets `ServiceUnavailable` naming the lost write
+//! quorum, NFS writes `NFS3ERR_ROFS`, and `device status` names both devices; both restarted,
+//! they list everything at once, writes resume and the status says fully redundant again.
 //!
-//! Sizes are small (24 files, one of 20 MiB that spans three segments): the test checks the
-//! wiring and the failure behaviour, not throughput.
+//! Every object is read back by hashing it as it streams (boto3), not into files: 4 live
+//! devices × 1 GiB would otherwise be written to disk too.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::device::{Job, Unlocked};
+use crate::device::{CLIENT, Job, Unlocked, boto3, files_under, small_files};
 use crate::device_nfs::{Export, NFS3ERR_ROFS};
 use crate::support::nfs::Client;
 use crate::support::{free_port, run, stderr, stdout, tidegate};
@@ -22,7 +30,22 @@ const DEVICES: usize = 5;
 const STATUS_LIMIT: Duration = Duration::from_secs(90);
 /// How long a return may take to be fully redundant: the table sync, then Garage's block
 /// resync delay (2 × the cluster's 20 s RPC timeout), on a loaded 2-core machine.
-const WHOLE_LIMIT: Duration = Duration::from_secs(180);
+const WHOLE_LIMIT: Duration = Duration::from_secs(300);
+/// The acceptance's load through device 1: 2,000 small files and one of 1 GiB.
+const AWS_FILES: usize = 2000;
+const BIG_BYTES: usize = 1 << 30;
+/// s3cmd's tree through device 3: text files carrying `MARKER`, and one of 40 MiB (three
+/// multipart chunks of s3cmd's 15 MiB).
+const SYNC_FILES: usize = 1000;
+const SYNC_BIG_BYTES: usize = 40 << 20;
+/// A string in every s3cmd file, and a key name, that must not appear in any Garage directory.
+const MARKER: &str = "tidegate-cluster-marker-5b8e";
+const MARKER_NAME: &str = "marker-name-q7";
+/// Device 1 is killed once the AWS CLI has acknowledged this many uploads: about half the small
+/// files, with the 1 GiB file (sorted among them) in flight.
+const KILL_AFTER_ACKS: usize = 1000;
+/// How long a client may go without acknowledging anything before the test calls it stuck.
+const LOAD_LIMIT: Duration = Duration::from_secs(600);
 
 /// A file tree of `count` small files plus, when `big`, one of 20 MiB.
 pub(crate) fn tree(dir: &Path, tag: &str, count: usize, big: bool) {
@@ -131,49 +154,66 @@ impl Member {
         ]))
     }
 
-    /// Lists the bucket through this device and compares the keys with `want`'s.
-    fn check_listing(&self, bucket: &str, want: &[(String, Vec<u8>)], when: &str) {
-        let o =
-            run(self
-                .device()
-                .aws()
-                .args(["s3", "ls", "--recursive", &format!("s3://{bucket}/")]));
-        assert!(o.status.success(), "list: {}", stderr(&o));
-        let mut got: Vec<String> = stdout(&o)
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned))
-            .collect();
-        got.sort();
-        let want: Vec<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            got,
-            want,
-            "{when}: listing through {} ({} of {} objects)",
-            self.job.data.display(),
-            got.len(),
-            want.len()
+    /// Every object in `bucket` as this device lists it, key → SHA-256 of its bytes as this
+    /// device returns them (boto3, 4 GETs at a time, each body hashed as it streams: one is
+    /// 1 GiB), or key → "" with `read` false (a listing only).
+    pub fn contents(&self, bucket: &str, read: bool) -> BTreeMap<String, String> {
+        let script = format!(
+            "{CLIENT}
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+b = os.environ['BUCKET']
+keys = []
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket=b):
+    keys += [o['Key'] for o in page.get('Contents', [])]
+def digest(key):
+    if not os.environ.get('READ'):
+        return key, ''
+    h = hashlib.sha256()
+    for chunk in s3.get_object(Bucket=b, Key=key)['Body'].iter_chunks(1 << 20):
+        h.update(chunk)
+    return key, h.hexdigest()
+with ThreadPoolExecutor(4) as ex:
+    for key, sha in ex.map(digest, keys):
+        print(key, sha)
+"
         );
+        let out = boto3(&script, |c| {
+            self.device().env(c);
+            c.env("BUCKET", bucket);
+            if read {
+                c.env("READ", "1");
+            }
+        });
+        out.lines()
+            .map(|l| {
+                let (k, sha) = l.split_once(' ').unwrap_or((l, ""));
+                (k.to_owned(), sha.to_owned())
+            })
+            .collect()
     }
 
-    /// Downloads the whole bucket through this device and compares it with `want`.
-    fn check_all(&self, bucket: &str, scratch: &Path, want: &[(String, Vec<u8>)]) {
+    /// Lists (and with `read`, reads and hashes) the bucket through this device and compares
+    /// it with `want` (key → SHA-256).
+    pub fn check(&self, bucket: &str, want: &BTreeMap<String, String>, read: bool, when: &str) {
+        let got = self.contents(bucket, read);
         let name = self.job.data.file_name().unwrap().to_string_lossy();
-        let out = scratch.join(format!("get-{name}-{}", free_port()));
-        let o = run(self.device().aws().args([
-            "s3",
-            "cp",
-            "--recursive",
-            "--only-show-errors",
-            &format!("s3://{bucket}/"),
-            out.to_str().unwrap(),
-        ]));
-        assert!(o.status.success(), "download: {}", stderr(&o));
-        let got = files(&out);
-        assert_eq!(got.len(), want.len(), "object count");
-        for (g, w) in got.iter().zip(want) {
-            assert!(g == w, "{} differs from what was put", g.0);
+        let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+        let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{when}: {name} lists {} of {} objects; missing {} (first {:?}), unexpected {:?}",
+            got.len(),
+            want.len(),
+            missing.len(),
+            missing.iter().take(5).collect::<Vec<_>>(),
+            extra.iter().take(5).collect::<Vec<_>>()
+        );
+        if read {
+            for (key, sha) in want {
+                assert_eq!(&got[key], sha, "{when}: {key} read through {name} differs");
+            }
         }
-        std::fs::remove_dir_all(&out).unwrap();
     }
 }
 
@@ -191,7 +231,10 @@ fn wait_nfs_create(c: &mut Client, dir: &[u8], name: &str) -> Result<Vec<u8>, u3
 }
 
 /// Runs `check` on every member at once (a failure fails the test with its message).
-pub(crate) fn each(members: &[Member], check: impl Fn(&Member) + Sync) {
+pub(crate) fn each<'a>(
+    members: impl IntoIterator<Item = &'a Member>,
+    check: impl Fn(&Member) + Sync,
+) {
     std::thread::scope(|s| {
         for m in members {
             let check = &check;
@@ -309,10 +352,206 @@ pub(crate) fn form_cluster(
     })
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 (hex) of a file, read in 8 MiB chunks.
+fn sha256_of(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return hex(ctx.finish().as_ref());
+        }
+        ctx.update(&buf[..n]);
+    }
+}
+
+/// A file of `len` random bytes, written in 8 MiB chunks (never held whole in memory).
+fn random_file(path: &Path, len: usize) {
+    let mut rng = std::fs::File::open("/dev/urandom").unwrap();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut buf = vec![0u8; 8 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        rng.read_exact(&mut buf[..n]).unwrap();
+        out.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+    out.flush().unwrap();
+}
+
+/// Key (`prefix` + relative path) → SHA-256 of every file under `dir`.
+fn hashes_under(dir: &Path, prefix: &str) -> BTreeMap<String, String> {
+    files_under(dir)
+        .into_iter()
+        .map(|(rel, path)| (format!("{prefix}{rel}"), sha256_of(&path)))
+        .collect()
+}
+
+/// A client process whose stdout lines arrive on a channel as they are printed.
+struct Load {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Load {
+    fn spawn(mut cmd: Command) -> Load {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Load {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Keys the client reported as uploaded (`upload: SRC to s3://BUCKET/KEY` from the AWS
+    /// CLI, `upload: 'SRC' -> 's3://BUCKET/KEY'` from s3cmd), printed once the PUT (or the
+    /// multipart completion) was acknowledged.
+    fn acked(&self, bucket: &str) -> BTreeSet<String> {
+        let at = format!("s3://{bucket}/");
+        self.seen
+            .iter()
+            .filter(|l| l.starts_with("upload: "))
+            .filter_map(|l| l.rsplit_once(&at))
+            .map(|(_, key)| key.split('\'').next().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Waits until `enough` holds for the lines seen so far; false if the client ended first.
+    fn wait_for(&mut self, what: &str, enough: impl Fn(&[String]) -> bool) -> bool {
+        while !enough(&self.seen) {
+            match self.lines.recv_timeout(LOAD_LIMIT) {
+                Ok(l) => self.seen.push(l),
+                Err(RecvTimeoutError::Disconnected) => return false,
+                Err(RecvTimeoutError::Timeout) => panic!("{what}: the client stalled"),
+            }
+        }
+        true
+    }
+
+    /// Waits for the client to exit (reading the rest of its output); its stderr is returned.
+    fn finish(&mut self) -> (std::process::ExitStatus, String) {
+        while self.wait_for("finishing", |_| false) {}
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (self.child.wait().unwrap(), err)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Device 1's tree: 2,000 small files in `d0`..`d6` and the 1 GiB file `d3-big.bin`, which the
+/// AWS CLI sends (in 8 MiB parts) between `d2/` and `d3/`: mid-load.
+fn aws_tree(dir: &Path) {
+    small_files(dir, AWS_FILES, 1500);
+    random_file(&dir.join("d3-big.bin"), BIG_BYTES);
+}
+
+/// Device 3's tree: text files with `MARKER` in them (and one named `MARKER_NAME`), and one
+/// 40 MiB random file.
+fn sync_tree(dir: &Path) {
+    for i in 0..SYNC_FILES {
+        let sub = dir.join(format!("s{}", i % 5));
+        std::fs::create_dir_all(&sub).unwrap();
+        let name = if i == 7 {
+            format!("{MARKER_NAME}.txt")
+        } else {
+            format!("note-{i:04}.txt")
+        };
+        let line = format!("{MARKER} note {i}\n");
+        std::fs::write(sub.join(name), line.repeat(1 + (i * 53) % 600)).unwrap();
+    }
+    random_file(&dir.join("s-big.bin"), SYNC_BIG_BYTES);
+}
+
+/// `grep` for the marker content and name in every device's Garage directories: both must be
+/// absent (Garage holds ciphertext and opaque names only).
+fn assert_no_marker(data: &[PathBuf]) {
+    let o = run(Command::new(crate::support::tool("grep"))
+        .args(["-r", "-a", "-F", "-l", "-e", MARKER, "-e", MARKER_NAME])
+        .args(data.iter().map(|d| d.join("cluster"))));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "grep found a marker in the clear (or failed): {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}
+
+/// With two devices down: a PUT through `m` is refused with `ServiceUnavailable` naming the lost
+/// write quorum, and an NFS CREATE through its export fails at once as read-only.
+fn refuse_writes(m: &Member, nfs: &mut Client, nfs_root: &[u8], third: &Path, bucket: &str) {
+    // Each device closes its own gate (within its 1 s health poll): wait for this one's.
+    m.wait_status("writes refused on dev3", STATUS_LIMIT, |s| {
+        s.contains("writes: REFUSED")
+    });
+    let o = m.upload(third, bucket);
+    assert!(
+        !o.status.success(),
+        "a PUT with two devices down was accepted"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("ServiceUnavailable") && err.contains("write quorum lost"),
+        "{err}"
+    );
+    // Once the device refuses writes (and its export has looked, every 100 ms), a create that
+    // went through would leave an object behind, so one try decides.
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = nfs.create(nfs_root, "quorum-lost.txt", 0, 0o644);
+    assert_eq!(
+        refused,
+        Err(NFS3ERR_ROFS),
+        "NFS CREATE without a write quorum"
+    );
+}
+
 #[test]
-fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
+fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_documented() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
+    // Both trees are made while the cluster comes up.
+    let (aws_src, sync_src) = (dir.path().join("aws-src"), dir.path().join("sync-src"));
+    let trees = std::thread::spawn({
+        let (a, s) = (aws_src.clone(), sync_src.clone());
+        move || {
+            aws_tree(&a);
+            sync_tree(&s);
+            let mut want = hashes_under(&a, "cp/");
+            want.extend(hashes_under(&s, "sync/"));
+            want
+        }
+    });
     // Device 3 also serves NFS: its writes follow the cluster's write quorum too.
     let mut members = form_cluster(
         dir.path(),
@@ -325,125 +564,140 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
     let mut nfs = Client::connect(&export.addr);
     let nfs_root = nfs.mount(&export.path).unwrap();
     let data: Vec<PathBuf> = members.iter().map(|m| m.job.data.clone()).collect();
-    let up = started.elapsed();
     let bucket = "target";
     let status = members[0].wait_status("full redundancy", STATUS_LIMIT, |s| {
         s.contains("redundancy: full")
     });
     assert!(status.contains("5 of 5 devices up"), "{status}");
+    let mut want = trees.join().unwrap();
+    let up = started.elapsed();
 
-    // Put through device 1; every device lists and returns the same bytes.
-    let first = dir.path().join("first");
-    tree(&first, "a", 20, true);
-    let o = members[0].upload(&first, bucket);
-    assert!(o.status.success(), "upload via dev1: {}", stderr(&o));
-    let mut want = files(&first);
-    // Each device on its own thread: the checks are independent and mostly wait on the clients.
-    each(&members, |m| m.check_all(bucket, dir.path(), &want));
-    let loaded = started.elapsed();
-    // Garage's disks hold ciphertext and opaque names only: neither a file's content nor its
-    // name appears anywhere in a device's Garage metadata or data.
-    let marker_content = b"a file 7\na file 7\n".to_vec();
-    let marker_name = b"a-7.txt".to_vec();
-    for d in &data {
-        for (path, bytes) in files(&d.join("cluster")) {
-            for marker in [&marker_content, &marker_name] {
-                assert!(
-                    !bytes.windows(marker.len()).any(|w| w == &marker[..]),
-                    "{} holds {:?} in the clear",
-                    path,
-                    String::from_utf8_lossy(marker)
-                );
-            }
-        }
-    }
+    // The two loads at once: the AWS CLI through device 1, s3cmd through device 3.
+    let mut cp = members[0].device().aws();
+    cp.args(["s3", "cp", "--recursive", "--no-progress"])
+        .arg(&aws_src)
+        .arg(format!("s3://{bucket}/cp/"));
+    let mut cp = Load::spawn(cp);
+    let mut sync = members[2].device().s3cmd();
+    sync.args(["sync", "--no-progress"])
+        .arg(format!("{}/", sync_src.display()))
+        .arg(format!("s3://{bucket}/sync/"));
+    let mut sync = Load::spawn(sync);
 
-    // One device lost: loads continue through the others, nothing is refused.
-    members[4].kill();
-    members[0].wait_status("dev5 down", STATUS_LIMIT, |s| {
-        s.contains("device dev5: DOWN")
+    // Mid-load, device 1 and its Garage node die. The AWS CLI retries the dead endpoint for
+    // minutes; a user stops it and runs it again against another device.
+    let mid = cp.wait_for("aws s3 cp through dev1", |seen| {
+        seen.iter().filter(|l| l.starts_with("upload: ")).count() >= KILL_AFTER_ACKS
     });
-    let second = dir.path().join("second");
-    tree(&second, "b", 4, false);
-    let o = members[1].upload(&second, bucket);
+    assert!(mid, "aws s3 cp ended before the kill: {:?}", cp.finish());
+    members[0].kill();
+    let killed_at = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = cp.child.kill();
+    let _ = cp.finish();
+    let acked = cp.acked(bucket);
+    let big_acked = acked.contains("cp/d3-big.bin");
+    let sync_running = sync.child.try_wait().unwrap().is_none();
+    let aws_total = AWS_FILES + 1;
     assert!(
-        o.status.success(),
-        "upload via dev2 with dev5 down: {}",
-        stderr(&o)
+        acked.len() < aws_total,
+        "the kill was not mid-load: {} acknowledged",
+        acked.len()
     );
-    want.extend(files(&second));
-    want.sort();
-    members[3].check_all(bucket, dir.path(), &want);
+    // Every upload the client saw acknowledged is there, through another device.
+    let listed = members[1].contents(bucket, false);
+    let lost: Vec<&String> = acked.iter().filter(|k| !listed.contains_key(*k)).collect();
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    let mut again = members[1].device().aws();
+    again
+        .args(["s3", "sync", "--no-progress"])
+        .arg(&aws_src)
+        .arg(format!("s3://{bucket}/cp/"));
+    let mut again = Load::spawn(again);
+    let (status, err) = again.finish();
+    assert!(status.success(), "aws s3 sync through dev2: {err}");
+    let resent = again.acked(bucket);
+    let twice: Vec<&String> = resent.intersection(&acked).collect();
+    assert!(
+        twice.is_empty(),
+        "aws s3 sync found acknowledged objects missing or different: {twice:?}"
+    );
+    let (status, err) = sync.finish();
+    assert!(status.success(), "s3cmd sync through dev3: {err}");
+    assert_eq!(
+        sync.acked(bucket).len(),
+        SYNC_FILES + 1,
+        "s3cmd's uploads: {:?}",
+        sync.seen
+    );
+    let loaded_at = started.elapsed();
+
+    // Every object lists on every live device and reads back byte for byte from each; Garage's
+    // directories are searched for the markers meanwhile.
+    std::thread::scope(|s| {
+        s.spawn(|| assert_no_marker(&data));
+        each(&members[1..], |m| {
+            m.check(bucket, &want, true, "after the load")
+        });
+    });
+    let read_at = started.elapsed();
     let s = members[2].status();
     assert!(
-        s.contains("writes: accepted") && s.contains("missing devices: dev5"),
+        s.contains("writes: accepted") && s.contains("missing devices: dev1"),
         "{s}"
     );
 
     // Two lost: every object still reads; a PUT is refused, naming the lost quorum.
-    members[3].kill();
-    let s = members[0].wait_status("writes refused", STATUS_LIMIT, |s| {
+    members[4].kill();
+    let s = members[1].wait_status("writes refused", STATUS_LIMIT, |s| {
         s.contains("writes: REFUSED")
     });
     assert!(
-        s.contains("device dev4: DOWN") && s.contains("device dev5: DOWN"),
+        s.contains("device dev1: DOWN") && s.contains("device dev5: DOWN"),
         "{s}"
     );
-    assert!(s.contains("missing devices: dev4, dev5"), "{s}");
-    members[1].check_all(bucket, dir.path(), &want);
+    assert!(s.contains("missing devices: dev1, dev5"), "{s}");
     let third = dir.path().join("third");
     tree(&third, "c", 1, false);
-    let o = members[2].upload(&third, bucket);
-    assert!(
-        !o.status.success(),
-        "a PUT with two devices down was accepted"
-    );
-    let err = stderr(&o);
-    assert!(
-        err.contains("ServiceUnavailable") && err.contains("write quorum lost"),
-        "{err}"
-    );
-    // NFS writes through device 3 fail at once as read-only (not JUKEBOX, which a hard mount
-    // would retry for ever), while reads go on.
-    // Once device 3 itself refuses writes (and its export has looked, every 100 ms), a create
-    // that went through would leave an object behind, so one try decides.
-    members[2].wait_status("writes refused on dev3", STATUS_LIMIT, |s| {
-        s.contains("writes: REFUSED")
+    // Every object still reads (through device 4) while writes are tried through device 3.
+    let refused_at = std::thread::scope(|s| {
+        s.spawn(|| members[3].check(bucket, &want, true, "with two devices down"));
+        refuse_writes(&members[2], &mut nfs, &nfs_root, &third, bucket);
+        started.elapsed()
     });
-    std::thread::sleep(Duration::from_millis(500));
-    let refused = nfs.create(&nfs_root, "quorum-lost.txt", 0, 0o644);
-    assert_eq!(
-        refused,
-        Err(NFS3ERR_ROFS),
-        "NFS CREATE without a write quorum"
-    );
-    let refused_at = started.elapsed();
+    let two_down_read_at = started.elapsed();
 
     // Both come back (same data dirs, same ports): writes resume, Garage brings them up to
     // date, and the status says so.
-    for m in &mut members[3..] {
-        m.device = Some(Unlocked::start(&m.job));
-    }
+    std::thread::scope(|s| {
+        for (i, m) in members.iter_mut().enumerate() {
+            if i == 0 || i == 4 {
+                s.spawn(move || m.device = Some(Unlocked::start(&m.job)));
+            }
+        }
+    });
     let returned_at = started.elapsed();
     // A returned device serves only once the others have pushed it what it missed: its own
-    // node answers listings, and without that push it would list only what it held before.
-    each(&members[3..], |m| {
-        m.check_listing(bucket, &want, "right after the return")
+    // node answers listings, and without that push it would list only what it held before
+    // (device 1 missed half the load).
+    each([&members[0], &members[4]], |m| {
+        m.check(bucket, &want, false, "right after the return")
     });
     // Blocks the returned devices missed are copied later (2 × Garage's RPC timeout after the
     // tables): until then redundancy is not full, whatever the partitions say.
-    let s = members[0].status();
+    let s = members[1].status();
     assert!(
         !s.contains("redundancy: full"),
         "full at once after the return:\n{s}"
     );
-    let s = members[0].wait_status("full redundancy again", WHOLE_LIMIT, |s| {
-        s.contains("redundancy: full") && s.contains("writes: accepted")
-    });
-    assert!(s.contains("5 of 5 devices up"), "{s}");
-    let whole_at = started.elapsed();
-    each(&members, |m| {
-        m.check_listing(bucket, &want, "once redundancy is full again")
+    // Device 1 reads back everything it missed while Garage copies the blocks.
+    let whole_at = std::thread::scope(|s| {
+        s.spawn(|| members[0].check(bucket, &want, true, "through a returned device"));
+        let s = members[1].wait_status("full redundancy again", WHOLE_LIMIT, |s| {
+            s.contains("redundancy: full") && s.contains("writes: accepted")
+        });
+        assert!(s.contains("5 of 5 devices up"), "{s}");
+        started.elapsed()
     });
     let o = members[2].upload(&third, bucket);
     assert!(
@@ -451,24 +705,50 @@ fn device_cluster_serves_one_data_set_and_degrades_as_documented() {
         "upload via dev3 after the return: {}",
         stderr(&o)
     );
-    want.extend(files(&third));
-    want.sort();
-    members[4].check_all(bucket, dir.path(), &want);
+    for (key, bytes) in files(&third) {
+        want.insert(
+            key,
+            hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref()),
+        );
+    }
+    each(&members, |m| {
+        m.check(bucket, &want, false, "once redundancy is full again")
+    });
     // NFS writes through device 3 are accepted again.
     let created = wait_nfs_create(&mut nfs, &nfs_root, "quorum-back.txt");
     assert!(created.is_ok(), "NFS CREATE after the return: {created:?}");
     eprintln!(
-        "device cluster: writes refused {:.1} s in, returned at {:.1} s, full redundancy at \
-         {:.1} s, checked at {:.1} s",
+        "device cluster: 5 devices up and trees made in {:.1} s; dev1 killed at {:.1} s with \
+         {} of {aws_total} aws uploads acknowledged (1 GiB file {}, s3cmd {}); loads done at \
+         {:.1} s (aws s3 sync sent {}); read back on 4 devices by {:.1} s; writes refused at \
+         {:.1} s, read back with two down by {:.1} s; returned at {:.1} s; full redundancy at {:.1} s; whole test {:.1} s",
+        up.as_secs_f64(),
+        killed_at.as_secs_f64(),
+        acked.len(),
+        if big_acked { "done" } else { "in flight" },
+        if sync_running {
+            "still running"
+        } else {
+            "done"
+        },
+        loaded_at.as_secs_f64(),
+        resent.len(),
+        read_at.as_secs_f64(),
         refused_at.as_secs_f64(),
+        two_down_read_at.as_secs_f64(),
         returned_at.as_secs_f64(),
         whole_at.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+    // Stopping 5 devices and removing some 10 GiB of Garage data is part of the test's cost.
+    drop(nfs);
+    let t = Instant::now();
+    drop(members);
+    let stopped = t.elapsed();
+    drop(dir);
     eprintln!(
-        "device cluster: 5 devices up in {:.1} s, loaded and read on all in {:.1} s, whole test {:.1} s",
-        up.as_secs_f64(),
-        loaded.as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        "device cluster: devices stopped in {:.1} s, data removed in {:.1} s",
+        stopped.as_secs_f64(),
+        (t.elapsed() - stopped).as_secs_f64()
     );
 }

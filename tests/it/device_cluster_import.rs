@@ -1,10 +1,13 @@
 //! Sealing and importing a device cluster's data set (issue 19 item 4) with real clients: a
-//! 3-device cluster is loaded through two devices with the AWS CLI, `job seal` on device 2
-//! freezes it on every device, and `job import --share 1/2` on device 1 and `--share 2/2` on
-//! device 3 import it in parallel into a separate Garage. The importer of share 1 is killed
-//! (-9) mid-way and its share resumed on device 2: boto3 then finds every object once, byte for
-//! byte, every object that was already in the target at the kill keeps its LastModified (it was
-//! not sent again), and the one report lists every object with both shares' runs.
+//! 3-device cluster is loaded through two devices with the AWS CLI, `job seal` on devices 2
+//! and 3 at the same moment freezes it on every device (both seals finish, with the same
+//! objects), and `job import --share 1/2` on device 1 and `--share 2/2` on device 3 import it
+//! in parallel into a separate Garage. A second run of share 1 started meanwhile is refused,
+//! naming device 1. The importer of share 1 is killed (-9) mid-way and its share resumed on
+//! device 2, locked first (the import starts its Garage node): boto3 then finds every object
+//! once, byte for byte, every object that was already in the target at the kill keeps its
+//! LastModified (it was not sent again), and the one report lists every object with both
+//! shares' runs.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -88,7 +91,7 @@ fn device_cluster_seals_on_any_device_and_imports_in_shares_exactly_once() {
     let started = Instant::now();
     let garage = Garage::start();
     let dir = tempfile::tempdir().unwrap();
-    let members = form_cluster(
+    let mut members = form_cluster(
         dir.path(),
         3,
         &format!("s3://{}/{}", garage.bucket(), PREFIX.trim_end_matches('/')),
@@ -117,14 +120,28 @@ fn device_cluster_seals_on_any_device_and_imports_in_shares_exactly_once() {
     want.sort();
     let total = want.len();
 
-    // Seal on device 2: every device refuses writes and says so.
-    let o = run(tidegate(&members[1].job.data).args(["job", "seal"]));
-    assert!(o.status.success(), "job seal on dev2: {}", stderr(&o));
-    assert!(
-        stdout(&o).contains(&format!("sealed: {total} objects")),
-        "{}",
-        stdout(&o)
-    );
+    // Seal on devices 2 and 3 at the same moment: both finish, with the same objects (every
+    // device stopped writing before either wrote its manifest); every device refuses writes and
+    // says so.
+    let sealers: Vec<Child> = [&members[1], &members[2]]
+        .iter()
+        .map(|m| {
+            tidegate(&m.job.data)
+                .args(["job", "seal"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut sealer in sealers {
+        let o = wait_exit(&mut sealer, Duration::from_secs(180));
+        assert!(
+            stdout(&o).contains(&format!("sealed: {total} objects")),
+            "{}",
+            stdout(&o)
+        );
+    }
     for m in &members {
         m.wait_status("SEALED", SEAL_SHOWN_LIMIT, |s| {
             s.contains("job state: SEALED")
@@ -160,8 +177,20 @@ fn device_cluster_seals_on_any_device_and_imports_in_shares_exactly_once() {
         out.contains("share 2/2 done; shares 1/2 are not finished"),
         "{out}"
     );
-    // Share 1 is still sending its large object: kill it there.
-    std::thread::sleep(Duration::from_secs(2));
+    // Share 1 is still sending its large object: the same share started on device 3 now is
+    // refused (it would send share 1's objects a second time), naming the device running it.
+    let o = run(&mut import_cmd(&members[2], &garage, "1/2", &[]));
+    assert!(
+        !o.status.success(),
+        "a second run of share 1/2 at once was accepted: {}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("share 1/2 is being imported by device dev1"),
+        "{}",
+        stderr(&o)
+    );
+    // Then kill share 1 there.
     assert!(
         one.try_wait().unwrap().is_none(),
         "share 1 finished before it could be killed"
@@ -176,7 +205,11 @@ fn device_cluster_seals_on_any_device_and_imports_in_shares_exactly_once() {
         before.len()
     );
 
-    // Resume share 1 on another device (2): it completes the import and writes the report.
+    // Resume share 1 on another device (2), locked first: the import starts the device's
+    // Garage node itself, takes over the claim of the killed run once its beat has stopped,
+    // completes the import and writes the report.
+    let dev2 = members[1].device.take().unwrap();
+    dev2.lock(&members[1].job);
     let o = run(&mut import_cmd(
         &members[1],
         &garage,

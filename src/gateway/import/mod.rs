@@ -19,6 +19,7 @@
 //! manifest) only once its segments are durable and its record committed; a job's data set
 //! never changes after SEALED.
 
+mod claim;
 mod cluster;
 mod device;
 mod etag;

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gateway::GatewayError;
 use crate::gateway::import::Device;
+use crate::gateway::import::claim::ShareClaim;
 use crate::gateway::import::manifest::Entry;
 use crate::gateway::import::record;
 use crate::gateway::import::report::ReportRow;
@@ -190,6 +191,8 @@ pub(crate) struct ShareImport {
     pub imported: HashSet<Vec<u8>>,
     /// Whether this share ran before (its objects may be in the target unrecorded).
     pub resumed: bool,
+    /// This run's hold on the share: no other run imports it at the same time.
+    claim: ShareClaim,
 }
 
 /// What the end of a share's run found.
@@ -215,6 +218,7 @@ impl ShareImport {
             .link()
             .ok_or_else(|| GatewayError::Internal("a share import needs a cluster".into()))?;
         let bucket = link.bucket.clone();
+        let claim = ShareClaim::take(device, bucket.clone(), &link.device, share).await?;
         let mut imported = HashSet::new();
         let mut own = None;
         for (key, part) in read_parts(device, &bucket).await? {
@@ -245,6 +249,7 @@ impl ShareImport {
             started: Instant::now(),
             imported,
             resumed,
+            claim,
         })
     }
 
@@ -315,6 +320,7 @@ impl ShareImport {
         self.bucket
             .put(&part_key(self.share), sealed.into())
             .await?;
+        self.claim.release().await;
         let mut tries = 0;
         loop {
             tries += 1;
