@@ -464,6 +464,10 @@ impl Catalog {
                         "UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2",
                         params![item.id, item.version],
                     )? > 0;
+                if unstaged {
+                    // Its staging file is no longer the file's data (journal.rs).
+                    tx.execute("DELETE FROM small_journal WHERE inode = ?1", [item.id])?;
+                }
                 shares.insert(row.share_id);
                 out.push(Some(unstaged));
             }

@@ -13,6 +13,7 @@ pub mod gc;
 pub mod group;
 pub mod inodes;
 pub mod jobs;
+pub mod journal;
 pub mod links;
 mod schema;
 pub mod settings;

@@ -723,6 +723,29 @@ impl Files {
         let _guard = lock.lock().await;
         let path = self.staging_path(row_id);
         let new_entry = self.live().new_entries.remove(&row_id);
+        if new_entry {
+            // A small new file goes into the catalog's journal instead: one hop, one WAL sync.
+            let (path, caller) = (path.clone(), caller.clone());
+            let journaled = self
+                .blocking(move |c| {
+                    let (row, share) = blocking::node(c, id)?;
+                    effective(&share, &caller)?;
+                    if !local::journal_commit(c, &row, &path)? {
+                        return Ok(None);
+                    }
+                    c.durable()?;
+                    Ok(Some((row, share)))
+                })
+                .await;
+            match journaled {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => {}
+                Err(e) => {
+                    self.live().new_entries.insert(row_id);
+                    return Err(e);
+                }
+            }
+        }
         let caller = caller.clone();
         let file = self.blocking(move |c| {
             let (row, share) = blocking::node(c, id)?;
@@ -795,14 +818,14 @@ impl Files {
             row
         };
         let path = self.staging_path(row.id);
-        let dir = self
-            .live()
-            .new_entries
-            .remove(&row.id)
-            .then(|| self.config.staging_dir.clone());
+        let new_entry = self.live().new_entries.remove(&row.id);
+        let staging_dir = self.config.staging_dir.clone();
         let (row, bytes) = self
             .blocking(move |c| {
                 let mut row = row;
+                // A journaled file's entry may not be on disk either; its journal row goes
+                // once the truncated file and the entry are (catalog/journal.rs).
+                let journaled = c.journaled(row.id)?;
                 if emptied {
                     std::fs::File::create(&path)
                         .map_err(io_err(format!("creating {}", path.display())))?;
@@ -816,8 +839,11 @@ impl Files {
                     .map_err(io_err(format!("sizing {}", path.display())))?;
                 file.sync_all()
                     .map_err(io_err(format!("syncing {}", path.display())))?;
-                if let Some(dir) = dir {
-                    local::sync_dir(&dir)?;
+                if new_entry || journaled {
+                    local::sync_dir(&staging_dir)?;
+                }
+                if journaled {
+                    c.unjournal_unsynced(row.id)?;
                 }
                 let now = crate::clock::unix_nanos();
                 row.size = size;
