@@ -130,6 +130,19 @@ impl InodeRow {
     }
 }
 
+/// The inode `id` on a connection the caller holds: one keyed statement, its text built once.
+pub(super) fn inode_by_id(
+    conn: &rusqlite::Connection,
+    id: i64,
+) -> Result<Option<InodeRow>, CatalogError> {
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"));
+    Ok(conn
+        .prepare_cached(&SQL)?
+        .query_row([id], row_to_inode)
+        .optional()?)
+}
+
 pub(super) const INODE_COLUMNS: &str = "id, share_id, parent, name, path, kind, mode, uid, gid, size, \
      mtime_ns, ctime_ns, target, remote_key, etag, extra_meta, staged, version, synced_version, \
      refreshed_unix, rdev_major, rdev_minor, atime_ns, nlink";
@@ -177,10 +190,7 @@ impl Catalog {
     // The statements every NFS call runs are cached: parsing them again each time showed in
     // profiles of small-file writes.
     pub fn inode(&self, id: i64) -> Result<Option<InodeRow>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"))?;
-        Ok(stmt.query_row([id], row_to_inode).optional()?)
+        inode_by_id(&self.conn(), id)
     }
 
     /// The inode named `name` in `parent`, by its own name or by a hard link (then the row's
@@ -436,14 +446,7 @@ impl Catalog {
             let mut out = Vec::with_capacity(items.len());
             let mut shares = std::collections::BTreeSet::new();
             for item in items {
-                let Some(row) = tx
-                    .query_row(
-                        &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
-                        [item.id],
-                        row_to_inode,
-                    )
-                    .optional()?
-                else {
+                let Some(row) = inode_by_id(&tx, item.id)? else {
                     out.push(None);
                     continue;
                 };
