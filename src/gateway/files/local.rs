@@ -167,12 +167,12 @@ pub(crate) struct LocalWrite<'a> {
     pub path: &'a Path,
     pub offset: u64,
     pub data: Vec<u8>,
-    /// FILE_SYNC / DATA_SYNC: the bytes and the catalog are synced before it returns.
+    /// FILE_SYNC / DATA_SYNC: a whole new small file is journaled and the WAL synced here;
+    /// the caller syncs any other stable write (`Files::sync_written`).
     pub stable: bool,
-    /// The staging directory, and whether the file's entry in it may not be synced yet (a
-    /// stable write then syncs it, as it does for a file it stages itself).
+    /// The staging directory, synced with a journaled file's staging file before its journal
+    /// row goes.
     pub staging_dir: &'a Path,
-    pub entry_unsynced: bool,
 }
 
 /// What a [`LocalWrite`] did.
@@ -181,6 +181,9 @@ pub(crate) enum Written {
         row: InodeRow,
         /// The file was staged by this write (a new staging file).
         staged_now: bool,
+        /// A stable write made durable through the small-file journal; any other stable
+        /// write still needs `Files::sync_written`.
+        journaled: bool,
         /// What the inode's staging files take on disk now.
         bytes: u64,
     },
@@ -241,36 +244,11 @@ pub(crate) fn write(catalog: &Catalog, w: LocalWrite<'_>) -> Result<Written, Gat
     if journal {
         catalog.journal_unsynced(row.id, &w.data)?;
         catalog.durable()?;
-    } else if w.stable {
-        // The bytes, the staging file's directory entry (when new) and the catalog's WAL are
-        // synced at the same time, as COMMIT syncs them: a stable WRITE of a new file (what a
-        // kernel client sends when it closes a small file) costs one fsync latency, not three
-        // in a row. Nothing is acknowledged before all three are done.
-        let new_entry = staged_now || w.entry_unsynced;
-        std::thread::scope(|s| {
-            let data = s.spawn(|| {
-                file.sync_data()
-                    .map_err(io_err(format!("syncing {}", path.display())))
-            });
-            let dir = new_entry.then(|| s.spawn(|| sync_dir(w.staging_dir)));
-            let wal = catalog.durable();
-            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<(), GatewayError>>| {
-                h.join().unwrap_or_else(|_| {
-                    Err(GatewayError::Internal(
-                        format!("a sync of {} panicked", path.display()).into(),
-                    ))
-                })
-            };
-            let data = joined(data);
-            let dir = dir.map_or(Ok(()), joined);
-            data?;
-            dir?;
-            Ok::<(), GatewayError>(wal?)
-        })?;
     }
     Ok(Written::Done {
         row,
         staged_now,
+        journaled: journal,
         bytes: staged_bytes(path),
     })
 }
