@@ -456,29 +456,29 @@ impl Catalog {
                     queue_delete(&tx, row.share_id, old)?;
                 }
                 if let Some(key) = item.key {
-                    tx.execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
+                    tx.prepare_cached("DELETE FROM pending_deletes WHERE key = ?1")?
+                        .execute([key])?;
                 }
-                tx.execute(
-                "UPDATE inodes SET synced_version = ?2, remote_key = ?3, etag = ?4 WHERE id = ?1",
-                params![item.id, item.version, item.key, item.etag],
-            )?;
+                tx.prepare_cached(
+                    "UPDATE inodes SET synced_version = ?2, remote_key = ?3, etag = ?4 WHERE id = ?1",
+                )?
+                .execute(params![item.id, item.version, item.key, item.etag])?;
                 let unstaged = item.unstage
-                    && tx.execute(
-                        "UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2",
-                        params![item.id, item.version],
-                    )? > 0;
+                    && tx
+                        .prepare_cached("UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2")?
+                        .execute(params![item.id, item.version])?
+                        > 0;
                 if unstaged {
                     // Its staging file is no longer the file's data (journal.rs).
-                    tx.execute("DELETE FROM small_journal WHERE inode = ?1", [item.id])?;
+                    tx.prepare_cached("DELETE FROM small_journal WHERE inode = ?1")?
+                        .execute([item.id])?;
                 }
                 shares.insert(row.share_id);
                 out.push(Some(unstaged));
             }
             for share in shares {
-                tx.execute(
-                    "UPDATE shares SET last_upload_unix = ?2 WHERE id = ?1",
-                    params![share, unix_now],
-                )?;
+                tx.prepare_cached("UPDATE shares SET last_upload_unix = ?2 WHERE id = ?1")?
+                    .execute(params![share, unix_now])?;
             }
             tx.commit()?;
             Ok(out)
@@ -679,11 +679,11 @@ pub(super) fn queue_delete(
     share_id: i64,
     key: &str,
 ) -> Result<(), CatalogError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO pending_deletes (share_id, key) VALUES (?1, ?2)
          ON CONFLICT (key) DO NOTHING",
-        params![share_id, key],
-    )?;
+    )?
+    .execute(params![share_id, key])?;
     Ok(())
 }
 
