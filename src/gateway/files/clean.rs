@@ -73,13 +73,49 @@ pub(crate) struct Hit {
     generation: u64,
 }
 
+/// The directory of clean copies, inside the staging directory.
+pub(crate) const DIR: &str = "clean";
+/// An earlier run's copies, set aside beside [`DIR`] until a thread has removed them.
+const ASIDE: &str = "clean.old-";
+
+/// Whether an entry of the staging directory belongs to the clean copies.
+pub(crate) fn owns(name: &str) -> bool {
+    name == DIR || name.starts_with(ASIDE)
+}
+
 impl CleanCopies {
-    /// Empties (or creates) `dir`: copies from an earlier run are not trusted.
-    pub(crate) fn open(dir: PathBuf) -> Result<Self, GatewayError> {
-        match std::fs::remove_dir_all(&dir) {
+    /// Starts with no copies in `staging_dir`'s [`DIR`]: copies from an earlier run are not
+    /// trusted. Their directory is renamed aside and removed by a thread of its own: a million
+    /// copies took longer to remove than the daemon may take to start (issue 21), and nothing
+    /// needs to wait for it. What a restart interrupts is taken at the next start.
+    pub(crate) fn open(staging_dir: &Path) -> Result<Self, GatewayError> {
+        let dir = staging_dir.join(DIR);
+        let aside = staging_dir.join(format!("{ASIDE}{}", crate::clock::unix_nanos()));
+        match std::fs::rename(&dir, &aside) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(format!("emptying {}", dir.display()))(e)),
+            Err(e) => return Err(io_err(format!("setting aside {}", dir.display()))(e)),
+        }
+        let old: Vec<PathBuf> = std::fs::read_dir(staging_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(ASIDE)))
+            .map(|e| e.path())
+            .collect();
+        if !old.is_empty() {
+            let removal = std::thread::Builder::new()
+                .name("tidegate-clean-rm".into())
+                .spawn(move || {
+                    for d in old {
+                        if let Err(e) = std::fs::remove_dir_all(&d) {
+                            tracing::warn!("removing old clean copies in {}: {e}", d.display());
+                        }
+                    }
+                });
+            if let Err(e) = removal {
+                tracing::warn!("old clean copies stay until the next start: {e}");
+            }
         }
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         Ok(Self {
@@ -291,7 +327,7 @@ mod tests {
     #[test]
     fn a_copy_serves_only_its_etag_and_a_dropped_copy_fails_the_check() {
         let dir = tempfile::tempdir().unwrap();
-        let copies = CleanCopies::open(dir.path().join("clean")).unwrap();
+        let copies = CleanCopies::open(dir.path()).unwrap();
         copies
             .adopt(1, "\"a\"", &staged(dir.path(), "1", 8192))
             .unwrap();
@@ -322,7 +358,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let copies = CleanCopies {
             max_copies: 3,
-            ..CleanCopies::open(dir.path().join("clean")).unwrap()
+            ..CleanCopies::open(dir.path()).unwrap()
         };
         for id in 1..=5 {
             copies
@@ -345,7 +381,7 @@ mod tests {
     #[test]
     fn eviction_drops_least_recently_used_first_and_counts_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let copies = CleanCopies::open(dir.path().join("clean")).unwrap();
+        let copies = CleanCopies::open(dir.path()).unwrap();
         for id in 1..=3 {
             copies
                 .adopt(id, "e", &staged(dir.path(), &id.to_string(), 4096))
@@ -369,7 +405,7 @@ mod tests {
     #[test]
     fn take_hands_over_a_matching_copy_and_removes_another() {
         let dir = tempfile::tempdir().unwrap();
-        let copies = CleanCopies::open(dir.path().join("clean")).unwrap();
+        let copies = CleanCopies::open(dir.path()).unwrap();
         copies.adopt(5, "x", &staged(dir.path(), "5", 100)).unwrap();
         let path = copies.take(5, Some("x")).unwrap();
         assert!(path.exists());
@@ -386,8 +422,20 @@ mod tests {
         let clean = dir.path().join("clean");
         std::fs::create_dir_all(&clean).unwrap();
         std::fs::write(clean.join("9"), b"stale").unwrap();
-        let copies = CleanCopies::open(clean.clone()).unwrap();
+        let copies = CleanCopies::open(dir.path()).unwrap();
         assert!(!clean.join("9").exists());
         assert!(copies.hit(9, Some("e")).is_none());
+        // The old copies go in the background, and every set-aside directory with them.
+        for _ in 0..100 {
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            if names == ["clean"] {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("old copies still there");
     }
 }

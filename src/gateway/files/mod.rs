@@ -473,9 +473,9 @@ impl Files {
         // Clean copies need a budget to live in, and staging that survives a crash to come
         // from (clean.rs).
         let clean = match config.staging_limit {
-            Some(_) if !config.commit_uploads => Some(Arc::new(clean::CleanCopies::open(
-                config.staging_dir.join(CLEAN_DIR),
-            )?)),
+            Some(_) if !config.commit_uploads => {
+                Some(Arc::new(clean::CleanCopies::open(&config.staging_dir)?))
+            }
             _ => None,
         };
         let live = Live {
@@ -654,9 +654,6 @@ impl Files {
     }
 }
 
-/// The directory of clean copies, inside the staging directory (`clean.rs`).
-const CLEAN_DIR: &str = "clean";
-
 /// Removes staging files no staged inode owns (left by a crash during staging, or by a share
 /// deleted with `--force`); `.part` downloads are always incomplete. Returns what the staging
 /// files that stay take on disk, per inode.
@@ -673,7 +670,7 @@ fn sweep_staging(
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if name == CLEAN_DIR {
+        if clean::owns(name) {
             continue;
         }
         let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
