@@ -9,11 +9,11 @@ UNLINK, RENAME and READDIR to the daemon).
       "seconds S" and, per tenth of the count, "tenth I entries N ms_per_file M".
   scale-files.py spread ROOT PREFIX DIRS COUNT WRITERS
       COUNT files spread evenly over DIRS directories ROOT/PREFIXdddd (created first).
-  scale-files.py probe ROOT DIR K
-      In ROOT/DIR (which holds however many entries it holds): K creates of new files, K
+  scale-files.py probe ROOT K DIR...
+      In each ROOT/DIR (which holds however many entries it holds): K creates of new files, K
       lookups of names that do not exist, K stats of existing files not touched for over a
-      second (so the kernel's 1 s attribute cache cannot answer), K removes; prints
-      "OP us_per_op U" for each.
+      second (so the kernel's 1 s attribute cache cannot answer), K removes, each operation
+      alternating between the directories every 100 files; prints "DIR OP us_per_op U".
   scale-files.py list DIR
       Lists DIR with os.scandir (getdents through FUSE); prints "names N unique U".
   scale-files.py stat ROOT WRITERS
@@ -83,37 +83,52 @@ def spread(root, prefix, dirs, count, writers):
     print("files %d seconds %.2f" % (made, time.monotonic() - t0))
 
 
-def probe(root, d, k):
-    path = os.path.join(root, d)
-    existing = [e.name for e in os.scandir(path) if not e.name.startswith("probe")]
+def probe(root, k, dirs):
+    """Each operation alternates between the directories every CHUNK files, so that load from
+    elsewhere, which moves by the minute on a shared machine, falls on all of them alike."""
+    chunk = 100
+    paths = [os.path.join(root, d) for d in dirs]
+    picks = {}
+    random.seed(1)
+    for p in paths:
+        existing = [e.name for e in os.scandir(p) if not e.name.startswith("probe")]
+        picks[p] = random.sample(existing, min(k, len(existing)))
     # Past the kernel's 1 s entry and attribute cache (the scandir above may fill it): a
     # stat is a LOOKUP the daemon answers.
     time.sleep(2.5)
-    random.seed(1)
-    picks = random.sample(existing, min(k, len(existing)))
     names = ["probe%06d" % i for i in range(k)]
-    out = []
-    t = time.monotonic()
-    for n in names:
-        write_file(os.path.join(path, n))
-    out.append(("create", time.monotonic() - t, k))
-    t = time.monotonic()
-    for n in names:
+
+    def create(p, n):
+        write_file(os.path.join(p, n))
+
+    def lookup(p, n):
         try:
-            os.stat(os.path.join(path, "missing-" + n))
+            os.stat(os.path.join(p, "missing-" + n))
         except FileNotFoundError:
             pass
-    out.append(("lookup", time.monotonic() - t, k))
-    t = time.monotonic()
-    for n in picks:
-        os.stat(os.path.join(path, n))
-    out.append(("stat", time.monotonic() - t, len(picks)))
-    t = time.monotonic()
-    for n in names:
-        os.unlink(os.path.join(path, n))
-    out.append(("remove", time.monotonic() - t, k))
-    for op, s, n in out:
-        print("%s us_per_op %.0f" % (op, s * 1e6 / max(n, 1)))
+
+    def remove(p, n):
+        os.unlink(os.path.join(p, n))
+
+    ops = [
+        ("create", create, lambda p: names),
+        ("lookup", lookup, lambda p: names),
+        ("stat", lambda p, n: os.stat(os.path.join(p, n)), lambda p: picks[p]),
+        ("remove", remove, lambda p: names),
+    ]
+    for op, call, items in ops:
+        spent = {p: 0.0 for p in paths}
+        done = {p: 0 for p in paths}
+        for start in range(0, k, chunk):
+            for p in paths:
+                batch = items(p)[start : start + chunk]
+                t = time.monotonic()
+                for n in batch:
+                    call(p, n)
+                spent[p] += time.monotonic() - t
+                done[p] += len(batch)
+        for d, p in zip(dirs, paths):
+            print("%s %s us_per_op %.0f" % (d, op, spent[p] * 1e6 / max(done[p], 1)))
 
 
 def list_dir(d):
@@ -144,7 +159,7 @@ def main():
     elif cmd == "spread":
         spread(a[0], a[1], int(a[2]), int(a[3]), int(a[4]))
     elif cmd == "probe":
-        probe(a[0], a[1], int(a[2]))
+        probe(a[0], int(a[1]), a[2:])
     elif cmd == "list":
         list_dir(a[0])
     elif cmd == "stat":
