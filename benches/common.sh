@@ -66,3 +66,29 @@ EOF
     echo "garage did not start; log in $dir/garage.log" >&2
     exit 1
 }
+
+# ganesha_config CONF EXPORT RECOVERY PROTOCOL CORE: writes to CONF an nfs-ganesha config that
+# serves the directory EXPORT (FSAL VFS, no root squash, no grace period) as /share over NFS
+# version PROTOCOL (3 or 4); CORE is extra NFS_CORE_PARAM lines (ports, bind address).
+ganesha_config() {
+    cat >"$1" <<EOF
+NFS_CORE_PARAM {
+$5
+    Protocols = $4;
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+}
+NFSV4 { Graceless = true; RecoveryRoot = "$3"; }
+EXPORT {
+    Export_Id = 1;
+    Path = "$2";
+    Pseudo = /share;
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    Protocols = $4;
+    SecType = sys;
+    FSAL { Name = VFS; }
+}
+LOG { Default_Log_Level = WARN; }
+EOF
+}

@@ -149,27 +149,9 @@ GA_DIR=$WORK/ganesha
 GA_EXPORT=$GA_DIR/export
 ganesha_start() {
     mkdir -p "$GA_EXPORT" "$GA_DIR/recovery"
-    cat >"$GA_DIR/ganesha.conf" <<EOF
-NFS_CORE_PARAM {
-    NFS_Port = 20490;
-    MNT_Port = 20048;
-    Protocols = 3;
-    Enable_NLM = false;
-    Enable_RQUOTA = false;
-}
-NFSV4 { Graceless = true; RecoveryRoot = "$GA_DIR/recovery"; }
-EXPORT {
-    Export_Id = 1;
-    Path = "$GA_EXPORT";
-    Pseudo = /share;
-    Access_Type = RW;
-    Squash = No_Root_Squash;
-    Protocols = 3;
-    SecType = sys;
-    FSAL { Name = VFS; }
-}
-LOG { Default_Log_Level = WARN; }
-EOF
+    ganesha_config "$GA_DIR/ganesha.conf" "$GA_EXPORT" "$GA_DIR/recovery" 3 \
+        "    NFS_Port = 20490;
+    MNT_Port = 20048;"
     # No Bind_addr: the namespace has loopback only, which getaddrinfo's AI_ADDRCONFIG would
     # not resolve, and nothing outside the namespace can reach it anyway. /run is private to
     # it, so its rpcbind's socket is not the host's.

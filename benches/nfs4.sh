@@ -69,30 +69,9 @@ for _ in $(seq 300); do [ -f "$WORK/tidegate/run/ready.toml" ] && break; sleep 0
 # --- nfs-ganesha, NFSv4 only, FSAL VFS on a directory on the same disk ----------------------
 GANESHA_PORT=$(free_port)
 mkdir -p "$WORK/ganesha/export" "$WORK/ganesha/recovery"
-cat >"$WORK/ganesha/ganesha.conf" <<EOF
-NFS_CORE_PARAM {
-    NFS_Port = $GANESHA_PORT;
-    Protocols = 4;
-    Enable_NLM = false;
-    Enable_RQUOTA = false;
-    Bind_addr = 127.0.0.1;
-}
-NFSV4 {
-    Graceless = true;
-    RecoveryRoot = "$WORK/ganesha/recovery";
-}
-EXPORT {
-    Export_Id = 1;
-    Path = "$WORK/ganesha/export";
-    Pseudo = /share;
-    Access_Type = RW;
-    Squash = No_Root_Squash;
-    Protocols = 4;
-    SecType = sys;
-    FSAL { Name = VFS; }
-}
-LOG { Default_Log_Level = WARN; }
-EOF
+ganesha_config "$WORK/ganesha/ganesha.conf" "$WORK/ganesha/export" "$WORK/ganesha/recovery" 4 \
+    "    NFS_Port = $GANESHA_PORT;
+    Bind_addr = 127.0.0.1;"
 ganesha.nfsd -F -f "$WORK/ganesha/ganesha.conf" -L "$WORK/ganesha/ganesha.log" \
     -p "$WORK/ganesha/ganesha.pid" -N NIV_WARN &
 GANESHA_PID=$!

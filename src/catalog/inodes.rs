@@ -130,6 +130,19 @@ impl InodeRow {
     }
 }
 
+/// The inode `id` on a connection the caller holds: one keyed statement, its text built once.
+pub(super) fn inode_by_id(
+    conn: &rusqlite::Connection,
+    id: i64,
+) -> Result<Option<InodeRow>, CatalogError> {
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"));
+    Ok(conn
+        .prepare_cached(&SQL)?
+        .query_row([id], row_to_inode)
+        .optional()?)
+}
+
 pub(super) const INODE_COLUMNS: &str = "id, share_id, parent, name, path, kind, mode, uid, gid, size, \
      mtime_ns, ctime_ns, target, remote_key, etag, extra_meta, staged, version, synced_version, \
      refreshed_unix, rdev_major, rdev_minor, atime_ns, nlink";
@@ -177,10 +190,7 @@ impl Catalog {
     // The statements every NFS call runs are cached: parsing them again each time showed in
     // profiles of small-file writes.
     pub fn inode(&self, id: i64) -> Result<Option<InodeRow>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"))?;
-        Ok(stmt.query_row([id], row_to_inode).optional()?)
+        inode_by_id(&self.conn(), id)
     }
 
     /// The inode named `name` in `parent`, by its own name or by a hard link (then the row's
@@ -436,14 +446,7 @@ impl Catalog {
             let mut out = Vec::with_capacity(items.len());
             let mut shares = std::collections::BTreeSet::new();
             for item in items {
-                let Some(row) = tx
-                    .query_row(
-                        &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"),
-                        [item.id],
-                        row_to_inode,
-                    )
-                    .optional()?
-                else {
+                let Some(row) = inode_by_id(&tx, item.id)? else {
                     out.push(None);
                     continue;
                 };
@@ -453,25 +456,29 @@ impl Catalog {
                     queue_delete(&tx, row.share_id, old)?;
                 }
                 if let Some(key) = item.key {
-                    tx.execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
+                    tx.prepare_cached("DELETE FROM pending_deletes WHERE key = ?1")?
+                        .execute([key])?;
                 }
-                tx.execute(
-                "UPDATE inodes SET synced_version = ?2, remote_key = ?3, etag = ?4 WHERE id = ?1",
-                params![item.id, item.version, item.key, item.etag],
-            )?;
+                tx.prepare_cached(
+                    "UPDATE inodes SET synced_version = ?2, remote_key = ?3, etag = ?4 WHERE id = ?1",
+                )?
+                .execute(params![item.id, item.version, item.key, item.etag])?;
                 let unstaged = item.unstage
-                    && tx.execute(
-                        "UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2",
-                        params![item.id, item.version],
-                    )? > 0;
+                    && tx
+                        .prepare_cached("UPDATE inodes SET staged = 0 WHERE id = ?1 AND version = ?2")?
+                        .execute(params![item.id, item.version])?
+                        > 0;
+                if unstaged {
+                    // Its staging file is no longer the file's data (journal.rs).
+                    tx.prepare_cached("DELETE FROM small_journal WHERE inode = ?1")?
+                        .execute([item.id])?;
+                }
                 shares.insert(row.share_id);
                 out.push(Some(unstaged));
             }
             for share in shares {
-                tx.execute(
-                    "UPDATE shares SET last_upload_unix = ?2 WHERE id = ?1",
-                    params![share, unix_now],
-                )?;
+                tx.prepare_cached("UPDATE shares SET last_upload_unix = ?2 WHERE id = ?1")?
+                    .execute(params![share, unix_now])?;
             }
             tx.commit()?;
             Ok(out)
@@ -672,11 +679,11 @@ pub(super) fn queue_delete(
     share_id: i64,
     key: &str,
 ) -> Result<(), CatalogError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO pending_deletes (share_id, key) VALUES (?1, ?2)
          ON CONFLICT (key) DO NOTHING",
-        params![share_id, key],
-    )?;
+    )?
+    .execute(params![share_id, key])?;
     Ok(())
 }
 

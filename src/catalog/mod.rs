@@ -13,6 +13,7 @@ pub mod gc;
 pub mod group;
 pub mod inodes;
 pub mod jobs;
+pub mod journal;
 pub mod links;
 mod schema;
 pub mod settings;
@@ -30,6 +31,9 @@ use rusqlite::{Connection, OpenFlags};
 /// How long a statement waits for another process's transaction (a migration, a daemon's write)
 /// before failing with "database is locked".
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 128;
 
 pub use schema::CURRENT_VERSION;
 
@@ -100,6 +104,9 @@ impl Catalog {
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Room for every statement a file operation and the uploader run: past rusqlite's 16,
+        // statements evicted each other and SQLite parsed them again at every call.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mode = set_wal(&conn).map_err(open_err)?;
         // An in-memory catalog (the device's NFS share) has no WAL, and needs none.
         if !mode.eq_ignore_ascii_case("wal") && path != Path::new(":memory:") {

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_special_files.sql"),
     include_str!("migrations/0012_inode_atime.sql"),
     include_str!("migrations/0013_links.sql"),
+    include_str!("migrations/0014_small_journal.sql"),
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -5,7 +5,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use crate::catalog::inodes::{INODE_COLUMNS, insert_inode, row_to_inode};
+use crate::catalog::inodes::{INODE_COLUMNS, inode_by_id, insert_inode, row_to_inode};
 pub use crate::catalog::inodes::{InodeKind, InodeRow, SyncedItem};
 use crate::catalog::{Catalog, CatalogError};
 
@@ -158,13 +158,13 @@ impl Catalog {
     /// again at each run.)
     pub fn inode_with_share(&self, id: i64) -> Result<Option<(InodeRow, ShareRow)>, CatalogError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {INODE_COLUMNS} FROM inodes WHERE id = ?1"))?;
-        let Some(row) = stmt.query_row([id], row_to_inode).optional()? else {
+        let Some(row) = inode_by_id(&conn, id)? else {
             return Ok(None);
         };
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {SHARE_COLUMNS} FROM shares WHERE id = ?1"))?;
+        static SHARE_BY_ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!("SELECT {SHARE_COLUMNS} FROM shares WHERE id = ?1")
+        });
+        let mut stmt = conn.prepare_cached(&SHARE_BY_ID)?;
         let share = stmt.query_row([row.share_id], row_to_share).optional()?;
         Ok(share.map(|share| (row, share)))
     }

@@ -31,11 +31,19 @@ use crate::gateway::files::Files;
 use crate::gateway::files::local::io_err;
 use crate::gateway::files::staging::allocated;
 
+/// At most this many copies are kept, whatever room the budget leaves: the index is in memory
+/// (about 200 bytes a copy), and a budget of gigabytes holds millions of small files, so
+/// without a cap the daemon's memory grew with every file written and uploaded (issue 21: 400
+/// MiB after a million 16-byte files). 100,000 copies take about 20 MiB.
+pub(crate) const MAX_COPIES: usize = 100_000;
+
 /// The index of the clean copies under one directory.
 #[derive(Debug)]
 pub(crate) struct CleanCopies {
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// [`MAX_COPIES`], smaller in tests.
+    max_copies: usize,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +85,7 @@ impl CleanCopies {
         Ok(Self {
             dir,
             inner: Mutex::new(Inner::default()),
+            max_copies: MAX_COPIES,
         })
     }
 
@@ -156,6 +165,14 @@ impl CleanCopies {
                 generation,
             },
         );
+        let over = inner.evict(|inner| inner.entries.len() > self.max_copies);
+        drop(inner);
+        remove_all(
+            &over
+                .into_iter()
+                .map(|(id, g)| self.path(id, g))
+                .collect::<Vec<_>>(),
+        );
         Ok(())
     }
 
@@ -190,15 +207,23 @@ impl CleanCopies {
     /// Drops the least recently used copies until all take at most `room` bytes; returns their
     /// paths, for the caller to remove off the async workers.
     pub(crate) fn evict_to(&self, room: u64) -> Vec<PathBuf> {
-        let mut inner = self.inner();
+        let gone = self.inner().evict(|inner| inner.bytes > room);
+        gone.into_iter().map(|(id, g)| self.path(id, g)).collect()
+    }
+}
+
+impl Inner {
+    /// Drops the least recently used entries while `over` holds; returns their inodes and
+    /// generations (their files are the caller's to remove).
+    fn evict(&mut self, over: impl Fn(&Self) -> bool) -> Vec<(i64, u64)> {
         let mut gone = Vec::new();
-        while inner.bytes > room {
-            let Some((_, id)) = inner.order.pop_first() else {
+        while over(self) {
+            let Some((_, id)) = self.order.pop_first() else {
                 break;
             };
-            if let Some(entry) = inner.entries.remove(&id) {
-                inner.bytes = inner.bytes.saturating_sub(entry.bytes);
-                gone.push(self.path(id, entry.generation));
+            if let Some(entry) = self.entries.remove(&id) {
+                self.bytes = self.bytes.saturating_sub(entry.bytes);
+                gone.push((id, entry.generation));
             }
         }
         gone
@@ -288,6 +313,33 @@ mod tests {
         assert!(!copies.still(&hit));
         let fresh = copies.hit(1, Some("\"a\"")).unwrap();
         assert!(copies.still(&fresh));
+    }
+
+    /// Issue 21: the index holds at most `max_copies` entries, the least recently used going
+    /// first, with their files.
+    #[test]
+    fn the_number_of_copies_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let copies = CleanCopies {
+            max_copies: 3,
+            ..CleanCopies::open(dir.path().join("clean")).unwrap()
+        };
+        for id in 1..=5 {
+            copies
+                .adopt(id, "e", &staged(dir.path(), &id.to_string(), 10))
+                .unwrap();
+            if id == 3 {
+                assert!(copies.hit(1, Some("e")).is_some());
+            }
+        }
+        let kept: Vec<_> = (1..=5)
+            .filter(|&id| copies.hit(id, Some("e")).is_some())
+            .collect();
+        assert_eq!(kept, [1, 4, 5]);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("clean")).unwrap().count(),
+            3
+        );
     }
 
     #[test]

@@ -577,19 +577,20 @@ impl Files {
         let lock = self.inode_lock(row_id);
         let guard = lock.lock().await;
         // One hop in the usual case: the inode and its share read, the checks, the file staged
-        // if it is new, the bytes written (and synced for a stable write) and the catalog
-        // updated.
+        // if it is new, the bytes written and the catalog updated (a small new file journaled
+        // and synced there; any other stable write synced after, as a COMMIT is).
         let (written, share) = self
             .write_local(id, offset, data.to_vec(), stable, Some(caller.clone()))
             .await?;
         self.count(share.id, Counted::Call);
         let end = offset.saturating_add(data.len() as u64);
-        let (row, staged_now, bytes) = match written {
+        let (row, staged_now, journaled, bytes) = match written {
             Written::Done {
                 row,
                 staged_now,
+                journaled,
                 bytes,
-            } => (row, staged_now, bytes),
+            } => (row, staged_now, journaled, bytes),
             Written::NeedsBucket { row, data } => {
                 // Part of the file must come from the bucket first: room for that download
                 // too, again waited for without the inode lock.
@@ -607,7 +608,7 @@ impl Files {
                 let row = self.stage(&row).await?;
                 self.fill_blocks(&row, Some((offset, end))).await?;
                 match self.write_local(id, offset, data, stable, None).await?.0 {
-                    Written::Done { row, bytes, .. } => (row, false, bytes),
+                    Written::Done { row, bytes, .. } => (row, false, false, bytes),
                     Written::NeedsBucket { row, .. } => {
                         return Err(GatewayError::Internal(
                             format!("{}: staged, yet blocks are missing", row.path).into(),
@@ -616,6 +617,11 @@ impl Files {
                 }
             }
         };
+        if stable && !journaled {
+            let new_entry = staged_now || self.live().new_entries.contains(&row.id);
+            self.sync_written(row.id, new_entry, |_| Ok(((), true)))
+                .await?;
+        }
         if staged_now {
             self.early_discard(row.id);
             self.readahead_map().remove(&row.id);
@@ -623,7 +629,7 @@ impl Files {
         {
             let mut live = self.live();
             if stable {
-                // Its directory entry was synced with it.
+                // Its directory entry was synced with it, or it is in the journal.
                 live.new_entries.remove(&row.id);
             } else {
                 if staged_now {
@@ -657,7 +663,6 @@ impl Files {
         let row_id = id.row_id()?;
         let path = self.staging_path(row_id);
         let staging_dir = self.config.staging_dir.clone();
-        let entry_unsynced = self.live().new_entries.contains(&row_id);
         self.blocking(move |c| {
             let (row, share) = blocking::node(c, id)?;
             if let Some(caller) = &check {
@@ -672,7 +677,6 @@ impl Files {
                     data,
                     stable,
                     staging_dir: &staging_dir,
-                    entry_unsynced,
                 },
             )?;
             Ok((written, share))
@@ -708,11 +712,8 @@ impl Files {
         Ok(self.attr(&row))
     }
 
-    /// The syncs of a COMMIT with writes pending: the staging file, its directory entry (when
-    /// new) and the catalog's WAL, at the same time on three blocking threads, so the COMMIT
-    /// costs one fsync latency, not three; the directory and the WAL syncs are group commits
-    /// shared with concurrent operations. The inode is read and the caller checked in the
-    /// file's hop, not in one of its own before.
+    /// The syncs of a COMMIT with writes pending: a small new file journaled (one hop, one WAL
+    /// sync), anything else through [`Self::sync_written`].
     async fn commit_pending(
         &self,
         caller: &Caller,
@@ -721,16 +722,60 @@ impl Files {
         let row_id = id.row_id()?;
         let lock = self.inode_lock(row_id);
         let _guard = lock.lock().await;
-        let path = self.staging_path(row_id);
         let new_entry = self.live().new_entries.remove(&row_id);
+        if new_entry {
+            // A small new file goes into the catalog's journal instead: one hop, one WAL sync.
+            let (path, caller) = (self.staging_path(row_id), caller.clone());
+            let journaled = self
+                .blocking(move |c| {
+                    let (row, share) = blocking::node(c, id)?;
+                    effective(&share, &caller)?;
+                    if !local::journal_commit(c, &row, &path)? {
+                        return Ok(None);
+                    }
+                    c.durable()?;
+                    Ok(Some((row, share)))
+                })
+                .await;
+            match journaled {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => {}
+                Err(e) => {
+                    self.live().new_entries.insert(row_id);
+                    return Err(e);
+                }
+            }
+        }
         let caller = caller.clone();
-        let file = self.blocking(move |c| {
+        self.sync_written(row_id, new_entry, move |c| {
             let (row, share) = blocking::node(c, id)?;
             effective(&share, &caller)?;
-            if row.kind == InodeKind::File && row.staged {
+            let sync = row.kind == InodeKind::File && row.staged;
+            Ok(((row, share), sync))
+        })
+        .await
+    }
+
+    /// Makes what was written to inode `id` durable: its staging file, its directory entry
+    /// (when `new_entry`) and the catalog's WAL are synced at the same time on three blocking
+    /// threads, so this costs one fsync latency, not three; the directory and the WAL syncs
+    /// are group commits shared with concurrent operations. `first` runs in the file's hop,
+    /// before the file's sync, and says whether the file is to be synced (a COMMIT reads and
+    /// checks the inode there, not in a hop of its own before). For COMMIT and for a stable
+    /// WRITE that the small-file journal does not cover.
+    async fn sync_written<T: Send + 'static>(
+        &self,
+        id: i64,
+        new_entry: bool,
+        first: impl FnOnce(&crate::catalog::Catalog) -> Result<(T, bool), GatewayError> + Send + 'static,
+    ) -> Result<T, GatewayError> {
+        let path = self.staging_path(id);
+        let file = self.blocking(move |c| {
+            let (out, sync) = first(c)?;
+            if sync {
                 local::sync_staged(&path)?;
             }
-            Ok((row, share))
+            Ok(out)
         });
         let dir = async {
             if new_entry {
@@ -740,16 +785,16 @@ impl Files {
             }
         };
         // The size and version recorded by unsynced WRITEs reach the disk too.
-        let catalog = self.blocking(move |c| Ok(c.sync_inode(row_id)?));
+        let catalog = self.blocking(move |c| Ok(c.sync_inode(id)?));
         let (file, dir, catalog) = tokio::join!(file, dir, catalog);
         if dir.is_err() {
             // Its name is still not known to be on disk: the next COMMIT syncs it again.
-            self.live().new_entries.insert(row_id);
+            self.live().new_entries.insert(id);
         }
-        let found = file?;
+        let out = file?;
         dir?;
         catalog?;
-        Ok(found)
+        Ok(out)
     }
 
     /// Wakes the uploader if inode `id` is due for upload now (no upload delay, a writer
@@ -795,14 +840,14 @@ impl Files {
             row
         };
         let path = self.staging_path(row.id);
-        let dir = self
-            .live()
-            .new_entries
-            .remove(&row.id)
-            .then(|| self.config.staging_dir.clone());
+        let new_entry = self.live().new_entries.remove(&row.id);
+        let staging_dir = self.config.staging_dir.clone();
         let (row, bytes) = self
             .blocking(move |c| {
                 let mut row = row;
+                // A journaled file's entry may not be on disk either; its journal row goes
+                // once the truncated file and the entry are (catalog/journal.rs).
+                let journaled = c.journaled(row.id)?;
                 if emptied {
                     std::fs::File::create(&path)
                         .map_err(io_err(format!("creating {}", path.display())))?;
@@ -816,8 +861,11 @@ impl Files {
                     .map_err(io_err(format!("sizing {}", path.display())))?;
                 file.sync_all()
                     .map_err(io_err(format!("syncing {}", path.display())))?;
-                if let Some(dir) = dir {
-                    local::sync_dir(&dir)?;
+                if new_entry || journaled {
+                    local::sync_dir(&staging_dir)?;
+                }
+                if journaled {
+                    c.unjournal_unsynced(row.id)?;
                 }
                 let now = crate::clock::unix_nanos();
                 row.size = size;

@@ -9,7 +9,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::catalog::Catalog;
-use crate::catalog::shares::InodeRow;
+use crate::catalog::shares::{InodeKind, InodeRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocking;
 use crate::gateway::files::blocks::BlockMap;
@@ -21,6 +21,12 @@ pub(crate) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> GatewayErro
         _ => GatewayError::Internal(format!("{what}: {e}").into()),
     }
 }
+
+/// Small files are made durable through the catalog's small-file journal
+/// (`catalog/journal.rs`) when their whole content is at most this long: the acknowledging
+/// transaction carries the bytes and one WAL sync replaces the syncs of a new staging file and
+/// its directory entry. Larger files would only grow the WAL by what their own sync writes.
+pub(crate) const JOURNAL_MAX: u64 = 64 * 1024;
 
 /// Bytes an inode's staging files (the file and its block map) take on disk.
 pub(crate) fn staged_bytes(path: &Path) -> u64 {
@@ -93,6 +99,62 @@ pub(crate) fn sync_staged(path: &Path) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// Syncs a journaled file's staging file and its directory entry, before its journal row goes.
+fn settle(file: &std::fs::File, path: &Path, staging_dir: &Path) -> Result<(), GatewayError> {
+    file.sync_data()
+        .map_err(io_err(format!("syncing {}", path.display())))?;
+    sync_dir(staging_dir)
+}
+
+/// A COMMIT of a file whose staging entry may not be on disk yet: journals the file's content
+/// when it is small and whole (no block map), so that the COMMIT syncs the catalog's WAL only.
+/// Returns whether it did; the caller then makes the catalog durable.
+pub(crate) fn journal_commit(
+    catalog: &Catalog,
+    row: &InodeRow,
+    path: &Path,
+) -> Result<bool, GatewayError> {
+    if row.kind != InodeKind::File
+        || !row.staged
+        || row.size > JOURNAL_MAX
+        || BlockMap::path(path).exists()
+    {
+        return Ok(false);
+    }
+    let data = read_staged(path, 0, row.size)?;
+    catalog.journal_unsynced(row.id, &data)?;
+    Ok(true)
+}
+
+/// Start-up: writes every journaled small file back into its staging file and syncs them and
+/// the staging directory, then empties the journal. A file the catalog no longer stages (an
+/// upload recorded, the inode gone) is skipped. Returns how many files were written back.
+pub(crate) fn replay_journal(catalog: &Catalog, staging_dir: &Path) -> Result<usize, GatewayError> {
+    let entries = catalog.journal_entries()?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let mut restored = 0;
+    for (id, data) in entries {
+        if !catalog
+            .inode(id)?
+            .is_some_and(|row| row.staged && row.kind == InodeKind::File)
+        {
+            continue;
+        }
+        let path = staging_dir.join(id.to_string());
+        let file = create_hole(&path, 0)?;
+        file.write_all_at(&data, 0)
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        file.sync_all()
+            .map_err(io_err(format!("syncing {}", path.display())))?;
+        restored += 1;
+    }
+    sync_dir(staging_dir)?;
+    catalog.clear_journal()?;
+    Ok(restored)
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), GatewayError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -105,12 +167,12 @@ pub(crate) struct LocalWrite<'a> {
     pub path: &'a Path,
     pub offset: u64,
     pub data: Vec<u8>,
-    /// FILE_SYNC / DATA_SYNC: the bytes and the catalog are synced before it returns.
+    /// FILE_SYNC / DATA_SYNC: a whole new small file is journaled and the WAL synced here;
+    /// the caller syncs any other stable write (`Files::sync_written`).
     pub stable: bool,
-    /// The staging directory, and whether the file's entry in it may not be synced yet (a
-    /// stable write then syncs it, as it does for a file it stages itself).
+    /// The staging directory, synced with a journaled file's staging file before its journal
+    /// row goes.
     pub staging_dir: &'a Path,
-    pub entry_unsynced: bool,
 }
 
 /// What a [`LocalWrite`] did.
@@ -119,6 +181,9 @@ pub(crate) enum Written {
         row: InodeRow,
         /// The file was staged by this write (a new staging file).
         staged_now: bool,
+        /// A stable write made durable through the small-file journal; any other stable
+        /// write still needs `Files::sync_written`.
+        journaled: bool,
         /// What the inode's staging files take on disk now.
         bytes: u64,
     },
@@ -161,42 +226,29 @@ pub(crate) fn write(catalog: &Catalog, w: LocalWrite<'_>) -> Result<Written, Gat
     };
     file.write_all_at(&w.data, w.offset)
         .map_err(io_err(format!("writing {}", path.display())))?;
+    // A stable write that is the whole of a new small file: its bytes go into the journal.
+    let journal = w.stable && staged_now && w.offset == 0 && row.size <= end && end <= JOURNAL_MAX;
+    if !staged_now && catalog.journaled(row.id)? {
+        // The journal row no longer matches the file: the file (with these bytes) and its
+        // directory entry go to disk before the row is dropped, so at no point is the data
+        // only in the page cache while the catalog has forgotten it.
+        settle(&file, path, w.staging_dir)?;
+        catalog.unjournal_unsynced(row.id)?;
+    }
     let now = crate::clock::unix_nanos();
     row.size = row.size.max(end);
     row.mtime_ns = now;
     row.ctime_ns = now;
     row.version += 1;
     catalog.save_inode_unsynced(&row)?;
-    if w.stable {
-        // The bytes, the staging file's directory entry (when new) and the catalog's WAL are
-        // synced at the same time, as COMMIT syncs them: a stable WRITE of a new file (what a
-        // kernel client sends when it closes a small file) costs one fsync latency, not three
-        // in a row. Nothing is acknowledged before all three are done.
-        let new_entry = staged_now || w.entry_unsynced;
-        std::thread::scope(|s| {
-            let data = s.spawn(|| {
-                file.sync_data()
-                    .map_err(io_err(format!("syncing {}", path.display())))
-            });
-            let dir = new_entry.then(|| s.spawn(|| sync_dir(w.staging_dir)));
-            let wal = catalog.durable();
-            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<(), GatewayError>>| {
-                h.join().unwrap_or_else(|_| {
-                    Err(GatewayError::Internal(
-                        format!("a sync of {} panicked", path.display()).into(),
-                    ))
-                })
-            };
-            let data = joined(data);
-            let dir = dir.map_or(Ok(()), joined);
-            data?;
-            dir?;
-            Ok::<(), GatewayError>(wal?)
-        })?;
+    if journal {
+        catalog.journal_unsynced(row.id, &w.data)?;
+        catalog.durable()?;
     }
     Ok(Written::Done {
         row,
         staged_now,
+        journaled: journal,
         bytes: staged_bytes(path),
     })
 }
