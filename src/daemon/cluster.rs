@@ -249,6 +249,9 @@ pub async fn start(
         device: file.name.clone(),
         members: Members::default(),
     };
+    // Dialling the nodes it sees down starts before the table sync below: a returning node is
+    // seen back by the others (and they by it) only once connections both ways are made.
+    let dialer = tokio::spawn(admin::dialer(admin.clone(), HEALTH_EVERY));
     // This node may have been down while the others took writes: before serving, every node
     // pushes it what it lacks (bounded; the restorer task carries on if this runs out).
     let restore = Arc::new(restore::Restore::new(link.tables.clone()));
@@ -264,7 +267,7 @@ pub async fn start(
         this_device: file.name.clone(),
         ..ClusterStatus::default()
     }));
-    let mut tasks = Vec::new();
+    let mut tasks = vec![dialer];
     let mut seen = Seen::default();
     if let Ok(s) = admin::read_status(&admin, &file.name).await {
         seen.update(&s, &restore);

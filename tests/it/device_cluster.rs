@@ -9,6 +9,8 @@
 //! device killed every object still reads, a PUT gets `ServiceUnavailable` naming the lost write
 //! quorum, NFS writes `NFS3ERR_ROFS`, and `device status` names both devices; both restarted,
 //! they list everything at once, writes resume and the status says fully redundant again.
+//! Then the data set is sealed on device 2 and imported from devices 4 and 5 in parallel into a
+//! separate Garage, device 5 killed mid-way and resumed (`device_cluster_import.rs`).
 //!
 //! Every object is read back by hashing it as it streams (boto3), not into files: 4 live
 //! devices × 1 GiB would otherwise be written to disk too.
@@ -21,8 +23,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::device::{CLIENT, Job, Unlocked, boto3, files_under, small_files};
+use crate::device_cluster_import::{PREFIX, seal_and_import};
 use crate::device_nfs::{Export, NFS3ERR_ROFS};
+use crate::support::garage::Garage;
 use crate::support::nfs::Client;
+use crate::support::s3::S3Server;
 use crate::support::{free_port, run, stderr, stdout, tidegate};
 
 const DEVICES: usize = 5;
@@ -352,6 +357,12 @@ pub(crate) fn form_cluster(
     })
 }
 
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -539,6 +550,8 @@ fn refuse_writes(m: &Member, nfs: &mut Client, nfs_root: &[u8], third: &Path, bu
 #[test]
 fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_documented() {
     let started = Instant::now();
+    // The separate Garage the sealed data set is imported into.
+    let garage = Garage::start();
     let dir = tempfile::tempdir().unwrap();
     // Both trees are made while the cluster comes up.
     let (aws_src, sync_src) = (dir.path().join("aws-src"), dir.path().join("sync-src"));
@@ -556,15 +569,15 @@ fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_docume
     let mut members = form_cluster(
         dir.path(),
         DEVICES,
-        "s3://target/cluster",
-        "http://127.0.0.1:9",
+        &format!("s3://{}/{}", garage.bucket(), PREFIX.trim_end_matches('/')),
+        garage.endpoint(),
         &[2],
     );
     let export = Export::of(members[2].device());
     let mut nfs = Client::connect(&export.addr);
     let nfs_root = nfs.mount(&export.path).unwrap();
     let data: Vec<PathBuf> = members.iter().map(|m| m.job.data.clone()).collect();
-    let bucket = "target";
+    let bucket = garage.bucket();
     let status = members[0].wait_status("full redundancy", STATUS_LIMIT, |s| {
         s.contains("redundancy: full")
     });
@@ -706,10 +719,7 @@ fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_docume
         stderr(&o)
     );
     for (key, bytes) in files(&third) {
-        want.insert(
-            key,
-            hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref()),
-        );
+        want.insert(key, hex(&sha256(&bytes)));
     }
     each(&members, |m| {
         m.check(bucket, &want, false, "once redundancy is full again")
@@ -717,11 +727,30 @@ fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_docume
     // NFS writes through device 3 are accepted again.
     let created = wait_nfs_create(&mut nfs, &nfs_root, "quorum-back.txt");
     assert!(created.is_ok(), "NFS CREATE after the return: {created:?}");
+    // The created (empty) file becomes an object once its create reaches the device.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !members[2]
+        .contents(bucket, false)
+        .contains_key("quorum-back.txt")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the NFS-created file never listed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    want.insert("quorum-back.txt".into(), hex(&sha256(b"")));
+
+    // Sealed on devices 2 and 3 at once and imported from devices 4 and 5 in parallel, device 5
+    // killed mid-way and resumed.
+    let import = seal_and_import(&mut members, &garage, &want, (bucket, &third), started);
     eprintln!(
         "device cluster: 5 devices up and trees made in {:.1} s; dev1 killed at {:.1} s with \
          {} of {aws_total} aws uploads acknowledged (1 GiB file {}, s3cmd {}); loads done at \
          {:.1} s (aws s3 sync sent {}); read back on 4 devices by {:.1} s; writes refused at \
-         {:.1} s, read back with two down by {:.1} s; returned at {:.1} s; full redundancy at {:.1} s; whole test {:.1} s",
+         {:.1} s, read back with two down by {:.1} s; returned at {:.1} s; full redundancy at {:.1} s; sealed at {:.1} s; \
+         dev5 killed while importing at {:.1} s with {} of its share's objects in the target; \
+         imported at {:.1} s (dev5's resumed run sent {}, found {} whole); whole test {:.1} s",
         up.as_secs_f64(),
         killed_at.as_secs_f64(),
         acked.len(),
@@ -738,6 +767,12 @@ fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_docume
         two_down_read_at.as_secs_f64(),
         returned_at.as_secs_f64(),
         whole_at.as_secs_f64(),
+        import.sealed.as_secs_f64(),
+        import.killed.as_secs_f64(),
+        import.in_target_at_kill,
+        import.imported.as_secs_f64(),
+        import.resumed_sent,
+        import.resumed_found,
         started.elapsed().as_secs_f64()
     );
     // Stopping 5 devices and removing some 10 GiB of Garage data is part of the test's cost.

@@ -2,6 +2,7 @@
 //! the layout (each device its own zone), the cluster's key and bucket, and health. Each call is
 //! idempotent, so every device may run `bring_up` at every start.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -174,6 +175,36 @@ pub async fn bring_up(
         tokio::time::sleep(POLL).await;
     }
     Ok(node)
+}
+
+/// Keeps this node dialling the nodes of the layout that it sees down, every `every`, at the
+/// address each had when it was last seen up. Garage retries a lost peer with a growing backoff
+/// and counts a peer up only once its own connection to it is made (a connection the peer makes
+/// does not count), and it forgets a lost peer's address; so without this a device that returns
+/// is seen back by the others 10-30 s after its node listens (measured on loopback), and until
+/// then it syncs its tables with part of the cluster only and the others go on without it. A
+/// node still down refuses the connection (or times out); nothing else changes.
+pub(super) async fn dialer(admin: Admin, every: Duration) {
+    let mut last_addr: HashMap<String, String> = HashMap::new();
+    loop {
+        if let Ok(status) = admin.get("GetClusterStatus").await {
+            let mut down = Vec::new();
+            for n in status["nodes"].as_array().into_iter().flatten() {
+                let Some(id) = n["id"].as_str() else { continue };
+                if let Some(addr) = n["addr"].as_str() {
+                    last_addr.insert(id.to_owned(), addr.to_owned());
+                }
+                if n["role"].is_object() && n["isUp"].as_bool() != Some(true) {
+                    down.extend(last_addr.get(id).map(|addr| format!("{id}@{addr}")));
+                }
+            }
+            if !down.is_empty() {
+                // Failures are the expected answer while a device is down.
+                let _ = admin.post("ConnectClusterNodes", json!(down)).await;
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 async fn apply(admin: &Admin, layout: &Value) -> Result<(), ClusterError> {
