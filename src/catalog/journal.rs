@@ -70,7 +70,7 @@ impl Catalog {
 pub struct RevertedFile {
     pub share: String,
     pub path: String,
-    /// It had an uploaded version (it comes back as that); else it comes back empty.
+    /// It had an uploaded version, and comes back as that; else it was forgotten.
     pub uploaded: bool,
 }
 
@@ -79,24 +79,28 @@ impl Catalog {
     /// journal rows it names were the old machine's, and the copy may be older than the bucket.
     /// Replaying its journal rows, or uploading staging files that are not here (they read as
     /// zeros), would write older or empty content over what the bucket holds. So every staged
-    /// file goes back to its uploaded version (clean, its ETag forgotten, so the first look at
-    /// its directory reads the object's size and metadata again), a file never uploaded
-    /// becomes an empty file still to upload, the journal is emptied, and every directory is
+    /// file goes back to its uploaded version (clean, its ETag forgotten, so the first listing
+    /// of its directory reads the object's size and metadata again); one never uploaded when
+    /// the copy was taken is forgotten, as a file whose object vanished is (that listing brings
+    /// it back if it was uploaded since); the journal is emptied; and every directory is
     /// listed again at its first use. Returns the files that lost local writes.
     pub fn forget_local_files(&self) -> Result<Vec<RevertedFile>, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let reverted = {
+        let staged = {
             let mut stmt = tx.prepare(
-                "SELECT s.name, i.path, i.remote_key IS NOT NULL FROM inodes i
+                "SELECT i.id, s.name, i.path, i.remote_key IS NOT NULL FROM inodes i
                  JOIN shares s ON s.id = i.share_id WHERE i.staged = 1 ORDER BY s.name, i.path",
             )?;
             let rows = stmt.query_map([], |r| {
-                Ok(RevertedFile {
-                    share: r.get(0)?,
-                    path: r.get(1)?,
-                    uploaded: r.get(2)?,
-                })
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    RevertedFile {
+                        share: r.get(1)?,
+                        path: r.get(2)?,
+                        uploaded: r.get(3)?,
+                    },
+                ))
             })?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
@@ -105,17 +109,18 @@ impl Catalog {
              WHERE staged = 1 AND remote_key IS NOT NULL",
             [],
         )?;
-        tx.execute(
-            "UPDATE inodes SET size = 0 WHERE staged = 1 AND remote_key IS NULL",
-            [],
-        )?;
+        for (id, file) in &staged {
+            if !file.uploaded {
+                super::links::forget_primary(&tx, *id)?;
+            }
+        }
         tx.execute("DELETE FROM small_journal", [])?;
         tx.execute(
             "UPDATE inodes SET refreshed_unix = 0 WHERE kind = 'dir'",
             [],
         )?;
         tx.commit()?;
-        Ok(reverted)
+        Ok(staged.into_iter().map(|(_, file)| file).collect())
     }
 }
 
@@ -158,8 +163,10 @@ mod tests {
         assert!(c.journal_entries().unwrap().is_empty());
         let a = c.inode(uploaded).unwrap().unwrap();
         assert!(!a.staged && !a.dirty() && a.etag.is_none(), "{a:?}");
-        let n = c.inode(never).unwrap().unwrap();
-        assert!(n.staged && n.size == 0 && n.dirty(), "{n:?}");
+        assert!(
+            c.inode(never).unwrap().is_none(),
+            "never uploaded: forgotten"
+        );
         let k = c.inode(not_staged).unwrap().unwrap();
         assert_eq!((k.size, k.etag.as_deref()), (7, Some("\"old\"")));
         assert_eq!(c.inode(root.id).unwrap().unwrap().refreshed_unix, 0);

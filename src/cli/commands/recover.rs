@@ -73,7 +73,7 @@ pub fn run(args: RecoverArgs, config: Option<&Path>, data_dir: &Path) -> Result<
             let now = if f.uploaded {
                 "back to its uploaded version"
             } else {
-                "never uploaded: now empty"
+                "not in the bucket then: forgotten (back if uploaded since)"
             };
             writeln!(out, "  {}/{}: {now}", f.share, f.path)?;
         }
