@@ -95,7 +95,7 @@ impl Members {
 
 /// What a device needs of its cluster: the cluster bucket (through this device's own Garage
 /// node), the write gate, whether absences the bucket reports can be trusted, this device's
-/// name and the devices that are up.
+/// name, the devices that are up, and whether this device created the job.
 #[derive(Debug, Clone)]
 pub struct ClusterLink {
     pub bucket: Arc<Bucket>,
@@ -103,6 +103,9 @@ pub struct ClusterLink {
     pub tables: TableSync,
     pub device: String,
     pub members: Members,
+    /// Whether this device created the cluster's job: it publishes the job's function on PUT
+    /// (or that it has none) for the others (`functions.rs`).
+    pub creator: bool,
 }
 
 /// The device's view of the bucket's records: for each record object, the listing stamp it
