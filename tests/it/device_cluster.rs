@@ -5,12 +5,15 @@
 //! once; device 1 (and its Garage node) is killed with -9 mid-load, and the AWS CLI is run again
 //! against device 2 as a user would (`aws s3 sync`, which sends what is missing). Every
 //! acknowledged object is still there, every object lists on every live device and reads back
-//! byte for byte from each; no content or name is found in any Garage directory. With a second
+//! byte for byte from each; no content or name is found in any Garage directory. The job has a
+//! function on PUT (a Python line counter for some of s3cmd's files): its `KEY.lines` objects,
+//! written on device 3, list on device 2 and are checked with every object. With a second
 //! device killed every object still reads, a PUT gets `ServiceUnavailable` naming the lost write
 //! quorum, NFS writes `NFS3ERR_ROFS`, and `device status` names both devices; both restarted,
 //! they list everything at once, writes resume and the status says fully redundant again.
 //! Then the data set is sealed on device 2 and imported from devices 4 and 5 in parallel into a
-//! separate Garage, device 5 killed mid-way and resumed (`device_cluster_import.rs`).
+//! separate Garage, device 5 killed mid-way and resumed (`device_cluster_import.rs`); the one
+//! report lists the function's outcomes.
 //!
 //! Every object is read back by hashing it as it streams (boto3), not into files: 4 live
 //! devices × 1 GiB would otherwise be written to disk too.
