@@ -243,6 +243,26 @@ impl Device {
         }
     }
 
+    /// Whether the cluster holds another version of `rec`'s object than `rec` (another device
+    /// replaced it); the record read is not taken into the index. An absent record says no: a
+    /// copy lagging behind a write just acknowledged cannot be told from a delete.
+    pub(crate) async fn replaced_in_cluster(
+        &self,
+        rec: &ObjectRecord,
+    ) -> Result<bool, GatewayError> {
+        let Some(link) = self.link() else {
+            return Ok(false);
+        };
+        let name_id = keys::name_id(&self.inner.key, &rec.key);
+        match link.bucket.get(&record_key(&name_id)).await {
+            Ok(sealed) => Ok(self
+                .open_record(Some(&name_id), sealed.to_vec())
+                .is_some_and(|now| now.sha256 != rec.sha256 || now.segments != rec.segments)),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reconciles the whole index with the cluster's records (a no-op standalone): new and
     /// changed records are fetched, records gone from the bucket leave the index.
     pub async fn sync_all(&self) -> Result<(), GatewayError> {

@@ -211,11 +211,10 @@ impl Device {
             // Orphan segments cannot be told from another device's writes in flight: a
             // cluster's are left (unreferenced ciphertext), never removed here.
             device.sync_all().await?;
-            // Before the seal is looked at: a seal begun while this device was away waits for
-            // the functions of the objects this device committed and never ran.
-            crate::gateway::import::functions::start(&device).await?;
-            // A seal begun while this device was away stops its writes before it serves.
+            // A seal begun while this device was away stops its writes before it serves (and
+            // runs the functions this device's objects still lack first, `freeze`).
             device.observe_seal().await?;
+            crate::gateway::import::functions::start(&device).await?;
             crate::gateway::import::seal::watch(&device);
             return Ok(device);
         }

@@ -456,8 +456,10 @@ async fn worker(device: Weak<Inner>, runner: Arc<Runner>) {
         };
         let device = Device { inner };
         let rec = device.read_index().get(&key).cloned();
+        // Nothing runs into a sealed data set (the seal waits for the runs it lets finish).
+        let sealed = device.is_sealed() && !device.inner.functions.finishing();
         let ran = match rec {
-            Some(rec) if runner.queue.wants(&rec) => {
+            Some(rec) if runner.queue.wants(&rec) && !sealed => {
                 let outcome = invoke(&device, &runner, &rec).await;
                 tracing::info!(job = %device.job_id(), status = ?outcome.status, seconds = outcome.seconds, "function ran");
                 if let Err(e) = runner.queue.outcomes.record(&outcome).await {
@@ -641,11 +643,16 @@ impl Device {
     ) -> Result<(), GatewayError> {
         let _guard = self.inner.commit.lock().await;
         self.check_writable_as(Origin::Function)?;
+        self.check_version(rec)?;
         // In a cluster another device may have replaced the object: its record is read first
         // (a replacement within the moments between this read and the write below is lost to
         // this metadata write; Garage has no conditional writes to close that window).
-        self.sync_key(&rec.key).await?;
-        self.check_version(rec)?;
+        if self.replaced_in_cluster(rec).await? {
+            return Err(GatewayError::Busy(format!(
+                "{} was replaced through another device while its function ran",
+                rec.key
+            )));
+        }
         let mut updated = rec.clone();
         for (name, value) in pairs {
             if updated.metadata.iter().any(|(n, _)| n == name) {
