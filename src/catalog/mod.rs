@@ -247,6 +247,15 @@ impl Catalog {
         file.sync_data().map_err(sync_err)
     }
 
+    /// The connection if no other call holds it now.
+    fn try_conn(&self) -> Option<MutexGuard<'_, Connection>> {
+        match self.conn.try_lock() {
+            Ok(conn) => Some(conn),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a half-applied change: every write is a
         // single statement or a transaction that SQLite rolls back.

@@ -157,16 +157,20 @@ impl Catalog {
     /// connection twice and read every share. (As one joined statement SQLite prepared it
     /// again at each run.)
     pub fn inode_with_share(&self, id: i64) -> Result<Option<(InodeRow, ShareRow)>, CatalogError> {
-        let conn = self.conn();
-        let Some(row) = inode_by_id(&conn, id)? else {
-            return Ok(None);
-        };
-        static SHARE_BY_ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            format!("SELECT {SHARE_COLUMNS} FROM shares WHERE id = ?1")
-        });
-        let mut stmt = conn.prepare_cached(&SHARE_BY_ID)?;
-        let share = stmt.query_row([row.share_id], row_to_share).optional()?;
-        Ok(share.map(|share| (row, share)))
+        inode_with_share(&self.conn(), id)
+    }
+
+    /// [`Catalog::inode_with_share`] if the connection is free now; `None` when another call
+    /// holds it (a commit may be waiting on its fsync), so a caller on an async worker can
+    /// take the blocking pool instead of waiting.
+    pub fn try_inode_with_share(
+        &self,
+        id: i64,
+    ) -> Result<Option<Option<(InodeRow, ShareRow)>>, CatalogError> {
+        match self.try_conn() {
+            Some(conn) => inode_with_share(&conn, id).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn share_by_name(&self, name: &str) -> Result<Option<ShareRow>, CatalogError> {
@@ -260,6 +264,20 @@ impl Catalog {
             last_upload_unix: last,
         })
     }
+}
+
+fn inode_with_share(
+    conn: &rusqlite::Connection,
+    id: i64,
+) -> Result<Option<(InodeRow, ShareRow)>, CatalogError> {
+    let Some(row) = inode_by_id(conn, id)? else {
+        return Ok(None);
+    };
+    static SHARE_BY_ID: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {SHARE_COLUMNS} FROM shares WHERE id = ?1"));
+    let mut stmt = conn.prepare_cached(&SHARE_BY_ID)?;
+    let share = stmt.query_row([row.share_id], row_to_share).optional()?;
+    Ok(share.map(|share| (row, share)))
 }
 
 #[cfg(test)]

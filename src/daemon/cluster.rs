@@ -209,7 +209,8 @@ pub async fn start(
 ) -> Result<Running, ClusterError> {
     let supervisor = Supervisor::start(data_dir, file)?;
     let admin = admin::Admin::new(file)?;
-    let up = admin::bring_up(&admin, file, &progress);
+    let node_log = cluster_dir(data_dir).join(supervise::LOG);
+    let up = admin::bring_up(&admin, file, &node_log, &progress);
     let up = tokio::time::timeout(BRING_UP_LIMIT, up).await;
     let node = match up {
         Ok(Ok(node)) => node,

@@ -13,6 +13,9 @@ use super::{ClusterError, ClusterFile, ClusterStatus, DeviceHealth};
 const POLL: Duration = Duration::from_millis(500);
 /// How often the creating device looks for staged layout changes (devices that joined later).
 const LAYOUT_EVERY: Duration = Duration::from_secs(5);
+/// Rounds of `POLL` a starting node may take before the wait for it is reported (a node starts
+/// in well under a second on loopback).
+const NODE_QUIET_ROUNDS: u32 = 10;
 
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -108,20 +111,34 @@ fn layout_nodes(layout: &Value) -> (Vec<String>, Vec<String>) {
 pub async fn bring_up(
     admin: &Admin,
     file: &ClusterFile,
+    node_log: &std::path::Path,
     progress: &impl Fn(&str),
 ) -> Result<String, ClusterError> {
-    // The admin API answers once the node runs.
-    let node = loop {
-        match node_id(admin).await {
-            Ok(id) => break id,
-            Err(_) => tokio::time::sleep(POLL).await,
-        }
-    };
     let mut said = String::new();
     let mut say = |line: String| {
         if line != said {
             progress(&line);
             said = line;
+        }
+    };
+    // The admin API answers once the node runs. A node that cannot start (a port taken, a
+    // broken data dir) is restarted by the supervisor and never answers: say so, with the
+    // reason, rather than wait in silence until the bring-up's time limit.
+    let mut rounds = 0u32;
+    let node = loop {
+        match node_id(admin).await {
+            Ok(id) => break id,
+            Err(e) => {
+                rounds += 1;
+                if rounds >= NODE_QUIET_ROUNDS {
+                    say(format!(
+                        "cluster: waiting for this device's Garage node ({e}; its output is in \
+                         {})",
+                        node_log.display()
+                    ));
+                }
+                tokio::time::sleep(POLL).await;
+            }
         }
     };
     if let (false, Some(peer)) = (file.creator, &file.peer) {

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use super::{ClusterError, ClusterFile, cluster_dir};
 
+/// The node's output, in the cluster directory.
+pub const LOG: &str = "garage.log";
+
 /// Pause before restarting a node that exited.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
@@ -115,7 +118,7 @@ async fn run(
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("garage.log"));
+            .open(dir.join(LOG));
         let (out, err) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
             Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
             Err(e) => {

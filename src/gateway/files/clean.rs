@@ -275,6 +275,30 @@ pub(crate) fn read_copy(path: &Path, offset: u64, end: u64) -> std::io::Result<b
     Ok(bytes::Bytes::from(buf))
 }
 
+/// [`read_copy`] only if it need not wait for the disk: the bytes are all in the page cache
+/// (`RWF_NOWAIT`), as they are for a copy read or written moments ago. `None` otherwise, and
+/// on any error (the caller then takes the blocking path, which reads or fails properly).
+pub(crate) fn read_copy_cached(path: &Path, offset: u64, end: u64) -> Option<bytes::Bytes> {
+    let want = usize::try_from(end.checked_sub(offset)?).ok()?;
+    let file = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; want];
+    let mut done = 0;
+    while done < want {
+        let n = rustix::io::preadv2(
+            &file,
+            &mut [std::io::IoSliceMut::new(&mut buf[done..])],
+            offset + done as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        )
+        .ok()?;
+        if n == 0 {
+            return None;
+        }
+        done += n;
+    }
+    Some(bytes::Bytes::from(buf))
+}
+
 /// Removes evicted copies (blocking).
 fn remove_all(paths: &[PathBuf]) {
     for p in paths {
@@ -322,6 +346,20 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, vec![7u8; len]).unwrap();
         p
+    }
+
+    #[test]
+    fn a_cached_read_is_whole_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("copy");
+        let bytes: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &bytes).unwrap();
+        // Just written: in the page cache.
+        let got = read_copy_cached(&p, 4096, 12_288).unwrap();
+        assert_eq!(&got[..], &bytes[4096..12_288]);
+        // Past the end is not a short answer but none (the blocking path then fails it).
+        assert!(read_copy_cached(&p, 16_384, 24_576).is_none());
+        assert!(read_copy_cached(&dir.path().join("gone"), 0, 10).is_none());
     }
 
     #[test]

@@ -137,29 +137,41 @@ impl Files {
         count: u32,
     ) -> Result<(Bytes, bool, Attr), GatewayError> {
         let count = u64::from(count.min(MAX_IO_BYTES));
-        let (clean, caller) = (self.clean.clone(), caller.clone());
-        // One hop: the inode, the checks and, for a file with a clean copy, its bytes.
-        let (row, share, end, copied) = self
-            .blocking(move |c| {
-                let (row, share) = blocking::node(c, id)?;
-                let who = effective(&share, &caller)?;
-                regular(&row)?;
-                if !permits(&who, &row, 4) && who.uid != row.uid {
-                    return Err(GatewayError::PermissionDenied(format!("read {}", row.path)));
-                }
-                let end = offset.saturating_add(count).min(row.size);
-                let copied = match &clean {
-                    Some(clean) if !row.staged && offset < end => {
-                        clean.hit(row.id, row.etag.as_deref()).and_then(|hit| {
-                            let data = clean::read_copy(&hit.path, offset, end).ok()?;
-                            clean.still(&hit).then_some(data)
-                        })
-                    }
-                    _ => None,
-                };
-                Ok((row, share, end, copied))
-            })
-            .await?;
+        // A hot read (the catalog free this instant, the clean copy's bytes in memory) is
+        // answered here without a hop to the blocking pool: under random reads the hop's two
+        // thread wake-ups cost more CPU than the read itself. Anything that would wait takes
+        // the hop below.
+        let hot = match self.catalog.try_inode_with_share(id.row_id()?)? {
+            Some(found) => {
+                let (row, share) =
+                    found.ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
+                let step = read_step(
+                    row,
+                    share,
+                    caller,
+                    self.clean.as_deref(),
+                    offset,
+                    count,
+                    true,
+                )?;
+                // Only a hit (or nothing to read) is final; a miss may still be a copy on disk.
+                let end = step.2;
+                (step.3.is_some() || offset >= end).then_some(step)
+            }
+            None => None,
+        };
+        let (row, share, end, copied) = match hot {
+            Some(step) => step,
+            None => {
+                let (clean, caller) = (self.clean.clone(), caller.clone());
+                // One hop: the inode, the checks and, for a file with a clean copy, its bytes.
+                self.blocking(move |c| {
+                    let (row, share) = blocking::node(c, id)?;
+                    read_step(row, share, &caller, clean.as_deref(), offset, count, false)
+                })
+                .await?
+            }
+        };
         self.count(share.id, Counted::Call);
         if offset >= row.size || count == 0 {
             return Ok((Bytes::new(), offset >= row.size, self.attr(&row)));
@@ -881,6 +893,39 @@ impl Files {
         self.account(row.id, bytes);
         Ok(())
     }
+}
+
+/// READ's checks on the inode and, for a file with a clean copy, the copy's bytes; `hot` reads
+/// the copy only if its bytes are in memory (see [`Files::read`]).
+fn read_step(
+    row: InodeRow,
+    share: ShareRow,
+    caller: &Caller,
+    clean: Option<&clean::CleanCopies>,
+    offset: u64,
+    count: u64,
+    hot: bool,
+) -> Result<(InodeRow, ShareRow, u64, Option<Bytes>), GatewayError> {
+    let who = effective(&share, caller)?;
+    regular(&row)?;
+    if !permits(&who, &row, 4) && who.uid != row.uid {
+        return Err(GatewayError::PermissionDenied(format!("read {}", row.path)));
+    }
+    let end = offset.saturating_add(count).min(row.size);
+    let copied = match clean {
+        Some(clean) if !row.staged && offset < end => {
+            clean.hit(row.id, row.etag.as_deref()).and_then(|hit| {
+                let data = if hot {
+                    clean::read_copy_cached(&hit.path, offset, end)?
+                } else {
+                    clean::read_copy(&hit.path, offset, end).ok()?
+                };
+                clean.still(&hit).then_some(data)
+            })
+        }
+        _ => None,
+    };
+    Ok((row, share, end, copied))
 }
 
 #[cfg(test)]

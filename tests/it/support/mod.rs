@@ -116,7 +116,44 @@ pub fn error_lines(o: &Output) -> Vec<String> {
 
 pub use tidegate::store::bench::noise;
 
+/// A loopback port nothing listens on now, for a server a test starts later (often much later:
+/// a cluster's Garage nodes are given their ports at `cluster create` and bind them at unlock).
+///
+/// Taken below the kernel's ephemeral range: a port from there (what binding port 0 gives) can
+/// be handed out meanwhile to another test's `:0` listener or as the source port of any
+/// outgoing connection, and the server then fails to bind it. That happened in CI with a
+/// cluster's Garage node. Below the range only another `free_port` can pick the same port; the
+/// pick is spread by process, time and a counter, and checked by binding it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TAKEN: AtomicU64 = AtomicU64::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    const FIRST: u32 = 10_000;
+    if low > FIRST + 1_000 {
+        let span = u64::from(low - FIRST);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        let mut seed = nanos ^ (u64::from(std::process::id()) << 32);
+        for _ in 0..64 {
+            // splitmix64: a cheap, well-spread step from one seed to the next.
+            seed = seed
+                .wrapping_add(TAKEN.fetch_add(1, Ordering::Relaxed))
+                .wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let port = (u64::from(FIRST) + z % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
