@@ -59,6 +59,8 @@ pub(super) struct State {
     pub(super) running: HashSet<String>,
     /// Objects may match with no outcome and not be queued: scan the index.
     pub(super) rescan: bool,
+    /// A worker is scanning (it reads the cluster meanwhile): not idle.
+    pub(super) scanning: bool,
     pub(super) closed: bool,
     /// The object version (SHA-256) each key's last recorded run saw.
     pub(super) done: HashMap<String, String>,
@@ -120,7 +122,7 @@ impl Queue {
 
     pub(super) fn is_idle(&self) -> bool {
         let st = self.lock();
-        st.closed || (st.queued.is_empty() && st.running.is_empty() && !st.rescan)
+        st.closed || (st.queued.is_empty() && st.running.is_empty() && !st.rescan && !st.scanning)
     }
 
     pub(super) async fn wait_idle(&self) {
@@ -153,7 +155,8 @@ impl Queue {
                     st.running.insert(key.clone());
                     return Some(key);
                 }
-                std::mem::take(&mut st.rescan)
+                st.scanning = std::mem::take(&mut st.rescan);
+                st.scanning
             };
             if scan {
                 let inner = device.upgrade()?;
@@ -191,6 +194,7 @@ impl Queue {
             HashMap::new()
         };
         let mut st = self.lock();
+        st.scanning = false;
         for rec in candidates {
             let (key, sha) = (&rec.key, &rec.sha256);
             if st.done.get(key) == Some(sha)
