@@ -33,6 +33,8 @@ pub struct Recovery {
     pub adopted: usize,
     /// Stored volumes whose local disk is missing here, recovered as cached volumes.
     pub converted: Vec<String>,
+    /// Share files whose writes were not uploaded when the catalog copy was taken.
+    pub reverted_files: Vec<crate::catalog::journal::RevertedFile>,
 }
 
 fn gateway(e: GatewayError) -> DaemonError {
@@ -178,6 +180,8 @@ pub async fn recover(
         })?;
         adopted += 1;
     }
+    // Files the old machine had staged are not here: they come back as uploaded.
+    let reverted_files = catalog.forget_local_files()?;
     // A stored volume whose local disk is not on this machine comes back as a cached volume
     // over what it had uploaded.
     let mut converted = Vec::new();
@@ -217,6 +221,7 @@ pub async fn recover(
         catalog_generation: chosen.map(|(_, g)| g),
         adopted,
         converted,
+        reverted_files,
     })
 }
 

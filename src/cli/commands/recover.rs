@@ -63,6 +63,21 @@ pub fn run(args: RecoverArgs, config: Option<&Path>, data_dir: &Path) -> Result<
             "  {name}: a stored volume whose local disk is not here; recovered as a cached volume"
         )?;
     }
+    if !r.reverted_files.is_empty() {
+        writeln!(
+            out,
+            "share files with writes not uploaded when the catalog copy was taken ({}):",
+            r.reverted_files.len()
+        )?;
+        for f in &r.reverted_files {
+            let now = if f.uploaded {
+                "back to its uploaded version"
+            } else {
+                "never uploaded: now empty"
+            };
+            writeln!(out, "  {}/{}: {now}", f.share, f.path)?;
+        }
+    }
     writeln!(
         out,
         "snapshots ({}, {} found only in the bucket):",

@@ -2,7 +2,10 @@
 //! gateway runs on tokio's blocking pool through [`Files::blocking`], never inline in an
 //! `async fn` on a tokio worker and never while the worker holds an async lock idle. A worker
 //! blocked on SQLite's fsync or a staging file's would stall every other NFS and FUSE request
-//! scheduled on it (docs/design.md §8).
+//! scheduled on it (docs/design.md §8). Two reads are the exception, because they cannot
+//! wait: the inode-and-share read ([`Files::node`]) and a READ of a clean copy in the page
+//! cache run inline only if the catalog connection is free at that instant (`try_lock`) and,
+//! for the copy, its bytes need no disk (`RWF_NOWAIT`); otherwise they take the hop.
 //!
 //! One hop per step: what an operation does with the catalog and its staging files between two
 //! awaits on the bucket (or on an inode lock) goes into one closure, so a small-file CREATE or
@@ -30,8 +33,16 @@ impl Files {
     }
 
     /// The inode behind a file id and its share; a vanished id is `Stale`.
+    ///
+    /// Read inline when the catalog connection is free this instant: a keyed read of two hot
+    /// rows takes a few microseconds, the hop two thread wake-ups, and nearly every NFS and
+    /// FUSE call starts here. When another call holds the connection (it may be waiting on an
+    /// fsync) the read takes the hop rather than wait on a worker.
     pub(crate) async fn node(&self, id: FileId) -> Result<(InodeRow, ShareRow), GatewayError> {
-        self.blocking(move |c| node(c, id)).await
+        match self.catalog.try_inode_with_share(id.row_id()?)? {
+            Some(found) => found.ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0))),
+            None => self.blocking(move |c| node(c, id)).await,
+        }
     }
 }
 
