@@ -249,6 +249,7 @@ pub async fn start(
         tables: TableSync::default(),
         device: file.name.clone(),
         members: Members::default(),
+        creator: file.creator,
     };
     // Dialling the nodes it sees down starts before the table sync below: a returning node is
     // seen back by the others (and they by it) only once connections both ways are made.
@@ -310,6 +311,7 @@ pub fn attach(file: &ClusterFile) -> Result<ClusterLink, ClusterError> {
         tables: TableSync::default(),
         device: file.name.clone(),
         members: Members::default(),
+        creator: file.creator,
     })
 }
 

@@ -5,12 +5,15 @@
 //! once; device 1 (and its Garage node) is killed with -9 mid-load, and the AWS CLI is run again
 //! against device 2 as a user would (`aws s3 sync`, which sends what is missing). Every
 //! acknowledged object is still there, every object lists on every live device and reads back
-//! byte for byte from each; no content or name is found in any Garage directory. With a second
+//! byte for byte from each; no content or name is found in any Garage directory. The job has a
+//! function on PUT (a Python line counter for some of s3cmd's files): its `KEY.lines` objects,
+//! written on device 3, list on device 2 and are checked with every object. With a second
 //! device killed every object still reads, a PUT gets `ServiceUnavailable` naming the lost write
 //! quorum, NFS writes `NFS3ERR_ROFS`, and `device status` names both devices; both restarted,
 //! they list everything at once, writes resume and the status says fully redundant again.
 //! Then the data set is sealed on device 2 and imported from devices 4 and 5 in parallel into a
-//! separate Garage, device 5 killed mid-way and resumed (`device_cluster_import.rs`).
+//! separate Garage, device 5 killed mid-way and resumed (`device_cluster_import.rs`); the one
+//! report lists the function's outcomes.
 //!
 //! Every object is read back by hashing it as it streams (boto3), not into files: 4 live
 //! devices × 1 GiB would otherwise be written to disk too.
@@ -51,6 +54,18 @@ const MARKER_NAME: &str = "marker-name-q7";
 const KILL_AFTER_ACKS: usize = 1000;
 /// How long a client may go without acknowledging anything before the test calls it stuck.
 const LOAD_LIMIT: Duration = Duration::from_secs(600);
+/// The function on PUT: s3cmd's text files `note-0001`, `-0006`, ..., `-0096` in `s1` (20 files,
+/// a glob), whose lines it counts. The failing, hanging and networking programs are the
+/// single-device test's (`device_functions.rs`): the cluster runs them through the same code.
+const FUNCTION_MATCH: &str = "sync/s1/note-00*.txt";
+const COUNT_LINES: &str = r#"#!/usr/bin/python3
+import json, sys
+lines = sys.stdin.buffer.read().count(b'\n')
+print(json.dumps({'suffix': '.lines', 'text': '%d\n' % lines}))
+print(json.dumps({'metadata': {'lines': str(lines)}}))
+"#;
+/// How long after the loads the derived objects may take to list (20 runs of a few hundred ms).
+const FUNCTION_LIMIT: Duration = Duration::from_secs(180);
 
 /// A file tree of `count` small files plus, when `big`, one of 20 MiB.
 pub(crate) fn tree(dir: &Path, tag: &str, count: usize, big: bool) {
@@ -248,15 +263,15 @@ pub(crate) fn each<'a>(
     });
 }
 
-/// Creates an import job on device 1 of `devices` (into `target`, an s3:// URL at `endpoint`),
-/// sets up the cluster with `device cluster create|join` and unlocks every device at once (each
-/// waits for the layout that needs all of them); the devices numbered (from 0) in `nfs` also
-/// serve their NFS export.
+/// Creates an import job on device 1 of `devices` (into `target`, an s3:// URL at `endpoint`,
+/// with `create_args` added to `job create`), sets up the cluster with `device cluster
+/// create|join` and unlocks every device at once (each waits for the layout that needs all of
+/// them); the devices numbered (from 0) in `nfs` also serve their NFS export.
 pub(crate) fn form_cluster(
     dir: &Path,
     devices: usize,
-    target: &str,
-    endpoint: &str,
+    (target, endpoint): (&str, &str),
+    create_args: &[&str],
     nfs: &[usize],
 ) -> Vec<Member> {
     let data: Vec<PathBuf> = (1..=devices).map(|i| dir.join(format!("dev{i}"))).collect();
@@ -264,19 +279,21 @@ pub(crate) fn form_cluster(
         std::fs::create_dir_all(d).unwrap();
     }
     let manifest = dir.join("job.manifest.json");
-    let o = run(tidegate(&data[0]).args([
-        "job",
-        "create",
-        "import",
-        "--target",
-        target,
-        "--endpoint",
-        endpoint,
-        "--region",
-        "garage",
-        "--manifest-out",
-        manifest.to_str().unwrap(),
-    ]));
+    let o = run(tidegate(&data[0])
+        .args([
+            "job",
+            "create",
+            "import",
+            "--target",
+            target,
+            "--endpoint",
+            endpoint,
+            "--region",
+            "garage",
+            "--manifest-out",
+            manifest.to_str().unwrap(),
+        ])
+        .args(create_args));
     assert!(o.status.success(), "job create: {}", stderr(&o));
     let created = stdout(&o);
     let field = |text: &str, name: &str| {
@@ -565,12 +582,29 @@ fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_docume
             want
         }
     });
+    // The job counts the lines of some of s3cmd's text files (their PUTs go through device 3)
+    // into `KEY.lines` objects and `lines` metadata.
+    let program = dir.path().join("count-lines.py");
+    std::fs::write(&program, COUNT_LINES).unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     // Device 3 also serves NFS: its writes follow the cluster's write quorum too.
     let mut members = form_cluster(
         dir.path(),
         DEVICES,
-        &format!("s3://{}/{}", garage.bucket(), PREFIX.trim_end_matches('/')),
-        garage.endpoint(),
+        (
+            &format!("s3://{}/{}", garage.bucket(), PREFIX.trim_end_matches('/')),
+            garage.endpoint(),
+        ),
+        &[
+            "--on-put",
+            program.to_str().unwrap(),
+            "--match",
+            FUNCTION_MATCH,
+        ],
         &[2],
     );
     let export = Export::of(members[2].device());
@@ -644,6 +678,44 @@ fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_docume
         sync.seen
     );
     let loaded_at = started.elapsed();
+
+    // The function ran on device 3 for each matching PUT it took: the derived objects list on
+    // device 2, and the metadata shows there.
+    let derived = derived_lines(&sync_src);
+    let deadline = Instant::now() + FUNCTION_LIMIT;
+    loop {
+        let listed = members[1].contents(bucket, false);
+        if derived.keys().all(|k| listed.contains_key(k)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev2 lists {} of the {} derived objects",
+            derived.keys().filter(|k| listed.contains_key(*k)).count(),
+            derived.len()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (one, lines_obj) = derived
+        .iter()
+        .next()
+        .expect("some files match the function");
+    let meta = boto3(
+        &format!(
+            "{CLIENT}
+h = s3.head_object(Bucket=os.environ['BUCKET'], Key='{}')
+print(h['Metadata'].get('lines'))
+",
+            one.trim_end_matches(".lines")
+        ),
+        |c| {
+            members[1].device().env(c);
+            c.env("BUCKET", bucket);
+        },
+    );
+    assert_eq!(format!("{}\n", meta.trim()), lines_obj.0, "{one}");
+    want.extend(derived.into_iter().map(|(k, (_, sha))| (k, sha)));
+    let functions_at = started.elapsed();
 
     // Every object lists on every live device and reads back byte for byte from each; Garage's
     // directories are searched for the markers meanwhile.
@@ -747,7 +819,7 @@ fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_docume
     eprintln!(
         "device cluster: 5 devices up and trees made in {:.1} s; dev1 killed at {:.1} s with \
          {} of {aws_total} aws uploads acknowledged (1 GiB file {}, s3cmd {}); loads done at \
-         {:.1} s (aws s3 sync sent {}); read back on 4 devices by {:.1} s; writes refused at \
+         {:.1} s (aws s3 sync sent {}); derived objects listed at {:.1} s; read back on 4 devices by {:.1} s; writes refused at \
          {:.1} s, read back with two down by {:.1} s; returned at {:.1} s; full redundancy at {:.1} s; sealed at {:.1} s; \
          dev5 killed while importing at {:.1} s with {} of its share's objects in the target; \
          imported at {:.1} s (dev5's resumed run sent {}, found {} whole); whole test {:.1} s",
@@ -762,6 +834,7 @@ fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_docume
         },
         loaded_at.as_secs_f64(),
         resent.len(),
+        functions_at.as_secs_f64(),
         read_at.as_secs_f64(),
         refused_at.as_secs_f64(),
         two_down_read_at.as_secs_f64(),
@@ -786,4 +859,20 @@ fn device_cluster_carries_concurrent_loads_through_a_kill_and_degrades_as_docume
         stopped.as_secs_f64(),
         (t.elapsed() - stopped).as_secs_f64()
     );
+}
+
+/// The derived objects the function writes for s3cmd's files under `sync_src` that it matches
+/// (`FUNCTION_MATCH`: a prefix and a suffix): `KEY.lines` → (its content, its SHA-256).
+fn derived_lines(sync_src: &Path) -> BTreeMap<String, (String, String)> {
+    let (head, tail) = FUNCTION_MATCH.split_once('*').unwrap();
+    files(sync_src)
+        .into_iter()
+        .map(|(rel, bytes)| (format!("sync/{rel}"), bytes))
+        .filter(|(key, _)| key.starts_with(head) && key.ends_with(tail))
+        .map(|(key, bytes)| {
+            let text = format!("{}\n", bytes.iter().filter(|b| **b == b'\n').count());
+            let sha = hex(&sha256(text.as_bytes()));
+            (format!("{key}.lines"), (text, sha))
+        })
+        .collect()
 }

@@ -11,7 +11,7 @@
 //! over the killed run's claim). boto3 then finds every object once, byte for byte; every object
 //! that was in the target at the kill keeps its LastModified and ETag (it was not sent again);
 //! and the one report lists every object, with each share's runs, whose sent and found-whole
-//! counts add up to the share's objects exactly.
+//! counts add up to the share's objects exactly, and every outcome of the job's function on PUT.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -287,6 +287,34 @@ fn check_report(reporter: &Member, want: &BTreeMap<String, String>) -> (u64, u64
     assert_eq!(report["objects"], total, "{report}");
     assert_eq!(report["imported_objects"], total, "{report}");
     assert_eq!(report["failed_objects"], 0, "{report}");
+    // The function's outcomes, recorded by device 3 in the cluster, are in the one report
+    // (written on device 4 or 5): one `ok` per object it matched, naming its derived object.
+    let functions = &report["functions"];
+    let matched: Vec<&str> = want
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lines"))
+        .collect();
+    assert_eq!(functions["ok"], matched.len(), "{functions}");
+    assert_eq!(functions["not_run"], 0, "{functions}");
+    let outcomes: Vec<(&str, &str, &str)> = functions["outcomes"]
+        .as_array()
+        .expect("function outcomes in the report")
+        .iter()
+        .map(|o| {
+            (
+                o["key"].as_str().unwrap(),
+                o["status"].as_str().unwrap(),
+                o["derived"][0].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let lines: Vec<String> = matched.iter().map(|k| format!("{k}.lines")).collect();
+    let want_outcomes: Vec<(&str, &str, &str)> = matched
+        .iter()
+        .zip(&lines)
+        .map(|(k, l)| (*k, "ok", l.as_str()))
+        .collect();
+    assert_eq!(outcomes, want_outcomes, "{functions}");
     let csv = std::fs::read_to_string(path.with_file_name("report.csv")).unwrap();
     let mut rows: Vec<&str> = csv
         .lines()

@@ -95,7 +95,7 @@ impl Members {
 
 /// What a device needs of its cluster: the cluster bucket (through this device's own Garage
 /// node), the write gate, whether absences the bucket reports can be trusted, this device's
-/// name and the devices that are up.
+/// name, the devices that are up, and whether this device created the job.
 #[derive(Debug, Clone)]
 pub struct ClusterLink {
     pub bucket: Arc<Bucket>,
@@ -103,6 +103,9 @@ pub struct ClusterLink {
     pub tables: TableSync,
     pub device: String,
     pub members: Members,
+    /// Whether this device created the cluster's job: it publishes the job's function on PUT
+    /// (or that it has none) for the others (`functions.rs`).
+    pub creator: bool,
 }
 
 /// The device's view of the bucket's records: for each record object, the listing stamp it
@@ -236,6 +239,26 @@ impl Device {
                 Ok(())
             }
             Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the cluster holds another version of `rec`'s object than `rec` (another device
+    /// replaced it); the record read is not taken into the index. An absent record says no: a
+    /// copy lagging behind a write just acknowledged cannot be told from a delete.
+    pub(crate) async fn replaced_in_cluster(
+        &self,
+        rec: &ObjectRecord,
+    ) -> Result<bool, GatewayError> {
+        let Some(link) = self.link() else {
+            return Ok(false);
+        };
+        let name_id = keys::name_id(&self.inner.key, &rec.key);
+        match link.bucket.get(&record_key(&name_id)).await {
+            Ok(sealed) => Ok(self
+                .open_record(Some(&name_id), sealed.to_vec())
+                .is_some_and(|now| now.sha256 != rec.sha256 || now.segments != rec.segments)),
+            Err(StoreError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

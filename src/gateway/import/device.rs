@@ -118,6 +118,14 @@ pub(crate) struct Inner {
     pub functions: crate::gateway::import::functions::Hook,
 }
 
+/// Who writes: a client, or the job's function on PUT (`functions.rs`), whose derived objects
+/// are still taken while a cluster's seal waits for the functions queued (`seal.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Client,
+    Function,
+}
+
 /// An unlocked device (cheap to clone; the key goes when the last clone does).
 #[derive(Clone)]
 pub struct Device {
@@ -203,8 +211,10 @@ impl Device {
             // Orphan segments cannot be told from another device's writes in flight: a
             // cluster's are left (unreferenced ciphertext), never removed here.
             device.sync_all().await?;
-            // A seal begun while this device was away stops its writes before it serves.
+            // A seal begun while this device was away stops its writes before it serves (and
+            // runs the functions this device's objects still lack first, `freeze`).
             device.observe_seal().await?;
+            crate::gateway::import::functions::start(&device).await?;
             crate::gateway::import::seal::watch(&device);
             return Ok(device);
         }
@@ -277,10 +287,17 @@ impl Device {
     }
 
     pub(crate) fn check_writable(&self) -> Result<(), GatewayError> {
+        self.check_writable_as(Origin::Client)
+    }
+
+    pub(crate) fn check_writable_as(&self, origin: Origin) -> Result<(), GatewayError> {
         if let Some(cluster) = &self.inner.cluster {
             cluster.gate.check()?;
         }
-        if self.is_sealed() {
+        // A cluster's seal refuses clients first, then lets the functions already queued
+        // finish: their derived objects belong in the manifest.
+        let finishing = origin == Origin::Function && self.inner.functions.finishing();
+        if self.is_sealed() && !finishing {
             return Err(GatewayError::ReadOnly(format!(
                 "job {} is sealed; its data set can no longer change",
                 self.inner.job
@@ -305,7 +322,11 @@ impl Device {
 
     /// A writer for a new object's (or part's) data.
     pub fn writer(&self) -> Result<SegmentWriter, GatewayError> {
-        self.check_writable()?;
+        self.writer_as(Origin::Client)
+    }
+
+    pub(crate) fn writer_as(&self, origin: Origin) -> Result<SegmentWriter, GatewayError> {
+        self.check_writable_as(origin)?;
         Ok(SegmentWriter::new(self.inner.segs.clone()))
     }
 
@@ -316,6 +337,18 @@ impl Device {
         data: SegmentWriter,
         attrs: ObjectAttrs,
         expected: ExpectedDigests,
+    ) -> Result<PutResult, GatewayError> {
+        self.put_as(key, data, attrs, expected, Origin::Client)
+            .await
+    }
+
+    pub(crate) async fn put_as(
+        &self,
+        key: &str,
+        data: SegmentWriter,
+        attrs: ObjectAttrs,
+        expected: ExpectedDigests,
+        origin: Origin,
     ) -> Result<PutResult, GatewayError> {
         Self::check_key(key)?;
         let written = data.finish(expected).await?;
@@ -329,18 +362,23 @@ impl Device {
             modified_unix: crate::clock::unix_secs(),
             segments: written.segments,
             parts: Vec::new(),
+            committed_by: None,
         };
-        self.commit(rec).await
+        self.commit_one(rec, origin).await
     }
 
     /// Stores `rec` in the catalog and the index; the replaced object's segments are removed.
-    pub(crate) async fn commit(&self, rec: ObjectRecord) -> Result<PutResult, GatewayError> {
+    async fn commit_one(
+        &self,
+        rec: ObjectRecord,
+        origin: Origin,
+    ) -> Result<PutResult, GatewayError> {
         let result = PutResult {
             etag: rec.etag.clone(),
             size: rec.size,
             sha256: rec.sha256.clone(),
         };
-        self.commit_many(vec![rec]).await?;
+        self.commit_as(vec![rec], origin).await?;
         Ok(result)
     }
 
@@ -349,8 +387,22 @@ impl Device {
     /// removed. All or none: on failure the new
     /// records' segments are removed.
     pub(crate) async fn commit_many(&self, recs: Vec<ObjectRecord>) -> Result<(), GatewayError> {
+        self.commit_as(recs, Origin::Client).await
+    }
+
+    async fn commit_as(
+        &self,
+        mut recs: Vec<ObjectRecord>,
+        origin: Origin,
+    ) -> Result<(), GatewayError> {
+        if let Some(link) = self.link() {
+            // The committing device runs the version's function (`functions.rs`).
+            for rec in &mut recs {
+                rec.committed_by = Some(link.device.clone());
+            }
+        }
         let _guard = self.inner.commit.lock().await;
-        let stored = match self.check_writable() {
+        let stored = match self.check_writable_as(origin) {
             Ok(()) => self.store_records(&recs).await,
             Err(e) => Err(e),
         };
@@ -377,7 +429,7 @@ impl Device {
     }
 
     /// The catalog rows of `recs`, sealed, written in one transaction on the blocking pool.
-    async fn store_records(&self, recs: &[ObjectRecord]) -> Result<(), GatewayError> {
+    pub(crate) async fn store_records(&self, recs: &[ObjectRecord]) -> Result<(), GatewayError> {
         let mut rows = Vec::with_capacity(recs.len());
         for rec in recs {
             let name_id = keys::name_id(&self.inner.key, &rec.key);
@@ -620,6 +672,11 @@ pub(crate) mod tests {
 
     /// An unlocked import job's device on a fresh catalog in `dir` (cheap KDF).
     pub(crate) async fn device(dir: &Path) -> Device {
+        device_and_code(dir).await.0
+    }
+
+    /// `device`, and its job's unlock code.
+    pub(crate) async fn device_and_code(dir: &Path) -> (Device, String) {
         let catalog = Arc::new(Catalog::open(&dir.join("c.db")).unwrap());
         let manifest_path = dir.join("m.json");
         let created = create_job(
@@ -639,9 +696,10 @@ pub(crate) mod tests {
         )
         .unwrap();
         let file = JobManifestFile::read(&manifest_path).unwrap();
-        unlock_job(catalog, dir, &file, &created.unlock_code)
+        let device = unlock_job(catalog, dir, &file, &created.unlock_code)
             .await
-            .unwrap()
+            .unwrap();
+        (device, created.unlock_code)
     }
 
     async fn put(d: &Device, key: &str, data: &[u8]) {

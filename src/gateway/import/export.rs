@@ -567,6 +567,7 @@ async fn rehash(
         modified_unix: 0,
         segments: segments.to_vec(),
         parts: Vec::new(),
+        committed_by: None,
     });
     let mut hasher = EtagHasher::listed(lengths);
     let mut stream = segment_stream(device.inner.segs.clone(), rec, 0..size);
@@ -737,6 +738,7 @@ async fn copy_counted(
             // The source's part boundaries are not fetched (only its ETag is checked), so an
             // exported object answers partNumber=1 with its whole body.
             parts: Vec::new(),
+            committed_by: None,
         })
         .await?;
     Ok(Outcome::Copied { sha256, verified })

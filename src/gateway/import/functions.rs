@@ -9,36 +9,44 @@
 //! (`<key><suffix>`) and user metadata through its stdout (`protocol.rs`); they are applied
 //! only when it exits 0, and only while the object is still the version it read.
 //!
+//! In a device cluster (docs/operations.md, "Device clusters") each device runs the functions of
+//! the objects it commits, with the same queue and sandbox; the outcomes are objects in the
+//! cluster's bucket (`outcomes.rs`), the program is published there by the device that created
+//! the job and copied in by the others (`program.rs`), and a scan takes only the objects the
+//! device claims (`queue::claims`).
+//!
 //! Must not: change an object's bytes, lose an object whatever its function does, or let a
 //! function's output start another function (derived objects carry `tidegate-derived-from`
 //! and are never offered). Invariant: `job seal` writes the manifest only once the queue is
 //! empty and no run is in flight, with the commit lock held so nothing new arrives.
 
 mod outcomes;
+mod program;
 mod protocol;
 mod queue;
 mod report;
 mod sandbox;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::gateway::GatewayError;
-use crate::gateway::import::device::{Device, Inner, ObjectAttrs, segment_stream};
-use crate::gateway::import::record::{self, ExpectedDigests, ObjectRecord};
+use crate::gateway::import::device::{Device, Inner, ObjectAttrs, Origin, segment_stream};
+use crate::gateway::import::record::{ExpectedDigests, ObjectRecord};
 
 pub use outcomes::{Outcome, OutcomeStatus};
+pub use program::{FunctionSpec, install_function};
 pub(crate) use queue::Hook;
 pub use report::FunctionsReport;
 pub(crate) use report::report;
 pub use sandbox::SandboxError;
 
-use outcomes::OutcomeLog;
+use outcomes::Outcomes;
+use program::{Known, known, program_path};
 use queue::{Queue, State};
 use sandbox::{Ending, Limits, Tools};
 
@@ -46,12 +54,10 @@ use sandbox::{Ending, Limits, Tools};
 const QUEUE_OBJECTS: usize = 1024;
 /// Runs at once: functions share the device's cores with the clients loading it.
 const MAX_WORKERS: usize = 4;
-/// The function's definition, beside the job's segments.
-const SPEC_FILE: &str = "function.json";
-/// The copy of the program that runs (the operator's file may change or go after create).
-const PROGRAM_DIR: &str = "function";
 /// Metadata a derived object carries: the key it came from, percent-encoded.
 pub const DERIVED_FROM: &str = "tidegate-derived-from";
+/// How often a cluster device that has not learnt the job's function yet looks again.
+const CLUSTER_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionError {
@@ -124,84 +130,6 @@ impl FunctionRequest {
     }
 }
 
-/// A job's function as stored in `DEVICE_DIR/function.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FunctionSpec {
-    /// The program's file name under `DEVICE_DIR/function/`.
-    pub program: String,
-    /// Where the operator's program was copied from, and its SHA-256 (for the report).
-    pub source: PathBuf,
-    pub program_sha256: String,
-    pub pattern: String,
-    pub timeout_ms: u64,
-    pub memory_bytes: u64,
-}
-
-/// Copies the program into the job's device directory and writes its definition.
-pub fn install_function(
-    data_dir: &Path,
-    job: &str,
-    req: &FunctionRequest,
-) -> Result<FunctionSpec, FunctionError> {
-    use std::os::unix::fs::PermissionsExt;
-    req.check()?;
-    let dir = crate::gateway::import::device_dir(data_dir, job);
-    let io = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| FunctionError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let bytes = std::fs::read(&req.program).map_err(io("reading", &req.program))?;
-    let name = req
-        .program
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "program".to_owned());
-    let prog_dir = dir.join(PROGRAM_DIR);
-    std::fs::create_dir_all(&prog_dir).map_err(io("creating", &prog_dir))?;
-    let copy = prog_dir.join(&name);
-    std::fs::write(&copy, &bytes).map_err(io("writing", &copy))?;
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o555))
-        .map_err(io("setting the mode of", &copy))?;
-    let spec = FunctionSpec {
-        program: name,
-        source: std::path::absolute(&req.program).unwrap_or_else(|_| req.program.clone()),
-        program_sha256: {
-            let mut sha = crate::store::device::Sha256::default();
-            sha.update(&bytes);
-            crate::store::keys::hex(&sha.finish())
-        },
-        pattern: req.pattern.clone(),
-        timeout_ms: u64::try_from(req.timeout.as_millis()).unwrap_or(u64::MAX),
-        memory_bytes: req.memory_bytes,
-    };
-    let path = dir.join(SPEC_FILE);
-    let json = serde_json::to_vec_pretty(&spec).map_err(|source| FunctionError::Spec {
-        path: path.clone(),
-        source,
-    })?;
-    std::fs::write(&path, json).map_err(io("writing", &path))?;
-    Ok(spec)
-}
-
-fn read_spec(device_dir: &Path) -> Result<Option<FunctionSpec>, FunctionError> {
-    let path = device_dir.join(SPEC_FILE);
-    match std::fs::read(&path) {
-        Ok(data) => serde_json::from_slice(&data)
-            .map(Some)
-            .map_err(|source| FunctionError::Spec { path, source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(FunctionError::Io {
-            action: "reading",
-            path,
-            source,
-        }),
-    }
-}
-
 /// Whether `key` matches `pattern`: a prefix, or with `*`, a glob over the whole key.
 pub fn matches(pattern: &str, key: &str) -> bool {
     let mut parts = pattern.split('*');
@@ -231,64 +159,83 @@ struct Runner {
     spec: FunctionSpec,
     program: PathBuf,
     tools: Tools,
-    log: OutcomeLog,
     queue: Arc<Queue>,
 }
 
 /// Starts the job's function workers, if the job has a function and still takes writes; the
-/// queue starts with a scan, so runs a lock or a crash cut short are redone.
+/// queue starts with a scan, so runs a lock or a crash cut short are redone. A cluster device
+/// that cannot tell yet (the creating device publishes the function at its unlock, and the
+/// devices are unlocked together) looks again every `CLUSTER_POLL`.
 pub(crate) async fn start(device: &Device) -> Result<(), GatewayError> {
-    start_with(device, QUEUE_OBJECTS).await
-}
-
-async fn start_with(device: &Device, capacity: usize) -> Result<(), GatewayError> {
     if device.is_sealed() {
         return Ok(());
     }
-    let dir = device.inner.segs.dir.clone();
-    let log = OutcomeLog::new(&dir, device.job_id(), device.inner.codec.clone());
-    let loaded = {
-        let log = log.clone();
-        tokio::task::spawn_blocking(move || {
-            let Some(spec) = read_spec(&dir)? else {
-                return Ok::<_, FunctionError>(None);
-            };
-            let tools = Tools::find()?;
-            let (outcomes, unreadable) = log.read()?;
-            Ok(Some((spec, dir, tools, outcomes, unreadable)))
-        })
-        .await
-        .map_err(|e| GatewayError::Internal(Box::new(e)))??
-    };
-    let Some((spec, dir, tools, outcomes, unreadable)) = loaded else {
+    if start_with(device, QUEUE_OBJECTS).await? {
         return Ok(());
+    }
+    let weak = Arc::downgrade(&device.inner);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CLUSTER_POLL).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let device = Device { inner };
+            // Once sealed, the seal itself looks (`lock_after_functions`).
+            if device.is_sealed() {
+                return;
+            }
+            match start_with(&device, QUEUE_OBJECTS).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(job = %device.job_id(), error = %crate::error_chain::chain(&e), "functions on PUT: looking for the job's function in the cluster")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Starts the workers once the job's function is known; false while a cluster device cannot
+/// tell yet whether the job has one.
+async fn start_with(device: &Device, capacity: usize) -> Result<bool, GatewayError> {
+    if device.inner.functions.queue.get().is_some() {
+        return Ok(true);
+    }
+    let spec = match known(device, true).await? {
+        Known::Function(spec) => spec,
+        Known::NoFunction => return Ok(true),
+        Known::NotYet => return Ok(false),
     };
+    let tools = tokio::task::spawn_blocking(Tools::find)
+        .await
+        .map_err(|e| GatewayError::Internal(Box::new(e)))?
+        .map_err(FunctionError::from)?;
+    let outcomes = Outcomes::of(device);
+    let (done, unreadable) = outcomes.done(&matching(device, &spec.pattern)).await?;
     if unreadable > 0 {
         tracing::warn!(job = %device.job_id(), records = unreadable, "function outcome records do not verify; their objects run again");
     }
-    let mut state = State {
+    let state = State {
         rescan: true,
+        done,
         ..State::default()
     };
-    for o in outcomes {
-        state.done.insert(o.key, o.sha256);
-    }
     let queue = Arc::new(Queue {
         pattern: spec.pattern.clone(),
         capacity,
         state: Mutex::new(state),
         work: Notify::new(),
         idle: Notify::new(),
+        outcomes,
     });
     let runner = Arc::new(Runner {
-        program: dir.join(PROGRAM_DIR).join(&spec.program),
+        program: program_path(&device.inner.segs.dir, &spec),
         spec,
         tools,
-        log,
         queue: queue.clone(),
     });
     if device.inner.functions.queue.set(queue).is_err() {
-        return Ok(()); // already started on this device
+        return Ok(true); // started meanwhile on this device
     }
     let workers = std::thread::available_parallelism()
         .map(usize::from)
@@ -297,7 +244,17 @@ async fn start_with(device: &Device, capacity: usize) -> Result<(), GatewayError
     for _ in 0..workers {
         tokio::spawn(worker(Arc::downgrade(&device.inner), runner.clone()));
     }
-    Ok(())
+    Ok(true)
+}
+
+/// The objects the function applies to, as the device's index holds them now.
+fn matching(device: &Device, pattern: &str) -> Vec<Arc<ObjectRecord>> {
+    device
+        .read_index()
+        .values()
+        .filter(|rec| matches(pattern, &rec.key) && !is_derived(rec))
+        .cloned()
+        .collect()
 }
 
 async fn worker(device: Weak<Inner>, runner: Arc<Runner>) {
@@ -307,23 +264,16 @@ async fn worker(device: Weak<Inner>, runner: Arc<Runner>) {
         };
         let device = Device { inner };
         let rec = device.read_index().get(&key).cloned();
+        // Nothing runs into a sealed data set (the seal waits for the runs it lets finish).
+        let sealed = device.is_sealed() && !device.inner.functions.finishing();
         let ran = match rec {
-            Some(rec) if runner.queue.wants(&rec) => {
+            Some(rec) if runner.queue.wants(&rec) && !sealed => {
                 let outcome = invoke(&device, &runner, &rec).await;
                 tracing::info!(job = %device.job_id(), status = ?outcome.status, seconds = outcome.seconds, "function ran");
-                let log = runner.log.clone();
-                let outcome_for_log = outcome.clone();
-                match tokio::task::spawn_blocking(move || log.append(&outcome_for_log)).await {
-                    Ok(Ok(())) => Some(rec.sha256.clone()),
-                    Ok(Err(e)) => {
-                        tracing::warn!(job = %device.job_id(), error = %crate::error_chain::chain(&e), "function outcome not recorded; it runs again at the next unlock");
-                        Some(rec.sha256.clone())
-                    }
-                    Err(e) => {
-                        tracing::warn!(job = %device.job_id(), error = %e, "function outcome not recorded");
-                        Some(rec.sha256.clone())
-                    }
+                if let Err(e) = runner.queue.outcomes.record(&outcome).await {
+                    tracing::warn!(job = %device.job_id(), error = %crate::error_chain::chain(&e), "function outcome not recorded; it runs again at the next unlock");
                 }
+                Some(rec.sha256.clone())
             }
             _ => None,
         };
@@ -452,7 +402,7 @@ async fn apply(
         device.check_version(rec)?;
         let key = format!("{}{}", rec.key, d.suffix);
         Device::check_key(&key)?;
-        let mut writer = device.writer()?;
+        let mut writer = device.writer_as(Origin::Function)?;
         writer.write(Bytes::from(d.data)).await?;
         let attrs = ObjectAttrs {
             content_type: d.content_type,
@@ -463,7 +413,13 @@ async fn apply(
             )],
         };
         device
-            .put(&key, writer, attrs, ExpectedDigests::default())
+            .put_as(
+                &key,
+                writer,
+                attrs,
+                ExpectedDigests::default(),
+                Origin::Function,
+            )
             .await?;
         outcome.derived.push(key);
     }
@@ -494,8 +450,17 @@ impl Device {
         pairs: &[(String, String)],
     ) -> Result<(), GatewayError> {
         let _guard = self.inner.commit.lock().await;
-        self.check_writable()?;
+        self.check_writable_as(Origin::Function)?;
         self.check_version(rec)?;
+        // In a cluster another device may have replaced the object: its record is read first
+        // (a replacement within the moments between this read and the write below is lost to
+        // this metadata write; Garage has no conditional writes to close that window).
+        if self.replaced_in_cluster(rec).await? {
+            return Err(GatewayError::Busy(format!(
+                "{} was replaced through another device while its function ran",
+                rec.key
+            )));
+        }
         let mut updated = rec.clone();
         for (name, value) in pairs {
             if updated.metadata.iter().any(|(n, _)| n == name) {
@@ -518,18 +483,8 @@ impl Device {
                 protocol::MAX_METADATA_BYTES
             )));
         }
-        let name_id = crate::store::device::name_id(&self.inner.key, &updated.key);
-        let sealed = record::seal(
-            &self.inner.codec,
-            &record::object_aad(&self.inner.job, &name_id),
-            &updated,
-        )?;
-        let catalog = self.inner.catalog.clone();
-        let job = self.inner.job.clone();
-        let size = updated.size;
-        tokio::task::spawn_blocking(move || catalog.put_job_object(&job, &name_id, &sealed, size))
-            .await
-            .map_err(|e| GatewayError::Internal(Box::new(e)))??;
+        // The catalog row, and in a cluster the record every device reads.
+        self.store_records(std::slice::from_ref(&updated)).await?;
         self.inner
             .index
             .write()
@@ -541,10 +496,25 @@ impl Device {
     /// The commit lock, taken once no function is queued or running: `job seal` freezes the
     /// data set only after every stored object's function ran (their derived objects are part
     /// of it). Holding the lock keeps new objects out until the seal is done.
+    ///
+    /// In a cluster (`seal.rs`: every device waits so before it confirms the seal) the device's
+    /// function writes are still taken meanwhile, a device that has not learnt the job's
+    /// function yet looks once more, and a scan first takes the objects no device's queue holds
+    /// (`queue::claims`).
     pub(crate) async fn lock_after_functions(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        let Some(queue) = self.inner.functions.queue.get() else {
+        let hook = &self.inner.functions;
+        hook.set_finishing(true);
+        if self.in_cluster()
+            && hook.queue.get().is_none()
+            && let Err(e) = start_with(self, QUEUE_OBJECTS).await
+        {
+            tracing::warn!(job = %self.inner.job, error = %crate::error_chain::chain(&e), "functions on PUT: the job's function is not known; sealing without it");
+        }
+        let Some(queue) = hook.queue.get() else {
+            hook.set_finishing(false);
             return self.inner.commit.lock().await;
         };
+        queue.request_rescan();
         loop {
             if !queue.is_idle() {
                 tracing::info!(job = %self.inner.job, "waiting for functions on PUT to finish before sealing");
@@ -552,6 +522,7 @@ impl Device {
             queue.wait_idle().await;
             let guard = self.inner.commit.lock().await;
             if queue.is_idle() {
+                hook.set_finishing(false);
                 return guard;
             }
         }
@@ -561,6 +532,7 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn patterns_are_prefixes_or_whole_key_globs() {
@@ -591,6 +563,15 @@ mod tests {
             .unwrap();
     }
 
+    /// Counts the object's lines into `KEY.n` and metadata `n`, taking a moment (so a seal
+    /// right after the PUTs finds runs in flight).
+    const COUNT_LINES: &str = r#"#!/bin/sh
+n=$(wc -l | tr -d ' ')
+sleep 0.2
+echo "{\"suffix\": \".n\", \"text\": \"$n\"}"
+echo "{\"metadata\": {\"n\": \"$n\"}}"
+"#;
+
     /// Installs `script` as the job's function for `*.txt`.
     fn install(dir: &Path, d: &Device, script: &str) {
         let program = dir.join("function.sh");
@@ -618,15 +599,7 @@ mod tests {
         let d = crate::gateway::import::device::tests::device(dir.path()).await;
         put(&d, "a.txt", b"1\n2\n").await;
         put(&d, "b.bin", b"x\n").await;
-        install(
-            dir.path(),
-            &d,
-            r#"#!/bin/sh
-n=$(wc -l | tr -d ' ')
-echo "{\"suffix\": \".n\", \"text\": \"$n\"}"
-echo "{\"metadata\": {\"n\": \"$n\"}}"
-"#,
-        );
+        install(dir.path(), &d, COUNT_LINES);
         start(&d).await.unwrap();
         assert_eq!(d.seal().await.unwrap().0, 3);
         let (_, mut body) = d.read("a.txt.n", None).unwrap();
@@ -665,6 +638,104 @@ echo "{\"metadata\": {\"n\": \"$n\"}}"
         }
         let report = report(&d).await.unwrap().unwrap();
         assert_eq!(report.ok, 7, "{report:?}");
+    }
+
+    /// Two devices of a cluster over one bucket (a local directory standing in for Garage):
+    /// the creating device publishes the function, the other copies it in; each runs the
+    /// functions of its own PUTs, once; a seal begun on one waits for both queues; derived
+    /// objects, metadata and outcomes are the cluster's, seen from either device.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_devices_run_their_own_puts_and_share_outcomes_and_program() {
+        use crate::gateway::import::job::{JobManifestFile, adopt_job, unlock_job_in};
+        use crate::gateway::import::{ClusterLink, Members, TableSync, WriteGate};
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&b_dir).unwrap();
+        std::fs::create_dir_all(&a_dir).unwrap();
+        let bucket = Arc::new(
+            crate::store::Bucket::open(
+                &crate::config::BucketConfig::local(dir.path().join("bucket")),
+                true,
+            )
+            .unwrap(),
+        );
+        let members = Members::default();
+        members.set(vec!["a".into(), "b".into()]);
+        let link = |name: &str, creator| ClusterLink {
+            bucket: bucket.clone(),
+            gate: WriteGate::default(),
+            tables: {
+                let t = TableSync::default();
+                t.set(true);
+                t
+            },
+            device: name.into(),
+            members: members.clone(),
+            creator,
+        };
+        // The job is created (with its function) on device a, as `job create` does.
+        let (first, unlock_code) =
+            crate::gateway::import::device::tests::device_and_code(&a_dir).await;
+        let job = first.job_id().to_owned();
+        install(&a_dir, &first, COUNT_LINES);
+        let catalog = first.inner.catalog.clone();
+        drop(first);
+        let manifest = JobManifestFile::read(&a_dir.join("m.json")).unwrap();
+        let a = unlock_job_in(
+            catalog,
+            &a_dir,
+            &manifest,
+            &unlock_code,
+            Some(link("a", true)),
+        )
+        .await
+        .unwrap();
+        let b_catalog = Arc::new(crate::catalog::Catalog::open(&b_dir.join("c.db")).unwrap());
+        adopt_job(&b_catalog, &manifest).unwrap();
+        let b = unlock_job_in(
+            b_catalog,
+            &b_dir,
+            &manifest,
+            &unlock_code,
+            Some(link("b", false)),
+        )
+        .await
+        .unwrap();
+        // b copied the program in from the cluster.
+        let b_spec = program::read_spec(&crate::gateway::import::device_dir(&b_dir, &job)).unwrap();
+        assert_eq!(b_spec.unwrap().pattern, "*.txt");
+        put(&a, "a.txt", b"1\n2\n").await;
+        put(&b, "b.txt", b"1\n2\n3\n").await;
+        put(&b, "c.bin", b"x\n").await;
+        // Sealed at once from b: both devices' queues drain first, so the derived objects are
+        // in the data set sealed.
+        assert_eq!(b.seal().await.unwrap().0, 5);
+        for d in [&a, &b] {
+            d.sync_all().await.unwrap();
+            for (key, n) in [("a.txt", "2"), ("b.txt", "3")] {
+                let (_, mut body) = d.read(&format!("{key}.n"), None).unwrap();
+                assert_eq!(body.next().await.unwrap().unwrap(), n);
+                assert_eq!(
+                    d.head(key).unwrap().metadata,
+                    vec![("n".to_owned(), n.to_owned())]
+                );
+            }
+            let report = report(d).await.unwrap().unwrap();
+            assert_eq!((report.ok, report.outcomes.len()), (2, 2), "{report:?}");
+        }
+        // One run per object, each on the device that took its PUT.
+        assert_eq!(bucket.list("fn/outcome/").await.unwrap().len(), 2);
+        assert_eq!(a.read_index()["a.txt"].committed_by.as_deref(), Some("a"));
+        assert_eq!(a.read_index()["b.txt"].committed_by.as_deref(), Some("b"));
+        // A scan takes its own objects, and a missing device's only on the first device up.
+        let mut orphan = (*a.read_index()["a.txt"]).clone();
+        for (by, a_claims, b_claims) in [("a", true, false), ("b", false, true), ("c", true, false)]
+        {
+            orphan.committed_by = Some(by.into());
+            assert_eq!(queue::claims(&a, &orphan), a_claims, "{by}");
+            assert_eq!(queue::claims(&b, &orphan), b_claims, "{by}");
+        }
     }
 
     #[test]

@@ -261,6 +261,7 @@ impl Device {
             modified_unix: crate::clock::unix_secs(),
             segments,
             parts,
+            committed_by: None,
         };
         // The whole object's SHA-256 from what the device holds (each segment authenticated).
         let mut sha = Sha256::default();

@@ -37,6 +37,10 @@ pub struct ObjectRecord {
     /// object put whole, and for records written before parts were kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<u64>,
+    /// In a device cluster: the device that committed this version. Its function on PUT runs
+    /// there (`functions.rs`); never set on a standalone device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_by: Option<String>,
 }
 
 /// A multipart upload in progress.

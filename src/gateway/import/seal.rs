@@ -138,6 +138,9 @@ impl Device {
         let Some(link) = self.link() else {
             return Ok(());
         };
+        // Clients are refused from here on; the functions queued still write (set first: a
+        // run must not see the seal without it).
+        self.inner.functions.set_finishing(true);
         self.inner.sealed.store(true, Ordering::SeqCst);
         {
             let _guard = self.lock_after_functions().await;

@@ -1,19 +1,33 @@
-//! The outcome log: one sealed record per function run, appended to
-//! `DEVICE_DIR/function-outcomes` and fsynced before the run counts as done.
+//! Where function outcomes are kept: one sealed record per run.
 //!
-//! Each record is a 4-byte little-endian length and a store frame (AAD `device/<job>/function-
-//! outcome`) holding the outcome as JSON, so the log names no object in the clear. Invariant:
-//! a torn last record (a crash mid-append) is ignored, its object's function runs again; a
-//! record that does not open is counted, never guessed at.
+//! On a standalone device, the outcome log: each run appended to `DEVICE_DIR/function-outcomes`
+//! and fsynced before the run counts as done. Each record is a 4-byte little-endian length and
+//! a store frame (AAD `device/<job>/function-outcome`) holding the outcome as JSON, so the log
+//! names no object in the clear. In a device cluster, the cluster's bucket: one sealed object
+//! per object version run, `fn/outcome/<version id>`, where the version id is keyed by the job
+//! key over the object's name and SHA-256 (so the bucket learns neither), and a listing alone
+//! tells which versions have an outcome. Invariant: a torn last record (a crash mid-append)
+//! is ignored, its object's function runs again; a record that does not open is counted, never
+//! guessed at.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::store::Codec;
+use crate::gateway::GatewayError;
+use crate::gateway::import::device::Device;
+use crate::gateway::import::record::{self, ObjectRecord};
+use crate::store::{Bucket, Codec, MasterKey, StoreError};
 
 const FILE: &str = "function-outcomes";
+/// A cluster's outcome objects.
+const CLUSTER_PREFIX: &str = "fn/outcome/";
+/// Outcome objects fetched at once for a report.
+const FETCHES: usize = 16;
 /// A record larger than this is not one we wrote (outcomes are small: no object data).
 const MAX_RECORD_BYTES: usize = 1 << 20;
 
@@ -144,6 +158,168 @@ impl OutcomeLog {
         f.write_all(&record).map_err(self.io("appending to"))?;
         f.sync_data().map_err(self.io("syncing"))
     }
+}
+
+/// A device's outcomes: its own log, or its cluster's outcome objects.
+#[derive(Clone)]
+pub(super) enum Outcomes {
+    Log(OutcomeLog),
+    Cluster {
+        bucket: Arc<Bucket>,
+        key: MasterKey,
+        codec: Codec,
+        job: String,
+    },
+}
+
+impl Outcomes {
+    pub(super) fn of(device: &Device) -> Self {
+        let inner = &device.inner;
+        match device.link() {
+            Some(link) => Self::Cluster {
+                bucket: link.bucket.clone(),
+                key: inner.key.clone(),
+                codec: inner.codec.clone(),
+                job: inner.job.clone(),
+            },
+            None => Self::Log(OutcomeLog::new(
+                &inner.segs.dir,
+                &inner.job,
+                inner.codec.clone(),
+            )),
+        }
+    }
+
+    /// The object name of the outcome of `key` at content `sha256` in a cluster.
+    fn object(key: &MasterKey, name: &str, sha256: &str) -> String {
+        let id = crate::store::device::name_id(key, &format!("{sha256}\n{name}"));
+        format!("{CLUSTER_PREFIX}{}", crate::store::keys::hex(&id))
+    }
+
+    fn aad(job: &str, object: &str) -> String {
+        format!("device/{job}/function-outcome/{object}")
+    }
+
+    /// Records one run's outcome; once this returns, the run counts as done.
+    pub(super) async fn record(&self, outcome: &Outcome) -> Result<(), GatewayError> {
+        match self {
+            Self::Log(log) => {
+                let (log, outcome) = (log.clone(), outcome.clone());
+                tokio::task::spawn_blocking(move || log.append(&outcome))
+                    .await
+                    .map_err(|e| GatewayError::Internal(Box::new(e)))?
+                    .map_err(|e| super::FunctionError::Log(e).into())
+            }
+            Self::Cluster {
+                bucket,
+                key,
+                codec,
+                job,
+            } => {
+                let object = Self::object(key, &outcome.key, &outcome.sha256);
+                let sealed = record::seal(codec, &Self::aad(job, &object), outcome)?;
+                Ok(bucket.put(&object, sealed.into()).await?)
+            }
+        }
+    }
+
+    /// Key → SHA-256 of the object versions with a recorded outcome (in a cluster, among
+    /// `recs`), and how many records did not open.
+    pub(super) async fn done(
+        &self,
+        recs: &[Arc<ObjectRecord>],
+    ) -> Result<(HashMap<String, String>, u64), GatewayError> {
+        match self {
+            Self::Log(log) => {
+                let (logged, unreadable) = read_log(log).await?;
+                Ok((
+                    logged.into_iter().map(|o| (o.key, o.sha256)).collect(),
+                    unreadable,
+                ))
+            }
+            Self::Cluster { bucket, key, .. } => {
+                let listed: HashSet<String> = bucket
+                    .list(CLUSTER_PREFIX)
+                    .await?
+                    .into_iter()
+                    .map(|o| o.key)
+                    .collect();
+                let done = recs
+                    .iter()
+                    .filter(|r| listed.contains(&Self::object(key, &r.key, &r.sha256)))
+                    .map(|r| (r.key.clone(), r.sha256.clone()))
+                    .collect();
+                Ok((done, 0))
+            }
+        }
+    }
+
+    /// The last recorded outcome of each of `recs` as it is now (a version never run, or run
+    /// only in an earlier version, is absent).
+    pub(super) async fn current(
+        &self,
+        recs: &[Arc<ObjectRecord>],
+    ) -> Result<HashMap<String, Outcome>, GatewayError> {
+        let found: Vec<Outcome> = match self {
+            Self::Log(log) => {
+                let mut last = HashMap::new();
+                for o in read_log(log).await?.0 {
+                    last.insert(o.key.clone(), o);
+                }
+                recs.iter().filter_map(|r| last.remove(&r.key)).collect()
+            }
+            Self::Cluster {
+                bucket,
+                key,
+                codec,
+                job,
+            } => {
+                let fetched: Vec<Result<Option<Outcome>, GatewayError>> =
+                    futures::stream::iter(recs)
+                        .map(|r| async move {
+                            let object = Self::object(key, &r.key, &r.sha256);
+                            match bucket.get(&object).await {
+                                Ok(sealed) => Ok(record::open::<Outcome>(
+                                    codec,
+                                    &Self::aad(job, &object),
+                                    sealed.to_vec(),
+                                )
+                                .inspect_err(|e| {
+                                    tracing::warn!(job = %job, error = %e, "a function outcome in the cluster does not verify; reported as not run");
+                                })
+                                .ok()),
+                                Err(StoreError::NotFound { .. }) => Ok(None),
+                                Err(e) => Err(e.into()),
+                            }
+                        })
+                        .buffer_unordered(FETCHES)
+                        .collect()
+                        .await;
+                let mut found = Vec::new();
+                for f in fetched {
+                    found.extend(f?);
+                }
+                found
+            }
+        };
+        let now: HashMap<&str, &str> = recs
+            .iter()
+            .map(|r| (r.key.as_str(), r.sha256.as_str()))
+            .collect();
+        Ok(found
+            .into_iter()
+            .filter(|o| now.get(o.key.as_str()) == Some(&o.sha256.as_str()))
+            .map(|o| (o.key.clone(), o))
+            .collect())
+    }
+}
+
+async fn read_log(log: &OutcomeLog) -> Result<(Vec<Outcome>, u64), GatewayError> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.read())
+        .await
+        .map_err(|e| GatewayError::Internal(Box::new(e)))?
+        .map_err(|e| super::FunctionError::Log(e).into())
 }
 
 #[cfg(test)]

@@ -1,14 +1,13 @@
 //! The function section of the import report: the job's function and, for every object it
 //! applies to as stored, the outcome of its last run (or `not_run`).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::outcomes::{Outcome, OutcomeLog, OutcomeStatus};
-use super::{FunctionError, is_derived, matches, read_spec};
+use super::outcomes::{Outcome, OutcomeStatus, Outcomes};
+use super::{Known, known, matching};
 use crate::gateway::GatewayError;
 use crate::gateway::import::device::Device;
 
@@ -29,33 +28,18 @@ pub struct FunctionsReport {
     pub outcomes: Vec<Outcome>,
 }
 
-/// The job's function outcomes for the objects it holds, or `None` without a function.
+/// The job's function outcomes for the objects it holds, or `None` without a function. In a
+/// cluster the outcomes every device recorded, for the cluster's data set.
 pub(crate) async fn report(device: &Device) -> Result<Option<FunctionsReport>, GatewayError> {
-    let dir = device.inner.segs.dir.clone();
-    let log = OutcomeLog::new(&dir, device.job_id(), device.inner.codec.clone());
-    let loaded = tokio::task::spawn_blocking(move || {
-        let Some(spec) = read_spec(&dir)? else {
-            return Ok::<_, FunctionError>(None);
-        };
-        Ok(Some((spec, log.read()?.0)))
-    })
-    .await
-    .map_err(|e| GatewayError::Internal(Box::new(e)))??;
-    let Some((spec, logged)) = loaded else {
+    let Known::Function(spec) = known(device, false).await? else {
         return Ok(None);
     };
-    let mut last: HashMap<String, Outcome> = HashMap::new();
-    for o in logged {
-        last.insert(o.key.clone(), o);
-    }
-    let mut outcomes = Vec::new();
-    for rec in device.read_index().values() {
-        if !matches(&spec.pattern, &rec.key) || is_derived(rec) {
-            continue;
-        }
-        outcomes.push(match last.remove(&rec.key) {
-            Some(o) if o.sha256 == rec.sha256 => o,
-            _ => Outcome {
+    let recs = matching(device, &spec.pattern);
+    let mut last = Outcomes::of(device).current(&recs).await?;
+    let outcomes: Vec<Outcome> = recs
+        .iter()
+        .map(|rec| {
+            last.remove(&rec.key).unwrap_or_else(|| Outcome {
                 key: rec.key.clone(),
                 sha256: rec.sha256.clone(),
                 size: rec.size,
@@ -64,9 +48,9 @@ pub(crate) async fn report(device: &Device) -> Result<Option<FunctionsReport>, G
                 derived: Vec::new(),
                 metadata: Vec::new(),
                 seconds: 0.0,
-            },
-        });
-    }
+            })
+        })
+        .collect();
     let count = |s: OutcomeStatus| outcomes.iter().filter(|o| o.status == s).count() as u64;
     Ok(Some(FunctionsReport {
         program: spec.source.clone(),
