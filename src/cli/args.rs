@@ -586,9 +586,18 @@ pub enum ClusterCommand {
         token: String,
         #[arg(long, value_name = "FILE")]
         manifest: PathBuf,
+        /// Join in the place of device NAME, which is down for good: at `device unlock` its role
+        /// in the cluster's layout is removed and this device's added in one change, and Garage
+        /// copies its data here. Refused at unlock if NAME is up or not in the cluster.
+        #[arg(long, value_name = "NAME")]
+        replaces: Option<String>,
         #[command(flatten)]
         node: ClusterNodeArgs,
     },
+    /// On any device of the cluster: print a join token that names this device's node (the
+    /// token `cluster create` printed names the first device, which a joining device cannot
+    /// reach while it is down).
+    Token,
 }
 
 /// This device's Garage node.

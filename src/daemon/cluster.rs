@@ -31,7 +31,7 @@ use crate::config::{BucketConfig, BucketLocation, Credentials};
 use crate::gateway::import::{ClusterLink, Members, TableSync, WriteGate};
 use crate::store::Bucket;
 
-pub use files::{ClusterFile, Setup, cluster_dir, create, join};
+pub use files::{ClusterFile, Setup, cluster_dir, create, join, token};
 pub use supervise::Supervisor;
 
 /// Garage's replication factor for a device cluster: a device may be lost with two copies left.
@@ -98,6 +98,10 @@ pub struct ClusterStatus {
     /// waited for.
     #[serde(default)]
     pub restoring: Option<String>,
+    /// Nodes that left the layout (replaced devices) and still hold copies in a layout version
+    /// Garage has not finished moving away from.
+    #[serde(default)]
+    pub draining: usize,
 }
 
 impl ClusterStatus {
@@ -119,6 +123,7 @@ impl ClusterStatus {
             && self.partitions_all_ok == self.partitions
             && self.missing().is_empty()
             && self.restoring.is_none()
+            && self.draining == 0
     }
 
     /// The lines `device status` prints.
@@ -150,6 +155,13 @@ impl ClusterStatus {
             "redundancy: full (every device up, every partition with all its copies, every copy \
              up to date)"
                 .to_owned()
+        } else if missing.is_empty() && self.draining > 0 {
+            format!(
+                "redundancy: RESTORING (Garage is moving the copies of {} replaced device{} to \
+                 the devices of the layout)",
+                self.draining,
+                if self.draining == 1 { "" } else { "s" }
+            )
         } else if missing.is_empty() && self.partitions_all_ok < self.partitions {
             "redundancy: RESTORING (every device is up; Garage is still connecting)".to_owned()
         } else if missing.is_empty() {
@@ -200,8 +212,9 @@ impl Running {
 
 /// Starts this device's Garage node and brings the cluster up far enough to serve: the node is
 /// connected, the layout holds every device (the creating device applies it once `size`
-/// devices are staged), and the bucket answers with the cluster's key. `progress` receives one
-/// line per change of what is waited for.
+/// devices are staged; a replacement waits for a live device to apply its change), and the
+/// bucket answers with the cluster's key. `progress` receives one line per change of what is
+/// waited for.
 pub async fn start(
     data_dir: &Path,
     file: &ClusterFile,
@@ -212,8 +225,8 @@ pub async fn start(
     let node_log = cluster_dir(data_dir).join(supervise::LOG);
     let up = admin::bring_up(&admin, file, &node_log, &progress);
     let up = tokio::time::timeout(BRING_UP_LIMIT, up).await;
-    let node = match up {
-        Ok(Ok(node)) => node,
+    match up {
+        Ok(Ok(_node)) => {}
         Ok(Err(e)) => {
             supervisor.stop().await;
             return Err(e);
@@ -225,7 +238,17 @@ pub async fn start(
                 waiting: "the layout or the bucket".into(),
             });
         }
-    };
+    }
+    if let Some(dead) = &file.replaces {
+        if let Err(e) = file.joined(data_dir) {
+            supervisor.stop().await;
+            return Err(e);
+        }
+        progress(&format!(
+            "cluster: device {} replaces device {dead} in the layout; Garage copies its data here",
+            file.name
+        ));
+    }
     let bucket = Arc::new(cluster_bucket(file, file.s3_addr)?);
     // The bucket answers once this node has the bucket and key tables (they spread from the
     // device that made them).
@@ -289,9 +312,7 @@ pub async fn start(
         restore.clone(),
         (seen, supervisor.starts()),
     )));
-    if file.creator {
-        tasks.push(tokio::spawn(admin::keep_layout(admin, node)));
-    }
+    tasks.push(tokio::spawn(admin::keep_layout(admin, file.name.clone())));
     Ok(Running {
         link,
         status,
@@ -358,20 +379,25 @@ struct Seen {
 
 impl Seen {
     fn update(&mut self, s: &ClusterStatus, restore: &restore::Restore) {
+        // A device new to the layout (one joining later, or replacing another) holds nothing
+        // yet: bringing it up to date is the same as for a return.
+        let first = self.up.is_empty();
         for d in &s.devices {
-            if self.up.insert(d.name.clone(), d.up) == Some(false) && d.up {
-                restore.returned(&format!("device {}", d.name));
+            match self.up.insert(d.name.clone(), d.up) {
+                Some(false) if d.up => restore.returned(&format!("device {} returned", d.name)),
+                None if !first => restore.returned(&format!("device {} joined", d.name)),
+                _ => {}
             }
         }
         if std::mem::take(&mut self.own_lost) {
-            restore.returned("this device's Garage node");
+            restore.returned("this device's Garage node returned");
         }
     }
 
     fn own_node(&mut self, starts: &AtomicU64, restore: &restore::Restore) {
         let now = starts.load(Ordering::SeqCst);
         if self.starts != 0 && now != self.starts {
-            restore.returned("this device's restarted Garage node");
+            restore.returned("this device's Garage node restarted");
         }
         self.starts = now;
     }
@@ -487,6 +513,7 @@ mod tests {
             resync_queue: 0,
             writes_refused: None,
             restoring: None,
+            draining: 0,
         }
     }
 
@@ -525,5 +552,33 @@ mod tests {
                 .join("\n")
                 .contains("redundancy: full")
         );
+    }
+
+    #[test]
+    fn a_replaced_device_keeps_redundancy_restoring_until_garage_leaves_its_layout() {
+        let mut s = status(&[true; 3], 256);
+        s.draining = 1;
+        assert!(!s.fully_redundant());
+        let lines = s.lines().join("\n");
+        assert!(
+            lines.contains("RESTORING (Garage is moving the copies of 1 replaced device to"),
+            "{lines}"
+        );
+    }
+
+    #[test]
+    fn a_device_new_to_the_layout_is_restored_like_a_returning_one() {
+        let restore = restore::Restore::new(TableSync::default());
+        let mut seen = Seen::default();
+        // The first look names every device: nothing joined, this device's start is pending.
+        seen.update(&status(&[true, true, true], 256), &restore);
+        let pending = restore.pending().expect("the start is pending");
+        assert!(pending.contains("this device started"), "{pending}");
+        // d1 replaced by d4: the layout now holds d2, d3, d4.
+        let mut replaced = status(&[true, true, true], 256);
+        replaced.devices[0].name = "d4".into();
+        seen.update(&replaced, &restore);
+        let pending = restore.pending().expect("the join is pending");
+        assert!(pending.contains("device d4 joined"), "{pending}");
     }
 }

@@ -99,18 +99,24 @@ impl Unlocked {
     }
 
     /// `device unlock` with `extra` arguments (e.g. `--nfs-listen`).
+    /// `device unlock` of `job` on a free loopback port with `extra` arguments, not spawned.
+    pub fn command(job: &Job, extra: &[&str]) -> Command {
+        let mut cmd = tidegate(&job.data);
+        cmd.args([
+            "device",
+            "unlock",
+            "--manifest",
+            job.manifest.to_str().unwrap(),
+            "--s3-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("TIDEGATE_UNLOCK_CODE", &job.code);
+        cmd
+    }
+
     pub fn start_with(job: &Job, extra: &[&str]) -> Unlocked {
-        let mut child = tidegate(&job.data)
-            .args([
-                "device",
-                "unlock",
-                "--manifest",
-                job.manifest.to_str().unwrap(),
-                "--s3-listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .env("TIDEGATE_UNLOCK_CODE", &job.code)
+        let mut child = Self::command(job, extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

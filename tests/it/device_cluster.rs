@@ -263,6 +263,33 @@ pub(crate) fn each<'a>(
     });
 }
 
+/// The value of the `NAME: value` line in a command's output.
+pub(crate) fn field(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .to_owned()
+}
+
+/// `device cluster create|join` arguments for device `name` of the job whose manifest file is
+/// `manifest`: its own loopback ports for Garage's RPC, S3 and admin APIs, 1 GiB of capacity.
+pub(crate) fn node_args(manifest: &Path, name: &str) -> Vec<String> {
+    vec![
+        "--manifest".into(),
+        manifest.to_str().unwrap().into(),
+        "--name".into(),
+        name.into(),
+        "--rpc-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--garage-s3-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--garage-admin-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--capacity".into(),
+        "1GiB".into(),
+    ]
+}
+
 /// Creates an import job on device 1 of `devices` (into `target`, an s3:// URL at `endpoint`,
 /// with `create_args` added to `job create`), sets up the cluster with `device cluster
 /// create|join` and unlocks every device at once (each waits for the layout that needs all of
@@ -296,30 +323,9 @@ pub(crate) fn form_cluster(
         .args(create_args));
     assert!(o.status.success(), "job create: {}", stderr(&o));
     let created = stdout(&o);
-    let field = |text: &str, name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .to_owned()
-    };
     let (job_id, code) = (field(&created, "job"), field(&created, "unlock code"));
 
-    let node_args = |i: usize| -> Vec<String> {
-        vec![
-            "--manifest".into(),
-            manifest.to_str().unwrap().into(),
-            "--name".into(),
-            format!("dev{}", i + 1),
-            "--rpc-addr".into(),
-            format!("127.0.0.1:{}", free_port()),
-            "--garage-s3-listen".into(),
-            format!("127.0.0.1:{}", free_port()),
-            "--garage-admin-listen".into(),
-            format!("127.0.0.1:{}", free_port()),
-            "--capacity".into(),
-            "1GiB".into(),
-        ]
-    };
+    let node_args = |i: usize| node_args(&manifest, &format!("dev{}", i + 1));
     let o = run(tidegate(&data[0])
         .args([
             "device",
@@ -414,7 +420,7 @@ fn random_file(path: &Path, len: usize) {
 }
 
 /// Key (`prefix` + relative path) → SHA-256 of every file under `dir`.
-fn hashes_under(dir: &Path, prefix: &str) -> BTreeMap<String, String> {
+pub(crate) fn hashes_under(dir: &Path, prefix: &str) -> BTreeMap<String, String> {
     files_under(dir)
         .into_iter()
         .map(|(rel, path)| (format!("{prefix}{rel}"), sha256_of(&path)))

@@ -248,18 +248,43 @@ fn cluster_command(cmd: ClusterCommand, config: &Config) -> Result<ExitCode> {
         ClusterCommand::Join {
             token,
             manifest,
+            replaces,
             node,
         } => {
             let manifest = JobManifestFile::read(&manifest).map_err(gateway_error)?;
-            let file = cluster::join(&config.data_dir, &manifest.job, &token, &setup_of(node))?;
-            adopt_job(&catalog, &manifest).map_err(gateway_error)?;
-            writeln!(
-                std::io::stdout(),
-                "joined the cluster of job {} as {:?} ({} devices); `device unlock` starts the node",
-                file.job,
-                file.name,
-                file.size
+            let file = cluster::join(
+                &config.data_dir,
+                &manifest.job,
+                &token,
+                &setup_of(node),
+                replaces.as_deref(),
             )?;
+            adopt_job(&catalog, &manifest).map_err(gateway_error)?;
+            let mut out = std::io::stdout().lock();
+            write!(
+                out,
+                "joined the cluster of job {} as {:?} ({} devices)",
+                file.job, file.name, file.size
+            )?;
+            match &file.replaces {
+                Some(dead) => writeln!(
+                    out,
+                    " in place of {dead:?}; `device unlock` starts the node and, once {dead:?} is \
+                     found down, replaces it in the layout"
+                )?,
+                None => writeln!(out, "; `device unlock` starts the node")?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Token => {
+            let (file, token) = cluster::token(&config.data_dir)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "cluster of job {}: this device is {:?} at {}",
+                file.job, file.name, file.rpc_addr
+            )?;
+            writeln!(out, "join token: {token}")?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -157,17 +157,31 @@ pub async fn bring_up(
     loop {
         let layout = admin.get("GetClusterLayout").await?;
         let (current, staged) = layout_nodes(&layout);
-        if !current.contains(&node) && !staged.contains(&node) {
+        if current.contains(&node) {
+            break;
+        }
+        if !staged.contains(&node) {
+            let mut roles = vec![
+                json!({"id": node, "zone": file.name, "capacity": file.capacity_bytes, "tags": [super::s3_tag(file.s3_addr)]}),
+            ];
+            if let Some(dead) = &file.replaces {
+                let id = down_for_good(admin, dead, &file.name, &mut say).await?;
+                // One change: the dead device's copies move straight to this one.
+                roles.insert(0, json!({"id": id, "remove": true}));
+            }
             admin
-                .post(
-                    "UpdateClusterLayout",
-                    json!({"roles": [{"id": node, "zone": file.name, "capacity": file.capacity_bytes, "tags": [super::s3_tag(file.s3_addr)]}]}),
-                )
+                .post("UpdateClusterLayout", json!({ "roles": roles }))
                 .await?;
             continue;
         }
-        if current.contains(&node) {
-            break;
+        if let Some(dead) = &file.replaces {
+            say(format!(
+                "cluster: waiting for a live device to apply the layout that replaces {dead} \
+                 with {}",
+                file.name
+            ));
+            tokio::time::sleep(POLL).await;
+            continue;
         }
         let known = current.len() + staged.iter().filter(|s| !current.contains(s)).count();
         if file.creator && known >= file.size {
@@ -192,6 +206,117 @@ pub async fn bring_up(
         tokio::time::sleep(POLL).await;
     }
     Ok(node)
+}
+
+/// For `join --replaces`: the node id of device `dead`, once it is sure that device is down.
+/// The cluster's layout reaches a new node from its peer; `dead` must have a role in it, and no
+/// other device may already go by this device's `name`. Garage counts a node up only once it
+/// has connected to it, and learns the other nodes' addresses from the peers it is connected
+/// to (which send only the nodes they are connected to), so `dead` counts as down once it has
+/// not been reached for `SETTLE` after every other device of the layout was, or after
+/// `SETTLE_LIMIT` when another device is down too.
+async fn down_for_good(
+    admin: &Admin,
+    dead: &str,
+    name: &str,
+    say: &mut impl FnMut(String),
+) -> Result<String, ClusterError> {
+    let start = tokio::time::Instant::now();
+    let mut others_up_since = None;
+    loop {
+        let layout = admin.get("GetClusterLayout").await?;
+        let status = admin.get("GetClusterStatus").await?;
+        match replacement_check(&layout, &status, dead, name)? {
+            Replacement::NoLayoutYet => {
+                say(
+                    "cluster: waiting for the cluster's layout from the device named in the token"
+                        .into(),
+                );
+                others_up_since = None;
+            }
+            Replacement::Down { id, others_up } => {
+                if !others_up {
+                    others_up_since = None;
+                }
+                let since = *others_up_since.get_or_insert_with(tokio::time::Instant::now);
+                if (others_up && since.elapsed() >= SETTLE) || start.elapsed() >= SETTLE_LIMIT {
+                    return Ok(id);
+                }
+                say(format!(
+                    "cluster: checking that device {dead} is down (connecting to the other devices)"
+                ));
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How long a device to be replaced must stay unreached once every other device is reached.
+/// A new node hears of every node its peers are connected to with their first answer and
+/// connects within milliseconds on a LAN.
+const SETTLE: Duration = Duration::from_secs(3);
+/// How long the check waits for the other devices when some of them are down too.
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, PartialEq, Eq)]
+enum Replacement {
+    /// The layout has not reached this node yet.
+    NoLayoutYet,
+    /// `dead` is not up; whether every other device of the layout is.
+    Down { id: String, others_up: bool },
+}
+
+/// One look at whether device `dead` may be replaced by device `name`: refused when the layout
+/// has no device `dead`, when it is up, or when another device is already called `name`.
+fn replacement_check(
+    layout: &Value,
+    status: &Value,
+    dead: &str,
+    name: &str,
+) -> Result<Replacement, ClusterError> {
+    if layout["version"].as_u64().unwrap_or(0) == 0 {
+        return Ok(Replacement::NoLayoutYet);
+    }
+    let roles: Vec<(&str, &str)> = layout["roles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r["id"].as_str()?, r["zone"].as_str()?)))
+        .collect();
+    let up = |id: &str| {
+        status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"].as_str() == Some(id) && n["isUp"].as_bool() == Some(true))
+    };
+    if roles.iter().any(|(_, zone)| *zone == name) {
+        return Err(ClusterError::Setup(format!(
+            "a device named {name} is already in the cluster: a replacement needs a name of \
+             its own (`device cluster join --name`)"
+        )));
+    }
+    let Some((id, _)) = roles.iter().find(|(_, zone)| *zone == dead) else {
+        let mut names: Vec<&str> = roles.iter().map(|(_, zone)| *zone).collect();
+        names.sort_unstable();
+        return Err(ClusterError::Setup(format!(
+            "there is no device {dead} in the cluster (its devices: {}): `--replaces` names a \
+             device as `device status` lists it",
+            names.join(", ")
+        )));
+    };
+    if up(id) {
+        return Err(ClusterError::Setup(format!(
+            "device {dead} is up (this device's Garage node reached it): only a device that is \
+             down can be replaced. Join again naming the device that is down (`device cluster \
+             join --replaces NAME`), or stop {dead} first if it is to leave the cluster"
+        )));
+    }
+    let others_up = roles.iter().filter(|(i, _)| i != id).all(|(i, _)| up(i));
+    Ok(Replacement::Down {
+        id: (*id).to_owned(),
+        others_up,
+    })
 }
 
 /// Keeps this node dialling the nodes of the layout that it sees down, every `every`, at the
@@ -269,9 +394,10 @@ async fn ensure_key_and_bucket(admin: &Admin, file: &ClusterFile) -> Result<(), 
     Ok(())
 }
 
-/// On the creating device: applies staged layout changes (a device that joined after the
-/// first layout, or a replacement) as they appear.
-pub async fn keep_layout(admin: Admin, _node: String) {
+/// On every device: applies staged layout changes (a device that joined after the first layout,
+/// or a replacement) as they appear, when this device is the one to (`applier`), so they are
+/// applied whichever devices are down, the creating one included.
+pub async fn keep_layout(admin: Admin, name: String) {
     loop {
         tokio::time::sleep(LAYOUT_EVERY).await;
         let Ok(layout) = admin.get("GetClusterLayout").await else {
@@ -280,10 +406,45 @@ pub async fn keep_layout(admin: Admin, _node: String) {
         let staged = layout["stagedRoleChanges"]
             .as_array()
             .is_some_and(|a| !a.is_empty());
-        if staged && let Err(e) = apply(&admin, &layout).await {
+        if !staged {
+            continue;
+        }
+        let Ok(status) = admin.get("GetClusterStatus").await else {
+            continue;
+        };
+        if applier(&status).as_deref() != Some(name.as_str()) {
+            continue;
+        }
+        if let Err(e) = apply(&admin, &layout).await {
             tracing::warn!(error = %e, "device cluster: applying a staged layout change");
         }
     }
+}
+
+/// How long a device must have been out of reach before the next device takes over applying
+/// layout changes from it. Garage's ping, every 15 s, refreshes when a node was last seen.
+const APPLIER_GONE_AFTER: Duration = Duration::from_secs(30);
+
+/// The device that applies staged layout changes: the first by name of the layout's devices that
+/// are up or were seen less than `APPLIER_GONE_AFTER` ago. One device only: two applying
+/// different staged changes under one version number break Garage's layout ("inconsistent
+/// layout histories"), and a device briefly out of reach of another must not make that one
+/// apply too. (Two that did apply the same changes would compute the same layout: Garage's
+/// assignment is deterministic.)
+fn applier(status: &Value) -> Option<String> {
+    status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| {
+            n["isUp"].as_bool() == Some(true)
+                || n["lastSeenSecsAgo"]
+                    .as_u64()
+                    .is_some_and(|s| s < APPLIER_GONE_AFTER.as_secs())
+        })
+        .filter_map(|n| n["role"]["zone"].as_str())
+        .min()
+        .map(str::to_owned)
 }
 
 /// Health and membership as `device status` shows them.
@@ -333,6 +494,12 @@ pub async fn read_status(admin: &Admin, this: &str) -> Result<ClusterStatus, Clu
         resync_queue,
         writes_refused: None,
         restoring: None,
+        draining: status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["draining"].as_bool() == Some(true))
+            .count(),
     })
 }
 
@@ -351,5 +518,117 @@ mod tests {
             layout_nodes(&layout),
             (vec!["a".to_owned(), "b".to_owned()], vec!["c".to_owned()])
         );
+    }
+
+    fn three_devices() -> Value {
+        json!({
+            "version": 2,
+            "roles": [{"id": "a", "zone": "dev1"}, {"id": "b", "zone": "dev2"}, {"id": "c", "zone": "dev3"}],
+        })
+    }
+
+    fn nodes(up: &[(&str, bool)]) -> Value {
+        json!({"nodes": up.iter().map(|(id, up)| json!({"id": id, "isUp": up})).collect::<Vec<_>>()})
+    }
+
+    #[test]
+    fn a_replacement_is_refused_for_a_device_that_is_up_missing_or_named_twice() {
+        let layout = three_devices();
+        let cases: [(&str, &str, Value, Result<Replacement, &str>); 6] = [
+            (
+                "dev1",
+                "dev4",
+                nodes(&[("b", true), ("c", true)]),
+                Ok(Replacement::Down {
+                    id: "a".into(),
+                    others_up: true,
+                }),
+            ),
+            (
+                "dev1",
+                "dev4",
+                nodes(&[("a", false), ("b", true), ("c", false)]),
+                Ok(Replacement::Down {
+                    id: "a".into(),
+                    others_up: false,
+                }),
+            ),
+            (
+                "dev2",
+                "dev4",
+                nodes(&[("b", true)]),
+                Err("device dev2 is up"),
+            ),
+            (
+                "dev9",
+                "dev4",
+                nodes(&[]),
+                Err("no device dev9 in the cluster (its devices: dev1, dev2, dev3)"),
+            ),
+            (
+                "dev1",
+                "dev3",
+                nodes(&[]),
+                Err("a device named dev3 is already"),
+            ),
+            (
+                "dev1",
+                "dev4",
+                json!({}),
+                Ok(Replacement::Down {
+                    id: "a".into(),
+                    others_up: false,
+                }),
+            ),
+        ];
+        for (dead, name, status, want) in cases {
+            let got = replacement_check(&layout, &status, dead, name);
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{dead} by {name}"),
+                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{e}"),
+                (got, want) => panic!("{dead} by {name}: {got:?}, wanted {want:?}"),
+            }
+        }
+        let fresh = json!({"version": 0, "roles": []});
+        assert_eq!(
+            replacement_check(&fresh, &nodes(&[]), "dev1", "dev4").unwrap(),
+            Replacement::NoLayoutYet
+        );
+    }
+
+    #[test]
+    fn the_applier_is_the_first_device_up_or_seen_lately() {
+        let node = |zone: &str, up: bool, seen: Option<u64>| json!({"id": zone, "role": {"zone": zone}, "isUp": up, "lastSeenSecsAgo": seen});
+        let cases = [
+            // Every device up: the first by name.
+            (
+                vec![node("dev2", true, None), node("dev1", true, None)],
+                Some("dev1"),
+            ),
+            // dev1 out of reach for 5 s: still dev1's turn (it may be up for the others).
+            (
+                vec![node("dev1", false, Some(5)), node("dev2", true, None)],
+                Some("dev1"),
+            ),
+            // dev1 gone for a minute, or never seen since this node started: dev2.
+            (
+                vec![node("dev1", false, Some(60)), node("dev2", true, None)],
+                Some("dev2"),
+            ),
+            (
+                vec![node("dev1", false, None), node("dev3", true, None)],
+                Some("dev3"),
+            ),
+            // A node without a role (a removed device) never applies.
+            (
+                vec![json!({"id": "x", "isUp": true}), node("dev5", true, None)],
+                Some("dev5"),
+            ),
+            (vec![], None),
+        ];
+        for (nodes, want) in cases {
+            let status = json!({ "nodes": nodes });
+            assert_eq!(applier(&status).as_deref(), want, "{status}");
+        }
     }
 }

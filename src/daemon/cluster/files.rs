@@ -49,6 +49,10 @@ pub struct ClusterFile {
     pub capacity_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub garage_bin: Option<PathBuf>,
+    /// The device this one joins in place of (`join --replaces`), until the layout holds this
+    /// device: its bring-up then removes that device's role and adds its own in one change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// What the token carries (see the module header).
@@ -97,6 +101,16 @@ impl ClusterFile {
             )));
         }
         Ok(Some(file))
+    }
+
+    /// Records that the layout holds this device: a replacement is done and is not attempted
+    /// again at the next start (its device is gone from the layout by then).
+    pub(super) fn joined(&self, data_dir: &Path) -> Result<(), ClusterError> {
+        let file = Self {
+            replaces: None,
+            ..self.clone()
+        };
+        file.save(data_dir)
     }
 
     fn save(&self, data_dir: &Path) -> Result<(), ClusterError> {
@@ -177,8 +191,14 @@ fn random<const N: usize>() -> Result<String, ClusterError> {
     random_hex::<N>().map_err(|e| ClusterError::Setup(e.to_string()))
 }
 
-fn refuse_existing(data_dir: &Path) -> Result<(), ClusterError> {
+/// Refuses a second set-up of a device already in a cluster, but for a replacement of `job`
+/// that has not joined yet (refused at its unlock, say because the device it named is up): it
+/// may be joined again, naming another device.
+fn refuse_existing(data_dir: &Path, job: Option<&str>) -> Result<(), ClusterError> {
     if let Some(existing) = ClusterFile::load(data_dir)? {
+        if existing.replaces.is_some() && job == Some(existing.job.as_str()) {
+            return Ok(());
+        }
         return Err(ClusterError::Setup(format!(
             "this device is already in the cluster of job {} as {:?} ({})",
             existing.job,
@@ -212,7 +232,7 @@ pub fn create(
             super::REPLICATION
         )));
     }
-    refuse_existing(data_dir)?;
+    refuse_existing(data_dir, None)?;
     let mut file = ClusterFile {
         format: FORMAT.to_owned(),
         job: job.to_owned(),
@@ -233,34 +253,56 @@ pub fn create(
             None => free_bytes(data_dir)?,
         },
         garage_bin: setup.garage_bin.clone(),
+        replaces: None,
     };
     file.write_garage_toml(data_dir)?;
     let node = make_node_key(data_dir, &file)?;
     file.peer = Some(format!("{node}@{}", file.rpc_addr));
     file.save(data_dir)?;
+    let token = encode_token(&file, &node)?;
+    Ok((file, token))
+}
+
+/// A join token naming this device's node as the one to connect to: `create` prints one, and
+/// `device cluster token` prints one on any device of the cluster (a device joining while the
+/// creating device is down cannot reach it through the first token).
+pub fn token(data_dir: &Path) -> Result<(ClusterFile, String), ClusterError> {
+    let file = ClusterFile::load(data_dir)?.ok_or_else(|| {
+        ClusterError::Setup(format!(
+            "this device is in no device cluster (no {})",
+            ClusterFile::path(data_dir).display()
+        ))
+    })?;
+    let node = make_node_key(data_dir, &file)?;
+    let token = encode_token(&file, &node)?;
+    Ok((file, token))
+}
+
+fn encode_token(file: &ClusterFile, node: &str) -> Result<String, ClusterError> {
     let token = Token {
         job: file.job.clone(),
-        size,
-        peer: file.peer.clone().unwrap_or_default(),
+        size: file.size,
+        peer: format!("{node}@{}", file.rpc_addr),
         rpc_secret: file.rpc_secret.clone(),
         access_key: file.access_key.clone(),
         secret_key: file.secret_key.clone(),
         bucket: file.bucket.clone(),
     };
     let json = serde_json::to_vec(&token).map_err(|e| ClusterError::Setup(e.to_string()))?;
-    let token = format!(
+    Ok(format!(
         "{TOKEN_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-    );
-    Ok((file, token))
+    ))
 }
 
-/// `device cluster join`: this device's files from the token; the job must be the token's.
+/// `device cluster join`: this device's files from the token; the job must be the token's. With
+/// `replaces`, the device joins in the place of that one (checked and done at its unlock).
 pub fn join(
     data_dir: &Path,
     job: &str,
     token: &str,
     setup: &Setup,
+    replaces: Option<&str>,
 ) -> Result<ClusterFile, ClusterError> {
     let bad = |m: &str| ClusterError::Token(m.to_owned());
     let body = token
@@ -278,7 +320,14 @@ pub fn join(
             token.job
         )));
     }
-    refuse_existing(data_dir)?;
+    if replaces == Some(setup.name.as_str()) {
+        return Err(ClusterError::Setup(format!(
+            "--replaces {:?} names this device itself: a replacement joins under a name of its \
+             own",
+            setup.name
+        )));
+    }
+    refuse_existing(data_dir, Some(job))?;
     let file = ClusterFile {
         format: FORMAT.to_owned(),
         job: token.job,
@@ -299,6 +348,7 @@ pub fn join(
             None => free_bytes(data_dir)?,
         },
         garage_bin: setup.garage_bin.clone(),
+        replaces: replaces.map(str::to_owned),
     };
     file.write_garage_toml(data_dir)?;
     file.save(data_dir)?;
@@ -349,4 +399,57 @@ fn make_node_key(data_dir: &Path, file: &ClusterFile) -> Result<String, ClusterE
         )));
     }
     Ok(crate::store::keys::hex(&key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replacement_may_join_again_until_the_layout_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let first = ClusterFile {
+            format: FORMAT.to_owned(),
+            job: "J1".into(),
+            name: "dev2".into(),
+            size: 3,
+            creator: false,
+            peer: None,
+            rpc_addr: addr,
+            s3_addr: addr,
+            admin_addr: addr,
+            rpc_secret: "00".repeat(32),
+            admin_token: "t".into(),
+            access_key: "GK00".into(),
+            secret_key: "s".into(),
+            bucket: "tidegate-j1".into(),
+            capacity_bytes: 1,
+            garage_bin: None,
+            replaces: None,
+        };
+        let token = encode_token(&first, "ab12").unwrap();
+        let setup = Setup {
+            name: "dev4".into(),
+            rpc_addr: addr,
+            s3_addr: addr,
+            admin_addr: addr,
+            capacity_bytes: Some(1 << 30),
+            garage_bin: None,
+        };
+        let e = join(dir.path(), "J1", &token, &setup, Some("dev4")).unwrap_err();
+        assert!(e.to_string().contains("names this device itself"), "{e}");
+        let file = join(dir.path(), "J1", &token, &setup, Some("dev2")).unwrap();
+        assert_eq!(file.replaces.as_deref(), Some("dev2"));
+        assert_eq!(file.peer.as_deref(), Some("ab12@127.0.0.1:1"));
+        // Refused at its unlock (dev2 was up): joined again, naming the device that is down.
+        let file = join(dir.path(), "J1", &token, &setup, Some("dev1")).unwrap();
+        assert_eq!(ClusterFile::load(dir.path()).unwrap(), Some(file.clone()));
+        // In the layout: the replacement is done, and a second join is refused.
+        file.joined(dir.path()).unwrap();
+        let loaded = ClusterFile::load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.replaces, None);
+        let e = join(dir.path(), "J1", &token, &setup, Some("dev3")).unwrap_err();
+        assert!(e.to_string().contains("already in the cluster"), "{e}");
+    }
 }

@@ -89,15 +89,18 @@ impl Restore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A node that was unreachable is back (or this device's node restarted): its tables may be
-    /// stale until the next table sync.
-    pub fn returned(&self, who: &str) {
+    /// A node that was unreachable is back, this device's node restarted, or a device joined
+    /// (`what` says which): its tables may be stale (or empty) until the next table sync.
+    pub fn returned(&self, what: &str) {
         let mut s = self.lock();
         s.wanted += 1;
-        s.phase = format!("{who} returned; bringing its tables up to date");
+        s.phase = format!("{what}; bringing its tables up to date");
         self.tables.set(false);
         drop(s);
-        tracing::info!(who, "device cluster: a node returned; syncing tables");
+        tracing::info!(
+            what,
+            "device cluster: a node returned or joined; syncing tables"
+        );
         self.wake.notify_one();
     }
 
@@ -516,7 +519,7 @@ mod tests {
         assert!(flag.synced() && r.pending().is_some());
         r.whole_done(1);
         assert!(r.pending().is_none());
-        r.returned("dev5");
+        r.returned("device dev5 returned");
         assert!(!flag.synced());
         assert!(r.pending().is_some_and(|p| p.contains("dev5")));
         // A phase that completes for an older return does not clear a newer one.
