@@ -457,7 +457,7 @@ async fn wait_blocks(
             restore.set_phase(
                 generation,
                 format!(
-                    "tables up to date; Garage copies the blocks returned devices missed \
+                    "tables up to date; Garage copies the blocks returned or new devices lack \
                      ({} s left)",
                     (due - now).as_secs()
                 ),
