@@ -226,6 +226,7 @@ pub async fn start(
             });
         }
     };
+    admin::tune_resync(&admin).await;
     let bucket = Arc::new(cluster_bucket(file, file.s3_addr)?);
     // The bucket answers once this node has the bucket and key tables (they spread from the
     // device that made them).
