@@ -239,6 +239,7 @@ pub async fn start(
             });
         }
     }
+    admin::tune_resync(&admin).await;
     if let Some(dead) = &file.replaces {
         if let Err(e) = file.joined(data_dir) {
             supervisor.stop().await;

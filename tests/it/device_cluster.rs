@@ -37,8 +37,10 @@ const DEVICES: usize = 5;
 /// How long a status change may take to show (Garage notices a lost node within seconds).
 const STATUS_LIMIT: Duration = Duration::from_secs(90);
 /// How long a return may take to be fully redundant: the table sync, then Garage's block
-/// resync delay (2 × the cluster's 20 s RPC timeout), on a loaded 2-core machine.
-const WHOLE_LIMIT: Duration = Duration::from_secs(300);
+/// resync delay (2 × the cluster's 20 s RPC timeout) and the copies, on a loaded 2-core
+/// machine. 79–196 s were measured; a run beside another cluster test (load 13–16) still had
+/// 84 blocks to copy at 300 s, with Garage's default resync pace.
+const WHOLE_LIMIT: Duration = Duration::from_secs(480);
 /// The acceptance's load through device 1: 2,000 small files and one of 1 GiB.
 const AWS_FILES: usize = 2000;
 const BIG_BYTES: usize = 1 << 30;

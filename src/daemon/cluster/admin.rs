@@ -349,6 +349,29 @@ pub(super) async fn dialer(admin: Admin, every: Duration) {
     }
 }
 
+/// Garage's block resync on this node, as a device wants it. Garage's defaults (one worker,
+/// `resync-tranquility` 2: idle twice as long as it worked) suit a server shared with other
+/// work; a device is a dedicated box, and the blocks a returning device missed are what stands
+/// between the cluster and full redundancy. Measured before this (docs/testing.md,
+/// `benches/device_cluster.sh`): 44–48 s after `ready` for 100 missed objects, 248 s for 1,000.
+/// Set at every start (Garage keeps them, but a node made before this kept its defaults).
+const RESYNC_WORKERS: &str = "2";
+const RESYNC_TRANQUILITY: &str = "0";
+
+/// Applies [`RESYNC_WORKERS`] and [`RESYNC_TRANQUILITY`]; a failure costs only speed, so it is
+/// logged and start-up goes on.
+pub(super) async fn tune_resync(admin: &Admin) {
+    for (variable, value) in [
+        ("resync-worker-count", RESYNC_WORKERS),
+        ("resync-tranquility", RESYNC_TRANQUILITY),
+    ] {
+        let body = json!({ "variable": variable, "value": value });
+        if let Err(e) = admin.post("SetWorkerVariable?node=self", body).await {
+            tracing::warn!(variable, value, error = %e, "device cluster: could not tune Garage's block resync");
+        }
+    }
+}
+
 async fn apply(admin: &Admin, layout: &Value) -> Result<(), ClusterError> {
     let version = layout["version"].as_u64().unwrap_or(0) + 1;
     let applied = admin
