@@ -137,80 +137,102 @@ impl Files {
         count: u32,
     ) -> Result<(Bytes, bool, Attr), GatewayError> {
         let count = u64::from(count.min(MAX_IO_BYTES));
-        // A hot read (the catalog free this instant, the clean copy's bytes in memory) is
-        // answered here without a hop to the blocking pool: under random reads the hop's two
-        // thread wake-ups cost more CPU than the read itself. Anything that would wait takes
-        // the hop below.
-        let hot = match self.catalog.try_inode_with_share(id.row_id()?)? {
-            Some(found) => {
-                let (row, share) =
-                    found.ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
-                let step = read_step(
-                    row,
-                    share,
-                    caller,
-                    self.clean.as_deref(),
-                    offset,
-                    count,
-                    true,
-                )?;
-                // Only a hit (or nothing to read) is final; a miss may still be a copy on disk.
-                let end = step.2;
-                (step.3.is_some() || offset >= end).then_some(step)
+        // A staged file's row is read before its inode lock is taken; if its upload finished
+        // in between (the staging file is then a clean copy, or gone), the read starts again
+        // from the row rather than read a missing staging file as zeros.
+        let (row, share, end, data) = loop {
+            let (row, share, end, copied) = self.read_row(caller, id, offset, count).await?;
+            if offset >= row.size || count == 0 {
+                self.count(share.id, Counted::Call);
+                return Ok((Bytes::new(), offset >= row.size, self.attr(&row)));
             }
-            None => None,
-        };
-        let (row, share, end, copied) = match hot {
-            Some(step) => step,
-            None => {
-                let (clean, caller) = (self.clean.clone(), caller.clone());
-                // One hop: the inode, the checks and, for a file with a clean copy, its bytes.
-                self.blocking(move |c| {
-                    let (row, share) = blocking::node(c, id)?;
-                    read_step(row, share, &caller, clean.as_deref(), offset, count, false)
-                })
-                .await?
-            }
+            let data = if let Some(data) = copied {
+                self.counters
+                    .clean_read
+                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                data
+            } else if row.staged {
+                match self.read_staged_row(&row, offset, end).await? {
+                    Some(data) => data,
+                    None => continue,
+                }
+            } else if let Some(key) = &row.remote_key {
+                self.read_remote(&row, key, offset, end).await?
+            } else {
+                // Created but never written or uploaded: a hole.
+                Bytes::from(vec![0u8; usize::try_from(end - offset).unwrap_or(0)])
+            };
+            break (row, share, end, data);
         };
         self.count(share.id, Counted::Call);
-        if offset >= row.size || count == 0 {
-            return Ok((Bytes::new(), offset >= row.size, self.attr(&row)));
-        }
-        let data = if let Some(data) = copied {
-            self.counters
-                .clean_read
-                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            data
-        } else if row.staged {
-            let lock = self.inode_lock(row.id);
-            let _guard = lock.lock().await;
-            // A sparsely staged file (one with a block map) reads block by block; any other
-            // reads its staging file in the same hop.
-            let path = self.staging_path(row.id);
-            let key = row.remote_key.clone();
-            let local = self
-                .blocking(move |_| {
-                    Ok(
-                        match key.and_then(|k| BlockMap::load(&path).map(|m| (m, k))) {
-                            Some(sparse) => Err(sparse),
-                            None => Ok(local::read_staged(&path, offset, end)?),
-                        },
-                    )
-                })
-                .await?;
-            match local {
-                Ok(data) => data,
-                Err((map, key)) => self.read_sparse(&row, &map, &key, offset, end).await?,
-            }
-        } else if let Some(key) = &row.remote_key {
-            self.read_remote(&row, key, offset, end).await?
-        } else {
-            // Created but never written or uploaded: a hole.
-            Bytes::from(vec![0u8; usize::try_from(end - offset).unwrap_or(0)])
-        };
         self.count(share.id, Counted::Read(data.len() as u64));
         let row = self.accessed(row).await?;
         Ok((data, end >= row.size, self.attr(&row)))
+    }
+
+    /// READ's first step: the inode, the checks and, for a file with a clean copy, its bytes.
+    /// A hot read (the catalog free this instant, the clean copy's bytes in memory) is answered
+    /// here without a hop to the blocking pool: under random reads the hop's two thread
+    /// wake-ups cost more CPU than the read itself. Anything that would wait takes the hop.
+    async fn read_row(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        offset: u64,
+        count: u64,
+    ) -> Result<(InodeRow, ShareRow, u64, Option<Bytes>), GatewayError> {
+        if let Some(found) = self.catalog.try_inode_with_share(id.row_id()?)? {
+            let (row, share) =
+                found.ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
+            let clean = self.clean.as_deref();
+            let step = read_step(row, share, caller, clean, offset, count, true)?;
+            // Only a hit (or nothing to read) is final; a miss may still be a copy on disk.
+            if step.3.is_some() || offset >= step.2 {
+                return Ok(step);
+            }
+        }
+        let (clean, caller) = (self.clean.clone(), caller.clone());
+        self.blocking(move |c| {
+            let (row, share) = blocking::node(c, id)?;
+            read_step(row, share, &caller, clean.as_deref(), offset, count, false)
+        })
+        .await
+    }
+
+    /// `offset..end` of a staged file under its inode lock; `None` when the file is no longer
+    /// staged as `row` says (its upload was recorded, or it was written, meanwhile).
+    async fn read_staged_row(
+        &self,
+        row: &InodeRow,
+        offset: u64,
+        end: u64,
+    ) -> Result<Option<Bytes>, GatewayError> {
+        let lock = self.inode_lock(row.id);
+        let _guard = lock.lock().await;
+        // A sparsely staged file (one with a block map) reads block by block; any other reads
+        // its staging file in the same hop.
+        let path = self.staging_path(row.id);
+        let (id, version) = (row.id, row.version);
+        let key = row.remote_key.clone();
+        let local = self
+            .blocking(move |c| {
+                let now = blocking::current(c, id)?;
+                if !now.staged || now.version != version {
+                    return Ok(None);
+                }
+                Ok(Some(
+                    match key.and_then(|k| BlockMap::load(&path).map(|m| (m, k))) {
+                        Some(sparse) => Err(sparse),
+                        None => Ok(local::read_staged(&path, offset, end)?),
+                    },
+                ))
+            })
+            .await?;
+        Ok(match local {
+            None => None,
+            Some(Ok(data)) => Some(data),
+            Some(Err((map, key))) => Some(self.read_sparse(row, &map, &key, offset, end).await?),
+        })
     }
 
     /// Advances a file's atime after a read, with Linux's relatime rules: only when the atime
