@@ -15,7 +15,7 @@
 use crate::catalog::Catalog;
 use crate::catalog::shares::{InodeRow, ShareRow};
 use crate::gateway::GatewayError;
-use crate::gateway::files::{FileId, Files};
+use crate::gateway::files::{FileId, Files, stale};
 
 impl Files {
     /// Runs `work` with the catalog on tokio's blocking pool and returns its result. The
@@ -40,7 +40,7 @@ impl Files {
     /// fsync) the read takes the hop rather than wait on a worker.
     pub(crate) async fn node(&self, id: FileId) -> Result<(InodeRow, ShareRow), GatewayError> {
         match self.catalog.try_inode_with_share(id.row_id()?)? {
-            Some(found) => found.ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0))),
+            Some(found) => found.ok_or_else(|| stale(id.0)),
             None => self.blocking(move |c| node(c, id)).await,
         }
     }
@@ -50,12 +50,10 @@ impl Files {
 pub(crate) fn node(catalog: &Catalog, id: FileId) -> Result<(InodeRow, ShareRow), GatewayError> {
     catalog
         .inode_with_share(id.row_id()?)?
-        .ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))
+        .ok_or_else(|| stale(id.0))
 }
 
 /// The inode `id` as stored now; a vanished one is `Stale`.
 pub(crate) fn current(catalog: &Catalog, id: i64) -> Result<InodeRow, GatewayError> {
-    catalog
-        .inode(id)?
-        .ok_or_else(|| GatewayError::Stale(format!("file id {id}")))
+    catalog.inode(id)?.ok_or_else(|| stale(id))
 }

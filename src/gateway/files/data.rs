@@ -21,7 +21,7 @@ use crate::gateway::files::blocks::BlockMap;
 use crate::gateway::files::local::{self, LocalWrite, Written, io_err, staged_bytes};
 use crate::gateway::files::traffic::Counted;
 use crate::gateway::files::{
-    Attr, Caller, FileId, Files, Stability, blocking, clean, effective, permits,
+    Attr, Caller, FileId, Files, Stability, blocking, clean, effective, permits, stale,
 };
 
 /// How much a bucket read fetches at once: a client's sequential READs are then served from
@@ -182,8 +182,7 @@ impl Files {
         count: u64,
     ) -> Result<(InodeRow, ShareRow, u64, Option<Bytes>), GatewayError> {
         if let Some(found) = self.catalog.try_inode_with_share(id.row_id()?)? {
-            let (row, share) =
-                found.ok_or_else(|| GatewayError::Stale(format!("file id {}", id.0)))?;
+            let (row, share) = found.ok_or_else(|| stale(id.0))?;
             let clean = self.clean.as_deref();
             let step = read_step(row, share, caller, clean, offset, count, true)?;
             // Only a hit (or nothing to read) is final; a miss may still be a copy on disk.

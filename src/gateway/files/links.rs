@@ -12,7 +12,7 @@
 use crate::catalog::Catalog;
 use crate::catalog::shares::{InodeKind, ShareRow};
 use crate::gateway::GatewayError;
-use crate::gateway::files::{Attr, Caller, FileId, Files, path};
+use crate::gateway::files::{Attr, Caller, FileId, Files, path, stale};
 
 /// Link names looked at per upload round, at most.
 const LINK_BATCH: usize = 1024;
@@ -62,7 +62,7 @@ impl Files {
                     Some(linked) => Ok(linked),
                     // Taken, or the file removed, since the checks above.
                     None if c.inode(id)?.is_some() => Err(GatewayError::AlreadyExists(new_path)),
-                    None => Err(GatewayError::Stale(format!("file id {id}"))),
+                    None => Err(stale(id)),
                 }
             })
             .await?;

@@ -51,9 +51,14 @@ pub const DEFAULT_REFRESH_SECS: u64 = 300;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId(pub u64);
 
+/// A file id that names no inode (removed, or never handed out): NFS3ERR_STALE and its kin.
+pub(crate) fn stale(id: impl std::fmt::Display) -> GatewayError {
+    GatewayError::Stale(format!("file id {id}"))
+}
+
 impl FileId {
     fn row_id(self) -> Result<i64, GatewayError> {
-        i64::try_from(self.0).map_err(|_| GatewayError::Stale(format!("file id {}", self.0)))
+        i64::try_from(self.0).map_err(|_| stale(self.0))
     }
 
     fn of(row: &InodeRow) -> Self {
