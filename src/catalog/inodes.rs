@@ -11,6 +11,11 @@ use rusqlite::{OptionalExtension, Row, ToSql, params};
 use crate::catalog::shares::{as_i64, bad, u32_at, u64_at};
 use crate::catalog::{Catalog, CatalogError, links};
 
+/// How long an exclusive create's verifier is kept for a retransmission of that create: far
+/// past any client's retransmission or a restart's grace period, and short enough that the
+/// table stays small.
+pub const VERIFIER_KEEP_SECS: i64 = 3600;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InodeKind {
     File,
@@ -247,15 +252,55 @@ impl Catalog {
     /// Inserts a new entry of directory `row.parent` and advances the directory's mtime and
     /// ctime to `now_ns` (POSIX), in one transaction: a create costs one commit.
     pub fn insert_entry(&self, row: &InodeRow, now_ns: i64) -> Result<InodeRow, CatalogError> {
+        self.insert_entry_with(row, now_ns, None)
+    }
+
+    /// [`Self::insert_entry`] for an exclusive create: the client's verifier is recorded with
+    /// the new inode in the same transaction (schema 13), and verifiers older than
+    /// [`VERIFIER_KEEP_SECS`] are pruned.
+    pub fn insert_exclusive(
+        &self,
+        row: &InodeRow,
+        now_ns: i64,
+        verifier: [u8; 8],
+    ) -> Result<InodeRow, CatalogError> {
+        self.insert_entry_with(row, now_ns, Some(verifier))
+    }
+
+    fn insert_entry_with(
+        &self,
+        row: &InodeRow,
+        now_ns: i64,
+        verifier: Option<[u8; 8]>,
+    ) -> Result<InodeRow, CatalogError> {
         self.grouped(|conn| {
             let tx = conn.transaction()?;
             let id = insert_inode(&tx, row)?;
             if let Some(dir) = row.parent {
                 touch_dir(&tx, dir, now_ns)?;
             }
+            if let Some(verifier) = verifier {
+                let now_unix = now_ns.div_euclid(1_000_000_000);
+                tx.prepare_cached("DELETE FROM create_verifiers WHERE made_unix < ?1")?
+                    .execute([now_unix - VERIFIER_KEEP_SECS])?;
+                tx.prepare_cached(
+                    "INSERT INTO create_verifiers (inode, verifier, made_unix) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id, &verifier[..], now_unix])?;
+            }
             tx.commit()?;
             Ok(InodeRow { id, ..row.clone() })
         })
+    }
+
+    /// The verifier of the exclusive create that made inode `id`, while it is kept.
+    pub fn create_verifier(&self, id: i64) -> Result<Option<[u8; 8]>, CatalogError> {
+        let found: Option<Vec<u8>> = self
+            .conn()
+            .prepare_cached("SELECT verifier FROM create_verifiers WHERE inode = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        Ok(found.and_then(|v| v.try_into().ok()))
     }
 
     /// Writes back every mutable column of `row`.
@@ -690,6 +735,43 @@ pub(super) fn queue_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exclusive_creates_verifier_is_kept_apart_and_pruned_after_an_hour() {
+        let (_dir, c, _, root) = crate::catalog::shares::tests::catalog_with_share();
+        let file = |path: &str| {
+            InodeRow::new(
+                root.share_id,
+                Some(root.id),
+                path,
+                crate::catalog::shares::InodeKind::File,
+                (0o644, 0, 0),
+                7,
+            )
+        };
+        let hour_ns = VERIFIER_KEEP_SECS * 1_000_000_000;
+        let t0 = 1_800_000_000 * 1_000_000_000;
+        let a = c.insert_exclusive(&file("a"), t0, *b"verifier").unwrap();
+        assert_eq!(c.create_verifier(a.id).unwrap(), Some(*b"verifier"));
+        assert_eq!(
+            c.inode(a.id).unwrap().unwrap().mtime_ns,
+            7,
+            "times as given"
+        );
+        let plain = c.insert_entry(&file("p"), t0).unwrap();
+        assert_eq!(c.create_verifier(plain.id).unwrap(), None);
+        // Within the hour both are kept; past it, the next exclusive create prunes the old.
+        let b = c
+            .insert_exclusive(&file("b"), t0 + hour_ns, *b"second!!")
+            .unwrap();
+        assert_eq!(c.create_verifier(a.id).unwrap(), Some(*b"verifier"));
+        let d = c
+            .insert_exclusive(&file("d"), t0 + hour_ns + 2_000_000_000, *b"third!!!")
+            .unwrap();
+        assert_eq!(c.create_verifier(a.id).unwrap(), None);
+        assert_eq!(c.create_verifier(b.id).unwrap(), Some(*b"second!!"));
+        assert_eq!(c.create_verifier(d.id).unwrap(), Some(*b"third!!!"));
+    }
 
     #[test]
     fn issue_21_a_directory_entry_is_found_by_the_unique_index() {

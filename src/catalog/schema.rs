@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0012_inode_atime.sql"),
     include_str!("migrations/0013_links.sql"),
     include_str!("migrations/0014_small_journal.sql"),
+    include_str!("migrations/0015_create_verifiers.sql"),
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

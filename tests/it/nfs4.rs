@@ -169,6 +169,63 @@ fn a_lock_is_reclaimed_after_kill_9_and_others_wait_for_grace() {
     gw.stop();
 }
 
+/// An EXCLUSIVE4_1 create keeps its verifier apart from the file's times (RFC 8881 §18.16.3):
+/// the new file's mtime is the time of the create, not the verifier, and no time is flagged in
+/// the attrset (a flagged time would make every Linux client send a SETATTR after each such
+/// create). A retransmission with the same verifier opens the file, also after a kill -9 and
+/// restart; another verifier finds it existing.
+#[test]
+fn exclusive_create_keeps_the_verifier_out_of_the_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path(), 10);
+    let data_dir = gw.data_dir.clone();
+    let mut a = Session::new(&addr(&gw), b"exclusive", false);
+    let share = a.fh("/s").unwrap();
+    // A verifier that, read as a time, would be far from now (Linux sends jiffies and a pid).
+    let verf = *b"\x00\x00\x00\x01\x00\x00\x04\xd2";
+    let (sid, fh, attrset) = a.open_exclusive(&share, "x.db", b"oo", verf).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mtime = a.mtime_secs(&fh).unwrap();
+    assert!(
+        (mtime - now).abs() < 60,
+        "mtime {mtime} is not the create time ({now})"
+    );
+    let time_bits = (1u32 << (47 - 32)) | (1 << (53 - 32));
+    assert_eq!(
+        attrset.get(1).copied().unwrap_or(0) & time_bits,
+        0,
+        "no time holds the verifier: {attrset:?}"
+    );
+    assert_eq!(a.close(&fh, &sid), NFS4_OK);
+    let (_, again, _) = a.open_exclusive(&share, "x.db", b"oo", verf).unwrap();
+    assert_eq!(again, fh, "a retransmission opens the same file");
+    assert_eq!(
+        a.open_exclusive(&share, "x.db", b"oo", *b"another!"),
+        Err(NFS4ERR_EXIST)
+    );
+    gw.kill9();
+
+    // After a restart, with the grace period over, the verifier still matches.
+    let gw = start(&data_dir);
+    let mut a = Session::new(&addr(&gw), b"exclusive", true);
+    a.reclaim_complete();
+    let (_, after, _) = a.open_exclusive(&share, "x.db", b"o2", verf).unwrap();
+    assert_eq!(after, fh);
+    assert_eq!(
+        a.open_exclusive(&share, "x.db", b"o2", *b"another!"),
+        Err(NFS4ERR_EXIST)
+    );
+    assert_eq!(
+        a.mtime_secs(&fh).unwrap(),
+        mtime,
+        "the verifier never became the mtime"
+    );
+    gw.stop();
+}
+
 /// A tiny deterministic generator (xorshift), so a failing fuzz case can be replayed from its
 /// seed.
 struct Rng(u64);

@@ -7,6 +7,7 @@
 //! talks to the bucket except a refresh before a lookup or listing, and readlink of a foreign
 //! symlink.
 
+use crate::catalog::Catalog;
 use crate::catalog::shares::{InodeKind, InodeRow, ShareRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocking;
@@ -230,8 +231,8 @@ impl Files {
                 if due || slot.existing.is_some() {
                     return Ok((slot, None, due));
                 }
-                let row = file_row(&slot, mode, verf)?;
-                let row = c.insert_entry(&row, crate::clock::unix_nanos())?;
+                let row = file_row(&slot, mode)?;
+                let row = insert_file(c, &row, verf)?;
                 let dir_after = blocking::current(c, slot.dir.id)?;
                 Ok((slot, Some((row, dir_after)), false))
             })
@@ -319,7 +320,7 @@ impl Files {
                     dir_after: self.attr(&dir_after),
                     access: Some(access),
                 };
-                return self.set_after_create(caller, how, attrs, opened).await;
+                return self.set_after_create(caller, attrs, opened).await;
             }
             Made::Slot(slot) => slot,
         };
@@ -335,9 +336,9 @@ impl Files {
             return match how {
                 CreateMode::Guarded => Err(GatewayError::AlreadyExists(existing.path)),
                 CreateMode::Exclusive(verf) => {
-                    if existing.kind == InodeKind::File
-                        && existing.mtime_ns == i64::from_be_bytes(verf)
-                    {
+                    let id = existing.id;
+                    let made_by = self.blocking(move |c| Ok(c.create_verifier(id)?)).await?;
+                    if existing.kind == InodeKind::File && made_by == Some(verf) {
                         Ok(unchanged(self.attr(&existing), &existing))
                     } else {
                         Err(GatewayError::AlreadyExists(existing.path))
@@ -360,9 +361,9 @@ impl Files {
             };
         }
         // A refresh came first: the file is made in a hop of its own.
-        let row = file_row(&slot, attrs.mode, verf)?;
+        let row = file_row(&slot, attrs.mode)?;
         let access = rwx(&slot.who, &slot.share, &row);
-        let (attr, dir_after) = self.insert_in(row, slot.dir.id).await?;
+        let (attr, dir_after) = self.insert_in(row, slot.dir.id, verf).await?;
         let opened = Opened {
             attr,
             created: true,
@@ -370,15 +371,15 @@ impl Files {
             dir_after,
             access: Some(access),
         };
-        self.set_after_create(caller, how, attrs, opened).await
+        self.set_after_create(caller, attrs, opened).await
     }
 
     /// The attributes a create asked for beyond the mode (set with the new file), applied to
-    /// the new file; an exclusive create sets them in the client's follow-up SETATTR instead.
+    /// the new file. An NFSv4.1 exclusive create may carry them too (owner, group, size: the
+    /// attrset of the reply says they were set); an NFSv3 one carries none.
     async fn set_after_create(
         &self,
         caller: &Caller,
-        how: CreateMode,
         attrs: SetAttr,
         opened: Opened,
     ) -> Result<Opened, GatewayError> {
@@ -386,7 +387,7 @@ impl Files {
             mode: None,
             ..attrs
         };
-        if matches!(how, CreateMode::Exclusive(_)) || rest == SetAttr::default() {
+        if rest == SetAttr::default() {
             return Ok(opened);
         }
         Ok(Opened {
@@ -745,11 +746,17 @@ impl Files {
         Ok(self.attr(&row))
     }
 
-    /// [`Self::insert`], with the directory as it is after, read in the same hop.
-    async fn insert_in(&self, row: InodeRow, dir: i64) -> Result<(Attr, Attr), GatewayError> {
+    /// [`Self::insert`] of a new file (with an exclusive create's verifier), with the directory
+    /// as it is after, read in the same hop.
+    async fn insert_in(
+        &self,
+        row: InodeRow,
+        dir: i64,
+        verf: Option<[u8; 8]>,
+    ) -> Result<(Attr, Attr), GatewayError> {
         let (row, dir) = self
             .blocking(move |c| {
-                let row = c.insert_entry(&row, crate::clock::unix_nanos())?;
+                let row = insert_file(c, &row, verf)?;
                 Ok((row, blocking::current(c, dir)?))
             })
             .await?;
@@ -856,17 +863,27 @@ fn new_inode(slot: &Slot, kind: InodeKind, mode: u32) -> Result<InodeRow, Gatewa
 /// The row of a new regular file in `slot`: `mode` given, or the share's default. An exclusive
 /// create's verifier is kept in the mtime until the client's follow-up SETATTR (RFC 1813
 /// §3.3.8), so a retransmitted CREATE can be recognised.
-fn file_row(
-    slot: &Slot,
-    mode: Option<u32>,
+fn file_row(slot: &Slot, mode: Option<u32>) -> Result<InodeRow, GatewayError> {
+    new_inode(
+        slot,
+        InodeKind::File,
+        mode.unwrap_or(slot.share.default_file_mode),
+    )
+}
+
+/// Records a new file in its directory; an exclusive create's verifier goes into a table of
+/// its own in the same transaction, never into the file's times (which a client reads, and a
+/// Linux NFSv4.1 client does not set after the create unless told a time holds the verifier).
+fn insert_file(
+    catalog: &Catalog,
+    row: &InodeRow,
     verf: Option<[u8; 8]>,
 ) -> Result<InodeRow, GatewayError> {
-    let mode = mode.unwrap_or(slot.share.default_file_mode);
-    let mut row = new_inode(slot, InodeKind::File, mode)?;
-    if let Some(verf) = verf {
-        row.mtime_ns = i64::from_be_bytes(verf);
-    }
-    Ok(row)
+    let now = crate::clock::unix_nanos();
+    Ok(match verf {
+        Some(verf) => catalog.insert_exclusive(row, now, verf)?,
+        None => catalog.insert_entry(row, now)?,
+    })
 }
 
 /// What a SETATTR's blocking step found.

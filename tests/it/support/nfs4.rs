@@ -62,6 +62,7 @@ const FATTR4_FILEID: u32 = 20;
 const FATTR4_NUMLINKS: u32 = 35;
 const FATTR4_MODE: u32 = 33;
 const FATTR4_RAWDEV: u32 = 41;
+const FATTR4_TIME_MODIFY: u32 = 53;
 
 pub const WRITE_LT: u32 = 2;
 pub const FILE_SYNC4: u32 = 2;
@@ -253,28 +254,43 @@ impl Session {
         create: bool,
     ) -> Result<(StateId, Vec<u8>), u32> {
         let e = self.open_ops(dir, name, owner, create).u32(OP_GETFH);
+        let (sid, fh, _) = self.opened(e)?;
+        Ok((sid, fh))
+    }
+
+    /// Sends PUTFH, OPEN and GETFH encoded in `e`: the open stateid, the handle and the
+    /// attrset bitmap words of OPEN4resok.
+    fn opened(&mut self, e: Enc) -> Result<(StateId, Vec<u8>, Vec<u32>), u32> {
         let r = self.compound(3, &e.0);
         if r.status != NFS4_OK {
             return Err(r.status);
         }
         // The OPEN result is followed by GETFH's; walk OPEN4resok.
-        let body = last_body(&r);
-        let mut d = Dec::new(body);
+        let mut d = Dec::new(last_body(&r));
         let sid = StateId::dec(&mut d);
         d.fixed(4 + 16 + 4);
         let words = d.u32() as usize;
-        d.fixed(4 * words);
+        let attrset = (0..words).map(|_| d.u32()).collect();
         assert_eq!(d.u32(), 0, "no delegation");
-        assert_eq!(d.u32(), OP_GETFH);
-        assert_eq!(d.u32(), NFS4_OK);
-        let fh = d.opaque();
-        Ok((sid, fh))
+        assert_eq!((d.u32(), d.u32()), (OP_GETFH, NFS4_OK));
+        Ok((sid, d.opaque(), attrset))
     }
 
     /// PUTFH `dir` and an OPEN of `name` for reading and writing (with `create`, UNCHECKED
     /// with mode 0644), for callers to put more operations after.
     pub fn open_ops(&self, dir: &[u8], name: &str, owner: &[u8], create: bool) -> Enc {
-        let e = Enc::default()
+        let e = self.open_head(dir, owner);
+        let e = if create {
+            mode_0644(e.u32(1).u32(0))
+        } else {
+            e.u32(0)
+        };
+        e.u32(0).opaque(name.as_bytes())
+    }
+
+    /// PUTFH `dir` and OPEN's arguments up to `openflag4`: for reading and writing, no deny.
+    fn open_head(&self, dir: &[u8], owner: &[u8]) -> Enc {
+        Enc::default()
             .u32(OP_PUTFH)
             .opaque(dir)
             .u32(OP_OPEN)
@@ -282,18 +298,27 @@ impl Session {
             .u32(3)
             .u32(0)
             .u64(self.client_id)
-            .opaque(owner);
-        let e = if create {
-            e.u32(1)
-                .u32(0)
-                .u32(2)
-                .u32(0)
-                .u32(1 << 1)
-                .opaque(&0o644u32.to_be_bytes())
-        } else {
-            e.u32(0)
-        };
-        e.u32(0).opaque(name.as_bytes())
+            .opaque(owner)
+    }
+
+    /// OPEN of `name` in `dir` with an EXCLUSIVE4_1 create (verifier `verf`, mode 0644), for
+    /// reading and writing: the open stateid, the file's handle and the attrset bitmap words
+    /// the server returned (which attributes it set, or used to store the verifier).
+    pub fn open_exclusive(
+        &mut self,
+        dir: &[u8],
+        name: &str,
+        owner: &[u8],
+        verf: [u8; 8],
+    ) -> Result<(StateId, Vec<u8>, Vec<u32>), u32> {
+        let e = mode_0644(self.open_head(dir, owner).u32(1).u32(3).raw(&verf));
+        self.opened(e.u32(0).opaque(name.as_bytes()).u32(OP_GETFH))
+    }
+
+    /// GETATTR of FATTR4_TIME_MODIFY: seconds since the epoch.
+    pub fn mtime_secs(&mut self, fh: &[u8]) -> Result<i64, u32> {
+        let vals = self.getattr(fh, &[FATTR4_TIME_MODIFY])?;
+        Ok(Dec::new(&vals).u64() as i64)
     }
 
     /// OPEN by handle (CLAIM_FH) or, with `reclaim`, CLAIM_PREVIOUS.
@@ -541,6 +566,14 @@ impl Session {
 
 /// The body of the last result in a reply whose earlier results all succeeded: skips the
 /// SEQUENCE result and each PUTFH/PUTROOTFH/LOOKUP (which have no body).
+/// A fattr4 of mode 0644, as OPEN's create attributes.
+fn mode_0644(e: Enc) -> Enc {
+    e.u32(2)
+        .u32(0)
+        .u32(1 << (FATTR4_MODE - 32))
+        .opaque(&0o644u32.to_be_bytes())
+}
+
 pub fn last_body(r: &Reply) -> &[u8] {
     let mut d = Dec::new(&r.tail);
     // `parse` stopped after SEQUENCE; the ops after it are PUTFH-like (status only) until the

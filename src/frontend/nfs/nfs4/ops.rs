@@ -730,7 +730,8 @@ impl Ops<'_> {
             EXCLUSIVE4_1 => {
                 let verf = r.fixed()?;
                 let attrs = attrs::read_settable(r, domain)?;
-                // The times hold the verifier until the client's SETATTR (RFC 8881 §18.16.3).
+                // Times are not in suppattr_exclcreat: an exclusive create may not set them
+                // (RFC 8881 §18.16.3). The verifier is kept apart from them (schema 13).
                 if attrs.set.atime.is_some() || attrs.set.mtime.is_some() {
                     return Err(NFS4ERR_INVAL.into());
                 }
