@@ -16,7 +16,7 @@ use crate::gateway::files::path::{self, validate_name};
 use crate::gateway::files::refresh::refresh_due;
 use crate::gateway::files::{
     Attr, Caller, CreateMode, DirEntry, FileId, FileKind, Files, SetAttr, SetTime, effective,
-    permits,
+    permits, stale,
 };
 
 /// The longest symlink target we accept or read back.
@@ -679,6 +679,18 @@ impl Files {
         id: FileId,
         set: SetAttr,
     ) -> Result<Attr, GatewayError> {
+        // One that changes nothing (an untar's chown and chmod to what the new file already
+        // has) is answered on the worker when the catalog is free this instant, as
+        // `Files::node` reads: no hop, no write. Reading the committed row without the inode
+        // lock orders this no-op before any change in flight, as if it had arrived first.
+        if let Some(found) = self.catalog.try_inode_with_share(id.row_id()?)? {
+            let (row, share) = found.ok_or_else(|| stale(id.0))?;
+            let who = effective(&share, caller)?;
+            if !check_setattr(&who, &share, &row, &set)? {
+                self.count(share.id, crate::gateway::files::traffic::Counted::Call);
+                return Ok(self.attr(&row));
+            }
+        }
         let lock = self.inode_lock(id.row_id()?);
         let mut truncated = false;
         let (row, share, changed) = loop {
