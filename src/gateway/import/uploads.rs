@@ -20,6 +20,17 @@ use crate::store::{Bucket, StoreError};
 /// Records fetched at once when listing a cluster's uploads or parts.
 const RECORD_FETCHES: usize = 16;
 
+/// How long a cluster device waits before looking again for an upload or part record it did
+/// not find: Garage acknowledges a write once two of the three copies hold it, and a read in
+/// `degraded` mode asks one copy, this device's node first (ADR 0014), so a record written
+/// through another device an instant ago may not be here yet. About 1 s in all: a genuine
+/// NoSuchUpload in a cluster costs that much.
+const LATE_RECORD_WAITS: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_millis(750),
+];
+
 /// An upload's sealed record and when it began.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredUpload {
@@ -97,6 +108,20 @@ async fn get_opt(bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, GatewayE
     }
 }
 
+/// A GET of a record another device may have just written: an absence is looked at again
+/// (`LATE_RECORD_WAITS`) before it counts.
+async fn get_late(bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, GatewayError> {
+    let mut got = get_opt(bucket, key).await?;
+    for wait in LATE_RECORD_WAITS {
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        got = get_opt(bucket, key).await?;
+    }
+    Ok(got)
+}
+
 /// Fetches listed records at once; one deleted between the listing and its GET is left out.
 async fn fetch_all<T>(
     bucket: &Arc<Bucket>,
@@ -137,18 +162,21 @@ impl UploadStore {
         }
     }
 
-    /// An upload's sealed record; `None`: no such upload (never begun, completed or aborted).
+    /// An upload's sealed record; `None`: no such upload (never begun, completed or aborted;
+    /// in a cluster, not found again after `LATE_RECORD_WAITS`).
     pub(crate) async fn get(&self, upload_id: &str) -> Result<Option<Vec<u8>>, GatewayError> {
         match self {
             Self::Catalog { catalog, job } => {
                 let (catalog, job, id) = (catalog.clone(), job.clone(), upload_id.to_owned());
                 blocking(move || catalog.job_upload(&job, &id)).await
             }
-            Self::Cluster { bucket } => get_opt(bucket, &upload_key(upload_id)).await,
+            Self::Cluster { bucket } => get_late(bucket, &upload_key(upload_id)).await,
         }
     }
 
-    /// Every upload in progress (in a cluster: begun on any device).
+    /// Every upload in progress (in a cluster: begun on any device; a listing may trail a
+    /// write or delete through another device by the moment Garage takes to reach this
+    /// device's copy).
     pub(crate) async fn list(&self) -> Result<Vec<StoredUpload>, GatewayError> {
         match self {
             Self::Catalog { catalog, job } => {
@@ -213,7 +241,7 @@ impl UploadStore {
         }
     }
 
-    /// One part's sealed record, if stored.
+    /// One part's sealed record, if stored (in a cluster, looked for again as `get` does).
     pub(crate) async fn part(
         &self,
         upload_id: &str,
@@ -226,7 +254,7 @@ impl UploadStore {
                 .into_iter()
                 .find(|(n, _)| *n == number)
                 .map(|(_, sealed)| sealed)),
-            Self::Cluster { bucket } => get_opt(bucket, &part_key(upload_id, number)).await,
+            Self::Cluster { bucket } => get_late(bucket, &part_key(upload_id, number)).await,
         }
     }
 
