@@ -359,17 +359,27 @@ impl Device {
             ));
         }
         let store = self.uploads();
-        let mut stored: HashMap<u32, PartRecord> =
-            self.parts(upload_id).await?.into_iter().collect();
-        // A part just stored through another device that a listing does not show yet is read
-        // by its own key (a no-op on the catalog, whose listing is complete).
-        for (number, _) in listed {
-            if !stored.contains_key(number)
-                && let Some(sealed) = store.part(upload_id, *number).await?
-            {
-                stored.insert(*number, self.open_part(upload_id, *number, sealed)?);
+        let mut stored: HashMap<u32, (Vec<u8>, PartRecord)> = HashMap::new();
+        for (n, sealed) in store.parts(upload_id).await? {
+            let part = self.open_part(upload_id, n, sealed.clone())?;
+            stored.insert(n, (sealed, part));
+        }
+        // A part stored (or stored again) through another device an instant ago that this
+        // device's listing does not show yet is read by its own key (the catalog's listing is
+        // complete: there, this finds nothing new).
+        for (number, etag) in listed {
+            let known = stored.get(number);
+            if known.is_some_and(|(_, p)| p.md5 == etag.trim_matches('"')) {
+                continue;
+            }
+            let stale = known.map(|(sealed, _)| sealed.as_slice());
+            if let Some(sealed) = store.part(upload_id, *number, stale).await? {
+                let part = self.open_part(upload_id, *number, sealed.clone())?;
+                stored.insert(*number, (sealed, part));
             }
         }
+        let stored: HashMap<u32, PartRecord> =
+            stored.into_iter().map(|(n, (_, p))| (n, p)).collect();
         let mut chosen = Vec::with_capacity(listed.len());
         for (i, (number, etag)) in listed.iter().enumerate() {
             let part = stored

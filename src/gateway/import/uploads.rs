@@ -108,12 +108,17 @@ async fn get_opt(bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, GatewayE
     }
 }
 
-/// A GET of a record another device may have just written: an absence is looked at again
+/// A GET of a record another device may have just written: an absence, or the record
+/// `stale` (a version the caller already found wanting), is looked at again
 /// (`LATE_RECORD_WAITS`) before it counts.
-async fn get_late(bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, GatewayError> {
+async fn get_late(
+    bucket: &Bucket,
+    key: &str,
+    stale: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>, GatewayError> {
     let mut got = get_opt(bucket, key).await?;
     for wait in LATE_RECORD_WAITS {
-        if got.is_some() {
+        if got.as_deref().is_some_and(|g| Some(g) != stale) {
             break;
         }
         tokio::time::sleep(wait).await;
@@ -170,7 +175,7 @@ impl UploadStore {
                 let (catalog, job, id) = (catalog.clone(), job.clone(), upload_id.to_owned());
                 blocking(move || catalog.job_upload(&job, &id)).await
             }
-            Self::Cluster { bucket } => get_late(bucket, &upload_key(upload_id)).await,
+            Self::Cluster { bucket } => get_late(bucket, &upload_key(upload_id), None).await,
         }
     }
 
@@ -241,11 +246,14 @@ impl UploadStore {
         }
     }
 
-    /// One part's sealed record, if stored (in a cluster, looked for again as `get` does).
+    /// One part's sealed record, if stored. In a cluster an absence, or the record `stale`
+    /// (one the caller found wanting: another device may have replaced it an instant ago), is
+    /// looked at again as `get` does; the catalog's answer is final.
     pub(crate) async fn part(
         &self,
         upload_id: &str,
         number: u32,
+        stale: Option<&[u8]>,
     ) -> Result<Option<Vec<u8>>, GatewayError> {
         match self {
             Self::Catalog { .. } => Ok(self
@@ -254,7 +262,7 @@ impl UploadStore {
                 .into_iter()
                 .find(|(n, _)| *n == number)
                 .map(|(_, sealed)| sealed)),
-            Self::Cluster { bucket } => get_late(bucket, &part_key(upload_id, number)).await,
+            Self::Cluster { bucket } => get_late(bucket, &part_key(upload_id, number), stale).await,
         }
     }
 
@@ -436,10 +444,15 @@ mod tests {
                 "{name}: parts by number, not by key order"
             );
             assert_eq!(
-                store.part("u1", 10).await.unwrap().as_deref(),
+                store.part("u1", 10, None).await.unwrap().as_deref(),
                 Some(&b"p10"[..])
             );
-            assert_eq!(store.part("u1", 3).await.unwrap(), None);
+            // A record the caller calls stale comes back when it is still the one stored.
+            assert_eq!(
+                store.part("u1", 10, Some(b"p10")).await.unwrap().as_deref(),
+                Some(&b"p10"[..])
+            );
+            assert_eq!(store.part("u1", 3, None).await.unwrap(), None);
             assert!(store.strays().await.unwrap().is_empty(), "{name}");
             store.finish("u1", &[2, 10], None).await.unwrap();
             assert_eq!(store.get("u1").await.unwrap(), None, "{name}");
