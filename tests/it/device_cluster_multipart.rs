@@ -1,13 +1,16 @@
 //! Multipart uploads through every device of a device cluster (issue 19: "a client may switch
 //! devices mid-load"; ADR 0020): three devices on loopback, each with its Garage node, formed as
 //! in `device_cluster.rs`. boto3, with one client per device, begins an upload on device 1,
-//! sends its three parts through devices 1, 2 and 3, lists the parts on device 2 and the
-//! uploads on every device, is refused a completion with a wrong ETag on device 3 and then
-//! completes it there; an upload begun on device 2 with a part through device 3 is aborted
-//! through device 1 and is gone on every device; a third is left unfinished. Every device then
-//! lists the object and returns it byte-identical (a separate boto3 listing and streaming hash
-//! per device), and GETs of one part by number agree. `job seal` on device 2 drops the
-//! unfinished upload: no device lists an upload afterwards.
+//! sends its six parts at once, part n through device n % 3 + 1, sends part 2 again through
+//! another device, lists the parts on device 2 and the uploads on every device, is refused a
+//! completion with a wrong ETag on device 3 and then completes it there; an upload begun on
+//! device 2 with a part through device 3 is aborted through device 1 and is gone on every
+//! device; a third is left unfinished. Every device then lists the object and returns it
+//! byte-identical (a separate boto3 listing and streaming hash per device), and GETs of one part
+//! by number agree. `job seal` on device 2 drops the unfinished upload: no device lists an
+//! upload afterwards. What one device's Garage node may see a moment after another device's
+//! write (listings trail by up to a few hundred ms) is waited for, at most 10 s, and each wait
+//! printed.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -63,15 +66,22 @@ def expect(got, want):
 /// object's SHA-256.
 const SPREAD: &str = "
 K = os.environ['KEY']
-parts = [os.urandom(6 << 20), os.urandom(5 << 20), os.urandom(3 << 20)]
+# Six parts sent at once, part n through device n % 3 + 1; part 2 is then sent again, with
+# other bytes, through device 3 (it was first sent through device 3 too: now the replacement
+# comes through device 1).
+parts = [os.urandom(5 << 20) for _ in range(5)] + [os.urandom(2 << 20)]
 u = s[0].create_multipart_upload(Bucket=B, Key=K, ContentType='application/x-spread',
     Metadata={'begun-on': 'dev1'})
 uid = u['UploadId']
-done = []
-for i, data in enumerate(parts):
-    r = s[i].upload_part(Bucket=B, Key=K, UploadId=uid, PartNumber=i + 1, Body=data)
+def send(n, data, via):
+    r = s[via].upload_part(Bucket=B, Key=K, UploadId=uid, PartNumber=n, Body=data)
     assert r['ETag'].strip('\"') == hashlib.md5(data).hexdigest(), r
-    done.append({'PartNumber': i + 1, 'ETag': r['ETag']})
+    return {'PartNumber': n, 'ETag': r['ETag']}
+from concurrent.futures import ThreadPoolExecutor
+with ThreadPoolExecutor(3) as ex:
+    done = list(ex.map(lambda n: send(n, parts[n - 1], n % 3), range(1, 7)))
+parts[1] = os.urandom(5 << 20)
+done[1] = send(2, parts[1], 0)
 want = [(d['PartNumber'], len(p), d['ETag']) for d, p in zip(done, parts)]
 eventually('parts listed on dev2', lambda: expect([(p['PartNumber'], p['Size'], p['ETag'])
     for p in s[1].list_parts(Bucket=B, Key=K, UploadId=uid)['Parts']], want))
@@ -83,7 +93,7 @@ assert code(lambda: s[2].complete_multipart_upload(Bucket=B, Key=K, UploadId=uid
     MultipartUpload={'Parts': wrong})) == 'InvalidPart'
 r = s[2].complete_multipart_upload(Bucket=B, Key=K, UploadId=uid, MultipartUpload={'Parts': done})
 md5s = b''.join(hashlib.md5(p).digest() for p in parts)
-assert r['ETag'].strip('\"') == hashlib.md5(md5s).hexdigest() + '-3', r
+assert r['ETag'].strip('\"') == hashlib.md5(md5s).hexdigest() + '-6', r
 for i, c in enumerate(s):
     eventually(f'no upload listed on dev{i + 1}', lambda: expect(uploads(c), []))
     eventually(f'completed upload gone on dev{i + 1}',
