@@ -1,7 +1,8 @@
 //! A device whose data set lives in a device cluster's Garage bucket (docs/operations.md,
 //! "Device clusters"): segments as `seg/<id>` (`segments.rs`) and the object index as one sealed
 //! record per object, `rec/<name id hex>`, so every device of the cluster lists and reads the
-//! whole data set and none holds state of it alone.
+//! whole data set and none holds state of it alone. Multipart uploads keep their records there
+//! too, under `mp/` (`uploads.rs`).
 //!
 //! The in-memory index is a cache of the bucket's records: a HEAD or GET fetches the object's
 //! record first (`sync_key`), a listing first reconciles the index with the bucket's `rec/`
