@@ -256,12 +256,10 @@ impl UploadStore {
         stale: Option<&[u8]>,
     ) -> Result<Option<Vec<u8>>, GatewayError> {
         match self {
-            Self::Catalog { .. } => Ok(self
-                .parts(upload_id)
-                .await?
-                .into_iter()
-                .find(|(n, _)| *n == number)
-                .map(|(_, sealed)| sealed)),
+            Self::Catalog { catalog, job } => {
+                let (catalog, job, id) = (catalog.clone(), job.clone(), upload_id.to_owned());
+                blocking(move || catalog.job_part(&job, &id, number)).await
+            }
             Self::Cluster { bucket } => get_late(bucket, &part_key(upload_id, number), stale).await,
         }
     }
