@@ -380,6 +380,24 @@ impl Catalog {
         Ok(old)
     }
 
+    /// The sealed record of one part of an upload, if stored.
+    pub fn job_part(
+        &self,
+        job: &str,
+        upload_id: &str,
+        number: u32,
+    ) -> Result<Option<Vec<u8>>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT record FROM job_parts WHERE job_id = ?1 AND upload_id = ?2
+                 AND part_number = ?3",
+                params![job, upload_id, number],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// (part number, sealed record, size) of an upload's parts, in order.
     pub fn job_parts(
         &self,
@@ -472,6 +490,11 @@ mod tests {
         c.insert_job_upload("j1", "u1", b"ur").unwrap();
         c.put_job_part("j1", "u1", 2, b"p2", 3).unwrap();
         c.put_job_part("j1", "u1", 1, b"p1", 4).unwrap();
+        assert_eq!(
+            c.job_part("j1", "u1", 2).unwrap().as_deref(),
+            Some(&b"p2"[..])
+        );
+        assert_eq!(c.job_part("j1", "u1", 3).unwrap(), None);
         let parts = c.job_parts("j1", "u1").unwrap();
         assert_eq!(parts[0].0, 1);
         assert_eq!(parts[1].0, 2);

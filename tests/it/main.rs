@@ -12,6 +12,7 @@ mod console;
 mod device;
 mod device_cluster;
 mod device_cluster_import;
+mod device_cluster_multipart;
 mod device_cluster_replace;
 mod device_export;
 mod device_full;

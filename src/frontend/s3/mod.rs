@@ -222,7 +222,9 @@ impl S3 for DeviceS3 {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         self.bucket(&req.input.bucket)?;
-        Ok(S3Response::new(multipart::create(&self.device, req.input)?))
+        Ok(S3Response::new(
+            multipart::create(&self.device, req.input).await?,
+        ))
     }
 
     async fn upload_part(
@@ -262,10 +264,9 @@ impl S3 for DeviceS3 {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         self.bucket(&req.input.bucket)?;
-        Ok(S3Response::new(multipart::list_parts(
-            &self.device,
-            req.input,
-        )?))
+        Ok(S3Response::new(
+            multipart::list_parts(&self.device, req.input).await?,
+        ))
     }
 
     async fn list_multipart_uploads(
@@ -273,9 +274,8 @@ impl S3 for DeviceS3 {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         self.bucket(&req.input.bucket)?;
-        Ok(S3Response::new(multipart::list_uploads(
-            &self.device,
-            req.input,
-        )?))
+        Ok(S3Response::new(
+            multipart::list_uploads(&self.device, req.input).await?,
+        ))
     }
 }

@@ -16,12 +16,15 @@ pub fn upload_error(e: GatewayError) -> S3Error {
     }
 }
 
-pub fn create(
+pub async fn create(
     device: &Device,
     input: CreateMultipartUploadInput,
 ) -> S3Result<CreateMultipartUploadOutput> {
     let attrs = wire::attrs(input.content_type, input.metadata);
-    let upload_id = device.create_upload(&input.key, attrs).map_err(s3_error)?;
+    let upload_id = device
+        .create_upload(&input.key, attrs)
+        .await
+        .map_err(s3_error)?;
     Ok(CreateMultipartUploadOutput {
         bucket: Some(input.bucket),
         key: Some(input.key),
@@ -93,7 +96,7 @@ pub async fn complete(
     })
 }
 
-pub fn list_parts(device: &Device, input: ListPartsInput) -> S3Result<ListPartsOutput> {
+pub async fn list_parts(device: &Device, input: ListPartsInput) -> S3Result<ListPartsOutput> {
     let after = input
         .part_number_marker
         .and_then(|m| u32::try_from(m).ok())
@@ -105,6 +108,7 @@ pub fn list_parts(device: &Device, input: ListPartsInput) -> S3Result<ListPartsO
         .min(1000);
     let all = device
         .list_parts(&input.key, &input.upload_id)
+        .await
         .map_err(upload_error)?;
     let rest: Vec<_> = all.into_iter().filter(|p| p.number > after).collect();
     let truncated = rest.len() > max;
@@ -133,12 +137,12 @@ pub fn list_parts(device: &Device, input: ListPartsInput) -> S3Result<ListPartsO
     })
 }
 
-pub fn list_uploads(
+pub async fn list_uploads(
     device: &Device,
     input: ListMultipartUploadsInput,
 ) -> S3Result<ListMultipartUploadsOutput> {
     let prefix = input.prefix.clone().unwrap_or_default();
-    let uploads = device.list_uploads(&prefix).map_err(s3_error)?;
+    let uploads = device.list_uploads(&prefix).await.map_err(s3_error)?;
     let key_marker = input.key_marker.clone().unwrap_or_default();
     let max = input
         .max_uploads

@@ -1,7 +1,8 @@
 //! A device whose data set lives in a device cluster's Garage bucket (docs/operations.md,
 //! "Device clusters"): segments as `seg/<id>` (`segments.rs`) and the object index as one sealed
 //! record per object, `rec/<name id hex>`, so every device of the cluster lists and reads the
-//! whole data set and none holds state of it alone.
+//! whole data set and none holds state of it alone. Multipart uploads keep their records there
+//! too, under `mp/` (`uploads.rs`).
 //!
 //! The in-memory index is a cache of the bucket's records: a HEAD or GET fetches the object's
 //! record first (`sync_key`), a listing first reconciles the index with the bucket's `rec/`
@@ -341,8 +342,65 @@ impl Device {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Two devices, a (which created the job) and b, of one cluster over one bucket (a local
+    /// directory in `dir` standing in for Garage), both unlocked, and the bucket. `prepare`
+    /// runs on a's data dir and standalone device between `job create` and the cluster unlock.
+    pub(crate) async fn pair(
+        dir: &std::path::Path,
+        prepare: impl FnOnce(&std::path::Path, &Device),
+    ) -> (Device, Device, Arc<Bucket>) {
+        use crate::gateway::import::job::{JobManifestFile, adopt_job, unlock_job_in};
+        let (a_dir, b_dir) = (dir.join("a"), dir.join("b"));
+        std::fs::create_dir_all(&a_dir).unwrap();
+        std::fs::create_dir_all(&b_dir).unwrap();
+        let bucket = Arc::new(
+            Bucket::open(
+                &crate::config::BucketConfig::local(dir.join("bucket")),
+                true,
+            )
+            .unwrap(),
+        );
+        let members = Members::default();
+        members.set(vec!["a".into(), "b".into()]);
+        let (first, code) = crate::gateway::import::device::tests::device_and_code(&a_dir).await;
+        prepare(&a_dir, &first);
+        let catalog = first.inner.catalog.clone();
+        drop(first);
+        let manifest = JobManifestFile::read(&a_dir.join("m.json")).unwrap();
+        let b_catalog = Arc::new(crate::catalog::Catalog::open(&b_dir.join("c.db")).unwrap());
+        adopt_job(&b_catalog, &manifest).unwrap();
+        let mut devices = Vec::new();
+        for (catalog, dir, name) in [(catalog, &a_dir, "a"), (b_catalog, &b_dir, "b")] {
+            let link = link(&bucket, &members, name, name == "a");
+            let device = unlock_job_in(catalog, dir, &manifest, &code, Some(link));
+            devices.push(device.await.unwrap());
+        }
+        let b = devices.pop().unwrap();
+        let a = devices.pop().unwrap();
+        (a, b, bucket)
+    }
+
+    /// A link of device `name` to a cluster over `bucket` whose tables are whole.
+    pub(crate) fn link(
+        bucket: &Arc<Bucket>,
+        members: &Members,
+        name: &str,
+        creator: bool,
+    ) -> ClusterLink {
+        let tables = TableSync::default();
+        tables.set(true);
+        ClusterLink {
+            bucket: bucket.clone(),
+            gate: WriteGate::default(),
+            tables,
+            device: name.into(),
+            members: members.clone(),
+            creator,
+        }
+    }
 
     #[test]
     fn a_closed_gate_refuses_with_its_reason_until_opened() {

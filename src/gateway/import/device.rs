@@ -180,14 +180,6 @@ impl Device {
                 }
             }
         }
-        for (upload_id, _, _) in catalog.job_uploads(&row.id)? {
-            for (number, sealed, _) in catalog.job_parts(&row.id, &upload_id)? {
-                let aad = record::part_aad(&row.id, &upload_id, number);
-                if let Ok(part) = record::open::<record::PartRecord>(&codec, &aad, sealed) {
-                    referenced.extend(part.segments.iter().map(|s| s.id.clone()));
-                }
-            }
-        }
         let state = JobState::parse(&row.state).unwrap_or(JobState::Failed);
         let device = Self {
             inner: Arc::new(Inner {
@@ -219,6 +211,8 @@ impl Device {
             return Ok(device);
         }
         if state.accepts_writes() {
+            // The parts of uploads in progress are not orphans.
+            referenced.extend(device.upload_segment_ids().await?);
             let orphans: Vec<String> = device
                 .inner
                 .segs

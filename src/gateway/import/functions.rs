@@ -646,62 +646,16 @@ echo "{\"metadata\": {\"n\": \"$n\"}}"
     /// objects, metadata and outcomes are the cluster's, seen from either device.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cluster_devices_run_their_own_puts_and_share_outcomes_and_program() {
-        use crate::gateway::import::job::{JobManifestFile, adopt_job, unlock_job_in};
-        use crate::gateway::import::{ClusterLink, Members, TableSync, WriteGate};
         use futures::StreamExt;
         let dir = tempfile::tempdir().unwrap();
-        let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-        std::fs::create_dir_all(&b_dir).unwrap();
-        std::fs::create_dir_all(&a_dir).unwrap();
-        let bucket = Arc::new(
-            crate::store::Bucket::open(
-                &crate::config::BucketConfig::local(dir.path().join("bucket")),
-                true,
-            )
-            .unwrap(),
-        );
-        let members = Members::default();
-        members.set(vec!["a".into(), "b".into()]);
-        let link = |name: &str, creator| ClusterLink {
-            bucket: bucket.clone(),
-            gate: WriteGate::default(),
-            tables: {
-                let t = TableSync::default();
-                t.set(true);
-                t
-            },
-            device: name.into(),
-            members: members.clone(),
-            creator,
-        };
         // The job is created (with its function) on device a, as `job create` does.
-        let (first, unlock_code) =
-            crate::gateway::import::device::tests::device_and_code(&a_dir).await;
-        let job = first.job_id().to_owned();
-        install(&a_dir, &first, COUNT_LINES);
-        let catalog = first.inner.catalog.clone();
-        drop(first);
-        let manifest = JobManifestFile::read(&a_dir.join("m.json")).unwrap();
-        let a = unlock_job_in(
-            catalog,
-            &a_dir,
-            &manifest,
-            &unlock_code,
-            Some(link("a", true)),
-        )
-        .await
-        .unwrap();
-        let b_catalog = Arc::new(crate::catalog::Catalog::open(&b_dir.join("c.db")).unwrap());
-        adopt_job(&b_catalog, &manifest).unwrap();
-        let b = unlock_job_in(
-            b_catalog,
-            &b_dir,
-            &manifest,
-            &unlock_code,
-            Some(link("b", false)),
-        )
-        .await
-        .unwrap();
+        let (a, b, bucket) =
+            crate::gateway::import::cluster::tests::pair(dir.path(), |a_dir, first| {
+                install(a_dir, first, COUNT_LINES)
+            })
+            .await;
+        let job = a.job_id().to_owned();
+        let b_dir = dir.path().join("b");
         // b copied the program in from the cluster.
         let b_spec = program::read_spec(&crate::gateway::import::device_dir(&b_dir, &job)).unwrap();
         assert_eq!(b_spec.unwrap().pattern, "*.txt");

@@ -121,15 +121,6 @@ impl Device {
         Ok((objects, bytes))
     }
 
-    /// Aborts the unfinished multipart uploads: a sealed data set has none.
-    pub(crate) async fn drop_uploads(&self) -> Result<(), GatewayError> {
-        for upload in self.list_uploads("")? {
-            tracing::info!(job = %self.inner.job, key = %upload.key, "dropping an unfinished multipart upload at seal");
-            self.abort_upload(&upload.key, &upload.upload_id).await?;
-        }
-        Ok(())
-    }
-
     /// The signed manifest of the index as it is now, with its object count and bytes.
     pub(crate) fn manifest_text(&self) -> Result<(String, u64, u64), GatewayError> {
         let (objects, bytes) = self.object_count();

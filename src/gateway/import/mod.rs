@@ -12,7 +12,9 @@
 //! object stored, behind the PUT (docs/decisions/0015-functions-on-put-in-bubblewrap.md).
 //! A device of a device cluster keeps its data set in the cluster's bucket (`cluster.rs`); it
 //! seals for every device of the cluster (`seal.rs`) and imports in shares that meet in the
-//! cluster with one report (`parts.rs`, docs/decisions/0017-cluster-seal-and-shared-import.md).
+//! cluster with one report (`parts.rs`, docs/decisions/0017-cluster-seal-and-shared-import.md);
+//! its multipart uploads' records live in the cluster too (`uploads.rs`), so any device carries
+//! on an upload begun on another.
 //!
 //! Must not: know which protocol called it, talk to a bucket except through `store`, or keep the
 //! job key anywhere but in memory. Invariant: an object is visible (listed, readable, in the
@@ -36,6 +38,7 @@ mod seal;
 mod segments;
 mod share;
 mod transfer;
+mod uploads;
 
 pub use cluster::{ClusterLink, Members, QuorumLost, TableSync, WriteGate};
 pub use device::{Device, ListedObject, Listing, ObjectAttrs, ObjectInfo, PutResult, device_dir};
@@ -49,7 +52,7 @@ pub use job::{
     complete_job, create_job, job_status, unlock_job, unlock_job_in,
 };
 pub use manifest::ManifestCheck;
-pub use multipart::{PartInfo, UploadInfo};
+pub use multipart::{PartInfo, UploadInfo, UploadRecordInvalid};
 pub use objects::DeviceObjects;
 pub use parts::{Share, ShareRun, ShareSummary};
 pub use record::ExpectedDigests;
@@ -57,3 +60,4 @@ pub use report::{Failure, ReportRow};
 pub use segments::{DigestMismatch, SegmentWriter};
 pub use share::{DEFAULT_STAGING_ROOT, DeviceShare};
 pub use transfer::{ImportOptions, ImportProgress, ImportReport, run_import};
+pub use uploads::ForeignUploadObject;

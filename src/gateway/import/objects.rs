@@ -219,6 +219,7 @@ impl ObjectStore for DeviceObjects {
         let upload_id = self
             .device
             .create_upload(&key, attrs)
+            .await
             .map_err(|e| error(&key, e))?;
         Ok(Box::new(DeviceUpload {
             device: self.device.clone(),

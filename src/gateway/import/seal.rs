@@ -4,12 +4,13 @@
 //! The protocol, through three kinds of objects in the cluster bucket:
 //! 1. the sealing device writes `seal/begin` (sealed under the job key: who, when);
 //! 2. every device notices it (at unlock, and every `WATCH_EVERY` after), stops accepting
-//!    writes, waits for its commits and functions in flight, drops its unfinished multipart
-//!    uploads and writes `seal/ack/<device>`;
+//!    writes, waits for its commits, part records and functions in flight and writes
+//!    `seal/ack/<device>`;
 //! 3. once every device up has acknowledged (and the tables are whole after any return), the
-//!    sealing device lists the cluster's records, writes the manifest as on a standalone device
-//!    and stores it as `seal/manifest`; every device copies it to its own manifest file and
-//!    becomes SEALED.
+//!    sealing device drops the cluster's unfinished multipart uploads (they live in the bucket,
+//!    `uploads.rs`: dropped once, when no device can add a part any more), lists the cluster's
+//!    records, writes the manifest as on a standalone device and stores it as `seal/manifest`;
+//!    every device copies it to its own manifest file and becomes SEALED.
 //!
 //! Must not: decide membership (the daemon says which devices are up, `Members`). Invariant: the
 //! manifest is written only after every device that could still commit a record has said it
@@ -131,9 +132,8 @@ impl Device {
         Ok(true)
     }
 
-    /// Stops this device's writes for a seal: no new commit passes, those in flight and the
-    /// functions queued finish first, unfinished multipart uploads go; then says so in the
-    /// cluster.
+    /// Stops this device's writes for a seal: no new commit (or part record) passes, those in
+    /// flight and the functions queued finish first; then says so in the cluster.
     async fn freeze(&self) -> Result<(), GatewayError> {
         let Some(link) = self.link() else {
             return Ok(());
@@ -145,7 +145,6 @@ impl Device {
         {
             let _guard = self.lock_after_functions().await;
         }
-        self.drop_uploads().await?;
         let ack = record::seal(
             &self.inner.codec,
             &aad(&self.inner.job, ACKS),
@@ -208,6 +207,8 @@ impl Device {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // No device adds a part any more: the unfinished uploads go, as on a standalone device.
+        self.drop_uploads().await?;
         // Every record committed anywhere is in the bucket now: the index is made whole.
         self.sync_all().await?;
         let (text, objects, bytes) = self.manifest_text()?;
