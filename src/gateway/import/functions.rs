@@ -443,7 +443,10 @@ impl Device {
     }
 
     /// Adds `pairs` to the object's user metadata (its bytes and segments untouched). A name
-    /// the object already has is refused: a function adds, it never rewrites.
+    /// the object already has with another value is refused: a function adds, it never
+    /// rewrites. The same name with the same value is no change: a run repeated because the
+    /// device was killed after its metadata write and before its outcome was recorded finds
+    /// its own metadata there, and succeeds as the first run did.
     async fn add_function_metadata(
         &self,
         rec: &ObjectRecord,
@@ -463,13 +466,19 @@ impl Device {
         }
         let mut updated = rec.clone();
         for (name, value) in pairs {
-            if updated.metadata.iter().any(|(n, _)| n == name) {
-                return Err(GatewayError::AlreadyExists(format!(
-                    "metadata {name:?} on {}: a function adds metadata, it does not replace it",
-                    rec.key
-                )));
+            match updated.metadata.iter().find(|(n, _)| n == name) {
+                Some((_, v)) if v == value => {}
+                Some(_) => {
+                    return Err(GatewayError::AlreadyExists(format!(
+                        "metadata {name:?} on {}: a function adds metadata, it does not replace it",
+                        rec.key
+                    )));
+                }
+                None => updated.metadata.push((name.clone(), value.clone())),
             }
-            updated.metadata.push((name.clone(), value.clone()));
+        }
+        if updated.metadata.len() == rec.metadata.len() {
+            return Ok(());
         }
         let meta_bytes: usize = updated
             .metadata
@@ -611,6 +620,43 @@ echo "{\"metadata\": {\"n\": \"$n\"}}"
         let report = report(&d).await.unwrap().unwrap();
         assert_eq!((report.ok, report.outcomes.len()), (1, 1), "{report:?}");
         assert_eq!(report.outcomes[0].derived, ["a.txt.n"]);
+    }
+
+    /// A run repeated after a kill -9 that came between the first run's metadata write and its
+    /// outcome finds its own metadata on the object: the same value is no change and the run
+    /// succeeds; another value is a rewrite and is refused.
+    #[tokio::test]
+    async fn a_repeated_runs_own_metadata_is_no_change_but_another_value_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = crate::gateway::import::device::tests::device(dir.path()).await;
+        for (key, n) in [("again.txt", "2"), ("other.txt", "9")] {
+            let mut w = d.writer().unwrap();
+            w.write(Bytes::from_static(b"1\n2\n")).await.unwrap();
+            let attrs = ObjectAttrs {
+                content_type: None,
+                metadata: vec![("n".to_owned(), n.to_owned())],
+            };
+            d.put(key, w, attrs, ExpectedDigests::default())
+                .await
+                .unwrap();
+        }
+        install(dir.path(), &d, COUNT_LINES);
+        start(&d).await.unwrap();
+        d.seal().await.unwrap();
+        let report = report(&d).await.unwrap().unwrap();
+        let status = |key: &str| {
+            let o = report.outcomes.iter().find(|o| o.key == key).unwrap();
+            (o.status, o.reason.clone())
+        };
+        assert_eq!(status("again.txt").0, OutcomeStatus::Ok, "{report:?}");
+        let (other, why) = status("other.txt");
+        assert_eq!(other, OutcomeStatus::Failed, "{report:?}");
+        assert!(why.contains("does not replace"), "{why}");
+        assert_eq!(
+            d.head("other.txt").unwrap().metadata,
+            vec![("n".to_owned(), "9".to_owned())],
+            "the object's metadata is as it was"
+        );
     }
 
     /// Objects a full queue had no room for are run all the same, before the seal.
