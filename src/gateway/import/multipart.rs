@@ -166,17 +166,14 @@ impl Device {
         )?;
         // Under the commit lock: a seal takes it before dropping the unfinished uploads, so no
         // part record lands after that for an upload it dropped.
-        let stored = {
+        let stored = async {
             let _guard = self.inner.commit.lock().await;
-            match self.check_writable() {
-                Ok(()) => {
-                    self.uploads()
-                        .put_part(upload_id, number, sealed, rec.size)
-                        .await
-                }
-                Err(e) => Err(e),
-            }
-        };
+            self.check_writable()?;
+            self.uploads()
+                .put_part(upload_id, number, sealed, rec.size)
+                .await
+        }
+        .await;
         let old = match stored {
             Ok(old) => old,
             Err(e) => {
@@ -256,11 +253,11 @@ impl Device {
         Ok(out)
     }
 
-    /// Frees `segments` except those the object `key` holds now: a completion cut short
-    /// between its object record and the end of its upload leaves an upload (or part records)
-    /// whose segments are the object's.
-    async fn free_unless_held(&self, key: Option<&str>, segments: Vec<Segment>) {
-        let held: HashSet<String> = match key {
+    /// The segments the object `key` holds now, or with `None` those every object holds: a
+    /// completion cut short between its object record and the end of its upload leaves an
+    /// upload (or part records) whose segments are the object's.
+    fn held_segments(&self, key: Option<&str>) -> HashSet<String> {
+        match key {
             Some(key) => self
                 .read_index()
                 .get(key)
@@ -271,7 +268,11 @@ impl Device {
                 .values()
                 .flat_map(|r| r.segments.iter().map(|s| s.id.clone()))
                 .collect(),
-        };
+        }
+    }
+
+    /// Frees `segments` except those in `held` ([`Self::held_segments`]).
+    async fn free_unless_held(&self, held: &HashSet<String>, segments: Vec<Segment>) {
         let free: Vec<Segment> = segments
             .into_iter()
             .filter(|s| !held.contains(&s.id))
@@ -287,7 +288,8 @@ impl Device {
         // In a cluster the object may have been completed elsewhere from these very parts.
         self.sync_key(key).await?;
         let segments = parts.into_iter().flat_map(|(_, p)| p.segments).collect();
-        self.free_unless_held(Some(key), segments).await;
+        let held = self.held_segments(Some(key));
+        self.free_unless_held(&held, segments).await;
         Ok(())
     }
 
@@ -310,10 +312,11 @@ impl Device {
         }
         // The index must be whole before "no object holds it" frees a segment.
         self.sync_all().await?;
+        let held = self.held_segments(None);
         for stray in strays {
             tracing::info!(job = %self.inner.job, upload = %stray.upload_id, part = stray.number, "removing a part record whose upload is gone");
             match self.open_part(&stray.upload_id, stray.number, stray.sealed) {
-                Ok(part) => self.free_unless_held(None, part.segments).await,
+                Ok(part) => self.free_unless_held(&held, part.segments).await,
                 // Not ours to read: its segments (if any) stay, unreferenced ciphertext.
                 Err(e) => {
                     tracing::warn!(job = %self.inner.job, error = %crate::error_chain::chain(&e), "a stray part record")

@@ -127,6 +127,22 @@ async fn get_late(
     Ok(got)
 }
 
+/// The upload records listed in a cluster's bucket: (key, upload id, when the upload began).
+async fn listed_uploads(bucket: &Bucket) -> Result<Vec<(String, String, i64)>, GatewayError> {
+    let mut listed = Vec::new();
+    for obj in bucket.list("mp/up/").await? {
+        let id = obj
+            .key
+            .strip_prefix("mp/up/")
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .ok_or_else(|| foreign(&obj.key))?
+            .to_owned();
+        // The upload record is written once, so its stamp is when the upload began.
+        listed.push((obj.key, id, obj.modified_unix));
+    }
+    Ok(listed)
+}
+
 /// Fetches listed records at once; one deleted between the listing and its GET is left out.
 async fn fetch_all<T>(
     bucket: &Arc<Bucket>,
@@ -197,17 +213,11 @@ impl UploadStore {
                     .collect())
             }
             Self::Cluster { bucket } => {
-                let mut listed = Vec::new();
-                for obj in bucket.list("mp/up/").await? {
-                    let id = obj
-                        .key
-                        .strip_prefix("mp/up/")
-                        .filter(|id| !id.is_empty() && !id.contains('/'))
-                        .ok_or_else(|| foreign(&obj.key))?
-                        .to_owned();
-                    // The upload record is written once, so its stamp is when the upload began.
-                    listed.push((obj.key, (id, obj.modified_unix)));
-                }
+                let listed = listed_uploads(bucket)
+                    .await?
+                    .into_iter()
+                    .map(|(key, id, created_unix)| (key, (id, created_unix)))
+                    .collect();
                 Ok(fetch_all(bucket, listed)
                     .await?
                     .into_iter()
@@ -324,11 +334,11 @@ impl UploadStore {
         let Self::Cluster { bucket } = self else {
             return Ok(Vec::new());
         };
-        let uploads: std::collections::HashSet<String> = self
-            .list()
+        // The ids are in the keys: no upload record is fetched.
+        let uploads: std::collections::HashSet<String> = listed_uploads(bucket)
             .await?
             .into_iter()
-            .map(|u| u.upload_id)
+            .map(|(_, id, _)| id)
             .collect();
         let mut listed = Vec::new();
         for obj in bucket.list("mp/part/").await? {
