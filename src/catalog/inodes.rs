@@ -255,19 +255,10 @@ impl Catalog {
         self.insert_entry_with(row, now_ns, None)
     }
 
-    /// [`Self::insert_entry`] for an exclusive create: the client's verifier is recorded with
-    /// the new inode in the same transaction (schema 13), and verifiers older than
-    /// [`VERIFIER_KEEP_SECS`] are pruned.
-    pub fn insert_exclusive(
-        &self,
-        row: &InodeRow,
-        now_ns: i64,
-        verifier: [u8; 8],
-    ) -> Result<InodeRow, CatalogError> {
-        self.insert_entry_with(row, now_ns, Some(verifier))
-    }
-
-    fn insert_entry_with(
+    /// [`Self::insert_entry`]; with `verifier` (an exclusive create) the client's verifier is
+    /// recorded with the new inode in the same transaction (schema 13), and verifiers older
+    /// than [`VERIFIER_KEEP_SECS`] are pruned.
+    pub fn insert_entry_with(
         &self,
         row: &InodeRow,
         now_ns: i64,
@@ -751,7 +742,9 @@ mod tests {
         };
         let hour_ns = VERIFIER_KEEP_SECS * 1_000_000_000;
         let t0 = 1_800_000_000 * 1_000_000_000;
-        let a = c.insert_exclusive(&file("a"), t0, *b"verifier").unwrap();
+        let a = c
+            .insert_entry_with(&file("a"), t0, Some(*b"verifier"))
+            .unwrap();
         assert_eq!(c.create_verifier(a.id).unwrap(), Some(*b"verifier"));
         assert_eq!(
             c.inode(a.id).unwrap().unwrap().mtime_ns,
@@ -762,11 +755,11 @@ mod tests {
         assert_eq!(c.create_verifier(plain.id).unwrap(), None);
         // Within the hour both are kept; past it, the next exclusive create prunes the old.
         let b = c
-            .insert_exclusive(&file("b"), t0 + hour_ns, *b"second!!")
+            .insert_entry_with(&file("b"), t0 + hour_ns, Some(*b"second!!"))
             .unwrap();
         assert_eq!(c.create_verifier(a.id).unwrap(), Some(*b"verifier"));
         let d = c
-            .insert_exclusive(&file("d"), t0 + hour_ns + 2_000_000_000, *b"third!!!")
+            .insert_entry_with(&file("d"), t0 + hour_ns + 2_000_000_000, Some(*b"third!!!"))
             .unwrap();
         assert_eq!(c.create_verifier(a.id).unwrap(), None);
         assert_eq!(c.create_verifier(b.id).unwrap(), Some(*b"second!!"));

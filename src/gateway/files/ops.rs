@@ -683,7 +683,8 @@ impl Files {
         // has) is answered on the worker when the catalog is free this instant, as
         // `Files::node` reads: no hop, no write. Reading the committed row without the inode
         // lock orders this no-op before any change in flight, as if it had arrived first.
-        if let Some(found) = self.catalog.try_inode_with_share(id.row_id()?)? {
+        let row_id = id.row_id()?;
+        if let Some(found) = self.catalog.try_inode_with_share(row_id)? {
             let (row, share) = found.ok_or_else(|| stale(id.0))?;
             let who = effective(&share, caller)?;
             if !check_setattr(&who, &share, &row, &set)? {
@@ -691,7 +692,7 @@ impl Files {
                 return Ok(self.attr(&row));
             }
         }
-        let lock = self.inode_lock(id.row_id()?);
+        let lock = self.inode_lock(row_id);
         let mut truncated = false;
         let (row, share, changed) = loop {
             let guard = lock.lock().await;
@@ -872,9 +873,7 @@ fn new_inode(slot: &Slot, kind: InodeKind, mode: u32) -> Result<InodeRow, Gatewa
     ))
 }
 
-/// The row of a new regular file in `slot`: `mode` given, or the share's default. An exclusive
-/// create's verifier is kept in the mtime until the client's follow-up SETATTR (RFC 1813
-/// §3.3.8), so a retransmitted CREATE can be recognised.
+/// The row of a new regular file in `slot`: `mode` given, or the share's default.
 fn file_row(slot: &Slot, mode: Option<u32>) -> Result<InodeRow, GatewayError> {
     new_inode(
         slot,
@@ -891,11 +890,7 @@ fn insert_file(
     row: &InodeRow,
     verf: Option<[u8; 8]>,
 ) -> Result<InodeRow, GatewayError> {
-    let now = crate::clock::unix_nanos();
-    Ok(match verf {
-        Some(verf) => catalog.insert_exclusive(row, now, verf)?,
-        None => catalog.insert_entry(row, now)?,
-    })
+    Ok(catalog.insert_entry_with(row, crate::clock::unix_nanos(), verf)?)
 }
 
 /// What a SETATTR's blocking step found.
