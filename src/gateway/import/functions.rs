@@ -565,9 +565,13 @@ mod tests {
     }
 
     async fn put(d: &Device, key: &str, data: &'static [u8]) {
+        put_with(d, key, data, ObjectAttrs::default()).await;
+    }
+
+    async fn put_with(d: &Device, key: &str, data: &'static [u8], attrs: ObjectAttrs) {
         let mut w = d.writer().unwrap();
         w.write(Bytes::from_static(data)).await.unwrap();
-        d.put(key, w, ObjectAttrs::default(), ExpectedDigests::default())
+        d.put(key, w, attrs, ExpectedDigests::default())
             .await
             .unwrap();
     }
@@ -630,15 +634,11 @@ echo "{\"metadata\": {\"n\": \"$n\"}}"
         let dir = tempfile::tempdir().unwrap();
         let d = crate::gateway::import::device::tests::device(dir.path()).await;
         for (key, n) in [("again.txt", "2"), ("other.txt", "9")] {
-            let mut w = d.writer().unwrap();
-            w.write(Bytes::from_static(b"1\n2\n")).await.unwrap();
             let attrs = ObjectAttrs {
                 content_type: None,
                 metadata: vec![("n".to_owned(), n.to_owned())],
             };
-            d.put(key, w, attrs, ExpectedDigests::default())
-                .await
-                .unwrap();
+            put_with(&d, key, b"1\n2\n", attrs).await;
         }
         install(dir.path(), &d, COUNT_LINES);
         start(&d).await.unwrap();
