@@ -193,7 +193,7 @@ fn exclusive_create_keeps_the_verifier_out_of_the_times() {
         (mtime - now).abs() < 60,
         "mtime {mtime} is not the create time ({now})"
     );
-    let time_bits = (1u32 << (47 - 32)) | (1 << (53 - 32));
+    let time_bits = (1u32 << (FATTR4_TIME_ACCESS - 32)) | (1 << (FATTR4_TIME_MODIFY - 32));
     assert_eq!(
         attrset.get(1).copied().unwrap_or(0) & time_bits,
         0,

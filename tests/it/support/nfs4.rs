@@ -62,7 +62,8 @@ const FATTR4_FILEID: u32 = 20;
 const FATTR4_NUMLINKS: u32 = 35;
 const FATTR4_MODE: u32 = 33;
 const FATTR4_RAWDEV: u32 = 41;
-const FATTR4_TIME_MODIFY: u32 = 53;
+pub const FATTR4_TIME_ACCESS: u32 = 47;
+pub const FATTR4_TIME_MODIFY: u32 = 53;
 
 pub const WRITE_LT: u32 = 2;
 pub const FILE_SYNC4: u32 = 2;
@@ -288,7 +289,8 @@ impl Session {
         e.u32(0).opaque(name.as_bytes())
     }
 
-    /// PUTFH `dir` and OPEN's arguments up to `openflag4`: for reading and writing, no deny.
+    /// PUTFH `dir` (or the file, for a claim by handle) and OPEN's arguments up to
+    /// `openflag4`: for reading and writing, no deny.
     fn open_head(&self, dir: &[u8], owner: &[u8]) -> Enc {
         Enc::default()
             .u32(OP_PUTFH)
@@ -323,16 +325,8 @@ impl Session {
 
     /// OPEN by handle (CLAIM_FH) or, with `reclaim`, CLAIM_PREVIOUS.
     pub fn open_fh(&mut self, fh: &[u8], owner: &[u8], reclaim: bool) -> Result<StateId, u32> {
-        let e = Enc::default()
-            .u32(OP_PUTFH)
-            .opaque(fh)
-            .u32(OP_OPEN)
-            .u32(0)
-            .u32(3)
-            .u32(0)
-            .u64(self.client_id)
-            .opaque(owner)
-            .u32(0);
+        // The handle stands where OPEN by name has the directory's.
+        let e = self.open_head(fh, owner).u32(0);
         let e = if reclaim { e.u32(1).u32(0) } else { e.u32(4) };
         let r = self.compound(2, &e.0);
         if r.status != NFS4_OK {
