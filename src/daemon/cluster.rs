@@ -298,7 +298,8 @@ pub async fn start(
     if let Ok(s) = admin::read_status(&admin, &file.name).await {
         seen.update(&s, &restore);
         apply_health(&s, &link.gate, &status, restore.pending());
-        link.members.set(up_devices(&s));
+        let (up, down) = up_and_down(&s);
+        link.members.set(up, down);
     }
     tasks.push(tokio::spawn(restore::restorer(
         admin.clone(),
@@ -420,7 +421,8 @@ async fn watch_health(
             Ok(s) => {
                 seen.update(&s, &restore);
                 apply_health(&s, &gate, &status, restore.pending());
-                members.set(up_devices(&s));
+                let (up, down) = up_and_down(&s);
+                members.set(up, down);
             }
             Err(e) => {
                 seen.own_lost = true;
@@ -437,13 +439,11 @@ async fn watch_health(
     }
 }
 
-/// The names of the devices Garage reports up.
-fn up_devices(s: &ClusterStatus) -> Vec<String> {
-    s.devices
-        .iter()
-        .filter(|d| d.up)
-        .map(|d| d.name.clone())
-        .collect()
+/// The names of the devices Garage reports up, and of those it reports down.
+fn up_and_down(s: &ClusterStatus) -> (Vec<String>, Vec<String>) {
+    let (up, down) = s.devices.iter().partition::<Vec<_>, _>(|d| d.up);
+    let names = |v: Vec<&DeviceHealth>| v.into_iter().map(|d| d.name.clone()).collect();
+    (names(up), names(down))
 }
 
 /// Closes the write gate while some partition lacks its write quorum, naming the lost devices;

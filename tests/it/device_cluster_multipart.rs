@@ -9,7 +9,8 @@
 //! byte-identical (a separate boto3 listing and streaming hash per device), and GETs of one part
 //! by number agree. `job seal` on device 2 drops the unfinished upload: no device lists an
 //! upload afterwards, and the cluster's bucket (listed through device 1's Garage node) holds no
-//! multipart record and no segment but the object's. What one device's Garage node may see a moment after another device's
+//! multipart record and no segment but the object's: a segment no record names, planted
+//! before the seal as a write cut short by a kill leaves one, is removed by it. What one device's Garage node may see a moment after another device's
 //! write (listings trail by up to a few hundred ms) is waited for, at most 10 s, and each wait
 //! printed.
 
@@ -131,24 +132,41 @@ for i, c in enumerate(s):
 print('ok')
 ";
 
-/// The cluster's bucket as device 1's Garage node serves it, after the seal: no multipart
-/// record is left, one object record, and the object's six segments (one per part), or seven
-/// when device 1's node had not yet seen the first copy of part 2 when it was sent again there
-/// (its segment is then left unreferenced: docs/operations.md, "Not done yet"). Prints the
-/// count of each prefix.
-const BUCKET_AFTER_SEAL: &str = "
-import os, json, collections, boto3
+/// A client of the cluster's bucket through device 1's Garage node, with the cluster's own key.
+const GARAGE: &str = "
+import os, sys, json, time, collections, boto3
 from botocore.config import Config
 c = json.load(open(os.environ['CLUSTER_JSON']))
 g = boto3.client('s3', endpoint_url='http://' + c['s3_addr'], region_name='garage',
     aws_access_key_id=c['access_key'], aws_secret_access_key=c['secret_key'],
     config=Config(s3={'addressing_style': 'path'}))
-n = collections.Counter()
-for page in g.get_paginator('list_objects_v2').paginate(Bucket=c['bucket']):
-    for o in page.get('Contents', []):
-        n[o['Key'].split('/')[0]] += 1
-print(' '.join(f'{k}={v}' for k, v in sorted(n.items())))
-assert n['mp'] == 0 and n['rec'] == 1 and n['seg'] in (6, 7), n
+STRAY = 'seg/' + '5a' * 16
+";
+
+/// Before the seal: a segment no record names, as a write cut short by a kill leaves.
+const PLANT_STRAY: &str = "
+g.put_object(Bucket=c['bucket'], Key=STRAY, Body=os.urandom(4096))
+print('planted')
+";
+
+/// The cluster's bucket after the seal: no multipart record is left, one object record, and
+/// the object's six segments (one per part); the planted segment, and that of part 2's first
+/// copy when device 1's node had not seen it yet as it was sent again there, are removed by the
+/// seal. A removal another node made may list a moment late: looked for again for up to 10 s.
+/// Prints the count of each prefix and the wait.
+const BUCKET_AFTER_SEAL: &str = "
+start = time.time()
+while True:
+    n, keys = collections.Counter(), set()
+    for page in g.get_paginator('list_objects_v2').paginate(Bucket=c['bucket']):
+        for o in page.get('Contents', []):
+            n[o['Key'].split('/')[0]] += 1
+            keys.add(o['Key'])
+    if n['seg'] == 6 or time.time() - start > 10:
+        break
+    time.sleep(0.2)
+print(' '.join(f'{k}={v}' for k, v in sorted(n.items())), f'after {time.time() - start:.1f} s')
+assert n['mp'] == 0 and n['rec'] == 1 and n['seg'] == 6 and STRAY not in keys, n
 ";
 
 /// The environment of `CLIENTS`: each device's endpoint and certificate, the job's keys (every
@@ -168,6 +186,16 @@ fn clients_env(members: &[Member], cmd: &mut Command) {
         );
     }
     cmd.env("BUCKET", BUCKET).env("KEY", KEY);
+}
+
+/// The environment of `GARAGE`: device 1's cluster file (its node's address, the bucket, the
+/// cluster's key).
+fn cluster_bucket_env(members: &[Member], cmd: &mut Command) {
+    cmd.env(
+        "CLUSTER_JSON",
+        members[0].job.data.join("cluster/cluster.json"),
+    )
+    .env_remove("AWS_CA_BUNDLE");
 }
 
 #[test]
@@ -196,18 +224,18 @@ fn device_cluster_multipart_upload_switches_devices_between_steps() {
     });
     let checked_at = started.elapsed();
 
+    let out = boto3(&format!("{GARAGE}{PLANT_STRAY}"), |c| {
+        cluster_bucket_env(&members, c)
+    });
+    assert!(out.lines().any(|l| l == "planted"), "{out}");
     seal_running(&members[1].job, 1);
     let out = boto3(&format!("{CLIENTS}{AFTER_SEAL}"), |c| {
         clients_env(&members, c);
         c.env("LEFT", &left);
     });
     assert!(out.lines().any(|l| l == "ok"), "{out}");
-    let garage = boto3(BUCKET_AFTER_SEAL, |c| {
-        c.env(
-            "CLUSTER_JSON",
-            members[0].job.data.join("cluster/cluster.json"),
-        )
-        .env_remove("AWS_CA_BUNDLE");
+    let garage = boto3(&format!("{GARAGE}{BUCKET_AFTER_SEAL}"), |c| {
+        cluster_bucket_env(&members, c)
     });
     eprintln!(
         "device cluster multipart: the cluster's bucket after the seal: {}",

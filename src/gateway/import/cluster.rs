@@ -79,18 +79,34 @@ impl TableSync {
     }
 }
 
-/// The devices the daemon last saw up (`None` until it has read Garage's health once). A seal
-/// waits for each of them to confirm it stopped writing (`seal.rs`).
+/// The devices the daemon last saw up and down (`None` until it has read Garage's health once).
+/// A seal waits for each device up to confirm it stopped writing, and removes unreferenced
+/// segments only while none is down (`seal.rs`).
 #[derive(Debug, Clone, Default)]
-pub struct Members(Arc<RwLock<Option<Vec<String>>>>);
+pub struct Members(Arc<RwLock<Option<Seen>>>);
+
+/// One reading of the cluster's health: the devices up and those down.
+#[derive(Debug, Clone)]
+struct Seen {
+    up: Vec<String>,
+    down: Vec<String>,
+}
 
 impl Members {
-    pub fn set(&self, up: Vec<String>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(up);
+    pub fn set(&self, up: Vec<String>, down: Vec<String>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(Seen { up, down });
+    }
+
+    fn seen(&self) -> Option<Seen> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub(crate) fn up(&self) -> Option<Vec<String>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.seen().map(|s| s.up)
+    }
+
+    pub(crate) fn down(&self) -> Option<Vec<String>> {
+        self.seen().map(|s| s.down)
     }
 }
 
@@ -127,7 +143,7 @@ struct Stamp {
 }
 
 /// The object key of a record in the cluster's bucket.
-fn record_key(name_id: &[u8]) -> String {
+pub(crate) fn record_key(name_id: &[u8]) -> String {
     format!("rec/{}", hex(name_id))
 }
 
@@ -364,7 +380,7 @@ pub(crate) mod tests {
             .unwrap(),
         );
         let members = Members::default();
-        members.set(vec!["a".into(), "b".into()]);
+        members.set(vec!["a".into(), "b".into()], Vec::new());
         let (first, code) = crate::gateway::import::device::tests::device_and_code(&a_dir).await;
         prepare(&a_dir, &first);
         let catalog = first.inner.catalog.clone();

@@ -103,6 +103,11 @@ impl Device {
         };
         let state = JobState::parse(&row.state).unwrap_or(JobState::Failed);
         if !state.accepts_writes() {
+            // Sealed already: a cluster's seal that had to keep its unreferenced segments
+            // (a device was down) removes them now, when it can.
+            if self.in_cluster() && state == JobState::Sealed {
+                self.sweep_after_seal().await;
+            }
             return Ok(self.object_count());
         }
         if self.in_cluster() {

@@ -256,7 +256,7 @@ impl Device {
     /// The segments the object `key` holds now, or with `None` those every object holds: a
     /// completion cut short between its object record and the end of its upload leaves an
     /// upload (or part records) whose segments are the object's.
-    fn held_segments(&self, key: Option<&str>) -> HashSet<String> {
+    pub(crate) fn held_segments(&self, key: Option<&str>) -> HashSet<String> {
         match key {
             Some(key) => self
                 .read_index()
