@@ -30,6 +30,25 @@ stop_tgt() {
     fi
 }
 
+# start_tgt NAME LOG LUN-ARGS...: starts tgtd on a free loopback port (log in LOG) with one
+# target, iqn.2026-11.org.tidegate:NAME, whose LUN 1 is made with LUN-ARGS (tgtadm's
+# logicalunit options); sets TGT_PID, CTL (for stop_tgt) and TGT_BASE (the target's URL).
+start_tgt() {
+    local name=$1 log=$2
+    shift 2
+    TGT_PORT=$(free_port)
+    CTL=$((TGT_PORT % 1000 + 1000))
+    tgtd -f -C $CTL --iscsi portal=127.0.0.1:$TGT_PORT >"$log" 2>&1 &
+    TGT_PID=$!
+    for _ in $(seq 100); do
+        tgtadm -C $CTL --lld iscsi --op new --mode target --tid 1 -T "iqn.2026-11.org.tidegate:$name" 2>/dev/null && break
+        sleep 0.1
+    done
+    tgtadm -C $CTL --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 "$@"
+    tgtadm -C $CTL --lld iscsi --op bind --mode target --tid 1 -I ALL
+    TGT_BASE="iscsi://127.0.0.1:$TGT_PORT/iqn.2026-11.org.tidegate:$name"
+}
+
 hex() { python3 -c "import os; print(os.urandom($1).hex())"; }
 
 # Starts a single-node Garage under $1 with one bucket ($2); sets GARAGE_PID, S3 (its port), GK

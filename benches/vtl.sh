@@ -24,20 +24,10 @@ cc -O2 -o "$WORK/vtl_client" tests/it/vtl_client.c -liscsi
 
 
 # tgt: one tape drive (LUN 1) with a tape loaded, on a file in the same filesystem.
-TGT_PORT=$(free_port)
-CTL=$((TGT_PORT % 1000 + 1000))
 tgtimg --op new --device-type tape --barcode TGT00001 --size $((VTL_MIB * 2)) --type data \
     --file "$WORK/tape.img" --thin-provisioning >/dev/null
-tgtd -f -C $CTL --iscsi portal=127.0.0.1:$TGT_PORT >"$WORK/tgtd.log" 2>&1 &
-TGT_PID=$!
-for _ in $(seq 100); do
-    tgtadm -C $CTL --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.org.tidegate:bench-vtl 2>/dev/null && break
-    sleep 0.1
-done
-tgtadm -C $CTL --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --device-type tape \
-    --bstype ssc -b "$WORK/tape.img"
-tgtadm -C $CTL --lld iscsi --op bind --mode target --tid 1 -I ALL
-TGT_URL="iscsi://127.0.0.1:$TGT_PORT/iqn.2026-11.org.tidegate:bench-vtl"
+start_tgt bench-vtl "$WORK/tgtd.log" --device-type tape --bstype ssc -b "$WORK/tape.img"
+TGT_URL="$TGT_BASE"
 
 # tidegate: embedded default (local-directory bucket), one tape.
 DATA=$WORK/tidegate

@@ -43,6 +43,12 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
     if st.closed {
         return None;
     }
+    // Every slot taken: the scan below would start nothing. A running upload's end wakes the
+    // loop (`join_next`), which schedules again then; writers wake it far more often than
+    // uploads end, and each scan walks every dirty object under the index lock.
+    if st.uploading >= cfg.upload_concurrency {
+        return None;
+    }
     let now = Instant::now();
     let urgent = st.writers_waiting > 0
         || st.draining > 0
@@ -85,7 +91,13 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
     }
-    // Oldest first: that is what lets FIFO reclaim free the oldest segment soonest.
+    // Oldest first: that is what lets FIFO reclaim free the oldest segment soonest. Only the
+    // oldest that fit in the free slots are sorted: under pressure every dirty object is due.
+    let free = cfg.upload_concurrency - st.uploading;
+    if due.len() > free {
+        due.select_nth_unstable(free - 1);
+        due.truncate(free);
+    }
     due.sort_unstable();
     for (_, name) in due {
         if st.uploading >= cfg.upload_concurrency {
