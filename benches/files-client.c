@@ -15,6 +15,10 @@
  *   files-client write-small TARGET COUNT SEED
  *   files-client read-small  TARGET COUNT SEED
  *   files-client manifest    COUNT SEED SIZE_MIB   (prints "relative/path size" per file)
+ * Metadata alone, on the small files' names (benches/nfs-cache.sh), one call each in turn:
+ *   files-client create-empty TARGET COUNT SEED  (CREATE, no data)
+ *   files-client stat-small   TARGET COUNT SEED  (GETATTR by path)
+ *   files-client remove-small TARGET COUNT SEED  (REMOVE)
  * TARGET is nfs://HOST/EXPORT?nfsport=N&mountport=N or a directory.
  */
 #define _GNU_SOURCE
@@ -180,6 +184,41 @@ static void one_file(const char *rel, uint64_t size, uint64_t s, int writing,
     close_file(&h, writing);
 }
 
+/* One metadata call per small file's name: create (empty, as a new file), stat or remove. */
+static void metadata(const char *mode, uint64_t count)
+{
+    char rel[256], p[4096];
+    if (!strcmp(mode, "create-empty"))
+        make_dir("small");
+    for (uint64_t i = 0; i < count; i++) {
+        if (!strcmp(mode, "create-empty") && i % FILES_PER_DIR == 0) {
+            snprintf(rel, sizeof rel, "small/d%03" PRIu64, i / FILES_PER_DIR);
+            make_dir(rel);
+        }
+        small_path(rel, sizeof rel, i);
+        full_path(p, sizeof p, rel);
+        int rc;
+        if (!strcmp(mode, "create-empty")) {
+            struct nfsfh *fh;
+            rc = nfs ? nfs_create(nfs, p, O_TRUNC, 0644, &fh) : 0;
+            if (!rc && nfs)
+                rc = nfs_close(nfs, fh);
+            if (!nfs) {
+                int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+                rc = fd < 0 ? -errno : close(fd);
+            }
+        } else if (!strcmp(mode, "stat-small")) {
+            struct nfs_stat_64 st;
+            struct stat lst;
+            rc = nfs ? nfs_stat64(nfs, p, &st) : (stat(p, &lst) ? -errno : 0);
+        } else {
+            rc = nfs ? nfs_unlink(nfs, p) : (unlink(p) ? -errno : 0);
+        }
+        if (rc)
+            die(mode, p, nfs ? nfs_get_error(nfs) : strerror(-rc));
+    }
+}
+
 static void connect_nfs(const char *url)
 {
     nfs = nfs_init_context();
@@ -227,7 +266,9 @@ int main(int argc, char **argv)
     if (!buf || !got)
         die("alloc", "buffers", "out of memory");
     int writing = !strncmp(mode, "write", 5);
-    if (!strcmp(mode, "write-big") || !strcmp(mode, "read-big")) {
+    if (!strcmp(mode, "create-empty") || !strcmp(mode, "stat-small") || !strcmp(mode, "remove-small")) {
+        metadata(mode, n);
+    } else if (!strcmp(mode, "write-big") || !strcmp(mode, "read-big")) {
         one_file("big.bin", n << 20, seed_of(seed, UINT64_MAX - 1), writing, buf, got);
     } else if (!strcmp(mode, "write-small") || !strcmp(mode, "read-small")) {
         char p[256];

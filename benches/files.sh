@@ -144,42 +144,9 @@ s3fs_start() {
 }
 s3fs_stop() { fusermount3 -u "$S3FS_MNT"; wait "$S3FS_PID" 2>/dev/null || true; S3FS_PID=; }
 
-# --- nfs-ganesha over NFSv3, in a network namespace with its own rpcbind --------------------
+# --- nfs-ganesha over NFSv3 (ganesha_start in benches/common.sh) -------------------------------
 GA_DIR=$WORK/ganesha
 GA_EXPORT=$GA_DIR/export
-ganesha_start() {
-    mkdir -p "$GA_EXPORT" "$GA_DIR/recovery"
-    ganesha_config "$GA_DIR/ganesha.conf" "$GA_EXPORT" "$GA_DIR/recovery" 3 \
-        "    NFS_Port = 20490;
-    MNT_Port = 20048;"
-    # No Bind_addr: the namespace has loopback only, which getaddrinfo's AI_ADDRCONFIG would
-    # not resolve, and nothing outside the namespace can reach it anyway. /run is private to
-    # it, so its rpcbind's socket is not the host's.
-    cat >"$GA_DIR/ns.sh" <<EOF
-ip link set lo up
-mount -t tmpfs tmpfs /run
-mkdir -p /run/rpcbind
-rpcbind -w -f & rpcb=\$!
-trap 'kill \$rpcb \$ga 2>/dev/null; wait' EXIT TERM
-for _ in \$(seq 100); do [ -S /run/rpcbind.sock ] && break; sleep 0.05; done
-ganesha.nfsd -F -f "$GA_DIR/ganesha.conf" -L "$GA_DIR/ganesha.log" -p "$GA_DIR/ganesha.pid" -N NIV_WARN & ga=\$!
-wait \$ga
-EOF
-    rm -f "$GA_DIR/ganesha.pid"
-    unshare --net --mount --fork --kill-child=TERM bash "$GA_DIR/ns.sh" >>"$GA_DIR/ns.log" 2>&1 &
-    GANESHA_NS=$!
-    GA_URL="nfs://127.0.0.1$GA_EXPORT?nfsport=20490&mountport=20048"
-    for _ in $(seq 300); do
-        [ -s "$GA_DIR/ganesha.pid" ] && GANESHA_PID=$(cat "$GA_DIR/ganesha.pid") &&
-            nsenter -t "$GANESHA_PID" -n ss -Hltn "sport = :20048" | grep -q . && return 0
-        sleep 0.1
-    done
-    cat "$GA_DIR/ns.log" "$GA_DIR/ganesha.log" >&2
-    exit 1
-}
-# unshare ignores SIGTERM while its child runs: stopping ganesha ends the namespace's script,
-# whose exit stops its rpcbind.
-ganesha_stop() { kill "$GANESHA_PID"; wait "$GANESHA_NS" 2>/dev/null || true; GANESHA_PID=; }
 cpu_of() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; } # CPU seconds
 
 # --- acknowledgement alone: tidegate with uploads held off vs nfs-ganesha ------------------------

@@ -208,9 +208,22 @@ impl Files {
     ) -> Result<Option<Bytes>, GatewayError> {
         let lock = self.inode_lock(row.id);
         let _guard = lock.lock().await;
+        let path = self.staging_path(row.id);
+        // A hot read (the catalog free this instant, a whole staging file, its bytes in the
+        // page cache) is answered here, as `read_row` answers one of a clean copy: under
+        // random reads of a file still staged, the hop's two thread wake-ups cost more CPU
+        // than the read. The inode lock keeps writes out meanwhile.
+        if let Some(Some((now, _))) = self.catalog.try_inode_with_share(row.id)? {
+            if !now.staged || now.version != row.version {
+                return Ok(None);
+            }
+            let whole = now.remote_key.is_none() || !BlockMap::path(&path).exists();
+            if whole && let Some(data) = clean::read_copy_cached(&path, offset, end) {
+                return Ok(Some(data));
+            }
+        }
         // A sparsely staged file (one with a block map) reads block by block; any other reads
         // its staging file in the same hop.
-        let path = self.staging_path(row.id);
         let (id, version) = (row.id, row.version);
         let key = row.remote_key.clone();
         let local = self
