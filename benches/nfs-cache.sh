@@ -11,7 +11,8 @@
 # Prints each rate and the ratio tidegate / ganesha (issue 20's target: >= 0.8 on every line).
 #
 # Usage: benches/nfs-cache.sh
-#   SECS=10 QD=16 FILE_MIB=512 COUNT=2000 ROUNDS=1   (TIDEGATE_BIN=path runs another build)
+#   SECS=10 QD=16 FILE_MIB=512 COUNT=2000 ROUNDS=1   (TIDEGATE_BIN=path runs another build;
+#   DATA=0 runs the metadata lines alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -20,6 +21,7 @@ QD=${QD:-16}
 FILE_MIB=${FILE_MIB:-512}
 COUNT=${COUNT:-2000}
 ROUNDS=${ROUNDS:-1}
+DATA=${DATA:-1}
 need fio-libiscsi ganesha.nfsd rpcbind unshare nsenter ip cc
 [ -f /usr/include/nfsc/libnfs.h ] || { echo "missing libnfs-dev: run ./scripts/test first" >&2; exit 1; }
 release_bin
@@ -61,13 +63,15 @@ fio_nfs() { # server rw bs [time] -> "iops bytes_per_sec"
     [ "${4:-}" = once ] && timing=()
     # fio 3.33's nfs engine sometimes never returns from a run, against ganesha as against
     # tidegate (docs/testing.md): a run is killed after three times its length and its line
-    # says so (0 0), rather than the bench waiting forever.
+    # says so (0 0), rather than the bench waiting forever. fio's job processes outlive the
+    # kill of its main one, so they are killed by their command line.
     local cmd=(fio-libiscsi --name=n --ioengine=nfs --nfs_url="$(url_of "$1")" --filename=fio.dat
         --rw="$2" --bs="$3" --iodepth="$QD" --size="${FILE_MIB}M" "${timing[@]}" $fill
         --output-format=json)
     [ "$1" = ganesha ] && cmd=(nsenter -t "$GANESHA_PID" -n "${cmd[@]}")
-    timeout -s KILL $((SECS * 3 + 60)) "${cmd[@]}" 2>/dev/null |
-        python3 -c 'import json,sys; t=sys.stdin.read()
+    timeout -s KILL $((SECS * 3 + 60)) "${cmd[@]}" >"$WORK/fio.json" 2>/dev/null ||
+        pkill -KILL -f -- "--nfs_url=$(url_of "$1")" || true
+    python3 <"$WORK/fio.json" -c 'import json,sys; t=sys.stdin.read()
 if "{" not in t: print("0 0"); print("fio did not finish (killed)", file=sys.stderr); sys.exit()
 d=json.loads(t[t.index("{"):])["jobs"][0][sys.argv[1]]
 print(d["iops"], d["bw_bytes"])' "$dir"
@@ -86,12 +90,15 @@ line() { # name unit tidegate ganesha
 
 echo "NFS in cache: tidegate (embedded default) vs nfs-ganesha (VFS, same disk), NFSv3 over libnfs;"
 echo "fio QD$QD, ${SECS} s a line, one ${FILE_MIB} MiB file; metadata on $COUNT names; load $(cut -d' ' -f1-3 /proc/loadavg)"
-fio_nfs tidegate write 1M once >/dev/null
-fio_nfs ganesha write 1M once >/dev/null
+if [ "$DATA" = 1 ]; then
+    fio_nfs tidegate write 1M once >/dev/null
+    fio_nfs ganesha write 1M once >/dev/null
+fi
 printf '%-28s %16s %16s %6s\n' workload tidegate ganesha ratio
 first=tidegate
 for r in $(seq "$ROUNDS"); do
     for w in "read 1M MB/s" "write 1M MB/s" "randread 4k iops" "randwrite 4k iops"; do
+        [ "$DATA" = 1 ] || break
         set -- $w
         declare -A got=()
         for s in $first $([ $first = tidegate ] && echo ganesha || echo tidegate); do

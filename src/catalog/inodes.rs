@@ -201,14 +201,15 @@ impl Catalog {
     /// The inode named `name` in `parent`, by its own name or by a hard link (then the row's
     /// `link` is set and its parent, name and path are the link's).
     pub fn child(&self, parent: i64, name: &str) -> Result<Option<InodeRow>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&child_query())?;
-        match stmt
-            .query_row(params![parent, name], row_to_inode)
-            .optional()?
-        {
-            Some(row) => Ok(Some(row)),
-            None => links::named(&conn, parent, name),
+        child_of(&self.conn(), parent, name)
+    }
+
+    /// [`Catalog::inode`] if the connection is free now; `None` when another call holds it,
+    /// as [`Catalog::try_inode_with_share`].
+    pub fn try_inode(&self, id: i64) -> Result<Option<Option<InodeRow>>, CatalogError> {
+        match self.try_conn() {
+            Some(conn) => inode_by_id(&conn, id).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -549,10 +550,18 @@ impl Catalog {
         )?)
     }
 
+    /// Forgets a pending delete once the object is gone, without waiting for the disk: the
+    /// next sync of the WAL makes it durable, and every later durable change syncs it first
+    /// (the WAL is written in order). Lost in a power cut, the delete is only run again, as
+    /// from the state just before it ran. (A synced commit here held the connection through
+    /// an fsync per deleted object, stalling every file operation while a directory of files
+    /// was removed.)
     pub fn done_delete(&self, key: &str) -> Result<(), CatalogError> {
-        self.conn()
-            .execute("DELETE FROM pending_deletes WHERE key = ?1", [key])?;
-        Ok(())
+        self.relaxed(|conn| {
+            conn.prepare_cached("DELETE FROM pending_deletes WHERE key = ?1")?
+                .execute([key])?;
+            Ok(())
+        })
     }
 
     /// Records a multipart upload the file gateway has opened at `key`, until
@@ -599,6 +608,22 @@ impl Catalog {
 /// unique index finds the entry: `parent` alone uses `inodes_by_parent` and reads every entry of
 /// the directory, which made each lookup and create in a large directory cost time in
 /// proportion to its size (issue 21: 0.7 ms a file at first, 18 ms by 20,000 files).
+/// [`Catalog::child`] on a connection already held.
+pub(super) fn child_of(
+    conn: &rusqlite::Connection,
+    parent: i64,
+    name: &str,
+) -> Result<Option<InodeRow>, CatalogError> {
+    let mut stmt = conn.prepare_cached(&child_query())?;
+    match stmt
+        .query_row(params![parent, name], row_to_inode)
+        .optional()?
+    {
+        Some(row) => Ok(Some(row)),
+        None => links::named(conn, parent, name),
+    }
+}
+
 fn child_query() -> String {
     format!(
         "SELECT {INODE_COLUMNS} FROM inodes

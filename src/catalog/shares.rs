@@ -5,7 +5,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use crate::catalog::inodes::{INODE_COLUMNS, inode_by_id, insert_inode, row_to_inode};
+use crate::catalog::inodes::{INODE_COLUMNS, child_of, inode_by_id, insert_inode, row_to_inode};
 pub use crate::catalog::inodes::{InodeKind, InodeRow, SyncedItem};
 use crate::catalog::{Catalog, CatalogError};
 
@@ -173,6 +173,25 @@ impl Catalog {
         }
     }
 
+    /// A directory, its share and its entry `name` (`None`: there is none) read under one hold
+    /// of the connection if it is free now, as [`Catalog::try_inode_with_share`]: the first
+    /// step of every LOOKUP, CREATE and REMOVE. The outer `None`: another call holds the
+    /// connection; the middle one: the directory or its share is gone.
+    pub fn try_dir_entry(
+        &self,
+        dir: i64,
+        name: &str,
+    ) -> Result<Option<Option<DirEntry>>, CatalogError> {
+        let Some(conn) = self.try_conn() else {
+            return Ok(None);
+        };
+        let Some((row, share)) = inode_with_share(&conn, dir)? else {
+            return Ok(Some(None));
+        };
+        let entry = child_of(&conn, row.id, name)?;
+        Ok(Some(Some((row, share, entry))))
+    }
+
     pub fn share_by_name(&self, name: &str) -> Result<Option<ShareRow>, CatalogError> {
         Ok(self
             .conn()
@@ -265,6 +284,9 @@ impl Catalog {
         })
     }
 }
+
+/// A directory, its share and one of its entries, as [`Catalog::try_dir_entry`] reads them.
+pub type DirEntry = (InodeRow, ShareRow, Option<InodeRow>);
 
 fn inode_with_share(
     conn: &rusqlite::Connection,

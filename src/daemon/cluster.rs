@@ -105,10 +105,20 @@ pub struct ClusterStatus {
 }
 
 impl ClusterStatus {
+    /// The devices Garage reports down.
     pub fn missing(&self) -> Vec<&str> {
+        self.named(false)
+    }
+
+    /// The devices Garage reports up.
+    pub fn present(&self) -> Vec<&str> {
+        self.named(true)
+    }
+
+    fn named(&self, up: bool) -> Vec<&str> {
         self.devices
             .iter()
-            .filter(|d| !d.up)
+            .filter(|d| d.up == up)
             .map(|d| d.name.as_str())
             .collect()
     }
@@ -441,9 +451,8 @@ async fn watch_health(
 
 /// The names of the devices Garage reports up, and of those it reports down.
 fn up_and_down(s: &ClusterStatus) -> (Vec<String>, Vec<String>) {
-    let (up, down) = s.devices.iter().partition::<Vec<_>, _>(|d| d.up);
-    let names = |v: Vec<&DeviceHealth>| v.into_iter().map(|d| d.name.clone()).collect();
-    (names(up), names(down))
+    let owned = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect();
+    (owned(s.present()), owned(s.missing()))
 }
 
 /// Closes the write gate while some partition lacks its write quorum, naming the lost devices;

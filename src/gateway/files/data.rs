@@ -213,7 +213,7 @@ impl Files {
         // page cache) is answered here, as `read_row` answers one of a clean copy: under
         // random reads of a file still staged, the hop's two thread wake-ups cost more CPU
         // than the read. The inode lock keeps writes out meanwhile.
-        if let Some(Some((now, _))) = self.catalog.try_inode_with_share(row.id)? {
+        if let Some(Some(now)) = self.catalog.try_inode(row.id)? {
             if !now.staged || now.version != row.version {
                 return Ok(None);
             }

@@ -122,6 +122,15 @@ impl Files {
         name: &[u8],
     ) -> Result<(InodeRow, ShareRow, Option<Option<InodeRow>>), GatewayError> {
         let name = validate_name(name).ok().map(str::to_owned);
+        // Read inline when the catalog is free this instant, as `Files::node` reads: a path
+        // lookup is one LOOKUP per component, and each would otherwise cost a hop.
+        if let Some(name) = &name
+            && let Some(found) = self.catalog.try_dir_entry(dir.row_id()?, name)?
+        {
+            let (row, share, child) = found.ok_or_else(|| stale(dir.0))?;
+            let entry = (row.kind == InodeKind::Dir && !refresh_due(&share, &row)).then_some(child);
+            return Ok((row, share, entry));
+        }
         self.blocking(move |c| {
             let (row, share) = blocking::node(c, dir)?;
             let entry = match name {

@@ -684,8 +684,9 @@ fn record_synced(
         if *outcome != Some(true) {
             continue;
         }
-        // A sparsely staged file holds only the parts that were written: not a copy.
-        let whole = !BlockMap::path(&d.staging).exists();
+        // A sparsely staged file holds only the parts that were written: not a copy. A file
+        // created and never written (an empty CREATE) has no staging file to keep.
+        let whole = d.staging.exists() && !BlockMap::path(&d.staging).exists();
         let kept = match (clean, &d.etag) {
             (Some(clean), Some(etag)) if whole => match clean.adopt(d.id, etag, &d.staging) {
                 Ok(()) => true,

@@ -32,7 +32,6 @@ use crate::gateway::import::cluster::{QuorumLost, record_key};
 use crate::gateway::import::device::Inner;
 use crate::gateway::import::job::JobState;
 use crate::gateway::import::record;
-use crate::gateway::import::segments::segment_key;
 use crate::store::StoreError;
 use crate::store::device as keys;
 
@@ -286,15 +285,19 @@ impl Device {
             .list("seg/")
             .await?
             .into_iter()
-            .filter_map(|o| o.key.strip_prefix("seg/").map(str::to_owned))
-            .filter(|id| !held.contains(id))
+            .filter(|o| {
+                o.key
+                    .strip_prefix("seg/")
+                    .is_some_and(|id| !held.contains(id))
+            })
+            .map(|o| o.key)
             .collect();
         if orphans.is_empty() {
             return Ok(0);
         }
         let bucket = link.bucket.clone();
-        let keys: Vec<String> = orphans.iter().map(|id| segment_key(id)).collect();
-        let failed: Vec<StoreError> = futures::stream::iter(keys)
+        let listed = orphans.len();
+        let failed: Vec<StoreError> = futures::stream::iter(orphans)
             .map(move |key| {
                 let bucket = bucket.clone();
                 async move { bucket.delete(&key).await }
@@ -303,7 +306,7 @@ impl Device {
             .filter_map(|r| std::future::ready(r.err()))
             .collect()
             .await;
-        let removed = orphans.len() - failed.len();
+        let removed = listed - failed.len();
         tracing::info!(job = %job, removed, "device cluster: removed segments no object names");
         match failed.into_iter().next() {
             Some(e) => Err(e.into()),
