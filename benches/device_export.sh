@@ -25,7 +25,7 @@ start_garage "$WORK" bench
 export RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other RCLONE_CONFIG_G_ENDPOINT="http://127.0.0.1:$S3" \
     RCLONE_CONFIG_G_ACCESS_KEY_ID=$GK RCLONE_CONFIG_G_SECRET_ACCESS_KEY=$GS RCLONE_CONFIG_G_REGION=garage
 
-# The data set (small files of 64 KiB and one big file), put into Garage; the local copy goes.
+# The data set (small files of 64 KiB and one big file), put into Garage.
 SRC="$WORK/src"
 python3 - "$SRC" "$SMALL" "$BIG_MIB" <<'EOF'
 import os, sys
@@ -40,7 +40,9 @@ with open(os.path.join(src, "big.bin"), "wb") as f:
 EOF
 TOTAL=$(du -sb "$SRC" | cut -f1)
 rclone copy --transfers 8 "$SRC" g:bench/src
-rm -rf "$SRC"
+# The local copy stays until the end: deleted here, its 2,000 inodes made the creates of the
+# side measured first slower (ext4 without a journal skips inodes freed in the last minute,
+# reading each one's table block; docs/testing.md).
 echo "data set: $SMALL files of 64 KiB + one $BIG_MIB MiB file ($TOTAL bytes) in Garage"
 
 DATA="$WORK/device"
@@ -49,18 +51,34 @@ DATA="$WORK/device"
 export TIDEGATE_UNLOCK_CODE
 TIDEGATE_UNLOCK_CODE=$(sed -n 's/^unlock code: //p' "$WORK/create.txt")
 
+# CPU seconds so far: this shell's finished children (bash's `times`, second line), and Garage.
+# Not in a command substitution: its subshell has no children of its own yet.
+cpu() { # file
+    times >"$WORK/times"
+    local garage
+    garage=$(awk '{print $14 + $15}' "/proc/$GARAGE_PID/stat")
+    sed -n 2p "$WORK/times" | tr -d 's' | tr 'm' ' ' |
+        awk -v g="$garage" -v hz="$HZ" '{print $1 * 60 + $2 + $3 * 60 + $4, g / hz}' >"$1"
+}
+HZ=$(getconf CLK_TCK)
+cpu "$WORK/c0"
 t0=$(date +%s.%N)
 garage_env "$BIN" --data-dir "$DATA" job export --manifest "$WORK/job.json" --parallel 8 >"$WORK/export.txt" 2>"$WORK/export.err"
 t1=$(date +%s.%N)
+cpu "$WORK/c1"
 rclone copy --transfers 8 g:bench/src "$WORK/rclone"
 t2=$(date +%s.%N)
+cpu "$WORK/c2"
 grep '^job' "$WORK/export.txt"
-python3 - "$TOTAL" "$t0" "$t1" "$t2" <<'EOF'
+python3 - "$TOTAL" "$t0" "$t1" "$t2" $(cat "$WORK/c0" "$WORK/c1" "$WORK/c2") <<'EOF'
 import sys
-total, t0, t1, t2 = int(sys.argv[1]), *map(float, sys.argv[2:])
+total, t0, t1, t2 = int(sys.argv[1]), *map(float, sys.argv[2:5])
+c = list(map(float, sys.argv[5:]))
 mib = total / (1 << 20)
 te, tr = t1 - t0, t2 - t1
-print(f"tidegate job export: {mib / te:8.1f} MiB/s ({te:.1f} s, unlock + verify + seal included)")
-print(f"rclone copy:         {mib / tr:8.1f} MiB/s ({tr:.1f} s)")
+print(f"tidegate job export: {mib / te:8.1f} MiB/s ({te:.1f} s, unlock + verify + seal included;"
+      f" CPU {c[2] - c[0]:.1f} s tidegate + {c[3] - c[1]:.1f} s Garage)")
+print(f"rclone copy:         {mib / tr:8.1f} MiB/s ({tr:.1f} s;"
+      f" CPU {c[4] - c[2]:.1f} s rclone + {c[5] - c[3]:.1f} s Garage)")
 print(f"ratio tidegate/rclone: {tr / te:.2f}")
 EOF

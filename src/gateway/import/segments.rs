@@ -415,7 +415,6 @@ impl Drop for SegmentWriter {
 }
 
 fn write_segment(store: &SegmentStore, id: &str, data: &[u8]) -> Result<(), GatewayError> {
-    use std::io::Write;
     let frame = store
         .codec
         .seal(&store.aad(id), data)
@@ -427,9 +426,68 @@ fn write_segment(store: &SegmentStore, id: &str, data: &[u8]) -> Result<(), Gate
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let mut f = std::fs::File::create(&path).map_err(io)?;
-    f.write_all(&frame).map_err(io)?;
-    f.sync_all().map_err(io)
+    write_new_file(&path, &frame).map_err(io)
+}
+
+/// Direct I/O's alignment: of the buffer, the file offsets and the lengths written.
+const DIRECT_ALIGN: usize = 4096;
+
+thread_local! {
+    /// A blocking thread's buffer for direct writes, reused so that its pages stay mapped.
+    static ALIGNED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes `bytes` as the whole of the new file `path` and syncs it. With direct I/O where the
+/// file system takes it: a segment is written once and seldom read back soon, and copying it
+/// into the page cache cost more CPU than sealing it (on this project's VMs each fresh page
+/// cache page also costs the host a fault; docs/testing.md, `device_export.sh`). A file system
+/// without direct I/O (tmpfs) gets a buffered write.
+fn write_new_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match write_direct(path, bytes) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            use std::io::Write;
+            let mut f = std::fs::File::create(path)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        }
+        other => other,
+    }
+}
+
+/// [`write_new_file`] with `O_DIRECT`: the bytes go through an aligned buffer, padded with
+/// zeros to whole blocks, and the file is then cut to its length before the sync.
+fn write_direct(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)?;
+    let padded = bytes.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    ALIGNED.with_borrow_mut(|buf| {
+        if buf.len() < padded + DIRECT_ALIGN {
+            buf.resize(padded + DIRECT_ALIGN, 0);
+        }
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let block = &mut buf[start..start + padded];
+        block[..bytes.len()].copy_from_slice(bytes);
+        block[bytes.len()..].fill(0);
+        let mut done = 0;
+        while done < padded {
+            match file.write_at(&block[done..], done as u64)? {
+                0 => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                // A short write off a block boundary cannot go on directly: EINVAL, and the
+                // caller writes the file again, buffered.
+                n => done += n,
+            }
+        }
+        Ok(())
+    })?;
+    if padded != bytes.len() {
+        file.set_len(bytes.len() as u64)?;
+    }
+    file.sync_all()
 }
 
 /// Seals a segment and stores it in the cluster's bucket; returns once Garage acknowledged it.
@@ -509,6 +567,36 @@ mod tests {
             }
             assert!(back == data, "bytes out of order for pieces {pieces:?}");
             d.inner.segs.remove(&written.segments).await;
+        }
+    }
+
+    /// Direct I/O where the file system has it (the test's own directory), a buffered write
+    /// where it does not (tmpfs): the same bytes either way, of any length, and a shorter file
+    /// written over a longer one keeps nothing of it.
+    #[test]
+    fn new_files_hold_exactly_their_bytes_with_or_without_direct_io() {
+        let disk = tempfile::tempdir().unwrap();
+        let shm = std::path::Path::new("/dev/shm");
+        let mem = shm.is_dir().then(|| tempfile::tempdir_in(shm).unwrap());
+        let mut dirs = vec![disk.path().to_path_buf()];
+        dirs.extend(mem.as_ref().map(|d| d.path().to_path_buf()));
+        for dir in dirs {
+            let path = dir.join("f");
+            for len in [
+                DIRECT_ALIGN * 3 + 17,
+                0,
+                1,
+                DIRECT_ALIGN,
+                (1 << 20) + 5,
+                100,
+            ] {
+                let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8 ^ 0x5a).collect();
+                write_new_file(&path, &bytes).unwrap();
+                assert!(
+                    std::fs::read(&path).unwrap() == bytes,
+                    "{len} bytes in {dir:?}"
+                );
+            }
         }
     }
 
