@@ -70,7 +70,7 @@ fio_nfs() { # server rw bs [time] -> "iops bytes_per_sec"
         --output-format=json)
     [ "$1" = ganesha ] && cmd=(nsenter -t "$GANESHA_PID" -n "${cmd[@]}")
     timeout -s KILL $((SECS * 3 + 60)) "${cmd[@]}" >"$WORK/fio.json" 2>/dev/null ||
-        pkill -KILL -f -- "--nfs_url=$(url_of "$1")" || true
+        pkill -KILL -f "fio-libiscsi --name=n " || true
     python3 <"$WORK/fio.json" -c 'import json,sys; t=sys.stdin.read()
 if "{" not in t: print("0 0"); print("fio did not finish (killed)", file=sys.stderr); sys.exit()
 d=json.loads(t[t.index("{"):])["jobs"][0][sys.argv[1]]

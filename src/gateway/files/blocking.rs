@@ -2,10 +2,11 @@
 //! gateway runs on tokio's blocking pool through [`Files::blocking`], never inline in an
 //! `async fn` on a tokio worker and never while the worker holds an async lock idle. A worker
 //! blocked on SQLite's fsync or a staging file's would stall every other NFS and FUSE request
-//! scheduled on it (docs/design.md §8). Two reads are the exception, because they cannot
-//! wait: the inode-and-share read ([`Files::node`]) and a READ of a clean copy in the page
-//! cache run inline only if the catalog connection is free at that instant (`try_lock`) and,
-//! for the copy, its bytes need no disk (`RWF_NOWAIT`); otherwise they take the hop.
+//! scheduled on it (docs/design.md §8). A few reads are the exception, because they cannot
+//! wait: the inode-and-share read ([`Files::node`]), a directory's entry for LOOKUP, CREATE and
+//! REMOVE, and a READ of a clean copy or a staged file in the page cache run inline only if
+//! the catalog connection is free at that instant (`try_lock`) and, for the bytes, they need no
+//! disk (`RWF_NOWAIT`); otherwise they take the hop.
 //!
 //! One hop per step: what an operation does with the catalog and its staging files between two
 //! awaits on the bucket (or on an inode lock) goes into one closure, so a small-file CREATE or
