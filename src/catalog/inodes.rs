@@ -604,10 +604,6 @@ impl Catalog {
     }
 }
 
-/// The entry `?2` of directory `?1`. The share is named so that the (share_id, parent, name)
-/// unique index finds the entry: `parent` alone uses `inodes_by_parent` and reads every entry of
-/// the directory, which made each lookup and create in a large directory cost time in
-/// proportion to its size (issue 21: 0.7 ms a file at first, 18 ms by 20,000 files).
 /// [`Catalog::child`] on a connection already held.
 pub(super) fn child_of(
     conn: &rusqlite::Connection,
@@ -624,6 +620,10 @@ pub(super) fn child_of(
     }
 }
 
+/// The entry `?2` of directory `?1`. The share is named so that the (share_id, parent, name)
+/// unique index finds the entry: `parent` alone uses `inodes_by_parent` and reads every entry of
+/// the directory, which made each lookup and create in a large directory cost time in
+/// proportion to its size (issue 21: 0.7 ms a file at first, 18 ms by 20,000 files).
 fn child_query() -> String {
     format!(
         "SELECT {INODE_COLUMNS} FROM inodes

@@ -441,10 +441,12 @@ thread_local! {
 /// file system takes it: a segment is written once and seldom read back soon, and copying it
 /// into the page cache cost more CPU than sealing it (on this project's VMs each fresh page
 /// cache page also costs the host a fault; docs/testing.md, `device_export.sh`). A file system
-/// without direct I/O (tmpfs) gets a buffered write.
+/// that refuses direct I/O (EINVAL or EOPNOTSUPP: tmpfs, some FUSE ones) gets a buffered write.
 fn write_new_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let refused =
+        [rustix::io::Errno::INVAL, rustix::io::Errno::OPNOTSUPP].map(|e| e.raw_os_error());
     match write_direct(path, bytes) {
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+        Err(e) if e.raw_os_error().is_some_and(|code| refused.contains(&code)) => {
             use std::io::Write;
             let mut f = std::fs::File::create(path)?;
             f.write_all(bytes)?;
