@@ -51,6 +51,18 @@ start_tgt() {
 
 hex() { python3 -c "import os; print(os.urandom($1).hex())"; }
 
+# CPU seconds process $1 has used so far (user + system, from /proc).
+CLK_TCK=$(getconf CLK_TCK)
+cpu_of() { awk -v hz="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+# fio's JSON report on stdin (anything fio printed before it skipped) -> "iops bytes_per_sec
+# p99_ms" of direction $1 (read or write).
+fio_json() {
+    python3 -c 'import json,sys; t=sys.stdin.read(); d=json.loads(t[t.index("{"):])["jobs"][0][sys.argv[1]]
+p=d["clat_ns"].get("percentile",{}).get("99.000000",0)/1e6
+print(d["iops"], d["bw_bytes"], p)' "$1"
+}
+
 # Starts a single-node Garage under $1 with one bucket ($2); sets GARAGE_PID, S3 (its port), GK
 # and GS (its key), defines garage_env (runs a command with its credentials) and waits until
 # the bucket answers.

@@ -56,11 +56,10 @@ TIDEGATE_UNLOCK_CODE=$(sed -n 's/^unlock code: //p' "$WORK/create.txt")
 cpu() { # file
     times >"$WORK/times"
     local garage
-    garage=$(awk '{print $14 + $15}' "/proc/$GARAGE_PID/stat")
+    garage=$(cpu_of "$GARAGE_PID")
     sed -n 2p "$WORK/times" | tr -d 's' | tr 'm' ' ' |
-        awk -v g="$garage" -v hz="$HZ" '{print $1 * 60 + $2 + $3 * 60 + $4, g / hz}' >"$1"
+        awk -v g="$garage" '{print $1 * 60 + $2 + $3 * 60 + $4, g}' >"$1"
 }
-HZ=$(getconf CLK_TCK)
 cpu "$WORK/c0"
 t0=$(date +%s.%N)
 garage_env "$BIN" --data-dir "$DATA" job export --manifest "$WORK/job.json" --parallel 8 >"$WORK/export.txt" 2>"$WORK/export.err"

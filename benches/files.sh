@@ -147,7 +147,6 @@ s3fs_stop() { fusermount3 -u "$S3FS_MNT"; wait "$S3FS_PID" 2>/dev/null || true; 
 # --- nfs-ganesha over NFSv3 (ganesha_start in benches/common.sh) -------------------------------
 GA_DIR=$WORK/ganesha
 GA_EXPORT=$GA_DIR/export
-cpu_of() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; } # CPU seconds
 
 # --- acknowledgement alone: tidegate with uploads held off vs nfs-ganesha ------------------------
 ack_phase() {

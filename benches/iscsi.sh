@@ -72,10 +72,10 @@ stop_tidegate() {
     TG_PID=
 }
 fio_url() { echo "$1" | sed 's/:/\\:/g'; }
-fio_run() { # url rw bs -> "iops bytes_per_sec"
+fio_run() { # url rw bs -> "iops bytes_per_sec p99_ms" (writes)
     fio-libiscsi --name=b --ioengine=libiscsi --filename="$(fio_url "$1")" --rw="$2" --bs="$3" \
         --iodepth=16 --size=${SIZE_MIB}M --runtime="$SECS" --time_based --output-format=json 2>/dev/null |
-        python3 -c 'import json,sys; t=sys.stdin.read(); d=json.loads(t[t.index("{"):]); w=d["jobs"][0]["write"]; print(w["iops"], w["bw_bytes"])'
+        fio_json write
 }
 perf_run() { # url blocks random? -> "iops bytes_per_sec"
     local flags=(-m 16 -b "$2" -t "$SECS")
@@ -128,9 +128,7 @@ fio_line() { # url rw bs qd secs -> "iops bytes_per_sec p99_ms" of the direction
     case "$2" in *read) dir=read fill= ;; esac
     fio-libiscsi --name=b --ioengine=libiscsi --filename="$(fio_url "$1")" --rw="$2" --bs="$3" \
         --iodepth="$4" --size=1G --runtime="$5" --time_based $fill --output-format=json 2>/dev/null |
-        python3 -c 'import json,sys; t=sys.stdin.read(); d=json.loads(t[t.index("{"):])["jobs"][0][sys.argv[1]]
-p=d["clat_ns"].get("percentile",{}).get("99.000000",0)/1e6
-print(d["iops"], d["bw_bytes"], p)' "$dir"
+        fio_json "$dir"
 }
 matrix_report() { # name unit tgt_line tg_line
     local t g

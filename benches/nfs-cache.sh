@@ -57,7 +57,7 @@ on() { # server command...: runs the command where the server's clients run
 }
 url_of() { [ "$1" = ganesha ] && echo "$GA_URL" || echo "$TG_URL"; }
 
-fio_nfs() { # server rw bs [time] -> "iops bytes_per_sec"
+fio_nfs() { # server rw bs [time] -> "iops bytes_per_sec p99_ms"
     local dir=write fill=--refill_buffers timing=(--runtime="$SECS" --time_based)
     case "$2" in *read) dir=read fill= ;; esac
     [ "${4:-}" = once ] && timing=()
@@ -71,10 +71,12 @@ fio_nfs() { # server rw bs [time] -> "iops bytes_per_sec"
     [ "$1" = ganesha ] && cmd=(nsenter -t "$GANESHA_PID" -n "${cmd[@]}")
     timeout -s KILL $((SECS * 3 + 60)) "${cmd[@]}" >"$WORK/fio.json" 2>/dev/null ||
         pkill -KILL -f "fio-libiscsi --name=n " || true
-    python3 <"$WORK/fio.json" -c 'import json,sys; t=sys.stdin.read()
-if "{" not in t: print("0 0"); print("fio did not finish (killed)", file=sys.stderr); sys.exit()
-d=json.loads(t[t.index("{"):])["jobs"][0][sys.argv[1]]
-print(d["iops"], d["bw_bytes"])' "$dir"
+    if grep -q '{' "$WORK/fio.json"; then
+        fio_json "$dir" <"$WORK/fio.json"
+    else
+        echo "0 0"
+        echo "fio did not finish (killed)" >&2
+    fi
 }
 meta() { # server mode -> calls per second
     local t0 t1

@@ -88,7 +88,6 @@ cp "$IMAGE/root.cpio" "$WORK/initrd.cpio"
 # A second archive after the root: the kernel unpacks concatenated cpio archives in order.
 (cd "$WORK" && printf 'test.sh\nsteps.sh\n' | cpio -o -H newc -R 0:0 --quiet) >>"$WORK/initrd.cpio"
 
-cpu_of() { awk '{ printf "%.1f", ($14 + $15) / 100 }' "/proc/$1/stat"; } # CPU seconds
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 TG_CPU0=$(cpu_of $TG_PID) GA_CPU0=$(cpu_of $GANESHA_PID)
 STARTED=$EPOCHSECONDS
