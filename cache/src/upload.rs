@@ -100,9 +100,6 @@ fn schedule(inner: &Arc<Inner>, jobs: &mut JoinSet<()>) -> Option<Instant> {
     }
     due.sort_unstable();
     for (_, name) in due {
-        if st.uploading >= cfg.upload_concurrency {
-            break;
-        }
         if let Some(obj) = st.objects.get_mut(&name) {
             obj.uploading = true;
             st.uploading += 1;

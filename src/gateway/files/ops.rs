@@ -128,15 +128,13 @@ impl Files {
             && let Some(found) = self.catalog.try_dir_entry(dir.row_id()?, name)?
         {
             let (row, share, child) = found.ok_or_else(|| stale(dir.0))?;
-            let entry = (row.kind == InodeKind::Dir && !refresh_due(&share, &row)).then_some(child);
+            let entry = entries_current(&share, &row).then_some(child);
             return Ok((row, share, entry));
         }
         self.blocking(move |c| {
             let (row, share) = blocking::node(c, dir)?;
             let entry = match name {
-                Some(name) if row.kind == InodeKind::Dir && !refresh_due(&share, &row) => {
-                    Some(c.child(row.id, &name)?)
-                }
+                Some(name) if entries_current(&share, &row) => Some(c.child(row.id, &name)?),
                 _ => None,
             };
             Ok((row, share, entry))
@@ -851,6 +849,12 @@ impl Files {
 
 /// A directory `who` may change in `share`: the caller as the share sees it. Pure, for the
 /// blocking steps of create-like operations.
+/// Whether `row` is a directory whose entries in the catalog can be used as they are (no
+/// refresh from the bucket is due): then [`Files::dir_entry`] reads the entry it is asked for.
+fn entries_current(share: &ShareRow, row: &InodeRow) -> bool {
+    row.kind == InodeKind::Dir && !refresh_due(share, row)
+}
+
 fn writable_dir(share: &ShareRow, caller: &Caller, row: &InodeRow) -> Result<Caller, GatewayError> {
     let who = effective(share, caller)?;
     if share.read_only {
