@@ -98,6 +98,10 @@ pub struct ClusterStatus {
     /// waited for.
     #[serde(default)]
     pub restoring: Option<String>,
+    /// While the live nodes' tables are being synced after a return or a loss: what is waited
+    /// for (until then a device may miss objects another lists).
+    #[serde(default)]
+    pub syncing: Option<String>,
     /// Nodes that left the layout (replaced devices) and still hold copies in a layout version
     /// Garage has not finished moving away from.
     #[serde(default)]
@@ -180,10 +184,16 @@ impl ClusterStatus {
                 self.restoring.as_deref().unwrap_or("")
             )
         } else {
-            format!(
-                "redundancy: DEGRADED (missing devices: {})",
-                missing.join(", ")
-            )
+            match &self.syncing {
+                Some(phase) => format!(
+                    "redundancy: DEGRADED (missing devices: {}; {phase})",
+                    missing.join(", ")
+                ),
+                None => format!(
+                    "redundancy: DEGRADED (missing devices: {})",
+                    missing.join(", ")
+                ),
+            }
         });
         out.push(match &self.writes_refused {
             Some(reason) => format!("writes: REFUSED ({reason})"),
@@ -307,7 +317,7 @@ pub async fn start(
     let mut seen = Seen::default();
     if let Ok(s) = admin::read_status(&admin, &file.name).await {
         seen.update(&s, &restore);
-        apply_health(&s, &link.gate, &status, restore.pending());
+        apply_health(&s, &link.gate, &status, &restore);
         let (up, down) = up_and_down(&s);
         link.members.set(up, down);
     }
@@ -394,12 +404,21 @@ impl Seen {
         // A device new to the layout (one joining later, or replacing another) holds nothing
         // yet: bringing it up to date is the same as for a return.
         let first = self.up.is_empty();
+        let mut lost = Vec::new();
         for d in &s.devices {
             match self.up.insert(d.name.clone(), d.up) {
                 Some(false) if d.up => restore.returned(&format!("device {} returned", d.name)),
+                Some(true) if !d.up => lost.push(d.name.as_str()),
                 None if !first => restore.returned(&format!("device {} joined", d.name)),
                 _ => {}
             }
+        }
+        // With a partition short of its write quorum Garage's sync of that partition fails and
+        // the full sync never completes; nothing is written then, and the return that ends it
+        // runs the sync.
+        if !lost.is_empty() && s.partitions > 0 && s.partitions_quorum == s.partitions {
+            let s = if lost.len() == 1 { "" } else { "s" };
+            restore.lost(&format!("device{s} {} went down", lost.join(", ")));
         }
         if std::mem::take(&mut self.own_lost) {
             restore.returned("this device's Garage node returned");
@@ -430,7 +449,7 @@ async fn watch_health(
         match admin::read_status(&admin, &name).await {
             Ok(s) => {
                 seen.update(&s, &restore);
-                apply_health(&s, &gate, &status, restore.pending());
+                apply_health(&s, &gate, &status, &restore);
                 let (up, down) = up_and_down(&s);
                 members.set(up, down);
             }
@@ -461,10 +480,11 @@ fn apply_health(
     s: &ClusterStatus,
     gate: &WriteGate,
     status: &Arc<RwLock<ClusterStatus>>,
-    restoring: Option<String>,
+    restore: &restore::Restore,
 ) {
     let mut s = s.clone();
-    s.restoring = restoring;
+    s.restoring = restore.pending();
+    s.syncing = restore.tables_pending();
     if s.partitions > 0 && s.partitions_quorum < s.partitions {
         let missing = s.missing();
         let who = if missing.is_empty() {
@@ -523,6 +543,7 @@ mod tests {
             resync_queue: 0,
             writes_refused: None,
             restoring: None,
+            syncing: None,
             draining: 0,
         }
     }
@@ -531,6 +552,7 @@ mod tests {
     fn health_closes_the_gate_only_without_a_write_quorum_and_names_the_lost_devices() {
         let gate = WriteGate::default();
         let shared = Arc::new(RwLock::new(ClusterStatus::default()));
+        let restore = restore::Restore::new(TableSync::default());
         let cases = [
             (vec![true; 5], 256, None),
             (vec![true, true, true, true, false], 256, None),
@@ -538,7 +560,7 @@ mod tests {
             (vec![true; 5], 256, None),
         ];
         for (up, quorum, refused) in cases {
-            apply_health(&status(&up, quorum), &gate, &shared, None);
+            apply_health(&status(&up, quorum), &gate, &shared, &restore);
             let got = gate.refused();
             match refused {
                 Some(names) => {
@@ -590,5 +612,34 @@ mod tests {
         seen.update(&replaced, &restore);
         let pending = restore.pending().expect("the join is pending");
         assert!(pending.contains("device d4 joined"), "{pending}");
+    }
+
+    #[test]
+    fn a_device_going_down_syncs_the_tables_only_while_the_others_keep_a_write_quorum() {
+        let restore = restore::Restore::new(TableSync::default());
+        let mut seen = Seen::default();
+        seen.update(&status(&[true; 5], 256), &restore);
+        restore.tables_done_for_test();
+        assert!(restore.tables_pending().is_none());
+        seen.update(&status(&[true, true, false, true, true], 256), &restore);
+        let syncing = restore.tables_pending().expect("the loss is synced");
+        assert!(syncing.contains("device d3 went down"), "{syncing}");
+        let gate = WriteGate::default();
+        let shared = Arc::new(RwLock::new(ClusterStatus::default()));
+        apply_health(
+            &status(&[true, true, false, true, true], 256),
+            &gate,
+            &shared,
+            &restore,
+        );
+        let lines = shared.read().unwrap().lines().join("\n");
+        assert!(
+            lines.contains("DEGRADED (missing devices: d3; device d3 went down; bringing"),
+            "{lines}"
+        );
+        restore.tables_done_for_test();
+        // A second loss takes the quorum of some partitions: no sync could complete.
+        seen.update(&status(&[true, true, false, false, true], 180), &restore);
+        assert!(restore.tables_pending().is_none());
     }
 }

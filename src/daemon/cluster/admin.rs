@@ -517,6 +517,7 @@ pub async fn read_status(admin: &Admin, this: &str) -> Result<ClusterStatus, Clu
         resync_queue,
         writes_refused: None,
         restoring: None,
+        syncing: None,
         draining: status["nodes"]
             .as_array()
             .into_iter()

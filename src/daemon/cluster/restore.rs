@@ -92,15 +92,35 @@ impl Restore {
     /// A node that was unreachable is back, this device's node restarted, or a device joined
     /// (`what` says which): its tables may be stale (or empty) until the next table sync.
     pub fn returned(&self, what: &str) {
-        let mut s = self.lock();
-        s.wanted += 1;
-        s.phase = format!("{what}; bringing its tables up to date");
-        self.tables.set(false);
-        drop(s);
+        self.resync(format!("{what}; bringing its tables up to date"));
         tracing::info!(
             what,
             "device cluster: a node returned or joined; syncing tables"
         );
+    }
+
+    /// A device went down while the others keep a write quorum (`what` names it). A write it
+    /// coordinated, or one still on its way to the third copy when it died, may have reached
+    /// it and only one other holder: the remaining holder then lacks it, and `degraded` reads
+    /// answered there miss an acknowledged object until the holder that has it pushes it, which
+    /// Garage does by itself only every 10 minutes. The same table sync as after a return closes
+    /// that window.
+    pub fn lost(&self, what: &str) {
+        self.resync(format!(
+            "{what}; bringing the other copies of its partitions up to date"
+        ));
+        tracing::info!(
+            what,
+            "device cluster: a device went down; syncing the live nodes' tables"
+        );
+    }
+
+    fn resync(&self, phase: String) {
+        let mut s = self.lock();
+        s.wanted += 1;
+        s.phase = phase;
+        self.tables.set(false);
+        drop(s);
         self.wake.notify_one();
     }
 
@@ -108,6 +128,13 @@ impl Restore {
     pub fn pending(&self) -> Option<String> {
         let s = self.lock();
         (s.whole < s.wanted).then(|| s.phase.clone())
+    }
+
+    /// `None` once the live nodes' tables are synced since the last return or loss, else what
+    /// is being waited for.
+    pub fn tables_pending(&self) -> Option<String> {
+        let s = self.lock();
+        (s.tables < s.wanted).then(|| s.phase.clone())
     }
 
     fn set_phase(&self, generation: u64, phase: String) {
@@ -128,6 +155,13 @@ impl Restore {
     fn whole_done(&self, generation: u64) {
         let mut s = self.lock();
         s.whole = s.whole.max(generation);
+    }
+
+    /// The table phase of the latest return or loss completes (as the restorer's would).
+    #[cfg(test)]
+    pub(crate) fn tables_done_for_test(&self) {
+        let generation = self.lock().wanted;
+        self.tables_done(generation);
     }
 }
 
