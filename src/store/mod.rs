@@ -20,6 +20,7 @@ pub mod keycheck;
 pub mod keys;
 pub mod limit;
 pub mod master;
+pub mod md5many;
 pub mod objects;
 pub mod parted;
 mod raw;

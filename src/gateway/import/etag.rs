@@ -3,9 +3,21 @@
 //! what it sends (uniform parts of its own part size); the export the ETag of what it copied,
 //! cut at the source's part lengths. Invariant: `update` may be fed pieces of any size; the
 //! result depends only on the bytes and the part boundaries.
+//!
+//! One MD5 runs at one core's scalar rate, the largest CPU cost of an export after sealing. The
+//! parts of a multipart object are independent messages, so parts of up to `HELD_BYTES / 2`
+//! are kept (their pieces, not copies) until up to `md5many::LANES` of them are complete, then
+//! hashed side by side (`store::md5many`, several times one stream's rate). Memory: at most
+//! `HELD_BYTES` of parts per hasher beyond what the caller holds anyway.
+
+use bytes::Bytes;
 
 use crate::store::device::{Md5, multipart_etag};
 use crate::store::keys::hex;
+use crate::store::md5many;
+
+/// Bytes of complete parts a hasher keeps to hash them together.
+const HELD_BYTES: u64 = 64 << 20;
 
 /// Where the parts end.
 #[derive(Debug, Clone)]
@@ -19,10 +31,17 @@ enum Parts {
 #[derive(Debug)]
 pub(crate) struct EtagHasher {
     parts: Parts,
+    /// The part being received, hashed as it streams (when parts are not batched).
     md5: Md5,
     in_part: u64,
     done: Vec<[u8; 16]>,
     multipart: bool,
+    /// Parts hashed together, this many at a time (0: each part streams through `md5`).
+    batch: usize,
+    /// Complete parts waiting for their batch, as received.
+    held: Vec<Vec<Bytes>>,
+    /// The pieces of the part being received, when batched.
+    current: Vec<Bytes>,
 }
 
 impl EtagHasher {
@@ -42,12 +61,21 @@ impl EtagHasher {
     }
 
     fn new(parts: Parts, multipart: bool) -> Self {
+        let batch = match &parts {
+            Parts::Uniform(n) if multipart => {
+                usize::try_from(HELD_BYTES / n).map_or(0, |b| b.min(md5many::LANES))
+            }
+            _ => 0,
+        };
         Self {
             parts,
             md5: Md5::default(),
             in_part: 0,
             done: Vec::new(),
             multipart,
+            batch: if batch >= 2 { batch } else { 0 },
+            held: Vec::new(),
+            current: Vec::new(),
         }
     }
 
@@ -60,18 +88,44 @@ impl EtagHasher {
         }
     }
 
-    pub(crate) fn update(&mut self, mut data: &[u8]) {
+    pub(crate) fn update(&mut self, mut data: Bytes) {
         while !data.is_empty() {
             let room = self.part_len() - self.in_part;
             let take = usize::try_from(room.min(data.len() as u64)).unwrap_or(data.len());
-            self.md5.update(&data[..take]);
+            let piece = data.split_to(take);
             self.in_part += take as u64;
-            data = &data[take..];
+            if self.batch > 0 {
+                self.current.push(piece);
+            } else {
+                self.md5.update(&piece);
+            }
             if self.in_part == self.part_len() {
-                self.done.push(std::mem::take(&mut self.md5).finish());
-                self.in_part = 0;
+                self.end_part();
             }
         }
+    }
+
+    fn end_part(&mut self) {
+        self.in_part = 0;
+        if self.batch == 0 {
+            self.done.push(std::mem::take(&mut self.md5).finish());
+            return;
+        }
+        self.held.push(std::mem::take(&mut self.current));
+        if self.held.len() == self.batch {
+            self.hash_held();
+        }
+    }
+
+    fn hash_held(&mut self) {
+        let messages: Vec<Vec<&[u8]>> = self
+            .held
+            .iter()
+            .map(|part| part.iter().map(|b| &b[..]).collect())
+            .collect();
+        let digests = md5many::digest_many(&messages);
+        self.done.extend(digests);
+        self.held.clear();
     }
 
     /// The ETag, unquoted.
@@ -82,9 +136,11 @@ impl EtagHasher {
                 None => hex(&self.md5.finish()),
             };
         }
-        if self.in_part > 0 || self.done.is_empty() {
-            self.done.push(self.md5.finish());
+        let parts_seen = self.done.len() + self.held.len();
+        if self.in_part > 0 || parts_seen == 0 {
+            self.end_part();
         }
+        self.hash_held();
         multipart_etag(&self.done)
     }
 }
@@ -122,15 +178,23 @@ mod tests {
             md5(&data[8000..]),
         ]);
         let uneven = multipart_etag(&[md5(&data[..1000]), md5(&data[1000..])]);
+        let cut = |len: usize| multipart_etag(&data.chunks(len).map(md5).collect::<Vec<_>>());
+        // Parts hashed side by side: 104 parts fill several batches; 10 end on a boundary.
+        let (many, exact) = (cut(97), cut(1000));
+        // Parts too large to hold stream through one MD5.
+        let streamed = multipart_etag(&[md5(&data)]);
         for piece in [1, 7, 4000, 10_000] {
             let mut cases = [
                 (EtagHasher::single(), whole.clone()),
                 (EtagHasher::uniform(4000), three.clone()),
                 (EtagHasher::listed(vec![1000, 9000]), uneven.clone()),
+                (EtagHasher::uniform(97), many.clone()),
+                (EtagHasher::uniform(1000), exact.clone()),
+                (EtagHasher::uniform(HELD_BYTES), streamed.clone()),
             ];
             for (h, _) in &mut cases {
                 for chunk in data.chunks(piece) {
-                    h.update(chunk);
+                    h.update(Bytes::copy_from_slice(chunk));
                 }
             }
             for (h, want) in cases {

@@ -572,7 +572,7 @@ async fn rehash(
     let mut hasher = EtagHasher::listed(lengths);
     let mut stream = segment_stream(device.inner.segs.clone(), rec, 0..size);
     while let Some(piece) = stream.next().await {
-        hasher.update(&piece?);
+        hasher.update(piece?);
     }
     Ok(hasher.finish())
 }

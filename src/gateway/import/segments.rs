@@ -184,11 +184,11 @@ struct Digest<D> {
 }
 
 impl<D: Send + 'static> Digest<D> {
-    fn start(mut digest: D, update: fn(&mut D, &[u8])) -> Self {
+    fn start(mut digest: D, update: fn(&mut D, Bytes)) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASHES_QUEUED);
         let task = tokio::task::spawn_blocking(move || {
             while let Some(piece) = rx.blocking_recv() {
-                update(&mut digest, &piece);
+                update(&mut digest, piece);
             }
             digest
         });
@@ -290,7 +290,7 @@ impl SegmentWriter {
             Hashing::Idle(state) => {
                 let (sha, etag) = *state;
                 Hashing::Running {
-                    sha: Digest::start(sha, Sha256::update),
+                    sha: Digest::start(sha, |sha, piece| sha.update(&piece)),
                     etag: Digest::start(etag, EtagHasher::update),
                 }
             }
@@ -351,7 +351,7 @@ impl SegmentWriter {
                 let remote = store.remote.clone();
                 let hashed = tokio::task::spawn_blocking(move || {
                     sha.update(&data);
-                    etag.update(&data);
+                    etag.update(data.clone());
                     // A cluster's segment goes to the cluster's bucket below, not to a file.
                     match remote {
                         Some(_) => Ok((sha, etag, Some((store, id, data)))),

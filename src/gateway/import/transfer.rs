@@ -526,7 +526,7 @@ async fn found_in_target(
     while let Some(piece) = stream.next().await {
         let Ok(piece) = piece else { return false };
         sha.update(&piece);
-        etag.update(&piece);
+        etag.update(piece.clone());
     }
     hex(&sha.finish()) == rec.sha256
         && head.etag.as_deref().map(|e| e.trim_matches('"')) == Some(etag.finish().as_str())
@@ -567,7 +567,7 @@ async fn import_one(
             }
         };
         sha.update(&piece);
-        etag.update(&piece);
+        etag.update(piece.clone());
         let len = piece.len() as u64;
         if let Err(e) = upload.write(piece).await {
             upload.abort().await;
