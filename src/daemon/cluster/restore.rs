@@ -196,6 +196,7 @@ pub async fn restorer(admin: Admin, file: ClusterFile, restore: Arc<Restore>) {
                 let mut say = |line: String| restore.set_phase(generation, line);
                 sync_tables(&admin, &file, &mut say).await?;
                 restore.tables_done(generation);
+                tracing::info!("device cluster: every live node lists the same objects again");
             }
             wait_blocks(&admin, &restore, generation).await
         }
