@@ -4,11 +4,12 @@
 //! cut at the source's part lengths. Invariant: `update` may be fed pieces of any size; the
 //! result depends only on the bytes and the part boundaries.
 //!
-//! One MD5 runs at one core's scalar rate, the largest CPU cost of an export after sealing. The
-//! parts of a multipart object are independent messages, so parts of up to `HELD_BYTES / 2`
-//! are kept (their pieces, not copies) until up to `md5many::LANES` of them are complete, then
-//! hashed side by side (`store::md5many`, several times one stream's rate). Memory: at most
-//! `HELD_BYTES` of parts per hasher beyond what the caller holds anyway.
+//! One MD5 runs at one core's scalar rate, and was one of the largest CPU costs of an export.
+//! The parts of a multipart object are independent messages, so parts of up to
+//! `HELD_BYTES / 2` are kept (their pieces, not copies) until up to `md5many::LANES` of them are
+//! complete, then hashed side by side (`store::md5many`, several times one stream's rate).
+//! Memory: at most `HELD_BYTES` of complete parts per hasher, plus the part being received,
+//! beyond what the caller holds anyway.
 
 use bytes::Bytes;
 
