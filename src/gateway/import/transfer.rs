@@ -526,7 +526,7 @@ async fn found_in_target(
     while let Some(piece) = stream.next().await {
         let Ok(piece) = piece else { return false };
         sha.update(&piece);
-        etag.update(piece.clone());
+        etag.update(piece);
     }
     hex(&sha.finish()) == rec.sha256
         && head.etag.as_deref().map(|e| e.trim_matches('"')) == Some(etag.finish().as_str())
