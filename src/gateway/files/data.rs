@@ -516,10 +516,10 @@ impl Files {
             // it nor the catalog is synced here; no byte of it is acknowledged as durable until
             // a COMMIT, which syncs the file, its directory entry and the catalog together (a
             // small file then costs one round of fsyncs, not three).
-            let stored = row.clone();
+            let (stored, spares) = (row.clone(), self.spares.clone());
             let bytes = self
                 .blocking(move |c| {
-                    local::create_hole(&path, stored.size)?;
+                    local::create_hole(&path, stored.size, Some(&spares))?;
                     c.save_inode_unsynced(&stored)?;
                     Ok(staged_bytes(&path))
                 })
@@ -708,7 +708,7 @@ impl Files {
     ) -> Result<(Written, ShareRow), GatewayError> {
         let row_id = id.row_id()?;
         let path = self.staging_path(row_id);
-        let staging_dir = self.config.staging_dir.clone();
+        let (staging_dir, spares) = (self.config.staging_dir.clone(), self.spares.clone());
         self.blocking(move |c| {
             let (row, share) = blocking::node(c, id)?;
             if let Some(caller) = &check {
@@ -723,6 +723,7 @@ impl Files {
                     data,
                     stable,
                     staging_dir: &staging_dir,
+                    spares: Some(&spares),
                 },
             )?;
             Ok((written, share))

@@ -13,6 +13,7 @@ use crate::catalog::shares::{InodeKind, InodeRow};
 use crate::gateway::GatewayError;
 use crate::gateway::files::blocking;
 use crate::gateway::files::blocks::BlockMap;
+use crate::gateway::files::spares::Spares;
 use crate::gateway::files::staging::allocated;
 
 pub(crate) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> GatewayError {
@@ -41,12 +42,20 @@ pub(crate) fn remove_staging(path: &Path) {
 
 /// Creates a staging file as a hole of `size` bytes, with no block map: a file with nothing
 /// to fetch from the bucket. Neither it nor its directory entry is synced here; no byte of it
-/// is acknowledged as durable before a COMMIT or stable WRITE syncs both.
-pub(crate) fn create_hole(path: &Path, size: u64) -> Result<std::fs::File, GatewayError> {
+/// is acknowledged as durable before a COMMIT or stable WRITE syncs both. A spare (spares.rs)
+/// is renamed into place when one is ready; an empty spare is what creating the file makes.
+pub(crate) fn create_hole(
+    path: &Path,
+    size: u64,
+    spares: Option<&Spares>,
+) -> Result<std::fs::File, GatewayError> {
+    let spare = spares
+        .and_then(Spares::take)
+        .is_some_and(|spare| std::fs::rename(spare, path).is_ok());
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create(!spare)
+        .truncate(!spare)
         .open(path)
         .map_err(io_err(format!("creating {}", path.display())))?;
     // A new file is already empty: sizing it would be one more system call per small file.
@@ -143,7 +152,7 @@ pub(crate) fn replay_journal(catalog: &Catalog, staging_dir: &Path) -> Result<us
             continue;
         }
         let path = staging_dir.join(id.to_string());
-        let file = create_hole(&path, 0)?;
+        let file = create_hole(&path, 0, None)?;
         file.write_all_at(&data, 0)
             .map_err(io_err(format!("writing {}", path.display())))?;
         file.sync_all()
@@ -173,6 +182,8 @@ pub(crate) struct LocalWrite<'a> {
     /// The staging directory, synced with a journaled file's staging file before its journal
     /// row goes.
     pub staging_dir: &'a Path,
+    /// Where a new staging file comes from when one is ready.
+    pub spares: Option<&'a Spares>,
 }
 
 /// What a [`LocalWrite`] did.
@@ -213,7 +224,7 @@ pub(crate) fn write(catalog: &Catalog, w: LocalWrite<'_>) -> Result<Written, Gat
     let path = w.path;
     let file = if staged_now {
         row.staged = true;
-        create_hole(path, row.size)?
+        create_hole(path, row.size, w.spares)?
     } else {
         // `create`: a staging file created but never synced is gone after a power loss, and
         // the client then resends what it had not committed into a new one.

@@ -21,6 +21,7 @@ pub mod meta;
 pub mod ops;
 pub mod path;
 pub mod refresh;
+mod spares;
 pub mod staging;
 pub mod traffic;
 pub mod upload;
@@ -434,6 +435,8 @@ pub struct Files {
     readahead: Mutex<HashMap<i64, data::Window>>,
     /// Staging files kept after their upload (`clean.rs`); `None`: none are kept.
     clean: Option<Arc<clean::CleanCopies>>,
+    /// Empty files new staging files are made from (`spares.rs`).
+    spares: Arc<spares::Spares>,
     wake: tokio::sync::Notify,
     /// Signalled when staging room is freed.
     space: tokio::sync::Notify,
@@ -483,6 +486,7 @@ impl Files {
             }
             _ => None,
         };
+        let spares = spares::Spares::open(&config.staging_dir);
         let live = Live {
             staged_bytes: staged_sizes.values().sum(),
             staged_sizes,
@@ -498,6 +502,7 @@ impl Files {
             early: Mutex::new(early::EarlyFiles::default()),
             readahead: Mutex::new(HashMap::new()),
             clean,
+            spares,
             wake: tokio::sync::Notify::new(),
             space: tokio::sync::Notify::new(),
             counters: upload::UploadCounters::default(),
@@ -675,7 +680,7 @@ fn sweep_staging(
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if clean::owns(name) {
+        if clean::owns(name) || name == spares::DIR {
             continue;
         }
         let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
