@@ -417,14 +417,8 @@ impl Bucket {
             | object_store::Error::Unauthenticated { .. } => {
                 StoreError::AccessDenied { bucket, detail }
             }
-            _ if has("InvalidAccessKeyId")
-                || has("SignatureDoesNotMatch")
-                || has("AccessDenied")
-                || has("Forbidden")
-                || has("403") =>
-            {
-                StoreError::AccessDenied { bucket, detail }
-            }
+            // Before the status words below: a request that never reached the bucket has no
+            // status, and its detail holds the endpoint, whose port may read "403".
             _ if has("error sending request")
                 || has("onnection refused")
                 || has("dns error")
@@ -436,6 +430,13 @@ impl Bucket {
                     endpoint: self.endpoint.clone(),
                     detail: innermost(&e),
                 }
+            }
+            _ if has("InvalidAccessKeyId")
+                || has("SignatureDoesNotMatch")
+                || has("AccessDenied")
+                || has("Forbidden") =>
+            {
+                StoreError::AccessDenied { bucket, detail }
             }
             _ => StoreError::Other {
                 bucket,

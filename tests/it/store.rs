@@ -102,12 +102,20 @@ fn bucket_errors_are_one_clear_line() {
         .unwrap_err();
     assert!(matches!(err, StoreError::AccessDenied { .. }), "{err}");
 
-    let mut closed = garage.bucket_config("");
-    closed.endpoint = Some(format!("http://127.0.0.1:{}", free_port()));
-    let err = rt
-        .block_on(Bucket::open(&closed, false).unwrap().check())
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
+    // Any closed port, and one whose number reads "403" (a port of 14031 once made a refused
+    // connection read as access denied).
+    // Below `free_port`'s range and the ephemeral ports, so no other test listens there.
+    let port_403 = (4030..4040)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 4030-4039");
+    for port in [free_port(), port_403] {
+        let mut closed = garage.bucket_config("");
+        closed.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        let err = rt
+            .block_on(Bucket::open(&closed, false).unwrap().check())
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
+    }
 
     // The same three through the CLI: exit 1 and exactly one error line saying what is wrong.
     let dir = tempfile::tempdir().unwrap();
