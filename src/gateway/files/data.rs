@@ -519,7 +519,7 @@ impl Files {
             let (stored, spares) = (row.clone(), self.spares.clone());
             let bytes = self
                 .blocking(move |c| {
-                    local::create_hole(&path, stored.size, Some(&spares))?;
+                    local::create_hole(&path, stored.size, spares.as_deref())?;
                     c.save_inode_unsynced(&stored)?;
                     Ok(staged_bytes(&path))
                 })
@@ -723,7 +723,7 @@ impl Files {
                     data,
                     stable,
                     staging_dir: &staging_dir,
-                    spares: Some(&spares),
+                    spares: spares.as_deref(),
                 },
             )?;
             Ok((written, share))

@@ -435,8 +435,9 @@ pub struct Files {
     readahead: Mutex<HashMap<i64, data::Window>>,
     /// Staging files kept after their upload (`clean.rs`); `None`: none are kept.
     clean: Option<Arc<clean::CleanCopies>>,
-    /// Empty files new staging files are made from (`spares.rs`).
-    spares: Arc<spares::Spares>,
+    /// Empty files new staging files are made from (`spares.rs`); `None` where staging is
+    /// in memory (device mode), where creating a file costs no inode scan.
+    spares: Option<Arc<spares::Spares>>,
     wake: tokio::sync::Notify,
     /// Signalled when staging room is freed.
     space: tokio::sync::Notify,
@@ -486,7 +487,7 @@ impl Files {
             }
             _ => None,
         };
-        let spares = spares::Spares::open(&config.staging_dir);
+        let spares = (!config.commit_uploads).then(|| spares::Spares::open(&config.staging_dir));
         let live = Live {
             staged_bytes: staged_sizes.values().sum(),
             staged_sizes,
